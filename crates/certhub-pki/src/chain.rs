@@ -1,0 +1,589 @@
+//! The device chain policy: does a presented chain (leaf + intermediates, in any order) reach a
+//! trusted CA at a given instant, and if not, why not, named.
+//!
+//! Path building and signature checks are rustls-webpki's. This layer adds what webpki leaves
+//! out and what certhub promises on top: trust anchors must be CAs and within their validity
+//! (webpki never looks at an anchor's dates), weak keys and SHA-1 are refused by name, and
+//! every refusal carries a stable [`Reason`] that the hub logs, counts and shows in its audit
+//! trail, the same one `certhub pki verify` prints.
+
+use std::fmt;
+
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use webpki::{EndEntityCert, KeyUsage};
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::ParsedExtension;
+
+use crate::describe::{key_info, parse, rfc3339, weak_signature};
+use crate::name::common_name;
+use crate::{PkiError, Thumbprints};
+
+/// Why a chain was refused. The names are stable: logs, metrics, the audit trail and the CLI
+/// all use [`Reason::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Reason {
+    /// No certificate was presented.
+    NoCertificate,
+    /// A certificate could not be parsed, or breaks a basic encoding rule (e.g. its serial).
+    MalformedCertificate,
+    /// A certificate in the chain, or the trust anchor, is past its notAfter.
+    CertificateExpired,
+    /// A certificate in the chain, or the trust anchor, is before its notBefore.
+    NotYetValid,
+    /// The chain ends at a certificate whose issuer is not trusted.
+    UnknownIssuer,
+    /// The leaf (or an intermediate) names an issuer that was not presented; the device most
+    /// likely sends its leaf without its intermediates.
+    MissingIntermediate,
+    /// The leaf's CN is not the expected device id.
+    CnMismatch,
+    /// The leaf is a CA certificate; a CA never authenticates a device.
+    CaUsedAsLeaf,
+    /// A CA's pathLenConstraint, or the maximum depth, is exceeded.
+    PathLengthExceeded,
+    /// A key type or size, or a signature algorithm (SHA-1, MD5), that certhub refuses.
+    UnsupportedAlgorithm,
+    /// A signature in the chain does not verify.
+    BadSignature,
+    /// keyUsage or extendedKeyUsage forbid this use (e.g. a serverAuth-only leaf).
+    WrongKeyUsage,
+    /// Any other validation failure; the detail carries the validator's words.
+    ChainInvalid,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NoCertificate => "no-certificate",
+            Self::MalformedCertificate => "malformed-certificate",
+            Self::CertificateExpired => "certificate-expired",
+            Self::NotYetValid => "not-yet-valid",
+            Self::UnknownIssuer => "unknown-issuer",
+            Self::MissingIntermediate => "missing-intermediate",
+            Self::CnMismatch => "cn-mismatch",
+            Self::CaUsedAsLeaf => "ca-used-as-leaf",
+            Self::PathLengthExceeded => "path-length-exceeded",
+            Self::UnsupportedAlgorithm => "unsupported-algorithm",
+            Self::BadSignature => "bad-signature",
+            Self::WrongKeyUsage => "wrong-key-usage",
+            Self::ChainInvalid => "chain-invalid",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refused chain: the stable reason and a sentence for the operator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}: {detail}")]
+pub struct Rejection {
+    pub reason: Reason,
+    pub detail: String,
+}
+
+impl Rejection {
+    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// What the certificate is used for. Devices authenticate as TLS clients; the server usage
+/// exists so the conformance suite (x509-limbo, mostly server cases) can run through the same
+/// code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Usage {
+    ClientAuth,
+    ServerAuth,
+}
+
+/// A chain that reached a trust anchor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedChain {
+    /// Subject of the trust anchor the chain reached.
+    pub anchor_subject: String,
+    /// Thumbprints of the trust anchor certificate (how the hub finds the registered CA).
+    pub anchor_thumbprints: Thumbprints,
+    /// Index of the anchor in the [`TrustStore`].
+    pub anchor_index: usize,
+    /// Subjects from the leaf up to and including the anchor.
+    pub path: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Anchor {
+    subject: String,
+    subject_raw: Vec<u8>,
+    not_before: i64,
+    not_after: i64,
+    not_before_text: String,
+    not_after_text: String,
+    thumbprints: Thumbprints,
+}
+
+/// The CA certificates a chain may end at, as an immutable value: the hub swaps a whole new
+/// store when its registry changes, so a check never waits on anything.
+#[derive(Debug, Clone, Default)]
+pub struct TrustStore {
+    anchors: Vec<TrustAnchor<'static>>,
+    meta: Vec<Anchor>,
+}
+
+impl TrustStore {
+    /// Builds a store from CA certificates (roots or intermediates). Refuses a certificate that
+    /// is not a CA, cannot sign certificates, carries a refused key or an unknown critical
+    /// extension: such a certificate must never be a trust anchor.
+    pub fn new(certs: impl IntoIterator<Item = CertificateDer<'static>>) -> Result<Self, PkiError> {
+        let mut store = Self::default();
+        for der in certs {
+            store.add(&der)?;
+        }
+        Ok(store)
+    }
+
+    fn add(&mut self, der: &CertificateDer<'_>) -> Result<(), PkiError> {
+        let cert = parse(der)?;
+        let subject = cert.subject().to_string();
+        let refuse =
+            |why: &str| PkiError::Policy(format!("{subject:?} cannot be a trust anchor: {why}"));
+        if !cert.is_ca() {
+            return Err(refuse(
+                "it is not a CA certificate (basicConstraints CA:TRUE is missing)",
+            ));
+        }
+        for ext in cert.extensions() {
+            match ext.parsed_extension() {
+                ParsedExtension::KeyUsage(ku) if !ku.key_cert_sign() => {
+                    return Err(refuse("its keyUsage does not allow keyCertSign"));
+                }
+                ParsedExtension::UnsupportedExtension { oid } if ext.critical => {
+                    return Err(refuse(&format!(
+                        "it has an unknown critical extension {oid}"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        if let Some(p) = key_info(cert.public_key()).problem() {
+            return Err(refuse(&p));
+        }
+        let anchor = webpki::anchor_from_trusted_cert(der)
+            .map_err(|e| PkiError::malformed(format!("trust anchor {subject:?}"), e))?
+            .to_owned();
+        let validity = cert.validity();
+        self.meta.push(Anchor {
+            subject,
+            subject_raw: cert.subject().as_raw().to_vec(),
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+            not_before_text: rfc3339(&validity.not_before),
+            not_after_text: rfc3339(&validity.not_after),
+            thumbprints: Thumbprints::of(der),
+        });
+        self.anchors.push(anchor);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.anchors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.anchors.is_empty()
+    }
+
+    /// Subjects of the anchors, in insertion order.
+    pub fn subjects(&self) -> impl Iterator<Item = &str> {
+        self.meta.iter().map(|a| a.subject.as_str())
+    }
+
+    fn anchor_valid_at(&self, i: usize, now: i64) -> bool {
+        let a = &self.meta[i];
+        a.not_before <= now && now <= a.not_after
+    }
+}
+
+/// The device policy: `chain[0]` is the leaf, the rest are intermediates in any order. When
+/// `device_id` is given, the leaf's CN must equal it (`deviceId` or `deviceId/moduleId`).
+pub fn verify_device_chain(
+    chain: &[CertificateDer<'_>],
+    trust: &TrustStore,
+    device_id: Option<&str>,
+    now: UnixTime,
+) -> Result<VerifiedChain, Rejection> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(Rejection::new(
+            Reason::NoCertificate,
+            "no client certificate was presented",
+        ));
+    };
+    let verified = verify_chain(leaf, intermediates, trust, now, Usage::ClientAuth)?;
+    if let Some(expected) = device_id {
+        let cert = parse_presented(leaf, "the leaf")?;
+        match common_name(cert.subject()) {
+            Some(cn) if cn == expected => {}
+            Some(cn) => {
+                return Err(Rejection::new(
+                    Reason::CnMismatch,
+                    format!("the leaf's CN is {cn:?} but the device id is {expected:?}"),
+                ));
+            }
+            None => {
+                return Err(Rejection::new(
+                    Reason::CnMismatch,
+                    format!(
+                        "the leaf {:?} has no CN; it must be the device id {expected:?}",
+                        cert.subject().to_string()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(verified)
+}
+
+/// Validates `leaf` through `intermediates` to an anchor of `trust` at `now` for `usage`.
+pub fn verify_chain(
+    leaf: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    trust: &TrustStore,
+    now: UnixTime,
+    usage: Usage,
+) -> Result<VerifiedChain, Rejection> {
+    let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+    let leaf_cert = parse_presented(leaf, "the leaf")?;
+    let parsed: Vec<X509Certificate<'_>> = intermediates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| parse_presented(c, &format!("intermediate {}", i + 1)))
+        .collect::<Result<_, _>>()?;
+    check_leaf(&leaf_cert, now_secs)?;
+    for c in &parsed {
+        check_encoding(c)?;
+    }
+
+    let ee = EndEntityCert::try_from(leaf)
+        .map_err(|e| Rejection::new(Reason::MalformedCertificate, format!("the leaf: {e}")))?;
+    let eku = match usage {
+        Usage::ClientAuth => KeyUsage::client_auth(),
+        Usage::ServerAuth => KeyUsage::server_auth(),
+    };
+    let algs = webpki::ALL_VERIFICATION_ALGS;
+    // The path webpki built, as (anchor index, subjects from the leaf) plus any refused key
+    // met on the way (webpki checks signatures, not key sizes).
+    type Built = (usize, Vec<String>, Option<String>);
+    let attempt = |anchors: &[TrustAnchor<'_>]| -> Result<Built, webpki::Error> {
+        let path = ee.verify_for_usage(algs, anchors, intermediates, now, eku, None, None)?;
+        let index = anchors
+            .iter()
+            .position(|a| std::ptr::eq(a, path.anchor()))
+            .unwrap_or_default();
+        let mut subjects = vec![leaf_cert.subject().to_string()];
+        let mut problem = None;
+        for der in path.intermediate_certificates() {
+            if let Ok((_, c)) = x509_parser::parse_x509_certificate(der.der().as_ref()) {
+                let subject = c.subject().to_string();
+                if let Some(p) = key_info(c.public_key()).problem() {
+                    problem.get_or_insert(format!("{subject:?}: {p}"));
+                }
+                subjects.push(subject);
+            }
+        }
+        Ok((index, subjects, problem))
+    };
+
+    let (index, mut path, problem) = match attempt(&trust.anchors) {
+        Ok((i, path, problem)) if trust.anchor_valid_at(i, now_secs) => (i, path, problem),
+        Ok((i, _, _)) => {
+            // The chain reached an anchor outside its validity. Another, valid anchor may still
+            // be reachable (a re-issued root with the same key); otherwise refuse by name.
+            let valid: Vec<usize> = (0..trust.len())
+                .filter(|j| trust.anchor_valid_at(*j, now_secs))
+                .collect();
+            let anchors: Vec<TrustAnchor<'_>> =
+                valid.iter().map(|j| trust.anchors[*j].clone()).collect();
+            match attempt(&anchors) {
+                Ok((k, path, problem)) => (valid[k], path, problem),
+                Err(_) => return Err(anchor_out_of_validity(&trust.meta[i], now_secs)),
+            }
+        }
+        Err(e) => return Err(explain(e, &leaf_cert, &parsed, trust, now_secs)),
+    };
+    if let Some(p) = problem {
+        return Err(Rejection::new(Reason::UnsupportedAlgorithm, p));
+    }
+    let anchor = &trust.meta[index];
+    path.push(anchor.subject.clone());
+    Ok(VerifiedChain {
+        anchor_subject: anchor.subject.clone(),
+        anchor_thumbprints: anchor.thumbprints.clone(),
+        anchor_index: index,
+        path,
+    })
+}
+
+fn parse_presented<'a>(
+    der: &'a CertificateDer<'_>,
+    what: &str,
+) -> Result<X509Certificate<'a>, Rejection> {
+    match x509_parser::parse_x509_certificate(der.as_ref()) {
+        Ok(([], cert)) => Ok(cert),
+        Ok(_) => Err(Rejection::new(
+            Reason::MalformedCertificate,
+            format!("{what}: bytes follow the certificate"),
+        )),
+        Err(e) => Err(Rejection::new(
+            Reason::MalformedCertificate,
+            format!("{what}: {e}"),
+        )),
+    }
+}
+
+/// Checks on the leaf that give a more precise reason than the path builder would.
+fn check_leaf(leaf: &X509Certificate<'_>, now: i64) -> Result<(), Rejection> {
+    let subject = leaf.subject().to_string();
+    check_encoding(leaf)?;
+    if leaf.is_ca() {
+        return Err(Rejection::new(
+            Reason::CaUsedAsLeaf,
+            format!(
+                "the leaf {subject:?} is a CA certificate (CA:TRUE); a device presents its own, non-CA certificate first"
+            ),
+        ));
+    }
+    if let Ok(Some(ku)) = leaf.key_usage()
+        && ku.value.key_cert_sign()
+    {
+        return Err(Rejection::new(
+            Reason::WrongKeyUsage,
+            format!("the leaf {subject:?} is not a CA but its keyUsage allows keyCertSign"),
+        ));
+    }
+    if let Some(p) = key_info(leaf.public_key()).problem() {
+        return Err(Rejection::new(
+            Reason::UnsupportedAlgorithm,
+            format!("the leaf {subject:?}: {p}"),
+        ));
+    }
+    if let Some(p) = weak_signature(&leaf.signature_algorithm) {
+        return Err(Rejection::new(
+            Reason::UnsupportedAlgorithm,
+            format!("the leaf {subject:?} is {p}"),
+        ));
+    }
+    check_validity(leaf, "the leaf", now)
+}
+
+fn check_validity(cert: &X509Certificate<'_>, what: &str, now: i64) -> Result<(), Rejection> {
+    let v = cert.validity();
+    let subject = cert.subject().to_string();
+    if now < v.not_before.timestamp() {
+        return Err(Rejection::new(
+            Reason::NotYetValid,
+            format!(
+                "{what} {subject:?} is valid from {} only",
+                rfc3339(&v.not_before)
+            ),
+        ));
+    }
+    if now > v.not_after.timestamp() {
+        return Err(Rejection::new(
+            Reason::CertificateExpired,
+            format!("{what} {subject:?} expired at {}", rfc3339(&v.not_after)),
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 5280 4.1.2.2: a serial is a positive integer of at most 20 octets.
+fn check_encoding(cert: &X509Certificate<'_>) -> Result<(), Rejection> {
+    let serial = cert.raw_serial();
+    let significant = serial.iter().skip_while(|b| **b == 0).count();
+    let malformed = |why: &str| {
+        Rejection::new(
+            Reason::MalformedCertificate,
+            format!("{:?}: {why}", cert.subject().to_string()),
+        )
+    };
+    if significant == 0 {
+        return Err(malformed("its serial number is zero"));
+    }
+    if serial.len() > 20 {
+        return Err(malformed("its serial number is longer than 20 octets"));
+    }
+    if serial.first().is_some_and(|b| b & 0x80 != 0) {
+        return Err(malformed("its serial number is negative"));
+    }
+    Ok(())
+}
+
+fn anchor_out_of_validity(anchor: &Anchor, now: i64) -> Rejection {
+    if now < anchor.not_before {
+        Rejection::new(
+            Reason::NotYetValid,
+            format!(
+                "the trust anchor {:?} is valid from {} only",
+                anchor.subject, anchor.not_before_text
+            ),
+        )
+    } else {
+        Rejection::new(
+            Reason::CertificateExpired,
+            format!(
+                "the trust anchor {:?} expired at {}; renew the CA and register the new certificate",
+                anchor.subject, anchor.not_after_text
+            ),
+        )
+    }
+}
+
+/// Turns webpki's error into a named reason with a sentence that points at the certificate.
+fn explain(
+    e: webpki::Error,
+    leaf: &X509Certificate<'_>,
+    intermediates: &[X509Certificate<'_>],
+    trust: &TrustStore,
+    now: i64,
+) -> Rejection {
+    use webpki::Error as E;
+    match e {
+        E::CertExpired { .. } | E::CertNotValidYet { .. } => {
+            for (i, c) in intermediates.iter().enumerate() {
+                if let Err(r) = check_validity(c, &format!("intermediate {}", i + 1), now) {
+                    return r;
+                }
+            }
+            Rejection::new(
+                if matches!(e, E::CertExpired { .. }) {
+                    Reason::CertificateExpired
+                } else {
+                    Reason::NotYetValid
+                },
+                format!("a certificate in the chain is outside its validity ({e:?})"),
+            )
+        }
+        E::UnknownIssuer => unknown_issuer(leaf, intermediates, trust),
+        E::CaUsedAsEndEntity => Rejection::new(
+            Reason::CaUsedAsLeaf,
+            "the leaf is a CA certificate; a device presents its own, non-CA certificate first",
+        ),
+        E::PathLenConstraintViolated | E::MaximumPathDepthExceeded => Rejection::new(
+            Reason::PathLengthExceeded,
+            "the chain is longer than a CA's pathLenConstraint (or the maximum of 6 intermediates) allows",
+        ),
+        E::InvalidSignatureForPublicKey | E::SignatureAlgorithmMismatch => Rejection::new(
+            Reason::BadSignature,
+            "a signature in the chain does not verify with its issuer's key",
+        ),
+        E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
+            let weak = intermediates
+                .iter()
+                .find_map(|c| weak_signature(&c.signature_algorithm).map(|w| (c, w)))
+                .map(|(c, w)| format!("{:?} is {w}", c.subject().to_string()))
+                .or_else(|| {
+                    intermediates.iter().find_map(|c| {
+                        key_info(c.public_key())
+                            .problem()
+                            .map(|p| format!("{:?}: {p}", c.subject().to_string()))
+                    })
+                });
+            Rejection::new(
+                Reason::UnsupportedAlgorithm,
+                weak.unwrap_or_else(|| {
+                    "a certificate in the chain uses a signature algorithm or key certhub refuses (SHA-1, MD5, RSA under 2048 bits, DSA, or an unsupported curve)".into()
+                }),
+            )
+        }
+        E::RequiredEkuNotFoundContext(_) => Rejection::new(
+            Reason::WrongKeyUsage,
+            "a certificate's extendedKeyUsage does not allow this use (a device certificate needs clientAuth, or no EKU at all)",
+        ),
+        E::BadDer
+        | E::BadDerTime
+        | E::TrailingData(_)
+        | E::InvalidSerialNumber
+        | E::MalformedExtensions
+        | E::ExtensionValueInvalid
+        | E::UnsupportedCertVersion
+        | E::InvalidCertValidity => Rejection::new(
+            Reason::MalformedCertificate,
+            format!("a certificate in the chain is malformed ({e:?})"),
+        ),
+        other => Rejection::new(Reason::ChainInvalid, format!("{other:?}")),
+    }
+}
+
+/// webpki says only "unknown issuer". Walk the presented names to say where the chain breaks.
+fn unknown_issuer(
+    leaf: &X509Certificate<'_>,
+    intermediates: &[X509Certificate<'_>],
+    trust: &TrustStore,
+) -> Rejection {
+    let mut top = leaf;
+    let mut used = vec![false; intermediates.len()];
+    for _ in 0..=intermediates.len() {
+        let issuer = top.issuer().as_raw();
+        if top.subject().as_raw() == issuer {
+            break;
+        }
+        match intermediates
+            .iter()
+            .enumerate()
+            .find(|(i, c)| !used[*i] && c.subject().as_raw() == issuer)
+        {
+            Some((i, c)) => {
+                used[i] = true;
+                top = c;
+            }
+            None => break,
+        }
+    }
+    let top_subject = top.subject().to_string();
+    let issuer = top.issuer().to_string();
+    if trust
+        .meta
+        .iter()
+        .any(|a| a.subject_raw == top.issuer().as_raw())
+    {
+        return Rejection::new(
+            Reason::BadSignature,
+            format!(
+                "{top_subject:?} names the trusted CA {issuer:?} as issuer, but its signature does not verify with that CA's key: it was signed by another key with the same name"
+            ),
+        );
+    }
+    if top.subject().as_raw() == top.issuer().as_raw() {
+        return Rejection::new(
+            Reason::UnknownIssuer,
+            format!("the chain ends at the root {top_subject:?}, which is not a trusted CA"),
+        );
+    }
+    let stray = used.iter().any(|u| !u);
+    if intermediates.is_empty() || stray {
+        let how = if intermediates.is_empty() {
+            "only the leaf was presented"
+        } else {
+            "a presented intermediate does not connect to the leaf"
+        };
+        return Rejection::new(
+            Reason::MissingIntermediate,
+            format!(
+                "{how}: {top_subject:?} was issued by {issuer:?}, which is neither presented nor trusted; present leaf + intermediates (chain.pem), or register that CA"
+            ),
+        );
+    }
+    Rejection::new(
+        Reason::UnknownIssuer,
+        format!(
+            "the chain ends at {top_subject:?}, issued by {issuer:?}, which is not a trusted CA"
+        ),
+    )
+}

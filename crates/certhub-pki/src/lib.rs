@@ -1,0 +1,33 @@
+//! Pure X.509 for certhub.
+//!
+//! This crate reads certificates, CSRs and PEM/DER files, computes thumbprints in the Azure
+//! format, decides whether a presented device chain is trusted under certhub's device policy
+//! (with a stable, named reason when it is not), and issues certificates for the `certhub pki`
+//! toolkit. It does no I/O, never reads the clock (every decision takes `now`) and knows nothing
+//! of devices beyond a certificate chain and an expected id: the hub and the CLI both call it,
+//! so `certhub pki verify` runs the very code the hub runs at CONNECT.
+#![forbid(unsafe_code)]
+
+mod algorithm;
+mod chain;
+mod describe;
+mod error;
+mod input;
+mod issue;
+mod name;
+mod thumbprint;
+
+pub use algorithm::KeyAlgorithm;
+pub use chain::{
+    Reason, Rejection, TrustStore, Usage, VerifiedChain, verify_chain, verify_device_chain,
+};
+pub use describe::{CertificateInfo, CsrInfo, KeyInfo, describe_certificate, describe_csr};
+pub use error::PkiError;
+pub use input::{Document, read_certificates, read_csr, read_document};
+pub use issue::{
+    CaFiles, IssuedCertificate, Issuer, NewKey, Profile, SignOptions, create_request, create_root,
+    sign_request, verification_certificate,
+};
+pub use name::parse_subject;
+pub use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, UnixTime};
+pub use thumbprint::{Thumbprints, normalize_thumbprint};
