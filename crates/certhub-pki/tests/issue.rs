@@ -1,0 +1,253 @@
+//! Issuance: the issuer decides every extension, serials are random, validity stays inside the
+//! issuer's, and what comes out verifies under the device policy.
+
+use certhub_pki::{
+    CaFiles, Issuer, KeyAlgorithm, Profile, SignOptions, TrustStore, create_request, create_root,
+    describe_certificate, parse_subject, read_csr, sign_request, verification_certificate,
+    verify_device_chain,
+};
+use certhub_testkit::at;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+use time::{Duration, OffsetDateTime};
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(certhub_testkit::NOW).expect("time")
+}
+
+fn root(alg: KeyAlgorithm, days: u32, path_len: Option<u8>) -> Issuer {
+    let made = create_root(
+        &parse_subject("CN=Company-X Root CA, O=Company-X").expect("subject"),
+        alg,
+        days,
+        path_len,
+        now(),
+    )
+    .expect("root");
+    Issuer::load(CaFiles {
+        cert: made.pem.as_bytes(),
+        key: &made.key_pem,
+        chain: None,
+    })
+    .expect("load root")
+}
+
+/// Signs a new intermediate below `issuer` and loads it as an issuer in turn.
+fn intermediate(issuer: &Issuer, subject: &str, opts: SignOptions) -> (Issuer, String) {
+    let req = create_request(
+        &parse_subject(subject).expect("subject"),
+        KeyAlgorithm::EcdsaP256,
+    )
+    .expect("request");
+    let csr = read_csr(req.pem.as_bytes()).expect("csr");
+    let cert = sign_request(issuer, &csr, Profile::Intermediate, &opts, now()).expect("sign");
+    let loaded = Issuer::load(CaFiles {
+        cert: cert.pem.as_bytes(),
+        key: &req.key_pem,
+        chain: Some(cert.chain_pem.as_bytes()),
+    })
+    .expect("load intermediate");
+    (loaded, cert.chain_pem)
+}
+
+#[test]
+fn every_algorithm_builds_a_chain_the_policy_accepts() {
+    for alg in KeyAlgorithm::ALL {
+        let company = root(alg, 3650, None);
+        let trust = TrustStore::new([company.certificate().clone()]).expect("trust");
+        let req = create_request(&parse_subject("CN=widget-1").expect("s"), alg).expect("req");
+        let csr = read_csr(req.pem.as_bytes()).expect("csr");
+        let cert = sign_request(
+            &company,
+            &csr,
+            Profile::Device,
+            &SignOptions::default(),
+            now(),
+        )
+        .unwrap_or_else(|e| panic!("{alg}: {e}"));
+        let chain = certhub_pki::read_certificates(cert.chain_pem.as_bytes()).expect("chain");
+        verify_device_chain(&chain, &trust, Some("widget-1"), at(certhub_testkit::NOW))
+            .unwrap_or_else(|e| panic!("{alg}: {e}"));
+    }
+}
+
+#[test]
+fn a_device_csr_asking_for_ca_gets_ca_false_and_a_note() {
+    let company = root(KeyAlgorithm::EcdsaP256, 3650, None);
+    let key = KeyPair::generate().expect("key");
+    let mut p = CertificateParams::default();
+    p.distinguished_name
+        .push(DnType::CommonName, "sneaky-widget");
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let csr = p.serialize_request(&key).expect("csr");
+    let cert = sign_request(
+        &company,
+        csr.der(),
+        Profile::Device,
+        &SignOptions::default(),
+        now(),
+    )
+    .expect("sign");
+    let info = describe_certificate(&cert.der).expect("describe");
+    assert!(!info.basic_constraints.expect("bc present").ca);
+    assert_eq!(info.extended_key_usage, ["clientAuth"]);
+    assert_eq!(info.key_usage, ["digitalSignature"]);
+    assert!(
+        cert.notes.iter().any(|n| n.contains("CA:TRUE")),
+        "{:?}",
+        cert.notes
+    );
+}
+
+#[test]
+fn serials_are_random_for_the_same_key() {
+    let company = root(KeyAlgorithm::EcdsaP256, 3650, None);
+    let req =
+        create_request(&parse_subject("CN=w").expect("s"), KeyAlgorithm::EcdsaP256).expect("req");
+    let csr = read_csr(req.pem.as_bytes()).expect("csr");
+    let a = sign_request(
+        &company,
+        &csr,
+        Profile::Device,
+        &SignOptions::default(),
+        now(),
+    )
+    .expect("a");
+    let b = sign_request(
+        &company,
+        &csr,
+        Profile::Device,
+        &SignOptions::default(),
+        now(),
+    )
+    .expect("b");
+    let (a, b) = (
+        describe_certificate(&a.der).expect("a"),
+        describe_certificate(&b.der).expect("b"),
+    );
+    assert_ne!(a.serial, b.serial);
+    assert!(a.serial.len() >= 32, "{}", a.serial);
+}
+
+#[test]
+fn validity_never_outlives_the_issuer() {
+    let company = root(KeyAlgorithm::EcdsaP256, 30, None);
+    let (_, chain) = intermediate(
+        &company,
+        "CN=Factory-Y CA",
+        SignOptions {
+            days: Some(3650),
+            path_len: None,
+        },
+    );
+    let certs = certhub_pki::read_certificates(chain.as_bytes()).expect("chain");
+    let child = describe_certificate(&certs[0]).expect("child");
+    let parent = describe_certificate(company.certificate()).expect("parent");
+    assert_eq!(child.not_after, parent.not_after);
+}
+
+#[test]
+fn path_len_follows_the_issuer() {
+    let company = root(KeyAlgorithm::EcdsaP256, 3650, Some(1));
+    let (factory, chain) = intermediate(&company, "CN=Factory-Y CA", SignOptions::default());
+    let certs = certhub_pki::read_certificates(chain.as_bytes()).expect("chain");
+    let bc = describe_certificate(&certs[0])
+        .expect("d")
+        .basic_constraints
+        .expect("bc");
+    assert_eq!(bc.path_len, Some(0), "one less than the issuer's 1");
+    // Factory-Y (pathlen 0) may not sign a CA...
+    let req = create_request(
+        &parse_subject("CN=Technician-Z CA").expect("s"),
+        KeyAlgorithm::EcdsaP256,
+    )
+    .expect("req");
+    let csr = read_csr(req.pem.as_bytes()).expect("csr");
+    let e = sign_request(
+        &factory,
+        &csr,
+        Profile::Intermediate,
+        &SignOptions::default(),
+        now(),
+    )
+    .expect_err("pathlen 0");
+    assert!(e.to_string().contains("pathLenConstraint 0"), "{e}");
+    // ...and Company-X refuses to give more than it has.
+    let e = sign_request(
+        &company,
+        &csr,
+        Profile::Intermediate,
+        &SignOptions {
+            days: None,
+            path_len: Some(5),
+        },
+        now(),
+    )
+    .expect_err("too long");
+    assert!(e.to_string().contains("--path-len 5"), "{e}");
+}
+
+#[test]
+fn the_verification_certificate_is_cn_code_not_ca_signed_by_the_ca() {
+    let company = root(KeyAlgorithm::EcdsaP256, 3650, None);
+    let pop = verification_certificate(&company, "6A1F0C2B9E", now()).expect("pop");
+    let info = describe_certificate(&pop.der).expect("describe");
+    assert_eq!(info.subject, "CN=6A1F0C2B9E");
+    assert_eq!(info.issuer, "CN=Company-X Root CA, O=Company-X");
+    assert!(!info.basic_constraints.expect("bc").ca);
+    // The signature is the CA's: it chains to the CA as the only anchor.
+    let trust = TrustStore::new([company.certificate().clone()]).expect("trust");
+    certhub_pki::verify_chain(
+        &pop.der,
+        &[],
+        &trust,
+        at(certhub_testkit::NOW),
+        certhub_pki::Usage::ClientAuth,
+    )
+    .expect("signed by the CA");
+    assert!(verification_certificate(&company, "  ", now()).is_err());
+}
+
+#[test]
+fn an_issuer_with_someone_elses_key_is_refused() {
+    let a = create_root(
+        &parse_subject("CN=A").expect("s"),
+        KeyAlgorithm::EcdsaP256,
+        10,
+        None,
+        now(),
+    )
+    .expect("a");
+    let b = create_root(
+        &parse_subject("CN=B").expect("s"),
+        KeyAlgorithm::EcdsaP256,
+        10,
+        None,
+        now(),
+    )
+    .expect("b");
+    let e = Issuer::load(CaFiles {
+        cert: a.pem.as_bytes(),
+        key: &b.key_pem,
+        chain: None,
+    })
+    .expect_err("mismatch");
+    assert!(e.to_string().contains("does not belong"), "{e}");
+}
+
+#[test]
+fn an_expired_issuer_does_not_sign() {
+    let company = root(KeyAlgorithm::EcdsaP256, 1, None);
+    let req =
+        create_request(&parse_subject("CN=w").expect("s"), KeyAlgorithm::EcdsaP256).expect("req");
+    let csr = read_csr(req.pem.as_bytes()).expect("csr");
+    let later = now() + Duration::days(3);
+    let e = sign_request(
+        &company,
+        &csr,
+        Profile::Device,
+        &SignOptions::default(),
+        later,
+    )
+    .expect_err("expired issuer");
+    assert!(e.to_string().contains("expired"), "{e}");
+}
