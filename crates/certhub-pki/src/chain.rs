@@ -158,6 +158,11 @@ impl TrustStore {
                 "it is not a CA certificate (basicConstraints CA:TRUE is missing)",
             ));
         }
+        if cert.subject().iter().next().is_none() {
+            return Err(refuse(
+                "its subject is empty; a CA must have a distinguished name (RFC 5280 4.1.2.6)",
+            ));
+        }
         for ext in cert.extensions() {
             match ext.parsed_extension() {
                 ParsedExtension::KeyUsage(ku) if !ku.key_cert_sign() => {
