@@ -123,6 +123,7 @@ pub(crate) fn signature_algorithm_name(alg: &AlgorithmIdentifier<'_>) -> String 
     match oid.to_id_string().as_str() {
         "1.2.840.113549.1.1.10" => "RSASSA-PSS".into(),
         "1.3.101.112" => "Ed25519".into(),
+        "1.2.840.10045.4.1" => "ecdsa-with-SHA1".into(),
         _ => name_of(oid),
     }
 }

@@ -252,7 +252,36 @@ impl Issuer {
 }
 
 fn to_pem(der: &CertificateDer<'_>) -> String {
-    pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()))
+    lf_pem("CERTIFICATE", der.as_ref().to_vec())
+}
+
+/// PEM with `\n` line endings, like rcgen's own output (pem's default is `\r\n`).
+fn lf_pem(tag: &str, der: Vec<u8>) -> String {
+    pem::encode_config(
+        &pem::Pem::new(tag, der),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// The PKCS#8 PEM of a new private key. aws-lc-rs writes Ed25519 keys as PKCS#8 v2 (RFC 5958,
+/// with the public key), which OpenSSL before 3.5 cannot read; write those as PKCS#8 v1
+/// (RFC 8410), which every tool reads, rcgen included.
+fn private_key_pem(key: &KeyPair) -> String {
+    const V2: [u8; 16] = [
+        0x30, 0x51, 0x02, 0x01, 0x01, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    const V1: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let der = key.serialize_der();
+    if der.len() == 83 && der.starts_with(&V2) {
+        let mut v1 = V1.to_vec();
+        v1.extend_from_slice(&der[16..48]);
+        return lf_pem("PRIVATE KEY", v1);
+    }
+    key.serialize_pem()
 }
 
 /// A random, positive, 16-byte serial (RFC 5280 allows up to 20 octets).
@@ -307,7 +336,7 @@ pub fn create_root(
     p.use_authority_key_identifier_extension = false;
     let cert = p.self_signed(&key)?;
     Ok(NewKey {
-        key_pem: key.serialize_pem(),
+        key_pem: private_key_pem(&key),
         pem: cert.pem(),
     })
 }
@@ -323,7 +352,7 @@ pub fn create_request(
     p.distinguished_name = subject.clone();
     let csr = p.serialize_request(&key)?;
     Ok(NewKey {
-        key_pem: key.serialize_pem(),
+        key_pem: private_key_pem(&key),
         pem: csr.pem()?,
     })
 }
@@ -350,14 +379,16 @@ pub fn sign_request(
     if let Some(w) = weak_signature(&csr.signature_algorithm) {
         return Err(PkiError::Unsupported(format!("the CSR is {w}")));
     }
-    csr.verify_signature()
-        .map_err(|_| PkiError::CsrBadSignature)?;
+    // The key first: aws-lc-rs cannot verify signatures by keys certhub refuses (RSA under
+    // 2048 bits), which would otherwise be reported as a bad signature.
     let info = &csr.certification_request_info;
     if let Some(p) = key_info(&info.subject_pki).problem() {
         return Err(PkiError::Unsupported(format!(
             "the CSR's key is refused: {p}"
         )));
     }
+    csr.verify_signature()
+        .map_err(|_| PkiError::CsrBadSignature)?;
     let subject = info.subject.to_string();
     let dn = dn_from_x509(&info.subject, "the CSR")?;
     let cn = common_name(&info.subject);

@@ -29,7 +29,7 @@ pub fn read_required(path: &Path, what: &str) -> Result<Vec<u8>> {
     read(path)
 }
 
-fn write_file(path: &Path, contents: &[u8], mode: Mode) -> Result<()> {
+fn write_file(path: &Path, contents: &[u8], mode: Mode, sync: bool) -> Result<()> {
     let mut opts = OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -38,7 +38,7 @@ fn write_file(path: &Path, contents: &[u8], mode: Mode) -> Result<()> {
         .open(path)
         .with_context(|| format!("{}: cannot create", path.display()))?;
     f.write_all(contents)
-        .and_then(|_| f.sync_all())
+        .and_then(|_| if sync { f.sync_all() } else { Ok(()) })
         .with_context(|| format!("{}: cannot write", path.display()))
 }
 
@@ -49,10 +49,22 @@ pub struct NewDir {
     staging: PathBuf,
     target: PathBuf,
     committed: bool,
+    sync: bool,
 }
 
 impl NewDir {
+    /// A new folder whose files are each flushed to disk before the folder appears.
     pub fn create(target: &Path) -> Result<Self> {
+        Self::create_with(target, true)
+    }
+
+    /// A new folder for bulk output (thousands of files): files are not flushed one by one,
+    /// which would dominate the run time; the folder still appears only when complete.
+    pub fn create_bulk(target: &Path) -> Result<Self> {
+        Self::create_with(target, false)
+    }
+
+    fn create_with(target: &Path, sync: bool) -> Result<Self> {
         if target.exists() {
             bail!(
                 "{}: already exists; choose another --out or remove it (certhub never overwrites keys or certificates)",
@@ -80,6 +92,7 @@ impl NewDir {
             staging,
             target: target.to_path_buf(),
             committed: false,
+            sync,
         })
     }
 
@@ -88,13 +101,15 @@ impl NewDir {
         &self.staging
     }
 
-    pub fn write(&self, name: &str, contents: &[u8], mode: Mode) -> Result<()> {
+    /// Creates a subfolder (and its parents) inside the new folder.
+    pub fn mkdir(&self, name: &str) -> Result<()> {
         let path = self.staging.join(name);
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("{}: cannot create", parent.display()))?;
-        }
-        write_file(&path, contents, mode)
+        fs::create_dir_all(&path).with_context(|| format!("{}: cannot create", path.display()))
+    }
+
+    /// Writes a file; its folder must exist (see [`NewDir::mkdir`]).
+    pub fn write(&self, name: &str, contents: &[u8], mode: Mode) -> Result<()> {
+        write_file(&self.staging.join(name), contents, mode, self.sync)
     }
 
     pub fn commit(mut self) -> Result<PathBuf> {
@@ -138,7 +153,7 @@ pub fn write_new_files(dir: &Path, files: &[(&str, &[u8], Mode)]) -> Result<Vec<
     let mut temps = Vec::new();
     for (name, contents, mode) in files {
         let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
-        if let Err(e) = write_file(&tmp, contents, *mode) {
+        if let Err(e) = write_file(&tmp, contents, *mode, true) {
             for t in &temps {
                 let _ = fs::remove_file(t);
             }

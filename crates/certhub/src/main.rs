@@ -2,6 +2,11 @@
 //! its own: certificate decisions live in `certhub-pki`.
 #![forbid(unsafe_code)]
 
+/// `println!` that survives a closed pipe; see [`out_line`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::out_line(format_args!($($arg)*)) };
+}
+
 mod files;
 mod pki;
 
@@ -44,5 +49,19 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// Prints a line on stdout. A closed pipe (`certhub pki inspect f | head -1`) ends the process
+/// quietly instead of panicking as `println!` would.
+pub fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = writeln!(stdout, "{args}") {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing to stdout: {e}");
+        std::process::exit(2);
     }
 }

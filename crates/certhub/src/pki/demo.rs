@@ -51,7 +51,7 @@ fn supply_chain(a: SupplyChainArgs) -> Result<Outcome> {
         bail!("--devices must be at least 1");
     }
     let started = Instant::now();
-    let dir = NewDir::create(&a.out)?;
+    let dir = NewDir::create_bulk(&a.out)?;
     let now = OffsetDateTime::now_utc();
 
     // Company-X makes its root.
@@ -62,9 +62,11 @@ fn supply_chain(a: SupplyChainArgs) -> Result<Outcome> {
         None,
         now,
     )?;
+    dir.mkdir("company-x")?;
+    dir.mkdir("devices")?;
     dir.write("company-x/key.pem", root.key_pem.as_bytes(), Mode::Secret)?;
     dir.write("company-x/cert.pem", root.pem.as_bytes(), Mode::Public)?;
-    println!("Company-X     created its root CA             company-x/");
+    out!("Company-X     created its root CA             company-x/");
 
     // Factory-Y asks Company-X; Technician-Z asks Factory-Y.
     let company_x = load(dir.path(), "company-x")?;
@@ -77,7 +79,7 @@ fn supply_chain(a: SupplyChainArgs) -> Result<Outcome> {
         a.algorithm,
         now,
     )?;
-    println!("Factory-Y     sent a CSR, Company-X signed it  factory-y/");
+    out!("Factory-Y     sent a CSR, Company-X signed it  factory-y/");
     let factory_y = load(dir.path(), "factory-y")?;
     intermediate(
         &dir,
@@ -88,7 +90,7 @@ fn supply_chain(a: SupplyChainArgs) -> Result<Outcome> {
         a.algorithm,
         now,
     )?;
-    println!("Technician-Z  sent a CSR, Factory-Y signed it  technician-z/");
+    out!("Technician-Z  sent a CSR, Factory-Y signed it  technician-z/");
     let technician_z = load(dir.path(), "technician-z")?;
 
     // Each widget makes its key and CSR; Technician-Z signs it. Spread over the cores.
@@ -137,19 +139,19 @@ fn supply_chain(a: SupplyChainArgs) -> Result<Outcome> {
     for r in results {
         r?;
     }
-    println!(
+    out!(
         "widgets       {} device certificates, each signed from its own CSR  devices/",
         a.devices
     );
     let out = dir.commit()?;
     let first = &ids[0];
-    println!(
+    out!(
         "done in {:.1}s: {}",
         started.elapsed().as_secs_f64(),
         out.display()
     );
-    println!("next:");
-    println!(
+    out!("next:");
+    out!(
         "  certhub pki verify --trust {0}/company-x/cert.pem --chain {0}/devices/{first}/chain.pem --device-id {first}",
         out.display()
     );
@@ -179,6 +181,7 @@ fn intermediate(
     now: OffsetDateTime,
 ) -> Result<()> {
     let req = create_request(&parse_subject(subject)?, algorithm)?;
+    dir.mkdir(name)?;
     dir.write(
         &format!("{name}/key.pem"),
         req.key_pem.as_bytes(),
@@ -217,6 +220,7 @@ fn device(
 ) -> Result<()> {
     let req = create_request(&parse_subject(&format!("CN={id}"))?, algorithm)?;
     let base = format!("devices/{id}");
+    dir.mkdir(&base)?;
     dir.write(
         &format!("{base}/key.pem"),
         req.key_pem.as_bytes(),

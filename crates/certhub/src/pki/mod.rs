@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use certhub_pki::{
-    CaFiles, Issuer, KeyAlgorithm, Profile, SignOptions, TrustStore, UnixTime, create_request,
-    create_root, parse_subject, read_certificates, read_csr, sign_request,
+    CaFiles, Issuer, KeyAlgorithm, PkiError, Profile, SignOptions, TrustStore, UnixTime,
+    create_request, create_root, parse_subject, read_certificates, read_csr, sign_request,
     verification_certificate, verify_device_chain,
 };
 use clap::{Args, Subcommand, ValueEnum};
@@ -141,7 +141,7 @@ pub struct VerifyArgs {
 }
 
 fn parse_algorithm(s: &str) -> Result<KeyAlgorithm, String> {
-    s.parse().map_err(|e: certhub_pki::PkiError| e.to_string())
+    s.parse().map_err(|e: PkiError| e.to_string())
 }
 
 fn parse_time(s: &str) -> Result<OffsetDateTime, String> {
@@ -175,17 +175,17 @@ fn root(a: RootArgs) -> Result<Outcome> {
     dir.write("key.pem", made.key_pem.as_bytes(), Mode::Secret)?;
     dir.write("cert.pem", made.pem.as_bytes(), Mode::Public)?;
     let out = dir.commit()?;
-    println!(
+    out!(
         "created root CA {:?} ({}) in {}",
         a.subject.trim(),
         a.algorithm,
         out.display()
     );
-    println!(
+    out!(
         "  {}/cert.pem  the CA certificate: share it, register it with the hub",
         out.display()
     );
-    println!(
+    out!(
         "  {}/key.pem   its private key (mode 0600): it never leaves this folder",
         out.display()
     );
@@ -199,14 +199,14 @@ fn request(a: RequestArgs) -> Result<Outcome> {
     dir.write("key.pem", made.key_pem.as_bytes(), Mode::Secret)?;
     dir.write("request.csr", made.pem.as_bytes(), Mode::Public)?;
     let out = dir.commit()?;
-    println!(
+    out!(
         "created a key pair and a CSR for {:?} ({}) in {}",
         a.subject.trim(),
         a.algorithm,
         out.display()
     );
-    println!("  {}/request.csr  send this to your issuer", out.display());
-    println!(
+    out!("  {}/request.csr  send this to your issuer", out.display());
+    out!(
         "  {}/key.pem      your private key (mode 0600): keep it here",
         out.display()
     );
@@ -236,12 +236,23 @@ pub(crate) fn load_issuer(dir: &Path) -> Result<Issuer> {
     } else {
         None
     };
+    // Read each certificate file on its own first, so an error names the file to fix.
+    read_certificates(&cert).with_context(|| format!("{}", cert_path.display()))?;
+    if let Some(c) = &chain {
+        read_certificates(c).with_context(|| format!("{}", chain_path.display()))?;
+    }
     Issuer::load(CaFiles {
         cert: &cert,
         key: &key,
         chain: chain.as_deref(),
     })
-    .with_context(|| format!("{}", dir.display()))
+    .map_err(|e| {
+        let at = match e {
+            PkiError::Key { .. } | PkiError::KeyMismatch { .. } => key_path.display(),
+            _ => dir.display(),
+        };
+        anyhow::Error::new(e).context(at.to_string())
+    })
 }
 
 fn sign(a: SignArgs) -> Result<Outcome> {
@@ -266,7 +277,7 @@ fn sign(a: SignArgs) -> Result<Outcome> {
         ],
     )?;
     let info = certhub_pki::describe_certificate(&issued.der)?;
-    println!(
+    out!(
         "{} signed {:?} as {} (serial {}, valid until {})",
         issuer.subject(),
         info.subject,
@@ -278,10 +289,10 @@ fn sign(a: SignArgs) -> Result<Outcome> {
         info.not_after
     );
     for note in &issued.notes {
-        println!("  note: {note}");
+        out!("  note: {note}");
     }
     for p in written {
-        println!("  {}", p.display());
+        out!("  {}", p.display());
     }
     Ok(Outcome::Ok)
 }
@@ -290,7 +301,7 @@ fn verification(a: VerificationArgs) -> Result<Outcome> {
     let issuer = load_issuer(&a.issuer)?;
     let issued = verification_certificate(&issuer, &a.code, OffsetDateTime::now_utc())?;
     files::write_new_file(&a.out, issued.pem.as_bytes(), Mode::Public)?;
-    println!(
+    out!(
         "wrote {}: CN={} signed by {}; upload it to the hub's verify endpoint",
         a.out.display(),
         a.code.trim(),
@@ -315,12 +326,12 @@ fn verify(a: VerifyArgs) -> Result<Outcome> {
     let now = UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs));
     match verify_device_chain(&chain, &trust, a.device_id.as_deref(), now) {
         Ok(v) => {
-            println!("ok: trusted by {:?}", v.anchor_subject);
-            println!("  path: {}", v.path.join(" -> "));
+            out!("ok: trusted by {:?}", v.anchor_subject);
+            out!("  path: {}", v.path.join(" -> "));
             Ok(Outcome::Ok)
         }
         Err(r) => {
-            println!("rejected: {}: {}", r.reason, r.detail);
+            out!("rejected: {}: {}", r.reason, r.detail);
             Ok(Outcome::Rejected)
         }
     }

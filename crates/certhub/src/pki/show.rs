@@ -18,8 +18,8 @@ pub fn thumbprint(path: &Path) -> Result<Outcome> {
         anyhow::bail!("{}: no certificate", path.display());
     };
     let t = Thumbprints::of(first);
-    println!("SHA1   {}", t.sha1);
-    println!("SHA256 {}", t.sha256);
+    out!("SHA1   {}", t.sha1);
+    out!("SHA256 {}", t.sha256);
     Ok(Outcome::Ok)
 }
 
@@ -34,11 +34,11 @@ pub fn inspect(path: &Path, json: bool) -> Result<Outcome> {
                 .collect::<Result<Vec<_>, _>>()
                 .with_context(|| format!("{}", path.display()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&infos)?);
+                out!("{}", serde_json::to_string_pretty(&infos)?);
             } else {
                 for (i, info) in infos.iter().enumerate() {
                     if infos.len() > 1 {
-                        println!("certificate {} of {}", i + 1, infos.len());
+                        out!("certificate {} of {}", i + 1, infos.len());
                     }
                     print_certificate(info);
                 }
@@ -47,7 +47,7 @@ pub fn inspect(path: &Path, json: bool) -> Result<Outcome> {
         Document::Csr(csr) => {
             let info = describe_csr(&csr).with_context(|| format!("{}", path.display()))?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&info)?);
+                out!("{}", serde_json::to_string_pretty(&info)?);
             } else {
                 print_csr(&info);
             }
@@ -57,39 +57,39 @@ pub fn inspect(path: &Path, json: bool) -> Result<Outcome> {
 }
 
 fn print_certificate(c: &CertificateInfo) {
-    println!("  subject:             {}", c.subject);
-    println!("  issuer:              {}", c.issuer);
-    println!("  serial:              {}", c.serial);
-    println!("  valid:               {} .. {}", c.not_before, c.not_after);
-    println!("  version:             v{}", c.version);
-    println!("  key:                 {}", c.key);
-    println!("  signature:           {}", c.signature_algorithm);
+    out!("  subject:             {}", c.subject);
+    out!("  issuer:              {}", c.issuer);
+    out!("  serial:              {}", c.serial);
+    out!("  valid:               {} .. {}", c.not_before, c.not_after);
+    out!("  version:             v{}", c.version);
+    out!("  key:                 {}", c.key);
+    out!("  signature:           {}", c.signature_algorithm);
     match &c.basic_constraints {
-        Some(bc) if bc.ca => println!(
+        Some(bc) if bc.ca => out!(
             "  basic constraints:   CA:TRUE{}{}",
             bc.path_len
                 .map(|n| format!(", pathlen:{n}"))
                 .unwrap_or_default(),
             if bc.critical { " (critical)" } else { "" }
         ),
-        Some(_) => println!("  basic constraints:   CA:FALSE"),
-        None => println!("  basic constraints:   (none)"),
+        Some(_) => out!("  basic constraints:   CA:FALSE"),
+        None => out!("  basic constraints:   (none)"),
     }
-    println!("  key usage:           {}", list(&c.key_usage));
-    println!("  extended key usage:  {}", list(&c.extended_key_usage));
-    println!("  subject alt names:   {}", list(&c.subject_alt_names));
+    out!("  key usage:           {}", list(&c.key_usage));
+    out!("  extended key usage:  {}", list(&c.extended_key_usage));
+    out!("  subject alt names:   {}", list(&c.subject_alt_names));
     if c.self_signed {
-        println!("  self-signed:         yes");
+        out!("  self-signed:         yes");
     }
-    println!("  SHA-1 thumbprint:    {}", c.thumbprints.sha1);
-    println!("  SHA-256 thumbprint:  {}", c.thumbprints.sha256);
+    out!("  SHA-1 thumbprint:    {}", c.thumbprints.sha1);
+    out!("  SHA-256 thumbprint:  {}", c.thumbprints.sha256);
 }
 
 fn print_csr(c: &CsrInfo) {
-    println!("certificate signing request");
-    println!("  subject:             {}", c.subject);
-    println!("  key:                 {}", c.key);
-    println!(
+    out!("certificate signing request");
+    out!("  subject:             {}", c.subject);
+    out!("  key:                 {}", c.key);
+    out!(
         "  signature:           {} ({})",
         c.signature_algorithm,
         if c.signature_valid {
@@ -98,7 +98,7 @@ fn print_csr(c: &CsrInfo) {
             "DOES NOT VERIFY"
         }
     );
-    println!("  requested:           {}", list(&c.requested_extensions));
+    out!("  requested:           {}", list(&c.requested_extensions));
 }
 
 fn list(items: &[String]) -> String {

@@ -1,0 +1,341 @@
+//! Shared helpers for the `certhub` CLI integration tests: run the real binary and the real
+//! `openssl` command line in a per-test temporary folder, and check what they print.
+//!
+//! Every path handed to a command is absolute, so a message that names a file can be checked
+//! for the exact path.
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use tempfile::TempDir;
+
+/// What a finished command left behind.
+#[derive(Debug)]
+pub struct Run {
+    pub what: String,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(what: String, out: Output) -> Self {
+        Self {
+            what,
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Asserts exit 0 and returns self for chaining.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, Some(0), "expected success from {self}");
+        assert!(!self.stderr.contains("panicked"), "panic in {self}");
+        self
+    }
+
+    /// Asserts the exit code.
+    #[track_caller]
+    pub fn code(self, code: i32) -> Self {
+        assert_eq!(self.code, Some(code), "expected exit {code} from {self}");
+        assert!(!self.stderr.contains("panicked"), "panic in {self}");
+        self
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "`{}` (exit {:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.what, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+fn describe(program: &str, args: &[&OsStr]) -> String {
+    let mut s = program.to_string();
+    for a in args {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Runs the certhub binary under test in `cwd`.
+pub fn certhub<S: AsRef<OsStr>>(cwd: &Path, args: &[S]) -> Run {
+    let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_certhub"))
+        .args(&args)
+        .current_dir(cwd)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .expect("the certhub binary runs");
+    Run::from(describe("certhub", &args), out)
+}
+
+/// Runs the `openssl` command line in `cwd`. Panics with a clear message if it is missing: these
+/// tests are about interoperability with the real thing.
+pub fn openssl<S: AsRef<OsStr>>(cwd: &Path, args: &[S]) -> Run {
+    let args: Vec<&OsStr> = args.iter().map(AsRef::as_ref).collect();
+    let out = match Command::new("openssl")
+        .args(&args)
+        .current_dir(cwd)
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+            "the `openssl` command line (OpenSSL 3) is required by these tests but is not on PATH"
+        ),
+        Err(e) => panic!("cannot run openssl: {e}"),
+    };
+    Run::from(describe("openssl", &args), out)
+}
+
+/// A fresh temporary folder for one test.
+pub fn tmp() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("certhub-test-")
+        .tempdir()
+        .expect("a temporary folder")
+}
+
+/// The path as text (temporary folders are UTF-8).
+pub fn s(p: &Path) -> &str {
+    p.to_str().expect("a UTF-8 path")
+}
+
+pub fn read(p: &Path) -> Vec<u8> {
+    fs::read(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+pub fn read_text(p: &Path) -> String {
+    fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
+pub fn write(p: &Path, contents: impl AsRef<[u8]>) {
+    fs::write(p, contents).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
+}
+
+/// `certhub pki root` into `dir/name`.
+pub fn root(dir: &Path, name: &str, subject: &str, algorithm: &str) -> PathBuf {
+    let out = dir.join(name);
+    certhub(
+        dir,
+        &[
+            "pki",
+            "root",
+            "--subject",
+            subject,
+            "--algorithm",
+            algorithm,
+            "--out",
+            s(&out),
+        ],
+    )
+    .ok();
+    out
+}
+
+/// `certhub pki request` into `dir/name`.
+pub fn request(dir: &Path, name: &str, subject: &str, algorithm: &str) -> PathBuf {
+    let out = dir.join(name);
+    certhub(
+        dir,
+        &[
+            "pki",
+            "request",
+            "--subject",
+            subject,
+            "--algorithm",
+            algorithm,
+            "--out",
+            s(&out),
+        ],
+    )
+    .ok();
+    out
+}
+
+/// `certhub pki sign` of `csr` by the issuer folder into `out`; returns the run (exit 0).
+pub fn sign(dir: &Path, issuer: &Path, csr: &Path, profile: &str, out: &Path) -> Run {
+    certhub(
+        dir,
+        &[
+            "pki",
+            "sign",
+            "--issuer",
+            s(issuer),
+            "--csr",
+            s(csr),
+            "--profile",
+            profile,
+            "--out",
+            s(out),
+        ],
+    )
+    .ok()
+}
+
+/// Request + sign in one go: a folder `name` with key.pem, request.csr, cert.pem, chain.pem.
+pub fn issue(
+    dir: &Path,
+    issuer: &Path,
+    name: &str,
+    subject: &str,
+    profile: &str,
+    algorithm: &str,
+) -> PathBuf {
+    let folder = request(dir, name, subject, algorithm);
+    sign(dir, issuer, &folder.join("request.csr"), profile, &folder);
+    folder
+}
+
+/// A small P-256 hierarchy made with certhub: `root` -> `int` (intermediate) -> `dev`
+/// (device, CN = `device-1`).
+pub struct Hierarchy {
+    pub root: PathBuf,
+    pub int: PathBuf,
+    pub dev: PathBuf,
+}
+
+pub fn hierarchy(dir: &Path) -> Hierarchy {
+    let root = root(dir, "root", "CN=Test Root CA, O=Acme", "ecdsa-p256");
+    let int = issue(
+        dir,
+        &root,
+        "int",
+        "CN=Test Intermediate CA, O=Acme",
+        "intermediate",
+        "ecdsa-p256",
+    );
+    let dev = issue(dir, &int, "dev", "CN=device-1", "device", "ecdsa-p256");
+    Hierarchy { root, int, dev }
+}
+
+/// `openssl x509 -noout -fingerprint -<digest>` as uppercase hex without colons.
+pub fn openssl_fingerprint(dir: &Path, cert: &Path, der: bool, digest: &str) -> String {
+    let mut args = vec!["x509", "-in", s(cert), "-noout", "-fingerprint", digest];
+    if der {
+        args.extend(["-inform", "DER"]);
+    }
+    let run = openssl(dir, &args).ok();
+    let line = run.stdout.trim();
+    let (_, hex) = line
+        .split_once('=')
+        .unwrap_or_else(|| panic!("no fingerprint in {run}"));
+    hex.replace(':', "").to_ascii_uppercase()
+}
+
+/// `certhub pki thumbprint` as (SHA1, SHA256), checking the output format.
+pub fn certhub_thumbprints(dir: &Path, file: &Path) -> (String, String) {
+    let run = certhub(dir, &["pki", "thumbprint", s(file)]).ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "two lines expected from {run}");
+    let sha1 = lines[0]
+        .strip_prefix("SHA1   ")
+        .unwrap_or_else(|| panic!("`SHA1   <hex>` expected in {run}"));
+    let sha256 = lines[1]
+        .strip_prefix("SHA256 ")
+        .unwrap_or_else(|| panic!("`SHA256 <hex>` expected in {run}"));
+    assert_eq!(sha1.len(), 40, "{run}");
+    assert_eq!(sha256.len(), 64, "{run}");
+    (sha1.to_string(), sha256.to_string())
+}
+
+/// Asserts that certhub's thumbprints of `cert` equal openssl's fingerprints.
+#[track_caller]
+pub fn assert_thumbprints_match(dir: &Path, cert: &Path, der: bool) {
+    let (sha1, sha256) = certhub_thumbprints(dir, cert);
+    assert_eq!(
+        sha1,
+        openssl_fingerprint(dir, cert, der, "-sha1"),
+        "SHA-1 of {}",
+        cert.display()
+    );
+    assert_eq!(
+        sha256,
+        openssl_fingerprint(dir, cert, der, "-sha256"),
+        "SHA-256 of {}",
+        cert.display()
+    );
+}
+
+/// Converts a PEM certificate to DER with openssl; returns the DER file's path.
+pub fn to_der(dir: &Path, pem: &Path, out: &Path) -> PathBuf {
+    openssl(
+        dir,
+        &["x509", "-in", s(pem), "-outform", "DER", "-out", s(out)],
+    )
+    .ok();
+    out.to_path_buf()
+}
+
+/// `certhub pki inspect --json` of a certificate file, parsed.
+pub fn inspect_json(dir: &Path, file: &Path) -> serde_json::Value {
+    let run = certhub(dir, &["pki", "inspect", "--json", s(file)]).ok();
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {run}"))
+}
+
+/// Asserts a certhub error as the CLI promises it: exit 2, exactly one line on stderr that
+/// starts with `error: ` and contains every needle (case-insensitive), no panic.
+#[track_caller]
+pub fn assert_error(run: &Run, needles: &[&str]) {
+    assert_eq!(run.code, Some(2), "expected exit 2 from {run}");
+    assert!(!run.stderr.contains("panicked"), "panic in {run}");
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "exactly one line on stderr expected from {run}"
+    );
+    assert!(
+        lines[0].starts_with("error: "),
+        "stderr must start with `error: ` in {run}"
+    );
+    let lower = lines[0].to_lowercase();
+    for n in needles {
+        assert!(
+            lower.contains(&n.to_lowercase()),
+            "stderr should mention {n:?} in {run}"
+        );
+    }
+}
+
+/// Every entry under `dir`, recursively, with its contents (None for folders), sorted.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut all = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap_or_else(|e| panic!("listing {}: {e}", d.display())) {
+            let path = entry.expect("a folder entry").path();
+            if path.is_dir() {
+                all.push((path.clone(), None));
+                stack.push(path);
+            } else {
+                let contents = read(&path);
+                all.push((path, Some(contents)));
+            }
+        }
+    }
+    all.sort();
+    all
+}
+
+/// Asserts that nothing named `*.partial*` was left anywhere under `dir`.
+#[track_caller]
+pub fn assert_no_partial(dir: &Path) {
+    for (path, _) in snapshot(dir) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        assert!(
+            !name.unwrap_or_default().contains(".partial"),
+            "leftover {}",
+            path.display()
+        );
+    }
+}
