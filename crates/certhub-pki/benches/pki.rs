@@ -55,7 +55,7 @@ fn main() {
         black_box(verify_device_chain(&widget.chain, &many, Some("widget-1"), now()).is_ok());
     });
 
-    // A refusal (leaf without intermediates) costs about the same as an acceptance.
+    // A refusal that needs no signature check (leaf without intermediates).
     measure(
         "verify_device_chain refusal (missing-intermediate)",
         budget,
