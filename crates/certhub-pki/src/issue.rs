@@ -308,6 +308,20 @@ fn base_params(
     Ok(p)
 }
 
+/// The extensions of every CA certhub issues: CA:TRUE with an optional path length,
+/// keyCertSign, cRLSign, digitalSignature.
+fn ca_extensions(p: &mut CertificateParams, path_len: Option<u8>) {
+    p.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+}
+
 /// A new self-signed root CA: CA:TRUE (with `path_len` if given), keyCertSign + cRLSign.
 pub fn create_root(
     subject: &DistinguishedName,
@@ -323,15 +337,7 @@ pub fn create_root(
         now - BACKDATE,
         now + Duration::days(i64::from(days)),
     )?;
-    p.is_ca = IsCa::Ca(match path_len {
-        Some(n) => BasicConstraints::Constrained(n),
-        None => BasicConstraints::Unconstrained,
-    });
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    ca_extensions(&mut p, path_len);
     // A root's AKI would only repeat its own SKI.
     p.use_authority_key_identifier_extension = false;
     let cert = p.self_signed(&key)?;
@@ -424,15 +430,7 @@ pub fn sign_request(
                 (Some(want), _) => Some(want),
                 (None, max) => max.map(|m| u8::try_from(m).unwrap_or(u8::MAX)),
             };
-            p.is_ca = IsCa::Ca(match path_len {
-                Some(n) => BasicConstraints::Constrained(n),
-                None => BasicConstraints::Unconstrained,
-            });
-            p.key_usages = vec![
-                KeyUsagePurpose::KeyCertSign,
-                KeyUsagePurpose::CrlSign,
-                KeyUsagePurpose::DigitalSignature,
-            ];
+            ca_extensions(&mut p, path_len);
         }
         Profile::Device => {
             if options.path_len.is_some() {

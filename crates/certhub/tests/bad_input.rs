@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use common::{
     Run, assert_error, assert_no_partial, certhub, hierarchy, issue, openssl, read, read_text,
-    request, root, s, snapshot, tmp, to_der, write,
+    request, root, s, sign_run, snapshot, tmp, to_der, write,
 };
 
 /// The read-only commands that take a certificate file, and `sign --csr`, each given `file`.
@@ -43,24 +43,6 @@ fn every_reader(dir: &Path, root: &Path, issuer: &Path, file: &Path) -> Vec<Run>
     ];
     assert!(!out.exists(), "{} was written", out.display());
     runs
-}
-
-fn sign_run(dir: &Path, issuer: &Path, csr: &Path, profile: &str, out: &Path) -> Run {
-    certhub(
-        dir,
-        &[
-            "pki",
-            "sign",
-            "--issuer",
-            s(issuer),
-            "--csr",
-            s(csr),
-            "--profile",
-            profile,
-            "--out",
-            s(out),
-        ],
-    )
 }
 
 /// `pki sign` must fail with one error line naming `csr` (and the needles), writing nothing.

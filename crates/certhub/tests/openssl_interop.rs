@@ -939,24 +939,6 @@ fn rsa1024_csr(dir: &Path) -> PathBuf {
     csr
 }
 
-fn sign_refused(dir: &Path, issuer: &Path, csr: &Path, out: &Path) -> Run {
-    certhub(
-        dir,
-        &[
-            "pki",
-            "sign",
-            "--issuer",
-            s(issuer),
-            "--csr",
-            s(csr),
-            "--profile",
-            "device",
-            "--out",
-            s(out),
-        ],
-    )
-}
-
 #[test]
 fn sign_refuses_an_rsa1024_csr() {
     let t = tmp();
@@ -964,7 +946,7 @@ fn sign_refuses_an_rsa1024_csr() {
     let h = common::hierarchy(d);
     let csr = rsa1024_csr(d);
     let out = d.join("weak-out");
-    let run = sign_refused(d, &h.int, &csr, &out);
+    let run = common::sign_run(d, &h.int, &csr, "device", &out);
     assert_error(&run, &[s(&csr)]);
     assert!(!out.exists());
     assert_no_partial(d);
@@ -979,7 +961,7 @@ fn sign_names_the_weak_key_of_an_rsa1024_csr() {
     let d = t.path();
     let h = common::hierarchy(d);
     let csr = rsa1024_csr(d);
-    let run = sign_refused(d, &h.int, &csr, &d.join("weak-out"));
+    let run = common::sign_run(d, &h.int, &csr, "device", &d.join("weak-out"));
     assert_error(&run, &[s(&csr), "2048"]);
 }
 
@@ -1010,7 +992,7 @@ fn sign_refuses_a_sha1_signed_csr() {
         .stdout;
     assert!(text.to_lowercase().contains("sha1"), "{text}");
     let out = d.join("sha1-out");
-    let run = sign_refused(d, &h.int, &csr, &out);
+    let run = common::sign_run(d, &h.int, &csr, "device", &out);
     assert_error(&run, &[s(&csr), "SHA-1"]);
     assert!(!out.exists());
     assert_no_partial(d);

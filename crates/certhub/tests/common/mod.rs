@@ -162,8 +162,8 @@ pub fn request(dir: &Path, name: &str, subject: &str, algorithm: &str) -> PathBu
     out
 }
 
-/// `certhub pki sign` of `csr` by the issuer folder into `out`; returns the run (exit 0).
-pub fn sign(dir: &Path, issuer: &Path, csr: &Path, profile: &str, out: &Path) -> Run {
+/// `certhub pki sign` of `csr` by the issuer folder into `out`, whatever the outcome.
+pub fn sign_run(dir: &Path, issuer: &Path, csr: &Path, profile: &str, out: &Path) -> Run {
     certhub(
         dir,
         &[
@@ -179,7 +179,11 @@ pub fn sign(dir: &Path, issuer: &Path, csr: &Path, profile: &str, out: &Path) ->
             s(out),
         ],
     )
-    .ok()
+}
+
+/// `certhub pki sign` of `csr` by the issuer folder into `out`; returns the run (exit 0).
+pub fn sign(dir: &Path, issuer: &Path, csr: &Path, profile: &str, out: &Path) -> Run {
+    sign_run(dir, issuer, csr, profile, out).ok()
 }
 
 /// Request + sign in one go: a folder `name` with key.pem, request.csr, cert.pem, chain.pem.
