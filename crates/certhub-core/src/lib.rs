@@ -1,0 +1,25 @@
+//! certhub's domain, without I/O: device and module identities in Azure IoT Hub's shape, ids
+//! and their rules, shared access policies and SAS tokens, ETags, hub settings.
+//!
+//! Nothing here touches a socket, a database or the clock: times come in as arguments. The
+//! store persists these values; the server turns them into HTTP.
+#![forbid(unsafe_code)]
+
+mod etag;
+mod identity;
+mod ids;
+mod policy;
+mod sas;
+mod settings;
+mod time_fmt;
+
+pub use etag::{Etag, IfMatch};
+pub use identity::{
+    AuthType, Authentication, Capabilities, Device, DeviceInput, IdentityError, Module,
+    ModuleInput, Status, SymmetricKey, X509Thumbprint,
+};
+pub use ids::{DeviceId, IdError, ModuleId};
+pub use policy::{Policy, Rights};
+pub use sas::{SasError, SasToken, generate_key, sign_token};
+pub use settings::{HubSettings, SettingsPatch};
+pub use time_fmt::{azure_time, azure_time_opt};
