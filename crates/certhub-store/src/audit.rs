@@ -1,0 +1,85 @@
+//! The audit trail: every change to the registry, CAs and settings, who made it, and how it
+//! ended.
+
+use sqlx::Row;
+
+use crate::{Result, Store};
+
+/// One audited operation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuditRecord {
+    pub id: String,
+    pub at_ms: i64,
+    /// The policy (or local operator) that acted.
+    pub actor: String,
+    /// e.g. `device.create`, `ca.verify`, `settings.update`.
+    pub operation: String,
+    /// e.g. `devices/widget-1`.
+    pub target: String,
+    /// `ok`, or the refusal.
+    pub outcome: String,
+    pub detail: String,
+}
+
+impl AuditRecord {
+    pub fn new(
+        at_ms: i64,
+        actor: &str,
+        operation: &str,
+        target: &str,
+        outcome: &str,
+        detail: &str,
+    ) -> Self {
+        // Ordered by time first; the random part only keeps ids of one millisecond apart.
+        Self {
+            id: format!("{at_ms:013}-{}", certhub_core::Etag::random()),
+            at_ms,
+            actor: actor.into(),
+            operation: operation.into(),
+            target: target.into(),
+            outcome: outcome.into(),
+            detail: detail.into(),
+        }
+    }
+}
+
+impl Store {
+    pub async fn append_audit(&self, r: &AuditRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit (id, at_ms, actor, operation, target, outcome, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(r.id.clone())
+        .bind(r.at_ms)
+        .bind(r.actor.clone())
+        .bind(r.operation.clone())
+        .bind(r.target.clone())
+        .bind(r.outcome.clone())
+        .bind(r.detail.clone())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The newest `limit` records, newest first.
+    pub async fn audit(&self, limit: i64) -> Result<Vec<AuditRecord>> {
+        let rows = sqlx::query("SELECT * FROM audit ORDER BY at_ms DESC, id DESC LIMIT $1")
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AuditRecord {
+                    id: row.try_get("id")?,
+                    at_ms: row.try_get("at_ms")?,
+                    actor: row.try_get("actor")?,
+                    operation: row.try_get("operation")?,
+                    target: row.try_get("target")?,
+                    outcome: row.try_get("outcome")?,
+                    detail: row.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,375 @@
+//! Devices and modules.
+
+use certhub_core::{
+    AuthType, Authentication, Capabilities, Device, DeviceId, Etag, Module, ModuleId, Status,
+    SymmetricKey, X509Thumbprint,
+};
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::{Result, Store, StoreError};
+
+/// What a conditional write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    /// Create refused: the id exists.
+    Exists,
+    /// Update refused: the stored ETag is no longer the one expected (or the row is gone).
+    Stale,
+}
+
+/// What a conditional delete did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    NotFound,
+    Stale,
+}
+
+/// Registry counts for `/statistics/devices`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeviceStats {
+    pub total: i64,
+    pub enabled: i64,
+    pub disabled: i64,
+}
+
+const DEVICE_COLUMNS: &str = "device_id, generation_id, etag, status, status_reason, \
+    status_updated_ms, auth_type, primary_key, secondary_key, primary_thumbprint, \
+    secondary_thumbprint, iot_edge, c2d_count, last_activity_ms";
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+fn authentication(row: &AnyRow) -> Result<Authentication> {
+    let kind: String = row.try_get("auth_type")?;
+    Ok(Authentication {
+        kind: AuthType::parse(&kind).ok_or_else(|| corrupt(format!("auth type {kind:?}")))?,
+        symmetric_key: SymmetricKey {
+            primary_key: row.try_get("primary_key")?,
+            secondary_key: row.try_get("secondary_key")?,
+        },
+        x509_thumbprint: X509Thumbprint {
+            primary_thumbprint: row.try_get("primary_thumbprint")?,
+            secondary_thumbprint: row.try_get("secondary_thumbprint")?,
+        },
+    })
+}
+
+fn device_from_row(row: &AnyRow) -> Result<Device> {
+    let id: String = row.try_get("device_id")?;
+    let status: String = row.try_get("status")?;
+    Ok(Device {
+        device_id: DeviceId::new(id.clone()).map_err(|e| corrupt(e.to_string()))?,
+        generation_id: row.try_get("generation_id")?,
+        etag: Etag(row.try_get("etag")?),
+        status: Status::parse(&status).ok_or_else(|| corrupt(format!("status {status:?}")))?,
+        status_reason: row.try_get("status_reason")?,
+        status_updated_ms: row.try_get("status_updated_ms")?,
+        authentication: authentication(row)?,
+        capabilities: Capabilities {
+            iot_edge: row.try_get::<i64, _>("iot_edge")? != 0,
+        },
+        c2d_count: row.try_get("c2d_count")?,
+        last_activity_ms: row.try_get("last_activity_ms")?,
+    })
+}
+
+fn module_from_row(row: &AnyRow) -> Result<Module> {
+    let device: String = row.try_get("device_id")?;
+    let module: String = row.try_get("module_id")?;
+    Ok(Module {
+        device_id: DeviceId::new(device).map_err(|e| corrupt(e.to_string()))?,
+        module_id: ModuleId::new(module).map_err(|e| corrupt(e.to_string()))?,
+        generation_id: row.try_get("generation_id")?,
+        etag: Etag(row.try_get("etag")?),
+        managed_by: row.try_get("managed_by")?,
+        authentication: authentication(row)?,
+        c2d_count: row.try_get("c2d_count")?,
+        last_activity_ms: row.try_get("last_activity_ms")?,
+    })
+}
+
+/// Rows per multi-row INSERT: 14 parameters each, well under SQLite's 32 766 limit.
+const BATCH: usize = 500;
+/// Columns in `DEVICE_COLUMNS`.
+const DEVICE_FIELDS: usize = 14;
+
+impl Store {
+    pub async fn device(&self, id: &DeviceId) -> Result<Option<Device>> {
+        let row = sqlx::query("SELECT * FROM devices WHERE device_id = $1")
+            .bind(id.as_str().to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    /// Lists devices in id order, at most `limit`.
+    pub async fn devices(&self, limit: i64) -> Result<Vec<Device>> {
+        let rows = sqlx::query("SELECT * FROM devices ORDER BY device_id LIMIT $1")
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(device_from_row).collect()
+    }
+
+    /// Creates a device unless its id exists.
+    pub async fn create_device(&self, d: &Device) -> Result<WriteOutcome> {
+        Ok(match self.insert_devices(std::slice::from_ref(d)).await? {
+            0 => WriteOutcome::Exists,
+            _ => WriteOutcome::Written,
+        })
+    }
+
+    /// Inserts devices whose ids are free, in one transaction; returns how many were inserted
+    /// (the others already existed and are left as they were).
+    pub async fn insert_devices(&self, devices: &[Device]) -> Result<u64> {
+        let mut tx = self.pool().begin().await?;
+        let mut inserted = 0;
+        for chunk in devices.chunks(BATCH) {
+            // `$n` placeholders, which both SQLite and PostgreSQL accept through `Any`
+            // (sqlx's QueryBuilder writes `?` for `Any`, which PostgreSQL refuses).
+            let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
+            for row in 0..chunk.len() {
+                if row > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                for col in 0..DEVICE_FIELDS {
+                    if col > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&format!("${}", row * DEVICE_FIELDS + col + 1));
+                }
+                sql.push(')');
+            }
+            sql.push_str(" ON CONFLICT (device_id) DO NOTHING");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for d in chunk {
+                let a = &d.authentication;
+                q = q
+                    .bind(d.device_id.as_str().to_string())
+                    .bind(d.generation_id.clone())
+                    .bind(d.etag.0.clone())
+                    .bind(d.status.as_str())
+                    .bind(d.status_reason.clone())
+                    .bind(d.status_updated_ms)
+                    .bind(a.kind.as_str())
+                    .bind(a.symmetric_key.primary_key.clone())
+                    .bind(a.symmetric_key.secondary_key.clone())
+                    .bind(a.x509_thumbprint.primary_thumbprint.clone())
+                    .bind(a.x509_thumbprint.secondary_thumbprint.clone())
+                    .bind(i64::from(d.capabilities.iot_edge))
+                    .bind(d.c2d_count)
+                    .bind(d.last_activity_ms);
+            }
+            inserted += q.execute(&mut *tx).await?.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Replaces a device if its stored ETag is still `expected`.
+    pub async fn replace_device(&self, d: &Device, expected: &Etag) -> Result<WriteOutcome> {
+        let a = &d.authentication;
+        let done = sqlx::query(
+            "UPDATE devices SET generation_id = $1, etag = $2, status = $3, status_reason = $4,
+                status_updated_ms = $5, auth_type = $6, primary_key = $7, secondary_key = $8,
+                primary_thumbprint = $9, secondary_thumbprint = $10, iot_edge = $11,
+                c2d_count = $12, last_activity_ms = $13
+             WHERE device_id = $14 AND etag = $15",
+        )
+        .bind(d.generation_id.clone())
+        .bind(d.etag.0.clone())
+        .bind(d.status.as_str())
+        .bind(d.status_reason.clone())
+        .bind(d.status_updated_ms)
+        .bind(a.kind.as_str())
+        .bind(a.symmetric_key.primary_key.clone())
+        .bind(a.symmetric_key.secondary_key.clone())
+        .bind(a.x509_thumbprint.primary_thumbprint.clone())
+        .bind(a.x509_thumbprint.secondary_thumbprint.clone())
+        .bind(i64::from(d.capabilities.iot_edge))
+        .bind(d.c2d_count)
+        .bind(d.last_activity_ms)
+        .bind(d.device_id.as_str().to_string())
+        .bind(expected.0.clone())
+        .execute(self.pool())
+        .await?;
+        Ok(if done.rows_affected() == 1 {
+            WriteOutcome::Written
+        } else {
+            WriteOutcome::Stale
+        })
+    }
+
+    /// Deletes a device and its modules; with `expected`, only if its ETag still matches.
+    pub async fn delete_device(
+        &self,
+        id: &DeviceId,
+        expected: Option<&Etag>,
+    ) -> Result<DeleteOutcome> {
+        let mut tx = self.pool().begin().await?;
+        let done = match expected {
+            Some(e) => {
+                sqlx::query("DELETE FROM devices WHERE device_id = $1 AND etag = $2")
+                    .bind(id.as_str().to_string())
+                    .bind(e.0.clone())
+                    .execute(&mut *tx)
+                    .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM devices WHERE device_id = $1")
+                    .bind(id.as_str().to_string())
+                    .execute(&mut *tx)
+                    .await?
+            }
+        };
+        if done.rows_affected() == 0 {
+            let exists = sqlx::query("SELECT 1 AS one FROM devices WHERE device_id = $1")
+                .bind(id.as_str().to_string())
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+            tx.rollback().await?;
+            return Ok(if exists {
+                DeleteOutcome::Stale
+            } else {
+                DeleteOutcome::NotFound
+            });
+        }
+        sqlx::query("DELETE FROM modules WHERE device_id = $1")
+            .bind(id.as_str().to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(DeleteOutcome::Deleted)
+    }
+
+    pub async fn device_stats(&self) -> Result<DeviceStats> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS total,
+                    COALESCE(SUM(CASE WHEN status = 'enabled' THEN 1 ELSE 0 END), 0) AS enabled
+             FROM devices",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        let total: i64 = row.try_get("total")?;
+        let enabled: i64 = row.try_get("enabled")?;
+        Ok(DeviceStats {
+            total,
+            enabled,
+            disabled: total - enabled,
+        })
+    }
+
+    pub async fn module(&self, device: &DeviceId, module: &ModuleId) -> Result<Option<Module>> {
+        let row = sqlx::query("SELECT * FROM modules WHERE device_id = $1 AND module_id = $2")
+            .bind(device.as_str().to_string())
+            .bind(module.as_str().to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(module_from_row).transpose()
+    }
+
+    pub async fn modules(&self, device: &DeviceId) -> Result<Vec<Module>> {
+        let rows = sqlx::query("SELECT * FROM modules WHERE device_id = $1 ORDER BY module_id")
+            .bind(device.as_str().to_string())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(module_from_row).collect()
+    }
+
+    /// Creates a module unless it exists. The caller checks that the device exists.
+    pub async fn create_module(&self, m: &Module) -> Result<WriteOutcome> {
+        let a = &m.authentication;
+        let done = sqlx::query(
+            "INSERT INTO modules (device_id, module_id, generation_id, etag, managed_by,
+                auth_type, primary_key, secondary_key, primary_thumbprint, secondary_thumbprint,
+                c2d_count, last_activity_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (device_id, module_id) DO NOTHING",
+        )
+        .bind(m.device_id.as_str().to_string())
+        .bind(m.module_id.as_str().to_string())
+        .bind(m.generation_id.clone())
+        .bind(m.etag.0.clone())
+        .bind(m.managed_by.clone())
+        .bind(a.kind.as_str())
+        .bind(a.symmetric_key.primary_key.clone())
+        .bind(a.symmetric_key.secondary_key.clone())
+        .bind(a.x509_thumbprint.primary_thumbprint.clone())
+        .bind(a.x509_thumbprint.secondary_thumbprint.clone())
+        .bind(m.c2d_count)
+        .bind(m.last_activity_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(if done.rows_affected() == 1 {
+            WriteOutcome::Written
+        } else {
+            WriteOutcome::Exists
+        })
+    }
+
+    pub async fn replace_module(&self, m: &Module, expected: &Etag) -> Result<WriteOutcome> {
+        let a = &m.authentication;
+        let done = sqlx::query(
+            "UPDATE modules SET etag = $1, managed_by = $2, auth_type = $3, primary_key = $4,
+                secondary_key = $5, primary_thumbprint = $6, secondary_thumbprint = $7
+             WHERE device_id = $8 AND module_id = $9 AND etag = $10",
+        )
+        .bind(m.etag.0.clone())
+        .bind(m.managed_by.clone())
+        .bind(a.kind.as_str())
+        .bind(a.symmetric_key.primary_key.clone())
+        .bind(a.symmetric_key.secondary_key.clone())
+        .bind(a.x509_thumbprint.primary_thumbprint.clone())
+        .bind(a.x509_thumbprint.secondary_thumbprint.clone())
+        .bind(m.device_id.as_str().to_string())
+        .bind(m.module_id.as_str().to_string())
+        .bind(expected.0.clone())
+        .execute(self.pool())
+        .await?;
+        Ok(if done.rows_affected() == 1 {
+            WriteOutcome::Written
+        } else {
+            WriteOutcome::Stale
+        })
+    }
+
+    pub async fn delete_module(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        expected: Option<&Etag>,
+    ) -> Result<DeleteOutcome> {
+        let done = match expected {
+            Some(e) => {
+                sqlx::query(
+                    "DELETE FROM modules WHERE device_id = $1 AND module_id = $2 AND etag = $3",
+                )
+                .bind(device.as_str().to_string())
+                .bind(module.as_str().to_string())
+                .bind(e.0.clone())
+                .execute(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM modules WHERE device_id = $1 AND module_id = $2")
+                    .bind(device.as_str().to_string())
+                    .bind(module.as_str().to_string())
+                    .execute(self.pool())
+                    .await?
+            }
+        };
+        if done.rows_affected() == 1 {
+            return Ok(DeleteOutcome::Deleted);
+        }
+        Ok(match self.module(device, module).await? {
+            Some(_) => DeleteOutcome::Stale,
+            None => DeleteOutcome::NotFound,
+        })
+    }
+}

@@ -1,0 +1,69 @@
+//! Hub-wide state: shared access policies and settings.
+
+use certhub_core::{HubSettings, Policy, Rights};
+use sqlx::Row;
+
+use crate::{Result, Store, StoreError};
+
+impl Store {
+    /// The policies; on first use, Azure's five defaults with fresh keys are created.
+    pub async fn policies(&self) -> Result<Vec<Policy>> {
+        let rows = sqlx::query("SELECT * FROM policies ORDER BY name")
+            .fetch_all(self.pool())
+            .await?;
+        if rows.is_empty() {
+            for p in Policy::defaults() {
+                sqlx::query(
+                    "INSERT INTO policies (name, rights, primary_key, secondary_key)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(p.name.clone())
+                .bind(p.rights.to_string())
+                .bind(p.primary_key.clone())
+                .bind(p.secondary_key.clone())
+                .execute(self.pool())
+                .await?;
+            }
+            return Box::pin(self.policies()).await;
+        }
+        rows.iter()
+            .map(|row| {
+                let rights: String = row.try_get("rights")?;
+                Ok(Policy {
+                    name: row.try_get("name")?,
+                    rights: Rights::parse(&rights)
+                        .ok_or_else(|| StoreError::Corrupt(format!("rights {rights:?}")))?,
+                    primary_key: row.try_get("primary_key")?,
+                    secondary_key: row.try_get("secondary_key")?,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn settings(&self) -> Result<HubSettings> {
+        let row = sqlx::query("SELECT value FROM settings WHERE name = 'hub'")
+            .fetch_optional(self.pool())
+            .await?;
+        match row {
+            None => Ok(HubSettings::default()),
+            Some(row) => {
+                let text: String = row.try_get("value")?;
+                serde_json::from_str(&text)
+                    .map_err(|e| StoreError::Corrupt(format!("hub settings: {e}")))
+            }
+        }
+    }
+
+    pub async fn put_settings(&self, settings: &HubSettings) -> Result<()> {
+        let text = serde_json::to_string(settings)
+            .map_err(|e| StoreError::Corrupt(format!("hub settings: {e}")))?;
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ('hub', $1)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(text)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,104 @@
+//! certhub's storage. One code path (sqlx's `Any` driver) serves the embedded default, a SQLite
+//! file in the data directory, and PostgreSQL. Times are stored as milliseconds since the epoch,
+//! structured values as text; ids are the application's own.
+//!
+//! Every conditional write is a single statement guarded by the ETag that was read (`UPDATE ...
+//! WHERE etag = $old`), so two writers never both win and a crash never leaves half an update:
+//! a statement, or a transaction, is either committed or not there.
+#![forbid(unsafe_code)]
+
+mod audit;
+mod devices;
+mod hub;
+mod schema;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+pub use audit::AuditRecord;
+pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
+
+/// A storage failure. Messages name what failed; the server logs them and answers 500.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("stored data is damaged: {0}")]
+    Corrupt(String),
+    #[error(
+        "the database schema is version {found}, newer than this certhub understands ({known}); upgrade certhub"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// Which database is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The store: a connection pool and the backend it talks to.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path`, in WAL mode.
+    pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        Self::open(&url).await
+    }
+
+    /// Opens a database by URL (`sqlite://...` or `postgres://...`) and brings its schema up to
+    /// date.
+    pub async fn open(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let options = AnyConnectOptions::from_str(url)?;
+        let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        if backend == Backend::Sqlite {
+            // One writer at a time is all SQLite allows; a single connection also makes every
+            // statement see the previous one's result without busy retries.
+            pool = pool.max_connections(1).after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    Ok(())
+                })
+            });
+        } else {
+            pool = pool.max_connections(8);
+        }
+        let pool = pool.connect_with(options).await?;
+        let store = Self { pool, backend };
+        schema::migrate(&store).await?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes the pool, waiting for statements in flight.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

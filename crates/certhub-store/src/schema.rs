@@ -1,0 +1,93 @@
+//! The schema, as numbered steps applied in order and recorded in `schema_version`. The same
+//! SQL runs on SQLite and PostgreSQL: BIGINT milliseconds, TEXT, BIGINT 0/1 flags.
+
+use sqlx::Row;
+
+use crate::{Result, Store, StoreError};
+
+const STEPS: &[&str] = &[
+    // 1: identities, policies, settings, audit.
+    "CREATE TABLE devices (
+        device_id TEXT PRIMARY KEY,
+        generation_id TEXT NOT NULL,
+        etag TEXT NOT NULL,
+        status TEXT NOT NULL,
+        status_reason TEXT,
+        status_updated_ms BIGINT NOT NULL,
+        auth_type TEXT NOT NULL,
+        primary_key TEXT,
+        secondary_key TEXT,
+        primary_thumbprint TEXT,
+        secondary_thumbprint TEXT,
+        iot_edge BIGINT NOT NULL,
+        c2d_count BIGINT NOT NULL,
+        last_activity_ms BIGINT NOT NULL
+    );
+    CREATE TABLE modules (
+        device_id TEXT NOT NULL,
+        module_id TEXT NOT NULL,
+        generation_id TEXT NOT NULL,
+        etag TEXT NOT NULL,
+        managed_by TEXT,
+        auth_type TEXT NOT NULL,
+        primary_key TEXT,
+        secondary_key TEXT,
+        primary_thumbprint TEXT,
+        secondary_thumbprint TEXT,
+        c2d_count BIGINT NOT NULL,
+        last_activity_ms BIGINT NOT NULL,
+        PRIMARY KEY (device_id, module_id)
+    );
+    CREATE TABLE policies (
+        name TEXT PRIMARY KEY,
+        rights TEXT NOT NULL,
+        primary_key TEXT NOT NULL,
+        secondary_key TEXT NOT NULL
+    );
+    CREATE TABLE settings (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id TEXT PRIMARY KEY,
+        at_ms BIGINT NOT NULL,
+        actor TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        target TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE INDEX audit_at ON audit (at_ms)",
+];
+
+pub(crate) async fn migrate(store: &Store) -> Result<()> {
+    let pool = store.pool();
+    sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
+        .execute(pool)
+        .await?;
+    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
+        .fetch_one(pool)
+        .await?
+        .try_get("v")?;
+    let known = STEPS.len() as i64;
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
+    for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
+        let mut tx = pool.begin().await?;
+        for statement in step.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("INSERT INTO schema_version (version) VALUES ($1)")
+            .bind(i as i64 + 1)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+    }
+    Ok(())
+}

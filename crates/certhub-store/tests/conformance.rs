@@ -1,0 +1,229 @@
+//! One suite, every backend: SQLite always, PostgreSQL when it is reachable at
+//! `CERTHUB_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`), as on the CI
+//! machine. Each PostgreSQL run gets a database of its own, dropped afterwards.
+
+use certhub_core::{AuthType, DeviceId, DeviceInput, Etag, ModuleId, ModuleInput, Status};
+use certhub_store::{AuditRecord, DeleteOutcome, Store, WriteOutcome};
+
+fn id(s: &str) -> DeviceId {
+    DeviceId::new(s).expect("id")
+}
+
+fn device(name: &str, json: serde_json::Value) -> certhub_core::Device {
+    serde_json::from_value::<DeviceInput>(json)
+        .expect("input")
+        .into_device(&id(name), None, 1_000)
+        .expect("device")
+}
+
+async fn suite(store: &Store) {
+    // Create, read, conflict.
+    let d1 = device("d1", serde_json::json!({}));
+    assert_eq!(
+        store.create_device(&d1).await.expect("create"),
+        WriteOutcome::Written
+    );
+    assert_eq!(
+        store.create_device(&d1).await.expect("again"),
+        WriteOutcome::Exists
+    );
+    let read = store.device(&id("d1")).await.expect("get").expect("exists");
+    assert_eq!(read, d1);
+    assert!(store.device(&id("nope")).await.expect("get").is_none());
+
+    // Replace guarded by the ETag.
+    let mut d1b = serde_json::from_value::<DeviceInput>(serde_json::json!({"status": "disabled"}))
+        .expect("input")
+        .into_device(&id("d1"), Some(&read), 2_000)
+        .expect("update");
+    assert_eq!(d1b.generation_id, read.generation_id);
+    assert_ne!(d1b.etag, read.etag);
+    assert_eq!(
+        store
+            .replace_device(&d1b, &Etag("stale".into()))
+            .await
+            .expect("stale"),
+        WriteOutcome::Stale
+    );
+    assert_eq!(
+        store
+            .replace_device(&d1b, &read.etag)
+            .await
+            .expect("replace"),
+        WriteOutcome::Written
+    );
+    let now = store.device(&id("d1")).await.expect("get").expect("exists");
+    assert_eq!(now.status, Status::Disabled);
+    assert_eq!(now.status_updated_ms, 2_000);
+    d1b.status = Status::Disabled;
+    assert_eq!(now, d1b);
+
+    // All three kinds of authentication survive a round trip.
+    let tp = "A9993E364706816ABA3E25717850C26C9CD0D89D";
+    let d2 = device(
+        "d2",
+        serde_json::json!({"authentication": {"type": "selfSigned",
+            "x509Thumbprint": {"primaryThumbprint": tp}}}),
+    );
+    let d3 = device(
+        "d3",
+        serde_json::json!({"authentication": {"type": "certificateAuthority"}}),
+    );
+    assert_eq!(
+        store
+            .insert_devices(&[d2.clone(), d3.clone(), d1.clone()])
+            .await
+            .expect("bulk"),
+        2
+    );
+    let back = store.device(&id("d2")).await.expect("get").expect("d2");
+    assert_eq!(back.authentication.kind, AuthType::SelfSigned);
+    assert_eq!(
+        back.authentication
+            .x509_thumbprint
+            .primary_thumbprint
+            .as_deref(),
+        Some(tp)
+    );
+    assert_eq!(
+        store
+            .device(&id("d3"))
+            .await
+            .expect("get")
+            .expect("d3")
+            .authentication
+            .kind,
+        AuthType::CertificateAuthority
+    );
+    let stats = store.device_stats().await.expect("stats");
+    assert_eq!((stats.total, stats.enabled, stats.disabled), (3, 2, 1));
+    let listed: Vec<String> = store
+        .devices(2)
+        .await
+        .expect("list")
+        .iter()
+        .map(|d| d.device_id.to_string())
+        .collect();
+    assert_eq!(listed, ["d1", "d2"]);
+
+    // Bulk insert in batches.
+    let many: Vec<_> = (0..1_234)
+        .map(|i| device(&format!("bulk-{i:05}"), serde_json::json!({})))
+        .collect();
+    assert_eq!(store.insert_devices(&many).await.expect("bulk"), 1_234);
+    assert_eq!(store.device_stats().await.expect("stats").total, 1_237);
+
+    // Modules, and deleting a device takes its modules along.
+    let m = serde_json::from_value::<ModuleInput>(serde_json::json!({"managedBy": "ops"}))
+        .expect("input")
+        .into_module(&id("d2"), &ModuleId::new("m1").expect("mid"), None, 3_000)
+        .expect("module");
+    assert_eq!(
+        store.create_module(&m).await.expect("create"),
+        WriteOutcome::Written
+    );
+    assert_eq!(
+        store.create_module(&m).await.expect("again"),
+        WriteOutcome::Exists
+    );
+    assert_eq!(
+        store.modules(&id("d2")).await.expect("list"),
+        vec![m.clone()]
+    );
+    assert_eq!(
+        store
+            .delete_device(&id("d2"), Some(&Etag("old".into())))
+            .await
+            .expect("stale"),
+        DeleteOutcome::Stale
+    );
+    assert_eq!(
+        store
+            .delete_device(&id("d2"), Some(&d2.etag))
+            .await
+            .expect("delete"),
+        DeleteOutcome::Deleted
+    );
+    assert_eq!(
+        store.delete_device(&id("d2"), None).await.expect("gone"),
+        DeleteOutcome::NotFound
+    );
+    assert!(store.modules(&id("d2")).await.expect("list").is_empty());
+
+    // Policies are created once, settings round-trip, audit lists newest first.
+    let p1 = store.policies().await.expect("policies");
+    let p2 = store.policies().await.expect("policies");
+    assert_eq!(p1.len(), 5);
+    assert_eq!(p1, p2);
+    let mut s = store.settings().await.expect("settings");
+    assert!(!s.disable_device_sas);
+    s.disable_device_sas = true;
+    store.put_settings(&s).await.expect("put");
+    assert!(store.settings().await.expect("settings").disable_device_sas);
+    for (t, op) in [(1, "device.create"), (2, "device.delete")] {
+        store
+            .append_audit(&AuditRecord::new(
+                t,
+                "iothubowner",
+                op,
+                "devices/d1",
+                "ok",
+                "",
+            ))
+            .await
+            .expect("audit");
+    }
+    let log = store.audit(10).await.expect("audit");
+    assert_eq!(log[0].operation, "device.delete");
+    assert_eq!(log.len(), 2);
+}
+
+#[tokio::test]
+async fn sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("certhub.db");
+    let store = Store::open_sqlite(&path).await.expect("open");
+    suite(&store).await;
+    store.close().await;
+    // Reopening finds everything, and the schema is not applied twice.
+    let store = Store::open_sqlite(&path).await.expect("reopen");
+    assert_eq!(store.device_stats().await.expect("stats").total, 1_236);
+}
+
+#[tokio::test]
+async fn postgres() {
+    let admin_url = std::env::var("CERTHUB_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    sqlx::any::install_default_drivers();
+    let admin = match sqlx::AnyPool::connect(&admin_url).await {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("PostgreSQL not reachable at {admin_url} ({e}); skipping its run");
+            return;
+        }
+    };
+    let name = format!("certhub_test_{}_{}", std::process::id(), rand_suffix());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    let base = admin_url
+        .rsplit_once('/')
+        .map_or(admin_url.as_str(), |(b, _)| b);
+    let store = Store::open(&format!("{base}/{name}")).await.expect("open");
+    suite(&store).await;
+    store.close().await;
+    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("drop database");
+}
+
+fn rand_suffix() -> String {
+    Etag::random()
+        .0
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
