@@ -458,6 +458,42 @@ pub fn sign_request(
     issuer.sign(&p, &public_key, notes)
 }
 
+/// A TLS server certificate for the hub itself: CA:FALSE, digitalSignature, EKU serverAuth, a
+/// SAN for each name (IP addresses as IP SANs), CN = the first name. Returns the new key (PEM)
+/// and the certificate with its chain.
+pub fn server_certificate(
+    issuer: &Issuer,
+    names: &[String],
+    days: u32,
+    now: OffsetDateTime,
+) -> Result<(String, IssuedCertificate), PkiError> {
+    let Some(first) = names.first() else {
+        return Err(PkiError::Policy(
+            "a server certificate needs at least one host name".into(),
+        ));
+    };
+    let mut notes = Vec::new();
+    let (not_before, not_after) = issuer.window(now, days, &mut notes)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, DnValue::Utf8String(first.clone()));
+    let mut p = base_params(dn, not_before, not_after)?;
+    p.is_ca = IsCa::ExplicitNoCa;
+    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    for name in names {
+        let san = match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => rcgen::SanType::IpAddress(ip),
+            Err(_) => rcgen::SanType::DnsName(name.clone().try_into().map_err(|_| {
+                PkiError::Policy(format!("{name:?} is not a valid DNS name or IP address"))
+            })?),
+        };
+        p.subject_alt_names.push(san);
+    }
+    let key = KeyAlgorithm::EcdsaP256.generate()?;
+    let cert = issuer.sign(&p, &key, notes)?;
+    Ok((private_key_pem(&key), cert))
+}
+
 /// The proof-of-possession certificate for registering `issuer` with a hub: CN = `code`,
 /// CA:FALSE, signed by the CA's key. Its own key pair is thrown away: only the signature by
 /// the CA matters.

@@ -26,7 +26,7 @@ pub use error::PkiError;
 pub use input::{Document, read_certificates, read_csr, read_document};
 pub use issue::{
     CaFiles, IssuedCertificate, Issuer, NewKey, Profile, SignOptions, create_request, create_root,
-    sign_request, verification_certificate,
+    server_certificate, sign_request, verification_certificate,
 };
 pub use name::parse_subject;
 pub use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, UnixTime};

@@ -1,6 +1,8 @@
 //! The audit trail: every change to the registry, CAs and settings, who made it, and how it
 //! ended.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use sqlx::Row;
 
 use crate::{Result, Store};
@@ -31,9 +33,12 @@ impl AuditRecord {
         outcome: &str,
         detail: &str,
     ) -> Self {
-        // Ordered by time first; the random part only keeps ids of one millisecond apart.
+        // Ordered by time, then by this process's sequence (records of one millisecond keep
+        // their order); the random part keeps ids of different processes apart.
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        let seq = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         Self {
-            id: format!("{at_ms:013}-{}", certhub_core::Etag::random()),
+            id: format!("{at_ms:013}-{seq:012}-{}", certhub_core::Etag::random()),
             at_ms,
             actor: actor.into(),
             operation: operation.into(),

@@ -67,3 +67,27 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Records where the hub's service API is reachable (`host[:port]`), so local tools can
+    /// build connection strings.
+    pub async fn put_endpoint(&self, host: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ('endpoint', $1)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .bind(host.to_string())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Where the hub last said its service API is reachable.
+    pub async fn endpoint(&self) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT value FROM settings WHERE name = 'endpoint'")
+            .fetch_optional(self.pool())
+            .await?;
+        row.map(|r| r.try_get("value").map_err(StoreError::from))
+            .transpose()
+    }
+}

@@ -8,7 +8,9 @@ macro_rules! out {
 }
 
 mod files;
+mod hub;
 mod pki;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -27,6 +29,11 @@ enum Command {
     /// The PKI toolkit: roots, CSRs, signing, proof-of-possession, inspection, offline checks.
     #[command(subcommand)]
     Pki(pki::PkiCommand),
+    /// Run the hub: the service API over HTTPS, with its data in a local directory.
+    Serve(serve::ServeArgs),
+    /// Local hub administration on the hub's machine: connection strings, the server CA.
+    #[command(subcommand)]
+    Hub(hub::HubCommand),
 }
 
 /// What a command tells the process: success, a refusal the user asked us to decide (exit 1),
@@ -41,6 +48,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pki(cmd) => pki::run(cmd),
+        Command::Serve(args) => serve::run(args),
+        Command::Hub(cmd) => hub::run(cmd),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

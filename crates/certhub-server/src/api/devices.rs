@@ -1,0 +1,327 @@
+//! `/devices` and `/devices/{id}/modules`: the identity registry (azure-protocol 4.2-4.4).
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::header::{ETAG, IF_MATCH};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use certhub_core::{DeviceId, DeviceInput, IfMatch, ModuleId, ModuleInput, Rights};
+use certhub_store::{DeleteOutcome, WriteOutcome};
+use serde::Deserialize;
+
+use super::body::JsonBody;
+use super::{ApiError, AppState, Caller, now_ms};
+
+#[derive(Debug, Deserialize)]
+pub struct ListParams {
+    top: Option<String>,
+}
+
+fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
+    DeviceId::new(raw).map_err(|e| ApiError::bad_request("ArgumentInvalid", e.to_string()))
+}
+
+fn module_id(raw: &str) -> Result<ModuleId, ApiError> {
+    ModuleId::new(raw).map_err(|e| ApiError::bad_request("ArgumentInvalid", e.to_string()))
+}
+
+fn if_match(headers: &HeaderMap) -> IfMatch {
+    IfMatch::parse(headers.get(IF_MATCH).and_then(|v| v.to_str().ok()))
+}
+
+fn with_etag(json: serde_json::Value, etag: &certhub_core::Etag) -> Response {
+    let mut r = Json(json).into_response();
+    if let Ok(v) = etag.header_value().parse() {
+        r.headers_mut().insert(ETAG, v);
+    }
+    r
+}
+
+fn device_not_found(id: &str) -> ApiError {
+    ApiError::not_found("DeviceNotFound", format!("Device {id} not registered"))
+}
+
+fn module_not_found(id: &str, mid: &str) -> ApiError {
+    ApiError::not_found(
+        "ModuleNotFound",
+        format!("Module {mid} of device {id} not registered"),
+    )
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<ListParams>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_READ, "listing devices")?;
+    let top = match params.top.as_deref() {
+        None => 1000,
+        Some(t) => match t.parse::<i64>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "ArgumentInvalid",
+                    format!("top={t:?} must be a number from 1 to 1000"),
+                ));
+            }
+        },
+    };
+    let devices = state.store().devices(top).await?;
+    let json: Vec<_> = devices.iter().map(|d| d.to_json(false)).collect();
+    Ok(Json(json).into_response())
+}
+
+pub async fn get_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_READ, "reading a device")?;
+    let id = device_id(&id)?;
+    let d = state
+        .store()
+        .device(&id)
+        .await?
+        .ok_or_else(|| device_not_found(id.as_str()))?;
+    Ok(with_etag(d.to_json(false), &d.etag))
+}
+
+pub async fn put_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(input): JsonBody<DeviceInput>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_WRITE, "creating or updating a device")?;
+    let id = device_id(&id)?;
+    let target = format!("devices/{id}");
+    let result = put_device_inner(&state, &id, if_match(&headers), input).await;
+    match &result {
+        Ok((op, _)) => state.audit(&caller, op, &target, "ok", "").await,
+        Err(e) => {
+            state
+                .audit(&caller, "device.put", &target, e.code, &e.message)
+                .await
+        }
+    }
+    result.map(|(_, r)| r)
+}
+
+async fn put_device_inner(
+    state: &AppState,
+    id: &DeviceId,
+    condition: IfMatch,
+    input: DeviceInput,
+) -> Result<(&'static str, Response), ApiError> {
+    let existing = state.store().device(id).await?;
+    let now = now_ms();
+    let bad = |e: certhub_core::IdentityError| ApiError::bad_request(e.code, e.message);
+    match (condition, existing) {
+        (IfMatch::Absent, Some(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "DeviceAlreadyExists",
+            format!("A device with ID '{id}' is already registered; send If-Match to update it"),
+        )),
+        (IfMatch::Absent, None) => {
+            let d = input.into_device(id, None, now).map_err(bad)?;
+            match state.store().create_device(&d).await? {
+                WriteOutcome::Written => {
+                    Ok(("device.create", with_etag(d.to_json(false), &d.etag)))
+                }
+                _ => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "DeviceAlreadyExists",
+                    format!("A device with ID '{id}' is already registered"),
+                )),
+            }
+        }
+        (_, None) => Err(device_not_found(id.as_str())),
+        (condition, Some(current)) => {
+            if !condition.allows(&current.etag) {
+                return Err(ApiError::precondition_failed(format!(
+                    "the ETag given does not match device {id}'s current one; read it again"
+                )));
+            }
+            let d = input.into_device(id, Some(&current), now).map_err(bad)?;
+            match state.store().replace_device(&d, &current.etag).await? {
+                WriteOutcome::Written => {
+                    Ok(("device.update", with_etag(d.to_json(false), &d.etag)))
+                }
+                _ => Err(ApiError::precondition_failed(format!(
+                    "device {id} changed while it was being updated; read it again"
+                ))),
+            }
+        }
+    }
+}
+
+pub async fn delete_device(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Rights::REGISTRY_WRITE, "deleting a device")?;
+    let id = device_id(&id)?;
+    let expected = match if_match(&headers) {
+        IfMatch::Tag(t) => Some(t),
+        IfMatch::Any | IfMatch::Absent => None,
+    };
+    let target = format!("devices/{id}");
+    let result = match state.store().delete_device(&id, expected.as_ref()).await? {
+        DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
+        DeleteOutcome::NotFound => Err(device_not_found(id.as_str())),
+        DeleteOutcome::Stale => Err(ApiError::precondition_failed(format!(
+            "the ETag given does not match device {id}'s current one; read it again"
+        ))),
+    };
+    let (outcome, detail) = match &result {
+        Ok(_) => ("ok", String::new()),
+        Err(e) => (e.code, e.message.clone()),
+    };
+    state
+        .audit(&caller, "device.delete", &target, outcome, &detail)
+        .await;
+    result
+}
+
+pub async fn list_modules(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_READ, "listing modules")?;
+    let id = device_id(&id)?;
+    if state.store().device(&id).await?.is_none() {
+        return Err(device_not_found(id.as_str()));
+    }
+    let modules = state.store().modules(&id).await?;
+    let json: Vec<_> = modules.iter().map(|m| m.to_json(false)).collect();
+    Ok(Json(json).into_response())
+}
+
+pub async fn get_module(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, mid)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_READ, "reading a module")?;
+    let (id, mid) = (device_id(&id)?, module_id(&mid)?);
+    let m = state
+        .store()
+        .module(&id, &mid)
+        .await?
+        .ok_or_else(|| module_not_found(id.as_str(), mid.as_str()))?;
+    Ok(with_etag(m.to_json(false), &m.etag))
+}
+
+pub async fn put_module(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+    JsonBody(input): JsonBody<ModuleInput>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_WRITE, "creating or updating a module")?;
+    let (id, mid) = (device_id(&id)?, module_id(&mid)?);
+    let target = format!("devices/{id}/modules/{mid}");
+    let result = put_module_inner(&state, &id, &mid, if_match(&headers), input).await;
+    match &result {
+        Ok((op, _)) => state.audit(&caller, op, &target, "ok", "").await,
+        Err(e) => {
+            state
+                .audit(&caller, "module.put", &target, e.code, &e.message)
+                .await
+        }
+    }
+    result.map(|(_, r)| r)
+}
+
+async fn put_module_inner(
+    state: &AppState,
+    id: &DeviceId,
+    mid: &ModuleId,
+    condition: IfMatch,
+    input: ModuleInput,
+) -> Result<(&'static str, Response), ApiError> {
+    if state.store().device(id).await?.is_none() {
+        return Err(device_not_found(id.as_str()));
+    }
+    let existing = state.store().module(id, mid).await?;
+    let now = now_ms();
+    let bad = |e: certhub_core::IdentityError| ApiError::bad_request(e.code, e.message);
+    match (condition, existing) {
+        (IfMatch::Absent, Some(_)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ModuleAlreadyExistsOnDevice",
+            format!("Module '{mid}' already exists on device '{id}'; send If-Match to update it"),
+        )),
+        (IfMatch::Absent, None) => {
+            let m = input.into_module(id, mid, None, now).map_err(bad)?;
+            match state.store().create_module(&m).await? {
+                WriteOutcome::Written => {
+                    Ok(("module.create", with_etag(m.to_json(false), &m.etag)))
+                }
+                _ => Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "ModuleAlreadyExistsOnDevice",
+                    format!("Module '{mid}' already exists on device '{id}'"),
+                )),
+            }
+        }
+        (_, None) => Err(module_not_found(id.as_str(), mid.as_str())),
+        (condition, Some(current)) => {
+            if !condition.allows(&current.etag) {
+                return Err(ApiError::precondition_failed(format!(
+                    "the ETag given does not match module {id}/{mid}'s current one; read it again"
+                )));
+            }
+            let m = input
+                .into_module(id, mid, Some(&current), now)
+                .map_err(bad)?;
+            match state.store().replace_module(&m, &current.etag).await? {
+                WriteOutcome::Written => {
+                    Ok(("module.update", with_etag(m.to_json(false), &m.etag)))
+                }
+                _ => Err(ApiError::precondition_failed(format!(
+                    "module {id}/{mid} changed while it was being updated; read it again"
+                ))),
+            }
+        }
+    }
+}
+
+pub async fn delete_module(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, mid)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Rights::REGISTRY_WRITE, "deleting a module")?;
+    let (id, mid) = (device_id(&id)?, module_id(&mid)?);
+    let expected = match if_match(&headers) {
+        IfMatch::Tag(t) => Some(t),
+        IfMatch::Any | IfMatch::Absent => None,
+    };
+    let target = format!("devices/{id}/modules/{mid}");
+    let result = match state
+        .store()
+        .delete_module(&id, &mid, expected.as_ref())
+        .await?
+    {
+        DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
+        DeleteOutcome::NotFound => Err(module_not_found(id.as_str(), mid.as_str())),
+        DeleteOutcome::Stale => Err(ApiError::precondition_failed(format!(
+            "the ETag given does not match module {id}/{mid}'s current one; read it again"
+        ))),
+    };
+    let (outcome, detail) = match &result {
+        Ok(_) => ("ok", String::new()),
+        Err(e) => (e.code, e.message.clone()),
+    };
+    state
+        .audit(&caller, "module.delete", &target, outcome, &detail)
+        .await;
+    result
+}

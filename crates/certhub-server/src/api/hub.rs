@@ -1,0 +1,93 @@
+//! Hub-wide resources: statistics, settings, the audit trail.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use certhub_core::{Rights, SettingsPatch};
+use serde::Deserialize;
+
+use super::body::JsonBody;
+use super::{ApiError, AppState, Caller};
+
+/// Settings change who may authenticate, so they need every right (an owner-class policy).
+const OWNER: Rights = Rights::REGISTRY_READ
+    .union(Rights::REGISTRY_WRITE)
+    .union(Rights::SERVICE_CONNECT)
+    .union(Rights::DEVICE_CONNECT);
+
+pub async fn device_statistics(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_READ, "reading device statistics")?;
+    let s = state.store().device_stats().await?;
+    Ok(Json(serde_json::json!({
+        "totalDeviceCount": s.total,
+        "enabledDeviceCount": s.enabled,
+        "disabledDeviceCount": s.disabled,
+    }))
+    .into_response())
+}
+
+pub async fn service_statistics(
+    State(_state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::SERVICE_CONNECT, "reading service statistics")?;
+    // No device endpoint is served yet, so nothing can be connected.
+    Ok(Json(serde_json::json!({ "connectedDeviceCount": 0 })).into_response())
+}
+
+pub async fn get_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_READ, "reading hub settings")?;
+    Ok(Json(state.settings()).into_response())
+}
+
+pub async fn patch_settings(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(patch): JsonBody<SettingsPatch>,
+) -> Result<Response, ApiError> {
+    caller.require(OWNER, "changing hub settings")?;
+    let before = state.settings();
+    let after = match patch.apply(&before) {
+        Ok(s) => s,
+        Err(msg) => {
+            state
+                .audit(
+                    &caller,
+                    "settings.update",
+                    "settings",
+                    "ArgumentInvalid",
+                    &msg,
+                )
+                .await;
+            return Err(ApiError::bad_request("ArgumentInvalid", msg));
+        }
+    };
+    state.store().put_settings(&after).await?;
+    state.set_settings(after.clone());
+    let detail = serde_json::to_string(&after).unwrap_or_default();
+    state
+        .audit(&caller, "settings.update", "settings", "ok", &detail)
+        .await;
+    Ok(Json(after).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditParams {
+    top: Option<i64>,
+}
+
+pub async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(params): Query<AuditParams>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_READ, "reading the audit trail")?;
+    let top = params.top.unwrap_or(100).clamp(1, 10_000);
+    Ok(Json(state.store().audit(top).await?).into_response())
+}

@@ -1,0 +1,16 @@
+//! certhub's adapters: everything that touches sockets, TLS and files for the hub. The HTTPS
+//! listener serves the service REST API (the Azure IoT Hub shape, authorised by shared access
+//! policies); `tls` makes and keeps the hub's own server CA and certificate in the data
+//! directory. Decisions are taken by `certhub-core` and `certhub-pki`; state lives in
+//! `certhub-store`.
+//!
+//! Built from values so tests can run a hub on `127.0.0.1:0` with their own shutdown signal:
+//! `certhub_server::serve_https(listener, tls_config, state, shutdown)`.
+#![forbid(unsafe_code)]
+
+pub mod api;
+mod listener;
+pub mod tls;
+
+pub use api::{AppState, router};
+pub use listener::serve_https;

@@ -1,0 +1,198 @@
+//! The hub's own TLS identity, kept in `<data-dir>/tls/`: a server CA made on first start
+//! (`server-ca.pem`, key `server-ca.key`), and a server certificate it signs (`server.pem`,
+//! `server.key`) with a SAN for every host name. Clients trust `server-ca.pem`. The server
+//! certificate is re-issued by the same CA when the host names change or it nears expiry, so
+//! clients never need a new trust file.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+#[cfg(unix)]
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use certhub_pki::{
+    CaFiles, Issuer, KeyAlgorithm, create_root, describe_certificate, parse_subject,
+    read_certificates, server_certificate,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use time::{Duration, OffsetDateTime};
+
+/// Why the hub's TLS identity could not be loaded or made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Pki {
+        path: PathBuf,
+        #[source]
+        source: certhub_pki::PkiError,
+    },
+    #[error("{path}: not a usable private key")]
+    Key { path: PathBuf },
+    #[error("the TLS configuration was refused: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Where the identity lives and what it is.
+#[derive(Debug, Clone)]
+pub struct ServerIdentity {
+    pub ca_path: PathBuf,
+    pub cert_path: PathBuf,
+    pub ca_pem: String,
+    pub chain: Vec<CertificateDer<'static>>,
+    key_path: PathBuf,
+    /// Whether this start made the CA or re-issued the certificate.
+    pub created_ca: bool,
+    pub issued_certificate: bool,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes a file atomically (temporary name, then rename); private keys are 0600.
+fn write(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
+    let tmp = path.with_extension("partial");
+    let _ = fs::remove_file(&tmp);
+    let mut opts = OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(if secret { 0o600 } else { 0o644 });
+    let mut f = opts.open(&tmp).map_err(io(&tmp))?;
+    f.write_all(contents.as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn read_text(path: &Path) -> Result<String, TlsError> {
+    fs::read_to_string(path).map_err(io(path))
+}
+
+/// The SANs a certificate must carry for `names`, in `inspect`'s notation.
+fn wanted_sans(names: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = names
+        .iter()
+        .map(|n| match n.parse::<std::net::IpAddr>() {
+            Ok(ip) => format!("IP:{ip}"),
+            Err(_) => format!("DNS:{n}"),
+        })
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Loads the identity from `dir`, making the CA and (re-)issuing the server certificate as
+/// needed.
+pub fn load_or_create(
+    dir: &Path,
+    hostnames: &[String],
+    now: OffsetDateTime,
+) -> Result<ServerIdentity, TlsError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let ca_path = dir.join("server-ca.pem");
+    let ca_key_path = dir.join("server-ca.key");
+    let cert_path = dir.join("server.pem");
+    let key_path = dir.join("server.key");
+
+    let mut created_ca = false;
+    if !ca_path.exists() || !ca_key_path.exists() {
+        let subject =
+            parse_subject("CN=certhub server CA, O=certhub").map_err(|source| TlsError::Pki {
+                path: ca_path.clone(),
+                source,
+            })?;
+        let made = create_root(&subject, KeyAlgorithm::EcdsaP256, 3650, Some(0), now).map_err(
+            |source| TlsError::Pki {
+                path: ca_path.clone(),
+                source,
+            },
+        )?;
+        write(&ca_key_path, &made.key_pem, true)?;
+        write(&ca_path, &made.pem, false)?;
+        let _ = fs::remove_file(&cert_path);
+        created_ca = true;
+    }
+    let ca_pem = read_text(&ca_path)?;
+    let ca_key = read_text(&ca_key_path)?;
+    let pki = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| TlsError::Pki { path, source }
+    };
+
+    let current = if cert_path.exists() && key_path.exists() {
+        let chain =
+            read_certificates(read_text(&cert_path)?.as_bytes()).map_err(pki(&cert_path))?;
+        let leaf = chain.first().cloned();
+        leaf.map(|l| describe_certificate(&l).map(|info| (chain, info)))
+            .transpose()
+            .map_err(pki(&cert_path))?
+    } else {
+        None
+    };
+    let fresh = current.as_ref().is_some_and(|(_, info)| {
+        let mut have = info.subject_alt_names.clone();
+        have.sort();
+        let renew_by = now + Duration::days(30);
+        let not_after = OffsetDateTime::parse(
+            &info.not_after,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap_or(now);
+        have == wanted_sans(hostnames) && not_after > renew_by
+    });
+    let mut issued_certificate = false;
+    let chain = match current {
+        Some((chain, _)) if fresh => chain,
+        _ => {
+            let issuer = Issuer::load(CaFiles {
+                cert: ca_pem.as_bytes(),
+                key: &ca_key,
+                chain: None,
+            })
+            .map_err(pki(&ca_path))?;
+            let (key_pem, cert) =
+                server_certificate(&issuer, hostnames, 397, now).map_err(pki(&cert_path))?;
+            write(&key_path, &key_pem, true)?;
+            write(&cert_path, &cert.pem, false)?;
+            issued_certificate = true;
+            vec![cert.der]
+        }
+    };
+    Ok(ServerIdentity {
+        ca_path,
+        cert_path,
+        ca_pem,
+        chain,
+        key_path,
+        created_ca,
+        issued_certificate,
+    })
+}
+
+impl ServerIdentity {
+    /// The rustls configuration for the HTTPS listener (TLS 1.2 and 1.3, HTTP/2 and 1.1).
+    pub fn https_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let key = PrivateKeyDer::from_pem_file(&self.key_path).map_err(|_| TlsError::Key {
+            path: self.key_path.clone(),
+        })?;
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), key)?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+}

@@ -1,0 +1,341 @@
+//! The service API in process (`router(state).oneshot(request)`), on a real SQLite store:
+//! status codes, Azure-shaped errors, ETags, rights, and that refused requests write nothing.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use certhub_core::{Policy, sign_token};
+use certhub_server::{AppState, router};
+use certhub_store::Store;
+use serde_json::Value;
+use tower::ServiceExt;
+
+struct Hub {
+    state: AppState,
+    policies: Vec<Policy>,
+    _dir: tempfile::TempDir,
+}
+
+async fn hub() -> Hub {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open_sqlite(&dir.path().join("certhub.db"))
+        .await
+        .expect("store");
+    let state = AppState::new(store, vec!["localhost".into()])
+        .await
+        .expect("state");
+    Hub {
+        policies: state.policies(),
+        state,
+        _dir: dir,
+    }
+}
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl Hub {
+    fn token(&self, policy: &str) -> String {
+        let p = self
+            .policies
+            .iter()
+            .find(|p| p.name == policy)
+            .expect("policy");
+        sign_token("localhost", &p.primary_key, Some(policy), now() + 600)
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        if_match: Option<&str>,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        if let Some(m) = if_match {
+            req = req.header("if-match", m);
+        }
+        let req = req
+            .header("content-type", "application/json")
+            .body(Body::from(body.unwrap_or("").to_string()))
+            .expect("request");
+        let resp = router(self.state.clone())
+            .oneshot(req)
+            .await
+            .expect("response");
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, value)
+    }
+
+    async fn owner(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+        let t = self.token("iothubowner");
+        self.call(method, path, Some(&t), None, body).await
+    }
+
+    async fn count(&self) -> i64 {
+        self.state
+            .store()
+            .device_stats()
+            .await
+            .expect("stats")
+            .total
+    }
+}
+
+fn message(v: &Value) -> String {
+    v["Message"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn create_read_update_delete_with_etags() {
+    let h = hub().await;
+    let (s, d) = h
+        .owner("PUT", "/devices/d1?api-version=2021-04-12", Some("{}"))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["authentication"]["type"], "sas");
+    let etag = d["etag"].as_str().expect("etag").to_string();
+
+    let (s, e) = h.owner("PUT", "/devices/d1", Some("{}")).await;
+    assert_eq!(s, StatusCode::CONFLICT);
+    assert!(
+        message(&e).starts_with("ErrorCode:DeviceAlreadyExists;"),
+        "{e}"
+    );
+
+    let t = h.token("iothubowner");
+    let body = r#"{"deviceId":"d1","status":"disabled","statusReason":"lost"}"#;
+    let (s, _) = h
+        .call(
+            "PUT",
+            "/devices/d1",
+            Some(&t),
+            Some("\"stale\""),
+            Some(body),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+    let quoted = format!("\"{etag}\"");
+    let (s, d) = h
+        .call("PUT", "/devices/d1", Some(&t), Some(&quoted), Some(body))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{d}");
+    assert_eq!(d["status"], "disabled");
+    assert_ne!(d["etag"].as_str(), Some(etag.as_str()));
+    let (s, _) = h
+        .call("PUT", "/devices/nope", Some(&t), Some("\"*\""), Some("{}"))
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, _) = h
+        .call("DELETE", "/devices/d1", Some(&t), Some(&quoted), None)
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::PRECONDITION_FAILED,
+        "the old ETag no longer matches"
+    );
+    let (s, _) = h
+        .call("DELETE", "/devices/d1", Some(&t), Some("\"*\""), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, e) = h.owner("GET", "/devices/d1", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert!(message(&e).starts_with("ErrorCode:DeviceNotFound;"), "{e}");
+}
+
+#[tokio::test]
+async fn bad_bodies_and_ids_are_400_and_write_nothing() {
+    let h = hub().await;
+    let cases = [
+        ("/devices/d1", "{not json", "invalid JSON"),
+        (
+            "/devices/d1",
+            r#"{"colour":"red"}"#,
+            "unknown field `colour`",
+        ),
+        ("/devices/d1", r#"{"status":42}"#, "at status"),
+        ("/devices/d1", r#"{"status":"sleeping"}"#, "unknown variant"),
+        ("/devices/d1", r#"{"deviceId":"d2"}"#, "differs"),
+        ("/devices/d1", "", "needs a JSON body"),
+        (
+            "/devices/d1",
+            r#"{"authentication":{"type":"selfSigned","x509Thumbprint":{"primaryThumbprint":"XYZ"}}}"#,
+            "not 40 (SHA-1) or 64 (SHA-256) hex",
+        ),
+        (
+            "/devices/d1",
+            r#"{"authentication":{"type":"sas","symmetricKey":{"primaryKey":"c2hvcnQ="}}}"#,
+            "16 to 64 bytes",
+        ),
+        ("/devices/bad%2Fid", "{}", "contains '/'"),
+    ];
+    for (path, body, needle) in cases {
+        let (s, e) = h.owner("PUT", path, Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}: {e}");
+        assert!(message(&e).contains(needle), "{body}: {e}");
+    }
+    let huge = format!(r#"{{"statusReason":"{}"}}"#, "x".repeat(300_000));
+    let (s, _) = h.owner("PUT", "/devices/d1", Some(&huge)).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(h.count().await, 0, "nothing was written");
+}
+
+#[tokio::test]
+async fn tokens_are_checked_and_rights_enforced() {
+    let h = hub().await;
+    let owner = h
+        .policies
+        .iter()
+        .find(|p| p.name == "iothubowner")
+        .expect("owner");
+    let expired = sign_token(
+        "localhost",
+        &owner.primary_key,
+        Some("iothubowner"),
+        now() - 10,
+    );
+    let wrong_key = sign_token(
+        "localhost",
+        &certhub_core::generate_key(),
+        Some("iothubowner"),
+        now() + 600,
+    );
+    let wrong_host = sign_token(
+        "other.example.com",
+        &owner.primary_key,
+        Some("iothubowner"),
+        now() + 600,
+    );
+    let no_skn = sign_token("localhost", &owner.primary_key, None, now() + 600);
+    let unknown = sign_token("localhost", &owner.primary_key, Some("nobody"), now() + 600);
+    let cases = [
+        (None, "no Authorization header"),
+        (Some("Bearer abc".to_string()), "SharedAccessSignature"),
+        (Some(expired), "expired"),
+        (Some(wrong_key), "signature does not match"),
+        (Some(wrong_host), "not for this hub"),
+        (Some(no_skn), "device-scoped token"),
+        (Some(unknown), "unknown shared access policy"),
+    ];
+    for (auth, needle) in cases {
+        let (s, e) = h
+            .call("PUT", "/devices/d1", auth.as_deref(), None, Some("{}"))
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{needle}: {e}");
+        assert!(message(&e).contains(needle), "{needle}: {e}");
+    }
+    // registryRead may read but not write; service may not touch the registry at all.
+    let read = h.token("registryRead");
+    let (s, e) = h
+        .call("PUT", "/devices/d1", Some(&read), None, Some("{}"))
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(message(&e).contains("lacks RegistryWrite"), "{e}");
+    let (s, _) = h.call("GET", "/devices", Some(&read), None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let service = h.token("service");
+    let (s, _) = h.call("GET", "/devices", Some(&service), None, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert_eq!(h.count().await, 0);
+}
+
+#[tokio::test]
+async fn settings_and_audit() {
+    let h = hub().await;
+    let (s, v) = h.owner("GET", "/settings", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["disableDeviceSAS"], false);
+    let rw = h.token("registryReadWrite");
+    let (s, _) = h
+        .call(
+            "PATCH",
+            "/settings",
+            Some(&rw),
+            None,
+            Some(r#"{"disableDeviceSAS":true}"#),
+        )
+        .await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "settings need an owner-class policy"
+    );
+    let (s, v) = h
+        .owner("PATCH", "/settings", Some(r#"{"disableDeviceSAS":true}"#))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["disableDeviceSAS"], true);
+    let (s, _) = h
+        .owner("PATCH", "/settings", Some(r#"{"minTlsVersion":"1.0"}"#))
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    h.owner("PUT", "/devices/d1", Some("{}")).await;
+    let (s, log) = h.owner("GET", "/audit", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let ops: Vec<(&str, &str)> = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| {
+            (
+                r["operation"].as_str().unwrap_or(""),
+                r["outcome"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ops,
+        [
+            ("device.create", "ok"),
+            ("settings.update", "ArgumentInvalid"),
+            ("settings.update", "ok")
+        ]
+    );
+    assert_eq!(log[0]["actor"], "iothubowner");
+    // disableLocalAuth shuts the door on policy tokens, this one included.
+    let (s, _) = h
+        .owner("PATCH", "/settings", Some(r#"{"disableLocalAuth":true}"#))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, e) = h.owner("GET", "/devices", None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(message(&e).contains("disableLocalAuth"), "{e}");
+}
+
+#[tokio::test]
+async fn modules_live_under_their_device() {
+    let h = hub().await;
+    let (s, _) = h.owner("PUT", "/devices/d1/modules/m1", Some("{}")).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "no device yet");
+    h.owner(
+        "PUT",
+        "/devices/d1",
+        Some(r#"{"authentication":{"type":"certificateAuthority"}}"#),
+    )
+    .await;
+    let (s, m) = h
+        .owner(
+            "PUT",
+            "/devices/d1/modules/m1",
+            Some(r#"{"moduleId":"m1","deviceId":"d1","managedBy":"ops"}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{m}");
+    assert_eq!(m["managedBy"], "ops");
+    let (s, list) = h.owner("GET", "/devices/d1/modules", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    let (s, _) = h.owner("DELETE", "/devices/d1", None).await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    let (s, _) = h.owner("GET", "/devices/d1/modules/m1", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

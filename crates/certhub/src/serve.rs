@@ -1,0 +1,298 @@
+//! `certhub serve`: configuration (flags > `CERTHUB_*` environment > TOML file > defaults),
+//! the data directory, the hub's TLS identity, the store, and the listeners.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+use crate::Outcome;
+
+/// Exit code for invalid configuration (EX_USAGE), given before any port is bound.
+pub const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, database_url).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory: SQLite database, the hub's TLS files [default: ./certhub-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// A host name clients use to reach the hub; repeatable [default: localhost, 127.0.0.1].
+    #[arg(long = "hostname")]
+    hostnames: Vec<String>,
+    /// Address for MQTT over TLS [default: 0.0.0.0:8883] (device endpoints: not served yet).
+    #[arg(long)]
+    mqtt_addr: Option<String>,
+    /// Address for HTTPS: the service API [default: 0.0.0.0:443].
+    #[arg(long)]
+    https_addr: Option<String>,
+}
+
+/// The TOML file's keys; anything else is an error that names the key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    hostnames: Option<Vec<String>>,
+    https_addr: Option<String>,
+    mqtt_addr: Option<String>,
+    database_url: Option<String>,
+}
+
+/// The configuration the hub runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub hostnames: Vec<String>,
+    pub https_addr: SocketAddr,
+    pub mqtt_addr: SocketAddr,
+    pub database_url: Option<String>,
+}
+
+/// A configuration problem: the key and what is wrong with it.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value.parse().map_err(|_| {
+        ConfigError(format!(
+            "{key}: {value:?} is not an address; write IP:PORT, e.g. 0.0.0.0:8443"
+        ))
+    })
+}
+
+fn check_hostname(h: &str) -> Result<(), ConfigError> {
+    let ok = h.parse::<std::net::IpAddr>().is_ok()
+        || (!h.is_empty()
+            && h.len() <= 253
+            && h.split('.').all(|l| {
+                !l.is_empty()
+                    && l.len() <= 63
+                    && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            }));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError(format!(
+            "hostname: {h:?} is not a DNS name or an IP address"
+        )))
+    }
+}
+
+impl Config {
+    /// Resolves flags, environment, file and defaults, validating every key.
+    pub fn resolve(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let file_path = args
+            .config
+            .clone()
+            .or_else(|| env("CERTHUB_CONFIG").map(PathBuf::from));
+        let file = match &file_path {
+            None => FileConfig::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError(format!("config: {}: {e}", p.display())))?;
+                toml::from_str(&text)
+                    .map_err(|e| ConfigError(format!("config: {}: {}", p.display(), e.message())))?
+            }
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or_else(|| env("CERTHUB_DATA_DIR").map(PathBuf::from))
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("certhub-data"));
+        let hostnames = if !args.hostnames.is_empty() {
+            args.hostnames.clone()
+        } else if let Some(h) = env("CERTHUB_HOSTNAMES") {
+            h.split(',').map(|s| s.trim().to_string()).collect()
+        } else {
+            file.hostnames
+                .unwrap_or_else(|| vec!["localhost".into(), "127.0.0.1".into()])
+        };
+        if hostnames.is_empty() {
+            return Err(ConfigError("hostname: at least one is needed".into()));
+        }
+        for h in &hostnames {
+            check_hostname(h)?;
+        }
+        let https = args
+            .https_addr
+            .clone()
+            .or_else(|| env("CERTHUB_HTTPS_ADDR"))
+            .or(file.https_addr)
+            .unwrap_or_else(|| "0.0.0.0:443".into());
+        let mqtt = args
+            .mqtt_addr
+            .clone()
+            .or_else(|| env("CERTHUB_MQTT_ADDR"))
+            .or(file.mqtt_addr)
+            .unwrap_or_else(|| "0.0.0.0:8883".into());
+        let database_url = env("CERTHUB_DATABASE_URL").or(file.database_url);
+        if let Some(url) = &database_url
+            && !url.starts_with("postgres://")
+            && !url.starts_with("postgresql://")
+        {
+            return Err(ConfigError(format!(
+                "database_url: {url:?} is not a postgres:// URL (leave it out for the embedded SQLite)"
+            )));
+        }
+        Ok(Self {
+            data_dir,
+            hostnames,
+            https_addr: addr("https_addr", &https)?,
+            mqtt_addr: addr("mqtt_addr", &mqtt)?,
+            database_url,
+        })
+    }
+}
+
+/// Opens the hub's store: PostgreSQL when configured, else SQLite in the data directory.
+pub async fn open_store(
+    data_dir: &Path,
+    database_url: Option<&str>,
+) -> Result<certhub_store::Store> {
+    match database_url {
+        Some(url) => certhub_store::Store::open(url)
+            .await
+            .context("opening the PostgreSQL database"),
+        None => {
+            std::fs::create_dir_all(data_dir).with_context(|| {
+                format!("{}: cannot create the data directory", data_dir.display())
+            })?;
+            let path = data_dir.join("certhub.db");
+            certhub_store::Store::open_sqlite(&path)
+                .await
+                .with_context(|| format!("{}: opening the database", path.display()))
+        }
+    }
+}
+
+/// The host (and port, unless 443) clients put in `HostName=`.
+pub fn public_host(hostname: &str, port: u16) -> String {
+    if port == 443 {
+        hostname.to_string()
+    } else {
+        format!("{hostname}:{port}")
+    }
+}
+
+fn bind_error(addr: SocketAddr, e: &std::io::Error) -> anyhow::Error {
+    if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: permission denied. Ports below 1024 need root or the \
+             CAP_NET_BIND_SERVICE capability. Either choose another port, e.g. \
+             `--https-addr 0.0.0.0:8443` (clients then use HostName=<host>:8443; the Azure \
+             SDKs' HTTPS and WebSocket transports dial 443 unless told otherwise), or let \
+             certhub bind low ports: `sudo setcap cap_net_bind_service=+ep $(command -v certhub)`"
+        )
+    } else if e.kind() == std::io::ErrorKind::AddrInUse {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: the address is in use by another program; choose another with --https-addr"
+        )
+    } else {
+        anyhow::anyhow!("cannot listen on {addr}: {e}")
+    }
+}
+
+pub fn run(args: ServeArgs) -> Result<Outcome> {
+    let config = match Config::resolve(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: invalid configuration: {e}");
+            std::process::exit(i32::from(EXIT_CONFIG));
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> Result<Outcome> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CERTHUB_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+
+    let store = open_store(&config.data_dir, config.database_url.as_deref()).await?;
+    let identity = certhub_server::tls::load_or_create(
+        &config.data_dir.join("tls"),
+        &config.hostnames,
+        time::OffsetDateTime::now_utc(),
+    )
+    .context("the hub's TLS identity")?;
+    let tls = identity.https_config()?;
+    let listener = tokio::net::TcpListener::bind(config.https_addr)
+        .await
+        .map_err(|e| bind_error(config.https_addr, &e))?;
+    let bound = listener.local_addr()?;
+    let host = public_host(&config.hostnames[0], bound.port());
+    store
+        .put_endpoint(&host)
+        .await
+        .context("recording the service endpoint")?;
+    let state = certhub_server::AppState::new(store.clone(), config.hostnames.clone()).await?;
+
+    let dir = config.data_dir.display();
+    out!("certhub {} is running", env!("CARGO_PKG_VERSION"));
+    out!("  service API      https://{host}  (listening on {bound})");
+    out!(
+        "  data directory   {dir}  ({})",
+        match &config.database_url {
+            Some(_) => "PostgreSQL".to_string(),
+            None => format!("SQLite: {dir}/certhub.db"),
+        }
+    );
+    out!(
+        "  server CA        {}  (clients trust this; `certhub hub server-ca` prints it){}",
+        identity.ca_path.display(),
+        if identity.created_ca { " [new]" } else { "" }
+    );
+    out!("  host names       {}", config.hostnames.join(", "));
+    out!("  connect          certhub hub connection-string --data-dir {dir}");
+    out!(
+        "  MQTT ({})  device endpoints are not served yet",
+        config.mqtt_addr
+    );
+
+    let shutdown = async {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(_) => return,
+                };
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+    };
+    certhub_server::serve_https(listener, tls, certhub_server::router(state), shutdown).await;
+    store.close().await;
+    out!("certhub stopped");
+    Ok(Outcome::Ok)
+}
