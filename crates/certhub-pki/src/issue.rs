@@ -251,7 +251,7 @@ impl Issuer {
     }
 }
 
-fn to_pem(der: &CertificateDer<'_>) -> String {
+pub(crate) fn to_pem(der: &CertificateDer<'_>) -> String {
     lf_pem("CERTIFICATE", der.as_ref().to_vec())
 }
 

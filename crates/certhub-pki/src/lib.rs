@@ -16,6 +16,7 @@ mod input;
 mod issue;
 mod name;
 mod thumbprint;
+mod upload;
 
 pub use algorithm::KeyAlgorithm;
 pub use chain::{
@@ -29,5 +30,11 @@ pub use issue::{
     server_certificate, sign_request, verification_certificate,
 };
 pub use name::parse_subject;
+
+/// PEM-encodes a certificate (LF line endings).
+pub fn to_pem(der: &CertificateDer<'_>) -> String {
+    issue::to_pem(der)
+}
 pub use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer, UnixTime};
 pub use thumbprint::{Thumbprints, normalize_thumbprint};
+pub use upload::{CaFacts, ca_facts, check_ca_upload, read_upload, verify_possession};

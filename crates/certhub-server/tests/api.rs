@@ -1,98 +1,11 @@
 //! The service API in process (`router(state).oneshot(request)`), on a real SQLite store:
 //! status codes, Azure-shaped errors, ETags, rights, and that refused requests write nothing.
 
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
-use certhub_core::{Policy, sign_token};
-use certhub_server::{AppState, router};
-use certhub_store::Store;
-use serde_json::Value;
-use tower::ServiceExt;
+mod common;
 
-struct Hub {
-    state: AppState,
-    policies: Vec<Policy>,
-    _dir: tempfile::TempDir,
-}
-
-async fn hub() -> Hub {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("certhub.db"))
-        .await
-        .expect("store");
-    let state = AppState::new(store, vec!["localhost".into()])
-        .await
-        .expect("state");
-    Hub {
-        policies: state.policies(),
-        state,
-        _dir: dir,
-    }
-}
-
-fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
-}
-
-impl Hub {
-    fn token(&self, policy: &str) -> String {
-        let p = self
-            .policies
-            .iter()
-            .find(|p| p.name == policy)
-            .expect("policy");
-        sign_token("localhost", &p.primary_key, Some(policy), now() + 600)
-    }
-
-    async fn call(
-        &self,
-        method: &str,
-        path: &str,
-        auth: Option<&str>,
-        if_match: Option<&str>,
-        body: Option<&str>,
-    ) -> (StatusCode, Value) {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(a) = auth {
-            req = req.header("authorization", a);
-        }
-        if let Some(m) = if_match {
-            req = req.header("if-match", m);
-        }
-        let req = req
-            .header("content-type", "application/json")
-            .body(Body::from(body.unwrap_or("").to_string()))
-            .expect("request");
-        let resp = router(self.state.clone())
-            .oneshot(req)
-            .await
-            .expect("response");
-        let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .expect("body");
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, value)
-    }
-
-    async fn owner(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
-        let t = self.token("iothubowner");
-        self.call(method, path, Some(&t), None, body).await
-    }
-
-    async fn count(&self) -> i64 {
-        self.state
-            .store()
-            .device_stats()
-            .await
-            .expect("stats")
-            .total
-    }
-}
-
-fn message(v: &Value) -> String {
-    v["Message"].as_str().unwrap_or_default().to_string()
-}
+use axum::http::StatusCode;
+use certhub_core::sign_token;
+use common::{hub, message, now};
 
 #[tokio::test]
 async fn create_read_update_delete_with_etags() {

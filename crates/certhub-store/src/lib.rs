@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod cas;
 mod devices;
 mod hub;
 mod schema;
@@ -20,6 +21,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use audit::AuditRecord;
+pub use cas::CaRecord;
 pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
 
 /// A storage failure. Messages name what failed; the server logs them and answers 500.

@@ -58,6 +58,23 @@ const STEPS: &[&str] = &[
         detail TEXT NOT NULL
     );
     CREATE INDEX audit_at ON audit (at_ms)",
+    // 2: registered CA certificates.
+    "CREATE TABLE ca_certificates (
+        name TEXT PRIMARY KEY,
+        pem TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        sha1 TEXT NOT NULL UNIQUE,
+        sha256 TEXT NOT NULL UNIQUE,
+        not_before_ms BIGINT NOT NULL,
+        not_after_ms BIGINT NOT NULL,
+        is_verified BIGINT NOT NULL,
+        etag TEXT NOT NULL,
+        verification_code TEXT,
+        code_expires_ms BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL
+    )",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {

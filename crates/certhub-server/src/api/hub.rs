@@ -7,13 +7,7 @@ use certhub_core::{Rights, SettingsPatch};
 use serde::Deserialize;
 
 use super::body::JsonBody;
-use super::{ApiError, AppState, Caller};
-
-/// Settings change who may authenticate, so they need every right (an owner-class policy).
-const OWNER: Rights = Rights::REGISTRY_READ
-    .union(Rights::REGISTRY_WRITE)
-    .union(Rights::SERVICE_CONNECT)
-    .union(Rights::DEVICE_CONNECT);
+use super::{ApiError, AppState, Caller, OWNER};
 
 pub async fn device_statistics(
     State(state): State<AppState>,

@@ -3,6 +3,7 @@
 
 mod auth;
 mod body;
+mod certificates;
 mod devices;
 mod error;
 mod hub;
@@ -11,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use certhub_core::{HubSettings, Policy};
 use certhub_store::{AuditRecord, Store, StoreError};
 
@@ -31,19 +32,31 @@ pub struct AppState {
 struct Inner {
     store: Store,
     hostnames: Vec<String>,
+    code_ttl_ms: i64,
     policies: RwLock<Vec<Policy>>,
     settings: RwLock<HubSettings>,
 }
 
 impl AppState {
     /// Loads policies (creating the defaults on first start) and settings from the store.
+    /// Verification codes expire after one hour.
     pub async fn new(store: Store, hostnames: Vec<String>) -> Result<Self, StoreError> {
+        Self::with_code_ttl(store, hostnames, std::time::Duration::from_secs(3600)).await
+    }
+
+    /// Like [`AppState::new`], with verification codes that expire after `code_ttl`.
+    pub async fn with_code_ttl(
+        store: Store,
+        hostnames: Vec<String>,
+        code_ttl: std::time::Duration,
+    ) -> Result<Self, StoreError> {
         let policies = store.policies().await?;
         let settings = store.settings().await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 hostnames,
+                code_ttl_ms: i64::try_from(code_ttl.as_millis()).unwrap_or(i64::MAX),
                 policies: RwLock::new(policies),
                 settings: RwLock::new(settings),
             }),
@@ -56,6 +69,10 @@ impl AppState {
 
     pub fn hostnames(&self) -> &[String] {
         &self.inner.hostnames
+    }
+
+    pub(crate) fn code_ttl_ms(&self) -> i64 {
+        self.inner.code_ttl_ms
     }
 
     pub fn policies(&self) -> Vec<Policy> {
@@ -104,6 +121,13 @@ impl AppState {
     }
 }
 
+/// Rights of an owner-class policy (iothubowner): needed for settings and for registering a CA
+/// without proof of possession.
+pub(crate) const OWNER: certhub_core::Rights = certhub_core::Rights::REGISTRY_READ
+    .union(certhub_core::Rights::REGISTRY_WRITE)
+    .union(certhub_core::Rights::SERVICE_CONNECT)
+    .union(certhub_core::Rights::DEVICE_CONNECT);
+
 /// The wall clock in milliseconds; only adapters read it.
 pub(crate) fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
@@ -126,6 +150,18 @@ pub fn router(state: AppState) -> Router {
                 .put(devices::put_module)
                 .delete(devices::delete_module),
         )
+        .route("/certificates", get(certificates::list))
+        .route(
+            "/certificates/{name}",
+            get(certificates::get)
+                .put(certificates::upload)
+                .delete(certificates::delete),
+        )
+        .route(
+            "/certificates/{name}/generateVerificationCode",
+            post(certificates::generate_code),
+        )
+        .route("/certificates/{name}/verify", post(certificates::verify))
         .route("/statistics/devices", get(hub::device_statistics))
         .route("/statistics/service", get(hub::service_statistics))
         .route(
