@@ -13,6 +13,34 @@ pub enum HubCommand {
     ConnectionString(ConnectionStringArgs),
     /// Print the server CA certificate (PEM) that clients must trust.
     ServerCa(DataDirArg),
+    /// Show the hub's settings (disableDeviceSAS, disableModuleSAS, disableLocalAuth, minTlsVersion).
+    Show(ShowArgs),
+    /// Change hub settings, e.g. `--disable-device-sas true`.
+    Set(SetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    hub: crate::client::HubArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    #[command(flatten)]
+    hub: crate::client::HubArgs,
+    /// Refuse device-scoped SAS tokens (modules excluded).
+    #[arg(long)]
+    disable_device_sas: Option<bool>,
+    /// Refuse module-scoped SAS tokens.
+    #[arg(long)]
+    disable_module_sas: Option<bool>,
+    /// Refuse tokens signed with shared access policy keys (including the API's own).
+    #[arg(long)]
+    disable_local_auth: Option<bool>,
+    /// Lowest TLS version devices may use: 1.2 or 1.3.
+    #[arg(long)]
+    min_tls_version: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -35,6 +63,35 @@ pub fn run(cmd: HubCommand) -> Result<Outcome> {
     match cmd {
         HubCommand::ConnectionString(a) => connection_string(a),
         HubCommand::ServerCa(a) => server_ca(a),
+        HubCommand::Show(a) => {
+            let client = crate::client::Client::connect(&a.hub)?;
+            crate::client::print_json(&client.expect("GET", "/settings", None, None)?);
+            Ok(Outcome::Ok)
+        }
+        HubCommand::Set(a) => {
+            let mut patch = serde_json::Map::new();
+            if let Some(v) = a.disable_device_sas {
+                patch.insert("disableDeviceSAS".into(), v.into());
+            }
+            if let Some(v) = a.disable_module_sas {
+                patch.insert("disableModuleSAS".into(), v.into());
+            }
+            if let Some(v) = a.disable_local_auth {
+                patch.insert("disableLocalAuth".into(), v.into());
+            }
+            if let Some(v) = a.min_tls_version {
+                patch.insert("minTlsVersion".into(), v.into());
+            }
+            if patch.is_empty() {
+                bail!(
+                    "nothing to set: give at least one of --disable-device-sas, --disable-module-sas, --disable-local-auth, --min-tls-version"
+                );
+            }
+            let client = crate::client::Client::connect(&a.hub)?;
+            let v = client.expect("PATCH", "/settings", None, Some(&patch.into()))?;
+            crate::client::print_json(&v);
+            Ok(Outcome::Ok)
+        }
     }
 }
 
@@ -49,8 +106,8 @@ fn require_data_dir(dir: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-fn connection_string(a: ConnectionStringArgs) -> Result<Outcome> {
-    let dir = &a.dir.data_dir;
+/// The connection string of `policy`, read from a local hub's data directory.
+pub fn local_connection_string(dir: &std::path::Path, policy: &str) -> Result<String> {
     require_data_dir(dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let (policies, endpoint) = runtime.block_on(async {
@@ -66,15 +123,18 @@ fn connection_string(a: ConnectionStringArgs) -> Result<Outcome> {
             dir.display()
         );
     };
-    let Some(policy) = policies.iter().find(|p| p.name == a.policy) else {
+    let Some(p) = policies.iter().find(|p| p.name == policy) else {
         let names: Vec<&str> = policies.iter().map(|p| p.name.as_str()).collect();
         bail!(
-            "no shared access policy {:?}; the hub has {}",
-            a.policy,
+            "no shared access policy {policy:?}; the hub has {}",
             names.join(", ")
         );
     };
-    out!("{}", policy.connection_string(&host));
+    Ok(p.connection_string(&host))
+}
+
+fn connection_string(a: ConnectionStringArgs) -> Result<Outcome> {
+    out!("{}", local_connection_string(&a.dir.data_dir, &a.policy)?);
     Ok(Outcome::Ok)
 }
 

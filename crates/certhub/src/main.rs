@@ -7,6 +7,10 @@ macro_rules! out {
     ($($arg:tt)*) => { $crate::out_line(format_args!($($arg)*)) };
 }
 
+mod audit;
+mod ca;
+mod client;
+mod device;
 mod files;
 mod hub;
 mod pki;
@@ -31,9 +35,18 @@ enum Command {
     Pki(pki::PkiCommand),
     /// Run the hub: the service API over HTTPS, with its data in a local directory.
     Serve(serve::ServeArgs),
-    /// Local hub administration on the hub's machine: connection strings, the server CA.
+    /// Hub administration: connection strings, the server CA, settings.
     #[command(subcommand)]
     Hub(hub::HubCommand),
+    /// Devices and modules in the identity registry.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
+    /// CA certificates: upload, prove possession, list, delete.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// The audit trail of registry, CA and settings changes.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// What a command tells the process: success, a refusal the user asked us to decide (exit 1),
@@ -50,6 +63,9 @@ fn main() -> ExitCode {
         Command::Pki(cmd) => pki::run(cmd),
         Command::Serve(args) => serve::run(args),
         Command::Hub(cmd) => hub::run(cmd),
+        Command::Device(cmd) => device::run(cmd),
+        Command::Ca(cmd) => ca::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -3,55 +3,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use common::{certhub, s, tmp};
-
-/// A hub subprocess, killed when dropped.
-struct HubProcess {
-    child: Child,
-    host: String,
-}
-
-impl Drop for HubProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_hub(data_dir: &std::path::Path) -> HubProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_certhub"))
-        .args([
-            "serve",
-            "--data-dir",
-            s(data_dir),
-            "--https-addr",
-            "127.0.0.1:0",
-            "--hostname",
-            "localhost",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("certhub serve starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut host = None;
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("a line");
-        if let Some(rest) = line.trim().strip_prefix("service API") {
-            let url = rest.split_whitespace().next().expect("url");
-            host = url.strip_prefix("https://").map(str::to_string);
-            break;
-        }
-    }
-    HubProcess {
-        child,
-        host: host.expect("the hub printed its service API address"),
-    }
-}
+use common::{certhub, s, start_hub, tmp};
 
 fn python() -> PathBuf {
     if let Ok(p) = std::env::var("CERTHUB_PYTHON") {

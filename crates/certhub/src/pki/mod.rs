@@ -302,10 +302,11 @@ fn verification(a: VerificationArgs) -> Result<Outcome> {
     let issued = verification_certificate(&issuer, &a.code, OffsetDateTime::now_utc())?;
     files::write_new_file(&a.out, issued.pem.as_bytes(), Mode::Public)?;
     out!(
-        "wrote {}: CN={} signed by {}; upload it to the hub's verify endpoint",
+        "wrote {}: CN={} signed by {}; next: certhub ca verify --name <name> --file {}",
         a.out.display(),
         a.code.trim(),
-        issuer.subject()
+        issuer.subject(),
+        a.out.display()
     );
     Ok(Outcome::Ok)
 }

@@ -7,8 +7,9 @@
 
 use std::ffi::OsStr;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 
 use tempfile::TempDir;
 
@@ -341,5 +342,50 @@ pub fn assert_no_partial(dir: &Path) {
             "leftover {}",
             path.display()
         );
+    }
+}
+
+/// A hub subprocess, killed when dropped.
+pub struct HubProcess {
+    child: Child,
+    /// `host:port` of the service API, as clients put it in `HostName=`.
+    pub host: String,
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn start_hub(data_dir: &Path) -> HubProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_certhub"))
+        .args([
+            "serve",
+            "--data-dir",
+            s(data_dir),
+            "--https-addr",
+            "127.0.0.1:0",
+            "--hostname",
+            "localhost",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("certhub serve starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut host = None;
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("a line");
+        if let Some(rest) = line.trim().strip_prefix("service API") {
+            let url = rest.split_whitespace().next().expect("url");
+            host = url.strip_prefix("https://").map(str::to_string);
+            break;
+        }
+    }
+    HubProcess {
+        child,
+        host: host.expect("the hub printed its service API address"),
     }
 }

@@ -1,0 +1,147 @@
+//! `certhub ca ...`: register CA certificates and prove possession of their keys.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::Outcome;
+use crate::client::{Client, HubArgs, print_json};
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Register a CA certificate (root or intermediate; PEM or DER). It starts unverified.
+    Upload(UploadArgs),
+    /// Get a verification code to prove possession of the CA's private key.
+    VerificationCode(NameArgs),
+    /// Send the verification certificate (CN = code, signed by the CA's key).
+    Verify(VerifyArgs),
+    /// List registered CAs.
+    List(HubOnly),
+    /// Show a registered CA.
+    Show(NameArgs),
+    /// Delete a registered CA.
+    Delete(NameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HubOnly {
+    #[command(flatten)]
+    hub: HubArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// The CA's name in the hub (A-Z a-z 0-9 - . _, up to 64).
+    #[arg(long)]
+    name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    #[arg(long)]
+    name: String,
+    /// The CA certificate file. Never a private key.
+    #[arg(long)]
+    file: PathBuf,
+    /// Register it as verified, skipping proof of possession (owner policy only; audited).
+    #[arg(long)]
+    verified: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    #[arg(long)]
+    name: String,
+    /// The verification certificate (`certhub pki verification-cert` makes it).
+    #[arg(long)]
+    file: PathBuf,
+}
+
+fn read_pem(path: &std::path::Path) -> Result<String> {
+    let bytes = crate::files::read(path)?;
+    // Reading it here too gives a local, file-named error before anything is sent.
+    let certs =
+        certhub_pki::read_certificates(&bytes).with_context(|| format!("{}", path.display()))?;
+    Ok(certs.iter().map(|c| certhub_pki::to_pem(c)).collect())
+}
+
+pub fn run(cmd: CaCommand) -> Result<Outcome> {
+    match cmd {
+        CaCommand::Upload(a) => {
+            let pem = read_pem(&a.file)?;
+            let client = Client::connect(&a.hub)?;
+            let body = json!({"properties": {"certificate": pem, "isVerified": a.verified}});
+            let v = client.expect(
+                "PUT",
+                &format!("/certificates/{}", a.name),
+                None,
+                Some(&body),
+            )?;
+            print_json(&v);
+            if !a.verified {
+                eprintln!(
+                    "next: certhub ca verification-code --name {}  (then prove possession of the CA's key)",
+                    a.name
+                );
+            }
+        }
+        CaCommand::VerificationCode(a) => {
+            let client = Client::connect(&a.hub)?;
+            let v = client.expect(
+                "POST",
+                &format!("/certificates/{}/generateVerificationCode", a.name),
+                Some("*"),
+                None,
+            )?;
+            let code = v["properties"]["verificationCode"]
+                .as_str()
+                .unwrap_or_default();
+            out!("{code}");
+            eprintln!(
+                "valid until {}. Where the CA's key lives:\n  certhub pki verification-cert --issuer <ca-folder> --code {code} --out pop.pem\n  certhub ca verify --name {} --file pop.pem",
+                v["properties"]["verificationCodeExpiry"]
+                    .as_str()
+                    .unwrap_or("?"),
+                a.name
+            );
+        }
+        CaCommand::Verify(a) => {
+            let pem = read_pem(&a.file)?;
+            let client = Client::connect(&a.hub)?;
+            let v = client.expect(
+                "POST",
+                &format!("/certificates/{}/verify", a.name),
+                Some("*"),
+                Some(&json!({"certificate": pem})),
+            )?;
+            print_json(&v);
+        }
+        CaCommand::List(a) => {
+            let client = Client::connect(&a.hub)?;
+            print_json(&client.expect("GET", "/certificates", None, None)?);
+        }
+        CaCommand::Show(a) => {
+            let client = Client::connect(&a.hub)?;
+            print_json(&client.expect("GET", &format!("/certificates/{}", a.name), None, None)?);
+        }
+        CaCommand::Delete(a) => {
+            let client = Client::connect(&a.hub)?;
+            client.expect(
+                "DELETE",
+                &format!("/certificates/{}", a.name),
+                Some("*"),
+                None,
+            )?;
+            out!("deleted CA {}", a.name);
+        }
+    }
+    Ok(Outcome::Ok)
+}

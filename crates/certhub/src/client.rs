@@ -1,0 +1,190 @@
+//! The CLI's way to the hub's service API: a connection string (`--connection-string`,
+//! `CERTHUB_CONNECTION_STRING`) and the hub's server CA (`--ca-file`, `CERTHUB_CA_FILE`), or,
+//! on the hub's own machine, its data directory (`--data-dir`), which holds both.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use certhub_core::sign_token;
+use clap::Args;
+use serde_json::Value;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
+
+/// How to reach the hub.
+#[derive(Debug, Args, Clone)]
+pub struct HubArgs {
+    /// HostName=...;SharedAccessKeyName=...;SharedAccessKey=... (`certhub hub connection-string`).
+    #[arg(long, env = "CERTHUB_CONNECTION_STRING", hide_env_values = true)]
+    connection_string: Option<String>,
+    /// The hub's server CA (PEM) to trust (`certhub hub server-ca`).
+    #[arg(long, env = "CERTHUB_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// On the hub's machine: its data directory, for the connection string and the CA.
+    #[arg(long, env = "CERTHUB_DATA_DIR", default_value = "certhub-data")]
+    data_dir: PathBuf,
+}
+
+/// A connected client: base URL, policy, key, and a TLS agent that trusts the hub's CA.
+#[derive(Debug)]
+pub struct Client {
+    host: String,
+    policy: String,
+    key: String,
+    agent: ureq::Agent,
+}
+
+/// An answer from the hub: status and JSON body (null when empty).
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+}
+
+fn parse_connection_string(cs: &str) -> Result<(String, String, String)> {
+    let (mut host, mut name, mut key) = (None, None, None);
+    for part in cs.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((k, v)) = part.split_once('=') else {
+            bail!("connection string: {part:?} is not Key=Value");
+        };
+        match k {
+            "HostName" => host = Some(v.to_string()),
+            "SharedAccessKeyName" => name = Some(v.to_string()),
+            "SharedAccessKey" => key = Some(v.to_string()),
+            _ => {}
+        }
+    }
+    match (host, name, key) {
+        (Some(h), Some(n), Some(k)) => Ok((h, n, k)),
+        _ => bail!(
+            "connection string: needs HostName, SharedAccessKeyName and SharedAccessKey (a device connection string cannot manage the hub)"
+        ),
+    }
+}
+
+impl Client {
+    pub fn connect(args: &HubArgs) -> Result<Self> {
+        let cs = match &args.connection_string {
+            Some(cs) => cs.clone(),
+            None => crate::hub::local_connection_string(&args.data_dir, "iothubowner").with_context(|| {
+                "no --connection-string (or CERTHUB_CONNECTION_STRING), and no hub data directory to read one from"
+            })?,
+        };
+        let (host, policy, key) = parse_connection_string(&cs)?;
+        let ca_path = match &args.ca_file {
+            Some(p) => p.clone(),
+            None => {
+                let local = args.data_dir.join("tls").join("server-ca.pem");
+                if !local.exists() {
+                    bail!(
+                        "no --ca-file (or CERTHUB_CA_FILE): pass the hub's server CA, which `certhub hub server-ca` prints on the hub's machine"
+                    );
+                }
+                local
+            }
+        };
+        let pem = std::fs::read(&ca_path).with_context(|| format!("{}", ca_path.display()))?;
+        let roots: Vec<Certificate<'static>> = certhub_pki::read_certificates(&pem)
+            .with_context(|| format!("{}", ca_path.display()))?
+            .iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect();
+        let tls = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(RootCerts::Specific(Arc::new(roots)))
+            .unversioned_rustls_crypto_provider(Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .build();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .tls_config(tls)
+            .build()
+            .into();
+        Ok(Self {
+            host,
+            policy,
+            key,
+            agent,
+        })
+    }
+
+    fn token(&self) -> String {
+        let expiry = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
+        sign_token(&self.host, &self.key, Some(&self.policy), expiry)
+    }
+
+    fn url(&self, path: &str) -> String {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        format!("https://{}{path}{sep}api-version=2021-04-12", self.host)
+    }
+
+    /// Sends a request; `if_match` is quoted as the Azure SDKs do.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        if_match: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Answer> {
+        let url = self.url(path);
+        let token = self.token();
+        let quoted = if_match.map(|t| format!("\"{t}\""));
+        let result = match method {
+            "GET" | "DELETE" => {
+                let mut req = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
+                req = req.header("Authorization", &token);
+                if let Some(m) = &quoted {
+                    req = req.header("If-Match", m);
+                }
+                req.call()
+            }
+            _ => {
+                let mut req = match method {
+                    "PUT" => self.agent.put(&url),
+                    "PATCH" => self.agent.patch(&url),
+                    _ => self.agent.post(&url),
+                };
+                req = req.header("Authorization", &token);
+                if let Some(m) = &quoted {
+                    req = req.header("If-Match", m);
+                }
+                match body {
+                    Some(b) => req.send_json(b),
+                    None => req.send_empty(),
+                }
+            }
+        };
+        let mut resp = result.with_context(|| format!("{method} https://{}{path}", self.host))?;
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(Answer { status, body })
+    }
+
+    /// Like [`Client::send`], turning any status >= 300 into an error that quotes the hub.
+    pub fn expect(
+        &self,
+        method: &str,
+        path: &str,
+        if_match: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Value> {
+        let a = self.send(method, path, if_match, body)?;
+        if a.status >= 300 {
+            let message = a.body["Message"].as_str().unwrap_or("(no message)");
+            let message = message.strip_prefix("ErrorCode:").unwrap_or(message);
+            let (code, text) = message.split_once(';').unwrap_or(("", message));
+            bail!("the hub answered {} {code}: {text}", a.status);
+        }
+        Ok(a.body)
+    }
+}
+
+pub fn print_json(v: &Value) {
+    out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}

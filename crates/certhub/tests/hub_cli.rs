@@ -1,0 +1,231 @@
+//! The "done means", with the certhub CLI against a real `certhub serve`: register
+//! Company-X's root, prove possession with `certhub pki verification-cert`, create devices of
+//! each kind, disable device SAS, and read it all back in the audit trail. Plus the serve
+//! configuration contract (exit 64 before binding) and the CLI's refusals.
+
+mod common;
+
+use common::{certhub, s, start_hub, tmp};
+
+#[test]
+fn register_a_ca_prove_possession_create_devices_and_audit() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let _hub = start_hub(&data);
+    let dd = ["--data-dir", s(&data)];
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&dd);
+        certhub(d, &v)
+    };
+
+    certhub(
+        d,
+        &[
+            "pki",
+            "root",
+            "--subject",
+            "CN=Company-X Root CA, O=Company-X",
+            "--out",
+            "company-x",
+        ],
+    )
+    .ok();
+    let up = hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "company-x/cert.pem",
+    ])
+    .ok();
+    let v: serde_json::Value = serde_json::from_str(&up.stdout).expect("json");
+    assert_eq!(v["properties"]["isVerified"], false, "{up}");
+
+    // A private key is refused before anything is sent.
+    let run = hub(&["ca", "upload", "--name", "k", "--file", "company-x/key.pem"]).code(2);
+    assert!(
+        run.stderr.contains("private key never leaves its owner"),
+        "{run}"
+    );
+
+    // Proof of possession: code, certificate made where the key lives, verify.
+    let code = hub(&["ca", "verification-code", "--name", "company-x"]).ok();
+    let code = code.stdout.trim().to_string();
+    assert_eq!(code.len(), 48, "{code}");
+    // A certificate for a wrong code is refused with the reason.
+    certhub(
+        d,
+        &[
+            "pki",
+            "verification-cert",
+            "--issuer",
+            "company-x",
+            "--code",
+            "WRONG",
+            "--out",
+            "wrong.pem",
+        ],
+    )
+    .ok();
+    let run = hub(&["ca", "verify", "--name", "company-x", "--file", "wrong.pem"]).code(2);
+    assert!(run.stderr.contains("400 ProofOfPossessionFailed"), "{run}");
+    certhub(
+        d,
+        &[
+            "pki",
+            "verification-cert",
+            "--issuer",
+            "company-x",
+            "--code",
+            &code,
+            "--out",
+            "pop.pem",
+        ],
+    )
+    .ok();
+    let run = hub(&["ca", "verify", "--name", "company-x", "--file", "pop.pem"]).ok();
+    assert!(run.stdout.contains("\"isVerified\": true"), "{run}");
+    let run = hub(&["ca", "list"]).ok();
+    assert!(run.stdout.contains("\"company-x\""), "{run}");
+
+    // Devices of each kind.
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "smart-x-widget-0001",
+        "--auth-method",
+        "x509-ca",
+    ])
+    .ok();
+    let tp = certhub(d, &["pki", "thumbprint", "company-x/cert.pem"]).ok();
+    let sha1 = tp
+        .stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("sha1")
+        .to_string();
+    let run = hub(&[
+        "device",
+        "create",
+        "--id",
+        "widget-thumb",
+        "--auth-method",
+        "x509-thumbprint",
+        "--primary-thumbprint",
+        &sha1,
+    ])
+    .ok();
+    assert!(run.stdout.contains(&sha1), "{run}");
+    let run = hub(&["device", "create", "--id", "widget-sas"]).ok();
+    assert!(run.stdout.contains("\"primaryKey\""), "{run}");
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "smart-x-widget-0001",
+        "--module",
+        "telemetry",
+        "--auth-method",
+        "x509-ca",
+    ])
+    .ok();
+    let run = hub(&["device", "create", "--id", "widget-sas"]).code(2);
+    assert!(run.stderr.contains("409 DeviceAlreadyExists"), "{run}");
+    let run = hub(&["device", "create", "--id", "bad/id"]).code(2);
+    assert!(run.stderr.contains("400"), "{run}");
+
+    // Disable device SAS; disable a device.
+    let run = hub(&["hub", "set", "--disable-device-sas", "true"]).ok();
+    assert!(run.stdout.contains("\"disableDeviceSAS\": true"), "{run}");
+    let run = hub(&[
+        "device",
+        "update",
+        "--id",
+        "widget-sas",
+        "--status",
+        "disabled",
+    ])
+    .ok();
+    assert!(run.stdout.contains("\"status\": \"disabled\""), "{run}");
+    let run = hub(&["device", "list"]).ok();
+    let list: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(list.as_array().map(Vec::len), Some(3));
+
+    // The audit trail, newest first.
+    let run = hub(&["audit", "list", "--json"]).ok();
+    let log: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    let ops: Vec<String> = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}",
+                r["operation"].as_str().unwrap_or(""),
+                r["target"].as_str().unwrap_or(""),
+                r["outcome"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    let expected_in_order = [
+        "device.update devices/widget-sas ok",
+        "settings.update settings ok",
+        "device.put devices/widget-sas DeviceAlreadyExists",
+        "module.create devices/smart-x-widget-0001/modules/telemetry ok",
+        "device.create devices/widget-sas ok",
+        "device.create devices/widget-thumb ok",
+        "device.create devices/smart-x-widget-0001 ok",
+        "ca.verify certificates/company-x ok",
+        "ca.verify certificates/company-x ProofOfPossessionFailed",
+        "ca.verification-code certificates/company-x ok",
+        "ca.upload certificates/company-x ok",
+    ];
+    assert_eq!(ops, expected_in_order, "{run}");
+    assert!(
+        log.as_array()
+            .expect("array")
+            .iter()
+            .all(|r| r["actor"] == "iothubowner")
+    );
+    let human = hub(&["audit", "list"]).ok();
+    assert!(
+        human.stdout.lines().count() == expected_in_order.len(),
+        "{human}"
+    );
+}
+
+#[test]
+fn invalid_configuration_exits_64_before_binding() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    for args in [
+        vec!["serve", "--https-addr", "nowhere", "--data-dir", s(&data)],
+        vec!["serve", "--mqtt-addr", "1.2.3.4", "--data-dir", s(&data)],
+        vec!["serve", "--hostname", "bad host", "--data-dir", s(&data)],
+    ] {
+        let run = certhub(d, &args).code(64);
+        assert!(
+            run.stderr.starts_with("error: invalid configuration: "),
+            "{run}"
+        );
+    }
+    std::fs::write(d.join("certhub.toml"), "https_adr = \"0.0.0.0:8443\"\n").expect("write");
+    let run = certhub(d, &["serve", "--config", "certhub.toml"]).code(64);
+    assert!(run.stderr.contains("unknown field `https_adr`"), "{run}");
+    assert!(!data.exists(), "nothing was created");
+}
+
+#[test]
+fn clients_without_a_hub_say_how_to_find_one() {
+    let t = tmp();
+    let d = t.path();
+    let run = certhub(d, &["device", "list", "--data-dir", "nowhere"]).code(2);
+    assert!(run.stderr.contains("certhub serve"), "{run}");
+    let run = certhub(d, &["device", "list", "--connection-string", "HostName=x"]).code(2);
+    assert!(run.stderr.contains("SharedAccessKey"), "{run}");
+}
