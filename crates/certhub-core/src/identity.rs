@@ -514,3 +514,48 @@ mod tests {
         assert!(e.message.contains("64"));
     }
 }
+
+/// One entry of a bulk registry operation (`POST /devices`), Azure's `ExportImportDevice`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BulkEntry {
+    pub id: String,
+    #[serde(default)]
+    pub module_id: Option<String>,
+    #[serde(default, rename = "eTag")]
+    pub etag: Option<String>,
+    #[serde(default)]
+    pub import_mode: Option<String>,
+    #[serde(default)]
+    pub status: Option<Status>,
+    #[serde(default)]
+    pub status_reason: Option<String>,
+    #[serde(default)]
+    pub authentication: Option<AuthenticationInput>,
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+    #[serde(default)]
+    pub twin_etag: Option<Value>,
+    #[serde(default)]
+    pub tags: Option<Value>,
+    #[serde(default)]
+    pub properties: Option<Value>,
+    #[serde(default)]
+    pub device_scope: Option<Value>,
+    #[serde(default)]
+    pub parent_scopes: Option<Value>,
+}
+
+impl BulkEntry {
+    /// The device this entry describes, as a PUT body would.
+    pub fn device_input(&self) -> DeviceInput {
+        DeviceInput {
+            device_id: Some(self.id.clone()),
+            status: self.status,
+            status_reason: self.status_reason.clone(),
+            authentication: self.authentication.clone(),
+            capabilities: self.capabilities.clone(),
+            ..DeviceInput::default()
+        }
+    }
+}

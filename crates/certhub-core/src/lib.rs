@@ -15,7 +15,7 @@ mod time_fmt;
 
 pub use etag::{Etag, IfMatch};
 pub use identity::{
-    AuthType, Authentication, Capabilities, Device, DeviceInput, IdentityError, Module,
+    AuthType, Authentication, BulkEntry, Capabilities, Device, DeviceInput, IdentityError, Module,
     ModuleInput, Status, SymmetricKey, X509Thumbprint,
 };
 pub use ids::{DeviceId, IdError, ModuleId};

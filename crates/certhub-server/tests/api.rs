@@ -252,3 +252,63 @@ async fn modules_live_under_their_device() {
     let (s, _) = h.owner("GET", "/devices/d1/modules/m1", None).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn bulk_create_and_delete() {
+    let h = hub().await;
+    h.owner("PUT", "/devices/taken", Some("{}")).await;
+    let body = serde_json::json!([
+        {"id": "b1", "importMode": "create"},
+        {"id": "b2", "authentication": {"type": "certificateAuthority"}},
+        {"id": "taken"},
+        {"id": "bad/id"},
+        {"id": "b1"},
+        {"id": "b3", "importMode": "updateTwin"},
+    ])
+    .to_string();
+    let (s, v) = h.owner("POST", "/devices", Some(&body)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(v["isSuccessful"], false);
+    let errors: Vec<(String, String)> = v["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| {
+            (
+                e["deviceId"].as_str().unwrap_or("").to_string(),
+                e["errorCode"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(errors.len(), 4, "{v}");
+    assert!(errors.contains(&("taken".into(), "DeviceAlreadyExists".into())));
+    assert_eq!(h.count().await, 3, "taken + b1 + b2");
+    let (s, d) = h.owner("GET", "/devices/b2", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(d["authentication"]["type"], "certificateAuthority");
+
+    let (s, v) = h
+        .owner(
+            "POST",
+            "/devices",
+            Some(r#"[{"id":"b1","importMode":"delete"}]"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["isSuccessful"], true);
+    assert_eq!(h.count().await, 2);
+
+    let many: Vec<_> = (0..101)
+        .map(|i| serde_json::json!({"id": format!("m{i}")}))
+        .collect();
+    let (s, v) = h
+        .owner(
+            "POST",
+            "/devices",
+            Some(&serde_json::Value::from(many).to_string()),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert!(message(&v).contains("at most 100"), "{v}");
+    assert_eq!(h.count().await, 2, "an oversize request writes nothing");
+}

@@ -4,6 +4,8 @@ use certhub_core::{
     AuthType, Authentication, Capabilities, Device, DeviceId, Etag, Module, ModuleId, Status,
     SymmetricKey, X509Thumbprint,
 };
+use std::collections::HashSet;
+
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -108,10 +110,18 @@ impl Store {
 
     /// Lists devices in id order, at most `limit`.
     pub async fn devices(&self, limit: i64) -> Result<Vec<Device>> {
-        let rows = sqlx::query("SELECT * FROM devices ORDER BY device_id LIMIT $1")
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await?;
+        self.devices_after("", limit).await
+    }
+
+    /// Lists devices whose id sorts after `after`, in id order, at most `limit`: pages through
+    /// the whole registry.
+    pub async fn devices_after(&self, after: &str, limit: i64) -> Result<Vec<Device>> {
+        let rows =
+            sqlx::query("SELECT * FROM devices WHERE device_id > $1 ORDER BY device_id LIMIT $2")
+                .bind(after.to_string())
+                .bind(limit)
+                .fetch_all(self.pool())
+                .await?;
         rows.iter().map(device_from_row).collect()
     }
 
@@ -169,6 +179,26 @@ impl Store {
         }
         tx.commit().await?;
         Ok(inserted)
+    }
+
+    /// Which of `ids` are registered.
+    pub async fn existing_device_ids(&self, ids: &[String]) -> Result<HashSet<String>> {
+        let mut found = HashSet::new();
+        for chunk in ids.chunks(BATCH) {
+            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT device_id FROM devices WHERE device_id IN ({})",
+                placeholders.join(",")
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for id in chunk {
+                q = q.bind(id.clone());
+            }
+            for row in q.fetch_all(self.pool()).await? {
+                found.insert(row.try_get::<String, _>("device_id")?);
+            }
+        }
+        Ok(found)
     }
 
     /// Replaces a device if its stored ETag is still `expected`.

@@ -1,7 +1,11 @@
 //! `certhub device ...`: the identity registry through the service API, in az's words.
 
-use anyhow::{Result, bail};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::Outcome;
@@ -19,6 +23,10 @@ pub enum DeviceCommand {
     Update(UpdateArgs),
     /// Delete a device (with its modules) or a module.
     Delete(IdArgs),
+    /// Register many devices from a JSON-lines file, 100 per request, with a progress bar.
+    Import(ImportArgs),
+    /// Write every device as JSON lines (the import format).
+    Export(ExportArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -211,6 +219,8 @@ pub fn run(cmd: DeviceCommand) -> Result<Outcome> {
             }
             print_json(&client.expect("PUT", &p, Some(&etag), Some(&current))?);
         }
+        DeviceCommand::Import(a) => return import(a),
+        DeviceCommand::Export(a) => return export(a),
         DeviceCommand::Delete(a) => {
             let client = Client::connect(&a.hub)?;
             client.expect("DELETE", &path(&a.id, a.module.as_deref()), Some("*"), None)?;
@@ -219,6 +229,214 @@ pub fn run(cmd: DeviceCommand) -> Result<Outcome> {
                 None => out!("deleted device {}", a.id),
             }
         }
+    }
+    Ok(Outcome::Ok)
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// JSON lines: one device per line, in the registry's JSON shape (what `device export`
+    /// writes); only deviceId is required.
+    file: PathBuf,
+    /// Parallel requests (each carries up to 100 devices).
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// Write here instead of standard output (refuses to overwrite).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Devices per bulk request (the API's limit).
+const BATCH: usize = 100;
+
+/// Reads and checks the whole file first, so a bad line stops the import before anything is
+/// sent. Returns bulk entries.
+fn read_import(path: &std::path::Path) -> Result<Vec<Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
+    let mut entries = Vec::new();
+    let mut problems = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<certhub_core::DeviceInput>(line)
+            .map_err(|e| e.to_string())
+            .and_then(|d| {
+                let id = d.device_id.clone().ok_or("deviceId is missing")?;
+                certhub_core::DeviceId::new(id.clone()).map_err(|e| e.to_string())?;
+                Ok((id, d))
+            });
+        match parsed {
+            Ok((id, d)) => {
+                let mut e = json!({"id": id, "importMode": "create"});
+                if let Some(s) = d.status {
+                    e["status"] = json!(s);
+                }
+                if let Some(r) = d.status_reason {
+                    e["statusReason"] = json!(r);
+                }
+                if let Some(a) = d.authentication {
+                    e["authentication"] = json!({
+                        "type": a.kind,
+                        "symmetricKey": a.symmetric_key,
+                        "x509Thumbprint": a.x509_thumbprint,
+                    });
+                }
+                if let Some(c) = d.capabilities {
+                    e["capabilities"] = json!(c);
+                }
+                entries.push(e);
+            }
+            Err(e) => problems.push(format!("{}:{}: {e}", path.display(), i + 1)),
+        }
+    }
+    if !problems.is_empty() {
+        let shown: Vec<&str> = problems.iter().take(5).map(String::as_str).collect();
+        bail!(
+            "{} bad line(s), nothing imported:\n  {}{}",
+            problems.len(),
+            shown.join("\n  "),
+            if problems.len() > 5 { "\n  ..." } else { "" }
+        );
+    }
+    Ok(entries)
+}
+
+fn import(a: ImportArgs) -> Result<Outcome> {
+    let entries = read_import(&a.file)?;
+    let client = Client::connect(&a.hub)?;
+    let total = entries.len();
+    let batches: Vec<&[Value]> = entries.chunks(BATCH).collect();
+    let next = AtomicUsize::new(0);
+    let created = AtomicUsize::new(0);
+    let existing = AtomicUsize::new(0);
+    let refused = std::sync::Mutex::new(Vec::<String>::new());
+    let failure = std::sync::Mutex::new(None::<anyhow::Error>);
+    let bar = ProgressBar::new(total as u64);
+    bar.set_style(
+        ProgressStyle::with_template("importing {bar:30} {pos}/{len} {per_sec} eta {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    std::thread::scope(|s| {
+        for _ in 0..a.parallel.max(1) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(batch) = batches.get(i) else { break };
+                    if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
+                        break;
+                    }
+                    let body = Value::Array(batch.to_vec());
+                    match client.send("POST", "/devices", None, Some(&body)) {
+                        Ok(ans) if ans.status == 200 || ans.status == 400 => {
+                            let errors = ans.body["errors"].as_array().cloned().unwrap_or_default();
+                            if ans.status == 400 && errors.is_empty() {
+                                let m = ans.body["Message"].as_str().unwrap_or("bad request");
+                                if let Ok(mut f) = failure.lock() {
+                                    f.get_or_insert(anyhow::anyhow!(
+                                        "the hub refused a batch: {m}"
+                                    ));
+                                }
+                                break;
+                            }
+                            let mut exist = 0;
+                            for e in &errors {
+                                if e["errorCode"] == "DeviceAlreadyExists" {
+                                    exist += 1;
+                                } else if let Ok(mut r) = refused.lock() {
+                                    r.push(format!(
+                                        "{}: {}",
+                                        e["deviceId"].as_str().unwrap_or("?"),
+                                        e["errorStatus"].as_str().unwrap_or("?")
+                                    ));
+                                }
+                            }
+                            existing.fetch_add(exist, Ordering::Relaxed);
+                            created.fetch_add(batch.len() - errors.len(), Ordering::Relaxed);
+                            bar.inc(batch.len() as u64);
+                        }
+                        Ok(ans) => {
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert(anyhow::anyhow!(
+                                    "the hub answered {}: {}",
+                                    ans.status,
+                                    ans.body["Message"].as_str().unwrap_or("")
+                                ));
+                            }
+                            break;
+                        }
+                        Err(e) => {
+                            if let Ok(mut f) = failure.lock() {
+                                f.get_or_insert(e);
+                            }
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let (created, existing) = (created.into_inner(), existing.into_inner());
+    let refused = refused.into_inner().unwrap_or_default();
+    out!(
+        "imported {created} of {total} devices ({existing} already registered, {} refused)",
+        refused.len()
+    );
+    for r in refused.iter().take(10) {
+        out!("  refused {r}");
+    }
+    if let Some(e) = failure.into_inner().ok().flatten() {
+        return Err(e.context(format!(
+            "import stopped after {created} devices were acknowledged; run it again to import the rest (registered ones are skipped)"
+        )));
+    }
+    if !refused.is_empty() {
+        bail!("{} device(s) were refused", refused.len());
+    }
+    Ok(Outcome::Ok)
+}
+
+fn export(a: ExportArgs) -> Result<Outcome> {
+    let client = Client::connect(&a.hub)?;
+    let mut text = String::new();
+    let mut after = String::new();
+    let mut count = 0usize;
+    loop {
+        let page = client.expect(
+            "GET",
+            &format!("/devices?top=1000&after={}", seg(&after)),
+            None,
+            None,
+        )?;
+        let devices = page.as_array().cloned().unwrap_or_default();
+        for d in &devices {
+            text.push_str(&serde_json::to_string(d).unwrap_or_default());
+            text.push('\n');
+        }
+        count += devices.len();
+        match devices.last().and_then(|d| d["deviceId"].as_str()) {
+            Some(last) if devices.len() == 1000 => after = last.to_string(),
+            _ => break,
+        }
+    }
+    match a.out {
+        Some(path) => {
+            crate::files::write_new_file(&path, text.as_bytes(), crate::files::Mode::Secret)?;
+            eprintln!(
+                "exported {count} devices to {} (mode 0600: it holds SAS keys)",
+                path.display()
+            );
+        }
+        None => print!("{text}"),
     }
     Ok(Outcome::Ok)
 }

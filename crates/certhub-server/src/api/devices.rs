@@ -15,6 +15,8 @@ use super::{ApiError, AppState, Caller, now_ms};
 #[derive(Debug, Deserialize)]
 pub struct ListParams {
     top: Option<String>,
+    /// certhub extension: only ids sorting after this one (paging through the registry).
+    after: Option<String>,
 }
 
 fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
@@ -66,7 +68,8 @@ pub async fn list(
             }
         },
     };
-    let devices = state.store().devices(top).await?;
+    let after = params.after.unwrap_or_default();
+    let devices = state.store().devices_after(&after, top).await?;
     let json: Vec<_> = devices.iter().map(|d| d.to_json(false)).collect();
     Ok(Json(json).into_response())
 }
@@ -324,4 +327,119 @@ pub async fn delete_module(
         .audit(&caller, "module.delete", &target, outcome, &detail)
         .await;
     result
+}
+
+/// Most entries one bulk request may carry (Azure's limit).
+const MAX_BULK: usize = 100;
+
+/// `POST /devices`: bulk create or delete (Azure's `ExportImportDevice` entries, `importMode`
+/// `create` by default, or `delete`). Valid entries are applied in one transaction; every
+/// refused entry is reported by id; the answer is 200 when none was refused, else 400.
+pub async fn bulk(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(entries): JsonBody<Vec<certhub_core::BulkEntry>>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_WRITE, "bulk registry operations")?;
+    if entries.len() > MAX_BULK {
+        return Err(ApiError::bad_request(
+            "TooManyDevices",
+            format!(
+                "{} entries; a bulk request carries at most {MAX_BULK}",
+                entries.len()
+            ),
+        ));
+    }
+    let now = now_ms();
+    let mut errors = Vec::new();
+    let mut refuse = |id: &str, code: &str, msg: String| {
+        errors.push(serde_json::json!({"deviceId": id, "errorCode": code, "errorStatus": msg}));
+    };
+    let mut creates = Vec::new();
+    let mut deletes = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for e in &entries {
+        let id = match DeviceId::new(e.id.clone()) {
+            Ok(id) => id,
+            Err(err) => {
+                refuse(&e.id, "ArgumentInvalid", err.to_string());
+                continue;
+            }
+        };
+        if !seen.insert(e.id.clone()) {
+            refuse(
+                &e.id,
+                "ArgumentInvalid",
+                "the id appears twice in this request".into(),
+            );
+            continue;
+        }
+        if e.module_id.is_some() {
+            refuse(
+                &e.id,
+                "ArgumentInvalid",
+                "modules are not supported in bulk requests; use PUT /devices/{id}/modules/{mid}"
+                    .into(),
+            );
+            continue;
+        }
+        match e.import_mode.as_deref().unwrap_or("create") {
+            "create" => match e.device_input().into_device(&id, None, now) {
+                Ok(d) => creates.push(d),
+                Err(err) => refuse(&e.id, err.code, err.message),
+            },
+            "delete" => deletes.push(id),
+            other => refuse(
+                &e.id,
+                "ArgumentInvalid",
+                format!("importMode {other:?} is not supported; use create or delete"),
+            ),
+        }
+    }
+    let ids: Vec<String> = creates.iter().map(|d| d.device_id.to_string()).collect();
+    let existing = state.store().existing_device_ids(&ids).await?;
+    creates.retain(|d| {
+        let taken = existing.contains(d.device_id.as_str());
+        if taken {
+            refuse(
+                d.device_id.as_str(),
+                "DeviceAlreadyExists",
+                format!("A device with ID '{}' is already registered", d.device_id),
+            );
+        }
+        !taken
+    });
+    let created = state.store().insert_devices(&creates).await?;
+    let mut deleted = 0;
+    for id in &deletes {
+        match state.store().delete_device(id, None).await? {
+            DeleteOutcome::Deleted => deleted += 1,
+            _ => refuse(
+                id.as_str(),
+                "DeviceNotFound",
+                format!("Device {id} not registered"),
+            ),
+        }
+    }
+    let ok = errors.is_empty();
+    let detail = format!(
+        "created {created}, deleted {deleted}, refused {}",
+        errors.len()
+    );
+    state
+        .audit(
+            &caller,
+            "device.bulk",
+            "devices",
+            if ok { "ok" } else { "partial" },
+            &detail,
+        )
+        .await;
+    let body = serde_json::json!({"isSuccessful": ok, "errors": errors, "warnings": []});
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    Ok((status, Json(body)).into_response())
 }

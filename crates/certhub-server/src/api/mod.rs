@@ -136,7 +136,7 @@ pub(crate) fn now_ms() -> i64 {
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/devices", get(devices::list))
+        .route("/devices", get(devices::list).post(devices::bulk))
         .route(
             "/devices/{id}",
             get(devices::get_device)

@@ -352,6 +352,14 @@ pub struct HubProcess {
     pub host: String,
 }
 
+impl HubProcess {
+    /// SIGKILL: the hub gets no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 impl Drop for HubProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
