@@ -212,6 +212,15 @@ fn bind_error(addr: SocketAddr, e: &std::io::Error) -> anyhow::Error {
     }
 }
 
+/// Prints a line of the start-up banner. Unlike `out!`, a closed stdout (a supervisor that
+/// stopped reading) must not stop the hub, so write errors are ignored.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub fn run(args: ServeArgs) -> Result<Outcome> {
     let config = match Config::resolve(&args) {
         Ok(c) => c,
@@ -253,23 +262,23 @@ async fn serve(config: Config) -> Result<Outcome> {
     let state = certhub_server::AppState::new(store.clone(), config.hostnames.clone()).await?;
 
     let dir = config.data_dir.display();
-    out!("certhub {} is running", env!("CARGO_PKG_VERSION"));
-    out!("  service API      https://{host}  (listening on {bound})");
-    out!(
+    say!("certhub {} is running", env!("CARGO_PKG_VERSION"));
+    say!("  service API      https://{host}  (listening on {bound})");
+    say!(
         "  data directory   {dir}  ({})",
         match &config.database_url {
             Some(_) => "PostgreSQL".to_string(),
             None => format!("SQLite: {dir}/certhub.db"),
         }
     );
-    out!(
+    say!(
         "  server CA        {}  (clients trust this; `certhub hub server-ca` prints it){}",
         identity.ca_path.display(),
         if identity.created_ca { " [new]" } else { "" }
     );
-    out!("  host names       {}", config.hostnames.join(", "));
-    out!("  connect          certhub hub connection-string --data-dir {dir}");
-    out!(
+    say!("  host names       {}", config.hostnames.join(", "));
+    say!("  connect          certhub hub connection-string --data-dir {dir}");
+    say!(
         "  MQTT ({})  device endpoints are not served yet",
         config.mqtt_addr
     );
@@ -293,6 +302,6 @@ async fn serve(config: Config) -> Result<Outcome> {
     };
     certhub_server::serve_https(listener, tls, certhub_server::router(state), shutdown).await;
     store.close().await;
-    out!("certhub stopped");
+    say!("certhub stopped");
     Ok(Outcome::Ok)
 }

@@ -133,6 +133,16 @@ pub(crate) fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
 
+/// The API's description (OpenAPI 3), served without authentication.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> impl axum::response::IntoResponse {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -169,6 +179,7 @@ pub fn router(state: AppState) -> Router {
             get(hub::get_settings).patch(hub::patch_settings),
         )
         .route("/audit", get(hub::audit))
+        .route("/openapi.json", get(openapi))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)

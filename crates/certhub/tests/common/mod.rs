@@ -383,8 +383,9 @@ pub fn start_hub(data_dir: &Path) -> HubProcess {
         .spawn()
         .expect("certhub serve starts");
     let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
     let mut host = None;
-    for line in BufReader::new(stdout).lines() {
+    for line in lines.by_ref() {
         let line = line.expect("a line");
         if let Some(rest) = line.trim().strip_prefix("service API") {
             let url = rest.split_whitespace().next().expect("url");
@@ -392,6 +393,8 @@ pub fn start_hub(data_dir: &Path) -> HubProcess {
             break;
         }
     }
+    // Keep reading, so the hub never writes into a closed pipe.
+    std::thread::spawn(move || for _ in lines {});
     HubProcess {
         child,
         host: host.expect("the hub printed its service API address"),
