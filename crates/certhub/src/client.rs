@@ -62,6 +62,12 @@ fn parse_connection_string(cs: &str) -> Result<(String, String, String)> {
     }
 }
 
+impl HubArgs {
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+}
+
 impl Client {
     pub fn connect(args: &HubArgs) -> Result<Self> {
         let cs = match &args.connection_string {

@@ -41,6 +41,11 @@ pub struct SetArgs {
     /// Lowest TLS version devices may use: 1.2 or 1.3.
     #[arg(long)]
     min_tls_version: Option<String>,
+    /// On the hub's machine: write the settings into its data directory directly instead of
+    /// through the API (the way back after `--disable-local-auth true`). A running hub picks
+    /// them up within a second. Audited as "local".
+    #[arg(long)]
+    local: bool,
 }
 
 #[derive(Debug, Args)]
@@ -86,6 +91,9 @@ pub fn run(cmd: HubCommand) -> Result<Outcome> {
                 bail!(
                     "nothing to set: give at least one of --disable-device-sas, --disable-module-sas, --disable-local-auth, --min-tls-version"
                 );
+            }
+            if a.local {
+                return set_local(&a.hub, patch);
             }
             let client = crate::client::Client::connect(&a.hub)?;
             let v = client.expect("PATCH", "/settings", None, Some(&patch.into()))?;
@@ -147,5 +155,37 @@ fn server_ca(a: DataDirArg) -> Result<Outcome> {
         )
     })?;
     print!("{pem}");
+    Ok(Outcome::Ok)
+}
+
+fn set_local(
+    hub: &crate::client::HubArgs,
+    patch: serde_json::Map<String, serde_json::Value>,
+) -> Result<Outcome> {
+    let dir = hub.data_dir();
+    require_data_dir(dir)?;
+    let patch: certhub_core::SettingsPatch = serde_json::from_value(patch.into())?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let after = runtime.block_on(async {
+        let store = crate::serve::open_store(dir, None).await?;
+        let before = store.settings().await?;
+        let after = patch.apply(&before).map_err(|e| anyhow::anyhow!(e))?;
+        store.put_settings(&after).await?;
+        let detail = serde_json::to_string(&after)?;
+        let now = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        store
+            .append_audit(&certhub_store::AuditRecord::new(
+                now,
+                "local",
+                "settings.update",
+                "settings",
+                "ok",
+                &detail,
+            ))
+            .await?;
+        store.close().await;
+        anyhow::Ok(after)
+    })?;
+    crate::client::print_json(&serde_json::to_value(after)?);
     Ok(Outcome::Ok)
 }

@@ -15,7 +15,7 @@ pub const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
-    /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, database_url).
+    /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, database_url, verification_code_ttl).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory: SQLite database, the hub's TLS files [default: ./certhub-data].
@@ -30,6 +30,9 @@ pub struct ServeArgs {
     /// Address for HTTPS: the service API [default: 0.0.0.0:443].
     #[arg(long)]
     https_addr: Option<String>,
+    /// Seconds a CA verification code stays valid [default: 3600].
+    #[arg(long)]
+    verification_code_ttl: Option<String>,
 }
 
 /// The TOML file's keys; anything else is an error that names the key.
@@ -41,6 +44,7 @@ struct FileConfig {
     https_addr: Option<String>,
     mqtt_addr: Option<String>,
     database_url: Option<String>,
+    verification_code_ttl: Option<u64>,
 }
 
 /// The configuration the hub runs with.
@@ -51,6 +55,7 @@ pub struct Config {
     pub https_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
     pub database_url: Option<String>,
+    pub verification_code_ttl: std::time::Duration,
 }
 
 /// A configuration problem: the key and what is wrong with it.
@@ -154,7 +159,22 @@ impl Config {
                 "database_url: {url:?} is not a postgres:// URL (leave it out for the embedded SQLite)"
             )));
         }
+        let ttl_text = args
+            .verification_code_ttl
+            .clone()
+            .or_else(|| env("CERTHUB_VERIFICATION_CODE_TTL"))
+            .or_else(|| file.verification_code_ttl.map(|n| n.to_string()))
+            .unwrap_or_else(|| "3600".into());
+        let ttl = match ttl_text.parse::<u64>() {
+            Ok(n) if (1..=604_800).contains(&n) => n,
+            _ => {
+                return Err(ConfigError(format!(
+                    "verification_code_ttl: {ttl_text:?} must be a number of seconds from 1 to 604800"
+                )));
+            }
+        };
         Ok(Self {
+            verification_code_ttl: std::time::Duration::from_secs(ttl),
             data_dir,
             hostnames,
             https_addr: addr("https_addr", &https)?,
@@ -259,7 +279,12 @@ async fn serve(config: Config) -> Result<Outcome> {
         .put_endpoint(&host)
         .await
         .context("recording the service endpoint")?;
-    let state = certhub_server::AppState::new(store.clone(), config.hostnames.clone()).await?;
+    let state = certhub_server::AppState::with_code_ttl(
+        store.clone(),
+        config.hostnames.clone(),
+        config.verification_code_ttl,
+    )
+    .await?;
 
     let dir = config.data_dir.display();
     say!("certhub {} is running", env!("CARGO_PKG_VERSION"));

@@ -196,6 +196,19 @@ fn register_a_ca_prove_possession_create_devices_and_audit() {
         human.stdout.lines().count() == expected_in_order.len(),
         "{human}"
     );
+
+    // disableLocalAuth shuts the API to every policy token, the CLI's included...
+    hub(&["hub", "set", "--disable-local-auth", "true"]).ok();
+    let run = hub(&["device", "list"]).code(2);
+    assert!(run.stderr.contains("disableLocalAuth"), "{run}");
+    // ...and the operator on the hub's machine opens it again, without a restart.
+    let run = hub(&["hub", "set", "--local", "--disable-local-auth", "false"]).ok();
+    assert!(run.stdout.contains("\"disableLocalAuth\": false"), "{run}");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    hub(&["device", "list"]).ok();
+    let run = hub(&["audit", "list", "--top", "1", "--json"]).ok();
+    let last: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(last[0]["actor"], "local", "{run}");
 }
 
 #[test]
@@ -207,6 +220,13 @@ fn invalid_configuration_exits_64_before_binding() {
         vec!["serve", "--https-addr", "nowhere", "--data-dir", s(&data)],
         vec!["serve", "--mqtt-addr", "1.2.3.4", "--data-dir", s(&data)],
         vec!["serve", "--hostname", "bad host", "--data-dir", s(&data)],
+        vec![
+            "serve",
+            "--verification-code-ttl",
+            "0",
+            "--data-dir",
+            s(&data),
+        ],
     ] {
         let run = certhub(d, &args).code(64);
         assert!(

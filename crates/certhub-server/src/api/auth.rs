@@ -64,7 +64,7 @@ impl FromRequestParts<AppState> for Caller {
                 "a device-scoped token (no skn) cannot use the service API; sign with a shared access policy key",
             ));
         };
-        if state.settings().disable_local_auth {
+        if state.settings().await?.disable_local_auth {
             return Err(ApiError::unauthorized(
                 "local authentication is disabled on this hub (disableLocalAuth): shared access policy tokens are refused",
             ));

@@ -37,7 +37,7 @@ pub async fn get_settings(
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "reading hub settings")?;
-    Ok(Json(state.settings()).into_response())
+    Ok(Json(state.settings().await?).into_response())
 }
 
 pub async fn patch_settings(
@@ -46,7 +46,7 @@ pub async fn patch_settings(
     JsonBody(patch): JsonBody<SettingsPatch>,
 ) -> Result<Response, ApiError> {
     caller.require(OWNER, "changing hub settings")?;
-    let before = state.settings();
+    let before = state.settings().await?;
     let after = match patch.apply(&before) {
         Ok(s) => s,
         Err(msg) => {

@@ -19,6 +19,9 @@ use certhub_store::{AuditRecord, Store, StoreError};
 pub use auth::Caller;
 pub use error::ApiError;
 
+/// How long settings read from the store are trusted before they are read again.
+const SETTINGS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Largest request body the API reads (a bulk request of 100 devices fits easily).
 pub const MAX_BODY: usize = 256 * 1024;
 
@@ -34,7 +37,9 @@ struct Inner {
     hostnames: Vec<String>,
     code_ttl_ms: i64,
     policies: RwLock<Vec<Policy>>,
-    settings: RwLock<HubSettings>,
+    /// The settings and when they were read: other processes (`certhub hub set --local`) may
+    /// change them in the store, so they are read again when older than a second.
+    settings: RwLock<(HubSettings, std::time::Instant)>,
 }
 
 impl AppState {
@@ -58,7 +63,7 @@ impl AppState {
                 hostnames,
                 code_ttl_ms: i64::try_from(code_ttl.as_millis()).unwrap_or(i64::MAX),
                 policies: RwLock::new(policies),
-                settings: RwLock::new(settings),
+                settings: RwLock::new((settings, std::time::Instant::now())),
             }),
         })
     }
@@ -83,17 +88,21 @@ impl AppState {
             .unwrap_or_default()
     }
 
-    pub fn settings(&self) -> HubSettings {
-        self.inner
-            .settings
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_default()
+    /// The hub settings, at most a second old.
+    pub async fn settings(&self) -> Result<HubSettings, StoreError> {
+        if let Ok(guard) = self.inner.settings.read()
+            && guard.1.elapsed() < SETTINGS_MAX_AGE
+        {
+            return Ok(guard.0.clone());
+        }
+        let fresh = self.store().settings().await?;
+        self.set_settings(fresh.clone());
+        Ok(fresh)
     }
 
     fn set_settings(&self, s: HubSettings) {
         if let Ok(mut guard) = self.inner.settings.write() {
-            *guard = s;
+            *guard = (s, std::time::Instant::now());
         }
     }
 
