@@ -139,8 +139,7 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         let mut inserted = 0;
         for chunk in devices.chunks(BATCH) {
-            // `$n` placeholders, which both SQLite and PostgreSQL accept through `Any`
-            // (sqlx's QueryBuilder writes `?` for `Any`, which PostgreSQL refuses).
+            // Long statements: placeholders per backend (see `Store::placeholder`).
             let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
             for row in 0..chunk.len() {
                 if row > 0 {
@@ -151,7 +150,7 @@ impl Store {
                     if col > 0 {
                         sql.push(',');
                     }
-                    sql.push_str(&format!("${}", row * DEVICE_FIELDS + col + 1));
+                    sql.push_str(&self.placeholder(row * DEVICE_FIELDS + col + 1));
                 }
                 sql.push(')');
             }
@@ -185,7 +184,8 @@ impl Store {
     pub async fn existing_device_ids(&self, ids: &[String]) -> Result<HashSet<String>> {
         let mut found = HashSet::new();
         for chunk in ids.chunks(BATCH) {
-            let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let placeholders: Vec<String> =
+                (1..=chunk.len()).map(|i| self.placeholder(i)).collect();
             let sql = format!(
                 "SELECT device_id FROM devices WHERE device_id IN ({})",
                 placeholders.join(",")

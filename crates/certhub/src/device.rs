@@ -257,44 +257,43 @@ pub struct ExportArgs {
 /// Devices per bulk request (the API's limit).
 const BATCH: usize = 100;
 
-/// Reads and checks the whole file first, so a bad line stops the import before anything is
-/// sent. Returns bulk entries.
-fn read_import(path: &std::path::Path) -> Result<Vec<Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?;
-    let mut entries = Vec::new();
+/// One line of an import file as a bulk entry (`importMode: create`).
+fn import_entry(line: &str) -> std::result::Result<Value, String> {
+    let d = serde_json::from_str::<certhub_core::DeviceInput>(line).map_err(|e| e.to_string())?;
+    let id = d.device_id.clone().ok_or("deviceId is missing")?;
+    certhub_core::DeviceId::new(id.clone()).map_err(|e| e.to_string())?;
+    let mut e = json!({"id": id, "importMode": "create"});
+    if let Some(s) = d.status {
+        e["status"] = json!(s);
+    }
+    if let Some(r) = d.status_reason {
+        e["statusReason"] = json!(r);
+    }
+    if let Some(a) = d.authentication {
+        e["authentication"] = json!({
+            "type": a.kind,
+            "symmetricKey": a.symmetric_key,
+            "x509Thumbprint": a.x509_thumbprint,
+        });
+    }
+    if let Some(c) = d.capabilities {
+        e["capabilities"] = json!(c);
+    }
+    Ok(e)
+}
+
+/// Checks every line first, so a bad line stops the import before anything is sent. Returns
+/// the non-empty lines; they are turned into requests batch by batch, which keeps memory near
+/// the file's size.
+fn check_import<'t>(path: &std::path::Path, text: &'t str) -> Result<Vec<&'t str>> {
+    let mut lines = Vec::new();
     let mut problems = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<certhub_core::DeviceInput>(line)
-            .map_err(|e| e.to_string())
-            .and_then(|d| {
-                let id = d.device_id.clone().ok_or("deviceId is missing")?;
-                certhub_core::DeviceId::new(id.clone()).map_err(|e| e.to_string())?;
-                Ok((id, d))
-            });
-        match parsed {
-            Ok((id, d)) => {
-                let mut e = json!({"id": id, "importMode": "create"});
-                if let Some(s) = d.status {
-                    e["status"] = json!(s);
-                }
-                if let Some(r) = d.status_reason {
-                    e["statusReason"] = json!(r);
-                }
-                if let Some(a) = d.authentication {
-                    e["authentication"] = json!({
-                        "type": a.kind,
-                        "symmetricKey": a.symmetric_key,
-                        "x509Thumbprint": a.x509_thumbprint,
-                    });
-                }
-                if let Some(c) = d.capabilities {
-                    e["capabilities"] = json!(c);
-                }
-                entries.push(e);
-            }
+        match import_entry(line) {
+            Ok(_) => lines.push(line),
             Err(e) => problems.push(format!("{}:{}: {e}", path.display(), i + 1)),
         }
     }
@@ -307,14 +306,15 @@ fn read_import(path: &std::path::Path) -> Result<Vec<Value>> {
             if problems.len() > 5 { "\n  ..." } else { "" }
         );
     }
-    Ok(entries)
+    Ok(lines)
 }
 
 fn import(a: ImportArgs) -> Result<Outcome> {
-    let entries = read_import(&a.file)?;
+    let text = std::fs::read_to_string(&a.file).with_context(|| format!("{}", a.file.display()))?;
+    let lines = check_import(&a.file, &text)?;
     let client = Client::connect(&a.hub)?;
-    let total = entries.len();
-    let batches: Vec<&[Value]> = entries.chunks(BATCH).collect();
+    let total = lines.len();
+    let batches: Vec<&[&str]> = lines.chunks(BATCH).collect();
     let next = AtomicUsize::new(0);
     let created = AtomicUsize::new(0);
     let existing = AtomicUsize::new(0);
@@ -334,7 +334,8 @@ fn import(a: ImportArgs) -> Result<Outcome> {
                     if failure.lock().map(|f| f.is_some()).unwrap_or(true) {
                         break;
                     }
-                    let body = Value::Array(batch.to_vec());
+                    let body =
+                        Value::Array(batch.iter().filter_map(|l| import_entry(l).ok()).collect());
                     match client.send("POST", "/devices", None, Some(&body)) {
                         Ok(ans) if ans.status == 200 || ans.status == 400 => {
                             let errors = ans.body["errors"].as_array().cloned().unwrap_or_default();
