@@ -249,3 +249,27 @@ fn clients_without_a_hub_say_how_to_find_one() {
     let run = certhub(d, &["device", "list", "--connection-string", "HostName=x"]).code(2);
     assert!(run.stderr.contains("SharedAccessKey"), "{run}");
 }
+
+#[test]
+fn a_port_that_cannot_be_bound_is_explained() {
+    let t = tmp();
+    let d = t.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let run = certhub(
+        d,
+        &[
+            "serve",
+            "--https-addr",
+            &addr,
+            "--data-dir",
+            s(&d.join("data")),
+        ],
+    )
+    .code(2);
+    assert!(
+        run.stderr.contains(&format!("cannot listen on {addr}")),
+        "{run}"
+    );
+    assert!(run.stderr.contains("--https-addr"), "{run}");
+}
