@@ -1,23 +1,24 @@
-//! Runs the README's walkthrough verbatim, so the README cannot drift from the tool: the shell
-//! blocks between `<!-- walkthrough:begin -->` and `<!-- walkthrough:end -->` run under
-//! `bash -euo pipefail` in an empty folder, with this build's `certhub` first on PATH.
+//! Runs the README's walkthroughs verbatim, so the README cannot drift from the tool: the shell
+//! blocks between `<!-- NAME:begin -->` and `<!-- NAME:end -->` run under `bash -euo pipefail`
+//! in an empty folder, with this build's `certhub` first on PATH.
 
 use std::path::Path;
 use std::process::Command;
 
 mod common;
 
-fn walkthrough_script(readme: &str, marker: &str) -> String {
+fn walkthrough_script(marker: &str) -> String {
+    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(&readme_path).expect("README.md");
     let begin = readme
         .find(&format!("<!-- {marker}:begin -->"))
         .expect("README has the begin marker");
     let end = readme
         .find(&format!("<!-- {marker}:end -->"))
         .expect("README has the end marker");
-    let section = &readme[begin..end];
     let mut script = String::new();
     let mut inside = false;
-    for line in section.lines() {
+    for line in readme[begin..end].lines() {
         if line.trim_start().starts_with("```") {
             inside = !inside;
             continue;
@@ -31,11 +32,9 @@ fn walkthrough_script(readme: &str, marker: &str) -> String {
     script
 }
 
-#[test]
-fn the_readme_walkthrough_runs_as_written() {
-    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    let readme = std::fs::read_to_string(&readme_path).expect("README.md");
-    let script = walkthrough_script(&readme, "walkthrough");
+/// Runs the README block `marker` in `dir`; returns its standard output.
+fn run_walkthrough(marker: &str, dir: &Path) -> String {
+    let script = walkthrough_script(marker);
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_certhub"))
         .parent()
         .expect("binary folder")
@@ -45,19 +44,27 @@ fn the_readme_walkthrough_runs_as_written() {
         bin_dir.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(dir.path())
+        .current_dir(dir)
         .env("PATH", path)
+        .env_remove("CERTHUB_DATA_DIR")
+        .env_remove("CERTHUB_CONNECTION_STRING")
         .output()
         .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "walkthrough failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        "{marker} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
     );
+    stdout
+}
+
+#[test]
+fn the_readme_walkthrough_runs_as_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stdout = run_walkthrough("walkthrough", dir.path());
     assert!(
         stdout.contains("ok: trusted by \"CN=Company-X Root CA, O=Company-X\""),
         "{stdout}"
@@ -68,10 +75,10 @@ fn the_readme_walkthrough_runs_as_written() {
         "{stdout}"
     );
     assert_eq!(stdout.lines().last(), Some("1000"), "{stdout}");
-    let key = dir.path().join("company-x/key.pem");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
+        let key = dir.path().join("company-x/key.pem");
         let mode = std::fs::metadata(&key)
             .expect("key.pem")
             .permissions()
@@ -80,38 +87,13 @@ fn the_readme_walkthrough_runs_as_written() {
     }
 }
 
-/// The README's hub section, run verbatim in a folder where a hub runs on its default data
-/// directory (`./certhub-data`), with this build's `certhub` on PATH.
+/// The README's hub section, in a folder where a hub runs on its default data directory
+/// (`./certhub-data`).
 #[test]
 fn the_readme_hub_walkthrough_runs_as_written() {
-    let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
-    let readme = std::fs::read_to_string(&readme_path).expect("README.md");
-    let script = walkthrough_script(&readme, "hub-walkthrough");
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_certhub"))
-        .parent()
-        .expect("binary folder")
-        .to_path_buf();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let dir = tempfile::tempdir().expect("tempdir");
     let _hub = common::start_hub(&dir.path().join("certhub-data"));
-    let out = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(dir.path())
-        .env("PATH", path)
-        .env_remove("CERTHUB_DATA_DIR")
-        .env_remove("CERTHUB_CONNECTION_STRING")
-        .output()
-        .expect("bash runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "hub walkthrough failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
+    let stdout = run_walkthrough("hub-walkthrough", dir.path());
     assert!(stdout.contains("\"isVerified\": true"), "{stdout}");
     assert!(stdout.contains("\"disableDeviceSAS\": true"), "{stdout}");
     let audit: Vec<&str> = stdout
