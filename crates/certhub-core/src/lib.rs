@@ -5,6 +5,7 @@
 //! store persists these values; the server turns them into HTTP.
 #![forbid(unsafe_code)]
 
+mod connect;
 mod etag;
 mod identity;
 mod ids;
@@ -13,6 +14,10 @@ mod sas;
 mod settings;
 mod time_fmt;
 
+pub use connect::{
+    AuthenticatedDevice, ClientId, ConnectFields, Context, Refusal, Registered, TrustSnapshot,
+    authenticate,
+};
 pub use etag::{Etag, IfMatch};
 pub use identity::{
     AuthType, Authentication, BulkEntry, Capabilities, Device, DeviceInput, IdentityError, Module,
