@@ -13,6 +13,7 @@ mod policy;
 mod sas;
 mod settings;
 mod time_fmt;
+mod topics;
 
 pub use connect::{
     AuthenticatedDevice, ClientId, ConnectFields, Context, Refusal, Registered, TrustSnapshot,
@@ -28,3 +29,6 @@ pub use policy::{Policy, Rights};
 pub use sas::{SasError, SasToken, generate_key, sign_token};
 pub use settings::{HubSettings, SettingsPatch};
 pub use time_fmt::{azure_time, azure_time_opt};
+pub use topics::{
+    MessageProperties, TopicRefusal, decode_property_bag, subscription_allowed, telemetry_topic,
+};

@@ -373,3 +373,9 @@ mod tests {
         assert_eq!(integer_bits(&[0, 0]), 0);
     }
 }
+
+/// The SubjectPublicKeyInfo (DER) of a certificate, v1 certificates included (webpki refuses
+/// to parse those; the TLS layer needs their key to check CertificateVerify).
+pub fn subject_public_key_info(der: &[u8]) -> Result<Vec<u8>, PkiError> {
+    Ok(parse(der)?.public_key().raw.to_vec())
+}

@@ -22,7 +22,9 @@ pub use algorithm::KeyAlgorithm;
 pub use chain::{
     Reason, Rejection, TrustStore, Usage, VerifiedChain, verify_chain, verify_device_chain,
 };
-pub use describe::{CertificateInfo, CsrInfo, KeyInfo, describe_certificate, describe_csr};
+pub use describe::{
+    CertificateInfo, CsrInfo, KeyInfo, describe_certificate, describe_csr, subject_public_key_info,
+};
 pub use error::PkiError;
 pub use input::{Document, read_certificates, read_csr, read_document};
 pub use issue::{

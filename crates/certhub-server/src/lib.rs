@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod device_tls;
 mod listener;
 pub mod tls;
 

@@ -12,6 +12,7 @@ mod cas;
 mod devices;
 mod hub;
 mod schema;
+mod telemetry;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -23,6 +24,7 @@ use sqlx::{AnyPool, Executor};
 pub use audit::AuditRecord;
 pub use cas::CaRecord;
 pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
+pub use telemetry::TelemetryRecord;
 
 /// A storage failure. Messages name what failed; the server logs them and answers 500.
 #[derive(Debug, thiserror::Error)]

@@ -1,5 +1,6 @@
 //! The schema, as numbered steps applied in order and recorded in `schema_version`. The same
-//! SQL runs on SQLite and PostgreSQL: BIGINT milliseconds, TEXT, BIGINT 0/1 flags.
+//! SQL runs on SQLite and PostgreSQL: BIGINT milliseconds, TEXT, BIGINT 0/1 flags; `{BLOB}` is
+//! BLOB on SQLite and BYTEA on PostgreSQL.
 
 use sqlx::Row;
 
@@ -75,6 +76,16 @@ const STEPS: &[&str] = &[
         created_ms BIGINT NOT NULL,
         updated_ms BIGINT NOT NULL
     )",
+    // 3: the telemetry log.
+    "CREATE TABLE telemetry (
+        seq BIGINT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        module_id TEXT,
+        enqueued_ms BIGINT NOT NULL,
+        properties TEXT NOT NULL,
+        body {BLOB} NOT NULL
+    );
+    CREATE INDEX telemetry_device ON telemetry (device_id, seq)",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {
@@ -96,7 +107,14 @@ pub(crate) async fn migrate(store: &Store) -> Result<()> {
     for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
         let mut tx = pool.begin().await?;
         for statement in step.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            sqlx::query(sqlx::AssertSqlSafe(statement.to_string()))
+            let statement = statement.replace(
+                "{BLOB}",
+                match store.backend() {
+                    crate::Backend::Sqlite => "BLOB",
+                    crate::Backend::Postgres => "BYTEA",
+                },
+            );
+            sqlx::query(sqlx::AssertSqlSafe(statement))
                 .execute(&mut *tx)
                 .await?;
         }

@@ -176,6 +176,29 @@ async fn suite(store: &Store) {
     let log = store.audit(10).await.expect("audit");
     assert_eq!(log[0].operation, "device.delete");
     assert_eq!(log.len(), 2);
+
+    // The telemetry log keeps order, bytes and properties.
+    assert_eq!(store.last_telemetry_seq().await.expect("seq"), 0);
+    let records: Vec<_> = (1..=450)
+        .map(|i| certhub_store::TelemetryRecord {
+            seq: i,
+            device_id: if i % 2 == 0 { "d1".into() } else { "d3".into() },
+            module_id: (i == 3).then(|| "m1".to_string()),
+            enqueued_ms: 1_000 + i,
+            properties: format!("{{\"application\":{{\"n\":\"{i}\"}}}}"),
+            body: vec![0, 255, i as u8],
+        })
+        .collect();
+    store.append_telemetry(&records).await.expect("append");
+    assert_eq!(store.last_telemetry_seq().await.expect("seq"), 450);
+    let page = store.telemetry_after(2, None, 3).await.expect("page");
+    assert_eq!(page, records[2..5].to_vec());
+    let d1 = store
+        .telemetry_after(0, Some("d1"), 1000)
+        .await
+        .expect("d1");
+    assert_eq!(d1.len(), 225);
+    assert!(d1.iter().all(|r| r.device_id == "d1"));
 }
 
 #[tokio::test]

@@ -1,0 +1,106 @@
+//! The telemetry log: every device-to-cloud message, numbered, in arrival order.
+
+use sqlx::Row;
+
+use crate::{Result, Store};
+
+/// One stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryRecord {
+    /// Assigned by the writer, increasing.
+    pub seq: i64,
+    pub device_id: String,
+    pub module_id: Option<String>,
+    pub enqueued_ms: i64,
+    /// JSON: `{"system": {...}, "application": {...}}`.
+    pub properties: String,
+    pub body: Vec<u8>,
+}
+
+/// Columns per row of the multi-row insert.
+const FIELDS: usize = 6;
+
+impl Store {
+    /// The highest sequence number stored (0 when empty).
+    pub async fn last_telemetry_seq(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM telemetry")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get("s")?)
+    }
+
+    /// Appends messages in one transaction: all of them are durable when this returns, or
+    /// none.
+    pub async fn append_telemetry(&self, records: &[TelemetryRecord]) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for chunk in records.chunks(200) {
+            let mut sql = String::from(
+                "INSERT INTO telemetry (seq, device_id, module_id, enqueued_ms, properties, body) VALUES ",
+            );
+            for row in 0..chunk.len() {
+                if row > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                for col in 0..FIELDS {
+                    if col > 0 {
+                        sql.push(',');
+                    }
+                    sql.push_str(&self.placeholder(row * FIELDS + col + 1));
+                }
+                sql.push(')');
+            }
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(r.seq)
+                    .bind(r.device_id.clone())
+                    .bind(r.module_id.clone())
+                    .bind(r.enqueued_ms)
+                    .bind(r.properties.clone())
+                    .bind(r.body.clone());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Messages with a sequence number above `after`, oldest first, optionally of one device.
+    pub async fn telemetry_after(
+        &self,
+        after: i64,
+        device: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<TelemetryRecord>> {
+        let rows = match device {
+            Some(d) => sqlx::query(
+                "SELECT * FROM telemetry WHERE seq > $1 AND device_id = $2 ORDER BY seq LIMIT $3",
+            )
+            .bind(after)
+            .bind(d.to_string())
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?,
+            None => {
+                sqlx::query("SELECT * FROM telemetry WHERE seq > $1 ORDER BY seq LIMIT $2")
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(self.pool())
+                    .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(TelemetryRecord {
+                    seq: r.try_get("seq")?,
+                    device_id: r.try_get("device_id")?,
+                    module_id: r.try_get("module_id")?,
+                    enqueued_ms: r.try_get("enqueued_ms")?,
+                    properties: r.try_get("properties")?,
+                    body: r.try_get("body")?,
+                })
+            })
+            .collect()
+    }
+}
