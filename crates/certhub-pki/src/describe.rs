@@ -362,6 +362,12 @@ fn general_name(n: &GeneralName<'_>) -> String {
     }
 }
 
+/// The SubjectPublicKeyInfo (DER) of a certificate, v1 certificates included (webpki refuses
+/// to parse those; the TLS layer needs their key to check CertificateVerify).
+pub fn subject_public_key_info(der: &[u8]) -> Result<Vec<u8>, PkiError> {
+    Ok(parse(der)?.public_key().raw.to_vec())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,10 +378,4 @@ mod tests {
         assert_eq!(integer_bits(&[0x01, 0xff]), 9);
         assert_eq!(integer_bits(&[0, 0]), 0);
     }
-}
-
-/// The SubjectPublicKeyInfo (DER) of a certificate, v1 certificates included (webpki refuses
-/// to parse those; the TLS layer needs their key to check CertificateVerify).
-pub fn subject_public_key_info(der: &[u8]) -> Result<Vec<u8>, PkiError> {
-    Ok(parse(der)?.public_key().raw.to_vec())
 }
