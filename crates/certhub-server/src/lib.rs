@@ -11,7 +11,12 @@
 pub mod api;
 pub mod device_tls;
 mod listener;
+mod mqtt;
+pub mod sessions;
+mod telemetry;
 pub mod tls;
+mod trust;
 
 pub use api::{AppState, router};
 pub use listener::serve_https;
+pub use mqtt::serve_mqtt;

@@ -182,6 +182,15 @@ pub fn load_or_create(
 }
 
 impl ServerIdentity {
+    /// The rustls configuration for device listeners (client certificates requested, no
+    /// resumption); see `device_tls`.
+    pub fn device_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        let key = PrivateKeyDer::from_pem_file(&self.key_path).map_err(|_| TlsError::Key {
+            path: self.key_path.clone(),
+        })?;
+        Ok(crate::device_tls::device_config(self.chain.clone(), key)?)
+    }
+
     /// The rustls configuration for the HTTPS listener (TLS 1.2 and 1.3, HTTP/2 and 1.1).
     pub fn https_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let key = PrivateKeyDer::from_pem_file(&self.key_path).map_err(|_| TlsError::Key {

@@ -274,6 +274,11 @@ async fn serve(config: Config) -> Result<Outcome> {
         .await
         .map_err(|e| bind_error(config.https_addr, &e))?;
     let bound = listener.local_addr()?;
+    let mqtt_listener = tokio::net::TcpListener::bind(config.mqtt_addr)
+        .await
+        .map_err(|e| bind_error(config.mqtt_addr, &e))?;
+    let mqtt_bound = mqtt_listener.local_addr()?;
+    let device_tls = identity.device_config()?;
     let host = public_host(&config.hostnames[0], bound.port());
     store
         .put_endpoint(&host)
@@ -304,8 +309,9 @@ async fn serve(config: Config) -> Result<Outcome> {
     say!("  host names       {}", config.hostnames.join(", "));
     say!("  connect          certhub hub connection-string --data-dir {dir}");
     say!(
-        "  MQTT ({})  device endpoints are not served yet",
-        config.mqtt_addr
+        "  devices (MQTT)   {}:{}  (listening on {mqtt_bound}; TLS 1.2/1.3, client certificates or SAS)",
+        config.hostnames[0],
+        mqtt_bound.port()
     );
 
     let shutdown = async {
@@ -325,7 +331,22 @@ async fn serve(config: Config) -> Result<Outcome> {
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
     };
-    certhub_server::serve_https(listener, tls, certhub_server::router(state), shutdown).await;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let https = certhub_server::serve_https(
+        listener,
+        tls,
+        certhub_server::router(state.clone()),
+        stopped(stop_rx.clone()),
+    );
+    let mqtt = certhub_server::serve_mqtt(mqtt_listener, device_tls, state, stopped(stop_rx));
+    let signal = async {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(https, mqtt, signal);
     store.close().await;
     say!("certhub stopped");
     Ok(Outcome::Ok)

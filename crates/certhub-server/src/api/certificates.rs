@@ -188,9 +188,11 @@ pub async fn upload(
         Ok(r) if r.is_verified => "isVerified at upload: proof of possession skipped",
         _ => "",
     };
-    audited(&state, &caller, "ca.upload", &name, result, detail)
-        .await
-        .map(|r| Json(description(&r, false)).into_response())
+    let result = audited(&state, &caller, "ca.upload", &name, result, detail).await;
+    if result.is_ok() {
+        state.reload_trust().await?;
+    }
+    result.map(|r| Json(description(&r, false)).into_response())
 }
 
 async fn upload_inner(
@@ -285,7 +287,16 @@ pub async fn delete(
         }
     }
     .await;
-    audited(&state, &caller, "ca.delete", &name, result, "").await
+    let result = audited(&state, &caller, "ca.delete", &name, result, "").await;
+    if result.is_ok() {
+        // Trust first, then the sessions: a kicked device that reconnects at once finds the
+        // CA gone.
+        state.reload_trust().await?;
+        state
+            .sessions()
+            .kick_ca(&name, &format!("CA {name:?} was deleted"));
+    }
+    result
 }
 
 pub async fn generate_code(
@@ -369,7 +380,9 @@ pub async fn verify(
         Ok(new)
     }
     .await;
-    audited(&state, &caller, "ca.verify", &name, result, "")
-        .await
-        .map(|r| Json(description(&r, false)).into_response())
+    let result = audited(&state, &caller, "ca.verify", &name, result, "").await;
+    if result.is_ok() {
+        state.reload_trust().await?;
+    }
+    result.map(|r| Json(description(&r, false)).into_response())
 }

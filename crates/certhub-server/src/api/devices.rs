@@ -86,7 +86,8 @@ pub async fn get_device(
         .device(&id)
         .await?
         .ok_or_else(|| device_not_found(id.as_str()))?;
-    Ok(with_etag(d.to_json(false), &d.etag))
+    let connected = state.sessions().is_connected(id.as_str());
+    Ok(with_etag(d.to_json(connected), &d.etag))
 }
 
 pub async fn put_device(
@@ -101,7 +102,16 @@ pub async fn put_device(
     let target = format!("devices/{id}");
     let result = put_device_inner(&state, &id, if_match(&headers), input).await;
     match &result {
-        Ok((op, _)) => state.audit(&caller, op, &target, "ok", "").await,
+        Ok((op, _)) => {
+            if *op == "device.update" {
+                // Status or credentials may have changed: live sessions must authenticate
+                // again against the new identity.
+                state
+                    .sessions()
+                    .kick_device(id.as_str(), "the device's identity was updated");
+            }
+            state.audit(&caller, op, &target, "ok", "").await
+        }
         Err(e) => {
             state
                 .audit(&caller, "device.put", &target, e.code, &e.message)
@@ -173,7 +183,12 @@ pub async fn delete_device(
     };
     let target = format!("devices/{id}");
     let result = match state.store().delete_device(&id, expected.as_ref()).await? {
-        DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
+        DeleteOutcome::Deleted => {
+            state
+                .sessions()
+                .kick_device(id.as_str(), "the device was deleted");
+            Ok(StatusCode::NO_CONTENT)
+        }
         DeleteOutcome::NotFound => Err(device_not_found(id.as_str())),
         DeleteOutcome::Stale => Err(ApiError::precondition_failed(format!(
             "the ETag given does not match device {id}'s current one; read it again"
@@ -231,7 +246,16 @@ pub async fn put_module(
     let target = format!("devices/{id}/modules/{mid}");
     let result = put_module_inner(&state, &id, &mid, if_match(&headers), input).await;
     match &result {
-        Ok((op, _)) => state.audit(&caller, op, &target, "ok", "").await,
+        Ok((op, _)) => {
+            if *op == "module.update" {
+                state.sessions().kick_module(
+                    id.as_str(),
+                    mid.as_str(),
+                    "the module's identity was updated",
+                );
+            }
+            state.audit(&caller, op, &target, "ok", "").await
+        }
         Err(e) => {
             state
                 .audit(&caller, "module.put", &target, e.code, &e.message)
@@ -413,7 +437,12 @@ pub async fn bulk(
     let mut deleted = 0;
     for id in &deletes {
         match state.store().delete_device(id, None).await? {
-            DeleteOutcome::Deleted => deleted += 1,
+            DeleteOutcome::Deleted => {
+                state
+                    .sessions()
+                    .kick_device(id.as_str(), "the device was deleted");
+                deleted += 1;
+            }
             _ => refuse(
                 id.as_str(),
                 "DeviceNotFound",

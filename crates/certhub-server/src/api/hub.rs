@@ -24,12 +24,14 @@ pub async fn device_statistics(
 }
 
 pub async fn service_statistics(
-    State(_state): State<AppState>,
+    State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::SERVICE_CONNECT, "reading service statistics")?;
-    // No device endpoint is served yet, so nothing can be connected.
-    Ok(Json(serde_json::json!({ "connectedDeviceCount": 0 })).into_response())
+    Ok(
+        Json(serde_json::json!({ "connectedDeviceCount": state.sessions().count() }))
+            .into_response(),
+    )
 }
 
 pub async fn get_settings(

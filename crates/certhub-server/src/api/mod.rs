@@ -7,6 +7,7 @@ mod certificates;
 mod devices;
 mod error;
 mod hub;
+mod messages;
 
 use std::sync::{Arc, RwLock};
 
@@ -37,6 +38,9 @@ struct Inner {
     hostnames: Vec<String>,
     code_ttl_ms: i64,
     policies: RwLock<Vec<Policy>>,
+    trust: RwLock<Arc<certhub_core::TrustSnapshot>>,
+    sessions: Arc<crate::sessions::Sessions>,
+    telemetry: crate::telemetry::TelemetryLog,
     /// The settings and when they were read: other processes (`certhub hub set --local`) may
     /// change them in the store, so they are read again when older than a second.
     settings: RwLock<(HubSettings, std::time::Instant)>,
@@ -57,12 +61,17 @@ impl AppState {
     ) -> Result<Self, StoreError> {
         let policies = store.policies().await?;
         let settings = store.settings().await?;
+        let trust = crate::trust::load(&store).await?;
+        let telemetry = crate::telemetry::TelemetryLog::start(store.clone()).await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
                 hostnames,
                 code_ttl_ms: i64::try_from(code_ttl.as_millis()).unwrap_or(i64::MAX),
                 policies: RwLock::new(policies),
+                trust: RwLock::new(Arc::new(trust)),
+                sessions: Arc::default(),
+                telemetry,
                 settings: RwLock::new((settings, std::time::Instant::now())),
             }),
         })
@@ -86,6 +95,32 @@ impl AppState {
             .read()
             .map(|p| p.clone())
             .unwrap_or_default()
+    }
+
+    /// The current trust snapshot (cheap: an `Arc`).
+    pub fn trust(&self) -> Arc<certhub_core::TrustSnapshot> {
+        self.inner
+            .trust
+            .read()
+            .map(|t| Arc::clone(&t))
+            .unwrap_or_default()
+    }
+
+    /// Rebuilds the trust snapshot from the store and swaps it in.
+    pub async fn reload_trust(&self) -> Result<(), StoreError> {
+        let fresh = Arc::new(crate::trust::load(self.store()).await?);
+        if let Ok(mut guard) = self.inner.trust.write() {
+            *guard = fresh;
+        }
+        Ok(())
+    }
+
+    pub fn sessions(&self) -> &crate::sessions::Sessions {
+        &self.inner.sessions
+    }
+
+    pub fn telemetry(&self) -> &crate::telemetry::TelemetryLog {
+        &self.inner.telemetry
     }
 
     /// The hub settings, at most a second old.
@@ -188,6 +223,7 @@ pub fn router(state: AppState) -> Router {
             get(hub::get_settings).patch(hub::patch_settings),
         )
         .route("/audit", get(hub::audit))
+        .route("/messages/events", get(messages::events))
         .route("/openapi.json", get(openapi))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))

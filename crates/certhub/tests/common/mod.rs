@@ -368,16 +368,24 @@ impl Drop for HubProcess {
 }
 
 pub fn start_hub(data_dir: &Path) -> HubProcess {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_certhub"))
-        .args([
-            "serve",
-            "--data-dir",
-            s(data_dir),
+    start_hub_with(
+        data_dir,
+        &[
             "--https-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
             "127.0.0.1:0",
             "--hostname",
             "localhost",
-        ])
+        ],
+    )
+}
+
+/// Starts `certhub serve --data-dir DATA_DIR ARGS...`.
+pub fn start_hub_with(data_dir: &Path, args: &[&str]) -> HubProcess {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_certhub"))
+        .args(["serve", "--data-dir", s(data_dir)])
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

@@ -1,0 +1,339 @@
+//! The MQTT device listener (azure-protocol 1): TLS with a recorded client chain, the CONNECT
+//! decision of `certhub_core::authenticate`, then the session: telemetry written durably
+//! before PUBACK, subscriptions to the identity's own topics, keep-alive, and kicks.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certhub_core::{
+    AuthenticatedDevice, ClientId, ConnectFields, Context, ModuleId, Registered, authenticate,
+    subscription_allowed, telemetry_topic,
+};
+use certhub_pki::{CertificateDer, Thumbprints, UnixTime};
+use certhub_store::{AuditRecord, TelemetryRecord};
+use futures_util::{SinkExt, StreamExt};
+use rmqtt_codec::types::QoS;
+use rmqtt_codec::v3::{Codec, ConnectAck, ConnectAckReason, Packet, SubscribeReturnCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::codec::Framed;
+
+use crate::api::AppState;
+
+/// Telemetry larger than Azure's 256 KB is refused; the packet may carry a topic besides.
+const MAX_PACKET: u32 = 256 * 1024 + 4096;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Azure's server-side keep-alive cap.
+const MAX_KEEP_ALIVE: Duration = Duration::from_secs(1767);
+/// At most this many TLS handshakes at once; more wait (a flood of junk handshakes cannot
+/// starve CONNECT handling of CPU).
+const MAX_HANDSHAKES: usize = 256;
+
+type Conn = Framed<tokio_rustls::server::TlsStream<TcpStream>, Codec>;
+
+/// Serves devices on `listener` until `shutdown` completes.
+pub async fn serve_mqtt(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let (acceptor, state, handshakes) = (acceptor.clone(), state.clone(), handshakes.clone());
+        tokio::spawn(async move {
+            let tls = {
+                let Ok(_permit) = handshakes.acquire().await else {
+                    return;
+                };
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "device TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "device TLS handshake timed out");
+                        return;
+                    }
+                }
+            };
+            let chain: Vec<CertificateDer<'static>> = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.to_vec())
+                .unwrap_or_default();
+            let conn = Framed::new(tls, Codec::new(MAX_PACKET));
+            session(conn, chain, peer, state).await;
+        });
+    }
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// What the operator sees of a refused certificate: subjects and thumbprints, leaf first.
+fn presented(chain: &[CertificateDer<'_>]) -> String {
+    if chain.is_empty() {
+        return "no certificate".into();
+    }
+    chain
+        .iter()
+        .map(|c| {
+            let subject = certhub_pki::describe_certificate(c)
+                .map(|i| i.subject)
+                .unwrap_or_else(|_| "(unparsable)".into());
+            format!("{subject} [SHA-1 {}]", Thumbprints::of(c).sha1)
+        })
+        .collect::<Vec<_>>()
+        .join(" <- ")
+}
+
+async fn audit(state: &AppState, op: &str, cn: &str, outcome: &str, detail: String) {
+    let record = AuditRecord::new(
+        now_ms(),
+        "device",
+        op,
+        &format!("devices/{cn}"),
+        outcome,
+        &detail,
+    );
+    if let Err(e) = state.store().append_audit(&record).await {
+        tracing::error!(error = %e, "could not write the audit record");
+    }
+}
+
+async fn lookup(
+    state: &AppState,
+    id: &ClientId,
+) -> Result<Option<Registered>, certhub_store::StoreError> {
+    let Some(device) = state.store().device(&id.device).await? else {
+        return Ok(None);
+    };
+    let module = match &id.module {
+        Some(m) => match state.store().module(&id.device, m).await? {
+            Some(m) => Some(m),
+            None => return Ok(None),
+        },
+        None => None,
+    };
+    Ok(Some(Registered { device, module }))
+}
+
+async fn connack(conn: &mut Conn, code: ConnectAckReason) {
+    let _ = conn
+        .send(Packet::ConnectAck(ConnectAck {
+            return_code: code,
+            session_present: false,
+        }))
+        .await;
+}
+
+async fn session(
+    mut conn: Conn,
+    chain: Vec<CertificateDer<'static>>,
+    peer: SocketAddr,
+    state: AppState,
+) {
+    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, conn.next()).await {
+        Ok(Some(Ok((Packet::Connect(c), _)))) => c,
+        _ => return,
+    };
+    let client_id = connect.client_id.to_string();
+    let username = connect.username.as_ref().map(|u| u.to_string());
+    let registered = match ClientId::parse(&client_id) {
+        Ok(id) => match lookup(&state, &id).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "registry lookup failed");
+                connack(&mut conn, ConnectAckReason::ServiceUnavailable).await;
+                return;
+            }
+        },
+        Err(_) => None,
+    };
+    let trust = state.trust();
+    let settings = match state.settings().await {
+        Ok(s) => s,
+        Err(_) => {
+            connack(&mut conn, ConnectAckReason::ServiceUnavailable).await;
+            return;
+        }
+    };
+    let policies = state.policies();
+    let now = UnixTime::since_unix_epoch(Duration::from_millis(now_ms().max(0) as u64));
+    let ctx = Context {
+        trust: &trust,
+        settings: &settings,
+        policies: &policies,
+        hostnames: state.hostnames(),
+        now,
+    };
+    let fields = ConnectFields {
+        client_id: &client_id,
+        username: username.as_deref(),
+        password: connect.password.as_deref(),
+    };
+    let device = match authenticate(fields, &chain, registered.as_ref(), &ctx) {
+        Ok(d) => d,
+        Err(refusal) => {
+            tracing::info!(reason = refusal.reason, client_id, %peer, "device refused");
+            let detail = format!(
+                "{}; presented: {}; peer {peer}",
+                refusal.detail,
+                presented(&chain)
+            );
+            audit(&state, "device.connect", &client_id, refusal.reason, detail).await;
+            connack(&mut conn, ConnectAckReason::NotAuthorized).await;
+            return;
+        }
+    };
+    let cn = device.id().cn();
+    let ticket = state.sessions().register(&cn, device.ca());
+    connack(&mut conn, ConnectAckReason::ConnectionAccepted).await;
+    tracing::info!(client_id = cn, method = device.method().as_str(), %peer, "device connected");
+    audit(
+        &state,
+        "device.connect",
+        &cn,
+        "ok",
+        format!(
+            "{} via {}{}; peer {peer}",
+            cn,
+            device.method().as_str(),
+            if device.ca().is_empty() {
+                String::new()
+            } else {
+                format!(" (CA {})", device.ca())
+            }
+        ),
+    )
+    .await;
+    let keep_alive = if connect.keep_alive == 0 {
+        MAX_KEEP_ALIVE
+    } else {
+        Duration::from_millis(u64::from(connect.keep_alive) * 1500).min(MAX_KEEP_ALIVE)
+    };
+    let end = run(&mut conn, &device, &state, keep_alive, ticket.kicked).await;
+    state.sessions().unregister(&cn, ticket.conn);
+    match end {
+        End::Clean => {}
+        End::Closed(reason) => {
+            tracing::info!(client_id = cn, reason, "device session closed");
+            audit(&state, "device.disconnect", &cn, "closed", reason).await;
+        }
+    }
+}
+
+enum End {
+    Clean,
+    Closed(String),
+}
+
+async fn run(
+    conn: &mut Conn,
+    device: &AuthenticatedDevice,
+    state: &AppState,
+    keep_alive: Duration,
+    mut kicked: tokio::sync::oneshot::Receiver<String>,
+) -> End {
+    let id = device.id();
+    loop {
+        let packet = tokio::select! {
+            reason = &mut kicked => {
+                return End::Closed(reason.unwrap_or_else(|_| "closed by the hub".into()));
+            }
+            p = tokio::time::timeout(keep_alive, conn.next()) => p,
+        };
+        let packet = match packet {
+            Err(_) => return End::Closed("keep-alive expired".into()),
+            Ok(None) => return End::Closed("the device closed the connection".into()),
+            Ok(Some(Err(e))) => return End::Closed(format!("protocol error: {e}")),
+            Ok(Some(Ok((p, _)))) => p,
+        };
+        match packet {
+            Packet::Publish(p) => {
+                if p.qos == QoS::ExactlyOnce {
+                    return End::Closed("QoS 2 publish (IoT Hub closes the connection)".into());
+                }
+                let mut props = match telemetry_topic(id, &p.topic) {
+                    Ok(props) => props,
+                    Err(r) => return End::Closed(format!("topic-not-allowed: {}", r.0)),
+                };
+                if p.retain {
+                    props
+                        .application
+                        .insert("mqtt-retain".into(), "true".into());
+                }
+                let record = TelemetryRecord {
+                    seq: 0,
+                    device_id: id.device.to_string(),
+                    module_id: id.module.as_ref().map(ModuleId::to_string),
+                    enqueued_ms: now_ms(),
+                    properties: serde_json::to_string(&props).unwrap_or_default(),
+                    body: p.payload.to_vec(),
+                };
+                if let Err(e) = state.telemetry().append(record).await {
+                    // Not durable: no PUBACK; the device will send it again.
+                    return End::Closed(format!("telemetry not stored: {e}"));
+                }
+                if let (QoS::AtLeastOnce, Some(packet_id)) = (p.qos, p.packet_id)
+                    && conn.send(Packet::PublishAck { packet_id }).await.is_err()
+                {
+                    return End::Closed("write failed".into());
+                }
+            }
+            Packet::Subscribe {
+                packet_id,
+                topic_filters,
+            } => {
+                let mut status = Vec::new();
+                for (filter, qos) in &topic_filters {
+                    if let Err(r) = subscription_allowed(id, filter) {
+                        return End::Closed(format!("topic-not-allowed: {}", r.0));
+                    }
+                    status.push(SubscribeReturnCode::Success(if *qos == QoS::AtMostOnce {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    }));
+                }
+                if conn
+                    .send(Packet::SubscribeAck { packet_id, status })
+                    .await
+                    .is_err()
+                {
+                    return End::Closed("write failed".into());
+                }
+            }
+            Packet::Unsubscribe { packet_id, .. } => {
+                let _ = conn.send(Packet::UnsubscribeAck { packet_id }).await;
+            }
+            Packet::PingRequest => {
+                let _ = conn.send(Packet::PingResponse).await;
+            }
+            Packet::PublishAck { .. } => {}
+            Packet::Disconnect => return End::Clean,
+            other => return End::Closed(format!("unexpected packet {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! Live device sessions, by identity (`deviceId` or `deviceId/moduleId`). A newer connection
+//! of the same identity closes the older one; revocation (a device disabled, deleted or given
+//! new credentials, its CA deleted or un-verified) closes every affected session at once.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::oneshot;
+
+/// Why the hub closed a session; the session loop audits it.
+pub type KickReason = String;
+
+#[derive(Debug)]
+struct Live {
+    conn: u64,
+    ca: String,
+    kick: oneshot::Sender<KickReason>,
+}
+
+#[derive(Debug, Default)]
+pub struct Sessions {
+    next: AtomicU64,
+    live: Mutex<HashMap<String, Live>>,
+}
+
+/// A registered session: its connection number and the receiver of a kick.
+#[derive(Debug)]
+pub struct Ticket {
+    pub conn: u64,
+    pub kicked: oneshot::Receiver<KickReason>,
+}
+
+impl Sessions {
+    /// Registers a session for `cn`, closing an older one of the same identity.
+    pub fn register(&self, cn: &str, ca: &str) -> Ticket {
+        let conn = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut live) = self.live.lock()
+            && let Some(old) = live.insert(
+                cn.to_string(),
+                Live {
+                    conn,
+                    ca: ca.to_string(),
+                    kick: tx,
+                },
+            )
+        {
+            let _ = old
+                .kick
+                .send("replaced by a newer connection of the same identity".into());
+        }
+        Ticket { conn, kicked: rx }
+    }
+
+    /// Forgets a session that ended (if it is still the registered one).
+    pub fn unregister(&self, cn: &str, conn: u64) {
+        if let Ok(mut live) = self.live.lock()
+            && live.get(cn).is_some_and(|l| l.conn == conn)
+        {
+            live.remove(cn);
+        }
+    }
+
+    fn kick_where(&self, reason: &str, matches: impl Fn(&str, &Live) -> bool) -> usize {
+        let Ok(mut live) = self.live.lock() else {
+            return 0;
+        };
+        let keys: Vec<String> = live
+            .iter()
+            .filter(|(k, l)| matches(k, l))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &keys {
+            if let Some(l) = live.remove(k) {
+                let _ = l.kick.send(reason.to_string());
+            }
+        }
+        keys.len()
+    }
+
+    /// Closes the sessions of a device and of all its modules.
+    pub fn kick_device(&self, device: &str, reason: &str) -> usize {
+        let prefix = format!("{device}/");
+        self.kick_where(reason, |k, _| k == device || k.starts_with(&prefix))
+    }
+
+    /// Closes the session of one module.
+    pub fn kick_module(&self, device: &str, module: &str, reason: &str) -> usize {
+        let cn = format!("{device}/{module}");
+        self.kick_where(reason, |k, _| k == cn)
+    }
+
+    /// Closes every session authenticated through the CA registered as `name`.
+    pub fn kick_ca(&self, name: &str, reason: &str) -> usize {
+        self.kick_where(reason, |_, l| l.ca == name)
+    }
+
+    pub fn count(&self) -> usize {
+        self.live.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    pub fn is_connected(&self, cn: &str) -> bool {
+        self.live
+            .lock()
+            .map(|l| l.contains_key(cn))
+            .unwrap_or(false)
+    }
+}

@@ -1,0 +1,70 @@
+//! The telemetry writer: messages from every session go through one task that commits them
+//! in batches, so a QoS 1 PUBACK means "on disk" without one transaction per message.
+
+use certhub_store::{Store, TelemetryRecord};
+use tokio::sync::{mpsc, oneshot};
+
+/// A message waiting to be written, and who to tell.
+#[derive(Debug)]
+struct Pending {
+    record: TelemetryRecord,
+    done: oneshot::Sender<Result<i64, String>>,
+}
+
+/// A handle to the writer task.
+#[derive(Debug, Clone)]
+pub struct TelemetryLog {
+    tx: mpsc::Sender<Pending>,
+}
+
+/// Most messages one transaction takes.
+const MAX_BATCH: usize = 512;
+
+impl TelemetryLog {
+    /// Starts the writer; sequence numbers continue after the highest stored one.
+    pub async fn start(store: Store) -> Result<Self, certhub_store::StoreError> {
+        let mut seq = store.last_telemetry_seq().await?;
+        let (tx, mut rx) = mpsc::channel::<Pending>(4096);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                for p in &mut batch {
+                    seq += 1;
+                    p.record.seq = seq;
+                }
+                let records: Vec<TelemetryRecord> =
+                    batch.iter().map(|p| p.record.clone()).collect();
+                let result = store.append_telemetry(&records).await;
+                if let Err(e) = &result {
+                    tracing::error!(error = %e, "telemetry could not be written");
+                    // Numbers of a failed batch are not reused: the log may have gaps, never
+                    // duplicates.
+                }
+                for p in batch {
+                    let _ = p.done.send(match &result {
+                        Ok(()) => Ok(p.record.seq),
+                        Err(e) => Err(e.to_string()),
+                    });
+                }
+            }
+        });
+        Ok(Self { tx })
+    }
+
+    /// Writes a message; returns its sequence number once it is durable.
+    pub async fn append(&self, record: TelemetryRecord) -> Result<i64, String> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Pending { record, done })
+            .await
+            .map_err(|_| "the telemetry writer stopped".to_string())?;
+        wait.await
+            .map_err(|_| "the telemetry writer stopped".to_string())?
+    }
+}

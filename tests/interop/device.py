@@ -1,0 +1,143 @@
+"""The Python azure-iot-device SDK connects to certhub over MQTT/TLS on 8883.
+
+Run by crates/certhub/tests/python_device.rs, which made the PKI and registered the CA and the
+devices with the certhub CLI. Environment: CERTHUB_HOST (the name the SDK dials, on port 8883),
+CERTHUB_CA (the hub's server CA file), CERTHUB_CONNECTION_STRING (iothubowner), CERTHUB_DIR (the
+folder with the certificates), CERTHUB_SAS_KEY (the SAS device's key).
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import ssl
+import sys
+import time
+import urllib.parse
+import urllib.request
+
+from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, Message, X509
+from azure.iot.device.exceptions import CredentialError
+from azure.iot.hub import IoTHubRegistryManager
+
+HOST = os.environ["CERTHUB_HOST"]
+CA = open(os.environ["CERTHUB_CA"]).read()
+CS = os.environ["CERTHUB_CONNECTION_STRING"]
+D = os.environ["CERTHUB_DIR"]
+
+
+def check(cond, what):
+    if not cond:
+        print("FAILED:", what, file=sys.stderr)
+        sys.exit(1)
+    print("ok:", what)
+
+
+def x509(folder):
+    return X509(cert_file=f"{D}/{folder}/chain.pem", key_file=f"{D}/{folder}/key.pem")
+
+
+def device_client(folder, device_id):
+    return IoTHubDeviceClient.create_from_x509_certificate(
+        x509=x509(folder), hostname=HOST, device_id=device_id,
+        server_verification_cert=CA, connection_retry=False)
+
+
+def refused(client):
+    try:
+        client.connect()
+    except CredentialError:
+        return True
+    finally:
+        client.shutdown()
+    return False
+
+
+def service_get(path):
+    cs = dict(p.split("=", 1) for p in CS.split(";"))
+    sr = urllib.parse.quote(cs["HostName"], safe="")
+    se = str(int(time.time()) + 600)
+    sig = base64.b64encode(hmac.new(base64.b64decode(cs["SharedAccessKey"]),
+                                    f"{sr}\n{se}".encode(), hashlib.sha256).digest()).decode()
+    token = (f"SharedAccessSignature sr={sr}&sig={urllib.parse.quote(sig, safe='')}"
+             f"&se={se}&skn={cs['SharedAccessKeyName']}")
+    ctx = ssl.create_default_context(cadata=CA)
+    req = urllib.request.Request(f"https://{cs['HostName']}{path}", headers={"Authorization": token})
+    with urllib.request.urlopen(req, context=ctx) as r:
+        return json.loads(r.read())
+
+
+# 1. A widget at the end of Company-X -> Factory-Y -> Technician-Z sends telemetry.
+widget = device_client("devices/smart-x-widget-0001", "smart-x-widget-0001")
+widget.connect()
+check(widget.connected, "CA-signed widget connected")
+msg = Message("temperature reading")
+msg.message_id = "m-1"
+msg.content_type = "text/plain"
+msg.custom_properties["temperature"] = "21.5"
+msg.custom_properties["unit name"] = "°C/1+1"
+widget.send_message(msg)
+widget.shutdown()
+events = service_get("/messages/events?device=smart-x-widget-0001")
+check(len(events) == 1, "the service reads one message")
+e = events[0]
+check(e["body"] == "temperature reading", "body arrives")
+check(e["properties"] == {"temperature": "21.5", "unit name": "°C/1+1"}, "custom properties arrive")
+check(e["systemProperties"]["messageId"] == "m-1", "message id arrives")
+check(e["systemProperties"]["contentType"] == "text/plain", "content type arrives")
+
+# 2. A module (CN = deviceId/moduleId).
+module = IoTHubModuleClient.create_from_x509_certificate(
+    x509=x509("module"), hostname=HOST, device_id="smart-x-widget-0001", module_id="sensor",
+    server_verification_cert=CA, connection_retry=False)
+module.connect()
+module.send_message(Message("from the module"))
+module.shutdown()
+events = service_get("/messages/events?device=smart-x-widget-0001")
+check(events[-1]["moduleId"] == "sensor" and events[-1]["body"] == "from the module",
+      "module telemetry arrives with its module id")
+
+# 3. A device known by its certificate's thumbprint.
+thumb = device_client("thumb", "widget-thumb")
+thumb.connect()
+thumb.send_message(Message("by thumbprint"))
+thumb.shutdown()
+check(service_get("/messages/events?device=widget-thumb")[0]["body"] == "by thumbprint",
+      "thumbprint device sends")
+
+# 4. A SAS device, then refused once device SAS is disabled.
+sas_cs = f"HostName={HOST};DeviceId=widget-sas;SharedAccessKey={os.environ['CERTHUB_SAS_KEY']}"
+sas = IoTHubDeviceClient.create_from_connection_string(
+    sas_cs, server_verification_cert=CA, connection_retry=False)
+sas.connect()
+sas.send_message(Message("by SAS"))
+sas.shutdown()
+check(service_get("/messages/events?device=widget-sas")[0]["body"] == "by SAS", "SAS device sends")
+print("READY-FOR-SAS-SWITCH", flush=True)
+sys.stdin.readline()  # the driver disables device SAS through the CLI
+sas = IoTHubDeviceClient.create_from_connection_string(
+    sas_cs, server_verification_cert=CA, connection_retry=False)
+check(refused(sas), "SAS refused after disableDeviceSAS")
+
+# 5. Unregistered, and a widget presenting another device's certificate.
+check(refused(device_client("devices/smart-x-widget-0002", "smart-x-widget-0002")),
+      "an unregistered device is refused")
+check(refused(device_client("devices/smart-x-widget-0001", "widget-thumb")),
+      "a certificate for another id is refused")
+
+# 6. Disabling a connected device drops its session within a second.
+widget = device_client("devices/smart-x-widget-0001", "smart-x-widget-0001")
+widget.connect()
+rm = IoTHubRegistryManager.from_connection_string(CS)
+start = time.monotonic()
+rm.update_device_with_certificate_authority("smart-x-widget-0001", "*", "disabled")
+while widget.connected and time.monotonic() - start < 5:
+    time.sleep(0.02)
+elapsed = time.monotonic() - start
+check(not widget.connected, "the disabled device's session is closed")
+check(elapsed < 1.0, f"within a second ({elapsed:.3f} s)")
+widget.shutdown()
+check(refused(device_client("devices/smart-x-widget-0001", "smart-x-widget-0001")),
+      "the disabled device cannot reconnect")
+print("all device checks passed")
