@@ -10,22 +10,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::{certhub, s, start_hub_with, tmp};
+use common::{certhub, python, s, start_hub_with, tmp};
 
 const HOST: &str = "127.0.0.2";
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("CERTHUB_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run scripts/test, which installs the Azure IoT Python SDKs into .venv",
-        venv.display()
-    );
-    venv
-}
 
 #[test]
 fn azure_iot_device_sdk_connects_sends_and_is_revoked() {

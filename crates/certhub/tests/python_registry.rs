@@ -6,20 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{certhub, s, start_hub, tmp};
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("CERTHUB_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
-    assert!(
-        venv.exists(),
-        "{} is missing: run scripts/test, which installs the Azure IoT Python SDKs into .venv",
-        venv.display()
-    );
-    venv
-}
+use common::{certhub, python, s, start_hub, tmp};
 
 #[test]
 fn azure_iot_hub_sdk_manages_the_registry() {

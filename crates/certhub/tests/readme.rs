@@ -8,6 +8,11 @@ use std::process::Command;
 mod common;
 
 fn walkthrough_script(marker: &str) -> String {
+    block(marker, "```sh")
+}
+
+/// The fenced block (opened by `fence`) between the README's `marker` comments.
+fn block(marker: &str, fence: &str) -> String {
     let readme_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
     let readme = std::fs::read_to_string(&readme_path).expect("README.md");
     let begin = readme
@@ -19,8 +24,13 @@ fn walkthrough_script(marker: &str) -> String {
     let mut script = String::new();
     let mut inside = false;
     for line in readme[begin..end].lines() {
-        if line.trim_start().starts_with("```") {
-            inside = !inside;
+        let trimmed = line.trim_start();
+        if !inside && trimmed.starts_with(fence) {
+            inside = true;
+            continue;
+        }
+        if inside && trimmed.starts_with("```") {
+            inside = false;
             continue;
         }
         if inside {
@@ -88,11 +98,20 @@ fn the_readme_walkthrough_runs_as_written() {
 }
 
 /// The README's hub section, in a folder where a hub runs on its default data directory
-/// (`./certhub-data`).
+/// (`./certhub-data`), then its Python device example (the SDK dials localhost:8883).
 #[test]
 fn the_readme_hub_walkthrough_runs_as_written() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let _hub = common::start_hub(&dir.path().join("certhub-data"));
+    let data = dir.path().join("certhub-data");
+    let _hub = common::start_hub_with(
+        &data,
+        &[
+            "--https-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            "127.0.0.1:8883",
+        ],
+    );
     let stdout = run_walkthrough("hub-walkthrough", dir.path());
     assert!(stdout.contains("\"isVerified\": true"), "{stdout}");
     assert!(stdout.contains("\"disableDeviceSAS\": true"), "{stdout}");
@@ -102,4 +121,26 @@ fn the_readme_hub_walkthrough_runs_as_written() {
         .collect();
     assert_eq!(audit.len(), 8, "{stdout}");
     assert!(audit[0].contains("device.update"), "{stdout}");
+
+    let example = block("device-example", "```python");
+    let out = Command::new(common::python())
+        .args(["-c", &example])
+        .current_dir(dir.path())
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "the README's device example failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = common::certhub(
+        dir.path(),
+        &["audit", "list", "--json", "--data-dir", common::s(&data)],
+    )
+    .ok();
+    assert!(
+        log.stdout
+            .contains("smart-x-widget-0001 via certificateAuthority (CA company-x)"),
+        "{log}"
+    );
 }

@@ -408,3 +408,17 @@ pub fn start_hub_with(data_dir: &Path, args: &[&str]) -> HubProcess {
         host: host.expect("the hub printed its service API address"),
     }
 }
+
+/// The Python of the repository's virtualenv (scripts/test makes it), or `CERTHUB_PYTHON`.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("CERTHUB_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: run scripts/test, which installs the Azure IoT Python SDKs into .venv",
+        venv.display()
+    );
+    venv
+}
