@@ -24,6 +24,15 @@ pub struct AuditRecord {
     pub detail: String,
 }
 
+/// Which audit records to list; empty fields match everything. `target` also matches what
+/// lies below it (`devices/widget-1` matches `devices/widget-1/sensor`).
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub operation: String,
+    pub target: String,
+    pub outcome: String,
+}
+
 impl AuditRecord {
     pub fn new(
         at_ms: i64,
@@ -69,10 +78,30 @@ impl Store {
 
     /// The newest `limit` records, newest first.
     pub async fn audit(&self, limit: i64) -> Result<Vec<AuditRecord>> {
-        let rows = sqlx::query("SELECT * FROM audit ORDER BY at_ms DESC, id DESC LIMIT $1")
-            .bind(limit)
-            .fetch_all(self.pool())
-            .await?;
+        self.audit_filtered(&AuditFilter::default(), limit).await
+    }
+
+    /// The newest `limit` records matching `filter`, newest first.
+    pub async fn audit_filtered(
+        &self,
+        filter: &AuditFilter,
+        limit: i64,
+    ) -> Result<Vec<AuditRecord>> {
+        // Empty filters match everything (`'' = ''`), so one statement serves every query.
+        let rows = sqlx::query(
+            "SELECT * FROM audit
+             WHERE ($1 = '' OR operation = $1)
+               AND ($2 = '' OR target = $2 OR target LIKE $3)
+               AND ($4 = '' OR outcome = $4)
+             ORDER BY at_ms DESC, id DESC LIMIT $5",
+        )
+        .bind(filter.operation.clone())
+        .bind(filter.target.clone())
+        .bind(format!("{}/%", filter.target))
+        .bind(filter.outcome.clone())
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
         rows.iter()
             .map(|row| {
                 Ok(AuditRecord {

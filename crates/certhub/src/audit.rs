@@ -10,6 +10,24 @@ use crate::client::{Client, HubArgs, print_json};
 pub enum AuditCommand {
     /// The newest audit records first.
     List(ListArgs),
+    /// Why can't my device connect? Connection attempts and closes, newest first, with reasons.
+    Connections(ConnectionsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConnectionsArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// Only this device (and its modules), or `deviceId/moduleId`.
+    #[arg(long)]
+    device: Option<String>,
+    /// Only this outcome, e.g. `unknown-ca`, `device-disabled`, `ok`.
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    top: u32,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -23,33 +41,74 @@ pub struct ListArgs {
     json: bool,
 }
 
+fn query_value(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-._~".contains(c) {
+                c.to_string()
+            } else {
+                let mut buf = [0u8; 4];
+                c.encode_utf8(&mut buf)
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect()
+            }
+        })
+        .collect()
+}
+
 pub fn run(cmd: AuditCommand) -> Result<Outcome> {
     match cmd {
         AuditCommand::List(a) => {
             let client = Client::connect(&a.hub)?;
             let v = client.expect("GET", &format!("/audit?top={}", a.top), None, None)?;
-            if a.json {
-                print_json(&v);
-            } else {
-                for r in v.as_array().into_iter().flatten() {
-                    let at = certhub_core::azure_time(r["atMs"].as_i64().unwrap_or(0));
-                    let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
-                    let detail = s("detail");
-                    out!(
-                        "{at}  {:<12} {:<22} {:<36} {}{}",
-                        s("actor"),
-                        s("operation"),
-                        s("target"),
-                        s("outcome"),
-                        if detail.is_empty() {
-                            String::new()
-                        } else {
-                            format!("  {detail}")
-                        }
-                    );
-                }
+            print_records(&v, a.json);
+        }
+        AuditCommand::Connections(a) => {
+            let client = Client::connect(&a.hub)?;
+            let mut path = format!("/audit?top={}&operation=device.connect", a.top);
+            if let Some(d) = &a.device {
+                path.push_str(&format!("&target={}", query_value(&format!("devices/{d}"))));
             }
+            if let Some(r) = &a.reason {
+                path.push_str(&format!("&outcome={}", query_value(r)));
+            }
+            let v = client.expect("GET", &path, None, None)?;
+            if !a.json && v.as_array().is_none_or(Vec::is_empty) {
+                out!(
+                    "no connection attempts recorded{}",
+                    a.device
+                        .as_deref()
+                        .map(|d| format!(" for {d}"))
+                        .unwrap_or_default()
+                );
+            }
+            print_records(&v, a.json);
         }
     }
     Ok(Outcome::Ok)
+}
+
+fn print_records(v: &serde_json::Value, json: bool) {
+    if json {
+        print_json(v);
+    } else {
+        for r in v.as_array().into_iter().flatten() {
+            let at = certhub_core::azure_time(r["atMs"].as_i64().unwrap_or(0));
+            let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
+            let detail = s("detail");
+            out!(
+                "{at}  {:<12} {:<22} {:<36} {}{}",
+                s("actor"),
+                s("operation"),
+                s("target"),
+                s("outcome"),
+                if detail.is_empty() {
+                    String::new()
+                } else {
+                    format!("  {detail}")
+                }
+            );
+        }
+    }
 }

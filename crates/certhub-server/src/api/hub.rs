@@ -76,6 +76,9 @@ pub async fn patch_settings(
 #[derive(Debug, Deserialize)]
 pub struct AuditParams {
     top: Option<i64>,
+    operation: Option<String>,
+    target: Option<String>,
+    outcome: Option<String>,
 }
 
 pub async fn audit(
@@ -85,5 +88,10 @@ pub async fn audit(
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "reading the audit trail")?;
     let top = params.top.unwrap_or(100).clamp(1, 10_000);
-    Ok(Json(state.store().audit(top).await?).into_response())
+    let filter = certhub_store::AuditFilter {
+        operation: params.operation.unwrap_or_default(),
+        target: params.target.unwrap_or_default(),
+        outcome: params.outcome.unwrap_or_default(),
+    };
+    Ok(Json(state.store().audit_filtered(&filter, top).await?).into_response())
 }

@@ -350,6 +350,8 @@ pub struct HubProcess {
     child: Child,
     /// `host:port` of the service API, as clients put it in `HostName=`.
     pub host: String,
+    /// The port devices connect to (MQTT over TLS).
+    pub mqtt_port: u16,
 }
 
 impl HubProcess {
@@ -393,11 +395,16 @@ pub fn start_hub_with(data_dir: &Path, args: &[&str]) -> HubProcess {
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let mut host = None;
+    let mut mqtt_port = None;
     for line in lines.by_ref() {
         let line = line.expect("a line");
         if let Some(rest) = line.trim().strip_prefix("service API") {
             let url = rest.split_whitespace().next().expect("url");
             host = url.strip_prefix("https://").map(str::to_string);
+        }
+        if let Some(rest) = line.trim().strip_prefix("devices (MQTT)") {
+            let addr = rest.split_whitespace().next().expect("address");
+            mqtt_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
             break;
         }
     }
@@ -406,6 +413,7 @@ pub fn start_hub_with(data_dir: &Path, args: &[&str]) -> HubProcess {
     HubProcess {
         child,
         host: host.expect("the hub printed its service API address"),
+        mqtt_port: mqtt_port.expect("the hub printed its MQTT address"),
     }
 }
 

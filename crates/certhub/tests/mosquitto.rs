@@ -1,0 +1,151 @@
+//! mosquitto_pub (Eclipse Mosquitto's client, from Debian) publishes telemetry to the hub over
+//! MQTT/TLS with a widget's certificate chain; with a wrong identity it is refused.
+
+mod common;
+
+use std::process::Command;
+
+use common::{certhub, s, start_hub, tmp};
+
+fn mosquitto_pub(
+    dir: &std::path::Path,
+    port: u16,
+    ca: &str,
+    widget: &str,
+    client_id: &str,
+    topic: &str,
+) -> std::process::Output {
+    Command::new("mosquitto_pub")
+        .current_dir(dir)
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "mqttv311",
+            "--cafile",
+            ca,
+            "--cert",
+            &format!("{widget}/chain.pem"),
+            "--key",
+            &format!("{widget}/key.pem"),
+            "-i",
+            client_id,
+            "-u",
+            &format!("localhost/{client_id}/?api-version=2021-04-12"),
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-m",
+            "hello from mosquitto",
+        ])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("mosquitto_pub (Debian package mosquitto-clients) is required: {e}")
+        })
+}
+
+#[test]
+fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v).ok()
+    };
+    certhub(
+        d,
+        &[
+            "pki",
+            "demo",
+            "supply-chain",
+            "--out",
+            "pki",
+            "--devices",
+            "1",
+        ],
+    )
+    .ok();
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "pki/company-x/cert.pem",
+        "--verified",
+    ]);
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "smart-x-widget-0001",
+        "--auth-method",
+        "x509-ca",
+    ]);
+    let ca = data.join("tls/server-ca.pem");
+    let widget = "pki/devices/smart-x-widget-0001";
+
+    let out = mosquitto_pub(
+        d,
+        hub_process.mqtt_port,
+        s(&ca),
+        widget,
+        "smart-x-widget-0001",
+        "devices/smart-x-widget-0001/messages/events/source=mosquitto",
+    );
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = hub(&[
+        "audit",
+        "connections",
+        "--device",
+        "smart-x-widget-0001",
+        "--json",
+    ]);
+    let log: serde_json::Value = serde_json::from_str(&log.stdout).expect("json");
+    assert_eq!(log[0]["outcome"], "ok", "{log}");
+
+    // The same certificate under another client id is refused: mosquitto reports it.
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "someone-else",
+        "--auth-method",
+        "x509-ca",
+    ]);
+    let out = mosquitto_pub(
+        d,
+        hub_process.mqtt_port,
+        s(&ca),
+        widget,
+        "someone-else",
+        "devices/someone-else/messages/events/",
+    );
+    assert!(
+        !out.status.success(),
+        "a borrowed certificate must be refused"
+    );
+    let run = hub(&[
+        "audit",
+        "connections",
+        "--device",
+        "someone-else",
+        "--reason",
+        "cn-mismatch",
+    ]);
+    assert!(run.stdout.contains("cn-mismatch"), "{run}");
+    assert!(
+        run.stdout.contains("CN=smart-x-widget-0001"),
+        "the presented subject is shown: {run}"
+    );
+}
