@@ -18,7 +18,7 @@ use rmqtt_codec::types::QoS;
 use rmqtt_codec::v3::{Codec, ConnectAck, ConnectAckReason, Packet, SubscribeReturnCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::codec::Framed;
 
 use crate::api::AppState;
@@ -29,8 +29,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Azure's server-side keep-alive cap.
 const MAX_KEEP_ALIVE: Duration = Duration::from_secs(1767);
-/// At most this many TLS handshakes at once; more wait (a flood of junk handshakes cannot
-/// starve CONNECT handling of CPU).
+/// At most this many TLS handshakes past their ClientHello at once; more wait (a flood of
+/// handshakes cannot starve CONNECT handling of CPU).
 const MAX_HANDSHAKES: usize = 256;
 
 type Conn = Framed<tokio_rustls::server::TlsStream<TcpStream>, Codec>;
@@ -42,7 +42,6 @@ pub async fn serve_mqtt(
     state: AppState,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
     tokio::pin!(shutdown);
     loop {
@@ -57,13 +56,25 @@ pub async fn serve_mqtt(
                 }
             },
         };
-        let (acceptor, state, handshakes) = (acceptor.clone(), state.clone(), handshakes.clone());
+        let (tls_config, state, handshakes) = (tls.clone(), state.clone(), handshakes.clone());
         tokio::spawn(async move {
+            // Waiting for a ClientHello costs nothing but a socket: idle or slow connections
+            // hold no handshake slot. The slot is taken for the expensive part only.
+            let started = tokio::time::Instant::now();
+            let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+            let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, lazy).await {
+                Ok(Ok(start)) => start,
+                _ => {
+                    tracing::debug!(%peer, "no valid ClientHello in time");
+                    return;
+                }
+            };
             let tls = {
                 let Ok(_permit) = handshakes.acquire().await else {
                     return;
                 };
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                let left = HANDSHAKE_TIMEOUT.saturating_sub(started.elapsed());
+                match tokio::time::timeout(left, start.into_stream(tls_config)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "device TLS handshake failed");

@@ -1,0 +1,109 @@
+//! Idle TCP connections and junk handshakes do not keep a legitimate device out.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{certhub, s, start_hub, tmp};
+
+#[test]
+fn idle_and_junk_connections_do_not_block_devices() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v).ok()
+    };
+    certhub(
+        d,
+        &[
+            "pki",
+            "demo",
+            "supply-chain",
+            "--out",
+            "pki",
+            "--devices",
+            "1",
+        ],
+    )
+    .ok();
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "pki/company-x/cert.pem",
+        "--verified",
+    ]);
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "smart-x-widget-0001",
+        "--auth-method",
+        "x509-ca",
+    ]);
+
+    let addr = format!("127.0.0.1:{}", hub_process.mqtt_port);
+    // More idle connections than the hub has handshake slots (256), and junk handshakes.
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        held.push(TcpStream::connect(&addr).expect("connect"));
+    }
+    for i in 0..50u8 {
+        let mut junk = TcpStream::connect(&addr).expect("connect");
+        let _ = junk.write_all(&[0x16, 0x03, 0x01, 0x00, 0x05, i, i, i, i, i]);
+        let _ = junk.write_all(b"GET / HTTP/1.1\r\n\r\n");
+        held.push(junk);
+    }
+
+    let started = Instant::now();
+    let widget = "pki/devices/smart-x-widget-0001";
+    let out = Command::new("mosquitto_pub")
+        .current_dir(d)
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &hub_process.mqtt_port.to_string(),
+            "-V",
+            "mqttv311",
+            "--cafile",
+            s(&data.join("tls/server-ca.pem")),
+            "--cert",
+            &format!("{widget}/chain.pem"),
+            "--key",
+            &format!("{widget}/key.pem"),
+            "-i",
+            "smart-x-widget-0001",
+            "-u",
+            "localhost/smart-x-widget-0001/?api-version=2021-04-12",
+            "-t",
+            "devices/smart-x-widget-0001/messages/events/",
+            "-q",
+            "1",
+            "-m",
+            "still here",
+        ])
+        .output()
+        .expect("mosquitto_pub (Debian package mosquitto-clients) is required");
+    let elapsed = started.elapsed();
+    assert!(
+        out.status.success(),
+        "the device was kept out: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "the device needed {elapsed:?} among {} idle and junk connections",
+        held.len()
+    );
+    drop(held);
+}
