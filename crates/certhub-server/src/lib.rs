@@ -11,6 +11,7 @@
 pub mod api;
 pub mod device_tls;
 mod listener;
+pub mod metrics;
 mod mqtt;
 pub mod sessions;
 mod telemetry;

@@ -150,6 +150,18 @@ async fn lookup(
     Ok(Some(Registered { device, module }))
 }
 
+/// Keeps `lastActivityTime` (connect and disconnect; not per message, which would cost a
+/// write per publish).
+async fn touch(state: &AppState, id: &ClientId) {
+    if let Err(e) = state
+        .store()
+        .touch(&id.device, id.module.as_ref(), now_ms())
+        .await
+    {
+        tracing::warn!(error = %e, "could not record device activity");
+    }
+}
+
 async fn connack(conn: &mut Conn, code: ConnectAckReason) {
     let _ = conn
         .send(Packet::ConnectAck(ConnectAck {
@@ -213,6 +225,7 @@ async fn session(
                 refusal.detail,
                 presented(&chain)
             );
+            state.metrics().connect(refusal.reason);
             audit(&state, "device.connect", &client_id, refusal.reason, detail).await;
             connack(&mut conn, ConnectAckReason::NotAuthorized).await;
             return;
@@ -220,6 +233,7 @@ async fn session(
     };
     let cn = device.id().cn();
     let ticket = state.sessions().register(&cn, device.ca());
+    state.metrics().connect("ok");
     connack(&mut conn, ConnectAckReason::ConnectionAccepted).await;
     tracing::info!(client_id = cn, method = device.method().as_str(), %peer, "device connected");
     audit(
@@ -244,8 +258,10 @@ async fn session(
     } else {
         Duration::from_millis(u64::from(connect.keep_alive) * 1500).min(MAX_KEEP_ALIVE)
     };
+    touch(&state, device.id()).await;
     let end = run(&mut conn, &device, &state, keep_alive, ticket.kicked).await;
     state.sessions().unregister(&cn, ticket.conn);
+    touch(&state, device.id()).await;
     match end {
         End::Clean => {}
         End::Closed(reason) => {
@@ -307,6 +323,7 @@ async fn run(
                     // Not durable: no PUBACK; the device will send it again.
                     return End::Closed(format!("telemetry not stored: {e}"));
                 }
+                state.metrics().telemetry();
                 if let (QoS::AtLeastOnce, Some(packet_id)) = (p.qos, p.packet_id)
                     && conn.send(Packet::PublishAck { packet_id }).await.is_err()
                 {

@@ -278,6 +278,34 @@ impl Store {
         Ok(DeleteOutcome::Deleted)
     }
 
+    /// Records device activity (`lastActivityTime`); the ETag is unchanged, as in Azure, where
+    /// activity is not an identity change.
+    pub async fn touch(
+        &self,
+        device: &DeviceId,
+        module: Option<&ModuleId>,
+        now_ms: i64,
+    ) -> Result<()> {
+        match module {
+            Some(m) => sqlx::query(
+                "UPDATE modules SET last_activity_ms = $1 WHERE device_id = $2 AND module_id = $3",
+            )
+            .bind(now_ms)
+            .bind(device.as_str().to_string())
+            .bind(m.as_str().to_string())
+            .execute(self.pool())
+            .await?,
+            None => {
+                sqlx::query("UPDATE devices SET last_activity_ms = $1 WHERE device_id = $2")
+                    .bind(now_ms)
+                    .bind(device.as_str().to_string())
+                    .execute(self.pool())
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
     pub async fn device_stats(&self) -> Result<DeviceStats> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS total,

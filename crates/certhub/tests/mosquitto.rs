@@ -114,6 +114,13 @@ fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
     let log: serde_json::Value = serde_json::from_str(&log.stdout).expect("json");
     assert_eq!(log[0]["outcome"], "ok", "{log}");
 
+    let shown = hub(&["device", "show", "--id", "smart-x-widget-0001"]);
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).expect("json");
+    assert_ne!(
+        shown["lastActivityTime"], "0001-01-01T00:00:00Z",
+        "lastActivityTime is kept"
+    );
+
     // The same certificate under another client id is refused: mosquitto reports it.
     hub(&[
         "device",
@@ -147,5 +154,29 @@ fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
     assert!(
         run.stdout.contains("CN=smart-x-widget-0001"),
         "the presented subject is shown: {run}"
+    );
+
+    // And the counters say the same.
+    let metrics = Command::new("curl")
+        .args([
+            "-sf",
+            "--cacert",
+            s(&ca),
+            &format!("https://{}/metrics", hub_process.host),
+        ])
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        text.contains("certhub_device_connects_total{outcome=\"ok\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("certhub_device_connects_total{outcome=\"cn-mismatch\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("certhub_telemetry_messages_total 1"),
+        "{text}"
     );
 }

@@ -40,6 +40,7 @@ struct Inner {
     policies: RwLock<Vec<Policy>>,
     trust: RwLock<Arc<certhub_core::TrustSnapshot>>,
     sessions: Arc<crate::sessions::Sessions>,
+    metrics: crate::metrics::Metrics,
     telemetry: crate::telemetry::TelemetryLog,
     /// The settings and when they were read: other processes (`certhub hub set --local`) may
     /// change them in the store, so they are read again when older than a second.
@@ -71,6 +72,7 @@ impl AppState {
                 policies: RwLock::new(policies),
                 trust: RwLock::new(Arc::new(trust)),
                 sessions: Arc::default(),
+                metrics: crate::metrics::Metrics::default(),
                 telemetry,
                 settings: RwLock::new((settings, std::time::Instant::now())),
             }),
@@ -117,6 +119,10 @@ impl AppState {
 
     pub fn sessions(&self) -> &crate::sessions::Sessions {
         &self.inner.sessions
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
     }
 
     pub fn telemetry(&self) -> &crate::telemetry::TelemetryLog {
@@ -187,6 +193,19 @@ async fn openapi() -> impl axum::response::IntoResponse {
     )
 }
 
+/// Prometheus counters, served without authentication (counts only, no identities).
+async fn metrics(
+    axum::extract::State(state): axum::extract::State<AppState>,
+) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics().render(state.sessions().count()),
+    )
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -225,6 +244,7 @@ pub fn router(state: AppState) -> Router {
         .route("/audit", get(hub::audit))
         .route("/messages/events", get(messages::events))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
