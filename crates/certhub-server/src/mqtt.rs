@@ -259,6 +259,18 @@ async fn session(
         Duration::from_millis(u64::from(connect.keep_alive) * 1500).min(MAX_KEEP_ALIVE)
     };
     touch(&state, device.id()).await;
+    if !device.ca().is_empty()
+        && let Err(e) = state
+            .store()
+            .record_ca(
+                &device.id().device,
+                device.id().module.as_ref(),
+                device.ca(),
+            )
+            .await
+    {
+        tracing::warn!(error = %e, "could not record the device's CA");
+    }
     let end = run(&mut conn, &device, &state, keep_alive, ticket.kicked).await;
     state.sessions().unregister(&cn, ticket.conn);
     touch(&state, device.id()).await;

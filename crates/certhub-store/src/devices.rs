@@ -278,6 +278,48 @@ impl Store {
         Ok(DeleteOutcome::Deleted)
     }
 
+    /// Records the registered CA a device (or module) authenticated through, for the CA's
+    /// device count.
+    pub async fn record_ca(
+        &self,
+        device: &DeviceId,
+        module: Option<&ModuleId>,
+        ca: &str,
+    ) -> Result<()> {
+        match module {
+            Some(m) => {
+                sqlx::query(
+                    "UPDATE modules SET last_ca = $1 WHERE device_id = $2 AND module_id = $3",
+                )
+                .bind(ca.to_string())
+                .bind(device.as_str().to_string())
+                .bind(m.as_str().to_string())
+                .execute(self.pool())
+                .await?
+            }
+            None => {
+                sqlx::query("UPDATE devices SET last_ca = $1 WHERE device_id = $2")
+                    .bind(ca.to_string())
+                    .bind(device.as_str().to_string())
+                    .execute(self.pool())
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
+    /// How many registered devices and modules have authenticated through the CA `name`.
+    pub async fn devices_of_ca(&self, name: &str) -> Result<i64> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM devices WHERE last_ca = $1)
+                  + (SELECT COUNT(*) FROM modules WHERE last_ca = $1) AS n",
+        )
+        .bind(name.to_string())
+        .fetch_one(self.pool())
+        .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// Records device activity (`lastActivityTime`); the ETag is unchanged, as in Azure, where
     /// activity is not an identity change.
     pub async fn touch(

@@ -86,6 +86,9 @@ const STEPS: &[&str] = &[
         body {BLOB} NOT NULL
     );
     CREATE INDEX telemetry_device ON telemetry (device_id, seq)",
+    // 4: the CA a certificateAuthority device last authenticated through.
+    "ALTER TABLE devices ADD COLUMN last_ca TEXT;
+    ALTER TABLE modules ADD COLUMN last_ca TEXT",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {

@@ -253,4 +253,9 @@ fn azure_iot_device_sdk_connects_sends_and_is_revoked() {
             && r["detail"].as_str().is_some_and(|d| d.contains("updated"))
     });
     assert!(kicked, "the kick is audited: {log}");
+
+    // The CA counts the devices that authenticated through it: the widget and its module.
+    let ca = hub(&["ca", "show", "--name", "company-x"]);
+    let ca: serde_json::Value = serde_json::from_str(&ca.stdout).expect("json");
+    assert_eq!(ca["properties"]["deviceCount"], 2, "{ca}");
 }

@@ -48,7 +48,13 @@ fn rfc1123(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-fn description(r: &CaRecord, code: bool) -> Value {
+/// The description with the CA's device count.
+async fn described(state: &AppState, r: &CaRecord, code: bool) -> Result<Response, ApiError> {
+    let n = state.store().devices_of_ca(&r.name).await?;
+    Ok(Json(description(r, code, n)).into_response())
+}
+
+fn description(r: &CaRecord, code: bool, devices: i64) -> Value {
     let mut props = json!({
         "subject": r.subject,
         "issuer": r.issuer,
@@ -60,6 +66,7 @@ fn description(r: &CaRecord, code: bool) -> Value {
         "created": rfc1123(r.created_ms),
         "updated": rfc1123(r.updated_ms),
         "certificate": r.pem,
+        "deviceCount": devices,
     });
     if code {
         props["verificationCode"] = json!(r.verification_code);
@@ -151,13 +158,11 @@ async fn audited<T>(
 
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "listing CA certificates")?;
-    let all: Vec<Value> = state
-        .store()
-        .cas()
-        .await?
-        .iter()
-        .map(|r| description(r, false))
-        .collect();
+    let mut all = Vec::new();
+    for r in state.store().cas().await? {
+        let n = state.store().devices_of_ca(&r.name).await?;
+        all.push(description(&r, false, n));
+    }
     Ok(Json(json!({ "value": all })).into_response())
 }
 
@@ -173,7 +178,7 @@ pub async fn get(
         .ca(&name)
         .await?
         .ok_or_else(|| not_found(&name))?;
-    Ok(Json(description(&r, false)).into_response())
+    described(&state, &r, false).await
 }
 
 pub async fn upload(
@@ -192,7 +197,7 @@ pub async fn upload(
     if result.is_ok() {
         state.reload_trust().await?;
     }
-    result.map(|r| Json(description(&r, false)).into_response())
+    described(&state, &result?, false).await
 }
 
 async fn upload_inner(
@@ -325,9 +330,8 @@ pub async fn generate_code(
         Ok(new)
     }
     .await;
-    audited(&state, &caller, "ca.verification-code", &name, result, "")
-        .await
-        .map(|r| Json(description(&r, true)).into_response())
+    let r = audited(&state, &caller, "ca.verification-code", &name, result, "").await?;
+    described(&state, &r, true).await
 }
 
 pub async fn verify(
@@ -384,5 +388,5 @@ pub async fn verify(
     if result.is_ok() {
         state.reload_trust().await?;
     }
-    result.map(|r| Json(description(&r, false)).into_response())
+    described(&state, &result?, false).await
 }
