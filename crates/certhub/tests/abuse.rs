@@ -4,10 +4,9 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{certhub, s, start_hub, tmp};
+use common::{certhub, mosquitto_pub, s, start_hub, tmp};
 
 #[test]
 fn idle_and_junk_connections_do_not_block_devices() {
@@ -65,35 +64,15 @@ fn idle_and_junk_connections_do_not_block_devices() {
     }
 
     let started = Instant::now();
-    let widget = "pki/devices/smart-x-widget-0001";
-    let out = Command::new("mosquitto_pub")
-        .current_dir(d)
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &hub_process.mqtt_port.to_string(),
-            "-V",
-            "mqttv311",
-            "--cafile",
-            s(&data.join("tls/server-ca.pem")),
-            "--cert",
-            &format!("{widget}/chain.pem"),
-            "--key",
-            &format!("{widget}/key.pem"),
-            "-i",
-            "smart-x-widget-0001",
-            "-u",
-            "localhost/smart-x-widget-0001/?api-version=2021-04-12",
-            "-t",
-            "devices/smart-x-widget-0001/messages/events/",
-            "-q",
-            "1",
-            "-m",
-            "still here",
-        ])
-        .output()
-        .expect("mosquitto_pub (Debian package mosquitto-clients) is required");
+    let out = mosquitto_pub(
+        d,
+        hub_process.mqtt_port,
+        s(&data.join("tls/server-ca.pem")),
+        "pki/devices/smart-x-widget-0001",
+        "smart-x-widget-0001",
+        "devices/smart-x-widget-0001/messages/events/",
+        "still here",
+    );
     let elapsed = started.elapsed();
     assert!(
         out.status.success(),

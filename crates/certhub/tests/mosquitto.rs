@@ -5,47 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{certhub, s, start_hub, tmp};
-
-fn mosquitto_pub(
-    dir: &std::path::Path,
-    port: u16,
-    ca: &str,
-    widget: &str,
-    client_id: &str,
-    topic: &str,
-) -> std::process::Output {
-    Command::new("mosquitto_pub")
-        .current_dir(dir)
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &port.to_string(),
-            "-V",
-            "mqttv311",
-            "--cafile",
-            ca,
-            "--cert",
-            &format!("{widget}/chain.pem"),
-            "--key",
-            &format!("{widget}/key.pem"),
-            "-i",
-            client_id,
-            "-u",
-            &format!("localhost/{client_id}/?api-version=2021-04-12"),
-            "-t",
-            topic,
-            "-q",
-            "1",
-            "-m",
-            "hello from mosquitto",
-        ])
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("mosquitto_pub (Debian package mosquitto-clients) is required: {e}")
-        })
-}
+use common::{certhub, mosquitto_pub, s, start_hub, tmp};
 
 #[test]
 fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
@@ -98,6 +58,7 @@ fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
         widget,
         "smart-x-widget-0001",
         "devices/smart-x-widget-0001/messages/events/source=mosquitto",
+        "hello from mosquitto",
     );
     assert!(
         out.status.success(),
@@ -137,6 +98,7 @@ fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
         widget,
         "someone-else",
         "devices/someone-else/messages/events/",
+        "hello from mosquitto",
     );
     assert!(
         !out.status.success(),

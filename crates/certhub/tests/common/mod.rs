@@ -430,3 +430,46 @@ pub fn python() -> PathBuf {
     );
     venv
 }
+
+/// `mosquitto_pub` (Debian package mosquitto-clients) publishes one QoS 1 message to the hub
+/// on `localhost:port`, presenting `widget/chain.pem` with `widget/key.pem`.
+pub fn mosquitto_pub(
+    dir: &Path,
+    port: u16,
+    ca: &str,
+    widget: &str,
+    client_id: &str,
+    topic: &str,
+    message: &str,
+) -> Output {
+    Command::new("mosquitto_pub")
+        .current_dir(dir)
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "mqttv311",
+            "--cafile",
+            ca,
+            "--cert",
+            &format!("{widget}/chain.pem"),
+            "--key",
+            &format!("{widget}/key.pem"),
+            "-i",
+            client_id,
+            "-u",
+            &format!("localhost/{client_id}/?api-version=2021-04-12"),
+            "-t",
+            topic,
+            "-q",
+            "1",
+            "-m",
+            message,
+        ])
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("mosquitto_pub (Debian package mosquitto-clients) is required: {e}")
+        })
+}
