@@ -5,9 +5,10 @@ use certhub_core::TrustSnapshot;
 use certhub_pki::TrustStore;
 use certhub_store::Store;
 
-/// Builds the snapshot from the registered CAs. A CA that cannot be an anchor any more (it
-/// expired since it was registered) is left out with a log line; the chain check then names
-/// the reason.
+/// Builds the snapshot from the registered CAs. A stored CA that cannot be an anchor (it does
+/// not parse, or the anchor rules changed since it was registered) is left out with a log line.
+/// An expired CA stays in: the chain check then refuses its devices by name
+/// (`certificate-expired`, naming the CA) rather than as an unknown issuer.
 pub async fn load(store: &Store) -> Result<TrustSnapshot, certhub_store::StoreError> {
     let mut snapshot = TrustSnapshot::default();
     let (mut verified, mut unverified) = (Vec::new(), Vec::new());
