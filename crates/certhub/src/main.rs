@@ -13,6 +13,7 @@ mod client;
 mod device;
 mod files;
 mod hub;
+mod messages;
 mod pki;
 mod serve;
 
@@ -47,6 +48,9 @@ enum Command {
     /// The audit trail of registry, CA and settings changes.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Device-to-cloud messages in the hub's telemetry log.
+    #[command(subcommand)]
+    Messages(messages::MessagesCommand),
 }
 
 /// What a command tells the process: success, a refusal the user asked us to decide (exit 1),
@@ -66,6 +70,7 @@ fn main() -> ExitCode {
         Command::Device(cmd) => device::run(cmd),
         Command::Ca(cmd) => ca::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Messages(cmd) => messages::run(cmd),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -72,6 +72,7 @@ fn idle_and_junk_connections_do_not_block_devices() {
         "smart-x-widget-0001",
         "devices/smart-x-widget-0001/messages/events/",
         "still here",
+        &[],
     );
     let elapsed = started.elapsed();
     assert!(

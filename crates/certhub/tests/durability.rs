@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{certhub, s, start_hub, tmp};
+use common::{certhub, mosquitto_pub, s, start_hub, tmp};
 
 #[test]
 fn sigkill_during_a_bulk_import_loses_nothing_acknowledged() {
@@ -96,4 +96,87 @@ fn sigkill_during_a_bulk_import_loses_nothing_acknowledged() {
             .contains(&format!("{} already registered", ids.len())),
         "{run}"
     );
+}
+
+#[test]
+fn acknowledged_telemetry_survives_sigkill() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let mut hub_process = start_hub(&data);
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v).ok()
+    };
+    certhub(
+        d,
+        &[
+            "pki",
+            "demo",
+            "supply-chain",
+            "--out",
+            "pki",
+            "--devices",
+            "1",
+        ],
+    )
+    .ok();
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "pki/company-x/cert.pem",
+        "--verified",
+    ]);
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "smart-x-widget-0001",
+        "--auth-method",
+        "x509-ca",
+    ]);
+    // 300 QoS 1 messages: mosquitto_pub succeeds only once every one was acknowledged.
+    let out = mosquitto_pub(
+        d,
+        hub_process.mqtt_port,
+        s(&data.join("tls/server-ca.pem")),
+        "pki/devices/smart-x-widget-0001",
+        "smart-x-widget-0001",
+        "devices/smart-x-widget-0001/messages/events/n=1",
+        "reading",
+        &["--repeat", "300"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // No warning, no shutdown: SIGKILL right after the last PUBACK.
+    hub_process.kill();
+    drop(hub_process);
+    let _hub = start_hub(&data);
+    let run = hub(&[
+        "messages",
+        "tail",
+        "--device",
+        "smart-x-widget-0001",
+        "--count",
+        "1000",
+        "--idle-exit",
+        "1",
+    ]);
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert_eq!(lines.len(), 300, "{run}");
+    for (i, line) in lines.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("#{} ", i + 1)),
+            "in order, no gaps: {line}"
+        );
+        assert!(line.ends_with(" reading"), "{line}");
+        assert!(line.contains(r#"{"n":"1"}"#), "{line}");
+    }
 }

@@ -59,6 +59,7 @@ fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
         "smart-x-widget-0001",
         "devices/smart-x-widget-0001/messages/events/source=mosquitto",
         "hello from mosquitto",
+        &[],
     );
     assert!(
         out.status.success(),
@@ -99,6 +100,7 @@ fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
         "someone-else",
         "devices/someone-else/messages/events/",
         "hello from mosquitto",
+        &[],
     );
     assert!(
         !out.status.success(),

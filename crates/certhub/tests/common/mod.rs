@@ -388,6 +388,7 @@ pub fn start_hub_with(data_dir: &Path, args: &[&str]) -> HubProcess {
     let mut child = Command::new(env!("CARGO_BIN_EXE_certhub"))
         .args(["serve", "--data-dir", s(data_dir)])
         .args(args)
+        .env("CERTHUB_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -441,6 +442,7 @@ pub fn mosquitto_pub(
     client_id: &str,
     topic: &str,
     message: &str,
+    extra: &[&str],
 ) -> Output {
     Command::new("mosquitto_pub")
         .current_dir(dir)
@@ -468,6 +470,7 @@ pub fn mosquitto_pub(
             "-m",
             message,
         ])
+        .args(extra)
         .output()
         .unwrap_or_else(|e| {
             panic!("mosquitto_pub (Debian package mosquitto-clients) is required: {e}")

@@ -1,0 +1,80 @@
+//! `certhub messages tail`: telemetry as it arrives, from the hub's telemetry log.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use crate::Outcome;
+use crate::client::{Client, HubArgs};
+
+#[derive(Debug, Subcommand)]
+pub enum MessagesCommand {
+    /// Print telemetry, oldest first, then keep printing as it arrives (Ctrl-C to stop).
+    Tail(TailArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// Only this device's messages.
+    #[arg(long)]
+    device: Option<String>,
+    /// Start after this sequence number (default: from the beginning).
+    #[arg(long, default_value_t = 0)]
+    from: i64,
+    /// Stop after printing this many messages.
+    #[arg(long)]
+    count: Option<usize>,
+    /// Stop when no new message arrived for this many seconds.
+    #[arg(long)]
+    idle_exit: Option<u64>,
+}
+
+pub fn run(cmd: MessagesCommand) -> Result<Outcome> {
+    let MessagesCommand::Tail(a) = cmd;
+    let client = Client::connect(&a.hub)?;
+    let mut after = a.from;
+    let mut printed = 0usize;
+    let mut idle = Duration::ZERO;
+    let poll = Duration::from_millis(500);
+    loop {
+        let mut path = format!("/messages/events?from={after}&top=1000");
+        if let Some(d) = &a.device {
+            path.push_str(&format!("&device={d}"));
+        }
+        let page = client.expect("GET", &path, None, None)?;
+        let records = page.as_array().cloned().unwrap_or_default();
+        for r in &records {
+            after = r["sequenceNumber"].as_i64().unwrap_or(after);
+            let who = match r["moduleId"].as_str() {
+                Some(m) => format!("{}/{m}", r["deviceId"].as_str().unwrap_or("?")),
+                None => r["deviceId"].as_str().unwrap_or("?").to_string(),
+            };
+            let body = r["body"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("base64:{}", r["bodyBase64"].as_str().unwrap_or("")));
+            out!(
+                "#{after} {} {who} {} {} {body}",
+                r["enqueuedTime"].as_str().unwrap_or(""),
+                r["properties"],
+                r["systemProperties"]
+            );
+            printed += 1;
+            if a.count.is_some_and(|c| printed >= c) {
+                return Ok(Outcome::Ok);
+            }
+        }
+        if records.is_empty() {
+            idle += poll;
+            if a.idle_exit.is_some_and(|s| idle >= Duration::from_secs(s)) {
+                return Ok(Outcome::Ok);
+            }
+            std::thread::sleep(poll);
+        } else {
+            idle = Duration::ZERO;
+        }
+    }
+}
