@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{certhub, mosquitto_pub, s, start_hub, tmp};
+use common::{Pub, certhub, mosquitto_pub, s, start_hub, tmp};
 
 #[test]
 fn idle_and_junk_connections_do_not_block_devices() {
@@ -66,13 +66,15 @@ fn idle_and_junk_connections_do_not_block_devices() {
     let started = Instant::now();
     let out = mosquitto_pub(
         d,
-        hub_process.mqtt_port,
-        s(&data.join("tls/server-ca.pem")),
-        "pki/devices/smart-x-widget-0001",
-        "smart-x-widget-0001",
-        "devices/smart-x-widget-0001/messages/events/",
-        "still here",
-        &[],
+        &Pub {
+            port: hub_process.mqtt_port,
+            ca: s(&data.join("tls/server-ca.pem")),
+            widget: "pki/devices/smart-x-widget-0001",
+            client_id: "smart-x-widget-0001",
+            topic: "devices/smart-x-widget-0001/messages/events/",
+            message: "still here",
+            extra: &[],
+        },
     );
     let elapsed = started.elapsed();
     assert!(

@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{certhub, mosquitto_pub, s, start_hub, tmp};
+use common::{Pub, certhub, mosquitto_pub, s, start_hub, tmp};
 
 #[test]
 fn sigkill_during_a_bulk_import_loses_nothing_acknowledged() {
@@ -142,13 +142,15 @@ fn acknowledged_telemetry_survives_sigkill() {
     // 300 QoS 1 messages: mosquitto_pub succeeds only once every one was acknowledged.
     let out = mosquitto_pub(
         d,
-        hub_process.mqtt_port,
-        s(&data.join("tls/server-ca.pem")),
-        "pki/devices/smart-x-widget-0001",
-        "smart-x-widget-0001",
-        "devices/smart-x-widget-0001/messages/events/n=1",
-        "reading",
-        &["--repeat", "300"],
+        &Pub {
+            port: hub_process.mqtt_port,
+            ca: s(&data.join("tls/server-ca.pem")),
+            widget: "pki/devices/smart-x-widget-0001",
+            client_id: "smart-x-widget-0001",
+            topic: "devices/smart-x-widget-0001/messages/events/n=1",
+            message: "reading",
+            extra: &["--repeat", "300"],
+        },
     );
     assert!(
         out.status.success(),

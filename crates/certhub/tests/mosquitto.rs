@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{certhub, mosquitto_pub, s, start_hub, tmp};
+use common::{Pub, certhub, mosquitto_pub, s, start_hub, tmp};
 
 #[test]
 fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
@@ -53,13 +53,15 @@ fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
 
     let out = mosquitto_pub(
         d,
-        hub_process.mqtt_port,
-        s(&ca),
-        widget,
-        "smart-x-widget-0001",
-        "devices/smart-x-widget-0001/messages/events/source=mosquitto",
-        "hello from mosquitto",
-        &[],
+        &Pub {
+            port: hub_process.mqtt_port,
+            ca: s(&ca),
+            widget,
+            client_id: "smart-x-widget-0001",
+            topic: "devices/smart-x-widget-0001/messages/events/source=mosquitto",
+            message: "hello from mosquitto",
+            extra: &[],
+        },
     );
     assert!(
         out.status.success(),
@@ -94,13 +96,15 @@ fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
     ]);
     let out = mosquitto_pub(
         d,
-        hub_process.mqtt_port,
-        s(&ca),
-        widget,
-        "someone-else",
-        "devices/someone-else/messages/events/",
-        "hello from mosquitto",
-        &[],
+        &Pub {
+            port: hub_process.mqtt_port,
+            ca: s(&ca),
+            widget,
+            client_id: "someone-else",
+            topic: "devices/someone-else/messages/events/",
+            message: "hello from mosquitto",
+            extra: &[],
+        },
     );
     assert!(
         !out.status.success(),

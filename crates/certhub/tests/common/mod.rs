@@ -432,45 +432,47 @@ pub fn python() -> PathBuf {
     venv
 }
 
-/// `mosquitto_pub` (Debian package mosquitto-clients) publishes one QoS 1 message to the hub
-/// on `localhost:port`, presenting `widget/chain.pem` with `widget/key.pem`.
-pub fn mosquitto_pub(
-    dir: &Path,
-    port: u16,
-    ca: &str,
-    widget: &str,
-    client_id: &str,
-    topic: &str,
-    message: &str,
-    extra: &[&str],
-) -> Output {
+/// One `mosquitto_pub` run (Debian package mosquitto-clients): a QoS 1 publish to the hub on
+/// `localhost:port`, presenting `widget/chain.pem` with `widget/key.pem`.
+#[derive(Debug)]
+pub struct Pub<'a> {
+    pub port: u16,
+    pub ca: &'a str,
+    pub widget: &'a str,
+    pub client_id: &'a str,
+    pub topic: &'a str,
+    pub message: &'a str,
+    pub extra: &'a [&'a str],
+}
+
+pub fn mosquitto_pub(dir: &Path, p: &Pub<'_>) -> Output {
     Command::new("mosquitto_pub")
         .current_dir(dir)
         .args([
             "-h",
             "localhost",
             "-p",
-            &port.to_string(),
+            &p.port.to_string(),
             "-V",
             "mqttv311",
             "--cafile",
-            ca,
+            p.ca,
             "--cert",
-            &format!("{widget}/chain.pem"),
+            &format!("{}/chain.pem", p.widget),
             "--key",
-            &format!("{widget}/key.pem"),
+            &format!("{}/key.pem", p.widget),
             "-i",
-            client_id,
+            p.client_id,
             "-u",
-            &format!("localhost/{client_id}/?api-version=2021-04-12"),
+            &format!("localhost/{}/?api-version=2021-04-12", p.client_id),
             "-t",
-            topic,
+            p.topic,
             "-q",
             "1",
             "-m",
-            message,
+            p.message,
         ])
-        .args(extra)
+        .args(p.extra)
         .output()
         .unwrap_or_else(|e| {
             panic!("mosquitto_pub (Debian package mosquitto-clients) is required: {e}")
