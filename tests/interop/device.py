@@ -114,8 +114,13 @@ sas.connect()
 sas.send_message(Message("by SAS"))
 sas.shutdown()
 check(service_get("/messages/events?device=widget-sas")[0]["body"] == "by SAS", "SAS device sends")
+live = IoTHubDeviceClient.create_from_connection_string(
+    sas_cs, server_verification_cert=CA, connection_retry=False)
+live.connect()
 print("READY-FOR-SAS-SWITCH", flush=True)
-sys.stdin.readline()  # the driver disables device SAS through the CLI
+sys.stdin.readline()  # the driver disables device SAS through the CLI, then waits a second
+check(not live.connected, "the live SAS session was closed when disableDeviceSAS was turned on")
+live.shutdown()
 sas = IoTHubDeviceClient.create_from_connection_string(
     sas_cs, server_verification_cert=CA, connection_retry=False)
 check(refused(sas), "SAS refused after disableDeviceSAS")

@@ -109,6 +109,8 @@ pub struct AuthenticatedDevice {
     method: AuthType,
     /// The registered CA the chain reached (certificateAuthority), else empty.
     ca: String,
+    /// The shared access policy that signed the SAS token, for policy-signed tokens.
+    policy: Option<String>,
 }
 
 impl AuthenticatedDevice {
@@ -122,6 +124,22 @@ impl AuthenticatedDevice {
 
     pub fn ca(&self) -> &str {
         &self.ca
+    }
+
+    /// The policy that signed the token (policy-signed SAS only).
+    pub fn policy(&self) -> Option<&str> {
+        self.policy.as_deref()
+    }
+
+    /// Which hub switch can shut this session out: `disableLocalAuth` for policy-signed
+    /// tokens, `disableModuleSAS` / `disableDeviceSAS` for identity-scoped tokens.
+    pub fn switch(&self) -> Option<&'static str> {
+        match (self.method, &self.policy, &self.id.module) {
+            (AuthType::Sas, Some(_), _) => Some("disableLocalAuth"),
+            (AuthType::Sas, None, Some(_)) => Some("disableModuleSAS"),
+            (AuthType::Sas, None, None) => Some("disableDeviceSAS"),
+            _ => None,
+        }
     }
 }
 
@@ -251,6 +269,7 @@ fn ca_chain(
                 .get(v.anchor_index)
                 .cloned()
                 .unwrap_or_default(),
+            policy: None,
         }),
         Err(r) => {
             let reason = r.reason.as_str();
@@ -333,6 +352,7 @@ fn thumbprint(
             id: id.clone(),
             method: AuthType::SelfSigned,
             ca: String::new(),
+            policy: None,
         })
     } else {
         Err(refuse(
@@ -459,6 +479,7 @@ fn sas(
         id: id.clone(),
         method: AuthType::Sas,
         ca: String::new(),
+        policy: token.key_name.clone(),
     })
 }
 

@@ -232,7 +232,7 @@ async fn session(
         }
     };
     let cn = device.id().cn();
-    let ticket = state.sessions().register(&cn, device.ca());
+    let ticket = state.sessions().register(&cn, device.ca(), device.switch());
     state.metrics().connect("ok");
     connack(&mut conn, ConnectAckReason::ConnectionAccepted).await;
     tracing::info!(client_id = cn, method = device.method().as_str(), %peer, "device connected");

@@ -15,6 +15,8 @@ pub type KickReason = String;
 struct Live {
     conn: u64,
     ca: String,
+    /// The hub setting that would shut this session out (SAS sessions), if any.
+    switch: Option<&'static str>,
     kick: oneshot::Sender<KickReason>,
 }
 
@@ -33,7 +35,7 @@ pub struct Ticket {
 
 impl Sessions {
     /// Registers a session for `cn`, closing an older one of the same identity.
-    pub fn register(&self, cn: &str, ca: &str) -> Ticket {
+    pub fn register(&self, cn: &str, ca: &str, switch: Option<&'static str>) -> Ticket {
         let conn = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
         if let Ok(mut live) = self.live.lock()
@@ -42,6 +44,7 @@ impl Sessions {
                 Live {
                     conn,
                     ca: ca.to_string(),
+                    switch,
                     kick: tx,
                 },
             )
@@ -94,6 +97,12 @@ impl Sessions {
     /// Closes every session authenticated through the CA registered as `name`.
     pub fn kick_ca(&self, name: &str, reason: &str) -> usize {
         self.kick_where(reason, |_, l| l.ca == name)
+    }
+
+    /// Closes every session that the hub setting `switch` (e.g. `disableDeviceSAS`) now shuts
+    /// out.
+    pub fn kick_switch(&self, switch: &str, reason: &str) -> usize {
+        self.kick_where(reason, |_, l| l.switch == Some(switch))
     }
 
     pub fn count(&self) -> usize {
