@@ -273,6 +273,29 @@ async fn session(
     }
     let end = run(&mut conn, &device, &state, keep_alive, ticket.kicked).await;
     state.sessions().unregister(&cn, ticket.conn);
+    if let (End::Closed(_), Some(will)) = (&end, &connect.last_will) {
+        // The link dropped without DISCONNECT: the will is forwarded as telemetry, marked
+        // iothub-MessageType=Will (azure-protocol 1.2), if it names the device's own topic.
+        match telemetry_topic(device.id(), &will.topic) {
+            Ok(mut props) => {
+                props
+                    .application
+                    .insert("iothub-MessageType".into(), "Will".into());
+                let record = TelemetryRecord {
+                    seq: 0,
+                    device_id: device.id().device.to_string(),
+                    module_id: device.id().module.as_ref().map(ModuleId::to_string),
+                    enqueued_ms: now_ms(),
+                    properties: serde_json::to_string(&props).unwrap_or_default(),
+                    body: will.message.to_vec(),
+                };
+                if let Err(e) = state.telemetry().append(record).await {
+                    tracing::warn!(client_id = cn, error = %e, "will message not stored");
+                }
+            }
+            Err(r) => tracing::info!(client_id = cn, reason = r.0, "will message ignored"),
+        }
+    }
     touch(&state, device.id()).await;
     match end {
         End::Clean => {}

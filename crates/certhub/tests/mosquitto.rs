@@ -148,3 +148,94 @@ fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
         "{text}"
     );
 }
+
+/// A device whose link drops without DISCONNECT has its will forwarded as telemetry, marked
+/// `iothub-MessageType=Will` (paho, the MQTT client inside the Azure Python SDK, sets the will
+/// and then drops its socket).
+#[test]
+fn a_will_message_is_forwarded_as_telemetry() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v).ok()
+    };
+    certhub(
+        d,
+        &[
+            "pki",
+            "demo",
+            "supply-chain",
+            "--out",
+            "pki",
+            "--devices",
+            "1",
+        ],
+    )
+    .ok();
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "pki/company-x/cert.pem",
+        "--verified",
+    ]);
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "smart-x-widget-0001",
+        "--auth-method",
+        "x509-ca",
+    ]);
+    let script = format!(
+        r#"
+import socket, ssl, time
+import paho.mqtt.client as mqtt
+c = mqtt.Client(client_id="smart-x-widget-0001", clean_session=False, protocol=mqtt.MQTTv311)
+c.username_pw_set("localhost/smart-x-widget-0001/?api-version=2021-04-12")
+c.tls_set(ca_certs="{ca}", certfile="pki/devices/smart-x-widget-0001/chain.pem",
+          keyfile="pki/devices/smart-x-widget-0001/key.pem", tls_version=ssl.PROTOCOL_TLSv1_2)
+c.will_set("devices/smart-x-widget-0001/messages/events/state=gone", "lost power", qos=1)
+c.connect("localhost", {port}, keepalive=60)
+c.loop_start()
+time.sleep(1.0)
+c.loop_stop()
+c.socket().shutdown(socket.SHUT_RDWR)  # no DISCONNECT
+c.socket().close()
+"#,
+        ca = s(&data.join("tls/server-ca.pem")),
+        port = hub_process.mqtt_port
+    );
+    let out = Command::new(common::python())
+        .args(["-c", &script])
+        .current_dir(d)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = hub(&[
+        "messages",
+        "tail",
+        "--device",
+        "smart-x-widget-0001",
+        "--count",
+        "1",
+        "--idle-exit",
+        "5",
+    ]);
+    assert!(run.stdout.contains("lost power"), "{run}");
+    assert!(
+        run.stdout.contains(r#""iothub-MessageType":"Will""#),
+        "{run}"
+    );
+    assert!(run.stdout.contains(r#""state":"gone""#), "{run}");
+}
