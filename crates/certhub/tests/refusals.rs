@@ -1,0 +1,244 @@
+//! The refusal matrix with a real client: mosquitto_pub presents crafted chains to a running
+//! hub; each is answered with CONNACK 5 (mosquitto fails) and the right reason in the audit
+//! trail. A wrong private key fails the TLS handshake itself and reaches no CONNECT.
+
+mod common;
+
+use std::path::Path;
+
+use certhub_testkit::{Ca, Leaf, NOT_AFTER, NOT_BEFORE, validity};
+use common::{Pub, certhub, mosquitto_pub, s, start_hub, tmp};
+use rcgen::{BasicConstraints, IsCa};
+
+fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+fn write_leaf(dir: &Path, name: &str, leaf: &Leaf, chain: &[&str]) -> String {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    let pem: String = chain.iter().copied().collect::<String>();
+    std::fs::write(folder.join("chain.pem"), format!("{}{pem}", leaf.pem())).expect("chain");
+    std::fs::write(folder.join("key.pem"), leaf.key.serialize_pem()).expect("key");
+    name.to_string()
+}
+
+#[test]
+fn refused_chains_are_named_in_the_audit_trail() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v)
+    };
+
+    let root = Ca::root("Company-X Root CA");
+    let factory = root.intermediate("Factory-Y CA");
+    std::fs::write(d.join("root.pem"), root.pem()).expect("root");
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "root.pem",
+        "--verified",
+    ])
+    .ok();
+    let pending = Ca::root("Pending Root CA");
+    std::fs::write(d.join("pending.pem"), pending.pem()).expect("pending");
+    hub(&["ca", "upload", "--name", "pending", "--file", "pending.pem"]).ok();
+    let doomed = Ca::root("Doomed Root CA");
+    std::fs::write(d.join("doomed.pem"), doomed.pem()).expect("doomed");
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "doomed",
+        "--file",
+        "doomed.pem",
+        "--verified",
+    ])
+    .ok();
+    hub(&["ca", "delete", "--name", "doomed"]).ok();
+
+    let f = factory.pem();
+    let expired = factory.leaf_with("w-expired", |p| validity(p, NOT_BEFORE, now() - 86_400));
+    let early = factory.leaf_with("w-early", |p| validity(p, now() + 86_400, NOT_AFTER));
+    let alone = factory.device("w-alone");
+    let forger = Ca::root("Company-X Root CA").intermediate("Factory-Y CA");
+    let forged = forger.device("w-forged");
+    let not_ca = root.intermediate_with("Not A CA", |p| p.is_ca = IsCa::ExplicitNoCa);
+    let via_not_ca = not_ca.device("w-notca");
+    let short = root.intermediate_with("Short CA", |p| {
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0))
+    });
+    let too_deep_ca = short.intermediate("Too Deep CA");
+    let too_deep = too_deep_ca.device("w-deep");
+    let unverified = pending.device("w-pending");
+    let doomed_sub = doomed.intermediate("Doomed Sub CA");
+    let deleted = doomed_sub.device("w-doomed");
+    let good = factory.device("w-good");
+    let mut cases = vec![
+        (
+            "w-expired",
+            write_leaf(d, "expired", &expired, &[&f]),
+            "certificate-expired",
+        ),
+        (
+            "w-early",
+            write_leaf(d, "early", &early, &[&f]),
+            "not-yet-valid",
+        ),
+        (
+            "w-alone",
+            write_leaf(d, "alone", &alone, &[]),
+            "missing-intermediate",
+        ),
+        (
+            "w-forged",
+            write_leaf(d, "forged", &forged, &[&forger.pem()]),
+            "bad-signature",
+        ),
+        (
+            "w-notca",
+            write_leaf(d, "notca", &via_not_ca, &[&not_ca.pem()]),
+            "chain-invalid",
+        ),
+        (
+            "w-deep",
+            write_leaf(d, "deep", &too_deep, &[&too_deep_ca.pem(), &short.pem()]),
+            "path-length-exceeded",
+        ),
+        (
+            "w-pending",
+            write_leaf(d, "pending", &unverified, &[]),
+            "ca-not-verified",
+        ),
+        (
+            "w-doomed",
+            write_leaf(d, "doomed", &deleted, &[&doomed_sub.pem()]),
+            "unknown-ca",
+        ),
+        (
+            "w-other",
+            write_leaf(d, "good", &good, &[&f]),
+            "cn-mismatch",
+        ),
+    ];
+    let ca = data.join("tls/server-ca.pem");
+    for (id, _, _) in &cases {
+        hub(&["device", "create", "--id", id, "--auth-method", "x509-ca"]).ok();
+    }
+    // Disabled and unknown devices, with a good chain of their own.
+    let disabled = factory.device("w-disabled");
+    cases.push((
+        "w-disabled",
+        write_leaf(d, "disabled", &disabled, &[&f]),
+        "device-disabled",
+    ));
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "w-disabled",
+        "--auth-method",
+        "x509-ca",
+    ])
+    .ok();
+    hub(&[
+        "device",
+        "update",
+        "--id",
+        "w-disabled",
+        "--status",
+        "disabled",
+    ])
+    .ok();
+    let unknown = factory.device("w-unknown");
+    cases.push((
+        "w-unknown",
+        write_leaf(d, "unknown", &unknown, &[&f]),
+        "device-not-found",
+    ));
+
+    for (id, folder, reason) in &cases {
+        let out = mosquitto_pub(
+            d,
+            &Pub {
+                port: hub_process.mqtt_port,
+                ca: s(&ca),
+                widget: folder,
+                client_id: id,
+                topic: &format!("devices/{id}/messages/events/"),
+                message: "x",
+                extra: &[],
+            },
+        );
+        assert!(!out.status.success(), "{id} must be refused");
+        let run = hub(&["audit", "connections", "--device", id, "--json"]).ok();
+        let log: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+        assert_eq!(log[0]["outcome"], *reason, "{id}: {log}");
+    }
+
+    // The good chain, for its own id, is admitted.
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "w-good",
+        "--auth-method",
+        "x509-ca",
+    ])
+    .ok();
+    let out = mosquitto_pub(
+        d,
+        &Pub {
+            port: hub_process.mqtt_port,
+            ca: s(&ca),
+            widget: "good",
+            client_id: "w-good",
+            topic: "devices/w-good/messages/events/",
+            message: "x",
+            extra: &[],
+        },
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A wrong private key: the handshake itself fails, no CONNECT is ever decided.
+    let impostor = factory.device("w-good");
+    let folder = d.join("impostor");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::write(folder.join("chain.pem"), format!("{}{f}", good.pem())).expect("chain");
+    std::fs::write(folder.join("key.pem"), impostor.key.serialize_pem()).expect("key");
+    let before = hub(&["audit", "connections", "--device", "w-good", "--json"])
+        .ok()
+        .stdout;
+    let out = mosquitto_pub(
+        d,
+        &Pub {
+            port: hub_process.mqtt_port,
+            ca: s(&ca),
+            widget: "impostor",
+            client_id: "w-good",
+            topic: "devices/w-good/messages/events/",
+            message: "x",
+            extra: &[],
+        },
+    );
+    assert!(
+        !out.status.success(),
+        "a key that does not match the certificate must fail"
+    );
+    let after = hub(&["audit", "connections", "--device", "w-good", "--json"])
+        .ok()
+        .stdout;
+    assert_eq!(before, after, "no CONNECT was decided for the impostor");
+}
