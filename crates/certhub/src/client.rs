@@ -115,6 +115,11 @@ impl Client {
         })
     }
 
+    /// The hub's host name, without the service port (what device tokens name).
+    pub fn hostname(&self) -> &str {
+        self.host.split(':').next().unwrap_or(&self.host)
+    }
+
     fn token(&self) -> String {
         let expiry = time::OffsetDateTime::now_utc().unix_timestamp() + 3600;
         sign_token(&self.host, &self.key, Some(&self.policy), expiry)

@@ -27,6 +27,21 @@ pub enum DeviceCommand {
     Import(ImportArgs),
     /// Write every device as JSON lines (the import format).
     Export(ExportArgs),
+    /// Print a SAS token for a SAS device or module, signed with its primary key.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    module: Option<String>,
+    /// Seconds the token is valid.
+    #[arg(long, default_value_t = 3600)]
+    duration: u32,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -221,6 +236,23 @@ pub fn run(cmd: DeviceCommand) -> Result<Outcome> {
         }
         DeviceCommand::Import(a) => return import(a),
         DeviceCommand::Export(a) => return export(a),
+        DeviceCommand::Token(a) => {
+            let client = Client::connect(&a.hub)?;
+            let v = client.expect("GET", &path(&a.id, a.module.as_deref()), None, None)?;
+            let Some(key) = v["authentication"]["symmetricKey"]["primaryKey"].as_str() else {
+                bail!(
+                    "{} has no SAS keys (authentication type {})",
+                    a.id,
+                    v["authentication"]["type"]
+                );
+            };
+            let resource = match &a.module {
+                Some(m) => format!("{}/devices/{}/modules/{m}", client.hostname(), a.id),
+                None => format!("{}/devices/{}", client.hostname(), a.id),
+            };
+            let expiry = time::OffsetDateTime::now_utc().unix_timestamp() + i64::from(a.duration);
+            out!("{}", certhub_core::sign_token(&resource, key, None, expiry));
+        }
         DeviceCommand::Delete(a) => {
             let client = Client::connect(&a.hub)?;
             client.expect("DELETE", &path(&a.id, a.module.as_deref()), Some("*"), None)?;

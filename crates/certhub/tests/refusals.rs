@@ -242,3 +242,69 @@ fn refused_chains_are_named_in_the_audit_trail() {
         .stdout;
     assert_eq!(before, after, "no CONNECT was decided for the impostor");
 }
+
+/// SAS refusals with mosquitto_pub and tokens from `certhub device token`: a token of another
+/// device, an expired token.
+#[test]
+fn refused_sas_tokens_are_named() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v)
+    };
+    hub(&["device", "create", "--id", "sas-a"]).ok();
+    hub(&["device", "create", "--id", "sas-b"]).ok();
+    let token_a = hub(&["device", "token", "--id", "sas-a"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let short_b = hub(&["device", "token", "--id", "sas-b", "--duration", "1"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let ca = data.join("tls/server-ca.pem");
+    let publish = |id: &str, token: &str| {
+        std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "localhost",
+                "-p",
+                &hub_process.mqtt_port.to_string(),
+                "-V",
+                "mqttv311",
+                "--cafile",
+                s(&ca),
+                "-i",
+                id,
+                "-u",
+                &format!("localhost/{id}/?api-version=2021-04-12"),
+                "-P",
+                token,
+                "-t",
+                &format!("devices/{id}/messages/events/"),
+                "-q",
+                "1",
+                "-m",
+                "x",
+            ])
+            .output()
+            .expect("mosquitto_pub")
+    };
+    assert!(
+        publish("sas-a", &token_a).status.success(),
+        "its own token admits sas-a"
+    );
+    assert!(!publish("sas-b", &token_a).status.success());
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    assert!(!publish("sas-b", &short_b).status.success());
+    let run = hub(&["audit", "connections", "--device", "sas-b", "--json"]).ok();
+    let log: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(log[0]["outcome"], "sas-expired", "{log}");
+    assert_eq!(log[1]["outcome"], "sas-invalid", "{log}");
+}
