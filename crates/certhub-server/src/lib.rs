@@ -20,4 +20,4 @@ mod trust;
 
 pub use api::{AppState, router};
 pub use listener::serve_https;
-pub use mqtt::serve_mqtt;
+pub use mqtt::{MqttOptions, serve_mqtt};

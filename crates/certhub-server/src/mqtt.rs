@@ -35,14 +35,36 @@ const MAX_HANDSHAKES: usize = 256;
 
 type Conn = Framed<tokio_rustls::server::TlsStream<TcpStream>, Codec>;
 
+/// A write that the device does not read within this time closes its session (a slow or
+/// stalled reader holds no buffers forever).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Limits of a device listener.
+#[derive(Debug, Clone, Copy)]
+pub struct MqttOptions {
+    /// Live sessions at most; a CONNECT beyond it is answered CONNACK 3 (server unavailable),
+    /// which the Azure SDKs retry.
+    pub max_sessions: usize,
+}
+
+impl Default for MqttOptions {
+    fn default() -> Self {
+        Self {
+            max_sessions: 100_000,
+        }
+    }
+}
+
 /// Serves devices on `listener` until `shutdown` completes.
 pub async fn serve_mqtt(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     state: AppState,
+    options: MqttOptions,
     shutdown: impl Future<Output = ()>,
 ) {
     let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let slots = Arc::new(Semaphore::new(options.max_sessions));
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -56,7 +78,12 @@ pub async fn serve_mqtt(
                 }
             },
         };
-        let (tls_config, state, handshakes) = (tls.clone(), state.clone(), handshakes.clone());
+        let (tls_config, state, handshakes, slots) = (
+            tls.clone(),
+            state.clone(),
+            handshakes.clone(),
+            slots.clone(),
+        );
         tokio::spawn(async move {
             // Waiting for a ClientHello costs nothing but a socket: idle or slow connections
             // hold no handshake slot. The slot is taken for the expensive part only.
@@ -93,7 +120,7 @@ pub async fn serve_mqtt(
                 .map(|c| c.to_vec())
                 .unwrap_or_default();
             let conn = Framed::new(tls, Codec::new(MAX_PACKET));
-            session(conn, chain, peer, state).await;
+            session(conn, chain, peer, state, slots).await;
         });
     }
 }
@@ -162,13 +189,24 @@ async fn touch(state: &AppState, id: &ClientId) {
     }
 }
 
+/// Sends a packet; false when the device did not take it within `WRITE_TIMEOUT` or the
+/// connection failed.
+async fn send(conn: &mut Conn, packet: Packet) -> bool {
+    matches!(
+        tokio::time::timeout(WRITE_TIMEOUT, conn.send(packet)).await,
+        Ok(Ok(()))
+    )
+}
+
 async fn connack(conn: &mut Conn, code: ConnectAckReason) {
-    let _ = conn
-        .send(Packet::ConnectAck(ConnectAck {
+    let _ = send(
+        conn,
+        Packet::ConnectAck(ConnectAck {
             return_code: code,
             session_present: false,
-        }))
-        .await;
+        }),
+    )
+    .await;
 }
 
 async fn session(
@@ -176,10 +214,26 @@ async fn session(
     chain: Vec<CertificateDer<'static>>,
     peer: SocketAddr,
     state: AppState,
+    slots: Arc<Semaphore>,
 ) {
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, conn.next()).await {
         Ok(Some(Ok((Packet::Connect(c), _)))) => c,
         _ => return,
+    };
+    let Ok(_slot) = slots.try_acquire_owned() else {
+        let client_id = connect.client_id.to_string();
+        tracing::warn!(client_id, %peer, "device session limit reached");
+        state.metrics().connect("overloaded");
+        audit(
+            &state,
+            "device.connect",
+            &client_id,
+            "overloaded",
+            format!("the hub's device session limit is reached; CONNACK 3 (the device retries); peer {peer}"),
+        )
+        .await;
+        connack(&mut conn, ConnectAckReason::ServiceUnavailable).await;
+        return;
     };
     let client_id = connect.client_id.to_string();
     let username = connect.username.as_ref().map(|u| u.to_string());
@@ -380,19 +434,19 @@ async fn run(
                         QoS::AtLeastOnce
                     }));
                 }
-                if conn
-                    .send(Packet::SubscribeAck { packet_id, status })
-                    .await
-                    .is_err()
-                {
+                if !send(conn, Packet::SubscribeAck { packet_id, status }).await {
                     return End::Closed("write failed".into());
                 }
             }
             Packet::Unsubscribe { packet_id, .. } => {
-                let _ = conn.send(Packet::UnsubscribeAck { packet_id }).await;
+                if !send(conn, Packet::UnsubscribeAck { packet_id }).await {
+                    return End::Closed("write failed".into());
+                }
             }
             Packet::PingRequest => {
-                let _ = conn.send(Packet::PingResponse).await;
+                if !send(conn, Packet::PingResponse).await {
+                    return End::Closed("write failed".into());
+                }
             }
             Packet::PublishAck { .. } => {}
             Packet::Disconnect => return End::Clean,

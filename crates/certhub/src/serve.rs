@@ -15,7 +15,8 @@ pub const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
-    /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, database_url, verification_code_ttl).
+    /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, database_url, verification_code_ttl,
+    /// max_device_sessions).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory: SQLite database, the hub's TLS files [default: ./certhub-data].
@@ -33,6 +34,9 @@ pub struct ServeArgs {
     /// Seconds a CA verification code stays valid [default: 3600].
     #[arg(long)]
     verification_code_ttl: Option<String>,
+    /// Live device sessions at most; more are answered CONNACK 3 [default: 100000].
+    #[arg(long)]
+    max_device_sessions: Option<String>,
 }
 
 /// The TOML file's keys; anything else is an error that names the key.
@@ -45,6 +49,7 @@ struct FileConfig {
     mqtt_addr: Option<String>,
     database_url: Option<String>,
     verification_code_ttl: Option<u64>,
+    max_device_sessions: Option<u64>,
 }
 
 /// The configuration the hub runs with.
@@ -56,6 +61,7 @@ pub struct Config {
     pub mqtt_addr: SocketAddr,
     pub database_url: Option<String>,
     pub verification_code_ttl: std::time::Duration,
+    pub max_device_sessions: usize,
 }
 
 /// A configuration problem: the key and what is wrong with it.
@@ -173,7 +179,22 @@ impl Config {
                 )));
             }
         };
+        let max_text = args
+            .max_device_sessions
+            .clone()
+            .or_else(|| env("CERTHUB_MAX_DEVICE_SESSIONS"))
+            .or_else(|| file.max_device_sessions.map(|n| n.to_string()))
+            .unwrap_or_else(|| "100000".into());
+        let max_device_sessions = match max_text.parse::<usize>() {
+            Ok(n) if (1..=10_000_000).contains(&n) => n,
+            _ => {
+                return Err(ConfigError(format!(
+                    "max_device_sessions: {max_text:?} must be a number from 1 to 10000000"
+                )));
+            }
+        };
         Ok(Self {
+            max_device_sessions,
             verification_code_ttl: std::time::Duration::from_secs(ttl),
             data_dir,
             hostnames,
@@ -341,7 +362,15 @@ async fn serve(config: Config) -> Result<Outcome> {
         certhub_server::router(state.clone()),
         stopped(stop_rx.clone()),
     );
-    let mqtt = certhub_server::serve_mqtt(mqtt_listener, device_tls, state, stopped(stop_rx));
+    let mqtt = certhub_server::serve_mqtt(
+        mqtt_listener,
+        device_tls,
+        state,
+        certhub_server::MqttOptions {
+            max_sessions: config.max_device_sessions,
+        },
+        stopped(stop_rx),
+    );
     let signal = async {
         shutdown.await;
         let _ = stop_tx.send(true);

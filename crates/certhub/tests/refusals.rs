@@ -308,3 +308,108 @@ fn refused_sas_tokens_are_named() {
     assert_eq!(log[0]["outcome"], "sas-expired", "{log}");
     assert_eq!(log[1]["outcome"], "sas-invalid", "{log}");
 }
+
+/// Beyond the session limit a device gets CONNACK 3 (server unavailable, which the SDKs
+/// retry), audited as `overloaded`; when a session ends, the next device gets in.
+#[test]
+fn the_session_limit_answers_connack_3() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = common::start_hub_with(
+        &data,
+        &[
+            "--https-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--hostname",
+            "localhost",
+            "--max-device-sessions",
+            "1",
+        ],
+    );
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v)
+    };
+    let root = Ca::root("Company-X Root CA");
+    std::fs::write(d.join("root.pem"), root.pem()).expect("root");
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "root.pem",
+        "--verified",
+    ])
+    .ok();
+    for id in ["first", "second"] {
+        write_leaf(d, id, &root.device(id), &[]);
+        hub(&["device", "create", "--id", id, "--auth-method", "x509-ca"]).ok();
+    }
+    let ca = data.join("tls/server-ca.pem");
+    // "first" holds the only session: mosquitto_sub waits for a message that never comes.
+    let mut holder = std::process::Command::new("mosquitto_sub")
+        .current_dir(d)
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &hub_process.mqtt_port.to_string(),
+            "-V",
+            "mqttv311",
+            "--cafile",
+            s(&ca),
+            "--cert",
+            "first/chain.pem",
+            "--key",
+            "first/key.pem",
+            "-i",
+            "first",
+            "-u",
+            "localhost/first/?api-version=2021-04-12",
+            "-t",
+            "devices/first/messages/devicebound/#",
+            "-q",
+            "1",
+        ])
+        .spawn()
+        .expect("mosquitto_sub");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let run = hub(&["audit", "connections", "--device", "first", "--json"]).ok();
+        if run.stdout.contains("\"ok\"") || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let second = |message: &str| {
+        mosquitto_pub(
+            d,
+            &Pub {
+                port: hub_process.mqtt_port,
+                ca: s(&ca),
+                widget: "second",
+                client_id: "second",
+                topic: "devices/second/messages/events/",
+                message,
+                extra: &[],
+            },
+        )
+    };
+    let refused = second("x");
+    assert!(
+        !refused.status.success(),
+        "the second session is over the limit"
+    );
+    let run = hub(&["audit", "connections", "--device", "second", "--json"]).ok();
+    let log: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(log[0]["outcome"], "overloaded", "{log}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(second("y").status.success(), "a slot is free again");
+}
