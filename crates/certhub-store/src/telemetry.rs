@@ -104,3 +104,23 @@ impl Store {
             .collect()
     }
 }
+
+impl Store {
+    /// Retention: deletes messages enqueued before `before_ms`, then the oldest beyond the
+    /// newest `keep`. Returns how many were deleted.
+    pub async fn prune_telemetry(&self, before_ms: i64, keep: i64) -> Result<u64> {
+        let old = sqlx::query("DELETE FROM telemetry WHERE enqueued_ms < $1")
+            .bind(before_ms)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        let over = sqlx::query(
+            "DELETE FROM telemetry WHERE seq <= (SELECT COALESCE(MAX(seq), 0) FROM telemetry) - $1",
+        )
+        .bind(keep)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(old + over)
+    }
+}

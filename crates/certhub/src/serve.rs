@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -15,8 +16,8 @@ pub const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
-    /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, database_url, verification_code_ttl,
-    /// max_device_sessions).
+    /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, database_url,
+    /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory: SQLite database, the hub's TLS files [default: ./certhub-data].
@@ -37,6 +38,12 @@ pub struct ServeArgs {
     /// Live device sessions at most; more are answered CONNACK 3 [default: 100000].
     #[arg(long)]
     max_device_sessions: Option<String>,
+    /// Seconds telemetry is kept [default: 604800, seven days].
+    #[arg(long)]
+    telemetry_retention: Option<String>,
+    /// Most telemetry messages kept; the oldest go first [default: 10000000].
+    #[arg(long)]
+    telemetry_max_messages: Option<String>,
 }
 
 /// The TOML file's keys; anything else is an error that names the key.
@@ -50,6 +57,8 @@ struct FileConfig {
     database_url: Option<String>,
     verification_code_ttl: Option<u64>,
     max_device_sessions: Option<u64>,
+    telemetry_retention: Option<u64>,
+    telemetry_max_messages: Option<u64>,
 }
 
 /// The configuration the hub runs with.
@@ -60,8 +69,10 @@ pub struct Config {
     pub https_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
     pub database_url: Option<String>,
-    pub verification_code_ttl: std::time::Duration,
+    pub verification_code_ttl: Duration,
     pub max_device_sessions: usize,
+    pub telemetry_retention: Duration,
+    pub telemetry_max_messages: i64,
 }
 
 /// A configuration problem: the key and what is wrong with it.
@@ -78,6 +89,30 @@ impl std::error::Error for ConfigError {}
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// A whole-number setting: flag > environment > file > default, within `range`.
+fn number(
+    key: &str,
+    flag: &Option<String>,
+    env_name: &str,
+    file: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let text = flag
+        .clone()
+        .or_else(|| env(env_name))
+        .or_else(|| file.map(|n| n.to_string()))
+        .unwrap_or_else(|| default.to_string());
+    match text.parse::<u64>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => Err(ConfigError(format!(
+            "{key}: {text:?} must be a whole number from {} to {}",
+            range.start(),
+            range.end()
+        ))),
+    }
 }
 
 fn addr(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
@@ -165,37 +200,43 @@ impl Config {
                 "database_url: {url:?} is not a postgres:// URL (leave it out for the embedded SQLite)"
             )));
         }
-        let ttl_text = args
-            .verification_code_ttl
-            .clone()
-            .or_else(|| env("CERTHUB_VERIFICATION_CODE_TTL"))
-            .or_else(|| file.verification_code_ttl.map(|n| n.to_string()))
-            .unwrap_or_else(|| "3600".into());
-        let ttl = match ttl_text.parse::<u64>() {
-            Ok(n) if (1..=604_800).contains(&n) => n,
-            _ => {
-                return Err(ConfigError(format!(
-                    "verification_code_ttl: {ttl_text:?} must be a number of seconds from 1 to 604800"
-                )));
-            }
-        };
-        let max_text = args
-            .max_device_sessions
-            .clone()
-            .or_else(|| env("CERTHUB_MAX_DEVICE_SESSIONS"))
-            .or_else(|| file.max_device_sessions.map(|n| n.to_string()))
-            .unwrap_or_else(|| "100000".into());
-        let max_device_sessions = match max_text.parse::<usize>() {
-            Ok(n) if (1..=10_000_000).contains(&n) => n,
-            _ => {
-                return Err(ConfigError(format!(
-                    "max_device_sessions: {max_text:?} must be a number from 1 to 10000000"
-                )));
-            }
-        };
+        let ttl = number(
+            "verification_code_ttl",
+            &args.verification_code_ttl,
+            "CERTHUB_VERIFICATION_CODE_TTL",
+            file.verification_code_ttl,
+            3600,
+            1..=604_800,
+        )?;
+        let max_device_sessions = number(
+            "max_device_sessions",
+            &args.max_device_sessions,
+            "CERTHUB_MAX_DEVICE_SESSIONS",
+            file.max_device_sessions,
+            100_000,
+            1..=10_000_000,
+        )? as usize;
+        let telemetry_retention = number(
+            "telemetry_retention",
+            &args.telemetry_retention,
+            "CERTHUB_TELEMETRY_RETENTION",
+            file.telemetry_retention,
+            7 * 86_400,
+            1..=3650 * 86_400,
+        )?;
+        let telemetry_max_messages = number(
+            "telemetry_max_messages",
+            &args.telemetry_max_messages,
+            "CERTHUB_TELEMETRY_MAX_MESSAGES",
+            file.telemetry_max_messages,
+            10_000_000,
+            1..=i64::MAX as u64,
+        )?;
         Ok(Self {
+            telemetry_retention: Duration::from_secs(telemetry_retention),
+            telemetry_max_messages: telemetry_max_messages as i64,
             max_device_sessions,
-            verification_code_ttl: std::time::Duration::from_secs(ttl),
+            verification_code_ttl: Duration::from_secs(ttl),
             data_dir,
             hostnames,
             https_addr: addr("https_addr", &https)?,
@@ -352,6 +393,26 @@ async fn serve(config: Config) -> Result<Outcome> {
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
     };
+    // Telemetry retention: by age and by count, checked twice per retention period (at most
+    // every minute).
+    let pruning = {
+        let store = store.clone();
+        let retention = config.telemetry_retention;
+        let keep = config.telemetry_max_messages;
+        let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let cutoff = time::OffsetDateTime::now_utc() - retention;
+                let before_ms = (cutoff.unix_timestamp_nanos() / 1_000_000) as i64;
+                match store.prune_telemetry(before_ms, keep).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "telemetry retention"),
+                    Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
+                }
+            }
+        })
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -376,6 +437,7 @@ async fn serve(config: Config) -> Result<Outcome> {
         let _ = stop_tx.send(true);
     };
     tokio::join!(https, mqtt, signal);
+    pruning.abort();
     store.close().await;
     say!("certhub stopped");
     Ok(Outcome::Ok)

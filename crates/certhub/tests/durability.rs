@@ -182,3 +182,87 @@ fn acknowledged_telemetry_survives_sigkill() {
         assert!(line.contains(r#"{"n":"1"}"#), "{line}");
     }
 }
+
+/// Telemetry older than the retention is deleted while the hub runs.
+#[test]
+fn telemetry_retention_deletes_old_messages() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = common::start_hub_with(
+        &data,
+        &[
+            "--https-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--hostname",
+            "localhost",
+            "--telemetry-retention",
+            "2",
+        ],
+    );
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v).ok()
+    };
+    certhub(
+        d,
+        &[
+            "pki",
+            "demo",
+            "supply-chain",
+            "--out",
+            "pki",
+            "--devices",
+            "1",
+        ],
+    )
+    .ok();
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "pki/company-x/cert.pem",
+        "--verified",
+    ]);
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "smart-x-widget-0001",
+        "--auth-method",
+        "x509-ca",
+    ]);
+    let publish = |message: &str| {
+        let out = mosquitto_pub(
+            d,
+            &Pub {
+                port: hub_process.mqtt_port,
+                ca: s(&data.join("tls/server-ca.pem")),
+                widget: "pki/devices/smart-x-widget-0001",
+                client_id: "smart-x-widget-0001",
+                topic: "devices/smart-x-widget-0001/messages/events/",
+                message,
+                extra: &[],
+            },
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    publish("old");
+    std::thread::sleep(Duration::from_secs(4));
+    publish("new");
+    let run = hub(&["messages", "tail", "--count", "10", "--idle-exit", "1"]);
+    assert!(
+        !run.stdout.contains(" old"),
+        "the old message is gone: {run}"
+    );
+    assert!(run.stdout.contains(" new"), "{run}");
+}
