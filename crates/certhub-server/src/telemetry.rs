@@ -2,7 +2,7 @@
 //! in batches, so a QoS 1 PUBACK means "on disk" without one transaction per message.
 
 use certhub_store::{Store, TelemetryRecord};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// A message waiting to be written, and who to tell.
 #[derive(Debug)]
@@ -15,6 +15,8 @@ struct Pending {
 #[derive(Debug, Clone)]
 pub struct TelemetryLog {
     tx: mpsc::Sender<Pending>,
+    /// The highest committed sequence number, for readers that follow the log.
+    committed: watch::Receiver<i64>,
 }
 
 /// Most messages one transaction takes.
@@ -25,6 +27,7 @@ impl TelemetryLog {
     pub async fn start(store: Store) -> Result<Self, certhub_store::StoreError> {
         let mut seq = store.last_telemetry_seq().await?;
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
+        let (committed_tx, committed) = watch::channel(seq);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -41,6 +44,9 @@ impl TelemetryLog {
                 let records: Vec<TelemetryRecord> =
                     batch.iter().map(|p| p.record.clone()).collect();
                 let result = store.append_telemetry(&records).await;
+                if result.is_ok() {
+                    let _ = committed_tx.send(seq);
+                }
                 if let Err(e) = &result {
                     tracing::error!(error = %e, "telemetry could not be written");
                     // Numbers of a failed batch are not reused: the log may have gaps, never
@@ -54,7 +60,12 @@ impl TelemetryLog {
                 }
             }
         });
-        Ok(Self { tx })
+        Ok(Self { tx, committed })
+    }
+
+    /// A receiver that changes whenever messages are committed.
+    pub fn follow(&self) -> watch::Receiver<i64> {
+        self.committed.clone()
     }
 
     /// Writes a message; returns its sequence number once it is durable.

@@ -331,6 +331,13 @@ async fn openapi_matches_the_routes() {
                 .replace("{id}", "d1")
                 .replace("{mid}", "m1")
                 .replace("{name}", "n1");
+            if path.ends_with("/stream") {
+                // An endless body: the status and content type are the answer.
+                let (s, ct) = h.head_only(&concrete).await;
+                assert_eq!(s, StatusCode::OK, "{path}");
+                assert_eq!(ct, "text/event-stream", "{path}");
+                continue;
+            }
             let (s, v) = h.owner(&method.to_uppercase(), &concrete, Some("{}")).await;
             assert!(
                 s != StatusCode::METHOD_NOT_ALLOWED

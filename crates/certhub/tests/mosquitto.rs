@@ -239,3 +239,119 @@ c.socket().close()
     );
     assert!(run.stdout.contains(r#""state":"gone""#), "{run}");
 }
+
+/// The telemetry stream (Server-Sent Events) delivers messages as they are committed and
+/// resumes after the Last-Event-ID a client sends.
+#[test]
+fn the_event_stream_is_live_and_resumes() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v).ok()
+    };
+    certhub(
+        d,
+        &[
+            "pki",
+            "demo",
+            "supply-chain",
+            "--out",
+            "pki",
+            "--devices",
+            "1",
+        ],
+    )
+    .ok();
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "pki/company-x/cert.pem",
+        "--verified",
+    ]);
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "smart-x-widget-0001",
+        "--auth-method",
+        "x509-ca",
+    ]);
+    let cs = hub(&["hub", "connection-string", "--policy", "service"]).stdout;
+    let key = cs
+        .trim()
+        .rsplit("SharedAccessKey=")
+        .next()
+        .expect("key")
+        .to_string();
+    let token = certhub_core::sign_token(
+        &hub_process.host,
+        &key,
+        Some("service"),
+        time::OffsetDateTime::now_utc().unix_timestamp() + 600,
+    );
+    let ca = data.join("tls/server-ca.pem");
+    let url = format!("https://{}/messages/events/stream", hub_process.host);
+    // Start listening before anything is sent: the stream must deliver live.
+    let listener = Command::new("curl")
+        .args([
+            "-sN",
+            "--max-time",
+            "4",
+            "--cacert",
+            s(&ca),
+            "-H",
+            &format!("Authorization: {token}"),
+            &url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    for m in ["first", "second"] {
+        let out = mosquitto_pub(
+            d,
+            &Pub {
+                port: hub_process.mqtt_port,
+                ca: s(&ca),
+                widget: "pki/devices/smart-x-widget-0001",
+                client_id: "smart-x-widget-0001",
+                topic: "devices/smart-x-widget-0001/messages/events/",
+                message: m,
+                extra: &[],
+            },
+        );
+        assert!(out.status.success());
+    }
+    let live =
+        String::from_utf8_lossy(&listener.wait_with_output().expect("curl").stdout).into_owned();
+    assert!(live.contains("id: 1") && live.contains("id: 2"), "{live}");
+    assert!(live.contains("first") && live.contains("second"), "{live}");
+    // A reconnect with Last-Event-ID: 1 gets only what came after.
+    let resumed = Command::new("curl")
+        .args([
+            "-sN",
+            "--max-time",
+            "2",
+            "--cacert",
+            s(&ca),
+            "-H",
+            &format!("Authorization: {token}"),
+            "-H",
+            "Last-Event-ID: 1",
+            &url,
+        ])
+        .output()
+        .expect("curl");
+    let resumed = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        resumed.contains("id: 2") && !resumed.contains("id: 1\n"),
+        "{resumed}"
+    );
+}

@@ -17,6 +17,80 @@ pub struct EventsParams {
     device: Option<String>,
 }
 
+fn record_json(r: &certhub_store::TelemetryRecord) -> serde_json::Value {
+    let props: serde_json::Value =
+        serde_json::from_str(&r.properties).unwrap_or(serde_json::Value::Null);
+    serde_json::json!({
+        "sequenceNumber": r.seq,
+        "deviceId": r.device_id,
+        "moduleId": r.module_id,
+        "enqueuedTime": certhub_core::azure_time(r.enqueued_ms),
+        "systemProperties": props["system"],
+        "properties": props["application"],
+        "body": String::from_utf8(r.body.clone()).ok(),
+        "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&r.body),
+    })
+}
+
+/// `GET /messages/events/stream`: Server-Sent Events, one per message (`id` = sequence
+/// number, `data` = the record), live as messages are committed. Resumes after `from`, or
+/// after the `Last-Event-ID` a reconnecting client sends.
+pub async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: axum::http::HeaderMap,
+    Query(p): Query<EventsParams>,
+) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    caller.require(Rights::SERVICE_CONNECT, "reading telemetry")?;
+    let resume = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    let after = resume.or(p.from).unwrap_or(0);
+    let device = p.device;
+    let follow = state.telemetry().follow();
+    let store = state.store().clone();
+    let events = futures_util::stream::unfold(
+        (after, follow, std::collections::VecDeque::new()),
+        move |(mut after, mut follow, mut queue)| {
+            let store = store.clone();
+            let device = device.clone();
+            async move {
+                loop {
+                    if let Some(r) = queue.pop_front() {
+                        let r: certhub_store::TelemetryRecord = r;
+                        after = r.seq;
+                        let event = Event::default()
+                            .id(r.seq.to_string())
+                            .data(record_json(&r).to_string());
+                        return Some((
+                            Ok::<Event, std::convert::Infallible>(event),
+                            (after, follow, queue),
+                        ));
+                    }
+                    match store.telemetry_after(after, device.as_deref(), 500).await {
+                        Ok(batch) if !batch.is_empty() => queue.extend(batch),
+                        Ok(_) => {
+                            // Nothing new: wait for the next commit.
+                            if follow.changed().await.is_err() {
+                                return None;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "telemetry stream read failed");
+                            return None;
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -28,22 +102,6 @@ pub async fn events(
         .store()
         .telemetry_after(p.from.unwrap_or(0), p.device.as_deref(), top)
         .await?;
-    let out: Vec<serde_json::Value> = records
-        .iter()
-        .map(|r| {
-            let props: serde_json::Value =
-                serde_json::from_str(&r.properties).unwrap_or(serde_json::Value::Null);
-            serde_json::json!({
-                "sequenceNumber": r.seq,
-                "deviceId": r.device_id,
-                "moduleId": r.module_id,
-                "enqueuedTime": certhub_core::azure_time(r.enqueued_ms),
-                "systemProperties": props["system"],
-                "properties": props["application"],
-                "body": String::from_utf8(r.body.clone()).ok(),
-                "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&r.body),
-            })
-        })
-        .collect();
+    let out: Vec<serde_json::Value> = records.iter().map(record_json).collect();
     Ok(Json(out).into_response())
 }

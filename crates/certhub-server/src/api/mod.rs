@@ -243,6 +243,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/audit", get(hub::audit))
         .route("/messages/events", get(messages::events))
+        .route("/messages/events/stream", get(messages::stream))
         .route("/openapi.json", get(openapi))
         .route("/metrics", get(metrics))
         .fallback(error::not_found)

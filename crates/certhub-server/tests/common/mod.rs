@@ -84,6 +84,27 @@ impl Hub {
         self.call(method, path, Some(&t), None, body).await
     }
 
+    /// GET as the owner, returning the status and content type without reading the body.
+    pub async fn head_only(&self, path: &str) -> (StatusCode, String) {
+        let req = Request::builder()
+            .method("GET")
+            .uri(path)
+            .header("authorization", self.token("iothubowner"))
+            .body(Body::empty())
+            .expect("request");
+        let resp = router(self.state.clone())
+            .oneshot(req)
+            .await
+            .expect("response");
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (resp.status(), ct)
+    }
+
     pub async fn count(&self) -> i64 {
         self.state
             .store()
