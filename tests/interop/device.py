@@ -135,6 +135,9 @@ check(refused(device_client("devices/smart-x-widget-0001", "widget-thumb")),
 widget = device_client("devices/smart-x-widget-0001", "smart-x-widget-0001")
 widget.connect()
 rm = IoTHubRegistryManager.from_connection_string(CS)
+shown = rm.get_device("smart-x-widget-0001")
+check(shown.connection_state == "Connected", "the registry shows the widget Connected")
+check(not str(shown.connection_state_updated_time).startswith("0001"), "connectionStateUpdatedTime is set")
 start = time.monotonic()
 rm.update_device_with_certificate_authority("smart-x-widget-0001", "*", "disabled")
 while widget.connected and time.monotonic() - start < 5:
@@ -145,4 +148,6 @@ check(elapsed < 1.0, f"within a second ({elapsed:.3f} s)")
 widget.shutdown()
 check(refused(device_client("devices/smart-x-widget-0001", "smart-x-widget-0001")),
       "the disabled device cannot reconnect")
+check(rm.get_device("smart-x-widget-0001").connection_state == "Disconnected",
+      "the registry shows it Disconnected")
 print("all device checks passed")

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ids::MAX_CN_LEN;
-use crate::time_fmt::{NEVER, azure_time_opt};
+use crate::time_fmt::azure_time_opt;
 use crate::{DeviceId, Etag, ModuleId, generate_key};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -402,9 +402,28 @@ impl ModuleInput {
     }
 }
 
+/// Whether an identity has a live session, and since when (from the hub's sessions, not the
+/// registry).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionState {
+    pub connected: bool,
+    /// When it last connected or disconnected, ms since the epoch (0: never).
+    pub updated_ms: i64,
+}
+
+impl ConnectionState {
+    fn name(self) -> &'static str {
+        if self.connected {
+            "Connected"
+        } else {
+            "Disconnected"
+        }
+    }
+}
+
 impl Device {
-    /// The Azure JSON of this device. `connected` comes from the live sessions.
-    pub fn to_json(&self, connected: bool) -> Value {
+    /// The Azure JSON of this device, with its connection state.
+    pub fn to_json(&self, connection: ConnectionState) -> Value {
         serde_json::json!({
             "deviceId": self.device_id.as_str(),
             "generationId": self.generation_id,
@@ -412,8 +431,8 @@ impl Device {
             "status": self.status.as_str(),
             "statusReason": self.status_reason,
             "statusUpdatedTime": azure_time_opt(self.status_updated_ms),
-            "connectionState": if connected { "Connected" } else { "Disconnected" },
-            "connectionStateUpdatedTime": NEVER,
+            "connectionState": connection.name(),
+            "connectionStateUpdatedTime": azure_time_opt(connection.updated_ms),
             "lastActivityTime": azure_time_opt(self.last_activity_ms),
             "cloudToDeviceMessageCount": self.c2d_count,
             "authentication": self.authentication,
@@ -425,15 +444,15 @@ impl Device {
 }
 
 impl Module {
-    pub fn to_json(&self, connected: bool) -> Value {
+    pub fn to_json(&self, connection: ConnectionState) -> Value {
         serde_json::json!({
             "moduleId": self.module_id.as_str(),
             "deviceId": self.device_id.as_str(),
             "managedBy": self.managed_by,
             "generationId": self.generation_id,
             "etag": self.etag.0,
-            "connectionState": if connected { "Connected" } else { "Disconnected" },
-            "connectionStateUpdatedTime": NEVER,
+            "connectionState": connection.name(),
+            "connectionStateUpdatedTime": azure_time_opt(connection.updated_ms),
             "lastActivityTime": azure_time_opt(self.last_activity_ms),
             "cloudToDeviceMessageCount": self.c2d_count,
             "authentication": self.authentication,

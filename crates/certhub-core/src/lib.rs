@@ -21,8 +21,8 @@ pub use connect::{
 };
 pub use etag::{Etag, IfMatch};
 pub use identity::{
-    AuthType, Authentication, BulkEntry, Capabilities, Device, DeviceInput, IdentityError, Module,
-    ModuleInput, Status, SymmetricKey, X509Thumbprint,
+    AuthType, Authentication, BulkEntry, Capabilities, ConnectionState, Device, DeviceInput,
+    IdentityError, Module, ModuleInput, Status, SymmetricKey, X509Thumbprint,
 };
 pub use ids::{DeviceId, IdError, ModuleId};
 pub use policy::{Policy, Rights};

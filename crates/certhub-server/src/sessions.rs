@@ -24,6 +24,12 @@ struct Live {
 pub struct Sessions {
     next: AtomicU64,
     live: Mutex<HashMap<String, Live>>,
+    /// When each identity last connected or disconnected (`connectionStateUpdatedTime`).
+    changed: Mutex<HashMap<String, i64>>,
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// A registered session: its connection number and the receiver of a kick.
@@ -53,7 +59,27 @@ impl Sessions {
                 .kick
                 .send("replaced by a newer connection of the same identity".into());
         }
+        self.mark(cn);
         Ticket { conn, kicked: rx }
+    }
+
+    fn mark(&self, cn: &str) {
+        if let Ok(mut c) = self.changed.lock() {
+            c.insert(cn.to_string(), now_ms());
+        }
+    }
+
+    /// The connection state of an identity.
+    pub fn state(&self, cn: &str) -> certhub_core::ConnectionState {
+        certhub_core::ConnectionState {
+            connected: self.is_connected(cn),
+            updated_ms: self
+                .changed
+                .lock()
+                .ok()
+                .and_then(|c| c.get(cn).copied())
+                .unwrap_or(0),
+        }
     }
 
     /// Forgets a session that ended (if it is still the registered one).
@@ -62,6 +88,8 @@ impl Sessions {
             && live.get(cn).is_some_and(|l| l.conn == conn)
         {
             live.remove(cn);
+            drop(live);
+            self.mark(cn);
         }
     }
 
@@ -78,6 +106,10 @@ impl Sessions {
             if let Some(l) = live.remove(k) {
                 let _ = l.kick.send(reason.to_string());
             }
+        }
+        drop(live);
+        for k in &keys {
+            self.mark(k);
         }
         keys.len()
     }

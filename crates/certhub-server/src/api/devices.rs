@@ -70,7 +70,10 @@ pub async fn list(
     };
     let after = params.after.unwrap_or_default();
     let devices = state.store().devices_after(&after, top).await?;
-    let json: Vec<_> = devices.iter().map(|d| d.to_json(false)).collect();
+    let json: Vec<_> = devices
+        .iter()
+        .map(|d| d.to_json(state.sessions().state(d.device_id.as_str())))
+        .collect();
     Ok(Json(json).into_response())
 }
 
@@ -86,8 +89,10 @@ pub async fn get_device(
         .device(&id)
         .await?
         .ok_or_else(|| device_not_found(id.as_str()))?;
-    let connected = state.sessions().is_connected(id.as_str());
-    Ok(with_etag(d.to_json(connected), &d.etag))
+    Ok(with_etag(
+        d.to_json(state.sessions().state(id.as_str())),
+        &d.etag,
+    ))
 }
 
 pub async fn put_device(
@@ -139,9 +144,10 @@ async fn put_device_inner(
         (IfMatch::Absent, None) => {
             let d = input.into_device(id, None, now).map_err(bad)?;
             match state.store().create_device(&d).await? {
-                WriteOutcome::Written => {
-                    Ok(("device.create", with_etag(d.to_json(false), &d.etag)))
-                }
+                WriteOutcome::Written => Ok((
+                    "device.create",
+                    with_etag(d.to_json(state.sessions().state(id.as_str())), &d.etag),
+                )),
                 _ => Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "DeviceAlreadyExists",
@@ -158,9 +164,10 @@ async fn put_device_inner(
             }
             let d = input.into_device(id, Some(&current), now).map_err(bad)?;
             match state.store().replace_device(&d, &current.etag).await? {
-                WriteOutcome::Written => {
-                    Ok(("device.update", with_etag(d.to_json(false), &d.etag)))
-                }
+                WriteOutcome::Written => Ok((
+                    "device.update",
+                    with_etag(d.to_json(state.sessions().state(id.as_str())), &d.etag),
+                )),
                 _ => Err(ApiError::precondition_failed(format!(
                     "device {id} changed while it was being updated; read it again"
                 ))),
@@ -215,7 +222,10 @@ pub async fn list_modules(
         return Err(device_not_found(id.as_str()));
     }
     let modules = state.store().modules(&id).await?;
-    let json: Vec<_> = modules.iter().map(|m| m.to_json(false)).collect();
+    let json: Vec<_> = modules
+        .iter()
+        .map(|m| m.to_json(state.sessions().state(&format!("{id}/{}", m.module_id))))
+        .collect();
     Ok(Json(json).into_response())
 }
 
@@ -231,7 +241,10 @@ pub async fn get_module(
         .module(&id, &mid)
         .await?
         .ok_or_else(|| module_not_found(id.as_str(), mid.as_str()))?;
-    Ok(with_etag(m.to_json(false), &m.etag))
+    Ok(with_etag(
+        m.to_json(state.sessions().state(&format!("{id}/{mid}"))),
+        &m.etag,
+    ))
 }
 
 pub async fn put_module(
@@ -287,9 +300,13 @@ async fn put_module_inner(
         (IfMatch::Absent, None) => {
             let m = input.into_module(id, mid, None, now).map_err(bad)?;
             match state.store().create_module(&m).await? {
-                WriteOutcome::Written => {
-                    Ok(("module.create", with_etag(m.to_json(false), &m.etag)))
-                }
+                WriteOutcome::Written => Ok((
+                    "module.create",
+                    with_etag(
+                        m.to_json(state.sessions().state(&format!("{id}/{mid}"))),
+                        &m.etag,
+                    ),
+                )),
                 _ => Err(ApiError::new(
                     StatusCode::CONFLICT,
                     "ModuleAlreadyExistsOnDevice",
@@ -308,9 +325,13 @@ async fn put_module_inner(
                 .into_module(id, mid, Some(&current), now)
                 .map_err(bad)?;
             match state.store().replace_module(&m, &current.etag).await? {
-                WriteOutcome::Written => {
-                    Ok(("module.update", with_etag(m.to_json(false), &m.etag)))
-                }
+                WriteOutcome::Written => Ok((
+                    "module.update",
+                    with_etag(
+                        m.to_json(state.sessions().state(&format!("{id}/{mid}"))),
+                        &m.etag,
+                    ),
+                )),
                 _ => Err(ApiError::precondition_failed(format!(
                     "module {id}/{mid} changed while it was being updated; read it again"
                 ))),
