@@ -91,13 +91,14 @@ impl Store {
         let rows = sqlx::query(
             "SELECT * FROM audit
              WHERE ($1 = '' OR operation = $1)
-               AND ($2 = '' OR target = $2 OR target LIKE $3)
+               AND ($2 = '' OR target = $2 OR substr(target, 1, length($3)) = $3)
                AND ($4 = '' OR outcome = $4)
              ORDER BY at_ms DESC, id DESC LIMIT $5",
         )
         .bind(filter.operation.clone())
         .bind(filter.target.clone())
-        .bind(format!("{}/%", filter.target))
+        // A prefix compared as text, not a LIKE pattern: ids may contain '_' and '%'.
+        .bind(format!("{}/", filter.target))
         .bind(filter.outcome.clone())
         .bind(limit)
         .fetch_all(self.pool())

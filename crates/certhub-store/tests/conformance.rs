@@ -176,6 +176,28 @@ async fn suite(store: &Store) {
     let log = store.audit(10).await.expect("audit");
     assert_eq!(log[0].operation, "device.delete");
     assert_eq!(log.len(), 2);
+    for target in ["devices/dev_1", "devices/dev_1/m1", "devices/devX1/m1"] {
+        store
+            .append_audit(&AuditRecord::new(
+                3,
+                "device",
+                "device.connect",
+                target,
+                "ok",
+                "",
+            ))
+            .await
+            .expect("audit");
+    }
+    let filter = certhub_store::AuditFilter {
+        operation: "device.connect".into(),
+        target: "devices/dev_1".into(),
+        outcome: String::new(),
+    };
+    let mine = store.audit_filtered(&filter, 10).await.expect("filtered");
+    let targets: Vec<&str> = mine.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets.len(), 2, "'_' is no wildcard: {targets:?}");
+    assert!(!targets.contains(&"devices/devX1/m1"));
 
     // The telemetry log keeps order, bytes and properties.
     assert_eq!(store.last_telemetry_seq().await.expect("seq"), 0);
