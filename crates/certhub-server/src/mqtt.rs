@@ -146,14 +146,27 @@ fn presented(chain: &[CertificateDer<'_>]) -> String {
         .join(" <- ")
 }
 
+/// Cuts text a client controls (client ids can be as long as a packet) to a size fit for a
+/// log record.
+fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
+}
+
 async fn audit(state: &AppState, op: &str, cn: &str, outcome: &str, detail: String) {
     let record = AuditRecord::new(
         now_ms(),
         "device",
         op,
-        &format!("devices/{cn}"),
+        &format!("devices/{}", bounded(cn, 256)),
         outcome,
-        &detail,
+        &bounded(&detail, 4096),
     );
     if let Err(e) = state.store().append_audit(&record).await {
         tracing::error!(error = %e, "could not write the audit record");
