@@ -119,8 +119,10 @@ pub async fn serve_mqtt(
                 .peer_certificates()
                 .map(|c| c.to_vec())
                 .unwrap_or_default();
+            let tls13 =
+                tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
             let conn = Framed::new(tls, Codec::new(MAX_PACKET));
-            session(conn, chain, peer, state, slots).await;
+            session(conn, chain, peer, state, slots, tls13).await;
         });
     }
 }
@@ -228,6 +230,7 @@ async fn session(
     peer: SocketAddr,
     state: AppState,
     slots: Arc<Semaphore>,
+    tls13: bool,
 ) {
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, conn.next()).await {
         Ok(Some(Ok((Packet::Connect(c), _)))) => c,
@@ -269,6 +272,17 @@ async fn session(
             return;
         }
     };
+    if settings.min_tls_version == "1.3" && !tls13 {
+        // The setting changes at run time, so it is applied here rather than in the TLS
+        // configuration; the device learns nothing but CONNACK 5.
+        let detail = format!(
+            "the hub requires TLS 1.3 (minTlsVersion) and the device used TLS 1.2; peer {peer}"
+        );
+        state.metrics().connect("tls-version");
+        audit(&state, "device.connect", &client_id, "tls-version", detail).await;
+        connack(&mut conn, ConnectAckReason::NotAuthorized).await;
+        return;
+    }
     let policies = state.policies();
     let now = UnixTime::since_unix_epoch(Duration::from_millis(now_ms().max(0) as u64));
     let ctx = Context {

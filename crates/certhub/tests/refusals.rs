@@ -413,3 +413,90 @@ fn the_session_limit_answers_connack_3() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert!(second("y").status.success(), "a slot is free again");
 }
+
+/// minTlsVersion 1.3 refuses a TLS 1.2 device (paho pinned to TLS 1.2, as the Azure Python
+/// SDK is) with its own reason, and admits TLS 1.3 (mosquitto_pub negotiates it).
+#[test]
+fn min_tls_version_is_enforced_on_devices() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v)
+    };
+    let root = Ca::root("Company-X Root CA");
+    std::fs::write(d.join("root.pem"), root.pem()).expect("root");
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "root.pem",
+        "--verified",
+    ])
+    .ok();
+    write_leaf(d, "w", &root.device("w-tls"), &[]);
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "w-tls",
+        "--auth-method",
+        "x509-ca",
+    ])
+    .ok();
+    let ca = data.join("tls/server-ca.pem");
+    let tls12 = |expect: i32| {
+        let script = format!(
+            r#"
+import ssl, sys, time
+import paho.mqtt.client as mqtt
+rc = []
+c = mqtt.Client(client_id="w-tls", protocol=mqtt.MQTTv311)
+c.username_pw_set("localhost/w-tls/?api-version=2021-04-12")
+c.tls_set(ca_certs="{ca}", certfile="w/chain.pem", keyfile="w/key.pem", tls_version=ssl.PROTOCOL_TLSv1_2)
+c.on_connect = lambda client, userdata, flags, code: rc.append(code)
+c.connect("localhost", {port})
+c.loop_start()
+for _ in range(100):
+    if rc:
+        break
+    time.sleep(0.05)
+c.loop_stop()
+sys.exit(0 if rc == [{expect}] else 1)
+"#,
+            ca = s(&ca),
+            port = hub_process.mqtt_port
+        );
+        std::process::Command::new(common::python())
+            .args(["-c", &script])
+            .current_dir(d)
+            .status()
+            .expect("python")
+            .success()
+    };
+    assert!(tls12(0), "TLS 1.2 is admitted by default");
+    hub(&["hub", "set", "--min-tls-version", "1.3"]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert!(tls12(5), "with minTlsVersion 1.3, TLS 1.2 gets CONNACK 5");
+    let run = hub(&["audit", "connections", "--device", "w-tls", "--json"]).ok();
+    let log: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(log[0]["outcome"], "tls-version", "{log}");
+    let out = mosquitto_pub(
+        d,
+        &Pub {
+            port: hub_process.mqtt_port,
+            ca: s(&ca),
+            widget: "w",
+            client_id: "w-tls",
+            topic: "devices/w-tls/messages/events/",
+            message: "x",
+            extra: &["--tls-version", "tlsv1.3"],
+        },
+    );
+    assert!(out.status.success(), "TLS 1.3 is admitted");
+}
