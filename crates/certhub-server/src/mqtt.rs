@@ -315,7 +315,15 @@ async fn session(
     let cn = device.id().cn();
     let ticket = state.sessions().register(&cn, device.ca(), device.switch());
     state.metrics().connect("ok");
-    connack(&mut conn, ConnectAckReason::ConnectionAccepted).await;
+    let present = state.sessions().resume(&cn, connect.clean_session);
+    let _ = send(
+        &mut conn,
+        Packet::ConnectAck(ConnectAck {
+            return_code: ConnectAckReason::ConnectionAccepted,
+            session_present: present,
+        }),
+    )
+    .await;
     tracing::info!(client_id = cn, method = device.method().as_str(), %peer, "device connected");
     audit(
         &state,
@@ -461,11 +469,21 @@ async fn run(
                         QoS::AtLeastOnce
                     }));
                 }
+                let granted: Vec<(String, u8)> = topic_filters
+                    .iter()
+                    .map(|(f, q)| (f.to_string(), if *q == QoS::AtMostOnce { 0 } else { 1 }))
+                    .collect();
+                state.sessions().subscribed(&id.cn(), &granted);
                 if !send(conn, Packet::SubscribeAck { packet_id, status }).await {
                     return End::Closed("write failed".into());
                 }
             }
-            Packet::Unsubscribe { packet_id, .. } => {
+            Packet::Unsubscribe {
+                packet_id,
+                topic_filters,
+            } => {
+                let filters: Vec<String> = topic_filters.iter().map(|f| f.to_string()).collect();
+                state.sessions().unsubscribed(&id.cn(), &filters);
                 if !send(conn, Packet::UnsubscribeAck { packet_id }).await {
                     return End::Closed("write failed".into());
                 }

@@ -26,6 +26,10 @@ pub struct Sessions {
     live: Mutex<HashMap<String, Live>>,
     /// When each identity last connected or disconnected (`connectionStateUpdatedTime`).
     changed: Mutex<HashMap<String, i64>>,
+    /// Subscriptions of persistent sessions (CleanSession=0), by identity: the Azure SDKs
+    /// subscribe once and never again after a reconnect. Kept in memory: a restart of the hub
+    /// ends them.
+    persistent: Mutex<HashMap<String, std::collections::BTreeMap<String, u8>>>,
 }
 
 fn now_ms() -> i64 {
@@ -66,6 +70,51 @@ impl Sessions {
     fn mark(&self, cn: &str) {
         if let Ok(mut c) = self.changed.lock() {
             c.insert(cn.to_string(), now_ms());
+        }
+    }
+
+    /// Starts a session's subscription state: a clean session forgets what was kept; a
+    /// persistent one resumes it. Returns whether a session was present (CONNACK flag).
+    pub fn resume(&self, cn: &str, clean: bool) -> bool {
+        let Ok(mut p) = self.persistent.lock() else {
+            return false;
+        };
+        if clean {
+            p.remove(cn);
+            false
+        } else {
+            let present = p.contains_key(cn);
+            p.entry(cn.to_string()).or_default();
+            present
+        }
+    }
+
+    /// Records subscriptions of a persistent session (no effect for clean sessions).
+    pub fn subscribed(&self, cn: &str, filters: &[(String, u8)]) {
+        if let Ok(mut p) = self.persistent.lock()
+            && let Some(subs) = p.get_mut(cn)
+        {
+            for (f, q) in filters {
+                subs.insert(f.clone(), *q);
+            }
+        }
+    }
+
+    pub fn unsubscribed(&self, cn: &str, filters: &[String]) {
+        if let Ok(mut p) = self.persistent.lock()
+            && let Some(subs) = p.get_mut(cn)
+        {
+            for f in filters {
+                subs.remove(f);
+            }
+        }
+    }
+
+    /// Forgets the persistent session of a deleted identity (and of its modules).
+    pub fn forget(&self, device: &str) {
+        let prefix = format!("{device}/");
+        if let Ok(mut p) = self.persistent.lock() {
+            p.retain(|k, _| k != device && !k.starts_with(&prefix));
         }
     }
 

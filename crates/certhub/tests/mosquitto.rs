@@ -355,3 +355,87 @@ fn the_event_stream_is_live_and_resumes() {
         "{resumed}"
     );
 }
+
+/// CleanSession=0 keeps the session (the Azure SDKs never subscribe again after a reconnect):
+/// the next persistent CONNECT is answered with session present; a clean one starts afresh.
+#[test]
+fn persistent_sessions_are_resumed() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v).ok()
+    };
+    certhub(
+        d,
+        &[
+            "pki",
+            "demo",
+            "supply-chain",
+            "--out",
+            "pki",
+            "--devices",
+            "1",
+        ],
+    )
+    .ok();
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "pki/company-x/cert.pem",
+        "--verified",
+    ]);
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "smart-x-widget-0001",
+        "--auth-method",
+        "x509-ca",
+    ]);
+    let script = format!(
+        r#"
+import ssl, sys, time
+import paho.mqtt.client as mqtt
+def connect(clean, subscribe):
+    seen = []
+    c = mqtt.Client(client_id="smart-x-widget-0001", clean_session=clean, protocol=mqtt.MQTTv311)
+    c.username_pw_set("localhost/smart-x-widget-0001/?api-version=2021-04-12")
+    c.tls_set(ca_certs="{ca}", certfile="pki/devices/smart-x-widget-0001/chain.pem",
+              keyfile="pki/devices/smart-x-widget-0001/key.pem", tls_version=ssl.PROTOCOL_TLSv1_2)
+    c.on_connect = lambda client, userdata, flags, rc: seen.append((rc, flags["session present"]))
+    c.connect("localhost", {port})
+    c.loop_start()
+    while not seen:
+        time.sleep(0.02)
+    if subscribe:
+        c.subscribe("devices/smart-x-widget-0001/messages/devicebound/#", qos=1)
+        time.sleep(0.3)
+    c.disconnect()
+    c.loop_stop()
+    return seen[0]
+results = [connect(False, True), connect(False, False), connect(True, False), connect(False, False)]
+print(results)
+sys.exit(0 if results == [(0, 0), (0, 1), (0, 0), (0, 0)] else 1)
+"#,
+        ca = s(&data.join("tls/server-ca.pem")),
+        port = hub_process.mqtt_port
+    );
+    let out = Command::new(common::python())
+        .args(["-c", &script])
+        .current_dir(d)
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -194,6 +194,7 @@ pub async fn delete_device(
             state
                 .sessions()
                 .kick_device(id.as_str(), "the device was deleted");
+            state.sessions().forget(id.as_str());
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(device_not_found(id.as_str())),
