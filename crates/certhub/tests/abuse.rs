@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Pub, certhub, mosquitto_pub, s, start_hub, tmp};
+use common::{Pub, enroll_widget, mosquitto_pub, s, start_hub, tmp};
 
 #[test]
 fn idle_and_junk_connections_do_not_block_devices() {
@@ -14,41 +14,7 @@ fn idle_and_junk_connections_do_not_block_devices() {
     let d = t.path();
     let data = d.join("data");
     let hub_process = start_hub(&data);
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v).ok()
-    };
-    certhub(
-        d,
-        &[
-            "pki",
-            "demo",
-            "supply-chain",
-            "--out",
-            "pki",
-            "--devices",
-            "1",
-        ],
-    )
-    .ok();
-    hub(&[
-        "ca",
-        "upload",
-        "--name",
-        "company-x",
-        "--file",
-        "pki/company-x/cert.pem",
-        "--verified",
-    ]);
-    hub(&[
-        "device",
-        "create",
-        "--id",
-        "smart-x-widget-0001",
-        "--auth-method",
-        "x509-ca",
-    ]);
+    enroll_widget(d, &data);
 
     let addr = format!("127.0.0.1:{}", hub_process.mqtt_port);
     // More idle connections than the hub has handshake slots (256), and junk handshakes.

@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Pub, certhub, mosquitto_pub, s, start_hub, tmp};
+use common::{Pub, certhub, enroll_widget, mosquitto_pub, s, start_hub, tmp};
 
 #[test]
 fn sigkill_during_a_bulk_import_loses_nothing_acknowledged() {
@@ -109,36 +109,7 @@ fn acknowledged_telemetry_survives_sigkill() {
         v.extend_from_slice(&["--data-dir", s(&data)]);
         certhub(d, &v).ok()
     };
-    certhub(
-        d,
-        &[
-            "pki",
-            "demo",
-            "supply-chain",
-            "--out",
-            "pki",
-            "--devices",
-            "1",
-        ],
-    )
-    .ok();
-    hub(&[
-        "ca",
-        "upload",
-        "--name",
-        "company-x",
-        "--file",
-        "pki/company-x/cert.pem",
-        "--verified",
-    ]);
-    hub(&[
-        "device",
-        "create",
-        "--id",
-        "smart-x-widget-0001",
-        "--auth-method",
-        "x509-ca",
-    ]);
+    enroll_widget(d, &data);
     // 300 QoS 1 messages: mosquitto_pub succeeds only once every one was acknowledged.
     let out = mosquitto_pub(
         d,
@@ -207,36 +178,7 @@ fn telemetry_retention_deletes_old_messages() {
         v.extend_from_slice(&["--data-dir", s(&data)]);
         certhub(d, &v).ok()
     };
-    certhub(
-        d,
-        &[
-            "pki",
-            "demo",
-            "supply-chain",
-            "--out",
-            "pki",
-            "--devices",
-            "1",
-        ],
-    )
-    .ok();
-    hub(&[
-        "ca",
-        "upload",
-        "--name",
-        "company-x",
-        "--file",
-        "pki/company-x/cert.pem",
-        "--verified",
-    ]);
-    hub(&[
-        "device",
-        "create",
-        "--id",
-        "smart-x-widget-0001",
-        "--auth-method",
-        "x509-ca",
-    ]);
+    enroll_widget(d, &data);
     let publish = |message: &str| {
         let out = mosquitto_pub(
             d,

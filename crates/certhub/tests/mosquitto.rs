@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Pub, certhub, mosquitto_pub, s, start_hub, tmp};
+use common::{Pub, certhub, enroll_widget, mosquitto_pub, s, start_hub, tmp};
 
 #[test]
 fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
@@ -18,36 +18,7 @@ fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
         v.extend_from_slice(&["--data-dir", s(&data)]);
         certhub(d, &v).ok()
     };
-    certhub(
-        d,
-        &[
-            "pki",
-            "demo",
-            "supply-chain",
-            "--out",
-            "pki",
-            "--devices",
-            "1",
-        ],
-    )
-    .ok();
-    hub(&[
-        "ca",
-        "upload",
-        "--name",
-        "company-x",
-        "--file",
-        "pki/company-x/cert.pem",
-        "--verified",
-    ]);
-    hub(&[
-        "device",
-        "create",
-        "--id",
-        "smart-x-widget-0001",
-        "--auth-method",
-        "x509-ca",
-    ]);
+    enroll_widget(d, &data);
     let ca = data.join("tls/server-ca.pem");
     let widget = "pki/devices/smart-x-widget-0001";
 
@@ -163,36 +134,7 @@ fn a_will_message_is_forwarded_as_telemetry() {
         v.extend_from_slice(&["--data-dir", s(&data)]);
         certhub(d, &v).ok()
     };
-    certhub(
-        d,
-        &[
-            "pki",
-            "demo",
-            "supply-chain",
-            "--out",
-            "pki",
-            "--devices",
-            "1",
-        ],
-    )
-    .ok();
-    hub(&[
-        "ca",
-        "upload",
-        "--name",
-        "company-x",
-        "--file",
-        "pki/company-x/cert.pem",
-        "--verified",
-    ]);
-    hub(&[
-        "device",
-        "create",
-        "--id",
-        "smart-x-widget-0001",
-        "--auth-method",
-        "x509-ca",
-    ]);
+    enroll_widget(d, &data);
     let script = format!(
         r#"
 import socket, ssl, time
@@ -253,36 +195,7 @@ fn the_event_stream_is_live_and_resumes() {
         v.extend_from_slice(&["--data-dir", s(&data)]);
         certhub(d, &v).ok()
     };
-    certhub(
-        d,
-        &[
-            "pki",
-            "demo",
-            "supply-chain",
-            "--out",
-            "pki",
-            "--devices",
-            "1",
-        ],
-    )
-    .ok();
-    hub(&[
-        "ca",
-        "upload",
-        "--name",
-        "company-x",
-        "--file",
-        "pki/company-x/cert.pem",
-        "--verified",
-    ]);
-    hub(&[
-        "device",
-        "create",
-        "--id",
-        "smart-x-widget-0001",
-        "--auth-method",
-        "x509-ca",
-    ]);
+    enroll_widget(d, &data);
     let cs = hub(&["hub", "connection-string", "--policy", "service"]).stdout;
     let key = cs
         .trim()
@@ -364,41 +277,7 @@ fn persistent_sessions_are_resumed() {
     let d = t.path();
     let data = d.join("data");
     let hub_process = start_hub(&data);
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v).ok()
-    };
-    certhub(
-        d,
-        &[
-            "pki",
-            "demo",
-            "supply-chain",
-            "--out",
-            "pki",
-            "--devices",
-            "1",
-        ],
-    )
-    .ok();
-    hub(&[
-        "ca",
-        "upload",
-        "--name",
-        "company-x",
-        "--file",
-        "pki/company-x/cert.pem",
-        "--verified",
-    ]);
-    hub(&[
-        "device",
-        "create",
-        "--id",
-        "smart-x-widget-0001",
-        "--auth-method",
-        "x509-ca",
-    ]);
+    enroll_widget(d, &data);
     let script = format!(
         r#"
 import ssl, sys, time

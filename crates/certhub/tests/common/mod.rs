@@ -478,3 +478,52 @@ pub fn mosquitto_pub(dir: &Path, p: &Pub<'_>) -> Output {
             panic!("mosquitto_pub (Debian package mosquitto-clients) is required: {e}")
         })
 }
+
+/// The demo supply chain (in `dir/pki`), its root registered as verified and its first widget,
+/// `smart-x-widget-0001`, registered as a CA-authenticated device on the hub whose data
+/// directory is `data`.
+pub fn enroll_widget(dir: &Path, data: &Path) {
+    certhub(
+        dir,
+        &[
+            "pki",
+            "demo",
+            "supply-chain",
+            "--out",
+            "pki",
+            "--devices",
+            "1",
+        ],
+    )
+    .ok();
+    let data = s(data);
+    certhub(
+        dir,
+        &[
+            "ca",
+            "upload",
+            "--name",
+            "company-x",
+            "--file",
+            "pki/company-x/cert.pem",
+            "--verified",
+            "--data-dir",
+            data,
+        ],
+    )
+    .ok();
+    certhub(
+        dir,
+        &[
+            "device",
+            "create",
+            "--id",
+            "smart-x-widget-0001",
+            "--auth-method",
+            "x509-ca",
+            "--data-dir",
+            data,
+        ],
+    )
+    .ok();
+}
