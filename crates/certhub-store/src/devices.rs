@@ -201,15 +201,15 @@ impl Store {
         Ok(found)
     }
 
-    /// Replaces a device if its stored ETag is still `expected`.
+    /// Replaces a device if its stored ETag is still `expected`. The hub's own counters
+    /// (`c2d_count`, `last_activity_ms`) are not overwritten.
     pub async fn replace_device(&self, d: &Device, expected: &Etag) -> Result<WriteOutcome> {
         let a = &d.authentication;
         let done = sqlx::query(
             "UPDATE devices SET generation_id = $1, etag = $2, status = $3, status_reason = $4,
                 status_updated_ms = $5, auth_type = $6, primary_key = $7, secondary_key = $8,
-                primary_thumbprint = $9, secondary_thumbprint = $10, iot_edge = $11,
-                c2d_count = $12, last_activity_ms = $13
-             WHERE device_id = $14 AND etag = $15",
+                primary_thumbprint = $9, secondary_thumbprint = $10, iot_edge = $11
+             WHERE device_id = $12 AND etag = $13",
         )
         .bind(d.generation_id.clone())
         .bind(d.etag.0.clone())
@@ -222,8 +222,6 @@ impl Store {
         .bind(a.x509_thumbprint.primary_thumbprint.clone())
         .bind(a.x509_thumbprint.secondary_thumbprint.clone())
         .bind(i64::from(d.capabilities.iot_edge))
-        .bind(d.c2d_count)
-        .bind(d.last_activity_ms)
         .bind(d.device_id.as_str().to_string())
         .bind(expected.0.clone())
         .execute(self.pool())
@@ -270,10 +268,15 @@ impl Store {
                 DeleteOutcome::NotFound
             });
         }
-        sqlx::query("DELETE FROM modules WHERE device_id = $1")
+        // The device's modules, twins and queued cloud-to-device messages go with it.
+        for table in ["modules", "twins", "c2d"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE device_id = $1"
+            )))
             .bind(id.as_str().to_string())
             .execute(&mut *tx)
             .await?;
+        }
         tx.commit().await?;
         Ok(DeleteOutcome::Deleted)
     }
@@ -439,12 +442,14 @@ impl Store {
         })
     }
 
+    /// Deletes a module and its twin; with `expected`, only if its ETag still matches.
     pub async fn delete_module(
         &self,
         device: &DeviceId,
         module: &ModuleId,
         expected: Option<&Etag>,
     ) -> Result<DeleteOutcome> {
+        let mut tx = self.pool().begin().await?;
         let done = match expected {
             Some(e) => {
                 sqlx::query(
@@ -453,20 +458,27 @@ impl Store {
                 .bind(device.as_str().to_string())
                 .bind(module.as_str().to_string())
                 .bind(e.0.clone())
-                .execute(self.pool())
+                .execute(&mut *tx)
                 .await?
             }
             None => {
                 sqlx::query("DELETE FROM modules WHERE device_id = $1 AND module_id = $2")
                     .bind(device.as_str().to_string())
                     .bind(module.as_str().to_string())
-                    .execute(self.pool())
+                    .execute(&mut *tx)
                     .await?
             }
         };
         if done.rows_affected() == 1 {
+            sqlx::query("DELETE FROM twins WHERE device_id = $1 AND module_id = $2")
+                .bind(device.as_str().to_string())
+                .bind(module.as_str().to_string())
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
             return Ok(DeleteOutcome::Deleted);
         }
+        tx.rollback().await?;
         Ok(match self.module(device, module).await? {
             Some(_) => DeleteOutcome::Stale,
             None => DeleteOutcome::NotFound,

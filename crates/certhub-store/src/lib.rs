@@ -8,11 +8,13 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod c2d;
 mod cas;
 mod devices;
 mod hub;
 mod schema;
 mod telemetry;
+mod twins;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -22,9 +24,11 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use audit::{AuditFilter, AuditRecord};
+pub use c2d::{C2dRecord, Enqueued};
 pub use cas::CaRecord;
 pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
 pub use telemetry::TelemetryRecord;
+pub use twins::TwinRecord;
 
 /// A storage failure. Messages name what failed; the server logs them and answers 500.
 #[derive(Debug, thiserror::Error)]

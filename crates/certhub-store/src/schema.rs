@@ -89,6 +89,28 @@ const STEPS: &[&str] = &[
     // 4: the CA a certificateAuthority device last authenticated through.
     "ALTER TABLE devices ADD COLUMN last_ca TEXT;
     ALTER TABLE modules ADD COLUMN last_ca TEXT",
+    // 5: twins (module_id '' is the device's own twin) and the cloud-to-device queue.
+    "CREATE TABLE twins (
+        device_id TEXT NOT NULL,
+        module_id TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        PRIMARY KEY (device_id, module_id)
+    );
+    CREATE TABLE c2d (
+        id BIGINT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        properties TEXT NOT NULL,
+        body {BLOB} NOT NULL,
+        enqueued_ms BIGINT NOT NULL,
+        expiry_ms BIGINT NOT NULL,
+        delivery_count BIGINT NOT NULL
+    );
+    CREATE INDEX c2d_device ON c2d (device_id, id);
+    CREATE INDEX c2d_expiry ON c2d (expiry_ms);
+    CREATE TABLE c2d_counter (n BIGINT NOT NULL);
+    INSERT INTO c2d_counter (n) VALUES (0)",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {

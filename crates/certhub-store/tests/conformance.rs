@@ -229,6 +229,204 @@ async fn suite(store: &Store) {
     assert_eq!(store.prune_telemetry(0, 300).await.expect("prune"), 50);
     let left = store.telemetry_after(0, None, 1000).await.expect("left");
     assert_eq!((left.len(), left[0].seq), (300, 151));
+
+    twins_and_c2d(store).await;
+}
+
+/// Twins are written under their version; the C2D queue keeps order, caps, expiry and the
+/// device's message count; both go with their identity.
+async fn twins_and_c2d(store: &Store) {
+    use certhub_store::{C2dRecord, Enqueued, TwinRecord};
+    let tw = device("tw1", serde_json::json!({}));
+    store.create_device(&tw).await.expect("create");
+    let m = serde_json::from_value::<ModuleInput>(serde_json::json!({}))
+        .expect("input")
+        .into_module(&id("tw1"), &ModuleId::new("m1").expect("id"), None, 1_000)
+        .expect("module");
+    store.create_module(&m).await.expect("module");
+
+    assert!(store.twin("tw1", None).await.expect("twin").is_none());
+    let v1 = TwinRecord {
+        version: 1,
+        state: "{\"a\":1}".into(),
+    };
+    assert!(
+        store
+            .write_twin("tw1", None, None, &v1)
+            .await
+            .expect("write")
+    );
+    // A second first write loses instead of failing.
+    assert!(
+        !store
+            .write_twin("tw1", None, None, &v1)
+            .await
+            .expect("lose")
+    );
+    let v2 = TwinRecord {
+        version: 2,
+        state: "{\"a\":2}".into(),
+    };
+    assert!(
+        !store
+            .write_twin("tw1", None, Some(7), &v2)
+            .await
+            .expect("stale")
+    );
+    assert!(
+        store
+            .write_twin("tw1", None, Some(1), &v2)
+            .await
+            .expect("write")
+    );
+    assert_eq!(
+        store.twin("tw1", None).await.expect("twin"),
+        Some(v2.clone())
+    );
+    assert!(
+        store
+            .write_twin("tw1", Some("m1"), None, &v1)
+            .await
+            .expect("module twin")
+    );
+    assert_eq!(
+        store.twin("tw1", Some("m1")).await.expect("twin"),
+        Some(v1.clone())
+    );
+    // No twin for an identity that does not exist.
+    assert!(
+        !store
+            .write_twin("ghost", None, None, &v1)
+            .await
+            .expect("ghost")
+    );
+    assert!(
+        !store
+            .write_twin("tw1", Some("ghost"), None, &v1)
+            .await
+            .expect("ghost module")
+    );
+
+    let msg = |n: i64, expiry_ms: i64| C2dRecord {
+        id: 0,
+        device_id: "tw1".into(),
+        message_id: format!("m{n}"),
+        properties: "{}".into(),
+        body: vec![n as u8, 0, 255],
+        enqueued_ms: 1_000 + n,
+        expiry_ms,
+        delivery_count: 0,
+    };
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        match store
+            .enqueue_c2d(&msg(n, 10_000), 3, 1_000)
+            .await
+            .expect("enqueue")
+        {
+            Enqueued::Stored(i) => ids.push(i),
+            other => panic!("not stored: {other:?}"),
+        }
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(
+        store
+            .enqueue_c2d(&msg(9, 10_000), 3, 1_000)
+            .await
+            .expect("full"),
+        Enqueued::QueueFull
+    );
+    let mut ghost = msg(9, 10_000);
+    ghost.device_id = "ghost".into();
+    assert_eq!(
+        store.enqueue_c2d(&ghost, 3, 1_000).await.expect("ghost"),
+        Enqueued::NoDevice
+    );
+    let read = store
+        .device(&id("tw1"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(read.c2d_count, 3);
+    let pending = store
+        .pending_c2d("tw1", 0, 1_000, 10)
+        .await
+        .expect("pending");
+    assert_eq!(pending.len(), 3);
+    assert_eq!(pending[1].message_id, "m1");
+    assert_eq!(pending[1].body, vec![1, 0, 255]);
+    assert_eq!(
+        store
+            .pending_c2d("tw1", ids[1], 1_000, 10)
+            .await
+            .expect("after")
+            .len(),
+        1
+    );
+    assert_eq!(store.c2d_delivered(ids[0]).await.expect("delivered"), 1);
+    assert_eq!(store.c2d_delivered(ids[0]).await.expect("delivered"), 2);
+    assert!(store.remove_c2d("tw1", ids[0]).await.expect("complete"));
+    assert!(!store.remove_c2d("tw1", ids[0]).await.expect("again"));
+    // A device cannot complete another device's message.
+    assert!(!store.remove_c2d("d1", ids[1]).await.expect("other"));
+    assert_eq!(
+        store
+            .device(&id("tw1"))
+            .await
+            .expect("get")
+            .expect("exists")
+            .c2d_count,
+        2
+    );
+    // Expired messages are not pending, make room, and are dropped.
+    assert!(
+        store
+            .pending_c2d("tw1", 0, 10_000, 10)
+            .await
+            .expect("late")
+            .is_empty()
+    );
+    assert!(matches!(
+        store
+            .enqueue_c2d(&msg(5, 20_000), 2, 10_000)
+            .await
+            .expect("room"),
+        Enqueued::Stored(_)
+    ));
+    assert_eq!(
+        store.enqueue_c2d(&msg(6, 5_000), 9, 1_000).await.ok(),
+        Some(Enqueued::Stored(ids[2] + 2))
+    );
+    assert_eq!(store.expire_c2d(6_000).await.expect("expire"), 1);
+    assert_eq!(store.purge_c2d("tw1").await.expect("purge"), 1);
+    assert_eq!(
+        store
+            .device(&id("tw1"))
+            .await
+            .expect("get")
+            .expect("exists")
+            .c2d_count,
+        0
+    );
+
+    // Deleting the device takes its module twin, twin and queue with it.
+    store
+        .enqueue_c2d(&msg(7, 10_000), 3, 1_000)
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        store.delete_device(&id("tw1"), None).await.expect("delete"),
+        DeleteOutcome::Deleted
+    );
+    assert!(store.twin("tw1", None).await.expect("twin").is_none());
+    assert!(store.twin("tw1", Some("m1")).await.expect("twin").is_none());
+    assert!(
+        store
+            .pending_c2d("tw1", 0, 0, 10)
+            .await
+            .expect("gone")
+            .is_empty()
+    );
 }
 
 #[tokio::test]
