@@ -6,32 +6,18 @@ CERTHUB_CA (the hub's server CA file), CERTHUB_CONNECTION_STRING (iothubowner), 
 folder with the certificates), CERTHUB_SAS_KEY (the SAS device's key).
 """
 
-import base64
-import hashlib
-import hmac
-import json
 import os
-import ssl
 import sys
 import time
-import urllib.parse
-import urllib.request
 
 from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, Message, X509
 from azure.iot.device.exceptions import CredentialError
 from azure.iot.hub import IoTHubRegistryManager
 
+from hubtest import CA, CS, check, service_get
+
 HOST = os.environ["CERTHUB_HOST"]
-CA = open(os.environ["CERTHUB_CA"]).read()
-CS = os.environ["CERTHUB_CONNECTION_STRING"]
 D = os.environ["CERTHUB_DIR"]
-
-
-def check(cond, what):
-    if not cond:
-        print("FAILED:", what, file=sys.stderr)
-        sys.exit(1)
-    print("ok:", what)
 
 
 def x509(folder):
@@ -52,20 +38,6 @@ def refused(client):
     finally:
         client.shutdown()
     return False
-
-
-def service_get(path):
-    cs = dict(p.split("=", 1) for p in CS.split(";"))
-    sr = urllib.parse.quote(cs["HostName"], safe="")
-    se = str(int(time.time()) + 600)
-    sig = base64.b64encode(hmac.new(base64.b64decode(cs["SharedAccessKey"]),
-                                    f"{sr}\n{se}".encode(), hashlib.sha256).digest()).decode()
-    token = (f"SharedAccessSignature sr={sr}&sig={urllib.parse.quote(sig, safe='')}"
-             f"&se={se}&skn={cs['SharedAccessKeyName']}")
-    ctx = ssl.create_default_context(cadata=CA)
-    req = urllib.request.Request(f"https://{cs['HostName']}{path}", headers={"Authorization": token})
-    with urllib.request.urlopen(req, context=ctx) as r:
-        return json.loads(r.read())
 
 
 # 1. A widget at the end of Company-X -> Factory-Y -> Technician-Z sends telemetry.

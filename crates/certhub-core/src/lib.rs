@@ -30,5 +30,6 @@ pub use sas::{SasError, SasToken, generate_key, sign_token};
 pub use settings::{HubSettings, SettingsPatch};
 pub use time_fmt::{azure_time, azure_time_opt};
 pub use topics::{
-    MessageProperties, TopicRefusal, decode_property_bag, subscription_allowed, telemetry_topic,
+    DevicePublish, MessageProperties, TopicRefusal, c2d_topic, classify_publish,
+    decode_property_bag, filter_matches, subscription_allowed, telemetry_topic,
 };

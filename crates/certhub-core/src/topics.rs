@@ -110,6 +110,136 @@ pub fn subscription_allowed(id: &ClientId, filter: &str) -> Result<(), TopicRefu
     }
 }
 
+/// What a device's PUBLISH asks for (azure-protocol 1.5, 1.8, 1.9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DevicePublish {
+    /// Telemetry on the identity's own events topic.
+    Telemetry(MessageProperties),
+    /// `$iothub/twin/GET/?$rid={rid}`.
+    TwinGet { rid: String },
+    /// `$iothub/twin/PATCH/properties/reported/?$rid={rid}`.
+    TwinReported { rid: String },
+    /// `$iothub/methods/res/{status}/?$rid={rid}`.
+    MethodResponse { status: i64, rid: String },
+}
+
+/// The `$rid` parameter of a `$iothub/...` topic's query string.
+fn request_id(topic: &str, query: &str) -> Result<String, TopicRefusal> {
+    query
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == "$rid" || *k == "%24rid")
+        .map(|(_, v)| decode(v))
+        .filter(|rid| !rid.is_empty() && rid.len() <= 128)
+        .ok_or_else(|| {
+            TopicRefusal(format!(
+                "{topic:?} carries no request id: add ?$rid=<id> (at most 128 bytes)"
+            ))
+        })
+}
+
+/// Classifies a PUBLISH from `id`: its own telemetry topic, or a twin or method topic (the
+/// identity comes from the connection, so those carry no ids). Anything else is refused.
+pub fn classify_publish(id: &ClientId, topic: &str) -> Result<DevicePublish, TopicRefusal> {
+    let Some(rest) = topic.strip_prefix("$iothub/") else {
+        return telemetry_topic(id, topic).map(DevicePublish::Telemetry);
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    match path {
+        "twin/GET/" => Ok(DevicePublish::TwinGet {
+            rid: request_id(topic, query)?,
+        }),
+        "twin/PATCH/properties/reported/" => Ok(DevicePublish::TwinReported {
+            rid: request_id(topic, query)?,
+        }),
+        _ => {
+            let status = path
+                .strip_prefix("methods/res/")
+                .and_then(|s| s.strip_suffix('/'))
+                .and_then(|s| s.parse::<i64>().ok());
+            match status {
+                Some(status) => Ok(DevicePublish::MethodResponse {
+                    status,
+                    rid: request_id(topic, query)?,
+                }),
+                None => Err(TopicRefusal(format!(
+                    "{} may publish to its telemetry topic, $iothub/twin/GET/, \
+                     $iothub/twin/PATCH/properties/reported/ and $iothub/methods/res/{{status}}/, \
+                     not to {topic:?}",
+                    id.cn()
+                ))),
+            }
+        }
+    }
+}
+
+/// RFC 3986 unreserved characters stay; everything else is percent-encoded (as the Python
+/// SDK's `quote(..., safe="")`), so a bag never holds a raw `/`, `&` or `=`.
+const BAG: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+fn encode(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, BAG).to_string()
+}
+
+/// The system property keys of a C2D delivery, in Azure's order (azure-protocol 1.7).
+const C2D_SYSTEM: &[(&str, &str)] = &[
+    ("messageId", "$.mid"),
+    ("correlationId", "$.cid"),
+    ("userId", "$.uid"),
+    ("contentType", "$.ct"),
+    ("contentEncoding", "$.ce"),
+    ("expiryTimeUtc", "$.exp"),
+];
+
+/// The delivery topic of a cloud-to-device message:
+/// `devices/{d}/messages/devicebound/{bag}` with `$.to`, the system properties, `iothub-ack`
+/// and the application properties. An application property whose value is None is sent as a
+/// bare key.
+pub fn c2d_topic(
+    device: &crate::DeviceId,
+    system: &BTreeMap<String, String>,
+    ack: &str,
+    application: &BTreeMap<String, Option<String>>,
+) -> String {
+    let mut bag = vec![format!(
+        "%24.to={}",
+        encode(&format!("/devices/{device}/messages/deviceBound"))
+    )];
+    for (name, key) in C2D_SYSTEM {
+        if let Some(v) = system.get(*name) {
+            bag.push(format!("{}={}", encode(key), encode(v)));
+        }
+    }
+    bag.push(format!("iothub-ack={}", encode(ack)));
+    for (k, v) in application {
+        match v {
+            Some(v) => bag.push(format!("{}={}", encode(k), encode(v))),
+            None => bag.push(encode(k)),
+        }
+    }
+    format!("devices/{device}/messages/devicebound/{}", bag.join("&"))
+}
+
+/// Whether the subscription `filter` receives messages on `topic` (MQTT wildcard matching;
+/// the filters a device may hold end in `#`).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +281,76 @@ mod tests {
         assert!(subscription_allowed(&id("dev1"), "devices/dev2/messages/devicebound/#").is_err());
         assert!(subscription_allowed(&id("dev1"), "#").is_err());
         assert!(subscription_allowed(&id("dev1"), "$iothub/methods/POST/#").is_ok());
+    }
+
+    #[test]
+    fn twin_and_method_topics() {
+        let d = id("dev1");
+        assert_eq!(
+            classify_publish(&d, "$iothub/twin/GET/?$rid=7f3a"),
+            Ok(DevicePublish::TwinGet { rid: "7f3a".into() })
+        );
+        assert_eq!(
+            classify_publish(
+                &d,
+                "$iothub/twin/PATCH/properties/reported/?$rid=1&$version=3"
+            ),
+            Ok(DevicePublish::TwinReported { rid: "1".into() })
+        );
+        assert_eq!(
+            classify_publish(&d, "$iothub/methods/res/200/?$rid=ab"),
+            Ok(DevicePublish::MethodResponse {
+                status: 200,
+                rid: "ab".into()
+            })
+        );
+        assert!(matches!(
+            classify_publish(&d, "devices/dev1/messages/events/a=1"),
+            Ok(DevicePublish::Telemetry(_))
+        ));
+        for bad in [
+            "$iothub/twin/GET/",
+            "$iothub/twin/GET/?$rid=",
+            "$iothub/methods/res/abc/?$rid=1",
+            "$iothub/twin/PATCH/properties/desired/?$rid=1",
+            "$iothub/anything",
+            "devices/dev2/messages/events/",
+        ] {
+            assert!(classify_publish(&d, bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn c2d_bags_parse_like_the_python_sdk() {
+        let d = crate::DeviceId::new("dev+1").expect("id");
+        let system = BTreeMap::from([
+            ("messageId".to_string(), "m/1".to_string()),
+            ("contentType".to_string(), "application/json".to_string()),
+        ]);
+        let app = BTreeMap::from([
+            ("a b".to_string(), Some("x&y=z+1".to_string())),
+            ("flag".to_string(), None),
+        ]);
+        let topic = c2d_topic(&d, &system, "full", &app);
+        assert_eq!(
+            topic,
+            "devices/dev+1/messages/devicebound/%24.to=%2Fdevices%2Fdev%2B1%2Fmessages%2FdeviceBound&%24.mid=m%2F1&%24.ct=application%2Fjson&iothub-ack=full&a%20b=x%26y%3Dz%2B1&flag"
+        );
+        // Python takes split("/")[4] as the bag.
+        assert_eq!(topic.split('/').count(), 5);
+        assert!(filter_matches(
+            "devices/dev+1/messages/devicebound/#",
+            &topic
+        ));
+        assert!(!filter_matches(
+            "devices/dev/messages/devicebound/#",
+            &topic
+        ));
+        assert!(filter_matches(
+            "$iothub/methods/POST/#",
+            "$iothub/methods/POST/reboot/?$rid=1"
+        ));
+        assert!(filter_matches("a/+/c", "a/b/c"));
+        assert!(!filter_matches("a/+/c", "a/b/d"));
     }
 }

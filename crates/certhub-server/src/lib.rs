@@ -17,6 +17,7 @@ pub mod sessions;
 mod telemetry;
 pub mod tls;
 mod trust;
+mod twins;
 
 pub use api::{AppState, router};
 pub use listener::serve_https;

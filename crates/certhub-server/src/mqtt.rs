@@ -7,9 +7,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::{BTreeMap, HashMap};
+
 use certhub_core::{
-    AuthenticatedDevice, ClientId, ConnectFields, Context, ModuleId, Registered, authenticate,
-    subscription_allowed, telemetry_topic,
+    AuthenticatedDevice, ClientId, ConnectFields, Context, DevicePublish, ModuleId, Registered,
+    authenticate, c2d_topic, classify_publish, subscription_allowed, telemetry_topic,
 };
 use certhub_pki::{CertificateDer, Thumbprints, UnixTime};
 use certhub_store::{AuditRecord, TelemetryRecord};
@@ -22,6 +24,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::codec::Framed;
 
 use crate::api::AppState;
+use crate::sessions::{MethodReply, Outbound};
 
 /// Telemetry larger than Azure's 256 KB is refused; the packet may carry a topic besides.
 const MAX_PACKET: u32 = 256 * 1024 + 4096;
@@ -315,7 +318,9 @@ async fn session(
     let cn = device.id().cn();
     let ticket = state.sessions().register(&cn, device.ca(), device.switch());
     state.metrics().connect("ok");
-    let present = state.sessions().resume(&cn, connect.clean_session);
+    let (present, resumed) = state
+        .sessions()
+        .resume(&cn, ticket.conn, connect.clean_session);
     let _ = send(
         &mut conn,
         Packet::ConnectAck(ConnectAck {
@@ -360,7 +365,9 @@ async fn session(
     {
         tracing::warn!(error = %e, "could not record the device's CA");
     }
-    let end = run(&mut conn, &device, &state, keep_alive, ticket.kicked).await;
+    let end = Session::new(&device, &state, ticket.conn, resumed)
+        .run(&mut conn, keep_alive, ticket.kicked, ticket.outbound)
+        .await;
     state.sessions().unregister(&cn, ticket.conn);
     if let (End::Closed(_), Some(will)) = (&end, &connect.last_will) {
         // The link dropped without DISCONNECT: the will is forwarded as telemetry, marked
@@ -400,41 +407,186 @@ enum End {
     Closed(String),
 }
 
-async fn run(
-    conn: &mut Conn,
-    device: &AuthenticatedDevice,
-    state: &AppState,
-    keep_alive: Duration,
-    mut kicked: tokio::sync::oneshot::Receiver<String>,
-) -> End {
-    let id = device.id();
-    loop {
-        let packet = tokio::select! {
-            reason = &mut kicked => {
-                return End::Closed(reason.unwrap_or_else(|_| "closed by the hub".into()));
+/// Cloud-to-device messages sent and not yet acknowledged, per session at most.
+const C2D_WINDOW: usize = 16;
+
+/// A live session's own state.
+struct Session<'a> {
+    device: &'a AuthenticatedDevice,
+    state: &'a AppState,
+    conn_no: u64,
+    cn: String,
+    /// Its subscriptions, as granted.
+    subs: BTreeMap<String, u8>,
+    /// C2D messages sent and not acknowledged: packet id -> queue id.
+    inflight: HashMap<u16, i64>,
+    /// The highest queue id sent in this session.
+    c2d_cursor: i64,
+    next_packet_id: u16,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        device: &'a AuthenticatedDevice,
+        state: &'a AppState,
+        conn_no: u64,
+        subs: BTreeMap<String, u8>,
+    ) -> Self {
+        Self {
+            device,
+            state,
+            conn_no,
+            cn: device.id().cn(),
+            subs,
+            inflight: HashMap::new(),
+            c2d_cursor: 0,
+            next_packet_id: 0,
+        }
+    }
+
+    fn id(&self) -> &ClientId {
+        self.device.id()
+    }
+
+    /// The C2D subscription of a device; modules receive no C2D (azure-protocol 1.10).
+    fn wants_c2d(&self) -> bool {
+        self.id().module.is_none()
+            && self.subs.contains_key(&format!(
+                "devices/{}/messages/devicebound/#",
+                self.id().device
+            ))
+    }
+
+    fn packet_id(&mut self) -> u16 {
+        loop {
+            self.next_packet_id = self.next_packet_id.wrapping_add(1).max(1);
+            if !self.inflight.contains_key(&self.next_packet_id) {
+                return self.next_packet_id;
             }
-            p = tokio::time::timeout(keep_alive, conn.next()) => p,
-        };
-        let packet = match packet {
-            Err(_) => return End::Closed("keep-alive expired".into()),
-            Ok(None) => return End::Closed("the device closed the connection".into()),
-            Ok(Some(Err(e))) => return End::Closed(format!("protocol error: {e}")),
-            Ok(Some(Ok((p, _)))) => p,
-        };
-        match packet {
-            Packet::Publish(p) => {
-                if p.qos == QoS::ExactlyOnce {
-                    return End::Closed("QoS 2 publish (IoT Hub closes the connection)".into());
+        }
+    }
+
+    async fn run(
+        mut self,
+        conn: &mut Conn,
+        keep_alive: Duration,
+        mut kicked: tokio::sync::oneshot::Receiver<String>,
+        mut outbound: tokio::sync::mpsc::Receiver<Outbound>,
+    ) -> End {
+        // A resumed persistent session gets what was queued while it was away.
+        if let Err(end) = self.deliver_c2d(conn).await {
+            return end;
+        }
+        loop {
+            let packet = tokio::select! {
+                reason = &mut kicked => {
+                    return End::Closed(reason.unwrap_or_else(|_| "closed by the hub".into()));
                 }
-                let mut props = match telemetry_topic(id, &p.topic) {
-                    Ok(props) => props,
-                    Err(r) => return End::Closed(format!("topic-not-allowed: {}", r.0)),
-                };
+                Some(work) = outbound.recv() => {
+                    if let Err(end) = self.outbound(conn, work).await {
+                        return end;
+                    }
+                    continue;
+                }
+                p = tokio::time::timeout(keep_alive, conn.next()) => p,
+            };
+            let packet = match packet {
+                Err(_) => return End::Closed("keep-alive expired".into()),
+                Ok(None) => return End::Closed("the device closed the connection".into()),
+                Ok(Some(Err(e))) => return End::Closed(format!("protocol error: {e}")),
+                Ok(Some(Ok((p, _)))) => p,
+            };
+            if let Err(end) = self.packet(conn, packet).await {
+                return end;
+            }
+        }
+    }
+
+    async fn packet(&mut self, conn: &mut Conn, packet: Packet) -> Result<(), End> {
+        match packet {
+            Packet::Publish(p) => self.publish(conn, p).await,
+            Packet::Subscribe {
+                packet_id,
+                topic_filters,
+            } => {
+                let mut status = Vec::new();
+                let mut granted = Vec::new();
+                for (filter, qos) in &topic_filters {
+                    if let Err(r) = subscription_allowed(self.id(), filter) {
+                        return Err(End::Closed(format!("topic-not-allowed: {}", r.0)));
+                    }
+                    // QoS 2 is granted as 1 (azure-protocol 1.4).
+                    let q = if *qos == QoS::AtMostOnce { 0 } else { 1 };
+                    status.push(SubscribeReturnCode::Success(if q == 0 {
+                        QoS::AtMostOnce
+                    } else {
+                        QoS::AtLeastOnce
+                    }));
+                    granted.push((filter.to_string(), q));
+                }
+                for (f, q) in &granted {
+                    self.subs.insert(f.clone(), *q);
+                }
+                self.state
+                    .sessions()
+                    .subscribed(&self.cn, self.conn_no, &granted);
+                write(conn, Packet::SubscribeAck { packet_id, status }).await?;
+                self.deliver_c2d(conn).await
+            }
+            Packet::Unsubscribe {
+                packet_id,
+                topic_filters,
+            } => {
+                let filters: Vec<String> = topic_filters.iter().map(|f| f.to_string()).collect();
+                for f in &filters {
+                    self.subs.remove(f);
+                }
+                self.state
+                    .sessions()
+                    .unsubscribed(&self.cn, self.conn_no, &filters);
+                write(conn, Packet::UnsubscribeAck { packet_id }).await
+            }
+            Packet::PingRequest => write(conn, Packet::PingResponse).await,
+            Packet::PublishAck { packet_id } => {
+                if let Some(queued) = self.inflight.remove(&packet_id.get()) {
+                    // PUBACK completes the message (MQTT cannot reject or abandon).
+                    if let Err(e) = self
+                        .state
+                        .store()
+                        .remove_c2d(self.id().device.as_str(), queued)
+                        .await
+                    {
+                        tracing::warn!(client_id = self.cn, error = %e, "C2D completion not stored; it will be delivered again");
+                    }
+                    self.deliver_c2d(conn).await?;
+                }
+                Ok(())
+            }
+            Packet::Disconnect => Err(End::Clean),
+            other => Err(End::Closed(format!("unexpected packet {other:?}"))),
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        conn: &mut Conn,
+        p: Box<rmqtt_codec::types::Publish>,
+    ) -> Result<(), End> {
+        if p.qos == QoS::ExactlyOnce {
+            return Err(End::Closed(
+                "QoS 2 publish (IoT Hub closes the connection)".into(),
+            ));
+        }
+        let kind = classify_publish(self.id(), &p.topic)
+            .map_err(|r| End::Closed(format!("topic-not-allowed: {}", r.0)))?;
+        match kind {
+            DevicePublish::Telemetry(mut props) => {
                 if p.retain {
                     props
                         .application
                         .insert("mqtt-retain".into(), "true".into());
                 }
+                let id = self.id();
                 let record = TelemetryRecord {
                     seq: 0,
                     device_id: id.device.to_string(),
@@ -443,59 +595,191 @@ async fn run(
                     properties: serde_json::to_string(&props).unwrap_or_default(),
                     body: p.payload.to_vec(),
                 };
-                if let Err(e) = state.telemetry().append(record).await {
+                if let Err(e) = self.state.telemetry().append(record).await {
                     // Not durable: no PUBACK; the device will send it again.
-                    return End::Closed(format!("telemetry not stored: {e}"));
+                    return Err(End::Closed(format!("telemetry not stored: {e}")));
                 }
-                state.metrics().telemetry();
-                if let (QoS::AtLeastOnce, Some(packet_id)) = (p.qos, p.packet_id)
-                    && conn.send(Packet::PublishAck { packet_id }).await.is_err()
-                {
-                    return End::Closed("write failed".into());
+                self.state.metrics().telemetry();
+            }
+            DevicePublish::TwinGet { rid } => {
+                let id = self.id();
+                let (status, body) =
+                    match crate::twins::read(self.state, &id.device, id.module.as_ref()).await {
+                        Ok(twin) => (200, twin.device_view().to_string()),
+                        Err(e) => {
+                            tracing::error!(client_id = self.cn, error = %e, "twin not read");
+                            (500, error_body(500, "the twin could not be read"))
+                        }
+                    };
+                let topic = format!("$iothub/twin/res/{status}/?$rid={rid}");
+                write(conn, publish0(topic, body.into_bytes())).await?;
+            }
+            DevicePublish::TwinReported { rid } => {
+                let (topic, body) = self.reported(&rid, &p.payload).await;
+                write(conn, publish0(topic, body.into_bytes())).await?;
+            }
+            DevicePublish::MethodResponse { status, rid } => {
+                let reply = MethodReply {
+                    status,
+                    payload: p.payload.to_vec(),
+                };
+                if !self.state.sessions().finish_method(&self.cn, &rid, reply) {
+                    tracing::info!(
+                        client_id = self.cn,
+                        rid,
+                        "method response for no waiting call (timed out?)"
+                    );
                 }
             }
-            Packet::Subscribe {
-                packet_id,
-                topic_filters,
-            } => {
-                let mut status = Vec::new();
-                for (filter, qos) in &topic_filters {
-                    if let Err(r) = subscription_allowed(id, filter) {
-                        return End::Closed(format!("topic-not-allowed: {}", r.0));
-                    }
-                    status.push(SubscribeReturnCode::Success(if *qos == QoS::AtMostOnce {
-                        QoS::AtMostOnce
-                    } else {
-                        QoS::AtLeastOnce
-                    }));
-                }
-                let granted: Vec<(String, u8)> = topic_filters
-                    .iter()
-                    .map(|(f, q)| (f.to_string(), if *q == QoS::AtMostOnce { 0 } else { 1 }))
-                    .collect();
-                state.sessions().subscribed(&id.cn(), &granted);
-                if !send(conn, Packet::SubscribeAck { packet_id, status }).await {
-                    return End::Closed("write failed".into());
-                }
-            }
-            Packet::Unsubscribe {
-                packet_id,
-                topic_filters,
-            } => {
-                let filters: Vec<String> = topic_filters.iter().map(|f| f.to_string()).collect();
-                state.sessions().unsubscribed(&id.cn(), &filters);
-                if !send(conn, Packet::UnsubscribeAck { packet_id }).await {
-                    return End::Closed("write failed".into());
-                }
-            }
-            Packet::PingRequest => {
-                if !send(conn, Packet::PingResponse).await {
-                    return End::Closed("write failed".into());
-                }
-            }
-            Packet::PublishAck { .. } => {}
-            Packet::Disconnect => return End::Clean,
-            other => return End::Closed(format!("unexpected packet {other:?}")),
         }
+        if let (QoS::AtLeastOnce, Some(packet_id)) = (p.qos, p.packet_id) {
+            write(conn, Packet::PublishAck { packet_id }).await?;
+        }
+        Ok(())
+    }
+
+    /// A reported-properties patch: the response topic and body (azure-protocol 1.8).
+    async fn reported(&self, rid: &str, payload: &[u8]) -> (String, String) {
+        let patch: serde_json::Value = match serde_json::from_slice(payload) {
+            Ok(v) => v,
+            Err(e) => {
+                return (
+                    format!("$iothub/twin/res/400/?$rid={rid}"),
+                    error_body(400, &format!("the reported patch is not JSON: {e}")),
+                );
+            }
+        };
+        let id = self.id();
+        let now = crate::twins::now_iso();
+        let result = crate::twins::update(self.state, &id.device, id.module.as_ref(), |twin| {
+            Ok(twin.patch_reported(&patch, &now)?)
+        })
+        .await;
+        match result {
+            Ok((version, _)) => (
+                format!("$iothub/twin/res/204/?$rid={rid}&$version={version}"),
+                String::new(),
+            ),
+            Err(crate::twins::TwinOpError::Invalid(e)) => (
+                format!("$iothub/twin/res/400/?$rid={rid}"),
+                error_body(400, &e.to_string()),
+            ),
+            Err(e) => {
+                tracing::error!(client_id = self.cn, error = %e, "reported properties not stored");
+                (
+                    format!("$iothub/twin/res/500/?$rid={rid}"),
+                    error_body(500, "the reported properties could not be stored; retry"),
+                )
+            }
+        }
+    }
+
+    async fn outbound(&mut self, conn: &mut Conn, work: Outbound) -> Result<(), End> {
+        match work {
+            Outbound::C2d => self.deliver_c2d(conn).await,
+            Outbound::Desired(body) => {
+                let version = serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| v.get("$version").and_then(serde_json::Value::as_i64))
+                    .unwrap_or_default();
+                let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
+                write(conn, publish0(topic, body)).await
+            }
+            Outbound::Method { name, rid, payload } => {
+                // Method names are checked by the API: no '/', '?', '#' or '+'.
+                let topic = format!("$iothub/methods/POST/{name}/?$rid={rid}");
+                write(conn, publish0(topic, payload)).await
+            }
+        }
+    }
+
+    /// Sends queued C2D messages while the device is subscribed and the window has room.
+    async fn deliver_c2d(&mut self, conn: &mut Conn) -> Result<(), End> {
+        if !self.wants_c2d() {
+            return Ok(());
+        }
+        let room = C2D_WINDOW.saturating_sub(self.inflight.len());
+        if room == 0 {
+            return Ok(());
+        }
+        let device = self.id().device.clone();
+        let pending = match self
+            .state
+            .store()
+            .pending_c2d(device.as_str(), self.c2d_cursor, now_ms(), room as i64)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(client_id = self.cn, error = %e, "C2D queue not read");
+                return Ok(());
+            }
+        };
+        let max = self.state.c2d_limits().max_deliveries;
+        for m in pending {
+            self.c2d_cursor = m.id;
+            if m.delivery_count >= max {
+                // Dead-lettered: delivered max times without an acknowledgement.
+                let _ = self.state.store().remove_c2d(device.as_str(), m.id).await;
+                audit(
+                    self.state,
+                    "c2d.dead-letter",
+                    &self.cn,
+                    "delivery-count-exceeded",
+                    format!(
+                        "message {} delivered {} times without PUBACK",
+                        m.message_id, m.delivery_count
+                    ),
+                )
+                .await;
+                continue;
+            }
+            let props: crate::api::StoredC2dProperties =
+                serde_json::from_str(&m.properties).unwrap_or_default();
+            let topic = c2d_topic(&device, &props.system, &props.ack, &props.application);
+            if let Err(e) = self.state.store().c2d_delivered(m.id).await {
+                tracing::warn!(client_id = self.cn, error = %e, "C2D delivery count not stored");
+            }
+            let packet_id = self.packet_id();
+            self.inflight.insert(packet_id, m.id);
+            let publish = rmqtt_codec::types::Publish {
+                dup: false,
+                retain: false,
+                qos: QoS::AtLeastOnce,
+                topic: topic.into(),
+                packet_id: std::num::NonZeroU16::new(packet_id),
+                payload: m.body.into(),
+                properties: None,
+            };
+            write(conn, Packet::Publish(Box::new(publish))).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The body of an error answer on a `$iothub/twin/res` topic.
+fn error_body(status: u16, message: &str) -> String {
+    serde_json::json!({"errorCode": status, "message": message}).to_string()
+}
+
+/// A QoS 0 PUBLISH from the hub.
+fn publish0(topic: String, payload: Vec<u8>) -> Packet {
+    Packet::Publish(Box::new(rmqtt_codec::types::Publish {
+        dup: false,
+        retain: false,
+        qos: QoS::AtMostOnce,
+        topic: topic.into(),
+        packet_id: None,
+        payload: payload.into(),
+        properties: None,
+    }))
+}
+
+/// Writes a packet; a device that does not take it within `WRITE_TIMEOUT` ends the session.
+async fn write(conn: &mut Conn, packet: Packet) -> Result<(), End> {
+    if send(conn, packet).await {
+        Ok(())
+    } else {
+        Err(End::Closed("write failed or timed out".into()))
     }
 }

@@ -2,14 +2,55 @@
 //! of the same identity closes the older one; revocation (a device disabled, deleted or given
 //! new credentials, its CA deleted or un-verified) closes every affected session at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// Why the hub closed a session; the session loop audits it.
 pub type KickReason = String;
+
+/// Work the hub hands to a live session.
+#[derive(Debug)]
+pub enum Outbound {
+    /// Cloud-to-device messages were queued: read the queue.
+    C2d,
+    /// A desired-properties patch: the JSON body, `$version` included.
+    Desired(Vec<u8>),
+    /// A direct method request.
+    Method {
+        name: String,
+        rid: String,
+        payload: Vec<u8>,
+    },
+}
+
+/// How many outbound items may wait for one session; beyond that the device is not keeping
+/// up and new work is refused (a method call answers 503, a twin patch is not pushed but
+/// the device reads it on its next twin GET).
+const OUTBOUND_QUEUE: usize = 64;
+
+/// The direct-method subscription filter.
+pub const METHODS: &str = "$iothub/methods/POST/#";
+/// The desired-properties subscription filter.
+pub const DESIRED: &str = "$iothub/twin/PATCH/properties/desired/#";
+
+/// A device's answer to a direct method: its status and JSON payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MethodReply {
+    pub status: i64,
+    pub payload: Vec<u8>,
+}
+
+/// Why outbound work could not be handed to a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Undeliverable {
+    /// No live session, or it has not subscribed to the topic the work needs.
+    NotOnline,
+    /// The session's outbound queue is full.
+    Busy,
+}
 
 #[derive(Debug)]
 struct Live {
@@ -18,6 +59,9 @@ struct Live {
     /// The hub setting that would shut this session out (SAS sessions), if any.
     switch: Option<&'static str>,
     kick: oneshot::Sender<KickReason>,
+    out: mpsc::Sender<Outbound>,
+    /// Its subscriptions (filter -> granted QoS).
+    subs: BTreeMap<String, u8>,
 }
 
 #[derive(Debug, Default)]
@@ -29,18 +73,23 @@ pub struct Sessions {
     /// Subscriptions of persistent sessions (CleanSession=0), by identity: the Azure SDKs
     /// subscribe once and never again after a reconnect. Kept in memory: a restart of the hub
     /// ends them.
-    persistent: Mutex<HashMap<String, std::collections::BTreeMap<String, u8>>>,
+    persistent: Mutex<HashMap<String, BTreeMap<String, u8>>>,
+    /// Direct-method calls waiting for the device's answer, by identity and request id.
+    methods: Mutex<HashMap<(String, String), oneshot::Sender<MethodReply>>>,
+    next_rid: AtomicU64,
 }
 
 fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// A registered session: its connection number and the receiver of a kick.
+/// A registered session: its connection number, the receiver of a kick and of outbound
+/// work.
 #[derive(Debug)]
 pub struct Ticket {
     pub conn: u64,
     pub kicked: oneshot::Receiver<KickReason>,
+    pub outbound: mpsc::Receiver<Outbound>,
 }
 
 impl Sessions {
@@ -48,6 +97,7 @@ impl Sessions {
     pub fn register(&self, cn: &str, ca: &str, switch: Option<&'static str>) -> Ticket {
         let conn = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = oneshot::channel();
+        let (out, outbound) = mpsc::channel(OUTBOUND_QUEUE);
         if let Ok(mut live) = self.live.lock()
             && let Some(old) = live.insert(
                 cn.to_string(),
@@ -56,6 +106,8 @@ impl Sessions {
                     ca: ca.to_string(),
                     switch,
                     kick: tx,
+                    out,
+                    subs: BTreeMap::new(),
                 },
             )
         {
@@ -64,7 +116,11 @@ impl Sessions {
                 .send("replaced by a newer connection of the same identity".into());
         }
         self.mark(cn);
-        Ticket { conn, kicked: rx }
+        Ticket {
+            conn,
+            kicked: rx,
+            outbound,
+        }
     }
 
     fn mark(&self, cn: &str) {
@@ -74,23 +130,41 @@ impl Sessions {
     }
 
     /// Starts a session's subscription state: a clean session forgets what was kept; a
-    /// persistent one resumes it. Returns whether a session was present (CONNACK flag).
-    pub fn resume(&self, cn: &str, clean: bool) -> bool {
-        let Ok(mut p) = self.persistent.lock() else {
-            return false;
+    /// persistent one resumes it. Returns whether a session was present (CONNACK flag) and
+    /// the subscriptions it resumes.
+    pub fn resume(&self, cn: &str, conn: u64, clean: bool) -> (bool, BTreeMap<String, u8>) {
+        let (present, subs) = {
+            let Ok(mut p) = self.persistent.lock() else {
+                return (false, BTreeMap::new());
+            };
+            if clean {
+                p.remove(cn);
+                (false, BTreeMap::new())
+            } else {
+                let present = p.contains_key(cn);
+                (present, p.entry(cn.to_string()).or_default().clone())
+            }
         };
-        if clean {
-            p.remove(cn);
-            false
-        } else {
-            let present = p.contains_key(cn);
-            p.entry(cn.to_string()).or_default();
-            present
+        self.with_live(cn, conn, |l| l.subs = subs.clone());
+        (present, subs)
+    }
+
+    fn with_live(&self, cn: &str, conn: u64, f: impl FnOnce(&mut Live)) {
+        if let Ok(mut live) = self.live.lock()
+            && let Some(l) = live.get_mut(cn)
+            && l.conn == conn
+        {
+            f(l);
         }
     }
 
-    /// Records subscriptions of a persistent session (no effect for clean sessions).
-    pub fn subscribed(&self, cn: &str, filters: &[(String, u8)]) {
+    /// Records subscriptions of a session (and of its persistent state, if any).
+    pub fn subscribed(&self, cn: &str, conn: u64, filters: &[(String, u8)]) {
+        self.with_live(cn, conn, |l| {
+            for (f, q) in filters {
+                l.subs.insert(f.clone(), *q);
+            }
+        });
         if let Ok(mut p) = self.persistent.lock()
             && let Some(subs) = p.get_mut(cn)
         {
@@ -100,13 +174,86 @@ impl Sessions {
         }
     }
 
-    pub fn unsubscribed(&self, cn: &str, filters: &[String]) {
+    pub fn unsubscribed(&self, cn: &str, conn: u64, filters: &[String]) {
+        self.with_live(cn, conn, |l| {
+            for f in filters {
+                l.subs.remove(f);
+            }
+        });
         if let Ok(mut p) = self.persistent.lock()
             && let Some(subs) = p.get_mut(cn)
         {
             for f in filters {
                 subs.remove(f);
             }
+        }
+    }
+
+    /// Hands work to the live session of `cn`, if it holds the subscription `filter` (when
+    /// one is named).
+    pub fn deliver(
+        &self,
+        cn: &str,
+        filter: Option<&str>,
+        work: Outbound,
+    ) -> Result<(), Undeliverable> {
+        let out = {
+            let live = self.live.lock().map_err(|_| Undeliverable::NotOnline)?;
+            let l = live.get(cn).ok_or(Undeliverable::NotOnline)?;
+            if filter.is_some_and(|f| !l.subs.contains_key(f)) {
+                return Err(Undeliverable::NotOnline);
+            }
+            l.out.clone()
+        };
+        out.try_send(work).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Undeliverable::Busy,
+            mpsc::error::TrySendError::Closed(_) => Undeliverable::NotOnline,
+        })
+    }
+
+    /// Sends a direct-method request to the live session of `cn` (subscribed to methods);
+    /// the receiver gets the device's answer. The caller applies its timeout and then calls
+    /// [`Sessions::forget_method`].
+    pub fn start_method(
+        &self,
+        cn: &str,
+        name: &str,
+        payload: Vec<u8>,
+    ) -> Result<(String, oneshot::Receiver<MethodReply>), Undeliverable> {
+        let rid = format!("{:x}", self.next_rid.fetch_add(1, Ordering::Relaxed) + 1);
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut m) = self.methods.lock() {
+            m.insert((cn.to_string(), rid.clone()), tx);
+        }
+        let sent = self.deliver(
+            cn,
+            Some(METHODS),
+            Outbound::Method {
+                name: name.to_string(),
+                rid: rid.clone(),
+                payload,
+            },
+        );
+        if let Err(e) = sent {
+            self.forget_method(cn, &rid);
+            return Err(e);
+        }
+        Ok((rid, rx))
+    }
+
+    /// A device answered request `rid`; false if no call of this identity waits for it.
+    pub fn finish_method(&self, cn: &str, rid: &str, reply: MethodReply) -> bool {
+        let waiting = self
+            .methods
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&(cn.to_string(), rid.to_string())));
+        waiting.is_some_and(|tx| tx.send(reply).is_ok())
+    }
+
+    pub fn forget_method(&self, cn: &str, rid: &str) {
+        if let Ok(mut m) = self.methods.lock() {
+            m.remove(&(cn.to_string(), rid.to_string()));
         }
     }
 

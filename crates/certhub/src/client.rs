@@ -196,6 +196,43 @@ impl Client {
     }
 }
 
+impl Client {
+    /// One page of `POST /devices/query` (up to 1000 items) and the continuation token.
+    pub fn query(
+        &self,
+        query: &str,
+        continuation: Option<&str>,
+    ) -> Result<(Value, Option<String>)> {
+        let url = self.url("/devices/query");
+        let mut req = self
+            .agent
+            .post(&url)
+            .header("Authorization", &self.token())
+            .header("x-ms-max-item-count", "1000");
+        if let Some(c) = continuation {
+            req = req.header("x-ms-continuation", c);
+        }
+        let mut resp = req
+            .send_json(serde_json::json!({ "query": query }))
+            .with_context(|| format!("POST https://{}/devices/query", self.host))?;
+        let status = resp.status().as_u16();
+        let next = resp
+            .headers()
+            .get("x-ms-continuation")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if status >= 300 {
+            let message = body["Message"].as_str().unwrap_or("(no message)");
+            let message = message.strip_prefix("ErrorCode:").unwrap_or(message);
+            let (code, text) = message.split_once(';').unwrap_or(("", message));
+            bail!("the hub answered {status} {code}: {text}");
+        }
+        Ok((body, next))
+    }
+}
+
 pub fn print_json(v: &Value) {
     out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }

@@ -10,6 +10,7 @@ macro_rules! out {
 mod audit;
 mod ca;
 mod client;
+mod cloud;
 mod device;
 mod files;
 mod hub;
@@ -51,6 +52,15 @@ enum Command {
     /// Device-to-cloud messages in the hub's telemetry log.
     #[command(subcommand)]
     Messages(messages::MessagesCommand),
+    /// Cloud-to-device messages: send, purge.
+    #[command(subcommand)]
+    C2d(cloud::C2dCommand),
+    /// Device and module twins: show, update desired properties and tags, query.
+    #[command(subcommand)]
+    Twin(cloud::TwinCommand),
+    /// Direct methods: invoke one on a connected device.
+    #[command(subcommand)]
+    Method(cloud::MethodCommand),
 }
 
 /// What a command tells the process: success, a refusal the user asked us to decide (exit 1),
@@ -71,6 +81,9 @@ fn main() -> ExitCode {
         Command::Ca(cmd) => ca::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Messages(cmd) => messages::run(cmd),
+        Command::C2d(cmd) => cloud::c2d(cmd),
+        Command::Twin(cmd) => cloud::twin(cmd),
+        Command::Method(cmd) => cloud::method(cmd),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -17,7 +17,8 @@ pub const EXIT_CONFIG: u8 = 64;
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
     /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, database_url,
-    /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages).
+    /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages,
+    /// c2d_max_pending, c2d_max_deliveries).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory: SQLite database, the hub's TLS files [default: ./certhub-data].
@@ -44,6 +45,13 @@ pub struct ServeArgs {
     /// Most telemetry messages kept; the oldest go first [default: 10000000].
     #[arg(long)]
     telemetry_max_messages: Option<String>,
+    /// Cloud-to-device messages waiting per device at most [default: 50].
+    #[arg(long)]
+    c2d_max_pending: Option<String>,
+    /// Deliveries of a cloud-to-device message without acknowledgement before it is dropped
+    /// [default: 10].
+    #[arg(long)]
+    c2d_max_deliveries: Option<String>,
 }
 
 /// The TOML file's keys; anything else is an error that names the key.
@@ -59,6 +67,8 @@ struct FileConfig {
     max_device_sessions: Option<u64>,
     telemetry_retention: Option<u64>,
     telemetry_max_messages: Option<u64>,
+    c2d_max_pending: Option<u64>,
+    c2d_max_deliveries: Option<u64>,
 }
 
 /// The configuration the hub runs with.
@@ -73,6 +83,7 @@ pub struct Config {
     pub max_device_sessions: usize,
     pub telemetry_retention: Duration,
     pub telemetry_max_messages: i64,
+    pub c2d: certhub_server::api::C2dLimits,
 }
 
 /// A configuration problem: the key and what is wrong with it.
@@ -232,7 +243,27 @@ impl Config {
             10_000_000,
             1..=i64::MAX as u64,
         )?;
+        let c2d_max_pending = number(
+            "c2d_max_pending",
+            &args.c2d_max_pending,
+            "CERTHUB_C2D_MAX_PENDING",
+            file.c2d_max_pending,
+            50,
+            1..=5000,
+        )?;
+        let c2d_max_deliveries = number(
+            "c2d_max_deliveries",
+            &args.c2d_max_deliveries,
+            "CERTHUB_C2D_MAX_DELIVERIES",
+            file.c2d_max_deliveries,
+            10,
+            1..=100,
+        )?;
         Ok(Self {
+            c2d: certhub_server::api::C2dLimits {
+                max_pending: c2d_max_pending as i64,
+                max_deliveries: c2d_max_deliveries as i64,
+            },
             telemetry_retention: Duration::from_secs(telemetry_retention),
             telemetry_max_messages: telemetry_max_messages as i64,
             max_device_sessions,
@@ -352,6 +383,7 @@ async fn serve(config: Config) -> Result<Outcome> {
         config.verification_code_ttl,
     )
     .await?;
+    state.set_c2d_limits(config.c2d);
 
     let dir = config.data_dir.display();
     say!("certhub {} is running", env!("CARGO_PKG_VERSION"));
@@ -394,7 +426,7 @@ async fn serve(config: Config) -> Result<Outcome> {
         let _ = ctrl_c.await;
     };
     // Telemetry retention: by age and by count, checked twice per retention period (at most
-    // every minute).
+    // every minute); expired cloud-to-device messages leave their queues at the same pace.
     let pruning = {
         let store = store.clone();
         let retention = config.telemetry_retention;
@@ -409,6 +441,13 @@ async fn serve(config: Config) -> Result<Outcome> {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "telemetry retention"),
                     Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
+                }
+                let now_ms =
+                    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+                match store.expire_c2d(now_ms).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(expired = n, "cloud-to-device messages expired"),
+                    Err(e) => tracing::warn!(error = %e, "cloud-to-device expiry failed"),
                 }
             }
         })

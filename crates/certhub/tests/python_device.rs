@@ -10,7 +10,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::{certhub, python, s, start_hub_with, tmp};
+use common::{certhub, python, s, start_hub_with, technician_signed, tmp};
 
 const HOST: &str = "127.0.0.2";
 
@@ -50,63 +50,8 @@ fn azure_iot_device_sdk_connects_sends_and_is_revoked() {
         ],
     )
     .ok();
-    let tz = "pki/technician-z";
-    certhub(
-        d,
-        &[
-            "pki",
-            "request",
-            "--subject",
-            "CN=smart-x-widget-0001/sensor",
-            "--out",
-            "pki/module",
-        ],
-    )
-    .ok();
-    certhub(
-        d,
-        &[
-            "pki",
-            "sign",
-            "--issuer",
-            tz,
-            "--csr",
-            "pki/module/request.csr",
-            "--profile",
-            "device",
-            "--out",
-            "pki/module",
-        ],
-    )
-    .ok();
-    certhub(
-        d,
-        &[
-            "pki",
-            "request",
-            "--subject",
-            "CN=widget-thumb",
-            "--out",
-            "pki/thumb",
-        ],
-    )
-    .ok();
-    certhub(
-        d,
-        &[
-            "pki",
-            "sign",
-            "--issuer",
-            tz,
-            "--csr",
-            "pki/thumb/request.csr",
-            "--profile",
-            "device",
-            "--out",
-            "pki/thumb",
-        ],
-    )
-    .ok();
+    technician_signed(d, "smart-x-widget-0001/sensor", "pki/module");
+    technician_signed(d, "widget-thumb", "pki/thumb");
     let tp = certhub(d, &["pki", "thumbprint", "pki/thumb/cert.pem"]).ok();
     let sha256 = tp
         .stdout

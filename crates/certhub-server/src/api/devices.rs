@@ -19,19 +19,19 @@ pub struct ListParams {
     after: Option<String>,
 }
 
-fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
+pub(super) fn device_id(raw: &str) -> Result<DeviceId, ApiError> {
     DeviceId::new(raw).map_err(|e| ApiError::bad_request("ArgumentInvalid", e.to_string()))
 }
 
-fn module_id(raw: &str) -> Result<ModuleId, ApiError> {
+pub(super) fn module_id(raw: &str) -> Result<ModuleId, ApiError> {
     ModuleId::new(raw).map_err(|e| ApiError::bad_request("ArgumentInvalid", e.to_string()))
 }
 
-fn if_match(headers: &HeaderMap) -> IfMatch {
+pub(super) fn if_match(headers: &HeaderMap) -> IfMatch {
     IfMatch::parse(headers.get(IF_MATCH).and_then(|v| v.to_str().ok()))
 }
 
-fn with_etag(json: serde_json::Value, etag: &certhub_core::Etag) -> Response {
+pub(super) fn with_etag(json: serde_json::Value, etag: &certhub_core::Etag) -> Response {
     let mut r = Json(json).into_response();
     if let Ok(v) = etag.header_value().parse() {
         r.headers_mut().insert(ETAG, v);
@@ -39,11 +39,11 @@ fn with_etag(json: serde_json::Value, etag: &certhub_core::Etag) -> Response {
     r
 }
 
-fn device_not_found(id: &str) -> ApiError {
+pub(super) fn device_not_found(id: &str) -> ApiError {
     ApiError::not_found("DeviceNotFound", format!("Device {id} not registered"))
 }
 
-fn module_not_found(id: &str, mid: &str) -> ApiError {
+pub(super) fn module_not_found(id: &str, mid: &str) -> ApiError {
     ApiError::not_found(
         "ModuleNotFound",
         format!("Module {mid} of device {id} not registered"),

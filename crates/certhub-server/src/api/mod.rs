@@ -3,11 +3,13 @@
 
 mod auth;
 mod body;
+mod c2d;
 mod certificates;
 mod devices;
 mod error;
 mod hub;
 mod messages;
+mod twins;
 
 use std::sync::{Arc, RwLock};
 
@@ -18,6 +20,7 @@ use certhub_core::{HubSettings, Policy};
 use certhub_store::{AuditRecord, Store, StoreError};
 
 pub use auth::Caller;
+pub use c2d::StoredProperties as StoredC2dProperties;
 pub use error::ApiError;
 
 /// How long settings read from the store are trusted before they are read again.
@@ -25,6 +28,25 @@ const SETTINGS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Largest request body the API reads (a bulk request of 100 devices fits easily).
 pub const MAX_BODY: usize = 256 * 1024;
+
+/// Limits of the cloud-to-device queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct C2dLimits {
+    /// Messages waiting per device at most (Azure: 50).
+    pub max_pending: i64,
+    /// Deliveries without an acknowledgement after which a message is dropped (Azure's
+    /// maxDeliveryCount, default 10).
+    pub max_deliveries: i64,
+}
+
+impl Default for C2dLimits {
+    fn default() -> Self {
+        Self {
+            max_pending: 50,
+            max_deliveries: 10,
+        }
+    }
+}
 
 /// What every handler shares. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -42,6 +64,7 @@ struct Inner {
     sessions: Arc<crate::sessions::Sessions>,
     metrics: crate::metrics::Metrics,
     telemetry: crate::telemetry::TelemetryLog,
+    c2d: RwLock<C2dLimits>,
     /// The settings and when they were read: other processes (`certhub hub set --local`) may
     /// change them in the store, so they are read again when older than a second.
     settings: RwLock<(HubSettings, std::time::Instant)>,
@@ -74,6 +97,7 @@ impl AppState {
                 sessions: Arc::default(),
                 metrics: crate::metrics::Metrics::default(),
                 telemetry,
+                c2d: RwLock::new(C2dLimits::default()),
                 settings: RwLock::new((settings, std::time::Instant::now())),
             }),
         })
@@ -123,6 +147,16 @@ impl AppState {
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
+    }
+
+    pub fn c2d_limits(&self) -> C2dLimits {
+        self.inner.c2d.read().map(|l| *l).unwrap_or_default()
+    }
+
+    pub fn set_c2d_limits(&self, limits: C2dLimits) {
+        if let Ok(mut l) = self.inner.c2d.write() {
+            *l = limits;
+        }
     }
 
     pub fn telemetry(&self) -> &crate::telemetry::TelemetryLog {
@@ -215,6 +249,26 @@ pub fn router(state: AppState) -> Router {
             get(devices::get_device)
                 .put(devices::put_device)
                 .delete(devices::delete_device),
+        )
+        .route("/devices/query", post(twins::query))
+        .route("/devices/{id}/messages/deviceBound", post(c2d::send))
+        .route("/devices/{id}/commands", axum::routing::delete(c2d::purge))
+        .route(
+            "/twins/{id}",
+            get(twins::get_device_twin)
+                .put(twins::put_device_twin)
+                .patch(twins::patch_device_twin),
+        )
+        .route("/twins/{id}/methods", post(twins::invoke_device_method))
+        .route(
+            "/twins/{id}/modules/{mid}",
+            get(twins::get_module_twin)
+                .put(twins::put_module_twin)
+                .patch(twins::patch_module_twin),
+        )
+        .route(
+            "/twins/{id}/modules/{mid}/methods",
+            post(twins::invoke_module_method),
         )
         .route("/devices/{id}/modules", get(devices::list_modules))
         .route(

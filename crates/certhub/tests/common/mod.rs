@@ -479,6 +479,39 @@ pub fn mosquitto_pub(dir: &Path, p: &Pub<'_>) -> Output {
         })
 }
 
+/// A device certificate with subject `CN=cn`, requested in `dir/out` (the key stays there) and
+/// signed by the demo supply chain's Technician-Z (`dir/pki/technician-z`) from the CSR.
+pub fn technician_signed(dir: &Path, cn: &str, out: &str) {
+    certhub(
+        dir,
+        &[
+            "pki",
+            "request",
+            "--subject",
+            &format!("CN={cn}"),
+            "--out",
+            out,
+        ],
+    )
+    .ok();
+    certhub(
+        dir,
+        &[
+            "pki",
+            "sign",
+            "--issuer",
+            "pki/technician-z",
+            "--csr",
+            &format!("{out}/request.csr"),
+            "--profile",
+            "device",
+            "--out",
+            out,
+        ],
+    )
+    .ok();
+}
+
 /// The demo supply chain (in `dir/pki`), its root registered as verified and its first widget,
 /// `smart-x-widget-0001`, registered as a CA-authenticated device on the hub whose data
 /// directory is `data`.

@@ -1,0 +1,218 @@
+//! Cloud-to-device messages: `POST /devices/{id}/messages/deviceBound` queues one (a REST
+//! path of certhub's own: the Azure service SDKs send C2D over AMQP, which certhub does not
+//! speak), `DELETE /devices/{id}/commands` purges the queue (azure-protocol 1.7, 4.2).
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use certhub_core::{Rights, Status, azure_time};
+use certhub_store::{C2dRecord, Enqueued};
+use serde::{Deserialize, Serialize};
+
+use super::body::JsonBody;
+use super::devices::{device_id, device_not_found};
+use super::{ApiError, AppState, Caller, now_ms};
+use crate::sessions::Outbound;
+
+/// Largest message body (Azure's C2D limit).
+pub const MAX_C2D_BODY: usize = 64 * 1024;
+/// Longest time to live: two days.
+const MAX_TTL_SECONDS: i64 = 2 * 24 * 3600;
+const DEFAULT_TTL_SECONDS: i64 = 3600;
+
+/// A message to send, as the API takes it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SendBody {
+    /// The body as text...
+    body: Option<String>,
+    /// ...or as base64 for binary bodies.
+    body_base64: Option<String>,
+    message_id: Option<String>,
+    correlation_id: Option<String>,
+    user_id: Option<String>,
+    content_type: Option<String>,
+    content_encoding: Option<String>,
+    /// Time to live, 1 s to two days (default one hour).
+    ttl_seconds: Option<i64>,
+    /// Feedback requested: none (default), positive, negative or full.
+    ack: Option<String>,
+    /// Application properties; a null value is sent as a bare key.
+    #[serde(default)]
+    properties: BTreeMap<String, Option<String>>,
+}
+
+/// What the store keeps beside the body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StoredProperties {
+    pub system: BTreeMap<String, String>,
+    pub ack: String,
+    pub application: BTreeMap<String, Option<String>>,
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("ArgumentInvalid", message)
+}
+
+fn random_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub async fn send(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(m): JsonBody<SendBody>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::SERVICE_CONNECT, "sending a cloud-to-device message")?;
+    let device = device_id(&id)?;
+    let body = match (&m.body, &m.body_base64) {
+        (Some(_), Some(_)) => return Err(invalid("give body or bodyBase64, not both")),
+        (Some(t), None) => t.as_bytes().to_vec(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .map_err(|e| invalid(format!("bodyBase64 is not base64: {e}")))?,
+        (None, None) => Vec::new(),
+    };
+    let ttl = m.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
+    if !(1..=MAX_TTL_SECONDS).contains(&ttl) {
+        return Err(invalid(format!(
+            "ttlSeconds is {ttl}; it must be from 1 to {MAX_TTL_SECONDS} (two days)"
+        )));
+    }
+    let ack = m.ack.clone().unwrap_or_else(|| "none".into());
+    if !["none", "positive", "negative", "full"].contains(&ack.as_str()) {
+        return Err(invalid(format!(
+            "ack is {ack:?}; it must be none, positive, negative or full"
+        )));
+    }
+    for k in m.properties.keys() {
+        if k.is_empty() || k.starts_with("$.") || k.starts_with("iothub-") {
+            return Err(invalid(format!(
+                "property name {k:?} is empty or reserved ($. and iothub- belong to the hub)"
+            )));
+        }
+    }
+    let message_id = m.message_id.clone().unwrap_or_else(random_id);
+    let now = now_ms();
+    let expiry_ms = now + ttl * 1000;
+    let mut system = BTreeMap::new();
+    system.insert("messageId".to_string(), message_id.clone());
+    for (name, v) in [
+        ("correlationId", &m.correlation_id),
+        ("userId", &m.user_id),
+        ("contentType", &m.content_type),
+        ("contentEncoding", &m.content_encoding),
+    ] {
+        if let Some(v) = v {
+            system.insert(name.to_string(), v.clone());
+        }
+    }
+    system.insert("expiryTimeUtc".to_string(), azure_time(expiry_ms));
+    let props = StoredProperties {
+        system,
+        ack,
+        application: m.properties,
+    };
+    let properties = serde_json::to_string(&props).unwrap_or_default();
+    // The limit covers body and properties, as the device receives both.
+    let size = body.len() + properties.len();
+    if size > MAX_C2D_BODY {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MessageTooLarge",
+            format!("the message is {size} bytes with its properties; the limit is {MAX_C2D_BODY}"),
+        ));
+    }
+    let d = state
+        .store()
+        .device(&device)
+        .await?
+        .ok_or_else(|| device_not_found(device.as_str()))?;
+    if d.status == Status::Disabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "DeviceDisabled",
+            format!("device {device} is disabled and cannot receive messages; enable it first"),
+        ));
+    }
+    let record = C2dRecord {
+        id: 0,
+        device_id: device.to_string(),
+        message_id: message_id.clone(),
+        properties,
+        body,
+        enqueued_ms: now,
+        expiry_ms,
+        delivery_count: 0,
+    };
+    let cap = state.c2d_limits().max_pending;
+    let seq = match state.store().enqueue_c2d(&record, cap, now).await? {
+        Enqueued::Stored(seq) => seq,
+        Enqueued::NoDevice => return Err(device_not_found(device.as_str())),
+        Enqueued::QueueFull => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "DeviceMaximumQueueDepthExceeded",
+                format!(
+                    "device {device} already has {cap} messages waiting; it must receive some first, or purge its queue (DELETE /devices/{device}/commands)"
+                ),
+            ));
+        }
+    };
+    // Wakes a connected session; an offline device gets it when it next connects.
+    let _ = state
+        .sessions()
+        .deliver(device.as_str(), None, Outbound::C2d);
+    state
+        .audit(
+            &caller,
+            "c2d.send",
+            &format!("devices/{device}"),
+            "ok",
+            &format!("messageId {message_id}"),
+        )
+        .await;
+    Ok(Json(serde_json::json!({
+        "deviceId": device.as_str(),
+        "messageId": message_id,
+        "sequenceNumber": seq,
+        "enqueuedTimeUtc": azure_time(now),
+        "expiryTimeUtc": azure_time(expiry_ms),
+    }))
+    .into_response())
+}
+
+pub async fn purge(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::SERVICE_CONNECT, "purging cloud-to-device messages")?;
+    let device = device_id(&id)?;
+    if state.store().device(&device).await?.is_none() {
+        return Err(device_not_found(device.as_str()));
+    }
+    let n = state.store().purge_c2d(device.as_str()).await?;
+    state
+        .audit(
+            &caller,
+            "c2d.purge",
+            &format!("devices/{device}"),
+            "ok",
+            &format!("{n} messages"),
+        )
+        .await;
+    Ok(Json(serde_json::json!({
+        "totalMessagesPurged": n,
+        "deviceId": device.as_str(),
+        "moduleId": null,
+    }))
+    .into_response())
+}

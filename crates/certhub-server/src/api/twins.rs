@@ -1,0 +1,532 @@
+//! `/twins/{id}` and `/twins/{id}/modules/{mid}` (get, replace, patch), `/devices/query`, and
+//! direct methods `/twins/{id}/methods` (azure-protocol 4.2, 1.8, 1.9).
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use certhub_core::{Etag, IfMatch, Rights};
+use certhub_twin::TwinState;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::body::JsonBody;
+use super::devices::{
+    device_id, device_not_found, if_match, module_id, module_not_found, with_etag,
+};
+use super::{ApiError, AppState, Caller};
+use crate::sessions::{DESIRED, MethodReply, Outbound, Undeliverable};
+use crate::twins::{self, TwinOpError};
+
+/// Reading twins: Azure grants it to RegistryRead and to ServiceConnect.
+fn require_read(caller: &Caller, action: &str) -> Result<(), ApiError> {
+    caller
+        .require(Rights::REGISTRY_READ, action)
+        .or_else(|_| caller.require(Rights::SERVICE_CONNECT, action))
+}
+
+impl From<TwinOpError> for ApiError {
+    fn from(e: TwinOpError) -> Self {
+        match e {
+            TwinOpError::Invalid(e) => ApiError::bad_request("ArgumentInvalid", e.to_string()),
+            TwinOpError::Stale { .. } => ApiError::precondition_failed(e.to_string()),
+            TwinOpError::Gone => ApiError::not_found("DeviceNotFound", "the identity was deleted"),
+            TwinOpError::Contended(_) => {
+                ApiError::new(StatusCode::CONFLICT, "PreconditionFailed", e.to_string())
+            }
+            TwinOpError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// The identity whose twin a route names.
+struct Target {
+    device: certhub_core::DeviceId,
+    module: Option<certhub_core::ModuleId>,
+}
+
+impl Target {
+    fn cn(&self) -> String {
+        match &self.module {
+            Some(m) => format!("{}/{m}", self.device),
+            None => self.device.to_string(),
+        }
+    }
+
+    /// The twin JSON with the identity's current fields; 404 when the identity is gone.
+    async fn json(&self, state: &AppState, twin: &TwinState) -> Result<Value, ApiError> {
+        match &self.module {
+            None => {
+                let d = state
+                    .store()
+                    .device(&self.device)
+                    .await?
+                    .ok_or_else(|| device_not_found(self.device.as_str()))?;
+                Ok(twins::device_twin_json(state, &d, twin))
+            }
+            Some(m) => {
+                let module = state
+                    .store()
+                    .module(&self.device, m)
+                    .await?
+                    .ok_or_else(|| module_not_found(self.device.as_str(), m.as_str()))?;
+                Ok(twins::module_twin_json(state, &module, twin))
+            }
+        }
+    }
+
+    async fn exists(&self, state: &AppState) -> Result<(), ApiError> {
+        match &self.module {
+            None => state
+                .store()
+                .device(&self.device)
+                .await?
+                .map(|_| ())
+                .ok_or_else(|| device_not_found(self.device.as_str())),
+            Some(m) => state
+                .store()
+                .module(&self.device, m)
+                .await?
+                .map(|_| ())
+                .ok_or_else(|| module_not_found(self.device.as_str(), m.as_str())),
+        }
+    }
+}
+
+fn target(id: &str, mid: Option<&str>) -> Result<Target, ApiError> {
+    Ok(Target {
+        device: device_id(id)?,
+        module: mid.map(module_id).transpose()?,
+    })
+}
+
+async fn get_twin(state: &AppState, caller: &Caller, t: Target) -> Result<Response, ApiError> {
+    require_read(caller, "reading a twin")?;
+    t.exists(state).await?;
+    let twin = twins::read(state, &t.device, t.module.as_ref()).await?;
+    let json = t.json(state, &twin).await?;
+    Ok(with_etag(json, &Etag(twin.etag())))
+}
+
+pub async fn get_device_twin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    get_twin(&state, &caller, target(&id, None)?).await
+}
+
+pub async fn get_module_twin(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, mid)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    get_twin(&state, &caller, target(&id, Some(&mid))?).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    Replace,
+    Patch,
+}
+
+async fn write_twin(
+    state: &AppState,
+    caller: &Caller,
+    t: Target,
+    condition: IfMatch,
+    body: &Value,
+    how: Write,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::SERVICE_CONNECT, "updating a twin")?;
+    t.exists(state).await?;
+    let (tags, desired) = certhub_twin::service_patch_parts(body).map_err(TwinOpError::Invalid)?;
+    let now = twins::now_iso();
+    let (notification, twin) = twins::update(state, &t.device, t.module.as_ref(), |twin| {
+        if let IfMatch::Tag(expected) = &condition
+            && expected.0 != twin.etag()
+        {
+            return Err(TwinOpError::Stale {
+                current: twin.etag(),
+                expected: expected.0.clone(),
+            });
+        }
+        Ok(match how {
+            Write::Replace => twin.replace(tags, desired, &now)?,
+            Write::Patch => {
+                if let Some(tags) = tags {
+                    twin.patch_tags(tags)?;
+                }
+                desired.map(|d| twin.patch_desired(d, &now)).transpose()?
+            }
+        })
+    })
+    .await?;
+    let cn = t.cn();
+    if let Some(patch) = notification {
+        // Pushed to a connected device that subscribed; one that is offline or not subscribed
+        // reads the desired properties with its next twin GET (the Python SDK does so on
+        // every reconnect).
+        match state.sessions().deliver(
+            &cn,
+            Some(DESIRED),
+            Outbound::Desired(patch.to_string().into_bytes()),
+        ) {
+            Ok(()) | Err(Undeliverable::NotOnline) => {}
+            Err(Undeliverable::Busy) => {
+                tracing::warn!(
+                    client_id = cn,
+                    "desired patch not pushed: the session is busy"
+                )
+            }
+        }
+    }
+    state
+        .audit(
+            caller,
+            if how == Write::Replace {
+                "twin.replace"
+            } else {
+                "twin.patch"
+            },
+            &format!("twins/{cn}"),
+            "ok",
+            &format!("version {}", twin.version()),
+        )
+        .await;
+    let json = t.json(state, &twin).await?;
+    Ok(with_etag(json, &Etag(twin.etag())))
+}
+
+pub async fn put_device_twin(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let t = target(&id, None)?;
+    write_twin(
+        &state,
+        &caller,
+        t,
+        if_match(&headers),
+        &body,
+        Write::Replace,
+    )
+    .await
+}
+
+pub async fn patch_device_twin(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let t = target(&id, None)?;
+    write_twin(&state, &caller, t, if_match(&headers), &body, Write::Patch).await
+}
+
+pub async fn put_module_twin(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((id, mid)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let t = target(&id, Some(&mid))?;
+    write_twin(
+        &state,
+        &caller,
+        t,
+        if_match(&headers),
+        &body,
+        Write::Replace,
+    )
+    .await
+}
+
+pub async fn patch_module_twin(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    Path((id, mid)): Path<(String, String)>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    let t = target(&id, Some(&mid))?;
+    write_twin(&state, &caller, t, if_match(&headers), &body, Write::Patch).await
+}
+
+// ---- direct methods ----
+
+/// Largest method payload, each way (azure-protocol 1.9).
+const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MethodCall {
+    method_name: String,
+    #[serde(default)]
+    payload: Value,
+    response_timeout_in_seconds: Option<u64>,
+    connect_timeout_in_seconds: Option<u64>,
+}
+
+fn timeout(
+    value: Option<u64>,
+    name: &str,
+    range: std::ops::RangeInclusive<u64>,
+    default: u64,
+) -> Result<Duration, ApiError> {
+    let v = value.unwrap_or(default);
+    if range.contains(&v) {
+        Ok(Duration::from_secs(v))
+    } else {
+        Err(ApiError::bad_request(
+            "ArgumentInvalid",
+            format!(
+                "{name} is {v}; it must be from {} to {} seconds",
+                range.start(),
+                range.end()
+            ),
+        ))
+    }
+}
+
+async fn invoke(
+    state: &AppState,
+    caller: &Caller,
+    t: Target,
+    call: MethodCall,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::SERVICE_CONNECT, "invoking a direct method")?;
+    t.exists(state).await?;
+    let name = call.method_name.trim();
+    if name.is_empty() || name.len() > 128 || name.contains(['/', '?', '#', '+']) {
+        return Err(ApiError::bad_request(
+            "ArgumentInvalid",
+            format!(
+                "methodName {:?} is not usable: give 1 to 128 characters without '/', '?', '#' or '+'",
+                call.method_name
+            ),
+        ));
+    }
+    let response_timeout = timeout(
+        call.response_timeout_in_seconds,
+        "responseTimeoutInSeconds",
+        5..=300,
+        30,
+    )?;
+    let connect_timeout = timeout(
+        call.connect_timeout_in_seconds,
+        "connectTimeoutInSeconds",
+        0..=300,
+        0,
+    )?;
+    // The Python service SDK sends "" for no payload; the device gets JSON either way.
+    let payload = serde_json::to_vec(&call.payload).unwrap_or_default();
+    if payload.len() > MAX_METHOD_PAYLOAD {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MessageTooLarge",
+            format!(
+                "the method payload is {} bytes; the limit is {MAX_METHOD_PAYLOAD}",
+                payload.len()
+            ),
+        ));
+    }
+    let cn = t.cn();
+    // Wait up to connectTimeoutInSeconds for the device to come online and subscribe.
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    let (rid, reply) = loop {
+        match state.sessions().start_method(&cn, name, payload.clone()) {
+            Ok(started) => break started,
+            Err(Undeliverable::Busy) => {
+                return Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    format!("{cn} is not keeping up with the requests sent to it; try again later"),
+                ));
+            }
+            Err(Undeliverable::NotOnline) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(Undeliverable::NotOnline) => {
+                return Err(ApiError::not_found(
+                    "DeviceNotOnline",
+                    format!(
+                        "{cn} is not connected, or has not subscribed to $iothub/methods/POST/#{}",
+                        if connect_timeout.is_zero() {
+                            "; set connectTimeoutInSeconds to wait for it".to_string()
+                        } else {
+                            format!(" within {}s", connect_timeout.as_secs())
+                        }
+                    ),
+                ));
+            }
+        }
+    };
+    let answer = tokio::time::timeout(response_timeout, reply).await;
+    state.sessions().forget_method(&cn, &rid);
+    let MethodReply { status, payload } = match answer {
+        Ok(Ok(reply)) => reply,
+        _ => {
+            state
+                .audit(
+                    caller,
+                    "method.invoke",
+                    &format!("twins/{cn}"),
+                    "timeout",
+                    name,
+                )
+                .await;
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "GatewayTimeout",
+                format!(
+                    "{cn} did not answer method {name:?} within {}s",
+                    response_timeout.as_secs()
+                ),
+            ));
+        }
+    };
+    // A payload that is not JSON is returned as a string rather than lost.
+    let payload: Value = if payload.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        serde_json::from_slice(&payload)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&payload).into_owned()))
+    };
+    state
+        .audit(
+            caller,
+            "method.invoke",
+            &format!("twins/{cn}"),
+            "ok",
+            &format!("{name}: status {status}"),
+        )
+        .await;
+    Ok(Json(serde_json::json!({"status": status, "payload": payload})).into_response())
+}
+
+pub async fn invoke_device_method(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(call): JsonBody<MethodCall>,
+) -> Result<Response, ApiError> {
+    invoke(&state, &caller, target(&id, None)?, call).await
+}
+
+pub async fn invoke_module_method(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, mid)): Path<(String, String)>,
+    JsonBody(call): JsonBody<MethodCall>,
+) -> Result<Response, ApiError> {
+    invoke(&state, &caller, target(&id, Some(&mid))?, call).await
+}
+
+// ---- query ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryBody {
+    query: String,
+}
+
+/// Devices read from the store per round while scanning.
+const SCAN: i64 = 500;
+
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// `POST /devices/query`: the IoT Hub query language subset of `certhub_twin::query`, over
+/// device twins (`FROM devices`) or module twins (`FROM devices.modules`). Pages with
+/// `x-ms-max-item-count` (1 to 1000, default 100) and `x-ms-continuation`.
+pub async fn query(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<QueryBody>,
+) -> Result<Response, ApiError> {
+    require_read(&caller, "querying twins")?;
+    let q = certhub_twin::query::parse(&body.query)
+        .map_err(|e| ApiError::bad_request("BadRequest", e.to_string()))?;
+    let max_items = match header(&headers, "x-ms-max-item-count") {
+        None => 100,
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(
+                    "ArgumentInvalid",
+                    format!("x-ms-max-item-count {v:?} must be a number from 1 to 1000"),
+                ));
+            }
+        },
+    };
+    let limit = q.top.map_or(max_items, |top| top.min(max_items));
+    let mut cursor = header(&headers, "x-ms-continuation").unwrap_or_default();
+    let modules = q.collection == certhub_twin::query::Collection::Modules;
+    let mut items = Vec::new();
+    let mut count = 0u64;
+    let mut more = false;
+    'scan: loop {
+        let page = state.store().devices_after(&cursor, SCAN).await?;
+        let Some(last) = page.last() else { break };
+        let last = last.device_id.to_string();
+        for d in &page {
+            let mut twins_here = Vec::new();
+            if modules {
+                for m in state.store().modules(&d.device_id).await? {
+                    let twin = twins::read(&state, &d.device_id, Some(&m.module_id)).await?;
+                    twins_here.push(twins::module_twin_json(&state, &m, &twin));
+                }
+            } else {
+                let twin = twins::read(&state, &d.device_id, None).await?;
+                twins_here.push(twins::device_twin_json(&state, d, &twin));
+            }
+            for t in twins_here.iter().filter(|t| q.matches(t)) {
+                if q.is_count() {
+                    count += 1;
+                } else {
+                    items.push(q.project(t));
+                }
+            }
+            cursor = d.device_id.to_string();
+            if !q.is_count() && items.len() >= limit {
+                // A page ends after a whole device (its modules stay together).
+                more = q.top.is_none() && (cursor != last || page.len() as i64 == SCAN);
+                break 'scan;
+            }
+        }
+        if (page.len() as i64) < SCAN {
+            break;
+        }
+    }
+    if q.is_count() {
+        items = vec![serde_json::json!({ q.count_alias().unwrap_or("$1"): count })];
+    }
+    let kind = if matches!(q.projection, certhub_twin::query::Projection::All) {
+        "twin"
+    } else {
+        "raw"
+    };
+    let mut r = Json(items).into_response();
+    r.headers_mut().insert(
+        HeaderName::from_static("x-ms-item-type"),
+        HeaderValue::from_static(kind),
+    );
+    if more && let Ok(v) = HeaderValue::from_str(&cursor) {
+        r.headers_mut()
+            .insert(HeaderName::from_static("x-ms-continuation"), v);
+    }
+    Ok(r)
+}
