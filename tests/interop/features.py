@@ -7,17 +7,19 @@ CA file), CERTHUB_CONNECTION_STRING (iothubowner), CERTHUB_DIR (the folder with 
 certificates).
 
 The device side is azure-iot-device (X.509 CA widget and module); the service side is
-azure-iot-hub's IoTHubRegistryManager for twins, methods and queries. The service SDKs send C2D
-over AMQP, which certhub does not speak, so C2D is sent with certhub's REST path.
+azure-iot-hub's IoTHubRegistryManager for twins, methods and queries, and its
+IoTHubHttpRuntimeManager for C2D feedback. The service SDKs send C2D over AMQP, which certhub
+does not speak, so C2D is sent with certhub's REST path.
 """
 
+import json
 import os
 import queue
 import time
 
 from azure.iot.device import IoTHubDeviceClient, IoTHubModuleClient, MethodResponse, X509
 from azure.iot.device.exceptions import ClientError, ServiceError
-from azure.iot.hub import IoTHubRegistryManager
+from azure.iot.hub import IoTHubHttpRuntimeManager, IoTHubRegistryManager
 from azure.iot.hub.models import CloudToDeviceMethod, QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
 
@@ -51,6 +53,9 @@ status, sent = send_c2d(WIDGET, "hello widget", messageId="c2d-1", correlationId
 check(status == 200 and sent["messageId"] == "c2d-1", f"C2D queued for the offline widget: {sent}")
 device = service("GET", f"/devices/{WIDGET}")[1]
 check(device["cloudToDeviceMessageCount"] == 1, "the registry counts the waiting message")
+# One that will expire unreceived, with feedback asked for (checked at step 10).
+status, _ = send_c2d("widget-offline", "too late", messageId="expires-1", ttlSeconds=1, ack="full")
+check(status == 200, "a short-lived C2D message with ack=full is queued")
 
 widget = IoTHubDeviceClient.create_from_x509_certificate(
     x509=x509(f"devices/{WIDGET}"), hostname=HOST, device_id=WIDGET,
@@ -67,8 +72,9 @@ check(m.custom_properties.get("a b") == "x/y&z", "C2D property with reserved cha
 check(m.ack == "none", "C2D ack mode")
 
 # 2. A message sent while it is connected arrives at once; the acknowledged one is gone.
-send_c2d(WIDGET, "second")
-check(wait(messages, "a live C2D message").data == b"second", "live C2D message")
+send_c2d(WIDGET, "second", messageId="c2d-2", ack="positive")
+m = wait(messages, "a live C2D message")
+check(m.data == b"second" and m.ack == "positive", "live C2D message, positive feedback asked")
 time.sleep(0.3)
 device = service("GET", f"/devices/{WIDGET}")[1]
 check(device["cloudToDeviceMessageCount"] == 0, "acknowledged messages leave the queue")
@@ -147,7 +153,7 @@ check(wait(messages, "C2D after reconnect").data == b"while you were away",
 
 # 8. Bad input on the service side.
 for n in range(5):
-    send_c2d("widget-offline", f"m{n}")
+    send_c2d("widget-offline", f"m{n}", messageId=f"purged-{n}", ack="negative" if n == 0 else "none")
 status, err = send_c2d("widget-offline", "one too many")
 check(status == 403 and "DeviceMaximumQueueDepthExceeded" in err["Message"], f"queue full: {err}")
 status, err = send_c2d("nobody", "x")
@@ -180,6 +186,39 @@ check(wait(module_patches, "module desired patch")["gain"] == 2, "module desired
 r = rm.invoke_device_module_method(WIDGET, "sensor", CloudToDeviceMethod(method_name="calibrate"))
 check(r.status == 200 and r.payload == {"ok": True}, "module method")
 check(widget.get_twin()["desired"]["interval"] == 5, "the device twin is not the module's")
+
+# 10. Feedback, through azure-iot-hub's IoTHubHttpRuntimeManager: the acknowledged message
+#     (ack=positive), the purged one (ack=negative) and the expired one (ack=full). The SDK's
+#     receive returns nothing; its raw response carries the batch and the lock token (ETag).
+rt = IoTHubHttpRuntimeManager.from_connection_string(CS)
+want = {"c2d-2": "Success", "purged-0": "Purged", "expires-1": "Expired"}
+deadline = time.time() + 15
+while True:
+    resp = rt.protocol.cloud_to_device_messages.receive_feedback_notification(raw=True).response
+    got = json.loads(resp.text) if resp.status_code == 200 else []
+    seen = {r["originalMessageId"]: r["statusCode"] for r in got}
+    if seen == want or time.time() > deadline:
+        break
+    if resp.status_code == 200:
+        # Not all there yet (expiry runs every few seconds): give the batch back.
+        rt.abandon_feedback_notification(resp.headers["ETag"].strip('"'))
+    time.sleep(0.5)
+check(seen == want, f"feedback for success, purge and expiry: {got}")
+check(resp.headers["Content-Type"].startswith("application/vnd.microsoft.iothub.feedback.json"),
+      "feedback content type")
+check(all(r["deviceId"] in (WIDGET, "widget-offline") and r["deviceGenerationId"] for r in got),
+      "feedback names the device and its generation")
+token = resp.headers["ETag"].strip('"')
+rt.complete_feedback_notification(token)
+resp = rt.protocol.cloud_to_device_messages.receive_feedback_notification(raw=True).response
+check(resp.status_code == 204, "completed feedback is gone")
+try:
+    rt.complete_feedback_notification(token)
+    check(False, "a completed lock token is refused")
+except HttpOperationError as e:
+    check(e.response.status_code == 412, f"a completed lock token is 412: {e.response.text}")
+device = service("GET", "/devices/widget-offline")[1]
+check(device["cloudToDeviceMessageCount"] == 0, "expired messages leave the count")
 
 module.shutdown()
 widget.shutdown()

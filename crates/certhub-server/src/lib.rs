@@ -19,6 +19,6 @@ pub mod tls;
 mod trust;
 mod twins;
 
-pub use api::{AppState, router};
+pub use api::{AppState, C2D_FEEDBACK_TTL_MS, router};
 pub use listener::serve_https;
 pub use mqtt::{MqttOptions, serve_mqtt};

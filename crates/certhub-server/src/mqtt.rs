@@ -14,7 +14,7 @@ use certhub_core::{
     authenticate, c2d_topic, classify_publish, subscription_allowed, telemetry_topic,
 };
 use certhub_pki::{CertificateDer, Thumbprints, UnixTime};
-use certhub_store::{AuditRecord, TelemetryRecord};
+use certhub_store::{AuditRecord, C2dOutcome, TelemetryRecord};
 use futures_util::{SinkExt, StreamExt};
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v3::{Codec, ConnectAck, ConnectAckReason, Packet, SubscribeReturnCode};
@@ -553,7 +553,12 @@ impl<'a> Session<'a> {
                     if let Err(e) = self
                         .state
                         .store()
-                        .remove_c2d(self.id().device.as_str(), queued)
+                        .remove_c2d(
+                            self.id().device.as_str(),
+                            queued,
+                            C2dOutcome::Success,
+                            now_ms(),
+                        )
                         .await
                     {
                         tracing::warn!(client_id = self.cn, error = %e, "C2D completion not stored; it will be delivered again");
@@ -720,7 +725,16 @@ impl<'a> Session<'a> {
             self.c2d_cursor = m.id;
             if m.delivery_count >= max {
                 // Dead-lettered: delivered max times without an acknowledgement.
-                let _ = self.state.store().remove_c2d(device.as_str(), m.id).await;
+                let _ = self
+                    .state
+                    .store()
+                    .remove_c2d(
+                        device.as_str(),
+                        m.id,
+                        C2dOutcome::DeliveryCountExceeded,
+                        now_ms(),
+                    )
+                    .await;
                 audit(
                     self.state,
                     "c2d.dead-letter",

@@ -330,7 +330,8 @@ async fn openapi_matches_the_routes() {
             let concrete = path
                 .replace("{id}", "d1")
                 .replace("{mid}", "m1")
-                .replace("{name}", "n1");
+                .replace("{name}", "n1")
+                .replace("{lockToken}", "t1");
             if path.ends_with("/stream") {
                 // An endless body: the status and content type are the answer.
                 let (s, ct) = h.head_only(&concrete).await;

@@ -1,6 +1,9 @@
 //! The cloud-to-device queue: messages waiting for a device, in the order they were sent.
 //! A message leaves the queue when the device acknowledges it (PUBACK), when it expires, when
-//! it was delivered too often, or when the queue is purged.
+//! it was delivered too often, or when the queue is purged. If the sender asked for feedback
+//! (`ack`), the same transaction that removes the message writes a feedback record (Azure's
+//! `Success`, `Expired`, `DeliveryCountExceeded`, `Purged`), which the service side receives
+//! under a lock, then completes or abandons.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -21,6 +24,56 @@ pub struct C2dRecord {
     pub expiry_ms: i64,
     /// How often it was sent to the device without an acknowledgement.
     pub delivery_count: i64,
+    /// Feedback asked for: `none`, `positive` (on success), `negative` (on failure) or `full`.
+    pub ack: String,
+}
+
+/// Why a message left the queue, as the feedback's `statusCode` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum C2dOutcome {
+    /// The device acknowledged it.
+    Success,
+    /// Its time to live ran out.
+    Expired,
+    /// Delivered the maximum number of times without an acknowledgement.
+    DeliveryCountExceeded,
+    /// The queue was purged.
+    Purged,
+}
+
+impl C2dOutcome {
+    /// The Azure status code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            C2dOutcome::Success => "Success",
+            C2dOutcome::Expired => "Expired",
+            C2dOutcome::DeliveryCountExceeded => "DeliveryCountExceeded",
+            C2dOutcome::Purged => "Purged",
+        }
+    }
+
+    /// The `ack` values that ask for feedback on this outcome, as SQL.
+    fn acks(self) -> &'static str {
+        match self {
+            C2dOutcome::Success => "('positive', 'full')",
+            _ => "('negative', 'full')",
+        }
+    }
+}
+
+/// One feedback record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedbackRecord {
+    /// The id of the message it is about.
+    pub id: i64,
+    pub device_id: String,
+    /// The device's generation id when the message left the queue.
+    pub generation_id: String,
+    /// The original message's messageId.
+    pub message_id: String,
+    /// The [`C2dOutcome`] status code.
+    pub status: String,
+    pub created_ms: i64,
 }
 
 /// What became of an enqueue.
@@ -44,6 +97,18 @@ fn record(r: &AnyRow) -> Result<C2dRecord> {
         enqueued_ms: r.try_get("enqueued_ms")?,
         expiry_ms: r.try_get("expiry_ms")?,
         delivery_count: r.try_get("delivery_count")?,
+        ack: r.try_get("ack")?,
+    })
+}
+
+fn feedback(r: &AnyRow) -> Result<FeedbackRecord> {
+    Ok(FeedbackRecord {
+        id: r.try_get("id")?,
+        device_id: r.try_get("device_id")?,
+        generation_id: r.try_get("generation_id")?,
+        message_id: r.try_get("message_id")?,
+        status: r.try_get("status")?,
+        created_ms: r.try_get("created_ms")?,
     })
 }
 
@@ -57,6 +122,36 @@ impl Store {
         .bind(device.to_string())
         .execute(&mut **tx)
         .await?;
+        Ok(())
+    }
+
+    /// Writes feedback for the messages matched by `condition` (SQL over `c2d` aliased `c`,
+    /// with `$1` and `$2` bound to `a` and `b`) whose sender asked for it on `outcome`.
+    /// Run before those messages are deleted, in the same transaction.
+    async fn write_feedback(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        outcome: C2dOutcome,
+        condition: &str,
+        a: String,
+        b: i64,
+        now_ms: i64,
+    ) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO c2d_feedback (id, device_id, generation_id, message_id, status,
+                created_ms, lock_token, lock_until_ms)
+             SELECT c.id, c.device_id, d.generation_id, c.message_id, $3, $4, NULL, 0
+             FROM c2d c JOIN devices d ON d.device_id = c.device_id
+             WHERE {condition} AND c.ack IN {}",
+            outcome.acks()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(a)
+            .bind(b)
+            .bind(outcome.as_str().to_string())
+            .bind(now_ms)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 
@@ -83,6 +178,15 @@ impl Store {
             tx.rollback().await?;
             return Ok(Enqueued::NoDevice);
         }
+        self.write_feedback(
+            &mut tx,
+            C2dOutcome::Expired,
+            "c.device_id = $1 AND c.expiry_ms <= $2",
+            m.device_id.clone(),
+            now_ms,
+            now_ms,
+        )
+        .await?;
         sqlx::query("DELETE FROM c2d WHERE device_id = $1 AND expiry_ms <= $2")
             .bind(m.device_id.clone())
             .bind(now_ms)
@@ -99,7 +203,7 @@ impl Store {
         }
         sqlx::query(
             "INSERT INTO c2d (id, device_id, message_id, properties, body, enqueued_ms, expiry_ms,
-                delivery_count) VALUES ($1, $2, $3, $4, $5, $6, $7, 0)",
+                delivery_count, ack) VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)",
         )
         .bind(id)
         .bind(m.device_id.clone())
@@ -108,6 +212,7 @@ impl Store {
         .bind(m.body.clone())
         .bind(m.enqueued_ms)
         .bind(m.expiry_ms)
+        .bind(m.ack.clone())
         .execute(&mut *tx)
         .await?;
         self.recount(&mut tx, &m.device_id).await?;
@@ -152,10 +257,26 @@ impl Store {
         })
     }
 
-    /// Removes a message (acknowledged by the device, or dead-lettered); true if it was
-    /// there.
-    pub async fn remove_c2d(&self, device: &str, id: i64) -> Result<bool> {
+    /// Removes a message, acknowledged by the device ([`C2dOutcome::Success`]) or
+    /// dead-lettered ([`C2dOutcome::DeliveryCountExceeded`]), with its feedback; true if it
+    /// was there.
+    pub async fn remove_c2d(
+        &self,
+        device: &str,
+        id: i64,
+        outcome: C2dOutcome,
+        now_ms: i64,
+    ) -> Result<bool> {
         let mut tx = self.pool().begin().await?;
+        self.write_feedback(
+            &mut tx,
+            outcome,
+            "c.device_id = $1 AND c.id = $2",
+            device.to_string(),
+            id,
+            now_ms,
+        )
+        .await?;
         let done = sqlx::query("DELETE FROM c2d WHERE id = $1 AND device_id = $2")
             .bind(id)
             .bind(device.to_string())
@@ -168,8 +289,17 @@ impl Store {
     }
 
     /// Removes every message queued for a device; returns how many.
-    pub async fn purge_c2d(&self, device: &str) -> Result<u64> {
+    pub async fn purge_c2d(&self, device: &str, now_ms: i64) -> Result<u64> {
         let mut tx = self.pool().begin().await?;
+        self.write_feedback(
+            &mut tx,
+            C2dOutcome::Purged,
+            "c.device_id = $1 AND $2 = $2",
+            device.to_string(),
+            0,
+            now_ms,
+        )
+        .await?;
         let done = sqlx::query("DELETE FROM c2d WHERE device_id = $1")
             .bind(device.to_string())
             .execute(&mut *tx)
@@ -191,6 +321,15 @@ impl Store {
                 .iter()
                 .map(|r| r.try_get("device_id"))
                 .collect::<std::result::Result<_, _>>()?;
+        self.write_feedback(
+            &mut tx,
+            C2dOutcome::Expired,
+            "c.expiry_ms <= $2 AND $1 = $1",
+            String::new(),
+            now_ms,
+            now_ms,
+        )
+        .await?;
         let done = sqlx::query("DELETE FROM c2d WHERE expiry_ms <= $1")
             .bind(now_ms)
             .execute(&mut *tx)
@@ -201,5 +340,73 @@ impl Store {
         }
         tx.commit().await?;
         Ok(done)
+    }
+
+    /// Locks up to `limit` unlocked feedback records, oldest first, under `token` until
+    /// `lock_until_ms`, and returns them (empty when there are none). A lock that ran out
+    /// frees its records for the next receiver.
+    pub async fn receive_feedback(
+        &self,
+        token: &str,
+        now_ms: i64,
+        lock_until_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<FeedbackRecord>> {
+        // The outer condition repeats the inner one: on PostgreSQL a concurrent receiver that
+        // locked a row first wins it, and this one skips it.
+        sqlx::query(
+            "UPDATE c2d_feedback SET lock_token = $1, lock_until_ms = $2
+             WHERE lock_until_ms <= $3 AND id IN (
+                SELECT id FROM c2d_feedback WHERE lock_until_ms <= $3 ORDER BY id LIMIT $4)",
+        )
+        .bind(token.to_string())
+        .bind(lock_until_ms)
+        .bind(now_ms)
+        .bind(limit)
+        .execute(self.pool())
+        .await?;
+        let rows = sqlx::query("SELECT * FROM c2d_feedback WHERE lock_token = $1 ORDER BY id")
+            .bind(token.to_string())
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(feedback).collect()
+    }
+
+    /// Deletes the records locked under `token` (the receiver has them); returns how many.
+    /// 0 means the token is unknown or its lock ran out.
+    pub async fn complete_feedback(&self, token: &str, now_ms: i64) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM c2d_feedback WHERE lock_token = $1 AND lock_until_ms > $2")
+                .bind(token.to_string())
+                .bind(now_ms)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
+    }
+
+    /// Unlocks the records locked under `token` for the next receiver; returns how many.
+    pub async fn abandon_feedback(&self, token: &str, now_ms: i64) -> Result<u64> {
+        Ok(sqlx::query(
+            "UPDATE c2d_feedback SET lock_token = NULL, lock_until_ms = 0
+             WHERE lock_token = $1 AND lock_until_ms > $2",
+        )
+        .bind(token.to_string())
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected())
+    }
+
+    /// Drops feedback records written before `before_ms` that nobody received; returns how
+    /// many.
+    pub async fn prune_feedback(&self, before_ms: i64) -> Result<u64> {
+        Ok(
+            sqlx::query("DELETE FROM c2d_feedback WHERE created_ms < $1")
+                .bind(before_ms)
+                .execute(self.pool())
+                .await?
+                .rows_affected(),
+        )
     }
 }

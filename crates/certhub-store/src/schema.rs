@@ -89,7 +89,8 @@ const STEPS: &[&str] = &[
     // 4: the CA a certificateAuthority device last authenticated through.
     "ALTER TABLE devices ADD COLUMN last_ca TEXT;
     ALTER TABLE modules ADD COLUMN last_ca TEXT",
-    // 5: twins (module_id '' is the device's own twin) and the cloud-to-device queue.
+    // 5: twins (module_id '' is the device's own twin), the cloud-to-device queue and its
+    // feedback (one record per message at most, under the message's id).
     "CREATE TABLE twins (
         device_id TEXT NOT NULL,
         module_id TEXT NOT NULL,
@@ -105,12 +106,25 @@ const STEPS: &[&str] = &[
         body {BLOB} NOT NULL,
         enqueued_ms BIGINT NOT NULL,
         expiry_ms BIGINT NOT NULL,
-        delivery_count BIGINT NOT NULL
+        delivery_count BIGINT NOT NULL,
+        ack TEXT NOT NULL
     );
     CREATE INDEX c2d_device ON c2d (device_id, id);
     CREATE INDEX c2d_expiry ON c2d (expiry_ms);
     CREATE TABLE c2d_counter (n BIGINT NOT NULL);
-    INSERT INTO c2d_counter (n) VALUES (0)",
+    INSERT INTO c2d_counter (n) VALUES (0);
+    CREATE TABLE c2d_feedback (
+        id BIGINT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        generation_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        lock_token TEXT,
+        lock_until_ms BIGINT NOT NULL
+    );
+    CREATE INDEX c2d_feedback_created ON c2d_feedback (created_ms);
+    CREATE INDEX c2d_feedback_lock ON c2d_feedback (lock_token)",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {

@@ -234,9 +234,10 @@ async fn suite(store: &Store) {
 }
 
 /// Twins are written under their version; the C2D queue keeps order, caps, expiry and the
-/// device's message count; both go with their identity.
+/// device's message count, and leaves feedback where it was asked for; twins and queue go with
+/// their identity.
 async fn twins_and_c2d(store: &Store) {
-    use certhub_store::{C2dRecord, Enqueued, TwinRecord};
+    use certhub_store::{C2dOutcome, C2dRecord, Enqueued, TwinRecord};
     let tw = device("tw1", serde_json::json!({}));
     store.create_device(&tw).await.expect("create");
     let m = serde_json::from_value::<ModuleInput>(serde_json::json!({}))
@@ -316,6 +317,7 @@ async fn twins_and_c2d(store: &Store) {
         enqueued_ms: 1_000 + n,
         expiry_ms,
         delivery_count: 0,
+        ack: if n == 3 { "none" } else { "full" }.into(),
     };
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -365,10 +367,26 @@ async fn twins_and_c2d(store: &Store) {
     );
     assert_eq!(store.c2d_delivered(ids[0]).await.expect("delivered"), 1);
     assert_eq!(store.c2d_delivered(ids[0]).await.expect("delivered"), 2);
-    assert!(store.remove_c2d("tw1", ids[0]).await.expect("complete"));
-    assert!(!store.remove_c2d("tw1", ids[0]).await.expect("again"));
+    let success = C2dOutcome::Success;
+    assert!(
+        store
+            .remove_c2d("tw1", ids[0], success, 2_000)
+            .await
+            .expect("complete")
+    );
+    assert!(
+        !store
+            .remove_c2d("tw1", ids[0], success, 2_000)
+            .await
+            .expect("again")
+    );
     // A device cannot complete another device's message.
-    assert!(!store.remove_c2d("d1", ids[1]).await.expect("other"));
+    assert!(
+        !store
+            .remove_c2d("d1", ids[1], success, 2_000)
+            .await
+            .expect("other")
+    );
     assert_eq!(
         store
             .device(&id("tw1"))
@@ -397,8 +415,90 @@ async fn twins_and_c2d(store: &Store) {
         store.enqueue_c2d(&msg(6, 5_000), 9, 1_000).await.ok(),
         Some(Enqueued::Stored(ids[2] + 2))
     );
+    // No feedback asked for: a message that leaves the queue leaves no record.
+    let quiet = match store.enqueue_c2d(&msg(3, 5_000), 9, 1_000).await {
+        Ok(Enqueued::Stored(i)) => i,
+        other => panic!("not stored: {other:?}"),
+    };
+    assert!(
+        store
+            .remove_c2d("tw1", quiet, C2dOutcome::DeliveryCountExceeded, 2_000)
+            .await
+            .expect("dead letter")
+    );
     assert_eq!(store.expire_c2d(6_000).await.expect("expire"), 1);
-    assert_eq!(store.purge_c2d("tw1").await.expect("purge"), 1);
+    assert_eq!(store.purge_c2d("tw1", 7_000).await.expect("purge"), 1);
+
+    // Feedback: one record per message that left the queue with ack=full.
+    let first = store
+        .receive_feedback("t1", 20_000, 80_000, 3)
+        .await
+        .expect("receive");
+    let second = store
+        .receive_feedback("t2", 20_000, 80_000, 3)
+        .await
+        .expect("receive");
+    assert_eq!((first.len(), second.len()), (3, 2));
+    let mut seen: Vec<(String, String)> = first
+        .iter()
+        .chain(&second)
+        .map(|f| (f.message_id.clone(), f.status.clone()))
+        .collect();
+    seen.sort();
+    let want = [
+        ("m0", "Success"),
+        ("m1", "Expired"),
+        ("m2", "Expired"),
+        ("m5", "Purged"),
+        ("m6", "Expired"),
+    ];
+    assert_eq!(
+        seen,
+        want.map(|(m, s)| (m.to_string(), s.to_string())).to_vec()
+    );
+    assert!(first.iter().all(|f| f.device_id == "tw1"));
+    assert!(
+        store
+            .receive_feedback("t3", 20_000, 80_000, 3)
+            .await
+            .expect("none left")
+            .is_empty()
+    );
+    // Abandoned records go to the next receiver; completed ones are gone.
+    assert_eq!(
+        store.abandon_feedback("t2", 20_000).await.expect("abandon"),
+        2
+    );
+    let again = store
+        .receive_feedback("t4", 20_000, 80_000, 10)
+        .await
+        .expect("receive");
+    assert_eq!(again.len(), 2);
+    assert_eq!(
+        store
+            .complete_feedback("t1", 20_000)
+            .await
+            .expect("complete"),
+        3
+    );
+    assert_eq!(
+        store.complete_feedback("t1", 20_000).await.expect("twice"),
+        0
+    );
+    // A lock that ran out cannot complete, and its records are received again.
+    assert_eq!(
+        store.complete_feedback("t4", 90_000).await.expect("late"),
+        0
+    );
+    assert_eq!(
+        store
+            .receive_feedback("t5", 90_000, 150_000, 10)
+            .await
+            .expect("relocked")
+            .len(),
+        2
+    );
+    assert_eq!(store.prune_feedback(i64::MAX).await.expect("prune"), 2);
     assert_eq!(
         store
             .device(&id("tw1"))

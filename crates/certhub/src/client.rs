@@ -39,6 +39,8 @@ pub struct Client {
 pub struct Answer {
     pub status: u16,
     pub body: Value,
+    /// The `ETag` header, unquoted.
+    pub etag: Option<String>,
 }
 
 fn parse_connection_string(cs: &str) -> Result<(String, String, String)> {
@@ -172,9 +174,14 @@ impl Client {
         };
         let mut resp = result.with_context(|| format!("{method} https://{}{path}", self.host))?;
         let status = resp.status().as_u16();
+        let etag = resp
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim_matches('"').to_string());
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok(Answer { status, body })
+        Ok(Answer { status, body, etag })
     }
 
     /// Like [`Client::send`], turning any status >= 300 into an error that quotes the hub.

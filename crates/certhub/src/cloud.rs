@@ -19,6 +19,18 @@ pub enum C2dCommand {
         #[arg(long)]
         device: String,
     },
+    /// Receive one batch of delivery feedback (for messages sent with --ack), print it and
+    /// complete it, so the next call gets the next batch.
+    Feedback {
+        #[command(flatten)]
+        hub: HubArgs,
+        /// Print the batch but leave it for the next receiver (abandon its lock).
+        #[arg(long)]
+        keep: bool,
+        /// Wait up to this many seconds for feedback to arrive [default: 0, answer at once].
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +166,41 @@ pub fn c2d(cmd: C2dCommand) -> Result<Outcome> {
             let client = Client::connect(&hub)?;
             let r = client.expect("DELETE", &format!("/devices/{device}/commands"), None, None)?;
             print_json(&r);
+        }
+        C2dCommand::Feedback { hub, keep, wait } => {
+            let client = Client::connect(&hub)?;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+            let a = loop {
+                let a = client.send("GET", "/messages/serviceBound/feedback", None, None)?;
+                if a.status != 204 || std::time::Instant::now() >= deadline {
+                    break a;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            };
+            if a.status == 204 {
+                // Nothing waiting: an empty batch.
+                print_json(&json!([]));
+                return Ok(Outcome::Ok);
+            }
+            if a.status >= 300 {
+                client.expect("GET", "/messages/serviceBound/feedback", None, None)?;
+            }
+            let Some(token) = a.etag else {
+                bail!("the hub sent feedback without a lock token (ETag)");
+            };
+            print_json(&a.body);
+            let (method, path) = if keep {
+                (
+                    "POST",
+                    format!("/messages/serviceBound/feedback/{token}/abandon"),
+                )
+            } else {
+                ("DELETE", format!("/messages/serviceBound/feedback/{token}"))
+            };
+            let done = client.send(method, &path, None, None)?;
+            if done.status != 204 {
+                client.expect(method, &path, None, None)?;
+            }
         }
     }
     Ok(Outcome::Ok)

@@ -442,12 +442,28 @@ async fn serve(config: Config) -> Result<Outcome> {
                     Ok(n) => tracing::info!(deleted = n, "telemetry retention"),
                     Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
                 }
+            }
+        })
+    };
+    // Expired cloud-to-device messages leave their queues (with feedback where asked for)
+    // within seconds; unreceived feedback goes after its time to live.
+    let c2d_expiry = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(2)).await;
                 let now_ms =
                     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
                 match store.expire_c2d(now_ms).await {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(expired = n, "cloud-to-device messages expired"),
                     Err(e) => tracing::warn!(error = %e, "cloud-to-device expiry failed"),
+                }
+                let before = now_ms - certhub_server::C2D_FEEDBACK_TTL_MS;
+                match store.prune_feedback(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(dropped = n, "unreceived C2D feedback expired"),
+                    Err(e) => tracing::warn!(error = %e, "C2D feedback expiry failed"),
                 }
             }
         })
@@ -477,6 +493,7 @@ async fn serve(config: Config) -> Result<Outcome> {
     };
     tokio::join!(https, mqtt, signal);
     pruning.abort();
+    c2d_expiry.abort();
     store.close().await;
     say!("certhub stopped");
     Ok(Outcome::Ok)

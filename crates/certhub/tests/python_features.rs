@@ -64,6 +64,7 @@ fn c2d_twins_and_methods_with_the_python_sdks() {
         .expect("python runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
     assert!(
         out.status.success() && stdout.contains("all feature checks passed"),
         "features.py failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"

@@ -98,7 +98,8 @@ fn the_readme_walkthrough_runs_as_written() {
 }
 
 /// The README's hub section, in a folder where a hub runs on its default data directory
-/// (`./certhub-data`), then its Python device example (the SDK dials localhost:8883).
+/// (`./certhub-data`), then its Python device example (the SDK dials localhost:8883), then its
+/// listening widget with the C2D, twin and method walkthrough.
 #[test]
 fn the_readme_hub_walkthrough_runs_as_written() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -142,5 +143,87 @@ fn the_readme_hub_walkthrough_runs_as_written() {
         log.stdout
             .contains("smart-x-widget-0001 via certificateAuthority (CA company-x)"),
         "{log}"
+    );
+
+    // The listening widget, then the walkthrough that messages, updates and calls it.
+    let widget = block("widget-features", "```python");
+    let mut child = Command::new(common::python())
+        .args(["-u", "-c", &widget])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let lines = {
+        use std::io::BufRead;
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
+    };
+    let mut printed = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !printed.iter().any(|l: &String| l == "widget ready") {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => printed.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("python output");
+                panic!(
+                    "the widget never got ready: {printed:?}\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    let stdout = run_walkthrough("features-walkthrough", dir.path());
+    for want in [
+        "\"interval\": 30",
+        "\"firmware\": \"1.0.3\"",
+        "\"rebooting\": true",
+        "\"statusCode\": \"Success\"",
+        "\"originalMessageId\"",
+    ] {
+        assert!(stdout.contains(want), "no {want} in\n{stdout}");
+    }
+    // The widget exits once its method was called; it printed what it received.
+    while let Ok(line) = lines.recv_timeout(std::time::Duration::from_secs(30)) {
+        printed.push(line);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().expect("python state").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().expect("python output");
+    let printed = printed.join("\n");
+    assert!(
+        out.status.success(),
+        "{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for want in [
+        "message: hello widget {'priority': 'high'}",
+        "method: reboot {'delay': 5}",
+    ] {
+        assert!(printed.contains(want), "no {want:?} in\n{printed}");
+    }
+    assert!(
+        printed
+            .lines()
+            .any(|l| l.starts_with("desired: {") && l.contains("'interval': 30")),
+        "no desired patch in\n{printed}"
     );
 }

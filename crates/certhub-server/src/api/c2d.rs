@@ -117,7 +117,7 @@ pub async fn send(
     system.insert("expiryTimeUtc".to_string(), azure_time(expiry_ms));
     let props = StoredProperties {
         system,
-        ack,
+        ack: ack.clone(),
         application: m.properties,
     };
     let properties = serde_json::to_string(&props).unwrap_or_default();
@@ -151,6 +151,7 @@ pub async fn send(
         enqueued_ms: now,
         expiry_ms,
         delivery_count: 0,
+        ack,
     };
     let cap = state.c2d_limits().max_pending;
     let seq = match state.store().enqueue_c2d(&record, cap, now).await? {
@@ -199,7 +200,7 @@ pub async fn purge(
     if state.store().device(&device).await?.is_none() {
         return Err(device_not_found(device.as_str()));
     }
-    let n = state.store().purge_c2d(device.as_str()).await?;
+    let n = state.store().purge_c2d(device.as_str(), now_ms()).await?;
     state
         .audit(
             &caller,
@@ -215,4 +216,125 @@ pub async fn purge(
         "moduleId": null,
     }))
     .into_response())
+}
+
+/// How long a received feedback batch stays locked to its receiver (Azure's lock timeout).
+const FEEDBACK_LOCK_MS: i64 = 60_000;
+/// Records per feedback batch at most (Azure batches up to 64).
+const FEEDBACK_BATCH: i64 = 64;
+/// How long feedback waits to be received before it is dropped (Azure's default
+/// `feedback.ttlAsIso8601`, PT1H).
+pub const FEEDBACK_TTL_MS: i64 = 3_600_000;
+
+fn feedback_description(status: &str) -> &'static str {
+    match status {
+        "Success" => "Success",
+        "Expired" => "Message expired before the device received it",
+        "DeliveryCountExceeded" => "Message delivered the maximum number of times without PUBACK",
+        "Purged" => "Message purged from the device's queue",
+        _ => "Unknown",
+    }
+}
+
+/// `GET /messages/serviceBound/feedback`: a batch of feedback records, locked to this caller
+/// for a minute under the lock token in `ETag`; 204 when there is none.
+pub async fn receive_feedback(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(
+        Rights::SERVICE_CONNECT,
+        "receiving cloud-to-device feedback",
+    )?;
+    let token = random_id();
+    let now = now_ms();
+    let records = state
+        .store()
+        .receive_feedback(&token, now, now + FEEDBACK_LOCK_MS, FEEDBACK_BATCH)
+        .await?;
+    if records.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let body: Vec<serde_json::Value> = records
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "originalMessageId": f.message_id,
+                "description": feedback_description(&f.status),
+                "deviceGenerationId": f.generation_id,
+                "deviceId": f.device_id,
+                "enqueuedTimeUtc": azure_time(f.created_ms),
+                "statusCode": f.status,
+            })
+        })
+        .collect();
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/vnd.microsoft.iothub.feedback.json; charset=utf-8".to_string(),
+            ),
+            (axum::http::header::ETAG, format!("\"{token}\"")),
+            (
+                axum::http::HeaderName::from_static("iothub-lockuntilutc"),
+                azure_time(now + FEEDBACK_LOCK_MS),
+            ),
+        ],
+        serde_json::to_string(&body).unwrap_or_default(),
+    )
+        .into_response())
+}
+
+fn lock_lost(token: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::PRECONDITION_FAILED,
+        "PreconditionFailed",
+        format!(
+            "no feedback is locked under {token:?}: the token is unknown, already completed or abandoned, or its lock ran out ({} s); receive the feedback again",
+            FEEDBACK_LOCK_MS / 1000
+        ),
+    )
+}
+
+/// `DELETE /messages/serviceBound/feedback/{lockToken}`: the batch was handled; 204.
+pub async fn complete_feedback(
+    state: State<AppState>,
+    caller: Caller,
+    token: Path<String>,
+) -> Result<Response, ApiError> {
+    settle_feedback(state, caller, token, false).await
+}
+
+/// `POST /messages/serviceBound/feedback/{lockToken}/abandon`: the batch goes back for the
+/// next receiver; 204.
+pub async fn abandon_feedback(
+    state: State<AppState>,
+    caller: Caller,
+    token: Path<String>,
+) -> Result<Response, ApiError> {
+    settle_feedback(state, caller, token, true).await
+}
+
+async fn settle_feedback(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(token): Path<String>,
+    abandon: bool,
+) -> Result<Response, ApiError> {
+    let verb = if abandon { "abandoning" } else { "completing" };
+    caller.require(
+        Rights::SERVICE_CONNECT,
+        &format!("{verb} cloud-to-device feedback"),
+    )?;
+    let token = token.trim_matches('"');
+    let store = state.store();
+    let settled = if abandon {
+        store.abandon_feedback(token, now_ms()).await?
+    } else {
+        store.complete_feedback(token, now_ms()).await?
+    };
+    match settled {
+        0 => Err(lock_lost(token)),
+        _ => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
 }

@@ -20,7 +20,7 @@ use certhub_core::{HubSettings, Policy};
 use certhub_store::{AuditRecord, Store, StoreError};
 
 pub use auth::Caller;
-pub use c2d::StoredProperties as StoredC2dProperties;
+pub use c2d::{FEEDBACK_TTL_MS as C2D_FEEDBACK_TTL_MS, StoredProperties as StoredC2dProperties};
 pub use error::ApiError;
 
 /// How long settings read from the store are trusted before they are read again.
@@ -253,6 +253,18 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/query", post(twins::query))
         .route("/devices/{id}/messages/deviceBound", post(c2d::send))
         .route("/devices/{id}/commands", axum::routing::delete(c2d::purge))
+        .route(
+            "/messages/serviceBound/feedback",
+            get(c2d::receive_feedback),
+        )
+        .route(
+            "/messages/serviceBound/feedback/{token}",
+            axum::routing::delete(c2d::complete_feedback),
+        )
+        .route(
+            "/messages/serviceBound/feedback/{token}/abandon",
+            post(c2d::abandon_feedback),
+        )
         .route(
             "/twins/{id}",
             get(twins::get_device_twin)
