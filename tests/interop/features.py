@@ -9,7 +9,8 @@ certificates).
 The device side is azure-iot-device (X.509 CA widget and module); the service side is
 azure-iot-hub's IoTHubRegistryManager for twins, methods and queries, and its
 IoTHubHttpRuntimeManager for C2D feedback. The service SDKs send C2D over AMQP, which certhub
-does not speak, so C2D is sent with certhub's REST path.
+does not speak, so C2D is sent with certhub's REST path. Input the SDK would never send comes
+from paho-mqtt, the MQTT library the device SDK is built on.
 """
 
 import json
@@ -22,6 +23,7 @@ from azure.iot.device.exceptions import ClientError, ServiceError
 from azure.iot.hub import IoTHubHttpRuntimeManager, IoTHubRegistryManager
 from azure.iot.hub.models import CloudToDeviceMethod, QuerySpecification, Twin, TwinProperties
 from msrest.exceptions import HttpOperationError
+import paho.mqtt.client as mqtt
 
 from hubtest import CA, CS, check, service
 
@@ -162,6 +164,11 @@ status, err = service("POST", f"/devices/{WIDGET}/messages/deviceBound", {"body"
 check(status == 400 and "ttlSeconds" in err["Message"], "a zero TTL is refused")
 status, purged = service("DELETE", "/devices/widget-offline/commands")
 check(purged["totalMessagesPurged"] == 5, "purge empties the queue")
+rm.create_device_with_sas("widget-disabled", "", "", "disabled")
+status, err = send_c2d("widget-disabled", "x")
+check(status == 403 and "DeviceDisabled" in err["Message"], f"C2D to a disabled device is 403: {err}")
+status, err = service("POST", f"/twins/{WIDGET}/methods", {"methodName": "a/b"})
+check(status == 400 and "methodName" in err["Message"], f"an unusable method name is 400: {err}")
 
 # 9. A module (CN=deviceId/moduleId): twin and method.
 module = IoTHubModuleClient.create_from_x509_certificate(
@@ -222,4 +229,51 @@ check(device["cloudToDeviceMessageCount"] == 0, "expired messages leave the coun
 
 module.shutdown()
 widget.shutdown()
+
+# 11. Bad twin input from the device, with a plain MQTT client (paho-mqtt, the library the SDK
+#     is built on), which can send what the SDK never would. It subscribes to nothing: twin
+#     answers reach the session that asked regardless.
+raw = mqtt.Client(client_id=WIDGET, protocol=mqtt.MQTTv311)
+raw.username_pw_set(f"{HOST}/{WIDGET}/?api-version=2021-04-12")
+raw.tls_set(ca_certs=os.environ["CERTHUB_CA"], certfile=f"{D}/devices/{WIDGET}/chain.pem",
+            keyfile=f"{D}/devices/{WIDGET}/key.pem")
+answers = queue.Queue()
+raw.on_message = lambda client, userdata, m: answers.put((m.topic, m.payload))
+raw.connect(HOST, 8883)
+raw.loop_start()
+
+
+def twin_call(topic, payload):
+    raw.publish(topic, payload, qos=0)
+    return wait(answers, f"an answer to {topic}")
+
+
+REPORTED = "$iothub/twin/PATCH/properties/reported/?$rid="
+
+
+def nested(levels):
+    doc = {"property": 1}
+    for n in range(levels):
+        doc = {f"level{levels - n}": doc}
+    return doc
+
+
+for rid, payload, what in [
+    (41, b"{not json", "malformed JSON"),
+    (42, b"[1, 2]", "a patch that is not an object"),
+    (43, json.dumps({"blob": ["x" * 4000] * 9}).encode(), "a reported section over 32 KiB"),
+    # tags.one...ten.property is Azure's deepest valid example; one more object is too deep.
+    (44, json.dumps(nested(11)).encode(), "a patch nested deeper than 10 levels"),
+]:
+    topic, body = twin_call(f"{REPORTED}{rid}", payload)
+    check(topic == f"$iothub/twin/res/400/?$rid={rid}", f"{what} is answered 400: {topic} {body[:200]}")
+topic, _ = twin_call(f"{REPORTED}46", json.dumps(nested(10)).encode())
+check(topic.startswith("$iothub/twin/res/204/?$rid=46"), f"ten levels are allowed: {topic}")
+twin_call(f"{REPORTED}47", b'{"level1": null}')
+topic, body = twin_call("$iothub/twin/GET/?$rid=45", b" ")
+reported = json.loads(body)["reported"]
+check(topic == "$iothub/twin/res/200/?$rid=45" and "blob" not in reported and "level1" not in reported
+      and reported["firmware"] == "1.2.3", "refused patches changed nothing")
+raw.loop_stop()
+raw.disconnect()
 print("all feature checks passed")
