@@ -318,14 +318,19 @@ async fn session(
     let cn = device.id().cn();
     let ticket = state.sessions().register(&cn, device.ca(), device.switch());
     state.metrics().connect("ok");
-    let (present, resumed) = state
+    let resumed = state
         .sessions()
         .resume(&cn, ticket.conn, connect.clean_session);
+    if resumed.discarded
+        && let Err(e) = state.store().delete_mqtt_session(&cn).await
+    {
+        tracing::warn!(client_id = cn, error = %e, "persistent session not forgotten in the store");
+    }
     let _ = send(
         &mut conn,
         Packet::ConnectAck(ConnectAck {
             return_code: ConnectAckReason::ConnectionAccepted,
-            session_present: present,
+            session_present: resumed.present,
         }),
     )
     .await;
@@ -365,7 +370,7 @@ async fn session(
     {
         tracing::warn!(error = %e, "could not record the device's CA");
     }
-    let end = Session::new(&device, &state, ticket.conn, resumed)
+    let end = Session::new(&device, &state, ticket.conn, resumed.subs)
         .run(&mut conn, keep_alive, ticket.kicked, ticket.outbound)
         .await;
     state.sessions().unregister(&cn, ticket.conn);
@@ -527,9 +532,11 @@ impl<'a> Session<'a> {
                 for (f, q) in &granted {
                     self.subs.insert(f.clone(), *q);
                 }
-                self.state
+                let kept = self
+                    .state
                     .sessions()
                     .subscribed(&self.cn, self.conn_no, &granted);
+                save_session(self.state, &self.cn, kept).await;
                 write(conn, Packet::SubscribeAck { packet_id, status }).await?;
                 self.deliver_c2d(conn).await
             }
@@ -541,9 +548,11 @@ impl<'a> Session<'a> {
                 for f in &filters {
                     self.subs.remove(f);
                 }
-                self.state
+                let kept = self
+                    .state
                     .sessions()
                     .unsubscribed(&self.cn, self.conn_no, &filters);
+                save_session(self.state, &self.cn, kept).await;
                 write(conn, Packet::UnsubscribeAck { packet_id }).await
             }
             Packet::PingRequest => write(conn, Packet::PingResponse).await,
@@ -768,6 +777,16 @@ impl<'a> Session<'a> {
             write(conn, Packet::Publish(Box::new(publish))).await?;
         }
         Ok(())
+    }
+}
+
+/// Writes a persistent session's subscriptions through to the store before they are
+/// acknowledged, so a restart of the hub keeps them; `None` (a clean session) writes nothing.
+async fn save_session(state: &AppState, cn: &str, kept: Option<BTreeMap<String, u8>>) {
+    let Some(subs) = kept else { return };
+    let json = serde_json::to_string(&subs).unwrap_or_default();
+    if let Err(e) = state.store().save_mqtt_session(cn, &json, now_ms()).await {
+        tracing::warn!(client_id = cn, error = %e, "persistent session not saved; a restart of the hub would lose its subscriptions");
     }
 }
 

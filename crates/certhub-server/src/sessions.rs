@@ -64,6 +64,17 @@ struct Live {
     subs: BTreeMap<String, u8>,
 }
 
+/// What [`Sessions::resume`] found.
+#[derive(Debug, Default)]
+pub struct Resumed {
+    /// A persistent session was there (CONNACK's session-present flag).
+    pub present: bool,
+    /// The subscriptions it resumes.
+    pub subs: BTreeMap<String, u8>,
+    /// A clean session discarded a persistent one (the store must forget it too).
+    pub discarded: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct Sessions {
     next: AtomicU64,
@@ -71,8 +82,9 @@ pub struct Sessions {
     /// When each identity last connected or disconnected (`connectionStateUpdatedTime`).
     changed: Mutex<HashMap<String, i64>>,
     /// Subscriptions of persistent sessions (CleanSession=0), by identity: the Azure SDKs
-    /// subscribe once and never again after a reconnect. Kept in memory: a restart of the hub
-    /// ends them.
+    /// subscribe once and never again after a reconnect. The MQTT listener writes every change
+    /// through to the store, and `certhub serve` restores them at start, so they outlive a
+    /// restart of the hub.
     persistent: Mutex<HashMap<String, BTreeMap<String, u8>>>,
     /// Direct-method calls waiting for the device's answer, by identity and request id.
     methods: Mutex<HashMap<(String, String), oneshot::Sender<MethodReply>>>,
@@ -129,24 +141,35 @@ impl Sessions {
         }
     }
 
+    /// Restores persistent sessions saved in the store (at start).
+    pub fn restore(&self, sessions: impl IntoIterator<Item = (String, BTreeMap<String, u8>)>) {
+        if let Ok(mut p) = self.persistent.lock() {
+            p.extend(sessions);
+        }
+    }
+
     /// Starts a session's subscription state: a clean session forgets what was kept; a
-    /// persistent one resumes it. Returns whether a session was present (CONNACK flag) and
-    /// the subscriptions it resumes.
-    pub fn resume(&self, cn: &str, conn: u64, clean: bool) -> (bool, BTreeMap<String, u8>) {
-        let (present, subs) = {
+    /// persistent one resumes it.
+    pub fn resume(&self, cn: &str, conn: u64, clean: bool) -> Resumed {
+        let resumed = {
             let Ok(mut p) = self.persistent.lock() else {
-                return (false, BTreeMap::new());
+                return Resumed::default();
             };
             if clean {
-                p.remove(cn);
-                (false, BTreeMap::new())
+                Resumed {
+                    discarded: p.remove(cn).is_some(),
+                    ..Resumed::default()
+                }
             } else {
-                let present = p.contains_key(cn);
-                (present, p.entry(cn.to_string()).or_default().clone())
+                Resumed {
+                    present: p.contains_key(cn),
+                    subs: p.entry(cn.to_string()).or_default().clone(),
+                    discarded: false,
+                }
             }
         };
-        self.with_live(cn, conn, |l| l.subs = subs.clone());
-        (present, subs)
+        self.with_live(cn, conn, |l| l.subs = resumed.subs.clone());
+        resumed
     }
 
     fn with_live(&self, cn: &str, conn: u64, f: impl FnOnce(&mut Live)) {
@@ -158,35 +181,46 @@ impl Sessions {
         }
     }
 
-    /// Records subscriptions of a session (and of its persistent state, if any).
-    pub fn subscribed(&self, cn: &str, conn: u64, filters: &[(String, u8)]) {
+    /// Records subscriptions of a session (and of its persistent state, if any). Returns the
+    /// persistent state after the change, for the store; None for a clean session.
+    pub fn subscribed(
+        &self,
+        cn: &str,
+        conn: u64,
+        filters: &[(String, u8)],
+    ) -> Option<BTreeMap<String, u8>> {
         self.with_live(cn, conn, |l| {
             for (f, q) in filters {
                 l.subs.insert(f.clone(), *q);
             }
         });
-        if let Ok(mut p) = self.persistent.lock()
-            && let Some(subs) = p.get_mut(cn)
-        {
-            for (f, q) in filters {
-                subs.insert(f.clone(), *q);
-            }
+        let mut p = self.persistent.lock().ok()?;
+        let subs = p.get_mut(cn)?;
+        for (f, q) in filters {
+            subs.insert(f.clone(), *q);
         }
+        Some(subs.clone())
     }
 
-    pub fn unsubscribed(&self, cn: &str, conn: u64, filters: &[String]) {
+    /// Removes subscriptions; returns the persistent state after the change, as
+    /// [`Sessions::subscribed`] does.
+    pub fn unsubscribed(
+        &self,
+        cn: &str,
+        conn: u64,
+        filters: &[String],
+    ) -> Option<BTreeMap<String, u8>> {
         self.with_live(cn, conn, |l| {
             for f in filters {
                 l.subs.remove(f);
             }
         });
-        if let Ok(mut p) = self.persistent.lock()
-            && let Some(subs) = p.get_mut(cn)
-        {
-            for f in filters {
-                subs.remove(f);
-            }
+        let mut p = self.persistent.lock().ok()?;
+        let subs = p.get_mut(cn)?;
+        for f in filters {
+            subs.remove(f);
         }
+        Some(subs.clone())
     }
 
     /// Hands work to the live session of `cn`, if it holds the subscription `filter` (when

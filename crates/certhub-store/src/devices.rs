@@ -268,8 +268,9 @@ impl Store {
                 DeleteOutcome::NotFound
             });
         }
-        // The device's modules, twins and queued cloud-to-device messages go with it.
-        for table in ["modules", "twins", "c2d"] {
+        // The device's modules, twins, queued cloud-to-device messages and persistent MQTT
+        // sessions go with it.
+        for table in ["modules", "twins", "c2d", "mqtt_sessions"] {
             sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE device_id = $1"
             )))
@@ -470,11 +471,15 @@ impl Store {
             }
         };
         if done.rows_affected() == 1 {
-            sqlx::query("DELETE FROM twins WHERE device_id = $1 AND module_id = $2")
+            for table in ["twins", "mqtt_sessions"] {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE device_id = $1 AND module_id = $2"
+                )))
                 .bind(device.as_str().to_string())
                 .bind(module.as_str().to_string())
                 .execute(&mut *tx)
                 .await?;
+            }
             tx.commit().await?;
             return Ok(DeleteOutcome::Deleted);
         }

@@ -12,6 +12,7 @@ mod c2d;
 mod cas;
 mod devices;
 mod hub;
+mod mqtt_sessions;
 mod schema;
 mod telemetry;
 mod twins;

@@ -90,7 +90,8 @@ const STEPS: &[&str] = &[
     "ALTER TABLE devices ADD COLUMN last_ca TEXT;
     ALTER TABLE modules ADD COLUMN last_ca TEXT",
     // 5: twins (module_id '' is the device's own twin), the cloud-to-device queue and its
-    // feedback (one record per message at most, under the message's id).
+    // feedback (one record per message at most, under the message's id), and the
+    // subscriptions of persistent MQTT sessions (module_id '' for a device's own).
     "CREATE TABLE twins (
         device_id TEXT NOT NULL,
         module_id TEXT NOT NULL,
@@ -124,7 +125,14 @@ const STEPS: &[&str] = &[
         lock_until_ms BIGINT NOT NULL
     );
     CREATE INDEX c2d_feedback_created ON c2d_feedback (created_ms);
-    CREATE INDEX c2d_feedback_lock ON c2d_feedback (lock_token)",
+    CREATE INDEX c2d_feedback_lock ON c2d_feedback (lock_token);
+    CREATE TABLE mqtt_sessions (
+        device_id TEXT NOT NULL,
+        module_id TEXT NOT NULL,
+        subscriptions TEXT NOT NULL,
+        updated_ms BIGINT NOT NULL,
+        PRIMARY KEY (device_id, module_id)
+    )",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {

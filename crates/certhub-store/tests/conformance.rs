@@ -231,6 +231,7 @@ async fn suite(store: &Store) {
     assert_eq!((left.len(), left[0].seq), (300, 151));
 
     twins_and_c2d(store).await;
+    mqtt_sessions(store).await;
 }
 
 /// Twins are written under their version; the C2D queue keeps order, caps, expiry and the
@@ -526,6 +527,73 @@ async fn twins_and_c2d(store: &Store) {
             .await
             .expect("gone")
             .is_empty()
+    );
+}
+
+/// Persistent MQTT sessions are saved, replaced, listed, and go with their identity.
+async fn mqtt_sessions(store: &Store) {
+    for name in ["ms1", "ms2"] {
+        let d = device(name, serde_json::json!({}));
+        store.create_device(&d).await.expect("create");
+    }
+    let m = serde_json::from_value::<ModuleInput>(serde_json::json!({}))
+        .expect("input")
+        .into_module(&id("ms1"), &ModuleId::new("m1").expect("id"), None, 1_000)
+        .expect("module");
+    store.create_module(&m).await.expect("module");
+    for (client, subs) in [
+        ("ms1", "[1]"),
+        ("ms1/m1", "[2]"),
+        ("ms2", "[3]"),
+        ("ms1", "[4]"),
+    ] {
+        store
+            .save_mqtt_session(client, subs, 1_000)
+            .await
+            .expect("save");
+    }
+    let listed = |store: &Store| {
+        let store = store.clone();
+        async move {
+            let mut all = store.mqtt_sessions().await.expect("list");
+            all.sort();
+            all
+        }
+    };
+    let pair = |c: &str, s: &str| (c.to_string(), s.to_string());
+    assert_eq!(
+        listed(store).await,
+        vec![
+            pair("ms1", "[4]"),
+            pair("ms1/m1", "[2]"),
+            pair("ms2", "[3]")
+        ]
+    );
+    let mid = ModuleId::new("m1").expect("id");
+    assert_eq!(
+        store
+            .delete_module(&id("ms1"), &mid, None)
+            .await
+            .expect("delete module"),
+        DeleteOutcome::Deleted
+    );
+    assert_eq!(
+        listed(store).await,
+        vec![pair("ms1", "[4]"), pair("ms2", "[3]")]
+    );
+    assert_eq!(
+        store.delete_device(&id("ms1"), None).await.expect("delete"),
+        DeleteOutcome::Deleted
+    );
+    store.delete_mqtt_session("ms2").await.expect("forget");
+    assert!(listed(store).await.is_empty());
+    store
+        .delete_mqtt_session("ms2")
+        .await
+        .expect("twice is fine");
+    assert_eq!(
+        store.delete_device(&id("ms2"), None).await.expect("delete"),
+        DeleteOutcome::Deleted
     );
 }
 

@@ -318,3 +318,90 @@ sys.exit(0 if results == [(0, 0), (0, 1), (0, 0), (0, 0)] else 1)
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Persistent sessions outlive the hub: subscriptions made before a SIGKILL are resumed after
+/// the restart (session present, and a C2D message arrives without a new SUBSCRIBE, as the
+/// Azure SDKs expect); a clean session discards the saved one for good.
+#[test]
+fn persistent_sessions_survive_a_restart() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    enroll_widget(d, &data);
+    let script = format!(
+        r#"
+import ssl, sys, time
+import paho.mqtt.client as mqtt
+port, clean, subscribe, wait_message = int(sys.argv[1]), sys.argv[2] == "clean", sys.argv[3] == "subscribe", sys.argv[4] == "message"
+seen, messages = [], []
+c = mqtt.Client(client_id="smart-x-widget-0001", clean_session=clean, protocol=mqtt.MQTTv311)
+c.username_pw_set("localhost/smart-x-widget-0001/?api-version=2021-04-12")
+c.tls_set(ca_certs="{ca}", certfile="pki/devices/smart-x-widget-0001/chain.pem",
+          keyfile="pki/devices/smart-x-widget-0001/key.pem")
+c.on_connect = lambda client, userdata, flags, rc: seen.append((rc, flags["session present"]))
+c.on_subscribe = lambda client, userdata, mid, granted: seen.append("subscribed")
+c.on_message = lambda client, userdata, m: messages.append(m.payload.decode())
+c.connect("localhost", port)
+c.loop_start()
+deadline = time.time() + 10
+while not seen and time.time() < deadline:
+    time.sleep(0.02)
+if subscribe:
+    c.subscribe("devices/smart-x-widget-0001/messages/devicebound/#", qos=1)
+    while "subscribed" not in seen and time.time() < deadline:
+        time.sleep(0.02)
+while wait_message and not messages and time.time() < deadline:
+    time.sleep(0.02)
+c.disconnect()
+c.loop_stop()
+print(seen[0][1], messages)
+"#,
+        ca = s(&data.join("tls/server-ca.pem")),
+    );
+    let run = |port: u16, args: [&str; 3]| {
+        let out = Command::new(common::python())
+            .args(["-c", &script, &port.to_string()])
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("python runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    assert_eq!(
+        run(hub_process.mqtt_port, ["persistent", "subscribe", "-"]),
+        "0 []"
+    );
+    drop(hub_process); // SIGKILL
+
+    let hub_process = start_hub(&data);
+    certhub(
+        d,
+        &[
+            "c2d",
+            "send",
+            "--device",
+            "smart-x-widget-0001",
+            "--body",
+            "after the restart",
+            "--data-dir",
+            s(&data),
+        ],
+    )
+    .ok();
+    assert_eq!(
+        run(hub_process.mqtt_port, ["persistent", "-", "message"]),
+        "1 ['after the restart']"
+    );
+    // A clean session ends the saved one, in the store too.
+    assert_eq!(run(hub_process.mqtt_port, ["clean", "-", "-"]), "0 []");
+    drop(hub_process);
+    let hub_process = start_hub(&data);
+    assert_eq!(run(hub_process.mqtt_port, ["persistent", "-", "-"]), "0 []");
+}

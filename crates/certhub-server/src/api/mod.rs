@@ -87,6 +87,19 @@ impl AppState {
         let settings = store.settings().await?;
         let trust = crate::trust::load(&store).await?;
         let telemetry = crate::telemetry::TelemetryLog::start(store.clone()).await?;
+        // Persistent MQTT sessions outlive a restart; a record that does not parse (written by
+        // a future version, say) is skipped with a warning, and the device subscribes afresh.
+        let sessions = Arc::new(crate::sessions::Sessions::default());
+        let saved = store.mqtt_sessions().await?;
+        sessions.restore(saved.into_iter().filter_map(|(cn, json)| {
+            match serde_json::from_str(&json) {
+                Ok(subs) => Some((cn, subs)),
+                Err(e) => {
+                    tracing::warn!(client_id = cn, error = %e, "persistent session not restored");
+                    None
+                }
+            }
+        }));
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -94,7 +107,7 @@ impl AppState {
                 code_ttl_ms: i64::try_from(code_ttl.as_millis()).unwrap_or(i64::MAX),
                 policies: RwLock::new(policies),
                 trust: RwLock::new(Arc::new(trust)),
-                sessions: Arc::default(),
+                sessions,
                 metrics: crate::metrics::Metrics::default(),
                 telemetry,
                 c2d: RwLock::new(C2dLimits::default()),
