@@ -117,4 +117,25 @@ impl Store {
             })
             .collect()
     }
+
+    /// Drops audit records older than `before_ms`, and the oldest beyond the newest `keep`;
+    /// returns how many. Refused connections write a record each, so the trail must not grow
+    /// without bound.
+    pub async fn prune_audit(&self, before_ms: i64, keep: i64) -> Result<u64> {
+        let old = sqlx::query("DELETE FROM audit WHERE at_ms < $1")
+            .bind(before_ms)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+        // The time of the keep-th newest record; nothing when there are fewer (NULL).
+        let over = sqlx::query(
+            "DELETE FROM audit WHERE at_ms < (
+                SELECT at_ms FROM audit ORDER BY at_ms DESC LIMIT 1 OFFSET $1)",
+        )
+        .bind(keep - 1)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(old + over)
+    }
 }

@@ -198,6 +198,13 @@ async fn suite(store: &Store) {
     let targets: Vec<&str> = mine.iter().map(|r| r.target.as_str()).collect();
     assert_eq!(targets.len(), 2, "'_' is no wildcard: {targets:?}");
     assert!(!targets.contains(&"devices/devX1/m1"));
+    // Retention: by age, then by count (the newest stay).
+    assert_eq!(store.prune_audit(2, 100).await.expect("by age"), 1);
+    assert_eq!(store.prune_audit(0, 3).await.expect("by count"), 1);
+    let kept = store.audit(10).await.expect("audit");
+    assert_eq!(kept.len(), 3);
+    assert!(kept.iter().all(|r| r.operation == "device.connect"));
+    assert_eq!(store.prune_audit(0, 3).await.expect("nothing over"), 0);
 
     // The telemetry log keeps order, bytes and properties.
     assert_eq!(store.last_telemetry_seq().await.expect("seq"), 0);

@@ -18,7 +18,7 @@ pub const EXIT_CONFIG: u8 = 64;
 pub struct ServeArgs {
     /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, database_url,
     /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages,
-    /// c2d_max_pending, c2d_max_deliveries).
+    /// c2d_max_pending, c2d_max_deliveries, audit_retention, audit_max_records).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory: SQLite database, the hub's TLS files [default: ./certhub-data].
@@ -27,7 +27,7 @@ pub struct ServeArgs {
     /// A host name clients use to reach the hub; repeatable [default: localhost, 127.0.0.1].
     #[arg(long = "hostname")]
     hostnames: Vec<String>,
-    /// Address for MQTT over TLS [default: 0.0.0.0:8883] (device endpoints: not served yet).
+    /// Address for devices: MQTT 3.1.1 over mutual TLS [default: 0.0.0.0:8883].
     #[arg(long)]
     mqtt_addr: Option<String>,
     /// Address for HTTPS: the service API [default: 0.0.0.0:443].
@@ -52,6 +52,12 @@ pub struct ServeArgs {
     /// [default: 10].
     #[arg(long)]
     c2d_max_deliveries: Option<String>,
+    /// Seconds audit records are kept [default: 7776000, 90 days].
+    #[arg(long)]
+    audit_retention: Option<String>,
+    /// Most audit records kept; the oldest go first [default: 1000000].
+    #[arg(long)]
+    audit_max_records: Option<String>,
 }
 
 /// The TOML file's keys; anything else is an error that names the key.
@@ -69,6 +75,8 @@ struct FileConfig {
     telemetry_max_messages: Option<u64>,
     c2d_max_pending: Option<u64>,
     c2d_max_deliveries: Option<u64>,
+    audit_retention: Option<u64>,
+    audit_max_records: Option<u64>,
 }
 
 /// The configuration the hub runs with.
@@ -84,6 +92,8 @@ pub struct Config {
     pub telemetry_retention: Duration,
     pub telemetry_max_messages: i64,
     pub c2d: certhub_server::api::C2dLimits,
+    pub audit_retention: Duration,
+    pub audit_max_records: i64,
 }
 
 /// A configuration problem: the key and what is wrong with it.
@@ -259,7 +269,25 @@ impl Config {
             10,
             1..=100,
         )?;
+        let audit_retention = number(
+            "audit_retention",
+            &args.audit_retention,
+            "CERTHUB_AUDIT_RETENTION",
+            file.audit_retention,
+            90 * 86_400,
+            1..=3650 * 86_400,
+        )?;
+        let audit_max_records = number(
+            "audit_max_records",
+            &args.audit_max_records,
+            "CERTHUB_AUDIT_MAX_RECORDS",
+            file.audit_max_records,
+            1_000_000,
+            1..=i64::MAX as u64,
+        )?;
         Ok(Self {
+            audit_retention: Duration::from_secs(audit_retention),
+            audit_max_records: audit_max_records as i64,
             c2d: certhub_server::api::C2dLimits {
                 max_pending: c2d_max_pending as i64,
                 max_deliveries: c2d_max_deliveries as i64,
@@ -431,7 +459,9 @@ async fn serve(config: Config) -> Result<Outcome> {
         let store = store.clone();
         let retention = config.telemetry_retention;
         let keep = config.telemetry_max_messages;
-        let every = (retention / 2).clamp(Duration::from_secs(1), Duration::from_secs(60));
+        let (audit_retention, audit_keep) = (config.audit_retention, config.audit_max_records);
+        let every = (retention.min(audit_retention) / 2)
+            .clamp(Duration::from_secs(1), Duration::from_secs(60));
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -441,6 +471,13 @@ async fn serve(config: Config) -> Result<Outcome> {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "telemetry retention"),
                     Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
+                }
+                let cutoff = time::OffsetDateTime::now_utc() - audit_retention;
+                let before_ms = (cutoff.unix_timestamp_nanos() / 1_000_000) as i64;
+                match store.prune_audit(before_ms, audit_keep).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "audit retention"),
+                    Err(e) => tracing::warn!(error = %e, "audit retention failed"),
                 }
             }
         })

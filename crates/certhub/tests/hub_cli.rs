@@ -227,6 +227,7 @@ fn invalid_configuration_exits_64_before_binding() {
             "--data-dir",
             s(&data),
         ],
+        vec!["serve", "--audit-max-records", "0", "--data-dir", s(&data)],
     ] {
         let run = certhub(d, &args).code(64);
         assert!(
