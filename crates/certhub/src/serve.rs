@@ -412,6 +412,19 @@ async fn serve(config: Config) -> Result<Outcome> {
     )
     .await?;
     state.set_c2d_limits(config.c2d);
+    // Settings written by another process (`certhub hub set --local`) take effect, and close
+    // the sessions a switch shuts out, within half a second.
+    let settings_watch = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Err(e) = state.reload_settings().await {
+                    tracing::warn!(error = %e, "hub settings not re-read");
+                }
+            }
+        })
+    };
 
     let dir = config.data_dir.display();
     say!("certhub {} is running", env!("CARGO_PKG_VERSION"));
@@ -531,6 +544,7 @@ async fn serve(config: Config) -> Result<Outcome> {
     tokio::join!(https, mqtt, signal);
     pruning.abort();
     c2d_expiry.abort();
+    settings_watch.abort();
     store.close().await;
     say!("certhub stopped");
     Ok(Outcome::Ok)

