@@ -482,6 +482,9 @@ impl<'a> Session<'a> {
         if let Err(end) = self.deliver_c2d(conn).await {
             return end;
         }
+        // The keep-alive counts from the device's last packet: traffic to the device does not
+        // extend it.
+        let mut deadline = tokio::time::Instant::now() + keep_alive;
         loop {
             let packet = tokio::select! {
                 reason = &mut kicked => {
@@ -493,7 +496,7 @@ impl<'a> Session<'a> {
                     }
                     continue;
                 }
-                p = tokio::time::timeout(keep_alive, conn.next()) => p,
+                p = tokio::time::timeout_at(deadline, conn.next()) => p,
             };
             let packet = match packet {
                 Err(_) => return End::Closed("keep-alive expired".into()),
@@ -501,6 +504,7 @@ impl<'a> Session<'a> {
                 Ok(Some(Err(e))) => return End::Closed(format!("protocol error: {e}")),
                 Ok(Some(Ok((p, _)))) => p,
             };
+            deadline = tokio::time::Instant::now() + keep_alive;
             if let Err(end) = self.packet(conn, packet).await {
                 return end;
             }

@@ -432,3 +432,68 @@ fn a_local_settings_change_closes_the_sessions_it_shuts_out() {
         "{log}\n{stderr}"
     );
 }
+
+/// The keep-alive counts from the device's last packet (1.5 times what it asked for): a device
+/// that falls silent is closed even while the hub keeps sending it C2D messages.
+#[test]
+fn a_silent_device_is_closed_at_its_keep_alive() {
+    use std::io::{BufRead, BufReader};
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    enroll_widget(d, &data);
+    let script = format!(
+        r#"
+import sys, time
+import paho.mqtt.client as mqtt
+state = []
+c = mqtt.Client(client_id="smart-x-widget-0001", clean_session=True, protocol=mqtt.MQTTv311)
+c.username_pw_set("localhost/smart-x-widget-0001/?api-version=2021-04-12")
+c.tls_set(ca_certs="{ca}", certfile="pki/devices/smart-x-widget-0001/chain.pem",
+          keyfile="pki/devices/smart-x-widget-0001/key.pem")
+c.on_connect = lambda client, userdata, flags, rc: state.append("connected")
+c.on_subscribe = lambda client, userdata, mid, granted: state.append("subscribed")
+c.connect("localhost", {port}, keepalive=1)
+deadline = time.time() + 10
+c.subscribe("devices/smart-x-widget-0001/messages/devicebound/#", qos=1)
+while "subscribed" not in state and time.time() < deadline:
+    c.loop(0.05)
+print("silent", flush=True)
+time.sleep(4)  # no loop: no PINGREQ, no PUBACK, nothing read
+"#,
+        ca = s(&data.join("tls/server-ca.pem")),
+        port = hub_process.mqtt_port
+    );
+    let mut child = Command::new(common::python())
+        .args(["-c", &script])
+        .current_dir(d)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("silent"));
+    // Traffic to the device for longer than its keep-alive.
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(3) {
+        certhub(
+            d,
+            &[
+                "c2d",
+                "send",
+                "--device",
+                "smart-x-widget-0001",
+                "--body",
+                "ping",
+                "--data-dir",
+                s(&data),
+            ],
+        )
+        .ok();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = child.wait();
+    let log = certhub(d, &["audit", "list", "--top", "50", "--data-dir", s(&data)]).ok();
+    assert!(log.stdout.contains("keep-alive expired"), "{log}");
+}
