@@ -26,7 +26,7 @@ pub use identity::{
 };
 pub use ids::{DeviceId, IdError, ModuleId};
 pub use policy::{Policy, Rights};
-pub use sas::{SasError, SasToken, generate_key, sign_token};
+pub use sas::{SasError, SasToken, ServiceConnectionString, generate_key, sign_token};
 pub use settings::{HubSettings, SettingsPatch};
 pub use time_fmt::{azure_time, azure_time_opt};
 pub use topics::{

@@ -234,3 +234,57 @@ mod tests {
         assert!(SasToken::parse("SharedAccessSignature sr=a&se=1").is_err());
     }
 }
+
+/// A service connection string, `HostName=...;SharedAccessKeyName=...;SharedAccessKey=...`
+/// (other parts are ignored), as `certhub hub connection-string` prints one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConnectionString {
+    /// `host[:port]` of the service API.
+    pub host: String,
+    /// The shared access policy's name.
+    pub policy: String,
+    /// Its key (base64).
+    pub key: String,
+}
+
+impl ServiceConnectionString {
+    /// Parses one; the error says what is missing or malformed.
+    pub fn parse(cs: &str) -> Result<Self, String> {
+        let (mut host, mut policy, mut key) = (None, None, None);
+        for part in cs.split(';').map(str::trim).filter(|p| !p.is_empty()) {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(format!("connection string: {part:?} is not Key=Value"));
+            };
+            match k {
+                "HostName" => host = Some(v.to_string()),
+                "SharedAccessKeyName" => policy = Some(v.to_string()),
+                "SharedAccessKey" => key = Some(v.to_string()),
+                _ => {}
+            }
+        }
+        match (host, policy, key) {
+            (Some(host), Some(policy), Some(key)) => Ok(Self { host, policy, key }),
+            _ => Err("connection string: needs HostName, SharedAccessKeyName and SharedAccessKey (a device connection string cannot manage the hub; `certhub hub connection-string` prints a service one)".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod connection_string_tests {
+    use super::ServiceConnectionString;
+
+    #[test]
+    fn service_connection_strings() {
+        let cs = ServiceConnectionString::parse(
+            "HostName=127.0.0.4:8443;SharedAccessKeyName=iothubowner;SharedAccessKey=a2V5",
+        )
+        .expect("parses");
+        assert_eq!(
+            (cs.host.as_str(), cs.policy.as_str(), cs.key.as_str()),
+            ("127.0.0.4:8443", "iothubowner", "a2V5")
+        );
+        for bad in ["HostName=h;DeviceId=d;SharedAccessKey=k", "nonsense", ""] {
+            assert!(ServiceConnectionString::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

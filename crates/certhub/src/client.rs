@@ -43,27 +43,6 @@ pub struct Answer {
     pub etag: Option<String>,
 }
 
-fn parse_connection_string(cs: &str) -> Result<(String, String, String)> {
-    let (mut host, mut name, mut key) = (None, None, None);
-    for part in cs.split(';').map(str::trim).filter(|p| !p.is_empty()) {
-        let Some((k, v)) = part.split_once('=') else {
-            bail!("connection string: {part:?} is not Key=Value");
-        };
-        match k {
-            "HostName" => host = Some(v.to_string()),
-            "SharedAccessKeyName" => name = Some(v.to_string()),
-            "SharedAccessKey" => key = Some(v.to_string()),
-            _ => {}
-        }
-    }
-    match (host, name, key) {
-        (Some(h), Some(n), Some(k)) => Ok((h, n, k)),
-        _ => bail!(
-            "connection string: needs HostName, SharedAccessKeyName and SharedAccessKey (a device connection string cannot manage the hub)"
-        ),
-    }
-}
-
 impl HubArgs {
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
@@ -78,7 +57,8 @@ impl Client {
                 "no --connection-string (or CERTHUB_CONNECTION_STRING), and no hub data directory to read one from"
             })?,
         };
-        let (host, policy, key) = parse_connection_string(&cs)?;
+        let certhub_core::ServiceConnectionString { host, policy, key } =
+            certhub_core::ServiceConnectionString::parse(&cs).map_err(anyhow::Error::msg)?;
         let ca_path = match &args.ca_file {
             Some(p) => p.clone(),
             None => {

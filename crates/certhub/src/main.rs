@@ -61,6 +61,8 @@ enum Command {
     /// Direct methods: invoke one on a connected device.
     #[command(subcommand)]
     Method(cloud::MethodCommand),
+    /// Measure a broker: connect rate, held connections, telemetry, reconnect storm, revocation
+    Bench(certhub_bench::BenchArgs),
 }
 
 /// What a command tells the process: success, a refusal the user asked us to decide (exit 1),
@@ -84,6 +86,7 @@ fn main() -> ExitCode {
         Command::C2d(cmd) => cloud::c2d(cmd),
         Command::Twin(cmd) => cloud::twin(cmd),
         Command::Method(cmd) => cloud::method(cmd),
+        Command::Bench(args) => certhub_bench::run(args).map(|()| Outcome::Ok),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -512,10 +512,9 @@ pub fn technician_signed(dir: &Path, cn: &str, out: &str) {
     .ok();
 }
 
-/// The demo supply chain (in `dir/pki`), its root registered as verified and its first widget,
-/// `smart-x-widget-0001`, registered as a CA-authenticated device on the hub whose data
-/// directory is `data`.
-pub fn enroll_widget(dir: &Path, data: &Path) {
+/// The demo supply chain with `devices` widgets (in `dir/pki`), its root registered as verified
+/// on the hub whose data directory is `data`; no device is registered.
+pub fn enroll_company_x(dir: &Path, data: &Path, devices: usize) {
     certhub(
         dir,
         &[
@@ -525,11 +524,10 @@ pub fn enroll_widget(dir: &Path, data: &Path) {
             "--out",
             "pki",
             "--devices",
-            "1",
+            &devices.to_string(),
         ],
     )
     .ok();
-    let data = s(data);
     certhub(
         dir,
         &[
@@ -541,10 +539,17 @@ pub fn enroll_widget(dir: &Path, data: &Path) {
             "pki/company-x/cert.pem",
             "--verified",
             "--data-dir",
-            data,
+            s(data),
         ],
     )
     .ok();
+}
+
+/// [`enroll_company_x`] with one widget, `smart-x-widget-0001`, registered as a
+/// CA-authenticated device.
+pub fn enroll_widget(dir: &Path, data: &Path) {
+    enroll_company_x(dir, data, 1);
+    let data = s(data);
     certhub(
         dir,
         &[
