@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Runs the same `certhub bench` scenarios against Mosquitto and certhub on this machine and
+# prints one table with the ratios. Both brokers get the same trust: Company-X's root CA, and
+# device chains Company-X root -> Factory-Y -> Technician-Z -> leaf (ECDSA P-256), sent by the
+# device in the handshake; Mosquitto with `require_certificate true`, certhub with the root
+# registered and the devices in its registry.
+#
+#   bench/compare.sh                 # 19 000 devices, 10 s per timed scenario
+#   DEVICES=2000 DURATION=3 bench/compare.sh    # a quicker look
+#
+# Results (one JSON file per run) and the table are left in $WORK (default
+# /tmp/certhub-compare). The generator shares the machine with the broker under test, so
+# rates per server-CPU-second are the fair comparison; both are printed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/certhub-target}"
+DEVICES="${DEVICES:-19000}"
+DURATION="${DURATION:-10}"
+WORK="${WORK:-/tmp/certhub-compare}"
+HUB_ADDR=127.0.0.6
+MOSQ_ADDR=127.0.0.7
+# The bench's own connections come from many loopback addresses (ephemeral ports).
+SOURCES=127.0.1.1-127.0.1.40
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need mosquitto && ! [ -x /usr/sbin/mosquitto ]; then
+    sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >/dev/null
+fi
+MOSQUITTO="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
+need openssl || { echo "compare.sh: openssl is needed" >&2; exit 1; }
+# Held connections need file descriptors on both sides.
+ulimit -n "$(ulimit -Hn)"
+
+echo "building certhub (release)" >&2
+cargo build --release --locked -p certhub >&2
+C="$CARGO_TARGET_DIR/release/certhub"
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+
+rm -rf "$WORK"
+mkdir -p "$WORK/results" "$WORK/mosquitto"
+echo "making $DEVICES device chains" >&2
+"$C" pki demo supply-chain --out "$WORK/pki" --devices "$DEVICES" >/dev/null
+ls "$WORK/pki/devices" \
+    | sed 's/.*/{"deviceId":"&","authentication":{"type":"certificateAuthority"}}/' \
+    >"$WORK/devices.jsonl"
+
+# Mosquitto: a server certificate for its address from a CA of its own (openssl), the same
+# root for clients.
+M="$WORK/mosquitto"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+    -keyout "$M/ca.key" -out "$M/ca.pem" -subj "/CN=compare server CA" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+    -keyout "$M/key.pem" -out "$M/server.csr" -subj "/CN=$MOSQ_ADDR" 2>/dev/null
+printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' \
+    "$MOSQ_ADDR" >"$M/server.ext"
+openssl x509 -req -in "$M/server.csr" -CA "$M/ca.pem" -CAkey "$M/ca.key" -CAcreateserial \
+    -days 30 -extfile "$M/server.ext" -out "$M/cert.pem" 2>/dev/null
+cat >"$WORK/mosquitto/mosquitto.conf" <<CONF
+# Keep root: the keys under $WORK are root's (mosquitto would switch to its own user).
+user root
+per_listener_settings false
+persistence false
+log_dest stderr
+log_type error
+max_connections -1
+listener 18883 $MOSQ_ADDR
+cafile $WORK/pki/company-x/cert.pem
+certfile $WORK/mosquitto/cert.pem
+keyfile $WORK/mosquitto/key.pem
+require_certificate true
+use_identity_as_username true
+tls_version tlsv1.2
+# Without it every CONNACK waits ~40 ms (Nagle and delayed ACK).
+set_tcp_nodelay true
+CONF
+
+start_mosquitto() {
+    "$MOSQUITTO" -c "$WORK/mosquitto/mosquitto.conf" 2>>"$WORK/mosquitto/log" &
+    MOSQ_PID=$!
+    PIDS+=("$MOSQ_PID")
+    sleep 0.5
+}
+
+start_hub() {
+    CERTHUB_LOG=warn "$C" serve --data-dir "$WORK/hub" --hostname "$HUB_ADDR" \
+        --https-addr "$HUB_ADDR:8443" --mqtt-addr "$HUB_ADDR:8883" \
+        --max-device-sessions 100000 >"$WORK/hub.log" 2>&1 &
+    HUB_PID=$!
+    PIDS+=("$HUB_PID")
+    for _ in $(seq 100); do
+        grep -q "devices (MQTT)" "$WORK/hub.log" 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "compare.sh: the hub did not start:" >&2
+    cat "$WORK/hub.log" >&2
+    exit 1
+}
+
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+start_hub
+"$C" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified \
+    --data-dir "$WORK/hub" >/dev/null
+"$C" device import "$WORK/devices.jsonl" --data-dir "$WORK/hub" >/dev/null 2>&1
+CS="$("$C" hub connection-string --data-dir "$WORK/hub")"
+
+# bench TARGET NAME SCENARIO ARGS...: one run, its JSON in results/TARGET-NAME.json.
+bench() {
+    local target=$1 name=$2 scenario=$3
+    shift 3
+    local where
+    if [ "$target" = certhub ]; then
+        where=(--host "$HUB_ADDR" --ca "$WORK/hub/tls/server-ca.pem" --server-pid "$HUB_PID")
+    else
+        where=(--host "$MOSQ_ADDR" --port 18883 --ca "$WORK/mosquitto/ca.pem" --server-pid "$MOSQ_PID")
+    fi
+    echo "  $target $name" >&2
+    "$C" bench "$scenario" --devices "$WORK/pki/devices" "${where[@]}" \
+        --source-addrs "$SOURCES" --json "$@" >"$WORK/results/$target-$name.json"
+}
+
+HOLD=$((DEVICES < 19000 ? DEVICES : 19000))
+REVOKE_N=$((DEVICES < 10000 ? DEVICES : 10000))
+for target in mosquitto certhub; do
+    echo "$target:" >&2
+    # Memory per connection means something only on a freshly started broker.
+    if [ "$target" = certhub ]; then stop "$HUB_PID"; start_hub; else start_mosquitto; fi
+    bench "$target" hold hold --connections "$HOLD" --hold 3
+    bench "$target" connect-tls13 connect-rate --duration "$DURATION" --workers 16 --tls 1.3 --kx x25519
+    bench "$target" connect-tls12 connect-rate --duration "$DURATION" --workers 16 --tls 1.2 --kx p256
+    bench "$target" telemetry telemetry --clients 50 --window 16 --payload 256 --duration "$DURATION"
+    bench "$target" storm storm --connections "$HOLD"
+    if [ "$target" = certhub ]; then
+        bench certhub revoke revoke --connections "$REVOKE_N" --revoke 100 --connection-string "$CS"
+        stop "$HUB_PID"
+    else
+        stop "$MOSQ_PID"
+    fi
+done
+
+python3 bench/table.py "$WORK/results" | tee "$WORK/table.md"
+{
+    echo
+    echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
+    echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
+    echo "certhub: $("$C" --version)"
+    echo "devices: $DEVICES, timed scenarios: $DURATION s each"
+} | tee -a "$WORK/table.md"

@@ -1,0 +1,68 @@
+"""Reads the JSON results of bench/compare.sh and prints one Markdown table, Mosquitto beside
+certhub, with the ratio (certhub / Mosquitto; for times and memory, lower is better)."""
+
+import json
+import pathlib
+import sys
+
+results = pathlib.Path(sys.argv[1])
+
+
+def load(target, name):
+    p = results / f"{target}-{name}.json"
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def get(doc, *path):
+    for key in path:
+        if not isinstance(doc, dict) or doc.get(key) is None:
+            return None
+        doc = doc[key]
+    return doc
+
+
+ROWS = [
+    ("connect TLS 1.3 x25519: handshakes per server-CPU-s", "connect-tls13", ("server", "ops_per_cpu_s"), "higher"),
+    ("connect TLS 1.3 x25519: connects/s", "connect-tls13", ("rates", "connects_per_s"), "higher"),
+    ("connect TLS 1.3: cycle p99 ms", "connect-tls13", ("latency_ms", "cycle", "p99"), "lower"),
+    ("connect TLS 1.2 P-256: handshakes per server-CPU-s", "connect-tls12", ("server", "ops_per_cpu_s"), "higher"),
+    ("connect TLS 1.2 P-256: connects/s", "connect-tls12", ("rates", "connects_per_s"), "higher"),
+    ("hold: connections held", "hold", ("counts", "established"), "higher"),
+    ("hold: seconds to establish all", "hold", ("seconds", "until_last_established"), "lower"),
+    ("hold: server KiB per idle connection", "hold", ("server", "rss_per_connection_kib"), "lower"),
+    ("telemetry QoS 1, 50 clients, 256 B: msgs per server-CPU-s", "telemetry", ("server", "ops_per_cpu_s"), "higher"),
+    ("telemetry: msgs/s acknowledged", "telemetry", ("rates", "messages_per_s"), "higher"),
+    ("telemetry: ack p99 ms", "telemetry", ("latency_ms", "ack", "p99"), "lower"),
+    ("storm: seconds until all are back", "storm", ("seconds", "until_last_back"), "lower"),
+    ("storm: reconnected", "storm", ("counts", "reconnected"), "higher"),
+    ("revoke: close after the API's answer, p50 ms", "revoke", ("latency_ms", "close_after_answer", "p50"), "lower"),
+    ("revoke: close after the API's answer, p99 ms", "revoke", ("latency_ms", "close_after_answer", "p99"), "lower"),
+]
+
+
+def fmt(x):
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:,.2f}" if abs(x) < 100 else f"{x:,.0f}"
+    return f"{x:,}"
+
+
+print("| scenario | Mosquitto | certhub | certhub / Mosquitto |")
+print("| --- | ---: | ---: | ---: |")
+for label, name, path, better in ROWS:
+    m = get(load("mosquitto", name), *path)
+    c = get(load("certhub", name), *path)
+    ratio = f"{c / m:.2f}" if isinstance(m, (int, float)) and isinstance(c, (int, float)) and m else "-"
+    print(f"| {label} | {fmt(m)} | {fmt(c)} | {ratio} |")
+
+errors = []
+for p in sorted(results.glob("*.json")):
+    doc = json.loads(p.read_text())
+    if doc.get("errors"):
+        errors.append(f"{p.stem}: {doc['errors']}")
+if errors:
+    print()
+    print("Errors during the runs (counted, not fatal):")
+    for e in errors:
+        print(f"- {e}")
