@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+mod bookkeeper;
 pub mod device_tls;
 mod listener;
 pub mod metrics;

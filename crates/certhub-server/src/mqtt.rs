@@ -173,9 +173,7 @@ async fn audit(state: &AppState, op: &str, cn: &str, outcome: &str, detail: Stri
         outcome,
         &bounded(&detail, 4096),
     );
-    if let Err(e) = state.store().append_audit(&record).await {
-        tracing::error!(error = %e, "could not write the audit record");
-    }
+    state.bookkeeper().audit(record).await;
 }
 
 async fn lookup(
@@ -198,13 +196,11 @@ async fn lookup(
 /// Keeps `lastActivityTime` (connect and disconnect; not per message, which would cost a
 /// write per publish).
 async fn touch(state: &AppState, id: &ClientId) {
-    if let Err(e) = state
-        .store()
-        .touch(&id.device, id.module.as_ref(), now_ms())
-        .await
-    {
-        tracing::warn!(error = %e, "could not record device activity");
-    }
+    let module = id.module.as_ref().map_or("", ModuleId::as_str);
+    state
+        .bookkeeper()
+        .activity(id.device.as_str(), module, now_ms())
+        .await;
 }
 
 /// Sends a packet; false when the device did not take it within `WRITE_TIMEOUT` or the
@@ -358,17 +354,12 @@ async fn session(
         Duration::from_millis(u64::from(connect.keep_alive) * 1500).min(MAX_KEEP_ALIVE)
     };
     touch(&state, device.id()).await;
-    if !device.ca().is_empty()
-        && let Err(e) = state
-            .store()
-            .record_ca(
-                &device.id().device,
-                device.id().module.as_ref(),
-                device.ca(),
-            )
-            .await
-    {
-        tracing::warn!(error = %e, "could not record the device's CA");
+    if !device.ca().is_empty() {
+        let module = device.id().module.as_ref().map_or("", ModuleId::as_str);
+        state
+            .bookkeeper()
+            .ca(device.id().device.as_str(), module, device.ca())
+            .await;
     }
     let end = Session::new(&device, &state, ticket.conn, resumed.subs)
         .run(&mut conn, keep_alive, ticket.kicked, ticket.outbound)

@@ -58,21 +58,26 @@ impl AuditRecord {
     }
 }
 
+/// The statement that stores one record, for a pool or a transaction.
+pub(crate) fn insert_audit(
+    r: &AuditRecord,
+) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "INSERT INTO audit (id, at_ms, actor, operation, target, outcome, detail)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(r.id.clone())
+    .bind(r.at_ms)
+    .bind(r.actor.clone())
+    .bind(r.operation.clone())
+    .bind(r.target.clone())
+    .bind(r.outcome.clone())
+    .bind(r.detail.clone())
+}
+
 impl Store {
     pub async fn append_audit(&self, r: &AuditRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO audit (id, at_ms, actor, operation, target, outcome, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(r.id.clone())
-        .bind(r.at_ms)
-        .bind(r.actor.clone())
-        .bind(r.operation.clone())
-        .bind(r.target.clone())
-        .bind(r.outcome.clone())
-        .bind(r.detail.clone())
-        .execute(self.pool())
-        .await?;
+        insert_audit(r).execute(self.pool()).await?;
         Ok(())
     }
 

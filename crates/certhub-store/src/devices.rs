@@ -103,7 +103,7 @@ impl Store {
     pub async fn device(&self, id: &DeviceId) -> Result<Option<Device>> {
         let row = sqlx::query("SELECT * FROM devices WHERE device_id = $1")
             .bind(id.as_str().to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         row.as_ref().map(device_from_row).transpose()
     }
@@ -282,36 +282,6 @@ impl Store {
         Ok(DeleteOutcome::Deleted)
     }
 
-    /// Records the registered CA a device (or module) authenticated through, for the CA's
-    /// device count.
-    pub async fn record_ca(
-        &self,
-        device: &DeviceId,
-        module: Option<&ModuleId>,
-        ca: &str,
-    ) -> Result<()> {
-        match module {
-            Some(m) => {
-                sqlx::query(
-                    "UPDATE modules SET last_ca = $1 WHERE device_id = $2 AND module_id = $3",
-                )
-                .bind(ca.to_string())
-                .bind(device.as_str().to_string())
-                .bind(m.as_str().to_string())
-                .execute(self.pool())
-                .await?
-            }
-            None => {
-                sqlx::query("UPDATE devices SET last_ca = $1 WHERE device_id = $2")
-                    .bind(ca.to_string())
-                    .bind(device.as_str().to_string())
-                    .execute(self.pool())
-                    .await?
-            }
-        };
-        Ok(())
-    }
-
     /// How many registered devices and modules have authenticated through the CA `name`.
     pub async fn devices_of_ca(&self, name: &str) -> Result<i64> {
         let row = sqlx::query(
@@ -322,34 +292,6 @@ impl Store {
         .fetch_one(self.pool())
         .await?;
         Ok(row.try_get("n")?)
-    }
-
-    /// Records device activity (`lastActivityTime`); the ETag is unchanged, as in Azure, where
-    /// activity is not an identity change.
-    pub async fn touch(
-        &self,
-        device: &DeviceId,
-        module: Option<&ModuleId>,
-        now_ms: i64,
-    ) -> Result<()> {
-        match module {
-            Some(m) => sqlx::query(
-                "UPDATE modules SET last_activity_ms = $1 WHERE device_id = $2 AND module_id = $3",
-            )
-            .bind(now_ms)
-            .bind(device.as_str().to_string())
-            .bind(m.as_str().to_string())
-            .execute(self.pool())
-            .await?,
-            None => {
-                sqlx::query("UPDATE devices SET last_activity_ms = $1 WHERE device_id = $2")
-                    .bind(now_ms)
-                    .bind(device.as_str().to_string())
-                    .execute(self.pool())
-                    .await?
-            }
-        };
-        Ok(())
     }
 
     pub async fn device_stats(&self) -> Result<DeviceStats> {
@@ -373,7 +315,7 @@ impl Store {
         let row = sqlx::query("SELECT * FROM modules WHERE device_id = $1 AND module_id = $2")
             .bind(device.as_str().to_string())
             .bind(module.as_str().to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         row.as_ref().map(module_from_row).transpose()
     }

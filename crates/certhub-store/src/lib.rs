@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod bookkeeping;
 mod c2d;
 mod cas;
 mod devices;
@@ -25,6 +26,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use audit::{AuditFilter, AuditRecord};
+pub use bookkeeping::Bookkeeping;
 pub use c2d::{C2dOutcome, C2dRecord, Enqueued, FeedbackRecord};
 pub use cas::CaRecord;
 pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
@@ -57,6 +59,10 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// For the reads on a device's connection path. On SQLite, a few read-only connections
+    /// beside the single writer (WAL lets readers run while it writes), so a connecting device
+    /// never queues behind writes; on PostgreSQL, the same pool.
+    reader: AnyPool,
     backend: Backend,
 }
 
@@ -78,6 +84,7 @@ impl Store {
         };
         let options = AnyConnectOptions::from_str(url)?;
         let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        let mut reader = None;
         if backend == Backend::Sqlite {
             // One writer at a time is all SQLite allows; a single connection also makes every
             // statement see the previous one's result without busy retries.
@@ -92,8 +99,30 @@ impl Store {
         } else {
             pool = pool.max_connections(8);
         }
-        let pool = pool.connect_with(options).await?;
-        let store = Self { pool, backend };
+        let pool = pool.connect_with(options.clone()).await?;
+        if backend == Backend::Sqlite {
+            // Opened after the writer, which made the file and put it in WAL mode.
+            reader = Some(
+                AnyPoolOptions::new()
+                    .acquire_timeout(Duration::from_secs(30))
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute("PRAGMA query_only = ON").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await?,
+            );
+        }
+        let reader = reader.unwrap_or_else(|| pool.clone());
+        let store = Self {
+            pool,
+            reader,
+            backend,
+        };
         schema::migrate(&store).await?;
         Ok(store)
     }
@@ -117,8 +146,15 @@ impl Store {
         &self.pool
     }
 
-    /// Closes the pool, waiting for statements in flight.
+    /// The pool for reads that must not wait behind writes (see [`Store`]); they see every
+    /// committed write.
+    pub(crate) fn reader(&self) -> &AnyPool {
+        &self.reader
+    }
+
+    /// Closes the pools, waiting for statements in flight.
     pub async fn close(&self) {
+        self.reader.close().await;
         self.pool.close().await;
     }
 }

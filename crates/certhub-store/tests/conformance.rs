@@ -239,6 +239,7 @@ async fn suite(store: &Store) {
 
     twins_and_c2d(store).await;
     mqtt_sessions(store).await;
+    bookkeeping(store).await;
 }
 
 /// Twins are written under their version; the C2D queue keeps order, caps, expiry and the
@@ -534,6 +535,69 @@ async fn twins_and_c2d(store: &Store) {
             .await
             .expect("gone")
             .is_empty()
+    );
+}
+
+/// A bookkeeping batch writes audit records, last activity and the CA used, for devices and
+/// modules; identities that are gone are skipped.
+async fn bookkeeping(store: &Store) {
+    use certhub_store::Bookkeeping;
+    let d = device("bk1", serde_json::json!({}));
+    store.create_device(&d).await.expect("create");
+    let m = serde_json::from_value::<ModuleInput>(serde_json::json!({}))
+        .expect("input")
+        .into_module(&id("bk1"), &ModuleId::new("m1").expect("id"), None, 1_000)
+        .expect("module");
+    store.create_module(&m).await.expect("module");
+    let before = store.devices_of_ca("bk-ca").await.expect("count");
+    let batch = Bookkeeping {
+        audit: vec![AuditRecord::new(
+            9_000_000,
+            "device",
+            "device.connect",
+            "devices/bk1",
+            "ok",
+            "batched",
+        )],
+        activity: vec![
+            ("bk1".into(), String::new(), 42_000),
+            ("bk1".into(), "m1".into(), 43_000),
+            ("gone".into(), String::new(), 44_000),
+        ],
+        cas: vec![
+            ("bk1".into(), String::new(), "bk-ca".into()),
+            ("bk1".into(), "m1".into(), "bk-ca".into()),
+            ("gone".into(), "m9".into(), "bk-ca".into()),
+        ],
+    };
+    assert_eq!(batch.len(), 7);
+    store.write_bookkeeping(&batch).await.expect("write");
+    let read = store
+        .device(&id("bk1"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(read.last_activity_ms, 42_000);
+    assert_eq!(read.etag, d.etag, "activity is not an identity change");
+    let module = store
+        .module(&id("bk1"), &ModuleId::new("m1").expect("id"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(module.last_activity_ms, 43_000);
+    assert_eq!(
+        store.devices_of_ca("bk-ca").await.expect("count"),
+        before + 2
+    );
+    let log = store.audit(1).await.expect("audit");
+    assert_eq!(log[0].detail, "batched");
+    store
+        .write_bookkeeping(&Bookkeeping::default())
+        .await
+        .expect("empty");
+    assert_eq!(
+        store.delete_device(&id("bk1"), None).await.expect("delete"),
+        DeleteOutcome::Deleted
     );
 }
 

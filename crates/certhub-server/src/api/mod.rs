@@ -64,6 +64,7 @@ struct Inner {
     sessions: Arc<crate::sessions::Sessions>,
     metrics: crate::metrics::Metrics,
     telemetry: crate::telemetry::TelemetryLog,
+    bookkeeper: crate::bookkeeper::Bookkeeper,
     c2d: RwLock<C2dLimits>,
     /// The settings and when they were read: other processes (`certhub hub set --local`) may
     /// change them in the store, so they are read again when older than a second.
@@ -87,6 +88,7 @@ impl AppState {
         let settings = store.settings().await?;
         let trust = crate::trust::load(&store).await?;
         let telemetry = crate::telemetry::TelemetryLog::start(store.clone()).await?;
+        let bookkeeper = crate::bookkeeper::Bookkeeper::start(store.clone());
         // Persistent MQTT sessions outlive a restart; a record that does not parse (written by
         // a future version, say) is skipped with a warning, and the device subscribes afresh.
         let sessions = Arc::new(crate::sessions::Sessions::default());
@@ -110,6 +112,7 @@ impl AppState {
                 sessions,
                 metrics: crate::metrics::Metrics::default(),
                 telemetry,
+                bookkeeper,
                 c2d: RwLock::new(C2dLimits::default()),
                 settings: RwLock::new((settings, std::time::Instant::now())),
             }),
@@ -170,6 +173,17 @@ impl AppState {
         if let Ok(mut l) = self.inner.c2d.write() {
             *l = limits;
         }
+    }
+
+    /// Where device connections leave their audit records and activity, written in batches.
+    pub(crate) fn bookkeeper(&self) -> &crate::bookkeeper::Bookkeeper {
+        &self.inner.bookkeeper
+    }
+
+    /// Waits until the bookkeeping handed over so far (connection audit records, last
+    /// activity) is in the store, for reads that must see it.
+    pub async fn flush_bookkeeping(&self) {
+        self.inner.bookkeeper.flush().await;
     }
 
     pub fn telemetry(&self) -> &crate::telemetry::TelemetryLog {
@@ -360,5 +374,25 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(error::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            read_your_bookkeeping,
+        ))
         .with_state(state)
+}
+
+/// Reads see the bookkeeping of every connection that came before them: device connections
+/// hand their audit records, last activity and CA to a batch writer, and a read (any GET, and
+/// the query) first waits until what was handed over is written.
+async fn read_your_bookkeeping(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let reads =
+        request.method() == axum::http::Method::GET || request.uri().path() == "/devices/query";
+    if reads && request.uri().path() != "/metrics" {
+        state.flush_bookkeeping().await;
+    }
+    next.run(request).await
 }

@@ -1,0 +1,103 @@
+//! The bookkeeping writer: the audit records, last-activity times and CA names that device
+//! connections produce go through one task that writes them in batches, so a connection waits
+//! on none of them. Readers that must see everything written so far (the audit API, registry
+//! reads) call [`Bookkeeper::flush`] first.
+
+use std::collections::HashMap;
+
+use certhub_store::{AuditRecord, Bookkeeping, Store};
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug)]
+enum Entry {
+    Audit(AuditRecord),
+    Activity(String, String, i64),
+    Ca(String, String, String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// A handle to the writer task.
+#[derive(Debug, Clone)]
+pub struct Bookkeeper {
+    tx: mpsc::Sender<Entry>,
+}
+
+/// Most entries one transaction takes.
+const MAX_BATCH: usize = 1024;
+
+impl Bookkeeper {
+    pub fn start(store: Store) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Entry>(16 * 1024);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut audit = Vec::new();
+                // The latest value per identity: (device, module) -> value.
+                let mut activity: HashMap<(String, String), i64> = HashMap::new();
+                let mut cas: HashMap<(String, String), String> = HashMap::new();
+                let mut waiting = Vec::new();
+                let mut next = Some(first);
+                let mut taken = 0;
+                while let Some(entry) = next.take() {
+                    taken += 1;
+                    match entry {
+                        Entry::Audit(r) => audit.push(r),
+                        Entry::Activity(d, m, at) => {
+                            let t = activity.entry((d, m)).or_insert(at);
+                            *t = (*t).max(at);
+                        }
+                        Entry::Ca(d, m, ca) => {
+                            cas.insert((d, m), ca);
+                        }
+                        Entry::Flush(done) => waiting.push(done),
+                    }
+                    if taken < MAX_BATCH {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                let batch = Bookkeeping {
+                    audit,
+                    activity: activity.into_iter().map(|((d, m), t)| (d, m, t)).collect(),
+                    cas: cas.into_iter().map(|((d, m), c)| (d, m, c)).collect(),
+                };
+                if !batch.is_empty()
+                    && let Err(e) = store.write_bookkeeping(&batch).await
+                {
+                    tracing::error!(error = %e, entries = batch.len(), "device bookkeeping (audit, last activity) not written");
+                }
+                for done in waiting {
+                    let _ = done.send(());
+                }
+            }
+        });
+        Self { tx }
+    }
+
+    async fn send(&self, entry: Entry) {
+        if self.tx.send(entry).await.is_err() {
+            tracing::error!("the bookkeeping writer stopped");
+        }
+    }
+
+    pub async fn audit(&self, record: AuditRecord) {
+        self.send(Entry::Audit(record)).await;
+    }
+
+    /// Last activity of a device (`module` "") or module.
+    pub async fn activity(&self, device: &str, module: &str, at_ms: i64) {
+        self.send(Entry::Activity(device.into(), module.into(), at_ms))
+            .await;
+    }
+
+    /// The CA a device (`module` "") or module authenticated through.
+    pub async fn ca(&self, device: &str, module: &str, ca: &str) {
+        self.send(Entry::Ca(device.into(), module.into(), ca.into()))
+            .await;
+    }
+
+    /// Returns once everything handed over before the call is written.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        self.send(Entry::Flush(done)).await;
+        let _ = wait.await;
+    }
+}

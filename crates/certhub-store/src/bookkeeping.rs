@@ -1,0 +1,66 @@
+//! The hub's bookkeeping about device connections, written in batches: audit records, last
+//! activity and the CA each device authenticated through. One transaction per batch instead of
+//! several per connection keeps the store off the connection path.
+
+use crate::{AuditRecord, Result, Store};
+
+/// What a batch writes. Activity and CA entries are (device id, module id or "", value).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Bookkeeping {
+    pub audit: Vec<AuditRecord>,
+    pub activity: Vec<(String, String, i64)>,
+    pub cas: Vec<(String, String, String)>,
+}
+
+impl Bookkeeping {
+    pub fn is_empty(&self) -> bool {
+        self.audit.is_empty() && self.activity.is_empty() && self.cas.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.audit.len() + self.activity.len() + self.cas.len()
+    }
+}
+
+impl Store {
+    /// Writes a batch in one transaction. Entries for identities that no longer exist change
+    /// nothing.
+    pub async fn write_bookkeeping(&self, b: &Bookkeeping) -> Result<()> {
+        let mut tx = self.pool().begin().await?;
+        for r in &b.audit {
+            crate::audit::insert_audit(r).execute(&mut *tx).await?;
+        }
+        for (device, module, at_ms) in &b.activity {
+            let q = if module.is_empty() {
+                sqlx::query(
+                    "UPDATE devices SET last_activity_ms = $1 WHERE device_id = $2 AND $3 = ''",
+                )
+            } else {
+                sqlx::query(
+                    "UPDATE modules SET last_activity_ms = $1 WHERE device_id = $2 AND module_id = $3",
+                )
+            };
+            q.bind(*at_ms)
+                .bind(device.clone())
+                .bind(module.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (device, module, ca) in &b.cas {
+            let q = if module.is_empty() {
+                sqlx::query("UPDATE devices SET last_ca = $1 WHERE device_id = $2 AND $3 = ''")
+            } else {
+                sqlx::query(
+                    "UPDATE modules SET last_ca = $1 WHERE device_id = $2 AND module_id = $3",
+                )
+            };
+            q.bind(ca.clone())
+                .bind(device.clone())
+                .bind(module.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
