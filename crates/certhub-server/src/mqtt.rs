@@ -405,6 +405,32 @@ enum End {
 
 /// Cloud-to-device messages sent and not yet acknowledged, per session at most.
 const C2D_WINDOW: usize = 16;
+/// QoS 1 publishes from a device whose PUBACK waits (for the telemetry commit), at most; past
+/// it the session reads no more until the oldest is acknowledged.
+const UNACKED_IN: usize = 128;
+
+/// A PUBACK owed to the device: at once, or when its telemetry is durable.
+struct Owed {
+    packet_id: std::num::NonZeroU16,
+    committed: Option<crate::telemetry::Committed>,
+}
+
+/// The oldest owed PUBACK, once it may be sent (PUBACKs go out in the order the PUBLISHes came,
+/// MQTT 3.1.1 4.6). Cancel-safe: nothing is removed until it completes.
+async fn next_ack(
+    owed: &mut std::collections::VecDeque<Owed>,
+) -> (std::num::NonZeroU16, Result<bool, String>) {
+    let Some(front) = owed.front_mut() else {
+        return std::future::pending().await;
+    };
+    let result = match front.committed.as_mut() {
+        Some(c) => c.await.map(|_| true),
+        None => Ok(false),
+    };
+    let packet_id = front.packet_id;
+    owed.pop_front();
+    (packet_id, result)
+}
 
 /// A live session's own state.
 struct Session<'a> {
@@ -419,6 +445,8 @@ struct Session<'a> {
     /// The highest queue id sent in this session.
     c2d_cursor: i64,
     next_packet_id: u16,
+    /// PUBACKs owed, oldest first.
+    owed: std::collections::VecDeque<Owed>,
 }
 
 impl<'a> Session<'a> {
@@ -437,6 +465,7 @@ impl<'a> Session<'a> {
             inflight: HashMap::new(),
             c2d_cursor: 0,
             next_packet_id: 0,
+            owed: std::collections::VecDeque::new(),
         }
     }
 
@@ -487,7 +516,22 @@ impl<'a> Session<'a> {
                     }
                     continue;
                 }
-                p = tokio::time::timeout_at(deadline, conn.next()) => p,
+                (packet_id, result) = next_ack(&mut self.owed), if !self.owed.is_empty() => {
+                    match result {
+                        Ok(telemetry) => {
+                            if telemetry {
+                                self.state.metrics().telemetry();
+                            }
+                            if let Err(end) = write(conn, Packet::PublishAck { packet_id }).await {
+                                return end;
+                            }
+                        }
+                        // Not durable: no PUBACK; the device sends it again.
+                        Err(e) => return End::Closed(format!("telemetry not stored: {e}")),
+                    }
+                    continue;
+                }
+                p = tokio::time::timeout_at(deadline, conn.next()), if self.owed.len() < UNACKED_IN => p,
             };
             let packet = match packet {
                 Err(_) => return End::Closed("keep-alive expired".into()),
@@ -604,11 +648,22 @@ impl<'a> Session<'a> {
                     properties: serde_json::to_string(&props).unwrap_or_default(),
                     body: p.payload.to_vec(),
                 };
-                if let Err(e) = self.state.telemetry().append(record).await {
-                    // Not durable: no PUBACK; the device will send it again.
-                    return Err(End::Closed(format!("telemetry not stored: {e}")));
+                // The PUBACK waits for the commit, without holding up the next packets.
+                let committed = self
+                    .state
+                    .telemetry()
+                    .submit(record)
+                    .await
+                    .map_err(|e| End::Closed(format!("telemetry not stored: {e}")))?;
+                if let (QoS::AtLeastOnce, Some(packet_id)) = (p.qos, p.packet_id) {
+                    self.owed.push_back(Owed {
+                        packet_id,
+                        committed: Some(committed),
+                    });
+                } else {
+                    self.state.metrics().telemetry();
                 }
-                self.state.metrics().telemetry();
+                return Ok(());
             }
             DevicePublish::TwinGet { rid } => {
                 let id = self.id();
@@ -642,7 +697,11 @@ impl<'a> Session<'a> {
             }
         }
         if let (QoS::AtLeastOnce, Some(packet_id)) = (p.qos, p.packet_id) {
-            write(conn, Packet::PublishAck { packet_id }).await?;
+            // After any telemetry still waiting for its commit.
+            self.owed.push_back(Owed {
+                packet_id,
+                committed: None,
+            });
         }
         Ok(())
     }

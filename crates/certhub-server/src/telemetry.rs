@@ -70,12 +70,37 @@ impl TelemetryLog {
 
     /// Writes a message; returns its sequence number once it is durable.
     pub async fn append(&self, record: TelemetryRecord) -> Result<i64, String> {
+        let wait = self.submit(record).await?;
+        wait.await
+    }
+
+    /// Hands a message to the writer (waiting only for room in its queue); the answer says
+    /// when it is durable. Messages are committed in the order they are submitted.
+    pub async fn submit(&self, record: TelemetryRecord) -> Result<Committed, String> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send(Pending { record, done })
             .await
             .map_err(|_| "the telemetry writer stopped".to_string())?;
-        wait.await
-            .map_err(|_| "the telemetry writer stopped".to_string())?
+        Ok(Committed(wait))
+    }
+}
+
+/// The writer's answer for one submitted message: its sequence number once durable. Awaiting
+/// it is cancel-safe (a `select!` may poll it again).
+#[derive(Debug)]
+pub struct Committed(oneshot::Receiver<Result<i64, String>>);
+
+impl Future for Committed {
+    type Output = Result<i64, String>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(answer) => answer,
+            Err(_) => Err("the telemetry writer stopped".to_string()),
+        })
     }
 }
