@@ -7,7 +7,9 @@
 //! every refusal carries a stable [`Reason`] that the hub logs, counts and shows in its audit
 //! trail, the same one `certhub pki verify` prints.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, RwLock};
 
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
 use webpki::{EndEntityCert, KeyUsage};
@@ -134,6 +136,40 @@ struct Anchor {
 pub struct TrustStore {
     anchors: Vec<TrustAnchor<'static>>,
     meta: Vec<Anchor>,
+    /// Chain links verified under this store; a new store starts empty.
+    links: Arc<LinkCache>,
+}
+
+/// Most issuers [`LinkCache`] remembers.
+const MAX_LINKS: usize = 4096;
+
+/// What a successful verification proved about the part of a chain above the leaf: the leaf's
+/// issuer, with the certificates above it, reaches an anchor of this store for a usage. A later
+/// chain that presents exactly those certificates needs only its leaf checked against the
+/// issuer (its signature, validity, key usage) and the dates of the rest: the signatures above
+/// the leaf are the same bytes, already verified under the same anchors. Validity is checked
+/// on every use; a chain the cache cannot fully vouch for takes the full path.
+#[derive(Debug, Default)]
+struct LinkCache {
+    /// By the DER of the leaf's issuer.
+    by_issuer: RwLock<HashMap<Vec<u8>, Link>>,
+}
+
+#[derive(Debug, Clone)]
+struct Link {
+    usage: Usage,
+    /// The issuer as a trust anchor: webpki checks a new leaf against it alone. Only links
+    /// without name constraints anywhere above the leaf are kept, so it loses nothing.
+    issuer: TrustAnchor<'static>,
+    /// DER of the certificates between the issuer and the anchor, which a chain must present
+    /// too for the link to apply (the cache never completes a chain a device left incomplete).
+    above: Vec<Vec<u8>>,
+    anchor_index: usize,
+    /// The tightest validity window of the issuer, the certificates above it and the anchor.
+    not_before: i64,
+    not_after: i64,
+    /// Subjects from the issuer up, without the anchor.
+    subjects: Vec<String>,
 }
 
 impl TrustStore {
@@ -204,6 +240,12 @@ impl TrustStore {
         self.anchors.is_empty()
     }
 
+    /// How many chain links this store remembers as verified (see [`verify_chain`]); a new
+    /// store remembers none.
+    pub fn remembered_links(&self) -> usize {
+        self.links.by_issuer.read().map_or(0, |l| l.len())
+    }
+
     /// Subjects of the anchors, in insertion order.
     pub fn subjects(&self) -> impl Iterator<Item = &str> {
         self.meta.iter().map(|a| a.subject.as_str())
@@ -212,6 +254,109 @@ impl TrustStore {
     fn anchor_valid_at(&self, i: usize, now: i64) -> bool {
         let a = &self.meta[i];
         a.not_before <= now && now <= a.not_after
+    }
+
+    /// The chain through a remembered link, if one applies and the leaf checks out against it.
+    fn via_link(
+        &self,
+        ee: &EndEntityCert<'_>,
+        leaf_subject: &str,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+        now_secs: i64,
+        usage: Usage,
+    ) -> Option<VerifiedChain> {
+        let links = self.links.by_issuer.read().ok()?;
+        let link = intermediates
+            .iter()
+            .find_map(|c| links.get(c.as_ref()))
+            .filter(|l| l.usage == usage)?;
+        let presented = |der: &Vec<u8>| intermediates.iter().any(|c| c.as_ref() == der.as_slice());
+        if !link.above.iter().all(presented)
+            || now_secs < link.not_before
+            || now_secs > link.not_after
+            || !self.anchor_valid_at(link.anchor_index, now_secs)
+        {
+            return None;
+        }
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            std::slice::from_ref(&link.issuer),
+            &[],
+            now,
+            key_usage(usage),
+            None,
+            None,
+        )
+        .ok()?;
+        let anchor = &self.meta[link.anchor_index];
+        let mut path = vec![leaf_subject.to_string()];
+        path.extend(link.subjects.iter().cloned());
+        path.push(anchor.subject.clone());
+        Some(VerifiedChain {
+            anchor_subject: anchor.subject.clone(),
+            anchor_thumbprints: anchor.thumbprints.clone(),
+            anchor_index: link.anchor_index,
+            path,
+        })
+    }
+
+    /// Remembers the link a full verification proved: `path` is the DER of the intermediates
+    /// it used, from the leaf's issuer up. Links with name constraints anywhere are not kept.
+    fn remember(&self, path: &[Vec<u8>], anchor_index: usize, usage: Usage) {
+        let Some((issuer_der, above)) = path.split_first() else {
+            return; // the leaf hangs directly under the anchor: nothing to save
+        };
+        if self.anchors[anchor_index].name_constraints.is_some() {
+            return;
+        }
+        let anchor = &self.meta[anchor_index];
+        let (mut not_before, mut not_after) = (anchor.not_before, anchor.not_after);
+        let mut subjects = Vec::new();
+        for der in path {
+            let Ok((_, c)) = x509_parser::parse_x509_certificate(der) else {
+                return;
+            };
+            let constrained = c
+                .extensions()
+                .iter()
+                .any(|e| matches!(e.parsed_extension(), ParsedExtension::NameConstraints(_)));
+            if constrained {
+                return;
+            }
+            not_before = not_before.max(c.validity().not_before.timestamp());
+            not_after = not_after.min(c.validity().not_after.timestamp());
+            subjects.push(c.subject().to_string());
+        }
+        let Ok(issuer) =
+            webpki::anchor_from_trusted_cert(&CertificateDer::from(issuer_der.as_slice()))
+                .map(|a| a.to_owned())
+        else {
+            return;
+        };
+        if let Ok(mut links) = self.links.by_issuer.write()
+            && links.len() < MAX_LINKS
+        {
+            links.insert(
+                issuer_der.clone(),
+                Link {
+                    usage,
+                    issuer,
+                    above: above.to_vec(),
+                    anchor_index,
+                    not_before,
+                    not_after,
+                    subjects,
+                },
+            );
+        }
+    }
+}
+
+fn key_usage(usage: Usage) -> KeyUsage {
+    match usage {
+        Usage::ClientAuth => KeyUsage::client_auth(),
+        Usage::ServerAuth => KeyUsage::server_auth(),
     }
 }
 
@@ -255,6 +400,15 @@ pub fn verify_device_chain(
 }
 
 /// Validates `leaf` through `intermediates` to an anchor of `trust` at `now` for `usage`.
+///
+/// The store remembers what a success proved above the leaf (the leaf's issuer and the
+/// certificates above it reach an anchor, for this usage). A later chain presenting the same
+/// certificates (byte for byte, all of them) has only its leaf's signature, validity and key
+/// usage checked against that issuer, and the dates of the rest, skipping the signature checks
+/// that were already done on the same bytes under the same anchors. A link with name
+/// constraints is never remembered, and a store built after a trust change starts empty. Any
+/// chain the remembered link does not accept goes through the full check, which names the
+/// reason.
 pub fn verify_chain(
     leaf: &CertificateDer<'_>,
     intermediates: &[CertificateDer<'_>],
@@ -276,23 +430,28 @@ pub fn verify_chain(
 
     let ee = EndEntityCert::try_from(leaf)
         .map_err(|e| Rejection::new(Reason::MalformedCertificate, format!("the leaf: {e}")))?;
-    let eku = match usage {
-        Usage::ClientAuth => KeyUsage::client_auth(),
-        Usage::ServerAuth => KeyUsage::server_auth(),
-    };
+    let leaf_subject = leaf_cert.subject().to_string();
+    if let Some(verified) = trust.via_link(&ee, &leaf_subject, intermediates, now, now_secs, usage)
+    {
+        return Ok(verified);
+    }
+    let eku = key_usage(usage);
     let algs = webpki::ALL_VERIFICATION_ALGS;
-    // The path webpki built, as (anchor index, subjects from the leaf) plus any refused key
-    // met on the way (webpki checks signatures, not key sizes).
-    type Built = (usize, Vec<String>, Option<String>);
+    // The path webpki built, as (anchor index, subjects from the leaf, DER of the
+    // intermediates from the leaf's issuer up) plus any refused key met on the way (webpki
+    // checks signatures, not key sizes).
+    type Built = (usize, Vec<String>, Vec<Vec<u8>>, Option<String>);
     let attempt = |anchors: &[TrustAnchor<'_>]| -> Result<Built, webpki::Error> {
         let path = ee.verify_for_usage(algs, anchors, intermediates, now, eku, None, None)?;
         let index = anchors
             .iter()
             .position(|a| std::ptr::eq(a, path.anchor()))
             .unwrap_or_default();
-        let mut subjects = vec![leaf_cert.subject().to_string()];
+        let mut subjects = vec![leaf_subject.clone()];
+        let mut ders = Vec::new();
         let mut problem = None;
         for der in path.intermediate_certificates() {
+            ders.push(der.der().as_ref().to_vec());
             if let Ok((_, c)) = x509_parser::parse_x509_certificate(der.der().as_ref()) {
                 let subject = c.subject().to_string();
                 if let Some(p) = key_info(c.public_key()).problem() {
@@ -301,12 +460,17 @@ pub fn verify_chain(
                 subjects.push(subject);
             }
         }
-        Ok((index, subjects, problem))
+        Ok((index, subjects, ders, problem))
     };
 
     let (index, mut path, problem) = match attempt(&trust.anchors) {
-        Ok((i, path, problem)) if trust.anchor_valid_at(i, now_secs) => (i, path, problem),
-        Ok((i, _, _)) => {
+        Ok((i, path, ders, problem)) if trust.anchor_valid_at(i, now_secs) => {
+            if problem.is_none() {
+                trust.remember(&ders, i, usage);
+            }
+            (i, path, problem)
+        }
+        Ok((i, _, _, _)) => {
             // The chain reached an anchor outside its validity. Another, valid anchor may still
             // be reachable (a re-issued root with the same key); otherwise refuse by name.
             let valid: Vec<usize> = (0..trust.len())
@@ -315,7 +479,7 @@ pub fn verify_chain(
             let anchors: Vec<TrustAnchor<'_>> =
                 valid.iter().map(|j| trust.anchors[*j].clone()).collect();
             match attempt(&anchors) {
-                Ok((k, path, problem)) => (valid[k], path, problem),
+                Ok((k, path, _, problem)) => (valid[k], path, problem),
                 Err(_) => return Err(anchor_out_of_validity(&trust.meta[i], now_secs)),
             }
         }
