@@ -28,6 +28,8 @@ use crate::sessions::{MethodReply, Outbound};
 
 /// Telemetry larger than Azure's 256 KB is refused; the packet may carry a topic besides.
 const MAX_PACKET: u32 = 256 * 1024 + 4096;
+/// Initial read and write buffer of a session's codec.
+const IDLE_BUFFER: usize = 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Azure's server-side keep-alive cap.
@@ -124,7 +126,9 @@ pub async fn serve_mqtt(
                 .unwrap_or_default();
             let tls13 =
                 tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-            let conn = Framed::new(tls, Codec::new(MAX_PACKET));
+            // Small buffers to start with (the read buffer grows for a large packet): Framed's
+            // default 8 KiB read and write buffers were a third of an idle session's heap.
+            let conn = Framed::with_capacity(tls, Codec::new(MAX_PACKET), IDLE_BUFFER);
             session(conn, chain, peer, state, slots, tls13).await;
         });
     }
@@ -311,6 +315,8 @@ async fn session(
             return;
         }
     };
+    // The chain was for this decision; a session lives long, so it does not keep a copy.
+    drop(chain);
     let cn = device.id().cn();
     let ticket = state.sessions().register(&cn, device.ca(), device.switch());
     state.metrics().connect("ok");
