@@ -257,7 +257,7 @@ async fn session(
     let client_id = connect.client_id.to_string();
     let username = connect.username.as_ref().map(|u| u.to_string());
     let registered = match ClientId::parse(&client_id) {
-        Ok(id) => match lookup(&state, &id).await {
+        Ok(id) => match Box::pin(lookup(&state, &id)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "registry lookup failed");
@@ -268,7 +268,7 @@ async fn session(
         Err(_) => None,
     };
     let trust = state.trust();
-    let settings = match state.settings().await {
+    let settings = match Box::pin(state.settings()).await {
         Ok(s) => s,
         Err(_) => {
             connack(&mut conn, ConnectAckReason::ServiceUnavailable).await;
@@ -324,7 +324,7 @@ async fn session(
         .sessions()
         .resume(&cn, ticket.conn, connect.clean_session);
     if resumed.discarded
-        && let Err(e) = state.store().delete_mqtt_session(&cn).await
+        && let Err(e) = Box::pin(state.store().delete_mqtt_session(&cn)).await
     {
         tracing::warn!(client_id = cn, error = %e, "persistent session not forgotten in the store");
     }
@@ -387,7 +387,7 @@ async fn session(
                     properties: serde_json::to_string(&props).unwrap_or_default(),
                     body: will.message.to_vec(),
                 };
-                if let Err(e) = state.telemetry().append(record).await {
+                if let Err(e) = Box::pin(state.telemetry().append(record)).await {
                     tracing::warn!(client_id = cn, error = %e, "will message not stored");
                 }
             }
@@ -505,7 +505,7 @@ impl<'a> Session<'a> {
         mut outbound: tokio::sync::mpsc::Receiver<Outbound>,
     ) -> End {
         // A resumed persistent session gets what was queued while it was away.
-        if let Err(end) = self.deliver_c2d(conn).await {
+        if let Err(end) = Box::pin(self.deliver_c2d(conn)).await {
             return end;
         }
         // The keep-alive counts from the device's last packet: traffic to the device does not
@@ -517,7 +517,7 @@ impl<'a> Session<'a> {
                     return End::Closed(reason.unwrap_or_else(|_| "closed by the hub".into()));
                 }
                 Some(work) = outbound.recv() => {
-                    if let Err(end) = self.outbound(conn, work).await {
+                    if let Err(end) = Box::pin(self.outbound(conn, work)).await {
                         return end;
                     }
                     continue;
@@ -581,9 +581,9 @@ impl<'a> Session<'a> {
                     .state
                     .sessions()
                     .subscribed(&self.cn, self.conn_no, &granted);
-                save_session(self.state, &self.cn, kept).await;
+                Box::pin(save_session(self.state, &self.cn, kept)).await;
                 write(conn, Packet::SubscribeAck { packet_id, status }).await?;
-                self.deliver_c2d(conn).await
+                Box::pin(self.deliver_c2d(conn)).await
             }
             Packet::Unsubscribe {
                 packet_id,
@@ -597,27 +597,23 @@ impl<'a> Session<'a> {
                     .state
                     .sessions()
                     .unsubscribed(&self.cn, self.conn_no, &filters);
-                save_session(self.state, &self.cn, kept).await;
+                Box::pin(save_session(self.state, &self.cn, kept)).await;
                 write(conn, Packet::UnsubscribeAck { packet_id }).await
             }
             Packet::PingRequest => write(conn, Packet::PingResponse).await,
             Packet::PublishAck { packet_id } => {
                 if let Some(queued) = self.inflight.remove(&packet_id.get()) {
                     // PUBACK completes the message (MQTT cannot reject or abandon).
-                    if let Err(e) = self
-                        .state
-                        .store()
-                        .remove_c2d(
-                            self.id().device.as_str(),
-                            queued,
-                            C2dOutcome::Success,
-                            now_ms(),
-                        )
-                        .await
-                    {
+                    let done = self.state.store().remove_c2d(
+                        self.id().device.as_str(),
+                        queued,
+                        C2dOutcome::Success,
+                        now_ms(),
+                    );
+                    if let Err(e) = Box::pin(done).await {
                         tracing::warn!(client_id = self.cn, error = %e, "C2D completion not stored; it will be delivered again");
                     }
-                    self.deliver_c2d(conn).await?;
+                    Box::pin(self.deliver_c2d(conn)).await?;
                 }
                 Ok(())
             }
@@ -673,19 +669,24 @@ impl<'a> Session<'a> {
             }
             DevicePublish::TwinGet { rid } => {
                 let id = self.id();
-                let (status, body) =
-                    match crate::twins::read(self.state, &id.device, id.module.as_ref()).await {
-                        Ok(twin) => (200, twin.device_view().to_string()),
-                        Err(e) => {
-                            tracing::error!(client_id = self.cn, error = %e, "twin not read");
-                            (500, error_body(500, "the twin could not be read"))
-                        }
-                    };
+                let (status, body) = match Box::pin(crate::twins::read(
+                    self.state,
+                    &id.device,
+                    id.module.as_ref(),
+                ))
+                .await
+                {
+                    Ok(twin) => (200, twin.device_view().to_string()),
+                    Err(e) => {
+                        tracing::error!(client_id = self.cn, error = %e, "twin not read");
+                        (500, error_body(500, "the twin could not be read"))
+                    }
+                };
                 let topic = format!("$iothub/twin/res/{status}/?$rid={rid}");
                 write(conn, publish0(topic, body.into_bytes())).await?;
             }
             DevicePublish::TwinReported { rid } => {
-                let (topic, body) = self.reported(&rid, &p.payload).await;
+                let (topic, body) = Box::pin(self.reported(&rid, &p.payload)).await;
                 write(conn, publish0(topic, body.into_bytes())).await?;
             }
             DevicePublish::MethodResponse { status, rid } => {
@@ -759,10 +760,10 @@ impl<'a> Session<'a> {
                 let topic = format!("$iothub/twin/PATCH/properties/desired/?$version={version}");
                 write(conn, publish0(topic, body)).await
             }
-            Outbound::Method { name, rid, payload } => {
+            Outbound::Method(m) => {
                 // Method names are checked by the API: no '/', '?', '#' or '+'.
-                let topic = format!("$iothub/methods/POST/{name}/?$rid={rid}");
-                write(conn, publish0(topic, payload)).await
+                let topic = format!("$iothub/methods/POST/{}/?$rid={}", m.name, m.rid);
+                write(conn, publish0(topic, m.payload)).await
             }
         }
     }

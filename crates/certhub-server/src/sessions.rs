@@ -18,12 +18,16 @@ pub enum Outbound {
     C2d,
     /// A desired-properties patch: the JSON body, `$version` included.
     Desired(Vec<u8>),
-    /// A direct method request.
-    Method {
-        name: String,
-        rid: String,
-        payload: Vec<u8>,
-    },
+    /// A direct method request (boxed: every session's queue is sized for its largest item).
+    Method(Box<MethodRequest>),
+}
+
+/// A direct method request on its way to a device.
+#[derive(Debug)]
+pub struct MethodRequest {
+    pub name: String,
+    pub rid: String,
+    pub payload: Vec<u8>,
 }
 
 /// How many outbound items may wait for one session; beyond that the device is not keeping
@@ -262,11 +266,11 @@ impl Sessions {
         let sent = self.deliver(
             cn,
             Some(METHODS),
-            Outbound::Method {
+            Outbound::Method(Box::new(MethodRequest {
                 name: name.to_string(),
                 rid: rid.clone(),
                 payload,
-            },
+            })),
         );
         if let Err(e) = sent {
             self.forget_method(cn, &rid);
