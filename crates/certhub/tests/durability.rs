@@ -7,7 +7,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Pub, certhub, enroll_widget, mosquitto_pub, s, start_hub, tmp};
+use common::{Pub, certhub, certhub_at, enroll_widget, mosquitto_pub, s, start_hub, tmp};
 
 #[test]
 fn sigkill_during_a_bulk_import_loses_nothing_acknowledged() {
@@ -104,11 +104,7 @@ fn acknowledged_telemetry_survives_sigkill() {
     let d = t.path();
     let data = d.join("data");
     let mut hub_process = start_hub(&data);
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v).ok()
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
     enroll_widget(d, &data);
     // 300 QoS 1 messages: mosquitto_pub succeeds only once every one was acknowledged.
     let out = mosquitto_pub(
@@ -173,11 +169,7 @@ fn telemetry_retention_deletes_old_messages() {
             "2",
         ],
     );
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v).ok()
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
     enroll_widget(d, &data);
     let publish = |message: &str| {
         let out = mosquitto_pub(

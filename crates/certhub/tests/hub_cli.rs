@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{certhub, s, start_hub, tmp};
+use common::{certhub, certhub_at, s, start_hub, tmp};
 
 #[test]
 fn register_a_ca_prove_possession_create_devices_and_audit() {
@@ -13,12 +13,7 @@ fn register_a_ca_prove_possession_create_devices_and_audit() {
     let d = t.path();
     let data = d.join("data");
     let _hub = start_hub(&data);
-    let dd = ["--data-dir", s(&data)];
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&dd);
-        certhub(d, &v)
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args);
 
     certhub(
         d,

@@ -5,7 +5,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Pub, certhub, enroll_widget, mosquitto_pub, s, start_hub, tmp};
+use common::{Pub, certhub_at, enroll_widget, mosquitto_pub, s, start_hub, tmp};
 
 #[test]
 fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
@@ -13,11 +13,7 @@ fn mosquitto_pub_sends_telemetry_with_a_widget_certificate() {
     let d = t.path();
     let data = d.join("data");
     let hub_process = start_hub(&data);
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v).ok()
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
     enroll_widget(d, &data);
     let ca = data.join("tls/server-ca.pem");
     let widget = "pki/devices/smart-x-widget-0001";
@@ -129,11 +125,7 @@ fn a_will_message_is_forwarded_as_telemetry() {
     let d = t.path();
     let data = d.join("data");
     let hub_process = start_hub(&data);
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v).ok()
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
     enroll_widget(d, &data);
     let script = format!(
         r#"
@@ -190,11 +182,7 @@ fn the_event_stream_is_live_and_resumes() {
     let d = t.path();
     let data = d.join("data");
     let hub_process = start_hub(&data);
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v).ok()
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
     enroll_widget(d, &data);
     let cs = hub(&["hub", "connection-string", "--policy", "service"]).stdout;
     let key = cs
@@ -287,10 +275,7 @@ import ssl, sys, time
 import paho.mqtt.client as mqtt
 port, clean, subscribe, wait_message = int(sys.argv[1]), sys.argv[2] == "clean", sys.argv[3] == "subscribe", sys.argv[4] == "message"
 seen, messages = [], []
-c = mqtt.Client(client_id="smart-x-widget-0001", clean_session=clean, protocol=mqtt.MQTTv311)
-c.username_pw_set("localhost/smart-x-widget-0001/?api-version=2021-04-12")
-c.tls_set(ca_certs="{ca}", certfile="pki/devices/smart-x-widget-0001/chain.pem",
-          keyfile="pki/devices/smart-x-widget-0001/key.pem")
+{client}
 c.on_connect = lambda client, userdata, flags, rc: seen.append((rc, flags["session present"]))
 c.on_subscribe = lambda client, userdata, mid, granted: seen.append("subscribed")
 c.on_message = lambda client, userdata, m: messages.append(m.payload.decode())
@@ -309,7 +294,7 @@ c.disconnect()
 c.loop_stop()
 print(seen[0][1], messages)
 "#,
-        ca = s(&data.join("tls/server-ca.pem")),
+        client = paho_widget(&data, "clean"),
     );
     let run = |port: u16, args: [&str; 3]| {
         let out = Command::new(common::python())
@@ -334,8 +319,9 @@ print(seen[0][1], messages)
     drop(hub_process); // SIGKILL
 
     let hub_process = start_hub(&data);
-    certhub(
+    certhub_at(
         d,
+        &data,
         &[
             "c2d",
             "send",
@@ -343,8 +329,6 @@ print(seen[0][1], messages)
             "smart-x-widget-0001",
             "--body",
             "after the restart",
-            "--data-dir",
-            s(&data),
         ],
     )
     .ok();
@@ -368,11 +352,7 @@ fn a_local_settings_change_closes_the_sessions_it_shuts_out() {
     let d = t.path();
     let data = d.join("data");
     let hub_process = start_hub(&data);
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v).ok()
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
     hub(&["device", "create", "--id", "widget-sas"]);
     let token = hub(&["device", "token", "--id", "widget-sas"]);
     let mut sub = Command::new("mosquitto_sub")
@@ -448,10 +428,7 @@ fn a_silent_device_is_closed_at_its_keep_alive() {
 import sys, time
 import paho.mqtt.client as mqtt
 state = []
-c = mqtt.Client(client_id="smart-x-widget-0001", clean_session=True, protocol=mqtt.MQTTv311)
-c.username_pw_set("localhost/smart-x-widget-0001/?api-version=2021-04-12")
-c.tls_set(ca_certs="{ca}", certfile="pki/devices/smart-x-widget-0001/chain.pem",
-          keyfile="pki/devices/smart-x-widget-0001/key.pem")
+{client}
 c.on_connect = lambda client, userdata, flags, rc: state.append("connected")
 c.on_subscribe = lambda client, userdata, mid, granted: state.append("subscribed")
 c.connect("localhost", {port}, keepalive=1)
@@ -462,7 +439,7 @@ while "subscribed" not in state and time.time() < deadline:
 print("silent", flush=True)
 time.sleep(4)  # no loop: no PINGREQ, no PUBACK, nothing read
 "#,
-        ca = s(&data.join("tls/server-ca.pem")),
+        client = paho_widget(&data, "True"),
         port = hub_process.mqtt_port
     );
     let mut child = Command::new(common::python())
@@ -477,8 +454,9 @@ time.sleep(4)  # no loop: no PINGREQ, no PUBACK, nothing read
     // Traffic to the device for longer than its keep-alive.
     let started = std::time::Instant::now();
     while started.elapsed() < std::time::Duration::from_secs(3) {
-        certhub(
+        certhub_at(
             d,
+            &data,
             &[
                 "c2d",
                 "send",
@@ -486,14 +464,24 @@ time.sleep(4)  # no loop: no PINGREQ, no PUBACK, nothing read
                 "smart-x-widget-0001",
                 "--body",
                 "ping",
-                "--data-dir",
-                s(&data),
             ],
         )
         .ok();
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let _ = child.wait();
-    let log = certhub(d, &["audit", "list", "--top", "50", "--data-dir", s(&data)]).ok();
+    let log = certhub_at(d, &data, &["audit", "list", "--top", "50"]).ok();
     assert!(log.stdout.contains("keep-alive expired"), "{log}");
+}
+
+/// Python lines making `c`, a paho client for the enrolled widget of `data`'s hub (Azure's
+/// user name, the widget's chain and key, the hub's server CA); `clean` is a Python expression.
+fn paho_widget(data: &std::path::Path, clean: &str) -> String {
+    format!(
+        r#"c = mqtt.Client(client_id="smart-x-widget-0001", clean_session={clean}, protocol=mqtt.MQTTv311)
+c.username_pw_set("localhost/smart-x-widget-0001/?api-version=2021-04-12")
+c.tls_set(ca_certs="{ca}", certfile="pki/devices/smart-x-widget-0001/chain.pem",
+          keyfile="pki/devices/smart-x-widget-0001/key.pem")"#,
+        ca = s(&data.join("tls/server-ca.pem")),
+    )
 }

@@ -8,7 +8,9 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
-use common::{certhub, enroll_widget, python, s, start_hub_with, technician_signed, tmp};
+use common::{
+    certhub, certhub_at, enroll_widget, python, s, start_hub_with, technician_signed, tmp,
+};
 
 const HOST: &str = "127.0.0.3";
 
@@ -30,11 +32,7 @@ fn c2d_twins_and_methods_with_the_python_sdks() {
             "5",
         ],
     );
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v).ok()
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
     enroll_widget(d, &data);
     // The module's certificate, CN=deviceId/moduleId, signed by Technician-Z from a CSR.
     technician_signed(d, "smart-x-widget-0001/sensor", "pki/module");

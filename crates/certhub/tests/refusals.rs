@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use certhub_testkit::{Ca, Leaf, NOT_AFTER, NOT_BEFORE, validity};
-use common::{Pub, certhub, mosquitto_pub, s, start_hub, tmp};
+use common::{Pub, certhub_at, mosquitto_pub, s, start_hub, tmp};
 use rcgen::{BasicConstraints, IsCa};
 
 fn now() -> i64 {
@@ -29,11 +29,7 @@ fn refused_chains_are_named_in_the_audit_trail() {
     let d = t.path();
     let data = d.join("data");
     let hub_process = start_hub(&data);
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v)
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args);
 
     let root = Ca::root("Company-X Root CA");
     let factory = root.intermediate("Factory-Y CA");
@@ -251,11 +247,7 @@ fn refused_sas_tokens_are_named() {
     let d = t.path();
     let data = d.join("data");
     let hub_process = start_hub(&data);
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v)
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args);
     hub(&["device", "create", "--id", "sas-a"]).ok();
     hub(&["device", "create", "--id", "sas-b"]).ok();
     let token_a = hub(&["device", "token", "--id", "sas-a"])
@@ -329,11 +321,7 @@ fn the_session_limit_answers_connack_3() {
             "1",
         ],
     );
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v)
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args);
     let root = Ca::root("Company-X Root CA");
     std::fs::write(d.join("root.pem"), root.pem()).expect("root");
     hub(&[
@@ -422,11 +410,7 @@ fn min_tls_version_is_enforced_on_devices() {
     let d = t.path();
     let data = d.join("data");
     let hub_process = start_hub(&data);
-    let hub = |args: &[&str]| {
-        let mut v: Vec<&str> = args.to_vec();
-        v.extend_from_slice(&["--data-dir", s(&data)]);
-        certhub(d, &v)
-    };
+    let hub = |args: &[&str]| certhub_at(d, &data, args);
     let root = Ca::root("Company-X Root CA");
     std::fs::write(d.join("root.pem"), root.pem()).expect("root");
     hub(&[

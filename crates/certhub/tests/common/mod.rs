@@ -80,6 +80,14 @@ pub fn certhub<S: AsRef<OsStr>>(cwd: &Path, args: &[S]) -> Run {
     Run::from(describe("certhub", &args), out)
 }
 
+/// Runs `certhub ARGS --data-dir DATA` in `cwd`: the CLI against the hub whose data directory
+/// is `data`.
+pub fn certhub_at(cwd: &Path, data: &Path, args: &[&str]) -> Run {
+    let mut v: Vec<&str> = args.to_vec();
+    v.extend_from_slice(&["--data-dir", s(data)]);
+    certhub(cwd, &v)
+}
+
 /// Runs the `openssl` command line in `cwd`. Panics with a clear message if it is missing: these
 /// tests are about interoperability with the real thing.
 pub fn openssl<S: AsRef<OsStr>>(cwd: &Path, args: &[S]) -> Run {
