@@ -46,6 +46,18 @@ struct Env {
 }
 
 impl Env {
+    /// How to open connections to this target: `parallel` attempts at once, at most `ramp`
+    /// per second, each retried as `--retries` says.
+    fn plan(&self, keep_alive: u16, parallel: u32, ramp: Option<f64>) -> Plan<'_> {
+        Plan {
+            target: &self.target,
+            keep_alive,
+            parallel: parallel as usize,
+            ramp,
+            retries: self.common.retries,
+        }
+    }
+
     async fn new(common: Common) -> Result<Self> {
         let server_name = common
             .server_name
@@ -503,13 +515,7 @@ async fn hold_scenario(a: HoldArgs) -> Result<Report> {
     env.files_for(n, &mut report.notes);
     let devices = env.devices(Some(n))?;
     let errors = Arc::new(Errors::default());
-    let plan = Plan {
-        target: &env.target,
-        keep_alive: a.keep_alive,
-        parallel: a.parallel as usize,
-        ramp: a.ramp,
-        retries: env.common.retries,
-    };
+    let plan = env.plan(a.keep_alive, a.parallel, a.ramp);
     let mut meter = Meter::start(env.common.server_pid);
     let start = Instant::now();
     let mut fleet = launch(&plan, &indexed(&devices), &errors);
@@ -831,13 +837,7 @@ async fn storm(a: StormArgs) -> Result<Report> {
     ];
     env.files_for(n, &mut report.notes);
     let devices = env.devices(Some(n))?;
-    let plan = Plan {
-        target: &env.target,
-        keep_alive: 600,
-        parallel: a.parallel as usize,
-        ramp: None,
-        retries: env.common.retries,
-    };
+    let plan = env.plan(600, a.parallel, None);
     let setup = Arc::new(Errors::default());
     let start = Instant::now();
     let mut before = launch(&plan, &indexed(&devices), &setup);
@@ -916,13 +916,7 @@ async fn revoke(a: RevokeArgs) -> Result<Report> {
     ];
     env.files_for(n, &mut report.notes);
     let devices = env.devices(Some(n))?;
-    let plan = Plan {
-        target: &env.target,
-        keep_alive: 600,
-        parallel: a.parallel as usize,
-        ramp: None,
-        retries: env.common.retries,
-    };
+    let plan = env.plan(600, a.parallel, None);
     let setup = Arc::new(Errors::default());
     let start = Instant::now();
     let mut fleet = launch(&plan, &indexed(&devices), &setup);
