@@ -31,36 +31,38 @@ impl Store {
             crate::audit::insert_audit(r).execute(&mut *tx).await?;
         }
         for (device, module, at_ms) in &b.activity {
-            let q = if module.is_empty() {
-                sqlx::query(
-                    "UPDATE devices SET last_activity_ms = $1 WHERE device_id = $2 AND $3 = ''",
-                )
+            let q = sqlx::query(if module.is_empty() {
+                "UPDATE devices SET last_activity_ms = $1 WHERE device_id = $2"
             } else {
-                sqlx::query(
-                    "UPDATE modules SET last_activity_ms = $1 WHERE device_id = $2 AND module_id = $3",
-                )
-            };
-            q.bind(*at_ms)
-                .bind(device.clone())
-                .bind(module.clone())
-                .execute(&mut *tx)
-                .await?;
+                "UPDATE modules SET last_activity_ms = $1 WHERE device_id = $2 AND module_id = $3"
+            })
+            .bind(*at_ms)
+            .bind(device.clone());
+            with_module(q, module).execute(&mut *tx).await?;
         }
         for (device, module, ca) in &b.cas {
-            let q = if module.is_empty() {
-                sqlx::query("UPDATE devices SET last_ca = $1 WHERE device_id = $2 AND $3 = ''")
+            let q = sqlx::query(if module.is_empty() {
+                "UPDATE devices SET last_ca = $1 WHERE device_id = $2"
             } else {
-                sqlx::query(
-                    "UPDATE modules SET last_ca = $1 WHERE device_id = $2 AND module_id = $3",
-                )
-            };
-            q.bind(ca.clone())
-                .bind(device.clone())
-                .bind(module.clone())
-                .execute(&mut *tx)
-                .await?;
+                "UPDATE modules SET last_ca = $1 WHERE device_id = $2 AND module_id = $3"
+            })
+            .bind(ca.clone())
+            .bind(device.clone());
+            with_module(q, module).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+/// Binds the module id (`$3`) of a module's update; a device's has none.
+fn with_module<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    module: &str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    if module.is_empty() {
+        q
+    } else {
+        q.bind(module.to_string())
     }
 }

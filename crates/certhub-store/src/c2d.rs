@@ -87,6 +87,46 @@ pub enum Enqueued {
     NoDevice,
 }
 
+/// Which queued messages leave the queue.
+#[derive(Debug, Clone, Copy)]
+enum Leaving<'a> {
+    /// One message of a device.
+    One(&'a str, i64),
+    /// Every message of a device.
+    All(&'a str),
+    /// A device's messages expired at the instant.
+    ExpiredOf(&'a str, i64),
+    /// Every device's messages expired at the instant.
+    Expired(i64),
+}
+
+type AnyQuery = sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments>;
+
+impl Leaving<'_> {
+    /// The condition over `c2d` columns named with `prefix`, its parameters numbered from
+    /// `first` (bound by [`Leaving::bind`], after any the statement binds first).
+    fn condition(&self, prefix: &str, first: usize) -> String {
+        let (p, q) = (first, first + 1);
+        match self {
+            Leaving::One(..) => format!("{prefix}device_id = ${p} AND {prefix}id = ${q}"),
+            Leaving::All(_) => format!("{prefix}device_id = ${p}"),
+            Leaving::ExpiredOf(..) => {
+                format!("{prefix}device_id = ${p} AND {prefix}expiry_ms <= ${q}")
+            }
+            Leaving::Expired(_) => format!("{prefix}expiry_ms <= ${p}"),
+        }
+    }
+
+    fn bind(&self, query: AnyQuery) -> AnyQuery {
+        match *self {
+            Leaving::One(device, id) => query.bind(device.to_string()).bind(id),
+            Leaving::All(device) => query.bind(device.to_string()),
+            Leaving::ExpiredOf(device, now) => query.bind(device.to_string()).bind(now),
+            Leaving::Expired(now) => query.bind(now),
+        }
+    }
+}
+
 fn record(r: &AnyRow) -> Result<C2dRecord> {
     Ok(C2dRecord {
         id: r.try_get("id")?,
@@ -125,34 +165,35 @@ impl Store {
         Ok(())
     }
 
-    /// Writes feedback for the messages matched by `condition` (SQL over `c2d` aliased `c`,
-    /// with `$1` and `$2` bound to `a` and `b`) whose sender asked for it on `outcome`.
-    /// Run before those messages are deleted, in the same transaction.
-    async fn write_feedback(
+    /// Removes the messages `leaving` names, writing feedback first for those whose sender
+    /// asked for it on `outcome`, in the caller's transaction; returns how many left.
+    async fn leave(
         &self,
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        leaving: Leaving<'_>,
         outcome: C2dOutcome,
-        condition: &str,
-        a: String,
-        b: i64,
         now_ms: i64,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let sql = format!(
             "INSERT INTO c2d_feedback (id, device_id, generation_id, message_id, status,
                 created_ms, lock_token, lock_until_ms)
-             SELECT c.id, c.device_id, d.generation_id, c.message_id, $3, $4, NULL, 0
+             SELECT c.id, c.device_id, d.generation_id, c.message_id, $1, $2, NULL, 0
              FROM c2d c JOIN devices d ON d.device_id = c.device_id
-             WHERE {condition} AND c.ack IN {}",
+             WHERE {} AND c.ack IN {}",
+            leaving.condition("c.", 3),
             outcome.acks()
         );
-        sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(a)
-            .bind(b)
+        let insert = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(outcome.as_str().to_string())
-            .bind(now_ms)
+            .bind(now_ms);
+        leaving.bind(insert).execute(&mut **tx).await?;
+        let sql = format!("DELETE FROM c2d WHERE {}", leaving.condition("", 1));
+        let delete = sqlx::query(sqlx::AssertSqlSafe(sql));
+        Ok(leaving
+            .bind(delete)
             .execute(&mut **tx)
-            .await?;
-        Ok(())
+            .await?
+            .rows_affected())
     }
 
     /// Queues a message for its device unless the device has `cap` unexpired messages
@@ -178,19 +219,8 @@ impl Store {
             tx.rollback().await?;
             return Ok(Enqueued::NoDevice);
         }
-        self.write_feedback(
-            &mut tx,
-            C2dOutcome::Expired,
-            "c.device_id = $1 AND c.expiry_ms <= $2",
-            m.device_id.clone(),
-            now_ms,
-            now_ms,
-        )
-        .await?;
-        sqlx::query("DELETE FROM c2d WHERE device_id = $1 AND expiry_ms <= $2")
-            .bind(m.device_id.clone())
-            .bind(now_ms)
-            .execute(&mut *tx)
+        let expired = Leaving::ExpiredOf(&m.device_id, now_ms);
+        self.leave(&mut tx, expired, C2dOutcome::Expired, now_ms)
             .await?;
         let pending: i64 = sqlx::query("SELECT COUNT(*) AS n FROM c2d WHERE device_id = $1")
             .bind(m.device_id.clone())
@@ -268,21 +298,9 @@ impl Store {
         now_ms: i64,
     ) -> Result<bool> {
         let mut tx = self.pool().begin().await?;
-        self.write_feedback(
-            &mut tx,
-            outcome,
-            "c.device_id = $1 AND c.id = $2",
-            device.to_string(),
-            id,
-            now_ms,
-        )
-        .await?;
-        let done = sqlx::query("DELETE FROM c2d WHERE id = $1 AND device_id = $2")
-            .bind(id)
-            .bind(device.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let done = self
+            .leave(&mut tx, Leaving::One(device, id), outcome, now_ms)
+            .await?;
         self.recount(&mut tx, device).await?;
         tx.commit().await?;
         Ok(done == 1)
@@ -291,20 +309,9 @@ impl Store {
     /// Removes every message queued for a device; returns how many.
     pub async fn purge_c2d(&self, device: &str, now_ms: i64) -> Result<u64> {
         let mut tx = self.pool().begin().await?;
-        self.write_feedback(
-            &mut tx,
-            C2dOutcome::Purged,
-            "c.device_id = $1 AND $2 = $2",
-            device.to_string(),
-            0,
-            now_ms,
-        )
-        .await?;
-        let done = sqlx::query("DELETE FROM c2d WHERE device_id = $1")
-            .bind(device.to_string())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let done = self
+            .leave(&mut tx, Leaving::All(device), C2dOutcome::Purged, now_ms)
+            .await?;
         self.recount(&mut tx, device).await?;
         tx.commit().await?;
         Ok(done)
@@ -321,20 +328,14 @@ impl Store {
                 .iter()
                 .map(|r| r.try_get("device_id"))
                 .collect::<std::result::Result<_, _>>()?;
-        self.write_feedback(
-            &mut tx,
-            C2dOutcome::Expired,
-            "c.expiry_ms <= $2 AND $1 = $1",
-            String::new(),
-            now_ms,
-            now_ms,
-        )
-        .await?;
-        let done = sqlx::query("DELETE FROM c2d WHERE expiry_ms <= $1")
-            .bind(now_ms)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let done = self
+            .leave(
+                &mut tx,
+                Leaving::Expired(now_ms),
+                C2dOutcome::Expired,
+                now_ms,
+            )
+            .await?;
         for d in &devices {
             self.recount(&mut tx, d).await?;
         }
