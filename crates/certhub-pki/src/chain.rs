@@ -7,7 +7,7 @@
 //! every refusal carries a stable [`Reason`] that the hub logs, counts and shows in its audit
 //! trail, the same one `certhub pki verify` prints.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, RwLock};
 
@@ -142,6 +142,8 @@ pub struct TrustStore {
 
 /// Most issuers [`LinkCache`] remembers.
 const MAX_LINKS: usize = 4096;
+/// Most leaves one link remembers as verified (32 bytes each, plus the set's overhead).
+const MAX_LEAVES: usize = 1 << 18;
 
 /// What a successful verification proved about the part of a chain above the leaf: the leaf's
 /// issuer, with the certificates above it, reaches an anchor of this store for a usage. A later
@@ -149,13 +151,17 @@ const MAX_LINKS: usize = 4096;
 /// issuer (its signature, validity, key usage) and the dates of the rest: the signatures above
 /// the leaf are the same bytes, already verified under the same anchors. Validity is checked
 /// on every use; a chain the cache cannot fully vouch for takes the full path.
+///
+/// A link also remembers the leaves whose signature it verified (by SHA-256 of their DER): a
+/// device that connects again with the same certificate needs no signature check at all. Its
+/// dates, and everything else that is not a property of the bytes, are checked on every use.
 #[derive(Debug, Default)]
 struct LinkCache {
     /// By the DER of the leaf's issuer.
     by_issuer: RwLock<HashMap<Vec<u8>, Link>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Link {
     usage: Usage,
     /// The issuer as a trust anchor: webpki checks a new leaf against it alone. Only links
@@ -170,6 +176,9 @@ struct Link {
     not_after: i64,
     /// Subjects from the issuer up, without the anchor.
     subjects: Vec<String>,
+    /// SHA-256 of the DER of leaves whose signature, key usage and extended key usage were
+    /// verified against `issuer` for `usage`.
+    leaves: RwLock<HashSet<[u8; 32]>>,
 }
 
 impl TrustStore {
@@ -246,6 +255,16 @@ impl TrustStore {
         self.links.by_issuer.read().map_or(0, |l| l.len())
     }
 
+    /// How many leaves this store remembers as verified under its links.
+    pub fn remembered_leaves(&self) -> usize {
+        self.links.by_issuer.read().map_or(0, |links| {
+            links
+                .values()
+                .map(|l| l.leaves.read().map_or(0, |s| s.len()))
+                .sum()
+        })
+    }
+
     /// Subjects of the anchors, in insertion order.
     pub fn subjects(&self) -> impl Iterator<Item = &str> {
         self.meta.iter().map(|a| a.subject.as_str())
@@ -259,7 +278,7 @@ impl TrustStore {
     /// The chain through a remembered link, if one applies and the leaf checks out against it.
     fn via_link(
         &self,
-        ee: &EndEntityCert<'_>,
+        leaf: &CertificateDer<'_>,
         leaf_subject: &str,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
@@ -279,16 +298,28 @@ impl TrustStore {
         {
             return None;
         }
-        ee.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            std::slice::from_ref(&link.issuer),
-            &[],
-            now,
-            key_usage(usage),
-            None,
-            None,
-        )
-        .ok()?;
+        let digest: [u8; 32] = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf)
+            .as_ref()
+            .try_into()
+            .ok()?;
+        if !link.leaves.read().ok()?.contains(&digest) {
+            let ee = EndEntityCert::try_from(leaf).ok()?;
+            ee.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                std::slice::from_ref(&link.issuer),
+                &[],
+                now,
+                key_usage(usage),
+                None,
+                None,
+            )
+            .ok()?;
+            if let Ok(mut leaves) = link.leaves.write()
+                && leaves.len() < MAX_LEAVES
+            {
+                leaves.insert(digest);
+            }
+        }
         let anchor = &self.meta[link.anchor_index];
         let mut path = vec![leaf_subject.to_string()];
         path.extend(link.subjects.iter().cloned());
@@ -347,6 +378,7 @@ impl TrustStore {
                     not_before,
                     not_after,
                     subjects,
+                    leaves: RwLock::default(),
                 },
             );
         }
@@ -428,13 +460,13 @@ pub fn verify_chain(
         check_encoding(c)?;
     }
 
-    let ee = EndEntityCert::try_from(leaf)
-        .map_err(|e| Rejection::new(Reason::MalformedCertificate, format!("the leaf: {e}")))?;
     let leaf_subject = leaf_cert.subject().to_string();
-    if let Some(verified) = trust.via_link(&ee, &leaf_subject, intermediates, now, now_secs, usage)
+    if let Some(verified) = trust.via_link(leaf, &leaf_subject, intermediates, now, now_secs, usage)
     {
         return Ok(verified);
     }
+    let ee = EndEntityCert::try_from(leaf)
+        .map_err(|e| Rejection::new(Reason::MalformedCertificate, format!("the leaf: {e}")))?;
     let eku = key_usage(usage);
     let algs = webpki::ALL_VERIFICATION_ALGS;
     // The path webpki built, as (anchor index, subjects from the leaf, DER of the

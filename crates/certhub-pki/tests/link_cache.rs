@@ -109,6 +109,41 @@ fn a_warm_store_answers_every_chain_as_a_fresh_one() {
 }
 
 #[test]
+fn a_remembered_leaf_is_still_checked_for_everything_but_its_signature() {
+    let root = Ca::root("Company-X Root CA");
+    let factory = root.intermediate("Factory-Y CA");
+    let technician = factory.intermediate("Technician-Z CA");
+    let sibling = factory.intermediate("Technician-W CA");
+    let warm = TrustStore::new([root.cert.clone()]).expect("trust");
+    // Valid for two more days only.
+    let short = technician.leaf_with("widget-1", |p| {
+        validity(p, NOT_BEFORE, NOW + 2 * 86_400);
+    });
+    // The first connection verifies every signature; the second the leaf's (the link is
+    // new); from the third on, none.
+    for _ in 0..3 {
+        assert!(same(&warm, &[&root], &short.chain, "widget-1", now()).is_ok());
+    }
+    assert_eq!(warm.remembered_links(), 1);
+    assert_eq!(warm.remembered_leaves(), 1);
+    // Remembered, and expired three days later: refused for its dates, as a fresh store does.
+    let later = at(NOW + 3 * 86_400);
+    let (reason, _) = same(&warm, &[&root], &short.chain, "widget-1", later).expect_err("expired");
+    assert_eq!(reason, certhub_pki::Reason::CertificateExpired);
+    // The same leaf bytes under another name are still refused (CN), and with the sibling
+    // technician's chain (whose link never saw this leaf) they do not verify.
+    assert!(same(&warm, &[&root], &short.chain, "widget-2", now()).is_err());
+    let w = sibling.device("widget-w");
+    assert!(same(&warm, &[&root], &w.chain, "widget-w", now()).is_ok());
+    let mut crossed = vec![short.cert.clone()];
+    crossed.extend(w.chain[1..].iter().cloned());
+    assert!(same(&warm, &[&root], &crossed, "widget-1", now()).is_err());
+    // A new store (any trust change) remembers no leaf.
+    let after = TrustStore::new([root.cert.clone()]).expect("trust");
+    assert_eq!(after.remembered_leaves(), 0);
+}
+
+#[test]
 fn a_new_store_after_a_trust_change_remembers_nothing() {
     let root = Ca::root("Company-X Root CA");
     let technician = root

@@ -15,7 +15,7 @@ use certhub_core::{
 };
 use certhub_pki::{CertificateDer, Thumbprints, UnixTime};
 use certhub_store::{AuditRecord, C2dOutcome, TelemetryRecord};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v3::{Codec, ConnectAck, ConnectAckReason, Packet, SubscribeReturnCode};
 use tokio::net::{TcpListener, TcpStream};
@@ -184,11 +184,11 @@ async fn lookup(
     state: &AppState,
     id: &ClientId,
 ) -> Result<Option<Registered>, certhub_store::StoreError> {
-    let Some(device) = state.store().device(&id.device).await? else {
+    let Some(device) = state.store().device_for_connect(&id.device).await? else {
         return Ok(None);
     };
     let module = match &id.module {
-        Some(m) => match state.store().module(&id.device, m).await? {
+        Some(m) => match state.store().module_for_connect(&id.device, m).await? {
             Some(m) => Some(m),
             None => return Ok(None),
         },
@@ -509,8 +509,11 @@ impl<'a> Session<'a> {
             return end;
         }
         // The keep-alive counts from the device's last packet: traffic to the device does not
-        // extend it.
-        let mut deadline = tokio::time::Instant::now() + keep_alive;
+        // extend it. One timer for the session, moved on only when it fires (a packet just
+        // notes the time: no timer work per message).
+        let mut last_packet = tokio::time::Instant::now();
+        let expiry = tokio::time::sleep_until(last_packet + keep_alive);
+        tokio::pin!(expiry);
         loop {
             let packet = tokio::select! {
                 reason = &mut kicked => {
@@ -523,33 +526,57 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 (packet_id, result) = next_ack(&mut self.owed), if !self.owed.is_empty() => {
-                    match result {
-                        Ok(telemetry) => {
-                            if telemetry {
-                                self.state.metrics().telemetry();
-                            }
-                            if let Err(end) = write(conn, Packet::PublishAck { packet_id }).await {
-                                return end;
-                            }
-                        }
-                        // Not durable: no PUBACK; the device sends it again.
-                        Err(e) => return End::Closed(format!("telemetry not stored: {e}")),
+                    if let Err(end) = self.acks(conn, packet_id, result).await {
+                        return end;
                     }
                     continue;
                 }
-                p = tokio::time::timeout_at(deadline, conn.next()), if self.owed.len() < UNACKED_IN => p,
+                () = &mut expiry => {
+                    let due = last_packet + keep_alive;
+                    if tokio::time::Instant::now() >= due {
+                        return End::Closed("keep-alive expired".into());
+                    }
+                    expiry.as_mut().reset(due);
+                    continue;
+                }
+                p = conn.next(), if self.owed.len() < UNACKED_IN => p,
             };
             let packet = match packet {
-                Err(_) => return End::Closed("keep-alive expired".into()),
-                Ok(None) => return End::Closed("the device closed the connection".into()),
-                Ok(Some(Err(e))) => return End::Closed(format!("protocol error: {e}")),
-                Ok(Some(Ok((p, _)))) => p,
+                None => return End::Closed("the device closed the connection".into()),
+                Some(Err(e)) => return End::Closed(format!("protocol error: {e}")),
+                Some(Ok((p, _))) => p,
             };
-            deadline = tokio::time::Instant::now() + keep_alive;
+            last_packet = tokio::time::Instant::now();
             if let Err(end) = self.packet(conn, packet).await {
                 return end;
             }
         }
+    }
+
+    /// Sends the PUBACK that is due and every later one already due, then flushes once: a
+    /// commit usually completes many of a session's messages, and one TLS record and one write
+    /// carry all their PUBACKs.
+    async fn acks(
+        &mut self,
+        conn: &mut Conn,
+        packet_id: std::num::NonZeroU16,
+        result: Result<bool, String>,
+    ) -> Result<(), End> {
+        let mut due = Some((packet_id, result));
+        while let Some((packet_id, result)) = due.take() {
+            match result {
+                Ok(telemetry) => {
+                    if telemetry {
+                        self.state.metrics().telemetry();
+                    }
+                    queue(conn, Packet::PublishAck { packet_id }).await?;
+                }
+                // Not durable: no PUBACK; the device sends it again.
+                Err(e) => return Err(End::Closed(format!("telemetry not stored: {e}"))),
+            }
+            due = next_ack(&mut self.owed).now_or_never();
+        }
+        flush(conn).await
     }
 
     async fn packet(&mut self, conn: &mut Conn, packet: Packet) -> Result<(), End> {
@@ -867,6 +894,22 @@ fn publish0(topic: String, payload: Vec<u8>) -> Packet {
         payload: payload.into(),
         properties: None,
     }))
+}
+
+/// Adds a packet to the write buffer (written out when the buffer fills or at `flush`).
+async fn queue(conn: &mut Conn, packet: Packet) -> Result<(), End> {
+    match tokio::time::timeout(WRITE_TIMEOUT, conn.feed(packet)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(End::Closed("write failed or timed out".into())),
+    }
+}
+
+/// Writes out what `queue` buffered.
+async fn flush(conn: &mut Conn) -> Result<(), End> {
+    match tokio::time::timeout(WRITE_TIMEOUT, SinkExt::<Packet>::flush(conn)).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(End::Closed("write failed or timed out".into())),
+    }
 }
 
 /// Writes a packet; a device that does not take it within `WRITE_TIMEOUT` ends the session.

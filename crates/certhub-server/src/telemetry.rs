@@ -29,21 +29,20 @@ impl TelemetryLog {
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         let (committed_tx, committed) = watch::channel(seq);
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
-                for p in &mut batch {
+            let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+                let first = seq + 1;
+                let mut records = Vec::with_capacity(batch.len());
+                let mut waiting = Vec::with_capacity(batch.len());
+                for p in batch.drain(..) {
                     seq += 1;
-                    p.record.seq = seq;
+                    let mut record = p.record;
+                    record.seq = seq;
+                    records.push(record);
+                    waiting.push(p.done);
                 }
-                let records: Vec<TelemetryRecord> =
-                    batch.iter().map(|p| p.record.clone()).collect();
                 let result = store.append_telemetry(&records).await;
+                drop(records);
                 if result.is_ok() {
                     let _ = committed_tx.send(seq);
                 }
@@ -52,9 +51,9 @@ impl TelemetryLog {
                     // Numbers of a failed batch are not reused: the log may have gaps, never
                     // duplicates.
                 }
-                for p in batch {
-                    let _ = p.done.send(match &result {
-                        Ok(()) => Ok(p.record.seq),
+                for (n, done) in (first..).zip(waiting) {
+                    let _ = done.send(match &result {
+                        Ok(()) => Ok(n),
                         Err(e) => Err(e.to_string()),
                     });
                 }

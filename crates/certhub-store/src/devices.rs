@@ -99,7 +99,78 @@ const BATCH: usize = 500;
 /// Columns in `DEVICE_COLUMNS`.
 const DEVICE_FIELDS: usize = 14;
 
+/// What an identity write may change, for the connect path's cache.
+#[derive(Debug, Clone)]
+enum Touched {
+    /// New identities only.
+    Added,
+    Device(String),
+    Module(String, String),
+}
+
 impl Store {
+    /// Runs a write of identities to its end in a task of its own, then tells the cache: a
+    /// caller that stops waiting (a client that hung up) cannot leave a changed identity
+    /// remembered as it was.
+    async fn identity_write<T, F>(&self, touched: Touched, write: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let Some(cache) = self.identities.clone() else {
+            return write.await;
+        };
+        tokio::spawn(async move {
+            let out = write.await;
+            match &touched {
+                Touched::Added => cache.bump(),
+                Touched::Device(d) => cache.forget(d, None),
+                Touched::Module(d, m) => cache.forget(d, Some(m)),
+            }
+            out
+        })
+        .await
+        .map_err(|e| StoreError::WriteLost(e.to_string()))?
+    }
+
+    /// A device for the CONNECT decision: from memory when it was read before and not
+    /// written since (SQLite), else from the database. Its counters may be old; the API reads
+    /// with [`Store::device`].
+    pub async fn device_for_connect(&self, id: &DeviceId) -> Result<Option<Device>> {
+        let Some(cache) = &self.identities else {
+            return self.device(id).await;
+        };
+        let ticket = match cache.device(id) {
+            Ok(d) => return Ok(Some(d)),
+            Err(ticket) => ticket,
+        };
+        let found = self.device(id).await?;
+        if let Some(d) = &found {
+            cache.keep_device(ticket, d);
+        }
+        Ok(found)
+    }
+
+    /// A module for the CONNECT decision, as [`Store::device_for_connect`].
+    pub async fn module_for_connect(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+    ) -> Result<Option<Module>> {
+        let Some(cache) = &self.identities else {
+            return self.module(device, module).await;
+        };
+        let ticket = match cache.module(device, module) {
+            Ok(m) => return Ok(Some(m)),
+            Err(ticket) => ticket,
+        };
+        let found = self.module(device, module).await?;
+        if let Some(m) = &found {
+            cache.keep_module(ticket, m);
+        }
+        Ok(found)
+    }
+
     pub async fn device(&self, id: &DeviceId) -> Result<Option<Device>> {
         let row = sqlx::query("SELECT * FROM devices WHERE device_id = $1")
             .bind(id.as_str().to_string())
@@ -136,24 +207,20 @@ impl Store {
     /// Inserts devices whose ids are free, in one transaction; returns how many were inserted
     /// (the others already existed and are left as they were).
     pub async fn insert_devices(&self, devices: &[Device]) -> Result<u64> {
+        let (store, devices) = (self.clone(), devices.to_vec());
+        self.identity_write(Touched::Added, async move {
+            store.insert_devices_now(&devices).await
+        })
+        .await
+    }
+
+    async fn insert_devices_now(&self, devices: &[Device]) -> Result<u64> {
         let mut tx = self.pool().begin().await?;
         let mut inserted = 0;
         for chunk in devices.chunks(BATCH) {
             // Long statements: placeholders per backend (see `Store::placeholder`).
             let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
-            for row in 0..chunk.len() {
-                if row > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                for col in 0..DEVICE_FIELDS {
-                    if col > 0 {
-                        sql.push(',');
-                    }
-                    sql.push_str(&self.placeholder(row * DEVICE_FIELDS + col + 1));
-                }
-                sql.push(')');
-            }
+            self.push_values(&mut sql, chunk.len(), DEVICE_FIELDS);
             sql.push_str(" ON CONFLICT (device_id) DO NOTHING");
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for d in chunk {
@@ -204,6 +271,15 @@ impl Store {
     /// Replaces a device if its stored ETag is still `expected`. The hub's own counters
     /// (`c2d_count`, `last_activity_ms`) are not overwritten.
     pub async fn replace_device(&self, d: &Device, expected: &Etag) -> Result<WriteOutcome> {
+        let (store, d, expected) = (self.clone(), d.clone(), expected.clone());
+        let touched = Touched::Device(d.device_id.as_str().to_string());
+        self.identity_write(touched, async move {
+            store.replace_device_now(&d, &expected).await
+        })
+        .await
+    }
+
+    async fn replace_device_now(&self, d: &Device, expected: &Etag) -> Result<WriteOutcome> {
         let a = &d.authentication;
         let done = sqlx::query(
             "UPDATE devices SET generation_id = $1, etag = $2, status = $3, status_reason = $4,
@@ -235,6 +311,19 @@ impl Store {
 
     /// Deletes a device and its modules; with `expected`, only if its ETag still matches.
     pub async fn delete_device(
+        &self,
+        id: &DeviceId,
+        expected: Option<&Etag>,
+    ) -> Result<DeleteOutcome> {
+        let (store, id, expected) = (self.clone(), id.clone(), expected.cloned());
+        let touched = Touched::Device(id.as_str().to_string());
+        self.identity_write(touched, async move {
+            store.delete_device_now(&id, expected.as_ref()).await
+        })
+        .await
+    }
+
+    async fn delete_device_now(
         &self,
         id: &DeviceId,
         expected: Option<&Etag>,
@@ -330,6 +419,15 @@ impl Store {
 
     /// Creates a module unless it exists. The caller checks that the device exists.
     pub async fn create_module(&self, m: &Module) -> Result<WriteOutcome> {
+        let (store, m) = (self.clone(), m.clone());
+        self.identity_write(
+            Touched::Added,
+            async move { store.create_module_now(&m).await },
+        )
+        .await
+    }
+
+    async fn create_module_now(&self, m: &Module) -> Result<WriteOutcome> {
         let a = &m.authentication;
         let done = sqlx::query(
             "INSERT INTO modules (device_id, module_id, generation_id, etag, managed_by,
@@ -360,6 +458,18 @@ impl Store {
     }
 
     pub async fn replace_module(&self, m: &Module, expected: &Etag) -> Result<WriteOutcome> {
+        let (store, m, expected) = (self.clone(), m.clone(), expected.clone());
+        let touched = Touched::Module(
+            m.device_id.as_str().to_string(),
+            m.module_id.as_str().to_string(),
+        );
+        self.identity_write(touched, async move {
+            store.replace_module_now(&m, &expected).await
+        })
+        .await
+    }
+
+    async fn replace_module_now(&self, m: &Module, expected: &Etag) -> Result<WriteOutcome> {
         let a = &m.authentication;
         let done = sqlx::query(
             "UPDATE modules SET etag = $1, managed_by = $2, auth_type = $3, primary_key = $4,
@@ -387,6 +497,27 @@ impl Store {
 
     /// Deletes a module and its twin; with `expected`, only if its ETag still matches.
     pub async fn delete_module(
+        &self,
+        device: &DeviceId,
+        module: &ModuleId,
+        expected: Option<&Etag>,
+    ) -> Result<DeleteOutcome> {
+        let (store, device, module, expected) = (
+            self.clone(),
+            device.clone(),
+            module.clone(),
+            expected.cloned(),
+        );
+        let touched = Touched::Module(device.as_str().to_string(), module.as_str().to_string());
+        self.identity_write(touched, async move {
+            store
+                .delete_module_now(&device, &module, expected.as_ref())
+                .await
+        })
+        .await
+    }
+
+    async fn delete_module_now(
         &self,
         device: &DeviceId,
         module: &ModuleId,

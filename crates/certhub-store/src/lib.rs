@@ -13,6 +13,7 @@ mod c2d;
 mod cas;
 mod devices;
 mod hub;
+mod identity_cache;
 mod mqtt_sessions;
 mod schema;
 mod telemetry;
@@ -44,6 +45,8 @@ pub enum StoreError {
         "the database schema is version {found}, newer than this certhub understands ({known}); upgrade certhub"
     )]
     SchemaTooNew { found: i64, known: i64 },
+    #[error("a database write did not finish: {0}")]
+    WriteLost(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -64,6 +67,8 @@ pub struct Store {
     /// never queues behind writes; on PostgreSQL, the same pool.
     reader: AnyPool,
     backend: Backend,
+    /// On SQLite, the identities the connect path reads (see `identity_cache`).
+    identities: Option<std::sync::Arc<identity_cache::IdentityCache>>,
 }
 
 impl Store {
@@ -92,6 +97,11 @@ impl Store {
                 Box::pin(async move {
                     conn.execute("PRAGMA journal_mode = WAL").await?;
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    // Copy the WAL back into the database every 32 MiB rather than every 4:
+                    // pages written again and again (the telemetry log's last pages, the
+                    // per-device index) are copied once per checkpoint, and each checkpoint
+                    // costs an fsync.
+                    conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
                     Ok(())
                 })
@@ -122,6 +132,7 @@ impl Store {
             pool,
             reader,
             backend,
+            identities: (backend == Backend::Sqlite).then(Default::default),
         };
         schema::migrate(&store).await?;
         Ok(store)
@@ -139,6 +150,24 @@ impl Store {
         match self.backend {
             Backend::Sqlite => "?".to_string(),
             Backend::Postgres => format!("${n}"),
+        }
+    }
+
+    /// Appends `(p, p, ...), (p, p, ...)`: `rows` tuples of `fields` placeholders each, for a
+    /// multi-row `INSERT ... VALUES`.
+    pub(crate) fn push_values(&self, sql: &mut String, rows: usize, fields: usize) {
+        for row in 0..rows {
+            if row > 0 {
+                sql.push(',');
+            }
+            sql.push('(');
+            for col in 0..fields {
+                if col > 0 {
+                    sql.push(',');
+                }
+                sql.push_str(&self.placeholder(row * fields + col + 1));
+            }
+            sql.push(')');
         }
     }
 

@@ -1,6 +1,7 @@
 //! The schema, as numbered steps applied in order and recorded in `schema_version`. The same
 //! SQL runs on SQLite and PostgreSQL: BIGINT milliseconds, TEXT, BIGINT 0/1 flags; `{BLOB}` is
-//! BLOB on SQLite and BYTEA on PostgreSQL.
+//! BLOB on SQLite and BYTEA on PostgreSQL; `{SEQ_KEY}` is a 64-bit primary key that is the row
+//! id on SQLite.
 
 use sqlx::Row;
 
@@ -133,6 +134,21 @@ const STEPS: &[&str] = &[
         updated_ms BIGINT NOT NULL,
         PRIMARY KEY (device_id, module_id)
     )",
+    // 6: on SQLite, the telemetry sequence number becomes the row id (INTEGER PRIMARY KEY):
+    // one B-tree and one index per message instead of two B-trees and two indexes.
+    "CREATE TABLE telemetry_v6 (
+        seq {SEQ_KEY},
+        device_id TEXT NOT NULL,
+        module_id TEXT,
+        enqueued_ms BIGINT NOT NULL,
+        properties TEXT NOT NULL,
+        body {BLOB} NOT NULL
+    );
+    INSERT INTO telemetry_v6 (seq, device_id, module_id, enqueued_ms, properties, body)
+        SELECT seq, device_id, module_id, enqueued_ms, properties, body FROM telemetry;
+    DROP TABLE telemetry;
+    ALTER TABLE telemetry_v6 RENAME TO telemetry;
+    CREATE INDEX telemetry_device ON telemetry (device_id, seq)",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {
@@ -154,13 +170,13 @@ pub(crate) async fn migrate(store: &Store) -> Result<()> {
     for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
         let mut tx = pool.begin().await?;
         for statement in step.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-            let statement = statement.replace(
-                "{BLOB}",
-                match store.backend() {
-                    crate::Backend::Sqlite => "BLOB",
-                    crate::Backend::Postgres => "BYTEA",
-                },
-            );
+            let (blob, seq_key) = match store.backend() {
+                crate::Backend::Sqlite => ("BLOB", "INTEGER PRIMARY KEY"),
+                crate::Backend::Postgres => ("BYTEA", "BIGINT PRIMARY KEY"),
+            };
+            let statement = statement
+                .replace("{BLOB}", blob)
+                .replace("{SEQ_KEY}", seq_key);
             sqlx::query(sqlx::AssertSqlSafe(statement))
                 .execute(&mut *tx)
                 .await?;

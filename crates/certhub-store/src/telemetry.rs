@@ -19,6 +19,8 @@ pub struct TelemetryRecord {
 
 /// Columns per row of the multi-row insert.
 const FIELDS: usize = 6;
+/// Rows per insert statement at most (6 x 128 parameters).
+const MAX_ROWS: usize = 128;
 
 impl Store {
     /// The highest sequence number stored (0 when empty).
@@ -33,37 +35,50 @@ impl Store {
     /// none.
     pub async fn append_telemetry(&self, records: &[TelemetryRecord]) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        for chunk in records.chunks(200) {
-            let mut sql = String::from(
-                "INSERT INTO telemetry (seq, device_id, module_id, enqueued_ms, properties, body) VALUES ",
-            );
-            for row in 0..chunk.len() {
-                if row > 0 {
-                    sql.push(',');
-                }
-                sql.push('(');
-                for col in 0..FIELDS {
-                    if col > 0 {
-                        sql.push(',');
-                    }
-                    sql.push_str(&self.placeholder(row * FIELDS + col + 1));
-                }
-                sql.push(')');
-            }
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut rest = records;
+        while !rest.is_empty() {
+            // Statements of a few fixed sizes (the largest power of two that fits, up to
+            // MAX_ROWS): each stays prepared in the connection's statement cache.
+            let rows = MAX_ROWS.min(1 << rest.len().ilog2());
+            let (chunk, tail) = rest.split_at(rows);
+            rest = tail;
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.insert_telemetry_sql(rows)));
             for r in chunk {
                 q = q
                     .bind(r.seq)
-                    .bind(r.device_id.clone())
-                    .bind(r.module_id.clone())
+                    .bind(r.device_id.as_str())
+                    .bind(r.module_id.as_deref())
                     .bind(r.enqueued_ms)
-                    .bind(r.properties.clone())
-                    .bind(r.body.clone());
+                    .bind(r.properties.as_str())
+                    .bind(r.body.as_slice());
             }
-            q.execute(&mut *tx).await?;
+            let written = q.execute(&mut *tx).await?.rows_affected();
+            if written != rows as u64 {
+                // Only a duplicate sequence number could be skipped (see the SQL); it would
+                // mean a second writer, and a message acknowledged but not stored.
+                return Err(crate::StoreError::Corrupt(format!(
+                    "telemetry insert wrote {written} of {rows} rows (a sequence number was taken twice?)"
+                )));
+            }
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// `INSERT ... VALUES (...), (...)` for `rows` rows.
+    fn insert_telemetry_sql(&self, rows: usize) -> String {
+        // On SQLite, OR IGNORE means no row of the statement can abort it, so SQLite keeps no
+        // statement journal (a copy of every page the statement changes, spilled to a
+        // temporary file for large inserts); the caller checks that every row was written.
+        let mut sql = String::from(match self.backend {
+            crate::Backend::Sqlite => "INSERT OR IGNORE",
+            crate::Backend::Postgres => "INSERT",
+        });
+        sql.push_str(
+            " INTO telemetry (seq, device_id, module_id, enqueued_ms, properties, body) VALUES ",
+        );
+        self.push_values(&mut sql, rows, FIELDS);
+        sql
     }
 
     /// Messages with a sequence number above `after`, oldest first, optionally of one device.

@@ -306,6 +306,29 @@ impl Config {
 }
 
 /// Opens the hub's store: PostgreSQL when configured, else SQLite in the data directory.
+/// Takes the data directory for this hub (released when the process ends, however it ends).
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("{}: cannot create the data directory", data_dir.display()))?;
+    let path = data_dir.join("hub.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("{}: cannot open the lock file", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{}: another `certhub serve` is running on this data directory; stop it first, or give this one its own --data-dir",
+            data_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("{}: cannot lock the data directory", path.display()))
+        }
+    }
+}
+
 pub async fn open_store(
     data_dir: &Path,
     database_url: Option<&str>,
@@ -383,6 +406,12 @@ async fn serve(config: Config) -> Result<Outcome> {
         .with_writer(std::io::stderr)
         .try_init();
 
+    // The hub keeps the identities devices connect with in memory: the embedded database
+    // must have no second hub writing to it.
+    let _data_dir_lock = match config.database_url {
+        None => Some(lock_data_dir(&config.data_dir)?),
+        Some(_) => None,
+    };
     let store = open_store(&config.data_dir, config.database_url.as_deref()).await?;
     let identity = certhub_server::tls::load_or_create(
         &config.data_dir.join("tls"),

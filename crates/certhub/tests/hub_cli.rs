@@ -269,3 +269,32 @@ fn a_port_that_cannot_be_bound_is_explained() {
     );
     assert!(run.stderr.contains("--https-addr"), "{run}");
 }
+
+#[test]
+fn a_second_hub_on_the_same_data_directory_is_refused() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let mut first = start_hub(&data);
+    let run = certhub(
+        d,
+        &[
+            "serve",
+            "--https-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--data-dir",
+            s(&data),
+        ],
+    )
+    .code(2);
+    assert!(
+        run.stderr
+            .contains("another `certhub serve` is running on this data directory"),
+        "{run}"
+    );
+    // The lock goes with the process, however it ends.
+    first.kill();
+    let _second = start_hub(&data);
+}

@@ -1,0 +1,210 @@
+//! The identities a connecting device is checked against, kept in memory on SQLite, where the
+//! hub that opened the data directory is the database's only writer (`certhub serve` locks the
+//! directory). A connection then costs no database read once its device has been seen.
+//!
+//! Correctness rests on two rules. Every write of a device or module goes through [`Store`]
+//! methods that forget the identity once the write is over, in a task of its own, so a caller
+//! that gives up waiting cannot skip the forgetting. And a read that missed the cache stores
+//! what it read only if no write ended while it was reading (a generation number), so an old
+//! row read just before a write commits is never kept after the write.
+//!
+//! What is kept is for authentication only: the hub's counters on the row (`lastActivityTime`,
+//! `cloudToDeviceMessageCount`, the CA last used) may be older than in the database.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use certhub_core::{Device, DeviceId, Module, ModuleId};
+
+/// Identities kept at most; past it, an arbitrary one is dropped for each new one.
+const MAX_ENTRIES: usize = 250_000;
+
+#[derive(Debug, Default)]
+pub(crate) struct IdentityCache {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Bumped whenever a write of an identity ends.
+    generation: u64,
+    devices: HashMap<String, Device>,
+    /// By device id, then module id.
+    modules: HashMap<String, HashMap<String, Module>>,
+    module_count: usize,
+}
+
+/// Where a cache miss started: a read stores its result only if this is still current.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Ticket(u64);
+
+impl IdentityCache {
+    pub(crate) fn device(&self, id: &DeviceId) -> Result<Device, Ticket> {
+        let inner = self.lock();
+        match inner.devices.get(id.as_str()) {
+            Some(d) => Ok(d.clone()),
+            None => Err(Ticket(inner.generation)),
+        }
+    }
+
+    pub(crate) fn module(&self, device: &DeviceId, module: &ModuleId) -> Result<Module, Ticket> {
+        let inner = self.lock();
+        match inner
+            .modules
+            .get(device.as_str())
+            .and_then(|m| m.get(module.as_str()))
+        {
+            Some(m) => Ok(m.clone()),
+            None => Err(Ticket(inner.generation)),
+        }
+    }
+
+    /// Keeps a device read from the database, unless a write ended since `ticket`.
+    pub(crate) fn keep_device(&self, ticket: Ticket, d: &Device) {
+        let mut inner = self.lock();
+        if inner.generation != ticket.0 {
+            return;
+        }
+        if inner.devices.len() >= MAX_ENTRIES
+            && let Some(k) = inner.devices.keys().next().cloned()
+        {
+            inner.devices.remove(&k);
+        }
+        inner
+            .devices
+            .insert(d.device_id.as_str().to_string(), d.clone());
+    }
+
+    /// Keeps a module read from the database, unless a write ended since `ticket`.
+    pub(crate) fn keep_module(&self, ticket: Ticket, m: &Module) {
+        let mut inner = self.lock();
+        if inner.generation != ticket.0 {
+            return;
+        }
+        if inner.module_count >= MAX_ENTRIES {
+            inner.modules.clear();
+            inner.module_count = 0;
+        }
+        let fresh = inner
+            .modules
+            .entry(m.device_id.as_str().to_string())
+            .or_default()
+            .insert(m.module_id.as_str().to_string(), m.clone())
+            .is_none();
+        if fresh {
+            inner.module_count += 1;
+        }
+    }
+
+    /// A write of `device` (and, with `module`, only of that module) ended: whatever was
+    /// kept of it is dropped, and reads that started before do not keep what they read.
+    /// A device write drops its modules too (deleting a device deletes them).
+    pub(crate) fn forget(&self, device: &str, module: Option<&str>) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        match module {
+            Some(m) => {
+                let removed = inner
+                    .modules
+                    .get_mut(device)
+                    .and_then(|mods| mods.remove(m))
+                    .is_some();
+                if removed {
+                    inner.module_count -= 1;
+                }
+            }
+            None => {
+                inner.devices.remove(device);
+                if let Some(mods) = inner.modules.remove(device) {
+                    inner.module_count -= mods.len();
+                }
+            }
+        }
+    }
+
+    /// Writes that add identities need no dropping, only the generation bump (a read that
+    /// found nothing keeps nothing, but the bump costs nothing and keeps the rule simple).
+    pub(crate) fn bump(&self) {
+        self.lock().generation += 1;
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.devices.len(), inner.module_count)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave the maps half-changed in a way that
+        // matters (each change is one insert or remove); carry on with them.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authentication() -> certhub_core::Authentication {
+        certhub_core::Authentication {
+            kind: certhub_core::AuthType::CertificateAuthority,
+            symmetric_key: Default::default(),
+            x509_thumbprint: Default::default(),
+        }
+    }
+
+    fn device(id: &str, status: certhub_core::Status) -> Device {
+        Device {
+            device_id: DeviceId::new(id).expect("id"),
+            generation_id: "g".into(),
+            etag: certhub_core::Etag("e".into()),
+            status,
+            status_reason: None,
+            status_updated_ms: 0,
+            authentication: authentication(),
+            capabilities: Default::default(),
+            c2d_count: 0,
+            last_activity_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_read_that_raced_a_write_keeps_nothing() {
+        let cache = IdentityCache::default();
+        let id = DeviceId::new("widget-1").expect("id");
+        let Err(ticket) = cache.device(&id) else {
+            panic!("empty cache")
+        };
+        // The write ends while the read is in flight.
+        cache.forget("widget-1", None);
+        cache.keep_device(ticket, &device("widget-1", certhub_core::Status::Enabled));
+        assert!(cache.device(&id).is_err(), "a stale read was kept");
+        // A read that started after the write keeps its row.
+        let Err(ticket) = cache.device(&id) else {
+            panic!("nothing kept")
+        };
+        cache.keep_device(ticket, &device("widget-1", certhub_core::Status::Disabled));
+        assert_eq!(
+            cache.device(&id).expect("kept").status,
+            certhub_core::Status::Disabled
+        );
+        // Forgetting a device forgets its modules.
+        let m = Module {
+            device_id: id.clone(),
+            module_id: ModuleId::new("m1").expect("module"),
+            generation_id: "g".into(),
+            etag: certhub_core::Etag("e".into()),
+            managed_by: None,
+            authentication: authentication(),
+            c2d_count: 0,
+            last_activity_ms: 0,
+        };
+        let Err(ticket) = cache.module(&id, &m.module_id) else {
+            panic!("empty")
+        };
+        cache.keep_module(ticket, &m);
+        assert_eq!(cache.len(), (1, 1));
+        cache.forget("widget-1", None);
+        assert_eq!(cache.len(), (0, 0));
+    }
+}
