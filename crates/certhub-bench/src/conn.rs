@@ -37,6 +37,8 @@ pub struct Target {
     next_source: AtomicUsize,
     /// The whole of one connection attempt at most.
     pub timeout: Duration,
+    /// The cipher suite the server chose, as seen on the first connection.
+    pub suite: std::sync::OnceLock<String>,
 }
 
 impl Target {
@@ -52,6 +54,7 @@ impl Target {
             sources,
             next_source: AtomicUsize::new(0),
             timeout,
+            suite: std::sync::OnceLock::new(),
         }
     }
 }
@@ -170,6 +173,11 @@ pub async fn open(target: &Target, device: &Device, keep_alive: u16) -> Result<O
         Ok(r) => r.map_err(Failure::Tls)?,
     };
     let tls_done = Instant::now();
+    if target.suite.get().is_none()
+        && let Some(suite) = tls.get_ref().1.negotiated_cipher_suite()
+    {
+        let _ = target.suite.set(format!("{:?}", suite.suite()));
+    }
     let mut conn = Framed::new(tls, Codec::new(MAX_PACKET));
     let connect = Connect {
         clean_session: true,

@@ -127,6 +127,14 @@ impl Env {
         }
     }
 
+    /// Adds the cipher suite the server chose to the report's target (once a connection was
+    /// made).
+    fn suite(&self, report: &mut Report) {
+        if let Some(suite) = self.target.suite.get() {
+            report.target.push(("suite", json!(suite)));
+        }
+    }
+
     /// Raises the open-file limit if `connections` need it; a note when it stays too low.
     fn files_for(&self, connections: usize, report_notes: &mut Vec<String>) {
         if let Some(note) = ensure_open_files(connections as u64 + 64) {
@@ -304,6 +312,7 @@ async fn connect_rate(a: ConnectRateArgs) -> Result<Report> {
     }
     let connects = all.cycle.len() as u64;
     let m = meter.finish(connects, "connects");
+    env.suite(&mut report);
     report.elapsed_s = m.elapsed_s;
     report.generator_cpu_s = m.generator_cpu_s;
     report.server = m.server;
@@ -522,6 +531,7 @@ async fn hold_scenario(a: HoldArgs) -> Result<Report> {
     let opening = fleet.opened(start).await;
     let up = opening.up.len() as u64;
     let m = meter.finish(up, "connections");
+    env.suite(&mut report);
     // Hold, sampling the server's memory once a second.
     let until = Instant::now() + Duration::from_secs_f64(a.hold);
     let mut rss_max = m.server.as_ref().and_then(|s| s.rss_after_kib);
@@ -796,6 +806,7 @@ async fn telemetry(a: TelemetryArgs) -> Result<Report> {
         }
     }
     let m = meter.finish(acked, "messages");
+    env.suite(&mut report);
     report.elapsed_s = m.elapsed_s;
     report.generator_cpu_s = m.generator_cpu_s;
     report.server = m.server;
@@ -858,6 +869,7 @@ async fn storm(a: StormArgs) -> Result<Report> {
     let mut after = launch(&plan, &up, &errors);
     let back = after.opened(start).await;
     let m = meter.finish(back.up.len() as u64, "reconnects");
+    env.suite(&mut report);
     after.stop(true).await;
 
     report.elapsed_s = back.all_s;
@@ -984,6 +996,7 @@ async fn revoke(a: RevokeArgs) -> Result<Report> {
         }
     }
     let m = meter.finish(revocations.len() as u64, "revocations");
+    env.suite(&mut report);
     for (i, _, why) in fleet.server_closed() {
         if !revoked.contains(&i) {
             others.push((i, why));

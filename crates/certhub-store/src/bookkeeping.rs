@@ -23,46 +23,85 @@ impl Bookkeeping {
 }
 
 impl Store {
-    /// Writes a batch in one transaction. Entries for identities that no longer exist change
-    /// nothing.
+    /// Writes a batch in one transaction, a few multi-row statements per kind of entry (each
+    /// statement is a round trip to the database's thread). Entries for identities that no
+    /// longer exist change nothing. An identity should appear once per kind in a batch.
     pub async fn write_bookkeeping(&self, b: &Bookkeeping) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        for r in &b.audit {
-            crate::audit::insert_audit(r).execute(&mut *tx).await?;
+        for chunk in crate::pow2_chunks(&b.audit) {
+            let mut sql = String::from(
+                "INSERT INTO audit (id, at_ms, actor, operation, target, outcome, detail) VALUES ",
+            );
+            self.push_values(&mut sql, chunk.len(), 7);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(r.id.as_str())
+                    .bind(r.at_ms)
+                    .bind(r.actor.as_str())
+                    .bind(r.operation.as_str())
+                    .bind(r.target.as_str())
+                    .bind(r.outcome.as_str())
+                    .bind(r.detail.as_str());
+            }
+            q.execute(&mut *tx).await?;
         }
-        for (device, module, at_ms) in &b.activity {
-            let q = sqlx::query(if module.is_empty() {
-                "UPDATE devices SET last_activity_ms = $1 WHERE device_id = $2"
-            } else {
-                "UPDATE modules SET last_activity_ms = $1 WHERE device_id = $2 AND module_id = $3"
-            })
-            .bind(*at_ms)
-            .bind(device.clone());
-            with_module(q, module).execute(&mut *tx).await?;
+        let (device_activity, module_activity): (Vec<_>, Vec<_>) =
+            b.activity.iter().partition(|(_, m, _)| m.is_empty());
+        let (device_cas, module_cas): (Vec<_>, Vec<_>) =
+            b.cas.iter().partition(|(_, m, _)| m.is_empty());
+        // UPDATE ... FROM (VALUES ...): SQLite names the columns column1, column2, ... as
+        // PostgreSQL does.
+        for chunk in crate::pow2_chunks(&device_activity) {
+            let mut sql =
+                String::from("UPDATE devices SET last_activity_ms = v.column2 FROM (VALUES ");
+            self.push_values(&mut sql, chunk.len(), 2);
+            sql.push_str(") AS v WHERE devices.device_id = v.column1");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (device, _, at_ms) in chunk {
+                q = q.bind(device.as_str()).bind(*at_ms);
+            }
+            q.execute(&mut *tx).await?;
         }
-        for (device, module, ca) in &b.cas {
-            let q = sqlx::query(if module.is_empty() {
-                "UPDATE devices SET last_ca = $1 WHERE device_id = $2"
-            } else {
-                "UPDATE modules SET last_ca = $1 WHERE device_id = $2 AND module_id = $3"
-            })
-            .bind(ca.clone())
-            .bind(device.clone());
-            with_module(q, module).execute(&mut *tx).await?;
+        for chunk in crate::pow2_chunks(&module_activity) {
+            let mut sql =
+                String::from("UPDATE modules SET last_activity_ms = v.column3 FROM (VALUES ");
+            self.push_values(&mut sql, chunk.len(), 3);
+            sql.push_str(
+                ") AS v WHERE modules.device_id = v.column1 AND modules.module_id = v.column2",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (device, module, at_ms) in chunk {
+                q = q.bind(device.as_str()).bind(module.as_str()).bind(*at_ms);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in crate::pow2_chunks(&device_cas) {
+            let mut sql = String::from("UPDATE devices SET last_ca = v.column2 FROM (VALUES ");
+            self.push_values(&mut sql, chunk.len(), 2);
+            sql.push_str(") AS v WHERE devices.device_id = v.column1");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (device, _, ca) in chunk {
+                q = q.bind(device.as_str()).bind(ca.as_str());
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in crate::pow2_chunks(&module_cas) {
+            let mut sql = String::from("UPDATE modules SET last_ca = v.column3 FROM (VALUES ");
+            self.push_values(&mut sql, chunk.len(), 3);
+            sql.push_str(
+                ") AS v WHERE modules.device_id = v.column1 AND modules.module_id = v.column2",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (device, module, ca) in chunk {
+                q = q
+                    .bind(device.as_str())
+                    .bind(module.as_str())
+                    .bind(ca.as_str());
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
-    }
-}
-
-/// Binds the module id (`$3`) of a module's update; a device's has none.
-fn with_module<'q>(
-    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
-    module: &str,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
-    if module.is_empty() {
-        q
-    } else {
-        q.bind(module.to_string())
     }
 }

@@ -187,3 +187,34 @@ impl Store {
         self.pool.close().await;
     }
 }
+
+/// Most rows one multi-row statement takes.
+pub(crate) const MAX_ROWS: usize = 128;
+
+/// Splits `items` into chunks of power-of-two lengths (the largest that fits, at most
+/// [`MAX_ROWS`]): statements of a few fixed shapes, which stay prepared in the connection's
+/// statement cache.
+pub(crate) fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        if items.is_empty() {
+            return None;
+        }
+        let rows = MAX_ROWS.min(1 << items.len().ilog2());
+        let (chunk, rest) = items.split_at(rows);
+        items = rest;
+        Some(chunk)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn chunks_are_powers_of_two_and_cover_everything() {
+        let items: Vec<usize> = (0..300).collect();
+        let sizes: Vec<usize> = super::pow2_chunks(&items).map(<[usize]>::len).collect();
+        assert_eq!(sizes, [128, 128, 32, 8, 4]);
+        let again: Vec<usize> = super::pow2_chunks(&items).flatten().copied().collect();
+        assert_eq!(again, items);
+        assert_eq!(super::pow2_chunks::<u8>(&[]).count(), 0);
+    }
+}

@@ -19,8 +19,6 @@ pub struct TelemetryRecord {
 
 /// Columns per row of the multi-row insert.
 const FIELDS: usize = 6;
-/// Rows per insert statement at most (6 x 128 parameters).
-const MAX_ROWS: usize = 128;
 
 impl Store {
     /// The highest sequence number stored (0 when empty).
@@ -35,13 +33,8 @@ impl Store {
     /// none.
     pub async fn append_telemetry(&self, records: &[TelemetryRecord]) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        let mut rest = records;
-        while !rest.is_empty() {
-            // Statements of a few fixed sizes (the largest power of two that fits, up to
-            // MAX_ROWS): each stays prepared in the connection's statement cache.
-            let rows = MAX_ROWS.min(1 << rest.len().ilog2());
-            let (chunk, tail) = rest.split_at(rows);
-            rest = tail;
+        for chunk in crate::pow2_chunks(records) {
+            let rows = chunk.len();
             let mut q = sqlx::query(sqlx::AssertSqlSafe(self.insert_telemetry_sql(rows)));
             for r in chunk {
                 q = q

@@ -551,14 +551,19 @@ async fn bookkeeping(store: &Store) {
     store.create_module(&m).await.expect("module");
     let before = store.devices_of_ca("bk-ca").await.expect("count");
     let batch = Bookkeeping {
-        audit: vec![AuditRecord::new(
-            9_000_000,
-            "device",
-            "device.connect",
-            "devices/bk1",
-            "ok",
-            "batched",
-        )],
+        // Three records: a statement of two rows and one of one.
+        audit: (0..3)
+            .map(|i| {
+                AuditRecord::new(
+                    9_000_000 + i,
+                    "device",
+                    "device.connect",
+                    "devices/bk1",
+                    "ok",
+                    &format!("batched-{i}"),
+                )
+            })
+            .collect(),
         activity: vec![
             ("bk1".into(), String::new(), 42_000),
             ("bk1".into(), "m1".into(), 43_000),
@@ -570,7 +575,7 @@ async fn bookkeeping(store: &Store) {
             ("gone".into(), "m9".into(), "bk-ca".into()),
         ],
     };
-    assert_eq!(batch.len(), 7);
+    assert_eq!(batch.len(), 9);
     store.write_bookkeeping(&batch).await.expect("write");
     let read = store
         .device(&id("bk1"))
@@ -589,8 +594,9 @@ async fn bookkeeping(store: &Store) {
         store.devices_of_ca("bk-ca").await.expect("count"),
         before + 2
     );
-    let log = store.audit(1).await.expect("audit");
-    assert_eq!(log[0].detail, "batched");
+    let log = store.audit(3).await.expect("audit");
+    let details: Vec<&str> = log.iter().map(|r| r.detail.as_str()).collect();
+    assert_eq!(details, ["batched-2", "batched-1", "batched-0"]);
     store
         .write_bookkeeping(&Bookkeeping::default())
         .await
