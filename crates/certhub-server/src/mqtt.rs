@@ -24,7 +24,7 @@ use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::codec::Framed;
 
 use crate::api::AppState;
-use crate::sessions::{MethodReply, Outbound};
+use crate::sessions::{Mail, MethodReply, Outbound};
 
 /// Telemetry larger than Azure's 256 KB is refused; the packet may carry a topic besides.
 const MAX_PACKET: u32 = 256 * 1024 + 4096;
@@ -126,10 +126,20 @@ pub async fn serve_mqtt(
                 .unwrap_or_default();
             let tls13 =
                 tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-            // Small buffers to start with (the read buffer grows for a large packet): Framed's
-            // default 8 KiB read and write buffers were a third of an idle session's heap.
-            let conn = Framed::with_capacity(tls, Codec::new(MAX_PACKET), IDLE_BUFFER);
-            session(conn, chain, peer, state, slots, tls13).await;
+            // Small buffers for CONNECT (the read buffer grows for a large packet; the session
+            // drops both once admitted): Framed's default 8 KiB read and write buffers were a
+            // third of an idle session's heap.
+            // On the heap once: the futures that own it hold a pointer (an async fn keeps its
+            // arguments for its whole life, so a connection passed by value through two of
+            // them would take its 1.3 KB twice).
+            let conn = Box::new(Framed::with_capacity(
+                tls,
+                Codec::new(MAX_PACKET),
+                IDLE_BUFFER,
+            ));
+            // A task of its own: this one's memory (sized for the handshake's state) is freed,
+            // and the session's is sized for the session alone.
+            tokio::spawn(session(conn, chain, peer, state, slots, tls13));
         });
     }
 }
@@ -227,42 +237,80 @@ async fn connack(conn: &mut Conn, code: ConnectAckReason) {
     .await;
 }
 
+/// What the CONNECT decision hands to the live session: only what the session needs, so that
+/// nothing of the connection phase (the presented chain, the registry row, settings and
+/// policies, the CONNECT packet and its buffer) stays in memory for the session's lifetime.
+struct Admitted {
+    device: AuthenticatedDevice,
+    ticket: crate::sessions::Ticket,
+    subs: BTreeMap<String, u8>,
+    keep_alive: Duration,
+    /// The will's topic and message, copied out of the CONNECT packet.
+    will: Option<(String, Vec<u8>)>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A device's connection after its TLS handshake: the CONNECT decision, then the session.
 async fn session(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     chain: Vec<CertificateDer<'static>>,
     peer: SocketAddr,
     state: AppState,
     slots: Arc<Semaphore>,
     tls13: bool,
 ) {
+    // The connection phase runs in its own allocation, freed when it ends.
+    let Some(admitted) = Box::pin(admit(&mut conn, chain, peer, &state, slots, tls13)).await else {
+        return;
+    };
+    // The CONNECT packet's buffer is no longer needed: an idle session holds none (it grows
+    // again with the next packet).
+    if conn.read_buffer().is_empty() {
+        drop(std::mem::take(conn.read_buffer_mut()));
+    }
+    if conn.write_buffer().is_empty() {
+        drop(std::mem::take(conn.write_buffer_mut()));
+    }
+    live(conn, admitted, state).await;
+}
+
+/// Reads CONNECT and decides; on success the device is registered and has its CONNACK.
+async fn admit(
+    conn: &mut Conn,
+    chain: Vec<CertificateDer<'static>>,
+    peer: SocketAddr,
+    state: &AppState,
+    slots: Arc<Semaphore>,
+    tls13: bool,
+) -> Option<Admitted> {
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, conn.next()).await {
         Ok(Some(Ok((Packet::Connect(c), _)))) => c,
-        _ => return,
+        _ => return None,
     };
-    let Ok(_slot) = slots.try_acquire_owned() else {
+    let Ok(slot) = slots.try_acquire_owned() else {
         let client_id = connect.client_id.to_string();
         tracing::warn!(client_id, %peer, "device session limit reached");
         state.metrics().connect("overloaded");
         audit(
-            &state,
+            state,
             "device.connect",
             &client_id,
             "overloaded",
             format!("the hub's device session limit is reached; CONNACK 3 (the device retries); peer {peer}"),
         )
         .await;
-        connack(&mut conn, ConnectAckReason::ServiceUnavailable).await;
-        return;
+        connack(conn, ConnectAckReason::ServiceUnavailable).await;
+        return None;
     };
     let client_id = connect.client_id.to_string();
     let username = connect.username.as_ref().map(|u| u.to_string());
     let registered = match ClientId::parse(&client_id) {
-        Ok(id) => match Box::pin(lookup(&state, &id)).await {
+        Ok(id) => match Box::pin(lookup(state, &id)).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "registry lookup failed");
-                connack(&mut conn, ConnectAckReason::ServiceUnavailable).await;
-                return;
+                connack(conn, ConnectAckReason::ServiceUnavailable).await;
+                return None;
             }
         },
         Err(_) => None,
@@ -271,8 +319,8 @@ async fn session(
     let settings = match Box::pin(state.settings()).await {
         Ok(s) => s,
         Err(_) => {
-            connack(&mut conn, ConnectAckReason::ServiceUnavailable).await;
-            return;
+            connack(conn, ConnectAckReason::ServiceUnavailable).await;
+            return None;
         }
     };
     if settings.min_tls_version == "1.3" && !tls13 {
@@ -282,9 +330,9 @@ async fn session(
             "the hub requires TLS 1.3 (minTlsVersion) and the device used TLS 1.2; peer {peer}"
         );
         state.metrics().connect("tls-version");
-        audit(&state, "device.connect", &client_id, "tls-version", detail).await;
-        connack(&mut conn, ConnectAckReason::NotAuthorized).await;
-        return;
+        audit(state, "device.connect", &client_id, "tls-version", detail).await;
+        connack(conn, ConnectAckReason::NotAuthorized).await;
+        return None;
     }
     let policies = state.policies();
     let now = UnixTime::since_unix_epoch(Duration::from_millis(now_ms().max(0) as u64));
@@ -310,9 +358,9 @@ async fn session(
                 presented(&chain)
             );
             state.metrics().connect(refusal.reason);
-            audit(&state, "device.connect", &client_id, refusal.reason, detail).await;
-            connack(&mut conn, ConnectAckReason::NotAuthorized).await;
-            return;
+            audit(state, "device.connect", &client_id, refusal.reason, detail).await;
+            connack(conn, ConnectAckReason::NotAuthorized).await;
+            return None;
         }
     };
     // The chain was for this decision; a session lives long, so it does not keep a copy.
@@ -329,7 +377,7 @@ async fn session(
         tracing::warn!(client_id = cn, error = %e, "persistent session not forgotten in the store");
     }
     let _ = send(
-        &mut conn,
+        conn,
         Packet::ConnectAck(ConnectAck {
             return_code: ConnectAckReason::ConnectionAccepted,
             session_present: resumed.present,
@@ -338,7 +386,7 @@ async fn session(
     .await;
     tracing::info!(client_id = cn, method = device.method().as_str(), %peer, "device connected");
     audit(
-        &state,
+        state,
         "device.connect",
         &cn,
         "ok",
@@ -359,7 +407,7 @@ async fn session(
     } else {
         Duration::from_millis(u64::from(connect.keep_alive) * 1500).min(MAX_KEEP_ALIVE)
     };
-    touch(&state, device.id()).await;
+    touch(state, device.id()).await;
     if !device.ca().is_empty() {
         let module = device.id().module.as_ref().map_or("", ModuleId::as_str);
         state
@@ -367,14 +415,51 @@ async fn session(
             .ca(device.id().device.as_str(), module, device.ca())
             .await;
     }
-    let end = Session::new(&device, &state, ticket.conn, resumed.subs)
-        .run(&mut conn, keep_alive, ticket.kicked, ticket.outbound)
+    let will = connect
+        .last_will
+        .as_ref()
+        .map(|w| (w.topic.to_string(), w.message.to_vec()));
+    Some(Admitted {
+        device,
+        ticket,
+        subs: resumed.subs,
+        keep_alive,
+        will,
+        _slot: slot,
+    })
+}
+
+/// The live session, until it ends; then the will, the bookkeeping and the audit record.
+async fn live(mut conn: Box<Conn>, admitted: Admitted, state: AppState) {
+    let Admitted {
+        device,
+        ticket,
+        subs,
+        keep_alive,
+        will,
+        _slot,
+    } = admitted;
+    let cn = device.id().cn();
+    let end = Session::new(&device, &state, ticket.conn, subs)
+        .run(&mut conn, keep_alive, &ticket.mailbox)
         .await;
     state.sessions().unregister(&cn, ticket.conn);
-    if let (End::Closed(_), Some(will)) = (&end, &connect.last_will) {
+    // Boxed: the epilogue's futures would otherwise take room in every session's task.
+    Box::pin(ended(&state, &device, &cn, end, will)).await;
+}
+
+/// After a session: the will, last activity and the audit record.
+async fn ended(
+    state: &AppState,
+    device: &AuthenticatedDevice,
+    cn: &str,
+    end: End,
+    will: Option<(String, Vec<u8>)>,
+) {
+    if let (End::Closed(_), Some((will_topic, will_message))) = (&end, will) {
         // The link dropped without DISCONNECT: the will is forwarded as telemetry, marked
         // iothub-MessageType=Will (azure-protocol 1.2), if it names the device's own topic.
-        match telemetry_topic(device.id(), &will.topic) {
+        match telemetry_topic(device.id(), &will_topic) {
             Ok(mut props) => {
                 props
                     .application
@@ -385,21 +470,21 @@ async fn session(
                     module_id: device.id().module.as_ref().map(ModuleId::to_string),
                     enqueued_ms: now_ms(),
                     properties: serde_json::to_string(&props).unwrap_or_default(),
-                    body: will.message.to_vec(),
+                    body: will_message,
                 };
-                if let Err(e) = Box::pin(state.telemetry().append(record)).await {
+                if let Err(e) = state.telemetry().append(record).await {
                     tracing::warn!(client_id = cn, error = %e, "will message not stored");
                 }
             }
             Err(r) => tracing::info!(client_id = cn, reason = r.0, "will message ignored"),
         }
     }
-    touch(&state, device.id()).await;
+    touch(state, device.id()).await;
     match end {
         End::Clean => {}
         End::Closed(reason) => {
             tracing::info!(client_id = cn, reason, "device session closed");
-            audit(&state, "device.disconnect", &cn, "closed", reason).await;
+            audit(state, "device.disconnect", cn, "closed", reason).await;
         }
     }
 }
@@ -501,8 +586,7 @@ impl<'a> Session<'a> {
         mut self,
         conn: &mut Conn,
         keep_alive: Duration,
-        mut kicked: tokio::sync::oneshot::Receiver<String>,
-        mut outbound: tokio::sync::mpsc::Receiver<Outbound>,
+        mailbox: &crate::sessions::Mailbox,
     ) -> End {
         // A resumed persistent session gets what was queued while it was away.
         if let Err(end) = Box::pin(self.deliver_c2d(conn)).await {
@@ -516,15 +600,15 @@ impl<'a> Session<'a> {
         tokio::pin!(expiry);
         loop {
             let packet = tokio::select! {
-                reason = &mut kicked => {
-                    return End::Closed(reason.unwrap_or_else(|_| "closed by the hub".into()));
-                }
-                Some(work) = outbound.recv() => {
-                    if let Err(end) = Box::pin(self.outbound(conn, work)).await {
-                        return end;
+                mail = mailbox.next() => match mail {
+                    Mail::Kicked(reason) => return End::Closed(reason),
+                    Mail::Work(work) => {
+                        if let Err(end) = Box::pin(self.outbound(conn, work)).await {
+                            return end;
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                },
                 (packet_id, result) = next_ack(&mut self.owed), if !self.owed.is_empty() => {
                     if let Err(end) = self.acks(conn, packet_id, result).await {
                         return end;
@@ -547,7 +631,16 @@ impl<'a> Session<'a> {
                 Some(Ok((p, _))) => p,
             };
             last_packet = tokio::time::Instant::now();
-            if let Err(end) = self.packet(conn, packet).await {
+            let packet = match packet {
+                Packet::Publish(p) => match self.try_telemetry(p) {
+                    None => continue,
+                    Some(p) => Packet::Publish(p),
+                },
+                other => other,
+            };
+            // Boxed: a packet's handling is short-lived, and inline its future would take room
+            // in every idle session.
+            if let Err(end) = Box::pin(self.packet(conn, packet)).await {
                 return end;
             }
         }
@@ -662,21 +755,8 @@ impl<'a> Session<'a> {
         let kind = classify_publish(self.id(), &p.topic)
             .map_err(|r| End::Closed(format!("topic-not-allowed: {}", r.0)))?;
         match kind {
-            DevicePublish::Telemetry(mut props) => {
-                if p.retain {
-                    props
-                        .application
-                        .insert("mqtt-retain".into(), "true".into());
-                }
-                let id = self.id();
-                let record = TelemetryRecord {
-                    seq: 0,
-                    device_id: id.device.to_string(),
-                    module_id: id.module.as_ref().map(ModuleId::to_string),
-                    enqueued_ms: now_ms(),
-                    properties: serde_json::to_string(&props).unwrap_or_default(),
-                    body: p.payload.to_vec(),
-                };
+            DevicePublish::Telemetry(props) => {
+                let record = self.telemetry_record(&p, props);
                 // The PUBACK waits for the commit, without holding up the next packets.
                 let committed = self
                     .state
@@ -684,14 +764,7 @@ impl<'a> Session<'a> {
                     .submit(record)
                     .await
                     .map_err(|e| End::Closed(format!("telemetry not stored: {e}")))?;
-                if let (QoS::AtLeastOnce, Some(packet_id)) = (p.qos, p.packet_id) {
-                    self.owed.push_back(Owed {
-                        packet_id,
-                        committed: Some(committed),
-                    });
-                } else {
-                    self.state.metrics().telemetry();
-                }
+                self.owe_telemetry(&p, committed);
                 return Ok(());
             }
             DevicePublish::TwinGet { rid } => {
@@ -738,6 +811,66 @@ impl<'a> Session<'a> {
             });
         }
         Ok(())
+    }
+
+    /// The common case, without an allocation for the packet's handling: a telemetry PUBLISH
+    /// (QoS 0 or 1) handed to the writer at once. Anything else, or a writer whose queue is
+    /// full, goes back for the general path.
+    fn try_telemetry(
+        &mut self,
+        p: Box<rmqtt_codec::types::Publish>,
+    ) -> Option<Box<rmqtt_codec::types::Publish>> {
+        if p.qos == QoS::ExactlyOnce {
+            return Some(p);
+        }
+        let Ok(DevicePublish::Telemetry(props)) = classify_publish(self.id(), &p.topic) else {
+            return Some(p);
+        };
+        let record = self.telemetry_record(&p, props);
+        match self.state.telemetry().try_submit(record) {
+            Ok(committed) => {
+                self.owe_telemetry(&p, committed);
+                None
+            }
+            Err(_) => Some(p),
+        }
+    }
+
+    fn telemetry_record(
+        &self,
+        p: &rmqtt_codec::types::Publish,
+        mut props: certhub_core::MessageProperties,
+    ) -> TelemetryRecord {
+        if p.retain {
+            props
+                .application
+                .insert("mqtt-retain".into(), "true".into());
+        }
+        let id = self.id();
+        TelemetryRecord {
+            seq: 0,
+            device_id: id.device.to_string(),
+            module_id: id.module.as_ref().map(ModuleId::to_string),
+            enqueued_ms: now_ms(),
+            properties: serde_json::to_string(&props).unwrap_or_default(),
+            body: p.payload.to_vec(),
+        }
+    }
+
+    /// The PUBACK a QoS 1 message is owed once `committed`; QoS 0 is counted now.
+    fn owe_telemetry(
+        &mut self,
+        p: &rmqtt_codec::types::Publish,
+        committed: crate::telemetry::Committed,
+    ) {
+        if let (QoS::AtLeastOnce, Some(packet_id)) = (p.qos, p.packet_id) {
+            self.owed.push_back(Owed {
+                packet_id,
+                committed: Some(committed),
+            });
+        } else {
+            self.state.metrics().telemetry();
+        }
     }
 
     /// A reported-properties patch: the response topic and body (azure-protocol 1.8).

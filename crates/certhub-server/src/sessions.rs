@@ -2,11 +2,12 @@
 //! of the same identity closes the older one; revocation (a device disabled, deleted or given
 //! new credentials, its CA deleted or un-verified) closes every affected session at once.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Poll, Waker};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// Why the hub closed a session; the session loop audits it.
 pub type KickReason = String;
@@ -62,10 +63,101 @@ struct Live {
     ca: String,
     /// The hub setting that would shut this session out (SAS sessions), if any.
     switch: Option<&'static str>,
-    kick: oneshot::Sender<KickReason>,
-    out: mpsc::Sender<Outbound>,
+    mailbox: Arc<Mailbox>,
     /// Its subscriptions (filter -> granted QoS).
     subs: BTreeMap<String, u8>,
+}
+
+impl Drop for Live {
+    /// A session the hub forgets is closed (a no-op once it was kicked or has ended).
+    fn drop(&mut self) {
+        self.mailbox.kick("closed by the hub");
+    }
+}
+
+/// What a session finds in its mailbox.
+#[derive(Debug)]
+pub enum Mail {
+    /// The hub closes the session, for this reason.
+    Kicked(KickReason),
+    Work(Outbound),
+}
+
+/// A live session's mailbox: outbound work and the kick that ends the session, in one small
+/// allocation (a tokio channel plus a oneshot were over 1 KiB per idle session).
+#[derive(Debug, Default)]
+pub struct Mailbox {
+    inner: Mutex<MailboxInner>,
+}
+
+#[derive(Debug, Default)]
+struct MailboxInner {
+    work: VecDeque<Outbound>,
+    kicked: Option<KickReason>,
+    /// The session ended: nothing more is taken.
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+impl Mailbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MailboxInner> {
+        // Each change under the lock is a single push, take or flag: a panic elsewhere
+        // cannot leave it half done.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the session (the first reason wins).
+    fn kick(&self, reason: &str) {
+        let waker = {
+            let mut m = self.lock();
+            if m.closed || m.kicked.is_some() {
+                return;
+            }
+            m.kicked = Some(reason.to_string());
+            m.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    fn post(&self, work: Outbound) -> Result<(), Undeliverable> {
+        let waker = {
+            let mut m = self.lock();
+            if m.closed || m.kicked.is_some() {
+                return Err(Undeliverable::NotOnline);
+            }
+            if m.work.len() >= OUTBOUND_QUEUE {
+                return Err(Undeliverable::Busy);
+            }
+            m.work.push_back(work);
+            m.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// The next mail: a kick before any work. Cancel-safe (nothing is taken unless it is
+    /// returned).
+    pub async fn next(&self) -> Mail {
+        std::future::poll_fn(|cx| {
+            let mut m = self.lock();
+            if let Some(reason) = m.kicked.take() {
+                m.closed = true;
+                return Poll::Ready(Mail::Kicked(reason));
+            }
+            if let Some(work) = m.work.pop_front() {
+                return Poll::Ready(Mail::Work(work));
+            }
+            if !m.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                m.waker = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 /// What [`Sessions::resume`] found.
@@ -99,21 +191,27 @@ fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// A registered session: its connection number, the receiver of a kick and of outbound
-/// work.
+/// A registered session: its connection number and its mailbox (closed when the ticket is
+/// dropped, so work handed over after the session ended is refused as not online).
 #[derive(Debug)]
 pub struct Ticket {
     pub conn: u64,
-    pub kicked: oneshot::Receiver<KickReason>,
-    pub outbound: mpsc::Receiver<Outbound>,
+    pub mailbox: Arc<Mailbox>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut m = self.mailbox.lock();
+        m.closed = true;
+        m.work.clear();
+    }
 }
 
 impl Sessions {
     /// Registers a session for `cn`, closing an older one of the same identity.
     pub fn register(&self, cn: &str, ca: &str, switch: Option<&'static str>) -> Ticket {
         let conn = self.next.fetch_add(1, Ordering::Relaxed) + 1;
-        let (tx, rx) = oneshot::channel();
-        let (out, outbound) = mpsc::channel(OUTBOUND_QUEUE);
+        let mailbox = Arc::new(Mailbox::default());
         if let Ok(mut live) = self.live.lock()
             && let Some(old) = live.insert(
                 cn.to_string(),
@@ -121,22 +219,16 @@ impl Sessions {
                     conn,
                     ca: ca.to_string(),
                     switch,
-                    kick: tx,
-                    out,
+                    mailbox: mailbox.clone(),
                     subs: BTreeMap::new(),
                 },
             )
         {
-            let _ = old
-                .kick
-                .send("replaced by a newer connection of the same identity".into());
+            old.mailbox
+                .kick("replaced by a newer connection of the same identity");
         }
         self.mark(cn);
-        Ticket {
-            conn,
-            kicked: rx,
-            outbound,
-        }
+        Ticket { conn, mailbox }
     }
 
     fn mark(&self, cn: &str) {
@@ -235,18 +327,15 @@ impl Sessions {
         filter: Option<&str>,
         work: Outbound,
     ) -> Result<(), Undeliverable> {
-        let out = {
+        let mailbox = {
             let live = self.live.lock().map_err(|_| Undeliverable::NotOnline)?;
             let l = live.get(cn).ok_or(Undeliverable::NotOnline)?;
             if filter.is_some_and(|f| !l.subs.contains_key(f)) {
                 return Err(Undeliverable::NotOnline);
             }
-            l.out.clone()
+            l.mailbox.clone()
         };
-        out.try_send(work).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => Undeliverable::Busy,
-            mpsc::error::TrySendError::Closed(_) => Undeliverable::NotOnline,
-        })
+        mailbox.post(work)
     }
 
     /// Sends a direct-method request to the live session of `cn` (subscribed to methods);
@@ -338,7 +427,7 @@ impl Sessions {
             .collect();
         for k in &keys {
             if let Some(l) = live.remove(k) {
-                let _ = l.kick.send(reason.to_string());
+                l.mailbox.kick(reason);
             }
         }
         drop(live);

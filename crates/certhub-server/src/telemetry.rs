@@ -73,6 +73,17 @@ impl TelemetryLog {
         wait.await
     }
 
+    /// Hands a message to the writer if its queue has room now; else gives it back.
+    pub fn try_submit(&self, record: TelemetryRecord) -> Result<Committed, TelemetryRecord> {
+        let (done, wait) = oneshot::channel();
+        match self.tx.try_send(Pending { record, done }) {
+            Ok(()) => Ok(Committed(wait)),
+            Err(mpsc::error::TrySendError::Full(p) | mpsc::error::TrySendError::Closed(p)) => {
+                Err(p.record)
+            }
+        }
+    }
+
     /// Hands a message to the writer (waiting only for room in its queue); the answer says
     /// when it is durable. Messages are committed in the order they are submitted.
     pub async fn submit(&self, record: TelemetryRecord) -> Result<Committed, String> {
