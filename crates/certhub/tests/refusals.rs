@@ -484,3 +484,94 @@ sys.exit(0 if rc == [{expect}] else 1)
     );
     assert!(out.status.success(), "TLS 1.3 is admitted");
 }
+
+/// The hub keeps the identities devices connect with in memory: every registry change must be
+/// seen by the very next connection. A device is admitted, disabled, enabled again, given a
+/// SAS-only identity and deleted; each time mosquitto_pub connects once more with the same
+/// chain, and the audit trail names the outcome.
+#[test]
+fn registry_changes_apply_to_the_next_connection() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    let hub = |args: &[&str]| certhub_at(d, &data, args);
+    let root = Ca::root("Company-X Root CA");
+    let factory = root.intermediate("Factory-Y CA");
+    std::fs::write(d.join("root.pem"), root.pem()).expect("root");
+    hub(&[
+        "ca",
+        "upload",
+        "--name",
+        "company-x",
+        "--file",
+        "root.pem",
+        "--verified",
+    ])
+    .ok();
+    let widget = factory.device("w-cached");
+    write_leaf(d, "cached", &widget, &[&factory.pem()]);
+    let ca = data.join("tls/server-ca.pem");
+    let connect = || {
+        mosquitto_pub(
+            d,
+            &Pub {
+                port: hub_process.mqtt_port,
+                ca: s(&ca),
+                widget: "cached",
+                client_id: "w-cached",
+                topic: "devices/w-cached/messages/events/",
+                message: "x",
+                extra: &[],
+            },
+        )
+        .status
+        .success()
+    };
+    let last_outcome = || {
+        let run = hub(&["audit", "connections", "--device", "w-cached", "--json"]).ok();
+        let log: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+        log[0]["outcome"].as_str().unwrap_or_default().to_string()
+    };
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "w-cached",
+        "--auth-method",
+        "x509-ca",
+    ])
+    .ok();
+    // Twice: the second connection is answered from what the first one read.
+    assert!(connect(), "admitted");
+    assert!(connect(), "admitted again");
+    hub(&[
+        "device", "update", "--id", "w-cached", "--status", "disabled",
+    ])
+    .ok();
+    assert!(!connect(), "disabled: refused");
+    assert_eq!(last_outcome(), "device-disabled");
+    hub(&[
+        "device", "update", "--id", "w-cached", "--status", "enabled",
+    ])
+    .ok();
+    assert!(connect(), "enabled again: admitted");
+    assert_eq!(last_outcome(), "ok");
+    hub(&["device", "delete", "--id", "w-cached"]).ok();
+    assert!(!connect(), "deleted: refused");
+    assert_eq!(last_outcome(), "device-not-found");
+    hub(&[
+        "device",
+        "create",
+        "--id",
+        "w-cached",
+        "--auth-method",
+        "shared-private-key",
+    ])
+    .ok();
+    assert!(
+        !connect(),
+        "now a SAS identity: the certificate is not enough"
+    );
+    assert_eq!(last_outcome(), "auth-method-mismatch");
+}
