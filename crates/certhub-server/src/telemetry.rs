@@ -20,7 +20,7 @@ pub struct TelemetryLog {
 }
 
 /// Most messages one transaction takes.
-const MAX_BATCH: usize = 512;
+const MAX_BATCH: usize = certhub_store::TELEMETRY_ROWS;
 
 impl TelemetryLog {
     /// Starts the writer; sequence numbers continue after the highest stored one.
@@ -29,12 +29,28 @@ impl TelemetryLog {
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         let (committed_tx, committed) = watch::channel(seq);
         tokio::spawn(async move {
-            let mut batch: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
-            while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            let mut pending: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+            loop {
+                if pending.is_empty() {
+                    if rx.recv_many(&mut pending, MAX_BATCH).await == 0 {
+                        break;
+                    }
+                } else {
+                    // Leftovers of the last round: top up without waiting.
+                    while pending.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(p) => pending.push(p),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                // A power of two of them: one statement, committed on its own (see
+                // `Store::append_telemetry`); the rest go first in the next round.
+                let take = 1 << pending.len().ilog2();
                 let first = seq + 1;
-                let mut records = Vec::with_capacity(batch.len());
-                let mut waiting = Vec::with_capacity(batch.len());
-                for p in batch.drain(..) {
+                let mut records = Vec::with_capacity(take);
+                let mut waiting = Vec::with_capacity(take);
+                for p in pending.drain(..take) {
                     seq += 1;
                     let mut record = p.record;
                     record.seq = seq;

@@ -28,7 +28,7 @@ impl Store {
     /// longer exist change nothing. An identity should appear once per kind in a batch.
     pub async fn write_bookkeeping(&self, b: &Bookkeeping) -> Result<()> {
         let mut tx = self.pool().begin().await?;
-        for chunk in crate::pow2_chunks(&b.audit) {
+        for chunk in crate::pow2_chunks(&b.audit, crate::MAX_ROWS) {
             let mut sql = String::from(
                 "INSERT INTO audit (id, at_ms, actor, operation, target, outcome, detail) VALUES ",
             );
@@ -52,7 +52,7 @@ impl Store {
             b.cas.iter().partition(|(_, m, _)| m.is_empty());
         // UPDATE ... FROM (VALUES ...): SQLite names the columns column1, column2, ... as
         // PostgreSQL does.
-        for chunk in crate::pow2_chunks(&device_activity) {
+        for chunk in crate::pow2_chunks(&device_activity, crate::MAX_ROWS) {
             let mut sql =
                 String::from("UPDATE devices SET last_activity_ms = v.column2 FROM (VALUES ");
             self.push_values(&mut sql, chunk.len(), 2);
@@ -63,7 +63,7 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        for chunk in crate::pow2_chunks(&module_activity) {
+        for chunk in crate::pow2_chunks(&module_activity, crate::MAX_ROWS) {
             let mut sql =
                 String::from("UPDATE modules SET last_activity_ms = v.column3 FROM (VALUES ");
             self.push_values(&mut sql, chunk.len(), 3);
@@ -76,7 +76,7 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        for chunk in crate::pow2_chunks(&device_cas) {
+        for chunk in crate::pow2_chunks(&device_cas, crate::MAX_ROWS) {
             let mut sql = String::from("UPDATE devices SET last_ca = v.column2 FROM (VALUES ");
             self.push_values(&mut sql, chunk.len(), 2);
             sql.push_str(") AS v WHERE devices.device_id = v.column1");
@@ -86,7 +86,7 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
-        for chunk in crate::pow2_chunks(&module_cas) {
+        for chunk in crate::pow2_chunks(&module_cas, crate::MAX_ROWS) {
             let mut sql = String::from("UPDATE modules SET last_ca = v.column3 FROM (VALUES ");
             self.push_values(&mut sql, chunk.len(), 3);
             sql.push_str(

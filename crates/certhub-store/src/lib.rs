@@ -31,7 +31,7 @@ pub use bookkeeping::Bookkeeping;
 pub use c2d::{C2dOutcome, C2dRecord, Enqueued, FeedbackRecord};
 pub use cas::CaRecord;
 pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
-pub use telemetry::TelemetryRecord;
+pub use telemetry::{TELEMETRY_ROWS, TelemetryRecord};
 pub use twins::TwinRecord;
 
 /// A storage failure. Messages name what failed; the server logs them and answers 500.
@@ -188,18 +188,18 @@ impl Store {
     }
 }
 
-/// Most rows one multi-row statement takes.
+/// Most rows one multi-row bookkeeping statement takes.
 pub(crate) const MAX_ROWS: usize = 128;
 
-/// Splits `items` into chunks of power-of-two lengths (the largest that fits, at most
-/// [`MAX_ROWS`]): statements of a few fixed shapes, which stay prepared in the connection's
+/// Splits `items` into chunks of power-of-two lengths (the largest that fits, at most `max`, a
+/// power of two): statements of a few fixed shapes, which stay prepared in the connection's
 /// statement cache.
-pub(crate) fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+pub(crate) fn pow2_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if items.is_empty() {
             return None;
         }
-        let rows = MAX_ROWS.min(1 << items.len().ilog2());
+        let rows = max.min(1 << items.len().ilog2());
         let (chunk, rest) = items.split_at(rows);
         items = rest;
         Some(chunk)
@@ -208,13 +208,20 @@ pub(crate) fn pow2_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
 
 #[cfg(test)]
 mod tests {
+    use super::MAX_ROWS;
+
     #[test]
     fn chunks_are_powers_of_two_and_cover_everything() {
         let items: Vec<usize> = (0..300).collect();
-        let sizes: Vec<usize> = super::pow2_chunks(&items).map(<[usize]>::len).collect();
+        let sizes: Vec<usize> = super::pow2_chunks(&items, MAX_ROWS)
+            .map(<[usize]>::len)
+            .collect();
         assert_eq!(sizes, [128, 128, 32, 8, 4]);
-        let again: Vec<usize> = super::pow2_chunks(&items).flatten().copied().collect();
+        let again: Vec<usize> = super::pow2_chunks(&items, MAX_ROWS)
+            .flatten()
+            .copied()
+            .collect();
         assert_eq!(again, items);
-        assert_eq!(super::pow2_chunks::<u8>(&[]).count(), 0);
+        assert_eq!(super::pow2_chunks::<u8>(&[], MAX_ROWS).count(), 0);
     }
 }

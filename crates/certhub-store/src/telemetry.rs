@@ -19,6 +19,9 @@ pub struct TelemetryRecord {
 
 /// Columns per row of the multi-row insert.
 const FIELDS: usize = 6;
+/// Rows one telemetry insert takes at most (6 x 512 parameters, under the limits of SQLite and
+/// PostgreSQL).
+pub const TELEMETRY_ROWS: usize = 512;
 
 impl Store {
     /// The highest sequence number stored (0 when empty).
@@ -30,31 +33,43 @@ impl Store {
     }
 
     /// Appends messages in one transaction: all of them are durable when this returns, or
-    /// none.
+    /// none. A power-of-two count up to [`TELEMETRY_ROWS`] is one statement, committed on its
+    /// own (one round trip to the database's thread); the telemetry writer sends such batches.
     pub async fn append_telemetry(&self, records: &[TelemetryRecord]) -> Result<()> {
+        if records.len().is_power_of_two() && records.len() <= TELEMETRY_ROWS {
+            return self.insert_telemetry(records, self.pool()).await;
+        }
         let mut tx = self.pool().begin().await?;
-        for chunk in crate::pow2_chunks(records) {
-            let rows = chunk.len();
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(self.insert_telemetry_sql(rows)));
-            for r in chunk {
-                q = q
-                    .bind(r.seq)
-                    .bind(r.device_id.as_str())
-                    .bind(r.module_id.as_deref())
-                    .bind(r.enqueued_ms)
-                    .bind(r.properties.as_str())
-                    .bind(r.body.as_slice());
-            }
-            let written = q.execute(&mut *tx).await?.rows_affected();
-            if written != rows as u64 {
-                // Only a duplicate sequence number could be skipped (see the SQL); it would
-                // mean a second writer, and a message acknowledged but not stored.
-                return Err(crate::StoreError::Corrupt(format!(
-                    "telemetry insert wrote {written} of {rows} rows (a sequence number was taken twice?)"
-                )));
-            }
+        for chunk in crate::pow2_chunks(records, TELEMETRY_ROWS) {
+            self.insert_telemetry(chunk, &mut *tx).await?;
         }
         tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_telemetry<'e, E>(&self, chunk: &[TelemetryRecord], on: E) -> Result<()>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        let rows = chunk.len();
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.insert_telemetry_sql(rows)));
+        for r in chunk {
+            q = q
+                .bind(r.seq)
+                .bind(r.device_id.as_str())
+                .bind(r.module_id.as_deref())
+                .bind(r.enqueued_ms)
+                .bind(r.properties.as_str())
+                .bind(r.body.as_slice());
+        }
+        let written = q.execute(on).await?.rows_affected();
+        if written != rows as u64 {
+            // Only a duplicate sequence number could be skipped (see the SQL); it would mean a
+            // second writer, and a message acknowledged but not stored.
+            return Err(crate::StoreError::Corrupt(format!(
+                "telemetry insert wrote {written} of {rows} rows (a sequence number was taken twice?)"
+            )));
+        }
         Ok(())
     }
 
