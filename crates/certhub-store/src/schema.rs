@@ -134,8 +134,11 @@ const STEPS: &[&str] = &[
         updated_ms BIGINT NOT NULL,
         PRIMARY KEY (device_id, module_id)
     )",
-    // 6: on SQLite, the telemetry sequence number becomes the row id (INTEGER PRIMARY KEY):
-    // one B-tree and one index per message instead of two B-trees and two indexes.
+    // 6: on SQLite, the telemetry sequence number becomes the row id (INTEGER PRIMARY KEY),
+    // and the log has no per-device index: one B-tree written per message instead of three.
+    // Keeping an index by device cost 40 % of the telemetry writer's throughput (every commit
+    // rewrote one index page per active device); a read for one device scans the log from its
+    // starting point instead.
     "CREATE TABLE telemetry_v6 (
         seq {SEQ_KEY},
         device_id TEXT NOT NULL,
@@ -147,8 +150,7 @@ const STEPS: &[&str] = &[
     INSERT INTO telemetry_v6 (seq, device_id, module_id, enqueued_ms, properties, body)
         SELECT seq, device_id, module_id, enqueued_ms, properties, body FROM telemetry;
     DROP TABLE telemetry;
-    ALTER TABLE telemetry_v6 RENAME TO telemetry;
-    CREATE INDEX telemetry_device ON telemetry (device_id, seq)",
+    ALTER TABLE telemetry_v6 RENAME TO telemetry",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {

@@ -90,6 +90,9 @@ impl Store {
     }
 
     /// Messages with a sequence number above `after`, oldest first, optionally of one device.
+    /// The log has no index by device: a read for one device scans from `after` until it has
+    /// `limit` messages or reaches the end. Reads run on the read-only connections (SQLite), so
+    /// a long scan never holds up the writers.
     pub async fn telemetry_after(
         &self,
         after: i64,
@@ -103,13 +106,13 @@ impl Store {
             .bind(after)
             .bind(d.to_string())
             .bind(limit)
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?,
             None => {
                 sqlx::query("SELECT * FROM telemetry WHERE seq > $1 ORDER BY seq LIMIT $2")
                     .bind(after)
                     .bind(limit)
-                    .fetch_all(self.pool())
+                    .fetch_all(self.reader())
                     .await?
             }
         };

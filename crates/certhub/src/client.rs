@@ -41,6 +41,8 @@ pub struct Answer {
     pub body: Value,
     /// The `ETag` header, unquoted.
     pub etag: Option<String>,
+    /// The `x-ms-continuation` header: where the next page starts.
+    pub continuation: Option<String>,
 }
 
 impl HubArgs {
@@ -159,9 +161,19 @@ impl Client {
             .get("etag")
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim_matches('"').to_string());
+        let continuation = resp
+            .headers()
+            .get("x-ms-continuation")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok(Answer { status, body, etag })
+        Ok(Answer {
+            status,
+            body,
+            etag,
+            continuation,
+        })
     }
 
     /// Like [`Client::send`], turning any status >= 300 into an error that quotes the hub.
@@ -172,6 +184,17 @@ impl Client {
         if_match: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Value> {
+        Ok(self.expect_answer(method, path, if_match, body)?.body)
+    }
+
+    /// Like [`Client::expect`], with the whole answer (headers included).
+    pub fn expect_answer(
+        &self,
+        method: &str,
+        path: &str,
+        if_match: Option<&str>,
+        body: Option<&Value>,
+    ) -> Result<Answer> {
         let a = self.send(method, path, if_match, body)?;
         if a.status >= 300 {
             let message = a.body["Message"].as_str().unwrap_or("(no message)");
@@ -179,7 +202,7 @@ impl Client {
             let (code, text) = message.split_once(';').unwrap_or(("", message));
             bail!("the hub answered {} {code}: {text}", a.status);
         }
-        Ok(a.body)
+        Ok(a)
     }
 }
 

@@ -44,8 +44,8 @@ pub fn run(cmd: MessagesCommand) -> Result<Outcome> {
         if let Some(d) = &a.device {
             path.push_str(&format!("&device={d}"));
         }
-        let page = client.expect("GET", &path, None, None)?;
-        let records = page.as_array().cloned().unwrap_or_default();
+        let answer = client.expect_answer("GET", &path, None, None)?;
+        let records = answer.body.as_array().cloned().unwrap_or_default();
         for r in &records {
             after = r["sequenceNumber"].as_i64().unwrap_or(after);
             let who = match r["moduleId"].as_str() {
@@ -66,6 +66,10 @@ pub fn run(cmd: MessagesCommand) -> Result<Outcome> {
             if a.count.is_some_and(|c| printed >= c) {
                 return Ok(Outcome::Ok);
             }
+        }
+        // The hub says where the next page starts: past messages of other devices it skipped.
+        if let Some(next) = answer.continuation.and_then(|c| c.parse::<i64>().ok()) {
+            after = after.max(next);
         }
         if records.is_empty() {
             idle += poll;

@@ -255,6 +255,29 @@ fn the_event_stream_is_live_and_resumes() {
         resumed.contains("id: 2") && !resumed.contains("id: 1\n"),
         "{resumed}"
     );
+    // Pages: x-ms-continuation is the next page's `from`. A full page continues after its last
+    // message; a read for a device with no messages moves past the ones it scanned.
+    let page = |query: &str| {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-i",
+                "--cacert",
+                s(&ca),
+                "-H",
+                &format!("Authorization: {token}"),
+                &format!("https://{}/messages/events?{query}", hub_process.host),
+            ])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_lowercase()
+    };
+    let full = page("from=0&top=1&device=smart-x-widget-0001");
+    assert!(full.contains("x-ms-continuation: 1\r\n"), "{full}");
+    assert!(full.contains("\"sequencenumber\":1"), "{full}");
+    let other = page("from=0&device=someone-else");
+    assert!(other.contains("x-ms-continuation: 2\r\n"), "{other}");
+    assert!(other.trim_end().ends_with("[]"), "{other}");
 }
 
 /// CleanSession=0 keeps the session (the Azure SDKs never subscribe again after a reconnect):

@@ -69,10 +69,15 @@ pub async fn stream(
                             (after, follow, queue),
                         ));
                     }
+                    // Everything up to here is committed and visible to the read below.
+                    let upto = *follow.borrow_and_update();
                     match store.telemetry_after(after, device.as_deref(), 500).await {
                         Ok(batch) if !batch.is_empty() => queue.extend(batch),
                         Ok(_) => {
-                            // Nothing new: wait for the next commit.
+                            // Nothing (for this device) up to `upto`: the next read starts
+                            // there rather than scanning the same messages again; then wait
+                            // for the next commit.
+                            after = after.max(upto);
                             if follow.changed().await.is_err() {
                                 return None;
                             }
@@ -98,10 +103,25 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     caller.require(Rights::SERVICE_CONNECT, "reading telemetry")?;
     let top = p.top.unwrap_or(100).clamp(1, 1000);
+    let from = p.from.unwrap_or(0);
+    // Everything up to here is committed and visible to the read below.
+    let upto = *state.telemetry().follow().borrow();
     let records = state
         .store()
-        .telemetry_after(p.from.unwrap_or(0), p.device.as_deref(), top)
+        .telemetry_after(from, p.device.as_deref(), top)
         .await?;
+    // Where the next page starts: after the last message returned when the page is full, else
+    // after everything this read examined (a device filter may have skipped much of it).
+    let last = records.last().map_or(from, |r| r.seq);
+    let next = if records.len() as i64 == top {
+        last
+    } else {
+        last.max(upto)
+    };
     let out: Vec<serde_json::Value> = records.iter().map(record_json).collect();
-    Ok(Json(out).into_response())
+    let mut response = Json(out).into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&next.to_string()) {
+        response.headers_mut().insert("x-ms-continuation", v);
+    }
+    Ok(response)
 }
