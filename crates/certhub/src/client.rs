@@ -197,10 +197,7 @@ impl Client {
     ) -> Result<Answer> {
         let a = self.send(method, path, if_match, body)?;
         if a.status >= 300 {
-            let message = a.body["Message"].as_str().unwrap_or("(no message)");
-            let message = message.strip_prefix("ErrorCode:").unwrap_or(message);
-            let (code, text) = message.split_once(';').unwrap_or(("", message));
-            bail!("the hub answered {} {code}: {text}", a.status);
+            return Err(hub_error(a.status, &a.body));
         }
         Ok(a)
     }
@@ -234,13 +231,18 @@ impl Client {
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status >= 300 {
-            let message = body["Message"].as_str().unwrap_or("(no message)");
-            let message = message.strip_prefix("ErrorCode:").unwrap_or(message);
-            let (code, text) = message.split_once(';').unwrap_or(("", message));
-            bail!("the hub answered {status} {code}: {text}");
+            return Err(hub_error(status, &body));
         }
         Ok((body, next))
     }
+}
+
+/// An error answer, quoting the hub's Azure-shaped message.
+fn hub_error(status: u16, body: &Value) -> anyhow::Error {
+    let message = body["Message"].as_str().unwrap_or("(no message)");
+    let message = message.strip_prefix("ErrorCode:").unwrap_or(message);
+    let (code, text) = message.split_once(';').unwrap_or(("", message));
+    anyhow::anyhow!("the hub answered {status} {code}: {text}")
 }
 
 pub fn print_json(v: &Value) {
