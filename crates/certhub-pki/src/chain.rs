@@ -142,8 +142,9 @@ pub struct TrustStore {
 
 /// Most issuers [`LinkCache`] remembers.
 const MAX_LINKS: usize = 4096;
-/// Most leaves one link remembers as verified (32 bytes each, plus the set's overhead).
-const MAX_LEAVES: usize = 1 << 18;
+/// Most leaves a store remembers as verified, over all its links (32 bytes each, plus the
+/// sets' overhead: about 50 MB at most).
+const MAX_LEAVES: usize = 1 << 20;
 
 /// What a successful verification proved about the part of a chain above the leaf: the leaf's
 /// issuer, with the certificates above it, reaches an anchor of this store for a usage. A later
@@ -159,6 +160,8 @@ const MAX_LEAVES: usize = 1 << 18;
 struct LinkCache {
     /// By the DER of the leaf's issuer.
     by_issuer: RwLock<HashMap<Vec<u8>, Link>>,
+    /// Leaves remembered, over all links.
+    leaves: std::sync::atomic::AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -314,10 +317,12 @@ impl TrustStore {
                 None,
             )
             .ok()?;
-            if let Ok(mut leaves) = link.leaves.write()
-                && leaves.len() < MAX_LEAVES
+            let remembered = &self.links.leaves;
+            if remembered.load(std::sync::atomic::Ordering::Relaxed) < MAX_LEAVES
+                && let Ok(mut leaves) = link.leaves.write()
+                && leaves.insert(digest)
             {
-                leaves.insert(digest);
+                remembered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         let anchor = &self.meta[link.anchor_index];
