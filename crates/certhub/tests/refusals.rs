@@ -23,6 +23,34 @@ fn write_leaf(dir: &Path, name: &str, leaf: &Leaf, chain: &[&str]) -> String {
     name.to_string()
 }
 
+/// Company-X's root CA, uploaded to the hub as verified under the name `company-x`.
+fn trusted_root(d: &Path, data: &Path) -> Ca {
+    let root = Ca::root("Company-X Root CA");
+    std::fs::write(d.join("root.pem"), root.pem()).expect("root");
+    certhub_at(
+        d,
+        data,
+        &[
+            "ca",
+            "upload",
+            "--name",
+            "company-x",
+            "--file",
+            "root.pem",
+            "--verified",
+        ],
+    )
+    .ok();
+    root
+}
+
+/// The audit trail's newest connection record of `id`, as JSON (outcome, detail, ...).
+fn last_connection(d: &Path, data: &Path, id: &str) -> serde_json::Value {
+    let run = certhub_at(d, data, &["audit", "connections", "--device", id, "--json"]).ok();
+    let log: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    log[0].clone()
+}
+
 #[test]
 fn refused_chains_are_named_in_the_audit_trail() {
     let t = tmp();
@@ -31,19 +59,8 @@ fn refused_chains_are_named_in_the_audit_trail() {
     let hub_process = start_hub(&data);
     let hub = |args: &[&str]| certhub_at(d, &data, args);
 
-    let root = Ca::root("Company-X Root CA");
+    let root = trusted_root(d, &data);
     let factory = root.intermediate("Factory-Y CA");
-    std::fs::write(d.join("root.pem"), root.pem()).expect("root");
-    hub(&[
-        "ca",
-        "upload",
-        "--name",
-        "company-x",
-        "--file",
-        "root.pem",
-        "--verified",
-    ])
-    .ok();
     let pending = Ca::root("Pending Root CA");
     std::fs::write(d.join("pending.pem"), pending.pem()).expect("pending");
     hub(&["ca", "upload", "--name", "pending", "--file", "pending.pem"]).ok();
@@ -175,9 +192,8 @@ fn refused_chains_are_named_in_the_audit_trail() {
             },
         );
         assert!(!out.status.success(), "{id} must be refused");
-        let run = hub(&["audit", "connections", "--device", id, "--json"]).ok();
-        let log: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
-        assert_eq!(log[0]["outcome"], *reason, "{id}: {log}");
+        let last = last_connection(d, &data, id);
+        assert_eq!(last["outcome"], *reason, "{id}: {last}");
     }
 
     // The good chain, for its own id, is admitted.
@@ -322,18 +338,7 @@ fn the_session_limit_answers_connack_3() {
         ],
     );
     let hub = |args: &[&str]| certhub_at(d, &data, args);
-    let root = Ca::root("Company-X Root CA");
-    std::fs::write(d.join("root.pem"), root.pem()).expect("root");
-    hub(&[
-        "ca",
-        "upload",
-        "--name",
-        "company-x",
-        "--file",
-        "root.pem",
-        "--verified",
-    ])
-    .ok();
+    let root = trusted_root(d, &data);
     for id in ["first", "second"] {
         write_leaf(d, id, &root.device(id), &[]);
         hub(&["device", "create", "--id", id, "--auth-method", "x509-ca"]).ok();
@@ -393,9 +398,8 @@ fn the_session_limit_answers_connack_3() {
         !refused.status.success(),
         "the second session is over the limit"
     );
-    let run = hub(&["audit", "connections", "--device", "second", "--json"]).ok();
-    let log: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
-    assert_eq!(log[0]["outcome"], "overloaded", "{log}");
+    let last = last_connection(d, &data, "second");
+    assert_eq!(last["outcome"], "overloaded", "{last}");
     let _ = holder.kill();
     let _ = holder.wait();
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -411,18 +415,7 @@ fn min_tls_version_is_enforced_on_devices() {
     let data = d.join("data");
     let hub_process = start_hub(&data);
     let hub = |args: &[&str]| certhub_at(d, &data, args);
-    let root = Ca::root("Company-X Root CA");
-    std::fs::write(d.join("root.pem"), root.pem()).expect("root");
-    hub(&[
-        "ca",
-        "upload",
-        "--name",
-        "company-x",
-        "--file",
-        "root.pem",
-        "--verified",
-    ])
-    .ok();
+    let root = trusted_root(d, &data);
     write_leaf(d, "w", &root.device("w-tls"), &[]);
     hub(&[
         "device",
@@ -467,9 +460,8 @@ sys.exit(0 if rc == [{expect}] else 1)
     hub(&["hub", "set", "--min-tls-version", "1.3"]).ok();
     std::thread::sleep(std::time::Duration::from_millis(1100));
     assert!(tls12(5), "with minTlsVersion 1.3, TLS 1.2 gets CONNACK 5");
-    let run = hub(&["audit", "connections", "--device", "w-tls", "--json"]).ok();
-    let log: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
-    assert_eq!(log[0]["outcome"], "tls-version", "{log}");
+    let last = last_connection(d, &data, "w-tls");
+    assert_eq!(last["outcome"], "tls-version", "{last}");
     let out = mosquitto_pub(
         d,
         &Pub {
@@ -496,19 +488,8 @@ fn registry_changes_apply_to_the_next_connection() {
     let data = d.join("data");
     let hub_process = start_hub(&data);
     let hub = |args: &[&str]| certhub_at(d, &data, args);
-    let root = Ca::root("Company-X Root CA");
+    let root = trusted_root(d, &data);
     let factory = root.intermediate("Factory-Y CA");
-    std::fs::write(d.join("root.pem"), root.pem()).expect("root");
-    hub(&[
-        "ca",
-        "upload",
-        "--name",
-        "company-x",
-        "--file",
-        "root.pem",
-        "--verified",
-    ])
-    .ok();
     let widget = factory.device("w-cached");
     write_leaf(d, "cached", &widget, &[&factory.pem()]);
     let ca = data.join("tls/server-ca.pem");
@@ -528,11 +509,7 @@ fn registry_changes_apply_to_the_next_connection() {
         .status
         .success()
     };
-    let last_outcome = || {
-        let run = hub(&["audit", "connections", "--device", "w-cached", "--json"]).ok();
-        let log: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
-        log[0]["outcome"].as_str().unwrap_or_default().to_string()
-    };
+    let last_outcome = || last_connection(d, &data, "w-cached")["outcome"].clone();
     hub(&[
         "device",
         "create",
