@@ -448,6 +448,22 @@ async fn live(mut conn: Box<Conn>, admitted: Admitted, state: AppState) {
     Box::pin(ended(&state, &device, &cn, end, will)).await;
 }
 
+/// A message of `id` for the telemetry log, enqueued now.
+fn telemetry_record(
+    id: &ClientId,
+    props: &certhub_core::MessageProperties,
+    body: Vec<u8>,
+) -> TelemetryRecord {
+    TelemetryRecord {
+        seq: 0,
+        device_id: id.device.to_string(),
+        module_id: id.module.as_ref().map(ModuleId::to_string),
+        enqueued_ms: now_ms(),
+        properties: serde_json::to_string(props).unwrap_or_default(),
+        body,
+    }
+}
+
 /// After a session: the will, last activity and the audit record.
 async fn ended(
     state: &AppState,
@@ -464,14 +480,7 @@ async fn ended(
                 props
                     .application
                     .insert("iothub-MessageType".into(), "Will".into());
-                let record = TelemetryRecord {
-                    seq: 0,
-                    device_id: device.id().device.to_string(),
-                    module_id: device.id().module.as_ref().map(ModuleId::to_string),
-                    enqueued_ms: now_ms(),
-                    properties: serde_json::to_string(&props).unwrap_or_default(),
-                    body: will_message,
-                };
+                let record = telemetry_record(device.id(), &props, will_message);
                 if let Err(e) = state.telemetry().append(record).await {
                     tracing::warn!(client_id = cn, error = %e, "will message not stored");
                 }
@@ -756,7 +765,7 @@ impl<'a> Session<'a> {
             .map_err(|r| End::Closed(format!("topic-not-allowed: {}", r.0)))?;
         match kind {
             DevicePublish::Telemetry(props) => {
-                let record = self.telemetry_record(&p, props);
+                let record = self.publish_record(&p, props);
                 // The PUBACK waits for the commit, without holding up the next packets.
                 let committed = self
                     .state
@@ -826,7 +835,7 @@ impl<'a> Session<'a> {
         let Ok(DevicePublish::Telemetry(props)) = classify_publish(self.id(), &p.topic) else {
             return Some(p);
         };
-        let record = self.telemetry_record(&p, props);
+        let record = self.publish_record(&p, props);
         match self.state.telemetry().try_submit(record) {
             Ok(committed) => {
                 self.owe_telemetry(&p, committed);
@@ -836,7 +845,7 @@ impl<'a> Session<'a> {
         }
     }
 
-    fn telemetry_record(
+    fn publish_record(
         &self,
         p: &rmqtt_codec::types::Publish,
         mut props: certhub_core::MessageProperties,
@@ -846,15 +855,7 @@ impl<'a> Session<'a> {
                 .application
                 .insert("mqtt-retain".into(), "true".into());
         }
-        let id = self.id();
-        TelemetryRecord {
-            seq: 0,
-            device_id: id.device.to_string(),
-            module_id: id.module.as_ref().map(ModuleId::to_string),
-            enqueued_ms: now_ms(),
-            properties: serde_json::to_string(&props).unwrap_or_default(),
-            body: p.payload.to_vec(),
-        }
+        telemetry_record(self.id(), &props, p.payload.to_vec())
     }
 
     /// The PUBACK a QoS 1 message is owed once `committed`; QoS 0 is counted now.
