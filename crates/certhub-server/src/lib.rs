@@ -10,6 +10,7 @@
 
 pub mod api;
 mod bookkeeper;
+pub mod data_dir;
 pub mod device_tls;
 mod listener;
 pub mod metrics;

@@ -60,14 +60,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
     }
 }
 
-/// Writes a file atomically (temporary name, then rename); private keys are 0600.
-fn write(path: &Path, contents: &str, secret: bool) -> Result<(), TlsError> {
+/// Writes a file atomically (temporary name, then rename), owner-only like everything in the
+/// data directory.
+fn write(path: &Path, contents: &str) -> Result<(), TlsError> {
     let tmp = path.with_extension("partial");
     let _ = fs::remove_file(&tmp);
     let mut opts = OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
-    opts.mode(if secret { 0o600 } else { 0o644 });
+    opts.mode(0o600);
     let mut f = opts.open(&tmp).map_err(io(&tmp))?;
     f.write_all(contents.as_bytes())
         .and_then(|_| f.sync_all())
@@ -100,7 +101,11 @@ pub fn load_or_create(
     hostnames: &[String],
     now: OffsetDateTime,
 ) -> Result<ServerIdentity, TlsError> {
-    fs::create_dir_all(dir).map_err(io(dir))?;
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(io(dir))?;
     let ca_path = dir.join("server-ca.pem");
     let ca_key_path = dir.join("server-ca.key");
     let cert_path = dir.join("server.pem");
@@ -119,8 +124,8 @@ pub fn load_or_create(
                 source,
             },
         )?;
-        write(&ca_key_path, &made.key_pem, true)?;
-        write(&ca_path, &made.pem, false)?;
+        write(&ca_key_path, &made.key_pem)?;
+        write(&ca_path, &made.pem)?;
         let _ = fs::remove_file(&cert_path);
         created_ca = true;
     }
@@ -164,8 +169,8 @@ pub fn load_or_create(
             .map_err(pki(&ca_path))?;
             let (key_pem, cert) =
                 server_certificate(&issuer, hostnames, 397, now).map_err(pki(&cert_path))?;
-            write(&key_path, &key_pem, true)?;
-            write(&cert_path, &cert.pem, false)?;
+            write(&key_path, &key_pem)?;
+            write(&cert_path, &cert.pem)?;
             issued_certificate = true;
             vec![cert.der]
         }

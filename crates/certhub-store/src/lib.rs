@@ -73,7 +73,23 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path`, in WAL mode.
+    /// A new database file is created readable by its owner only (it holds every key): SQLite
+    /// gives its `-wal` and `-shm` files the database's mode.
     pub async fn open_sqlite(path: &Path) -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::Db(sqlx::Error::Io(e))),
+            }
+        }
         let url = format!("sqlite://{}?mode=rwc", path.display());
         Self::open(&url).await
     }

@@ -311,10 +311,11 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("{}: cannot create the data directory", data_dir.display()))?;
     let path = data_dir.join("hub.lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let file = options
         .open(&path)
         .with_context(|| format!("{}: cannot open the lock file", path.display()))?;
     match file.try_lock() {
@@ -406,6 +407,14 @@ async fn serve(config: Config) -> Result<Outcome> {
         .with_writer(std::io::stderr)
         .try_init();
 
+    // The data directory holds every key: owner-only, and refused if others can write it.
+    let secured = certhub_server::data_dir::secure(&config.data_dir)?;
+    for (path, mode) in &secured.paths {
+        tracing::warn!(
+            path = %path.display(),
+            "was readable or writable by other users (mode {mode:o}); now owner-only"
+        );
+    }
     // The hub keeps the identities devices connect with in memory: the embedded database
     // must have no second hub writing to it.
     let _data_dir_lock = match config.database_url {
