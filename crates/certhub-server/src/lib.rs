@@ -5,16 +5,18 @@
 //! `certhub-store`.
 //!
 //! Built from values so tests can run a hub on `127.0.0.1:0` with their own shutdown signal:
-//! `certhub_server::serve_https(listener, tls_config, state, shutdown)`.
+//! `certhub_server::serve_https(listener, tls, router, state, options, shutdown)`.
 #![forbid(unsafe_code)]
 
 pub mod api;
 mod bookkeeper;
 pub mod data_dir;
 pub mod device_tls;
+pub mod gate;
 mod listener;
 pub mod metrics;
 mod mqtt;
+pub mod refusals;
 pub mod sessions;
 mod telemetry;
 pub mod tls;
@@ -22,5 +24,5 @@ mod trust;
 mod twins;
 
 pub use api::{AppState, C2D_FEEDBACK_TTL_MS, router};
-pub use listener::serve_https;
+pub use listener::{HttpsOptions, HttpsTls, serve_https};
 pub use mqtt::{MqttOptions, serve_mqtt};

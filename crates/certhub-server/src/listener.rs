@@ -1,27 +1,117 @@
 //! The HTTPS accept loop: TLS with a handshake deadline, then HTTP/1.1 or HTTP/2 through hyper,
 //! one task per connection.
+//!
+//! What a client that never finishes costs is bounded: a ClientHello within 3 s and the
+//! handshake within 10 s of the accept (pending handshakes go through the same [`Gate`] as the
+//! device listener's, so stalled ones are closed oldest first to make room), HTTP/1.1 request
+//! headers within 10 s of the connection starting to wait for them (which also closes a
+//! keep-alive connection idle that long), HTTP/2 connections pinged and closed when the peer
+//! stops answering, and at most `per_source` connections from one address at once.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::LazyConfigAcceptor;
 
+use crate::api::AppState;
+use crate::gate::{Gate, GateLimits, Pending};
+
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// A handshake that takes longer than this is dropped (slow or idle clients hold no task).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request headers must arrive this soon after the connection waits for them: a client that
+/// sends a header line every few seconds is closed, and so is a keep-alive connection idle for
+/// this long.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 connections are pinged this often, and closed when a ping goes unanswered this long.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The two TLS configurations of the HTTPS listener: which one a client gets depends on the
+/// hub's minTlsVersion when its ClientHello arrives, so a change applies to the next
+/// handshake.
+#[derive(Debug, Clone)]
+pub struct HttpsTls {
+    pub tls12_and_13: Arc<rustls::ServerConfig>,
+    pub tls13_only: Arc<rustls::ServerConfig>,
+}
+
+/// Limits of the HTTPS listener.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpsOptions {
+    /// Connections from one source address at once (for their whole life); more are closed at
+    /// accept.
+    pub per_source: usize,
+    /// Connections still in their TLS handshake.
+    pub pending: GateLimits,
+}
+
+impl Default for HttpsOptions {
+    fn default() -> Self {
+        Self {
+            per_source: 256,
+            pending: GateLimits::default(),
+        }
+    }
+}
+
+/// Live connections per source address.
+#[derive(Debug, Default)]
+struct PerSource {
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+struct SourceSlot {
+    table: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.table.counts.lock()
+            && let Some(n) = m.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl PerSource {
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut m = self.counts.lock().ok()?;
+        let n = m.entry(ip).or_default();
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
 
 /// Serves `app` over TLS on `listener` until `shutdown` completes.
 pub async fn serve_https(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: HttpsTls,
     app: axum::Router,
+    state: AppState,
+    options: HttpsOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
+    let gate = Gate::new(options.pending);
+    let sources = Arc::new(PerSource::default());
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -36,27 +126,99 @@ pub async fn serve_https(
                 }
             },
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    return;
-                }
-            };
-            let service = TowerToHyperService::new(app);
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(tls), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+        let Some(slot) = sources.take(peer.ip(), options.per_source) else {
+            state.metrics().dropped("https", "connections-per-source");
+            drop(tcp);
+            continue;
+        };
+        let pending = gate.admit(peer.ip());
+        tokio::spawn(connection(
+            tcp,
+            peer,
+            slot,
+            pending,
+            tls.clone(),
+            app.clone(),
+            state.clone(),
+        ));
+    }
+}
+
+async fn connection(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    _slot: SourceSlot,
+    mut pending: Pending,
+    tls: HttpsTls,
+    app: axum::Router,
+    state: AppState,
+) {
+    let accepted = tokio::time::Instant::now();
+    let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let start = tokio::select! {
+        evicted = &mut pending.evicted => {
+            if let Ok(why) = evicted {
+                state.metrics().dropped("https", why.as_str());
             }
-        });
+            return;
+        }
+        r = tokio::time::timeout_at(accepted + CLIENT_HELLO_TIMEOUT, lazy) => match r {
+            Ok(Ok(start)) => start,
+            _ => {
+                tracing::debug!(%peer, "no valid ClientHello in time");
+                return;
+            }
+        },
+    };
+    // minTlsVersion as it is now: a TLS 1.2 client of a 1.3-only hub gets a protocol_version
+    // alert from the handshake, as Azure answers.
+    let tls13_only = state
+        .settings()
+        .await
+        .map(|s| s.min_tls_version == "1.3")
+        .unwrap_or(true);
+    let config = if tls13_only {
+        tls.tls13_only
+    } else {
+        tls.tls12_and_13
+    };
+    let tls = tokio::select! {
+        evicted = &mut pending.evicted => {
+            if let Ok(why) = evicted {
+                state.metrics().dropped("https", why.as_str());
+            }
+            return;
+        }
+        r = tokio::time::timeout_at(accepted + HANDSHAKE_TIMEOUT, start.into_stream(config)) => match r {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        },
+    };
+    drop(pending);
+    let service = TowerToHyperService::new(app);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_INTERVAL)
+        .keep_alive_timeout(H2_PING_TIMEOUT)
+        .max_concurrent_streams(100)
+        .max_header_list_size(64 * 1024);
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(tls), service)
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
     }
 }

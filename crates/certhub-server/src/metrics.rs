@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub struct Metrics {
     connects: Mutex<BTreeMap<String, u64>>,
+    dropped: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     telemetry: AtomicU64,
 }
 
@@ -18,6 +19,14 @@ impl Metrics {
     pub fn connect(&self, outcome: &str) {
         if let Ok(mut m) = self.connects.lock() {
             *m.entry(outcome.to_string()).or_default() += 1;
+        }
+    }
+
+    /// Counts a connection the hub closed before it proved anything: evicted to make room for
+    /// a newer one, or from a source that used up its refusals, or answered from memory.
+    pub fn dropped(&self, listener: &'static str, reason: &'static str) {
+        if let Ok(mut m) = self.dropped.lock() {
+            *m.entry((listener, reason)).or_default() += 1;
         }
     }
 
@@ -35,6 +44,16 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "certhub_device_connects_total{{outcome=\"{outcome}\"}} {n}"
+                );
+            }
+        }
+        out.push_str("# HELP certhub_connections_dropped_total Connections closed before they proved anything, by listener and reason: pending-per-source and pending-total (the oldest unauthenticated connection closed to make room), refusal-rate-source (the source used up its refused connections; closed at accept), refusal-rate-client-id (a client id that used up its refusals presented the credential refused last time; refused from memory).\n");
+        out.push_str("# TYPE certhub_connections_dropped_total counter\n");
+        if let Ok(m) = self.dropped.lock() {
+            for ((listener, reason), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "certhub_connections_dropped_total{{listener=\"{listener}\",reason=\"{reason}\"}} {n}"
                 );
             }
         }

@@ -20,6 +20,9 @@ use rmqtt_codec::types::QoS;
 use rmqtt_codec::v3::{Codec, ConnectAck, ConnectAckReason, Packet, SubscribeReturnCode};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+
+use crate::gate::{Eviction, Gate, GateLimits, Pending};
+use crate::refusals::{Record, RefusalLimits, Refusals};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::codec::Framed;
 
@@ -30,13 +33,14 @@ use crate::sessions::{Mail, MethodReply, Outbound};
 const MAX_PACKET: u32 = 256 * 1024 + 4096;
 /// Initial read and write buffer of a session's codec.
 const IDLE_BUFFER: usize = 1024;
+/// A connection must send its ClientHello this soon after TCP accepts it (it is the first
+/// thing a TLS client sends), and finish its handshake within `HANDSHAKE_TIMEOUT` of the
+/// accept.
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Azure's server-side keep-alive cap.
 const MAX_KEEP_ALIVE: Duration = Duration::from_secs(1767);
-/// At most this many TLS handshakes past their ClientHello at once; more wait (a flood of
-/// handshakes cannot starve CONNECT handling of CPU).
-const MAX_HANDSHAKES: usize = 256;
 
 type Conn = Framed<tokio_rustls::server::TlsStream<TcpStream>, Codec>;
 
@@ -50,14 +54,29 @@ pub struct MqttOptions {
     /// Live sessions at most; a CONNECT beyond it is answered CONNACK 3 (server unavailable),
     /// which the Azure SDKs retry.
     pub max_sessions: usize,
+    /// Connections that have not yet sent CONNECT, per source address and in all.
+    pub pending: GateLimits,
+    /// Refused CONNECTs per source address and per client id, and their audit records.
+    pub refusals: RefusalLimits,
 }
 
 impl Default for MqttOptions {
     fn default() -> Self {
         Self {
             max_sessions: 100_000,
+            pending: GateLimits::default(),
+            refusals: RefusalLimits::default(),
         }
     }
+}
+
+/// What a device connection needs of its listener.
+struct Listener {
+    tls: Arc<rustls::ServerConfig>,
+    state: AppState,
+    slots: Arc<Semaphore>,
+    gate: Arc<Gate>,
+    refusals: Arc<Refusals>,
 }
 
 /// Serves devices on `listener` until `shutdown` completes.
@@ -68,8 +87,42 @@ pub async fn serve_mqtt(
     options: MqttOptions,
     shutdown: impl Future<Output = ()>,
 ) {
-    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-    let slots = Arc::new(Semaphore::new(options.max_sessions));
+    let listener_state = Arc::new(Listener {
+        tls,
+        state: state.clone(),
+        slots: Arc::new(Semaphore::new(options.max_sessions)),
+        gate: Gate::new(options.pending),
+        refusals: Arc::new(Refusals::new(options.refusals)),
+    });
+    // Repeated refusals are written as one record with their count when their window ends.
+    let flusher = {
+        let (refusals, state) = (listener_state.refusals.clone(), state.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                for r in refusals.flush(now_ms()) {
+                    let detail = format!(
+                        "{} identical refusals from {} between {} and {}; the last: {}",
+                        r.count,
+                        r.source,
+                        certhub_core::azure_time(r.first_ms),
+                        certhub_core::azure_time(r.last_ms),
+                        r.detail
+                    );
+                    let record = AuditRecord::new(
+                        r.last_ms,
+                        "device",
+                        "device.connect",
+                        &format!("devices/{}", bounded(&r.client_id, 256)),
+                        r.reason,
+                        &bounded(&detail, 4096),
+                    )
+                    .with_count(i64::try_from(r.count).unwrap_or(i64::MAX));
+                    state.bookkeeper().audit(record).await;
+                }
+            }
+        })
+    };
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
@@ -83,65 +136,92 @@ pub async fn serve_mqtt(
                 }
             },
         };
-        let (tls_config, state, handshakes, slots) = (
-            tls.clone(),
-            state.clone(),
-            handshakes.clone(),
-            slots.clone(),
-        );
-        tokio::spawn(async move {
-            // Waiting for a ClientHello costs nothing but a socket: idle or slow connections
-            // hold no handshake slot. The slot is taken for the expensive part only.
-            let started = tokio::time::Instant::now();
-            let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-            let start = match tokio::time::timeout(HANDSHAKE_TIMEOUT, lazy).await {
-                Ok(Ok(start)) => start,
-                _ => {
-                    tracing::debug!(%peer, "no valid ClientHello in time");
-                    return;
-                }
-            };
-            let tls = {
-                let Ok(_permit) = handshakes.acquire().await else {
-                    return;
-                };
-                let left = HANDSHAKE_TIMEOUT.saturating_sub(started.elapsed());
-                match tokio::time::timeout(left, start.into_stream(tls_config)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "device TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "device TLS handshake timed out");
-                        return;
-                    }
-                }
-            };
-            let chain: Vec<CertificateDer<'static>> = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|c| c.to_vec())
-                .unwrap_or_default();
-            let tls13 =
-                tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
-            // Small buffers for CONNECT (the read buffer grows for a large packet; the session
-            // drops both once admitted): Framed's default 8 KiB read and write buffers were a
-            // third of an idle session's heap.
-            // On the heap once: the futures that own it hold a pointer (an async fn keeps its
-            // arguments for its whole life, so a connection passed by value through two of
-            // them would take its 1.3 KB twice).
-            let conn = Box::new(Framed::with_capacity(
-                tls,
-                Codec::new(MAX_PACKET),
-                IDLE_BUFFER,
-            ));
-            // A task of its own: this one's memory (sized for the handshake's state) is freed,
-            // and the session's is sized for the session alone.
-            tokio::spawn(session(conn, chain, peer, state, slots, tls13));
-        });
+        if listener_state.refusals.source_blocked(peer.ip(), now_ms()) {
+            // Closed before any TLS work: this source's recent connections were all refused.
+            state.metrics().dropped("mqtt", "refusal-rate-source");
+            drop(tcp);
+            continue;
+        }
+        let pending = listener_state.gate.admit(peer.ip());
+        tokio::spawn(handshake(tcp, peer, pending, listener_state.clone()));
     }
+    flusher.abort();
+}
+
+/// Waits for what `pending`'s client owes (`what`), unless the gate closes the connection
+/// first to make room or the deadline passes.
+async fn owed<T>(
+    pending: &mut Pending,
+    deadline: tokio::time::Instant,
+    what: impl Future<Output = T>,
+    state: &AppState,
+) -> Option<T> {
+    tokio::select! {
+        evicted = &mut pending.evicted => {
+            if let Ok(why) = evicted {
+                state.metrics().dropped("mqtt", Eviction::as_str(why));
+            }
+            None
+        }
+        r = tokio::time::timeout_at(deadline, what) => r.ok(),
+    }
+}
+
+/// TLS up to an established connection. Waiting for the device costs a socket and a place at
+/// the gate, nothing a legitimate device waits for: there is no handshake slot to hold.
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mut pending: Pending,
+    listener: Arc<Listener>,
+) {
+    let accepted = tokio::time::Instant::now();
+    let state = &listener.state;
+    let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let Some(Ok(start)) = owed(&mut pending, accepted + CLIENT_HELLO_TIMEOUT, lazy, state).await
+    else {
+        tracing::debug!(%peer, "no valid ClientHello in time");
+        return;
+    };
+    let tls = match owed(
+        &mut pending,
+        accepted + HANDSHAKE_TIMEOUT,
+        start.into_stream(listener.tls.clone()),
+        state,
+    )
+    .await
+    {
+        Some(Ok(tls)) => tls,
+        Some(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "device TLS handshake failed");
+            return;
+        }
+        None => {
+            tracing::debug!(%peer, "device TLS handshake timed out or was evicted");
+            return;
+        }
+    };
+    let chain: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let tls13 = tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    // Small buffers for CONNECT (the read buffer grows for a large packet; the session
+    // drops both once admitted): Framed's default 8 KiB read and write buffers were a
+    // third of an idle session's heap.
+    // On the heap once: the futures that own it hold a pointer (an async fn keeps its
+    // arguments for its whole life, so a connection passed by value through two of
+    // them would take its 1.3 KB twice).
+    let conn = Box::new(Framed::with_capacity(
+        tls,
+        Codec::new(MAX_PACKET),
+        IDLE_BUFFER,
+    ));
+    // A task of its own: this one's memory (sized for the handshake's state) is freed,
+    // and the session's is sized for the session alone.
+    tokio::spawn(session(conn, chain, peer, pending, listener, tls13));
 }
 
 fn now_ms() -> i64 {
@@ -237,6 +317,39 @@ async fn connack(conn: &mut Conn, code: ConnectAckReason) {
     .await;
 }
 
+/// What identifies the credential a device presented, for telling a repeat of a refused
+/// attempt from a different one: the SHA-256 of the leaf, else of the SAS password.
+fn credential(chain: &[CertificateDer<'_>], password: Option<&[u8]>) -> [u8; 32] {
+    let bytes: &[u8] = match (chain.first(), password) {
+        (Some(leaf), _) => leaf.as_ref(),
+        (None, Some(p)) => p,
+        (None, None) => b"",
+    };
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
+}
+
+/// Audits a refused CONNECT, unless it repeats one written within the collapse window (it is
+/// counted into that record's summary).
+async fn refused(
+    listener: &Listener,
+    peer: SocketAddr,
+    client_id: &str,
+    credential: &[u8; 32],
+    reason: &'static str,
+    detail: String,
+) {
+    let record =
+        listener
+            .refusals
+            .refused(peer.ip(), client_id, credential, reason, &detail, now_ms());
+    if record == Record::Write {
+        audit(&listener.state, "device.connect", client_id, reason, detail).await;
+    }
+}
+
 /// What the CONNECT decision hands to the live session: only what the session needs, so that
 /// nothing of the connection phase (the presented chain, the registry row, settings and
 /// policies, the CONNECT packet and its buffer) stays in memory for the session's lifetime.
@@ -255,12 +368,14 @@ async fn session(
     mut conn: Box<Conn>,
     chain: Vec<CertificateDer<'static>>,
     peer: SocketAddr,
-    state: AppState,
-    slots: Arc<Semaphore>,
+    pending: Pending,
+    listener: Arc<Listener>,
     tls13: bool,
 ) {
+    let state = listener.state.clone();
     // The connection phase runs in its own allocation, freed when it ends.
-    let Some(admitted) = Box::pin(admit(&mut conn, chain, peer, &state, slots, tls13)).await else {
+    let Some(admitted) = Box::pin(admit(&mut conn, chain, peer, pending, &listener, tls13)).await
+    else {
         return;
     };
     // The CONNECT packet's buffer is no longer needed: an idle session holds none (it grows
@@ -279,15 +394,19 @@ async fn admit(
     conn: &mut Conn,
     chain: Vec<CertificateDer<'static>>,
     peer: SocketAddr,
-    state: &AppState,
-    slots: Arc<Semaphore>,
+    mut pending: Pending,
+    listener: &Listener,
     tls13: bool,
 ) -> Option<Admitted> {
-    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, conn.next()).await {
-        Ok(Some(Ok((Packet::Connect(c), _)))) => c,
+    let state = &listener.state;
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    let connect = match owed(&mut pending, deadline, conn.next(), state).await {
+        Some(Some(Ok((Packet::Connect(c), _)))) => c,
         _ => return None,
     };
-    let Ok(slot) = slots.try_acquire_owned() else {
+    // The device has said who it claims to be; what follows is the hub's work.
+    drop(pending);
+    let Ok(slot) = listener.slots.clone().try_acquire_owned() else {
         let client_id = connect.client_id.to_string();
         tracing::warn!(client_id, %peer, "device session limit reached");
         state.metrics().connect("overloaded");
@@ -304,6 +423,19 @@ async fn admit(
     };
     let client_id = connect.client_id.to_string();
     let username = connect.username.as_ref().map(|u| u.to_string());
+    let credential = credential(&chain, connect.password.as_deref());
+    if let Some(r) = listener
+        .refusals
+        .remembered(&client_id, &credential, now_ms())
+    {
+        // This client id used up its refusals and presents what was refused last time: the
+        // same answer, without a registry read or a chain check.
+        state.metrics().dropped("mqtt", "refusal-rate-client-id");
+        state.metrics().connect(r.reason);
+        refused(listener, peer, &client_id, &credential, r.reason, r.detail).await;
+        connack(conn, ConnectAckReason::NotAuthorized).await;
+        return None;
+    }
     let registered = match ClientId::parse(&client_id) {
         Ok(id) => match Box::pin(lookup(state, &id)).await {
             Ok(r) => r,
@@ -358,7 +490,15 @@ async fn admit(
                 presented(&chain)
             );
             state.metrics().connect(refusal.reason);
-            audit(state, "device.connect", &client_id, refusal.reason, detail).await;
+            refused(
+                listener,
+                peer,
+                &client_id,
+                &credential,
+                refusal.reason,
+                detail,
+            )
+            .await;
             connack(conn, ConnectAckReason::NotAuthorized).await;
             return None;
         }

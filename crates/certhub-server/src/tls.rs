@@ -197,16 +197,24 @@ impl ServerIdentity {
     }
 
     /// The rustls configuration for the HTTPS listener (TLS 1.2 and 1.3, HTTP/2 and 1.1).
-    pub fn https_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    /// The HTTPS listener's configurations: TLS 1.2 and 1.3, and TLS 1.3 only (for
+    /// minTlsVersion 1.3).
+    pub fn https_config(&self) -> Result<crate::listener::HttpsTls, TlsError> {
         let key = PrivateKeyDer::from_pem_file(&self.key_path).map_err(|_| TlsError::Key {
             path: self.key_path.clone(),
         })?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut config = rustls::ServerConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-            .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), key)?;
-        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        Ok(Arc::new(config))
+        let make = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+            let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
+                .with_protocol_versions(versions)?
+                .with_no_client_auth()
+                .with_single_cert(self.chain.clone(), key.clone_key())?;
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Ok::<_, TlsError>(Arc::new(config))
+        };
+        Ok(crate::listener::HttpsTls {
+            tls12_and_13: make(&[&rustls::version::TLS13, &rustls::version::TLS12])?,
+            tls13_only: make(&[&rustls::version::TLS13])?,
+        })
     }
 }

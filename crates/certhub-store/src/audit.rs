@@ -22,6 +22,9 @@ pub struct AuditRecord {
     /// `ok`, or the refusal.
     pub outcome: String,
     pub detail: String,
+    /// How many identical events this record stands for: 1, or more for refused connections
+    /// that repeated within a window (the detail says when).
+    pub count: i64,
 }
 
 /// Which audit records to list; empty fields match everything. `target` also matches what
@@ -54,7 +57,14 @@ impl AuditRecord {
             target: target.into(),
             outcome: outcome.into(),
             detail: detail.into(),
+            count: 1,
         }
+    }
+
+    /// The same record standing for `count` identical events.
+    pub fn with_count(mut self, count: i64) -> Self {
+        self.count = count;
+        self
     }
 }
 
@@ -63,8 +73,8 @@ pub(crate) fn insert_audit(
     r: &AuditRecord,
 ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
-        "INSERT INTO audit (id, at_ms, actor, operation, target, outcome, detail)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO audit (id, at_ms, actor, operation, target, outcome, detail, count)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(r.id.clone())
     .bind(r.at_ms)
@@ -73,6 +83,7 @@ pub(crate) fn insert_audit(
     .bind(r.target.clone())
     .bind(r.outcome.clone())
     .bind(r.detail.clone())
+    .bind(r.count)
 }
 
 impl Store {
@@ -118,6 +129,7 @@ impl Store {
                     target: row.try_get("target")?,
                     outcome: row.try_get("outcome")?,
                     detail: row.try_get("detail")?,
+                    count: row.try_get("count")?,
                 })
             })
             .collect()

@@ -30,9 +30,9 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         for chunk in crate::pow2_chunks(&b.audit, crate::MAX_ROWS) {
             let mut sql = String::from(
-                "INSERT INTO audit (id, at_ms, actor, operation, target, outcome, detail) VALUES ",
+                "INSERT INTO audit (id, at_ms, actor, operation, target, outcome, detail, count) VALUES ",
             );
-            self.push_values(&mut sql, chunk.len(), 7);
+            self.push_values(&mut sql, chunk.len(), 8);
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for r in chunk {
                 q = q
@@ -42,7 +42,8 @@ impl Store {
                     .bind(r.operation.as_str())
                     .bind(r.target.as_str())
                     .bind(r.outcome.as_str())
-                    .bind(r.detail.as_str());
+                    .bind(r.detail.as_str())
+                    .bind(r.count);
             }
             q.execute(&mut *tx).await?;
         }

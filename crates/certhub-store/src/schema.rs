@@ -151,6 +151,8 @@ const STEPS: &[&str] = &[
         SELECT seq, device_id, module_id, enqueued_ms, properties, body FROM telemetry;
     DROP TABLE telemetry;
     ALTER TABLE telemetry_v6 RENAME TO telemetry",
+    // 7: an audit record may stand for identical refused connections that repeated.
+    "ALTER TABLE audit ADD COLUMN count BIGINT NOT NULL DEFAULT 1",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {

@@ -97,12 +97,18 @@ fn print_records(v: &serde_json::Value, json: bool) {
             let at = certhub_core::azure_time(r["atMs"].as_i64().unwrap_or(0));
             let s = |k: &str| r[k].as_str().unwrap_or("").to_string();
             let detail = s("detail");
+            let count = r["count"].as_i64().unwrap_or(1);
             out!(
-                "{at}  {:<12} {:<22} {:<36} {}{}",
+                "{at}  {:<12} {:<22} {:<36} {}{}{}",
                 s("actor"),
                 s("operation"),
                 s("target"),
                 s("outcome"),
+                if count > 1 {
+                    format!(" (x{count})")
+                } else {
+                    String::new()
+                },
                 if detail.is_empty() {
                     String::new()
                 } else {

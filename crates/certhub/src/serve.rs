@@ -18,7 +18,9 @@ pub const EXIT_CONFIG: u8 = 64;
 pub struct ServeArgs {
     /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, database_url,
     /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages,
-    /// c2d_max_pending, c2d_max_deliveries, audit_retention, audit_max_records).
+    /// c2d_max_pending, c2d_max_deliveries, audit_retention, audit_max_records,
+    /// refusals_per_source, refusals_per_client_id, pending_per_source, pending_total,
+    /// https_connections_per_source, refusal_audit_window).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory: SQLite database, the hub's TLS files [default: ./certhub-data].
@@ -58,6 +60,31 @@ pub struct ServeArgs {
     /// Most audit records kept; the oldest go first [default: 1000000].
     #[arg(long)]
     audit_max_records: Option<String>,
+    /// Refused device connections a minute from one source address; past them its new
+    /// connections are closed at accept until the budget refills; 0 turns it off [default: 60].
+    #[arg(long)]
+    refusals_per_source: Option<String>,
+    /// Refused CONNECTs a minute of one client id; past them the credential refused last
+    /// time gets the same answer from memory (any other credential is judged); 0 turns it off
+    /// [default: 6].
+    #[arg(long)]
+    refusals_per_client_id: Option<String>,
+    /// Device connections that have not sent CONNECT yet from one source address; another
+    /// closes that source's oldest [default: an eighth of pending_total].
+    #[arg(long)]
+    pending_per_source: Option<String>,
+    /// Device connections that have not sent CONNECT yet in all; another closes the oldest
+    /// [default: a quarter of the file limit, 256 to 16384].
+    #[arg(long)]
+    pending_total: Option<String>,
+    /// HTTPS connections from one source address at once; more are closed at accept
+    /// [default: 256].
+    #[arg(long)]
+    https_connections_per_source: Option<String>,
+    /// Seconds in which identical refused CONNECTs (client id, reason, source address) make
+    /// one audit record, with their count; 0 writes every one [default: 60].
+    #[arg(long)]
+    refusal_audit_window: Option<String>,
 }
 
 /// The TOML file's keys; anything else is an error that names the key.
@@ -77,6 +104,12 @@ struct FileConfig {
     c2d_max_deliveries: Option<u64>,
     audit_retention: Option<u64>,
     audit_max_records: Option<u64>,
+    refusals_per_source: Option<u64>,
+    refusals_per_client_id: Option<u64>,
+    pending_per_source: Option<u64>,
+    pending_total: Option<u64>,
+    https_connections_per_source: Option<u64>,
+    refusal_audit_window: Option<u64>,
 }
 
 /// The configuration the hub runs with.
@@ -94,6 +127,11 @@ pub struct Config {
     pub c2d: certhub_server::api::C2dLimits,
     pub audit_retention: Duration,
     pub audit_max_records: i64,
+    pub refusals: certhub_server::refusals::RefusalLimits,
+    /// 0: from the file limit at start.
+    pub pending_per_source: usize,
+    pub pending_total: usize,
+    pub https_connections_per_source: usize,
 }
 
 /// A configuration problem: the key and what is wrong with it.
@@ -285,7 +323,65 @@ impl Config {
             1_000_000,
             1..=i64::MAX as u64,
         )?;
+        let refusals_per_source = number(
+            "refusals_per_source",
+            &args.refusals_per_source,
+            "CERTHUB_REFUSALS_PER_SOURCE",
+            file.refusals_per_source,
+            60,
+            0..=1_000_000,
+        )?;
+        let refusals_per_client_id = number(
+            "refusals_per_client_id",
+            &args.refusals_per_client_id,
+            "CERTHUB_REFUSALS_PER_CLIENT_ID",
+            file.refusals_per_client_id,
+            6,
+            0..=1_000_000,
+        )?;
+        let pending_per_source = number(
+            "pending_per_source",
+            &args.pending_per_source,
+            "CERTHUB_PENDING_PER_SOURCE",
+            file.pending_per_source,
+            0,
+            0..=1_000_000,
+        )?;
+        let pending_total = number(
+            "pending_total",
+            &args.pending_total,
+            "CERTHUB_PENDING_TOTAL",
+            file.pending_total,
+            0,
+            0..=1_000_000,
+        )?;
+        let https_connections_per_source = number(
+            "https_connections_per_source",
+            &args.https_connections_per_source,
+            "CERTHUB_HTTPS_CONNECTIONS_PER_SOURCE",
+            file.https_connections_per_source,
+            256,
+            1..=1_000_000,
+        )?;
+        let refusal_audit_window = number(
+            "refusal_audit_window",
+            &args.refusal_audit_window,
+            "CERTHUB_REFUSAL_AUDIT_WINDOW",
+            file.refusal_audit_window,
+            60,
+            0..=86_400,
+        )?;
         Ok(Self {
+            https_connections_per_source: https_connections_per_source as usize,
+            refusals: certhub_server::refusals::RefusalLimits {
+                per_source: certhub_server::refusals::Rate::per_minute(refusals_per_source as u32),
+                per_client_id: certhub_server::refusals::Rate::per_minute(
+                    refusals_per_client_id as u32,
+                ),
+                collapse_ms: refusal_audit_window * 1000,
+            },
+            pending_per_source: pending_per_source as usize,
+            pending_total: pending_total as usize,
             audit_retention: Duration::from_secs(audit_retention),
             audit_max_records: audit_max_records as i64,
             c2d: certhub_server::api::C2dLimits {
@@ -560,10 +656,26 @@ async fn serve(config: Config) -> Result<Outcome> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Connections that sit still before CONNECT are bounded by the file limit, raised to its
+    // hard limit first.
+    let nofile = certhub_server::gate::raise_file_limit();
+    let mut pending = certhub_server::gate::GateLimits::for_file_limit(nofile);
+    if config.pending_total > 0 {
+        pending.total = config.pending_total;
+        pending.per_source = (config.pending_total / 8).max(1);
+    }
+    if config.pending_per_source > 0 {
+        pending.per_source = config.pending_per_source;
+    }
     let https = certhub_server::serve_https(
         listener,
         tls,
         certhub_server::router(state.clone()),
+        state.clone(),
+        certhub_server::HttpsOptions {
+            per_source: config.https_connections_per_source,
+            pending,
+        },
         stopped(stop_rx.clone()),
     );
     let mqtt = certhub_server::serve_mqtt(
@@ -572,6 +684,8 @@ async fn serve(config: Config) -> Result<Outcome> {
         state,
         certhub_server::MqttOptions {
             max_sessions: config.max_device_sessions,
+            pending,
+            refusals: config.refusals,
         },
         stopped(stop_rx),
     );
