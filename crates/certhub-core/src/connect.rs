@@ -111,6 +111,8 @@ pub struct AuthenticatedDevice {
     ca: String,
     /// The shared access policy that signed the SAS token, for policy-signed tokens.
     policy: Option<String>,
+    /// When the SAS token expires (unix seconds): the session ends then.
+    expires: Option<i64>,
 }
 
 impl AuthenticatedDevice {
@@ -124,6 +126,26 @@ impl AuthenticatedDevice {
 
     pub fn ca(&self) -> &str {
         &self.ca
+    }
+
+    /// When the SAS token the device connected with expires (unix seconds): Azure closes the
+    /// session then, and so does certhub (the SDKs renew their token and reconnect).
+    pub fn expires(&self) -> Option<i64> {
+        self.expires
+    }
+
+    /// How the identity proved itself, for the audit trail: `x509-ca`, `x509-thumbprint`,
+    /// `device-sas`, `module-sas`, or `policy-sas` (a token signed with a shared access policy
+    /// that has DeviceConnect, which Azure lets connect as any device).
+    pub fn auth_method(&self) -> &'static str {
+        match (self.method, &self.policy, &self.id.module) {
+            (AuthType::Sas, Some(_), _) => "policy-sas",
+            (AuthType::Sas, None, Some(_)) => "module-sas",
+            (AuthType::Sas, None, None) => "device-sas",
+            (AuthType::SelfSigned, _, _) => "x509-thumbprint",
+            (AuthType::CertificateAuthority, _, _) => "x509-ca",
+            (AuthType::None, _, _) => "none",
+        }
     }
 
     /// The policy that signed the token (policy-signed SAS only).
@@ -270,6 +292,7 @@ fn ca_chain(
                 .cloned()
                 .unwrap_or_default(),
             policy: None,
+            expires: None,
         }),
         Err(r) => {
             let reason = r.reason.as_str();
@@ -353,6 +376,7 @@ fn thumbprint(
             method: AuthType::SelfSigned,
             ca: String::new(),
             policy: None,
+            expires: None,
         })
     } else {
         Err(refuse(
@@ -480,6 +504,7 @@ fn sas(
         method: AuthType::Sas,
         ca: String::new(),
         policy: token.key_name.clone(),
+        expires: Some(token.expiry),
     })
 }
 

@@ -22,6 +22,11 @@ impl Rights {
         Rights(self.0 | other.0)
     }
 
+    /// The rights of `self` that `other` does not have.
+    pub const fn without(self, other: Rights) -> Rights {
+        Rights(self.0 & !other.0)
+    }
+
     pub fn contains(self, other: Rights) -> bool {
         self.0 & other.0 == other.0
     }

@@ -39,12 +39,35 @@ pub struct SettingsPatch {
     pub disable_local_auth: Option<bool>,
     #[serde(default)]
     pub min_tls_version: Option<String>,
+    /// `true`: devices authenticate with X.509 only, in one step: disableDeviceSAS,
+    /// disableModuleSAS and disableLocalAuth all on (policy-signed tokens, the service API's
+    /// included, are refused; `certhub hub set --local` on the hub's machine is the way back).
+    /// `false` turns the three off.
+    #[serde(rename = "x509Only", default)]
+    pub x509_only: Option<bool>,
 }
 
 impl SettingsPatch {
     /// Applies the patch, refusing a TLS version other than 1.2 or 1.3.
     pub fn apply(self, to: &HubSettings) -> Result<HubSettings, String> {
         let mut s = to.clone();
+        if let Some(all) = self.x509_only {
+            let conflicting = [
+                ("disableDeviceSAS", self.disable_device_sas),
+                ("disableModuleSAS", self.disable_module_sas),
+                ("disableLocalAuth", self.disable_local_auth),
+            ]
+            .into_iter()
+            .find(|(_, v)| v.is_some_and(|v| v != all));
+            if let Some((name, _)) = conflicting {
+                return Err(format!(
+                    "x509Only {all} sets {name} to {all}; leave {name} out or give it the same value"
+                ));
+            }
+            s.disable_device_sas = all;
+            s.disable_module_sas = all;
+            s.disable_local_auth = all;
+        }
         if let Some(v) = self.disable_device_sas {
             s.disable_device_sas = v;
         }
@@ -63,5 +86,32 @@ impl SettingsPatch {
             s.min_tls_version = v;
         }
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn patch(json: &str) -> SettingsPatch {
+        serde_json::from_str(json).expect("patch")
+    }
+
+    #[test]
+    fn x509_only_sets_the_three_switches_together() {
+        let on = patch(r#"{"x509Only": true}"#)
+            .apply(&HubSettings::default())
+            .expect("applied");
+        assert!(on.disable_device_sas && on.disable_module_sas && on.disable_local_auth);
+        assert_eq!(on.min_tls_version, "1.2");
+        let off = patch(r#"{"x509Only": false}"#).apply(&on).expect("applied");
+        assert_eq!(off, HubSettings::default());
+        let e = patch(r#"{"x509Only": true, "disableLocalAuth": false}"#)
+            .apply(&HubSettings::default())
+            .expect_err("conflict");
+        assert!(e.contains("disableLocalAuth"), "{e}");
+        patch(r#"{"x509Only": true, "disableDeviceSAS": true}"#)
+            .apply(&HubSettings::default())
+            .expect("the same value is fine");
     }
 }

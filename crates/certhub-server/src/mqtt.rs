@@ -524,16 +524,20 @@ async fn admit(
         }),
     )
     .await;
-    tracing::info!(client_id = cn, method = device.method().as_str(), %peer, "device connected");
+    tracing::info!(client_id = cn, method = device.auth_method(), %peer, "device connected");
     audit(
         state,
         "device.connect",
         &cn,
         "ok",
         format!(
-            "{} via {}{}; peer {peer}",
+            "{} via {}{}{}; peer {peer}",
             cn,
-            device.method().as_str(),
+            device.auth_method(),
+            device
+                .policy()
+                .map(|p| format!(" (policy {p})"))
+                .unwrap_or_default(),
             if device.ca().is_empty() {
                 String::new()
             } else {
@@ -612,7 +616,8 @@ async fn ended(
     end: End,
     will: Option<(String, Vec<u8>)>,
 ) {
-    if let (End::Closed(_), Some((will_topic, will_message))) = (&end, will) {
+    if let (End::Closed(_) | End::TokenExpired(_), Some((will_topic, will_message))) = (&end, will)
+    {
         // The link dropped without DISCONNECT: the will is forwarded as telemetry, marked
         // iothub-MessageType=Will (azure-protocol 1.2), if it names the device's own topic.
         match telemetry_topic(device.id(), &will_topic) {
@@ -635,12 +640,26 @@ async fn ended(
             tracing::info!(client_id = cn, reason, "device session closed");
             audit(state, "device.disconnect", cn, "closed", reason).await;
         }
+        End::TokenExpired(se) => {
+            tracing::info!(
+                client_id = cn,
+                "device session closed: its SAS token expired"
+            );
+            let detail = format!(
+                "the {} token the session was opened with expired at {}; the device must connect again with a new token",
+                device.auth_method(),
+                certhub_core::azure_time(se.saturating_mul(1000))
+            );
+            audit(state, "device.disconnect", cn, "sas-token-expired", detail).await;
+        }
     }
 }
 
 enum End {
     Clean,
     Closed(String),
+    /// The SAS token's expiry (unix seconds) passed.
+    TokenExpired(i64),
 }
 
 /// Cloud-to-device messages sent and not yet acknowledged, per session at most.
@@ -745,7 +764,13 @@ impl<'a> Session<'a> {
         // extend it. One timer for the session, moved on only when it fires (a packet just
         // notes the time: no timer work per message).
         let mut last_packet = tokio::time::Instant::now();
-        let expiry = tokio::time::sleep_until(last_packet + keep_alive);
+        // A SAS session ends when its token does (Azure's rule); the same timer serves both.
+        let token_end = self.device.expires().map(|se| {
+            let left_ms = se.saturating_mul(1000).saturating_sub(now_ms()).max(0);
+            last_packet + Duration::from_millis(left_ms as u64)
+        });
+        let next_due = |due: tokio::time::Instant| token_end.map_or(due, |t| t.min(due));
+        let expiry = tokio::time::sleep_until(next_due(last_packet + keep_alive));
         tokio::pin!(expiry);
         loop {
             let packet = tokio::select! {
@@ -765,11 +790,15 @@ impl<'a> Session<'a> {
                     continue;
                 }
                 () = &mut expiry => {
+                    let now = tokio::time::Instant::now();
+                    if token_end.is_some_and(|t| now >= t) {
+                        return End::TokenExpired(self.device.expires().unwrap_or_default());
+                    }
                     let due = last_packet + keep_alive;
-                    if tokio::time::Instant::now() >= due {
+                    if now >= due {
                         return End::Closed("keep-alive expired".into());
                     }
-                    expiry.as_mut().reset(due);
+                    expiry.as_mut().reset(next_due(due));
                     continue;
                 }
                 p = conn.next(), if self.owed.len() < UNACKED_IN => p,

@@ -156,9 +156,72 @@ async fn tokens_are_checked_and_rights_enforced() {
     let (s, _) = h.call("GET", "/devices", Some(&read), None, None).await;
     assert_eq!(s, StatusCode::OK);
     let service = h.token("service");
-    let (s, _) = h.call("GET", "/devices", Some(&service), None, None).await;
+    let (s, e) = h.call("GET", "/devices", Some(&service), None, None).await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // Only what the caller lacks is named (service has ServiceConnect).
+    assert!(message(&e).contains("lacks RegistryRead,"), "{e}");
     assert_eq!(h.count().await, 0);
+}
+
+/// A token's `sr` scopes it as Azure does: `host/devices/xyz` reaches that device's resources
+/// and nothing else, even when an owner policy signed it; a port other than the API's is
+/// refused.
+#[tokio::test]
+async fn a_token_reaches_only_what_its_resource_covers() {
+    let h = hub().await;
+    h.state.set_public_port(8443);
+    let owner = h.token("iothubowner");
+    for id in ["xyz", "abc"] {
+        let (s, e) = h
+            .call(
+                "PUT",
+                &format!("/devices/{id}"),
+                Some(&owner),
+                None,
+                Some("{}"),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{e}");
+    }
+    let key = &h
+        .policies
+        .iter()
+        .find(|p| p.name == "iothubowner")
+        .expect("owner")
+        .primary_key;
+    let scoped = sign_token(
+        "localhost/devices/xyz",
+        key,
+        Some("iothubowner"),
+        now() + 600,
+    );
+    for path in ["/devices/xyz", "/twins/xyz"] {
+        let (s, e) = h.call("GET", path, Some(&scoped), None, None).await;
+        assert_eq!(s, StatusCode::OK, "{path}: {e}");
+    }
+    for (method, path) in [
+        ("GET", "/devices/abc"),
+        ("GET", "/twins/abc"),
+        ("GET", "/devices"),
+        ("GET", "/certificates"),
+        ("DELETE", "/devices/abc"),
+    ] {
+        let (s, e) = h.call(method, path, Some(&scoped), Some("*"), None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{method} {path}: {e}");
+        assert!(message(&e).contains("does not cover"), "{e}");
+    }
+    let other_port = sign_token("localhost:9999", key, Some("iothubowner"), now() + 600);
+    let (s, e) = h
+        .call("GET", "/devices", Some(&other_port), None, None)
+        .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "{e}");
+    assert!(message(&e).contains("port 8443"), "{e}");
+    let right_port = sign_token("localhost:8443", key, Some("iothubowner"), now() + 600);
+    let (s, e) = h
+        .call("GET", "/devices", Some(&right_port), None, None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    assert_eq!(h.count().await, 2, "nothing was deleted");
 }
 
 #[tokio::test]

@@ -38,9 +38,15 @@ pub struct SetArgs {
     /// Refuse tokens signed with shared access policy keys (including the API's own).
     #[arg(long)]
     disable_local_auth: Option<bool>,
-    /// Lowest TLS version devices may use: 1.2 or 1.3.
+    /// Lowest TLS version devices and service clients may use: 1.2 or 1.3.
     #[arg(long)]
     min_tls_version: Option<String>,
+    /// Devices authenticate with X.509 certificates only: turns on --disable-device-sas,
+    /// --disable-module-sas and --disable-local-auth at once. Shared access policy tokens
+    /// (this CLI's included) are refused afterwards; the way back is `certhub hub set --local
+    /// --disable-local-auth false` on the hub's machine.
+    #[arg(long)]
+    x509_only: bool,
     /// On the hub's machine: write the settings into its data directory directly instead of
     /// through the API (the way back after `--disable-local-auth true`). A running hub picks
     /// them up within a second. Audited as "local".
@@ -87,9 +93,17 @@ pub fn run(cmd: HubCommand) -> Result<Outcome> {
             if let Some(v) = a.min_tls_version {
                 patch.insert("minTlsVersion".into(), v.into());
             }
+            if a.x509_only {
+                patch.insert("x509Only".into(), true.into());
+            }
             if patch.is_empty() {
                 bail!(
-                    "nothing to set: give at least one of --disable-device-sas, --disable-module-sas, --disable-local-auth, --min-tls-version"
+                    "nothing to set: give at least one of --x509-only, --disable-device-sas, --disable-module-sas, --disable-local-auth, --min-tls-version"
+                );
+            }
+            if a.x509_only {
+                eprintln!(
+                    "note: with --x509-only, tokens signed with shared access policy keys are refused, this CLI's included; on the hub's machine, `certhub hub set --local --disable-local-auth false` turns them back on"
                 );
             }
             if a.local {

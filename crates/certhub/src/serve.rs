@@ -546,6 +546,7 @@ async fn serve(config: Config) -> Result<Outcome> {
     )
     .await?;
     state.set_c2d_limits(config.c2d);
+    state.set_public_port(bound.port());
     // Settings written by another process (`certhub hub set --local`) take effect, and close
     // the sessions a switch shuts out, within half a second.
     let settings_watch = {

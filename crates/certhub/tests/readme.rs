@@ -141,7 +141,7 @@ fn the_readme_hub_walkthrough_runs_as_written() {
     .ok();
     assert!(
         log.stdout
-            .contains("smart-x-widget-0001 via certificateAuthority (CA company-x)"),
+            .contains("smart-x-widget-0001 via x509-ca (CA company-x)"),
         "{log}"
     );
 

@@ -614,3 +614,136 @@ print(rc[0] if rc else "closed")
         );
     }
 }
+
+/// SAS sessions end with their token; the audit trail tells policy tokens from device tokens.
+mod tokens {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::common::{self, s};
+
+    fn sub(port: u16, data: &std::path::Path, id: &str, token: &str) -> std::process::Child {
+        Command::new("mosquitto_sub")
+            .args(["-h", "localhost", "-p", &port.to_string(), "-V", "mqttv311"])
+            .args(["--cafile", s(&data.join("tls/server-ca.pem"))])
+            .args([
+                "-i",
+                id,
+                "-u",
+                &format!("localhost/{id}/?api-version=2021-04-12"),
+            ])
+            .args(["-P", token])
+            .args([
+                "-t",
+                &format!("devices/{id}/messages/devicebound/#"),
+                "-q",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_sub runs")
+    }
+
+    #[test]
+    fn a_sas_session_is_closed_when_its_token_expires() {
+        let t = common::tmp();
+        let d = t.path();
+        let data = d.join("data");
+        let hub = common::start_hub(&data);
+        let cli = |args: &[&str]| common::certhub_at(d, &data, args).ok();
+        cli(&["device", "create", "--id", "widget-sas"]);
+        let token = cli(&["device", "token", "--id", "widget-sas", "--duration", "3"]);
+        let started = Instant::now();
+        let mut child = sub(hub.mqtt_port, &data, "widget-sas", token.stdout.trim());
+        let deadline = started + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("state") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the session outlived its token by more than 7 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(!status.success());
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1500),
+            "closed at {took:?}, before its token expired"
+        );
+        let log = cli(&["audit", "connections", "--device", "widget-sas", "--json"]);
+        let records: serde_json::Value = serde_json::from_str(&log.stdout).expect("json");
+        let records = records.as_array().expect("records");
+        assert!(
+            records.iter().any(|r| r["outcome"] == "ok"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("via device-sas"))),
+            "{records:#?}"
+        );
+        let log = cli(&["audit", "list", "--json", "--top", "50"]);
+        let records: serde_json::Value = serde_json::from_str(&log.stdout).expect("json");
+        let closed = records
+            .as_array()
+            .expect("records")
+            .iter()
+            .find(|r| r["operation"] == "device.disconnect")
+            .expect("a disconnect record");
+        assert_eq!(closed["outcome"], "sas-token-expired", "{closed:#}");
+    }
+
+    /// A token signed with a policy that has DeviceConnect connects as any device (Azure's
+    /// semantics, kept); the audit trail names it `policy-sas`, and `--x509-only` shuts it out
+    /// together with device and module keys.
+    #[test]
+    fn policy_tokens_are_named_and_x509_only_shuts_them_out() {
+        let t = common::tmp();
+        let d = t.path();
+        let data = d.join("data");
+        let hub = common::start_hub(&data);
+        let cli = |args: &[&str]| common::certhub_at(d, &data, args);
+        cli(&["device", "create", "--id", "widget-p"]).ok();
+        let cs = cli(&["hub", "connection-string", "--policy", "device"]).ok();
+        let key = cs
+            .stdout
+            .trim()
+            .split(';')
+            .find_map(|p| p.strip_prefix("SharedAccessKey="))
+            .expect("key")
+            .to_string();
+        let se = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
+        let token = certhub_core::sign_token(
+            &format!("localhost:{}/devices/widget-p", hub.mqtt_port),
+            &key,
+            Some("device"),
+            se,
+        );
+        let mut child = sub(hub.mqtt_port, &data, "widget-p", &token);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = cli(&["audit", "connections", "--device", "widget-p", "--json"]).ok();
+            if log.stdout.contains("via policy-sas (policy device)") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{log}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let set = cli(&["hub", "set", "--x509-only"]).ok();
+        for switch in ["disableDeviceSAS", "disableModuleSAS", "disableLocalAuth"] {
+            assert!(
+                set.stdout.contains(&format!("\"{switch}\": true")),
+                "{switch}: {set}"
+            );
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while child.try_wait().expect("state").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the policy-token session outlived --x509-only");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}

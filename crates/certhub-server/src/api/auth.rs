@@ -26,22 +26,74 @@ impl Caller {
             Ok(())
         } else {
             Err(ApiError::unauthorized(format!(
-                "the shared access policy {:?} ({}) lacks {rights}, which {action} needs",
-                self.policy, self.rights
+                "the shared access policy {:?} lacks {}, which {action} needs",
+                self.policy,
+                rights.without(self.rights)
             )))
         }
     }
 }
 
-/// Whether the token's resource names this hub: its first segment is one of the host names,
-/// with or without a port.
-fn names_this_hub(resource: &str, hostnames: &[String]) -> bool {
-    let host = resource.split('/').next().unwrap_or_default();
-    let bare = match host.rsplit_once(':') {
-        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
-        _ => host,
+/// What a token's `sr` may reach, as Azure scopes it: `host` (or `host/`) is the whole hub;
+/// `host/devices/d1` only what lies under that device (`/devices/d1/...`, and its twin and
+/// methods under `/twins/d1/...`). The host must be one of the hub's names, and a port, when
+/// the token names one, the port clients use (`public_port`; 443 may be left out).
+fn scope_allows(
+    resource: &str,
+    hostnames: &[String],
+    public_port: Option<u16>,
+    path: &str,
+) -> Result<(), String> {
+    let (host, scope) = resource.split_once('/').unwrap_or((resource, ""));
+    let (bare, port) = match host.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => {
+            (h, p.parse::<u16>().ok().or(Some(0)))
+        }
+        _ => (host, None),
     };
-    hostnames.iter().any(|h| h.eq_ignore_ascii_case(bare))
+    if !hostnames.iter().any(|h| h.eq_ignore_ascii_case(bare)) {
+        return Err(format!(
+            "the token is for {resource:?}, not for this hub ({})",
+            hostnames.join(", ")
+        ));
+    }
+    if let (Some(port), Some(public)) = (port, public_port)
+        && port != public
+    {
+        return Err(format!(
+            "the token is for port {port}; this hub's service API is on port {public}"
+        ));
+    }
+    let scope: Vec<String> = scope
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect();
+    if scope.is_empty() {
+        return Ok(());
+    }
+    // Compared segment by segment, each decoded on its own: `a%2Fb` is one id, not two.
+    let mut wanted: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .to_ascii_lowercase()
+        })
+        .collect();
+    // A device's twin and methods live under /twins/{id} in the REST API and under
+    // /devices/{id} in the token's terms.
+    if wanted.first().is_some_and(|s| s == "twins") {
+        wanted[0] = "devices".into();
+    }
+    if wanted.len() >= scope.len() && wanted[..scope.len()] == scope[..] {
+        Ok(())
+    } else {
+        Err(format!(
+            "the token is scoped to {resource:?}, which does not cover {path}"
+        ))
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -82,13 +134,13 @@ impl FromRequestParts<AppState> for Caller {
                 &format!("the shared access policy {name:?}"),
             )
             .map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        if !names_this_hub(&token.resource, state.hostnames()) {
-            return Err(ApiError::unauthorized(format!(
-                "the token is for {:?}, not for this hub ({})",
-                token.resource,
-                state.hostnames().join(", ")
-            )));
-        }
+        scope_allows(
+            &token.resource,
+            state.hostnames(),
+            state.public_port(),
+            parts.uri.path(),
+        )
+        .map_err(ApiError::unauthorized)?;
         Ok(Caller {
             policy: policy.name.clone(),
             rights: policy.rights,
@@ -98,15 +150,49 @@ impl FromRequestParts<AppState> for Caller {
 
 #[cfg(test)]
 mod tests {
-    use super::names_this_hub;
+    use super::scope_allows;
+
+    fn hosts() -> Vec<String> {
+        vec!["localhost".to_string(), "127.0.0.1".to_string()]
+    }
 
     #[test]
-    fn host_with_or_without_port() {
-        let hosts = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        assert!(names_this_hub("localhost", &hosts));
-        assert!(names_this_hub("LocalHost:8443", &hosts));
-        assert!(names_this_hub("127.0.0.1:443/devices/d1", &hosts));
-        assert!(!names_this_hub("evil.example.com", &hosts));
-        assert!(!names_this_hub("localhost.evil", &hosts));
+    fn a_hub_wide_token_names_one_of_the_hosts_and_its_port() {
+        let h = hosts();
+        assert!(scope_allows("localhost", &h, Some(8443), "/devices").is_ok());
+        assert!(scope_allows("LocalHost:8443/", &h, Some(8443), "/devices/d1").is_ok());
+        assert!(scope_allows("127.0.0.1", &h, None, "/certificates").is_ok());
+        assert!(scope_allows("localhost:9999", &h, Some(8443), "/devices").is_err());
+        assert!(scope_allows("evil.example.com", &h, None, "/devices").is_err());
+        assert!(scope_allows("localhost.evil", &h, None, "/devices").is_err());
+    }
+
+    #[test]
+    fn a_device_scoped_token_reaches_that_device_only() {
+        let h = hosts();
+        let sr = "localhost/devices/xyz";
+        for ok in [
+            "/devices/xyz",
+            "/devices/XYZ/modules/m1",
+            "/devices/xyz/messages/deviceBound",
+            "/twins/xyz",
+            "/twins/xyz/methods",
+        ] {
+            assert!(scope_allows(sr, &h, None, ok).is_ok(), "{ok}");
+        }
+        for refused in [
+            "/devices",
+            "/devices/xyz2",
+            "/devices/query",
+            "/twins/abc",
+            "/certificates",
+            "/audit",
+            "/statistics/devices",
+        ] {
+            assert!(scope_allows(sr, &h, None, refused).is_err(), "{refused}");
+        }
+        // Percent-encoded ids are compared as ids.
+        assert!(scope_allows("localhost/devices/a#b", &h, None, "/devices/a%23b").is_ok());
+        assert!(scope_allows("localhost/devices/a", &h, None, "/devices/a%2Fb").is_err());
     }
 }

@@ -69,6 +69,8 @@ struct Inner {
     /// The settings and when they were read: other processes (`certhub hub set --local`) may
     /// change them in the store, so they are read again when older than a second.
     settings: RwLock<(HubSettings, std::time::Instant)>,
+    /// The port clients reach the service API on (0: not known, tokens' ports unchecked).
+    public_port: std::sync::atomic::AtomicU32,
 }
 
 impl AppState {
@@ -115,6 +117,7 @@ impl AppState {
                 bookkeeper,
                 c2d: RwLock::new(C2dLimits::default()),
                 settings: RwLock::new((settings, std::time::Instant::now())),
+                public_port: std::sync::atomic::AtomicU32::new(0),
             }),
         })
     }
@@ -125,6 +128,25 @@ impl AppState {
 
     pub fn hostnames(&self) -> &[String] {
         &self.inner.hostnames
+    }
+
+    /// Records the port clients reach the service API on: a token that names another port
+    /// is refused.
+    pub fn set_public_port(&self, port: u16) {
+        self.inner
+            .public_port
+            .store(u32::from(port), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn public_port(&self) -> Option<u16> {
+        match self
+            .inner
+            .public_port
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            p => u16::try_from(p).ok(),
+        }
     }
 
     pub(crate) fn code_ttl_ms(&self) -> i64 {
