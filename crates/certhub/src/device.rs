@@ -149,6 +149,18 @@ fn path(id: &str, module: Option<&str>) -> Result<ApiPath> {
     }
 }
 
+/// `s` as one shell word, for commands the user may copy.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._+:,=@%/".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
 fn authentication(
     method: AuthMethod,
     primary: Option<String>,
@@ -180,7 +192,22 @@ pub fn run(cmd: DeviceCommand) -> Result<Outcome> {
                 None => body["status"] = json!(a.status.azure()),
             }
             let client = Client::connect(&a.hub)?;
-            print_json(&client.expect("PUT", &p, None, Some(&body))?);
+            let answer = client.send("PUT", &p, None, Some(&body))?;
+            if answer.status == 409 {
+                let id = shell_word(&a.id);
+                match &a.module {
+                    None => bail!(
+                        "device {} is already registered (the hub answered 409 DeviceAlreadyExists): change it with `certhub device update --id {id}` (--status, --auth-method, thumbprints), or delete it first with `certhub device delete --id {id}`",
+                        a.id
+                    ),
+                    Some(m) => bail!(
+                        "module {m} of device {} is already registered (the hub answered 409 ModuleAlreadyExistsOnDevice): `certhub device show --id {id} --module {module}` shows it; to register it anew, delete it first with `certhub device delete --id {id} --module {module}`",
+                        a.id,
+                        module = shell_word(m)
+                    ),
+                }
+            }
+            print_json(&answer.checked()?.body);
         }
         DeviceCommand::Show(a) => {
             let p = path(&a.id, a.module.as_deref())?;

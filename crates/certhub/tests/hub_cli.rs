@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{certhub, certhub_at, s, start_hub, tmp};
+use common::{assert_error, certhub, certhub_at, s, start_hub, tmp};
 
 #[test]
 fn register_a_ca_prove_possession_create_devices_and_audit() {
@@ -297,4 +297,53 @@ fn a_second_hub_on_the_same_data_directory_is_refused() {
     // The lock goes with the process, however it ends.
     first.kill();
     let _second = start_hub(&data);
+}
+
+/// `device create` of a registered identity says how to change it with the CLI, not with the
+/// API's If-Match.
+#[test]
+fn creating_a_registered_device_points_to_device_update() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let _hub = start_hub(&data);
+    let hub = |args: &[&str]| certhub_at(d, &data, args);
+    for id in ["widget", "sensor#2"] {
+        hub(&["device", "create", "--id", id]).ok();
+        hub(&["device", "create", "--id", id, "--module", "m#1"]).ok();
+    }
+    let again = hub(&["device", "create", "--id", "widget"]);
+    assert_error(
+        &again,
+        &[
+            "device widget is already registered",
+            "change it with `certhub device update --id widget`",
+            "`certhub device delete --id widget`",
+        ],
+    );
+    assert!(!again.stderr.contains("If-Match"), "{again}");
+    // The commands are given as the shell needs them.
+    let again = hub(&[
+        "device",
+        "create",
+        "--id",
+        "sensor#2",
+        "--auth-method",
+        "x509-ca",
+    ]);
+    assert_error(&again, &["`certhub device update --id 'sensor#2'`"]);
+    let again = hub(&["device", "create", "--id", "widget", "--module", "m#1"]);
+    assert_error(
+        &again,
+        &[
+            "module m#1 of device widget is already registered",
+            "`certhub device show --id widget --module 'm#1'`",
+            "`certhub device delete --id widget --module 'm#1'`",
+        ],
+    );
+    assert!(!again.stderr.contains("If-Match"), "{again}");
+    // Nothing changed.
+    let shown = hub(&["device", "show", "--id", "sensor#2"]).ok();
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).expect("json");
+    assert_eq!(shown["authentication"]["type"], "sas", "{shown}");
 }
