@@ -236,6 +236,8 @@ impl Client {
             .build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // A hub whose address drops packets is reported after 10 s, not minutes.
+            .timeout_connect(Some(std::time::Duration::from_secs(10)))
             .tls_config(tls)
             .build()
             .into();
@@ -259,6 +261,36 @@ impl Client {
 
     fn url(&self, path: &ApiPath) -> String {
         format!("https://{}{path}", self.host)
+    }
+
+    /// Why a request got no answer: a hub that is not there is said so, with what to check.
+    fn unreachable(&self, method: &str, path: &ApiPath, e: ureq::Error) -> anyhow::Error {
+        use std::io::ErrorKind as K;
+        let reason = match &e {
+            ureq::Error::Io(io) => match io.kind() {
+                K::ConnectionRefused => Some("connection refused".to_string()),
+                K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::AddrNotAvailable
+                | K::HostUnreachable
+                | K::NetworkUnreachable
+                | K::NetworkDown
+                | K::TimedOut => Some(io.to_string()),
+                _ => None,
+            },
+            ureq::Error::HostNotFound => Some("host not found".to_string()),
+            ureq::Error::ConnectionFailed => Some("connection failed".to_string()),
+            ureq::Error::Timeout(t) => Some(format!("timed out ({t})")),
+            _ => None,
+        };
+        match reason {
+            Some(reason) => anyhow::anyhow!(
+                "could not reach the hub at https://{}: {reason}. Is the hub running (`certhub serve`), and is this its address (HostName= of the connection string, or the endpoint recorded in --data-dir)?",
+                self.host
+            ),
+            None => anyhow::Error::new(e).context(format!("{method} https://{}{path}", self.host)),
+        }
     }
 
     /// Sends a request; `if_match` is quoted as the Azure SDKs do.
@@ -301,7 +333,7 @@ impl Client {
                 }
             }
         };
-        let mut resp = result.with_context(|| format!("{method} https://{}{path}", self.host))?;
+        let mut resp = result.map_err(|e| self.unreachable(method, path, e))?;
         let status = resp.status().as_u16();
         let etag = resp
             .headers()
@@ -365,7 +397,7 @@ impl Client {
         }
         let mut resp = req
             .send_json(serde_json::json!({ "query": query }))
-            .with_context(|| format!("POST https://{}{path}", self.host))?;
+            .map_err(|e| self.unreachable("POST", &path, e))?;
         let status = resp.status().as_u16();
         let next = resp
             .headers()

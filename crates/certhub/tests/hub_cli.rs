@@ -347,3 +347,47 @@ fn creating_a_registered_device_points_to_device_update() {
     let shown: serde_json::Value = serde_json::from_str(&shown.stdout).expect("json");
     assert_eq!(shown["authentication"]["type"], "sas", "{shown}");
 }
+
+/// A hub that does not answer is named as such, with its address and how to start one.
+#[test]
+fn a_hub_that_is_not_running_is_named() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let mut hub = start_hub(&data);
+    let cs = certhub_at(d, &data, &["hub", "connection-string"]).ok();
+    let cs = cs.stdout.trim().to_string();
+    let ca = s(&data.join("tls/server-ca.pem")).to_string();
+    certhub_at(d, &data, &["device", "list"]).ok();
+    hub.kill();
+    let expected = format!(
+        "could not reach the hub at https://{}: connection refused",
+        hub.host
+    );
+    for args in [
+        vec!["device", "list", "--data-dir", s(&data)],
+        vec![
+            "twin",
+            "show",
+            "--device",
+            "w",
+            "--connection-string",
+            &cs,
+            "--ca-file",
+            &ca,
+        ],
+        // Queries take a path of their own through the client.
+        vec![
+            "twin",
+            "query",
+            "SELECT * FROM devices",
+            "--connection-string",
+            &cs,
+            "--ca-file",
+            &ca,
+        ],
+    ] {
+        let run = certhub(d, &args);
+        assert_error(&run, &[&expected, "is the hub running (`certhub serve`)"]);
+    }
+}
