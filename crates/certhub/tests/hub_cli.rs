@@ -268,6 +268,32 @@ fn a_port_that_cannot_be_bound_is_explained() {
         "{run}"
     );
     assert!(run.stderr.contains("--https-addr"), "{run}");
+    assert!(!run.stderr.contains("--mqtt-addr"), "{run}");
+
+    // The device listener's address names its own flag, variable and configuration key.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let run = certhub(
+        d,
+        &[
+            "serve",
+            "--https-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            &addr,
+            "--data-dir",
+            s(&d.join("data")),
+        ],
+    );
+    assert_error(
+        &run,
+        &[
+            &format!("cannot listen on {addr} for devices (MQTT)"),
+            "in use",
+            "choose another with --mqtt-addr (or CERTHUB_MQTT_ADDR, or mqtt_addr in the configuration file)",
+        ],
+    );
+    assert!(!run.stderr.contains("https"), "{run}");
 }
 
 #[test]
