@@ -258,6 +258,9 @@ fn a_port_that_cannot_be_bound_is_explained() {
             "serve",
             "--https-addr",
             &addr,
+            // Never the default 0.0.0.0:8883, where a user's own hub listens.
+            "--mqtt-addr",
+            "127.0.0.1:0",
             "--data-dir",
             s(&d.join("data")),
         ],
