@@ -1,7 +1,8 @@
 """The Python azure-iot-device SDK connects to certhub over MQTT/TLS on 8883.
 
 Run by crates/certhub/tests/python_device.rs, which made the PKI and registered the CA and the
-devices with the certhub CLI. Environment: CERTHUB_HOST (the name the SDK dials, on port 8883),
+devices with the certhub CLI. Environment: CERTHUB_HOST (the name the SDK dials, on port 8883,
+which the test port map in tests/interop/portmap sends to the test hub's port),
 CERTHUB_CA (the hub's server CA file), CERTHUB_CONNECTION_STRING (iothubowner), CERTHUB_DIR (the
 folder with the certificates), CERTHUB_SAS_KEY (the SAS device's key).
 """

@@ -2,7 +2,8 @@
 
 Run by crates/certhub/tests/python_features.rs, which made the PKI, registered Company-X's root
 and the identities, and started a hub that keeps at most 5 C2D messages per device.
-Environment: CERTHUB_HOST (the name the SDK dials, on port 8883), CERTHUB_CA (the hub's server
+Environment: CERTHUB_HOST (the name the SDK dials, on port 8883, which the test port map in
+tests/interop/portmap sends to the test hub's port), CERTHUB_CA (the hub's server
 CA file), CERTHUB_CONNECTION_STRING (iothubowner), CERTHUB_DIR (the folder with the
 certificates).
 

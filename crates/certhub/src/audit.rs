@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use crate::Outcome;
-use crate::client::{Client, HubArgs, print_json};
+use crate::client::{ApiPath, Client, HubArgs, Names, given, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -41,38 +41,31 @@ pub struct ListArgs {
     json: bool,
 }
 
-fn query_value(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "-._~".contains(c) {
-                c.to_string()
-            } else {
-                let mut buf = [0u8; 4];
-                c.encode_utf8(&mut buf)
-                    .bytes()
-                    .map(|b| format!("%{b:02X}"))
-                    .collect()
-            }
-        })
-        .collect()
-}
-
 pub fn run(cmd: AuditCommand) -> Result<Outcome> {
     match cmd {
         AuditCommand::List(a) => {
             let client = Client::connect(&a.hub)?;
-            let v = client.expect("GET", &format!("/audit?top={}", a.top), None, None)?;
+            let v = client.expect(
+                "GET",
+                &ApiPath::fixed("audit").query("top", a.top),
+                None,
+                None,
+            )?;
             print_records(&v, a.json);
         }
         AuditCommand::Connections(a) => {
-            let client = Client::connect(&a.hub)?;
-            let mut path = format!("/audit?top={}&operation=device.connect", a.top);
+            let mut path = ApiPath::fixed("audit")
+                .query("top", a.top)
+                .query("operation", "device.connect");
             if let Some(d) = &a.device {
-                path.push_str(&format!("&target={}", query_value(&format!("devices/{d}"))));
+                // The audit target of a connection: `devices/ID` or `devices/ID/MODULE`.
+                let d = given(Names::Device, "--device", d)?;
+                path = path.query("target", format!("devices/{d}"));
             }
             if let Some(r) = &a.reason {
-                path.push_str(&format!("&outcome={}", query_value(r)));
+                path = path.query("outcome", r);
             }
+            let client = Client::connect(&a.hub)?;
             let v = client.expect("GET", &path, None, None)?;
             if !a.json && v.as_array().is_none_or(Vec::is_empty) {
                 out!(

@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::Outcome;
-use crate::client::{Client, HubArgs, print_json};
+use crate::client::{ApiPath, Client, HubArgs, Names, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum CaCommand {
@@ -65,6 +65,11 @@ pub struct VerifyArgs {
     file: PathBuf,
 }
 
+/// `/certificates/{name}`, the name given with `--name`.
+fn ca_path(name: &str) -> Result<ApiPath> {
+    ApiPath::fixed("certificates").name(Names::Ca, "--name", name)
+}
+
 fn read_pem(path: &std::path::Path) -> Result<String> {
     let bytes = crate::files::read(path)?;
     // Reading it here too gives a local, file-named error before anything is sent.
@@ -76,15 +81,11 @@ fn read_pem(path: &std::path::Path) -> Result<String> {
 pub fn run(cmd: CaCommand) -> Result<Outcome> {
     match cmd {
         CaCommand::Upload(a) => {
+            let path = ca_path(&a.name)?;
             let pem = read_pem(&a.file)?;
             let client = Client::connect(&a.hub)?;
             let body = json!({"properties": {"certificate": pem, "isVerified": a.verified}});
-            let v = client.expect(
-                "PUT",
-                &format!("/certificates/{}", a.name),
-                None,
-                Some(&body),
-            )?;
+            let v = client.expect("PUT", &path, None, Some(&body))?;
             print_json(&v);
             if !a.verified {
                 eprintln!(
@@ -94,13 +95,9 @@ pub fn run(cmd: CaCommand) -> Result<Outcome> {
             }
         }
         CaCommand::VerificationCode(a) => {
+            let path = ca_path(&a.name)?.then("generateVerificationCode");
             let client = Client::connect(&a.hub)?;
-            let v = client.expect(
-                "POST",
-                &format!("/certificates/{}/generateVerificationCode", a.name),
-                Some("*"),
-                None,
-            )?;
+            let v = client.expect("POST", &path, Some("*"), None)?;
             let code = v["properties"]["verificationCode"]
                 .as_str()
                 .unwrap_or_default();
@@ -114,32 +111,25 @@ pub fn run(cmd: CaCommand) -> Result<Outcome> {
             );
         }
         CaCommand::Verify(a) => {
+            let path = ca_path(&a.name)?.then("verify");
             let pem = read_pem(&a.file)?;
             let client = Client::connect(&a.hub)?;
-            let v = client.expect(
-                "POST",
-                &format!("/certificates/{}/verify", a.name),
-                Some("*"),
-                Some(&json!({"certificate": pem})),
-            )?;
+            let v = client.expect("POST", &path, Some("*"), Some(&json!({"certificate": pem})))?;
             print_json(&v);
         }
         CaCommand::List(a) => {
             let client = Client::connect(&a.hub)?;
-            print_json(&client.expect("GET", "/certificates", None, None)?);
+            print_json(&client.expect("GET", &ApiPath::fixed("certificates"), None, None)?);
         }
         CaCommand::Show(a) => {
+            let path = ca_path(&a.name)?;
             let client = Client::connect(&a.hub)?;
-            print_json(&client.expect("GET", &format!("/certificates/{}", a.name), None, None)?);
+            print_json(&client.expect("GET", &path, None, None)?);
         }
         CaCommand::Delete(a) => {
+            let path = ca_path(&a.name)?;
             let client = Client::connect(&a.hub)?;
-            client.expect(
-                "DELETE",
-                &format!("/certificates/{}", a.name),
-                Some("*"),
-                None,
-            )?;
+            client.expect("DELETE", &path, Some("*"), None)?;
             out!("deleted CA {}", a.name);
         }
     }

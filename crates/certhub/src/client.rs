@@ -45,6 +45,154 @@ pub struct Answer {
     pub continuation: Option<String>,
 }
 
+/// What a name in a request path names: the error for an empty one says which flag to fill and
+/// where to find the names there are.
+#[derive(Debug, Clone, Copy)]
+pub enum Names {
+    Device,
+    Module,
+    Ca,
+    /// A feedback lock token, from the hub's `ETag`.
+    LockToken,
+}
+
+impl Names {
+    fn empty(self, flag: &str) -> anyhow::Error {
+        match self {
+            Self::Device => anyhow::anyhow!(
+                "{flag} is empty: give the device's id (`certhub device list` shows the registered ones)"
+            ),
+            Self::Module => anyhow::anyhow!(
+                "{flag} is empty: give the module's id (`certhub device list --id DEVICE` shows a device's modules)"
+            ),
+            Self::Ca => anyhow::anyhow!(
+                "{flag} is empty: give the CA's name (`certhub ca list` shows the registered ones)"
+            ),
+            Self::LockToken => anyhow::anyhow!("the hub sent an empty lock token ({flag})"),
+        }
+    }
+}
+
+/// `value`, a name given through `flag`, unless it is empty: an empty name would address the
+/// collection (or all of it) instead of one member.
+pub fn given<'a>(names: Names, flag: &str, value: &'a str) -> Result<&'a str> {
+    if value.is_empty() {
+        return Err(names.empty(flag));
+    }
+    Ok(value)
+}
+
+/// A request path of the service API and its query, built from fixed parts and the names a user
+/// gave. The only way a name gets into a request: each one is a single segment (or query
+/// value), percent-encoded except for RFC 3986's unreserved characters, so a `#`, `?`, `%`,
+/// `/` or space in it can never reach a different resource: the hub decodes exactly the name
+/// that was typed, and acts on it or refuses it.
+#[derive(Debug, Clone)]
+pub struct ApiPath {
+    path: String,
+    query: Vec<(&'static str, String)>,
+}
+
+impl ApiPath {
+    /// Fixed parts of the API, e.g. `"messages/serviceBound/feedback"` (never user input:
+    /// only string literals live for `'static`).
+    pub fn fixed(parts: &'static str) -> Self {
+        Self {
+            path: String::new(),
+            query: Vec::new(),
+        }
+        .then(parts)
+    }
+
+    /// Appends fixed parts.
+    pub fn then(mut self, parts: &'static str) -> Self {
+        self.path.push('/');
+        self.path.push_str(parts.trim_matches('/'));
+        self
+    }
+
+    /// Appends one segment: a name given through `flag` (see [`given`]).
+    pub fn name(mut self, names: Names, flag: &str, value: &str) -> Result<Self> {
+        let value = given(names, flag, value)?;
+        self.path.push('/');
+        // `.` and `..` are valid ids; encoded, no URL normalisation can take them for dot
+        // segments.
+        if value.bytes().all(|b| b == b'.') {
+            self.path.push_str(&"%2E".repeat(value.len()));
+        } else {
+            self.path.push_str(&encode(value));
+        }
+        Ok(self)
+    }
+
+    /// Adds `key=value` to the query.
+    pub fn query(mut self, key: &'static str, value: impl std::fmt::Display) -> Self {
+        self.query.push((key, value.to_string()));
+        self
+    }
+
+    /// Adds `key=name` to the query: a name given through `flag` (see [`given`]).
+    pub fn query_name(
+        self,
+        key: &'static str,
+        names: Names,
+        flag: &str,
+        value: &str,
+    ) -> Result<Self> {
+        Ok(self.query(key, given(names, flag, value)?))
+    }
+
+    /// The path and query as sent, with the API version.
+    fn render(&self) -> String {
+        let mut s = self.path.clone();
+        for (i, (k, v)) in self
+            .query
+            .iter()
+            .map(|(k, v)| (*k, v.as_str()))
+            .chain([("api-version", API_VERSION)])
+            .enumerate()
+        {
+            s.push(if i == 0 { '?' } else { '&' });
+            s.push_str(k);
+            s.push('=');
+            s.push_str(&encode(v));
+        }
+        s
+    }
+}
+
+impl std::fmt::Display for ApiPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
+const API_VERSION: &str = "2021-04-12";
+
+/// Percent-encodes everything but RFC 3986's unreserved characters (A-Z a-z 0-9 - . _ ~),
+/// byte by byte of the UTF-8.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Answer {
+    /// The answer, or an error that quotes the hub when its status is 300 or above.
+    pub fn checked(self) -> Result<Self> {
+        if self.status >= 300 {
+            return Err(hub_error(self.status, &self.body));
+        }
+        Ok(self)
+    }
+}
+
 impl HubArgs {
     pub fn data_dir(&self) -> &std::path::Path {
         &self.data_dir
@@ -88,6 +236,8 @@ impl Client {
             .build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
+            // A hub whose address drops packets is reported after 10 s, not minutes.
+            .timeout_connect(Some(std::time::Duration::from_secs(10)))
             .tls_config(tls)
             .build()
             .into();
@@ -109,16 +259,45 @@ impl Client {
         sign_token(&self.host, &self.key, Some(&self.policy), expiry)
     }
 
-    fn url(&self, path: &str) -> String {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        format!("https://{}{path}{sep}api-version=2021-04-12", self.host)
+    fn url(&self, path: &ApiPath) -> String {
+        format!("https://{}{path}", self.host)
+    }
+
+    /// Why a request got no answer: a hub that is not there is said so, with what to check.
+    fn unreachable(&self, method: &str, path: &ApiPath, e: ureq::Error) -> anyhow::Error {
+        use std::io::ErrorKind as K;
+        let reason = match &e {
+            ureq::Error::Io(io) => match io.kind() {
+                K::ConnectionRefused => Some("connection refused".to_string()),
+                K::ConnectionReset
+                | K::ConnectionAborted
+                | K::NotConnected
+                | K::AddrNotAvailable
+                | K::HostUnreachable
+                | K::NetworkUnreachable
+                | K::NetworkDown
+                | K::TimedOut => Some(io.to_string()),
+                _ => None,
+            },
+            ureq::Error::HostNotFound => Some("host not found".to_string()),
+            ureq::Error::ConnectionFailed => Some("connection failed".to_string()),
+            ureq::Error::Timeout(t) => Some(format!("timed out ({t})")),
+            _ => None,
+        };
+        match reason {
+            Some(reason) => anyhow::anyhow!(
+                "could not reach the hub at https://{}: {reason}. Is the hub running (`certhub serve`), and is this its address (HostName= of the connection string, or the endpoint recorded in --data-dir)?",
+                self.host
+            ),
+            None => anyhow::Error::new(e).context(format!("{method} https://{}{path}", self.host)),
+        }
     }
 
     /// Sends a request; `if_match` is quoted as the Azure SDKs do.
     pub fn send(
         &self,
         method: &str,
-        path: &str,
+        path: &ApiPath,
         if_match: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Answer> {
@@ -154,7 +333,7 @@ impl Client {
                 }
             }
         };
-        let mut resp = result.with_context(|| format!("{method} https://{}{path}", self.host))?;
+        let mut resp = result.map_err(|e| self.unreachable(method, path, e))?;
         let status = resp.status().as_u16();
         let etag = resp
             .headers()
@@ -180,7 +359,7 @@ impl Client {
     pub fn expect(
         &self,
         method: &str,
-        path: &str,
+        path: &ApiPath,
         if_match: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Value> {
@@ -191,15 +370,11 @@ impl Client {
     pub fn expect_answer(
         &self,
         method: &str,
-        path: &str,
+        path: &ApiPath,
         if_match: Option<&str>,
         body: Option<&Value>,
     ) -> Result<Answer> {
-        let a = self.send(method, path, if_match, body)?;
-        if a.status >= 300 {
-            return Err(hub_error(a.status, &a.body));
-        }
-        Ok(a)
+        self.send(method, path, if_match, body)?.checked()
     }
 }
 
@@ -210,7 +385,8 @@ impl Client {
         query: &str,
         continuation: Option<&str>,
     ) -> Result<(Value, Option<String>)> {
-        let url = self.url("/devices/query");
+        let path = ApiPath::fixed("devices/query");
+        let url = self.url(&path);
         let mut req = self
             .agent
             .post(&url)
@@ -221,7 +397,7 @@ impl Client {
         }
         let mut resp = req
             .send_json(serde_json::json!({ "query": query }))
-            .with_context(|| format!("POST https://{}/devices/query", self.host))?;
+            .map_err(|e| self.unreachable("POST", &path, e))?;
         let status = resp.status().as_u16();
         let next = resp
             .headers()
@@ -247,4 +423,33 @@ fn hub_error(status: u16, body: &Value) -> anyhow::Error {
 
 pub fn print_json(v: &Value) {
     out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_single_segments_and_query_values() {
+        let p = ApiPath::fixed("twins")
+            .name(Names::Device, "--device", "a b#c?d%2F/é")
+            .and_then(|p| p.then("modules").name(Names::Module, "--module", ".."))
+            .expect("names")
+            .then("methods");
+        assert_eq!(
+            p.to_string(),
+            "/twins/a%20b%23c%3Fd%252F%2F%C3%A9/modules/%2E%2E/methods?api-version=2021-04-12"
+        );
+        let q = ApiPath::fixed("messages/events")
+            .query("from", 7)
+            .query_name("device", Names::Device, "--device", "x+y&top=1")
+            .expect("a name");
+        assert_eq!(
+            q.to_string(),
+            "/messages/events?from=7&device=x%2By%26top%3D1&api-version=2021-04-12"
+        );
+        let empty = ApiPath::fixed("certificates").name(Names::Ca, "--name", "");
+        let e = empty.expect_err("an empty name is refused").to_string();
+        assert!(e.starts_with("--name is empty: "), "{e}");
+    }
 }

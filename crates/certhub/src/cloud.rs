@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Map, Value, json};
 
 use crate::Outcome;
-use crate::client::{Client, HubArgs, print_json};
+use crate::client::{ApiPath, Client, HubArgs, Names, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum C2dCommand {
@@ -95,13 +95,22 @@ pub struct TwinTarget {
 }
 
 impl TwinTarget {
-    fn path(&self) -> String {
+    /// `/twins/{device}`, or `/twins/{device}/modules/{module}`.
+    fn path(&self) -> Result<ApiPath> {
+        let twin = ApiPath::fixed("twins").name(Names::Device, "--device", &self.device)?;
         match &self.module {
-            Some(m) => format!("/twins/{}/modules/{m}", self.device),
-            None => format!("/twins/{}", self.device),
+            Some(m) => twin.then("modules").name(Names::Module, "--module", m),
+            None => Ok(twin),
         }
     }
 }
+
+/// `/devices/{device}`, the device given with `--device`.
+fn device_path(device: &str) -> Result<ApiPath> {
+    ApiPath::fixed("devices").name(Names::Device, "--device", device)
+}
+
+const FEEDBACK: &str = "messages/serviceBound/feedback";
 
 #[derive(Debug, Subcommand)]
 pub enum MethodCommand {
@@ -131,6 +140,7 @@ fn json_arg(flag: &str, text: &str) -> Result<Value> {
 pub fn c2d(cmd: C2dCommand) -> Result<Outcome> {
     match cmd {
         C2dCommand::Send(a) => {
+            let path = device_path(&a.device)?.then("messages/deviceBound");
             let mut props = Map::new();
             for p in &a.properties {
                 let Some((k, v)) = p.split_once('=') else {
@@ -154,24 +164,20 @@ pub fn c2d(cmd: C2dCommand) -> Result<Outcome> {
                 body["ttlSeconds"] = json!(t);
             }
             let client = Client::connect(&a.hub)?;
-            let r = client.expect(
-                "POST",
-                &format!("/devices/{}/messages/deviceBound", a.device),
-                None,
-                Some(&body),
-            )?;
+            let r = client.expect("POST", &path, None, Some(&body))?;
             print_json(&r);
         }
         C2dCommand::Purge { hub, device } => {
+            let path = device_path(&device)?.then("commands");
             let client = Client::connect(&hub)?;
-            let r = client.expect("DELETE", &format!("/devices/{device}/commands"), None, None)?;
+            let r = client.expect("DELETE", &path, None, None)?;
             print_json(&r);
         }
         C2dCommand::Feedback { hub, keep, wait } => {
             let client = Client::connect(&hub)?;
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
             let a = loop {
-                let a = client.send("GET", "/messages/serviceBound/feedback", None, None)?;
+                let a = client.send("GET", &ApiPath::fixed(FEEDBACK), None, None)?;
                 if a.status != 204 || std::time::Instant::now() >= deadline {
                     break a;
                 }
@@ -182,25 +188,18 @@ pub fn c2d(cmd: C2dCommand) -> Result<Outcome> {
                 print_json(&json!([]));
                 return Ok(Outcome::Ok);
             }
-            if a.status >= 300 {
-                client.expect("GET", "/messages/serviceBound/feedback", None, None)?;
-            }
+            let a = a.checked()?;
             let Some(token) = a.etag else {
                 bail!("the hub sent feedback without a lock token (ETag)");
             };
+            let locked = ApiPath::fixed(FEEDBACK).name(Names::LockToken, "ETag", &token)?;
             print_json(&a.body);
             let (method, path) = if keep {
-                (
-                    "POST",
-                    format!("/messages/serviceBound/feedback/{token}/abandon"),
-                )
+                ("POST", locked.then("abandon"))
             } else {
-                ("DELETE", format!("/messages/serviceBound/feedback/{token}"))
+                ("DELETE", locked)
             };
-            let done = client.send(method, &path, None, None)?;
-            if done.status != 204 {
-                client.expect(method, &path, None, None)?;
-            }
+            client.expect(method, &path, None, None)?;
         }
     }
     Ok(Outcome::Ok)
@@ -209,14 +208,16 @@ pub fn c2d(cmd: C2dCommand) -> Result<Outcome> {
 pub fn twin(cmd: TwinCommand) -> Result<Outcome> {
     match cmd {
         TwinCommand::Show(t) => {
+            let path = t.path()?;
             let client = Client::connect(&t.hub)?;
-            print_json(&client.expect("GET", &t.path(), None, None)?);
+            print_json(&client.expect("GET", &path, None, None)?);
         }
         TwinCommand::Update {
             target,
             desired,
             tags,
         } => {
+            let path = target.path()?;
             if desired.is_none() && tags.is_none() {
                 bail!("give --desired and/or --tags");
             }
@@ -228,7 +229,7 @@ pub fn twin(cmd: TwinCommand) -> Result<Outcome> {
                 body["tags"] = json_arg("--tags", &t)?;
             }
             let client = Client::connect(&target.hub)?;
-            print_json(&client.expect("PATCH", &target.path(), Some("*"), Some(&body))?);
+            print_json(&client.expect("PATCH", &path, Some("*"), Some(&body))?);
         }
         TwinCommand::Query { hub, query } => {
             let client = Client::connect(&hub)?;
@@ -256,6 +257,7 @@ pub fn method(cmd: MethodCommand) -> Result<Outcome> {
         timeout,
         connect_timeout,
     } = cmd;
+    let path = target.path()?.then("methods");
     let body = json!({
         "methodName": name,
         "payload": json_arg("--payload", &payload)?,
@@ -263,12 +265,7 @@ pub fn method(cmd: MethodCommand) -> Result<Outcome> {
         "connectTimeoutInSeconds": connect_timeout,
     });
     let client = Client::connect(&target.hub)?;
-    let r = client.expect(
-        "POST",
-        &format!("{}/methods", target.path()),
-        None,
-        Some(&body),
-    )?;
+    let r = client.expect("POST", &path, None, Some(&body))?;
     print_json(&r);
     Ok(Outcome::Ok)
 }

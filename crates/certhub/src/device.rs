@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::Outcome;
-use crate::client::{Client, HubArgs, print_json};
+use crate::client::{ApiPath, Client, HubArgs, Names, print_json};
 
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
@@ -140,20 +140,24 @@ pub struct UpdateArgs {
     secondary_thumbprint: Option<String>,
 }
 
-fn seg(s: &str) -> String {
-    // Ids use a restricted ASCII set; escape the few characters that mean something in a URL.
-    s.chars()
-        .map(|c| match c {
-            '%' | '#' | '?' | '/' | ' ' | '+' => format!("%{:02X}", c as u32),
-            c => c.to_string(),
-        })
-        .collect()
+/// `/devices/{id}`, or `/devices/{id}/modules/{module}`.
+fn path(id: &str, module: Option<&str>) -> Result<ApiPath> {
+    let device = ApiPath::fixed("devices").name(Names::Device, "--id", id)?;
+    match module {
+        Some(m) => device.then("modules").name(Names::Module, "--module", m),
+        None => Ok(device),
+    }
 }
 
-fn path(id: &str, module: Option<&str>) -> String {
-    match module {
-        Some(m) => format!("/devices/{}/modules/{}", seg(id), seg(m)),
-        None => format!("/devices/{}", seg(id)),
+/// `s` as one shell word, for commands the user may copy.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-._+:,=@%/".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 
@@ -180,35 +184,47 @@ fn authentication(
 pub fn run(cmd: DeviceCommand) -> Result<Outcome> {
     match cmd {
         DeviceCommand::Create(a) => {
-            let client = Client::connect(&a.hub)?;
+            let p = path(&a.id, a.module.as_deref())?;
             let auth = authentication(a.auth_method, a.primary_thumbprint, a.secondary_thumbprint)?;
             let mut body = json!({"deviceId": a.id, "authentication": auth});
             match &a.module {
                 Some(m) => body["moduleId"] = json!(m),
                 None => body["status"] = json!(a.status.azure()),
             }
-            print_json(&client.expect(
-                "PUT",
-                &path(&a.id, a.module.as_deref()),
-                None,
-                Some(&body),
-            )?);
+            let client = Client::connect(&a.hub)?;
+            let answer = client.send("PUT", &p, None, Some(&body))?;
+            if answer.status == 409 {
+                let id = shell_word(&a.id);
+                match &a.module {
+                    None => bail!(
+                        "device {} is already registered (the hub answered 409 DeviceAlreadyExists): change it with `certhub device update --id {id}` (--status, --auth-method, thumbprints), or delete it first with `certhub device delete --id {id}`",
+                        a.id
+                    ),
+                    Some(m) => bail!(
+                        "module {m} of device {} is already registered (the hub answered 409 ModuleAlreadyExistsOnDevice): `certhub device show --id {id} --module {module}` shows it; to register it anew, delete it first with `certhub device delete --id {id} --module {module}`",
+                        a.id,
+                        module = shell_word(m)
+                    ),
+                }
+            }
+            print_json(&answer.checked()?.body);
         }
         DeviceCommand::Show(a) => {
+            let p = path(&a.id, a.module.as_deref())?;
             let client = Client::connect(&a.hub)?;
-            print_json(&client.expect("GET", &path(&a.id, a.module.as_deref()), None, None)?);
+            print_json(&client.expect("GET", &p, None, None)?);
         }
         DeviceCommand::List(a) => {
-            let client = Client::connect(&a.hub)?;
             let p = match &a.id {
-                Some(id) => format!("{}/modules", path(id, None)),
-                None => format!("/devices?top={}", a.top),
+                Some(id) => path(id, None)?.then("modules"),
+                None => ApiPath::fixed("devices").query("top", a.top),
             };
+            let client = Client::connect(&a.hub)?;
             print_json(&client.expect("GET", &p, None, None)?);
         }
         DeviceCommand::Update(a) => {
+            let p = path(&a.id, None)?;
             let client = Client::connect(&a.hub)?;
-            let p = path(&a.id, None);
             let mut current = client.expect("GET", &p, None, None)?;
             let etag = current["etag"].as_str().unwrap_or("*").to_string();
             if let Some(s) = a.status {
@@ -237,8 +253,9 @@ pub fn run(cmd: DeviceCommand) -> Result<Outcome> {
         DeviceCommand::Import(a) => return import(a),
         DeviceCommand::Export(a) => return export(a),
         DeviceCommand::Token(a) => {
+            let p = path(&a.id, a.module.as_deref())?;
             let client = Client::connect(&a.hub)?;
-            let v = client.expect("GET", &path(&a.id, a.module.as_deref()), None, None)?;
+            let v = client.expect("GET", &p, None, None)?;
             let Some(key) = v["authentication"]["symmetricKey"]["primaryKey"].as_str() else {
                 bail!(
                     "{} has no SAS keys (authentication type {})",
@@ -254,8 +271,9 @@ pub fn run(cmd: DeviceCommand) -> Result<Outcome> {
             out!("{}", certhub_core::sign_token(&resource, key, None, expiry));
         }
         DeviceCommand::Delete(a) => {
+            let p = path(&a.id, a.module.as_deref())?;
             let client = Client::connect(&a.hub)?;
-            client.expect("DELETE", &path(&a.id, a.module.as_deref()), Some("*"), None)?;
+            client.expect("DELETE", &p, Some("*"), None)?;
             match &a.module {
                 Some(m) => out!("deleted module {m} of device {}", a.id),
                 None => out!("deleted device {}", a.id),
@@ -368,7 +386,7 @@ fn import(a: ImportArgs) -> Result<Outcome> {
                     }
                     let body =
                         Value::Array(batch.iter().filter_map(|l| import_entry(l).ok()).collect());
-                    match client.send("POST", "/devices", None, Some(&body)) {
+                    match client.send("POST", &ApiPath::fixed("devices"), None, Some(&body)) {
                         Ok(ans) if ans.status == 200 || ans.status == 400 => {
                             let errors = ans.body["errors"].as_array().cloned().unwrap_or_default();
                             if ans.status == 400 && errors.is_empty() {
@@ -444,12 +462,10 @@ fn export(a: ExportArgs) -> Result<Outcome> {
     let mut after = String::new();
     let mut count = 0usize;
     loop {
-        let page = client.expect(
-            "GET",
-            &format!("/devices?top=1000&after={}", seg(&after)),
-            None,
-            None,
-        )?;
+        let page = ApiPath::fixed("devices")
+            .query("top", 1000)
+            .query("after", &after);
+        let page = client.expect("GET", &page, None, None)?;
         let devices = page.as_array().cloned().unwrap_or_default();
         for d in &devices {
             text.push_str(&serde_json::to_string(d).unwrap_or_default());

@@ -76,7 +76,12 @@ pub fn run(cmd: HubCommand) -> Result<Outcome> {
         HubCommand::ServerCa(a) => server_ca(a),
         HubCommand::Show(a) => {
             let client = crate::client::Client::connect(&a.hub)?;
-            crate::client::print_json(&client.expect("GET", "/settings", None, None)?);
+            crate::client::print_json(&client.expect(
+                "GET",
+                &crate::client::ApiPath::fixed("settings"),
+                None,
+                None,
+            )?);
             Ok(Outcome::Ok)
         }
         HubCommand::Set(a) => {
@@ -110,7 +115,12 @@ pub fn run(cmd: HubCommand) -> Result<Outcome> {
                 return set_local(&a.hub, patch);
             }
             let client = crate::client::Client::connect(&a.hub)?;
-            let v = client.expect("PATCH", "/settings", None, Some(&patch.into()))?;
+            let v = client.expect(
+                "PATCH",
+                &crate::client::ApiPath::fixed("settings"),
+                None,
+                Some(&patch.into()),
+            )?;
             crate::client::print_json(&v);
             Ok(Outcome::Ok)
         }

@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use crate::Outcome;
-use crate::client::{Client, HubArgs};
+use crate::client::{ApiPath, Client, HubArgs, Names};
 
 #[derive(Debug, Subcommand)]
 pub enum MessagesCommand {
@@ -34,17 +34,23 @@ pub struct TailArgs {
 
 pub fn run(cmd: MessagesCommand) -> Result<Outcome> {
     let MessagesCommand::Tail(a) = cmd;
+    let events = |after: i64| {
+        let path = ApiPath::fixed("messages/events")
+            .query("from", after)
+            .query("top", 1000);
+        match &a.device {
+            Some(d) => path.query_name("device", Names::Device, "--device", d),
+            None => Ok(path),
+        }
+    };
+    events(a.from)?;
     let client = Client::connect(&a.hub)?;
     let mut after = a.from;
     let mut printed = 0usize;
     let mut idle = Duration::ZERO;
     let poll = Duration::from_millis(500);
     loop {
-        let mut path = format!("/messages/events?from={after}&top=1000");
-        if let Some(d) = &a.device {
-            path.push_str(&format!("&device={d}"));
-        }
-        let answer = client.expect_answer("GET", &path, None, None)?;
+        let answer = client.expect_answer("GET", &events(after)?, None, None)?;
         let records = answer.body.as_array().cloned().unwrap_or_default();
         for r in &records {
             after = r["sequenceNumber"].as_i64().unwrap_or(after);

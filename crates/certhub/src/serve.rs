@@ -455,21 +455,63 @@ pub fn public_host(hostname: &str, port: u16) -> String {
     }
 }
 
-fn bind_error(addr: SocketAddr, e: &std::io::Error) -> anyhow::Error {
+/// A listener of the hub, named after its setting (`https_addr`, `mqtt_addr`) so that an error
+/// says which flag, variable or configuration key to change.
+#[derive(Debug, Clone, Copy)]
+enum Listener {
+    Https,
+    Mqtt,
+}
+
+impl Listener {
+    /// The flag, the environment variable and the configuration file key.
+    fn setting(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Https => ("--https-addr", "CERTHUB_HTTPS_ADDR", "https_addr"),
+            Self::Mqtt => ("--mqtt-addr", "CERTHUB_MQTT_ADDR", "mqtt_addr"),
+        }
+    }
+
+    /// What listens there, for people.
+    fn what(self) -> &'static str {
+        match self {
+            Self::Https => "the service API (HTTPS)",
+            Self::Mqtt => "devices (MQTT)",
+        }
+    }
+
+    /// A port to suggest instead of a privileged one.
+    fn example(self) -> &'static str {
+        match self {
+            Self::Https => "0.0.0.0:8443",
+            Self::Mqtt => "0.0.0.0:8884",
+        }
+    }
+}
+
+fn bind_error(listener: Listener, addr: SocketAddr, e: &std::io::Error) -> anyhow::Error {
+    let (flag, env, key) = listener.setting();
+    let what = listener.what();
     if e.kind() == std::io::ErrorKind::PermissionDenied && addr.port() < 1024 {
+        let clients = match listener {
+            Listener::Https => {
+                "clients then use HostName=<host>:8443; the Azure SDKs' HTTPS and WebSocket transports dial 443 unless told otherwise"
+            }
+            Listener::Mqtt => "the Azure device SDKs dial 8883 for MQTT",
+        };
         anyhow::anyhow!(
-            "cannot listen on {addr}: permission denied. Ports below 1024 need root or the \
-             CAP_NET_BIND_SERVICE capability. Either choose another port, e.g. \
-             `--https-addr 0.0.0.0:8443` (clients then use HostName=<host>:8443; the Azure \
-             SDKs' HTTPS and WebSocket transports dial 443 unless told otherwise), or let \
-             certhub bind low ports: `sudo setcap cap_net_bind_service=+ep $(command -v certhub)`"
+            "cannot listen on {addr} for {what}: permission denied. Ports below 1024 need root or \
+             the CAP_NET_BIND_SERVICE capability. Either choose another port with {flag} (or \
+             {env}, or {key} in the configuration file), e.g. `{flag} {example}` ({clients}), \
+             or let certhub bind low ports: `sudo setcap cap_net_bind_service=+ep $(command -v certhub)`",
+            example = listener.example()
         )
     } else if e.kind() == std::io::ErrorKind::AddrInUse {
         anyhow::anyhow!(
-            "cannot listen on {addr}: the address is in use by another program; choose another with --https-addr"
+            "cannot listen on {addr} for {what}: the address is in use by another program (another hub?); choose another with {flag} (or {env}, or {key} in the configuration file)"
         )
     } else {
-        anyhow::anyhow!("cannot listen on {addr}: {e}")
+        anyhow::anyhow!("cannot listen on {addr} for {what} ({flag}): {e}")
     }
 }
 
@@ -527,11 +569,11 @@ async fn serve(config: Config) -> Result<Outcome> {
     let tls = identity.https_config()?;
     let listener = tokio::net::TcpListener::bind(config.https_addr)
         .await
-        .map_err(|e| bind_error(config.https_addr, &e))?;
+        .map_err(|e| bind_error(Listener::Https, config.https_addr, &e))?;
     let bound = listener.local_addr()?;
     let mqtt_listener = tokio::net::TcpListener::bind(config.mqtt_addr)
         .await
-        .map_err(|e| bind_error(config.mqtt_addr, &e))?;
+        .map_err(|e| bind_error(Listener::Mqtt, config.mqtt_addr, &e))?;
     let mqtt_bound = mqtt_listener.local_addr()?;
     let device_tls = identity.device_config()?;
     let host = public_host(&config.hostnames[0], bound.port());

@@ -35,13 +35,13 @@ fn every_scenario_runs_against_the_hub() {
     let t = tmp();
     let d = t.path();
     let data = d.join("data");
-    let _hub = start_hub_with(
+    let hub = start_hub_with(
         &data,
         &[
             "--https-addr",
             "127.0.0.4:0",
             "--mqtt-addr",
-            "127.0.0.4:8883",
+            "127.0.0.4:0",
             "--hostname",
             "127.0.0.4",
         ],
@@ -75,13 +75,14 @@ fn every_scenario_runs_against_the_hub() {
     let ca = data.join("tls/server-ca.pem");
     // The test process stands in for the server: its /proc entries are sampled all the same.
     let pid = std::process::id().to_string();
+    let port = hub.mqtt_port.to_string();
     let target = [
         "--devices",
         "pki/devices",
         "--host",
         "127.0.0.4",
         "--port",
-        "8883",
+        &port,
         "--ca",
         s(&ca),
         "--server-pid",
@@ -198,6 +199,8 @@ fn every_scenario_runs_against_the_hub() {
         "unknown",
         "--host",
         "127.0.0.4",
+        "--port",
+        &port,
         "--ca",
         s(&ca),
     ];

@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{certhub, certhub_at, s, start_hub, tmp};
+use common::{assert_error, certhub, certhub_at, s, start_hub, tmp};
 
 #[test]
 fn register_a_ca_prove_possession_create_devices_and_audit() {
@@ -258,6 +258,9 @@ fn a_port_that_cannot_be_bound_is_explained() {
             "serve",
             "--https-addr",
             &addr,
+            // Never the default 0.0.0.0:8883, where a user's own hub listens.
+            "--mqtt-addr",
+            "127.0.0.1:0",
             "--data-dir",
             s(&d.join("data")),
         ],
@@ -268,6 +271,32 @@ fn a_port_that_cannot_be_bound_is_explained() {
         "{run}"
     );
     assert!(run.stderr.contains("--https-addr"), "{run}");
+    assert!(!run.stderr.contains("--mqtt-addr"), "{run}");
+
+    // The device listener's address names its own flag, variable and configuration key.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let run = certhub(
+        d,
+        &[
+            "serve",
+            "--https-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            &addr,
+            "--data-dir",
+            s(&d.join("data")),
+        ],
+    );
+    assert_error(
+        &run,
+        &[
+            &format!("cannot listen on {addr} for devices (MQTT)"),
+            "in use",
+            "choose another with --mqtt-addr (or CERTHUB_MQTT_ADDR, or mqtt_addr in the configuration file)",
+        ],
+    );
+    assert!(!run.stderr.contains("https"), "{run}");
 }
 
 #[test]
@@ -297,4 +326,97 @@ fn a_second_hub_on_the_same_data_directory_is_refused() {
     // The lock goes with the process, however it ends.
     first.kill();
     let _second = start_hub(&data);
+}
+
+/// `device create` of a registered identity says how to change it with the CLI, not with the
+/// API's If-Match.
+#[test]
+fn creating_a_registered_device_points_to_device_update() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let _hub = start_hub(&data);
+    let hub = |args: &[&str]| certhub_at(d, &data, args);
+    for id in ["widget", "sensor#2"] {
+        hub(&["device", "create", "--id", id]).ok();
+        hub(&["device", "create", "--id", id, "--module", "m#1"]).ok();
+    }
+    let again = hub(&["device", "create", "--id", "widget"]);
+    assert_error(
+        &again,
+        &[
+            "device widget is already registered",
+            "change it with `certhub device update --id widget`",
+            "`certhub device delete --id widget`",
+        ],
+    );
+    assert!(!again.stderr.contains("If-Match"), "{again}");
+    // The commands are given as the shell needs them.
+    let again = hub(&[
+        "device",
+        "create",
+        "--id",
+        "sensor#2",
+        "--auth-method",
+        "x509-ca",
+    ]);
+    assert_error(&again, &["`certhub device update --id 'sensor#2'`"]);
+    let again = hub(&["device", "create", "--id", "widget", "--module", "m#1"]);
+    assert_error(
+        &again,
+        &[
+            "module m#1 of device widget is already registered",
+            "`certhub device show --id widget --module 'm#1'`",
+            "`certhub device delete --id widget --module 'm#1'`",
+        ],
+    );
+    assert!(!again.stderr.contains("If-Match"), "{again}");
+    // Nothing changed.
+    let shown = hub(&["device", "show", "--id", "sensor#2"]).ok();
+    let shown: serde_json::Value = serde_json::from_str(&shown.stdout).expect("json");
+    assert_eq!(shown["authentication"]["type"], "sas", "{shown}");
+}
+
+/// A hub that does not answer is named as such, with its address and how to start one.
+#[test]
+fn a_hub_that_is_not_running_is_named() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let mut hub = start_hub(&data);
+    let cs = certhub_at(d, &data, &["hub", "connection-string"]).ok();
+    let cs = cs.stdout.trim().to_string();
+    let ca = s(&data.join("tls/server-ca.pem")).to_string();
+    certhub_at(d, &data, &["device", "list"]).ok();
+    hub.kill();
+    let expected = format!(
+        "could not reach the hub at https://{}: connection refused",
+        hub.host
+    );
+    for args in [
+        vec!["device", "list", "--data-dir", s(&data)],
+        vec![
+            "twin",
+            "show",
+            "--device",
+            "w",
+            "--connection-string",
+            &cs,
+            "--ca-file",
+            &ca,
+        ],
+        // Queries take a path of their own through the client.
+        vec![
+            "twin",
+            "query",
+            "SELECT * FROM devices",
+            "--connection-string",
+            &cs,
+            "--ca-file",
+            &ca,
+        ],
+    ] {
+        let run = certhub(d, &args);
+        assert_error(&run, &[&expected, "is the hub running (`certhub serve`)"]);
+    }
 }

@@ -1,16 +1,16 @@
 //! The Python `azure-iot-device` SDK against a real `certhub serve` over MQTT/TLS: a widget of
 //! the four-level supply chain, a module, a thumbprint device and a SAS device connect and send
 //! telemetry that the service side reads back; refusals get CONNACK 5 and an audit reason; a
-//! disabled device's live session drops within a second. The SDK always dials 8883, so this
-//! hub listens on its own loopback address, 127.0.0.2.
+//! disabled device's live session drops within a second. The SDK always dials 8883; the test
+//! port map (`common::python_to_hub`) sends it to the free port this hub listens on.
 
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use common::{certhub, certhub_at, python, start_hub_with, technician_signed, tmp};
+use common::{certhub, certhub_at, python_to_hub, start_hub_with, technician_signed, tmp};
 
 const HOST: &str = "127.0.0.2";
 
@@ -19,7 +19,7 @@ fn azure_iot_device_sdk_connects_sends_and_is_revoked() {
     let t = tmp();
     let d = t.path();
     let data = d.join("data");
-    let _hub = start_hub_with(
+    let hub_process = start_hub_with(
         &data,
         &[
             "--hostname",
@@ -27,7 +27,7 @@ fn azure_iot_device_sdk_connects_sends_and_is_revoked() {
             "--https-addr",
             &format!("{HOST}:0"),
             "--mqtt-addr",
-            &format!("{HOST}:8883"),
+            &format!("{HOST}:0"),
         ],
     );
     let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
@@ -122,7 +122,7 @@ fn azure_iot_device_sdk_connects_sends_and_is_revoked() {
     let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/device.py");
-    let mut child = Command::new(python())
+    let mut child = python_to_hub(hub_process.mqtt_port)
         .arg(&script)
         .current_dir(d)
         .env("CERTHUB_HOST", HOST)

@@ -1,15 +1,15 @@
 //! Cloud-to-device messages, twins and direct methods with the Azure IoT Python SDKs against a
 //! real `certhub serve`: tests/interop/features.py drives a widget of the four-level supply
 //! chain and its module (azure-iot-device) and the service side (azure-iot-hub). The SDK
-//! always dials 8883, so this hub listens on its own loopback address, 127.0.0.3.
+//! always dials 8883; the test port map (`common::python_to_hub`) sends it to the free port this
+//! hub listens on.
 
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use common::{
-    certhub, certhub_at, enroll_widget, python, s, start_hub_with, technician_signed, tmp,
+    certhub, certhub_at, enroll_widget, python_to_hub, s, start_hub_with, technician_signed, tmp,
 };
 
 const HOST: &str = "127.0.0.3";
@@ -19,7 +19,7 @@ fn c2d_twins_and_methods_with_the_python_sdks() {
     let t = tmp();
     let d = t.path();
     let data = d.join("data");
-    let _hub = start_hub_with(
+    let hub_process = start_hub_with(
         &data,
         &[
             "--hostname",
@@ -27,7 +27,7 @@ fn c2d_twins_and_methods_with_the_python_sdks() {
             "--https-addr",
             &format!("{HOST}:0"),
             "--mqtt-addr",
-            &format!("{HOST}:8883"),
+            &format!("{HOST}:0"),
             "--c2d-max-pending",
             "5",
         ],
@@ -50,7 +50,7 @@ fn c2d_twins_and_methods_with_the_python_sdks() {
     let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/features.py");
-    let out = Command::new(python())
+    let out = python_to_hub(hub_process.mqtt_port)
         .arg(&script)
         .current_dir(d)
         .env("CERTHUB_HOST", HOST)

@@ -98,20 +98,16 @@ fn the_readme_walkthrough_runs_as_written() {
 }
 
 /// The README's hub section, in a folder where a hub runs on its default data directory
-/// (`./certhub-data`), then its Python device example (the SDK dials localhost:8883), then its
-/// listening widget with the C2D, twin and method walkthrough.
+/// (`./certhub-data`), then its Python device example, then its listening widget with the C2D,
+/// twin and method walkthrough. The examples dial localhost:8883, as written; the test port map
+/// sends them to the port this hub listens on.
 #[test]
 fn the_readme_hub_walkthrough_runs_as_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("certhub-data");
-    let _hub = common::start_hub_with(
+    let hub = common::start_hub_with(
         &data,
-        &[
-            "--https-addr",
-            "127.0.0.1:0",
-            "--mqtt-addr",
-            "127.0.0.1:8883",
-        ],
+        &["--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"],
     );
     let stdout = run_walkthrough("hub-walkthrough", dir.path());
     assert!(stdout.contains("\"isVerified\": true"), "{stdout}");
@@ -124,7 +120,7 @@ fn the_readme_hub_walkthrough_runs_as_written() {
     assert!(audit[0].contains("device.update"), "{stdout}");
 
     let example = block("device-example", "```python");
-    let out = Command::new(common::python())
+    let out = common::python_to_hub(hub.mqtt_port)
         .args(["-c", &example])
         .current_dir(dir.path())
         .output()
@@ -147,7 +143,7 @@ fn the_readme_hub_walkthrough_runs_as_written() {
 
     // The listening widget, then the walkthrough that messages, updates and calls it.
     let widget = block("widget-features", "```python");
-    let mut child = Command::new(common::python())
+    let mut child = common::python_to_hub(hub.mqtt_port)
         .args(["-u", "-c", &widget])
         .current_dir(dir.path())
         .stdout(std::process::Stdio::piped())

@@ -391,8 +391,30 @@ pub fn start_hub(data_dir: &Path) -> HubProcess {
     )
 }
 
+/// Panics unless `args` give both listeners an address of their own: never the defaults
+/// (0.0.0.0:443 and 0.0.0.0:8883, where a user's own hub listens), no unspecified address and
+/// no port 443 or 8883 (on Linux, 127.0.0.x:8883 cannot be bound while a hub holds
+/// 0.0.0.0:8883). Port 0 takes a free port.
+fn assert_test_addresses(args: &[&str]) {
+    for flag in ["--https-addr", "--mqtt-addr"] {
+        let given = args
+            .windows(2)
+            .find(|w| w[0] == flag)
+            .map(|w| w[1])
+            .unwrap_or_else(|| panic!("a test hub needs {flag}: the default is a user's hub's"));
+        let addr: std::net::SocketAddr = given
+            .parse()
+            .unwrap_or_else(|_| panic!("{flag} {given}: IP:PORT expected"));
+        assert!(
+            !addr.ip().is_unspecified() && ![443, 8883].contains(&addr.port()),
+            "{flag} {given}: tests must not use the addresses or ports of a user's own hub; use port 0"
+        );
+    }
+}
+
 /// Starts `certhub serve --data-dir DATA_DIR ARGS...`.
 pub fn start_hub_with(data_dir: &Path, args: &[&str]) -> HubProcess {
+    assert_test_addresses(args);
     let mut child = Command::new(env!("CARGO_BIN_EXE_certhub"))
         .args(["serve", "--data-dir", s(data_dir)])
         .args(args)
@@ -438,6 +460,36 @@ pub fn python() -> PathBuf {
         venv.display()
     );
     venv
+}
+
+/// The virtualenv's Python ([`python`]) with the test port map, tests/interop/portmap: the Azure
+/// device SDK always dials MQTT on port 8883, and with the map its connections (and any other
+/// made with `socket.create_connection`) to port 8883 go to `mqtt_port` instead, where the hub
+/// under test listens. The SDK and the scripts stay as they are. Checks first that the map is in
+/// effect, so a test can never reach a hub it did not start.
+pub fn python_to_hub(mqtt_port: u16) -> Command {
+    let portmap = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/portmap");
+    let map = format!("8883={mqtt_port}");
+    let command = || {
+        let mut c = Command::new(python());
+        c.env("PYTHONPATH", &portmap)
+            .env("CERTHUB_TEST_PORT_MAP", &map);
+        c
+    };
+    let check = command()
+        .args([
+            "-c",
+            "import socket, sitecustomize; print(sitecustomize.PORT_MAP, socket.create_connection.__name__)",
+        ])
+        .output()
+        .expect("python runs");
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        format!("{{8883: {mqtt_port}}} _mapped_create_connection"),
+        "the test port map is not in effect: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    command()
 }
 
 /// One `mosquitto_pub` run (Debian package mosquitto-clients): a QoS 1 publish to the hub on

@@ -1,0 +1,25 @@
+"""A test-only port map, so that tests never use the ports a user's own hub listens on.
+
+The Azure IoT device SDK dials MQTT on port 8883 and has no option to change it. The tests start
+their hubs on free ports instead and put this folder on PYTHONPATH, where Python imports
+`sitecustomize` at start-up. With CERTHUB_TEST_PORT_MAP="8883=41234" (comma-separated FROM=TO
+pairs), every connection made through socket.create_connection, which paho-mqtt (under the SDK)
+uses, to port FROM goes to port TO of the same host. The SDK and the scripts stay unmodified.
+"""
+
+import os
+import socket
+
+PORT_MAP = {}
+for pair in filter(None, os.environ.get("CERTHUB_TEST_PORT_MAP", "").split(",")):
+    source, target = pair.split("=")
+    PORT_MAP[int(source)] = int(target)
+
+if PORT_MAP:
+    _create_connection = socket.create_connection
+
+    def _mapped_create_connection(address, *args, **kwargs):
+        host, port, *rest = address
+        return _create_connection((host, PORT_MAP.get(port, port), *rest), *args, **kwargs)
+
+    socket.create_connection = _mapped_create_connection
