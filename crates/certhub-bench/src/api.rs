@@ -62,6 +62,8 @@ impl Api {
     }
 
     fn url(&self, id: &str) -> String {
+        // The id is one path segment whatever it holds ('#', '?', '%' are valid in ids).
+        let id = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
         format!("https://{}/devices/{id}?api-version=2021-04-12", self.host)
     }
 

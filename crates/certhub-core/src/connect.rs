@@ -178,9 +178,11 @@ fn check_username(
             format!("no username; expected {{host}}/{client_id}/?api-version=..."),
         ));
     };
-    let path = u.split('?').next().unwrap_or_default();
-    let path = path.strip_suffix('/').unwrap_or(path);
-    let (host, rest) = path.split_once('/').unwrap_or((path, ""));
+    // The host ends at the first '/'; the client id follows and may itself hold '?' (an
+    // allowed id character), so it is matched as the expected text rather than cut at '?'.
+    let (host, rest) = u
+        .split_once('/')
+        .unwrap_or((u.split('?').next().unwrap_or(u), ""));
     let bare = match host.rsplit_once(':') {
         Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h,
         _ => host,
@@ -194,10 +196,15 @@ fn check_username(
             ),
         ));
     }
-    if rest != client_id {
+    let names_client = rest.strip_prefix(client_id).is_some_and(|after| {
+        after.is_empty() || after == "/" || after.starts_with("/?") || after.starts_with('?')
+    });
+    if !names_client {
+        let named = rest.split("/?").next().unwrap_or(rest);
+        let named = named.strip_suffix('/').unwrap_or(named);
         return Err(refuse(
             "username-mismatch",
-            format!("the username names {rest:?} but the client id is {client_id:?}"),
+            format!("the username names {named:?} but the client id is {client_id:?}"),
         ));
     }
     Ok(())
@@ -515,5 +522,28 @@ impl Registered {
             device,
             module: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod username_tests {
+    use super::check_username;
+
+    #[test]
+    fn the_client_id_is_matched_whole_even_with_a_question_mark() {
+        let hosts = vec!["hub.example".to_string()];
+        let ok = |u: &str, id: &str| check_username(Some(u), id, &hosts).is_ok();
+        assert!(ok(
+            "hub.example/probe?x=1/?api-version=2021-04-12",
+            "probe?x=1"
+        ));
+        assert!(ok("hub.example:8883/w1/?api-version=2021-04-12", "w1"));
+        assert!(ok("hub.example/w1/", "w1"));
+        assert!(ok("hub.example/w1", "w1"));
+        assert!(ok("hub.example/d/m/?api-version=1", "d/m"));
+        assert!(!ok("hub.example/w1x/?api-version=1", "w1"));
+        assert!(!ok("hub.example/probe/?x=1", "probe?x=1"));
+        assert!(!ok("other.example/w1/?api-version=1", "w1"));
+        assert!(!ok("hub.example", "w1"));
     }
 }
