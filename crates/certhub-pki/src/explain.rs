@@ -1,0 +1,736 @@
+//! Naming a refused chain: rustls-webpki says what failed but rarely where. This module turns
+//! its error into a [`Reason`] and a sentence that names the certificate at fault, by looking at
+//! the presented certificates and the trust store. It runs only on refusals.
+//!
+//! Every `webpki::Error` variant `verify_for_usage` can return for a device chain has its own
+//! name here (see the table in docs/architecture.md, "The device chain policy"); `chain-invalid`
+//! is left for the variants the device policy cannot meet (revocation and server-name errors:
+//! certhub asks for neither) and for variants a later webpki adds.
+
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime};
+use webpki::EndEntityCert;
+use webpki::Error as E;
+use x509_parser::certificate::X509Certificate;
+use x509_parser::extensions::{GeneralName, NameConstraints, ParsedExtension};
+use x509_parser::oid_registry::OID_X509_EXT_EXTENDED_KEY_USAGE;
+use x509_parser::prelude::FromDer;
+
+use crate::chain::{Reason, Rejection, TrustStore, Usage, check_validity, key_usage};
+use crate::describe::{key_info, signature_algorithm_name, weak_signature};
+
+/// A presented certificate: its DER, parsed, and its place in the chain (0 = the leaf).
+#[derive(Clone, Copy)]
+pub(crate) struct Cert<'a> {
+    position: usize,
+    der: &'a CertificateDer<'a>,
+    x509: &'a X509Certificate<'a>,
+}
+
+impl<'a> Cert<'a> {
+    fn label(&self) -> String {
+        match self.position {
+            0 => "the leaf".into(),
+            n => format!("intermediate {n}"),
+        }
+    }
+
+    fn subject(&self) -> String {
+        self.x509.subject().to_string()
+    }
+
+    /// `the leaf "CN=..."` / `intermediate 2 "CN=..."`.
+    fn named(&self) -> String {
+        format!("{} {:?}", self.label(), self.subject())
+    }
+
+    fn issued(&self, child: &Cert<'_>) -> bool {
+        self.x509.subject().as_raw() == child.x509.issuer().as_raw()
+    }
+}
+
+/// The chain as presented: the leaf and the intermediates, in the order they came.
+pub(crate) struct Presented<'a> {
+    leaf: Cert<'a>,
+    intermediates: Vec<Cert<'a>>,
+}
+
+impl<'a> Presented<'a> {
+    pub(crate) fn new(
+        leaf: &'a CertificateDer<'a>,
+        leaf_x509: &'a X509Certificate<'a>,
+        ders: &'a [CertificateDer<'a>],
+        x509s: &'a [X509Certificate<'a>],
+    ) -> Self {
+        Self {
+            leaf: Cert {
+                position: 0,
+                der: leaf,
+                x509: leaf_x509,
+            },
+            intermediates: ders
+                .iter()
+                .zip(x509s)
+                .enumerate()
+                .map(|(i, (der, x509))| Cert {
+                    position: i + 1,
+                    der,
+                    x509,
+                })
+                .collect(),
+        }
+    }
+
+    /// The intermediates the leaf can reach by issuer name, nearest first, with their distance
+    /// from the leaf (1 = the leaf's issuer). These are the only ones a path can use.
+    fn reachable(&self) -> Vec<(Cert<'a>, usize)> {
+        let mut seen = vec![false; self.intermediates.len()];
+        let mut out: Vec<(Cert<'a>, usize)> = Vec::new();
+        let mut frontier = vec![self.leaf];
+        let mut depth = 0;
+        while !frontier.is_empty() {
+            depth += 1;
+            let mut next = Vec::new();
+            for child in &frontier {
+                for (i, c) in self.intermediates.iter().enumerate() {
+                    if !seen[i] && c.issued(child) {
+                        seen[i] = true;
+                        out.push((*c, depth));
+                        next.push(*c);
+                    }
+                }
+            }
+            frontier = next;
+        }
+        out
+    }
+
+    /// The leaf, then the reachable intermediates nearest first.
+    fn path_candidates(&self) -> Vec<Cert<'a>> {
+        std::iter::once(self.leaf)
+            .chain(self.reachable().into_iter().map(|(c, _)| c))
+            .collect()
+    }
+
+    pub(crate) fn leaf(&self) -> &Cert<'a> {
+        &self.leaf
+    }
+
+    /// A certificate of the chain (the leaf or a reachable intermediate) that `issuer` issued.
+    fn child_of(&self, issuer: &Cert<'_>) -> Option<Cert<'a>> {
+        self.path_candidates()
+            .into_iter()
+            .find(|c| issuer.issued(c) && c.position != issuer.position)
+    }
+}
+
+/// What a second run of the path builder needs, to see past certificates it cannot parse.
+pub(crate) struct Rerun<'a> {
+    pub(crate) ee: &'a EndEntityCert<'a>,
+    pub(crate) trust: &'a TrustStore,
+    pub(crate) now: UnixTime,
+    pub(crate) usage: Usage,
+}
+
+impl Rerun<'_> {
+    fn run(&self, intermediates: &[CertificateDer<'_>]) -> Result<(), E> {
+        self.ee
+            .verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &self.trust.anchors,
+                intermediates,
+                self.now,
+                key_usage(self.usage),
+                None,
+                None,
+            )
+            .map(|_| ())
+    }
+}
+
+/// The certificate extensions rustls-webpki processes; any other one marked critical makes it
+/// refuse the certificate (RFC 5280 4.2).
+const WEBPKI_EXTENSIONS: [&str; 7] = [
+    "2.5.29.15",               // keyUsage
+    "2.5.29.17",               // subjectAltName
+    "2.5.29.19",               // basicConstraints
+    "2.5.29.30",               // nameConstraints
+    "2.5.29.31",               // cRLDistributionPoints
+    "2.5.29.37",               // extKeyUsage
+    "1.3.6.1.4.1.11129.2.4.2", // the certificate transparency SCT list
+];
+
+/// The reason for a certificate the path builder cannot parse at all.
+fn parse_reason(e: &E) -> Reason {
+    match e {
+        E::UnsupportedCertVersion => Reason::UnsupportedCertificateVersion,
+        E::UnsupportedCriticalExtension => Reason::UnsupportedCriticalExtension,
+        // Raised while parsing a certificate only by an extension met twice.
+        E::ExtensionValueInvalid => Reason::DuplicateExtension,
+        E::SignatureAlgorithmMismatch => Reason::SignatureAlgorithmMismatch,
+        _ => Reason::MalformedCertificate,
+    }
+}
+
+/// A certificate rustls-webpki refused to parse (`EndEntityCert::try_from` failed with `e`),
+/// named. The leaf and the intermediates are parsed the same way.
+pub(crate) fn unusable(e: &E, cert: &Cert<'_>) -> Rejection {
+    let x = cert.x509;
+    let who = cert.named();
+    let detail = match e {
+        E::UnsupportedCertVersion => format!(
+            "{who} is an X.509 version {} certificate; only version 3 certificates (the ones with extensions such as basicConstraints) are accepted",
+            x.version().0 + 1
+        ),
+        E::UnsupportedCriticalExtension => {
+            let oids: Vec<String> = x
+                .extensions()
+                .iter()
+                .filter(|ext| ext.critical)
+                .map(|ext| ext.oid.to_id_string())
+                .filter(|oid| !WEBPKI_EXTENSIONS.contains(&oid.as_str()))
+                .collect();
+            format!(
+                "{who} has a critical extension the verifier does not process ({}); a certificate user must refuse it (RFC 5280 4.2)",
+                oids.join(", ")
+            )
+        }
+        E::ExtensionValueInvalid => {
+            let mut seen = Vec::new();
+            let mut twice = Vec::new();
+            for ext in x.extensions() {
+                let oid = ext.oid.to_id_string();
+                if seen.contains(&oid) && !twice.contains(&oid) {
+                    twice.push(oid);
+                } else {
+                    seen.push(oid);
+                }
+            }
+            format!(
+                "{who} carries the extension {} more than once (RFC 5280 4.2)",
+                twice.join(", ")
+            )
+        }
+        E::SignatureAlgorithmMismatch => {
+            let inner = signature_algorithm_name(&x.tbs_certificate.signature);
+            let outer = signature_algorithm_name(&x.signature_algorithm);
+            if inner == outer {
+                format!(
+                    "{who}: the parameters of its signature algorithm ({outer}) differ from the ones inside its signed part (RFC 5280 4.1.1.2)"
+                )
+            } else {
+                format!(
+                    "{who} is signed with {outer} but its signed part names {inner} (RFC 5280 4.1.1.2)"
+                )
+            }
+        }
+        other => format!("{who} cannot be parsed by the verifier ({other:?})"),
+    };
+    Rejection::new(parse_reason(e), detail)
+}
+
+/// Turns webpki's error for a chain into a named reason with a sentence that points at the
+/// certificate at fault.
+pub(crate) fn explain(e: E, presented: &Presented<'_>, rerun: &Rerun<'_>) -> Rejection {
+    // webpki parses every presented intermediate it considers and ranks a parse error above
+    // "unknown issuer", so one it cannot parse (even junk beside a chain) can hide the real
+    // reason. Such a certificate never takes part in a path: run again without them, and blame
+    // one only if the chain needs it (the leaf reaches it by name and nothing else is found).
+    let broken: Vec<(Cert<'_>, E)> = presented
+        .intermediates
+        .iter()
+        .filter_map(|c| EndEntityCert::try_from(c.der).err().map(|e| (*c, e)))
+        .collect();
+    if broken.is_empty() {
+        return name(e, presented, rerun);
+    }
+    let usable = Presented {
+        leaf: presented.leaf,
+        intermediates: presented
+            .intermediates
+            .iter()
+            .filter(|c| !broken.iter().any(|(b, _)| b.position == c.position))
+            .copied()
+            .collect(),
+    };
+    let ders: Vec<CertificateDer<'_>> = usable
+        .intermediates
+        .iter()
+        .map(|c| (*c.der).clone())
+        .collect();
+    let e = match rerun.run(&ders) {
+        Ok(()) => e, // cannot happen: the broken ones never took part in a path
+        Err(again) => again,
+    };
+    if e == E::UnknownIssuer {
+        let needed = presented.reachable().into_iter().find_map(|(c, _)| {
+            broken
+                .iter()
+                .find(|(b, _)| b.position == c.position)
+                .map(|(b, err)| (*b, err.clone()))
+        });
+        if let Some((cert, err)) = needed {
+            return unusable(&err, &cert);
+        }
+    }
+    name(e, &usable, rerun)
+}
+
+fn name(e: E, p: &Presented<'_>, rerun: &Rerun<'_>) -> Rejection {
+    let now = i64::try_from(rerun.now.as_secs()).unwrap_or(i64::MAX);
+    match e {
+        E::CertExpired { .. } | E::CertNotValidYet { .. } | E::InvalidCertValidity => {
+            for c in p.path_candidates() {
+                if let Err(r) = check_validity(c.x509, &c.label(), now) {
+                    return r;
+                }
+            }
+            let reason = match e {
+                E::CertExpired { .. } => Reason::CertificateExpired,
+                E::CertNotValidYet { .. } => Reason::NotYetValid,
+                _ => Reason::InvalidValidityPeriod,
+            };
+            Rejection::new(
+                reason,
+                format!("a certificate in the chain is outside its validity ({e:?})"),
+            )
+        }
+        E::UnknownIssuer => unknown_issuer(p, rerun.trust),
+        E::CaUsedAsEndEntity => Rejection::new(
+            Reason::CaUsedAsLeaf,
+            format!(
+                "the leaf {:?} is a CA certificate; a device presents its own, non-CA certificate first",
+                p.leaf.subject()
+            ),
+        ),
+        E::EndEntityUsedAsCa => issuer_not_ca(p),
+        E::PathLenConstraintViolated => path_length(p),
+        E::MaximumPathDepthExceeded => Rejection::new(
+            Reason::ChainTooLong,
+            "the chain is more than 6 intermediates deep below the leaf, the most the verifier follows: a device presents its leaf and at most 6 intermediates up to a registered CA",
+        ),
+        E::MaximumSignatureChecksExceeded
+        | E::MaximumPathBuildCallsExceeded
+        | E::MaximumNameConstraintComparisonsExceeded => too_complex(&e, p),
+        E::NameConstraintViolation => Rejection::new(
+            Reason::NameConstraintsViolated,
+            format!(
+                "a name of {:?} or of a certificate above it is outside the name constraints of {}",
+                p.leaf.subject(),
+                constrainers(p, rerun.trust)
+            ),
+        ),
+        E::MalformedNameConstraint | E::InvalidNetworkMaskConstraint => Rejection::new(
+            Reason::MalformedNameConstraints,
+            format!(
+                "the name constraints of {} cannot be evaluated: {}",
+                constrainers(p, rerun.trust),
+                if e == E::MalformedNameConstraint {
+                    "a dNSName constraint is not a DNS name (no wildcards, no empty labels)"
+                } else {
+                    "an iPAddress constraint's mask is not a CIDR prefix"
+                }
+            ),
+        ),
+        E::MalformedDnsIdentifier => malformed_dns_name(p, rerun.trust),
+        E::InvalidSignatureForPublicKey => Rejection::new(
+            Reason::BadSignature,
+            "a signature in the chain does not verify with its issuer's key",
+        ),
+        E::UnsupportedSignatureAlgorithmContext(_)
+        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => unsupported_algorithm(p),
+        #[allow(deprecated)]
+        E::UnsupportedSignatureAlgorithm | E::UnsupportedSignatureAlgorithmForPublicKey => {
+            unsupported_algorithm(p)
+        }
+        E::RequiredEkuNotFoundContext(_) | E::EmptyEkuExtension => wrong_eku(&e, p, rerun.usage),
+        #[allow(deprecated)]
+        E::RequiredEkuNotFound => wrong_eku(&e, p, rerun.usage),
+        E::CertDistrusted => distrusted(p, rerun),
+        E::UnsupportedCertVersion
+        | E::UnsupportedCriticalExtension
+        | E::ExtensionValueInvalid
+        | E::SignatureAlgorithmMismatch
+        | E::BadDer
+        | E::BadDerTime
+        | E::TrailingData(_)
+        | E::MalformedExtensions
+        | E::InvalidSerialNumber => Rejection::new(
+            parse_reason(&e),
+            format!("a certificate in the chain is malformed ({e:?})"),
+        ),
+        // Revocation errors (certhub passes no CRLs), server-name errors (it never checks a
+        // server name) and whatever a later webpki adds.
+        other => Rejection::new(Reason::ChainInvalid, format!("{other:?}")),
+    }
+}
+
+/// basicConstraints as webpki reads it: `Some(true)` for CA:TRUE, `Some(false)` for CA:FALSE,
+/// `None` when the extension is absent.
+fn ca_flag(c: &X509Certificate<'_>) -> Option<bool> {
+    c.basic_constraints().ok().flatten().map(|bc| bc.value.ca)
+}
+
+fn issuer_not_ca(p: &Presented<'_>) -> Rejection {
+    let culprit = p
+        .reachable()
+        .into_iter()
+        .map(|(c, _)| c)
+        .find(|c| ca_flag(c.x509) != Some(true));
+    let Some(c) = culprit else {
+        return Rejection::new(
+            Reason::IssuerNotCa,
+            "a certificate that issued another one of the chain is not a CA (basicConstraints CA:TRUE is missing)",
+        );
+    };
+    let why = match ca_flag(c.x509) {
+        Some(_) => "its basicConstraints say CA:FALSE",
+        None => "it has no basicConstraints extension",
+    };
+    let child = p
+        .child_of(&c)
+        .map(|child| format!(", the issuer of {:?},", child.subject()))
+        .unwrap_or_default();
+    Rejection::new(
+        Reason::IssuerNotCa,
+        format!(
+            "{}{child} is not a CA certificate ({why}); only a CA (basicConstraints CA:TRUE) may issue certificates: re-issue it as a CA",
+            c.named()
+        ),
+    )
+}
+
+fn path_length(p: &Presented<'_>) -> Rejection {
+    for (c, depth) in p.reachable() {
+        let below = depth - 1;
+        if let Some(bc) = c.x509.basic_constraints().ok().flatten()
+            && let Some(len) = bc.value.path_len_constraint
+            && below > len as usize
+        {
+            return Rejection::new(
+                Reason::PathLengthExceeded,
+                format!(
+                    "{} allows {len} intermediate CA(s) below it (pathLenConstraint {len}), but the chain has {below}",
+                    c.named()
+                ),
+            );
+        }
+    }
+    Rejection::new(
+        Reason::PathLengthExceeded,
+        "the chain is longer than a CA's pathLenConstraint allows",
+    )
+}
+
+fn too_complex(e: &E, p: &Presented<'_>) -> Rejection {
+    let what = match e {
+        E::MaximumSignatureChecksExceeded => "more than 100 signature checks",
+        E::MaximumPathBuildCallsExceeded => {
+            "more than 200 000 path-building steps (many certificates with the same name)"
+        }
+        _ => "more than 250 000 name-constraint comparisons",
+    };
+    Rejection::new(
+        Reason::ChainTooComplex,
+        format!(
+            "checking the {} presented certificates needs {what}, more than the verifier allows; a device presents its leaf and only the intermediates above it",
+            p.intermediates.len() + 1
+        ),
+    )
+}
+
+/// The certificates whose name constraints apply to the chain: reachable intermediates and the
+/// trust anchors that issued one of the chain, each with its constraints.
+fn constrainers(p: &Presented<'_>, trust: &TrustStore) -> String {
+    let mut out = Vec::new();
+    for (c, _) in p.reachable() {
+        if let Ok(Some(nc)) = c.x509.name_constraints() {
+            out.push(format!(
+                "{} ({})",
+                c.named(),
+                describe_constraints(nc.value)
+            ));
+        }
+    }
+    let issuers: Vec<&[u8]> = p
+        .path_candidates()
+        .iter()
+        .map(|c| c.x509.issuer().as_raw())
+        .collect();
+    for (a, meta) in trust.anchors.iter().zip(&trust.meta) {
+        let Some(der) = &a.name_constraints else {
+            continue;
+        };
+        if !issuers.contains(&meta.subject_raw.as_slice()) {
+            continue;
+        }
+        // The anchor keeps the extension's value without its SEQUENCE header.
+        let mut seq = vec![0x30];
+        let len = der.as_ref().len();
+        match u16::try_from(len) {
+            Ok(l) if l < 0x80 => seq.push(l as u8),
+            Ok(l) if l <= 0xff => seq.extend([0x81, l as u8]),
+            Ok(l) => seq.extend([0x82, (l >> 8) as u8, l as u8]),
+            Err(_) => {}
+        }
+        seq.extend_from_slice(der.as_ref());
+        match NameConstraints::from_der(&seq) {
+            Ok((_, nc)) => out.push(format!(
+                "the trusted CA {:?} ({})",
+                meta.subject,
+                describe_constraints(&nc)
+            )),
+            Err(_) => out.push(format!("the trusted CA {:?}", meta.subject)),
+        }
+    }
+    if out.is_empty() {
+        "a CA of the chain".into()
+    } else {
+        out.join(" and ")
+    }
+}
+
+fn describe_constraints(nc: &NameConstraints<'_>) -> String {
+    let mut parts = Vec::new();
+    for (word, trees) in [
+        ("permits", &nc.permitted_subtrees),
+        ("excludes", &nc.excluded_subtrees),
+    ] {
+        if let Some(trees) = trees {
+            let names: Vec<String> = trees.iter().map(|t| general_name(&t.base)).collect();
+            parts.push(format!("{word} {}", names.join(", ")));
+        }
+    }
+    parts.join("; ")
+}
+
+fn general_name(n: &GeneralName<'_>) -> String {
+    match n {
+        GeneralName::DNSName(d) => format!("DNS {d}"),
+        GeneralName::IPAddress(ip) => match ip.len() {
+            8 => format!(
+                "IP {}/{}",
+                std::net::Ipv4Addr::from([ip[0], ip[1], ip[2], ip[3]]),
+                std::net::Ipv4Addr::from([ip[4], ip[5], ip[6], ip[7]])
+            ),
+            32 => {
+                let mut addr = [0u8; 16];
+                let mut mask = [0u8; 16];
+                addr.copy_from_slice(&ip[..16]);
+                mask.copy_from_slice(&ip[16..]);
+                format!(
+                    "IP {}/{}",
+                    std::net::Ipv6Addr::from(addr),
+                    std::net::Ipv6Addr::from(mask)
+                )
+            }
+            _ => format!("IP ({} bytes)", ip.len()),
+        },
+        GeneralName::DirectoryName(dn) => {
+            format!("directoryName {dn} (not evaluated: it admits no name)")
+        }
+        GeneralName::URI(u) => format!("URI {u} (not evaluated: it admits no name)"),
+        GeneralName::RFC822Name(m) => format!("email {m}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn malformed_dns_name(p: &Presented<'_>, trust: &TrustStore) -> Rejection {
+    let valid = |name: &str| {
+        let bare = name.strip_prefix("*.").unwrap_or(name);
+        rustls_pki_types::DnsName::try_from(bare).is_ok()
+    };
+    for c in p.path_candidates() {
+        if let Ok(Some(san)) = c.x509.subject_alternative_name() {
+            for n in &san.value.general_names {
+                if let GeneralName::DNSName(d) = n
+                    && !valid(d)
+                {
+                    return Rejection::new(
+                        Reason::MalformedCertificate,
+                        format!(
+                            "{} has the dNSName {d:?} in its subjectAltName, which is not a DNS name (checked against the name constraints of {})",
+                            c.named(),
+                            constrainers(p, trust)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    Rejection::new(
+        Reason::MalformedCertificate,
+        format!(
+            "a dNSName in the chain is not a DNS name (checked against the name constraints of {})",
+            constrainers(p, trust)
+        ),
+    )
+}
+
+fn unsupported_algorithm(p: &Presented<'_>) -> Rejection {
+    let reachable: Vec<Cert<'_>> = p.reachable().into_iter().map(|(c, _)| c).collect();
+    let weak = reachable
+        .iter()
+        .find_map(|c| weak_signature(&c.x509.signature_algorithm).map(|w| (c, w)))
+        .map(|(c, w)| format!("{:?} is {w}", c.subject()))
+        .or_else(|| {
+            reachable.iter().find_map(|c| {
+                key_info(c.x509.public_key())
+                    .problem()
+                    .map(|p| format!("{:?}: {p}", c.subject()))
+            })
+        });
+    Rejection::new(
+        Reason::UnsupportedAlgorithm,
+        weak.unwrap_or_else(|| {
+            "a certificate in the chain uses a signature algorithm or key certhub refuses (SHA-1, MD5, RSA under 2048 bits, DSA, or an unsupported curve)".into()
+        }),
+    )
+}
+
+fn wrong_eku(e: &E, p: &Presented<'_>, usage: Usage) -> Rejection {
+    let purpose = match usage {
+        Usage::ClientAuth => "clientAuth",
+        Usage::ServerAuth => "serverAuth",
+    };
+    for c in p.path_candidates() {
+        let Some(ext) = c
+            .x509
+            .extensions()
+            .iter()
+            .find(|x| x.oid == OID_X509_EXT_EXTENDED_KEY_USAGE)
+        else {
+            continue;
+        };
+        let why = match ext.parsed_extension() {
+            _ if ext.value == [0x30, 0x00] => {
+                "its extendedKeyUsage extension lists no purpose at all, so it allows none"
+                    .to_string()
+            }
+            ParsedExtension::ExtendedKeyUsage(eku) => {
+                let allowed = match usage {
+                    Usage::ClientAuth => eku.client_auth,
+                    Usage::ServerAuth => eku.server_auth,
+                };
+                if allowed {
+                    continue;
+                }
+                format!("its extendedKeyUsage does not include {purpose}")
+            }
+            _ => continue,
+        };
+        return Rejection::new(
+            Reason::WrongKeyUsage,
+            format!(
+                "{} cannot authenticate a {}: {why} (a certificate of a device chain has {purpose} in its extendedKeyUsage, or no extendedKeyUsage at all)",
+                c.named(),
+                match usage {
+                    Usage::ClientAuth => "device",
+                    Usage::ServerAuth => "server",
+                }
+            ),
+        );
+    }
+    Rejection::new(
+        Reason::WrongKeyUsage,
+        if *e == E::EmptyEkuExtension {
+            "a certificate's extendedKeyUsage lists no purpose at all, so it allows none"
+                .to_string()
+        } else {
+            format!(
+                "a certificate's extendedKeyUsage does not allow this use (a device certificate needs {purpose}, or no EKU at all)"
+            )
+        },
+    )
+}
+
+fn distrusted(p: &Presented<'_>, rerun: &Rerun<'_>) -> Rejection {
+    // webpki's list of distrusted keys is private; ask it about each certificate alone: the
+    // distrust check comes before anything else, even before looking for an issuer.
+    let is_distrusted = |c: &Cert<'_>| {
+        EndEntityCert::try_from(c.der).is_ok_and(|ee| {
+            ee.verify_for_usage(
+                webpki::ALL_VERIFICATION_ALGS,
+                &[] as &[TrustAnchor<'_>],
+                &[],
+                rerun.now,
+                key_usage(rerun.usage),
+                None,
+                None,
+            )
+            .err()
+                == Some(E::CertDistrusted)
+        })
+    };
+    let culprit = p.path_candidates().into_iter().find(|c| is_distrusted(c));
+    Rejection::new(
+        Reason::DistrustedKey,
+        match culprit {
+            Some(c) => format!(
+                "{} carries a public key the verifier distrusts: a CA key removed from public trust; re-issue the chain under another CA",
+                c.named()
+            ),
+            None => "a certificate of the chain carries a public key the verifier distrusts".into(),
+        },
+    )
+}
+
+/// webpki says only "unknown issuer". Walk the presented names to say where the chain stops.
+fn unknown_issuer(p: &Presented<'_>, trust: &TrustStore) -> Rejection {
+    // From the leaf up by issuer name, through presented certificates, each used once.
+    let mut top = p.leaf;
+    let mut used = vec![false; p.intermediates.len()];
+    for _ in 0..=p.intermediates.len() {
+        if top.issued(&top) {
+            break;
+        }
+        match p
+            .intermediates
+            .iter()
+            .enumerate()
+            .find(|(i, c)| !used[*i] && c.issued(&top))
+        {
+            Some((i, c)) => {
+                used[i] = true;
+                top = *c;
+            }
+            None => break,
+        }
+    }
+    let top_subject = top.subject();
+    let missing = top.x509.issuer();
+    let missing_text = missing.to_string();
+    if trust.meta.iter().any(|a| a.subject_raw == missing.as_raw()) {
+        return Rejection::new(
+            Reason::BadSignature,
+            format!(
+                "{top_subject:?} names the trusted CA {missing_text:?} as issuer, but its signature does not verify with that CA's key: it was signed by another key with the same name"
+            ),
+        );
+    }
+    if top.issued(&top) {
+        return Rejection::new(
+            Reason::UnknownIssuer,
+            format!("the chain ends at the root {top_subject:?}, which is not a trusted CA"),
+        );
+    }
+    let stray = used.iter().any(|u| !u);
+    if p.intermediates.is_empty() || stray {
+        let how = if p.intermediates.is_empty() {
+            "only the leaf was presented"
+        } else {
+            "a presented intermediate does not connect to the leaf"
+        };
+        return Rejection::new(
+            Reason::MissingIntermediate,
+            format!(
+                "{how}: {top_subject:?} was issued by {missing_text:?}, which is neither presented nor trusted; present leaf + intermediates (chain.pem), or register that CA"
+            ),
+        );
+    }
+    Rejection::new(
+        Reason::UnknownIssuer,
+        format!(
+            "the chain ends at {top_subject:?}, issued by {missing_text:?}, which is not a trusted CA"
+        ),
+    )
+}
