@@ -17,7 +17,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 
 use crate::describe::{key_info, parse, rfc3339, weak_signature};
-use crate::explain::{Presented, Rerun, explain, unusable};
+use crate::explain::{Organization, Presented, Rerun, explain, subject_key_id, unusable};
 use crate::name::common_name;
 use crate::{PkiError, Thumbprints};
 
@@ -28,8 +28,8 @@ use crate::{PkiError, Thumbprints};
 pub enum Reason {
     /// No certificate was presented.
     NoCertificate,
-    /// A certificate could not be parsed, or breaks a basic encoding rule (its serial, a
-    /// dNSName that is no DNS name).
+    /// A certificate could not be parsed, or breaks a basic encoding rule (its serial, an empty
+    /// issuer, a dNSName that is no DNS name).
     MalformedCertificate,
     /// A certificate in the chain, or the trust anchor, is past its notAfter.
     CertificateExpired,
@@ -39,8 +39,9 @@ pub enum Reason {
     InvalidValidityPeriod,
     /// The chain ends at a certificate whose issuer is not trusted.
     UnknownIssuer,
-    /// The leaf (or an intermediate) names an issuer that was not presented; the device most
-    /// likely sends its leaf without its intermediates.
+    /// The leaf (or an intermediate) names an issuer that was not presented, and that issuer
+    /// could be below a trusted CA; the device most likely sends its leaf without (all of) its
+    /// intermediates.
     MissingIntermediate,
     /// The leaf's CN is not the expected device id.
     CnMismatch,
@@ -196,6 +197,10 @@ pub struct VerifiedChain {
 pub(crate) struct Anchor {
     pub(crate) subject: String,
     pub(crate) subject_raw: Vec<u8>,
+    /// The subjectKeyIdentifier, when the certificate has one.
+    pub(crate) key_id: Option<Vec<u8>>,
+    /// The organization the subject names (O and DC attributes).
+    pub(crate) organization: Organization,
     not_before: i64,
     not_after: i64,
     not_before_text: String,
@@ -307,6 +312,8 @@ impl TrustStore {
         self.meta.push(Anchor {
             subject,
             subject_raw: cert.subject().as_raw().to_vec(),
+            key_id: subject_key_id(&cert),
+            organization: Organization::of(cert.subject()),
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
             not_before_text: rfc3339(&validity.not_before),
@@ -704,7 +711,8 @@ pub(crate) fn check_validity(
     Ok(())
 }
 
-/// RFC 5280 4.1.2.2: a serial is a positive integer of at most 20 octets.
+/// RFC 5280 4.1.2.2: a serial is a positive integer of at most 20 octets; 4.1.2.4: the issuer
+/// is a non-empty name.
 fn check_encoding(cert: &X509Certificate<'_>) -> Result<(), Rejection> {
     let serial = cert.raw_serial();
     let significant = serial.iter().skip_while(|b| **b == 0).count();
@@ -722,6 +730,11 @@ fn check_encoding(cert: &X509Certificate<'_>) -> Result<(), Rejection> {
     }
     if serial.first().is_some_and(|b| b & 0x80 != 0) {
         return Err(malformed("its serial number is negative"));
+    }
+    if cert.issuer().iter().next().is_none() {
+        return Err(malformed(
+            "its issuer name is empty; an issuer must have a distinguished name (RFC 5280 4.1.2.4)",
+        ));
     }
     Ok(())
 }

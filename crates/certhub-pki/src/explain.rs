@@ -12,8 +12,9 @@ use webpki::EndEntityCert;
 use webpki::Error as E;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::{GeneralName, NameConstraints, ParsedExtension};
-use x509_parser::oid_registry::OID_X509_EXT_EXTENDED_KEY_USAGE;
+use x509_parser::oid_registry::{OID_DOMAIN_COMPONENT, OID_X509_EXT_EXTENDED_KEY_USAGE};
 use x509_parser::prelude::FromDer;
+use x509_parser::x509::X509Name;
 
 use crate::chain::{Reason, Rejection, TrustStore, Usage, check_validity, key_usage};
 use crate::describe::{key_info, signature_algorithm_name, weak_signature};
@@ -145,6 +146,72 @@ impl Rerun<'_> {
             )
             .map(|_| ())
     }
+}
+
+/// The organization a name belongs to: its O values and its DC components, compared
+/// ignoring case. Two names share an organization when they have an O in common, or the same
+/// (non-empty) sequence of DCs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Organization {
+    o: Vec<String>,
+    dc: Vec<String>,
+}
+
+impl Organization {
+    pub(crate) fn of(name: &X509Name<'_>) -> Self {
+        let text = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| {
+            a.as_str().ok().map(|s| s.trim().to_string())
+        };
+        Self {
+            o: name.iter_organization().filter_map(text).collect(),
+            dc: name
+                .iter_by_oid(&OID_DOMAIN_COMPONENT)
+                .filter_map(text)
+                .collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.o.is_empty() && self.dc.is_empty()
+    }
+
+    fn shared_with(&self, other: &Self) -> Option<String> {
+        let same = |a: &String, b: &String| a.to_lowercase() == b.to_lowercase();
+        if let Some(o) = self.o.iter().find(|o| other.o.iter().any(|x| same(o, x))) {
+            return Some(format!("O={o}"));
+        }
+        let same_dc = self.dc.len() == other.dc.len()
+            && self.dc.iter().zip(&other.dc).all(|(a, b)| same(a, b));
+        (!self.dc.is_empty() && same_dc).then(|| {
+            self.dc
+                .iter()
+                .map(|d| format!("DC={d}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+}
+
+/// The subjectKeyIdentifier of a certificate.
+pub(crate) fn subject_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectKeyIdentifier(k) => Some(k.0.to_vec()),
+            _ => None,
+        })
+}
+
+/// The keyIdentifier of a certificate's authorityKeyIdentifier: the key of its issuer.
+fn authority_key_id(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
+    cert.extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::AuthorityKeyIdentifier(a) => {
+                a.key_identifier.as_ref().map(|k| k.0.to_vec())
+            }
+            _ => None,
+        })
 }
 
 /// The certificate extensions rustls-webpki processes; any other one marked critical makes it
@@ -674,7 +741,10 @@ fn distrusted(p: &Presented<'_>, rerun: &Rerun<'_>) -> Rejection {
     )
 }
 
-/// webpki says only "unknown issuer". Walk the presented names to say where the chain stops.
+/// webpki says only "unknown issuer". Walk the presented names to say where the chain stops,
+/// and decide whether the missing issuer is most likely an intermediate the device left out
+/// (`missing-intermediate`) or a CA this hub does not trust (`unknown-issuer`). The rule, and
+/// its limits, are in docs/architecture.md ("Missing intermediate or unknown CA").
 fn unknown_issuer(p: &Presented<'_>, trust: &TrustStore) -> Rejection {
     // From the leaf up by issuer name, through presented certificates, each used once.
     let mut top = p.leaf;
@@ -713,24 +783,137 @@ fn unknown_issuer(p: &Presented<'_>, trust: &TrustStore) -> Rejection {
             format!("the chain ends at the root {top_subject:?}, which is not a trusted CA"),
         );
     }
-    let stray = used.iter().any(|u| !u);
-    if p.intermediates.is_empty() || stray {
-        let how = if p.intermediates.is_empty() {
-            "only the leaf was presented"
+    if let Some(c) = p
+        .intermediates
+        .iter()
+        .enumerate()
+        .find(|(i, c)| used[*i] && c.issued(&top))
+        .map(|(_, c)| c)
+    {
+        return Rejection::new(
+            Reason::UnknownIssuer,
+            format!(
+                "the chain goes round in a circle: {top_subject:?} was issued by {:?}, which is below it in the chain, and none of them was issued by a trusted CA",
+                c.subject()
+            ),
+        );
+    }
+    if trust.is_empty() {
+        return Rejection::new(
+            Reason::UnknownIssuer,
+            format!("{top_subject:?} was issued by {missing_text:?}, and no CA is trusted at all"),
+        );
+    }
+
+    // The missing issuer is a trusted CA under another encoding of its name: the same key (the
+    // authority key identifier is the CA's subject key identifier) or the same name as text.
+    let aki = authority_key_id(top.x509);
+    if let Some(a) = trust
+        .meta
+        .iter()
+        .find(|a| (aki.is_some() && a.key_id == aki) || a.subject == missing_text)
+    {
+        let how = if a.subject == missing_text {
+            "reads like the subject of the trusted CA"
         } else {
-            "a presented intermediate does not connect to the leaf"
+            "names, by its authority key identifier, the key of the trusted CA"
         };
+        return Rejection::new(
+            Reason::UnknownIssuer,
+            format!(
+                "{top_subject:?} was issued by {missing_text:?}, which {how} {:?}, but that CA's subject is encoded differently: issuer and subject must be equal byte for byte (attributes, order, string types); register the CA certificate whose subject is exactly this issuer",
+                a.subject
+            ),
+        );
+    }
+
+    // Evidence that the missing issuer is below a trusted CA, strongest first.
+    // 1. A presented certificate that does not connect to the chain leads to a trusted CA: the
+    //    device sent part of a trusted tree, with a gap.
+    let stray = p
+        .intermediates
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !used[*i])
+        .find_map(|(_, c)| leads_to_anchor(c, p, trust).map(|a| (*c, a)));
+    if let Some((c, anchor)) = stray {
         return Rejection::new(
             Reason::MissingIntermediate,
             format!(
-                "{how}: {top_subject:?} was issued by {missing_text:?}, which is neither presented nor trusted; present leaf + intermediates (chain.pem), or register that CA"
+                "{top_subject:?} was issued by {missing_text:?}, which was not presented: the presented {:?} leads to the trusted CA {anchor:?} but does not connect to {top_subject:?}; present the leaf and every intermediate (chain.pem)",
+                c.subject()
+            ),
+        );
+    }
+    // 2. The missing issuer's name shares an organization with a trusted CA's subject.
+    let org = Organization::of(missing);
+    if let Some((a, shared)) = trust
+        .meta
+        .iter()
+        .find_map(|a| org.shared_with(&a.organization).map(|s| (a, s)))
+    {
+        return Rejection::new(
+            Reason::MissingIntermediate,
+            format!(
+                "{top_subject:?} was issued by {missing_text:?}, which was not presented; it shares {shared} with the trusted CA {:?}, so it is most likely an intermediate below it: present the leaf and every intermediate (chain.pem)",
+                a.subject
+            ),
+        );
+    }
+    // 3. Evidence against: both sides name organizations, and none is shared.
+    let foreign = !org.is_empty() && trust.meta.iter().all(|a| !a.organization.is_empty());
+    let what = if top.position == 0 {
+        if p.intermediates.is_empty() {
+            "only the leaf was presented: "
+        } else {
+            "no presented intermediate connects to the leaf: "
+        }
+    } else {
+        ""
+    };
+    if foreign {
+        return Rejection::new(
+            Reason::UnknownIssuer,
+            format!(
+                "{what}{top_subject:?} was issued by {missing_text:?}, which is not a trusted CA, and whose organization is none of the trusted CAs'"
+            ),
+        );
+    }
+    // 4. No evidence either way. A device that presents nothing above its leaf most often
+    //    sends its certificate without its chain; one that presents intermediates ending at an
+    //    unknown name most often comes from a CA this hub does not trust.
+    if top.position == 0 {
+        return Rejection::new(
+            Reason::MissingIntermediate,
+            format!(
+                "{what}{top_subject:?} was issued by {missing_text:?}, which is neither presented nor trusted; if it is an intermediate below a registered CA, present the leaf and its intermediates (chain.pem); otherwise register that CA"
             ),
         );
     }
     Rejection::new(
         Reason::UnknownIssuer,
         format!(
-            "the chain ends at {top_subject:?}, issued by {missing_text:?}, which is not a trusted CA"
+            "the chain ends at {top_subject:?}, issued by {missing_text:?}, which is neither presented nor a trusted CA (if {missing_text:?} is an intermediate below a registered CA, the device must present it too)"
         ),
     )
+}
+
+/// The trusted CA a presented certificate leads to by issuer names through the presented
+/// certificates, if any.
+fn leads_to_anchor(start: &Cert<'_>, p: &Presented<'_>, trust: &TrustStore) -> Option<String> {
+    let mut current = *start;
+    let mut seen = vec![current.position];
+    for _ in 0..=p.intermediates.len() {
+        let issuer = current.x509.issuer().as_raw();
+        if let Some(a) = trust.meta.iter().find(|a| a.subject_raw == issuer) {
+            return Some(a.subject.clone());
+        }
+        let next = p
+            .intermediates
+            .iter()
+            .find(|c| !seen.contains(&c.position) && c.issued(&current))?;
+        seen.push(next.position);
+        current = *next;
+    }
+    None
 }
