@@ -290,7 +290,10 @@ pub(crate) fn unusable(e: &E, cert: &Cert<'_>) -> Rejection {
                 )
             }
         }
-        other => format!("{who} cannot be parsed by the verifier ({other:?})"),
+        E::BadDerTime => format!(
+            "{who} has a validity time the verifier cannot read (DER requires UTCTime or GeneralizedTime with seconds, in Z)"
+        ),
+        other => format!("{who} cannot be read by the verifier ({other:?})"),
     };
     Rejection::new(parse_reason(e), detail)
 }
@@ -421,10 +424,19 @@ fn name(e: E, p: &Presented<'_>, rerun: &Rerun<'_>) -> Rejection {
         | E::BadDerTime
         | E::TrailingData(_)
         | E::MalformedExtensions
-        | E::InvalidSerialNumber => Rejection::new(
-            parse_reason(&e),
-            format!("a certificate in the chain is malformed ({e:?})"),
-        ),
+        | E::InvalidSerialNumber => match p
+            .path_candidates()
+            .into_iter()
+            .find(|c| alone(c, rerun).as_ref() == Some(&e))
+        {
+            Some(c) => unusable(&e, &c),
+            None => bad_ip_name(p).unwrap_or_else(|| {
+                Rejection::new(
+                    parse_reason(&e),
+                    format!("a certificate in the chain is malformed ({e:?})"),
+                )
+            }),
+        },
         // Revocation errors (certhub passes no CRLs), server-name errors (it never checks a
         // server name) and whatever a later webpki adds.
         other => Rejection::new(Reason::ChainInvalid, format!("{other:?}")),
@@ -633,6 +645,25 @@ fn malformed_dns_name(p: &Presented<'_>, trust: &TrustStore) -> Rejection {
     )
 }
 
+/// A subjectAltName iPAddress that is neither 4 nor 16 bytes: webpki reads it (`BadDer`) only
+/// when a name constraint applies.
+fn bad_ip_name(p: &Presented<'_>) -> Option<Rejection> {
+    p.path_candidates().into_iter().find_map(|c| {
+        let san = c.x509.subject_alternative_name().ok().flatten()?;
+        san.value.general_names.iter().find_map(|n| match n {
+            GeneralName::IPAddress(ip) if ip.len() != 4 && ip.len() != 16 => Some(Rejection::new(
+                Reason::MalformedCertificate,
+                format!(
+                    "{} has an iPAddress of {} bytes in its subjectAltName (4 or 16 expected)",
+                    c.named(),
+                    ip.len()
+                ),
+            )),
+            _ => None,
+        })
+    })
+}
+
 fn unsupported_algorithm(p: &Presented<'_>) -> Rejection {
     let reachable: Vec<Cert<'_>> = p.reachable().into_iter().map(|(c, _)| c).collect();
     let weak = reachable
@@ -710,12 +741,15 @@ fn wrong_eku(e: &E, p: &Presented<'_>, usage: Usage) -> Rejection {
     )
 }
 
-fn distrusted(p: &Presented<'_>, rerun: &Rerun<'_>) -> Rejection {
-    // webpki's list of distrusted keys is private; ask it about each certificate alone: the
-    // distrust check comes before anything else, even before looking for an issuer.
-    let is_distrusted = |c: &Cert<'_>| {
-        EndEntityCert::try_from(c.der).is_ok_and(|ee| {
-            ee.verify_for_usage(
+/// What webpki says of a certificate on its own, as a leaf with no issuer to find: its parse
+/// error, or the first of its own properties it refuses. It checks the distrusted keys first,
+/// then the validity (`BadDerTime`), basicConstraints and extendedKeyUsage encodings (`BadDer`),
+/// and only then looks for an issuer.
+fn alone(c: &Cert<'_>, rerun: &Rerun<'_>) -> Option<E> {
+    match EndEntityCert::try_from(c.der) {
+        Err(e) => Some(e),
+        Ok(ee) => ee
+            .verify_for_usage(
                 webpki::ALL_VERIFICATION_ALGS,
                 &[] as &[TrustAnchor<'_>],
                 &[],
@@ -724,11 +758,16 @@ fn distrusted(p: &Presented<'_>, rerun: &Rerun<'_>) -> Rejection {
                 None,
                 None,
             )
-            .err()
-                == Some(E::CertDistrusted)
-        })
-    };
-    let culprit = p.path_candidates().into_iter().find(|c| is_distrusted(c));
+            .err(),
+    }
+}
+
+fn distrusted(p: &Presented<'_>, rerun: &Rerun<'_>) -> Rejection {
+    // webpki's list of distrusted keys is private: ask it about each certificate alone.
+    let culprit = p
+        .path_candidates()
+        .into_iter()
+        .find(|c| alone(c, rerun) == Some(E::CertDistrusted));
     Rejection::new(
         Reason::DistrustedKey,
         match culprit {

@@ -579,3 +579,65 @@ fn a_path_length_violation_names_the_ca() {
         "{detail}"
     );
 }
+
+#[test]
+fn bytes_only_the_path_builder_cannot_read_are_a_malformed_certificate() {
+    // x509-parser reads these certificates; rustls-webpki does not (BadDer, BadDerTime).
+    // Each detail names the certificate.
+    let root = Ca::root("Company-X Root CA");
+    let factory = root.intermediate("Factory-Y CA");
+    let store = trust(&[&root]);
+    // A subjectAltName whose value is not a SEQUENCE.
+    let leaf = factory.leaf_with("w", |p| {
+        p.custom_extensions = vec![CustomExtension::from_oid_content(
+            &[2, 5, 29, 17],
+            vec![0x05, 0x00],
+        )];
+    });
+    let (r, detail) = refused(&leaf.chain, &store);
+    assert_eq!(r, Reason::MalformedCertificate, "{detail}");
+    assert!(
+        detail.contains("the leaf \"CN=w\"") && detail.contains("BadDer"),
+        "{detail}"
+    );
+    // An iPAddress of 8 bytes in the subjectAltName, read because a name constraint applies.
+    let constrained = root.intermediate_with("Factory-Y CA", |p| {
+        p.name_constraints = Some(NameConstraints {
+            permitted_subtrees: vec![GeneralSubtree::IpAddress(CidrSubnet::V4(
+                [10, 0, 0, 0],
+                [255, 0, 0, 0],
+            ))],
+            excluded_subtrees: Vec::new(),
+        });
+    });
+    let leaf = constrained.leaf_with("w", |p| {
+        p.custom_extensions = vec![CustomExtension::from_oid_content(
+            &[2, 5, 29, 17],
+            vec![0x30, 0x0a, 0x87, 0x08, 10, 0, 0, 1, 255, 255, 255, 0],
+        )];
+    });
+    let (r, detail) = refused(&leaf.chain, &store);
+    assert_eq!(r, Reason::MalformedCertificate, "{detail}");
+    assert!(
+        detail.contains("the leaf \"CN=w\"") && detail.contains("iPAddress of 8 bytes"),
+        "{detail}"
+    );
+    // An intermediate whose notAfter is a UTCTime without seconds (DER requires them).
+    let technician = factory.intermediate("Technician-Z CA");
+    let no_seconds = resigned(&technician.cert, &factory.key, |fields| {
+        let utc = |t: &str| der::tlv(0x17, t.as_bytes());
+        fields[4] = der::sequence(&[utc("250101000000Z"), utc("3401010000Z")]);
+    });
+    let presented = vec![
+        technician.device("w").cert,
+        no_seconds,
+        factory.cert.clone(),
+    ];
+    let (r, detail) = refused(&presented, &store);
+    assert_eq!(r, Reason::MalformedCertificate, "{detail}");
+    assert!(
+        detail.contains("intermediate 1 \"CN=Technician-Z CA\"")
+            && detail.contains("validity time"),
+        "{detail}"
+    );
+}
