@@ -325,6 +325,9 @@ fn ca_chain(
                     ),
                 ));
             }
+            // Every other chain reason keeps the name `certhub pki verify` prints
+            // (`missing-intermediate`, `issuer-not-ca`, `chain-too-long`, ...): only the
+            // untrusted issuer is named for the hub's registry of CAs.
             let reason = match reason {
                 "unknown-issuer" => "unknown-ca",
                 other => other,
@@ -353,7 +356,7 @@ fn thumbprint(
         ));
     };
     let info = certhub_pki::describe_certificate(leaf)
-        .map_err(|e| refuse("chain-invalid", format!("the certificate: {e}")))?;
+        .map_err(|e| refuse("malformed-certificate", format!("the certificate: {e}")))?;
     let now = i64::try_from(ctx.now.as_secs()).unwrap_or(i64::MAX);
     let parse = |t: &str| {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)

@@ -150,6 +150,68 @@ fn ca_devices() {
 }
 
 #[test]
+fn chain_refusals_keep_the_policy_names() {
+    let w = world();
+    let reg = ca_device("widget-1");
+    // A CA:FALSE certificate in the issuer's place.
+    let not_ca = w
+        .root
+        .intermediate_with("Not A CA", |p| p.is_ca = rcgen::IsCa::ExplicitNoCa)
+        .device("widget-1");
+    assert_eq!(
+        w.check("widget-1", None, &not_ca.chain, Some(&reg)),
+        Err("issuer-not-ca")
+    );
+    // Leaf + Technician-Z without Factory-Y, in a PKI whose names carry the organization (as
+    // `certhub pki demo` writes them): the missing Factory-Y is named, not an unknown CA.
+    let org = |p: &mut rcgen::CertificateParams| {
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Company-X");
+    };
+    let root = Ca::root_with("Company-X Root CA", org);
+    let technician = root
+        .intermediate_with("Factory-Y CA", org)
+        .intermediate_with("Technician-Z CA", org);
+    let mut trusted = world();
+    trusted.trust = TrustSnapshot {
+        verified: TrustStore::new([root.cert.clone()]).expect("trust"),
+        verified_names: vec!["company-x".into()],
+        ..TrustSnapshot::default()
+    };
+    let widget = technician.device("widget-1");
+    let gap = [widget.cert.clone(), technician.cert.clone()];
+    assert_eq!(
+        trusted.check("widget-1", None, &gap, Some(&reg)),
+        Err("missing-intermediate")
+    );
+    // Another organization's chain, intermediates sent, root not: an unknown CA.
+    let other = Ca::root_with("Other Root CA", |p| {
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Other-Corp");
+    })
+    .intermediate_with("Other CA", |p| {
+        p.distinguished_name
+            .push(rcgen::DnType::OrganizationName, "Other-Corp");
+    })
+    .device("widget-1");
+    assert_eq!(
+        trusted.check("widget-1", None, &other.chain, Some(&reg)),
+        Err("unknown-ca")
+    );
+    // A chain that ends at an unknown name, with no organization to go by: an unknown CA.
+    let cn_only = w.technician.device("widget-1");
+    assert_eq!(
+        w.check(
+            "widget-1",
+            None,
+            &[cn_only.cert.clone(), w.technician.cert.clone()],
+            Some(&reg)
+        ),
+        Err("unknown-ca")
+    );
+}
+
+#[test]
 fn a_registered_but_unverified_ca_is_named() {
     let mut w = world();
     let pending = Ca::root("Pending Root");
@@ -246,6 +308,12 @@ fn thumbprint_devices() {
     ));
     w.check("widget-t", None, &signed.chain, Some(&reg))
         .expect("thumbprint decides");
+    // Bytes that are no certificate.
+    let garbage = [CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x01])];
+    assert_eq!(
+        w.check("widget-t", None, &garbage, Some(&reg)),
+        Err("malformed-certificate")
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 
 use crate::describe::{key_info, parse, rfc3339, weak_signature};
+use crate::explain::{Organization, Presented, Rerun, explain, subject_key_id, unusable};
 use crate::name::common_name;
 use crate::{PkiError, Thumbprints};
 
@@ -27,30 +28,64 @@ use crate::{PkiError, Thumbprints};
 pub enum Reason {
     /// No certificate was presented.
     NoCertificate,
-    /// A certificate could not be parsed, or breaks a basic encoding rule (e.g. its serial).
+    /// A certificate could not be parsed, or breaks a basic encoding rule (its serial, an empty
+    /// issuer, a dNSName that is no DNS name).
     MalformedCertificate,
     /// A certificate in the chain, or the trust anchor, is past its notAfter.
     CertificateExpired,
     /// A certificate in the chain, or the trust anchor, is before its notBefore.
     NotYetValid,
+    /// A certificate's notBefore is after its notAfter: it is never valid.
+    InvalidValidityPeriod,
     /// The chain ends at a certificate whose issuer is not trusted.
     UnknownIssuer,
-    /// The leaf (or an intermediate) names an issuer that was not presented; the device most
-    /// likely sends its leaf without its intermediates.
+    /// The leaf (or an intermediate) names an issuer that was not presented, and that issuer
+    /// could be below a trusted CA; the device most likely sends its leaf without (all of) its
+    /// intermediates.
     MissingIntermediate,
     /// The leaf's CN is not the expected device id.
     CnMismatch,
     /// The leaf is a CA certificate; a CA never authenticates a device.
     CaUsedAsLeaf,
-    /// A CA's pathLenConstraint, or the maximum depth, is exceeded.
+    /// A certificate that issued another one of the chain is not a CA (basicConstraints CA:FALSE,
+    /// or no basicConstraints at all); the detail names it.
+    IssuerNotCa,
+    /// A CA's pathLenConstraint is exceeded.
     PathLengthExceeded,
+    /// More than 6 intermediates stand between the leaf and a trusted CA (the path builder's
+    /// limit).
+    ChainTooLong,
+    /// Checking the presented certificates needs more work than the path builder allows (too
+    /// many candidate paths, signature checks or name-constraint comparisons).
+    ChainTooComplex,
+    /// A name in the chain is outside a CA's nameConstraints (a directoryName or URI constraint,
+    /// which cannot be evaluated, admits no name at all).
+    NameConstraintsViolated,
+    /// A CA's nameConstraints cannot be evaluated: a dNSName that is no DNS name, or an iPAddress
+    /// whose mask is not a CIDR prefix.
+    MalformedNameConstraints,
+    /// A certificate has a critical extension the path builder does not process.
+    UnsupportedCriticalExtension,
+    /// A certificate is not X.509 version 3.
+    UnsupportedCertificateVersion,
+    /// A certificate carries the same extension twice.
+    DuplicateExtension,
+    /// A certificate's signature algorithm differs from the one named inside its signed part.
+    SignatureAlgorithmMismatch,
     /// A key type or size, or a signature algorithm (SHA-1, MD5), that certhub refuses.
     UnsupportedAlgorithm,
+    /// A certificate carries a public key that rustls-webpki distrusts (CAs removed from public
+    /// trust).
+    DistrustedKey,
     /// A signature in the chain does not verify.
     BadSignature,
-    /// keyUsage or extendedKeyUsage forbid this use (e.g. a serverAuth-only leaf).
+    /// keyUsage or extendedKeyUsage forbid this use (e.g. a serverAuth-only leaf, an empty
+    /// extendedKeyUsage).
     WrongKeyUsage,
-    /// Any other validation failure; the detail carries the validator's words.
+    /// A validation failure certhub has no name for; the detail carries the validator's words.
+    /// No certificate a device can present leads here today: it is left for what the validator
+    /// reports only when asked for checks the device policy never asks for (revocation, server
+    /// names), and for errors a future validator adds.
     ChainInvalid,
 }
 
@@ -61,17 +96,56 @@ impl Reason {
             Self::MalformedCertificate => "malformed-certificate",
             Self::CertificateExpired => "certificate-expired",
             Self::NotYetValid => "not-yet-valid",
+            Self::InvalidValidityPeriod => "invalid-validity-period",
             Self::UnknownIssuer => "unknown-issuer",
             Self::MissingIntermediate => "missing-intermediate",
             Self::CnMismatch => "cn-mismatch",
             Self::CaUsedAsLeaf => "ca-used-as-leaf",
+            Self::IssuerNotCa => "issuer-not-ca",
             Self::PathLengthExceeded => "path-length-exceeded",
+            Self::ChainTooLong => "chain-too-long",
+            Self::ChainTooComplex => "chain-too-complex",
+            Self::NameConstraintsViolated => "name-constraints-violated",
+            Self::MalformedNameConstraints => "malformed-name-constraints",
+            Self::UnsupportedCriticalExtension => "unsupported-critical-extension",
+            Self::UnsupportedCertificateVersion => "unsupported-certificate-version",
+            Self::DuplicateExtension => "duplicate-extension",
+            Self::SignatureAlgorithmMismatch => "signature-algorithm-mismatch",
             Self::UnsupportedAlgorithm => "unsupported-algorithm",
+            Self::DistrustedKey => "distrusted-key",
             Self::BadSignature => "bad-signature",
             Self::WrongKeyUsage => "wrong-key-usage",
             Self::ChainInvalid => "chain-invalid",
         }
     }
+
+    /// Every reason, in the order of the enum: for tests and documentation that list them.
+    pub const ALL: [Reason; 24] = [
+        Self::NoCertificate,
+        Self::MalformedCertificate,
+        Self::CertificateExpired,
+        Self::NotYetValid,
+        Self::InvalidValidityPeriod,
+        Self::UnknownIssuer,
+        Self::MissingIntermediate,
+        Self::CnMismatch,
+        Self::CaUsedAsLeaf,
+        Self::IssuerNotCa,
+        Self::PathLengthExceeded,
+        Self::ChainTooLong,
+        Self::ChainTooComplex,
+        Self::NameConstraintsViolated,
+        Self::MalformedNameConstraints,
+        Self::UnsupportedCriticalExtension,
+        Self::UnsupportedCertificateVersion,
+        Self::DuplicateExtension,
+        Self::SignatureAlgorithmMismatch,
+        Self::UnsupportedAlgorithm,
+        Self::DistrustedKey,
+        Self::BadSignature,
+        Self::WrongKeyUsage,
+        Self::ChainInvalid,
+    ];
 }
 
 impl fmt::Display for Reason {
@@ -89,7 +163,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(reason: Reason, detail: impl Into<String>) -> Self {
+    pub(crate) fn new(reason: Reason, detail: impl Into<String>) -> Self {
         Self {
             reason,
             detail: detail.into(),
@@ -120,9 +194,13 @@ pub struct VerifiedChain {
 }
 
 #[derive(Debug, Clone)]
-struct Anchor {
-    subject: String,
-    subject_raw: Vec<u8>,
+pub(crate) struct Anchor {
+    pub(crate) subject: String,
+    pub(crate) subject_raw: Vec<u8>,
+    /// The subjectKeyIdentifier, when the certificate has one.
+    pub(crate) key_id: Option<Vec<u8>>,
+    /// The organization the subject names (O and DC attributes).
+    pub(crate) organization: Organization,
     not_before: i64,
     not_after: i64,
     not_before_text: String,
@@ -134,8 +212,8 @@ struct Anchor {
 /// store when its registry changes, so a check never waits on anything.
 #[derive(Debug, Clone, Default)]
 pub struct TrustStore {
-    anchors: Vec<TrustAnchor<'static>>,
-    meta: Vec<Anchor>,
+    pub(crate) anchors: Vec<TrustAnchor<'static>>,
+    pub(crate) meta: Vec<Anchor>,
     /// Chain links verified under this store; a new store starts empty.
     links: Arc<LinkCache>,
 }
@@ -234,6 +312,8 @@ impl TrustStore {
         self.meta.push(Anchor {
             subject,
             subject_raw: cert.subject().as_raw().to_vec(),
+            key_id: subject_key_id(&cert),
+            organization: Organization::of(cert.subject()),
             not_before: validity.not_before.timestamp(),
             not_after: validity.not_after.timestamp(),
             not_before_text: rfc3339(&validity.not_before),
@@ -390,7 +470,7 @@ impl TrustStore {
     }
 }
 
-fn key_usage(usage: Usage) -> KeyUsage {
+pub(crate) fn key_usage(usage: Usage) -> KeyUsage {
     match usage {
         Usage::ClientAuth => KeyUsage::client_auth(),
         Usage::ServerAuth => KeyUsage::server_auth(),
@@ -471,7 +551,7 @@ pub fn verify_chain(
         return Ok(verified);
     }
     let ee = EndEntityCert::try_from(leaf)
-        .map_err(|e| Rejection::new(Reason::MalformedCertificate, format!("the leaf: {e}")))?;
+        .map_err(|e| unusable(&e, Presented::new(leaf, &leaf_cert, &[], &[]).leaf()))?;
     let eku = key_usage(usage);
     let algs = webpki::ALL_VERIFICATION_ALGS;
     // The path webpki built, as (anchor index, subjects from the leaf, DER of the
@@ -520,7 +600,16 @@ pub fn verify_chain(
                 Err(_) => return Err(anchor_out_of_validity(&trust.meta[i], now_secs)),
             }
         }
-        Err(e) => return Err(explain(e, &leaf_cert, &parsed, trust, now_secs)),
+        Err(e) => {
+            let presented = Presented::new(leaf, &leaf_cert, intermediates, &parsed);
+            let rerun = Rerun {
+                ee: &ee,
+                trust,
+                now,
+                usage,
+            };
+            return Err(explain(e, &presented, &rerun));
+        }
     };
     if let Some(p) = problem {
         return Err(Rejection::new(Reason::UnsupportedAlgorithm, p));
@@ -587,9 +676,23 @@ fn check_leaf(leaf: &X509Certificate<'_>, now: i64) -> Result<(), Rejection> {
     check_validity(leaf, "the leaf", now)
 }
 
-fn check_validity(cert: &X509Certificate<'_>, what: &str, now: i64) -> Result<(), Rejection> {
+pub(crate) fn check_validity(
+    cert: &X509Certificate<'_>,
+    what: &str,
+    now: i64,
+) -> Result<(), Rejection> {
     let v = cert.validity();
     let subject = cert.subject().to_string();
+    if v.not_before.timestamp() > v.not_after.timestamp() {
+        return Err(Rejection::new(
+            Reason::InvalidValidityPeriod,
+            format!(
+                "{what} {subject:?} is never valid: its notBefore {} is after its notAfter {}",
+                rfc3339(&v.not_before),
+                rfc3339(&v.not_after)
+            ),
+        ));
+    }
     if now < v.not_before.timestamp() {
         return Err(Rejection::new(
             Reason::NotYetValid,
@@ -608,7 +711,8 @@ fn check_validity(cert: &X509Certificate<'_>, what: &str, now: i64) -> Result<()
     Ok(())
 }
 
-/// RFC 5280 4.1.2.2: a serial is a positive integer of at most 20 octets.
+/// RFC 5280 4.1.2.2: a serial is a positive integer of at most 20 octets; 4.1.2.4: the issuer
+/// is a non-empty name.
 fn check_encoding(cert: &X509Certificate<'_>) -> Result<(), Rejection> {
     let serial = cert.raw_serial();
     let significant = serial.iter().skip_while(|b| **b == 0).count();
@@ -626,6 +730,11 @@ fn check_encoding(cert: &X509Certificate<'_>) -> Result<(), Rejection> {
     }
     if serial.first().is_some_and(|b| b & 0x80 != 0) {
         return Err(malformed("its serial number is negative"));
+    }
+    if cert.issuer().iter().next().is_none() {
+        return Err(malformed(
+            "its issuer name is empty; an issuer must have a distinguished name (RFC 5280 4.1.2.4)",
+        ));
     }
     Ok(())
 }
@@ -648,148 +757,4 @@ fn anchor_out_of_validity(anchor: &Anchor, now: i64) -> Rejection {
             ),
         )
     }
-}
-
-/// Turns webpki's error into a named reason with a sentence that points at the certificate.
-fn explain(
-    e: webpki::Error,
-    leaf: &X509Certificate<'_>,
-    intermediates: &[X509Certificate<'_>],
-    trust: &TrustStore,
-    now: i64,
-) -> Rejection {
-    use webpki::Error as E;
-    match e {
-        E::CertExpired { .. } | E::CertNotValidYet { .. } => {
-            for (i, c) in intermediates.iter().enumerate() {
-                if let Err(r) = check_validity(c, &format!("intermediate {}", i + 1), now) {
-                    return r;
-                }
-            }
-            Rejection::new(
-                if matches!(e, E::CertExpired { .. }) {
-                    Reason::CertificateExpired
-                } else {
-                    Reason::NotYetValid
-                },
-                format!("a certificate in the chain is outside its validity ({e:?})"),
-            )
-        }
-        E::UnknownIssuer => unknown_issuer(leaf, intermediates, trust),
-        E::CaUsedAsEndEntity => Rejection::new(
-            Reason::CaUsedAsLeaf,
-            "the leaf is a CA certificate; a device presents its own, non-CA certificate first",
-        ),
-        E::PathLenConstraintViolated | E::MaximumPathDepthExceeded => Rejection::new(
-            Reason::PathLengthExceeded,
-            "the chain is longer than a CA's pathLenConstraint (or the maximum of 6 intermediates) allows",
-        ),
-        E::InvalidSignatureForPublicKey | E::SignatureAlgorithmMismatch => Rejection::new(
-            Reason::BadSignature,
-            "a signature in the chain does not verify with its issuer's key",
-        ),
-        E::UnsupportedSignatureAlgorithmContext(_)
-        | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => {
-            let weak = intermediates
-                .iter()
-                .find_map(|c| weak_signature(&c.signature_algorithm).map(|w| (c, w)))
-                .map(|(c, w)| format!("{:?} is {w}", c.subject().to_string()))
-                .or_else(|| {
-                    intermediates.iter().find_map(|c| {
-                        key_info(c.public_key())
-                            .problem()
-                            .map(|p| format!("{:?}: {p}", c.subject().to_string()))
-                    })
-                });
-            Rejection::new(
-                Reason::UnsupportedAlgorithm,
-                weak.unwrap_or_else(|| {
-                    "a certificate in the chain uses a signature algorithm or key certhub refuses (SHA-1, MD5, RSA under 2048 bits, DSA, or an unsupported curve)".into()
-                }),
-            )
-        }
-        E::RequiredEkuNotFoundContext(_) => Rejection::new(
-            Reason::WrongKeyUsage,
-            "a certificate's extendedKeyUsage does not allow this use (a device certificate needs clientAuth, or no EKU at all)",
-        ),
-        E::BadDer
-        | E::BadDerTime
-        | E::TrailingData(_)
-        | E::InvalidSerialNumber
-        | E::MalformedExtensions
-        | E::ExtensionValueInvalid
-        | E::UnsupportedCertVersion
-        | E::InvalidCertValidity => Rejection::new(
-            Reason::MalformedCertificate,
-            format!("a certificate in the chain is malformed ({e:?})"),
-        ),
-        other => Rejection::new(Reason::ChainInvalid, format!("{other:?}")),
-    }
-}
-
-/// webpki says only "unknown issuer". Walk the presented names to say where the chain breaks.
-fn unknown_issuer(
-    leaf: &X509Certificate<'_>,
-    intermediates: &[X509Certificate<'_>],
-    trust: &TrustStore,
-) -> Rejection {
-    let mut top = leaf;
-    let mut used = vec![false; intermediates.len()];
-    for _ in 0..=intermediates.len() {
-        let issuer = top.issuer().as_raw();
-        if top.subject().as_raw() == issuer {
-            break;
-        }
-        match intermediates
-            .iter()
-            .enumerate()
-            .find(|(i, c)| !used[*i] && c.subject().as_raw() == issuer)
-        {
-            Some((i, c)) => {
-                used[i] = true;
-                top = c;
-            }
-            None => break,
-        }
-    }
-    let top_subject = top.subject().to_string();
-    let issuer = top.issuer().to_string();
-    if trust
-        .meta
-        .iter()
-        .any(|a| a.subject_raw == top.issuer().as_raw())
-    {
-        return Rejection::new(
-            Reason::BadSignature,
-            format!(
-                "{top_subject:?} names the trusted CA {issuer:?} as issuer, but its signature does not verify with that CA's key: it was signed by another key with the same name"
-            ),
-        );
-    }
-    if top.subject().as_raw() == top.issuer().as_raw() {
-        return Rejection::new(
-            Reason::UnknownIssuer,
-            format!("the chain ends at the root {top_subject:?}, which is not a trusted CA"),
-        );
-    }
-    let stray = used.iter().any(|u| !u);
-    if intermediates.is_empty() || stray {
-        let how = if intermediates.is_empty() {
-            "only the leaf was presented"
-        } else {
-            "a presented intermediate does not connect to the leaf"
-        };
-        return Rejection::new(
-            Reason::MissingIntermediate,
-            format!(
-                "{how}: {top_subject:?} was issued by {issuer:?}, which is neither presented nor trusted; present leaf + intermediates (chain.pem), or register that CA"
-            ),
-        );
-    }
-    Rejection::new(
-        Reason::UnknownIssuer,
-        format!(
-            "the chain ends at {top_subject:?}, issued by {issuer:?}, which is not a trusted CA"
-        ),
-    )
 }

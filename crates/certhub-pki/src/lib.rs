@@ -12,6 +12,7 @@ mod algorithm;
 mod chain;
 mod describe;
 mod error;
+mod explain;
 mod input;
 mod issue;
 mod name;

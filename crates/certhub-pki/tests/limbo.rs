@@ -33,6 +33,9 @@
 //!    here today; a CLIENT case with DNS/IP names or none would run.
 //! 7. `validation_kind` is neither SERVER nor CLIENT.
 //!
+//! Every refusal by `verify_chain` must have a specific name: a run case refused as
+//! `chain-invalid` (the name left for validator errors certhub has no name for) is a problem.
+//!
 //! Every run case whose outcome differs from `expected_result` must be listed, with a reason, in
 //! `tests/data/x509-limbo/deviations.txt` (`<id> | <expected> | <reason>`, `#` starts a
 //! comment). The test fails when a deviation is not listed, when a listed case no longer
@@ -47,7 +50,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::time::{Duration, SystemTime};
 
-use certhub_pki::{CertificateDer, TrustStore, UnixTime, Usage, read_certificates, verify_chain};
+use certhub_pki::{
+    CertificateDer, Reason, TrustStore, UnixTime, Usage, read_certificates, verify_chain,
+};
 use rustls_pki_types::ServerName;
 use serde::{Deserialize, Deserializer};
 
@@ -223,7 +228,7 @@ impl Case {
     }
 
     /// Runs the case through certhub's policy: `Ok(())` is SUCCESS, `Err(why)` is FAILURE.
-    fn run(&self) -> Result<(), String> {
+    fn run(&self) -> Result<(), Failure> {
         let decode = |what: &str, pem: &str| {
             read_certificates(pem.as_bytes()).map_err(|e| format!("decoding {what}: {e}"))
         };
@@ -238,10 +243,14 @@ impl Case {
         }
         let leaf = match decode("the peer certificate", &self.peer_certificate)?.as_slice() {
             [one] => one.clone(),
-            more => return Err(format!("the peer PEM holds {} certificates", more.len())),
+            more => return Err(format!("the peer PEM holds {} certificates", more.len()).into()),
         };
-        verify_chain(&leaf, &intermediates, &store, self.now(), self.usage())
-            .map_err(|r| format!("Rejection {{ reason: {}, detail: {} }}", r.reason, r.detail))?;
+        verify_chain(&leaf, &intermediates, &store, self.now(), self.usage()).map_err(|r| {
+            Failure {
+                reason: Some(r.reason),
+                why: format!("Rejection {{ reason: {}, detail: {} }}", r.reason, r.detail),
+            }
+        })?;
         for name in self.peer_names() {
             let server_name = ServerName::try_from(name.value.as_str())
                 .map_err(|e| format!("expected peer name {:?}: {e}", name.value))?;
@@ -251,6 +260,18 @@ impl Case {
                 .map_err(|e| format!("name check for {} {:?}: {e:?}", name.kind, name.value))?;
         }
         Ok(())
+    }
+}
+
+/// Why a case failed: the policy's reason when `verify_chain` refused it, and the words.
+struct Failure {
+    reason: Option<Reason>,
+    why: String,
+}
+
+impl From<String> for Failure {
+    fn from(why: String) -> Self {
+        Self { reason: None, why }
     }
 }
 
@@ -348,12 +369,22 @@ fn x509_limbo() {
         }
         run += 1;
         let outcome = case.run();
+        if let Err(Failure {
+            reason: Some(Reason::ChainInvalid),
+            why,
+        }) = &outcome
+        {
+            problems.push(format!(
+                "{} is refused without a specific name: {why}\n    (give its validator error a name in explain.rs)",
+                case.id
+            ));
+        }
         let actual = if outcome.is_ok() {
             Expected::Success
         } else {
             Expected::Failure
         };
-        let why = outcome.err().unwrap_or_else(|| "(accepted)".into());
+        let why = outcome.err().map_or_else(|| "(accepted)".into(), |f| f.why);
         if verbose {
             println!(
                 "run  {}: expected {}, got {}: {why}",

@@ -119,7 +119,7 @@ fn refused_chains_are_named_in_the_audit_trail() {
         (
             "w-notca",
             write_leaf(d, "notca", &via_not_ca, &[&not_ca.pem()]),
-            "chain-invalid",
+            "issuer-not-ca",
         ),
         (
             "w-deep",
