@@ -317,6 +317,22 @@ async fn connack(conn: &mut Conn, code: ConnectAckReason) {
     .await;
 }
 
+/// Which topic of a packet holds U+0000, if one does: the receiver must close the connection
+/// (MQTT 3.1.1 1.5.3).
+fn nul_in(packet: &Packet) -> Option<&'static str> {
+    let nul = |t: &str| t.contains('\0');
+    match packet {
+        Packet::Publish(p) if nul(&p.topic) => Some("the PUBLISH topic"),
+        Packet::Subscribe { topic_filters, .. } if topic_filters.iter().any(|(f, _)| nul(f)) => {
+            Some("a SUBSCRIBE topic filter")
+        }
+        Packet::Unsubscribe { topic_filters, .. } if topic_filters.iter().any(|f| nul(f)) => {
+            Some("an UNSUBSCRIBE topic filter")
+        }
+        _ => None,
+    }
+}
+
 /// What identifies the credential a device presented, for telling a repeat of a refused
 /// attempt from a different one: the SHA-256 of the leaf, else of the SAS password.
 fn credential(chain: &[CertificateDer<'_>], password: Option<&[u8]>) -> [u8; 32] {
@@ -404,6 +420,19 @@ async fn admit(
         Some(Some(Ok((Packet::Connect(c), _)))) => c,
         _ => return None,
     };
+    if [
+        Some(connect.client_id.as_ref()),
+        connect.username.as_deref(),
+        connect.last_will.as_ref().map(|w| w.topic.as_ref()),
+    ]
+    .into_iter()
+    .flatten()
+    .any(|s: &str| s.contains('\0'))
+    {
+        // MQTT 3.1.1 1.5.3: the connection is closed, no CONNACK.
+        tracing::debug!(%peer, "CONNECT with U+0000 in a string");
+        return None;
+    }
     // The device has said who it claims to be; what follows is the hub's work.
     drop(pending);
     let Ok(slot) = listener.slots.clone().try_acquire_owned() else {
@@ -808,6 +837,11 @@ impl<'a> Session<'a> {
                 Some(Err(e)) => return End::Closed(format!("protocol error: {e}")),
                 Some(Ok((p, _))) => p,
             };
+            if let Some(what) = nul_in(&packet) {
+                return End::Closed(format!(
+                    "protocol error: {what} contains U+0000, which MQTT 3.1.1 forbids (1.5.3)"
+                ));
+            }
             last_packet = tokio::time::Instant::now();
             let packet = match packet {
                 Packet::Publish(p) => match self.try_telemetry(p) {

@@ -412,3 +412,65 @@ async fn openapi_matches_the_routes() {
         }
     }
 }
+
+/// Every refusal is in Azure's error shape, parameter parsing and unknown methods included,
+/// and names what is wrong.
+#[tokio::test]
+async fn parameter_and_method_errors_are_in_azures_shape() {
+    let h = hub().await;
+    let owner = h.token("iothubowner");
+    let (s, _) = h
+        .call("PUT", "/devices/d1", Some(&owner), None, Some("{}"))
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    for (path, needle) in [
+        ("/devices?top=abc", "top"),
+        ("/audit?top=-1", "top"),
+        ("/messages/events?from=x", "from"),
+        ("/devices/%FF", "UTF-8"),
+    ] {
+        let (s, e) = h.call("GET", path, Some(&owner), None, None).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{path}: {e}");
+        let m = message(&e);
+        assert!(m.starts_with("ErrorCode:ArgumentInvalid;"), "{path}: {e}");
+        assert!(m.contains(needle), "{path}: {e}");
+    }
+    let (s, e) = h
+        .call("POST", "/certificates", Some(&owner), None, None)
+        .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED, "{e}");
+    assert!(
+        message(&e).starts_with("ErrorCode:MethodNotAllowed;"),
+        "{e}"
+    );
+}
+
+/// A method name that cannot go into an MQTT topic, and a reserved desired key, are 400s.
+#[tokio::test]
+async fn unusable_method_names_and_reserved_desired_keys_are_refused() {
+    let h = hub().await;
+    let owner = h.token("iothubowner");
+    h.call("PUT", "/devices/d1", Some(&owner), None, Some("{}"))
+        .await;
+    for name in ["re\\u0000boot", "re\\nboot", "re\\u007fboot"] {
+        let body = format!(r#"{{"methodName": "{name}", "payload": null}}"#);
+        let (s, e) = h
+            .call("POST", "/twins/d1/methods", Some(&owner), None, Some(&body))
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{name}: {e}");
+        assert!(message(&e).contains("control characters"), "{e}");
+    }
+    let (s, e) = h
+        .call(
+            "PATCH",
+            "/twins/d1",
+            Some(&owner),
+            Some("*"),
+            Some(r#"{"properties": {"desired": {"$secret": 1}}}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(message(&e).contains("$secret"), "{e}");
+    let (_, twin) = h.call("GET", "/twins/d1", Some(&owner), None, None).await;
+    assert_eq!(twin["properties"]["desired"]["$version"], 1, "{twin}");
+}

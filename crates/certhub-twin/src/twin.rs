@@ -114,6 +114,10 @@ pub enum TwinError {
         "reported properties are written by the device only: remove properties.reported from the request"
     )]
     ReportedFromService,
+    #[error(
+        "{path}: top-level desired property names starting with '$' are reserved for the hub ($version, $metadata): rename the property"
+    )]
+    ReservedKey { path: String },
 }
 
 fn describe_char(c: char) -> String {
@@ -468,6 +472,17 @@ fn checked_members(section: Section, body: &Value) -> Result<Map<String, Value>,
             found: json_kind(body),
         });
     };
+    // The service may send desired properties back as it read them, with "$version" and
+    // "$metadata"; any other top-level '$' key is a mistake worth saying rather than dropping.
+    if section == Section::Desired
+        && let Some(key) = members
+            .keys()
+            .find(|k| k.starts_with('$') && *k != "$version" && *k != "$metadata")
+    {
+        return Err(TwinError::ReservedKey {
+            path: format!("{}.{key}", section.path()),
+        });
+    }
     let applied: Map<String, Value> = members
         .iter()
         .filter(|(key, _)| !(section.ignores_dollar_keys() && key.starts_with('$')))

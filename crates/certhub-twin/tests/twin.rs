@@ -118,6 +118,20 @@ fn desired_patches_merge_recursively_and_null_deletes() {
 }
 
 #[test]
+fn a_reserved_top_level_desired_key_is_refused_not_dropped() {
+    let mut twin = TwinState::new(T0);
+    let e = twin
+        .patch_desired(&json!({"$secret": 1, "ok": 2}), T1)
+        .unwrap_err();
+    assert!(e.to_string().contains("properties.desired.$secret"), "{e}");
+    assert_eq!(twin.desired_version(), 1, "nothing applied");
+    assert!(twin.desired().is_empty());
+    // $version and $metadata, as read from a twin, are still accepted (and ignored).
+    twin.patch_desired(&json!({"$version": 4, "$metadata": {}, "ok": 2}), T1)
+        .unwrap();
+}
+
+#[test]
 fn the_desired_notification_is_the_patch_plus_the_new_version() {
     let mut twin = TwinState::new(T0);
     let body = twin

@@ -747,3 +747,97 @@ mod tokens {
         }
     }
 }
+
+/// MQTT 3.1.1 1.5.3: a topic holding U+0000 closes the connection; nothing is stored.
+mod mqtt_details {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::common;
+
+    fn string(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    fn packet(first: u8, body: Vec<u8>) -> Vec<u8> {
+        let mut out = vec![first];
+        let mut len = body.len();
+        loop {
+            let mut b = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend(body);
+        out
+    }
+
+    #[test]
+    fn a_topic_holding_nul_closes_the_connection() {
+        let t = common::tmp();
+        let dir = t.path();
+        let data = dir.join("data");
+        let hub = common::start_hub(&data);
+        common::enroll_widget(dir, &data);
+        let id = "smart-x-widget-0001";
+        let widget = dir.join("pki/devices").join(id);
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(data.join("tls/server-ca.pem")).expect("ca") {
+            roots.add(c.expect("pem")).expect("root");
+        }
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(widget.join("chain.pem"))
+                .expect("chain")
+                .map(|c| c.expect("pem"))
+                .collect();
+        let key = PrivateKeyDer::from_pem_file(widget.join("key.pem")).expect("key");
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client config");
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        let port = hub.mqtt_port;
+        let after_publish = runtime.block_on(async move {
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .expect("tcp");
+            let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+            let mut tls = connector.connect(name, tcp).await.expect("handshake");
+            let mut body = string("MQTT");
+            body.extend([4, 0x82, 0, 60]);
+            body.extend(string(id));
+            body.extend(string(&format!("localhost/{id}/?api-version=2021-04-12")));
+            tls.write_all(&packet(0x10, body)).await.expect("connect");
+            let mut connack = [0u8; 4];
+            tls.read_exact(&mut connack).await.expect("connack");
+            assert_eq!(connack, [0x20, 2, 0, 0], "accepted");
+            let mut body = string(&format!("devices/{id}/messages/events/a\u{0}b"));
+            body.extend([0, 1]);
+            body.extend(b"nul");
+            tls.write_all(&packet(0x32, body)).await.expect("publish");
+            let mut buf = [0u8; 16];
+            tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf))
+                .await
+                .expect("the hub answers or closes within 5 s")
+                .map(|n| buf[..n].to_vec())
+        });
+        assert!(
+            matches!(&after_publish, Ok(b) if b.is_empty()) || after_publish.is_err(),
+            "the connection is closed without a PUBACK: {after_publish:?}"
+        );
+        let log = common::certhub_at(dir, &data, &["audit", "list", "--json", "--top", "20"]).ok();
+        assert!(log.stdout.contains("U+0000"), "{log}");
+    }
+}

@@ -1,7 +1,9 @@
 //! `/devices` and `/devices/{id}/modules`: the identity registry (azure-protocol 4.2-4.4).
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
+
+use super::error::{Path, Query};
 use axum::http::header::{ETAG, IF_MATCH};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};

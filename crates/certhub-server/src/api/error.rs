@@ -72,3 +72,78 @@ impl IntoResponse for ApiError {
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found("NotFound", format!("no such resource {}", uri.path()))
 }
+
+/// A method the route does not have: 405 in Azure's shape, naming the method.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "MethodNotAllowed",
+        format!("{} does not take {method}", uri.path()),
+    )
+}
+
+/// `axum::extract::Path`, with its refusals (an id that is not UTF-8 once decoded, say) in
+/// Azure's error shape.
+#[derive(Debug)]
+pub struct Path<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Path<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Self(v)),
+            Err(e) => Err(ApiError::bad_request(
+                "ArgumentInvalid",
+                format!("the request path {}: {}", parts.uri.path(), e.body_text()),
+            )),
+        }
+    }
+}
+
+/// `axum::extract::Query`, with its refusals (`top=abc`, an unknown parameter type) in Azure's
+/// error shape, naming the parameter.
+#[derive(Debug)]
+pub struct Query<T>(pub T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for Query<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Self(v)),
+            // axum's text names the parameter: "Failed to deserialize query string: top:
+            // invalid digit found in string".
+            Err(e) => Err(ApiError::bad_request(
+                "ArgumentInvalid",
+                format!("{}; see /openapi.json for the parameters", e.body_text()),
+            )),
+        }
+    }
+}
+
+/// A `top` query parameter: `default` when absent, refused (not clamped) outside 1..=max.
+pub fn top(value: Option<i64>, default: i64, max: i64) -> Result<i64, ApiError> {
+    match value {
+        None => Ok(default),
+        Some(t) if (1..=max).contains(&t) => Ok(t),
+        Some(t) => Err(ApiError::bad_request(
+            "ArgumentInvalid",
+            format!("top={t} must be a number from 1 to {max}"),
+        )),
+    }
+}

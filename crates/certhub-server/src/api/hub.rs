@@ -1,7 +1,9 @@
 //! Hub-wide resources: statistics, settings, the audit trail.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use super::error::Query;
 use axum::response::{IntoResponse, Response};
 use certhub_core::{Rights, SettingsPatch};
 use serde::Deserialize;
@@ -88,7 +90,7 @@ pub async fn audit(
     Query(params): Query<AuditParams>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "reading the audit trail")?;
-    let top = params.top.unwrap_or(100).clamp(1, 10_000);
+    let top = super::error::top(params.top, 100, 10_000)?;
     let filter = certhub_store::AuditFilter {
         operation: params.operation.unwrap_or_default(),
         target: params.target.unwrap_or_default(),

@@ -1,7 +1,9 @@
 //! `/messages/events`: the telemetry log, paged by sequence number.
 
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
+
+use super::error::Query;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use certhub_core::Rights;
@@ -102,7 +104,7 @@ pub async fn events(
     Query(p): Query<EventsParams>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::SERVICE_CONNECT, "reading telemetry")?;
-    let top = p.top.unwrap_or(100).clamp(1, 1000);
+    let top = super::error::top(p.top, 100, 1000)?;
     let from = p.from.unwrap_or(0);
     // Everything up to here is committed and visible to the read below.
     let upto = *state.telemetry().follow().borrow();

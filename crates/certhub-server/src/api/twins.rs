@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
+
+use super::error::Path;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use certhub_core::{Etag, IfMatch, Rights};
@@ -305,11 +307,15 @@ async fn invoke(
     caller.require(Rights::SERVICE_CONNECT, "invoking a direct method")?;
     t.exists(state).await?;
     let name = call.method_name.trim();
-    if name.is_empty() || name.len() > 128 || name.contains(['/', '?', '#', '+']) {
+    if name.is_empty()
+        || name.len() > 128
+        || name.contains(['/', '?', '#', '+'])
+        || name.chars().any(char::is_control)
+    {
         return Err(ApiError::bad_request(
             "ArgumentInvalid",
             format!(
-                "methodName {:?} is not usable: give 1 to 128 characters without '/', '?', '#' or '+'",
+                "methodName {:?} is not usable: give 1 to 128 characters without '/', '?', '#', '+' or control characters",
                 call.method_name
             ),
         ));
