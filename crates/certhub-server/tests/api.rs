@@ -474,3 +474,47 @@ async fn unusable_method_names_and_reserved_desired_keys_are_refused() {
     let (_, twin) = h.call("GET", "/twins/d1", Some(&owner), None, None).await;
     assert_eq!(twin["properties"]["desired"]["$version"], 1, "{twin}");
 }
+
+/// An If-Match list matches when any of its tags is the current one (RFC 9110 13.1.1).
+#[tokio::test]
+async fn an_if_match_list_matches_if_any_entry_does() {
+    let h = hub().await;
+    let owner = h.token("iothubowner");
+    let (_, d) = h
+        .call("PUT", "/devices/d1", Some(&owner), None, Some("{}"))
+        .await;
+    let etag = d["etag"].as_str().expect("etag").to_string();
+    let (_, twin) = h.call("GET", "/twins/d1", Some(&owner), None, None).await;
+    let twin_etag = twin["etag"].as_str().expect("etag").to_string();
+    let wrong = "\"bm9wZQ==\", \"eHl6\"";
+    let (s, e) = h
+        .call(
+            "PATCH",
+            "/twins/d1",
+            Some(&owner),
+            Some(wrong),
+            Some(r#"{"tags": {"a": 1}}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{e}");
+    let list = format!("\"AAAAAAAAAAA=\", \"{twin_etag}\"");
+    let (s, e) = h
+        .call(
+            "PATCH",
+            "/twins/d1",
+            Some(&owner),
+            Some(&list),
+            Some(r#"{"tags": {"a": 1}}"#),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{e}");
+    let (s, e) = h
+        .call("DELETE", "/devices/d1", Some(&owner), Some(wrong), None)
+        .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED, "{e}");
+    let list = format!("\"AAAAAAAAAAA=\", \"{etag}\"");
+    let (s, e) = h
+        .call("DELETE", "/devices/d1", Some(&owner), Some(&list), None)
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT, "{e}");
+}

@@ -281,10 +281,12 @@ pub async fn delete(
     caller.require(Rights::REGISTRY_WRITE, "deleting a CA certificate")?;
     let result = async {
         check_name(&name)?;
-        let expected = match IfMatch::parse(headers.get(IF_MATCH).and_then(|v| v.to_str().ok())) {
-            IfMatch::Tag(t) => Some(t),
-            _ => None,
+        let condition = IfMatch::parse(headers.get(IF_MATCH).and_then(|v| v.to_str().ok()));
+        let current = match condition.is_list() {
+            true => state.store().ca(&name).await?.map(|c| c.etag),
+            false => None,
         };
+        let expected = condition.expected(current.as_ref());
         match state.store().delete_ca(&name, expected.as_ref()).await? {
             DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
             DeleteOutcome::NotFound => Err(not_found(&name)),

@@ -186,10 +186,12 @@ pub async fn delete_device(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Rights::REGISTRY_WRITE, "deleting a device")?;
     let id = device_id(&id)?;
-    let expected = match if_match(&headers) {
-        IfMatch::Tag(t) => Some(t),
-        IfMatch::Any | IfMatch::Absent => None,
+    let condition = if_match(&headers);
+    let current = match condition.is_list() {
+        true => state.store().device(&id).await?.map(|d| d.etag),
+        false => None,
     };
+    let expected = condition.expected(current.as_ref());
     let target = format!("devices/{id}");
     let result = match state.store().delete_device(&id, expected.as_ref()).await? {
         DeleteOutcome::Deleted => {
@@ -351,10 +353,12 @@ pub async fn delete_module(
 ) -> Result<StatusCode, ApiError> {
     caller.require(Rights::REGISTRY_WRITE, "deleting a module")?;
     let (id, mid) = (device_id(&id)?, module_id(&mid)?);
-    let expected = match if_match(&headers) {
-        IfMatch::Tag(t) => Some(t),
-        IfMatch::Any | IfMatch::Absent => None,
+    let condition = if_match(&headers);
+    let current = match condition.is_list() {
+        true => state.store().module(&id, &mid).await?.map(|m| m.etag),
+        false => None,
     };
+    let expected = condition.expected(current.as_ref());
     let target = format!("devices/{id}/modules/{mid}");
     let result = match state
         .store()

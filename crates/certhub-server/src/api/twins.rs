@@ -147,12 +147,18 @@ async fn write_twin(
     let (tags, desired) = certhub_twin::service_patch_parts(body).map_err(TwinOpError::Invalid)?;
     let now = twins::now_iso();
     let (notification, twin) = twins::update(state, &t.device, t.module.as_ref(), |twin| {
-        if let IfMatch::Tag(expected) = &condition
-            && expected.0 != twin.etag()
-        {
+        if !condition.allows(&Etag(twin.etag())) {
             return Err(TwinOpError::Stale {
                 current: twin.etag(),
-                expected: expected.0.clone(),
+                expected: match &condition {
+                    IfMatch::Tag(t) => t.0.clone(),
+                    IfMatch::AnyOf(ts) => ts
+                        .iter()
+                        .map(|t| t.0.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    IfMatch::Absent | IfMatch::Any => String::new(),
+                },
             });
         }
         Ok(match how {
