@@ -206,6 +206,10 @@ pub(crate) struct Anchor {
     not_before_text: String,
     not_after_text: String,
     thumbprints: Thumbprints,
+    /// The anchor certificate's pathLenConstraint: intermediates below it, at most. webpki
+    /// takes an anchor as a name and key only, so certhub applies it (RFC 5280 6.1.1 lets a
+    /// relying party enforce a trust anchor's constraints; OpenSSL does).
+    path_len: Option<u32>,
 }
 
 /// The CA certificates a chain may end at, as an immutable value: the hub swaps a whole new
@@ -319,6 +323,11 @@ impl TrustStore {
             not_before_text: rfc3339(&validity.not_before),
             not_after_text: rfc3339(&validity.not_after),
             thumbprints: Thumbprints::of(der),
+            path_len: cert
+                .basic_constraints()
+                .ok()
+                .flatten()
+                .and_then(|b| b.value.path_len_constraint),
         });
         self.anchors.push(anchor);
         Ok(())
@@ -555,9 +564,11 @@ pub fn verify_chain(
     let eku = key_usage(usage);
     let algs = webpki::ALL_VERIFICATION_ALGS;
     // The path webpki built, as (anchor index, subjects from the leaf, DER of the
-    // intermediates from the leaf's issuer up) plus any refused key met on the way (webpki
-    // checks signatures, not key sizes).
-    type Built = (usize, Vec<String>, Vec<Vec<u8>>, Option<String>);
+    // intermediates from the leaf's issuer up) plus the first policy problem met on the way
+    // that webpki does not check: a refused key (webpki checks signatures, not key sizes), an
+    // intermediate whose keyUsage does not allow signing certificates, an anchor's
+    // pathLenConstraint.
+    type Built = (usize, Vec<String>, Vec<Vec<u8>>, Option<(Reason, String)>);
     let attempt = |anchors: &[TrustAnchor<'_>]| -> Result<Built, webpki::Error> {
         let path = ee.verify_for_usage(algs, anchors, intermediates, now, eku, None, None)?;
         let index = anchors
@@ -572,10 +583,39 @@ pub fn verify_chain(
             if let Ok((_, c)) = x509_parser::parse_x509_certificate(der.der().as_ref()) {
                 let subject = c.subject().to_string();
                 if let Some(p) = key_info(c.public_key()).problem() {
-                    problem.get_or_insert(format!("{subject:?}: {p}"));
+                    problem
+                        .get_or_insert((Reason::UnsupportedAlgorithm, format!("{subject:?}: {p}")));
+                }
+                if let Ok(Some(ku)) = c.key_usage()
+                    && !ku.value.key_cert_sign()
+                {
+                    problem.get_or_insert((
+                        Reason::WrongKeyUsage,
+                        format!(
+                            "intermediate {subject:?} signed the certificate below it, but its keyUsage does not include keyCertSign"
+                        ),
+                    ));
                 }
                 subjects.push(subject);
             }
+        }
+        // `anchors` may be a subset of the store's: find this anchor among all of them.
+        let global = trust.anchors.iter().position(|a| {
+            a.subject == path.anchor().subject
+                && a.subject_public_key_info == path.anchor().subject_public_key_info
+        });
+        if let Some(g) = global
+            && let Some(max) = trust.meta[g].path_len
+            && ders.len() > max as usize
+        {
+            let anchor = &trust.meta[g].subject;
+            problem.get_or_insert((
+                Reason::PathLengthExceeded,
+                format!(
+                    "the registered CA {anchor:?} allows {max} intermediate(s) below it (pathLenConstraint) and the chain has {}",
+                    ders.len()
+                ),
+            ));
         }
         Ok((index, subjects, ders, problem))
     };
@@ -611,8 +651,8 @@ pub fn verify_chain(
             return Err(explain(e, &presented, &rerun));
         }
     };
-    if let Some(p) = problem {
-        return Err(Rejection::new(Reason::UnsupportedAlgorithm, p));
+    if let Some((reason, detail)) = problem {
+        return Err(Rejection::new(reason, detail));
     }
     let anchor = &trust.meta[index];
     path.push(anchor.subject.clone());

@@ -641,3 +641,42 @@ fn bytes_only_the_path_builder_cannot_read_are_a_malformed_certificate() {
         "{detail}"
     );
 }
+
+/// webpki takes a trust anchor as a name and a key: a registered CA's own pathLenConstraint
+/// is applied by certhub (a root made for leaves only admits no intermediate).
+#[test]
+fn a_registered_cas_path_length_is_applied() {
+    let root = Ca::root_with("Leaves-Only Root CA", |p| {
+        p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    });
+    let store = trust(&[&root]);
+    admitted(&root.device("w").chain, &store);
+    let factory = root.intermediate("Factory-Y CA");
+    let (r, detail) = refused(&factory.device("w").chain, &store);
+    assert_eq!(r, Reason::PathLengthExceeded, "{detail}");
+    assert!(
+        detail.contains("Leaves-Only Root CA") && detail.contains("allows 0"),
+        "{detail}"
+    );
+    // The same check when the path is remembered: a second time is refused the same way.
+    assert_eq!(
+        refused(&factory.device("w2").chain, &store).0,
+        Reason::PathLengthExceeded
+    );
+}
+
+/// An intermediate whose keyUsage does not include keyCertSign may not sign certificates.
+#[test]
+fn an_intermediate_without_key_cert_sign_is_wrong_key_usage() {
+    let root = Ca::root("Company-X Root CA");
+    let store = trust(&[&root]);
+    let signer = root.intermediate_with("Factory-Y CA", |p| {
+        p.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    });
+    let (r, detail) = refused(&signer.device("w").chain, &store);
+    assert_eq!(r, Reason::WrongKeyUsage, "{detail}");
+    assert!(
+        detail.contains("Factory-Y CA") && detail.contains("keyCertSign"),
+        "{detail}"
+    );
+}
