@@ -90,6 +90,9 @@ async fn bad_bodies_and_ids_are_400_and_write_nothing() {
             "16 to 64 bytes",
         ),
         ("/devices/bad%2Fid", "{}", "contains '/'"),
+        // serde reads a struct from an array of its fields; a body must be an object.
+        ("/devices/d1", "[null, null]", "must be a JSON object"),
+        ("/devices/d1/modules/m1", "[]", "must be a JSON object"),
     ];
     for (path, body, needle) in cases {
         let (s, e) = h.owner("PUT", path, Some(body)).await;
@@ -254,6 +257,15 @@ async fn settings_and_audit() {
         .owner("PATCH", "/settings", Some(r#"{"minTlsVersion":"1.0"}"#))
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // An array is not a patch (serde would read it as the struct's fields in order).
+    let (s, e) = h.owner("PATCH", "/settings", Some("[true, null]")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(message(&e).contains("must be a JSON object"), "{e}");
+    let (_, v) = h.owner("GET", "/settings", None).await;
+    assert_eq!(
+        v["disableDeviceSAS"], true,
+        "the refused patch changed nothing"
+    );
     h.owner("PUT", "/devices/d1", Some("{}")).await;
     let (s, log) = h.owner("GET", "/audit", None).await;
     assert_eq!(s, StatusCode::OK);
