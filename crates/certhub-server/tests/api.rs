@@ -90,6 +90,9 @@ async fn bad_bodies_and_ids_are_400_and_write_nothing() {
             "16 to 64 bytes",
         ),
         ("/devices/bad%2Fid", "{}", "contains '/'"),
+        // serde reads a struct from an array of its fields; a body must be an object.
+        ("/devices/d1", "[null, null]", "must be a JSON object"),
+        ("/devices/d1/modules/m1", "[]", "must be a JSON object"),
     ];
     for (path, body, needle) in cases {
         let (s, e) = h.owner("PUT", path, Some(body)).await;
@@ -254,6 +257,15 @@ async fn settings_and_audit() {
         .owner("PATCH", "/settings", Some(r#"{"minTlsVersion":"1.0"}"#))
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // An array is not a patch (serde would read it as the struct's fields in order).
+    let (s, e) = h.owner("PATCH", "/settings", Some("[true, null]")).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{e}");
+    assert!(message(&e).contains("must be a JSON object"), "{e}");
+    let (_, v) = h.owner("GET", "/settings", None).await;
+    assert_eq!(
+        v["disableDeviceSAS"], true,
+        "the refused patch changed nothing"
+    );
     h.owner("PUT", "/devices/d1", Some("{}")).await;
     let (s, log) = h.owner("GET", "/audit", None).await;
     assert_eq!(s, StatusCode::OK);
@@ -411,6 +423,73 @@ async fn openapi_matches_the_routes() {
             );
         }
     }
+}
+
+/// The reverse of `openapi_matches_the_routes`: every route and method the router serves (read
+/// from `router()`'s source) is in the document, parameter names aside.
+#[tokio::test]
+async fn every_route_is_documented() {
+    let h = hub().await;
+    let (s, doc) = h.call("GET", "/openapi.json", None, None, None).await;
+    assert_eq!(s, StatusCode::OK);
+    let shape = |path: &str| {
+        let mut out = String::new();
+        let mut in_param = false;
+        for c in path.chars() {
+            match c {
+                '{' => {
+                    in_param = true;
+                    out.push_str("{}");
+                }
+                '}' => in_param = false,
+                _ if !in_param => out.push(c),
+                _ => {}
+            }
+        }
+        out
+    };
+    let mut documented = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().expect("path item").keys() {
+            if ["get", "put", "post", "patch", "delete", "head", "options"]
+                .contains(&method.as_str())
+            {
+                documented.insert((shape(path), method.clone()));
+            }
+        }
+    }
+    let source = include_str!("../src/api/mod.rs");
+    let body = source
+        .split("pub fn router(")
+        .nth(1)
+        .and_then(|rest| rest.split(".fallback(").next())
+        .expect("router() in mod.rs");
+    let mut served = std::collections::BTreeSet::new();
+    for chunk in body.split(".route(").skip(1) {
+        let path = chunk.split('"').nth(1).expect("a route's path literal");
+        for method in ["get", "put", "post", "patch", "delete"] {
+            let call = format!("{method}(");
+            let calls = chunk.match_indices(&call).any(|(at, _)| {
+                at == 0
+                    || !chunk.as_bytes()[at - 1].is_ascii_alphanumeric()
+                        && chunk.as_bytes()[at - 1] != b'_'
+            });
+            if calls {
+                served.insert((shape(path), method.to_string()));
+            }
+        }
+    }
+    assert!(served.len() >= 30, "routes read from mod.rs: {served:?}");
+    let missing: Vec<_> = served.difference(&documented).collect();
+    assert!(
+        missing.is_empty(),
+        "served but not in openapi.json: {missing:?}"
+    );
+    let extra: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        extra.is_empty(),
+        "in openapi.json but not served: {extra:?}"
+    );
 }
 
 /// Every refusal is in Azure's error shape, parameter parsing and unknown methods included,

@@ -15,7 +15,7 @@ use certhub_core::{Rights, Status, azure_time};
 use certhub_store::{C2dRecord, Enqueued};
 use serde::{Deserialize, Serialize};
 
-use super::body::JsonBody;
+use super::body::JsonObject;
 use super::devices::{device_id, device_not_found};
 use super::{ApiError, AppState, Caller, now_ms};
 use crate::sessions::Outbound;
@@ -70,7 +70,7 @@ pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    JsonBody(m): JsonBody<SendBody>,
+    JsonObject(m): JsonObject<SendBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::SERVICE_CONNECT, "sending a cloud-to-device message")?;
     let device = device_id(&id)?;

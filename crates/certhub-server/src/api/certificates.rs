@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use super::body::JsonBody;
+use super::body::JsonObject;
 use super::{ApiError, AppState, Caller, OWNER, now_ms};
 
 #[derive(Debug, Deserialize)]
@@ -187,7 +187,7 @@ pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    body: Result<JsonBody<UploadBody>, ApiError>,
+    body: Result<JsonObject<UploadBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_WRITE, "registering a CA certificate")?;
     let result = upload_inner(&state, &caller, &name, body).await;
@@ -206,10 +206,10 @@ async fn upload_inner(
     state: &AppState,
     caller: &Caller,
     name: &str,
-    body: Result<JsonBody<UploadBody>, ApiError>,
+    body: Result<JsonObject<UploadBody>, ApiError>,
 ) -> Result<CaRecord, ApiError> {
     check_name(name)?;
-    let JsonBody(body) = body?;
+    let JsonObject(body) = body?;
     if body.properties.is_verified {
         caller.require(
             OWNER,
@@ -343,12 +343,12 @@ pub async fn verify(
     caller: Caller,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<JsonBody<VerifyBody>, ApiError>,
+    body: Result<JsonObject<VerifyBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_WRITE, "verifying a CA certificate")?;
     let result = async {
         let old = current(&state, &name, &headers).await?;
-        let JsonBody(body) = body?;
+        let JsonObject(body) = body?;
         let now = now_ms();
         let Some(code) = old.verification_code.clone() else {
             return Err(ApiError::bad_request(

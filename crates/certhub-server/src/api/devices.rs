@@ -11,7 +11,7 @@ use certhub_core::{DeviceId, DeviceInput, IfMatch, ModuleId, ModuleInput, Rights
 use certhub_store::{DeleteOutcome, WriteOutcome};
 use serde::Deserialize;
 
-use super::body::JsonBody;
+use super::body::{JsonBody, JsonObject};
 use super::{ApiError, AppState, Caller, now_ms};
 
 #[derive(Debug, Deserialize)]
@@ -102,7 +102,7 @@ pub async fn put_device(
     caller: Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
-    JsonBody(input): JsonBody<DeviceInput>,
+    JsonObject(input): JsonObject<DeviceInput>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_WRITE, "creating or updating a device")?;
     let id = device_id(&id)?;
@@ -257,7 +257,7 @@ pub async fn put_module(
     caller: Caller,
     Path((id, mid)): Path<(String, String)>,
     headers: HeaderMap,
-    JsonBody(input): JsonBody<ModuleInput>,
+    JsonObject(input): JsonObject<ModuleInput>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_WRITE, "creating or updating a module")?;
     let (id, mid) = (device_id(&id)?, module_id(&mid)?);

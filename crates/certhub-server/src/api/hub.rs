@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use certhub_core::{Rights, SettingsPatch};
 use serde::Deserialize;
 
-use super::body::JsonBody;
+use super::body::JsonObject;
 use super::{ApiError, AppState, Caller, OWNER};
 
 pub async fn device_statistics(
@@ -47,7 +47,7 @@ pub async fn get_settings(
 pub async fn patch_settings(
     State(state): State<AppState>,
     caller: Caller,
-    JsonBody(patch): JsonBody<SettingsPatch>,
+    JsonObject(patch): JsonObject<SettingsPatch>,
 ) -> Result<Response, ApiError> {
     caller.require(OWNER, "changing hub settings")?;
     let before = state.settings().await?;

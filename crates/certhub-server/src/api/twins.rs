@@ -14,7 +14,7 @@ use certhub_twin::TwinState;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::body::JsonBody;
+use super::body::{JsonBody, JsonObject};
 use super::devices::{
     device_id, device_not_found, if_match, module_id, module_not_found, with_etag,
 };
@@ -428,7 +428,7 @@ pub async fn invoke_device_method(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    JsonBody(call): JsonBody<MethodCall>,
+    JsonObject(call): JsonObject<MethodCall>,
 ) -> Result<Response, ApiError> {
     invoke(&state, &caller, target(&id, None)?, call).await
 }
@@ -437,7 +437,7 @@ pub async fn invoke_module_method(
     State(state): State<AppState>,
     caller: Caller,
     Path((id, mid)): Path<(String, String)>,
-    JsonBody(call): JsonBody<MethodCall>,
+    JsonObject(call): JsonObject<MethodCall>,
 ) -> Result<Response, ApiError> {
     invoke(&state, &caller, target(&id, Some(&mid))?, call).await
 }
@@ -467,7 +467,7 @@ pub async fn query(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<QueryBody>,
+    JsonObject(body): JsonObject<QueryBody>,
 ) -> Result<Response, ApiError> {
     require_read(&caller, "querying twins")?;
     let q = certhub_twin::query::parse(&body.query)
