@@ -237,15 +237,17 @@ impl Issuer {
             )));
         }
         let not_before = (now - BACKDATE).max(self.not_before);
-        let wanted = now + Duration::days(i64::from(days));
-        let not_after = if wanted > self.not_after {
-            notes.push(format!(
-                "validity shortened to the issuer's expiry ({}): a certificate never outlives its issuer",
-                self.not_after.date()
-            ));
-            self.not_after
-        } else {
-            wanted
+        // A date past the year 9999 (which `time` cannot represent) is past the issuer's
+        // notAfter too.
+        let not_after = match now.checked_add(Duration::days(i64::from(days))) {
+            Some(wanted) if wanted <= self.not_after => wanted,
+            _ => {
+                notes.push(format!(
+                    "validity shortened to the issuer's expiry ({}): a certificate never outlives its issuer",
+                    self.not_after.date()
+                ));
+                self.not_after
+            }
         };
         Ok((not_before, not_after))
     }
@@ -331,12 +333,16 @@ pub fn create_root(
     now: OffsetDateTime,
 ) -> Result<NewKey, PkiError> {
     require_cn(subject, "a root CA")?;
+    let not_after = now
+        .checked_add(Duration::days(i64::from(days)))
+        .filter(|t| t.year() <= 9999)
+        .ok_or_else(|| {
+            PkiError::Policy(format!(
+                "a validity of {days} days ends after the year 9999, the last date X.509 can write; choose fewer days"
+            ))
+        })?;
     let key = algorithm.generate()?;
-    let mut p = base_params(
-        subject.clone(),
-        now - BACKDATE,
-        now + Duration::days(i64::from(days)),
-    )?;
+    let mut p = base_params(subject.clone(), now - BACKDATE, not_after)?;
     ca_extensions(&mut p, path_len);
     // A root's AKI would only repeat its own SKI.
     p.use_authority_key_identifier_extension = false;

@@ -251,3 +251,50 @@ fn an_expired_issuer_does_not_sign() {
     .expect_err("expired issuer");
     assert!(e.to_string().contains("expired"), "{e}");
 }
+
+#[test]
+fn a_validity_past_the_year_9999_is_clamped_to_the_issuer_not_a_panic() {
+    // Found by fuzzing (pki_csr): `now + days` overflowed the time crate's range and panicked.
+    let company = root(KeyAlgorithm::EcdsaP256, 3650, None);
+    let req = create_request(
+        &parse_subject("CN=widget-1").expect("s"),
+        KeyAlgorithm::EcdsaP256,
+    )
+    .expect("req");
+    let csr = read_csr(req.pem.as_bytes()).expect("csr");
+    let parent = describe_certificate(company.certificate()).expect("parent");
+    for days in [u32::MAX, 3_000_000] {
+        let opts = SignOptions {
+            days: Some(days),
+            path_len: None,
+        };
+        let cert = sign_request(&company, &csr, Profile::Device, &opts, now()).expect("signed");
+        let child = describe_certificate(&cert.der).expect("child");
+        assert_eq!(child.not_after, parent.not_after, "{days} days");
+        assert!(
+            cert.notes.iter().any(|n| n.contains("shortened")),
+            "{:?}",
+            cert.notes
+        );
+    }
+}
+
+#[test]
+fn a_root_valid_past_the_year_9999_is_refused() {
+    let subject = parse_subject("CN=Company-X Root CA").expect("subject");
+    // From 2027-01-01, 2_500_000 days end in 8871 and 2_913_000 in 10002.
+    let fits = create_root(&subject, KeyAlgorithm::EcdsaP256, 2_500_000, None, now());
+    let cert = certhub_pki::read_certificates(fits.expect("root").pem.as_bytes()).expect("pem");
+    assert!(
+        describe_certificate(&cert[0])
+            .expect("root")
+            .not_after
+            .starts_with("8871-")
+    );
+    for days in [2_913_000, u32::MAX] {
+        match create_root(&subject, KeyAlgorithm::EcdsaP256, days, None, now()) {
+            Err(certhub_pki::PkiError::Policy(m)) => assert!(m.contains("9999"), "{m}"),
+            other => panic!("{days} days: {other:?}"),
+        }
+    }
+}
