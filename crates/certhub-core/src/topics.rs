@@ -130,10 +130,17 @@ fn request_id(topic: &str, query: &str) -> Result<String, TopicRefusal> {
         .filter_map(|p| p.split_once('='))
         .find(|(k, _)| *k == "$rid" || *k == "%24rid")
         .map(|(_, v)| decode(v))
-        .filter(|rid| !rid.is_empty() && rid.len() <= 128)
+        // The id is echoed in the answer's topic name, where '#', '+' and control characters
+        // are not allowed (MQTT 3.1.1 4.7.1, 1.5.3).
+        .filter(|rid| {
+            !rid.is_empty()
+                && rid.len() <= 128
+                && !rid.contains(['#', '+'])
+                && !rid.chars().any(char::is_control)
+        })
         .ok_or_else(|| {
             TopicRefusal(format!(
-                "{topic:?} carries no request id: add ?$rid=<id> (at most 128 bytes)"
+                "{topic:?} carries no usable request id: add ?$rid=<id> (at most 128 bytes, without '#', '+' or control characters)"
             ))
         })
 }
@@ -311,6 +318,10 @@ mod tests {
         for bad in [
             "$iothub/twin/GET/",
             "$iothub/twin/GET/?$rid=",
+            "$iothub/twin/GET/?$rid=%23",
+            "$iothub/twin/GET/?$rid=a%2Bb",
+            "$iothub/twin/GET/?$rid=%00",
+            "$iothub/methods/res/200/?$rid=%0A",
             "$iothub/methods/res/abc/?$rid=1",
             "$iothub/twin/PATCH/properties/desired/?$rid=1",
             "$iothub/anything",
