@@ -284,19 +284,7 @@ mod https_floods {
         let t = common::tmp();
         let dir = t.path();
         let data = dir.join("data");
-        let hub = common::start_hub_with(
-            &data,
-            &[
-                "--https-addr",
-                "127.0.0.1:0",
-                "--mqtt-addr",
-                "127.0.0.1:0",
-                "--hostname",
-                "localhost",
-                "--https-connections-per-source",
-                "16",
-            ],
-        );
+        let hub = common::start_hub_plus(&data, &["--https-connections-per-source", "16"]);
         let port: u16 = hub
             .host
             .rsplit(':')
@@ -511,15 +499,9 @@ print(rc[0] if rc else "closed")
         let t = common::tmp();
         let dir = t.path();
         let data = dir.join("data");
-        let hub = common::start_hub_with(
+        let hub = common::start_hub_plus(
             &data,
             &[
-                "--https-addr",
-                "127.0.0.1:0",
-                "--mqtt-addr",
-                "127.0.0.1:0",
-                "--hostname",
-                "localhost",
                 "--refusals-per-source",
                 "3",
                 "--refusals-per-client-id",

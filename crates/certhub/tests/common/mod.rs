@@ -378,17 +378,21 @@ impl Drop for HubProcess {
 }
 
 pub fn start_hub(data_dir: &Path) -> HubProcess {
-    start_hub_with(
-        data_dir,
-        &[
-            "--https-addr",
-            "127.0.0.1:0",
-            "--mqtt-addr",
-            "127.0.0.1:0",
-            "--hostname",
-            "localhost",
-        ],
-    )
+    start_hub_plus(data_dir, &[])
+}
+
+/// [`start_hub`] with more `certhub serve` flags.
+pub fn start_hub_plus(data_dir: &Path, extra: &[&str]) -> HubProcess {
+    let mut args = vec![
+        "--https-addr",
+        "127.0.0.1:0",
+        "--mqtt-addr",
+        "127.0.0.1:0",
+        "--hostname",
+        "localhost",
+    ];
+    args.extend_from_slice(extra);
+    start_hub_with(data_dir, &args)
 }
 
 /// Panics unless `args` give both listeners an address of their own: never the defaults
