@@ -18,11 +18,13 @@ pub mod metrics;
 mod mqtt;
 pub mod refusals;
 pub mod sessions;
+mod state;
 mod telemetry;
 pub mod tls;
 mod trust;
 mod twins;
 
-pub use api::{AppState, C2D_FEEDBACK_TTL_MS, router};
+pub use api::{C2D_FEEDBACK_TTL_MS, router};
 pub use listener::{HttpsOptions, HttpsTls, serve_https};
 pub use mqtt::{MqttOptions, serve_mqtt};
+pub use state::{AppState, C2dLimits};

@@ -20,8 +20,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
-use crate::api::AppState;
 use crate::gate::{Gate, GateLimits, Pending};
+use crate::state::AppState;
 
 const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// A handshake that takes longer than this is dropped (slow or idle clients hold no task).

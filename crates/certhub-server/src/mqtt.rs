@@ -26,8 +26,8 @@ use crate::refusals::{Record, RefusalLimits, Refusals};
 use tokio_rustls::LazyConfigAcceptor;
 use tokio_util::codec::Framed;
 
-use crate::api::AppState;
 use crate::sessions::{Mail, MethodReply, Outbound};
+use crate::state::AppState;
 
 /// Telemetry larger than Azure's 256 KB is refused; the packet may carry a topic besides.
 const MAX_PACKET: u32 = 256 * 1024 + 4096;

@@ -7,7 +7,7 @@ use certhub_store::{StoreError, TwinRecord};
 use certhub_twin::{TwinError, TwinState};
 use serde_json::Value;
 
-use crate::api::AppState;
+use crate::state::AppState;
 
 /// Why a twin operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +29,7 @@ pub enum TwinOpError {
 const ATTEMPTS: usize = 16;
 
 pub(crate) fn now_iso() -> String {
-    azure_time(crate::api::now_ms())
+    azure_time(crate::state::now_ms())
 }
 
 fn decode(

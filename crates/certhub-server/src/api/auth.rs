@@ -34,6 +34,12 @@ impl Caller {
     }
 }
 
+impl crate::state::Actor for Caller {
+    fn actor(&self) -> &str {
+        &self.policy
+    }
+}
+
 /// What a token's `sr` may reach, as Azure scopes it: `host` (or `host/`) is the whole hub;
 /// `host/devices/d1` only what lies under that device (`/devices/d1/...`, and its twin and
 /// methods under `/twins/d1/...`). The host must be one of the hub's names, and a port, when

@@ -1,0 +1,273 @@
+//! The hub's shared state: what the service API, the device session core and every transport
+//! reach (store, trust snapshot, settings, policies, live sessions, telemetry log, metrics).
+//! Dependencies point one way: transports -> session core -> this state -> store and trust;
+//! the API sits beside the session core and uses this state too.
+
+use std::sync::{Arc, RwLock};
+
+use certhub_core::{HubSettings, Policy};
+use certhub_store::{AuditRecord, Store, StoreError};
+
+/// How long settings read from the store are trusted before they are read again.
+const SETTINGS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Limits of the cloud-to-device queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct C2dLimits {
+    /// Messages waiting per device at most (Azure: 50).
+    pub max_pending: i64,
+    /// Deliveries without an acknowledgement after which a message is dropped (Azure's
+    /// maxDeliveryCount, default 10).
+    pub max_deliveries: i64,
+}
+
+impl Default for C2dLimits {
+    fn default() -> Self {
+        Self {
+            max_pending: 50,
+            max_deliveries: 10,
+        }
+    }
+}
+
+/// What every handler shares. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Store,
+    hostnames: Vec<String>,
+    code_ttl_ms: i64,
+    policies: RwLock<Vec<Policy>>,
+    trust: RwLock<Arc<certhub_core::TrustSnapshot>>,
+    sessions: Arc<crate::sessions::Sessions>,
+    metrics: crate::metrics::Metrics,
+    telemetry: crate::telemetry::TelemetryLog,
+    bookkeeper: crate::bookkeeper::Bookkeeper,
+    c2d: RwLock<C2dLimits>,
+    /// The settings and when they were read: other processes (`certhub hub set --local`) may
+    /// change them in the store, so they are read again when older than a second.
+    settings: RwLock<(HubSettings, std::time::Instant)>,
+    /// The port clients reach the service API on (0: not known, tokens' ports unchecked).
+    public_port: std::sync::atomic::AtomicU32,
+}
+
+impl AppState {
+    /// Loads policies (creating the defaults on first start) and settings from the store.
+    /// Verification codes expire after one hour.
+    pub async fn new(store: Store, hostnames: Vec<String>) -> Result<Self, StoreError> {
+        Self::with_code_ttl(store, hostnames, std::time::Duration::from_secs(3600)).await
+    }
+
+    /// Like [`AppState::new`], with verification codes that expire after `code_ttl`.
+    pub async fn with_code_ttl(
+        store: Store,
+        hostnames: Vec<String>,
+        code_ttl: std::time::Duration,
+    ) -> Result<Self, StoreError> {
+        let policies = store.policies().await?;
+        let settings = store.settings().await?;
+        let trust = crate::trust::load(&store).await?;
+        let telemetry = crate::telemetry::TelemetryLog::start(store.clone()).await?;
+        let bookkeeper = crate::bookkeeper::Bookkeeper::start(store.clone());
+        // Persistent MQTT sessions outlive a restart; a record that does not parse (written by
+        // a future version, say) is skipped with a warning, and the device subscribes afresh.
+        let sessions = Arc::new(crate::sessions::Sessions::default());
+        let saved = store.mqtt_sessions().await?;
+        sessions.restore(saved.into_iter().filter_map(|(cn, json)| {
+            match serde_json::from_str(&json) {
+                Ok(subs) => Some((cn, subs)),
+                Err(e) => {
+                    tracing::warn!(client_id = cn, error = %e, "persistent session not restored");
+                    None
+                }
+            }
+        }));
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                hostnames,
+                code_ttl_ms: i64::try_from(code_ttl.as_millis()).unwrap_or(i64::MAX),
+                policies: RwLock::new(policies),
+                trust: RwLock::new(Arc::new(trust)),
+                sessions,
+                metrics: crate::metrics::Metrics::default(),
+                telemetry,
+                bookkeeper,
+                c2d: RwLock::new(C2dLimits::default()),
+                settings: RwLock::new((settings, std::time::Instant::now())),
+                public_port: std::sync::atomic::AtomicU32::new(0),
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn hostnames(&self) -> &[String] {
+        &self.inner.hostnames
+    }
+
+    /// Records the port clients reach the service API on: a token that names another port
+    /// is refused.
+    pub fn set_public_port(&self, port: u16) {
+        self.inner
+            .public_port
+            .store(u32::from(port), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn public_port(&self) -> Option<u16> {
+        match self
+            .inner
+            .public_port
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            p => u16::try_from(p).ok(),
+        }
+    }
+
+    pub(crate) fn code_ttl_ms(&self) -> i64 {
+        self.inner.code_ttl_ms
+    }
+
+    pub fn policies(&self) -> Vec<Policy> {
+        self.inner
+            .policies
+            .read()
+            .map(|p| p.clone())
+            .unwrap_or_default()
+    }
+
+    /// The current trust snapshot (cheap: an `Arc`).
+    pub fn trust(&self) -> Arc<certhub_core::TrustSnapshot> {
+        self.inner
+            .trust
+            .read()
+            .map(|t| Arc::clone(&t))
+            .unwrap_or_default()
+    }
+
+    /// Rebuilds the trust snapshot from the store and swaps it in.
+    pub async fn reload_trust(&self) -> Result<(), StoreError> {
+        let fresh = Arc::new(crate::trust::load(self.store()).await?);
+        if let Ok(mut guard) = self.inner.trust.write() {
+            *guard = fresh;
+        }
+        Ok(())
+    }
+
+    pub fn sessions(&self) -> &crate::sessions::Sessions {
+        &self.inner.sessions
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn c2d_limits(&self) -> C2dLimits {
+        self.inner.c2d.read().map(|l| *l).unwrap_or_default()
+    }
+
+    pub fn set_c2d_limits(&self, limits: C2dLimits) {
+        if let Ok(mut l) = self.inner.c2d.write() {
+            *l = limits;
+        }
+    }
+
+    /// Where device connections leave their audit records and activity, written in batches.
+    pub(crate) fn bookkeeper(&self) -> &crate::bookkeeper::Bookkeeper {
+        &self.inner.bookkeeper
+    }
+
+    /// Waits until the bookkeeping handed over so far (connection audit records, last
+    /// activity) is in the store, for reads that must see it.
+    pub async fn flush_bookkeeping(&self) {
+        self.inner.bookkeeper.flush().await;
+    }
+
+    pub fn telemetry(&self) -> &crate::telemetry::TelemetryLog {
+        &self.inner.telemetry
+    }
+
+    /// The hub settings, at most a second old.
+    pub async fn settings(&self) -> Result<HubSettings, StoreError> {
+        if let Ok(guard) = self.inner.settings.read()
+            && guard.1.elapsed() < SETTINGS_MAX_AGE
+        {
+            return Ok(guard.0.clone());
+        }
+        self.reload_settings().await
+    }
+
+    /// Reads the settings from the store now; a switch another process turned on (`certhub
+    /// hub set --local`) closes the sessions it shuts out, as the API does. `certhub serve`
+    /// calls this twice a second.
+    pub async fn reload_settings(&self) -> Result<HubSettings, StoreError> {
+        let fresh = self.store().settings().await?;
+        self.set_settings(fresh.clone());
+        Ok(fresh)
+    }
+
+    /// Installs new settings; switches it turns on close the sessions they shut out.
+    pub(crate) fn set_settings(&self, after: HubSettings) {
+        let before = match self.inner.settings.write() {
+            Ok(mut guard) => {
+                std::mem::replace(&mut *guard, (after.clone(), std::time::Instant::now())).0
+            }
+            Err(_) => return,
+        };
+        for (was, now, switch) in [
+            (
+                before.disable_device_sas,
+                after.disable_device_sas,
+                "disableDeviceSAS",
+            ),
+            (
+                before.disable_module_sas,
+                after.disable_module_sas,
+                "disableModuleSAS",
+            ),
+            (
+                before.disable_local_auth,
+                after.disable_local_auth,
+                "disableLocalAuth",
+            ),
+        ] {
+            if now && !was {
+                self.sessions()
+                    .kick_switch(switch, &format!("{switch} was turned on"));
+            }
+        }
+    }
+
+    /// Records an operation in the audit trail; a failure to record is logged, not fatal to
+    /// the answer (the change itself is already committed).
+    pub(crate) async fn audit(
+        &self,
+        actor: &impl Actor,
+        operation: &str,
+        target: &str,
+        outcome: &str,
+        detail: &str,
+    ) {
+        let record = AuditRecord::new(now_ms(), actor.actor(), operation, target, outcome, detail);
+        if let Err(e) = self.store().append_audit(&record).await {
+            tracing::error!(error = %e, operation, target, "could not write the audit record");
+        }
+    }
+}
+
+/// Who an audit record names as having acted (a shared access policy's name, `device`, ...).
+pub trait Actor {
+    fn actor(&self) -> &str;
+}
+
+/// The wall clock in milliseconds; only adapters read it.
+pub(crate) fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
