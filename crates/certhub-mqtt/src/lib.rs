@@ -92,7 +92,7 @@ impl Default for Limits {
 }
 
 /// What the machine is told.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     /// A packet decoded from the device.
     Packet(Packet),
@@ -155,7 +155,7 @@ pub struct Connect {
 }
 
 /// What the driver must do.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Write this packet (flush after the batch of one [`Machine::handle`] call).
     Send(Packet),
@@ -846,5 +846,23 @@ impl Live {
             }
         }
         out.push(Action::Close(end));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle session's memory: the machine, and its live state on the heap.
+    #[test]
+    fn sizes() {
+        println!(
+            "size_of::<Machine>() = {}, size_of::<Live>() = {}, size_of::<PendingWill>() = {}",
+            size_of::<Machine>(),
+            size_of::<Live>(),
+            size_of::<PendingWill>()
+        );
+        assert!(size_of::<Machine>() <= 64);
+        assert!(size_of::<Live>() <= 192);
     }
 }
