@@ -45,7 +45,6 @@
 //! - [`End::TokenExpired`] carries `token_expiry_ms` divided by 1000 (rounded down): the token's
 //!   `se` when the driver passes `se * 1000`, as it should.
 //! - Additions: [`Machine::owed_pubacks`], [`Machine::c2d_in_flight`], [`Machine::is_live`],
-//!   [`Will`] (the will's payload, in [`Action::Will`] order of fields as agreed),
 //!   [`error_body`], the text constants [`KEEP_ALIVE_EXPIRED`] and [`DEVICE_CLOSED`].
 #![forbid(unsafe_code)]
 
@@ -190,17 +189,15 @@ pub enum Action {
     FetchC2d { after: i64, room: usize },
     /// The device acknowledged this cloud-to-device message: complete it.
     C2dComplete { queue_id: i64 },
-    /// Store the will as telemetry (`iothub-MessageType=Will` is among its properties).
-    Will(Will),
+    /// Store the will as telemetry (`iothub-MessageType=Will` is among its properties); just
+    /// before [`Action::Close`] when the session ends without DISCONNECT and the will names the
+    /// identity's own telemetry topic.
+    Will {
+        props: MessageProperties,
+        body: Bytes,
+    },
     /// The session is over; always the last action.
     Close(End),
-}
-
-/// A will to store as telemetry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Will {
-    pub props: MessageProperties,
-    pub body: Bytes,
 }
 
 /// How a session ended.
@@ -839,10 +836,10 @@ impl Live {
                 props
                     .application
                     .insert("iothub-MessageType".into(), "Will".into());
-                out.push(Action::Will(Will {
+                out.push(Action::Will {
                     props,
                     body: will.message,
-                }));
+                });
             }
         }
         out.push(Action::Close(end));

@@ -6,7 +6,7 @@ use std::num::NonZeroU16;
 
 use bytes::Bytes;
 use certhub_core::{C2dMessage, ClientId, MessageProperties, c2d_topic};
-use certhub_mqtt::{Action, Connect, End, Input, Limits, Machine, Will, error_body};
+use certhub_mqtt::{Action, Connect, End, Input, Limits, Machine, error_body};
 use rmqtt_codec::types::{Protocol, Publish, QoS};
 use rmqtt_codec::v3::{ConnectAck, ConnectAckReason, LastWill, Packet, SubscribeReturnCode};
 
@@ -359,10 +359,10 @@ fn a_sas_session_ends_with_its_token() {
     assert_eq!(
         step(&mut m, Input::Tick, 30_000),
         vec![
-            Action::Will(Will {
+            Action::Will {
                 props,
                 body: Bytes::from_static(b"gone")
-            }),
+            },
             Action::Close(End::TokenExpired(30)),
         ]
     );
@@ -615,7 +615,7 @@ fn a_failed_store_closes_without_puback() {
     step(&mut m, publish(EVENTS, QoS::AtLeastOnce, Some(1), b"a"), 1);
     let out = step(&mut m, Input::StoreFailed("disk full".into()), 2);
     assert_eq!(out.len(), 2);
-    assert!(matches!(out[0], Action::Will(_)));
+    assert!(matches!(out[0], Action::Will { .. }));
     assert_eq!(out[1], closed("telemetry not stored: disk full"));
 }
 
@@ -796,10 +796,10 @@ fn will_action(body: &'static [u8]) -> Action {
     props
         .application
         .insert("iothub-MessageType".into(), "Will".into());
-    Action::Will(Will {
+    Action::Will {
         props,
         body: Bytes::from_static(body),
-    })
+    }
 }
 
 #[test]
