@@ -40,8 +40,9 @@ struct Sim {
     /// Acknowledged telemetry submitted and not yet answered.
     stores: usize,
     stores_answered: usize,
-    /// Packet ids of the device's QoS 1 PUBLISHes whose PUBACK has not been sent.
-    expected_acks: VecDeque<u16>,
+    /// Packet ids of the device's QoS 1 PUBLISHes whose PUBACK has not been sent, and whether
+    /// each is telemetry not yet stored.
+    expected_acks: VecDeque<(u16, bool)>,
     /// C2D messages in flight: packet id -> queue id.
     inflight: BTreeMap<u16, i64>,
     admitted: bool,
@@ -57,11 +58,17 @@ impl Sim {
             Input::C2d(messages) => messages.iter().map(|m| m.queue_id).collect(),
             _ => VecDeque::new(),
         };
+        if matches!(input, Input::Stored) {
+            // The oldest acknowledged telemetry is durable.
+            if let Some(e) = self.expected_acks.iter_mut().find(|e| e.1) {
+                e.1 = false;
+            }
+        }
         if let Input::Packet(p) = &input {
             match p {
                 Packet::Publish(p) if p.qos == QoS::AtLeastOnce && self.m.is_live() => {
                     if let Some(id) = p.packet_id {
-                        self.expected_acks.push_back(id.get());
+                        self.expected_acks.push_back((id.get(), false));
                     }
                 }
                 Packet::PublishAck { packet_id } if self.m.is_live() => {
@@ -99,8 +106,8 @@ impl Sim {
                 Action::Send(Packet::PublishAck { packet_id }) => {
                     assert_eq!(
                         self.expected_acks.pop_front(),
-                        Some(packet_id.get()),
-                        "PUBACK out of order"
+                        Some((packet_id.get(), false)),
+                        "PUBACK out of order, or before its telemetry was stored"
                     );
                 }
                 Action::Send(Packet::Publish(p)) if p.qos == QoS::AtLeastOnce => {
@@ -148,6 +155,10 @@ impl Sim {
                 Action::Telemetry { ack, .. } => {
                     if *ack {
                         self.stores += 1;
+                        // The PUBLISH just fed: its PUBACK now waits for the store.
+                        let back = self.expected_acks.back_mut().expect("a QoS 1 PUBLISH");
+                        assert!(!back.1);
+                        back.1 = true;
                     }
                 }
                 Action::ReadTwin { rid } => self.answers.push_back(Input::TwinRead {

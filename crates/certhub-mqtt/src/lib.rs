@@ -44,6 +44,12 @@
 //!   transport-bound session.
 //! - [`End::TokenExpired`] carries `token_expiry_ms` divided by 1000 (rounded down): the token's
 //!   `se` when the driver passes `se * 1000`, as it should.
+//! - While the driver decides a CONNECT ([`Action::Admit`] unanswered), [`Machine::reading`] is
+//!   false (as before: nothing was read during the decision) and [`Machine::deadline_ms`] is
+//!   `i64::MAX` (the CONNECT deadline covers waiting for the packet, not the hub's decision).
+//! - Before admission there is no session: [`Input::Closed`], [`Input::Kick`], a packet that is
+//!   not CONNECT (or any packet fed during the decision) end with [`End::Refused`] and no
+//!   CONNACK, no will; hub inputs (C2D, twin, methods, stores) are ignored.
 //! - Additions: [`Machine::owed_pubacks`], [`Machine::c2d_in_flight`], [`Machine::is_live`],
 //!   [`error_body`], the text constants [`KEEP_ALIVE_EXPIRED`] and [`DEVICE_CLOSED`].
 #![forbid(unsafe_code)]
