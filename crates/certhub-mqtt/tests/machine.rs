@@ -992,3 +992,39 @@ fn machine_size() {
     println!("size_of::<Machine>() = {size}");
     assert!(size <= 64, "{size}");
 }
+
+#[test]
+fn c2d_packet_ids_wrap_past_zero_and_skip_those_in_flight() {
+    let limits = Limits {
+        c2d_window: 2,
+        ..Limits::default()
+    };
+    let mut m = live_with(limits, "dev1", 60, None, None);
+    step(&mut m, subscribe(1, &[(C2D, QoS::AtLeastOnce)]), 1);
+    // Message 1 stays in flight under packet id 1 for the whole test.
+    assert_eq!(
+        step(&mut m, Input::C2d(vec![message(1)]), 2),
+        vec![c2d_publish(1, &message(1))]
+    );
+    let mut expected = 2u16;
+    for q in 2..=70_000i64 {
+        let out = step(&mut m, Input::C2d(vec![message(q)]), 3);
+        assert_eq!(out, vec![c2d_publish(expected, &message(q))], "message {q}");
+        let ack = Input::Packet(Packet::PublishAck {
+            packet_id: pid(expected),
+        });
+        assert_eq!(
+            step(&mut m, ack, 4),
+            vec![
+                Action::C2dComplete { queue_id: q },
+                Action::FetchC2d { after: q, room: 1 }
+            ]
+        );
+        // After 65,535 comes 1 (never 0), which is in flight: then 2.
+        expected = if expected == u16::MAX {
+            2
+        } else {
+            expected + 1
+        };
+    }
+}
