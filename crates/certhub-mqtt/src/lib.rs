@@ -51,7 +51,9 @@
 //!   not CONNECT (or any packet fed during the decision) end with [`End::Refused`] and no
 //!   CONNACK, no will; hub inputs (C2D, twin, methods, stores) are ignored.
 //! - Additions: [`Machine::owed_pubacks`], [`Machine::c2d_in_flight`], [`Machine::is_live`],
-//!   [`error_body`], the text constants [`KEEP_ALIVE_EXPIRED`] and [`DEVICE_CLOSED`].
+//!   [`error_body`], the text constants [`KEEP_ALIVE_EXPIRED`] and [`DEVICE_CLOSED`];
+//!   [`Input`] and [`Action`] are `Clone + PartialEq + Eq`; [`Limits::c2d_window`] is clamped
+//!   to 65,535 (the packet ids there are).
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, VecDeque};
