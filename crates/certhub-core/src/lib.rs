@@ -5,6 +5,7 @@
 //! store persists these values; the server turns them into HTTP.
 #![forbid(unsafe_code)]
 
+mod c2d;
 mod connect;
 mod etag;
 mod identity;
@@ -15,6 +16,7 @@ mod settings;
 mod time_fmt;
 mod topics;
 
+pub use c2d::C2dMessage;
 pub use connect::{
     AuthenticatedDevice, ClientId, ConnectFields, Context, Refusal, Registered, TrustSnapshot,
     authenticate,
