@@ -18,6 +18,8 @@ from azure.iot.hub import IoTHubRegistryManager
 from hubtest import CA, CS, check, service_get
 
 HOST = os.environ["CERTHUB_HOST"]
+# MQTT over WebSockets on 443 (`websockets=True`) instead of MQTT on 8883.
+WS = os.environ.get("CERTHUB_WEBSOCKETS") == "1"
 D = os.environ["CERTHUB_DIR"]
 
 
@@ -28,7 +30,7 @@ def x509(folder):
 def device_client(folder, device_id):
     return IoTHubDeviceClient.create_from_x509_certificate(
         x509=x509(folder), hostname=HOST, device_id=device_id,
-        server_verification_cert=CA, connection_retry=False)
+        server_verification_cert=CA, connection_retry=False, websockets=WS)
 
 
 def refused(client):
@@ -63,7 +65,7 @@ check(e["systemProperties"]["contentType"] == "text/plain", "content type arrive
 # 2. A module (CN = deviceId/moduleId).
 module = IoTHubModuleClient.create_from_x509_certificate(
     x509=x509("module"), hostname=HOST, device_id="smart-x-widget-0001", module_id="sensor",
-    server_verification_cert=CA, connection_retry=False)
+    server_verification_cert=CA, connection_retry=False, websockets=WS)
 module.connect()
 module.send_message(Message("from the module"))
 module.shutdown()
@@ -82,20 +84,20 @@ check(service_get("/messages/events?device=widget-thumb")[0]["body"] == "by thum
 # 4. A SAS device, then refused once device SAS is disabled.
 sas_cs = f"HostName={HOST};DeviceId=widget-sas;SharedAccessKey={os.environ['CERTHUB_SAS_KEY']}"
 sas = IoTHubDeviceClient.create_from_connection_string(
-    sas_cs, server_verification_cert=CA, connection_retry=False)
+    sas_cs, server_verification_cert=CA, connection_retry=False, websockets=WS)
 sas.connect()
 sas.send_message(Message("by SAS"))
 sas.shutdown()
 check(service_get("/messages/events?device=widget-sas")[0]["body"] == "by SAS", "SAS device sends")
 live = IoTHubDeviceClient.create_from_connection_string(
-    sas_cs, server_verification_cert=CA, connection_retry=False)
+    sas_cs, server_verification_cert=CA, connection_retry=False, websockets=WS)
 live.connect()
 print("READY-FOR-SAS-SWITCH", flush=True)
 sys.stdin.readline()  # the driver disables device SAS through the CLI, then waits a second
 check(not live.connected, "the live SAS session was closed when disableDeviceSAS was turned on")
 live.shutdown()
 sas = IoTHubDeviceClient.create_from_connection_string(
-    sas_cs, server_verification_cert=CA, connection_retry=False)
+    sas_cs, server_verification_cert=CA, connection_retry=False, websockets=WS)
 check(refused(sas), "SAS refused after disableDeviceSAS")
 
 # 5. Unregistered, and a widget presenting another device's certificate.

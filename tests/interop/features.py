@@ -29,6 +29,8 @@ import paho.mqtt.client as mqtt
 from hubtest import CA, CS, check, service
 
 HOST = os.environ["CERTHUB_HOST"]
+# MQTT over WebSockets on 443 (`websockets=True`) instead of MQTT on 8883.
+WS = os.environ.get("CERTHUB_WEBSOCKETS") == "1"
 D = os.environ["CERTHUB_DIR"]
 WIDGET = "smart-x-widget-0001"
 
@@ -62,7 +64,7 @@ check(status == 200, "a short-lived C2D message with ack=full is queued")
 
 widget = IoTHubDeviceClient.create_from_x509_certificate(
     x509=x509(f"devices/{WIDGET}"), hostname=HOST, device_id=WIDGET,
-    server_verification_cert=CA, connection_retry=False)
+    server_verification_cert=CA, connection_retry=False, websockets=WS)
 widget.connect()
 messages = queue.Queue()
 widget.on_message_received = messages.put
@@ -174,7 +176,7 @@ check(status == 400 and "methodName" in err["Message"], f"an unusable method nam
 # 9. A module (CN=deviceId/moduleId): twin and method.
 module = IoTHubModuleClient.create_from_x509_certificate(
     x509=x509("module"), hostname=HOST, device_id=WIDGET, module_id="sensor",
-    server_verification_cert=CA, connection_retry=False)
+    server_verification_cert=CA, connection_retry=False, websockets=WS)
 module.connect()
 module.patch_twin_reported_properties({"sampling": "1s"})
 mt = rm.get_module_twin(WIDGET, "sensor")

@@ -11,7 +11,9 @@
 pub mod api;
 mod bookkeeper;
 pub mod data_dir;
+mod device;
 pub mod device_tls;
+pub mod devices_https;
 pub mod gate;
 mod listener;
 pub mod metrics;
@@ -23,8 +25,15 @@ mod telemetry;
 pub mod tls;
 mod trust;
 mod twins;
+mod ws_stream;
 
 pub use api::{C2D_FEEDBACK_TTL_MS, router};
 pub use listener::{HttpsOptions, HttpsTls, serve_https};
 pub use mqtt::{MqttOptions, serve_mqtt};
+
+/// Everything the 443 listener serves: the service REST API and the device transports (MQTT
+/// over WebSockets). Must be called within a Tokio runtime.
+pub fn hub_router(state: AppState, devices: MqttOptions) -> axum::Router {
+    router(state.clone()).merge(devices_https::device_router(state, devices))
+}
 pub use state::{AppState, C2dLimits};

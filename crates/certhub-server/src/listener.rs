@@ -202,6 +202,26 @@ async fn connection(
         },
     };
     drop(pending);
+    // Every request on the connection learns who is at the other end: devices on 443 are
+    // judged by the chain they presented in this handshake.
+    let (_, session) = tls.get_ref();
+    let peer_info = crate::devices_https::TlsPeer {
+        peer,
+        chain: Arc::new(
+            session
+                .peer_certificates()
+                .map(<[_]>::to_vec)
+                .unwrap_or_default(),
+        ),
+        tls13: session.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3),
+    };
+    let app = tower::ServiceExt::map_request(
+        app,
+        move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request.extensions_mut().insert(peer_info.clone());
+            request
+        },
+    );
     let service = TowerToHyperService::new(app);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder

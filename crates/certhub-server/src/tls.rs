@@ -196,7 +196,6 @@ impl ServerIdentity {
         Ok(crate::device_tls::device_config(self.chain.clone(), key)?)
     }
 
-    /// The rustls configuration for the HTTPS listener (TLS 1.2 and 1.3, HTTP/2 and 1.1).
     /// The HTTPS listener's configurations: TLS 1.2 and 1.3, and TLS 1.3 only (for
     /// minTlsVersion 1.3).
     pub fn https_config(&self) -> Result<crate::listener::HttpsTls, TlsError> {
@@ -205,10 +204,18 @@ impl ServerIdentity {
         })?;
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let make = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+            // A client certificate is asked for, never required: service callers present
+            // none, devices (MQTT over WebSockets, the HTTPS device API) are judged by theirs
+            // as on the device listener, and without resumption, which would skip that.
+            let verifier = Arc::new(crate::device_tls::DeviceCertVerifier::new(
+                provider.signature_verification_algorithms,
+            ));
             let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(versions)?
-                .with_no_client_auth()
+                .with_client_cert_verifier(verifier)
                 .with_single_cert(self.chain.clone(), key.clone_key())?;
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            config.send_tls13_tickets = 0;
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
             Ok::<_, TlsError>(Arc::new(config))
         };

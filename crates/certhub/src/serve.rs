@@ -710,10 +710,15 @@ async fn serve(config: Config) -> Result<Outcome> {
     if config.pending_per_source > 0 {
         pending.per_source = config.pending_per_source;
     }
+    let devices = certhub_server::MqttOptions {
+        max_sessions: config.max_device_sessions,
+        pending,
+        refusals: config.refusals,
+    };
     let https = certhub_server::serve_https(
         listener,
         tls,
-        certhub_server::router(state.clone()),
+        certhub_server::hub_router(state.clone(), devices),
         state.clone(),
         certhub_server::HttpsOptions {
             per_source: config.https_connections_per_source,
@@ -721,17 +726,8 @@ async fn serve(config: Config) -> Result<Outcome> {
         },
         stopped(stop_rx.clone()),
     );
-    let mqtt = certhub_server::serve_mqtt(
-        mqtt_listener,
-        device_tls,
-        state,
-        certhub_server::MqttOptions {
-            max_sessions: config.max_device_sessions,
-            pending,
-            refusals: config.refusals,
-        },
-        stopped(stop_rx),
-    );
+    let mqtt =
+        certhub_server::serve_mqtt(mqtt_listener, device_tls, state, devices, stopped(stop_rx));
     let signal = async {
         shutdown.await;
         let _ = stop_tx.send(true);

@@ -16,6 +16,17 @@ const HOST: &str = "127.0.0.2";
 
 #[test]
 fn azure_iot_device_sdk_connects_sends_and_is_revoked() {
+    connects_sends_and_is_revoked(false);
+}
+
+/// The same, with the SDK's `websockets=True`: MQTT over WebSockets on the 443 listener, the
+/// device's X.509 chain taken from that TLS connection.
+#[test]
+fn azure_iot_device_sdk_connects_sends_and_is_revoked_over_websockets() {
+    connects_sends_and_is_revoked(true);
+}
+
+fn connects_sends_and_is_revoked(websockets: bool) {
     let t = tmp();
     let d = t.path();
     let data = d.join("data");
@@ -122,10 +133,11 @@ fn azure_iot_device_sdk_connects_sends_and_is_revoked() {
     let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/device.py");
-    let mut child = python_to_hub(hub_process.mqtt_port)
+    let mut child = python_to_hub(&hub_process)
         .arg(&script)
         .current_dir(d)
         .env("CERTHUB_HOST", HOST)
+        .env("CERTHUB_WEBSOCKETS", if websockets { "1" } else { "0" })
         .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
         .env("REQUESTS_CA_BUNDLE", data.join("tls/server-ca.pem"))
         .env("CERTHUB_CONNECTION_STRING", &cs)
@@ -187,6 +199,22 @@ fn azure_iot_device_sdk_connects_sends_and_is_revoked() {
         assert!(
             outcomes.iter().any(|o| o == expected),
             "{expected} not in {outcomes:#?}"
+        );
+    }
+    // Every session of this run came over the transport asked for.
+    let transport = if websockets { "mqtt-ws" } else { "mqtt" };
+    let accepted: Vec<&str> = log
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|r| r["operation"] == "device.connect" && r["outcome"] == "ok")
+        .filter_map(|r| r["detail"].as_str())
+        .collect();
+    assert!(accepted.len() >= 4, "{accepted:#?}");
+    for detail in &accepted {
+        assert!(
+            detail.contains(&format!(" over {transport};")),
+            "{transport} expected: {detail}"
         );
     }
     let kicked = log.as_array().expect("array").iter().any(|r| {

@@ -16,6 +16,17 @@ const HOST: &str = "127.0.0.3";
 
 #[test]
 fn c2d_twins_and_methods_with_the_python_sdks() {
+    c2d_twins_and_methods(false);
+}
+
+/// The same, with the SDK's `websockets=True`: MQTT over WebSockets on the 443 listener, the
+/// device's X.509 chain taken from that TLS connection.
+#[test]
+fn c2d_twins_and_methods_with_the_python_sdks_over_websockets() {
+    c2d_twins_and_methods(true);
+}
+
+fn c2d_twins_and_methods(websockets: bool) {
     let t = tmp();
     let d = t.path();
     let data = d.join("data");
@@ -50,10 +61,11 @@ fn c2d_twins_and_methods_with_the_python_sdks() {
     let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/features.py");
-    let out = python_to_hub(hub_process.mqtt_port)
+    let out = python_to_hub(&hub_process)
         .arg(&script)
         .current_dir(d)
         .env("CERTHUB_HOST", HOST)
+        .env("CERTHUB_WEBSOCKETS", if websockets { "1" } else { "0" })
         .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
         .env("REQUESTS_CA_BUNDLE", data.join("tls/server-ca.pem"))
         .env("CERTHUB_CONNECTION_STRING", &cs)

@@ -119,31 +119,32 @@ fn the_readme_hub_walkthrough_runs_as_written() {
     assert_eq!(audit.len(), 8, "{stdout}");
     assert!(audit[0].contains("device.update"), "{stdout}");
 
-    let example = block("device-example", "```python");
-    let out = common::python_to_hub(hub.mqtt_port)
-        .args(["-c", &example])
-        .current_dir(dir.path())
-        .output()
-        .expect("python runs");
-    assert!(
-        out.status.success(),
-        "the README's device example failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let log = common::certhub(
-        dir.path(),
-        &["audit", "list", "--json", "--data-dir", common::s(&data)],
-    )
-    .ok();
-    assert!(
-        log.stdout
-            .contains("smart-x-widget-0001 via x509-ca (CA company-x)"),
-        "{log}"
-    );
+    // The device example on 8883, then the same widget over MQTT over WebSockets on 443: each
+    // runs as written, and the audit trail says which transport carried it.
+    for (marker, transport) in [("device-example", "mqtt"), ("device-ws-example", "mqtt-ws")] {
+        let example = block(marker, "```python");
+        let out = common::python_to_hub(&hub)
+            .args(["-c", &example])
+            .current_dir(dir.path())
+            .output()
+            .expect("python runs");
+        assert!(
+            out.status.success(),
+            "the README's {marker} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let log = common::certhub(
+            dir.path(),
+            &["audit", "list", "--json", "--data-dir", common::s(&data)],
+        )
+        .ok();
+        let want = format!("smart-x-widget-0001 via x509-ca (CA company-x) over {transport};");
+        assert!(log.stdout.contains(&want), "{want} not in {log}");
+    }
 
     // The listening widget, then the walkthrough that messages, updates and calls it.
     let widget = block("widget-features", "```python");
-    let mut child = common::python_to_hub(hub.mqtt_port)
+    let mut child = common::python_to_hub(&hub)
         .args(["-u", "-c", &widget])
         .current_dir(dir.path())
         .stdout(std::process::Stdio::piped())

@@ -732,38 +732,12 @@ mod tokens {
 
 /// MQTT 3.1.1 1.5.3: a topic holding U+0000 closes the connection; nothing is stored.
 mod mqtt_details {
-    use std::sync::Arc;
     use std::time::Duration;
 
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::common;
-
-    fn string(s: &str) -> Vec<u8> {
-        let mut v = (s.len() as u16).to_be_bytes().to_vec();
-        v.extend_from_slice(s.as_bytes());
-        v
-    }
-
-    fn packet(first: u8, body: Vec<u8>) -> Vec<u8> {
-        let mut out = vec![first];
-        let mut len = body.len();
-        loop {
-            let mut b = (len % 128) as u8;
-            len /= 128;
-            if len > 0 {
-                b |= 0x80;
-            }
-            out.push(b);
-            if len == 0 {
-                break;
-            }
-        }
-        out.extend(body);
-        out
-    }
+    use super::common::wire::{packet, string};
 
     #[test]
     fn a_topic_holding_nul_closes_the_connection() {
@@ -774,21 +748,7 @@ mod mqtt_details {
         common::enroll_widget(dir, &data);
         let id = "smart-x-widget-0001";
         let widget = dir.join("pki/devices").join(id);
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(data.join("tls/server-ca.pem")).expect("ca") {
-            roots.add(c.expect("pem")).expect("root");
-        }
-        let chain: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(widget.join("chain.pem"))
-                .expect("chain")
-                .map(|c| c.expect("pem"))
-                .collect();
-        let key = PrivateKeyDer::from_pem_file(widget.join("key.pem")).expect("key");
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(chain, key)
-            .expect("client config");
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let connector = common::device_tls(&data, &widget);
         let runtime = tokio::runtime::Runtime::new().expect("runtime");
         let port = hub.mqtt_port;
         let after_publish = runtime.block_on(async move {

@@ -363,6 +363,15 @@ pub struct HubProcess {
 }
 
 impl HubProcess {
+    /// The port of the 443 listener (service API, MQTT over WebSockets, HTTPS devices).
+    pub fn https_port(&self) -> u16 {
+        self.host
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the hub's host:port")
+    }
+
     /// SIGKILL: the hub gets no chance to clean up.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -471,9 +480,12 @@ pub fn python() -> PathBuf {
 /// made with `socket.create_connection`) to port 8883 go to `mqtt_port` instead, where the hub
 /// under test listens. The SDK and the scripts stay as they are. Checks first that the map is in
 /// effect, so a test can never reach a hub it did not start.
-pub fn python_to_hub(mqtt_port: u16) -> Command {
+pub fn python_to_hub(hub: &HubProcess) -> Command {
     let portmap = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/portmap");
-    let map = format!("8883={mqtt_port}");
+    let mqtt_port = hub.mqtt_port;
+    let https_port = hub.https_port();
+    // MQTT on 8883, and 443 for MQTT over WebSockets and the HTTPS device API.
+    let map = format!("8883={mqtt_port},443={https_port}");
     let command = || {
         let mut c = Command::new(python());
         c.env("PYTHONPATH", &portmap)
@@ -489,7 +501,7 @@ pub fn python_to_hub(mqtt_port: u16) -> Command {
         .expect("python runs");
     assert_eq!(
         String::from_utf8_lossy(&check.stdout).trim(),
-        format!("{{8883: {mqtt_port}}} _mapped_create_connection"),
+        format!("{{8883: {mqtt_port}, 443: {https_port}}} _mapped_create_connection"),
         "the test port map is not in effect: {}",
         String::from_utf8_lossy(&check.stderr)
     );
@@ -628,4 +640,55 @@ pub fn enroll_widget(dir: &Path, data: &Path) {
         ],
     )
     .ok();
+}
+
+/// Hand-made MQTT 3.1.1 packets, for what no client library would send.
+pub mod wire {
+    /// A UTF-8 string with its two-byte length.
+    pub fn string(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as u16).to_be_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    /// A packet: its first byte, the remaining length (variable-length integer) and `body`.
+    pub fn packet(first: u8, body: Vec<u8>) -> Vec<u8> {
+        let mut out = vec![first];
+        let mut len = body.len();
+        loop {
+            let mut b = (len % 128) as u8;
+            len /= 128;
+            if len > 0 {
+                b |= 0x80;
+            }
+            out.push(b);
+            if len == 0 {
+                break;
+            }
+        }
+        out.extend(body);
+        out
+    }
+}
+
+/// A TLS client that trusts the hub of `data` and presents the chain and key in `device`
+/// (`chain.pem`, `key.pem`), as a device does.
+pub fn device_tls(data: &Path, device: &Path) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(data.join("tls/server-ca.pem")).expect("ca") {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(device.join("chain.pem"))
+            .expect("chain")
+            .map(|c| c.expect("pem"))
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(device.join("key.pem")).expect("key");
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .expect("client config");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }

@@ -1,0 +1,180 @@
+//! MQTT 3.1.1 for devices (azure-protocol 1), an adapter on the device session core: the 8883
+//! listener (TLS with a recorded client chain), and the driver in [`session`] that runs the
+//! pure state machine of `certhub-mqtt` over any byte stream (TLS here, WebSocket frames on
+//! 443), executing its actions with [`crate::device::DeviceCore`].
+
+pub(crate) mod session;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use certhub_pki::CertificateDer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::LazyConfigAcceptor;
+
+use crate::device::DeviceCore;
+use crate::gate::{Eviction, Gate, GateLimits, Pending};
+use crate::refusals::RefusalLimits;
+use crate::state::AppState;
+
+/// A connection must send its ClientHello this soon after TCP accepts it (it is the first
+/// thing a TLS client sends), and finish its handshake within `HANDSHAKE_TIMEOUT` of the
+/// accept.
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Limits of a device listener.
+#[derive(Debug, Clone, Copy)]
+pub struct MqttOptions {
+    /// Live sessions at most; a CONNECT beyond it is answered CONNACK 3 (server unavailable),
+    /// which the Azure SDKs retry.
+    pub max_sessions: usize,
+    /// Connections that have not yet sent CONNECT, per source address and in all.
+    pub pending: GateLimits,
+    /// Refused CONNECTs per source address and per client id, and their audit records.
+    pub refusals: RefusalLimits,
+}
+
+impl Default for MqttOptions {
+    fn default() -> Self {
+        Self {
+            max_sessions: 100_000,
+            pending: GateLimits::default(),
+            refusals: RefusalLimits::default(),
+        }
+    }
+}
+
+/// What a device connection needs of its listener.
+struct Listener {
+    tls: Arc<rustls::ServerConfig>,
+    gate: Arc<Gate>,
+    core: Arc<DeviceCore>,
+}
+
+/// Serves devices on `listener` until `shutdown` completes.
+pub async fn serve_mqtt(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: AppState,
+    options: MqttOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let core = Arc::new(DeviceCore::new(
+        state,
+        "mqtt",
+        options.max_sessions,
+        options.refusals,
+    ));
+    let listener_state = Arc::new(Listener {
+        tls,
+        gate: Gate::new(options.pending),
+        core: core.clone(),
+    });
+    // Repeated refusals are written as one record with their count when their window ends.
+    let flusher = core.spawn_refusal_flusher();
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if core.source_blocked(peer) {
+            // Closed before any TLS work: this source's recent connections were all refused.
+            drop(tcp);
+            continue;
+        }
+        let pending = listener_state.gate.admit(peer.ip());
+        tokio::spawn(handshake(tcp, peer, pending, listener_state.clone()));
+    }
+    flusher.abort();
+}
+
+/// Waits for what `pending`'s client owes (`what`), unless the gate closes the connection
+/// first to make room or the deadline passes.
+pub(crate) async fn owed<T>(
+    pending: &mut Pending,
+    deadline: tokio::time::Instant,
+    what: impl Future<Output = T>,
+    state: &AppState,
+    listener: &'static str,
+) -> Option<T> {
+    tokio::select! {
+        evicted = &mut pending.evicted => {
+            if let Ok(why) = evicted {
+                state.metrics().dropped(listener, Eviction::as_str(why));
+            }
+            None
+        }
+        r = tokio::time::timeout_at(deadline, what) => r.ok(),
+    }
+}
+
+/// TLS up to an established connection. Waiting for the device costs a socket and a place at
+/// the gate, nothing a legitimate device waits for: there is no handshake slot to hold.
+async fn handshake(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    mut pending: Pending,
+    listener: Arc<Listener>,
+) {
+    let accepted = tokio::time::Instant::now();
+    let state = listener.core.state();
+    let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
+    let Some(Ok(start)) = owed(
+        &mut pending,
+        accepted + CLIENT_HELLO_TIMEOUT,
+        lazy,
+        state,
+        "mqtt",
+    )
+    .await
+    else {
+        tracing::debug!(%peer, "no valid ClientHello in time");
+        return;
+    };
+    let tls = match owed(
+        &mut pending,
+        accepted + HANDSHAKE_TIMEOUT,
+        start.into_stream(listener.tls.clone()),
+        state,
+        "mqtt",
+    )
+    .await
+    {
+        Some(Ok(tls)) => tls,
+        Some(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "device TLS handshake failed");
+            return;
+        }
+        None => {
+            tracing::debug!(%peer, "device TLS handshake timed out or was evicted");
+            return;
+        }
+    };
+    let chain: Vec<CertificateDer<'static>> = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let tls13 = tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    let conn = session::Connection {
+        peer,
+        chain,
+        tls13,
+        pending,
+    };
+    // A task of its own: this one's memory (sized for the handshake's state) is freed, and
+    // the session's is sized for the session alone.
+    tokio::spawn(session::run(tls, conn, listener.core.clone()));
+}
