@@ -7,6 +7,12 @@
 #
 #   bench/compare.sh                 # 19 000 devices, 10 s per timed scenario
 #   DEVICES=2000 DURATION=3 bench/compare.sh    # a quicker look
+#   BASELINE_BIN=/path/to/older/certhub bench/compare.sh   # an older build too, in the same run
+#   TARGETS="baseline certhub" BASELINE_BIN=... bench/compare.sh   # without Mosquitto
+#
+# With BASELINE_BIN, the older build runs every certhub scenario too (its own data directory,
+# the same devices, the same load generator: this build's `certhub bench`), and the table gets
+# a column for it and the ratio certhub / baseline: a before/after comparison of a change.
 #
 # Results (one JSON file per run) and the table are left in $WORK (default
 # /tmp/certhub-compare). The generator shares the machine with the broker under test, so
@@ -35,6 +41,12 @@ ulimit -n "$(ulimit -Hn)"
 echo "building certhub (release)" >&2
 cargo build --release --locked -p certhub >&2
 C="$CARGO_TARGET_DIR/release/certhub"
+BASELINE_BIN="${BASELINE_BIN:-}"
+TARGETS="${TARGETS:-mosquitto ${BASELINE_BIN:+baseline} certhub}"
+if [[ " $TARGETS " == *" baseline "* ]] && [ ! -x "$BASELINE_BIN" ]; then
+    echo "compare.sh: the baseline target needs BASELINE_BIN, an older certhub binary" >&2
+    exit 1
+fi
 
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
@@ -85,8 +97,12 @@ start_mosquitto() {
     sleep 0.5
 }
 
+# start_hub TARGET: certhub (this build) or baseline (BASELINE_BIN), each on its own data
+# directory.
 start_hub() {
-    CERTHUB_LOG=warn "$C" serve --data-dir "$WORK/hub" --hostname "$HUB_ADDR" \
+    local bin="$C"
+    [ "$1" = baseline ] && bin="$BASELINE_BIN"
+    CERTHUB_LOG=warn "$bin" serve --data-dir "$WORK/hub-$1" --hostname "$HUB_ADDR" \
         --https-addr "$HUB_ADDR:8443" --mqtt-addr "$HUB_ADDR:8883" \
         --max-device-sessions 100000 >"$WORK/hub.log" 2>&1 &
     HUB_PID=$!
@@ -102,19 +118,22 @@ start_hub() {
 
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
-start_hub
-"$C" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified \
-    --data-dir "$WORK/hub" >/dev/null
-"$C" device import "$WORK/devices.jsonl" --data-dir "$WORK/hub" >/dev/null 2>&1
-CS="$("$C" hub connection-string --data-dir "$WORK/hub")"
+# enroll TARGET: Company-X's root and the devices in that hub's registry.
+enroll() {
+    start_hub "$1"
+    "$C" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified \
+        --data-dir "$WORK/hub-$1" >/dev/null
+    "$C" device import "$WORK/devices.jsonl" --data-dir "$WORK/hub-$1" >/dev/null 2>&1
+    stop "$HUB_PID"
+}
 
 # bench TARGET NAME SCENARIO ARGS...: one run, its JSON in results/TARGET-NAME.json.
 bench() {
     local target=$1 name=$2 scenario=$3
     shift 3
     local where
-    if [ "$target" = certhub ]; then
-        where=(--host "$HUB_ADDR" --ca "$WORK/hub/tls/server-ca.pem" --server-pid "$HUB_PID")
+    if [ "$target" != mosquitto ]; then
+        where=(--host "$HUB_ADDR" --ca "$WORK/hub-$target/tls/server-ca.pem" --server-pid "$HUB_PID")
     else
         where=(--host "$MOSQ_ADDR" --port 18883 --ca "$WORK/mosquitto/ca.pem" --server-pid "$MOSQ_PID")
     fi
@@ -125,20 +144,26 @@ bench() {
 
 HOLD=$((DEVICES < 19000 ? DEVICES : 19000))
 REVOKE_N=$((DEVICES < 10000 ? DEVICES : 10000))
-for target in mosquitto certhub; do
+for target in $TARGETS; do
     echo "$target:" >&2
     # Memory per connection means something only on a freshly started broker.
-    if [ "$target" = certhub ]; then stop "$HUB_PID"; start_hub; else start_mosquitto; fi
+    if [ "$target" = mosquitto ]; then
+        start_mosquitto
+    else
+        enroll "$target"
+        start_hub "$target"
+    fi
     bench "$target" hold hold --connections "$HOLD" --hold 3
     bench "$target" connect-tls13 connect-rate --duration "$DURATION" --workers 16 --tls 1.3 --kx x25519
     bench "$target" connect-tls12 connect-rate --duration "$DURATION" --workers 16 --tls 1.2 --kx p256
     bench "$target" telemetry telemetry --clients 50 --window 16 --payload 256 --duration "$DURATION"
     bench "$target" storm storm --connections "$HOLD"
-    if [ "$target" = certhub ]; then
-        bench certhub revoke revoke --connections "$REVOKE_N" --revoke 100 --connection-string "$CS"
-        stop "$HUB_PID"
-    else
+    if [ "$target" = mosquitto ]; then
         stop "$MOSQ_PID"
+    else
+        CS="$("$C" hub connection-string --data-dir "$WORK/hub-$target")"
+        bench "$target" revoke revoke --connections "$REVOKE_N" --revoke 100 --connection-string "$CS"
+        stop "$HUB_PID"
     fi
 done
 
@@ -148,5 +173,6 @@ python3 bench/table.py "$WORK/results" | tee "$WORK/table.md"
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
     echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
     echo "certhub: $("$C" --version)"
+    [ -z "$BASELINE_BIN" ] || echo "baseline: $BASELINE_BIN ($("$BASELINE_BIN" --version))"
     echo "devices: $DEVICES, timed scenarios: $DURATION s each"
 } | tee -a "$WORK/table.md"

@@ -1,5 +1,6 @@
 """Reads the JSON results of bench/compare.sh and prints one Markdown table, Mosquitto beside
-certhub, with the ratio (certhub / Mosquitto; for times and memory, lower is better)."""
+certhub, with the ratio (certhub / Mosquitto; for times and memory, lower is better), and an
+older certhub build (baseline) with certhub / baseline when the run had one."""
 
 import json
 import pathlib
@@ -52,13 +53,26 @@ def fmt(x):
     return f"{x:,}"
 
 
-print("| scenario | Mosquitto | certhub | certhub / Mosquitto |")
-print("| --- | ---: | ---: | ---: |")
+def ratio(a, b):
+    return f"{a / b:.2f}" if isinstance(a, (int, float)) and isinstance(b, (int, float)) and b else "-"
+
+
+# With a baseline build (BASELINE_BIN), its column and certhub / baseline come too.
+baseline = any(results.glob("baseline-*.json"))
+if baseline:
+    print("| scenario | Mosquitto | baseline | certhub | certhub / Mosquitto | certhub / baseline |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+else:
+    print("| scenario | Mosquitto | certhub | certhub / Mosquitto |")
+    print("| --- | ---: | ---: | ---: |")
 for label, name, path, better in ROWS:
     m = get(load("mosquitto", name), *path)
     c = get(load("certhub", name), *path)
-    ratio = f"{c / m:.2f}" if isinstance(m, (int, float)) and isinstance(c, (int, float)) and m else "-"
-    print(f"| {label} | {fmt(m)} | {fmt(c)} | {ratio} |")
+    if baseline:
+        b = get(load("baseline", name), *path)
+        print(f"| {label} | {fmt(m)} | {fmt(b)} | {fmt(c)} | {ratio(c, m)} | {ratio(c, b)} |")
+    else:
+        print(f"| {label} | {fmt(m)} | {fmt(c)} | {ratio(c, m)} |")
 
 errors = []
 for p in sorted(results.glob("*.json")):
