@@ -12,10 +12,10 @@ use futures_util::{SinkExt, StreamExt};
 use rmqtt_codec::types::QoS;
 use rmqtt_codec::v3::{Codec, Connect, ConnectAckReason, Packet};
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 
@@ -24,8 +24,12 @@ use crate::devices::Device;
 /// Largest packet accepted from the broker.
 const MAX_PACKET: u32 = 1024 * 1024;
 
-/// An MQTT connection over TLS.
-pub type Conn = Framed<TlsStream<TcpStream>, Codec>;
+/// A byte stream MQTT runs over: TLS, or a WebSocket over TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + std::fmt::Debug> Io for T {}
+
+/// An MQTT connection over TLS (or over a WebSocket over TLS).
+pub type Conn = Framed<Box<dyn Io>, Codec>;
 
 /// Where and how to connect.
 #[derive(Debug)]
@@ -39,6 +43,9 @@ pub struct Target {
     pub timeout: Duration,
     /// The cipher suite the server chose, as seen on the first connection.
     pub suite: std::sync::OnceLock<String>,
+    /// MQTT over WebSockets (`wss://host:port/$iothub/websocket`, subprotocol `mqtt`) instead
+    /// of MQTT over TLS.
+    pub websocket: bool,
 }
 
 impl Target {
@@ -55,7 +62,14 @@ impl Target {
             next_source: AtomicUsize::new(0),
             timeout,
             suite: std::sync::OnceLock::new(),
+            websocket: false,
         }
+    }
+
+    /// Connects with MQTT over WebSockets instead of MQTT over TLS.
+    pub fn over_websocket(mut self, websocket: bool) -> Self {
+        self.websocket = websocket;
+        self
     }
 }
 
@@ -172,13 +186,22 @@ pub async fn open(target: &Target, device: &Device, keep_alive: u16) -> Result<O
         Err(_) => return Err(Failure::Timeout("the TLS handshake")),
         Ok(r) => r.map_err(Failure::Tls)?,
     };
-    let tls_done = Instant::now();
     if target.suite.get().is_none()
         && let Some(suite) = tls.get_ref().1.negotiated_cipher_suite()
     {
         let _ = target.suite.set(format!("{:?}", suite.suite()));
     }
-    let mut conn = Framed::new(tls, Codec::new(MAX_PACKET));
+    let io: Box<dyn Io> = if target.websocket {
+        match tokio::time::timeout_at(deadline, upgrade(target, tls)).await {
+            Err(_) => return Err(Failure::Timeout("the WebSocket upgrade")),
+            Ok(r) => Box::new(r?),
+        }
+    } else {
+        Box::new(tls)
+    };
+    // With WebSockets, the handshake's time includes the upgrade.
+    let tls_done = Instant::now();
+    let mut conn = Framed::new(io, Codec::new(MAX_PACKET));
     let connect = Connect {
         clean_session: true,
         keep_alive,
@@ -217,6 +240,31 @@ pub async fn open(target: &Target, device: &Device, keep_alive: u16) -> Result<O
         connack_us: micros(done - tls_done),
         total_us: micros(done - start),
     })
+}
+
+/// The WebSocket upgrade to MQTT (`Sec-WebSocket-Protocol: mqtt`) over an established TLS
+/// connection.
+async fn upgrade(
+    target: &Target,
+    tls: tokio_rustls::client::TlsStream<TcpStream>,
+) -> Result<crate::ws::WsIo<tokio_rustls::client::TlsStream<TcpStream>>, Failure> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let host = match &target.server_name {
+        ServerName::DnsName(n) => n.as_ref().to_string(),
+        ServerName::IpAddress(ip) => IpAddr::from(*ip).to_string(),
+        _ => target.addr.ip().to_string(),
+    };
+    let mut request = format!("wss://{host}:{}{}", target.addr.port(), crate::ws::PATH)
+        .into_client_request()
+        .map_err(|e| Failure::Protocol(format!("WebSocket request: {e}")))?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        tokio_tungstenite::tungstenite::http::HeaderValue::from_static("mqtt"),
+    );
+    let (ws, _) = tokio_tungstenite::client_async(request, tls)
+        .await
+        .map_err(|e| Failure::Closed(format!("during the WebSocket upgrade ({e})")))?;
+    Ok(crate::ws::WsIo::new(ws))
 }
 
 fn packet_name(p: &Packet) -> &'static str {

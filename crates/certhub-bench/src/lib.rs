@@ -13,6 +13,7 @@ mod devices;
 mod report;
 mod sample;
 mod scenarios;
+mod ws;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -49,6 +50,16 @@ enum TlsVersion {
     V12,
     #[value(name = "1.3")]
     V13,
+}
+
+/// How MQTT reaches the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Transport {
+    /// MQTT over TLS (8883).
+    Tls,
+    /// MQTT over WebSockets over TLS: `wss://host:port/$iothub/websocket`, subprotocol `mqtt`
+    /// (Azure's, on 443); give --port the broker's HTTPS port.
+    Ws,
 }
 
 /// Key exchange group.
@@ -119,6 +130,9 @@ struct Common {
     /// ignores it).
     #[arg(long, default_value = "{host}/{id}/?api-version=2021-04-12")]
     username_template: String,
+    /// MQTT over TLS, or over WebSockets.
+    #[arg(long, value_enum, default_value = "tls")]
+    transport: Transport,
     /// TLS version.
     #[arg(long, value_enum, default_value = "1.3")]
     tls: TlsVersion,

@@ -82,12 +82,10 @@ impl Env {
             &server_name,
             &common.username_template,
         )?;
-        let target = Arc::new(Target::new(
-            addr,
-            name,
-            sources,
-            Duration::from_secs_f64(common.timeout),
-        ));
+        let target = Arc::new(
+            Target::new(addr, name, sources, Duration::from_secs_f64(common.timeout))
+                .over_websocket(common.transport == crate::Transport::Ws),
+        );
         Ok(Self {
             target,
             settings,
@@ -107,6 +105,13 @@ impl Env {
             target: vec![
                 ("address", json!(self.target.addr.to_string())),
                 ("server_name", json!(self.server_name)),
+                (
+                    "transport",
+                    json!(match c.transport {
+                        crate::Transport::Tls => "tls",
+                        crate::Transport::Ws => "ws",
+                    }),
+                ),
                 (
                     "tls",
                     json!(match c.tls {

@@ -125,6 +125,31 @@ fn every_scenario_runs_against_the_hub() {
     assert!(count(&v, "connects") > 0, "{v:#}");
     no_errors(&v);
 
+    // MQTT over WebSockets on the 443 listener: connects, and telemetry acknowledged.
+    let https_port = hub.https_port().to_string();
+    let mut ws_target = target.to_vec();
+    ws_target[5] = &https_port;
+    ws_target.extend(["--transport", "ws"]);
+    let v = bench(
+        d,
+        "connect-rate",
+        &ws_target,
+        &["--duration", "0.5", "--workers", "2"],
+    );
+    assert!(count(&v, "connects") > 0, "{v:#}");
+    assert_eq!(count(&v, "errors"), 0, "{v:#}");
+    assert_eq!(v["target"]["transport"], "ws", "{v:#}");
+    no_errors(&v);
+    let v = bench(
+        d,
+        "telemetry",
+        &ws_target,
+        &["--clients", "2", "--duration", "0.5", "--window", "4"],
+    );
+    assert!(count(&v, "acked") > 0, "{v:#}");
+    assert_eq!(count(&v, "acked"), count(&v, "sent"), "{v:#}");
+    no_errors(&v);
+
     let v = bench(
         d,
         "hold",
