@@ -38,9 +38,13 @@ need openssl || { echo "compare.sh: openssl is needed" >&2; exit 1; }
 # Held connections need file descriptors on both sides.
 ulimit -n "$(ulimit -Hn)"
 
-echo "building certhub (release)" >&2
-cargo build --release --locked -p certhub >&2
-C="$CARGO_TARGET_DIR/release/certhub"
+# CERTHUB_BIN: a release binary built elsewhere (a worktree at the commit to measure).
+C="${CERTHUB_BIN:-}"
+if [ -z "$C" ]; then
+    echo "building certhub (release)" >&2
+    cargo build --release --locked -p certhub >&2
+    C="$CARGO_TARGET_DIR/release/certhub"
+fi
 BASELINE_BIN="${BASELINE_BIN:-}"
 TARGETS="${TARGETS:-mosquitto ${BASELINE_BIN:+baseline} certhub}"
 if [[ " $TARGETS " == *" baseline "* ]] && [ ! -x "$BASELINE_BIN" ]; then
@@ -164,6 +168,15 @@ for target in $TARGETS; do
         CS="$("$C" hub connection-string --data-dir "$WORK/hub-$target")"
         bench "$target" revoke revoke --connections "$REVOKE_N" --revoke 100 --connection-string "$CS"
         stop "$HUB_PID"
+        if [ "$target" = certhub ]; then
+            # MQTT over WebSockets on the 443 listener, from a fresh start again.
+            start_hub "$target"
+            ws=(--transport ws --port 8443)
+            bench "$target" hold-ws hold --connections "$HOLD" --hold 3 "${ws[@]}"
+            bench "$target" connect-ws connect-rate --duration "$DURATION" --workers 16 --tls 1.3 --kx x25519 "${ws[@]}"
+            bench "$target" telemetry-ws telemetry --clients 50 --window 16 --payload 256 --duration "$DURATION" "${ws[@]}"
+            stop "$HUB_PID"
+        fi
     fi
 done
 

@@ -42,6 +42,11 @@ ROWS = [
     ("revoke: sessions closed before the API answered", "revoke", ("counts", "closed_before_answer"), "higher"),
     ("revoke: close after the request was sent, p50 ms", "revoke", ("latency_ms", "close_after_request", "p50"), "lower"),
     ("revoke: close after the request was sent, p99 ms", "revoke", ("latency_ms", "close_after_request", "p99"), "lower"),
+    # MQTT over WebSockets on the 443 listener (certhub only).
+    ("WebSockets: connects (TLS 1.3 x25519) per server-CPU-s", "connect-ws", ("server", "ops_per_cpu_s"), "higher"),
+    ("WebSockets: connects/s", "connect-ws", ("rates", "connects_per_s"), "higher"),
+    ("WebSockets: server KiB per idle connection", "hold-ws", ("server", "rss_per_connection_kib"), "lower"),
+    ("WebSockets: telemetry msgs per server-CPU-s", "telemetry-ws", ("server", "ops_per_cpu_s"), "higher"),
 ]
 
 
