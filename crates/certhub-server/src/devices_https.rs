@@ -1,8 +1,11 @@
 //! The device side of the 443 listener: MQTT over WebSockets (`GET /$iothub/websocket`,
-//! subprotocol `mqtt`, binary frames) on the same session driver as 8883. The device's TLS
-//! client chain comes from the connection (the HTTPS listener requests a client certificate,
-//! as the device listener does, and records it per connection); SAS devices present none and
-//! sign their CONNECT password.
+//! subprotocol `mqtt`, binary frames) on the same session driver as 8883, and the HTTPS device
+//! API (azure-protocol 3: telemetry, single and batch). The device's TLS client chain comes
+//! from the connection (the HTTPS listener requests a client certificate, as the device
+//! listener does, and records it per connection); SAS devices present none and sign their
+//! CONNECT password, or send `Authorization: SharedAccessSignature ...` over HTTPS. Every
+//! HTTPS request is judged afresh by the device session core, with the same named reasons and
+//! audit records as a CONNECT.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +14,7 @@ use axum::Extension;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use certhub_pki::CertificateDer;
 
 use crate::device::DeviceCore;
@@ -64,6 +67,12 @@ pub fn device_router(state: AppState, options: MqttOptions) -> axum::Router {
     });
     axum::Router::new()
         .route("/$iothub/websocket", get(mqtt_over_websocket))
+        .route("/devices/{id}/messages/events", post(device_events))
+        .route(
+            "/devices/{id}/modules/{mid}/messages/events",
+            post(module_events),
+        )
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(Extension(devices))
 }
 
@@ -118,4 +127,232 @@ async fn mqtt_over_websocket(
         };
         crate::mqtt::session::run(crate::ws_stream::WsStream::new(ws), conn, core).await;
     })
+}
+
+/// Telemetry over HTTPS is refused past Azure's 256 KB per request (a batch included).
+const MAX_TELEMETRY: usize = 256 * 1024;
+/// Messages in one batch at most (Azure: 500).
+const MAX_BATCH: usize = 500;
+/// The content type of a batch of messages.
+const BATCH: &str = "application/vnd.microsoft.iothub.json";
+
+/// Who sent an HTTPS device request: the SAS token of its `Authorization` header, else the TLS
+/// client chain of its connection, judged by the core as a CONNECT of `client_id` would be.
+async fn device_caller(
+    devices: &Devices,
+    peer: Option<&TlsPeer>,
+    headers: &axum::http::HeaderMap,
+    client_id: &str,
+) -> Result<certhub_core::AuthenticatedDevice, Response> {
+    let Some(peer) = peer else {
+        return Err(crate::api::ApiError::unauthorized(
+            "the HTTPS device API is served on the hub's TLS listener only",
+        )
+        .into_response());
+    };
+    // The C SDK sends an empty Authorization header for X.509 requests: treated as absent.
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .map(|v| v.as_bytes())
+        .filter(|v| !v.is_empty());
+    let state = devices.core.state();
+    // MQTT's username names the hub and the client; over HTTPS the path names the client and
+    // the TLS connection the hub, so the core is given the username it expects.
+    let host = state.hostnames().first().cloned().unwrap_or_default();
+    let username = format!("{host}/{client_id}/?api-version=https");
+    let attempt = crate::device::Attempt {
+        peer: peer.peer,
+        chain: if token.is_some() { &[] } else { &peer.chain },
+        tls13: peer.tls13,
+        client_id,
+        username: Some(&username),
+        password: token,
+    };
+    match devices.core.authenticate(attempt).await {
+        Ok(device) => Ok(device),
+        Err(crate::device::Refused::NotAuthorized) => Err(crate::api::ApiError::unauthorized(
+            format!(
+                "{client_id} is not authorized: the hub's audit trail names the reason (`certhub audit connections --device {client_id}`)"
+            ),
+        )
+        .into_response()),
+        Err(crate::device::Refused::Unavailable) => Err(crate::api::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the hub cannot judge the device now; retry",
+        )
+        .into_response()),
+    }
+}
+
+/// `POST /devices/{id}/messages/events`: telemetry of a device.
+async fn device_events(
+    Extension(devices): Extension<Arc<Devices>>,
+    peer: Option<Extension<TlsPeer>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    events(&devices, peer.as_ref().map(|p| &p.0), &id, &headers, body).await
+}
+
+/// `POST /devices/{id}/modules/{mid}/messages/events`: telemetry of a module.
+async fn module_events(
+    Extension(devices): Extension<Arc<Devices>>,
+    peer: Option<Extension<TlsPeer>>,
+    axum::extract::Path((id, mid)): axum::extract::Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let client_id = format!("{id}/{mid}");
+    events(
+        &devices,
+        peer.as_ref().map(|p| &p.0),
+        &client_id,
+        &headers,
+        body,
+    )
+    .await
+}
+
+async fn events(
+    devices: &Devices,
+    peer: Option<&TlsPeer>,
+    client_id: &str,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    let device = match device_caller(devices, peer, headers, client_id).await {
+        Ok(d) => d,
+        Err(refused) => return refused,
+    };
+    // Node sends the body chunked, without a length: the limit is checked as it is read.
+    let body = match axum::body::to_bytes(body, MAX_TELEMETRY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return crate::api::ApiError::new(
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "MessageTooLarge",
+                format!("telemetry over HTTPS is at most {MAX_TELEMETRY} bytes per request (a batch included)"),
+            )
+            .into_response();
+        }
+    };
+    let batch = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with(BATCH));
+    let messages = if batch {
+        match batch_messages(&body) {
+            Ok(m) => m,
+            Err(e) => {
+                return crate::api::ApiError::bad_request("ArgumentInvalid", e).into_response();
+            }
+        }
+    } else {
+        let pairs = headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())));
+        vec![(message_properties(pairs), body.to_vec())]
+    };
+    let mut waits = Vec::with_capacity(messages.len());
+    for (props, body) in messages {
+        let record = devices.core.telemetry(&device, &props, body);
+        match devices.core.state().telemetry().submit(record).await {
+            Ok(w) => waits.push(w),
+            Err(e) => return stored_failed(&e),
+        }
+    }
+    // 204 only once every message is durable, as a PUBACK.
+    for wait in waits {
+        if let Err(e) = wait.await {
+            return stored_failed(&e);
+        }
+        devices.core.telemetry_counted();
+    }
+    axum::http::StatusCode::NO_CONTENT.into_response()
+}
+
+fn stored_failed(e: &str) -> Response {
+    tracing::error!(error = e, "HTTPS telemetry not stored");
+    crate::api::ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        "the message could not be stored; send it again",
+    )
+    .into_response()
+}
+
+/// A message's properties from HTTP header names (azure-more-protocols 4.3): `iothub-app-{k}`
+/// is the application property `k`, the `iothub-*` system headers are system properties under
+/// the names MQTT's property bag gives them; the HTTP `Content-Type` is not the message's.
+fn message_properties(
+    pairs: impl IntoIterator<Item = (String, String)>,
+) -> certhub_core::MessageProperties {
+    let mut props = certhub_core::MessageProperties::default();
+    for (name, value) in pairs {
+        let lower = name.to_ascii_lowercase();
+        if let Some(app) = lower.strip_prefix("iothub-app-") {
+            // The key as sent, prefix removed (header names arrive in lower case over HTTP/1.1
+            // parsers; a batch keeps the case it was given).
+            let key = &name[name.len() - app.len()..];
+            props.application.insert(key.to_string(), value);
+            continue;
+        }
+        let system = match lower.as_str() {
+            "iothub-messageid" => "messageId",
+            "iothub-correlationid" => "correlationId",
+            "iothub-userid" => "userId",
+            "iothub-contenttype" => "contentType",
+            "iothub-contentencoding" => "contentEncoding",
+            "iothub-expiry" => "expiryTimeUtc",
+            "iothub-interface-id" => "interfaceId",
+            "dt-subject" => "componentName",
+            _ => continue,
+        };
+        props.system.insert(system.to_string(), value);
+    }
+    props
+}
+
+/// The messages of a batch: `[{"body": "<base64>", "properties": {...}, "base64Encoded": bool}]`.
+fn batch_messages(body: &[u8]) -> Result<Vec<(certhub_core::MessageProperties, Vec<u8>)>, String> {
+    use base64::Engine;
+    let items: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|e| {
+        format!("a batch ({BATCH}) is a JSON array of {{\"body\": base64, \"properties\": {{...}}}}: {e}")
+    })?;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(format!(
+            "a batch holds 1 to {MAX_BATCH} messages, not {}",
+            items.len()
+        ));
+    }
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let text = item
+                .get("body")
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| format!("message {i} of the batch has no \"body\" string"))?;
+            let encoded = item
+                .get("base64Encoded")
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(true);
+            let body = if encoded {
+                base64::engine::general_purpose::STANDARD
+                    .decode(text)
+                    .map_err(|e| format!("message {i} of the batch: \"body\" is not base64: {e}"))?
+            } else {
+                text.as_bytes().to_vec()
+            };
+            let pairs = item
+                .get("properties")
+                .and_then(serde_json::Value::as_object)
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())));
+            Ok((message_properties(pairs), body))
+        })
+        .collect()
 }
