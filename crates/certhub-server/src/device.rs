@@ -473,6 +473,80 @@ impl DeviceCore {
         out
     }
 
+    /// The oldest deliverable C2D message of `device`, locked for `lock_ms` under a new token
+    /// (HTTPS receive), with its delivery counted; messages delivered too often are
+    /// dead-lettered instead, as on MQTT. `None` when the queue has nothing to give.
+    pub async fn lock_c2d(
+        &self,
+        device: &AuthenticatedDevice,
+        lock_ms: i64,
+    ) -> Result<Option<(String, C2dMessage, certhub_store::C2dRecord)>, certhub_store::StoreError>
+    {
+        let state = &self.state;
+        let id = device.id().device.as_str();
+        let max = state.c2d_limits().max_deliveries;
+        loop {
+            let token = lock_token();
+            let Some(m) = state
+                .store()
+                .lock_c2d(id, &token, now_ms(), lock_ms)
+                .await?
+            else {
+                return Ok(None);
+            };
+            if m.delivery_count > max {
+                state
+                    .store()
+                    .remove_c2d(id, m.id, C2dOutcome::DeliveryCountExceeded, now_ms())
+                    .await?;
+                audit(
+                    state,
+                    "c2d.dead-letter",
+                    &device.id().cn(),
+                    "delivery-count-exceeded",
+                    format!(
+                        "message {} delivered {} times without an acknowledgement",
+                        m.message_id, max
+                    ),
+                )
+                .await;
+                continue;
+            }
+            let props: crate::api::StoredC2dProperties =
+                serde_json::from_str(&m.properties).unwrap_or_default();
+            let message = C2dMessage {
+                queue_id: m.id,
+                system: props.system,
+                ack: props.ack,
+                application: props.application,
+                body: m.body.clone(),
+            };
+            return Ok(Some((token, message, m)));
+        }
+    }
+
+    /// Settles the C2D message of `device` locked under `token`: complete (it leaves the
+    /// queue, feedback `Success`), reject (it leaves, feedback `Rejected`) or abandon (it is
+    /// delivered again). False when the token is unknown, another device's, or its lock ran out.
+    pub async fn settle_c2d(
+        &self,
+        device: &AuthenticatedDevice,
+        token: &str,
+        settle: Settle,
+    ) -> Result<bool, certhub_store::StoreError> {
+        let store = self.state.store();
+        let id = device.id().device.as_str();
+        let outcome = match settle {
+            Settle::Abandon => return store.abandon_c2d(id, token, now_ms()).await,
+            Settle::Complete => C2dOutcome::Success,
+            Settle::Reject => C2dOutcome::Rejected,
+        };
+        let Some(queue_id) = store.locked_c2d(id, token, now_ms()).await? else {
+            return Ok(false);
+        };
+        store.remove_c2d(id, queue_id, outcome, now_ms()).await
+    }
+
     /// The device acknowledged a C2D message: it leaves the queue (with its feedback).
     pub async fn complete_c2d(&self, device: &AuthenticatedDevice, queue_id: i64) {
         let done = self.state.store().remove_c2d(
@@ -552,6 +626,21 @@ impl DeviceCore {
     pub fn telemetry_counted(&self) {
         self.state.metrics().telemetry();
     }
+}
+
+/// How a device settles a C2D message it holds locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settle {
+    Complete,
+    Reject,
+    Abandon,
+}
+
+/// A random lock token (128 bits, hex).
+fn lock_token() -> String {
+    let mut b = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A message of `id` for the telemetry log, enqueued now.

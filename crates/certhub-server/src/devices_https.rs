@@ -72,6 +72,25 @@ pub fn device_router(state: AppState, options: MqttOptions) -> axum::Router {
             "/devices/{id}/modules/{mid}/messages/events",
             post(module_events),
         )
+        // C2D: the SDKs spell it deviceBound (C#, REST docs) and devicebound (Node).
+        .route("/devices/{id}/messages/deviceBound", get(c2d_receive))
+        .route("/devices/{id}/messages/devicebound", get(c2d_receive))
+        .route(
+            "/devices/{id}/messages/deviceBound/{token}",
+            axum::routing::delete(c2d_complete_or_reject),
+        )
+        .route(
+            "/devices/{id}/messages/devicebound/{token}",
+            axum::routing::delete(c2d_complete_or_reject),
+        )
+        .route(
+            "/devices/{id}/messages/deviceBound/{token}/abandon",
+            post(c2d_abandon),
+        )
+        .route(
+            "/devices/{id}/messages/devicebound/{token}/abandon",
+            post(c2d_abandon),
+        )
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(Extension(devices))
 }
@@ -355,4 +374,143 @@ fn batch_messages(body: &[u8]) -> Result<Vec<(certhub_core::MessageProperties, V
             Ok((message_properties(pairs), body))
         })
         .collect()
+}
+
+/// How long a C2D message received over HTTPS stays locked to its receiver (Azure: a minute).
+const C2D_LOCK_MS: i64 = 60_000;
+
+/// `GET /devices/{id}/messages/deviceBound`: the oldest C2D message, locked under the lock
+/// token in `ETag`, its properties in `iothub-*` headers; 204 when the queue has none.
+async fn c2d_receive(
+    Extension(devices): Extension<Arc<Devices>>,
+    peer: Option<Extension<TlsPeer>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let device = match device_caller(&devices, peer.as_ref().map(|p| &p.0), &headers, &id).await {
+        Ok(d) => d,
+        Err(refused) => return refused,
+    };
+    let (token, message, record) = match devices.core.lock_c2d(&device, C2D_LOCK_MS).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return axum::http::StatusCode::NO_CONTENT.into_response(),
+        Err(e) => return crate::api::ApiError::from(e).into_response(),
+    };
+    let mut out = axum::http::HeaderMap::new();
+    let mut put = |name: &str, value: &str| {
+        if let (Ok(n), Ok(v)) = (
+            axum::http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            out.insert(n, v);
+        }
+    };
+    // Quoted: the Node SDK strips the first and last character of the ETag.
+    put("etag", &format!("\"{token}\""));
+    put("iothub-sequencenumber", &message.queue_id.to_string());
+    put(
+        "iothub-to",
+        &format!("/devices/{}/messages/deviceBound", device.id().device),
+    );
+    put(
+        "iothub-enqueuedtime",
+        &certhub_core::azure_time(record.enqueued_ms),
+    );
+    put("iothub-deliverycount", &record.delivery_count.to_string());
+    if !message.ack.is_empty() && message.ack != "none" {
+        put("iothub-ack", &message.ack);
+    }
+    for (name, header) in [
+        ("messageId", "iothub-messageid"),
+        ("correlationId", "iothub-correlationid"),
+        ("userId", "iothub-userid"),
+        ("contentType", "iothub-contenttype"),
+        ("contentEncoding", "iothub-contentencoding"),
+        ("expiryTimeUtc", "iothub-expiry"),
+    ] {
+        if let Some(v) = message.system.get(name) {
+            put(header, v);
+        }
+    }
+    for (k, v) in &message.application {
+        put(&format!("iothub-app-{k}"), v.as_deref().unwrap_or(""));
+    }
+    (axum::http::StatusCode::OK, out, message.body).into_response()
+}
+
+/// `DELETE /devices/{id}/messages/deviceBound/{lockToken}[?reject]`: complete (or reject)
+/// the message locked under the token.
+async fn c2d_complete_or_reject(
+    Extension(devices): Extension<Arc<Devices>>,
+    peer: Option<Extension<TlsPeer>>,
+    axum::extract::Path((id, token)): axum::extract::Path<(String, String)>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let reject = query
+        .unwrap_or_default()
+        .split('&')
+        .any(|p| p == "reject" || p.starts_with("reject="));
+    let settle = if reject {
+        crate::device::Settle::Reject
+    } else {
+        crate::device::Settle::Complete
+    };
+    settle_c2d(
+        &devices,
+        peer.as_ref().map(|p| &p.0),
+        &id,
+        &token,
+        &headers,
+        settle,
+    )
+    .await
+}
+
+/// `POST /devices/{id}/messages/deviceBound/{lockToken}/abandon`.
+async fn c2d_abandon(
+    Extension(devices): Extension<Arc<Devices>>,
+    peer: Option<Extension<TlsPeer>>,
+    axum::extract::Path((id, token)): axum::extract::Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let settle = crate::device::Settle::Abandon;
+    settle_c2d(
+        &devices,
+        peer.as_ref().map(|p| &p.0),
+        &id,
+        &token,
+        &headers,
+        settle,
+    )
+    .await
+}
+
+async fn settle_c2d(
+    devices: &Devices,
+    peer: Option<&TlsPeer>,
+    id: &str,
+    token: &str,
+    headers: &axum::http::HeaderMap,
+    settle: crate::device::Settle,
+) -> Response {
+    let device = match device_caller(devices, peer, headers, id).await {
+        Ok(d) => d,
+        Err(refused) => return refused,
+    };
+    // The token in the path decides; If-Match (sent quoted or not) is not needed.
+    let token = token.trim_matches('"');
+    match devices.core.settle_c2d(&device, token, settle).await {
+        Ok(true) => axum::http::StatusCode::NO_CONTENT.into_response(),
+        Ok(false) => crate::api::ApiError::new(
+            axum::http::StatusCode::PRECONDITION_FAILED,
+            "DeviceMessageLockLost",
+            format!(
+                "no message of {id} is locked under {token:?}: the lock ran out (after {} s) or the token is not this device's; receive the message again",
+                C2D_LOCK_MS / 1000
+            ),
+        )
+        .into_response(),
+        Err(e) => crate::api::ApiError::from(e).into_response(),
+    }
 }

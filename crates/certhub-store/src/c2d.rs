@@ -39,6 +39,8 @@ pub enum C2dOutcome {
     DeliveryCountExceeded,
     /// The queue was purged.
     Purged,
+    /// The device rejected it (HTTPS `DELETE ...?reject`).
+    Rejected,
 }
 
 impl C2dOutcome {
@@ -49,6 +51,7 @@ impl C2dOutcome {
             C2dOutcome::Expired => "Expired",
             C2dOutcome::DeliveryCountExceeded => "DeliveryCountExceeded",
             C2dOutcome::Purged => "Purged",
+            C2dOutcome::Rejected => "Rejected",
         }
     }
 
@@ -260,6 +263,7 @@ impl Store {
     ) -> Result<Vec<C2dRecord>> {
         let rows = sqlx::query(
             "SELECT * FROM c2d WHERE device_id = $1 AND id > $2 AND expiry_ms > $3
+                AND locked_until_ms <= $3
              ORDER BY id LIMIT $4",
         )
         .bind(device.to_string())
@@ -303,6 +307,83 @@ impl Store {
             .await?;
         self.recount(&mut tx, device).await?;
         tx.commit().await?;
+        Ok(done == 1)
+    }
+
+    /// Locks the oldest unexpired, unlocked message of `device` under `token` until
+    /// `now_ms + lock_ms` and counts the delivery (HTTPS receive); `None` when there is none.
+    /// A lock that ran out frees its message for the next receiver (HTTPS or MQTT).
+    pub async fn lock_c2d(
+        &self,
+        device: &str,
+        token: &str,
+        now_ms: i64,
+        lock_ms: i64,
+    ) -> Result<Option<C2dRecord>> {
+        // Two receivers may pick the same message: the update is guarded by the lock's state,
+        // so only one of them takes it; the other looks again.
+        for _ in 0..8 {
+            let Some(row) = sqlx::query(
+                "SELECT * FROM c2d WHERE device_id = $1 AND expiry_ms > $2 AND locked_until_ms <= $2
+                 ORDER BY id LIMIT 1",
+            )
+            .bind(device.to_string())
+            .bind(now_ms)
+            .fetch_optional(self.pool())
+            .await?
+            else {
+                return Ok(None);
+            };
+            let mut m = record(&row)?;
+            let taken = sqlx::query(
+                "UPDATE c2d SET lock_token = $1, locked_until_ms = $2,
+                    delivery_count = delivery_count + 1
+                 WHERE id = $3 AND locked_until_ms <= $4",
+            )
+            .bind(token.to_string())
+            .bind(now_ms.saturating_add(lock_ms))
+            .bind(m.id)
+            .bind(now_ms)
+            .execute(self.pool())
+            .await?
+            .rows_affected();
+            if taken == 1 {
+                m.delivery_count += 1;
+                return Ok(Some(m));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The message of `device` locked under `token`, if the lock still holds.
+    pub async fn locked_c2d(&self, device: &str, token: &str, now_ms: i64) -> Result<Option<i64>> {
+        let row = sqlx::query(
+            "SELECT id FROM c2d WHERE device_id = $1 AND lock_token = $2 AND locked_until_ms > $3",
+        )
+        .bind(device.to_string())
+        .bind(token.to_string())
+        .bind(now_ms)
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("id")?),
+            None => None,
+        })
+    }
+
+    /// Unlocks the message of `device` locked under `token` (HTTPS abandon): it is delivered
+    /// again. False when the token is unknown, another device's or its lock ran out.
+    pub async fn abandon_c2d(&self, device: &str, token: &str, now_ms: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE c2d SET lock_token = NULL, locked_until_ms = 0
+             WHERE device_id = $1 AND lock_token = $2 AND locked_until_ms > $3",
+        )
+        .bind(device.to_string())
+        .bind(token.to_string())
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
         Ok(done == 1)
     }
 

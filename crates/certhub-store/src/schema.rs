@@ -153,6 +153,10 @@ const STEPS: &[&str] = &[
     ALTER TABLE telemetry_v6 RENAME TO telemetry",
     // 7: an audit record may stand for identical refused connections that repeated.
     "ALTER TABLE audit ADD COLUMN count BIGINT NOT NULL DEFAULT 1",
+    // 8: C2D messages received over HTTPS are locked under a token until completed, rejected,
+    // abandoned or the lock runs out.
+    "ALTER TABLE c2d ADD COLUMN lock_token TEXT;
+     ALTER TABLE c2d ADD COLUMN locked_until_ms BIGINT NOT NULL DEFAULT 0",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {

@@ -244,3 +244,146 @@ fn devices_send_telemetry_over_https() {
         "sas-disabled"
     );
 }
+
+/// `curl -i`: (status, headers lower-cased, body).
+fn curl_i(
+    hub: &common::HubProcess,
+    data: &Path,
+    path: &str,
+    extra: &[&str],
+) -> (u16, std::collections::HashMap<String, String>, String) {
+    let mut args = vec!["-i"];
+    args.extend_from_slice(extra);
+    let (code, text) = curl(hub, data, path, &args);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (code, headers, body.to_string())
+}
+
+#[test]
+fn devices_receive_c2d_over_https_under_a_lock() {
+    let t = common::tmp();
+    let dir = t.path();
+    let data = dir.join("data");
+    let hub = common::start_hub(&data);
+    common::enroll_widget(dir, &data);
+    let widget = dir.join("pki/devices").join(ID);
+    let (chain, key) = (widget.join("chain.pem"), widget.join("key.pem"));
+    let x509 = ["--cert", s(&chain), "--key", s(&key)];
+    let send = |body: &str, id: &str| {
+        certhub_at(
+            dir,
+            &data,
+            &[
+                "c2d",
+                "send",
+                "--device",
+                ID,
+                "--body",
+                body,
+                "--message-id",
+                id,
+                "--property",
+                "colour=blue",
+                "--ack",
+                "full",
+            ],
+        )
+        .ok();
+    };
+    // Node spells the path in lower case; both spellings answer.
+    let receive = format!("/devices/{ID}/messages/devicebound?api-version=2021-04-12");
+    let (code, _, _) = curl_i(&hub, &data, &receive, &x509);
+    assert_eq!(code, 204, "an empty queue answers 204");
+
+    send("first", "c2d-1");
+    send("second", "c2d-2");
+    let (code, h, body) = curl_i(&hub, &data, &receive, &x509);
+    assert_eq!(code, 200, "{h:?}");
+    assert_eq!(body, "first");
+    assert_eq!(h["iothub-messageid"], "c2d-1", "{h:?}");
+    assert_eq!(h["iothub-app-colour"], "blue", "{h:?}");
+    assert_eq!(h["iothub-deliverycount"], "1", "{h:?}");
+    assert_eq!(h["iothub-ack"], "full", "{h:?}");
+    let etag = h["etag"].clone();
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"'),
+        "a quoted ETag: {etag}"
+    );
+    let token = etag.trim_matches('"').to_string();
+
+    // Locked: the next receive gets the second message, not the first again.
+    let (code, h2, body) = curl_i(&hub, &data, &receive, &x509);
+    assert_eq!((code, body.as_str()), (200, "second"), "{h2:?}");
+    let token2 = h2["etag"].trim_matches('"').to_string();
+
+    // Abandon the first: it comes again, delivered twice now.
+    let abandon =
+        format!("/devices/{ID}/messages/deviceBound/{token}/abandon?api-version=2021-04-12");
+    let mut args = x509.to_vec();
+    args.extend(["-X", "POST"]);
+    let (code, _, body) = curl_i(&hub, &data, &abandon, &args);
+    assert_eq!(code, 204, "{body}");
+    let (code, h, body) = curl_i(&hub, &data, &receive, &x509);
+    assert_eq!((code, body.as_str()), (200, "first"));
+    assert_eq!(h["iothub-deliverycount"], "2", "{h:?}");
+    let token = h["etag"].trim_matches('"').to_string();
+
+    // The old token is stale: 412, the message stays locked to the new one.
+    let stale = format!("/devices/{ID}/messages/deviceBound/{token2}x?api-version=2021-04-12");
+    let mut args = x509.to_vec();
+    args.extend(["-X", "DELETE"]);
+    let (code, _, body) = curl_i(&hub, &data, &stale, &args);
+    assert_eq!(code, 412, "{body}");
+    assert!(body.contains("DeviceMessageLockLost"), "{body}");
+
+    // Complete the first, reject the second (its token, with ?reject).
+    let complete = format!("/devices/{ID}/messages/deviceBound/{token}?api-version=2021-04-12");
+    let (code, _, body) = curl_i(&hub, &data, &complete, &args);
+    assert_eq!(code, 204, "{body}");
+    let reject =
+        format!("/devices/{ID}/messages/deviceBound/{token2}?api-version=2021-04-12&reject");
+    let (code, _, body) = curl_i(&hub, &data, &reject, &args);
+    assert_eq!(code, 204, "{body}");
+    let (code, _, _) = curl_i(&hub, &data, &receive, &x509);
+    assert_eq!(code, 204, "both left the queue");
+    // Completing again: the lock is gone.
+    let (code, _, _) = curl_i(&hub, &data, &complete, &args);
+    assert_eq!(code, 412);
+
+    // The service receives the feedback: Success for the first, Rejected for the second.
+    let feedback = certhub_at(dir, &data, &["c2d", "feedback"]).ok();
+    assert!(feedback.stdout.contains("Success"), "{feedback}");
+    assert!(feedback.stdout.contains("Rejected"), "{feedback}");
+
+    // Another device's certificate cannot settle the widget's messages.
+    send("third", "c2d-3");
+    let (code, h, _) = curl_i(&hub, &data, &receive, &x509);
+    assert_eq!(code, 200);
+    let token = h["etag"].trim_matches('"').to_string();
+    certhub_at(dir, &data, &["device", "create", "--id", "widget-sas"]).ok();
+    let other = certhub_at(dir, &data, &["device", "token", "--id", "widget-sas"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let auth = format!("Authorization: {other}");
+    let theirs = format!("/devices/widget-sas/messages/deviceBound/{token}?api-version=2021-04-12");
+    let (code, _, body) = curl_i(&hub, &data, &theirs, &["-X", "DELETE", "-H", &auth]);
+    assert_eq!(code, 412, "{body}");
+    let (code, _, _) = curl_i(
+        &hub,
+        &data,
+        &complete.replace(
+            &complete,
+            &format!("/devices/{ID}/messages/deviceBound/{token}?api-version=2021-04-12"),
+        ),
+        &args,
+    );
+    assert_eq!(code, 204, "the widget's own token still settles it");
+}

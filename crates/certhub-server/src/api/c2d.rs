@@ -234,6 +234,7 @@ fn feedback_description(status: &str) -> &'static str {
         "Expired" => "Message expired before the device received it",
         "DeliveryCountExceeded" => "Message delivered the maximum number of times without PUBACK",
         "Purged" => "Message purged from the device's queue",
+        "Rejected" => "Message rejected by the device",
         _ => "Unknown",
     }
 }
