@@ -136,7 +136,18 @@ fn node_sdk_over_mqtt_ws() {
             )
         })
         .collect();
-    for device in ["devices/smart-x-widget-0001", "devices/widget-sas"] {
+    // The widget by the chain it presented on the 443 listener's TLS connection, the SAS
+    // device by its CONNECT password.
+    for (device, how) in [
+        (
+            "devices/smart-x-widget-0001",
+            "smart-x-widget-0001 via x509-ca (CA company-x) over mqtt-ws;",
+        ),
+        (
+            "devices/widget-sas",
+            "widget-sas via device-sas over mqtt-ws;",
+        ),
+    ] {
         let accepted: Vec<&String> = connects
             .iter()
             .filter(|(target, outcome, _)| target == device && outcome == "ok")
@@ -145,8 +156,8 @@ fn node_sdk_over_mqtt_ws() {
         assert!(!accepted.is_empty(), "{device} connected: {connects:#?}");
         for detail in accepted {
             assert!(
-                detail.contains(" over mqtt-ws;"),
-                "{device}: mqtt-ws expected: {detail}"
+                detail.starts_with(how),
+                "{device}: `{how}` expected: {detail}"
             );
         }
     }
