@@ -67,12 +67,20 @@ fn every_test_binary_runs_and_one_line_sums_them_up() {
         std::fs::create_dir_all(d.join(path).parent().expect("a folder")).expect("mkdir");
         write(&d.join(path), text);
     }
-    // What scripts/test checks before the tests: the Python clients are installed.
+    // What scripts/test checks before the tests: the Python clients are installed...
     let requirements = common::read(&repo.join("tests/interop/requirements.txt"));
     std::fs::create_dir_all(d.join("tests/interop")).expect("mkdir");
     write(&d.join("tests/interop/requirements.txt"), &requirements);
     std::fs::create_dir_all(d.join(".venv/bin")).expect("mkdir");
     write(&d.join(".venv/.installed"), &requirements);
+    // ... and so are the Node.js ones.
+    let node_lock = common::read(&repo.join("tests/interop/node/package-lock.json"));
+    std::fs::create_dir_all(d.join("tests/interop/node/node_modules")).expect("mkdir");
+    write(&d.join("tests/interop/node/package-lock.json"), &node_lock);
+    write(
+        &d.join("tests/interop/node/node_modules/.installed-lock.json"),
+        &node_lock,
+    );
     std::fs::create_dir_all(d.join("scripts")).expect("mkdir");
     for (from, to) in [
         (repo.join("scripts/test"), d.join("scripts/test")),
