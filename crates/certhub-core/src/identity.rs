@@ -148,9 +148,9 @@ pub struct Module {
 pub struct AuthenticationInput {
     #[serde(rename = "type", default)]
     pub kind: Option<AuthType>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json_object::optional_object")]
     pub symmetric_key: Option<SymmetricKey>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json_object::optional_object")]
     pub x509_thumbprint: Option<X509Thumbprint>,
 }
 
@@ -180,9 +180,9 @@ pub struct DeviceInput {
     pub last_activity_time: Option<Value>,
     #[serde(default)]
     pub cloud_to_device_message_count: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json_object::optional_object")]
     pub authentication: Option<AuthenticationInput>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json_object::optional_object")]
     pub capabilities: Option<Capabilities>,
     #[serde(default)]
     pub device_scope: Option<Value>,
@@ -210,7 +210,7 @@ pub struct ModuleInput {
     pub last_activity_time: Option<Value>,
     #[serde(default)]
     pub cloud_to_device_message_count: Option<Value>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json_object::optional_object")]
     pub authentication: Option<AuthenticationInput>,
     #[serde(default)]
     pub managed_by: Option<String>,
@@ -549,11 +549,13 @@ pub struct BulkEntry {
     pub status: Option<Status>,
     #[serde(default)]
     pub status_reason: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json_object::optional_object")]
     pub authentication: Option<AuthenticationInput>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json_object::optional_object")]
     pub capabilities: Option<Capabilities>,
-    #[serde(default)]
+    // Azure's name is twinETag (as eTag above); twinEtag, which this field was once read
+    // as, is still taken.
+    #[serde(default, rename = "twinETag", alias = "twinEtag")]
     pub twin_etag: Option<Value>,
     #[serde(default)]
     pub tags: Option<Value>,
@@ -576,5 +578,64 @@ impl BulkEntry {
             capabilities: self.capabilities.clone(),
             ..DeviceInput::default()
         }
+    }
+}
+
+#[cfg(test)]
+mod bulk_entry_tests {
+    use super::*;
+
+    /// Azure's SDKs write twinETag (the hub once refused it as an unknown field, while its
+    /// API description named it).
+    #[test]
+    fn bulk_entries_take_azures_twin_etag() {
+        for name in ["twinETag", "twinEtag"] {
+            let e: BulkEntry = serde_json::from_value(serde_json::json!({"id": "d1", name: "x"}))
+                .unwrap_or_else(|err| panic!("{name}: {err}"));
+            assert_eq!(e.twin_etag, Some(Value::from("x")), "{name}");
+        }
+        let unknown =
+            serde_json::from_value::<BulkEntry>(serde_json::json!({"id": "d1", "colour": 1}));
+        assert!(unknown.is_err(), "unknown fields are still refused");
+    }
+
+    /// serde reads a struct from an array (its fields in order): the nested objects of a body
+    /// must be JSON objects all the same (schemathesis found `"x509Thumbprint": []` accepted).
+    #[test]
+    fn nested_objects_must_be_objects() {
+        for bad in [
+            serde_json::json!({"authentication": []}),
+            serde_json::json!({"authentication": {"x509Thumbprint": []}}),
+            serde_json::json!({"authentication": {"x509Thumbprint": [null, null]}}),
+            serde_json::json!({"authentication": {"symmetricKey": [null]}}),
+            serde_json::json!({"capabilities": [true]}),
+        ] {
+            let e = serde_json::from_value::<DeviceInput>(bad.clone())
+                .err()
+                .unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert!(e.to_string().contains("expected a map"), "{bad}: {e}");
+            let mut entry = bad.clone();
+            entry["id"] = Value::from("d1");
+            assert!(
+                serde_json::from_value::<BulkEntry>(entry).is_err(),
+                "bulk {bad}"
+            );
+        }
+        let module =
+            serde_json::from_value::<ModuleInput>(serde_json::json!({"authentication": []}));
+        assert!(module.is_err());
+        let ok = serde_json::from_value::<DeviceInput>(serde_json::json!({
+            "authentication": {"type": "selfSigned", "x509Thumbprint": {"primaryThumbprint": null}, "symmetricKey": null},
+            "capabilities": {"iotEdge": false},
+        }))
+        .expect("objects and nulls are read");
+        assert!(ok.capabilities.is_some());
+        let inner = serde_json::from_value::<DeviceInput>(
+            serde_json::json!({"authentication": {"x509Thumbprint": {"colour": 1}}}),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(inner.contains("unknown field `colour`"), "{inner}");
     }
 }

@@ -9,6 +9,7 @@ mod connect;
 mod etag;
 mod identity;
 mod ids;
+pub mod json_object;
 mod policy;
 mod sas;
 mod settings;

@@ -492,6 +492,35 @@ async fn every_route_is_documented() {
     );
 }
 
+/// A nested object given as an array is refused (serde alone reads a struct from an array):
+/// schemathesis found `"x509Thumbprint": []` accepted in a bulk entry.
+#[tokio::test]
+async fn nested_objects_given_as_arrays_are_refused() {
+    let h = hub().await;
+    for (method, path, body) in [
+        (
+            "POST",
+            "/devices",
+            r#"[{"id": "a1", "authentication": {"x509Thumbprint": []}}]"#,
+        ),
+        ("PUT", "/devices/a2", r#"{"authentication": []}"#),
+        ("PUT", "/devices/a3", r#"{"capabilities": [false]}"#),
+        (
+            "PUT",
+            "/certificates/c1",
+            r#"{"properties": ["pem", false]}"#,
+        ),
+    ] {
+        let (s, v) = h.owner(method, path, Some(body)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{method} {path} {body}: {v}");
+        assert!(
+            message(&v).contains("expected a map"),
+            "{method} {path}: {v}"
+        );
+    }
+    assert_eq!(h.count().await, 0, "nothing was created");
+}
+
 /// Every refusal is in Azure's error shape, parameter parsing and unknown methods included,
 /// and names what is wrong.
 #[tokio::test]

@@ -22,6 +22,7 @@ use super::{ApiError, AppState, Caller, OWNER, now_ms};
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct UploadBody {
+    #[serde(deserialize_with = "certhub_core::json_object::object")]
     properties: UploadProperties,
 }
 
