@@ -599,6 +599,16 @@ async fn openapi_describes_the_hub() {
     let upload = &op("/certificates/{name}", "put")["requestBody"]["content"]["application/json"]["schema"]
         ["$ref"];
     assert_eq!(upload, "#/components/schemas/CertificateUpload");
+    // Operation ids name the operations for generated clients: one each.
+    let mut ids = std::collections::BTreeSet::new();
+    for item in doc["paths"].as_object().expect("paths").values() {
+        for o in item.as_object().expect("path item").values() {
+            if let Some(id) = o["operationId"].as_str() {
+                assert!(ids.insert(id.to_string()), "operationId {id} is used twice");
+            }
+        }
+    }
+    assert!(ids.len() >= 37, "{ids:?}");
     let error = &schemas["Error"];
     assert_eq!(
         error["required"],

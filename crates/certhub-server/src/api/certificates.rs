@@ -214,7 +214,7 @@ async fn audited<T>(
     result
 }
 
-#[utoipa::path(get, path = "/certificates", summary = "List registered CA certificates",
+#[utoipa::path(get, path = "/certificates", operation_id = "list_certificates", summary = "List registered CA certificates",
     description = "Needs the RegistryRead right.",
     responses((status = 200, description = "success", body = CertificateList), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
@@ -227,7 +227,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Respo
     Ok(Json(CertificateList { value: all }).into_response())
 }
 
-#[utoipa::path(get, path = "/certificates/{name}", summary = "Read a registered CA",
+#[utoipa::path(get, path = "/certificates/{name}", operation_id = "get_certificate", summary = "Read a registered CA",
     description = "Needs the RegistryRead right.", params(CertificatePath),
     responses((status = 200, description = "success", body = CertificateView), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
 pub async fn get(
@@ -245,7 +245,7 @@ pub async fn get(
     described(&state, &r, false).await
 }
 
-#[utoipa::path(put, path = "/certificates/{name}",
+#[utoipa::path(put, path = "/certificates/{name}", operation_id = "upload_certificate",
     summary = "Register a CA certificate (raw PEM, base64 DER or base64 PEM; never a key). isVerified true needs an owner-class policy.",
     description = "Needs the RegistryWrite right.", params(CertificatePath), request_body = UploadBody,
     responses((status = 200, description = "success", body = CertificateView), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 409, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
@@ -338,7 +338,7 @@ async fn upload_inner(
     }
 }
 
-#[utoipa::path(delete, path = "/certificates/{name}", summary = "Delete a registered CA",
+#[utoipa::path(delete, path = "/certificates/{name}", operation_id = "delete_certificate", summary = "Delete a registered CA",
     description = "Needs the RegistryWrite right.", params(CertificatePath, IfMatchHeader),
     responses((status = 204, description = "success"), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 412, response = ErrorResponse)))]
 pub async fn delete(
@@ -378,6 +378,7 @@ pub async fn delete(
 }
 
 #[utoipa::path(post, path = "/certificates/{name}/generateVerificationCode",
+    operation_id = "generate_verification_code",
     summary = "Issue a verification code (replaces any earlier one; bumps the ETag)",
     description = "Needs the RegistryWrite right.", params(CertificatePath, IfMatchHeader),
     responses((status = 200, description = "success", body = CertificateView), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 412, response = ErrorResponse)))]
@@ -411,7 +412,7 @@ pub async fn generate_code(
     described(&state, &r, true).await
 }
 
-#[utoipa::path(post, path = "/certificates/{name}/verify",
+#[utoipa::path(post, path = "/certificates/{name}/verify", operation_id = "verify_certificate",
     summary = "Prove possession: a certificate with CN = the code, signed by the CA's key",
     description = "Needs the RegistryWrite right.", params(CertificatePath, IfMatchHeader), request_body = VerifyBody,
     responses((status = 200, description = "success", body = CertificateView), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 412, response = ErrorResponse), (status = 413, response = ErrorResponse)))]

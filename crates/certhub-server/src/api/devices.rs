@@ -60,7 +60,7 @@ pub(super) fn module_not_found(id: &str, mid: &str) -> ApiError {
     )
 }
 
-#[utoipa::path(get, path = "/devices", summary = "List devices in id order",
+#[utoipa::path(get, path = "/devices", operation_id = "list_devices", summary = "List devices in id order",
     description = "Needs the RegistryRead right.", params(ListParams),
     responses((status = 200, description = "success", body = Vec<DeviceView>), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
 pub async fn list(
@@ -452,7 +452,7 @@ const MAX_BULK: usize = 100;
 /// `POST /devices`: bulk create or delete (Azure's `ExportImportDevice` entries, `importMode`
 /// `create` by default, or `delete`). Valid entries are applied in one transaction; every
 /// refused entry is reported by id; the answer is 200 when none was refused, else 400.
-#[utoipa::path(post, path = "/devices", summary = "Bulk create or delete (at most 100 entries)",
+#[utoipa::path(post, path = "/devices", operation_id = "bulk_devices", summary = "Bulk create or delete (at most 100 entries)",
     description = "Needs the RegistryWrite right.", request_body = Vec<certhub_core::BulkEntry>,
     responses((status = 200, description = "success", body = BulkResult),
         (status = 400, description = "an entry was refused (the others were applied), or the request itself", body = BulkRefusal),
