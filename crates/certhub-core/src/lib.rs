@@ -10,6 +10,7 @@ mod connect;
 mod etag;
 mod identity;
 mod ids;
+pub mod json_object;
 mod policy;
 mod sas;
 mod settings;
@@ -23,13 +24,14 @@ pub use connect::{
 };
 pub use etag::{Etag, IfMatch};
 pub use identity::{
-    AuthType, Authentication, BulkEntry, Capabilities, ConnectionState, Device, DeviceInput,
-    IdentityError, Module, ModuleInput, Status, SymmetricKey, X509Thumbprint,
+    AuthType, Authentication, AuthenticationInput, BulkEntry, Capabilities, Connection,
+    ConnectionState, Device, DeviceInput, DeviceView, IdentityError, ImportMode, Module,
+    ModuleInput, ModuleView, Status, SymmetricKey, X509Thumbprint,
 };
 pub use ids::{DeviceId, IdError, ModuleId};
 pub use policy::{Policy, Rights};
 pub use sas::{SasError, SasToken, ServiceConnectionString, generate_key, sign_token};
-pub use settings::{HubSettings, SettingsPatch};
+pub use settings::{HubSettings, SettingsPatch, TlsVersion};
 pub use time_fmt::{azure_time, azure_time_opt};
 pub use topics::{
     DevicePublish, MessageProperties, TopicRefusal, c2d_topic, classify_publish,

@@ -1,8 +1,9 @@
 use serde::{Deserialize, Serialize};
 
 /// Hub-wide authentication switches (azure-protocol 6.10).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(as = Settings)]
 pub struct HubSettings {
     /// Device-scoped SAS keys cannot authenticate (modules excluded).
     #[serde(rename = "disableDeviceSAS")]
@@ -13,7 +14,19 @@ pub struct HubSettings {
     /// Tokens signed with a shared access policy key (`skn=`) cannot authenticate.
     pub disable_local_auth: bool,
     /// The lowest TLS version devices may use: "1.2" or "1.3".
+    #[schema(value_type = TlsVersion)]
     pub min_tls_version: String,
+}
+
+/// The TLS versions minTlsVersion takes.
+// The settings keep the text (it is stored and compared as such); this names the allowed
+// values for the API description.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub enum TlsVersion {
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
 }
 
 impl Default for HubSettings {
@@ -27,8 +40,9 @@ impl Default for HubSettings {
     }
 }
 
-/// A partial update of [`HubSettings`]; unknown fields are an error.
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The switches to change; null or absent leaves one as it is; unknown fields are an error.
+// A partial update of `HubSettings`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SettingsPatch {
     #[serde(rename = "disableDeviceSAS", default)]
@@ -38,12 +52,14 @@ pub struct SettingsPatch {
     #[serde(default)]
     pub disable_local_auth: Option<bool>,
     #[serde(default)]
+    #[schema(value_type = Option<TlsVersion>)]
     pub min_tls_version: Option<String>,
     /// `true`: devices authenticate with X.509 only, in one step: disableDeviceSAS,
     /// disableModuleSAS and disableLocalAuth all on (policy-signed tokens, the service API's
     /// included, are refused; `certhub hub set --local` on the hub's machine is the way back).
     /// `false` turns the three off.
     #[serde(rename = "x509Only", default)]
+    #[schema(write_only)]
     pub x509_only: Option<bool>,
 }
 

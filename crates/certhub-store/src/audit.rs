@@ -8,7 +8,7 @@ use sqlx::Row;
 use crate::{Result, Store};
 
 /// One audited operation.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditRecord {
     pub id: String,
@@ -24,6 +24,7 @@ pub struct AuditRecord {
     pub detail: String,
     /// How many identical events this record stands for: 1, or more for refused connections
     /// that repeated within a window (the detail says when).
+    #[schema(minimum = 1)]
     pub count: i64,
 }
 

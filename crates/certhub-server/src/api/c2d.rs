@@ -14,9 +14,12 @@ use base64::Engine;
 use certhub_core::{Rights, Status, azure_time};
 use certhub_store::{C2dRecord, Enqueued};
 use serde::{Deserialize, Serialize};
+use utoipa::openapi::{RefOr, schema::Schema};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::body::JsonObject;
 use super::devices::{device_id, device_not_found};
+use super::doc::{DevicePath, ErrorResponse, LockTokenPath};
 use super::{ApiError, AppState, Caller, now_ms};
 use crate::sessions::Outbound;
 
@@ -26,26 +29,117 @@ pub const MAX_C2D_BODY: usize = 64 * 1024;
 const MAX_TTL_SECONDS: i64 = 2 * 24 * 3600;
 const DEFAULT_TTL_SECONDS: i64 = 3600;
 
-/// A message to send, as the API takes it.
-#[derive(Debug, Deserialize)]
+/// A cloud-to-device message to queue: body or bodyBase64, not both; null is the same as
+/// absent.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SendBody {
     /// The body as text...
     body: Option<String>,
     /// ...or as base64 for binary bodies.
     body_base64: Option<String>,
+    /// default: random
     message_id: Option<String>,
     correlation_id: Option<String>,
     user_id: Option<String>,
     content_type: Option<String>,
     content_encoding: Option<String>,
     /// Time to live, 1 s to two days (default one hour).
+    #[schema(minimum = 1, maximum = 172_800, default = 3600)]
     ttl_seconds: Option<i64>,
     /// Feedback requested: none (default), positive, negative or full.
+    // Text, checked by the handler, so that a bad value is refused in the hub's own words.
+    #[schema(value_type = Option<AckMode>, default = "none")]
     ack: Option<String>,
     /// Application properties; a null value is sent as a bare key.
     #[serde(default)]
     properties: BTreeMap<String, Option<String>>,
+}
+
+/// Which feedback the sender wants for a message.
+// Only described: `SendBody` keeps the text.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    None,
+    Positive,
+    Negative,
+    Full,
+}
+
+/// `SendBody`'s schema plus what its fields cannot say: body and bodyBase64 are not both
+/// given (the handler refuses that with a 400). Only described; the handler reads `SendBody`.
+#[derive(Debug)]
+pub struct C2dMessage;
+
+impl PartialSchema for C2dMessage {
+    fn schema() -> RefOr<Schema> {
+        let mut schema = SendBody::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            object.extensions.get_or_insert_with(Default::default).insert(
+                "not".to_string(),
+                serde_json::json!({
+                    "required": ["body", "bodyBase64"],
+                    "properties": {"body": {"type": "string"}, "bodyBase64": {"type": "string"}},
+                }),
+            );
+        }
+        schema
+    }
+}
+
+impl ToSchema for C2dMessage {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        schemas.push((AckMode::name().into_owned(), AckMode::schema()));
+    }
+}
+
+/// A queued message, as the send answers it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct C2dQueued {
+    device_id: String,
+    message_id: String,
+    sequence_number: i64,
+    enqueued_time_utc: String,
+    expiry_time_utc: String,
+}
+
+/// What a purge removed.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PurgeResult {
+    total_messages_purged: u64,
+    device_id: String,
+    /// always null: module queues are not purged this way
+    #[schema(required = true)]
+    module_id: Option<String>,
+}
+
+/// One feedback record (Azure's `FeedbackRecord`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Feedback {
+    original_message_id: String,
+    description: String,
+    device_generation_id: String,
+    device_id: String,
+    enqueued_time_utc: String,
+    #[schema(value_type = FeedbackStatus)]
+    status_code: String,
+}
+
+/// How a message's delivery ended.
+// Only described: the store keeps the text.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[allow(dead_code)]
+pub enum FeedbackStatus {
+    Success,
+    Expired,
+    DeliveryCountExceeded,
+    Purged,
+    Rejected,
 }
 
 /// What the store keeps beside the body.
@@ -66,10 +160,14 @@ fn random_id() -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
+#[utoipa::path(post, path = "/devices/{id}/messages/deviceBound", summary = "Queue a cloud-to-device message",
+    description = "Needs the ServiceConnect right. 403 DeviceMaximumQueueDepthExceeded when the device has c2d_max_pending messages waiting, 403 DeviceDisabled, 404 for an unknown device, 413 above 64 KB with properties.",
+    params(DevicePath), request_body = C2dMessage,
+    responses((status = 200, description = "success", body = C2dQueued), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 403, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn send(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
     JsonObject(m): JsonObject<SendBody>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::SERVICE_CONNECT, "sending a cloud-to-device message")?;
@@ -182,20 +280,23 @@ pub async fn send(
             &format!("messageId {message_id}"),
         )
         .await;
-    Ok(Json(serde_json::json!({
-        "deviceId": device.as_str(),
-        "messageId": message_id,
-        "sequenceNumber": seq,
-        "enqueuedTimeUtc": azure_time(now),
-        "expiryTimeUtc": azure_time(expiry_ms),
-    }))
+    Ok(Json(C2dQueued {
+        device_id: device.to_string(),
+        message_id,
+        sequence_number: seq,
+        enqueued_time_utc: azure_time(now),
+        expiry_time_utc: azure_time(expiry_ms),
+    })
     .into_response())
 }
 
+#[utoipa::path(delete, path = "/devices/{id}/commands", summary = "Purge a device's cloud-to-device queue",
+    description = "Needs the ServiceConnect right.", params(DevicePath),
+    responses((status = 200, description = "success", body = PurgeResult), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
 pub async fn purge(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::SERVICE_CONNECT, "purging cloud-to-device messages")?;
     let device = device_id(&id)?;
@@ -212,11 +313,11 @@ pub async fn purge(
             &format!("{n} messages"),
         )
         .await;
-    Ok(Json(serde_json::json!({
-        "totalMessagesPurged": n,
-        "deviceId": device.as_str(),
-        "moduleId": null,
-    }))
+    Ok(Json(PurgeResult {
+        total_messages_purged: n,
+        device_id: device.to_string(),
+        module_id: None,
+    })
     .into_response())
 }
 
@@ -241,6 +342,14 @@ fn feedback_description(status: &str) -> &'static str {
 
 /// `GET /messages/serviceBound/feedback`: a batch of feedback records, locked to this caller
 /// for a minute under the lock token in `ETag`; 204 when there is none.
+#[utoipa::path(get, path = "/messages/serviceBound/feedback",
+    summary = "Receive a batch of C2D feedback, locked for 60 s under the lock token in ETag",
+    description = "Needs the ServiceConnect right.",
+    responses((status = 200, description = "up to 64 records", content_type = "application/vnd.microsoft.iothub.feedback.json",
+        body = Vec<Feedback>,
+        headers(("ETag" = String, description = "the quoted lock token"),
+            ("iothub-lockuntilutc" = String, description = "when the lock runs out"))),
+        (status = 204, description = "no feedback waiting"), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
 pub async fn receive_feedback(
     State(state): State<AppState>,
     caller: Caller,
@@ -258,17 +367,15 @@ pub async fn receive_feedback(
     if records.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
-    let body: Vec<serde_json::Value> = records
+    let body: Vec<Feedback> = records
         .iter()
-        .map(|f| {
-            serde_json::json!({
-                "originalMessageId": f.message_id,
-                "description": feedback_description(&f.status),
-                "deviceGenerationId": f.generation_id,
-                "deviceId": f.device_id,
-                "enqueuedTimeUtc": azure_time(f.created_ms),
-                "statusCode": f.status,
-            })
+        .map(|f| Feedback {
+            original_message_id: f.message_id.clone(),
+            description: feedback_description(&f.status).to_string(),
+            device_generation_id: f.generation_id.clone(),
+            device_id: f.device_id.clone(),
+            enqueued_time_utc: azure_time(f.created_ms),
+            status_code: f.status.clone(),
         })
         .collect();
     Ok((
@@ -300,20 +407,27 @@ fn lock_lost(token: &str) -> ApiError {
 }
 
 /// `DELETE /messages/serviceBound/feedback/{lockToken}`: the batch was handled; 204.
+#[utoipa::path(delete, path = "/messages/serviceBound/feedback/{lockToken}", summary = "Complete a feedback batch",
+    description = "Needs the ServiceConnect right.", params(LockTokenPath),
+    responses((status = 204, description = "completed"), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 412, response = ErrorResponse)))]
 pub async fn complete_feedback(
     state: State<AppState>,
     caller: Caller,
-    token: Path<String>,
+    token: Path<LockTokenPath>,
 ) -> Result<Response, ApiError> {
     settle_feedback(state, caller, token, false).await
 }
 
 /// `POST /messages/serviceBound/feedback/{lockToken}/abandon`: the batch goes back for the
 /// next receiver; 204.
+#[utoipa::path(post, path = "/messages/serviceBound/feedback/{lockToken}/abandon",
+    summary = "Abandon a feedback batch for the next receiver",
+    description = "Needs the ServiceConnect right.", params(LockTokenPath),
+    responses((status = 204, description = "abandoned"), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 412, response = ErrorResponse)))]
 pub async fn abandon_feedback(
     state: State<AppState>,
     caller: Caller,
-    token: Path<String>,
+    token: Path<LockTokenPath>,
 ) -> Result<Response, ApiError> {
     settle_feedback(state, caller, token, true).await
 }
@@ -321,7 +435,7 @@ pub async fn abandon_feedback(
 async fn settle_feedback(
     State(state): State<AppState>,
     caller: Caller,
-    Path(token): Path<String>,
+    Path(LockTokenPath { lock_token: token }): Path<LockTokenPath>,
     abandon: bool,
 ) -> Result<Response, ApiError> {
     let verb = if abandon { "abandoning" } else { "completing" };

@@ -11,32 +11,87 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use certhub_core::{Etag, IfMatch, Rights};
 use certhub_store::{CaRecord, DeleteOutcome, WriteOutcome};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::macros::format_description;
+use utoipa::ToSchema;
 
 use super::body::JsonObject;
+use super::doc::{CertificatePath, ErrorResponse, IfMatchHeader};
 use super::{ApiError, AppState, Caller, OWNER, now_ms};
 
-#[derive(Debug, Deserialize)]
+/// A CA certificate to register: what `PUT /certificates/{name}` takes (the answer's other
+/// fields are the hub's).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = CertificateUpload)]
 pub struct UploadBody {
+    #[schema(inline)]
+    #[serde(deserialize_with = "certhub_core::json_object::object")]
     properties: UploadProperties,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UploadProperties {
+    /// the CA certificate, PEM
     certificate: String,
+    /// true skips the proof of possession (an owner-class policy only)
     #[serde(default)]
     is_verified: bool,
 }
 
-#[derive(Debug, Deserialize)]
+/// The proof of possession.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = CertificateVerification)]
 pub struct VerifyBody {
+    /// the verification certificate, PEM
     certificate: String,
+}
+
+/// A registered CA in ARM's certificate shape.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Certificate)]
+pub struct CertificateView {
+    properties: CertificateProperties,
+    id: String,
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    etag: String,
+}
+
+/// A registered CA's details.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateProperties {
+    subject: String,
+    issuer: String,
+    not_before: String,
+    expiry: String,
+    thumbprint: String,
+    thumbprint_sha256: String,
+    is_verified: bool,
+    created: String,
+    updated: String,
+    certificate: String,
+    /// registered devices and modules that authenticated through this CA
+    device_count: i64,
+    /// only in the answer to generateVerificationCode
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    verification_code: Option<String>,
+    /// only in the answer to generateVerificationCode
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    verification_code_expiry: Option<String>,
+}
+
+/// The registered CAs.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CertificateList {
+    value: Vec<CertificateView>,
 }
 
 /// RFC 1123, as ARM writes certificate dates: `Sat, 31 Dec 2039 23:59:59 GMT`.
@@ -56,31 +111,32 @@ async fn described(state: &AppState, r: &CaRecord, code: bool) -> Result<Respons
     Ok(Json(description(r, code, n)).into_response())
 }
 
-fn description(r: &CaRecord, code: bool, devices: i64) -> Value {
-    let mut props = json!({
-        "subject": r.subject,
-        "issuer": r.issuer,
-        "notBefore": rfc1123(r.not_before_ms),
-        "expiry": rfc1123(r.not_after_ms),
-        "thumbprint": r.sha1,
-        "thumbprintSha256": r.sha256,
-        "isVerified": r.is_verified,
-        "created": rfc1123(r.created_ms),
-        "updated": rfc1123(r.updated_ms),
-        "certificate": r.pem,
-        "deviceCount": devices,
-    });
-    if code {
-        props["verificationCode"] = json!(r.verification_code);
-        props["verificationCodeExpiry"] = json!(rfc1123(r.code_expires_ms));
+fn description(r: &CaRecord, code: bool, devices: i64) -> CertificateView {
+    let (verification_code, verification_code_expiry) = match (code, &r.verification_code) {
+        (true, Some(c)) => (Some(c.clone()), Some(rfc1123(r.code_expires_ms))),
+        _ => (None, None),
+    };
+    CertificateView {
+        properties: CertificateProperties {
+            subject: r.subject.clone(),
+            issuer: r.issuer.clone(),
+            not_before: rfc1123(r.not_before_ms),
+            expiry: rfc1123(r.not_after_ms),
+            thumbprint: r.sha1.clone(),
+            thumbprint_sha256: r.sha256.clone(),
+            is_verified: r.is_verified,
+            created: rfc1123(r.created_ms),
+            updated: rfc1123(r.updated_ms),
+            certificate: r.pem.clone(),
+            device_count: devices,
+            verification_code,
+            verification_code_expiry,
+        },
+        id: format!("/certificates/{}", r.name),
+        name: r.name.clone(),
+        kind: "Microsoft.Devices/IotHubs/Certificates".to_string(),
+        etag: r.etag.0.clone(),
     }
-    json!({
-        "properties": props,
-        "id": format!("/certificates/{}", r.name),
-        "name": r.name,
-        "type": "Microsoft.Devices/IotHubs/Certificates",
-        "etag": r.etag.0,
-    })
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
@@ -158,6 +214,9 @@ async fn audited<T>(
     result
 }
 
+#[utoipa::path(get, path = "/certificates", operation_id = "list_certificates", summary = "List registered CA certificates",
+    description = "Needs the RegistryRead right.",
+    responses((status = 200, description = "success", body = CertificateList), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
 pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "listing CA certificates")?;
     let mut all = Vec::new();
@@ -165,13 +224,16 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Respo
         let n = state.store().devices_of_ca(&r.name).await?;
         all.push(description(&r, false, n));
     }
-    Ok(Json(json!({ "value": all })).into_response())
+    Ok(Json(CertificateList { value: all }).into_response())
 }
 
+#[utoipa::path(get, path = "/certificates/{name}", operation_id = "get_certificate", summary = "Read a registered CA",
+    description = "Needs the RegistryRead right.", params(CertificatePath),
+    responses((status = 200, description = "success", body = CertificateView), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    Path(CertificatePath { name }): Path<CertificatePath>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "reading a CA certificate")?;
     check_name(&name)?;
@@ -183,10 +245,14 @@ pub async fn get(
     described(&state, &r, false).await
 }
 
+#[utoipa::path(put, path = "/certificates/{name}", operation_id = "upload_certificate",
+    summary = "Register a CA certificate (raw PEM, base64 DER or base64 PEM; never a key). isVerified true needs an owner-class policy.",
+    description = "Needs the RegistryWrite right.", params(CertificatePath), request_body = UploadBody,
+    responses((status = 200, description = "success", body = CertificateView), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 409, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn upload(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    Path(CertificatePath { name }): Path<CertificatePath>,
     body: Result<JsonObject<UploadBody>, ApiError>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_WRITE, "registering a CA certificate")?;
@@ -272,10 +338,13 @@ async fn upload_inner(
     }
 }
 
+#[utoipa::path(delete, path = "/certificates/{name}", operation_id = "delete_certificate", summary = "Delete a registered CA",
+    description = "Needs the RegistryWrite right.", params(CertificatePath, IfMatchHeader),
+    responses((status = 204, description = "success"), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 412, response = ErrorResponse)))]
 pub async fn delete(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    Path(CertificatePath { name }): Path<CertificatePath>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Rights::REGISTRY_WRITE, "deleting a CA certificate")?;
@@ -308,10 +377,15 @@ pub async fn delete(
     result
 }
 
+#[utoipa::path(post, path = "/certificates/{name}/generateVerificationCode",
+    operation_id = "generate_verification_code",
+    summary = "Issue a verification code (replaces any earlier one; bumps the ETag)",
+    description = "Needs the RegistryWrite right.", params(CertificatePath, IfMatchHeader),
+    responses((status = 200, description = "success", body = CertificateView), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 412, response = ErrorResponse)))]
 pub async fn generate_code(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    Path(CertificatePath { name }): Path<CertificatePath>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_WRITE, "generating a verification code")?;
@@ -338,10 +412,14 @@ pub async fn generate_code(
     described(&state, &r, true).await
 }
 
+#[utoipa::path(post, path = "/certificates/{name}/verify", operation_id = "verify_certificate",
+    summary = "Prove possession: a certificate with CN = the code, signed by the CA's key",
+    description = "Needs the RegistryWrite right.", params(CertificatePath, IfMatchHeader), request_body = VerifyBody,
+    responses((status = 200, description = "success", body = CertificateView), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 412, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn verify(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    Path(CertificatePath { name }): Path<CertificatePath>,
     headers: HeaderMap,
     body: Result<JsonObject<VerifyBody>, ApiError>,
 ) -> Result<Response, ApiError> {

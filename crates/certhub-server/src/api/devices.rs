@@ -7,15 +7,23 @@ use super::error::{Path, Query};
 use axum::http::header::{ETAG, IF_MATCH};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use certhub_core::{DeviceId, DeviceInput, IfMatch, ModuleId, ModuleInput, Rights};
+use certhub_core::{
+    DeviceId, DeviceInput, DeviceView, IfMatch, ModuleId, ModuleInput, ModuleView, Rights,
+};
 use certhub_store::{DeleteOutcome, WriteOutcome};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::body::{JsonBody, JsonObject};
+use super::doc::{DevicePath, ErrorBody, ErrorResponse, IfMatchHeader, ModulePath};
 use super::{ApiError, AppState, Caller, now_ms};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
+    /// devices at most (default 1000); outside 1-1000 is a 400
+    // Text, read by the handler, so that a bad value is refused in the hub's own words.
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1000)]
     top: Option<String>,
     /// certhub extension: only ids sorting after this one (paging through the registry).
     after: Option<String>,
@@ -52,6 +60,9 @@ pub(super) fn module_not_found(id: &str, mid: &str) -> ApiError {
     )
 }
 
+#[utoipa::path(get, path = "/devices", operation_id = "list_devices", summary = "List devices in id order",
+    description = "Needs the RegistryRead right.", params(ListParams),
+    responses((status = 200, description = "success", body = Vec<DeviceView>), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -79,10 +90,13 @@ pub async fn list(
     Ok(Json(json).into_response())
 }
 
+#[utoipa::path(get, path = "/devices/{id}", summary = "Read a device",
+    description = "Needs the RegistryRead right.", params(DevicePath),
+    responses((status = 200, description = "success", body = DeviceView, headers(("ETag" = String, description = "the quoted ETag, for If-Match"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
 pub async fn get_device(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "reading a device")?;
     let id = device_id(&id)?;
@@ -97,10 +111,15 @@ pub async fn get_device(
     ))
 }
 
+#[utoipa::path(put, path = "/devices/{id}",
+    summary = "Create (no If-Match) or update (If-Match) a device",
+    description = "Needs the RegistryWrite right.", params(DevicePath, IfMatchHeader),
+    request_body = DeviceInput,
+    responses((status = 200, description = "success", body = DeviceView, headers(("ETag" = String, description = "the quoted ETag, for If-Match"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 409, response = ErrorResponse), (status = 412, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn put_device(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
     headers: HeaderMap,
     JsonObject(input): JsonObject<DeviceInput>,
 ) -> Result<Response, ApiError> {
@@ -178,10 +197,13 @@ async fn put_device_inner(
     }
 }
 
+#[utoipa::path(delete, path = "/devices/{id}", summary = "Delete a device and its modules",
+    description = "Needs the RegistryWrite right.", params(DevicePath, IfMatchHeader),
+    responses((status = 204, description = "success"), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 412, response = ErrorResponse)))]
 pub async fn delete_device(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Rights::REGISTRY_WRITE, "deleting a device")?;
@@ -216,10 +238,13 @@ pub async fn delete_device(
     result
 }
 
+#[utoipa::path(get, path = "/devices/{id}/modules", summary = "List a device's modules",
+    description = "Needs the RegistryRead right.", params(DevicePath),
+    responses((status = 200, description = "success", body = Vec<ModuleView>), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
 pub async fn list_modules(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "listing modules")?;
     let id = device_id(&id)?;
@@ -234,10 +259,13 @@ pub async fn list_modules(
     Ok(Json(json).into_response())
 }
 
+#[utoipa::path(get, path = "/devices/{id}/modules/{mid}", summary = "Read a module",
+    description = "Needs the RegistryRead right.", params(ModulePath),
+    responses((status = 200, description = "success", body = ModuleView, headers(("ETag" = String, description = "the quoted ETag, for If-Match"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
 pub async fn get_module(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, mid)): Path<(String, String)>,
+    Path(ModulePath { id, mid }): Path<ModulePath>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "reading a module")?;
     let (id, mid) = (device_id(&id)?, module_id(&mid)?);
@@ -252,10 +280,15 @@ pub async fn get_module(
     ))
 }
 
+#[utoipa::path(put, path = "/devices/{id}/modules/{mid}",
+    summary = "Create (no If-Match) or update (If-Match) a module",
+    description = "Needs the RegistryWrite right.", params(ModulePath, IfMatchHeader),
+    request_body = ModuleInput,
+    responses((status = 200, description = "success", body = ModuleView, headers(("ETag" = String, description = "the quoted ETag, for If-Match"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 409, response = ErrorResponse), (status = 412, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn put_module(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, mid)): Path<(String, String)>,
+    Path(ModulePath { id, mid }): Path<ModulePath>,
     headers: HeaderMap,
     JsonObject(input): JsonObject<ModuleInput>,
 ) -> Result<Response, ApiError> {
@@ -345,10 +378,13 @@ async fn put_module_inner(
     }
 }
 
+#[utoipa::path(delete, path = "/devices/{id}/modules/{mid}", summary = "Delete a module",
+    description = "Needs the RegistryWrite right.", params(ModulePath, IfMatchHeader),
+    responses((status = 204, description = "success"), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 412, response = ErrorResponse)))]
 pub async fn delete_module(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, mid)): Path<(String, String)>,
+    Path(ModulePath { id, mid }): Path<ModulePath>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     caller.require(Rights::REGISTRY_WRITE, "deleting a module")?;
@@ -381,12 +417,46 @@ pub async fn delete_module(
     result
 }
 
+/// The answer to a bulk request: Azure's `BulkRegistryOperationResult`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkResult {
+    is_successful: bool,
+    errors: Vec<BulkError>,
+    warnings: Vec<String>,
+}
+
+/// A refused bulk entry.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkError {
+    device_id: String,
+    error_code: String,
+    error_status: String,
+}
+
+/// What a 400 to a bulk request carries: the result, when entries were refused, or the error
+/// that refused the request itself.
+// Only described, never built: the handler returns the two.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum BulkRefusal {
+    Partial(BulkResult),
+    Refused(ErrorBody),
+}
+
 /// Most entries one bulk request may carry (Azure's limit).
 const MAX_BULK: usize = 100;
 
 /// `POST /devices`: bulk create or delete (Azure's `ExportImportDevice` entries, `importMode`
 /// `create` by default, or `delete`). Valid entries are applied in one transaction; every
 /// refused entry is reported by id; the answer is 200 when none was refused, else 400.
+#[utoipa::path(post, path = "/devices", operation_id = "bulk_devices", summary = "Bulk create or delete (at most 100 entries)",
+    description = "Needs the RegistryWrite right.", request_body = Vec<certhub_core::BulkEntry>,
+    responses((status = 200, description = "success", body = BulkResult),
+        (status = 400, description = "an entry was refused (the others were applied), or the request itself", body = BulkRefusal),
+        (status = 401, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn bulk(
     State(state): State<AppState>,
     caller: Caller,
@@ -405,7 +475,11 @@ pub async fn bulk(
     let now = now_ms();
     let mut errors = Vec::new();
     let mut refuse = |id: &str, code: &str, msg: String| {
-        errors.push(serde_json::json!({"deviceId": id, "errorCode": code, "errorStatus": msg}));
+        errors.push(BulkError {
+            device_id: id.to_string(),
+            error_code: code.to_string(),
+            error_status: msg,
+        });
     };
     let mut creates = Vec::new();
     let mut deletes = Vec::new();
@@ -492,7 +566,11 @@ pub async fn bulk(
             &detail,
         )
         .await;
-    let body = serde_json::json!({"isSuccessful": ok, "errors": errors, "warnings": []});
+    let body = BulkResult {
+        is_successful: ok,
+        errors,
+        warnings: Vec::new(),
+    };
     let status = if ok {
         StatusCode::OK
     } else {

@@ -61,10 +61,10 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
-            "Message": format!("ErrorCode:{};{}", self.code, self.message),
-            "ExceptionMessage": format!("certhub: {}", self.message),
-        });
+        let body = super::doc::ErrorBody {
+            message: format!("ErrorCode:{};{}", self.code, self.message),
+            exception_message: format!("certhub: {}", self.message),
+        };
         (self.status, Json(body)).into_response()
     }
 }

@@ -5,37 +5,64 @@ use axum::extract::State;
 
 use super::error::Query;
 use axum::response::{IntoResponse, Response};
-use certhub_core::{Rights, SettingsPatch};
-use serde::Deserialize;
+use certhub_core::{HubSettings, Rights, SettingsPatch};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::body::JsonObject;
+use super::doc::ErrorResponse;
 use super::{ApiError, AppState, Caller, OWNER};
 
+/// Registry counts (Azure's `RegistryStatistics`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStatistics {
+    total_device_count: i64,
+    enabled_device_count: i64,
+    disabled_device_count: i64,
+}
+
+/// Live connections (Azure's `ServiceStatistics`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceStatistics {
+    connected_device_count: usize,
+}
+
+#[utoipa::path(get, path = "/statistics/devices", summary = "Registry counts",
+    description = "Needs the RegistryRead right.",
+    responses((status = 200, description = "success", body = DeviceStatistics), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
 pub async fn device_statistics(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "reading device statistics")?;
     let s = state.store().device_stats().await?;
-    Ok(Json(serde_json::json!({
-        "totalDeviceCount": s.total,
-        "enabledDeviceCount": s.enabled,
-        "disabledDeviceCount": s.disabled,
-    }))
+    Ok(Json(DeviceStatistics {
+        total_device_count: s.total,
+        enabled_device_count: s.enabled,
+        disabled_device_count: s.disabled,
+    })
     .into_response())
 }
 
+#[utoipa::path(get, path = "/statistics/service", summary = "Connected devices",
+    description = "Needs the ServiceConnect right.",
+    responses((status = 200, description = "success", body = ServiceStatistics), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
 pub async fn service_statistics(
     State(state): State<AppState>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::SERVICE_CONNECT, "reading service statistics")?;
-    Ok(
-        Json(serde_json::json!({ "connectedDeviceCount": state.sessions().count() }))
-            .into_response(),
-    )
+    Ok(Json(ServiceStatistics {
+        connected_device_count: state.sessions().count(),
+    })
+    .into_response())
 }
 
+#[utoipa::path(get, path = "/settings", summary = "Hub settings",
+    description = "Needs the RegistryRead right.",
+    responses((status = 200, description = "success", body = HubSettings), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
 pub async fn get_settings(
     State(state): State<AppState>,
     caller: Caller,
@@ -44,6 +71,9 @@ pub async fn get_settings(
     Ok(Json(state.settings().await?).into_response())
 }
 
+#[utoipa::path(patch, path = "/settings", summary = "Change hub settings",
+    description = "Needs every (owner-class) right.", request_body = SettingsPatch,
+    responses((status = 200, description = "success", body = HubSettings), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn patch_settings(
     State(state): State<AppState>,
     caller: Caller,
@@ -76,14 +106,23 @@ pub async fn patch_settings(
     Ok(Json(after).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditParams {
+    /// records at most, newest first (default 100); outside 1-10000 is a 400
+    #[param(minimum = 1, maximum = 10_000)]
     top: Option<i64>,
+    /// only this operation, e.g. device.create (exact); empty matches everything
     operation: Option<String>,
+    /// only this target and what lies below it (devices/widget-1 matches devices/widget-1/sensor); empty matches everything
     target: Option<String>,
+    /// only this outcome: ok, or a refusal's code (exact); empty matches everything
     outcome: Option<String>,
 }
 
+#[utoipa::path(get, path = "/audit", summary = "The audit trail, newest first",
+    description = "Needs the RegistryRead right.", params(AuditParams),
+    responses((status = 200, description = "success", body = Vec<certhub_store::AuditRecord>), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
 pub async fn audit(
     State(state): State<AppState>,
     caller: Caller,

@@ -7,36 +7,84 @@ use super::error::Query;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use certhub_core::Rights;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
+use super::doc::ErrorResponse;
 use super::{ApiError, AppState, Caller};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct EventsParams {
-    /// Only messages with a sequence number above this one.
+    /// the sequence number to start from: only messages with a sequence number above this one
+    #[param(minimum = -9_223_372_036_854_775_808_i64, maximum = 9_223_372_036_854_775_807_i64)]
     from: Option<i64>,
+    /// messages at most (default 100); outside 1-1000 is a 400
+    #[param(minimum = 1, maximum = 1000)]
     top: Option<i64>,
+    /// only this device's messages
     device: Option<String>,
 }
 
-fn record_json(r: &certhub_store::TelemetryRecord) -> serde_json::Value {
+/// The parameters of `/messages/events/stream`: those of `/messages/events` but `top` (the
+/// stream has no end). Only described: the stream reads [`EventsParams`], which takes the
+/// same names.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub struct StreamParams {
+    /// the sequence number to start from: only messages with a sequence number above this one
+    #[param(minimum = -9_223_372_036_854_775_808_i64, maximum = 9_223_372_036_854_775_807_i64)]
+    from: Option<i64>,
+    /// only this device's messages
+    device: Option<String>,
+}
+
+/// One telemetry message as `/messages/events` returns it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TelemetryEvent {
+    sequence_number: i64,
+    device_id: String,
+    #[schema(required = true)]
+    module_id: Option<String>,
+    enqueued_time: String,
+    /// the message's system properties (messageId, contentType, ...)
+    #[schema(value_type = Object)]
+    system_properties: serde_json::Value,
+    /// the message's application properties
+    #[schema(value_type = Object)]
+    properties: serde_json::Value,
+    /// the body as text, null when it is not UTF-8
+    #[schema(required = true)]
+    body: Option<String>,
+    /// the body as base64
+    body_base64: String,
+}
+
+fn record_json(r: &certhub_store::TelemetryRecord) -> TelemetryEvent {
     let props: serde_json::Value =
         serde_json::from_str(&r.properties).unwrap_or(serde_json::Value::Null);
-    serde_json::json!({
-        "sequenceNumber": r.seq,
-        "deviceId": r.device_id,
-        "moduleId": r.module_id,
-        "enqueuedTime": certhub_core::azure_time(r.enqueued_ms),
-        "systemProperties": props["system"],
-        "properties": props["application"],
-        "body": String::from_utf8(r.body.clone()).ok(),
-        "bodyBase64": base64::engine::general_purpose::STANDARD.encode(&r.body),
-    })
+    TelemetryEvent {
+        sequence_number: r.seq,
+        device_id: r.device_id.clone(),
+        module_id: r.module_id.clone(),
+        enqueued_time: certhub_core::azure_time(r.enqueued_ms),
+        system_properties: props["system"].clone(),
+        properties: props["application"].clone(),
+        body: String::from_utf8(r.body.clone()).ok(),
+        body_base64: base64::engine::general_purpose::STANDARD.encode(&r.body),
+    }
 }
 
 /// `GET /messages/events/stream`: Server-Sent Events, one per message (`id` = sequence
 /// number, `data` = the record), live as messages are committed. Resumes after `from`, or
 /// after the `Last-Event-ID` a reconnecting client sends.
+#[utoipa::path(get, path = "/messages/events/stream",
+    summary = "Telemetry as Server-Sent Events (id = sequence number), live; resumes after `from` or Last-Event-ID",
+    description = "Needs the ServiceConnect right. Each event's data is a TelemetryEvent.",
+    params(StreamParams),
+    responses((status = 200, description = "an endless stream of events", content_type = "text/event-stream", body = String), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
 pub async fn stream(
     State(state): State<AppState>,
     caller: Caller,
@@ -65,7 +113,7 @@ pub async fn stream(
                         after = r.seq;
                         let event = Event::default()
                             .id(r.seq.to_string())
-                            .data(record_json(&r).to_string());
+                            .data(serde_json::to_string(&record_json(&r)).unwrap_or_default());
                         return Some((
                             Ok::<Event, std::convert::Infallible>(event),
                             (after, follow, queue),
@@ -98,6 +146,11 @@ pub async fn stream(
         .into_response())
 }
 
+#[utoipa::path(get, path = "/messages/events", summary = "Telemetry, oldest first, after a sequence number",
+    description = "Needs the ServiceConnect right. With `device`, the log is scanned from `from` (there is no index by device); the `x-ms-continuation` header gives the sequence number the next page starts after, past the other devices' messages this read examined.",
+    params(EventsParams),
+    responses((status = 200, description = "success", body = Vec<TelemetryEvent>,
+        headers(("x-ms-continuation" = i64, description = "the `from` of the next page"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
 pub async fn events(
     State(state): State<AppState>,
     caller: Caller,
@@ -120,7 +173,7 @@ pub async fn events(
     } else {
         last.max(upto)
     };
-    let out: Vec<serde_json::Value> = records.iter().map(record_json).collect();
+    let out: Vec<TelemetryEvent> = records.iter().map(record_json).collect();
     let mut response = Json(out).into_response();
     if let Ok(v) = axum::http::HeaderValue::from_str(&next.to_string()) {
         response.headers_mut().insert("x-ms-continuation", v);

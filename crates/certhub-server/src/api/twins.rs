@@ -11,13 +11,15 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use certhub_core::{Etag, IfMatch, Rights};
 use certhub_twin::TwinState;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use super::body::{JsonBody, JsonObject};
 use super::devices::{
     device_id, device_not_found, if_match, module_id, module_not_found, with_etag,
 };
+use super::doc::{DevicePath, ErrorResponse, IfMatchHeader, ModulePath};
 use super::{ApiError, AppState, Caller};
 use crate::sessions::{DESIRED, MethodReply, Outbound, Undeliverable};
 use crate::twins::{self, TwinOpError};
@@ -112,18 +114,24 @@ async fn get_twin(state: &AppState, caller: &Caller, t: Target) -> Result<Respon
     Ok(with_etag(json, &Etag(twin.etag())))
 }
 
+#[utoipa::path(get, path = "/twins/{id}", summary = "The device twin",
+    description = "Needs the RegistryRead or the ServiceConnect right.", params(DevicePath),
+    responses((status = 200, description = "success", body = TwinDoc, headers(("ETag" = String, description = "the twin's quoted ETag, for If-Match"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
 pub async fn get_device_twin(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
 ) -> Result<Response, ApiError> {
     get_twin(&state, &caller, target(&id, None)?).await
 }
 
+#[utoipa::path(get, path = "/twins/{id}/modules/{mid}", summary = "The module twin",
+    description = "Needs the RegistryRead or the ServiceConnect right.", params(ModulePath),
+    responses((status = 200, description = "success", body = TwinDoc, headers(("ETag" = String, description = "the twin's quoted ETag, for If-Match"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
 pub async fn get_module_twin(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, mid)): Path<(String, String)>,
+    Path(ModulePath { id, mid }): Path<ModulePath>,
 ) -> Result<Response, ApiError> {
     get_twin(&state, &caller, target(&id, Some(&mid))?).await
 }
@@ -208,11 +216,14 @@ async fn write_twin(
     Ok(with_etag(json, &Etag(twin.etag())))
 }
 
+#[utoipa::path(put, path = "/twins/{id}", summary = "Replace the device twin's tags and desired properties",
+    description = "Needs the ServiceConnect right.", params(DevicePath, IfMatchHeader), request_body = TwinInput,
+    responses((status = 200, description = "success", body = TwinDoc, headers(("ETag" = String, description = "the twin's quoted ETag, for If-Match"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 409, response = ErrorResponse), (status = 412, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn put_device_twin(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let t = target(&id, None)?;
@@ -227,22 +238,28 @@ pub async fn put_device_twin(
     .await
 }
 
+#[utoipa::path(patch, path = "/twins/{id}", summary = "Merge tags and desired properties into the device twin (null deletes)",
+    description = "Needs the ServiceConnect right.", params(DevicePath, IfMatchHeader), request_body = TwinInput,
+    responses((status = 200, description = "success", body = TwinDoc, headers(("ETag" = String, description = "the twin's quoted ETag, for If-Match"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 409, response = ErrorResponse), (status = 412, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn patch_device_twin(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let t = target(&id, None)?;
     write_twin(&state, &caller, t, if_match(&headers), &body, Write::Patch).await
 }
 
+#[utoipa::path(put, path = "/twins/{id}/modules/{mid}", summary = "Replace the module twin's tags and desired properties",
+    description = "Needs the ServiceConnect right.", params(ModulePath, IfMatchHeader), request_body = TwinInput,
+    responses((status = 200, description = "success", body = TwinDoc, headers(("ETag" = String, description = "the twin's quoted ETag, for If-Match"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 409, response = ErrorResponse), (status = 412, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn put_module_twin(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path((id, mid)): Path<(String, String)>,
+    Path(ModulePath { id, mid }): Path<ModulePath>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let t = target(&id, Some(&mid))?;
@@ -257,11 +274,14 @@ pub async fn put_module_twin(
     .await
 }
 
+#[utoipa::path(patch, path = "/twins/{id}/modules/{mid}", summary = "Merge tags and desired properties into the module twin (null deletes)",
+    description = "Needs the ServiceConnect right.", params(ModulePath, IfMatchHeader), request_body = TwinInput,
+    responses((status = 200, description = "success", body = TwinDoc, headers(("ETag" = String, description = "the twin's quoted ETag, for If-Match"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 409, response = ErrorResponse), (status = 412, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn patch_module_twin(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
-    Path((id, mid)): Path<(String, String)>,
+    Path(ModulePath { id, mid }): Path<ModulePath>,
     JsonBody(body): JsonBody<Value>,
 ) -> Result<Response, ApiError> {
     let t = target(&id, Some(&mid))?;
@@ -273,14 +293,113 @@ pub async fn patch_module_twin(
 /// Largest method payload, each way (azure-protocol 1.9).
 const MAX_METHOD_PAYLOAD: usize = 128 * 1024;
 
-#[derive(Debug, Deserialize)]
+/// A direct method call.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MethodCall {
+    /// 1 to 128 characters without / ? # + or control characters
+    #[schema(pattern = "^[^/?#+\\x00-\\x1f\\x7f]{1,128}$")]
     method_name: String,
+    /// any JSON, passed to the device as it is
     #[serde(default)]
     payload: Value,
+    /// how long the device has to answer, in seconds
+    #[schema(minimum = 5, maximum = 300, default = 30)]
     response_timeout_in_seconds: Option<u64>,
+    /// how long to wait for the device to connect, in seconds
+    #[schema(minimum = 0, maximum = 300, default = 0)]
     connect_timeout_in_seconds: Option<u64>,
+}
+
+/// A device's answer to a direct method.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct MethodResult {
+    status: i64,
+    /// the device's payload: JSON, or a string when it was not JSON
+    payload: Value,
+}
+
+/// A twin as the service reads it: the identity's fields (deviceId, moduleId, status,
+/// connectionState, authenticationType, ...) with version, tags and the desired and reported
+/// properties, each with `$version` and `$metadata`.
+// Only described: the JSON is built from the stored twin (`crate::twins`).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Twin)]
+#[allow(dead_code)]
+pub struct TwinDoc {
+    device_id: String,
+    /// module twins only
+    #[schema(nullable = false)]
+    module_id: Option<String>,
+    etag: String,
+    version: i64,
+    #[schema(value_type = Object)]
+    tags: Value,
+    #[schema(inline)]
+    properties: TwinProperties,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[allow(dead_code)]
+struct TwinProperties {
+    #[schema(value_type = Object)]
+    desired: Value,
+    #[schema(value_type = Object)]
+    reported: Value,
+}
+
+/// A twin as PUT and PATCH take it: tags and desired properties; deviceId, moduleId, etag and
+/// version are accepted and ignored; null is the same as absent.
+// Only described: the handler reads the body as JSON and `certhub_twin` checks it, with the
+// rules said here.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct TwinInput {
+    /// accepted and ignored (the SDKs echo it)
+    #[serde(default)]
+    device_id: Option<Value>,
+    /// accepted and ignored (the SDKs echo it)
+    #[serde(default)]
+    module_id: Option<Value>,
+    /// accepted and ignored (the SDKs echo it)
+    #[serde(default)]
+    etag: Option<Value>,
+    /// accepted and ignored (the SDKs echo it)
+    #[serde(default)]
+    version: Option<Value>,
+    /// property names: 1 to 1024 bytes without . $ or space; at most 10 levels deep
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    tags: Option<Value>,
+    #[serde(default)]
+    #[schema(inline)]
+    properties: Option<TwinInputProperties>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct TwinInputProperties {
+    /// the same rules as tags
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    desired: Option<Value>,
+    /// the device's own: accepted only empty or echoing $version and $metadata, and ignored
+    #[serde(default)]
+    #[schema(inline)]
+    reported: Option<ReportedEcho>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ReportedEcho {
+    #[serde(rename = "$version", default)]
+    version: Option<Value>,
+    #[serde(rename = "$metadata", default)]
+    metadata: Option<Value>,
 }
 
 fn timeout(
@@ -421,22 +540,30 @@ async fn invoke(
             &format!("{name}: status {status}"),
         )
         .await;
-    Ok(Json(serde_json::json!({"status": status, "payload": payload})).into_response())
+    Ok(Json(MethodResult { status, payload }).into_response())
 }
 
+#[utoipa::path(post, path = "/twins/{id}/methods", summary = "Invoke a direct method on a device",
+    description = "Needs the ServiceConnect right. 404 DeviceNotOnline when the device is not connected and subscribed to methods, 503 ServiceUnavailable when it has too many calls outstanding, 504 GatewayTimeout when it does not answer in time.",
+    params(DevicePath), request_body = MethodCall,
+    responses((status = 200, description = "success", body = MethodResult), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 413, response = ErrorResponse), (status = 503, response = ErrorResponse), (status = 504, response = ErrorResponse)))]
 pub async fn invoke_device_method(
     State(state): State<AppState>,
     caller: Caller,
-    Path(id): Path<String>,
+    Path(DevicePath { id }): Path<DevicePath>,
     JsonObject(call): JsonObject<MethodCall>,
 ) -> Result<Response, ApiError> {
     invoke(&state, &caller, target(&id, None)?, call).await
 }
 
+#[utoipa::path(post, path = "/twins/{id}/modules/{mid}/methods", summary = "Invoke a direct method on a module",
+    description = "Needs the ServiceConnect right. 404 DeviceNotOnline when the module is not connected and subscribed to methods, 503 ServiceUnavailable when it has too many calls outstanding, 504 GatewayTimeout when it does not answer in time.",
+    params(ModulePath), request_body = MethodCall,
+    responses((status = 200, description = "success", body = MethodResult), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 413, response = ErrorResponse), (status = 503, response = ErrorResponse), (status = 504, response = ErrorResponse)))]
 pub async fn invoke_module_method(
     State(state): State<AppState>,
     caller: Caller,
-    Path((id, mid)): Path<(String, String)>,
+    Path(ModulePath { id, mid }): Path<ModulePath>,
     JsonObject(call): JsonObject<MethodCall>,
 ) -> Result<Response, ApiError> {
     invoke(&state, &caller, target(&id, Some(&mid))?, call).await
@@ -444,10 +571,32 @@ pub async fn invoke_module_method(
 
 // ---- query ----
 
-#[derive(Debug, Deserialize)]
+/// A twin query.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Query)]
 pub struct QueryBody {
+    /// SELECT ... FROM devices | devices.modules [WHERE ...]
     query: String,
+}
+
+/// The paging headers of a query. Only described: the handler reads them from the request's
+/// headers, refusing a bad `x-ms-max-item-count` in its own words.
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub struct QueryHeaders {
+    /// rows at most in a page (default 100)
+    #[param(
+        rename = "x-ms-max-item-count",
+        nullable = false,
+        minimum = 1,
+        maximum = 1000
+    )]
+    max_item_count: Option<i64>,
+    /// where the page starts: the previous page's x-ms-continuation
+    #[param(rename = "x-ms-continuation", nullable = false)]
+    continuation: Option<String>,
 }
 
 /// Devices read from the store per round while scanning.
@@ -463,6 +612,12 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 /// `POST /devices/query`: the IoT Hub query language subset of `certhub_twin::query`, over
 /// device twins (`FROM devices`) or module twins (`FROM devices.modules`). Pages with
 /// `x-ms-max-item-count` (1 to 1000, default 100) and `x-ms-continuation`.
+#[utoipa::path(post, path = "/devices/query",
+    summary = "Query twins: SELECT [TOP n] * | COUNT() | paths FROM devices | devices.modules [WHERE ...]",
+    description = "Needs the RegistryRead or the ServiceConnect right.", params(QueryHeaders), request_body = QueryBody,
+    responses((status = 200, description = "twins or projected rows", body = Vec<Object>,
+        headers(("x-ms-continuation" = String, description = "present when more pages follow"),
+            ("x-ms-item-type" = String, description = "twin, or raw for projections and COUNT()"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
 pub async fn query(
     State(state): State<AppState>,
     caller: Caller,
