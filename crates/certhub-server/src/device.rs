@@ -279,15 +279,9 @@ impl DeviceCore {
     }
 
     /// Starts the session of an admitted device: registered (closing an older connection of
-    /// the same identity), its persistent subscriptions resumed or discarded (`clean`), the
-    /// connection audited and its activity recorded.
-    pub async fn open(
-        &self,
-        device: AuthenticatedDevice,
-        slot: Slot,
-        clean: bool,
-        peer: SocketAddr,
-    ) -> Opened {
+    /// the same identity), its persistent subscriptions resumed or discarded (`clean`). The
+    /// transport acknowledges it, then calls [`DeviceCore::announce`].
+    pub async fn open(&self, device: AuthenticatedDevice, slot: Slot, clean: bool) -> Opened {
         let state = &self.state;
         let cn = device.id().cn();
         let ticket = state.sessions().register(&cn, device.ca(), device.switch());
@@ -298,37 +292,6 @@ impl DeviceCore {
         {
             tracing::warn!(client_id = cn, error = %e, "persistent session not forgotten in the store");
         }
-        tracing::info!(client_id = cn, method = device.auth_method(), %peer, "device connected");
-        audit(
-            state,
-            "device.connect",
-            &cn,
-            "ok",
-            format!(
-                "{} via {}{}{} over {}; peer {peer}",
-                cn,
-                device.auth_method(),
-                device
-                    .policy()
-                    .map(|p| format!(" (policy {p})"))
-                    .unwrap_or_default(),
-                if device.ca().is_empty() {
-                    String::new()
-                } else {
-                    format!(" (CA {})", device.ca())
-                },
-                self.listener
-            ),
-        )
-        .await;
-        touch(state, device.id()).await;
-        if !device.ca().is_empty() {
-            let module = device.id().module.as_ref().map_or("", ModuleId::as_str);
-            state
-                .bookkeeper()
-                .ca(device.id().device.as_str(), module, device.ca())
-                .await;
-        }
         Opened {
             live: Live {
                 device,
@@ -338,6 +301,49 @@ impl DeviceCore {
             },
             subs: resumed.subs,
             session_present: resumed.present,
+        }
+    }
+
+    /// Records a session that started: the log line, the audit record, last activity and the
+    /// CA it came through. Called once the device has its acknowledgement (CONNACK), so the
+    /// device never waits for the bookkeeping.
+    pub async fn announce(&self, live: &Live, peer: SocketAddr) {
+        let state = &self.state;
+        tracing::info!(client_id = live.cn, method = live.device.auth_method(), %peer, "device connected");
+        audit(
+            state,
+            "device.connect",
+            &live.cn,
+            "ok",
+            format!(
+                "{} via {}{}{} over {}; peer {peer}",
+                live.cn,
+                live.device.auth_method(),
+                live.device
+                    .policy()
+                    .map(|p| format!(" (policy {p})"))
+                    .unwrap_or_default(),
+                if live.device.ca().is_empty() {
+                    String::new()
+                } else {
+                    format!(" (CA {})", live.device.ca())
+                },
+                self.listener
+            ),
+        )
+        .await;
+        touch(state, live.device.id()).await;
+        if !live.device.ca().is_empty() {
+            let module = live
+                .device
+                .id()
+                .module
+                .as_ref()
+                .map_or("", ModuleId::as_str);
+            state
+                .bookkeeper()
+                .ca(live.device.id().device.as_str(), module, live.device.ca())
+                .await;
         }
     }
 

@@ -7,6 +7,7 @@
 //! handshake in milliseconds; only connections that sit still are ever the oldest.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
@@ -184,6 +185,27 @@ impl Gate {
             seq,
             evicted: rx,
         }
+    }
+}
+
+/// Waits for what `pending`'s client owes (`what`: a ClientHello, a handshake, a CONNECT),
+/// unless the gate closes the connection first to make room (counted as a drop of `listener`)
+/// or the deadline passes.
+pub(crate) async fn owed<T>(
+    pending: &mut Pending,
+    deadline: tokio::time::Instant,
+    what: impl Future<Output = T>,
+    state: &crate::state::AppState,
+    listener: &'static str,
+) -> Option<T> {
+    tokio::select! {
+        evicted = &mut pending.evicted => {
+            if let Ok(why) = evicted {
+                state.metrics().dropped(listener, Eviction::as_str(why));
+            }
+            None
+        }
+        r = tokio::time::timeout_at(deadline, what) => r.ok(),
     }
 }
 

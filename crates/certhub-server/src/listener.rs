@@ -155,20 +155,11 @@ async fn connection(
 ) {
     let accepted = tokio::time::Instant::now();
     let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-    let start = tokio::select! {
-        evicted = &mut pending.evicted => {
-            if let Ok(why) = evicted {
-                state.metrics().dropped("https", why.as_str());
-            }
-            return;
-        }
-        r = tokio::time::timeout_at(accepted + CLIENT_HELLO_TIMEOUT, lazy) => match r {
-            Ok(Ok(start)) => start,
-            _ => {
-                tracing::debug!(%peer, "no valid ClientHello in time");
-                return;
-            }
-        },
+    let deadline = accepted + CLIENT_HELLO_TIMEOUT;
+    let Some(Ok(start)) = crate::gate::owed(&mut pending, deadline, lazy, &state, "https").await
+    else {
+        tracing::debug!(%peer, "no valid ClientHello in time");
+        return;
     };
     // minTlsVersion as it is now: a TLS 1.2 client of a 1.3-only hub gets a protocol_version
     // alert from the handshake, as Azure answers.
@@ -182,24 +173,18 @@ async fn connection(
     } else {
         tls.tls12_and_13
     };
-    let tls = tokio::select! {
-        evicted = &mut pending.evicted => {
-            if let Ok(why) = evicted {
-                state.metrics().dropped("https", why.as_str());
-            }
+    let deadline = accepted + HANDSHAKE_TIMEOUT;
+    let handshake = start.into_stream(config);
+    let tls = match crate::gate::owed(&mut pending, deadline, handshake, &state, "https").await {
+        Some(Ok(tls)) => tls,
+        Some(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
             return;
         }
-        r = tokio::time::timeout_at(accepted + HANDSHAKE_TIMEOUT, start.into_stream(config)) => match r {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
-        },
+        None => {
+            tracing::debug!(%peer, "TLS handshake timed out or was evicted");
+            return;
+        }
     };
     drop(pending);
     // Every request on the connection learns who is at the other end: devices on 443 are

@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
 use crate::device::DeviceCore;
-use crate::gate::{Eviction, Gate, GateLimits, Pending};
+use crate::gate::{Gate, GateLimits, Pending, owed};
 use crate::refusals::RefusalLimits;
 use crate::state::AppState;
 
@@ -97,26 +97,6 @@ pub async fn serve_mqtt(
         tokio::spawn(handshake(tcp, peer, pending, listener_state.clone()));
     }
     flusher.abort();
-}
-
-/// Waits for what `pending`'s client owes (`what`), unless the gate closes the connection
-/// first to make room or the deadline passes.
-pub(crate) async fn owed<T>(
-    pending: &mut Pending,
-    deadline: tokio::time::Instant,
-    what: impl Future<Output = T>,
-    state: &AppState,
-    listener: &'static str,
-) -> Option<T> {
-    tokio::select! {
-        evicted = &mut pending.evicted => {
-            if let Ok(why) = evicted {
-                state.metrics().dropped(listener, Eviction::as_str(why));
-            }
-            None
-        }
-        r = tokio::time::timeout_at(deadline, what) => r.ok(),
-    }
 }
 
 /// TLS up to an established connection. Waiting for the device costs a socket and a place at

@@ -95,11 +95,18 @@ where
         mut pending,
     } = conn;
     let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
-    let packet =
-        match super::owed(&mut pending, deadline, framed.next(), core.state(), "mqtt").await {
-            Some(Some(Ok((packet, _)))) => packet,
-            _ => return None,
-        };
+    let packet = match crate::gate::owed(
+        &mut pending,
+        deadline,
+        framed.next(),
+        core.state(),
+        "mqtt",
+    )
+    .await
+    {
+        Some(Some(Ok((packet, _)))) => packet,
+        _ => return None,
+    };
     // The device has said who it claims to be; what follows is the hub's work.
     drop(pending);
     let mut out = Vec::new();
@@ -125,10 +132,29 @@ where
                                 .expires()
                                 .map(|se| se.saturating_mul(1000)),
                         };
-                        // The session's first actions (CONNACK, the C2D of a resumed
-                        // session) are the session's to carry out.
+                        // CONNACK goes out first; the bookkeeping of the new session
+                        // follows, so the device never waits for it. What else the session
+                        // starts with (the C2D of a resumed session) is the session's.
                         machine.handle(input, now_ms(), &mut out);
-                        return Some((opened.live, out));
+                        let mut rest = Vec::new();
+                        for action in out.drain(..) {
+                            match action {
+                                Action::Send(packet) => {
+                                    if !write(framed, packet).await {
+                                        core.close(
+                                            opened.live,
+                                            Ended::Closed("write failed or timed out".into()),
+                                            None,
+                                        )
+                                        .await;
+                                        return None;
+                                    }
+                                }
+                                other => rest.push(other),
+                            }
+                        }
+                        core.announce(&opened.live, peer).await;
+                        return Some((opened.live, rest));
                     }
                     Err(Refused::NotAuthorized) => Input::Refused(ConnectAckReason::NotAuthorized),
                     Err(Refused::Unavailable) => {
@@ -165,7 +191,7 @@ async fn decide(
         password: connect.password.as_deref(),
     };
     let device = core.authenticate(attempt).await?;
-    Ok(core.open(device, slot, connect.clean_session, peer).await)
+    Ok(core.open(device, slot, connect.clean_session).await)
 }
 
 /// The oldest awaited commit, once it completes. Cancel-safe: nothing is removed until it
