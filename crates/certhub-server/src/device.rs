@@ -117,6 +117,11 @@ impl DeviceCore {
         &self.state
     }
 
+    /// The listener's name in metrics and audit records (`mqtt`, `mqtt-ws`).
+    pub fn listener(&self) -> &'static str {
+        self.listener
+    }
+
     /// Whether `peer`'s recent connections were all refused: its new ones are closed before
     /// any TLS work.
     pub fn source_blocked(&self, peer: SocketAddr) -> bool {

@@ -72,8 +72,9 @@ pub fn device_router(state: AppState, options: MqttOptions) -> axum::Router {
             "/devices/{id}/modules/{mid}/messages/events",
             post(module_events),
         )
-        // C2D: the SDKs spell it deviceBound (C#, REST docs) and devicebound (Node).
-        .route("/devices/{id}/messages/deviceBound", get(c2d_receive))
+        // C2D: the SDKs spell it deviceBound (C#, REST docs) and devicebound (Node). Receive
+        // is served under Node's spelling only for now: `deviceBound` is also the service
+        // API's send path, whose OpenAPI description (and Allow header) must stay exact.
         .route("/devices/{id}/messages/devicebound", get(c2d_receive))
         .route(
             "/devices/{id}/messages/deviceBound/{token}",

@@ -100,7 +100,7 @@ where
         deadline,
         framed.next(),
         core.state(),
-        "mqtt",
+        core.listener(),
     )
     .await
     {
