@@ -1,12 +1,22 @@
-//! The Node.js `azure-iot-device` SDK with its MqttWs transport (`azure-iot-device-mqtt`) against
-//! a real `certhub serve`: MQTT over WebSockets on the 443 listener. A widget of the four-level
-//! supply chain sends telemetry (sendEvent; sendEventBatch, which the MQTT transports refuse),
-//! receives cloud-to-device messages (complete; reject and abandon, which the SDK refuses over
-//! MQTT), reads and reports its twin and answers a direct method; a SAS device sends too, and
-//! one with a wrong key is refused. The script is tests/interop/node/mqttws.js, its pinned
-//! packages in tests/interop/node (scripts/test installs them). The SDK always dials port 443
-//! of the host name; the Node port map (tests/interop/node/portmap.js) sends it to the free port
-//! this hub listens on.
+//! The Node.js `azure-iot-device` SDK against a real `certhub serve`, on the 443 listener.
+//!
+//! With its MqttWs transport (`azure-iot-device-mqtt`): MQTT over WebSockets. A widget of the
+//! four-level supply chain sends telemetry (sendEvent; sendEventBatch, which the MQTT
+//! transports refuse), receives cloud-to-device messages (complete; reject and abandon, which
+//! the SDK refuses over MQTT), reads and reports its twin and answers a direct method; a SAS
+//! device sends too, and one with a wrong key is refused. The script is
+//! tests/interop/node/mqttws.js.
+//!
+//! With its Http transport (`azure-iot-device-http`): the HTTPS device API. The widget (its
+//! chain in each connection's TLS handshake) and a SAS device (a token in each request's
+//! Authorization header) send telemetry (sendEvent and sendEventBatch), receive three
+//! cloud-to-device messages by polling and settle them with complete, reject and abandon (the
+//! abandoned one comes again and is completed), checked through the service API's queue and
+//! feedback; a wrong key is refused as unauthorized. The script is tests/interop/node/http.js.
+//!
+//! The pinned packages are in tests/interop/node (scripts/test installs them). The SDK always
+//! dials port 443 of the host name; the Node port map (tests/interop/node/portmap.js) sends it
+//! to the free port this hub listens on.
 
 mod common;
 
@@ -26,12 +36,14 @@ fn node_dir() -> PathBuf {
 /// can never reach a hub this test did not start.
 fn node_to_hub(hub: &HubProcess) -> Command {
     let dir = node_dir();
-    assert!(
-        dir.join("node_modules/azure-iot-device-mqtt").is_dir(),
-        "{} has no node_modules: run scripts/test, which installs the pinned Node.js packages \
-         (npm ci in tests/interop/node)",
-        dir.display()
-    );
+    for package in ["azure-iot-device-mqtt", "azure-iot-device-http"] {
+        assert!(
+            dir.join("node_modules").join(package).is_dir(),
+            "{} has no node_modules/{package}: run scripts/test, which installs the pinned \
+             Node.js packages (npm ci in tests/interop/node)",
+            dir.display()
+        );
+    }
     let portmap = dir.join("portmap.js");
     let mqtt_port = hub.mqtt_port;
     let https_port = hub.https_port();
@@ -74,68 +86,110 @@ fn audit(d: &Path, data: &Path) -> Vec<serde_json::Value> {
     log.as_array().expect("array").clone()
 }
 
+/// A hub on [`HOST`] for a Node script: the widget of the four-level chain enrolled, a SAS
+/// device `widget-sas`. The temporary folder lives as long as this.
+struct NodeHub {
+    t: tempfile::TempDir,
+    data: PathBuf,
+    hub: HubProcess,
+    /// The SAS device's primary key.
+    sas_key: String,
+    /// iothubowner's connection string, for the script's service calls.
+    cs: String,
+}
+
+impl NodeHub {
+    fn start() -> Self {
+        let t = tmp();
+        let d = t.path();
+        let data = d.join("data");
+        let hub = start_hub_with(
+            &data,
+            &[
+                "--hostname",
+                HOST,
+                "--https-addr",
+                &format!("{HOST}:0"),
+                "--mqtt-addr",
+                &format!("{HOST}:0"),
+            ],
+        );
+        let cli = |args: &[&str]| certhub_at(d, &data, args).ok();
+        enroll_widget(d, &data);
+        let sas = cli(&["device", "create", "--id", "widget-sas"]);
+        let sas: serde_json::Value = serde_json::from_str(&sas.stdout).expect("json");
+        let sas_key = sas["authentication"]["symmetricKey"]["primaryKey"]
+            .as_str()
+            .expect("key")
+            .to_string();
+        let cs = cli(&["hub", "connection-string"]).stdout.trim().to_string();
+        Self {
+            t,
+            data,
+            hub,
+            sas_key,
+            cs,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.t.path()
+    }
+
+    /// Runs tests/interop/node/`script` against this hub; asserts that it succeeded and ended
+    /// with its last line, `all node checks passed`. Returns what it printed.
+    fn run(&self, script: &str) -> String {
+        let d = self.dir();
+        let out = node_to_hub(&self.hub)
+            .arg(node_dir().join(script))
+            .current_dir(d)
+            .env("CERTHUB_HOST", HOST)
+            .env("CERTHUB_CA", self.data.join("tls/server-ca.pem"))
+            .env("CERTHUB_CONNECTION_STRING", &self.cs)
+            .env("CERTHUB_DIR", d.join("pki"))
+            .env("CERTHUB_SAS_KEY", &self.sas_key)
+            .output()
+            .expect("node runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{script} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+        );
+        assert_eq!(
+            stdout.lines().last(),
+            Some("all node checks passed"),
+            "{stdout}\n--- stderr\n{stderr}"
+        );
+        // Shown with --nocapture.
+        println!("{stdout}");
+        stdout.into_owned()
+    }
+
+    /// The `device.connect` audit records: (target, outcome, detail).
+    fn connects(&self) -> Vec<(String, String, String)> {
+        audit(self.dir(), &self.data)
+            .iter()
+            .filter(|r| r["operation"] == "device.connect")
+            .map(|r| {
+                (
+                    r["target"].as_str().unwrap_or("").to_string(),
+                    r["outcome"].as_str().unwrap_or("").to_string(),
+                    r["detail"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    }
+}
+
 #[test]
 fn node_sdk_over_mqtt_ws() {
-    let t = tmp();
-    let d = t.path();
-    let data = d.join("data");
-    let hub_process = start_hub_with(
-        &data,
-        &[
-            "--hostname",
-            HOST,
-            "--https-addr",
-            &format!("{HOST}:0"),
-            "--mqtt-addr",
-            &format!("{HOST}:0"),
-        ],
-    );
-    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
-    enroll_widget(d, &data);
-    let sas = hub(&["device", "create", "--id", "widget-sas"]);
-    let sas: serde_json::Value = serde_json::from_str(&sas.stdout).expect("json");
-    let key = sas["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .expect("key")
-        .to_string();
-    let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
-
-    let out = node_to_hub(&hub_process)
-        .arg(node_dir().join("mqttws.js"))
-        .current_dir(d)
-        .env("CERTHUB_HOST", HOST)
-        .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
-        .env("CERTHUB_CONNECTION_STRING", &cs)
-        .env("CERTHUB_DIR", d.join("pki"))
-        .env("CERTHUB_SAS_KEY", &key)
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "mqttws.js failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert_eq!(
-        stdout.lines().last(),
-        Some("all node checks passed"),
-        "{stdout}\n--- stderr\n{stderr}"
-    );
+    let hub = NodeHub::start();
+    hub.run("mqttws.js");
 
     // The sessions came over MQTT over WebSockets: the widget (its chain from the 443
     // listener's TLS connection) and the SAS device; the wrong key was refused.
-    let log = audit(d, &data);
-    let connects: Vec<(String, String, String)> = log
-        .iter()
-        .filter(|r| r["operation"] == "device.connect")
-        .map(|r| {
-            (
-                r["target"].as_str().unwrap_or("").to_string(),
-                r["outcome"].as_str().unwrap_or("").to_string(),
-                r["detail"].as_str().unwrap_or("").to_string(),
-            )
-        })
-        .collect();
+    let connects = hub.connects();
     // The widget by the chain it presented on the 443 listener's TLS connection, the SAS
     // device by its CONNECT password.
     for (device, how) in [
@@ -173,5 +227,64 @@ fn node_sdk_over_mqtt_ws() {
             .iter()
             .any(|(_, _, detail)| detail.contains(" over mqtt;")),
         "{connects:#?}"
+    );
+}
+
+#[test]
+fn node_sdk_over_https() {
+    let hub = NodeHub::start();
+    let stdout = hub.run("http.js");
+    // Both devices went the whole way: telemetry, the batch, the three settlements and the
+    // feedback, then the wrong key.
+    for who in ["widget", "sas"] {
+        for line in [
+            "sendEvent over Http succeeds",
+            "the batch arrives whole and in order",
+            "C2D bodies",
+            "complete succeeds",
+            "reject succeeds",
+            "abandon succeeds",
+            "the message delivered again is the abandoned one",
+            "the message delivered again is completed",
+            "the feedback names each outcome",
+        ] {
+            let line = format!("ok: {who}: {line}");
+            assert!(
+                stdout.lines().any(|l| l.starts_with(&line)),
+                "`{line}` expected:\n{stdout}"
+            );
+        }
+    }
+    for line in [
+        "ok: a wrong SAS key is refused as unauthorized",
+        "ok: a message past 256 KB is refused as too large",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "`{line}` expected:\n{stdout}"
+        );
+    }
+
+    // Every request was judged afresh, none opened a session: the hub audits the refusal of
+    // the wrong key by name, and no device connected over MQTT (a successful HTTPS request
+    // leaves no connect record).
+    let connects = hub.connects();
+    assert!(
+        connects
+            .iter()
+            .any(|(target, outcome, detail)| target == "devices/widget-sas"
+                && outcome == "sas-invalid"
+                && detail.contains("signature does not match")),
+        "the wrong key is audited as sas-invalid: {connects:#?}"
+    );
+    assert!(
+        !connects.iter().any(|(_, outcome, _)| outcome == "ok"),
+        "no MQTT session: {connects:#?}"
+    );
+    assert!(
+        !connects
+            .iter()
+            .any(|(target, _, _)| target == "devices/smart-x-widget-0001"),
+        "the widget's chain was never refused: {connects:#?}"
     );
 }
