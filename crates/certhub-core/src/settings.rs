@@ -16,7 +16,49 @@ pub struct HubSettings {
     /// The lowest TLS version devices may use: "1.2" or "1.3".
     #[schema(value_type = TlsVersion)]
     pub min_tls_version: String,
+    /// Services are told of every upload a device reports as successful (Azure's
+    /// enableFileUploadNotifications).
+    #[serde(default = "FileUploadDefaults::notifications")]
+    pub enable_file_upload_notifications: bool,
+    /// How long a blob URI given to a device for an upload stays valid, in seconds (Azure's
+    /// sasTtlAsIso8601: one hour).
+    #[serde(default = "FileUploadDefaults::sas_ttl_seconds")]
+    #[schema(minimum = 60, maximum = 86_400)]
+    pub file_upload_sas_ttl_seconds: i64,
+    /// Uploads a device may have open at once (Azure: 10).
+    #[serde(default = "FileUploadDefaults::max_concurrent")]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub file_upload_max_concurrent: i64,
+    /// The largest file a device may upload, in bytes.
+    #[serde(default = "FileUploadDefaults::max_bytes")]
+    #[schema(minimum = 1, maximum = 1_099_511_627_776_i64)]
+    pub file_upload_max_bytes: i64,
 }
+
+/// The file-upload settings of a hub that never changed them.
+#[derive(Debug)]
+pub struct FileUploadDefaults;
+
+impl FileUploadDefaults {
+    pub fn notifications() -> bool {
+        true
+    }
+    pub fn sas_ttl_seconds() -> i64 {
+        3600
+    }
+    pub fn max_concurrent() -> i64 {
+        10
+    }
+    /// 4 GiB.
+    pub fn max_bytes() -> i64 {
+        4 << 30
+    }
+}
+
+/// The ranges of the numeric file-upload settings, checked on every change.
+const SAS_TTL_RANGE: std::ops::RangeInclusive<i64> = 60..=86_400;
+const MAX_CONCURRENT_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
+const MAX_BYTES_RANGE: std::ops::RangeInclusive<i64> = 1..=(1 << 40);
 
 /// The TLS versions minTlsVersion takes.
 // The settings keep the text (it is stored and compared as such); this names the allowed
@@ -36,6 +78,10 @@ impl Default for HubSettings {
             disable_module_sas: false,
             disable_local_auth: false,
             min_tls_version: "1.2".into(),
+            enable_file_upload_notifications: FileUploadDefaults::notifications(),
+            file_upload_sas_ttl_seconds: FileUploadDefaults::sas_ttl_seconds(),
+            file_upload_max_concurrent: FileUploadDefaults::max_concurrent(),
+            file_upload_max_bytes: FileUploadDefaults::max_bytes(),
         }
     }
 }
@@ -61,6 +107,17 @@ pub struct SettingsPatch {
     #[serde(rename = "x509Only", default)]
     #[schema(write_only)]
     pub x509_only: Option<bool>,
+    #[serde(default)]
+    pub enable_file_upload_notifications: Option<bool>,
+    #[serde(default)]
+    #[schema(minimum = 60, maximum = 86_400)]
+    pub file_upload_sas_ttl_seconds: Option<i64>,
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1000)]
+    pub file_upload_max_concurrent: Option<i64>,
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 1_099_511_627_776_i64)]
+    pub file_upload_max_bytes: Option<i64>,
 }
 
 impl SettingsPatch {
@@ -100,6 +157,41 @@ impl SettingsPatch {
                 ));
             }
             s.min_tls_version = v;
+        }
+        if let Some(v) = self.enable_file_upload_notifications {
+            s.enable_file_upload_notifications = v;
+        }
+        let ranged = [
+            (
+                "fileUploadSasTtlSeconds",
+                self.file_upload_sas_ttl_seconds,
+                SAS_TTL_RANGE,
+                &mut s.file_upload_sas_ttl_seconds,
+            ),
+            (
+                "fileUploadMaxConcurrent",
+                self.file_upload_max_concurrent,
+                MAX_CONCURRENT_RANGE,
+                &mut s.file_upload_max_concurrent,
+            ),
+            (
+                "fileUploadMaxBytes",
+                self.file_upload_max_bytes,
+                MAX_BYTES_RANGE,
+                &mut s.file_upload_max_bytes,
+            ),
+        ];
+        for (name, value, range, field) in ranged {
+            if let Some(v) = value {
+                if !range.contains(&v) {
+                    return Err(format!(
+                        "{name} {v} is out of range: give {} to {}",
+                        range.start(),
+                        range.end()
+                    ));
+                }
+                *field = v;
+            }
         }
         Ok(s)
     }

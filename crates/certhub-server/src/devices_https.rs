@@ -34,8 +34,8 @@ pub struct TlsPeer {
 
 /// The device transports of the 443 listener and what they share.
 #[derive(Debug)]
-struct Devices {
-    core: Arc<DeviceCore>,
+pub(crate) struct Devices {
+    pub(crate) core: Arc<DeviceCore>,
     /// Upgraded connections that have not sent CONNECT yet.
     gate: Arc<Gate>,
     /// Writes collapsed refusals; stopped with the router.
@@ -91,6 +91,25 @@ pub fn device_router(state: AppState, options: MqttOptions) -> axum::Router {
         .route(
             "/devices/{id}/messages/devicebound/{token}/abandon",
             post(c2d_abandon),
+        )
+        // File upload (azure-more-protocols 5); the C SDK puts a '/' before the query.
+        .route("/devices/{id}/files", post(crate::files::begin))
+        .route("/devices/{id}/files/", post(crate::files::begin))
+        .route(
+            "/devices/{id}/files/notifications",
+            post(crate::files::notify),
+        )
+        .route(
+            "/devices/{id}/files/notifications/",
+            post(crate::files::notify),
+        )
+        .route(
+            "/devices/{id}/files/notifications/{correlation_id}",
+            post(crate::files::notify_with_id),
+        )
+        .route(
+            &format!("/{}/{{*blob}}", crate::files::CONTAINER),
+            axum::routing::put(crate::files::blob_put),
         )
         .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(Extension(devices))
@@ -158,7 +177,7 @@ const BATCH: &str = "application/vnd.microsoft.iothub.json";
 
 /// Who sent an HTTPS device request: the SAS token of its `Authorization` header, else the TLS
 /// client chain of its connection, judged by the core as a CONNECT of `client_id` would be.
-async fn device_caller(
+pub(crate) async fn device_caller(
     devices: &Devices,
     peer: Option<&TlsPeer>,
     headers: &axum::http::HeaderMap,

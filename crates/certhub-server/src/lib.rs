@@ -14,6 +14,7 @@ pub mod data_dir;
 mod device;
 pub mod device_tls;
 pub mod devices_https;
+pub mod files;
 pub mod gate;
 mod listener;
 pub mod metrics;
@@ -27,7 +28,7 @@ mod trust;
 mod twins;
 mod ws_stream;
 
-pub use api::{C2D_FEEDBACK_TTL_MS, router};
+pub use api::{C2D_FEEDBACK_TTL_MS, FILE_NOTIFICATION_TTL_MS, router};
 pub use listener::{HttpsOptions, HttpsTls, serve_https};
 pub use mqtt::{MqttOptions, serve_mqtt};
 

@@ -53,6 +53,8 @@ struct Inner {
     settings: RwLock<(HubSettings, std::time::Instant)>,
     /// The port clients reach the service API on (0: not known, tokens' ports unchecked).
     public_port: std::sync::atomic::AtomicU32,
+    /// Where uploaded files are kept (unset: file upload is not offered).
+    files: std::sync::OnceLock<crate::files::FileStore>,
 }
 
 impl AppState {
@@ -100,12 +102,23 @@ impl AppState {
                 c2d: RwLock::new(C2dLimits::default()),
                 settings: RwLock::new((settings, std::time::Instant::now())),
                 public_port: std::sync::atomic::AtomicU32::new(0),
+                files: std::sync::OnceLock::new(),
             }),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.inner.store
+    }
+
+    /// Offers file upload, keeping the files in `files` (once; later calls are ignored).
+    pub fn set_file_store(&self, files: crate::files::FileStore) {
+        let _ = self.inner.files.set(files);
+    }
+
+    /// Where uploaded files are kept, if file upload is offered.
+    pub fn files(&self) -> Option<&crate::files::FileStore> {
+        self.inner.files.get()
     }
 
     pub fn hostnames(&self) -> &[String] {

@@ -12,6 +12,7 @@ mod bookkeeping;
 mod c2d;
 mod cas;
 mod devices;
+mod files;
 mod hub;
 mod identity_cache;
 mod mqtt_sessions;
@@ -31,6 +32,7 @@ pub use bookkeeping::Bookkeeping;
 pub use c2d::{C2dOutcome, C2dRecord, Enqueued, FeedbackRecord};
 pub use cas::CaRecord;
 pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
+pub use files::{FileNotificationRecord, FinishOutcome, UploadRecord, UploadReport, UploadState};
 pub use telemetry::{TELEMETRY_ROWS, TelemetryRecord};
 pub use twins::TwinRecord;
 

@@ -157,6 +157,34 @@ const STEPS: &[&str] = &[
     // abandoned or the lock runs out.
     "ALTER TABLE c2d ADD COLUMN lock_token TEXT;
      ALTER TABLE c2d ADD COLUMN locked_until_ms BIGINT NOT NULL DEFAULT 0",
+    // 9: file uploads (one row per upload a device began, under its correlation id), the
+    // notifications of finished uploads waiting for a service, and hub-wide secrets (the key
+    // that signs blob tokens).
+    "CREATE TABLE file_uploads (
+        correlation_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        blob_name TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        expires_ms BIGINT NOT NULL,
+        state TEXT NOT NULL,
+        size_bytes BIGINT,
+        finished_ms BIGINT,
+        status_code BIGINT,
+        status_description TEXT
+    );
+    CREATE INDEX file_uploads_device ON file_uploads (device_id, state);
+    CREATE INDEX file_uploads_blob ON file_uploads (blob_name, state);
+    CREATE TABLE file_notifications (
+        id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        body TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        delivery_count BIGINT NOT NULL,
+        lock_token TEXT,
+        lock_until_ms BIGINT NOT NULL
+    );
+    CREATE INDEX file_notifications_created ON file_notifications (created_ms);
+    CREATE INDEX file_notifications_lock ON file_notifications (lock_token)",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {

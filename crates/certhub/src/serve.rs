@@ -589,6 +589,12 @@ async fn serve(config: Config) -> Result<Outcome> {
     .await?;
     state.set_c2d_limits(config.c2d);
     state.set_public_port(bound.port());
+    // Uploaded files live in the data directory (`files/`), also when the database is
+    // PostgreSQL.
+    state.set_file_store(
+        certhub_server::files::FileStore::local(&config.data_dir.join("files"))
+            .map_err(anyhow::Error::msg)?,
+    );
     // Settings written by another process (`certhub hub set --local`) take effect, and close
     // the sessions a switch shuts out, within half a second.
     let settings_watch = {
@@ -691,6 +697,12 @@ async fn serve(config: Config) -> Result<Outcome> {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(dropped = n, "unreceived C2D feedback expired"),
                     Err(e) => tracing::warn!(error = %e, "C2D feedback expiry failed"),
+                }
+                let before = now_ms - certhub_server::FILE_NOTIFICATION_TTL_MS;
+                match store.prune_file_notifications(before).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(dropped = n, "unreceived file notifications expired"),
+                    Err(e) => tracing::warn!(error = %e, "file notification expiry failed"),
                 }
             }
         })

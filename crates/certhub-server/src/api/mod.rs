@@ -14,6 +14,8 @@ mod devices;
 mod doc;
 mod error;
 #[allow(unused_qualifications)]
+mod files;
+#[allow(unused_qualifications)]
 mod hub;
 #[allow(unused_qualifications)]
 mod messages;
@@ -31,6 +33,7 @@ pub use crate::state::{AppState, C2dLimits};
 pub use auth::Caller;
 pub use c2d::{FEEDBACK_TTL_MS as C2D_FEEDBACK_TTL_MS, StoredProperties as StoredC2dProperties};
 pub use error::ApiError;
+pub use files::FILE_NOTIFICATION_TTL_MS;
 
 /// Largest request body the API reads (a bulk request of 100 devices fits easily).
 pub const MAX_BODY: usize = 256 * 1024;
@@ -99,6 +102,11 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(c2d::receive_feedback))
         .routes(routes!(c2d::complete_feedback))
         .routes(routes!(c2d::abandon_feedback))
+        .routes(routes!(files::receive_notification))
+        .routes(routes!(files::complete_notification))
+        .routes(routes!(files::abandon_notification))
+        .routes(routes!(files::list))
+        .routes(routes!(files::content))
         .routes(routes!(
             twins::get_device_twin,
             twins::put_device_twin,

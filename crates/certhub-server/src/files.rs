@@ -1,0 +1,1161 @@
+//! File upload (azure-more-protocols 5): a device asks for a blob URI
+//! (`POST /devices/{id}/files`), writes the blob to the hub's own blob endpoint on the 443
+//! listener with the Azure Blob operations the SDKs use (Put Blob; Put Block and Put Block
+//! List), and reports the outcome (`POST /devices/{id}/files/notifications`), which queues a
+//! notification for services.
+//!
+//! The URI's token is the hub's own: an HMAC over the blob's path, its permissions and its
+//! expiry, under a hub-wide key kept in the store; it is good for that one blob until it
+//! expires, and only while the upload it was given for is open and its device enabled. Bytes
+//! stream from the request into the object store (the data directory's filesystem by default),
+//! a chunk at a time: an upload of any size holds a few MiB in the hub.
+
+use std::sync::Arc;
+
+use axum::Extension;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use futures_util::StreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use serde::Deserialize;
+
+use crate::devices_https::{Devices, TlsPeer, device_caller};
+use crate::state::{AppState, now_ms};
+
+/// The container every upload goes to: blob URIs are `https://{host}/fileupload/{deviceId}/{name}`.
+pub const CONTAINER: &str = "fileupload";
+/// The version the token names (Azure's `sv`; nothing depends on it).
+const SAS_VERSION: &str = "2018-03-28";
+/// Bytes handed to the store per write, and writes in flight at most: the memory an upload
+/// holds is about their product.
+const CHUNK: usize = 1 << 20;
+const IN_FLIGHT: usize = 4;
+/// A block id decodes to at most 64 bytes (Azure).
+const MAX_BLOCK_ID: usize = 64;
+/// Blocks in one blob at most (Azure: 50,000), and the largest block list body.
+const MAX_BLOCKS: usize = 50_000;
+const MAX_BLOCK_LIST: usize = 8 << 20;
+/// Blob names: at most 1,024 characters and 254 segments (Azure).
+const MAX_NAME: usize = 1024;
+const MAX_SEGMENTS: usize = 254;
+
+/// Where the hub keeps uploaded files, and the key that signs their tokens.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    objects: Arc<dyn ObjectStore>,
+    key: Arc<tokio::sync::OnceCell<aws_lc_rs::hmac::Key>>,
+}
+
+impl FileStore {
+    /// Files under `dir` on the local filesystem (created if missing), written durably (each
+    /// file is synced before it is published under its name).
+    pub fn local(dir: &std::path::Path) -> Result<Self, String> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            format!(
+                "cannot create the file upload folder {}: {e}",
+                dir.display()
+            )
+        })?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| format!("cannot use {} for uploaded files: {e}", dir.display()))?
+            .with_fsync(true);
+        Ok(Self::new(Arc::new(fs)))
+    }
+
+    /// Files in any object store.
+    pub fn new(objects: Arc<dyn ObjectStore>) -> Self {
+        Self {
+            objects,
+            key: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    /// Where the blob `{deviceId}/{name}` is kept.
+    pub fn blob_path(blob_name: &str) -> ObjectPath {
+        std::iter::once("blobs")
+            .chain(blob_name.split('/'))
+            .collect()
+    }
+
+    /// Where the uncommitted blocks of a blob wait for their block list.
+    fn staging_path(blob_name: &str) -> ObjectPath {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, blob_name.as_bytes());
+        ObjectPath::from_iter(["staging".to_string(), hex(digest.as_ref())])
+    }
+
+    /// The blob's size and time of last change, if it was written.
+    pub async fn head(&self, blob_name: &str) -> Option<object_store::ObjectMeta> {
+        self.objects.head(&Self::blob_path(blob_name)).await.ok()
+    }
+
+    /// The blob's bytes, as a stream.
+    pub async fn read(&self, blob_name: &str) -> Result<object_store::GetResult, String> {
+        self.objects
+            .get(&Self::blob_path(blob_name))
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Removes the blocks of a blob that no block list committed.
+    async fn drop_staged(&self, blob_name: &str) {
+        let prefix = Self::staging_path(blob_name);
+        let mut listed = self.objects.list(Some(&prefix));
+        while let Some(Ok(meta)) = listed.next().await {
+            let _ = self.objects.delete(&meta.location).await;
+        }
+    }
+
+    async fn key(&self, state: &AppState) -> Result<&aws_lc_rs::hmac::Key, String> {
+        self.key
+            .get_or_try_init(|| async {
+                let mut candidate = [0u8; 32];
+                aws_lc_rs::rand::fill(&mut candidate).map_err(|_| "no randomness".to_string())?;
+                let candidate = base64::engine::general_purpose::STANDARD.encode(candidate);
+                let key = state
+                    .store()
+                    .secret("blob-signing-key", &candidate)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let key = base64::engine::general_purpose::STANDARD
+                    .decode(key)
+                    .map_err(|e| format!("the stored blob signing key is not base64: {e}"))?;
+                Ok(aws_lc_rs::hmac::Key::new(
+                    aws_lc_rs::hmac::HMAC_SHA256,
+                    &key,
+                ))
+            })
+            .await
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What a blob token signs: its permissions, its expiry and the blob's path.
+fn string_to_sign(permissions: &str, expiry: &str, blob_name: &str) -> String {
+    format!("certhub-blob\n{permissions}\n{expiry}\n/{CONTAINER}/{blob_name}")
+}
+
+/// The token of an upload (Azure's blob SAS shape, starting with `?`); the signature is
+/// base64url, so it needs no escaping in a query.
+fn sas_token(key: &aws_lc_rs::hmac::Key, blob_name: &str, expires_ms: i64) -> String {
+    let se = expiry_text(expires_ms);
+    let sig = aws_lc_rs::hmac::sign(key, string_to_sign("rw", &se, blob_name).as_bytes());
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sig.as_ref());
+    format!(
+        "?sv={SAS_VERSION}&sr=b&sig={sig}&se={}&sp=rw",
+        se.replace(':', "%3A")
+    )
+}
+
+/// An expiry as a token names it: `2026-12-03T15:00:00Z`.
+fn expiry_text(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn parse_expiry(text: &str) -> Option<i64> {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(t.unix_timestamp() * 1000)
+}
+
+/// A name a device may give its file: `dir/file.bin`, nothing that climbs or hides a
+/// separator.
+pub fn check_blob_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the blob name is empty".into());
+    }
+    if name.len() > MAX_NAME {
+        return Err(format!(
+            "the blob name is {} bytes long; at most {MAX_NAME}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name.chars().find(|c| c.is_control() || *c == '\\') {
+        return Err(format!(
+            "the blob name {name:?} contains {c:?}; use '/' between folders and no control characters"
+        ));
+    }
+    let segments: Vec<&str> = name.split('/').collect();
+    if segments.len() > MAX_SEGMENTS {
+        return Err(format!(
+            "the blob name {name:?} has {} segments; at most {MAX_SEGMENTS}",
+            segments.len()
+        ));
+    }
+    if let Some(bad) = segments
+        .iter()
+        .find(|s| s.is_empty() || **s == "." || **s == "..")
+    {
+        return Err(format!(
+            "the blob name {name:?} has the segment {bad:?}; names are relative paths without empty, '.' or '..' segments"
+        ));
+    }
+    Ok(())
+}
+
+/// The host (and port) a device reached the hub at, for the URIs it is given: the request's
+/// `Host`, else the hub's first host name.
+fn reached_host(state: &AppState, headers: &HeaderMap) -> String {
+    let given = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            !h.is_empty()
+                && h.len() <= 255
+                && h.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+                })
+        });
+    match given {
+        Some(h) => h.to_string(),
+        None => state.hostnames().first().cloned().unwrap_or_default(),
+    }
+}
+
+/// The blob's URI as services are told it.
+fn blob_uri(host: &str, blob_name: &str) -> String {
+    const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    let path: Vec<String> = blob_name
+        .split('/')
+        .map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string())
+        .collect();
+    format!("https://{host}/{CONTAINER}/{}", path.join("/"))
+}
+
+fn hub_error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    crate::api::ApiError::new(status, code, message).into_response()
+}
+
+fn unavailable() -> Response {
+    hub_error(
+        StatusCode::NOT_FOUND,
+        "FileUploadNotConfigured",
+        "file upload is not offered by this hub (no file store is configured)",
+    )
+}
+
+/// The JSON body of a device's file request, at most 64 KiB.
+async fn small_body(body: Body) -> Result<axum::body::Bytes, Response> {
+    const MAX: usize = 64 * 1024;
+    axum::body::to_bytes(body, MAX).await.map_err(|_| {
+        hub_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MessageTooLarge",
+            format!("a file upload request is at most {MAX} bytes of JSON"),
+        )
+    })
+}
+
+/// `{"blobName": "..."}`, the request for a blob URI.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct BlobRequest {
+    blob_name: String,
+}
+
+/// `POST /devices/{id}/files`: a blob URI for the device's file, and the correlation id it
+/// reports the upload under.
+pub(crate) async fn begin(
+    Extension(devices): Extension<Arc<Devices>>,
+    peer: Option<Extension<TlsPeer>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let device = match device_caller(&devices, peer.as_ref().map(|p| &p.0), &headers, &id).await {
+        Ok(d) => d,
+        Err(refused) => return refused,
+    };
+    let state = devices.core.state().clone();
+    let Some(files) = state.files() else {
+        return unavailable();
+    };
+    let body = match small_body(body).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    let request: BlobRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return hub_error(
+                StatusCode::BAD_REQUEST,
+                "ArgumentInvalid",
+                format!("the body must be {{\"blobName\": \"folder/file.ext\"}}: {e}"),
+            );
+        }
+    };
+    if let Err(e) = check_blob_name(&request.blob_name) {
+        return hub_error(StatusCode::BAD_REQUEST, "ArgumentInvalid", e);
+    }
+    let settings = match state.settings().await {
+        Ok(s) => s,
+        Err(e) => return crate::api::ApiError::from(e).into_response(),
+    };
+    let key = match files.key(&state).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = e, "no blob signing key");
+            return hub_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                "the hub cannot sign blob tokens now; retry",
+            );
+        }
+    };
+    let device_id = device.id().device.to_string();
+    let blob_name = format!("{device_id}/{}", request.blob_name);
+    let now = now_ms();
+    let mut raw = [0u8; 18];
+    let _ = aws_lc_rs::rand::fill(&mut raw);
+    let correlation_id = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let record = certhub_store::UploadRecord {
+        correlation_id: correlation_id.clone(),
+        device_id: device_id.clone(),
+        blob_name: blob_name.clone(),
+        created_ms: now,
+        expires_ms: now + settings.file_upload_sas_ttl_seconds * 1000,
+        state: certhub_store::UploadState::Pending,
+        size_bytes: None,
+        finished_ms: None,
+        status_code: None,
+        status_description: None,
+    };
+    match state
+        .store()
+        .begin_upload(&record, settings.file_upload_max_concurrent)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return hub_error(
+                StatusCode::FORBIDDEN,
+                "DeviceMaximumActiveFileUploadLimitExceeded",
+                format!(
+                    "{device_id} has {} uploads open, the most a device may have (fileUploadMaxConcurrent); report on one (POST /devices/{device_id}/files/notifications) or wait until its token expires",
+                    settings.file_upload_max_concurrent
+                ),
+            );
+        }
+        Err(e) => return crate::api::ApiError::from(e).into_response(),
+    }
+    let answer = serde_json::json!({
+        "correlationId": correlation_id,
+        "hostName": reached_host(&state, &headers),
+        "containerName": CONTAINER,
+        "blobName": blob_name,
+        "sasToken": sas_token(key, &blob_name, record.expires_ms),
+    });
+    (StatusCode::OK, axum::Json(answer)).into_response()
+}
+
+/// A device's report on its upload; `correlationId` may come from the path instead (Node).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UploadResult {
+    correlation_id: Option<String>,
+    is_success: bool,
+    status_code: Option<serde_json::Value>,
+    status_description: Option<serde_json::Value>,
+}
+
+/// `POST /devices/{id}/files/notifications`: the device reports on its upload.
+pub(crate) async fn notify(
+    devices: Extension<Arc<Devices>>,
+    peer: Option<Extension<TlsPeer>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    report(devices, peer, id, None, headers, body).await
+}
+
+/// `POST /devices/{id}/files/notifications/{correlationId}` (Node's form).
+pub(crate) async fn notify_with_id(
+    devices: Extension<Arc<Devices>>,
+    peer: Option<Extension<TlsPeer>>,
+    axum::extract::Path((id, correlation_id)): axum::extract::Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    report(devices, peer, id, Some(correlation_id), headers, body).await
+}
+
+async fn report(
+    Extension(devices): Extension<Arc<Devices>>,
+    peer: Option<Extension<TlsPeer>>,
+    id: String,
+    in_path: Option<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let device = match device_caller(&devices, peer.as_ref().map(|p| &p.0), &headers, &id).await {
+        Ok(d) => d,
+        Err(refused) => return refused,
+    };
+    let state = devices.core.state().clone();
+    let Some(files) = state.files() else {
+        return unavailable();
+    };
+    let body = match small_body(body).await {
+        Ok(b) => b,
+        Err(refused) => return refused,
+    };
+    let result: UploadResult = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return hub_error(
+                StatusCode::BAD_REQUEST,
+                "ArgumentInvalid",
+                format!(
+                    "the body must be {{\"correlationId\": \"...\", \"isSuccess\": true, \"statusCode\": 200, \"statusDescription\": \"...\"}}: {e}"
+                ),
+            );
+        }
+    };
+    let correlation_id = match (in_path, result.correlation_id) {
+        (Some(p), Some(b)) if p != b => {
+            return hub_error(
+                StatusCode::BAD_REQUEST,
+                "ArgumentInvalid",
+                format!("the path names correlation id {p:?} and the body {b:?}; give one"),
+            );
+        }
+        (Some(p), _) => p,
+        (None, Some(b)) => b,
+        (None, None) => {
+            return hub_error(
+                StatusCode::BAD_REQUEST,
+                "ArgumentInvalid",
+                "which upload? give \"correlationId\" (as POST /devices/{id}/files answered it)",
+            );
+        }
+    };
+    let device_id = device.id().device.to_string();
+    let Some(upload) = state
+        .store()
+        .upload(&correlation_id)
+        .await
+        .ok()
+        .flatten()
+        .filter(|u| u.device_id == device_id)
+    else {
+        return hub_error(
+            StatusCode::NOT_FOUND,
+            "FileUploadNotFound",
+            format!("{device_id} has no upload with correlation id {correlation_id:?}"),
+        );
+    };
+    let size = if result.is_success && upload.state == certhub_store::UploadState::Pending {
+        match files.head(&upload.blob_name).await {
+            Some(meta) => Some(meta),
+            None => {
+                return hub_error(
+                    StatusCode::BAD_REQUEST,
+                    "BlobNotFound",
+                    format!(
+                        "the upload {correlation_id:?} reports success, but its blob {} was never written; write it, then report again",
+                        upload.blob_name
+                    ),
+                );
+            }
+        }
+    } else {
+        None
+    };
+    let status_code = result
+        .status_code
+        .as_ref()
+        .and_then(serde_json::Value::as_i64);
+    let description = match &result.status_description {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s.clone()),
+        Some(other) => Some(other.to_string()),
+    };
+    let settings = match state.settings().await {
+        Ok(s) => s,
+        Err(e) => return crate::api::ApiError::from(e).into_response(),
+    };
+    let now = now_ms();
+    let notification = size
+        .as_ref()
+        .filter(|_| settings.enable_file_upload_notifications)
+        .map(|meta| {
+            let last = meta.last_modified.timestamp_millis();
+            serde_json::json!({
+                "deviceId": device_id,
+                "blobUri": blob_uri(&reached_host(&state, &headers), &upload.blob_name),
+                "blobName": upload.blob_name,
+                "lastUpdatedTime": certhub_core::azure_time(last),
+                "blobSizeInBytes": meta.size,
+                "enqueuedTimeUtc": certhub_core::azure_time(now),
+            })
+            .to_string()
+        });
+    let mut raw = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut raw);
+    let notification_id = hex(&raw);
+    let outcome = state
+        .store()
+        .finish_upload(
+            &device_id,
+            &correlation_id,
+            &certhub_store::UploadReport {
+                success: result.is_success,
+                status_code,
+                status_description: description.as_deref(),
+                size_bytes: size.as_ref().and_then(|m| i64::try_from(m.size).ok()),
+            },
+            now,
+            notification
+                .as_deref()
+                .map(|n| (notification_id.as_str(), n)),
+        )
+        .await;
+    match outcome {
+        Ok(certhub_store::FinishOutcome::Finished(u)) => {
+            files.drop_staged(&u.blob_name).await;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(certhub_store::FinishOutcome::AlreadyFinished(u)) => hub_error(
+            StatusCode::CONFLICT,
+            "FileUploadAlreadyReported",
+            format!(
+                "the upload {correlation_id:?} of {} was already reported ({}); begin a new upload to write the file again",
+                u.blob_name,
+                u.state.as_str()
+            ),
+        ),
+        Ok(certhub_store::FinishOutcome::Unknown) => hub_error(
+            StatusCode::NOT_FOUND,
+            "FileUploadNotFound",
+            format!("{device_id} has no upload with correlation id {correlation_id:?}"),
+        ),
+        Err(e) => crate::api::ApiError::from(e).into_response(),
+    }
+}
+
+/// An error of the blob endpoint, in Azure Storage's shape (an XML body and
+/// `x-ms-error-code`), which the storage SDKs turn into their exceptions.
+fn storage_error(status: StatusCode, code: &'static str, message: impl AsRef<str>) -> Response {
+    let message = message
+        .as_ref()
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
+    );
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/xml"),
+    );
+    h.insert("x-ms-error-code", HeaderValue::from_static(code));
+    r
+}
+
+/// The query of a blob request, percent-decoded (`+` stays `+`: base64 block ids carry it).
+fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
+    raw.unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let decode = |s: &str| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            };
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `PUT /fileupload/{blobName}?{token}[&comp=block&blockid=...|&comp=blocklist]`: Put Blob,
+/// Put Block and Put Block List of the Azure Blob service, for the blob the token names.
+pub(crate) async fn blob_put(
+    Extension(devices): Extension<Arc<Devices>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let state = devices.core.state().clone();
+    let Some(files) = state.files() else {
+        return storage_error(
+            StatusCode::NOT_FOUND,
+            "ContainerNotFound",
+            "file upload is not offered by this hub",
+        );
+    };
+    let raw_path = uri.path();
+    let Some(raw_name) = raw_path.strip_prefix(&format!("/{CONTAINER}/")) else {
+        return storage_error(
+            StatusCode::NOT_FOUND,
+            "ContainerNotFound",
+            format!("this hub's blobs are under /{CONTAINER}/"),
+        );
+    };
+    // An escaped separator would put a '/' or '\' inside a segment after decoding.
+    let lower = raw_name.to_ascii_lowercase();
+    if lower.contains("%2f") || lower.contains("%5c") {
+        return storage_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidUri",
+            "the blob path holds an escaped separator (%2F or %5C); use '/' between folders",
+        );
+    }
+    let blob_name = match percent_encoding::percent_decode_str(raw_name).decode_utf8() {
+        Ok(n) => n.into_owned(),
+        Err(_) => {
+            return storage_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidUri",
+                "the blob path is not UTF-8 once decoded",
+            );
+        }
+    };
+    if let Err(e) = check_blob_name(&blob_name) {
+        return storage_error(StatusCode::BAD_REQUEST, "InvalidUri", e);
+    }
+    let query = query_pairs(uri.query());
+    // The token: the hub's signature over this path, its permissions and expiry.
+    let (Some(sig), Some(se), Some(sp)) = (
+        param(&query, "sig"),
+        param(&query, "se"),
+        param(&query, "sp"),
+    ) else {
+        return storage_error(
+            StatusCode::FORBIDDEN,
+            "AuthenticationFailed",
+            "no blob token: the URI must carry the sasToken POST /devices/{id}/files answered (sig, se, sp)",
+        );
+    };
+    let key = match files.key(&state).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(error = e, "no blob signing key");
+            return storage_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServerBusy",
+                "the hub cannot check blob tokens now; retry",
+            );
+        }
+    };
+    let signed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig.trim_end_matches('='))
+        .ok()
+        .is_some_and(|sig| {
+            aws_lc_rs::hmac::verify(key, string_to_sign(sp, se, &blob_name).as_bytes(), &sig)
+                .is_ok()
+        });
+    if !signed {
+        return storage_error(
+            StatusCode::FORBIDDEN,
+            "AuthenticationFailed",
+            format!(
+                "the blob token does not match /{CONTAINER}/{blob_name}: it was given for another blob or altered; ask the hub for a new one (POST /devices/{{id}}/files)"
+            ),
+        );
+    }
+    let now = now_ms();
+    match parse_expiry(se) {
+        Some(expiry) if expiry > now => {}
+        _ => {
+            return storage_error(
+                StatusCode::FORBIDDEN,
+                "AuthenticationFailed",
+                format!(
+                    "the blob token expired at {se}; ask the hub for a new one (POST /devices/{{id}}/files)"
+                ),
+            );
+        }
+    }
+    if !sp.contains('w') {
+        return storage_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationPermissionMismatch",
+            "the blob token does not allow writing",
+        );
+    }
+    // The upload must still be open and its device enabled: checked on every request, and
+    // again before a write is published.
+    if let Err(refused) = still_allowed(&state, &blob_name, now).await {
+        return refused;
+    }
+    let settings = match state.settings().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "settings unreadable");
+            return storage_error(StatusCode::SERVICE_UNAVAILABLE, "ServerBusy", "retry");
+        }
+    };
+    let limit = u64::try_from(settings.file_upload_max_bytes).unwrap_or(0);
+    if let Some(length) = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && length > limit
+    {
+        return too_large(limit);
+    }
+    let upload = Upload {
+        files,
+        state: &state,
+        blob_name: &blob_name,
+        limit,
+    };
+    let result = match param(&query, "comp") {
+        None => {
+            let block_blob = headers
+                .get("x-ms-blob-type")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"BlockBlob"));
+            if !block_blob {
+                return storage_error(
+                    StatusCode::BAD_REQUEST,
+                    "MissingRequiredHeader",
+                    "Put Blob needs x-ms-blob-type: BlockBlob (the only blob type this hub stores)",
+                );
+            }
+            let exists_refused = headers
+                .get(axum::http::header::IF_NONE_MATCH)
+                .is_some_and(|v| v.as_bytes() == b"*");
+            if exists_refused && files.head(&blob_name).await.is_some() {
+                return storage_error(
+                    StatusCode::CONFLICT,
+                    "BlobAlreadyExists",
+                    format!("{blob_name} exists (If-None-Match: *); upload with overwrite"),
+                );
+            }
+            upload.put_blob(body).await
+        }
+        Some("block") => {
+            let Some(id) = param(&query, "blockid").and_then(block_id) else {
+                return storage_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidQueryParameterValue",
+                    format!("Put Block needs blockid: base64 of at most {MAX_BLOCK_ID} bytes"),
+                );
+            };
+            upload.put_block(&id, body).await
+        }
+        Some("blocklist") => upload.put_block_list(body).await,
+        Some(other) => {
+            return storage_error(
+                StatusCode::BAD_REQUEST,
+                "InvalidQueryParameterValue",
+                format!(
+                    "comp={other} is not served: this endpoint takes Put Blob, Put Block (comp=block) and Put Block List (comp=blocklist)"
+                ),
+            );
+        }
+    };
+    match result {
+        Ok(etag) => {
+            let mut r = StatusCode::CREATED.into_response();
+            let h = r.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
+                h.insert(axum::http::header::ETAG, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&http_date(time::OffsetDateTime::now_utc())) {
+                h.insert(axum::http::header::LAST_MODIFIED, v);
+            }
+            h.insert(
+                "x-ms-request-server-encrypted",
+                HeaderValue::from_static("false"),
+            );
+            if let Some(v) = headers.get("x-ms-version") {
+                h.insert("x-ms-version", v.clone());
+            }
+            if let Some(v) = headers.get("x-ms-client-request-id") {
+                h.insert("x-ms-client-request-id", v.clone());
+            }
+            r
+        }
+        Err(refused) => refused,
+    }
+}
+
+fn too_large(limit: u64) -> Response {
+    storage_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "RequestBodyTooLarge",
+        format!("files on this hub are at most {limit} bytes (fileUploadMaxBytes)"),
+    )
+}
+
+fn http_date(t: time::OffsetDateTime) -> String {
+    t.format(time::macros::format_description!(
+        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
+    ))
+    .unwrap_or_default()
+}
+
+/// A block id as the staging area names it (hex of its bytes), if it is base64 of at most 64
+/// bytes.
+fn block_id(text: &str) -> Option<String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .ok()?;
+    (!bytes.is_empty() && bytes.len() <= MAX_BLOCK_ID).then(|| hex(&bytes))
+}
+
+/// Refused unless an upload of `blob_name` is open at `now` and its device exists and is
+/// enabled.
+async fn still_allowed(state: &AppState, blob_name: &str, now: i64) -> Result<(), Response> {
+    let upload = match state.store().open_upload(blob_name, now).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::error!(error = %e, "upload unreadable");
+            return Err(storage_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServerBusy",
+                "retry",
+            ));
+        }
+    };
+    let Some(upload) = upload else {
+        return Err(storage_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailure",
+            format!(
+                "no upload of {blob_name} is open: it was reported on or its token expired; ask the hub for a new one (POST /devices/{{id}}/files)"
+            ),
+        ));
+    };
+    let enabled = match certhub_core::DeviceId::new(upload.device_id.clone()) {
+        Ok(id) => match state.store().device(&id).await {
+            Ok(d) => d.map(|d| d.status == certhub_core::Status::Enabled),
+            Err(e) => {
+                tracing::error!(error = %e, "device unreadable");
+                return Err(storage_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServerBusy",
+                    "retry",
+                ));
+            }
+        },
+        Err(_) => None,
+    };
+    match enabled {
+        Some(true) => Ok(()),
+        Some(false) => Err(storage_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailure",
+            format!(
+                "the device {} is disabled: its uploads are refused",
+                upload.device_id
+            ),
+        )),
+        None => Err(storage_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailure",
+            format!("the device {} no longer exists", upload.device_id),
+        )),
+    }
+}
+
+/// One write to a blob whose token was checked.
+struct Upload<'a> {
+    files: &'a FileStore,
+    state: &'a AppState,
+    blob_name: &'a str,
+    limit: u64,
+}
+
+impl Upload<'_> {
+    /// Put Blob: the body becomes the blob, published only once whole.
+    async fn put_blob(&self, body: Body) -> Result<String, Response> {
+        let path = FileStore::blob_path(self.blob_name);
+        let mut writer = self.writer(&path).await?;
+        let mut stream = body.into_data_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                let _ = writer.abort().await;
+                return Err(storage_error(
+                    StatusCode::BAD_REQUEST,
+                    "IncompleteBody",
+                    "the request body ended early",
+                ));
+            };
+            written += chunk.len() as u64;
+            if written > self.limit {
+                let _ = writer.abort().await;
+                return Err(too_large(self.limit));
+            }
+            self.write(&mut writer, chunk).await?;
+        }
+        self.publish(writer).await
+    }
+
+    /// Put Block: the body is kept apart until a block list names it.
+    async fn put_block(&self, id: &str, body: Body) -> Result<String, Response> {
+        let path = FileStore::staging_path(self.blob_name).join(id);
+        let mut writer = self.writer(&path).await?;
+        let mut stream = body.into_data_stream();
+        let mut written = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                let _ = writer.abort().await;
+                return Err(storage_error(
+                    StatusCode::BAD_REQUEST,
+                    "IncompleteBody",
+                    "the request body ended early",
+                ));
+            };
+            written += chunk.len() as u64;
+            if written > self.limit {
+                let _ = writer.abort().await;
+                return Err(too_large(self.limit));
+            }
+            self.write(&mut writer, chunk).await?;
+        }
+        self.finish(writer).await
+    }
+
+    /// Put Block List: the blob becomes the named blocks in order.
+    async fn put_block_list(&self, body: Body) -> Result<String, Response> {
+        let Ok(xml) = axum::body::to_bytes(body, MAX_BLOCK_LIST).await else {
+            return Err(storage_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestBodyTooLarge",
+                format!("a block list is at most {MAX_BLOCK_LIST} bytes"),
+            ));
+        };
+        let ids = match parse_block_list(&String::from_utf8_lossy(&xml)) {
+            Ok(ids) => ids,
+            Err(e) => {
+                return Err(storage_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidXmlDocument",
+                    e,
+                ));
+            }
+        };
+        let staging = FileStore::staging_path(self.blob_name);
+        let path = FileStore::blob_path(self.blob_name);
+        let mut writer = self.writer(&path).await?;
+        let mut written = 0u64;
+        for (n, text) in ids.iter().enumerate() {
+            let Some(id) = block_id(text) else {
+                let _ = writer.abort().await;
+                return Err(storage_error(
+                    StatusCode::BAD_REQUEST,
+                    "InvalidBlockId",
+                    format!(
+                        "block {n} of the list, {text:?}, is not base64 of at most {MAX_BLOCK_ID} bytes"
+                    ),
+                ));
+            };
+            let got = match self
+                .files
+                .objects
+                .get(&staging.clone().join(id.as_str()))
+                .await
+            {
+                Ok(g) => g,
+                Err(_) => {
+                    let _ = writer.abort().await;
+                    return Err(storage_error(
+                        StatusCode::BAD_REQUEST,
+                        "InvalidBlockList",
+                        format!(
+                            "block {n} of the list, {text:?}, was never put (Put Block) for this blob"
+                        ),
+                    ));
+                }
+            };
+            let mut stream = got.into_stream();
+            while let Some(chunk) = stream.next().await {
+                let chunk = match chunk {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = writer.abort().await;
+                        return Err(self.store_failed(&e.to_string()));
+                    }
+                };
+                written += chunk.len() as u64;
+                if written > self.limit {
+                    let _ = writer.abort().await;
+                    return Err(too_large(self.limit));
+                }
+                self.write(&mut writer, chunk).await?;
+            }
+        }
+        let etag = self.publish(writer).await?;
+        self.files.drop_staged(self.blob_name).await;
+        Ok(etag)
+    }
+
+    async fn writer(&self, path: &ObjectPath) -> Result<WriteMultipart, Response> {
+        match self.files.objects.put_multipart(path).await {
+            Ok(upload) => Ok(WriteMultipart::new_with_chunk_size(upload, CHUNK)),
+            Err(e) => Err(self.store_failed(&e.to_string())),
+        }
+    }
+
+    async fn write(
+        &self,
+        writer: &mut WriteMultipart,
+        chunk: bytes::Bytes,
+    ) -> Result<(), Response> {
+        if let Err(e) = writer.wait_for_capacity(IN_FLIGHT).await {
+            return Err(self.store_failed(&e.to_string()));
+        }
+        writer.put(chunk);
+        Ok(())
+    }
+
+    /// Publishes a blob, unless its upload closed or its device was disabled meanwhile.
+    async fn publish(&self, writer: WriteMultipart) -> Result<String, Response> {
+        if let Err(refused) = still_allowed(self.state, self.blob_name, now_ms()).await {
+            let _ = writer.abort().await;
+            return Err(refused);
+        }
+        self.finish(writer).await
+    }
+
+    async fn finish(&self, writer: WriteMultipart) -> Result<String, Response> {
+        match writer.finish().await {
+            Ok(put) => Ok(put.e_tag.unwrap_or_else(|| format!("{:x}", now_ms()))),
+            Err(e) => Err(self.store_failed(&e.to_string())),
+        }
+    }
+
+    fn store_failed(&self, e: &str) -> Response {
+        tracing::error!(error = e, blob = self.blob_name, "file store write failed");
+        storage_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            "the hub could not store the file; retry the upload",
+        )
+    }
+}
+
+/// The block ids of a block list, in order:
+/// `<BlockList><Latest>id</Latest><Committed>id</Committed>...</BlockList>`.
+fn parse_block_list(xml: &str) -> Result<Vec<String>, String> {
+    let shape =
+        "a block list is <BlockList> holding <Latest>, <Committed> or <Uncommitted> block ids";
+    let start = xml
+        .find("<BlockList>")
+        .ok_or_else(|| format!("no <BlockList>: {shape}"))?;
+    let mut rest = &xml[start + "<BlockList>".len()..];
+    let mut ids = Vec::new();
+    loop {
+        rest = rest.trim_start();
+        if rest.starts_with("</BlockList>") {
+            break;
+        }
+        let tag = ["Latest", "Committed", "Uncommitted"]
+            .into_iter()
+            .find(|t| rest.starts_with(&format!("<{t}>")))
+            .ok_or_else(|| format!("unexpected content in the block list: {shape}"))?;
+        rest = &rest[tag.len() + 2..];
+        let close = format!("</{tag}>");
+        let end = rest
+            .find(&close)
+            .ok_or_else(|| format!("<{tag}> is not closed: {shape}"))?;
+        ids.push(rest[..end].trim().to_string());
+        rest = &rest[end + close.len()..];
+        if ids.len() > MAX_BLOCKS {
+            return Err(format!("a blob has at most {MAX_BLOCKS} blocks"));
+        }
+    }
+    if ids.is_empty() {
+        return Err(format!("the block list is empty: {shape}"));
+    }
+    Ok(ids)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_names_that_climb_or_hide_separators_are_refused() {
+        for good in ["a.txt", "dir/file.bin", "a/b/c/d.e", "x..y", ".hidden"] {
+            assert!(check_blob_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "", "../x", "a/../b", "a/./b", "/abs", "a//b", "a/", "a\\b", "a\u{0}b", "..",
+        ] {
+            assert!(check_blob_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(check_blob_name(&"a/".repeat(300)).is_err());
+    }
+
+    #[test]
+    fn the_block_lists_the_sdks_send_parse() {
+        let node = "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?><BlockList><Latest>QUJD</Latest><Latest>REVG</Latest></BlockList>";
+        assert_eq!(parse_block_list(node).unwrap(), ["QUJD", "REVG"]);
+        let c = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<BlockList>\r\n<Latest>QUJD</Latest>\r\n<Committed>REVG</Committed></BlockList>";
+        assert_eq!(parse_block_list(c).unwrap(), ["QUJD", "REVG"]);
+        for bad in [
+            "",
+            "<BlockList></BlockList>",
+            "<BlockList><Latest>x",
+            "<BlockList><Other>x</Other></BlockList>",
+        ] {
+            assert!(parse_block_list(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_token_is_bound_to_its_blob_permissions_and_expiry() {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, b"k");
+        let token = sas_token(&key, "dev/a.txt", 1_800_000_000_000);
+        let pairs = query_pairs(Some(token.trim_start_matches('?')));
+        let (sig, se, sp) = (
+            param(&pairs, "sig").unwrap(),
+            param(&pairs, "se").unwrap(),
+            param(&pairs, "sp").unwrap(),
+        );
+        assert_eq!(se, "2027-01-15T08:00:00Z");
+        assert_eq!(parse_expiry(se), Some(1_800_000_000_000));
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
+        let ok = |sp: &str, se: &str, blob: &str| {
+            aws_lc_rs::hmac::verify(&key, string_to_sign(sp, se, blob).as_bytes(), &sig).is_ok()
+        };
+        assert!(ok(sp, se, "dev/a.txt"));
+        assert!(!ok(sp, se, "dev/b.txt"));
+        assert!(!ok(sp, se, "other/a.txt"));
+        assert!(!ok("rwd", se, "dev/a.txt"));
+        assert!(!ok(sp, "2099-01-01T00:00:00Z", "dev/a.txt"));
+    }
+
+    #[test]
+    fn blob_uris_escape_each_segment() {
+        assert_eq!(
+            blob_uri("hub:8443", "dev$1/a b/c.txt"),
+            "https://hub:8443/fileupload/dev%241/a%20b/c.txt"
+        );
+    }
+}
