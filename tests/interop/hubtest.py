@@ -29,6 +29,12 @@ def check(cond, what):
 
 def service(method, path, body=None):
     """Calls the service API: (status, JSON body or None)."""
+    status, raw, _ = service_raw(method, path, body)
+    return status, json.loads(raw or b"null")
+
+
+def service_raw(method, path, body=None):
+    """Calls the service API: (status, body bytes, headers)."""
     cs = dict(p.split("=", 1) for p in CS.split(";"))
     sr = urllib.parse.quote(cs["HostName"], safe="")
     se = str(int(time.time()) + 600)
@@ -43,9 +49,9 @@ def service(method, path, body=None):
     ctx = ssl.create_default_context(cadata=CA)
     try:
         with urllib.request.urlopen(req, context=ctx) as r:
-            return r.status, json.loads(r.read() or b"null")
+            return r.status, r.read(), r.headers
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"null")
+        return e.code, e.read(), e.headers
 
 
 def service_get(path):

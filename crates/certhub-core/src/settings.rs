@@ -23,7 +23,7 @@ pub struct HubSettings {
     /// How long a blob URI given to a device for an upload stays valid, in seconds (Azure's
     /// sasTtlAsIso8601: one hour).
     #[serde(default = "FileUploadDefaults::sas_ttl_seconds")]
-    #[schema(minimum = 60, maximum = 86_400)]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub file_upload_sas_ttl_seconds: i64,
     /// Uploads a device may have open at once (Azure: 10).
     #[serde(default = "FileUploadDefaults::max_concurrent")]
@@ -56,7 +56,7 @@ impl FileUploadDefaults {
 }
 
 /// The ranges of the numeric file-upload settings, checked on every change.
-const SAS_TTL_RANGE: std::ops::RangeInclusive<i64> = 60..=86_400;
+const SAS_TTL_RANGE: std::ops::RangeInclusive<i64> = 1..=86_400;
 const MAX_CONCURRENT_RANGE: std::ops::RangeInclusive<i64> = 1..=1000;
 const MAX_BYTES_RANGE: std::ops::RangeInclusive<i64> = 1..=(1 << 40);
 
@@ -110,7 +110,7 @@ pub struct SettingsPatch {
     #[serde(default)]
     pub enable_file_upload_notifications: Option<bool>,
     #[serde(default)]
-    #[schema(minimum = 60, maximum = 86_400)]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub file_upload_sas_ttl_seconds: Option<i64>,
     #[serde(default)]
     #[schema(minimum = 1, maximum = 1000)]

@@ -208,10 +208,16 @@ pub fn check_blob_name(name: &str) -> Result<(), String> {
 
 /// The host (and port) a device reached the hub at, for the URIs it is given: the request's
 /// `Host`, else the hub's first host name.
-fn reached_host(state: &AppState, headers: &HeaderMap) -> String {
-    let given = headers
-        .get(axum::http::header::HOST)
-        .and_then(|h| h.to_str().ok())
+fn reached_host(state: &AppState, uri: &axum::http::Uri, headers: &HeaderMap) -> String {
+    // HTTP/2 names it in the URI (`:authority`), HTTP/1.1 in `Host`.
+    let given = uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| {
+            headers
+                .get(axum::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .filter(|h| {
             !h.is_empty()
                 && h.len() <= 255
@@ -221,7 +227,13 @@ fn reached_host(state: &AppState, headers: &HeaderMap) -> String {
         });
     match given {
         Some(h) => h.to_string(),
-        None => state.hostnames().first().cloned().unwrap_or_default(),
+        None => {
+            let host = state.hostnames().first().cloned().unwrap_or_default();
+            match state.public_port() {
+                Some(port) if port != 443 => format!("{host}:{port}"),
+                _ => host,
+            }
+        }
     }
 }
 
@@ -276,6 +288,7 @@ pub(crate) async fn begin(
     Extension(devices): Extension<Arc<Devices>>,
     peer: Option<Extension<TlsPeer>>,
     axum::extract::Path(id): axum::extract::Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -357,7 +370,7 @@ pub(crate) async fn begin(
     }
     let answer = serde_json::json!({
         "correlationId": correlation_id,
-        "hostName": reached_host(&state, &headers),
+        "hostName": reached_host(&state, &uri, &headers),
         "containerName": CONTAINER,
         "blobName": blob_name,
         "sasToken": sas_token(key, &blob_name, record.expires_ms),
@@ -380,10 +393,11 @@ pub(crate) async fn notify(
     devices: Extension<Arc<Devices>>,
     peer: Option<Extension<TlsPeer>>,
     axum::extract::Path(id): axum::extract::Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    report(devices, peer, id, None, headers, body).await
+    report(devices, peer, id, None, uri, headers, body).await
 }
 
 /// `POST /devices/{id}/files/notifications/{correlationId}` (Node's form).
@@ -391,10 +405,11 @@ pub(crate) async fn notify_with_id(
     devices: Extension<Arc<Devices>>,
     peer: Option<Extension<TlsPeer>>,
     axum::extract::Path((id, correlation_id)): axum::extract::Path<(String, String)>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    report(devices, peer, id, Some(correlation_id), headers, body).await
+    report(devices, peer, id, Some(correlation_id), uri, headers, body).await
 }
 
 async fn report(
@@ -402,6 +417,7 @@ async fn report(
     peer: Option<Extension<TlsPeer>>,
     id: String,
     in_path: Option<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -500,7 +516,7 @@ async fn report(
             let last = meta.last_modified.timestamp_millis();
             serde_json::json!({
                 "deviceId": device_id,
-                "blobUri": blob_uri(&reached_host(&state, &headers), &upload.blob_name),
+                "blobUri": blob_uri(&reached_host(&state, &uri, &headers), &upload.blob_name),
                 "blobName": upload.blob_name,
                 "lastUpdatedTime": certhub_core::azure_time(last),
                 "blobSizeInBytes": meta.size,
@@ -603,6 +619,26 @@ pub(crate) async fn blob_put(
     uri: axum::http::Uri,
     headers: HeaderMap,
     body: Body,
+) -> Response {
+    let mut body = Some(body);
+    let response = blob_write(&devices, &uri, &headers, &mut body).await;
+    // Refused before its body was read: a small body is read and dropped first, so that the
+    // client (still sending) gets the answer rather than a reset stream.
+    if let Some(unread) = body {
+        let drain = axum::body::to_bytes(unread, DRAIN_LIMIT);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
+    }
+    response
+}
+
+/// The most of a refused request's body the hub reads before answering.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+async fn blob_write(
+    devices: &Devices,
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &mut Option<Body>,
 ) -> Response {
     let state = devices.core.state().clone();
     let Some(files) = state.files() else {
@@ -751,7 +787,7 @@ pub(crate) async fn blob_put(
                     format!("{blob_name} exists (If-None-Match: *); upload with overwrite"),
                 );
             }
-            upload.put_blob(body).await
+            upload.put_blob(body.take().unwrap_or_default()).await
         }
         Some("block") => {
             let Some(id) = param(&query, "blockid").and_then(block_id) else {
@@ -761,9 +797,9 @@ pub(crate) async fn blob_put(
                     format!("Put Block needs blockid: base64 of at most {MAX_BLOCK_ID} bytes"),
                 );
             };
-            upload.put_block(&id, body).await
+            upload.put_block(&id, body.take().unwrap_or_default()).await
         }
-        Some("blocklist") => upload.put_block_list(body).await,
+        Some("blocklist") => upload.put_block_list(body.take().unwrap_or_default()).await,
         Some(other) => {
             return storage_error(
                 StatusCode::BAD_REQUEST,

@@ -54,6 +54,8 @@ pub enum Names {
     Ca,
     /// A feedback lock token, from the hub's `ETag`.
     LockToken,
+    /// A file upload's correlation id.
+    Upload,
 }
 
 impl Names {
@@ -69,6 +71,9 @@ impl Names {
                 "{flag} is empty: give the CA's name (`certhub ca list` shows the registered ones)"
             ),
             Self::LockToken => anyhow::anyhow!("the hub sent an empty lock token ({flag})"),
+            Self::Upload => anyhow::anyhow!(
+                "{flag} is empty: give an upload's correlation id (`certhub files list` shows them)"
+            ),
         }
     }
 }
@@ -379,6 +384,32 @@ impl Client {
 }
 
 impl Client {
+    /// `GET path`, its body copied into `out` as it arrives (any size); returns the bytes
+    /// written and the response's headers.
+    pub fn download(
+        &self,
+        path: &ApiPath,
+        out: &mut dyn std::io::Write,
+    ) -> Result<(u64, ureq::http::HeaderMap)> {
+        let url = self.url(path);
+        let mut resp = self
+            .agent
+            .get(&url)
+            .header("Authorization", &self.token())
+            .call()
+            .map_err(|e| self.unreachable("GET", path, e))?;
+        let status = resp.status().as_u16();
+        if status >= 300 {
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            return Err(hub_error(status, &body));
+        }
+        let headers = resp.headers().clone();
+        let mut reader = resp.body_mut().as_reader();
+        let n = std::io::copy(&mut reader, out).context("reading the file from the hub")?;
+        Ok((n, headers))
+    }
+
     /// One page of `POST /devices/query` (up to 1000 items) and the continuation token.
     pub fn query(
         &self,

@@ -13,7 +13,7 @@ pub enum HubCommand {
     ConnectionString(ConnectionStringArgs),
     /// Print the server CA certificate (PEM) that clients must trust.
     ServerCa(DataDirArg),
-    /// Show the hub's settings (disableDeviceSAS, disableModuleSAS, disableLocalAuth, minTlsVersion).
+    /// Show the hub's settings (authentication switches, minimum TLS version, file upload).
     Show(ShowArgs),
     /// Change hub settings, e.g. `--disable-device-sas true`.
     Set(SetArgs),
@@ -47,6 +47,18 @@ pub struct SetArgs {
     /// --disable-local-auth false` on the hub's machine.
     #[arg(long)]
     x509_only: bool,
+    /// Tell services of every upload a device reports as successful (file notifications).
+    #[arg(long)]
+    file_upload_notifications: Option<bool>,
+    /// How long a blob URI given to a device for an upload stays valid (1 to 86400 s).
+    #[arg(long)]
+    file_upload_sas_ttl_seconds: Option<i64>,
+    /// Uploads a device may have open at once (1 to 1000).
+    #[arg(long)]
+    file_upload_max_concurrent: Option<i64>,
+    /// The largest file a device may upload, in bytes.
+    #[arg(long)]
+    file_upload_max_bytes: Option<i64>,
     /// On the hub's machine: write the settings into its data directory directly instead of
     /// through the API (the way back after `--disable-local-auth true`). A running hub picks
     /// them up within a second. Audited as "local".
@@ -101,9 +113,21 @@ pub fn run(cmd: HubCommand) -> Result<Outcome> {
             if a.x509_only {
                 patch.insert("x509Only".into(), true.into());
             }
+            if let Some(v) = a.file_upload_notifications {
+                patch.insert("enableFileUploadNotifications".into(), v.into());
+            }
+            for (name, value) in [
+                ("fileUploadSasTtlSeconds", a.file_upload_sas_ttl_seconds),
+                ("fileUploadMaxConcurrent", a.file_upload_max_concurrent),
+                ("fileUploadMaxBytes", a.file_upload_max_bytes),
+            ] {
+                if let Some(v) = value {
+                    patch.insert(name.into(), v.into());
+                }
+            }
             if patch.is_empty() {
                 bail!(
-                    "nothing to set: give at least one of --x509-only, --disable-device-sas, --disable-module-sas, --disable-local-auth, --min-tls-version"
+                    "nothing to set: give at least one of --x509-only, --disable-device-sas, --disable-module-sas, --disable-local-auth, --min-tls-version, --file-upload-notifications, --file-upload-sas-ttl-seconds, --file-upload-max-concurrent, --file-upload-max-bytes"
                 );
             }
             if a.x509_only {

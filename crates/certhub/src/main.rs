@@ -17,6 +17,7 @@ mod hub;
 mod messages;
 mod pki;
 mod serve;
+mod uploads;
 
 use std::process::ExitCode;
 
@@ -61,6 +62,9 @@ enum Command {
     /// Direct methods: invoke one on a connected device.
     #[command(subcommand)]
     Method(cloud::MethodCommand),
+    /// Files devices uploaded: list, download, notifications.
+    #[command(subcommand)]
+    Files(uploads::FilesCommand),
     /// Measure a broker: connect rate, held connections, telemetry, reconnect storm, revocation
     Bench(certhub_bench::BenchArgs),
 }
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
         Command::C2d(cmd) => cloud::c2d(cmd),
         Command::Twin(cmd) => cloud::twin(cmd),
         Command::Method(cmd) => cloud::method(cmd),
+        Command::Files(cmd) => uploads::run(cmd),
         Command::Bench(args) => certhub_bench::run(args).map(|()| Outcome::Ok),
     };
     match result {

@@ -1,0 +1,395 @@
+//! File upload against a real `certhub serve`: the Azure IoT Python device SDK
+//! (`get_storage_info_for_blob`, `notify_blob_upload_status`) with the Azure Storage blob client
+//! (`azure-storage-blob`, Put Blob and Put Block / Put Block List) for the X.509 widget and a
+//! SAS device (tests/interop/upload.py), the CLI listing and reading the files back; and the
+//! bad input the blob endpoint and the device routes must refuse, with curl as the device.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{HubProcess, certhub_at, enroll_widget, python_to_hub, s, start_hub_with, tmp};
+
+const WIDGET: &str = "smart-x-widget-0001";
+
+#[test]
+fn python_sdk_uploads_files_and_the_cli_reads_them_back() {
+    const HOST: &str = "127.0.0.6";
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub_with(
+        &data,
+        &[
+            "--hostname",
+            HOST,
+            "--https-addr",
+            &format!("{HOST}:0"),
+            "--mqtt-addr",
+            &format!("{HOST}:0"),
+        ],
+    );
+    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
+    enroll_widget(d, &data);
+    let sas = hub(&["device", "create", "--id", "uploader-sas"]);
+    let sas: serde_json::Value = serde_json::from_str(&sas.stdout).expect("json");
+    let key = sas["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/upload.py");
+    let out = python_to_hub(&hub_process)
+        .arg(&script)
+        .current_dir(d)
+        .env("CERTHUB_HOST", HOST)
+        .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
+        .env("CERTHUB_CONNECTION_STRING", &cs)
+        .env("CERTHUB_DIR", d.join("pki"))
+        .env("CERTHUB_SAS_DEVICE", "uploader-sas")
+        .env("CERTHUB_SAS_KEY", &key)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("all upload checks passed"),
+        "upload.py failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+
+    // The operator lists the widget's uploads and reads one back with the CLI.
+    let listed = hub(&["files", "list", "--device", WIDGET]).stdout;
+    let core = listed
+        .lines()
+        .find(|l| l.ends_with(&format!("{WIDGET}/dumps/core.bin")))
+        .unwrap_or_else(|| panic!("core.bin is listed:\n{listed}"));
+    assert!(core.starts_with("succeeded"), "{core}");
+    assert!(
+        core.contains(&(5 * 1024 * 1024 + 123).to_string()),
+        "{core}"
+    );
+    assert!(
+        listed.lines().any(|l| l.starts_with("failed")),
+        "the failed upload is listed:\n{listed}"
+    );
+    let copy = d.join("core.bin");
+    hub(&[
+        "files",
+        "get",
+        &format!("{WIDGET}/dumps/core.bin"),
+        "--out",
+        s(&copy),
+    ]);
+    let bytes = std::fs::read(&copy).expect("downloaded");
+    let expected: Vec<u8> = (0..5 * 1024 * 1024 + 123)
+        .map(|i: usize| ((i * 7 + i / 1024) % 251) as u8)
+        .collect();
+    assert!(bytes == expected, "the CLI reads back the same bytes");
+    // By correlation id.
+    let cid = core.split_whitespace().nth(3).expect("correlation id");
+    let again = d.join("again.bin");
+    hub(&["files", "get", cid, "--out", s(&again)]);
+    assert!(std::fs::read(&again).expect("downloaded") == expected);
+    // To standard output (the file upload.py overwrote with "again").
+    let out = hub(&["files", "get", &format!("{WIDGET}/reports/today.csv")]);
+    assert_eq!(out.stdout, "again");
+    // The notifications were all received by upload.py; the CLI finds none.
+    let out = certhub_at(d, &data, &["files", "notifications"]).ok();
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
+    // Where the bytes live: the data directory's files/ folder.
+    assert!(
+        data.join("files/blobs")
+            .join(WIDGET)
+            .join("dumps/core.bin")
+            .is_file()
+    );
+}
+
+/// `curl` to the hub's 443 listener on `localhost`: (HTTP status, headers and body).
+fn curl(hub: &HubProcess, data: &Path, url_path: &str, extra: &[&str]) -> (u16, String) {
+    let url = format!("https://localhost:{}{url_path}", hub.https_port());
+    curl_url(data, &url, extra)
+}
+
+fn curl_url(data: &Path, url: &str, extra: &[&str]) -> (u16, String) {
+    let ca = data.join("tls/server-ca.pem");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--path-as-is",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "--cacert",
+            s(&ca),
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    let code = code.trim().parse().unwrap_or(0);
+    if code == 0 {
+        // curl's own error, for the assertion's message.
+        return (0, String::from_utf8_lossy(&out.stderr).to_string());
+    }
+    (code, body.to_string())
+}
+
+/// What a blob URI is made of, as the SDKs join it.
+struct Grant {
+    correlation_id: String,
+    blob_name: String,
+    token: String,
+    url: String,
+}
+
+#[test]
+fn bad_input_to_file_upload_is_refused_and_nothing_is_stored() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub = common::start_hub(&data);
+    let cli = |args: &[&str]| certhub_at(d, &data, args).ok();
+    enroll_widget(d, &data);
+    let widget = d.join("pki/devices").join(WIDGET);
+    let (chain, key) = (widget.join("chain.pem"), widget.join("key.pem"));
+    let x509 = ["--cert", s(&chain), "--key", s(&key)];
+    // A second device, whose paths the widget's tokens must not open.
+    cli(&["device", "create", "--id", "other-device"]);
+
+    let begin = |name: &str| -> (u16, String) {
+        let mut args = x509.to_vec();
+        let body = serde_json::json!({ "blobName": name }).to_string();
+        args.extend([
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+        ]);
+        args.push(&body);
+        curl(
+            &hub,
+            &data,
+            &format!("/devices/{WIDGET}/files?api-version=2021-04-12"),
+            &args,
+        )
+    };
+    let grant = |name: &str| -> Grant {
+        let (code, body) = begin(name);
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+        let g = |k: &str| v[k].as_str().expect(k).to_string();
+        Grant {
+            url: format!(
+                "https://{}/{}/{}{}",
+                g("hostName"),
+                g("containerName"),
+                g("blobName"),
+                g("sasToken")
+            ),
+            correlation_id: g("correlationId"),
+            blob_name: g("blobName"),
+            token: g("sasToken"),
+        }
+    };
+    let put = |url: &str, body: &str| -> (u16, String) {
+        curl_url(
+            &data,
+            url,
+            &[
+                "-X",
+                "PUT",
+                "-H",
+                "x-ms-blob-type: BlockBlob",
+                "--data-binary",
+                body,
+            ],
+        )
+    };
+    let notify = |path_id: Option<&str>, body: serde_json::Value| -> (u16, String) {
+        let mut args = x509.to_vec();
+        let body = body.to_string();
+        args.extend([
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+        ]);
+        args.push(&body);
+        let path = match path_id {
+            Some(id) => format!("/devices/{WIDGET}/files/notifications/{id}"),
+            None => format!("/devices/{WIDGET}/files/notifications"),
+        };
+        curl(&hub, &data, &path, &args)
+    };
+    let blob_file = |name: &str| data.join("files/blobs").join(name);
+
+    // Names that climb out of the device's folder or hide separators.
+    for bad in ["../other-device/x", "a/../../x", "/abs", "a//b", "a\\b", ""] {
+        let (code, body) = begin(bad);
+        assert_eq!(code, 400, "{bad:?}: {body}");
+        assert!(body.contains("blob name"), "{body}");
+    }
+
+    // A good grant: the token opens its own blob only.
+    let g = grant("logs/a.txt");
+    assert_eq!(g.blob_name, format!("{WIDGET}/logs/a.txt"));
+    let port = hub.https_port();
+    let base = format!("https://localhost:{port}/fileupload");
+    let (code, body) = put(&format!("{base}/{WIDGET}/logs/b.txt{}", g.token), "x");
+    assert_eq!(code, 403, "another blob path: {body}");
+    assert!(body.contains("AuthenticationFailed"), "{body}");
+    let (code, body) = put(&format!("{base}/other-device/logs/a.txt{}", g.token), "x");
+    assert_eq!(code, 403, "another device's path: {body}");
+    // Tampered: a later expiry, or a changed signature.
+    let later = g.token.replace("&se=", "&se=2099-01-01T00%3A00%3A00Z&old=");
+    let (code, body) = put(&format!("{base}/{}{later}", g.blob_name), "x");
+    assert_eq!(code, 403, "a later expiry: {body}");
+    let sig_at = g.token.find("sig=").expect("sig") + 4;
+    let mut tampered = g.token.clone();
+    let flipped = if &tampered[sig_at..=sig_at] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    tampered.replace_range(sig_at..=sig_at, flipped);
+    let (code, body) = put(&format!("{base}/{}{tampered}", g.blob_name), "x");
+    assert_eq!(code, 403, "a changed signature: {body}");
+    // No token at all.
+    let (code, body) = put(&format!("{base}/{}", g.blob_name), "x");
+    assert_eq!(code, 403, "{body}");
+    // Encoded separators and dot segments in the blob path.
+    for path in [
+        format!("{WIDGET}/logs%2Fa.txt"),
+        format!("{WIDGET}/logs%5Ca.txt"),
+        format!("{WIDGET}/logs/../a.txt"),
+    ] {
+        let (code, body) = put(&format!("{base}/{path}{}", g.token), "x");
+        assert_eq!(code, 400, "{path}: {body}");
+    }
+    assert!(!blob_file(&g.blob_name).exists(), "nothing was written");
+    // Put Blob needs the blob type header.
+    let (code, body) = curl_url(&data, &g.url, &["-X", "PUT", "--data-binary", "x"]);
+    assert_eq!(code, 400, "{}: {body}", g.url);
+    // The real write succeeds.
+    let (code, body) = put(&g.url, "hello");
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(
+        std::fs::read(blob_file(&g.blob_name)).expect("stored"),
+        b"hello"
+    );
+
+    // Reports: unknown correlation id, mismatched ids, then the real one, then again.
+    let ok = serde_json::json!({"isSuccess": true, "statusCode": 201, "statusDescription": "ok"});
+    let (code, body) = notify(Some("no-such-upload"), ok.clone());
+    assert_eq!(code, 404, "{body}");
+    let (code, body) = notify(
+        Some(&g.correlation_id),
+        serde_json::json!({"correlationId": "other", "isSuccess": true}),
+    );
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = notify(Some(&g.correlation_id), ok.clone());
+    assert_eq!(code, 204, "{body}");
+    let (code, body) = notify(
+        None,
+        serde_json::json!({"correlationId": g.correlation_id, "isSuccess": true}),
+    );
+    assert_eq!(code, 409, "reported twice: {body}");
+    // A reported upload's token no longer writes.
+    let (code, body) = put(&g.url, "overwrite");
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        std::fs::read(blob_file(&g.blob_name)).expect("kept"),
+        b"hello"
+    );
+    // Success reported for a blob never written is refused; the upload stays open.
+    let never = grant("never.txt");
+    let (code, body) = notify(Some(&never.correlation_id), ok.clone());
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("never written"), "{body}");
+
+    // The settings: a size cap, a short token lifetime, two uploads at a time.
+    cli(&[
+        "hub",
+        "set",
+        "--file-upload-max-bytes",
+        "1000",
+        "--file-upload-sas-ttl-seconds",
+        "3",
+        "--file-upload-max-concurrent",
+        "2",
+    ]);
+    let big = grant("big.bin");
+    let (code, body) = put(&big.url, &"x".repeat(2000));
+    assert_eq!(code, 413, "{body}");
+    assert!(body.contains("RequestBodyTooLarge"), "{body}");
+    // Chunked, without a length: refused as it streams.
+    let (code, body) = curl_url(
+        &data,
+        &big.url,
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "x-ms-blob-type: BlockBlob",
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &"y".repeat(5000),
+        ],
+    );
+    assert_eq!(code, 413, "{body}");
+    assert!(
+        !blob_file(&big.blob_name).exists(),
+        "nothing of it was stored"
+    );
+    // never.txt and big.bin are open: a third is refused.
+    let (code, body) = begin("third.bin");
+    assert_eq!(code, 403, "{body}");
+    assert!(
+        body.contains("DeviceMaximumActiveFileUploadLimitExceeded"),
+        "{body}"
+    );
+    // After three seconds the token has expired.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let (code, body) = put(&big.url, "small");
+    assert_eq!(code, 403, "expired: {body}");
+    assert!(body.contains("expired"), "{body}");
+
+    // A device disabled in the middle of a block upload: the block list is refused.
+    cli(&["hub", "set", "--file-upload-sas-ttl-seconds", "3600"]);
+    let m = grant("blocks.bin");
+    let block = |id: &str, body: &str| {
+        curl_url(
+            &data,
+            &format!("{}&comp=block&blockid={id}", m.url),
+            &["-X", "PUT", "--data-binary", body],
+        )
+    };
+    let (code, body) = block("QUFB", "first ");
+    assert_eq!(code, 201, "{body}");
+    cli(&["device", "update", "--id", WIDGET, "--status", "disabled"]);
+    let (code, body) = block("QkJC", "second");
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("disabled"), "{body}");
+    let list =
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>QUFB</Latest></BlockList>";
+    let (code, body) = curl_url(
+        &data,
+        &format!("{}&comp=blocklist", m.url),
+        &["-X", "PUT", "--data-binary", list],
+    );
+    assert_eq!(code, 403, "{body}");
+    assert!(!blob_file(&m.blob_name).exists());
+    // And the device itself is refused from then on.
+    let (code, _) = begin("after.txt");
+    assert_eq!(code, 401);
+}
