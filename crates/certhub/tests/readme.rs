@@ -142,6 +142,28 @@ fn the_readme_hub_walkthrough_runs_as_written() {
         assert!(log.stdout.contains(&want), "{want} not in {log}");
     }
 
+    // The file upload example, then the operator's commands that list and read the file.
+    let example = block("upload-example", "```python");
+    let out = common::python_to_hub(&hub)
+        .args(["-c", &example])
+        .current_dir(dir.path())
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "the README's upload-example failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = run_walkthrough("files-walkthrough", dir.path());
+    for want in [
+        "succeeded",
+        "smart-x-widget-0001/logs/boot.txt",
+        "booted in 1.2 s",
+        "\"blobSizeInBytes\":16",
+    ] {
+        assert!(stdout.contains(want), "no {want} in\n{stdout}");
+    }
+
     // The listening widget, then the walkthrough that messages, updates and calls it.
     let widget = block("widget-features", "```python");
     let mut child = common::python_to_hub(&hub)

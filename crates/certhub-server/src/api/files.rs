@@ -3,7 +3,7 @@
 //! is), and certhub's own listing and download of uploads (`/files`), which Azure leaves to
 //! the storage account.
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use certhub_core::{Rights, azure_time};
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::doc::{ErrorResponse, LockTokenPath};
-use super::error::Path;
+use super::error::{Path, Query};
 use super::{ApiError, AppState, Caller, now_ms};
 
 /// How long a received notification stays locked to its receiver (Azure's default
