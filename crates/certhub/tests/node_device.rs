@@ -14,6 +14,13 @@
 //! abandoned one comes again and is completed), checked through the service API's queue and
 //! feedback; a wrong key is refused as unauthorized. The script is tests/interop/node/http.js.
 //!
+//! File upload (`client.uploadToBlob`): the widget uploads a small file and one of about 9 MiB,
+//! a SAS device a small one; the SDK's @azure/storage-blob writes them to the hub's blob
+//! endpoint (Put Block, Put Block List), and the service reads each back, finds it succeeded
+//! with its size and receives and completes its notification; one past the hub's size limit
+//! is refused, reported failed and notifies nobody. The script is
+//! tests/interop/node/upload.js.
+//!
 //! The pinned packages are in tests/interop/node (scripts/test installs them). The SDK always
 //! dials port 443 of the host name; the Node port map (tests/interop/node/portmap.js) sends it
 //! to the free port this hub listens on.
@@ -139,8 +146,14 @@ impl NodeHub {
     /// Runs tests/interop/node/`script` against this hub; asserts that it succeeded and ended
     /// with its last line, `all node checks passed`. Returns what it printed.
     fn run(&self, script: &str) -> String {
+        self.run_with(script, &[])
+    }
+
+    /// [`NodeHub::run`] with more environment variables.
+    fn run_with(&self, script: &str, env: &[(&str, &Path)]) -> String {
         let d = self.dir();
         let out = node_to_hub(&self.hub)
+            .envs(env.iter().copied())
             .arg(node_dir().join(script))
             .current_dir(d)
             .env("CERTHUB_HOST", HOST)
@@ -287,4 +300,80 @@ fn node_sdk_over_https() {
             .any(|(target, _, _)| target == "devices/smart-x-widget-0001"),
         "the widget's chain was never refused: {connects:#?}"
     );
+}
+
+#[test]
+fn node_sdk_upload_to_blob() {
+    let hub = NodeHub::start();
+    // The hub's server CA for the storage client too: azure-iot-device hands its `ca` option
+    // only to its own requests to the hub (the SAS URI, the notification), while
+    // @azure/storage-blob, which writes the blob, takes no TLS options and trusts only Node's
+    // default store, which NODE_EXTRA_CA_CERTS extends.
+    let ca = hub.data.join("tls/server-ca.pem");
+    let stdout = hub.run_with("upload.js", &[("NODE_EXTRA_CA_CERTS", &ca)]);
+    for (who, name, size) in [
+        ("widget", "reports/small.txt", 15),
+        ("widget", "logs/big.bin", 9 * 1024 * 1024 + 12345),
+        ("sas", "notes/day 1.txt", 7),
+    ] {
+        for line in [
+            format!("uploadToBlob of {name} ({size} bytes) succeeds"),
+            format!("{name} is succeeded with {size} bytes"),
+            format!("the bytes of {name} read back are identical"),
+            "the notification names".to_string(),
+            format!("the notification of {name} is completed"),
+        ] {
+            let line = format!("ok: {who}: {line}");
+            assert!(
+                stdout.lines().any(|l| l.starts_with(&line)),
+                "`{line}` expected:\n{stdout}"
+            );
+        }
+    }
+    // The failed upload: refused by the blob endpoint, reported as failed, kept as such.
+    for line in [
+        "ok: sas: uploadToBlob of a file past the limit fails, its failure reported",
+        "ok: sas: the hub keeps the upload as failed with the storage status 413",
+        "ok: sas: a failed upload sends no notification",
+        "ok: the hub lists the four uploads",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "`{line}` expected:\n{stdout}"
+        );
+    }
+
+    // The blobs are in the data directory's file store, whole; no staged block is left.
+    let files = hub.data.join("files");
+    for (blob, size) in [
+        ("smart-x-widget-0001/reports/small.txt", 15),
+        ("smart-x-widget-0001/logs/big.bin", 9 * 1024 * 1024 + 12345),
+        ("widget-sas/notes/day 1.txt", 7),
+    ] {
+        let path = files.join("blobs").join(blob);
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert_eq!(meta.len(), size, "{}", path.display());
+    }
+    assert!(
+        !files.join("blobs/widget-sas/notes/too-big.txt").exists(),
+        "the refused file was not stored"
+    );
+    fn regular_files(dir: &Path) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .flat_map(|e| {
+                let path = e.path();
+                if path.is_dir() {
+                    regular_files(&path)
+                } else {
+                    vec![path]
+                }
+            })
+            .collect()
+    }
+    let staged = regular_files(&files.join("staging"));
+    assert!(staged.is_empty(), "blocks left staged: {staged:#?}");
 }
