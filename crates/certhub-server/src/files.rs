@@ -631,8 +631,9 @@ pub(crate) async fn blob_put(
     response
 }
 
-/// The most of a refused request's body the hub reads before answering.
-const DRAIN_LIMIT: usize = 1 << 20;
+/// The most of a refused request's body the hub reads before answering: a whole block as the
+/// SDKs send them (4 MiB).
+const DRAIN_LIMIT: usize = 8 << 20;
 
 async fn blob_write(
     devices: &Devices,
