@@ -153,8 +153,9 @@ async fn mqtt_over_websocket(
         // layer (the connection closes) before the codec sees it.
         .max_frame_size(MAX_PACKET as usize)
         .max_message_size(MAX_PACKET as usize)
-        // Small buffers: an idle session keeps them.
-        .read_buffer_size(4 * 1024)
+        // Small buffers: an idle session keeps them (tungstenite allocates the read buffer
+        // up front; it is the size of one read from TLS, not a limit on messages).
+        .read_buffer_size(2 * 1024)
         .write_buffer_size(0);
     upgrade.set_selected_protocol(HeaderValue::from_static(MQTT_SUBPROTOCOL));
     upgrade.on_upgrade(move |ws| async move {
