@@ -9,6 +9,16 @@
 #   DEVICES=2000 DURATION=3 bench/compare.sh    # a quicker look
 #   BASELINE_BIN=/path/to/older/certhub bench/compare.sh   # an older build too, in the same run
 #   TARGETS="baseline certhub" BASELINE_BIN=... bench/compare.sh   # without Mosquitto
+#   TARGETS="aedes certhub" bench/compare.sh    # only the WebSocket peer beside certhub
+#
+# MQTT over WebSockets (hold-ws, connect-ws, telemetry-ws: TLS, then `wss://.../$iothub/websocket`,
+# subprotocol mqtt) has a peer too, since Debian's Mosquitto 2.0.11 fails to open a WebSocket
+# listener here: Aedes, a Node.js MQTT broker from the npm registry, behind Node's HTTPS server
+# with `requestCert` and `rejectUnauthorized` (bench/peer-ws/server.js, versions pinned in its
+# package-lock.json, installed with `npm ci` on first use). The target `aedes` runs the WebSocket
+# scenarios only, with the same trust as the others (Company-X's root; devices send leaf and
+# intermediates) and its node process measured. It is in the default TARGETS when Node.js 20 or
+# later is on PATH; otherwise (or without it in TARGETS) the WebSocket rows are certhub's alone.
 #
 # With BASELINE_BIN, the older build runs every certhub scenario too (its own data directory,
 # the same devices, the same load generator: this build's `certhub bench`), and the table gets
@@ -25,6 +35,8 @@ DURATION="${DURATION:-10}"
 WORK="${WORK:-/tmp/certhub-compare}"
 HUB_ADDR=127.0.0.6
 MOSQ_ADDR=127.0.0.7
+PEER_WS_ADDR=127.0.0.9
+PEER_WS_PORT=18443
 # The bench's own connections come from many loopback addresses (ephemeral ports).
 SOURCES=127.0.1.1-127.0.1.40
 
@@ -46,10 +58,23 @@ if [ -z "$C" ]; then
     C="$CARGO_TARGET_DIR/release/certhub"
 fi
 BASELINE_BIN="${BASELINE_BIN:-}"
-TARGETS="${TARGETS:-mosquitto ${BASELINE_BIN:+baseline} certhub}"
+# Aedes (bench/peer-ws) needs Node.js 20 or later.
+node_ok() { need node && [ "$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0)" -ge 20 ]; }
+AEDES_DEFAULT=""
+node_ok && AEDES_DEFAULT=aedes
+TARGETS="${TARGETS:-mosquitto $AEDES_DEFAULT ${BASELINE_BIN:+baseline} certhub}"
 if [[ " $TARGETS " == *" baseline "* ]] && [ ! -x "$BASELINE_BIN" ]; then
     echo "compare.sh: the baseline target needs BASELINE_BIN, an older certhub binary" >&2
     exit 1
+fi
+
+if [[ " $TARGETS " == *" aedes "* ]]; then
+    node_ok || { echo "compare.sh: the aedes target needs Node.js 20 or later (node)" >&2; exit 1; }
+    need npm || { echo "compare.sh: the aedes target needs npm" >&2; exit 1; }
+    if ! (cd bench/peer-ws && npm ls --silent >/dev/null 2>&1); then
+        echo "installing bench/peer-ws (npm ci)" >&2
+        (cd bench/peer-ws && npm ci --silent --no-audit --no-fund >&2)
+    fi
 fi
 
 PIDS=()
@@ -64,17 +89,23 @@ ls "$WORK/pki/devices" \
     | sed 's/.*/{"deviceId":"&","authentication":{"type":"certificateAuthority"}}/' \
     >"$WORK/devices.jsonl"
 
-# Mosquitto: a server certificate for its address from a CA of its own (openssl), the same
-# root for clients.
+# Mosquitto and Aedes: a server certificate for each one's address from a CA of their own
+# (openssl, in $WORK/mosquitto), the same root for clients.
 M="$WORK/mosquitto"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
     -keyout "$M/ca.key" -out "$M/ca.pem" -subj "/CN=compare server CA" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
-    -keyout "$M/key.pem" -out "$M/server.csr" -subj "/CN=$MOSQ_ADDR" 2>/dev/null
-printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' \
-    "$MOSQ_ADDR" >"$M/server.ext"
-openssl x509 -req -in "$M/server.csr" -CA "$M/ca.pem" -CAkey "$M/ca.key" -CAcreateserial \
-    -days 30 -extfile "$M/server.ext" -out "$M/cert.pem" 2>/dev/null
+# server_cert DIR ADDR: DIR/key.pem and DIR/cert.pem for ADDR.
+server_cert() {
+    mkdir -p "$1"
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -keyout "$1/key.pem" -out "$1/server.csr" -subj "/CN=$2" 2>/dev/null
+    printf 'subjectAltName=IP:%s\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n' \
+        "$2" >"$1/server.ext"
+    openssl x509 -req -in "$1/server.csr" -CA "$M/ca.pem" -CAkey "$M/ca.key" -CAcreateserial \
+        -days 30 -extfile "$1/server.ext" -out "$1/cert.pem" 2>/dev/null
+}
+server_cert "$M" "$MOSQ_ADDR"
+server_cert "$WORK/aedes" "$PEER_WS_ADDR"
 cat >"$WORK/mosquitto/mosquitto.conf" <<CONF
 # Keep root: the keys under $WORK are root's (mosquitto would switch to its own user).
 user root
@@ -99,6 +130,23 @@ start_mosquitto() {
     MOSQ_PID=$!
     PIDS+=("$MOSQ_PID")
     sleep 0.5
+}
+
+# Aedes behind Node's HTTPS server: TLS client certificates required, Company-X's root the
+# only client CA; MQTT over WebSockets at /$iothub/websocket.
+start_aedes() {
+    node bench/peer-ws/server.js --addr "$PEER_WS_ADDR" --port "$PEER_WS_PORT" \
+        --key "$WORK/aedes/key.pem" --cert "$WORK/aedes/cert.pem" \
+        --client-ca "$WORK/pki/company-x/cert.pem" >"$WORK/aedes/log" 2>&1 &
+    AEDES_PID=$!
+    PIDS+=("$AEDES_PID")
+    for _ in $(seq 100); do
+        grep -q "^listening" "$WORK/aedes/log" 2>/dev/null && return
+        sleep 0.1
+    done
+    echo "compare.sh: aedes did not start:" >&2
+    cat "$WORK/aedes/log" >&2
+    exit 1
 }
 
 # start_hub TARGET: certhub (this build) or baseline (BASELINE_BIN), each on its own data
@@ -136,11 +184,11 @@ bench() {
     local target=$1 name=$2 scenario=$3
     shift 3
     local where
-    if [ "$target" != mosquitto ]; then
-        where=(--host "$HUB_ADDR" --ca "$WORK/hub-$target/tls/server-ca.pem" --server-pid "$HUB_PID")
-    else
-        where=(--host "$MOSQ_ADDR" --port 18883 --ca "$WORK/mosquitto/ca.pem" --server-pid "$MOSQ_PID")
-    fi
+    case "$target" in
+    mosquitto) where=(--host "$MOSQ_ADDR" --port 18883 --ca "$WORK/mosquitto/ca.pem" --server-pid "$MOSQ_PID") ;;
+    aedes) where=(--host "$PEER_WS_ADDR" --ca "$WORK/mosquitto/ca.pem" --server-pid "$AEDES_PID") ;;
+    *) where=(--host "$HUB_ADDR" --ca "$WORK/hub-$target/tls/server-ca.pem" --server-pid "$HUB_PID") ;;
+    esac
     echo "  $target $name" >&2
     "$C" bench "$scenario" --devices "$WORK/pki/devices" "${where[@]}" \
         --source-addrs "$SOURCES" --json "$@" >"$WORK/results/$target-$name.json"
@@ -148,8 +196,22 @@ bench() {
 
 HOLD=$((DEVICES < 19000 ? DEVICES : 19000))
 REVOKE_N=$((DEVICES < 10000 ? DEVICES : 10000))
+# bench_ws TARGET PORT: the WebSocket scenarios, on a freshly started broker.
+bench_ws() {
+    local ws=(--transport ws --port "$2")
+    bench "$1" hold-ws hold --connections "$HOLD" --hold 3 "${ws[@]}"
+    bench "$1" connect-ws connect-rate --duration "$DURATION" --workers 16 --tls 1.3 --kx x25519 "${ws[@]}"
+    bench "$1" telemetry-ws telemetry --clients 50 --window 16 --payload 256 --duration "$DURATION" "${ws[@]}"
+}
 for target in $TARGETS; do
     echo "$target:" >&2
+    if [ "$target" = aedes ]; then
+        # MQTT over WebSockets only.
+        start_aedes
+        bench_ws aedes "$PEER_WS_PORT"
+        stop "$AEDES_PID"
+        continue
+    fi
     # Memory per connection means something only on a freshly started broker.
     if [ "$target" = mosquitto ]; then
         start_mosquitto
@@ -171,10 +233,7 @@ for target in $TARGETS; do
         if [ "$target" = certhub ]; then
             # MQTT over WebSockets on the 443 listener, from a fresh start again.
             start_hub "$target"
-            ws=(--transport ws --port 8443)
-            bench "$target" hold-ws hold --connections "$HOLD" --hold 3 "${ws[@]}"
-            bench "$target" connect-ws connect-rate --duration "$DURATION" --workers 16 --tls 1.3 --kx x25519 "${ws[@]}"
-            bench "$target" telemetry-ws telemetry --clients 50 --window 16 --payload 256 --duration "$DURATION" "${ws[@]}"
+            bench_ws "$target" 8443
             stop "$HUB_PID"
         fi
     fi
@@ -185,6 +244,9 @@ python3 bench/table.py "$WORK/results" | tee "$WORK/table.md"
     echo
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
     echo "mosquitto: $("$MOSQUITTO" -h 2>/dev/null | head -1)"
+    if [[ " $TARGETS " == *" aedes "* ]]; then
+        echo "aedes: $(cd bench/peer-ws && node -p "const v = (p) => JSON.parse(require('fs').readFileSync('node_modules/' + p + '/package.json')).version; 'aedes ' + v('aedes') + ', ws ' + v('ws')") on node $(node --version), bench/peer-ws/server.js"
+    fi
     echo "certhub: $("$C" --version)"
     [ -z "$BASELINE_BIN" ] || echo "baseline: $BASELINE_BIN ($("$BASELINE_BIN" --version))"
     echo "devices: $DEVICES, timed scenarios: $DURATION s each"
