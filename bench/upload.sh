@@ -18,6 +18,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/certhub-target}"
 SIZE_MIB="${SIZE_MIB:-1024}"
 WORK="${WORK:-/tmp/certhub-upload}"
 ADDR=127.0.0.8
+# Extra curl options for the uploads (e.g. --http1.1; curl picks HTTP/2 by default).
+read -r -a CURL_OPTS <<<"${CURL_OPTS:-}"
 C="${CERTHUB_BIN:-}"
 if [ -z "$C" ]; then
     echo "building certhub (release)" >&2
@@ -60,6 +62,11 @@ head -c "$((SIZE_MIB * 1048576))" /dev/urandom >"$WORK/file.bin"
 BLOCKS="$WORK/blocks"
 mkdir -p "$BLOCKS"
 split -b 4M -d -a 5 "$WORK/file.bin" "$BLOCKS/b"
+# Block ids as the SDKs make them (base64 of equal-length names), made before the clock runs.
+BLOCK_IDS=()
+for i in $(seq 0 $(($(ls "$BLOCKS" | wc -l) - 1))); do
+    BLOCK_IDS+=("$(printf 'block-%08d' "$i" | base64)")
+done
 cat "$WORK/file.bin" >/dev/null
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$HUB_PID/status"; }
@@ -115,8 +122,8 @@ PY
 
 put_blob() {
     read -r url cid < <(grant put-blob.bin)
-    code=$(curl -s -o "$WORK/put.out" -w '%{http_code}' --cacert "$CA" -X PUT \
-        -H "x-ms-blob-type: BlockBlob" --data-binary "@$WORK/file.bin" "$url")
+    code=$(curl "${CURL_OPTS[@]}" -s -o "$WORK/put.out" -w '%{http_code}' --cacert "$CA" -X PUT \
+        -H "x-ms-blob-type: BlockBlob" -T "$WORK/file.bin" "$url")
     [ "$code" = 201 ] || { echo "Put Blob answered $code: $(cat "$WORK/put.out")" >&2; exit 1; }
     [ "$(notify "$cid")" = 204 ] || { echo "notification refused" >&2; exit 1; }
 }
@@ -127,13 +134,13 @@ put_blocks() {
     # One connection for every block, as a storage client keeps its connection alive.
     local args=()
     for f in "$BLOCKS"/b*; do
-        id=$(printf 'block-%08d' "$n" | base64)
+        id=${BLOCK_IDS[$n]}
         args+=(--next -s -o /dev/null -w '%{http_code}\n' --cacert "$CA" -X PUT
-            --data-binary "@$f" "$url&comp=block&blockid=$(python3 -c 'import sys,urllib.parse;print(urllib.parse.quote(sys.argv[1],safe=""))' "$id")")
+            -T "$f" "$url&comp=block&blockid=${id//=/%3D}")
         list="$list<Latest>$id</Latest>"
         n=$((n + 1))
     done
-    curl "${args[@]:1}" >"$WORK/blocks.codes"
+    curl "${CURL_OPTS[@]}" "${args[@]:1}" >"$WORK/blocks.codes"
     if grep -v '^201$' "$WORK/blocks.codes" >/dev/null; then
         echo "a Put Block failed: $(sort | uniq -c <"$WORK/blocks.codes")" >&2
         exit 1

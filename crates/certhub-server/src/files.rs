@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Deserialize;
 
 use crate::devices_https::{Devices, TlsPeer, device_caller};
@@ -31,8 +31,8 @@ pub const CONTAINER: &str = "fileupload";
 const SAS_VERSION: &str = "2018-03-28";
 /// Bytes handed to the store per write, and writes in flight at most: the memory an upload
 /// holds is about their product.
-const CHUNK: usize = 1 << 20;
-const IN_FLIGHT: usize = 4;
+const CHUNK: usize = 512 << 10;
+const IN_FLIGHT: usize = 2;
 /// A block id decodes to at most 64 bytes (Azure).
 const MAX_BLOCK_ID: usize = 64;
 /// Blocks in one blob at most (Azure: 50,000), and the largest block list body.
@@ -933,7 +933,7 @@ impl Upload<'_> {
         let mut written = 0u64;
         while let Some(chunk) = stream.next().await {
             let Ok(chunk) = chunk else {
-                let _ = writer.abort().await;
+                writer.abort().await;
                 return Err(storage_error(
                     StatusCode::BAD_REQUEST,
                     "IncompleteBody",
@@ -942,7 +942,7 @@ impl Upload<'_> {
             };
             written += chunk.len() as u64;
             if written > self.limit {
-                let _ = writer.abort().await;
+                writer.abort().await;
                 return Err(too_large(self.limit));
             }
             self.write(&mut writer, chunk).await?;
@@ -958,7 +958,7 @@ impl Upload<'_> {
         let mut written = 0u64;
         while let Some(chunk) = stream.next().await {
             let Ok(chunk) = chunk else {
-                let _ = writer.abort().await;
+                writer.abort().await;
                 return Err(storage_error(
                     StatusCode::BAD_REQUEST,
                     "IncompleteBody",
@@ -967,7 +967,7 @@ impl Upload<'_> {
             };
             written += chunk.len() as u64;
             if written > self.limit {
-                let _ = writer.abort().await;
+                writer.abort().await;
                 return Err(too_large(self.limit));
             }
             self.write(&mut writer, chunk).await?;
@@ -1000,7 +1000,7 @@ impl Upload<'_> {
         let mut written = 0u64;
         for (n, text) in ids.iter().enumerate() {
             let Some(id) = block_id(text) else {
-                let _ = writer.abort().await;
+                writer.abort().await;
                 return Err(storage_error(
                     StatusCode::BAD_REQUEST,
                     "InvalidBlockId",
@@ -1009,15 +1009,11 @@ impl Upload<'_> {
                     ),
                 ));
             };
-            let got = match self
-                .files
-                .objects
-                .get(&staging.clone().join(id.as_str()))
-                .await
-            {
-                Ok(g) => g,
+            let block = staging.clone().join(id.as_str());
+            let size = match self.files.objects.head(&block).await {
+                Ok(meta) => meta.size,
                 Err(_) => {
-                    let _ = writer.abort().await;
+                    writer.abort().await;
                     return Err(storage_error(
                         StatusCode::BAD_REQUEST,
                         "InvalidBlockList",
@@ -1027,21 +1023,25 @@ impl Upload<'_> {
                     ));
                 }
             };
-            let mut stream = got.into_stream();
-            while let Some(chunk) = stream.next().await {
-                let chunk = match chunk {
-                    Ok(c) => c,
+            written += size;
+            if written > self.limit {
+                writer.abort().await;
+                return Err(too_large(self.limit));
+            }
+            // Read in parts of the write size (the store's own stream reads 8 KiB at a time,
+            // each on a blocking thread).
+            let mut at = 0;
+            while at < size {
+                let end = (at + CHUNK as u64).min(size);
+                let part = match self.files.objects.get_range(&block, at..end).await {
+                    Ok(p) => p,
                     Err(e) => {
-                        let _ = writer.abort().await;
+                        writer.abort().await;
                         return Err(self.store_failed(&e.to_string()));
                     }
                 };
-                written += chunk.len() as u64;
-                if written > self.limit {
-                    let _ = writer.abort().await;
-                    return Err(too_large(self.limit));
-                }
-                self.write(&mut writer, chunk).await?;
+                self.write(&mut writer, part).await?;
+                at = end;
             }
         }
         let etag = self.publish(writer).await?;
@@ -1049,38 +1049,33 @@ impl Upload<'_> {
         Ok(etag)
     }
 
-    async fn writer(&self, path: &ObjectPath) -> Result<WriteMultipart, Response> {
+    async fn writer(&self, path: &ObjectPath) -> Result<Sink, Response> {
         match self.files.objects.put_multipart(path).await {
-            Ok(upload) => Ok(WriteMultipart::new_with_chunk_size(upload, CHUNK)),
+            Ok(upload) => Ok(Sink::new(upload)),
             Err(e) => Err(self.store_failed(&e.to_string())),
         }
     }
 
-    async fn write(
-        &self,
-        writer: &mut WriteMultipart,
-        chunk: bytes::Bytes,
-    ) -> Result<(), Response> {
-        if let Err(e) = writer.wait_for_capacity(IN_FLIGHT).await {
-            return Err(self.store_failed(&e.to_string()));
-        }
-        writer.put(chunk);
-        Ok(())
+    async fn write(&self, writer: &mut Sink, chunk: bytes::Bytes) -> Result<(), Response> {
+        writer
+            .write(&chunk)
+            .await
+            .map_err(|e| self.store_failed(&e))
     }
 
     /// Publishes a blob, unless its upload closed or its device was disabled meanwhile.
-    async fn publish(&self, writer: WriteMultipart) -> Result<String, Response> {
+    async fn publish(&self, writer: Sink) -> Result<String, Response> {
         if let Err(refused) = still_allowed(self.state, self.blob_name, now_ms()).await {
-            let _ = writer.abort().await;
+            writer.abort().await;
             return Err(refused);
         }
         self.finish(writer).await
     }
 
-    async fn finish(&self, writer: WriteMultipart) -> Result<String, Response> {
+    async fn finish(&self, writer: Sink) -> Result<String, Response> {
         match writer.finish().await {
             Ok(put) => Ok(put.e_tag.unwrap_or_else(|| format!("{:x}", now_ms()))),
-            Err(e) => Err(self.store_failed(&e.to_string())),
+            Err(e) => Err(self.store_failed(&e)),
         }
     }
 
@@ -1091,6 +1086,70 @@ impl Upload<'_> {
             "InternalError",
             "the hub could not store the file; retry the upload",
         )
+    }
+}
+
+/// Writes an object in parts of [`CHUNK`] bytes, each one contiguous buffer, with at most
+/// [`IN_FLIGHT`] being written: the memory an upload holds is bounded by their product.
+struct Sink {
+    upload: Box<dyn MultipartUpload>,
+    buffer: bytes::BytesMut,
+    writing: tokio::task::JoinSet<object_store::Result<()>>,
+}
+
+impl Sink {
+    fn new(upload: Box<dyn MultipartUpload>) -> Self {
+        Self {
+            upload,
+            buffer: bytes::BytesMut::with_capacity(CHUNK),
+            writing: tokio::task::JoinSet::new(),
+        }
+    }
+
+    async fn write(&mut self, mut data: &[u8]) -> Result<(), String> {
+        while !data.is_empty() {
+            let n = (CHUNK - self.buffer.len()).min(data.len());
+            self.buffer.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.buffer.len() == CHUNK {
+                self.send_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self) -> Result<(), String> {
+        while self.writing.len() >= IN_FLIGHT {
+            self.settle_one().await?;
+        }
+        let part = std::mem::replace(&mut self.buffer, bytes::BytesMut::with_capacity(CHUNK));
+        let part = self.upload.put_part(PutPayload::from(part.freeze()));
+        self.writing.spawn(part);
+        Ok(())
+    }
+
+    async fn settle_one(&mut self) -> Result<(), String> {
+        match self.writing.join_next().await {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e.to_string()),
+            Some(Err(e)) => Err(e.to_string()),
+        }
+    }
+
+    async fn finish(mut self) -> Result<object_store::PutResult, String> {
+        if !self.buffer.is_empty() {
+            self.send_part().await?;
+        }
+        while !self.writing.is_empty() {
+            self.settle_one().await?;
+        }
+        self.upload.complete().await.map_err(|e| e.to_string())
+    }
+
+    async fn abort(mut self) {
+        self.writing.abort_all();
+        while self.writing.join_next().await.is_some() {}
+        let _ = self.upload.abort().await;
     }
 }
 
