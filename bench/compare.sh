@@ -170,12 +170,16 @@ start_hub() {
 
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
+# hub_cli TARGET: the CLI of that target's own build (a newer CLI would migrate an older
+# hub's database under it).
+hub_cli() { if [ "$1" = baseline ]; then echo "$BASELINE_BIN"; else echo "$C"; fi; }
+
 # enroll TARGET: Company-X's root and the devices in that hub's registry.
 enroll() {
     start_hub "$1"
-    "$C" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified \
+    "$(hub_cli "$1")" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified \
         --data-dir "$WORK/hub-$1" >/dev/null
-    "$C" device import "$WORK/devices.jsonl" --data-dir "$WORK/hub-$1" >/dev/null 2>&1
+    "$(hub_cli "$1")" device import "$WORK/devices.jsonl" --data-dir "$WORK/hub-$1" >/dev/null 2>&1
     stop "$HUB_PID"
 }
 
@@ -227,7 +231,7 @@ for target in $TARGETS; do
     if [ "$target" = mosquitto ]; then
         stop "$MOSQ_PID"
     else
-        CS="$("$C" hub connection-string --data-dir "$WORK/hub-$target")"
+        CS="$("$(hub_cli "$target")" hub connection-string --data-dir "$WORK/hub-$target")"
         bench "$target" revoke revoke --connections "$REVOKE_N" --revoke 100 --connection-string "$CS"
         stop "$HUB_PID"
         if [ "$target" = certhub ]; then

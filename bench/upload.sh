@@ -41,11 +41,12 @@ DATA="$WORK/data"
 CERTHUB_LOG=warn "$C" serve --data-dir "$DATA" --hostname "$ADDR" \
     --https-addr "$ADDR:0" --mqtt-addr "$ADDR:0" >"$WORK/hub.log" 2>&1 &
 HUB_PID=$!
-for _ in $(seq 100); do
-    cs=$("$C" hub connection-string --data-dir "$DATA" 2>/dev/null || true)
-    [ -n "$cs" ] && break
+# Ready once the service API answers through the endpoint the hub recorded.
+for _ in $(seq 200); do
+    "$C" device list --data-dir "$DATA" >/dev/null 2>&1 && break
     sleep 0.1
 done
+cs=$("$C" hub connection-string --data-dir "$DATA")
 HOSTPORT=$(sed 's/.*HostName=\([^;]*\);.*/\1/' <<<"$cs")
 for _ in $(seq 100); do
     curl -s -o /dev/null --cacert "$DATA/tls/server-ca.pem" "https://$HOSTPORT/openapi.json" && break

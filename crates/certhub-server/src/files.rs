@@ -33,6 +33,8 @@ const SAS_VERSION: &str = "2018-03-28";
 /// holds is about their product.
 const CHUNK: usize = 512 << 10;
 const IN_FLIGHT: usize = 2;
+/// The part size for remote stores: S3's smallest part but the last.
+const REMOTE_PART: usize = 5 << 20;
 /// A block id decodes to at most 64 bytes (Azure).
 const MAX_BLOCK_ID: usize = 64;
 /// Blocks in one blob at most (Azure: 50,000), and the largest block list body.
@@ -47,6 +49,59 @@ const MAX_SEGMENTS: usize = 254;
 pub struct FileStore {
     objects: Arc<dyn ObjectStore>,
     key: Arc<tokio::sync::OnceCell<aws_lc_rs::hmac::Key>>,
+    /// Bytes per part written (S3 takes no part under 5 MiB but the last).
+    part: usize,
+}
+
+/// The object stores files may go to besides the local filesystem, by URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteKind {
+    /// `s3://bucket/prefix`: Amazon S3 and S3-compatible stores.
+    S3,
+    /// `az://container/prefix` (or `azure://`): Azure Blob Storage.
+    Azure,
+}
+
+impl RemoteKind {
+    /// The kind a URL names, if it is a remote store certhub can use.
+    pub fn of(url: &str) -> Option<Self> {
+        let scheme = url.split_once("://")?.0.to_ascii_lowercase();
+        match scheme.as_str() {
+            "s3" | "s3a" => Some(Self::S3),
+            "az" | "azure" | "abfs" | "abfss" => Some(Self::Azure),
+            _ => None,
+        }
+    }
+
+    /// Refuses an option this store does not know (object_store would ignore it silently).
+    pub fn check_option(self, key: &str) -> Result<(), String> {
+        let known = match self {
+            Self::S3 => key.parse::<object_store::aws::AmazonS3ConfigKey>().is_ok(),
+            Self::Azure => key.parse::<object_store::azure::AzureConfigKey>().is_ok(),
+        };
+        if known {
+            Ok(())
+        } else {
+            let example = match self {
+                Self::S3 => "aws_endpoint, aws_region, aws_access_key_id, aws_secret_access_key",
+                Self::Azure => {
+                    "azure_storage_account_name, azure_storage_account_key, azure_storage_endpoint"
+                }
+            };
+            Err(format!(
+                "{key:?} is not an option of this store (e.g. {example}; object_store's configuration keys)"
+            ))
+        }
+    }
+
+    /// The environment variables this store reads its credentials from, when the
+    /// configuration does not give them (AWS_* for S3, AZURE_* for Azure).
+    pub fn env_prefix(self) -> &'static str {
+        match self {
+            Self::S3 => "AWS_",
+            Self::Azure => "AZURE_",
+        }
+    }
 }
 
 impl FileStore {
@@ -62,14 +117,40 @@ impl FileStore {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| format!("cannot use {} for uploaded files: {e}", dir.display()))?
             .with_fsync(true);
-        Ok(Self::new(Arc::new(fs)))
+        Ok(Self::new(Arc::new(fs), CHUNK))
     }
 
-    /// Files in any object store.
-    pub fn new(objects: Arc<dyn ObjectStore>) -> Self {
+    /// Files in a remote object store (see [`RemoteKind`]), under the URL's path; `options`
+    /// are object_store's configuration keys (`aws_endpoint`, `azure_storage_account_key`...).
+    pub fn remote(url: &str, options: &[(String, String)]) -> Result<Self, String> {
+        let parsed = url::Url::parse(url).map_err(|e| format!("file_store {url:?}: {e}"))?;
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options.iter().cloned())
+            .map_err(|e| format!("file_store {url:?}: {e}"))?;
+        let objects: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        };
+        Ok(Self::new(objects, REMOTE_PART))
+    }
+
+    /// Lists the store's top level once (within 15 s): an error names what is wrong with the
+    /// store's address or credentials.
+    pub async fn check(&self) -> Result<(), String> {
+        let listed = self.objects.list_with_delimiter(None);
+        match tokio::time::timeout(std::time::Duration::from_secs(15), listed).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 15 s".into()),
+        }
+    }
+
+    /// Files in any object store, written in parts of `part` bytes.
+    pub fn new(objects: Arc<dyn ObjectStore>, part: usize) -> Self {
         Self {
             objects,
             key: Arc::new(tokio::sync::OnceCell::new()),
+            part,
         }
     }
 
@@ -91,12 +172,44 @@ impl FileStore {
         self.objects.head(&Self::blob_path(blob_name)).await.ok()
     }
 
-    /// The blob's bytes, as a stream.
-    pub async fn read(&self, blob_name: &str) -> Result<object_store::GetResult, String> {
-        self.objects
-            .get(&Self::blob_path(blob_name))
+    /// The blob's size and its bytes as a stream, read in parts of the write size (the local
+    /// store's own stream reads 8 KiB per blocking task).
+    pub async fn read(
+        &self,
+        blob_name: &str,
+    ) -> Result<
+        (
+            u64,
+            impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + use<>,
+        ),
+        String,
+    > {
+        let path = Self::blob_path(blob_name);
+        let size = self
+            .objects
+            .head(&path)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?
+            .size;
+        let objects = self.objects.clone();
+        let step = self.part as u64;
+        let parts = futures_util::stream::unfold(0u64, move |at| {
+            let (objects, path) = (objects.clone(), path.clone());
+            async move {
+                if at >= size {
+                    return None;
+                }
+                let end = (at + step).min(size);
+                let part = objects
+                    .get_range(&path, at..end)
+                    .await
+                    .map_err(std::io::Error::other);
+                // After an error the stream ends: the body is cut short and the client sees it.
+                let next = if part.is_ok() { end } else { size };
+                Some((part, next))
+            }
+        });
+        Ok((size, parts))
     }
 
     /// Removes the blocks of a blob that no block list committed.
@@ -1032,7 +1145,7 @@ impl Upload<'_> {
             // each on a blocking thread).
             let mut at = 0;
             while at < size {
-                let end = (at + CHUNK as u64).min(size);
+                let end = (at + self.files.part as u64).min(size);
                 let part = match self.files.objects.get_range(&block, at..end).await {
                     Ok(p) => p,
                     Err(e) => {
@@ -1051,7 +1164,7 @@ impl Upload<'_> {
 
     async fn writer(&self, path: &ObjectPath) -> Result<Sink, Response> {
         match self.files.objects.put_multipart(path).await {
-            Ok(upload) => Ok(Sink::new(upload)),
+            Ok(upload) => Ok(Sink::new(upload, self.files.part)),
             Err(e) => Err(self.store_failed(&e.to_string())),
         }
     }
@@ -1089,29 +1202,31 @@ impl Upload<'_> {
     }
 }
 
-/// Writes an object in parts of [`CHUNK`] bytes, each one contiguous buffer, with at most
+/// Writes an object in parts of the store's part size, each one contiguous buffer, with at most
 /// [`IN_FLIGHT`] being written: the memory an upload holds is bounded by their product.
 struct Sink {
     upload: Box<dyn MultipartUpload>,
+    part: usize,
     buffer: bytes::BytesMut,
     writing: tokio::task::JoinSet<object_store::Result<()>>,
 }
 
 impl Sink {
-    fn new(upload: Box<dyn MultipartUpload>) -> Self {
+    fn new(upload: Box<dyn MultipartUpload>, part: usize) -> Self {
         Self {
             upload,
-            buffer: bytes::BytesMut::with_capacity(CHUNK),
+            part,
+            buffer: bytes::BytesMut::with_capacity(part),
             writing: tokio::task::JoinSet::new(),
         }
     }
 
     async fn write(&mut self, mut data: &[u8]) -> Result<(), String> {
         while !data.is_empty() {
-            let n = (CHUNK - self.buffer.len()).min(data.len());
+            let n = (self.part - self.buffer.len()).min(data.len());
             self.buffer.extend_from_slice(&data[..n]);
             data = &data[n..];
-            if self.buffer.len() == CHUNK {
+            if self.buffer.len() == self.part {
                 self.send_part().await?;
             }
         }
@@ -1122,7 +1237,7 @@ impl Sink {
         while self.writing.len() >= IN_FLIGHT {
             self.settle_one().await?;
         }
-        let part = std::mem::replace(&mut self.buffer, bytes::BytesMut::with_capacity(CHUNK));
+        let part = std::mem::replace(&mut self.buffer, bytes::BytesMut::with_capacity(self.part));
         let part = self.upload.put_part(PutPayload::from(part.freeze()));
         self.writing.spawn(part);
         Ok(())

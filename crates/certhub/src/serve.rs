@@ -20,7 +20,8 @@ pub struct ServeArgs {
     /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages,
     /// c2d_max_pending, c2d_max_deliveries, audit_retention, audit_max_records,
     /// refusals_per_source, refusals_per_client_id, pending_per_source, pending_total,
-    /// https_connections_per_source, refusal_audit_window).
+    /// https_connections_per_source, refusal_audit_window, file_store, file_store_options,
+    /// dangerous_file_store_allow_http).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory: SQLite database, the hub's TLS files [default: ./certhub-data].
@@ -110,6 +111,9 @@ struct FileConfig {
     pending_total: Option<u64>,
     https_connections_per_source: Option<u64>,
     refusal_audit_window: Option<u64>,
+    file_store: Option<String>,
+    file_store_options: Option<std::collections::BTreeMap<String, String>>,
+    dangerous_file_store_allow_http: Option<bool>,
 }
 
 /// The configuration the hub runs with.
@@ -120,6 +124,9 @@ pub struct Config {
     pub https_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
     pub database_url: Option<String>,
+    /// Where uploaded files go when not in the data directory: a remote object store's URL
+    /// and its options.
+    pub file_store: Option<RemoteFileStore>,
     pub verification_code_ttl: Duration,
     pub max_device_sessions: usize,
     pub telemetry_retention: Duration,
@@ -259,6 +266,15 @@ impl Config {
                 "database_url: {url:?} is not a postgres:// URL (leave it out for the embedded SQLite)"
             )));
         }
+        let file_store = file_store(
+            env("CERTHUB_FILE_STORE").or(file.file_store),
+            env("CERTHUB_FILE_STORE_OPTIONS"),
+            file.file_store_options,
+            env("CERTHUB_DANGEROUS_FILE_STORE_ALLOW_HTTP")
+                .map(|v| v == "true" || v == "1")
+                .or(file.dangerous_file_store_allow_http)
+                .unwrap_or(false),
+        )?;
         let ttl = number(
             "verification_code_ttl",
             &args.verification_code_ttl,
@@ -397,8 +413,76 @@ impl Config {
             https_addr: addr("https_addr", &https)?,
             mqtt_addr: addr("mqtt_addr", &mqtt)?,
             database_url,
+            file_store,
         })
     }
+}
+
+/// A remote object store's URL and its options (object_store's keys).
+pub type RemoteFileStore = (String, Vec<(String, String)>);
+
+/// The remote store for uploaded files, if one is configured: its URL checked, its options
+/// (from the file's `[file_store_options]` table, then `CERTHUB_FILE_STORE_OPTIONS` as
+/// `key=value,...`, then the store's own environment variables) each a key the store knows.
+/// Plain HTTP to the store needs `dangerous_file_store_allow_http`.
+fn file_store(
+    url: Option<String>,
+    env_options: Option<String>,
+    file_options: Option<std::collections::BTreeMap<String, String>>,
+    allow_http: bool,
+) -> Result<Option<RemoteFileStore>, ConfigError> {
+    use certhub_server::files::RemoteKind;
+    let Some(url) = url else {
+        if file_options.is_some() || env_options.is_some() {
+            return Err(ConfigError(
+                "file_store_options: given without file_store (the store's URL, e.g. s3://bucket/prefix)".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let Some(kind) = RemoteKind::of(&url) else {
+        return Err(ConfigError(format!(
+            "file_store: {url:?} is not a store certhub can use: s3://bucket[/prefix] (S3 and S3-compatible stores) or az://container[/prefix] (Azure Blob Storage); leave it out to keep files in the data directory"
+        )));
+    };
+    let mut options: Vec<(String, String)> = file_options.unwrap_or_default().into_iter().collect();
+    for pair in env_options
+        .iter()
+        .flat_map(|o| o.split(','))
+        .filter(|p| !p.trim().is_empty())
+    {
+        let Some((k, v)) = pair.split_once('=') else {
+            return Err(ConfigError(format!(
+                "CERTHUB_FILE_STORE_OPTIONS: {pair:?} is not key=value"
+            )));
+        };
+        options.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    for (k, _) in &options {
+        if k.to_ascii_lowercase().contains("allow_http") {
+            return Err(ConfigError(format!(
+                "file_store_options: {k} is not taken here; plain HTTP to the file store sends devices' files unencrypted: set dangerous_file_store_allow_http = true (or CERTHUB_DANGEROUS_FILE_STORE_ALLOW_HTTP=true) if you mean it"
+            )));
+        }
+        kind.check_option(k)
+            .map_err(|e| ConfigError(format!("file_store_options: {e}")))?;
+    }
+    for (name, value) in std::env::vars() {
+        if let Some(rest) = name.strip_prefix(kind.env_prefix()) {
+            let key = format!("{}{}", kind.env_prefix(), rest).to_ascii_lowercase();
+            if !options.iter().any(|(k, _)| k == &key)
+                && kind.check_option(&key).is_ok()
+                && !key.contains("allow_http")
+            {
+                options.push((key, value));
+            }
+        }
+    }
+    if allow_http {
+        options.push(("allow_http".into(), "true".into()));
+    }
+    certhub_server::files::FileStore::remote(&url, &options).map_err(ConfigError)?;
+    Ok(Some((url, options)))
 }
 
 /// Opens the hub's store: PostgreSQL when configured, else SQLite in the data directory.
@@ -590,11 +674,19 @@ async fn serve(config: Config) -> Result<Outcome> {
     state.set_c2d_limits(config.c2d);
     state.set_public_port(bound.port());
     // Uploaded files live in the data directory (`files/`), also when the database is
-    // PostgreSQL.
-    state.set_file_store(
-        certhub_server::files::FileStore::local(&config.data_dir.join("files"))
-            .map_err(anyhow::Error::msg)?,
-    );
+    // PostgreSQL, unless a remote store is configured.
+    let files = match &config.file_store {
+        None => certhub_server::files::FileStore::local(&config.data_dir.join("files")),
+        Some((url, options)) => certhub_server::files::FileStore::remote(url, options),
+    };
+    let files = files.map_err(anyhow::Error::msg)?;
+    // A remote store that cannot be reached (wrong endpoint, bucket or credentials) stops the
+    // start here, not at a device's first upload.
+    files
+        .check()
+        .await
+        .map_err(|e| anyhow::anyhow!("the file store cannot be used: {e}"))?;
+    state.set_file_store(files);
     // Settings written by another process (`certhub hub set --local`) take effect, and close
     // the sessions a switch shuts out, within half a second.
     let settings_watch = {

@@ -271,12 +271,11 @@ pub async fn content(
     let Some(files) = state.files() else {
         return Err(not_found("file upload is not offered by this hub".into()));
     };
-    let got = files
+    let (size, parts) = files
         .read(&upload.blob_name)
         .await
         .map_err(|e| not_found(format!("the file {} is gone: {e}", upload.blob_name)))?;
-    let size = got.meta.size;
-    let body = axum::body::Body::from_stream(got.into_stream());
+    let body = axum::body::Body::from_stream(parts);
     let mut r = (StatusCode::OK, body).into_response();
     let h = r.headers_mut();
     h.insert(
