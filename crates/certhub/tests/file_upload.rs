@@ -376,6 +376,16 @@ fn bad_input_to_file_upload_is_refused_and_nothing_is_stored() {
     };
     let (code, body) = block("QUFB", "first ");
     assert_eq!(code, 201, "{body}");
+    // A block list naming a block never put is refused, and publishes nothing.
+    let unknown = "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>QUFB</Latest><Latest>WFla</Latest></BlockList>";
+    let (code, body) = curl_url(
+        &data,
+        &format!("{}&comp=blocklist", m.url),
+        &["-X", "PUT", "--data-binary", unknown],
+    );
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("InvalidBlockList"), "{body}");
+    assert!(!blob_file(&m.blob_name).exists());
     cli(&["device", "update", "--id", WIDGET, "--status", "disabled"]);
     let (code, body) = block("QkJC", "second");
     assert_eq!(code, 403, "{body}");

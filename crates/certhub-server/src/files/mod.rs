@@ -14,16 +14,19 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{MultipartUpload, ObjectStore, ObjectStoreExt, PutPayload};
+use object_store::{ObjectStore, ObjectStoreExt};
 use serde::Deserialize;
 
 use crate::devices_https::{Devices, TlsPeer, device_caller};
 use crate::state::{AppState, now_ms};
+
+mod blob;
+pub(crate) use blob::blob_put;
 
 /// The container every upload goes to: blob URIs are `https://{host}/fileupload/{deviceId}/{name}`.
 pub const CONTAINER: &str = "fileupload";
@@ -35,11 +38,6 @@ const CHUNK: usize = 512 << 10;
 const IN_FLIGHT: usize = 2;
 /// The part size for remote stores: S3's smallest part but the last.
 const REMOTE_PART: usize = 5 << 20;
-/// A block id decodes to at most 64 bytes (Azure).
-const MAX_BLOCK_ID: usize = 64;
-/// Blocks in one blob at most (Azure: 50,000), and the largest block list body.
-const MAX_BLOCKS: usize = 50_000;
-const MAX_BLOCK_LIST: usize = 8 << 20;
 /// Blob names: at most 1,024 characters and 254 segments (Azure).
 const MAX_NAME: usize = 1024;
 const MAX_SEGMENTS: usize = 254;
@@ -51,6 +49,9 @@ pub struct FileStore {
     key: Arc<tokio::sync::OnceCell<aws_lc_rs::hmac::Key>>,
     /// Bytes per part written (S3 takes no part under 5 MiB but the last).
     part: usize,
+    /// The folder of a local store: block lists are composed there by the kernel
+    /// (`copy_file_range`) instead of through the process.
+    local_root: Option<std::path::PathBuf>,
 }
 
 /// The object stores files may go to besides the local filesystem, by URL scheme.
@@ -117,7 +118,12 @@ impl FileStore {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| format!("cannot use {} for uploaded files: {e}", dir.display()))?
             .with_fsync(true);
-        Ok(Self::new(Arc::new(fs), CHUNK))
+        let mut store = Self::new(Arc::new(fs), CHUNK);
+        store.local_root = Some(
+            std::fs::canonicalize(dir)
+                .map_err(|e| format!("cannot use {} for uploaded files: {e}", dir.display()))?,
+        );
+        Ok(store)
     }
 
     /// Files in a remote object store (see [`RemoteKind`]), under the URL's path; `options`
@@ -151,6 +157,7 @@ impl FileStore {
             objects,
             key: Arc::new(tokio::sync::OnceCell::new()),
             part,
+            local_root: None,
         }
     }
 
@@ -680,632 +687,9 @@ async fn report(
     }
 }
 
-/// An error of the blob endpoint, in Azure Storage's shape (an XML body and
-/// `x-ms-error-code`), which the storage SDKs turn into their exceptions.
-fn storage_error(status: StatusCode, code: &'static str, message: impl AsRef<str>) -> Response {
-    let message = message
-        .as_ref()
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;");
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>{code}</Code><Message>{message}</Message></Error>"
-    );
-    let mut r = (status, body).into_response();
-    let h = r.headers_mut();
-    h.insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/xml"),
-    );
-    h.insert("x-ms-error-code", HeaderValue::from_static(code));
-    r
-}
-
-/// The query of a blob request, percent-decoded (`+` stays `+`: base64 block ids carry it).
-fn query_pairs(raw: Option<&str>) -> Vec<(String, String)> {
-    raw.unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            let decode = |s: &str| {
-                percent_encoding::percent_decode_str(s)
-                    .decode_utf8_lossy()
-                    .into_owned()
-            };
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
-fn param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    pairs
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// `PUT /fileupload/{blobName}?{token}[&comp=block&blockid=...|&comp=blocklist]`: Put Blob,
-/// Put Block and Put Block List of the Azure Blob service, for the blob the token names.
-pub(crate) async fn blob_put(
-    Extension(devices): Extension<Arc<Devices>>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut body = Some(body);
-    let response = blob_write(&devices, &uri, &headers, &mut body).await;
-    // Refused before its body was read: a small body is read and dropped first, so that the
-    // client (still sending) gets the answer rather than a reset stream.
-    if let Some(unread) = body {
-        let drain = axum::body::to_bytes(unread, DRAIN_LIMIT);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), drain).await;
-    }
-    response
-}
-
-/// The most of a refused request's body the hub reads before answering: a whole block as the
-/// SDKs send them (4 MiB).
-const DRAIN_LIMIT: usize = 8 << 20;
-
-async fn blob_write(
-    devices: &Devices,
-    uri: &axum::http::Uri,
-    headers: &HeaderMap,
-    body: &mut Option<Body>,
-) -> Response {
-    let state = devices.core.state().clone();
-    let Some(files) = state.files() else {
-        return storage_error(
-            StatusCode::NOT_FOUND,
-            "ContainerNotFound",
-            "file upload is not offered by this hub",
-        );
-    };
-    let raw_path = uri.path();
-    let Some(raw_name) = raw_path.strip_prefix(&format!("/{CONTAINER}/")) else {
-        return storage_error(
-            StatusCode::NOT_FOUND,
-            "ContainerNotFound",
-            format!("this hub's blobs are under /{CONTAINER}/"),
-        );
-    };
-    // An escaped separator would put a '/' or '\' inside a segment after decoding.
-    let lower = raw_name.to_ascii_lowercase();
-    if lower.contains("%2f") || lower.contains("%5c") {
-        return storage_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidUri",
-            "the blob path holds an escaped separator (%2F or %5C); use '/' between folders",
-        );
-    }
-    let blob_name = match percent_encoding::percent_decode_str(raw_name).decode_utf8() {
-        Ok(n) => n.into_owned(),
-        Err(_) => {
-            return storage_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidUri",
-                "the blob path is not UTF-8 once decoded",
-            );
-        }
-    };
-    if let Err(e) = check_blob_name(&blob_name) {
-        return storage_error(StatusCode::BAD_REQUEST, "InvalidUri", e);
-    }
-    let query = query_pairs(uri.query());
-    // The token: the hub's signature over this path, its permissions and expiry.
-    let (Some(sig), Some(se), Some(sp)) = (
-        param(&query, "sig"),
-        param(&query, "se"),
-        param(&query, "sp"),
-    ) else {
-        return storage_error(
-            StatusCode::FORBIDDEN,
-            "AuthenticationFailed",
-            "no blob token: the URI must carry the sasToken POST /devices/{id}/files answered (sig, se, sp)",
-        );
-    };
-    let key = match files.key(&state).await {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::error!(error = e, "no blob signing key");
-            return storage_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServerBusy",
-                "the hub cannot check blob tokens now; retry",
-            );
-        }
-    };
-    let signed = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(sig.trim_end_matches('='))
-        .ok()
-        .is_some_and(|sig| {
-            aws_lc_rs::hmac::verify(key, string_to_sign(sp, se, &blob_name).as_bytes(), &sig)
-                .is_ok()
-        });
-    if !signed {
-        return storage_error(
-            StatusCode::FORBIDDEN,
-            "AuthenticationFailed",
-            format!(
-                "the blob token does not match /{CONTAINER}/{blob_name}: it was given for another blob or altered; ask the hub for a new one (POST /devices/{{id}}/files)"
-            ),
-        );
-    }
-    let now = now_ms();
-    match parse_expiry(se) {
-        Some(expiry) if expiry > now => {}
-        _ => {
-            return storage_error(
-                StatusCode::FORBIDDEN,
-                "AuthenticationFailed",
-                format!(
-                    "the blob token expired at {se}; ask the hub for a new one (POST /devices/{{id}}/files)"
-                ),
-            );
-        }
-    }
-    if !sp.contains('w') {
-        return storage_error(
-            StatusCode::FORBIDDEN,
-            "AuthorizationPermissionMismatch",
-            "the blob token does not allow writing",
-        );
-    }
-    // The upload must still be open and its device enabled: checked on every request, and
-    // again before a write is published.
-    if let Err(refused) = still_allowed(&state, &blob_name, now).await {
-        return refused;
-    }
-    let settings = match state.settings().await {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "settings unreadable");
-            return storage_error(StatusCode::SERVICE_UNAVAILABLE, "ServerBusy", "retry");
-        }
-    };
-    let limit = u64::try_from(settings.file_upload_max_bytes).unwrap_or(0);
-    if let Some(length) = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && length > limit
-    {
-        return too_large(limit);
-    }
-    let upload = Upload {
-        files,
-        state: &state,
-        blob_name: &blob_name,
-        limit,
-    };
-    let result = match param(&query, "comp") {
-        None => {
-            let block_blob = headers
-                .get("x-ms-blob-type")
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"BlockBlob"));
-            if !block_blob {
-                return storage_error(
-                    StatusCode::BAD_REQUEST,
-                    "MissingRequiredHeader",
-                    "Put Blob needs x-ms-blob-type: BlockBlob (the only blob type this hub stores)",
-                );
-            }
-            let exists_refused = headers
-                .get(axum::http::header::IF_NONE_MATCH)
-                .is_some_and(|v| v.as_bytes() == b"*");
-            if exists_refused && files.head(&blob_name).await.is_some() {
-                return storage_error(
-                    StatusCode::CONFLICT,
-                    "BlobAlreadyExists",
-                    format!("{blob_name} exists (If-None-Match: *); upload with overwrite"),
-                );
-            }
-            upload.put_blob(body.take().unwrap_or_default()).await
-        }
-        Some("block") => {
-            let Some(id) = param(&query, "blockid").and_then(block_id) else {
-                return storage_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidQueryParameterValue",
-                    format!("Put Block needs blockid: base64 of at most {MAX_BLOCK_ID} bytes"),
-                );
-            };
-            upload.put_block(&id, body.take().unwrap_or_default()).await
-        }
-        Some("blocklist") => upload.put_block_list(body.take().unwrap_or_default()).await,
-        Some(other) => {
-            return storage_error(
-                StatusCode::BAD_REQUEST,
-                "InvalidQueryParameterValue",
-                format!(
-                    "comp={other} is not served: this endpoint takes Put Blob, Put Block (comp=block) and Put Block List (comp=blocklist)"
-                ),
-            );
-        }
-    };
-    match result {
-        Ok(etag) => {
-            let mut r = StatusCode::CREATED.into_response();
-            let h = r.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&format!("\"{etag}\"")) {
-                h.insert(axum::http::header::ETAG, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&http_date(time::OffsetDateTime::now_utc())) {
-                h.insert(axum::http::header::LAST_MODIFIED, v);
-            }
-            h.insert(
-                "x-ms-request-server-encrypted",
-                HeaderValue::from_static("false"),
-            );
-            if let Some(v) = headers.get("x-ms-version") {
-                h.insert("x-ms-version", v.clone());
-            }
-            if let Some(v) = headers.get("x-ms-client-request-id") {
-                h.insert("x-ms-client-request-id", v.clone());
-            }
-            r
-        }
-        Err(refused) => refused,
-    }
-}
-
-fn too_large(limit: u64) -> Response {
-    storage_error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "RequestBodyTooLarge",
-        format!("files on this hub are at most {limit} bytes (fileUploadMaxBytes)"),
-    )
-}
-
-fn http_date(t: time::OffsetDateTime) -> String {
-    t.format(time::macros::format_description!(
-        "[weekday repr:short], [day] [month repr:short] [year] [hour]:[minute]:[second] GMT"
-    ))
-    .unwrap_or_default()
-}
-
-/// A block id as the staging area names it (hex of its bytes), if it is base64 of at most 64
-/// bytes.
-fn block_id(text: &str) -> Option<String> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(text)
-        .ok()?;
-    (!bytes.is_empty() && bytes.len() <= MAX_BLOCK_ID).then(|| hex(&bytes))
-}
-
-/// Refused unless an upload of `blob_name` is open at `now` and its device exists and is
-/// enabled.
-async fn still_allowed(state: &AppState, blob_name: &str, now: i64) -> Result<(), Response> {
-    let upload = match state.store().open_upload(blob_name, now).await {
-        Ok(u) => u,
-        Err(e) => {
-            tracing::error!(error = %e, "upload unreadable");
-            return Err(storage_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServerBusy",
-                "retry",
-            ));
-        }
-    };
-    let Some(upload) = upload else {
-        return Err(storage_error(
-            StatusCode::FORBIDDEN,
-            "AuthorizationFailure",
-            format!(
-                "no upload of {blob_name} is open: it was reported on or its token expired; ask the hub for a new one (POST /devices/{{id}}/files)"
-            ),
-        ));
-    };
-    let enabled = match certhub_core::DeviceId::new(upload.device_id.clone()) {
-        Ok(id) => match state.store().device(&id).await {
-            Ok(d) => d.map(|d| d.status == certhub_core::Status::Enabled),
-            Err(e) => {
-                tracing::error!(error = %e, "device unreadable");
-                return Err(storage_error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServerBusy",
-                    "retry",
-                ));
-            }
-        },
-        Err(_) => None,
-    };
-    match enabled {
-        Some(true) => Ok(()),
-        Some(false) => Err(storage_error(
-            StatusCode::FORBIDDEN,
-            "AuthorizationFailure",
-            format!(
-                "the device {} is disabled: its uploads are refused",
-                upload.device_id
-            ),
-        )),
-        None => Err(storage_error(
-            StatusCode::FORBIDDEN,
-            "AuthorizationFailure",
-            format!("the device {} no longer exists", upload.device_id),
-        )),
-    }
-}
-
-/// One write to a blob whose token was checked.
-struct Upload<'a> {
-    files: &'a FileStore,
-    state: &'a AppState,
-    blob_name: &'a str,
-    limit: u64,
-}
-
-impl Upload<'_> {
-    /// Put Blob: the body becomes the blob, published only once whole.
-    async fn put_blob(&self, body: Body) -> Result<String, Response> {
-        let path = FileStore::blob_path(self.blob_name);
-        let mut writer = self.writer(&path).await?;
-        let mut stream = body.into_data_stream();
-        let mut written = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else {
-                writer.abort().await;
-                return Err(storage_error(
-                    StatusCode::BAD_REQUEST,
-                    "IncompleteBody",
-                    "the request body ended early",
-                ));
-            };
-            written += chunk.len() as u64;
-            if written > self.limit {
-                writer.abort().await;
-                return Err(too_large(self.limit));
-            }
-            self.write(&mut writer, chunk).await?;
-        }
-        self.publish(writer).await
-    }
-
-    /// Put Block: the body is kept apart until a block list names it.
-    async fn put_block(&self, id: &str, body: Body) -> Result<String, Response> {
-        let path = FileStore::staging_path(self.blob_name).join(id);
-        let mut writer = self.writer(&path).await?;
-        let mut stream = body.into_data_stream();
-        let mut written = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else {
-                writer.abort().await;
-                return Err(storage_error(
-                    StatusCode::BAD_REQUEST,
-                    "IncompleteBody",
-                    "the request body ended early",
-                ));
-            };
-            written += chunk.len() as u64;
-            if written > self.limit {
-                writer.abort().await;
-                return Err(too_large(self.limit));
-            }
-            self.write(&mut writer, chunk).await?;
-        }
-        self.finish(writer).await
-    }
-
-    /// Put Block List: the blob becomes the named blocks in order.
-    async fn put_block_list(&self, body: Body) -> Result<String, Response> {
-        let Ok(xml) = axum::body::to_bytes(body, MAX_BLOCK_LIST).await else {
-            return Err(storage_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "RequestBodyTooLarge",
-                format!("a block list is at most {MAX_BLOCK_LIST} bytes"),
-            ));
-        };
-        let ids = match parse_block_list(&String::from_utf8_lossy(&xml)) {
-            Ok(ids) => ids,
-            Err(e) => {
-                return Err(storage_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidXmlDocument",
-                    e,
-                ));
-            }
-        };
-        let staging = FileStore::staging_path(self.blob_name);
-        let path = FileStore::blob_path(self.blob_name);
-        let mut writer = self.writer(&path).await?;
-        let mut written = 0u64;
-        for (n, text) in ids.iter().enumerate() {
-            let Some(id) = block_id(text) else {
-                writer.abort().await;
-                return Err(storage_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidBlockId",
-                    format!(
-                        "block {n} of the list, {text:?}, is not base64 of at most {MAX_BLOCK_ID} bytes"
-                    ),
-                ));
-            };
-            let block = staging.clone().join(id.as_str());
-            let size = match self.files.objects.head(&block).await {
-                Ok(meta) => meta.size,
-                Err(_) => {
-                    writer.abort().await;
-                    return Err(storage_error(
-                        StatusCode::BAD_REQUEST,
-                        "InvalidBlockList",
-                        format!(
-                            "block {n} of the list, {text:?}, was never put (Put Block) for this blob"
-                        ),
-                    ));
-                }
-            };
-            written += size;
-            if written > self.limit {
-                writer.abort().await;
-                return Err(too_large(self.limit));
-            }
-            // Read in parts of the write size (the store's own stream reads 8 KiB at a time,
-            // each on a blocking thread).
-            let mut at = 0;
-            while at < size {
-                let end = (at + self.files.part as u64).min(size);
-                let part = match self.files.objects.get_range(&block, at..end).await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        writer.abort().await;
-                        return Err(self.store_failed(&e.to_string()));
-                    }
-                };
-                self.write(&mut writer, part).await?;
-                at = end;
-            }
-        }
-        let etag = self.publish(writer).await?;
-        self.files.drop_staged(self.blob_name).await;
-        Ok(etag)
-    }
-
-    async fn writer(&self, path: &ObjectPath) -> Result<Sink, Response> {
-        match self.files.objects.put_multipart(path).await {
-            Ok(upload) => Ok(Sink::new(upload, self.files.part)),
-            Err(e) => Err(self.store_failed(&e.to_string())),
-        }
-    }
-
-    async fn write(&self, writer: &mut Sink, chunk: bytes::Bytes) -> Result<(), Response> {
-        writer
-            .write(&chunk)
-            .await
-            .map_err(|e| self.store_failed(&e))
-    }
-
-    /// Publishes a blob, unless its upload closed or its device was disabled meanwhile.
-    async fn publish(&self, writer: Sink) -> Result<String, Response> {
-        if let Err(refused) = still_allowed(self.state, self.blob_name, now_ms()).await {
-            writer.abort().await;
-            return Err(refused);
-        }
-        self.finish(writer).await
-    }
-
-    async fn finish(&self, writer: Sink) -> Result<String, Response> {
-        match writer.finish().await {
-            Ok(put) => Ok(put.e_tag.unwrap_or_else(|| format!("{:x}", now_ms()))),
-            Err(e) => Err(self.store_failed(&e)),
-        }
-    }
-
-    fn store_failed(&self, e: &str) -> Response {
-        tracing::error!(error = e, blob = self.blob_name, "file store write failed");
-        storage_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            "the hub could not store the file; retry the upload",
-        )
-    }
-}
-
-/// Writes an object in parts of the store's part size, each one contiguous buffer, with at most
-/// [`IN_FLIGHT`] being written: the memory an upload holds is bounded by their product.
-struct Sink {
-    upload: Box<dyn MultipartUpload>,
-    part: usize,
-    buffer: bytes::BytesMut,
-    writing: tokio::task::JoinSet<object_store::Result<()>>,
-}
-
-impl Sink {
-    fn new(upload: Box<dyn MultipartUpload>, part: usize) -> Self {
-        Self {
-            upload,
-            part,
-            buffer: bytes::BytesMut::with_capacity(part),
-            writing: tokio::task::JoinSet::new(),
-        }
-    }
-
-    async fn write(&mut self, mut data: &[u8]) -> Result<(), String> {
-        while !data.is_empty() {
-            let n = (self.part - self.buffer.len()).min(data.len());
-            self.buffer.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.buffer.len() == self.part {
-                self.send_part().await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn send_part(&mut self) -> Result<(), String> {
-        while self.writing.len() >= IN_FLIGHT {
-            self.settle_one().await?;
-        }
-        let part = std::mem::replace(&mut self.buffer, bytes::BytesMut::with_capacity(self.part));
-        let part = self.upload.put_part(PutPayload::from(part.freeze()));
-        self.writing.spawn(part);
-        Ok(())
-    }
-
-    async fn settle_one(&mut self) -> Result<(), String> {
-        match self.writing.join_next().await {
-            None | Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(e))) => Err(e.to_string()),
-            Some(Err(e)) => Err(e.to_string()),
-        }
-    }
-
-    async fn finish(mut self) -> Result<object_store::PutResult, String> {
-        if !self.buffer.is_empty() {
-            self.send_part().await?;
-        }
-        while !self.writing.is_empty() {
-            self.settle_one().await?;
-        }
-        self.upload.complete().await.map_err(|e| e.to_string())
-    }
-
-    async fn abort(mut self) {
-        self.writing.abort_all();
-        while self.writing.join_next().await.is_some() {}
-        let _ = self.upload.abort().await;
-    }
-}
-
-/// The block ids of a block list, in order:
-/// `<BlockList><Latest>id</Latest><Committed>id</Committed>...</BlockList>`.
-fn parse_block_list(xml: &str) -> Result<Vec<String>, String> {
-    let shape =
-        "a block list is <BlockList> holding <Latest>, <Committed> or <Uncommitted> block ids";
-    let start = xml
-        .find("<BlockList>")
-        .ok_or_else(|| format!("no <BlockList>: {shape}"))?;
-    let mut rest = &xml[start + "<BlockList>".len()..];
-    let mut ids = Vec::new();
-    loop {
-        rest = rest.trim_start();
-        if rest.starts_with("</BlockList>") {
-            break;
-        }
-        let tag = ["Latest", "Committed", "Uncommitted"]
-            .into_iter()
-            .find(|t| rest.starts_with(&format!("<{t}>")))
-            .ok_or_else(|| format!("unexpected content in the block list: {shape}"))?;
-        rest = &rest[tag.len() + 2..];
-        let close = format!("</{tag}>");
-        let end = rest
-            .find(&close)
-            .ok_or_else(|| format!("<{tag}> is not closed: {shape}"))?;
-        ids.push(rest[..end].trim().to_string());
-        rest = &rest[end + close.len()..];
-        if ids.len() > MAX_BLOCKS {
-            return Err(format!("a blob has at most {MAX_BLOCKS} blocks"));
-        }
-    }
-    if ids.is_empty() {
-        return Err(format!("the block list is empty: {shape}"));
-    }
-    Ok(ids)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::blob::{param, query_pairs};
     use super::*;
 
     #[test]
@@ -1319,22 +703,6 @@ mod tests {
             assert!(check_blob_name(bad).is_err(), "{bad:?}");
         }
         assert!(check_blob_name(&"a/".repeat(300)).is_err());
-    }
-
-    #[test]
-    fn the_block_lists_the_sdks_send_parse() {
-        let node = "<?xml version=\"1.0\" encoding=\"UTF-8\" standalone=\"yes\"?><BlockList><Latest>QUJD</Latest><Latest>REVG</Latest></BlockList>";
-        assert_eq!(parse_block_list(node).unwrap(), ["QUJD", "REVG"]);
-        let c = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\r\n<BlockList>\r\n<Latest>QUJD</Latest>\r\n<Committed>REVG</Committed></BlockList>";
-        assert_eq!(parse_block_list(c).unwrap(), ["QUJD", "REVG"]);
-        for bad in [
-            "",
-            "<BlockList></BlockList>",
-            "<BlockList><Latest>x",
-            "<BlockList><Other>x</Other></BlockList>",
-        ] {
-            assert!(parse_block_list(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]
