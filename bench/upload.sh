@@ -41,11 +41,12 @@ DATA="$WORK/data"
 CERTHUB_LOG=warn "$C" serve --data-dir "$DATA" --hostname "$ADDR" \
     --https-addr "$ADDR:0" --mqtt-addr "$ADDR:0" >"$WORK/hub.log" 2>&1 &
 HUB_PID=$!
-# Ready once the service API answers through the endpoint the hub recorded.
-for _ in $(seq 200); do
-    "$C" device list --data-dir "$DATA" >/dev/null 2>&1 && break
+# Ready once it printed its device listener (the last line of its start-up).
+for _ in $(seq 300); do
+    grep -q "devices (MQTT)" "$WORK/hub.log" 2>/dev/null && break
     sleep 0.1
 done
+grep -q "devices (MQTT)" "$WORK/hub.log" || { echo "the hub did not start:" >&2; cat "$WORK/hub.log" >&2; exit 1; }
 cs=$("$C" hub connection-string --data-dir "$DATA")
 HOSTPORT=$(sed 's/.*HostName=\([^;]*\);.*/\1/' <<<"$cs")
 for _ in $(seq 100); do
@@ -141,7 +142,11 @@ put_blocks() {
         list="$list<Latest>$id</Latest>"
         n=$((n + 1))
     done
+    local t0 c0
+    t0=$(now)
+    c0=$(cpu_ticks)
     curl "${CURL_OPTS[@]}" "${args[@]:1}" >"$WORK/blocks.codes"
+    echo "  the Put Blocks: $(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f} s')" "$t0" "$(now)"), hub CPU $(( ($(cpu_ticks) - c0) * 100 / $(getconf CLK_TCK) ))/100 s" >&2
     if grep -v '^201$' "$WORK/blocks.codes" >/dev/null; then
         echo "a Put Block failed: $(sort | uniq -c <"$WORK/blocks.codes")" >&2
         exit 1
@@ -155,6 +160,9 @@ put_blocks() {
 }
 
 echo "certhub $("$C" --version 2>/dev/null | head -1), $(nproc) cores, $(uname -sr)"
+# The disk the hub writes to, as fast as it is right now (1 GiB, synced): uploads cannot beat it.
+echo "disk: $(dd if=/dev/zero of="$WORK/dd.bin" bs=1M count=1024 conv=fsync 2>&1 | tail -1 | sed 's/.*copied, //')"
+rm -f "$WORK/dd.bin"
 measure put-blob put_blob
 measure blocks put_blocks
 for f in put-blob.bin blocks.bin; do

@@ -450,9 +450,6 @@ impl Upload<'_> {
                 ));
             }
         };
-        if let Some(root) = &self.files.local_root {
-            return self.compose_local(root, &ids).await;
-        }
         let staging = FileStore::staging_path(self.blob_name);
         let path = FileStore::blob_path(self.blob_name);
         let mut writer = self.writer(&path).await?;
@@ -508,62 +505,6 @@ impl Upload<'_> {
         Ok(etag)
     }
 
-    /// Put Block List on the local filesystem: the blocks are concatenated into a file
-    /// beside them by the kernel, synced, and renamed into the blob's place.
-    async fn compose_local(
-        &self,
-        root: &std::path::Path,
-        texts: &[String],
-    ) -> Result<String, Response> {
-        let mut ids = Vec::with_capacity(texts.len());
-        for (n, text) in texts.iter().enumerate() {
-            let Some(id) = block_id(text) else {
-                return Err(storage_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidBlockId",
-                    format!(
-                        "block {n} of the list, {text:?}, is not base64 of at most {MAX_BLOCK_ID} bytes"
-                    ),
-                ));
-            };
-            ids.push(id);
-        }
-        let staging = FileStore::staging_path(self.blob_name);
-        let dir = root.join(staging.as_ref());
-        let limit = self.limit;
-        let composed = tokio::task::spawn_blocking(move || compose_files(&dir, &ids, limit)).await;
-        match composed {
-            Ok(Ok(_)) => {}
-            Ok(Err(Composed::Missing(n))) => {
-                return Err(storage_error(
-                    StatusCode::BAD_REQUEST,
-                    "InvalidBlockList",
-                    format!(
-                        "block {n} of the list, {:?}, was never put (Put Block) for this blob",
-                        texts[n]
-                    ),
-                ));
-            }
-            Ok(Err(Composed::TooLarge)) => return Err(too_large(self.limit)),
-            Ok(Err(Composed::Io(e))) => return Err(self.store_failed(&e.to_string())),
-            Err(e) => return Err(self.store_failed(&e.to_string())),
-        }
-        let from = staging.clone().join(COMPOSED);
-        if let Err(refused) = still_allowed(self.state, self.blob_name, now_ms()).await {
-            self.files.drop_staged(self.blob_name).await;
-            return Err(refused);
-        }
-        let to = FileStore::blob_path(self.blob_name);
-        if let Err(e) = self.files.objects.rename(&from, &to).await {
-            return Err(self.store_failed(&e.to_string()));
-        }
-        self.files.drop_staged(self.blob_name).await;
-        match self.files.objects.head(&to).await {
-            Ok(meta) => Ok(meta.e_tag.unwrap_or_else(|| format!("{:x}", now_ms()))),
-            Err(e) => Err(self.store_failed(&e.to_string())),
-        }
-    }
-
     async fn writer(&self, path: &ObjectPath) -> Result<Sink, Response> {
         match self.files.objects.put_multipart(path).await {
             Ok(upload) => Ok(Sink::new(upload, self.files.part)),
@@ -602,55 +543,6 @@ impl Upload<'_> {
             "the hub could not store the file; retry the upload",
         )
     }
-}
-
-/// The name of a composed blob in its staging folder (block names are hex: never this).
-const COMPOSED: &str = "composed";
-
-/// Why a block list could not be composed.
-#[derive(Debug)]
-enum Composed {
-    /// The block at this index of the list was never put.
-    Missing(usize),
-    TooLarge,
-    Io(std::io::Error),
-}
-
-impl From<std::io::Error> for Composed {
-    fn from(e: std::io::Error) -> Self {
-        Self::Io(e)
-    }
-}
-
-/// Concatenates the blocks `ids` of the staging folder `dir` into `dir/composed`, synced;
-/// `std::io::copy` between files is `copy_file_range` on Linux (no copy through the process).
-fn compose_files(dir: &std::path::Path, ids: &[String], limit: u64) -> Result<u64, Composed> {
-    std::fs::create_dir_all(dir)?;
-    let target = dir.join(COMPOSED);
-    let result = (|| {
-        let mut out = std::fs::File::create(&target)?;
-        let mut total = 0u64;
-        for (n, id) in ids.iter().enumerate() {
-            let mut block = match std::fs::File::open(dir.join(id)) {
-                Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Composed::Missing(n));
-                }
-                Err(e) => return Err(e.into()),
-            };
-            total += block.metadata()?.len();
-            if total > limit {
-                return Err(Composed::TooLarge);
-            }
-            std::io::copy(&mut block, &mut out)?;
-        }
-        out.sync_all()?;
-        Ok(total)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&target);
-    }
-    result
 }
 
 /// Writes an object in parts of the store's part size, each one contiguous buffer, with at most

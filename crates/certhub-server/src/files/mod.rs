@@ -49,9 +49,6 @@ pub struct FileStore {
     key: Arc<tokio::sync::OnceCell<aws_lc_rs::hmac::Key>>,
     /// Bytes per part written (S3 takes no part under 5 MiB but the last).
     part: usize,
-    /// The folder of a local store: block lists are composed there by the kernel
-    /// (`copy_file_range`) instead of through the process.
-    local_root: Option<std::path::PathBuf>,
 }
 
 /// The object stores files may go to besides the local filesystem, by URL scheme.
@@ -118,12 +115,7 @@ impl FileStore {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| format!("cannot use {} for uploaded files: {e}", dir.display()))?
             .with_fsync(true);
-        let mut store = Self::new(Arc::new(fs), CHUNK);
-        store.local_root = Some(
-            std::fs::canonicalize(dir)
-                .map_err(|e| format!("cannot use {} for uploaded files: {e}", dir.display()))?,
-        );
-        Ok(store)
+        Ok(Self::new(Arc::new(fs), CHUNK))
     }
 
     /// Files in a remote object store (see [`RemoteKind`]), under the URL's path; `options`
@@ -157,7 +149,6 @@ impl FileStore {
             objects,
             key: Arc::new(tokio::sync::OnceCell::new()),
             part,
-            local_root: None,
         }
     }
 
