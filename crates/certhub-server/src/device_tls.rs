@@ -135,7 +135,8 @@ pub fn device_config(
 /// (TLS_AES_128_GCM_SHA256) at the head, as BoringSSL and Go order them. Many clients (OpenSSL,
 /// rustls) list AES-256-GCM-SHA384 first, whose handshake hashes with SHA-384: in a profile of
 /// the connect path, SHA-512 blocks were 8 % of the hub's CPU. Every suite stays available.
-fn device_provider() -> rustls::crypto::CryptoProvider {
+/// The 443 listener uses it too (devices connect there over WebSockets and HTTPS).
+pub(crate) fn device_provider() -> rustls::crypto::CryptoProvider {
     use rustls::crypto::aws_lc_rs::cipher_suite as cs;
     let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     let preferred = [

@@ -202,7 +202,8 @@ impl ServerIdentity {
         let key = PrivateKeyDer::from_pem_file(&self.key_path).map_err(|_| TlsError::Key {
             path: self.key_path.clone(),
         })?;
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        // The device listener's suite order: devices connect here too.
+        let provider = Arc::new(crate::device_tls::device_provider());
         let make = |versions: &[&'static rustls::SupportedProtocolVersion]| {
             // A client certificate is asked for, never required: service callers present
             // none, devices (MQTT over WebSockets, the HTTPS device API) are judged by theirs
@@ -217,6 +218,7 @@ impl ServerIdentity {
             config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             config.send_tls13_tickets = 0;
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            config.ignore_client_order = true;
             Ok::<_, TlsError>(Arc::new(config))
         };
         Ok(crate::listener::HttpsTls {
