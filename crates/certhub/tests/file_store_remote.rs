@@ -1,0 +1,342 @@
+//! Uploaded files in a remote object store instead of the data directory: a real S3 server
+//! (moto's, from PyPI, pinned in tests/interop/requirements.txt) and Azurite (Microsoft's Azure
+//! Storage emulator, from npm, pinned in tests/interop/azurite) on loopback, the hub configured
+//! with `file_store = "s3://bucket/prefix"` or `"az://container/prefix"` and its options, and
+//! the same Azure SDK uploads as tests/interop/upload.py makes (Put Blob and blocks, read back
+//! through the hub); the objects are then looked up in the store itself. And the configuration
+//! mistakes the hub refuses before it starts.
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use common::{certhub_at, enroll_widget, python, python_to_hub, start_hub_with, tmp};
+
+const HOST: &str = "127.0.0.10";
+
+/// moto's S3 server, stopped when dropped.
+struct S3Server {
+    child: Child,
+    url: String,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3_server() -> S3Server {
+    // A free port of this test's address (moto takes no port 0).
+    let port = TcpListener::bind((HOST, 0))
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let moto = python().with_file_name("moto_server");
+    assert!(
+        moto.exists(),
+        "{} is missing: run scripts/test, which installs tests/interop/requirements.txt (moto[server]) into .venv",
+        moto.display()
+    );
+    let server = S3Server {
+        child: Command::new(&moto)
+            .args(["-H", HOST, "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server starts"),
+        url: format!("http://{HOST}:{port}"),
+    };
+    for _ in 0..200 {
+        if std::net::TcpStream::connect((HOST, port)).is_ok() {
+            return server;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("moto_server did not listen on {}", server.url);
+}
+
+fn curl(args: &[&str]) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--fail"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Starts a hub on `host` with `config`, enrolls the widget and a SAS device, and runs
+/// tests/interop/upload.py against it (which reads every file back through the hub).
+fn run_uploads(d: &std::path::Path, config: &std::path::Path, host: &str) {
+    let data = d.join("data");
+    let hub_process = start_hub_with(
+        &data,
+        &[
+            "--config",
+            common::s(config),
+            "--hostname",
+            host,
+            "--https-addr",
+            &format!("{host}:0"),
+            "--mqtt-addr",
+            &format!("{host}:0"),
+        ],
+    );
+    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
+    enroll_widget(d, &data);
+    let sas = hub(&["device", "create", "--id", "uploader-sas"]);
+    let sas: serde_json::Value = serde_json::from_str(&sas.stdout).expect("json");
+    let key = sas["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/upload.py");
+    let out = python_to_hub(&hub_process)
+        .arg(&script)
+        .current_dir(d)
+        .env("CERTHUB_HOST", host)
+        .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
+        .env("CERTHUB_CONNECTION_STRING", &cs)
+        .env("CERTHUB_DIR", d.join("pki"))
+        .env("CERTHUB_SAS_DEVICE", "uploader-sas")
+        .env("CERTHUB_SAS_KEY", &key)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("all upload checks passed"),
+        "upload.py against the hub with {} failed\n--- stdout\n{stdout}\n--- stderr\n{}",
+        config.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn uploads_go_to_an_s3_bucket() {
+    let s3 = s3_server();
+    curl(&["-X", "PUT", &format!("{}/certhub-files", s3.url)]);
+    let t = tmp();
+    let d = t.path();
+    let config = d.join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"file_store = "s3://certhub-files/hub-a"
+dangerous_file_store_allow_http = true
+
+[file_store_options]
+aws_endpoint = "{}"
+aws_region = "us-east-1"
+aws_access_key_id = "test"
+aws_secret_access_key = "test"
+"#,
+            s3.url
+        ),
+    )
+    .expect("config written");
+    run_uploads(d, &config, HOST);
+    let data = d.join("data");
+    // The files are in the bucket, under the configured prefix, and not in the data directory.
+    let listing = curl(&[&format!(
+        "{}/certhub-files?list-type=2&prefix=hub-a/blobs/",
+        s3.url
+    )]);
+    for key in [
+        "hub-a/blobs/smart-x-widget-0001/dumps/core.bin",
+        "hub-a/blobs/smart-x-widget-0001/reports/today.csv",
+        "hub-a/blobs/uploader-sas/log.txt",
+    ] {
+        assert!(listing.contains(key), "{key} not in the bucket:\n{listing}");
+    }
+    assert!(
+        listing.contains("<Size>5243003</Size>"),
+        "the block upload's size:\n{listing}"
+    );
+    let core = curl(&[&format!(
+        "{}/certhub-files/hub-a/blobs/smart-x-widget-0001/reports/today.csv",
+        s3.url
+    )]);
+    assert_eq!(core, "again");
+    assert!(!data.join("files/blobs").exists());
+}
+
+#[test]
+fn file_store_mistakes_are_refused_before_the_hub_starts() {
+    let t = tmp();
+    let d = t.path();
+    let cases = [
+        (
+            "file_store = \"ftp://x/y\"\n",
+            "is not a store certhub can use",
+        ),
+        (
+            "file_store = \"s3://b\"\n[file_store_options]\naws_endpint = \"http://x\"\n",
+            "\"aws_endpint\" is not an option of this store",
+        ),
+        (
+            "file_store = \"s3://b\"\n[file_store_options]\naws_allow_http = \"true\"\n",
+            "dangerous_file_store_allow_http",
+        ),
+        (
+            "[file_store_options]\naws_region = \"x\"\n",
+            "given without file_store",
+        ),
+    ];
+    for (i, (toml, want)) in cases.iter().enumerate() {
+        let config = d.join(format!("c{i}.toml"));
+        std::fs::write(&config, toml).expect("config");
+        let out = Command::new(env!("CARGO_BIN_EXE_certhub"))
+            .args([
+                "serve",
+                "--config",
+                common::s(&config),
+                "--data-dir",
+                common::s(&d.join(format!("data{i}"))),
+                "--https-addr",
+                &format!("{HOST}:0"),
+                "--mqtt-addr",
+                &format!("{HOST}:0"),
+            ])
+            .output()
+            .expect("certhub runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{toml}: {stderr}");
+        assert!(stderr.contains(want), "{toml}: no {want:?} in {stderr}");
+    }
+}
+
+/// Azurite's blob service, stopped when dropped.
+struct Azurite {
+    child: Child,
+    /// `http://host:port/devstoreaccount1`, the account's endpoint.
+    endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Azurite {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Azurite's well-known development account (the same in every copy of it).
+const AZURITE_ACCOUNT: &str = "devstoreaccount1";
+const AZURITE_KEY: &str =
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+const AZURITE_HOST: &str = "127.0.0.12";
+
+fn azurite() -> Azurite {
+    let bin = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop/azurite/node_modules/.bin/azurite-blob");
+    assert!(
+        bin.exists(),
+        "{} is missing: run scripts/test, which installs tests/interop/azurite (npm ci)",
+        bin.display()
+    );
+    let port = TcpListener::bind((AZURITE_HOST, 0))
+        .expect("a free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let dir = tmp();
+    let server = Azurite {
+        child: Command::new(&bin)
+            .args([
+                "--blobHost",
+                AZURITE_HOST,
+                "--blobPort",
+                &port.to_string(),
+                "--location",
+                common::s(dir.path()),
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("azurite-blob starts"),
+        endpoint: format!("http://{AZURITE_HOST}:{port}/{AZURITE_ACCOUNT}"),
+        _dir: dir,
+    };
+    for _ in 0..400 {
+        if std::net::TcpStream::connect((AZURITE_HOST, port)).is_ok() {
+            return server;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("azurite-blob did not listen on {}", server.endpoint);
+}
+
+/// Runs Python with azure-storage-blob against Azurite: `script` sees `svc`, a
+/// BlobServiceClient for the account; returns what it printed.
+fn azure_python(endpoint: &str, script: &str) -> String {
+    let cs = format!(
+        "DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};BlobEndpoint={endpoint};"
+    );
+    let program = format!(
+        "from azure.storage.blob import BlobServiceClient\nsvc = BlobServiceClient.from_connection_string({cs:?})\n{script}"
+    );
+    let out = Command::new(python())
+        .args(["-c", &program])
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+#[test]
+fn uploads_go_to_azure_blob_storage() {
+    let az = azurite();
+    azure_python(&az.endpoint, "svc.create_container('certhub')");
+    let t = tmp();
+    let d = t.path();
+    let config = d.join("hub.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"file_store = "az://certhub/hub-b"
+dangerous_file_store_allow_http = true
+
+[file_store_options]
+azure_storage_account_name = "{AZURITE_ACCOUNT}"
+azure_storage_account_key = "{AZURITE_KEY}"
+azure_storage_endpoint = "{}"
+"#,
+            az.endpoint
+        ),
+    )
+    .expect("config written");
+    run_uploads(d, &config, AZURITE_HOST);
+    // The blobs are in the container, under the prefix, with their sizes.
+    let listing = azure_python(
+        &az.endpoint,
+        "for b in svc.get_container_client('certhub').list_blobs(name_starts_with='hub-b/blobs/'):\n    print(b.name, b.size)",
+    );
+    for line in [
+        "hub-b/blobs/smart-x-widget-0001/dumps/core.bin 5243003",
+        "hub-b/blobs/smart-x-widget-0001/reports/today.csv 5",
+        "hub-b/blobs/uploader-sas/log.txt 20",
+    ] {
+        assert!(
+            listing.lines().any(|l| l == line),
+            "{line} not in the container:\n{listing}"
+        );
+    }
+    assert!(!d.join("data/files/blobs").exists());
+}
