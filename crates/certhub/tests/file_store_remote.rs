@@ -12,7 +12,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use common::{certhub_at, enroll_widget, python, python_to_hub, start_hub_with, tmp};
+use common::{python, tmp};
 
 const HOST: &str = "127.0.0.10";
 
@@ -74,53 +74,6 @@ fn curl(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// Starts a hub on `host` with `config`, enrolls the widget and a SAS device, and runs
-/// tests/interop/upload.py against it (which reads every file back through the hub).
-fn run_uploads(d: &std::path::Path, config: &std::path::Path, host: &str) {
-    let data = d.join("data");
-    let hub_process = start_hub_with(
-        &data,
-        &[
-            "--config",
-            common::s(config),
-            "--hostname",
-            host,
-            "--https-addr",
-            &format!("{host}:0"),
-            "--mqtt-addr",
-            &format!("{host}:0"),
-        ],
-    );
-    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
-    enroll_widget(d, &data);
-    let sas = hub(&["device", "create", "--id", "uploader-sas"]);
-    let sas: serde_json::Value = serde_json::from_str(&sas.stdout).expect("json");
-    let key = sas["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .expect("key")
-        .to_string();
-    let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/upload.py");
-    let out = python_to_hub(&hub_process)
-        .arg(&script)
-        .current_dir(d)
-        .env("CERTHUB_HOST", host)
-        .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
-        .env("CERTHUB_CONNECTION_STRING", &cs)
-        .env("CERTHUB_DIR", d.join("pki"))
-        .env("CERTHUB_SAS_DEVICE", "uploader-sas")
-        .env("CERTHUB_SAS_KEY", &key)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("all upload checks passed"),
-        "upload.py against the hub with {} failed\n--- stdout\n{stdout}\n--- stderr\n{}",
-        config.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn uploads_go_to_an_s3_bucket() {
     let s3 = s3_server();
@@ -144,7 +97,7 @@ aws_secret_access_key = "test"
         ),
     )
     .expect("config written");
-    run_uploads(d, &config, HOST);
+    let _hub = common::hub_after_python_uploads(d, HOST, &["--config", common::s(&config)]);
     let data = d.join("data");
     // The files are in the bucket, under the configured prefix, and not in the data directory.
     let listing = curl(&[&format!(
@@ -322,7 +275,7 @@ azure_storage_endpoint = "{}"
         ),
     )
     .expect("config written");
-    run_uploads(d, &config, AZURITE_HOST);
+    let _hub = common::hub_after_python_uploads(d, AZURITE_HOST, &["--config", common::s(&config)]);
     // The blobs are in the container, under the prefix, with their sizes.
     let listing = azure_python(
         &az.endpoint,

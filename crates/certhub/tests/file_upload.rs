@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use common::{HubProcess, certhub_at, enroll_widget, python_to_hub, s, start_hub_with, tmp};
+use common::{HubProcess, certhub_at, enroll_widget, s, tmp};
 
 const WIDGET: &str = "smart-x-widget-0001";
 
@@ -19,46 +19,8 @@ fn python_sdk_uploads_files_and_the_cli_reads_them_back() {
     let t = tmp();
     let d = t.path();
     let data = d.join("data");
-    let hub_process = start_hub_with(
-        &data,
-        &[
-            "--hostname",
-            HOST,
-            "--https-addr",
-            &format!("{HOST}:0"),
-            "--mqtt-addr",
-            &format!("{HOST}:0"),
-        ],
-    );
+    let _hub = common::hub_after_python_uploads(d, HOST, &[]);
     let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
-    enroll_widget(d, &data);
-    let sas = hub(&["device", "create", "--id", "uploader-sas"]);
-    let sas: serde_json::Value = serde_json::from_str(&sas.stdout).expect("json");
-    let key = sas["authentication"]["symmetricKey"]["primaryKey"]
-        .as_str()
-        .expect("key")
-        .to_string();
-    let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
-
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/upload.py");
-    let out = python_to_hub(&hub_process)
-        .arg(&script)
-        .current_dir(d)
-        .env("CERTHUB_HOST", HOST)
-        .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
-        .env("CERTHUB_CONNECTION_STRING", &cs)
-        .env("CERTHUB_DIR", d.join("pki"))
-        .env("CERTHUB_SAS_DEVICE", "uploader-sas")
-        .env("CERTHUB_SAS_KEY", &key)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("all upload checks passed"),
-        "upload.py failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
 
     // The operator lists the widget's uploads and reads one back with the CLI.
     let listed = hub(&["files", "list", "--device", WIDGET]).stdout;

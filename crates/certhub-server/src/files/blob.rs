@@ -384,32 +384,21 @@ impl Upload<'_> {
     /// Put Blob: the body becomes the blob, published only once whole.
     async fn put_blob(&self, body: Body) -> Result<String, Response> {
         let path = FileStore::blob_path(self.blob_name);
-        let mut writer = self.writer(&path).await?;
-        let mut stream = body.into_data_stream();
-        let mut written = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let Ok(chunk) = chunk else {
-                writer.abort().await;
-                return Err(storage_error(
-                    StatusCode::BAD_REQUEST,
-                    "IncompleteBody",
-                    "the request body ended early",
-                ));
-            };
-            written += chunk.len() as u64;
-            if written > self.limit {
-                writer.abort().await;
-                return Err(too_large(self.limit));
-            }
-            self.write(&mut writer, chunk).await?;
-        }
+        let writer = self.stream(&path, body).await?;
         self.publish(writer).await
     }
 
     /// Put Block: the body is kept apart until a block list names it.
     async fn put_block(&self, id: &str, body: Body) -> Result<String, Response> {
         let path = FileStore::staging_path(self.blob_name).join(id);
-        let mut writer = self.writer(&path).await?;
+        let writer = self.stream(&path, body).await?;
+        self.finish(writer).await
+    }
+
+    /// Streams `body` into a new object at `path`, within the size cap; the caller publishes
+    /// or finishes it.
+    async fn stream(&self, path: &ObjectPath, body: Body) -> Result<Sink, Response> {
+        let mut writer = self.writer(path).await?;
         let mut stream = body.into_data_stream();
         let mut written = 0u64;
         while let Some(chunk) = stream.next().await {
@@ -428,7 +417,7 @@ impl Upload<'_> {
             }
             self.write(&mut writer, chunk).await?;
         }
-        self.finish(writer).await
+        Ok(writer)
     }
 
     /// Put Block List: the blob becomes the named blocks in order.

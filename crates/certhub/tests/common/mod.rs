@@ -692,3 +692,51 @@ pub fn device_tls(data: &Path, device: &Path) -> tokio_rustls::TlsConnector {
         .expect("client config");
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }
+
+/// Starts a hub in `dir/data` on `host` (with `extra` serve flags), enrolls the four-level
+/// widget and a SAS device `uploader-sas`, and runs tests/interop/upload.py against it (the
+/// Python SDK's file upload with azure-storage-blob, every file read back through the hub);
+/// returns the hub, still running.
+pub fn hub_after_python_uploads(dir: &Path, host: &str, extra: &[&str]) -> HubProcess {
+    let data = dir.join("data");
+    let https = format!("{host}:0");
+    let mut args = vec![
+        "--hostname",
+        host,
+        "--https-addr",
+        &https,
+        "--mqtt-addr",
+        &https,
+    ];
+    args.extend_from_slice(extra);
+    let hub_process = start_hub_with(&data, &args);
+    let hub = |args: &[&str]| certhub_at(dir, &data, args).ok();
+    enroll_widget(dir, &data);
+    let sas = hub(&["device", "create", "--id", "uploader-sas"]);
+    let sas: serde_json::Value = serde_json::from_str(&sas.stdout).expect("json");
+    let key = sas["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/upload.py");
+    let out = python_to_hub(&hub_process)
+        .arg(&script)
+        .current_dir(dir)
+        .env("CERTHUB_HOST", host)
+        .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
+        .env("CERTHUB_CONNECTION_STRING", &cs)
+        .env("CERTHUB_DIR", dir.join("pki"))
+        .env("CERTHUB_SAS_DEVICE", "uploader-sas")
+        .env("CERTHUB_SAS_KEY", &key)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains("all upload checks passed"),
+        "upload.py against the hub ({extra:?}) failed\n--- stdout\n{stdout}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hub_process
+}
