@@ -16,48 +16,59 @@ use common::{python, tmp};
 
 const HOST: &str = "127.0.0.10";
 
-/// moto's S3 server, stopped when dropped.
-struct S3Server {
+/// A store server under test (moto's S3, Azurite), stopped when dropped.
+struct Listening {
     child: Child,
+    /// `http://host:port`.
     url: String,
 }
 
-impl Drop for S3Server {
+impl Drop for Listening {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-fn s3_server() -> S3Server {
-    // A free port of this test's address (moto takes no port 0).
-    let port = TcpListener::bind((HOST, 0))
+/// A free port of `host` (neither server takes port 0).
+fn free_port(host: &str) -> u16 {
+    TcpListener::bind((host, 0))
         .expect("a free port")
         .local_addr()
         .expect("addr")
-        .port();
+        .port()
+}
+
+/// Starts `command` and waits (up to 20 s) until it accepts connections on `host:port`.
+fn listening(mut command: Command, host: &str, port: u16) -> Listening {
+    let server = Listening {
+        child: command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{command:?} starts: {e}")),
+        url: format!("http://{host}:{port}"),
+    };
+    for _ in 0..400 {
+        if std::net::TcpStream::connect((host, port)).is_ok() {
+            return server;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{command:?} did not listen on {}", server.url);
+}
+
+fn s3_server() -> Listening {
     let moto = python().with_file_name("moto_server");
     assert!(
         moto.exists(),
         "{} is missing: run scripts/test, which installs tests/interop/requirements.txt (moto[server]) into .venv",
         moto.display()
     );
-    let server = S3Server {
-        child: Command::new(&moto)
-            .args(["-H", HOST, "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server starts"),
-        url: format!("http://{HOST}:{port}"),
-    };
-    for _ in 0..200 {
-        if std::net::TcpStream::connect((HOST, port)).is_ok() {
-            return server;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    panic!("moto_server did not listen on {}", server.url);
+    let port = free_port(HOST);
+    let mut command = Command::new(&moto);
+    command.args(["-H", HOST, "-p", &port.to_string()]);
+    listening(command, HOST, port)
 }
 
 fn curl(args: &[&str]) -> String {
@@ -168,19 +179,13 @@ fn file_store_mistakes_are_refused_before_the_hub_starts() {
     }
 }
 
-/// Azurite's blob service, stopped when dropped.
+/// Azurite's blob service and the folder it keeps its data in.
 struct Azurite {
-    child: Child,
+    /// Kept for its Drop: the server stops with the test.
+    _server: Listening,
     /// `http://host:port/devstoreaccount1`, the account's endpoint.
     endpoint: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Azurite {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Azurite's well-known development account (the same in every copy of it).
@@ -197,39 +202,26 @@ fn azurite() -> Azurite {
         "{} is missing: run scripts/test, which installs tests/interop/azurite (npm ci)",
         bin.display()
     );
-    let port = TcpListener::bind((AZURITE_HOST, 0))
-        .expect("a free port")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = free_port(AZURITE_HOST);
     let dir = tmp();
-    let server = Azurite {
-        child: Command::new(&bin)
-            .args([
-                "--blobHost",
-                AZURITE_HOST,
-                "--blobPort",
-                &port.to_string(),
-                "--location",
-                common::s(dir.path()),
-                "--skipApiVersionCheck",
-                "--loose",
-                "--silent",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("azurite-blob starts"),
-        endpoint: format!("http://{AZURITE_HOST}:{port}/{AZURITE_ACCOUNT}"),
+    let mut command = Command::new(&bin);
+    command.args([
+        "--blobHost",
+        AZURITE_HOST,
+        "--blobPort",
+        &port.to_string(),
+        "--location",
+        common::s(dir.path()),
+        "--skipApiVersionCheck",
+        "--loose",
+        "--silent",
+    ]);
+    let server = listening(command, AZURITE_HOST, port);
+    Azurite {
+        endpoint: format!("{}/{AZURITE_ACCOUNT}", server.url),
+        _server: server,
         _dir: dir,
-    };
-    for _ in 0..400 {
-        if std::net::TcpStream::connect((AZURITE_HOST, port)).is_ok() {
-            return server;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("azurite-blob did not listen on {}", server.endpoint);
 }
 
 /// Runs Python with azure-storage-blob against Azurite: `script` sees `svc`, a

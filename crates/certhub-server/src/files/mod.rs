@@ -386,6 +386,29 @@ async fn small_body(body: Body) -> Result<axum::body::Bytes, Response> {
     })
 }
 
+/// The caller of a device file request (judged as every HTTPS device request is), the hub's
+/// state, and its JSON body (`shape` names what was expected when it does not parse).
+async fn device_json<T: serde::de::DeserializeOwned>(
+    devices: &Devices,
+    peer: Option<&TlsPeer>,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+    shape: &str,
+) -> Result<(certhub_core::AuthenticatedDevice, AppState, T), Response> {
+    let device = device_caller(devices, peer, headers, id).await?;
+    let state = devices.core.state().clone();
+    let body = small_body(body).await?;
+    let parsed = serde_json::from_slice(&body).map_err(|e| {
+        hub_error(
+            StatusCode::BAD_REQUEST,
+            "ArgumentInvalid",
+            format!("the body must be {shape}: {e}"),
+        )
+    })?;
+    Ok((device, state, parsed))
+}
+
 /// `{"blobName": "..."}`, the request for a blob URI.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -403,27 +426,21 @@ pub(crate) async fn begin(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let device = match device_caller(&devices, peer.as_ref().map(|p| &p.0), &headers, &id).await {
-        Ok(d) => d,
+    let (device, state, request) = match device_json::<BlobRequest>(
+        &devices,
+        peer.as_ref().map(|p| &p.0),
+        &id,
+        &headers,
+        body,
+        "{\"blobName\": \"folder/file.ext\"}",
+    )
+    .await
+    {
+        Ok(r) => r,
         Err(refused) => return refused,
     };
-    let state = devices.core.state().clone();
     let Some(files) = state.files() else {
         return unavailable();
-    };
-    let body = match small_body(body).await {
-        Ok(b) => b,
-        Err(refused) => return refused,
-    };
-    let request: BlobRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return hub_error(
-                StatusCode::BAD_REQUEST,
-                "ArgumentInvalid",
-                format!("the body must be {{\"blobName\": \"folder/file.ext\"}}: {e}"),
-            );
-        }
     };
     if let Err(e) = check_blob_name(&request.blob_name) {
         return hub_error(StatusCode::BAD_REQUEST, "ArgumentInvalid", e);
@@ -532,29 +549,21 @@ async fn report(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let device = match device_caller(&devices, peer.as_ref().map(|p| &p.0), &headers, &id).await {
-        Ok(d) => d,
+    let (device, state, result) = match device_json::<UploadResult>(
+        &devices,
+        peer.as_ref().map(|p| &p.0),
+        &id,
+        &headers,
+        body,
+        "{\"correlationId\": \"...\", \"isSuccess\": true, \"statusCode\": 200, \"statusDescription\": \"...\"}",
+    )
+    .await
+    {
+        Ok(r) => r,
         Err(refused) => return refused,
     };
-    let state = devices.core.state().clone();
     let Some(files) = state.files() else {
         return unavailable();
-    };
-    let body = match small_body(body).await {
-        Ok(b) => b,
-        Err(refused) => return refused,
-    };
-    let result: UploadResult = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            return hub_error(
-                StatusCode::BAD_REQUEST,
-                "ArgumentInvalid",
-                format!(
-                    "the body must be {{\"correlationId\": \"...\", \"isSuccess\": true, \"statusCode\": 200, \"statusDescription\": \"...\"}}: {e}"
-                ),
-            );
-        }
     };
     let correlation_id = match (in_path, result.correlation_id) {
         (Some(p), Some(b)) if p != b => {
