@@ -111,22 +111,17 @@ struct Grant {
     url: String,
 }
 
-#[test]
-fn bad_input_to_file_upload_is_refused_and_nothing_is_stored() {
-    let t = tmp();
-    let d = t.path();
-    let data = d.join("data");
-    let hub = common::start_hub(&data);
-    let cli = |args: &[&str]| certhub_at(d, &data, args).ok();
-    enroll_widget(d, &data);
-    let widget = d.join("pki/devices").join(WIDGET);
-    let (chain, key) = (widget.join("chain.pem"), widget.join("key.pem"));
-    let x509 = ["--cert", s(&chain), "--key", s(&key)];
-    // A second device, whose paths the widget's tokens must not open.
-    cli(&["device", "create", "--id", "other-device"]);
+/// The widget as a curl device: asks for blob URIs and writes blocks.
+struct Uploader<'a> {
+    hub: &'a HubProcess,
+    data: &'a Path,
+    /// curl's client certificate arguments.
+    x509: Vec<&'a str>,
+}
 
-    let begin = |name: &str| -> (u16, String) {
-        let mut args = x509.to_vec();
+impl Uploader<'_> {
+    fn begin(&self, name: &str) -> (u16, String) {
+        let mut args = self.x509.clone();
         let body = serde_json::json!({ "blobName": name }).to_string();
         args.extend([
             "-X",
@@ -137,14 +132,15 @@ fn bad_input_to_file_upload_is_refused_and_nothing_is_stored() {
         ]);
         args.push(&body);
         curl(
-            &hub,
-            &data,
+            self.hub,
+            self.data,
             &format!("/devices/{WIDGET}/files?api-version=2021-04-12"),
             &args,
         )
-    };
-    let grant = |name: &str| -> Grant {
-        let (code, body) = begin(name);
+    }
+
+    fn grant(&self, name: &str) -> Grant {
+        let (code, body) = self.begin(name);
         assert_eq!(code, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).expect("json");
         let g = |k: &str| v[k].as_str().expect(k).to_string();
@@ -160,7 +156,54 @@ fn bad_input_to_file_upload_is_refused_and_nothing_is_stored() {
             blob_name: g("blobName"),
             token: g("sasToken"),
         }
+    }
+
+    /// Put Block of `body` under the block id `id` (base64).
+    fn block(&self, g: &Grant, id: &str, body: &str, extra: &[&str]) -> (u16, String) {
+        let mut args = vec!["-X", "PUT", "--data-binary", body];
+        args.extend(extra);
+        curl_url(
+            self.data,
+            &format!("{}&comp=block&blockid={id}", g.url),
+            &args,
+        )
+    }
+
+    /// Put Block List naming `ids` in order.
+    fn list(&self, g: &Grant, ids: &[&str], extra: &[&str]) -> (u16, String) {
+        let latest: String = ids
+            .iter()
+            .map(|id| format!("<Latest>{id}</Latest>"))
+            .collect();
+        let xml =
+            format!("<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList>{latest}</BlockList>");
+        let mut args = vec!["-X", "PUT", "--data-binary", &xml];
+        args.extend(extra);
+        curl_url(self.data, &format!("{}&comp=blocklist", g.url), &args)
+    }
+}
+
+#[test]
+fn bad_input_to_file_upload_is_refused_and_nothing_is_stored() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub = common::start_hub(&data);
+    let cli = |args: &[&str]| certhub_at(d, &data, args).ok();
+    enroll_widget(d, &data);
+    let widget = d.join("pki/devices").join(WIDGET);
+    let (chain, key) = (widget.join("chain.pem"), widget.join("key.pem"));
+    let x509 = ["--cert", s(&chain), "--key", s(&key)];
+    // A second device, whose paths the widget's tokens must not open.
+    cli(&["device", "create", "--id", "other-device"]);
+
+    let device = Uploader {
+        hub: &hub,
+        data: &data,
+        x509: x509.to_vec(),
     };
+    let begin = |name: &str| device.begin(name);
+    let grant = |name: &str| device.grant(name);
     let put = |url: &str, body: &str| -> (u16, String) {
         curl_url(
             &data,
@@ -329,39 +372,144 @@ fn bad_input_to_file_upload_is_refused_and_nothing_is_stored() {
     // A device disabled in the middle of a block upload: the block list is refused.
     cli(&["hub", "set", "--file-upload-sas-ttl-seconds", "3600"]);
     let m = grant("blocks.bin");
-    let block = |id: &str, body: &str| {
-        curl_url(
-            &data,
-            &format!("{}&comp=block&blockid={id}", m.url),
-            &["-X", "PUT", "--data-binary", body],
-        )
-    };
-    let (code, body) = block("QUFB", "first ");
+    let (code, body) = device.block(&m, "QUFB", "first ", &[]);
     assert_eq!(code, 201, "{body}");
     // A block list naming a block never put is refused, and publishes nothing.
-    let unknown = "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>QUFB</Latest><Latest>WFla</Latest></BlockList>";
-    let (code, body) = curl_url(
-        &data,
-        &format!("{}&comp=blocklist", m.url),
-        &["-X", "PUT", "--data-binary", unknown],
-    );
+    let (code, body) = device.list(&m, &["QUFB", "WFla"], &[]);
     assert_eq!(code, 400, "{body}");
     assert!(body.contains("InvalidBlockList"), "{body}");
     assert!(!blob_file(&m.blob_name).exists());
     cli(&["device", "update", "--id", WIDGET, "--status", "disabled"]);
-    let (code, body) = block("QkJC", "second");
+    let (code, body) = device.block(&m, "QkJC", "second", &[]);
     assert_eq!(code, 403, "{body}");
     assert!(body.contains("disabled"), "{body}");
-    let list =
-        "<?xml version=\"1.0\" encoding=\"utf-8\"?><BlockList><Latest>QUFB</Latest></BlockList>";
-    let (code, body) = curl_url(
-        &data,
-        &format!("{}&comp=blocklist", m.url),
-        &["-X", "PUT", "--data-binary", list],
-    );
+    let (code, body) = device.list(&m, &["QUFB"], &[]);
     assert_eq!(code, 403, "{body}");
     assert!(!blob_file(&m.blob_name).exists());
     // And the device itself is refused from then on.
     let (code, _) = begin("after.txt");
     assert_eq!(code, 401);
+}
+
+/// Block lists in any order compose the blob: blocks put one after the other (kept in one log
+/// and published by a rename), out of order, put twice, left out, named twice, and put while
+/// another block of the same blob is still streaming (staged apart); If-None-Match: * on the
+/// list; the staging folder is gone once the blob is published.
+#[test]
+fn block_lists_in_any_order_compose_the_blob() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub = common::start_hub(&data);
+    enroll_widget(d, &data);
+    let widget = d.join("pki/devices").join(WIDGET);
+    let (chain, key) = (widget.join("chain.pem"), widget.join("key.pem"));
+    let device = Uploader {
+        hub: &hub,
+        data: &data,
+        x509: vec!["--cert", s(&chain), "--key", s(&key)],
+    };
+    let blob = |g: &Grant| {
+        String::from_utf8(std::fs::read(data.join("files/blobs").join(&g.blob_name)).expect("blob"))
+            .expect("utf-8")
+    };
+    let staging = data.join("files/staging");
+    let staged_folders = || std::fs::read_dir(&staging).map_or(0, |d| d.count());
+    // Block ids as the SDKs make them: base64 of equal-length names.
+    let (a, b, c) = ("QUFB", "QkJC", "Q0ND");
+    let put_all = |g: &Grant, blocks: &[(&str, &str)]| {
+        for (id, body) in blocks {
+            let (code, text) = device.block(g, id, body, &[]);
+            assert_eq!(code, 201, "{id}: {text}");
+        }
+    };
+    // (blob, blocks put in order, the list, the blob's bytes)
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+    let cases: [Case; 5] = [
+        (
+            "in-order.bin",
+            &[(a, "one "), (b, "two "), (c, "three")],
+            &[a, b, c],
+            "one two three",
+        ),
+        (
+            "shuffled.bin",
+            &[(a, "one "), (b, "two "), (c, "three ")],
+            &[c, a, b],
+            "three one two ",
+        ),
+        (
+            "put-twice.bin",
+            &[(a, "one "), (b, "two"), (a, "ONE ")],
+            &[a, b],
+            "ONE two",
+        ),
+        (
+            "left-out.bin",
+            &[(a, "one "), (b, "two "), (c, "three")],
+            &[a, c],
+            "one three",
+        ),
+        (
+            "named-twice.bin",
+            &[(a, "one "), (b, "two ")],
+            &[a, b, a],
+            "one two one ",
+        ),
+    ];
+    for (name, blocks, list, expected) in cases {
+        let g = device.grant(name);
+        put_all(&g, blocks);
+        let (code, text) = device.list(&g, list, &[]);
+        assert_eq!(code, 201, "{name}: {text}");
+        assert_eq!(blob(&g), expected, "{name}");
+    }
+    assert_eq!(staged_folders(), 0, "every staging folder was removed");
+
+    // A block put while another of the same blob streams is staged apart, and both compose.
+    let g = device.grant("concurrent.bin");
+    let slow_body = "s".repeat(60_000);
+    let slow_url = format!("{}&comp=block&blockid={a}", g.url);
+    let ca = data.join("tls/server-ca.pem");
+    let slow = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--cacert",
+            s(&ca),
+        ])
+        .args([
+            "--limit-rate",
+            "20k",
+            "-X",
+            "PUT",
+            "--data-binary",
+            &slow_body,
+            &slow_url,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    let (code, text) = device.block(&g, b, "fast", &[]);
+    assert_eq!(code, 201, "{text}");
+    let out = slow.wait_with_output().expect("curl ends");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201");
+    let (code, text) = device.list(&g, &[a, b], &[]);
+    assert_eq!(code, 201, "{text}");
+    assert_eq!(blob(&g), format!("{slow_body}fast"));
+
+    // If-None-Match: * refuses to replace a blob; without it the blob is replaced.
+    let g = device.grant("in-order.bin");
+    put_all(&g, &[(a, "new")]);
+    let (code, text) = device.list(&g, &[a], &["-H", "If-None-Match: *"]);
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("BlobAlreadyExists"), "{text}");
+    assert_eq!(blob(&g), "one two three");
+    let (code, text) = device.list(&g, &[a], &[]);
+    assert_eq!(code, 201, "{text}");
+    assert_eq!(blob(&g), "new");
 }

@@ -11,9 +11,11 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
-use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
+use object_store::{MultipartUpload, ObjectStoreExt};
 
-use super::{CONTAINER, FileStore, IN_FLIGHT, check_blob_name, hex, parse_expiry, string_to_sign};
+use super::parts::Parts;
+use super::staging::{self, Staged};
+use super::{CONTAINER, FileStore, check_blob_name, hex, parse_expiry, string_to_sign};
 use crate::devices_https::Devices;
 use crate::state::{AppState, now_ms};
 
@@ -216,11 +218,20 @@ async fn blob_write(
     {
         return too_large(limit);
     }
+    // If-None-Match: * (the SDKs' overwrite=False) on Put Blob and Put Block List.
+    let create_only = headers
+        .get(axum::http::header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == b"*");
+    let commits = !matches!(param(&query, "comp"), Some("block"));
+    if create_only && commits && files.head(&blob_name).await.is_some() {
+        return exists(&blob_name);
+    }
     let upload = Upload {
         files,
         state: &state,
         blob_name: &blob_name,
         limit,
+        create_only,
     };
     let result = match param(&query, "comp") {
         None => {
@@ -232,16 +243,6 @@ async fn blob_write(
                     StatusCode::BAD_REQUEST,
                     "MissingRequiredHeader",
                     "Put Blob needs x-ms-blob-type: BlockBlob (the only blob type this hub stores)",
-                );
-            }
-            let exists_refused = headers
-                .get(axum::http::header::IF_NONE_MATCH)
-                .is_some_and(|v| v.as_bytes() == b"*");
-            if exists_refused && files.head(&blob_name).await.is_some() {
-                return storage_error(
-                    StatusCode::CONFLICT,
-                    "BlobAlreadyExists",
-                    format!("{blob_name} exists (If-None-Match: *); upload with overwrite"),
                 );
             }
             upload.put_blob(body.take().unwrap_or_default()).await
@@ -291,6 +292,14 @@ async fn blob_write(
         }
         Err(refused) => refused,
     }
+}
+
+fn exists(blob_name: &str) -> Response {
+    storage_error(
+        StatusCode::CONFLICT,
+        "BlobAlreadyExists",
+        format!("{blob_name} exists (If-None-Match: *); upload with overwrite"),
+    )
 }
 
 fn too_large(limit: u64) -> Response {
@@ -378,6 +387,8 @@ struct Upload<'a> {
     state: &'a AppState,
     blob_name: &'a str,
     limit: u64,
+    /// Refuse to replace an existing blob (If-None-Match: *).
+    create_only: bool,
 }
 
 impl Upload<'_> {
@@ -388,11 +399,100 @@ impl Upload<'_> {
         self.publish(writer).await
     }
 
-    /// Put Block: the body is kept apart until a block list names it.
+    /// Put Block: the body is kept apart until a block list names it: on the local store
+    /// appended to the blob's log when no other block of it is being appended, else (and on
+    /// remote stores) as an object of its own.
     async fn put_block(&self, id: &str, body: Body) -> Result<String, Response> {
+        let digest = FileStore::staging_digest(self.blob_name);
+        if let Some(local) = &self.files.local
+            && let Ok(claim) = self.files.claims.of(&digest).try_lock_owned()
+        {
+            let etag = self.append_block(local, id, body).await;
+            drop(claim);
+            return etag;
+        }
         let path = FileStore::staging_path(self.blob_name).join(id);
         let writer = self.stream(&path, body).await?;
-        self.finish(writer).await
+        let etag = self.finish(writer).await?;
+        if let Some(index) = self.local_staging("index") {
+            let line = staging::index_line(id, Staged::Object);
+            self.blocking(move || staging::record(&index, &line))
+                .await?;
+        }
+        Ok(etag)
+    }
+
+    /// The filesystem path of `name` in this blob's staging folder, on the local store.
+    fn local_staging(&self, name: &str) -> Option<std::path::PathBuf> {
+        let path = FileStore::staging_path(self.blob_name).join(name);
+        self.files.local.as_ref()?.path_to_filesystem(&path).ok()
+    }
+
+    /// Runs file work on a blocking thread; a failure is the store's.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, Response> {
+        match tokio::task::spawn_blocking(work).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.store_failed(&e.to_string())),
+            Err(e) => Err(self.store_failed(&e.to_string())),
+        }
+    }
+
+    /// Appends a block's body to the blob's log (the caller holds the log's claim): synced,
+    /// then indexed. A body that fails leaves the log as it was.
+    async fn append_block(
+        &self,
+        local: &object_store::local::LocalFileSystem,
+        id: &str,
+        body: Body,
+    ) -> Result<String, Response> {
+        let staging = FileStore::staging_path(self.blob_name);
+        let (Ok(log), Ok(index)) = (
+            local.path_to_filesystem(&staging.clone().join("log")),
+            local.path_to_filesystem(&staging.join("index")),
+        ) else {
+            return Err(self.store_failed("no filesystem path for the staging folder"));
+        };
+        let (file, start) = self.blocking(move || staging::open_log(&log)).await?;
+        let mut log = staging::LogWriter::new(file, start, self.files.part);
+        let mut stream = body.into_data_stream();
+        let written: Result<(), Response> = async {
+            while let Some(chunk) = stream.next().await {
+                let Ok(chunk) = chunk else {
+                    return Err(storage_error(
+                        StatusCode::BAD_REQUEST,
+                        "IncompleteBody",
+                        "the request body ended early",
+                    ));
+                };
+                if log.written() + chunk.len() as u64 > self.limit {
+                    return Err(too_large(self.limit));
+                }
+                log.write(&chunk)
+                    .await
+                    .map_err(|e| self.store_failed(&e.to_string()))?;
+            }
+            log.sync()
+                .await
+                .map_err(|e| self.store_failed(&e.to_string()))
+        }
+        .await;
+        if let Err(refused) = written {
+            log.roll_back().await;
+            return Err(refused);
+        }
+        let line = staging::index_line(
+            id,
+            Staged::Log {
+                offset: start,
+                len: log.written(),
+            },
+        );
+        self.blocking(move || staging::record(&index, &line))
+            .await?;
+        Ok(format!("{:x}", now_ms()))
     }
 
     /// Streams `body` into a new object at `path`, within the size cap; the caller publishes
@@ -439,13 +539,32 @@ impl Upload<'_> {
                 ));
             }
         };
+        // The log is not appended to while its blocks are composed.
+        let digest = FileStore::staging_digest(self.blob_name);
+        let claim = self.files.claims.of(&digest);
+        let _claim = match self.files.local {
+            Some(_) => Some(claim.lock().await),
+            None => None,
+        };
         let staging = FileStore::staging_path(self.blob_name);
-        let path = FileStore::blob_path(self.blob_name);
-        let mut writer = self.writer(&path).await?;
-        let mut written = 0u64;
+        let log = staging.clone().join("log");
+        let indexed = match self.local_staging("index") {
+            Some(index) => {
+                let text = self
+                    .blocking(move || match std::fs::read_to_string(index) {
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+                        read => read,
+                    })
+                    .await?;
+                staging::parse_index(&text)
+            }
+            None => Default::default(),
+        };
+        // Each block of the list: where its bytes are and how many.
+        let mut blocks = Vec::with_capacity(ids.len());
+        let mut total = 0u64;
         for (n, text) in ids.iter().enumerate() {
             let Some(id) = block_id(text) else {
-                writer.abort().await;
                 return Err(storage_error(
                     StatusCode::BAD_REQUEST,
                     "InvalidBlockId",
@@ -454,31 +573,73 @@ impl Upload<'_> {
                     ),
                 ));
             };
-            let block = staging.clone().join(id.as_str());
-            let size = match self.files.objects.head(&block).await {
-                Ok(meta) => meta.size,
-                Err(_) => {
-                    writer.abort().await;
-                    return Err(storage_error(
-                        StatusCode::BAD_REQUEST,
-                        "InvalidBlockList",
-                        format!(
-                            "block {n} of the list, {text:?}, was never put (Put Block) for this blob"
-                        ),
-                    ));
-                }
+            let (staged, size) = match indexed.get(&id) {
+                Some(&Staged::Log { offset, len }) => (Staged::Log { offset, len }, len),
+                _ => match self
+                    .files
+                    .objects
+                    .head(&staging.clone().join(id.as_str()))
+                    .await
+                {
+                    Ok(meta) => (Staged::Object, meta.size),
+                    Err(_) => {
+                        return Err(storage_error(
+                            StatusCode::BAD_REQUEST,
+                            "InvalidBlockList",
+                            format!(
+                                "block {n} of the list, {text:?}, was never put (Put Block) for this blob"
+                            ),
+                        ));
+                    }
+                },
             };
-            written += size;
-            if written > self.limit {
-                writer.abort().await;
+            total += size;
+            if total > self.limit {
                 return Err(too_large(self.limit));
             }
+            blocks.push((id, staged, size));
+        }
+        let path = FileStore::blob_path(self.blob_name);
+        // The log in the list's order, whole: it becomes the blob by a rename.
+        if self.files.local.is_some() {
+            let log_len = self.files.objects.head(&log).await.map(|m| m.size).ok();
+            let order: Vec<Staged> = blocks.iter().map(|b| b.1).collect();
+            if let Some(log_len) = log_len
+                && staging::log_is_blob(&order, log_len)
+            {
+                still_allowed(self.state, self.blob_name, now_ms()).await?;
+                let renamed = if self.create_only {
+                    self.files.objects.rename_if_not_exists(&log, &path).await
+                } else {
+                    self.files.objects.rename(&log, &path).await
+                };
+                return match renamed {
+                    Ok(()) => {
+                        self.files.drop_staged(self.blob_name).await;
+                        Ok(format!("{:x}", now_ms()))
+                    }
+                    Err(object_store::Error::AlreadyExists { .. }) => Err(exists(self.blob_name)),
+                    Err(e) => Err(self.store_failed(&e.to_string())),
+                };
+            }
+        }
+        let mut writer = self.writer(&path).await?;
+        for (id, staged, size) in blocks {
+            let (source, base) = match staged {
+                Staged::Log { offset, .. } => (log.clone(), offset),
+                Staged::Object => (staging.clone().join(id.as_str()), 0),
+            };
             // Read in parts of the write size (the store's own stream reads 8 KiB at a time,
             // each on a blocking thread).
             let mut at = 0;
             while at < size {
                 let end = (at + self.files.part as u64).min(size);
-                let part = match self.files.objects.get_range(&block, at..end).await {
+                let part = match self
+                    .files
+                    .objects
+                    .get_range(&source, base + at..base + end)
+                    .await
+                {
                     Ok(p) => p,
                     Err(e) => {
                         writer.abort().await;
@@ -534,69 +695,26 @@ impl Upload<'_> {
     }
 }
 
-/// Writes an object in parts of the store's part size, each one contiguous buffer, with at most
-/// [`IN_FLIGHT`] being written: the memory an upload holds is bounded by their product.
-struct Sink {
-    upload: Box<dyn MultipartUpload>,
-    part: usize,
-    buffer: bytes::BytesMut,
-    writing: tokio::task::JoinSet<object_store::Result<()>>,
-}
+/// Writes an object of the store in parts (see [`Parts`]).
+struct Sink(Parts<Box<dyn MultipartUpload>>);
 
 impl Sink {
     fn new(upload: Box<dyn MultipartUpload>, part: usize) -> Self {
-        Self {
-            upload,
-            part,
-            buffer: bytes::BytesMut::with_capacity(part),
-            writing: tokio::task::JoinSet::new(),
-        }
+        Self(Parts::new(upload, part))
     }
 
-    async fn write(&mut self, mut data: &[u8]) -> Result<(), String> {
-        while !data.is_empty() {
-            let n = (self.part - self.buffer.len()).min(data.len());
-            self.buffer.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.buffer.len() == self.part {
-                self.send_part().await?;
-            }
-        }
-        Ok(())
-    }
-
-    async fn send_part(&mut self) -> Result<(), String> {
-        while self.writing.len() >= IN_FLIGHT {
-            self.settle_one().await?;
-        }
-        let part = std::mem::replace(&mut self.buffer, bytes::BytesMut::with_capacity(self.part));
-        let part = self.upload.put_part(PutPayload::from(part.freeze()));
-        self.writing.spawn(part);
-        Ok(())
-    }
-
-    async fn settle_one(&mut self) -> Result<(), String> {
-        match self.writing.join_next().await {
-            None | Some(Ok(Ok(()))) => Ok(()),
-            Some(Ok(Err(e))) => Err(e.to_string()),
-            Some(Err(e)) => Err(e.to_string()),
-        }
+    async fn write(&mut self, data: &[u8]) -> Result<(), String> {
+        self.0.write(data).await.map_err(|e| e.to_string())
     }
 
     async fn finish(mut self) -> Result<object_store::PutResult, String> {
-        if !self.buffer.is_empty() {
-            self.send_part().await?;
-        }
-        while !self.writing.is_empty() {
-            self.settle_one().await?;
-        }
-        self.upload.complete().await.map_err(|e| e.to_string())
+        self.0.flush().await.map_err(|e| e.to_string())?;
+        self.0.target.complete().await.map_err(|e| e.to_string())
     }
 
     async fn abort(mut self) {
-        self.writing.abort_all();
-        while self.writing.join_next().await.is_some() {}
-        let _ = self.upload.abort().await;
+        self.0.stop().await;
+        let _ = self.0.target.abort().await;
     }
 }
 

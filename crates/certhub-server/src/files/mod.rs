@@ -26,6 +26,8 @@ use crate::devices_https::{Devices, TlsPeer, device_caller};
 use crate::state::{AppState, now_ms};
 
 mod blob;
+mod parts;
+mod staging;
 pub(crate) use blob::blob_put;
 
 /// The container every upload goes to: blob URIs are `https://{host}/fileupload/{deviceId}/{name}`.
@@ -49,6 +51,10 @@ pub struct FileStore {
     key: Arc<tokio::sync::OnceCell<aws_lc_rs::hmac::Key>>,
     /// Bytes per part written (S3 takes no part under 5 MiB but the last).
     part: usize,
+    /// The local filesystem store, when that is the store: its staged blocks go to one log per
+    /// blob (see [`staging`]).
+    local: Option<Arc<object_store::local::LocalFileSystem>>,
+    claims: Arc<staging::Claims>,
 }
 
 /// The object stores files may go to besides the local filesystem, by URL scheme.
@@ -114,8 +120,14 @@ impl FileStore {
         })?;
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| format!("cannot use {} for uploaded files: {e}", dir.display()))?
-            .with_fsync(true);
-        Ok(Self::new(Arc::new(fs), CHUNK))
+            .with_fsync(true)
+            // A staging folder goes once its blob is published.
+            .with_automatic_cleanup(true);
+        let fs = Arc::new(fs);
+        Ok(Self {
+            local: Some(fs.clone()),
+            ..Self::new(fs, CHUNK)
+        })
     }
 
     /// Files in a remote object store (see [`RemoteKind`]), under the URL's path; `options`
@@ -149,6 +161,8 @@ impl FileStore {
             objects,
             key: Arc::new(tokio::sync::OnceCell::new()),
             part,
+            local: None,
+            claims: Arc::default(),
         }
     }
 
@@ -161,8 +175,13 @@ impl FileStore {
 
     /// Where the uncommitted blocks of a blob wait for their block list.
     fn staging_path(blob_name: &str) -> ObjectPath {
+        ObjectPath::from_iter(["staging".to_string(), Self::staging_digest(blob_name)])
+    }
+
+    /// The name of a blob's staging folder: its name's SHA-256, in hex.
+    fn staging_digest(blob_name: &str) -> String {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, blob_name.as_bytes());
-        ObjectPath::from_iter(["staging".to_string(), hex(digest.as_ref())])
+        hex(digest.as_ref())
     }
 
     /// The blob's size and time of last change, if it was written.
@@ -217,6 +236,7 @@ impl FileStore {
         while let Some(Ok(meta)) = listed.next().await {
             let _ = self.objects.delete(&meta.location).await;
         }
+        self.claims.forget(&Self::staging_digest(blob_name));
     }
 
     async fn key(&self, state: &AppState) -> Result<&aws_lc_rs::hmac::Key, String> {
