@@ -453,42 +453,4 @@ impl Store {
             .await?;
         rows.iter().map(feedback).collect()
     }
-
-    /// Deletes the records locked under `token` (the receiver has them); returns how many.
-    /// 0 means the token is unknown or its lock ran out.
-    pub async fn complete_feedback(&self, token: &str, now_ms: i64) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM c2d_feedback WHERE lock_token = $1 AND lock_until_ms > $2")
-                .bind(token.to_string())
-                .bind(now_ms)
-                .execute(self.pool())
-                .await?
-                .rows_affected(),
-        )
-    }
-
-    /// Unlocks the records locked under `token` for the next receiver; returns how many.
-    pub async fn abandon_feedback(&self, token: &str, now_ms: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE c2d_feedback SET lock_token = NULL, lock_until_ms = 0
-             WHERE lock_token = $1 AND lock_until_ms > $2",
-        )
-        .bind(token.to_string())
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?
-        .rows_affected())
-    }
-
-    /// Drops feedback records written before `before_ms` that nobody received; returns how
-    /// many.
-    pub async fn prune_feedback(&self, before_ms: i64) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM c2d_feedback WHERE created_ms < $1")
-                .bind(before_ms)
-                .execute(self.pool())
-                .await?
-                .rows_affected(),
-        )
-    }
 }

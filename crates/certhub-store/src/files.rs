@@ -294,32 +294,6 @@ impl Store {
         row.as_ref().map(notification).transpose()
     }
 
-    /// Deletes the notification locked under `token`; 0 means the token is unknown or its
-    /// lock ran out.
-    pub async fn complete_file_notification(&self, token: &str, now_ms: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "DELETE FROM file_notifications WHERE lock_token = $1 AND lock_until_ms > $2",
-        )
-        .bind(token.to_string())
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?
-        .rows_affected())
-    }
-
-    /// Unlocks the notification locked under `token` for the next receiver.
-    pub async fn abandon_file_notification(&self, token: &str, now_ms: i64) -> Result<u64> {
-        Ok(sqlx::query(
-            "UPDATE file_notifications SET lock_token = NULL, lock_until_ms = 0
-             WHERE lock_token = $1 AND lock_until_ms > $2",
-        )
-        .bind(token.to_string())
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?
-        .rows_affected())
-    }
-
     /// Notifications waiting, oldest first, without locking them (for operators).
     pub async fn file_notifications(&self, limit: i64) -> Result<Vec<FileNotificationRecord>> {
         let rows = sqlx::query("SELECT * FROM file_notifications ORDER BY created_ms, id LIMIT $1")
@@ -327,17 +301,6 @@ impl Store {
             .fetch_all(self.pool())
             .await?;
         rows.iter().map(notification).collect()
-    }
-
-    /// Drops notifications queued before `before_ms` that nobody completed; returns how many.
-    pub async fn prune_file_notifications(&self, before_ms: i64) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM file_notifications WHERE created_ms < $1")
-                .bind(before_ms)
-                .execute(self.pool())
-                .await?
-                .rows_affected(),
-        )
     }
 
     /// The hub-wide secret named `name`: `candidate` becomes it if there is none yet (the
@@ -362,6 +325,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ServiceQueue;
 
     async fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -483,7 +447,12 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
-        assert_eq!(s.abandon_file_notification("t1", 4).await.unwrap(), 1);
+        assert_eq!(
+            s.abandon_locked(ServiceQueue::FileNotifications, "t1", 4)
+                .await
+                .unwrap(),
+            1
+        );
         let n = s
             .receive_file_notification("t3", 5, 100, 3)
             .await
@@ -491,7 +460,12 @@ mod tests {
             .expect("again");
         assert_eq!(n.delivery_count, 2);
         // A lock that ran out cannot complete.
-        assert_eq!(s.complete_file_notification("t3", 200).await.unwrap(), 0);
+        assert_eq!(
+            s.complete_locked(ServiceQueue::FileNotifications, "t3", 200)
+                .await
+                .unwrap(),
+            0
+        );
         let n = s
             .receive_file_notification("t4", 201, 300, 3)
             .await

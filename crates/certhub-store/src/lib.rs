@@ -17,6 +17,7 @@ mod hub;
 mod identity_cache;
 mod mqtt_sessions;
 mod schema;
+mod service_queues;
 mod telemetry;
 mod twins;
 
@@ -33,6 +34,7 @@ pub use c2d::{C2dOutcome, C2dRecord, Enqueued, FeedbackRecord};
 pub use cas::CaRecord;
 pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
 pub use files::{FileNotificationRecord, FinishOutcome, UploadRecord, UploadReport, UploadState};
+pub use service_queues::ServiceQueue;
 pub use telemetry::{TELEMETRY_ROWS, TelemetryRecord};
 pub use twins::TwinRecord;
 

@@ -246,7 +246,7 @@ async fn suite(store: &Store) {
 /// device's message count, and leaves feedback where it was asked for; twins and queue go with
 /// their identity.
 async fn twins_and_c2d(store: &Store) {
-    use certhub_store::{C2dOutcome, C2dRecord, Enqueued, TwinRecord};
+    use certhub_store::{C2dOutcome, C2dRecord, Enqueued, ServiceQueue, TwinRecord};
     let tw = device("tw1", serde_json::json!({}));
     store.create_device(&tw).await.expect("create");
     let m = serde_json::from_value::<ModuleInput>(serde_json::json!({}))
@@ -475,7 +475,10 @@ async fn twins_and_c2d(store: &Store) {
     );
     // Abandoned records go to the next receiver; completed ones are gone.
     assert_eq!(
-        store.abandon_feedback("t2", 20_000).await.expect("abandon"),
+        store
+            .abandon_locked(ServiceQueue::Feedback, "t2", 20_000)
+            .await
+            .expect("abandon"),
         2
     );
     let again = store
@@ -485,18 +488,24 @@ async fn twins_and_c2d(store: &Store) {
     assert_eq!(again.len(), 2);
     assert_eq!(
         store
-            .complete_feedback("t1", 20_000)
+            .complete_locked(ServiceQueue::Feedback, "t1", 20_000)
             .await
             .expect("complete"),
         3
     );
     assert_eq!(
-        store.complete_feedback("t1", 20_000).await.expect("twice"),
+        store
+            .complete_locked(ServiceQueue::Feedback, "t1", 20_000)
+            .await
+            .expect("twice"),
         0
     );
     // A lock that ran out cannot complete, and its records are received again.
     assert_eq!(
-        store.complete_feedback("t4", 90_000).await.expect("late"),
+        store
+            .complete_locked(ServiceQueue::Feedback, "t4", 90_000)
+            .await
+            .expect("late"),
         0
     );
     assert_eq!(
@@ -507,7 +516,13 @@ async fn twins_and_c2d(store: &Store) {
             .len(),
         2
     );
-    assert_eq!(store.prune_feedback(i64::MAX).await.expect("prune"), 2);
+    assert_eq!(
+        store
+            .prune_queue(ServiceQueue::Feedback, i64::MAX)
+            .await
+            .expect("prune"),
+        2
+    );
     assert_eq!(
         store
             .device(&id("tw1"))

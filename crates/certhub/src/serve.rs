@@ -785,13 +785,19 @@ async fn serve(config: Config) -> Result<Outcome> {
                     Err(e) => tracing::warn!(error = %e, "cloud-to-device expiry failed"),
                 }
                 let before = now_ms - certhub_server::C2D_FEEDBACK_TTL_MS;
-                match store.prune_feedback(before).await {
+                match store
+                    .prune_queue(certhub_store::ServiceQueue::Feedback, before)
+                    .await
+                {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(dropped = n, "unreceived C2D feedback expired"),
                     Err(e) => tracing::warn!(error = %e, "C2D feedback expiry failed"),
                 }
                 let before = now_ms - certhub_server::FILE_NOTIFICATION_TTL_MS;
-                match store.prune_file_notifications(before).await {
+                match store
+                    .prune_queue(certhub_store::ServiceQueue::FileNotifications, before)
+                    .await
+                {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(dropped = n, "unreceived file notifications expired"),
                     Err(e) => tracing::warn!(error = %e, "file notification expiry failed"),

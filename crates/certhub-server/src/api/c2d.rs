@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use certhub_core::{Rights, Status, azure_time};
-use certhub_store::{C2dRecord, Enqueued};
+use certhub_store::{C2dRecord, Enqueued, ServiceQueue};
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::{RefOr, schema::Schema};
 use utoipa::{PartialSchema, ToSchema};
@@ -322,7 +322,9 @@ pub async fn purge(
 }
 
 /// How long a received feedback batch stays locked to its receiver (Azure's lock timeout).
-const FEEDBACK_LOCK_MS: i64 = 60_000;
+/// How long a service holds what it received from feedback or file notifications (Azure's
+/// default lock duration of both, PT1M).
+pub(super) const SERVICE_LOCK_MS: i64 = 60_000;
 /// Records per feedback batch at most (Azure batches up to 64).
 const FEEDBACK_BATCH: i64 = 64;
 /// How long feedback waits to be received before it is dropped (Azure's default
@@ -362,7 +364,7 @@ pub async fn receive_feedback(
     let now = now_ms();
     let records = state
         .store()
-        .receive_feedback(&token, now, now + FEEDBACK_LOCK_MS, FEEDBACK_BATCH)
+        .receive_feedback(&token, now, now + SERVICE_LOCK_MS, FEEDBACK_BATCH)
         .await?;
     if records.is_empty() {
         return Ok(StatusCode::NO_CONTENT.into_response());
@@ -387,23 +389,12 @@ pub async fn receive_feedback(
             (axum::http::header::ETAG, format!("\"{token}\"")),
             (
                 axum::http::HeaderName::from_static("iothub-lockuntilutc"),
-                azure_time(now + FEEDBACK_LOCK_MS),
+                azure_time(now + SERVICE_LOCK_MS),
             ),
         ],
         serde_json::to_string(&body).unwrap_or_default(),
     )
         .into_response())
-}
-
-fn lock_lost(token: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::PRECONDITION_FAILED,
-        "PreconditionFailed",
-        format!(
-            "no feedback is locked under {token:?}: the token is unknown, already completed or abandoned, or its lock ran out ({} s); receive the feedback again",
-            FEEDBACK_LOCK_MS / 1000
-        ),
-    )
 }
 
 /// `DELETE /messages/serviceBound/feedback/{lockToken}`: the batch was handled; 204.
@@ -415,7 +406,7 @@ pub async fn complete_feedback(
     caller: Caller,
     token: Path<LockTokenPath>,
 ) -> Result<Response, ApiError> {
-    settle_feedback(state, caller, token, false).await
+    settle_locked(state, caller, token, ServiceQueue::Feedback, false).await
 }
 
 /// `POST /messages/serviceBound/feedback/{lockToken}/abandon`: the batch goes back for the
@@ -429,29 +420,37 @@ pub async fn abandon_feedback(
     caller: Caller,
     token: Path<LockTokenPath>,
 ) -> Result<Response, ApiError> {
-    settle_feedback(state, caller, token, true).await
+    settle_locked(state, caller, token, ServiceQueue::Feedback, true).await
 }
 
-async fn settle_feedback(
+/// Completes or abandons what a service received from `queue` under a lock token (the
+/// ETag of the receive, quoted or not); 412 when nothing is locked under it.
+pub(super) async fn settle_locked(
     State(state): State<AppState>,
     caller: Caller,
     Path(LockTokenPath { lock_token: token }): Path<LockTokenPath>,
+    queue: ServiceQueue,
     abandon: bool,
 ) -> Result<Response, ApiError> {
     let verb = if abandon { "abandoning" } else { "completing" };
-    caller.require(
-        Rights::SERVICE_CONNECT,
-        &format!("{verb} cloud-to-device feedback"),
-    )?;
+    let what = queue.what();
+    caller.require(Rights::SERVICE_CONNECT, &format!("{verb} {what}"))?;
     let token = token.trim_matches('"');
     let store = state.store();
     let settled = if abandon {
-        store.abandon_feedback(token, now_ms()).await?
+        store.abandon_locked(queue, token, now_ms()).await?
     } else {
-        store.complete_feedback(token, now_ms()).await?
+        store.complete_locked(queue, token, now_ms()).await?
     };
     match settled {
-        0 => Err(lock_lost(token)),
+        0 => Err(ApiError::new(
+            StatusCode::PRECONDITION_FAILED,
+            "PreconditionFailed",
+            format!(
+                "no {what} is locked under {token:?}: the token is unknown, already completed or abandoned, or its lock ran out ({} s); receive it again",
+                SERVICE_LOCK_MS / 1000
+            ),
+        )),
         _ => Ok(StatusCode::NO_CONTENT.into_response()),
     }
 }

@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use certhub_core::{Rights, azure_time};
+use certhub_store::ServiceQueue;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -14,9 +15,6 @@ use super::doc::{ErrorResponse, LockTokenPath};
 use super::error::{Path, Query};
 use super::{ApiError, AppState, Caller, now_ms};
 
-/// How long a received notification stays locked to its receiver (Azure's default
-/// `fileNotifications.lockDurationAsIso8601`, PT1M).
-const NOTIFICATION_LOCK_MS: i64 = 60_000;
 /// How often a notification is received before it is dropped (Azure's maxDeliveryCount).
 const NOTIFICATION_MAX_DELIVERIES: i64 = 10;
 /// How long a notification waits to be received before it is dropped (Azure's default
@@ -71,7 +69,7 @@ pub async fn receive_notification(
         .receive_file_notification(
             &token,
             now,
-            now + NOTIFICATION_LOCK_MS,
+            now + super::c2d::SERVICE_LOCK_MS,
             NOTIFICATION_MAX_DELIVERIES,
         )
         .await?
@@ -87,7 +85,7 @@ pub async fn receive_notification(
             (axum::http::header::ETAG, format!("\"{token}\"")),
             (
                 axum::http::HeaderName::from_static("iothub-lockuntilutc"),
-                azure_time(now + NOTIFICATION_LOCK_MS),
+                azure_time(now + super::c2d::SERVICE_LOCK_MS),
             ),
             (
                 axum::http::HeaderName::from_static("iothub-deliverycount"),
@@ -109,7 +107,7 @@ pub async fn complete_notification(
     caller: Caller,
     token: Path<LockTokenPath>,
 ) -> Result<Response, ApiError> {
-    settle(state, caller, token, false).await
+    super::c2d::settle_locked(state, caller, token, ServiceQueue::FileNotifications, false).await
 }
 
 /// `POST /messages/serviceBound/filenotifications/{lockToken}/abandon`: back for the next
@@ -123,38 +121,7 @@ pub async fn abandon_notification(
     caller: Caller,
     token: Path<LockTokenPath>,
 ) -> Result<Response, ApiError> {
-    settle(state, caller, token, true).await
-}
-
-async fn settle(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(LockTokenPath { lock_token: token }): Path<LockTokenPath>,
-    abandon: bool,
-) -> Result<Response, ApiError> {
-    let verb = if abandon { "abandoning" } else { "completing" };
-    caller.require(
-        Rights::SERVICE_CONNECT,
-        &format!("{verb} a file upload notification"),
-    )?;
-    let token = token.trim_matches('"');
-    let store = state.store();
-    let settled = if abandon {
-        store.abandon_file_notification(token, now_ms()).await?
-    } else {
-        store.complete_file_notification(token, now_ms()).await?
-    };
-    match settled {
-        0 => Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "PreconditionFailed",
-            format!(
-                "no file notification is locked under {token:?}: the token is unknown, already completed or abandoned, or its lock ran out ({} s); receive it again",
-                NOTIFICATION_LOCK_MS / 1000
-            ),
-        )),
-        _ => Ok(StatusCode::NO_CONTENT.into_response()),
-    }
+    super::c2d::settle_locked(state, caller, token, ServiceQueue::FileNotifications, true).await
 }
 
 /// One upload a device began.
