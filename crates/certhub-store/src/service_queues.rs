@@ -46,12 +46,7 @@ impl Store {
             "DELETE FROM {} WHERE lock_token = $1 AND lock_until_ms > $2",
             queue.table()
         );
-        Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(token.to_string())
-            .bind(now_ms)
-            .execute(self.pool())
-            .await?
-            .rows_affected())
+        self.under_lock(sql, token, now_ms).await
     }
 
     /// Unlocks the records of `queue` locked under `token` for the next receiver; returns how
@@ -67,6 +62,12 @@ impl Store {
              WHERE lock_token = $1 AND lock_until_ms > $2",
             queue.table()
         );
+        self.under_lock(sql, token, now_ms).await
+    }
+
+    /// Runs `sql` (built from a [`ServiceQueue`]'s table) for the records locked under
+    /// `token` ($1) whose lock holds at `now_ms` ($2); returns how many it touched.
+    async fn under_lock(&self, sql: String, token: &str, now_ms: i64) -> Result<u64> {
         Ok(sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(token.to_string())
             .bind(now_ms)
