@@ -8,6 +8,7 @@
 //! `certhub_server::serve_https(listener, tls, router, state, options, shutdown)`.
 #![forbid(unsafe_code)]
 
+pub mod amqp;
 pub mod api;
 mod bookkeeper;
 pub mod data_dir;
