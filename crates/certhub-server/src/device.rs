@@ -117,7 +117,7 @@ impl DeviceCore {
         &self.state
     }
 
-    /// The listener's name in metrics and audit records (`mqtt`, `mqtt-ws`).
+    /// The listener's name in metrics and audit records (`mqtt`, `mqtt-ws`, `https`).
     pub fn listener(&self) -> &'static str {
         self.listener
     }
@@ -312,6 +312,12 @@ impl DeviceCore {
     /// Records a session that started: the log line, the audit record, last activity and the
     /// CA it came through. Called once the device has its acknowledgement (CONNACK), so the
     /// device never waits for the bookkeeping.
+    /// Notes a request of an admitted device that holds no session (HTTPS): its last
+    /// activity.
+    pub async fn active(&self, device: &AuthenticatedDevice) {
+        touch(&self.state, device.id()).await;
+    }
+
     pub async fn announce(&self, live: &Live, peer: SocketAddr) {
         let state = &self.state;
         tracing::info!(client_id = live.cn, method = live.device.auth_method(), %peer, "device connected");

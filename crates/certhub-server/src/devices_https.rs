@@ -35,16 +35,21 @@ pub struct TlsPeer {
 /// The device transports of the 443 listener and what they share.
 #[derive(Debug)]
 pub(crate) struct Devices {
+    /// MQTT over WebSockets (`mqtt-ws` in metrics and audit records).
     pub(crate) core: Arc<DeviceCore>,
+    /// The HTTPS device API and file upload (`https`): its own refusal memory.
+    pub(crate) https: Arc<DeviceCore>,
     /// Upgraded connections that have not sent CONNECT yet.
     gate: Arc<Gate>,
-    /// Writes collapsed refusals; stopped with the router.
-    flusher: tokio::task::JoinHandle<()>,
+    /// Write collapsed refusals; stopped with the router.
+    flushers: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Drop for Devices {
     fn drop(&mut self) {
-        self.flusher.abort();
+        for flusher in &self.flushers {
+            flusher.abort();
+        }
     }
 }
 
@@ -55,15 +60,23 @@ const MQTT_SUBPROTOCOL: &str = "mqtt";
 /// writes the collapsed refusals of these transports).
 pub fn device_router(state: AppState, options: MqttOptions) -> axum::Router {
     let core = Arc::new(DeviceCore::new(
-        state,
+        state.clone(),
         "mqtt-ws",
         options.max_sessions,
         options.refusals,
     ));
+    // HTTPS requests hold no session: the limit on sessions does not apply to them.
+    let https = Arc::new(DeviceCore::new(
+        state,
+        "https",
+        options.max_sessions,
+        options.refusals,
+    ));
     let devices = Arc::new(Devices {
-        flusher: core.spawn_refusal_flusher(),
+        flushers: [core.spawn_refusal_flusher(), https.spawn_refusal_flusher()],
         gate: Gate::new(options.pending),
         core,
+        https,
     });
     axum::Router::new()
         .route("/$iothub/websocket", get(mqtt_over_websocket))
@@ -195,7 +208,7 @@ pub(crate) async fn device_caller(
         .get(axum::http::header::AUTHORIZATION)
         .map(|v| v.as_bytes())
         .filter(|v| !v.is_empty());
-    let state = devices.core.state();
+    let state = devices.https.state();
     // MQTT's username names the hub and the client; over HTTPS the path names the client and
     // the TLS connection the hub, so the core is given the username it expects.
     let host = state.hostnames().first().cloned().unwrap_or_default();
@@ -208,8 +221,11 @@ pub(crate) async fn device_caller(
         username: Some(&username),
         password: token,
     };
-    match devices.core.authenticate(attempt).await {
-        Ok(device) => Ok(device),
+    match devices.https.authenticate(attempt).await {
+        Ok(device) => {
+            devices.https.active(&device).await;
+            Ok(device)
+        }
         Err(crate::device::Refused::NotAuthorized) => Err(crate::api::ApiError::unauthorized(
             format!(
                 "{client_id} is not authorized: the hub's audit trail names the reason (`certhub audit connections --device {client_id}`)"
@@ -297,8 +313,8 @@ async fn events(
     };
     let mut waits = Vec::with_capacity(messages.len());
     for (props, body) in messages {
-        let record = devices.core.telemetry(&device, &props, body);
-        match devices.core.state().telemetry().submit(record).await {
+        let record = devices.https.telemetry(&device, &props, body);
+        match devices.https.state().telemetry().submit(record).await {
             Ok(w) => waits.push(w),
             Err(e) => return stored_failed(&e),
         }
@@ -308,7 +324,7 @@ async fn events(
         if let Err(e) = wait.await {
             return stored_failed(&e);
         }
-        devices.core.telemetry_counted();
+        devices.https.telemetry_counted();
     }
     axum::http::StatusCode::NO_CONTENT.into_response()
 }
@@ -412,7 +428,7 @@ async fn c2d_receive(
         Ok(d) => d,
         Err(refused) => return refused,
     };
-    let (token, message, record) = match devices.core.lock_c2d(&device, C2D_LOCK_MS).await {
+    let (token, message, record) = match devices.https.lock_c2d(&device, C2D_LOCK_MS).await {
         Ok(Some(m)) => m,
         Ok(None) => return axum::http::StatusCode::NO_CONTENT.into_response(),
         Err(e) => return crate::api::ApiError::from(e).into_response(),
@@ -521,7 +537,7 @@ async fn settle_c2d(
     };
     // The token in the path decides; If-Match (sent quoted or not) is not needed.
     let token = token.trim_matches('"');
-    match devices.core.settle_c2d(&device, token, settle).await {
+    match devices.https.settle_c2d(&device, token, settle).await {
         Ok(true) => axum::http::StatusCode::NO_CONTENT.into_response(),
         Ok(false) => crate::api::ApiError::new(
             axum::http::StatusCode::PRECONDITION_FAILED,

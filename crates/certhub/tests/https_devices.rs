@@ -121,6 +121,21 @@ fn devices_send_telemetry_over_https() {
     );
     assert_eq!(got[2]["properties"]["n"], "2", "{got:#?}");
     assert_eq!(got[2]["systemProperties"]["messageId"], "m-3", "{got:#?}");
+    // The requests count as the device's activity (written by the bookkeeper, batched).
+    let mut last = serde_json::Value::Null;
+    for _ in 0..50 {
+        let shown = certhub_at(dir, &data, &["device", "show", "--id", ID]).ok();
+        let shown: serde_json::Value = serde_json::from_str(&shown.stdout).expect("json");
+        last = shown["lastActivityTime"].clone();
+        if last != "0001-01-01T00:00:00Z" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_ne!(
+        last, "0001-01-01T00:00:00Z",
+        "lastActivityTime after HTTPS requests"
+    );
 
     // The widget's certificate for another device's path: refused as on 8883, named.
     certhub_at(
