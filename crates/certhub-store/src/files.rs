@@ -172,6 +172,19 @@ impl Store {
         row.as_ref().map(upload).transpose()
     }
 
+    /// The blob names of every upload open at `now_ms` (begun, not reported, token valid).
+    pub async fn open_blob_names(&self, now_ms: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT blob_name FROM file_uploads WHERE state = 'pending' AND expires_ms > $1",
+        )
+        .bind(now_ms)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok(r.try_get::<String, _>("blob_name")?))
+            .collect()
+    }
+
     /// Uploads, newest first, of one device or of all.
     pub async fn uploads(&self, device_id: Option<&str>, limit: i64) -> Result<Vec<UploadRecord>> {
         let rows =

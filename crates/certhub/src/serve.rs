@@ -687,6 +687,26 @@ async fn serve(config: Config) -> Result<Outcome> {
         .await
         .map_err(|e| anyhow::anyhow!("the file store cannot be used: {e}"))?;
     state.set_file_store(files);
+    // Staged blocks no open upload can use are removed every minute (and once at start).
+    let staging_sweep = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Some(files) = state.files() {
+                    let now_ms =
+                        (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+                    match files.sweep_staging(&state, now_ms).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(folders = n, "staged blocks of closed uploads removed")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "staged blocks not swept"),
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        })
+    };
     // Settings written by another process (`certhub hub set --local`) take effect, and close
     // the sessions a switch shuts out, within half a second.
     let settings_watch = {
@@ -846,6 +866,7 @@ async fn serve(config: Config) -> Result<Outcome> {
     pruning.abort();
     c2d_expiry.abort();
     settings_watch.abort();
+    staging_sweep.abort();
     store.close().await;
     say!("certhub stopped");
     Ok(Outcome::Ok)

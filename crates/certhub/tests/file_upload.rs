@@ -513,3 +513,74 @@ fn block_lists_in_any_order_compose_the_blob() {
     assert_eq!(code, 201, "{text}");
     assert_eq!(blob(&g), "new");
 }
+
+/// Staged blocks outlive a restart of the hub (the log and its index are on disk), and the
+/// staging folders of uploads that can no longer be written (token run out) are removed by the
+/// sweep the hub runs at start and every minute.
+#[test]
+fn staged_blocks_survive_a_restart_and_closed_uploads_are_swept() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub = common::start_hub(&data);
+    enroll_widget(d, &data);
+    let widget = d.join("pki/devices").join(WIDGET);
+    let (chain, key) = (widget.join("chain.pem"), widget.join("key.pem"));
+    let x509 = vec!["--cert", s(&chain), "--key", s(&key)];
+    let staging = data.join("files/staging");
+    let staged_folders = || std::fs::read_dir(&staging).map_or(0, |d| d.count());
+    let (a, b) = ("QUFB", "QkJC");
+
+    let device = Uploader {
+        hub: &hub,
+        data: &data,
+        x509: x509.clone(),
+    };
+    let kept = device.grant("kept.bin");
+    let (code, text) = device.block(&kept, a, "before restart ", &[]);
+    assert_eq!(code, 201, "{text}");
+    certhub_at(
+        d,
+        &data,
+        &["hub", "set", "--file-upload-sas-ttl-seconds", "1"],
+    )
+    .ok();
+    let lapsed = device.grant("lapsed.bin");
+    let (code, text) = device.block(&lapsed, a, "never listed", &[]);
+    assert_eq!(code, 201, "{text}");
+    assert_eq!(staged_folders(), 2);
+    let old_host = format!("localhost:{}", hub.https_port());
+    drop(device);
+    drop(hub);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+
+    let hub = common::start_hub(&data);
+    let device = Uploader {
+        hub: &hub,
+        data: &data,
+        x509,
+    };
+    // The sweep at start removed the lapsed upload's blocks and kept the open one's.
+    let mut folders = staged_folders();
+    for _ in 0..50 {
+        if folders == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        folders = staged_folders();
+    }
+    assert_eq!(folders, 1, "only the open upload's staging folder is left");
+    let kept = Grant {
+        url: kept
+            .url
+            .replace(&old_host, &format!("localhost:{}", hub.https_port())),
+        ..kept
+    };
+    let (code, text) = device.block(&kept, b, "after restart", &[]);
+    assert_eq!(code, 201, "{text}");
+    let (code, text) = device.list(&kept, &[a, b], &[]);
+    assert_eq!(code, 201, "{text}");
+    let blob = std::fs::read(data.join("files/blobs").join(&kept.blob_name)).expect("blob");
+    assert_eq!(blob, b"before restart after restart");
+    assert_eq!(staged_folders(), 0);
+}

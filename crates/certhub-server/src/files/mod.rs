@@ -229,6 +229,45 @@ impl FileStore {
         Ok((size, parts))
     }
 
+    /// Removes the staging folders no open upload can use any more (tokens that ran out,
+    /// uploads reported without a block list, a hub that stopped mid-write); returns how many.
+    /// The folders are listed before the open uploads are read, so a folder made meanwhile
+    /// belongs to an upload that is read as open.
+    pub async fn sweep_staging(&self, state: &AppState, now_ms: i64) -> Result<usize, String> {
+        let listed = self
+            .objects
+            .list_with_delimiter(Some(&ObjectPath::from("staging")))
+            .await
+            .map_err(|e| e.to_string())?;
+        if listed.common_prefixes.is_empty() {
+            return Ok(0);
+        }
+        let open: std::collections::HashSet<String> = state
+            .store()
+            .open_blob_names(now_ms)
+            .await
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(|name| Self::staging_digest(name))
+            .collect();
+        let mut swept = 0;
+        for folder in listed.common_prefixes {
+            let Some(digest) = folder.filename() else {
+                continue;
+            };
+            if open.contains(digest) {
+                continue;
+            }
+            let mut objects = self.objects.list(Some(&folder));
+            while let Some(Ok(meta)) = objects.next().await {
+                let _ = self.objects.delete(&meta.location).await;
+            }
+            self.claims.forget(digest);
+            swept += 1;
+        }
+        Ok(swept)
+    }
+
     /// Removes the blocks of a blob that no block list committed.
     async fn drop_staged(&self, blob_name: &str) {
         let prefix = Self::staging_path(blob_name);
