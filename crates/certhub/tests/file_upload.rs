@@ -542,7 +542,7 @@ fn staged_blocks_survive_a_restart_and_closed_uploads_are_swept() {
     certhub_at(
         d,
         &data,
-        &["hub", "set", "--file-upload-sas-ttl-seconds", "1"],
+        &["hub", "set", "--file-upload-sas-ttl-seconds", "3"],
     )
     .ok();
     let lapsed = device.grant("lapsed.bin");
@@ -552,7 +552,8 @@ fn staged_blocks_survive_a_restart_and_closed_uploads_are_swept() {
     let old_host = format!("localhost:{}", hub.https_port());
     drop(device);
     drop(hub);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // The lapsed upload's token (3 s) runs out.
+    std::thread::sleep(std::time::Duration::from_millis(3200));
 
     let hub = common::start_hub(&data);
     let device = Uploader {

@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{MultipartUpload, ObjectStoreExt};
 
-use super::parts::Parts;
+use super::parts::{BufferPool, Parts};
 use super::staging::{self, Staged};
 use super::{CONTAINER, FileStore, check_blob_name, hex, parse_expiry, string_to_sign};
 use crate::devices_https::Devices;
@@ -456,7 +456,8 @@ impl Upload<'_> {
             return Err(self.store_failed("no filesystem path for the staging folder"));
         };
         let (file, start) = self.blocking(move || staging::open_log(&log)).await?;
-        let mut log = staging::LogWriter::new(file, start, self.files.part);
+        let mut log =
+            staging::LogWriter::new(file, start, self.files.part, self.files.buffers.clone());
         let mut stream = body.into_data_stream();
         let written: Result<(), Response> = async {
             while let Some(chunk) = stream.next().await {
@@ -657,7 +658,11 @@ impl Upload<'_> {
 
     async fn writer(&self, path: &ObjectPath) -> Result<Sink, Response> {
         match self.files.objects.put_multipart(path).await {
-            Ok(upload) => Ok(Sink::new(upload, self.files.part)),
+            Ok(upload) => Ok(Sink::new(
+                upload,
+                self.files.part,
+                self.files.buffers.clone(),
+            )),
             Err(e) => Err(self.store_failed(&e.to_string())),
         }
     }
@@ -699,8 +704,8 @@ impl Upload<'_> {
 struct Sink(Parts<Box<dyn MultipartUpload>>);
 
 impl Sink {
-    fn new(upload: Box<dyn MultipartUpload>, part: usize) -> Self {
-        Self(Parts::new(upload, part))
+    fn new(upload: Box<dyn MultipartUpload>, part: usize, pool: Arc<BufferPool>) -> Self {
+        Self(Parts::new(upload, part, pool))
     }
 
     async fn write(&mut self, data: &[u8]) -> Result<(), String> {

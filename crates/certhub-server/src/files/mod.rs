@@ -55,6 +55,8 @@ pub struct FileStore {
     /// blob (see [`staging`]).
     local: Option<Arc<object_store::local::LocalFileSystem>>,
     claims: Arc<staging::Claims>,
+    /// Part buffers free for the next part of any upload.
+    buffers: Arc<parts::BufferPool>,
 }
 
 /// The object stores files may go to besides the local filesystem, by URL scheme.
@@ -163,6 +165,7 @@ impl FileStore {
             part,
             local: None,
             claims: Arc::default(),
+            buffers: Arc::default(),
         }
     }
 

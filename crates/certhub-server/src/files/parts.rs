@@ -5,34 +5,71 @@ use futures_util::future::BoxFuture;
 
 use super::IN_FLIGHT;
 
-/// Where parts go: each part is started as a future of its own, in order.
+/// Where parts go: each part is started as a future of its own, in order; a target that is
+/// done with a part's buffer hands it back for the next part.
 pub(super) trait PartTarget {
-    fn start(&mut self, part: bytes::Bytes) -> BoxFuture<'static, std::io::Result<()>>;
+    fn start(&mut self, part: bytes::Bytes) -> BoxFuture<'static, std::io::Result<Spare>>;
 }
 
-/// A multipart upload of the object store: parts are its parts.
+/// A part's buffer, handed back once written (none when the target kept it).
+pub(super) type Spare = Option<bytes::BytesMut>;
+
+/// A multipart upload of the object store: parts are its parts (it keeps their buffers).
 impl PartTarget for Box<dyn object_store::MultipartUpload> {
-    fn start(&mut self, part: bytes::Bytes) -> BoxFuture<'static, std::io::Result<()>> {
+    fn start(&mut self, part: bytes::Bytes) -> BoxFuture<'static, std::io::Result<Spare>> {
         let upload = self.put_part(object_store::PutPayload::from(part));
-        Box::pin(async move { upload.await.map_err(std::io::Error::other) })
+        Box::pin(async move { upload.await.map(|()| None).map_err(std::io::Error::other) })
+    }
+}
+
+/// Part buffers written and free for another part, shared by the hub's uploads: a stream of
+/// uploads reuses a few buffers instead of allocating one per part (the allocator keeps freed
+/// large buffers of each thread for a while, which showed as resident memory).
+#[derive(Debug, Default)]
+pub(super) struct BufferPool {
+    free: std::sync::Mutex<Vec<bytes::BytesMut>>,
+}
+
+/// Buffers the pool keeps at most.
+const POOLED: usize = 2 * IN_FLIGHT + 2;
+
+impl BufferPool {
+    fn take(&self, size: usize) -> bytes::BytesMut {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        match free.pop() {
+            Some(mut b) if b.capacity() >= size => {
+                b.clear();
+                b
+            }
+            _ => bytes::BytesMut::with_capacity(size),
+        }
+    }
+
+    fn give(&self, buffer: bytes::BytesMut) {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < POOLED {
+            free.push(buffer);
+        }
     }
 }
 
 pub(super) struct Parts<T> {
     pub(super) target: T,
     part: usize,
+    pool: std::sync::Arc<BufferPool>,
     buffer: bytes::BytesMut,
-    writing: tokio::task::JoinSet<std::io::Result<()>>,
+    writing: tokio::task::JoinSet<std::io::Result<Spare>>,
     /// Bytes started so far.
     started: u64,
 }
 
 impl<T: PartTarget> Parts<T> {
-    pub(super) fn new(target: T, part: usize) -> Self {
+    pub(super) fn new(target: T, part: usize, pool: std::sync::Arc<BufferPool>) -> Self {
         Self {
             target,
             part,
-            buffer: bytes::BytesMut::with_capacity(part),
+            buffer: pool.take(part),
+            pool,
             writing: tokio::task::JoinSet::new(),
             started: 0,
         }
@@ -59,7 +96,7 @@ impl<T: PartTarget> Parts<T> {
         while self.writing.len() >= IN_FLIGHT {
             self.settle_one().await?;
         }
-        let part = std::mem::replace(&mut self.buffer, bytes::BytesMut::with_capacity(self.part));
+        let part = std::mem::replace(&mut self.buffer, self.pool.take(self.part));
         self.started += part.len() as u64;
         let started = self.target.start(part.freeze());
         self.writing.spawn(started);
@@ -68,7 +105,11 @@ impl<T: PartTarget> Parts<T> {
 
     async fn settle_one(&mut self) -> std::io::Result<()> {
         match self.writing.join_next().await {
-            None | Some(Ok(Ok(()))) => Ok(()),
+            None | Some(Ok(Ok(None))) => Ok(()),
+            Some(Ok(Ok(Some(spare)))) => {
+                self.pool.give(spare);
+                Ok(())
+            }
             Some(Ok(Err(e))) => Err(e),
             Some(Err(e)) => Err(std::io::Error::other(e)),
         }

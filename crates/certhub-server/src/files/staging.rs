@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 
-use super::parts::{PartTarget, Parts};
+use super::parts::{BufferPool, PartTarget, Parts, Spare};
 
 /// Where one staged block's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,13 +133,16 @@ pub(super) struct LogParts {
 }
 
 impl PartTarget for LogParts {
-    fn start(&mut self, part: bytes::Bytes) -> BoxFuture<'static, std::io::Result<()>> {
+    fn start(&mut self, part: bytes::Bytes) -> BoxFuture<'static, std::io::Result<Spare>> {
         let (file, offset) = (self.file.clone(), self.at);
         self.at += part.len() as u64;
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || file.write_all_at(&part, offset))
-                .await
-                .map_err(std::io::Error::other)?
+            tokio::task::spawn_blocking(move || {
+                file.write_all_at(&part, offset)?;
+                Ok(part.try_into_mut().ok())
+            })
+            .await
+            .map_err(std::io::Error::other)?
         })
     }
 }
@@ -151,13 +154,13 @@ pub(super) struct LogWriter {
 }
 
 impl LogWriter {
-    pub(super) fn new(file: std::fs::File, start: u64, part: usize) -> Self {
+    pub(super) fn new(file: std::fs::File, start: u64, part: usize, pool: Arc<BufferPool>) -> Self {
         let target = LogParts {
             file: Arc::new(file),
             at: start,
         };
         Self {
-            parts: Parts::new(target, part),
+            parts: Parts::new(target, part, pool),
             start,
         }
     }
