@@ -30,6 +30,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// sends a header line every few seconds is closed, and so is a keep-alive connection idle for
 /// this long.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most an HTTP/1.1 connection buffers of what it reads (hyper grows it up to this as a
+/// body streams; each body chunk is cut from it and a new buffer is taken while the chunk is
+/// held). hyper's default is about 400 KiB.
+pub const HTTP1_READ_BUFFER: usize = 64 << 10;
 /// HTTP/2 connections are pinged this often, and closed when a ping goes unanswered this long.
 const H2_PING_INTERVAL: Duration = Duration::from_secs(30);
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(20);
@@ -212,7 +216,8 @@ async fn connection(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(HTTP1_READ_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())

@@ -71,6 +71,23 @@ fn python_sdk_uploads_files_and_the_cli_reads_them_back() {
 }
 
 /// `curl` to the hub's 443 listener on `localhost`: (HTTP status, headers and body).
+/// Every file under `dir`, as paths.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut folders = vec![dir.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    found
+}
+
 fn curl(hub: &HubProcess, data: &Path, url_path: &str, extra: &[&str]) -> (u16, String) {
     let url = format!("https://localhost:{}{url_path}", hub.https_port());
     curl_url(data, &url, extra)
@@ -355,6 +372,13 @@ fn bad_input_to_file_upload_is_refused_and_nothing_is_stored() {
     assert!(
         !blob_file(&big.blob_name).exists(),
         "nothing of it was stored"
+    );
+    let leftovers = files_under(&data.join("files"));
+    assert!(
+        leftovers
+            .iter()
+            .all(|f| !f.contains("/put-") && !f.contains('#')),
+        "no part of the refused Put Blobs is left: {leftovers:?}"
     );
     // never.txt and big.bin are open: a third is refused.
     let (code, body) = begin("third.bin");

@@ -395,8 +395,65 @@ impl Upload<'_> {
     /// Put Blob: the body becomes the blob, published only once whole.
     async fn put_blob(&self, body: Body) -> Result<String, Response> {
         let path = FileStore::blob_path(self.blob_name);
+        if let Some(local) = &self.files.local {
+            return self.put_blob_local(local, &path, body).await;
+        }
         let writer = self.stream(&path, body).await?;
         self.publish(writer).await
+    }
+
+    /// Put Blob on the local store: the body goes to a file of its own in the blob's staging
+    /// folder, in the hub's pooled parts, synced, then renamed into place (object_store's
+    /// multipart writer keeps every part's buffer until it is written, and leaves its part
+    /// files beside the blob when an upload is cut short; the staging folder is swept).
+    async fn put_blob_local(
+        &self,
+        local: &object_store::local::LocalFileSystem,
+        path: &ObjectPath,
+        body: Body,
+    ) -> Result<String, Response> {
+        let mut nonce = [0u8; 8];
+        if aws_lc_rs::rand::fill(&mut nonce).is_err() {
+            return Err(self.store_failed("no randomness for a file name"));
+        }
+        let name = format!("{}{}", staging::PUT_PREFIX, hex(&nonce));
+        let staged = FileStore::staging_path(self.blob_name).join(name.as_str());
+        let Ok(file) = local.path_to_filesystem(&staged) else {
+            return Err(self.store_failed("no filesystem path for the staging folder"));
+        };
+        let (file, _) = self.blocking(move || staging::open_log(&file)).await?;
+        let mut writer =
+            staging::LogWriter::new(file, 0, self.files.part, self.files.buffers.clone());
+        let published = async {
+            self.fill(&mut writer, body).await?;
+            self.rename_into_place(&staged, path).await
+        }
+        .await;
+        if published.is_err() {
+            writer.roll_back().await;
+            let _ = self.files.objects.delete(&staged).await;
+        }
+        published
+    }
+
+    /// Publishes a synced staging file as the blob, unless its upload closed or its device was
+    /// disabled meanwhile (or, under If-None-Match: *, the blob exists).
+    async fn rename_into_place(
+        &self,
+        staged: &ObjectPath,
+        path: &ObjectPath,
+    ) -> Result<String, Response> {
+        still_allowed(self.state, self.blob_name, now_ms()).await?;
+        let renamed = if self.create_only {
+            self.files.objects.rename_if_not_exists(staged, path).await
+        } else {
+            self.files.objects.rename(staged, path).await
+        };
+        match renamed {
+            Ok(()) => Ok(format!("{:x}", now_ms())),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(exists(self.blob_name)),
+            Err(e) => Err(self.store_failed(&e.to_string())),
+        }
     }
 
     /// Put Block: the body is kept apart until a block list names it: on the local store
@@ -458,29 +515,7 @@ impl Upload<'_> {
         let (file, start) = self.blocking(move || staging::open_log(&log)).await?;
         let mut log =
             staging::LogWriter::new(file, start, self.files.part, self.files.buffers.clone());
-        let mut stream = body.into_data_stream();
-        let written: Result<(), Response> = async {
-            while let Some(chunk) = stream.next().await {
-                let Ok(chunk) = chunk else {
-                    return Err(storage_error(
-                        StatusCode::BAD_REQUEST,
-                        "IncompleteBody",
-                        "the request body ended early",
-                    ));
-                };
-                if log.written() + chunk.len() as u64 > self.limit {
-                    return Err(too_large(self.limit));
-                }
-                log.write(&chunk)
-                    .await
-                    .map_err(|e| self.store_failed(&e.to_string()))?;
-            }
-            log.sync()
-                .await
-                .map_err(|e| self.store_failed(&e.to_string()))
-        }
-        .await;
-        if let Err(refused) = written {
+        if let Err(refused) = self.fill(&mut log, body).await {
             log.roll_back().await;
             return Err(refused);
         }
@@ -494,6 +529,30 @@ impl Upload<'_> {
         self.blocking(move || staging::record(&index, &line))
             .await?;
         Ok(format!("{:x}", now_ms()))
+    }
+
+    /// Writes `body` to a staging file within the size cap and syncs it; on failure the
+    /// caller rolls the file back.
+    async fn fill(&self, log: &mut staging::LogWriter, body: Body) -> Result<(), Response> {
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let Ok(chunk) = chunk else {
+                return Err(storage_error(
+                    StatusCode::BAD_REQUEST,
+                    "IncompleteBody",
+                    "the request body ended early",
+                ));
+            };
+            if log.written() + chunk.len() as u64 > self.limit {
+                return Err(too_large(self.limit));
+            }
+            log.write(&chunk)
+                .await
+                .map_err(|e| self.store_failed(&e.to_string()))?;
+        }
+        log.sync()
+            .await
+            .map_err(|e| self.store_failed(&e.to_string()))
     }
 
     /// Streams `body` into a new object at `path`, within the size cap; the caller publishes
@@ -608,20 +667,9 @@ impl Upload<'_> {
             if let Some(log_len) = log_len
                 && staging::log_is_blob(&order, log_len)
             {
-                still_allowed(self.state, self.blob_name, now_ms()).await?;
-                let renamed = if self.create_only {
-                    self.files.objects.rename_if_not_exists(&log, &path).await
-                } else {
-                    self.files.objects.rename(&log, &path).await
-                };
-                return match renamed {
-                    Ok(()) => {
-                        self.files.drop_staged(self.blob_name).await;
-                        Ok(format!("{:x}", now_ms()))
-                    }
-                    Err(object_store::Error::AlreadyExists { .. }) => Err(exists(self.blob_name)),
-                    Err(e) => Err(self.store_failed(&e.to_string())),
-                };
+                let etag = self.rename_into_place(&log, &path).await?;
+                self.files.drop_staged(self.blob_name).await;
+                return Ok(etag);
             }
         }
         let mut writer = self.writer(&path).await?;

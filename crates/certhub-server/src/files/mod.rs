@@ -261,24 +261,33 @@ impl FileStore {
             if open.contains(digest) {
                 continue;
             }
-            let mut objects = self.objects.list(Some(&folder));
-            while let Some(Ok(meta)) = objects.next().await {
-                let _ = self.objects.delete(&meta.location).await;
-            }
-            self.claims.forget(digest);
+            self.remove_staging(digest, true).await;
             swept += 1;
         }
         Ok(swept)
     }
 
-    /// Removes the blocks of a blob that no block list committed.
+    /// Removes the blocks of a blob that no block list committed (not the files of Put Blobs
+    /// being written: each removes its own).
     async fn drop_staged(&self, blob_name: &str) {
-        let prefix = Self::staging_path(blob_name);
+        self.remove_staging(&Self::staging_digest(blob_name), false)
+            .await;
+    }
+
+    /// Removes what a blob's staging folder holds (`puts`: Put Blob's files too).
+    async fn remove_staging(&self, digest: &str, puts: bool) {
+        let prefix = ObjectPath::from_iter(["staging", digest]);
         let mut listed = self.objects.list(Some(&prefix));
         while let Some(Ok(meta)) = listed.next().await {
-            let _ = self.objects.delete(&meta.location).await;
+            let put = meta
+                .location
+                .filename()
+                .is_some_and(|name| name.starts_with(staging::PUT_PREFIX));
+            if puts || !put {
+                let _ = self.objects.delete(&meta.location).await;
+            }
         }
-        self.claims.forget(&Self::staging_digest(blob_name));
+        self.claims.forget(digest);
     }
 
     async fn key(&self, state: &AppState) -> Result<&aws_lc_rs::hmac::Key, String> {

@@ -10,6 +10,9 @@
 //! One Put Block of a blob appends at a time; a concurrent one for the same blob is staged as an
 //! object of its own (`staging/{digest}/{block id in hex}`, as on remote stores) and recorded in
 //! the index too, so the newest put of a block id wins whichever way it was staged.
+//!
+//! Put Blob writes its body the same way (pooled parts, synced) to a file of its own in the
+//! staging folder and renames it to the blob once whole.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,6 +22,10 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::BoxFuture;
 
 use super::parts::{BufferPool, PartTarget, Parts, Spare};
+
+/// The start of the name of a Put Blob's file in the blob's staging folder (`put-{random}`),
+/// written whole there, then renamed to the blob.
+pub(super) const PUT_PREFIX: &str = "put-";
 
 /// Where one staged block's bytes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
