@@ -7,7 +7,7 @@
 # alternately (A B A B ...) to compare them under the same conditions.
 set -euo pipefail
 BIN=$1; LABEL=$2; D=$(mktemp -d); H=127.0.0.9
-$BIN serve --data-dir $D/hub --hostname $H --https-addr $H:18443 --mqtt-addr $H:18883 > $D/out 2>&1 &
+$BIN serve --data-dir $D/hub --hostname $H --https-addr $H:18443 --mqtt-addr $H:18883 --amqp-addr $H:0 > $D/out 2>&1 &
 PID=$!
 for i in $(seq 100); do grep -q "devices (MQTT)" $D/out 2>/dev/null && break; sleep 0.1; done
 $BIN ca upload --name company-x --file ${PKI:-/tmp/benchpki}/company-x/cert.pem --verified --data-dir $D/hub >/dev/null

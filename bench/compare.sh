@@ -154,7 +154,8 @@ start_aedes() {
 start_hub() {
     local bin="$C"
     [ "$1" = baseline ] && bin="$BASELINE_BIN"
-    CERTHUB_LOG=warn "$bin" serve --data-dir "$WORK/hub-$1" --hostname "$HUB_ADDR" \
+    # The AMQP listener by variable, which builds from before it ignore.
+    CERTHUB_AMQP_ADDR="$HUB_ADDR:0" CERTHUB_LOG=warn "$bin" serve --data-dir "$WORK/hub-$1" --hostname "$HUB_ADDR" \
         --https-addr "$HUB_ADDR:8443" --mqtt-addr "$HUB_ADDR:8883" \
         --max-device-sessions 100000 >"$WORK/hub.log" 2>&1 &
     HUB_PID=$!

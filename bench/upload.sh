@@ -38,7 +38,8 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 DATA="$WORK/data"
 
-CERTHUB_LOG=warn "$C" serve --data-dir "$DATA" --hostname "$ADDR" \
+# The AMQP listener by variable, which builds from before it ignore.
+CERTHUB_AMQP_ADDR="$ADDR:0" CERTHUB_LOG=warn "$C" serve --data-dir "$DATA" --hostname "$ADDR" \
     --https-addr "$ADDR:0" --mqtt-addr "$ADDR:0" >"$WORK/hub.log" 2>&1 &
 HUB_PID=$!
 # Ready once it printed its device listener (the last line of its start-up).

@@ -16,7 +16,8 @@ pub const EXIT_CONFIG: u8 = 64;
 
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
-    /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, database_url,
+    /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, amqp_addr,
+    /// database_url,
     /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages,
     /// c2d_max_pending, c2d_max_deliveries, audit_retention, audit_max_records,
     /// refusals_per_source, refusals_per_client_id, pending_per_source, pending_total,
@@ -33,6 +34,9 @@ pub struct ServeArgs {
     /// Address for devices: MQTT 3.1.1 over mutual TLS [default: 0.0.0.0:8883].
     #[arg(long)]
     mqtt_addr: Option<String>,
+    /// Address for AMQP 1.0 over TLS: devices and services [default: 0.0.0.0:5671].
+    #[arg(long)]
+    amqp_addr: Option<String>,
     /// Address for HTTPS: the service API [default: 0.0.0.0:443].
     #[arg(long)]
     https_addr: Option<String>,
@@ -96,6 +100,7 @@ struct FileConfig {
     hostnames: Option<Vec<String>>,
     https_addr: Option<String>,
     mqtt_addr: Option<String>,
+    amqp_addr: Option<String>,
     database_url: Option<String>,
     verification_code_ttl: Option<u64>,
     max_device_sessions: Option<u64>,
@@ -123,6 +128,7 @@ pub struct Config {
     pub hostnames: Vec<String>,
     pub https_addr: SocketAddr,
     pub mqtt_addr: SocketAddr,
+    pub amqp_addr: SocketAddr,
     pub database_url: Option<String>,
     /// Where uploaded files go when not in the data directory: a remote object store's URL
     /// and its options.
@@ -257,6 +263,12 @@ impl Config {
             .or_else(|| env("CERTHUB_MQTT_ADDR"))
             .or(file.mqtt_addr)
             .unwrap_or_else(|| "0.0.0.0:8883".into());
+        let amqp = args
+            .amqp_addr
+            .clone()
+            .or_else(|| env("CERTHUB_AMQP_ADDR"))
+            .or(file.amqp_addr)
+            .unwrap_or_else(|| "0.0.0.0:5671".into());
         let database_url = env("CERTHUB_DATABASE_URL").or(file.database_url);
         if let Some(url) = &database_url
             && !url.starts_with("postgres://")
@@ -412,6 +424,7 @@ impl Config {
             hostnames,
             https_addr: addr("https_addr", &https)?,
             mqtt_addr: addr("mqtt_addr", &mqtt)?,
+            amqp_addr: addr("amqp_addr", &amqp)?,
             database_url,
             file_store,
         })
@@ -545,6 +558,7 @@ pub fn public_host(hostname: &str, port: u16) -> String {
 enum Listener {
     Https,
     Mqtt,
+    Amqp,
 }
 
 impl Listener {
@@ -553,6 +567,7 @@ impl Listener {
         match self {
             Self::Https => ("--https-addr", "CERTHUB_HTTPS_ADDR", "https_addr"),
             Self::Mqtt => ("--mqtt-addr", "CERTHUB_MQTT_ADDR", "mqtt_addr"),
+            Self::Amqp => ("--amqp-addr", "CERTHUB_AMQP_ADDR", "amqp_addr"),
         }
     }
 
@@ -561,6 +576,7 @@ impl Listener {
         match self {
             Self::Https => "the service API (HTTPS)",
             Self::Mqtt => "devices (MQTT)",
+            Self::Amqp => "devices and services (AMQP)",
         }
     }
 
@@ -569,6 +585,7 @@ impl Listener {
         match self {
             Self::Https => "0.0.0.0:8443",
             Self::Mqtt => "0.0.0.0:8884",
+            Self::Amqp => "0.0.0.0:5672",
         }
     }
 }
@@ -582,6 +599,7 @@ fn bind_error(listener: Listener, addr: SocketAddr, e: &std::io::Error) -> anyho
                 "clients then use HostName=<host>:8443; the Azure SDKs' HTTPS and WebSocket transports dial 443 unless told otherwise"
             }
             Listener::Mqtt => "the Azure device SDKs dial 8883 for MQTT",
+            Listener::Amqp => "the Azure SDKs dial 5671 for AMQP",
         };
         anyhow::anyhow!(
             "cannot listen on {addr} for {what}: permission denied. Ports below 1024 need root or \
@@ -659,6 +677,10 @@ async fn serve(config: Config) -> Result<Outcome> {
         .await
         .map_err(|e| bind_error(Listener::Mqtt, config.mqtt_addr, &e))?;
     let mqtt_bound = mqtt_listener.local_addr()?;
+    let amqp_listener = tokio::net::TcpListener::bind(config.amqp_addr)
+        .await
+        .map_err(|e| bind_error(Listener::Amqp, config.amqp_addr, &e))?;
+    let amqp_bound = amqp_listener.local_addr()?;
     let device_tls = identity.device_config()?;
     let host = public_host(&config.hostnames[0], bound.port());
     store
@@ -738,6 +760,11 @@ async fn serve(config: Config) -> Result<Outcome> {
     );
     say!("  host names       {}", config.hostnames.join(", "));
     say!("  connect          certhub hub connection-string --data-dir {dir}");
+    say!(
+        "  devices (AMQP)   {}:{}  (listening on {amqp_bound}; AMQP 1.0 over TLS, client certificates or SAS via CBS)",
+        config.hostnames[0],
+        amqp_bound.port()
+    );
     say!(
         "  devices (MQTT)   {}:{}  (listening on {mqtt_bound}; TLS 1.2/1.3, client certificates or SAS)",
         config.hostnames[0],
@@ -856,13 +883,20 @@ async fn serve(config: Config) -> Result<Outcome> {
         },
         stopped(stop_rx.clone()),
     );
+    let amqp = certhub_server::serve_amqp(
+        amqp_listener,
+        device_tls.clone(),
+        state.clone(),
+        devices,
+        stopped(stop_rx.clone()),
+    );
     let mqtt =
         certhub_server::serve_mqtt(mqtt_listener, device_tls, state, devices, stopped(stop_rx));
     let signal = async {
         shutdown.await;
         let _ = stop_tx.send(true);
     };
-    tokio::join!(https, mqtt, signal);
+    tokio::join!(https, mqtt, amqp, signal);
     pruning.abort();
     c2d_expiry.abort();
     settings_watch.abort();

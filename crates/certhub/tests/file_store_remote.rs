@@ -170,6 +170,8 @@ fn file_store_mistakes_are_refused_before_the_hub_starts() {
                 &format!("{HOST}:0"),
                 "--mqtt-addr",
                 &format!("{HOST}:0"),
+                "--amqp-addr",
+                &format!("{HOST}:0"),
             ])
             .output()
             .expect("certhub runs");

@@ -56,6 +56,7 @@ mod at_rest {
             .arg(env!("CARGO_BIN_EXE_certhub"))
             .args(["serve", "--data-dir", s(&data)])
             .args(["--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
+            .args(["--amqp-addr", "127.0.0.1:0"])
             .env("CERTHUB_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -76,6 +77,7 @@ mod at_rest {
         let child = Command::new(env!("CARGO_BIN_EXE_certhub"))
             .args(["serve", "--data-dir", s(&data)])
             .args(["--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
+            .args(["--amqp-addr", "127.0.0.1:0"])
             .env("CERTHUB_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -96,6 +98,7 @@ mod at_rest {
         let out = Command::new(env!("CARGO_BIN_EXE_certhub"))
             .args(["serve", "--data-dir", s(&data)])
             .args(["--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
+            .args(["--amqp-addr", "127.0.0.1:0"])
             .output()
             .expect("certhub runs");
         let stderr = String::from_utf8_lossy(&out.stderr);

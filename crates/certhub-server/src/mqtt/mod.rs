@@ -47,11 +47,19 @@ impl Default for MqttOptions {
     }
 }
 
+/// What runs on a device connection once its TLS handshake is done (MQTT or AMQP).
+pub(crate) type Start = fn(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    session::Connection,
+    Arc<DeviceCore>,
+) -> futures_util::future::BoxFuture<'static, ()>;
+
 /// What a device connection needs of its listener.
 struct Listener {
     tls: Arc<rustls::ServerConfig>,
     gate: Arc<Gate>,
     core: Arc<DeviceCore>,
+    start: Start,
 }
 
 /// Serves devices on `listener` until `shutdown` completes.
@@ -62,9 +70,33 @@ pub async fn serve_mqtt(
     options: MqttOptions,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_devices(
+        listener,
+        tls,
+        state,
+        options,
+        "mqtt",
+        shutdown,
+        |tls, conn, core| Box::pin(session::run(tls, conn, core)),
+    )
+    .await;
+}
+
+/// The accept loop of a device listener named `name` (in metrics and audit): refused sources
+/// closed at accept, handshakes through the gate, then `start` on each established
+/// connection, until `shutdown` completes.
+pub(crate) async fn serve_devices(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    state: AppState,
+    options: MqttOptions,
+    name: &'static str,
+    shutdown: impl Future<Output = ()>,
+    start: Start,
+) {
     let core = Arc::new(DeviceCore::new(
         state,
-        "mqtt",
+        name,
         options.max_sessions,
         options.refusals,
     ));
@@ -72,6 +104,7 @@ pub async fn serve_mqtt(
         tls,
         gate: Gate::new(options.pending),
         core: core.clone(),
+        start,
     });
     // Repeated refusals are written as one record with their count when their window ends.
     let flusher = core.spawn_refusal_flusher();
@@ -115,7 +148,7 @@ async fn handshake(
         accepted + CLIENT_HELLO_TIMEOUT,
         lazy,
         state,
-        "mqtt",
+        listener.core.listener(),
     )
     .await
     else {
@@ -127,7 +160,7 @@ async fn handshake(
         accepted + HANDSHAKE_TIMEOUT,
         start.into_stream(listener.tls.clone()),
         state,
-        "mqtt",
+        listener.core.listener(),
     )
     .await
     {
@@ -156,5 +189,5 @@ async fn handshake(
     };
     // A task of its own: this one's memory (sized for the handshake's state) is freed, and
     // the session's is sized for the session alone.
-    tokio::spawn(session::run(tls, conn, listener.core.clone()));
+    tokio::spawn((listener.start)(tls, conn, listener.core.clone()));
 }

@@ -360,6 +360,8 @@ pub struct HubProcess {
     pub host: String,
     /// The port devices connect to (MQTT over TLS).
     pub mqtt_port: u16,
+    /// The port of the AMQP listener (devices and services, AMQP 1.0 over TLS).
+    pub amqp_port: u16,
 }
 
 impl HubProcess {
@@ -425,12 +427,23 @@ fn assert_test_addresses(args: &[&str]) {
     }
 }
 
-/// Starts `certhub serve --data-dir DATA_DIR ARGS...`.
+/// Starts `certhub serve --data-dir DATA_DIR ARGS...`. Without `--amqp-addr` in ARGS, the AMQP
+/// listener takes a free port of the MQTT listener's address.
 pub fn start_hub_with(data_dir: &Path, args: &[&str]) -> HubProcess {
     assert_test_addresses(args);
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    if !args.iter().any(|a| a == "--amqp-addr") {
+        let mqtt = args
+            .windows(2)
+            .find(|w| w[0] == "--mqtt-addr")
+            .map(|w| w[1].clone())
+            .expect("--mqtt-addr");
+        let ip = mqtt.rsplit_once(':').map_or(mqtt.as_str(), |(ip, _)| ip);
+        args.extend(["--amqp-addr".to_string(), format!("{ip}:0")]);
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_certhub"))
         .args(["serve", "--data-dir", s(data_dir)])
-        .args(args)
+        .args(&args)
         .env("CERTHUB_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -440,11 +453,16 @@ pub fn start_hub_with(data_dir: &Path, args: &[&str]) -> HubProcess {
     let mut lines = BufReader::new(stdout).lines();
     let mut host = None;
     let mut mqtt_port = None;
+    let mut amqp_port = None;
     for line in lines.by_ref() {
         let line = line.expect("a line");
         if let Some(rest) = line.trim().strip_prefix("service API") {
             let url = rest.split_whitespace().next().expect("url");
             host = url.strip_prefix("https://").map(str::to_string);
+        }
+        if let Some(rest) = line.trim().strip_prefix("devices (AMQP)") {
+            let addr = rest.split_whitespace().next().expect("address");
+            amqp_port = addr.rsplit(':').next().and_then(|p| p.parse().ok());
         }
         if let Some(rest) = line.trim().strip_prefix("devices (MQTT)") {
             let addr = rest.split_whitespace().next().expect("address");
@@ -458,6 +476,7 @@ pub fn start_hub_with(data_dir: &Path, args: &[&str]) -> HubProcess {
         child,
         host: host.expect("the hub printed its service API address"),
         mqtt_port: mqtt_port.expect("the hub printed its MQTT address"),
+        amqp_port: amqp_port.expect("the hub printed its AMQP address"),
     }
 }
 

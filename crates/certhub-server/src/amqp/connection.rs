@@ -1,0 +1,736 @@
+//! One AMQP connection on the device listener: the protocol header (SASL or not), the
+//! connection and its sessions, CBS token puts, and the links devices attach.
+//!
+//! Who a link acts for is decided by the device session core, exactly as a CONNECT is: a CBS
+//! `put-token` for `{host}/devices/{id}` is judged as a SAS CONNECT of that id (named reasons,
+//! audit, refusal limits); a link of an identity with no token is judged by the TLS client
+//! chain. An admitted identity is a session of the core (registered, so a newer connection, a
+//! revocation or a settings switch closes it, and its token's expiry is honoured); the
+//! connection is closed with `amqp:unauthorized-access` when any of its identities is shut out.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use certhub_core::{AuthenticatedDevice, MessageProperties};
+use certhub_pki::CertificateDer;
+use fe2o3_amqp::Sendable;
+use fe2o3_amqp::acceptor::sasl_acceptor::{SaslAcceptor, SaslServerFrame};
+use fe2o3_amqp::acceptor::{
+    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
+    ListenerSessionHandle, SessionAcceptor, SupportedReceiverSettleModes,
+    SupportedSenderSettleModes,
+};
+use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, SenderSettleMode};
+use fe2o3_amqp::types::messaging::{
+    AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties, TargetArchetype,
+};
+use fe2o3_amqp::types::primitives::{Array, SimpleValue, Symbol, Value};
+use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::address::{self, Node, Owner};
+use crate::device::{Attempt, DeviceCore, Ended, Live};
+use crate::mqtt::session::Connection;
+use crate::sessions::Mail;
+use crate::state::now_ms;
+
+/// The protocol header and the AMQP open must come this soon after the handshake.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Telemetry larger than Azure's 256 KB is refused.
+const MAX_MESSAGE: u64 = 256 * 1024;
+/// The largest frame the hub reads.
+const MAX_FRAME: u32 = 64 * 1024;
+
+/// SASL: every mechanism the Azure clients offer is accepted here, because none grants
+/// anything: an identity is admitted only by a CBS token or the TLS client chain, link by
+/// link.
+#[derive(Debug, Clone)]
+struct HubSasl;
+
+impl SaslAcceptor for HubSasl {
+    fn mechanisms(&self) -> Array<Symbol> {
+        Array::from(vec![
+            Symbol::from("MSSBCBS"),
+            Symbol::from("EXTERNAL"),
+            Symbol::from("ANONYMOUS"),
+        ])
+    }
+
+    fn on_init(&mut self, _init: SaslInit) -> SaslServerFrame {
+        SaslServerFrame::Outcome(SaslOutcome {
+            code: SaslCode::Ok,
+            additional_data: None,
+        })
+    }
+
+    fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
+        SaslServerFrame::Outcome(SaslOutcome {
+            code: SaslCode::Ok,
+            additional_data: None,
+        })
+    }
+}
+
+/// A byte stream with bytes already read (the protocol header) put back in front.
+#[derive(Debug)]
+struct Prefixed<S> {
+    prefix: [u8; 8],
+    at: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The identities admitted on one connection, and how to close it.
+#[derive(Debug)]
+struct Shared {
+    core: Arc<DeviceCore>,
+    peer: SocketAddr,
+    chain: Vec<CertificateDer<'static>>,
+    tls13: bool,
+    /// By client id: the admitted device and its token's expiry (ms; renewed by a new put).
+    admitted: Mutex<HashMap<String, Admitted>>,
+    /// A reason to close the connection (a kick, an expired token).
+    close: mpsc::Sender<String>,
+    /// Cancelled when the connection has ended.
+    ended: CancellationToken,
+}
+
+#[derive(Debug)]
+struct Admitted {
+    device: AuthenticatedDevice,
+    expiry: watch::Sender<Option<i64>>,
+}
+
+/// A device connection from its first AMQP byte to its end.
+pub(crate) async fn run<S>(mut io: S, conn: Connection, core: Arc<DeviceCore>)
+where
+    S: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+{
+    let Connection {
+        peer,
+        chain,
+        tls13,
+        mut pending,
+    } = conn;
+    let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
+    let mut header = [0u8; 8];
+    let read = crate::gate::owed(
+        &mut pending,
+        deadline,
+        io.read_exact(&mut header),
+        core.state(),
+        core.listener(),
+    )
+    .await;
+    if !matches!(read, Some(Ok(_))) {
+        return;
+    }
+    let stream = Prefixed {
+        prefix: header,
+        at: 0,
+        inner: io,
+    };
+    let builder = ConnectionAcceptor::builder()
+        .container_id("certhub")
+        .max_frame_size(MAX_FRAME)
+        .properties({
+            let mut p = fe2o3_amqp::types::primitives::OrderedMap::new();
+            p.insert(Symbol::from("product"), Value::String("certhub".into()));
+            p
+        });
+    // Protocol id 3 is the SASL layer; 0 is AMQP itself (the Node SDK's SAS devices).
+    let accepted = if header[4] == 3 {
+        let acceptor = builder.sasl_acceptor(HubSasl).build();
+        tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
+    } else {
+        let acceptor = builder.build();
+        tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
+    };
+    drop(pending);
+    let mut connection = match accepted {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "AMQP open failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "AMQP open timed out");
+            return;
+        }
+    };
+    let (close_tx, mut close_rx) = mpsc::channel(4);
+    let shared = Arc::new(Shared {
+        core,
+        peer,
+        chain,
+        tls13,
+        admitted: Mutex::new(HashMap::new()),
+        close: close_tx,
+        ended: CancellationToken::new(),
+    });
+    let sessions = SessionAcceptor::new();
+    loop {
+        tokio::select! {
+            incoming = connection.next_incoming_session() => {
+                let Some(incoming) = incoming else { break };
+                match sessions.accept_incoming_session(incoming, &mut connection).await {
+                    Ok(session) => {
+                        tokio::spawn(serve_session(session, shared.clone()));
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "AMQP session not begun");
+                        break;
+                    }
+                }
+            }
+            Some(reason) = close_rx.recv() => {
+                close_with(&mut connection, AmqpError::UnauthorizedAccess, &reason).await;
+                break;
+            }
+        }
+    }
+    shared.ended.cancel();
+}
+
+async fn close_with(connection: &mut ListenerConnectionHandle, condition: AmqpError, why: &str) {
+    let error = definitions::Error::new(condition, why.to_string(), None);
+    let _ = tokio::time::timeout(Duration::from_secs(1), connection.close_with_error(error)).await;
+}
+
+/// The reply links of a session, by node: a request's answer goes to the client's receiver
+/// attached to the same node.
+#[derive(Debug, Default)]
+struct Replies {
+    nodes: Mutex<HashMap<&'static str, Reply>>,
+}
+
+type Reply = (
+    mpsc::UnboundedSender<Message<Body<Value>>>,
+    Option<mpsc::UnboundedReceiver<Message<Body<Value>>>>,
+);
+
+impl Replies {
+    fn with<T>(&self, node: &'static str, f: impl FnOnce(&mut Reply) -> T) -> T {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = nodes.entry(node).or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (tx, Some(rx))
+        });
+        f(entry)
+    }
+}
+
+async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) {
+    let replies = Arc::new(Replies::default());
+    // Dispositions go out settled (rcv-settle-mode first); the hub's sends are settled when
+    // the client allows it (snd-settle-mode mixed), so replies never wait for an answer.
+    let links = LinkAcceptor::builder()
+        .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(ReceiverSettleMode::First)
+        .supported_sender_settle_modes(SupportedSenderSettleModes::SettledAndMixed)
+        .fallback_sender_settle_mode(SenderSettleMode::Mixed)
+        .max_message_size(MAX_MESSAGE)
+        .build();
+    while let Some(attach) = session.next_incoming_attach().await {
+        // The client's sender delivers to the target; its receiver reads from the source.
+        let client_sends = attach.role == definitions::Role::Sender;
+        let address = if client_sends {
+            attach.target.as_deref().and_then(|t| match t {
+                TargetArchetype::Target(t) => t.address.clone(),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+        } else {
+            attach.source.as_ref().and_then(|s| s.address.clone())
+        }
+        .unwrap_or_default();
+        let link = match links.accept_incoming_attach(attach, &mut session).await {
+            Ok(link) => link,
+            Err(e) => {
+                tracing::debug!(peer = %shared.peer, error = %e, "AMQP attach failed");
+                continue;
+            }
+        };
+        let node = address::parse(&address);
+        let shared = shared.clone();
+        let replies = replies.clone();
+        match (node, link) {
+            (Ok(Node::Cbs), LinkEndpoint::Receiver(rx)) => {
+                tokio::spawn(cbs_requests(rx, shared, replies));
+            }
+            (Ok(Node::Cbs), LinkEndpoint::Sender(tx)) => {
+                tokio::spawn(send_replies(tx, replies, "$cbs"));
+            }
+            (Ok(Node::Events(owner)), LinkEndpoint::Receiver(rx)) => {
+                tokio::spawn(telemetry(rx, owner, shared));
+            }
+            (Ok(node), link) => {
+                let why = format!("{address:?} ({node:?}) is not served over AMQP by this hub yet");
+                let error = definitions::Error::new(AmqpError::NotImplemented, why, None);
+                tokio::spawn(refuse(link, error));
+            }
+            (Err(e), link) => {
+                let error = definitions::Error::new(AmqpError::NotFound, e.to_string(), None);
+                tokio::spawn(refuse(link, error));
+            }
+        }
+    }
+}
+
+/// Detaches a link the hub does not serve, with the condition that says why.
+async fn refuse(link: LinkEndpoint, error: definitions::Error) {
+    let _ = match link {
+        LinkEndpoint::Receiver(rx) => rx.close_with_error(error).await,
+        LinkEndpoint::Sender(tx) => tx.close_with_error(error).await,
+    };
+}
+
+/// The client's receiver on a request node: the replies, in order, each sent settled.
+async fn send_replies(mut tx: fe2o3_amqp::Sender, replies: Arc<Replies>, node: &'static str) {
+    let Some(mut queue) = replies.with(node, |r| r.1.take()) else {
+        let why = format!("{node} already has a reply link on this session");
+        let _ = tx
+            .close_with_error(definitions::Error::new(
+                AmqpError::ResourceLocked,
+                why,
+                None,
+            ))
+            .await;
+        return;
+    };
+    while let Some(reply) = queue.recv().await {
+        let sendable = Sendable::builder().message(reply).settled(true).build();
+        if tx.send(sendable).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A string application property of a message.
+fn property<'a, T>(message: &'a Message<T>, key: &str) -> Option<&'a str> {
+    match message.application_properties.as_ref()?.0.get(key)? {
+        SimpleValue::String(s) => Some(s.as_str()),
+        _ => None,
+    }
+}
+
+/// The answer to a request: its message id as correlation id, a status code and description.
+fn reply_to<T>(request: &Message<T>, status: i32, description: &str) -> Message<Body<Value>> {
+    let correlation = request
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_id.clone());
+    Message::builder()
+        .properties(Properties {
+            correlation_id: correlation,
+            ..Default::default()
+        })
+        .application_properties(
+            ApplicationProperties::builder()
+                .insert("status-code", status)
+                .insert("status-description", description)
+                .build(),
+        )
+        .body(Body::Value(AmqpValue(Value::Null)))
+        .build()
+}
+
+/// `$cbs` put-token requests: each token is judged as a SAS CONNECT of the identity its
+/// audience names.
+async fn cbs_requests(mut rx: fe2o3_amqp::Receiver, shared: Arc<Shared>, replies: Arc<Replies>) {
+    let answers = replies.with("$cbs", |r| r.0.clone());
+    loop {
+        let delivery = tokio::select! {
+            d = rx.recv::<Body<Value>>() => match d {
+                Ok(d) => d,
+                Err(_) => return,
+            },
+            () = shared.ended.cancelled() => return,
+        };
+        let _ = rx.accept(&delivery).await;
+        let request = delivery.message();
+        let (status, description) = put_token(request, &shared).await;
+        let _ = answers.send(reply_to(request, status, &description));
+    }
+}
+
+async fn put_token(request: &Message<Body<Value>>, shared: &Arc<Shared>) -> (i32, String) {
+    if property(request, "operation") != Some("put-token") {
+        return (
+            400,
+            "the CBS node takes operation put-token (a SAS token as the body, the audience as name)"
+                .into(),
+        );
+    }
+    let Some(audience) = property(request, "name") else {
+        return (400, "a put-token request names its audience (name)".into());
+    };
+    let token = match &request.body {
+        Body::Value(AmqpValue(Value::String(t))) => t.clone(),
+        _ => {
+            return (
+                400,
+                "a put-token request carries the token as a string body".into(),
+            );
+        }
+    };
+    let Some((host, owner)) = audience_owner(audience) else {
+        return (
+            404,
+            format!(
+                "{audience:?} is not an audience of this hub: {{host}}/devices/{{id}}[/modules/{{id}}]"
+            ),
+        );
+    };
+    match admit(shared, &owner, &host, Some(token.as_bytes())).await {
+        Ok(()) => (200, "OK".into()),
+        Err(why) => (401, why),
+    }
+}
+
+/// `{host}/devices/{d}[/modules/{m}]`, percent-encoded whole as the Node SDK sends it or not:
+/// the host and the identity.
+fn audience_owner(audience: &str) -> Option<(String, Owner)> {
+    let decoded;
+    let audience = if audience.contains('/') {
+        audience
+    } else {
+        decoded = percent_encoding::percent_decode_str(audience)
+            .decode_utf8()
+            .ok()?;
+        &decoded
+    };
+    let audience = audience
+        .strip_prefix("amqps://")
+        .or_else(|| audience.strip_prefix("sb://"))
+        .unwrap_or(audience);
+    let (host, path) = audience.split_once('/')?;
+    match address::parse(&format!("/{}/messages/events", path.trim_end_matches('/'))) {
+        Ok(Node::Events(owner)) => Some((host.to_string(), owner)),
+        _ => None,
+    }
+}
+
+/// Admits `owner` on this connection (a token: judged as SAS; none: by the TLS chain), or
+/// renews its token. Errors name what was wrong, as the audit does.
+async fn admit(
+    shared: &Arc<Shared>,
+    owner: &Owner,
+    host: &str,
+    token: Option<&[u8]>,
+) -> Result<(), String> {
+    let client_id = owner.client_id();
+    let username = format!("{host}/{client_id}/?api-version=amqp");
+    let core = &shared.core;
+    let attempt = Attempt {
+        peer: shared.peer,
+        chain: &shared.chain,
+        tls13: shared.tls13,
+        client_id: &client_id,
+        username: Some(&username),
+        password: token,
+    };
+    let device = core
+        .authenticate(attempt)
+        .await
+        .map_err(|_| format!("{client_id} is not authorized (the hub's audit trail names why)"))?;
+    let expiry_ms = device.expires().map(|se| se.saturating_mul(1000));
+    {
+        let admitted = shared.admitted.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(a) = admitted.get(&client_id) {
+            // A renewed token of an admitted identity: its session goes on to the new expiry.
+            a.expiry.send_replace(expiry_ms);
+            return Ok(());
+        }
+    }
+    let slot = core
+        .slot(&client_id, shared.peer)
+        .await
+        .map_err(|_| "the hub's device session limit is reached; retry".to_string())?;
+    let opened = core.open(device.clone(), slot, false).await;
+    core.announce(&opened.live, shared.peer).await;
+    let (expiry, expiry_rx) = watch::channel(expiry_ms);
+    shared
+        .admitted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(client_id, Admitted { device, expiry });
+    tokio::spawn(watch_session(opened.live, expiry_rx, shared.clone()));
+    Ok(())
+}
+
+/// Holds an admitted identity's session until a kick, its token's expiry or the end of the
+/// connection, then ends it with the core (kicks and expiry close the connection).
+async fn watch_session(live: Live, mut expiry: watch::Receiver<Option<i64>>, shared: Arc<Shared>) {
+    let mailbox = live.ticket.mailbox.clone();
+    let end = loop {
+        let deadline = *expiry.borrow_and_update();
+        let expired = async {
+            match deadline {
+                Some(ms) => {
+                    let wait = u64::try_from(ms - now_ms()).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            mail = mailbox.next() => match mail {
+                Mail::Kicked(reason) => {
+                    let _ = shared.close.try_send(reason.clone());
+                    break Ended::Closed(reason);
+                }
+                // C2D, desired patches and methods are not served over AMQP yet: the work
+                // stays queued for the device's next MQTT or HTTPS session.
+                Mail::Work(_) => {}
+            },
+            () = expired => {
+                let _ = shared.close.try_send("the SAS token expired".into());
+                break Ended::TokenExpired(deadline.unwrap_or_default() / 1000);
+            }
+            changed = expiry.changed() => {
+                if changed.is_err() {
+                    break Ended::Closed("the connection ended".into());
+                }
+            }
+            () = shared.ended.cancelled() => break Ended::Clean,
+        }
+    };
+    shared
+        .admitted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&live.cn);
+    shared.core.close(live, end, None).await;
+}
+
+/// The admitted device of `owner` on this connection: admitted now by the TLS chain when it
+/// holds no token yet.
+async fn device_of(shared: &Arc<Shared>, owner: &Owner) -> Result<AuthenticatedDevice, String> {
+    let client_id = owner.client_id();
+    if let Some(a) = shared
+        .admitted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&client_id)
+    {
+        return Ok(a.device.clone());
+    }
+    let host = shared
+        .core
+        .state()
+        .hostnames()
+        .first()
+        .cloned()
+        .unwrap_or_default();
+    admit(shared, owner, &host, None).await?;
+    shared
+        .admitted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&client_id)
+        .map(|a| a.device.clone())
+        .ok_or_else(|| format!("{client_id} was shut out"))
+}
+
+/// `/devices/{id}/messages/events`: each message is stored durably, then accepted.
+async fn telemetry(mut rx: fe2o3_amqp::Receiver, owner: Owner, shared: Arc<Shared>) {
+    let device = match device_of(&shared, &owner).await {
+        Ok(d) => d,
+        Err(why) => {
+            let _ = rx
+                .close_with_error(definitions::Error::new(
+                    AmqpError::UnauthorizedAccess,
+                    why,
+                    None,
+                ))
+                .await;
+            return;
+        }
+    };
+    let core = &shared.core;
+    loop {
+        let delivery = tokio::select! {
+            d = rx.recv::<Body<Value>>() => match d {
+                Ok(d) => d,
+                Err(_) => return,
+            },
+            () = shared.ended.cancelled() => return,
+        };
+        let message = delivery.message();
+        let (props, body) = telemetry_parts(message);
+        let record = core.telemetry(&device, &props, body);
+        let committed = match core.state().telemetry().submit(record).await {
+            Ok(c) => c.await,
+            Err(e) => Err(e),
+        };
+        match committed {
+            Ok(_) => {
+                core.telemetry_counted();
+                if rx.accept(&delivery).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    client_id = owner.client_id(),
+                    error = e,
+                    "telemetry not stored"
+                );
+                let error = definitions::Error::new(
+                    AmqpError::InternalError,
+                    "the hub could not store the message; send it again".to_string(),
+                    None,
+                );
+                let _ = rx.reject(&delivery, error).await;
+            }
+        }
+    }
+}
+
+/// A telemetry message's system and application properties and its body bytes.
+fn telemetry_parts(message: &Message<Body<Value>>) -> (MessageProperties, Vec<u8>) {
+    let mut props = MessageProperties::default();
+    if let Some(p) = &message.properties {
+        let mut system = |name: &str, value: Option<String>| {
+            if let Some(v) = value {
+                props.system.insert(name.to_string(), v);
+            }
+        };
+        system("messageId", p.message_id.as_ref().map(id_text));
+        system("correlationId", p.correlation_id.as_ref().map(id_text));
+        system(
+            "userId",
+            p.user_id
+                .as_ref()
+                .map(|u| String::from_utf8_lossy(u).into_owned()),
+        );
+        system("contentType", p.content_type.as_ref().map(|s| s.0.clone()));
+        system(
+            "contentEncoding",
+            p.content_encoding.as_ref().map(|s| s.0.clone()),
+        );
+        // `to` names the link's own address: the other transports store none either.
+    }
+    if let Some(app) = &message.application_properties {
+        for (key, value) in &app.0 {
+            props.application.insert(key.clone(), simple_text(value));
+        }
+    }
+    let body = match &message.body {
+        Body::Data(batch) => batch.iter().flat_map(|d| d.0.iter().copied()).collect(),
+        Body::Value(AmqpValue(Value::String(s))) => s.clone().into_bytes(),
+        Body::Value(AmqpValue(Value::Binary(b))) => b.to_vec(),
+        _ => Vec::new(),
+    };
+    (props, body)
+}
+
+fn id_text(id: &MessageId) -> String {
+    match id {
+        MessageId::String(s) => s.clone(),
+        MessageId::Ulong(n) => n.to_string(),
+        MessageId::Uuid(u) => uuid_text(u.as_ref()),
+        MessageId::Binary(b) => String::from_utf8_lossy(b).into_owned(),
+    }
+}
+
+fn uuid_text(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if hex.len() == 32 {
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[0..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..32]
+        )
+    } else {
+        hex
+    }
+}
+
+fn simple_text(value: &SimpleValue) -> String {
+    match value {
+        SimpleValue::String(s) => s.clone(),
+        SimpleValue::Symbol(s) => s.0.clone(),
+        SimpleValue::Bool(b) => b.to_string(),
+        SimpleValue::Int(n) => n.to_string(),
+        SimpleValue::Long(n) => n.to_string(),
+        SimpleValue::Uint(n) => n.to_string(),
+        SimpleValue::Ulong(n) => n.to_string(),
+        SimpleValue::Short(n) => n.to_string(),
+        SimpleValue::Ushort(n) => n.to_string(),
+        SimpleValue::Byte(n) => n.to_string(),
+        SimpleValue::Ubyte(n) => n.to_string(),
+        SimpleValue::Double(n) => n.to_string(),
+        SimpleValue::Float(n) => n.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audiences_name_a_host_and_an_identity() {
+        let (host, owner) = audience_owner("hub.example/devices/d1").expect("device");
+        assert_eq!(
+            (host.as_str(), owner.client_id().as_str()),
+            ("hub.example", "d1")
+        );
+        let (host, owner) =
+            audience_owner("hub.example%3A5671%2Fdevices%2Fd%2B1").expect("encoded");
+        assert_eq!(
+            (host.as_str(), owner.client_id().as_str()),
+            ("hub.example:5671", "d+1")
+        );
+        let (_, owner) =
+            audience_owner("amqps://hub.example/devices/d1/modules/m1").expect("module");
+        assert_eq!(owner.client_id(), "d1/m1");
+        assert!(audience_owner("hub.example/messages/devicebound").is_none());
+        assert!(audience_owner("hub.example").is_none());
+    }
+}
