@@ -21,9 +21,19 @@
 //! is refused, reported failed and notifies nobody. The script is
 //! tests/interop/node/upload.js.
 //!
+//! With its Amqp transport (`azure-iot-device-amqp`): AMQP 1.0 over TLS on the AMQP listener.
+//! The widget (its chain in the connection's TLS handshake) sends two telemetry messages, one
+//! with an application property, a message id, a content type and encoding, one plain; a SAS
+//! device (its token put on `$cbs` by the SDK) sends one; the service API reads each back as
+//! soon as sendEvent has succeeded (the hub stores a message before it settles the delivery).
+//! A wrong key is refused. The hub audits both sessions as `over amqp`. Then the widget
+//! connects and sends again and the service disables it: the hub ends its AMQP session with
+//! `amqp:unauthorized-access`, the SDK reports the disconnect within a second, and what it
+//! sends after is neither taken nor stored. The script is tests/interop/node/amqp.js.
+//!
 //! The pinned packages are in tests/interop/node (scripts/test installs them). The SDK always
-//! dials port 443 of the host name; the Node port map (tests/interop/node/portmap.js) sends it
-//! to the free port this hub listens on.
+//! dials port 443 of the host name (8883 for MQTT, 5671 for AMQP); the Node port map
+//! (tests/interop/node/portmap.js) sends it to the free port this hub listens on.
 
 mod common;
 
@@ -43,7 +53,11 @@ fn node_dir() -> PathBuf {
 /// can never reach a hub this test did not start.
 fn node_to_hub(hub: &HubProcess) -> Command {
     let dir = node_dir();
-    for package in ["azure-iot-device-mqtt", "azure-iot-device-http"] {
+    for package in [
+        "azure-iot-device-mqtt",
+        "azure-iot-device-http",
+        "azure-iot-device-amqp",
+    ] {
         assert!(
             dir.join("node_modules").join(package).is_dir(),
             "{} has no node_modules/{package}: run scripts/test, which installs the pinned \
@@ -54,7 +68,8 @@ fn node_to_hub(hub: &HubProcess) -> Command {
     let portmap = dir.join("portmap.js");
     let mqtt_port = hub.mqtt_port;
     let https_port = hub.https_port();
-    let map = format!("8883={mqtt_port},443={https_port}");
+    let amqp_port = hub.amqp_port;
+    let map = format!("8883={mqtt_port},443={https_port},5671={amqp_port}");
     let command = || {
         let mut c = Command::new("node");
         c.env(
@@ -78,7 +93,8 @@ fn node_to_hub(hub: &HubProcess) -> Command {
     assert_eq!(
         String::from_utf8_lossy(&check.stdout).trim(),
         format!(
-            "{{\"443\":{https_port},\"8883\":{mqtt_port}}} _mappedNetConnect \
+            "{{\"443\":{https_port},\"5671\":{amqp_port},\"8883\":{mqtt_port}}} \
+             _mappedNetConnect \
              _mappedNetCreateConnection _mappedTlsConnect"
         ),
         "the Node test port map is not in effect: {}",
@@ -376,4 +392,87 @@ fn node_sdk_upload_to_blob() {
     }
     let staged = regular_files(&files.join("staging"));
     assert!(staged.is_empty(), "blocks left staged: {staged:#?}");
+}
+
+#[test]
+fn node_sdk_over_amqp() {
+    let hub = NodeHub::start();
+    let stdout = hub.run("amqp.js");
+    for line in [
+        "ok: the CA-signed widget connected over Amqp",
+        "ok: the SAS device connected over Amqp",
+        "ok: widget: sendEvent over Amqp succeeds",
+        "ok: sas: sendEvent over Amqp succeeds",
+        "ok: the service reads the widget's two messages in order",
+        "ok: the application property k=v arrives",
+        "ok: the message id arrives",
+        "ok: the service reads the SAS device's message",
+        "ok: a wrong SAS key is refused",
+        "ok: the widget is dropped within a second of being disabled",
+        "ok: a message sent after the disable is not taken",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "`{line}` expected:\n{stdout}"
+        );
+    }
+
+    // Both sessions came over the AMQP listener: the widget by the chain of its TLS
+    // connection, the SAS device by the token it put on $cbs; the wrong key was refused.
+    let connects = hub.connects();
+    for (device, id) in [
+        ("devices/smart-x-widget-0001", "smart-x-widget-0001"),
+        ("devices/widget-sas", "widget-sas"),
+    ] {
+        let accepted: Vec<&String> = connects
+            .iter()
+            .filter(|(target, outcome, _)| target == device && outcome == "ok")
+            .map(|(_, _, detail)| detail)
+            .collect();
+        assert!(!accepted.is_empty(), "{device} connected: {connects:#?}");
+        for detail in accepted {
+            assert!(
+                detail.starts_with(&format!("{id} via ")) && detail.contains(" over amqp;"),
+                "{device}: a session over amqp expected: {detail}"
+            );
+        }
+    }
+    // The one refusal: the wrong key's token, judged by its signature.
+    let refusals: Vec<_> = connects
+        .iter()
+        .filter(|(target, outcome, _)| target == "devices/widget-sas" && outcome != "ok")
+        .collect();
+    assert!(
+        matches!(
+            refusals.as_slice(),
+            [(_, outcome, detail)] if outcome == "sas-invalid"
+                && detail.contains("signature does not match")
+        ),
+        "the wrong key is audited once as sas-invalid: {connects:#?}"
+    );
+    // The widget's chain was never refused; once disabled, the SDK's reconnects are refused
+    // as such, and its session's end is audited with the reason.
+    assert!(
+        connects.iter().all(
+            |(target, outcome, _)| target != "devices/smart-x-widget-0001"
+                || outcome == "ok"
+                || outcome == "device-disabled"
+        ),
+        "the widget is refused only once disabled: {connects:#?}"
+    );
+    let dropped = audit(hub.dir(), &hub.data).into_iter().any(|r| {
+        r["operation"] == "device.disconnect"
+            && r["target"] == "devices/smart-x-widget-0001"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("identity was updated"))
+    });
+    assert!(dropped, "the widget's session ended when it was disabled");
+    // No session used another listener.
+    assert!(
+        !connects
+            .iter()
+            .any(|(_, outcome, detail)| outcome == "ok" && !detail.contains(" over amqp;")),
+        "{connects:#?}"
+    );
 }

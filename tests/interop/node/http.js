@@ -12,77 +12,13 @@
 // device's key).
 'use strict';
 
-const crypto = require('crypto');
 const fs = require('fs');
-const https = require('https');
 const { isDeepStrictEqual } = require('util');
 
 const { Client, Message } = require('azure-iot-device');
 const { Http } = require('azure-iot-device-http');
 
-const HOST = process.env.CERTHUB_HOST;
-const CA = fs.readFileSync(process.env.CERTHUB_CA, 'utf8');
-const CS = process.env.CERTHUB_CONNECTION_STRING;
-const D = process.env.CERTHUB_DIR;
-const WIDGET = 'smart-x-widget-0001';
-const SAS = 'widget-sas';
-
-function check(cond, what) {
-  if (!cond) {
-    console.error(`FAILED: ${what}`);
-    process.exit(1);
-  }
-  console.log(`ok: ${what}`);
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// The service API with an iothubowner SAS token, as tests/interop/hubtest.py calls it.
-function service(method, path, body) {
-  const cs = Object.fromEntries(CS.split(';').map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
-  const sr = encodeURIComponent(cs.HostName);
-  const se = Math.floor(Date.now() / 1000) + 600;
-  const sig = crypto
-    .createHmac('sha256', Buffer.from(cs.SharedAccessKey, 'base64'))
-    .update(`${sr}\n${se}`)
-    .digest('base64');
-  const token = `SharedAccessSignature sr=${sr}&sig=${encodeURIComponent(sig)}&se=${se}&skn=${cs.SharedAccessKeyName}`;
-  const [hostname, port] = cs.HostName.split(':');
-  const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      {
-        hostname,
-        port: port ? Number(port) : 443,
-        path,
-        method,
-        ca: CA,
-        headers: {
-          Authorization: token,
-          'Content-Type': 'application/json',
-          ...(data ? { 'Content-Length': data.length } : {}),
-        },
-      },
-      (res) => {
-        const chunks = [];
-        res.on('data', (c) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString();
-          resolve({ status: res.statusCode, body: text ? JSON.parse(text) : null, headers: res.headers });
-        });
-      },
-    );
-    req.on('error', reject);
-    if (data) req.write(data);
-    req.end();
-  });
-}
-
-async function serviceGet(path) {
-  const { status, body } = await service('GET', path);
-  if (status !== 200) check(false, `GET ${path} answered ${status}: ${JSON.stringify(body)}`);
-  return body;
-}
+const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor } = require('./hubtest.js');
 
 const waiting = async (id) => (await serviceGet(`/devices/${id}`)).cloudToDeviceMessageCount;
 
@@ -104,14 +40,6 @@ function property(message, key) {
   return found && found.value;
 }
 
-async function waitFor(what, predicate, timeoutMs = 10000) {
-  const start = Date.now();
-  while (Date.now() - start < timeoutMs) {
-    if (await predicate()) return;
-    await sleep(50);
-  }
-  check(false, `${what} within ${timeoutMs / 1000}s`);
-}
 
 // The service's feedback records of `id` until `count` have come, each batch completed
 // (DELETE with the lock token of its ETag) so that it is not received again.

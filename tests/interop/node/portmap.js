@@ -5,7 +5,7 @@
 // (`wss://HOST:443/$iothub/websocket`) and MQTT on 8883, with no option to change either. The
 // tests start their hubs on free ports and load this file first
 // (NODE_OPTIONS=--require /abs/path/portmap.js). With CERTHUB_TEST_PORT_MAP="8883=41234,443=41235"
-// (comma-separated FROM=TO pairs), every connection made through net.connect,
+// (comma-separated FROM=TO pairs; 5671 for AMQP too), every connection made through net.connect,
 // net.createConnection or tls.connect to port FROM goes to port TO of the same host. The `ws`
 // package (under mqtt's WebSocket transport) opens its socket with tls.connect, mqtt's own TCP
 // and TLS transports use net.createConnection and tls.connect, and https.request reaches
@@ -40,7 +40,16 @@ function mapArgs(args) {
     return [{ ...first, port: mapPort(first.port) }, ...rest];
   }
   if (typeof first === 'number' || (typeof first === 'string' && /^\d+$/.test(first))) {
-    return [mapPort(first), ...rest];
+    // tls.connect(port, host, options), as rhea (the AMQP transport) dials: Node lets the
+    // options' own `port` win over the argument, so it is mapped too.
+    return [
+      mapPort(first),
+      ...rest.map((a) =>
+        a !== null && typeof a === 'object' && a.port !== undefined && a.port !== null
+          ? { ...a, port: mapPort(a.port) }
+          : a,
+      ),
+    ];
   }
   return args;
 }

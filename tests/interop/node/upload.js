@@ -34,71 +34,7 @@ for (const v of ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_
   delete process.env[v];
 }
 
-const HOST = process.env.CERTHUB_HOST;
-const CA = fs.readFileSync(process.env.CERTHUB_CA, 'utf8');
-const CS = process.env.CERTHUB_CONNECTION_STRING;
-const D = process.env.CERTHUB_DIR;
-const WIDGET = 'smart-x-widget-0001';
-const SAS = 'widget-sas';
-
-function check(cond, what) {
-  if (!cond) {
-    console.error(`FAILED: ${what}`);
-    process.exit(1);
-  }
-  console.log(`ok: ${what}`);
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-// The service API with an iothubowner SAS token, as tests/interop/hubtest.py calls it. The
-// body comes back as bytes (`raw`) and, when it is JSON, parsed (`body`).
-function service(method, path, body) {
-  const cs = Object.fromEntries(CS.split(';').map((p) => [p.slice(0, p.indexOf('=')), p.slice(p.indexOf('=') + 1)]));
-  const sr = encodeURIComponent(cs.HostName);
-  const se = Math.floor(Date.now() / 1000) + 600;
-  const sig = crypto
-    .createHmac('sha256', Buffer.from(cs.SharedAccessKey, 'base64'))
-    .update(`${sr}\n${se}`)
-    .digest('base64');
-  const token = `SharedAccessSignature sr=${sr}&sig=${encodeURIComponent(sig)}&se=${se}&skn=${cs.SharedAccessKeyName}`;
-  const [hostname, port] = cs.HostName.split(':');
-  const data = body === undefined ? null : Buffer.from(JSON.stringify(body));
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      {
-        hostname,
-        port: port ? Number(port) : 443,
-        path,
-        method,
-        ca: CA,
-        headers: {
-          Authorization: token,
-          'Content-Type': 'application/json',
-          ...(data ? { 'Content-Length': data.length } : {}),
-        },
-      },
-      (res) => {
-        const chunks = [];
-        res.on('data', (c) => chunks.push(c));
-        res.on('end', () => {
-          const raw = Buffer.concat(chunks);
-          const json = /json/.test(res.headers['content-type'] || '') && raw.length > 0;
-          resolve({ status: res.statusCode, raw, body: json ? JSON.parse(raw.toString()) : null, headers: res.headers });
-        });
-      },
-    );
-    req.on('error', reject);
-    if (data) req.write(data);
-    req.end();
-  });
-}
-
-async function serviceGet(path) {
-  const { status, body, raw } = await service('GET', path);
-  if (status !== 200) check(false, `GET ${path} answered ${status}: ${raw.toString()}`);
-  return body;
-}
+const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor } = require('./hubtest.js');
 
 // The storage client's requests to the blob endpoint (method, path and query, headers), as
 // node-fetch under @azure/core-http makes them with https.request.
@@ -126,14 +62,6 @@ async function outcome(call) {
   }
 }
 
-async function waitFor(what, predicate, timeoutMs = 10000) {
-  const start = Date.now();
-  while (Date.now() - start < timeoutMs) {
-    if (await predicate()) return;
-    await sleep(50);
-  }
-  check(false, `${what} within ${timeoutMs / 1000}s`);
-}
 
 // `bytes` uploaded by `client` (device `id`) as `name` with uploadToBlob, then checked from the
 // service side: the upload's record, its content and its notification.

@@ -129,10 +129,23 @@ struct Shared {
     tls13: bool,
     /// By client id: the admitted device and its token's expiry (ms; renewed by a new put).
     admitted: Mutex<HashMap<String, Admitted>>,
-    /// A reason to close the connection (a kick, an expired token).
-    close: mpsc::Sender<String>,
+    /// Why the connection is being shut (a kick, an expired token): the first reason wins.
+    closing: watch::Sender<Option<String>>,
     /// Cancelled when the connection has ended.
     ended: CancellationToken,
+}
+
+impl Shared {
+    /// Shuts the connection for `reason` (the first reason wins).
+    fn shut(&self, reason: &str) {
+        self.closing.send_if_modified(|r| {
+            if r.is_some() {
+                return false;
+            }
+            *r = Some(reason.to_string());
+            true
+        });
+    }
 }
 
 #[derive(Debug)]
@@ -198,21 +211,34 @@ where
             return;
         }
     };
-    let (close_tx, mut close_rx) = mpsc::channel(4);
+    let (closing, mut closing_rx) = watch::channel(None);
     let shared = Arc::new(Shared {
         core,
         peer,
         chain,
         tls13,
         admitted: Mutex::new(HashMap::new()),
-        close: close_tx,
+        closing,
         ended: CancellationToken::new(),
     });
     let sessions = SessionAcceptor::new();
+    // Shutting out: every session is ended with the reason (the Azure SDKs then let go of
+    // their links at once and close the connection, which the hub answers); a client that
+    // has not closed within a second gets the connection closed with the reason.
+    let mut shut_by: Option<tokio::time::Instant> = None;
     loop {
+        let shut_wait = async {
+            match shut_by {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             incoming = connection.next_incoming_session() => {
                 let Some(incoming) = incoming else { break };
+                if shut_by.is_some() {
+                    continue;
+                }
                 match sessions.accept_incoming_session(incoming, &mut connection).await {
                     Ok(session) => {
                         tokio::spawn(serve_session(session, shared.clone()));
@@ -223,7 +249,14 @@ where
                     }
                 }
             }
-            Some(reason) = close_rx.recv() => {
+            changed = closing_rx.changed(), if shut_by.is_none() => {
+                if changed.is_err() {
+                    break;
+                }
+                shut_by = Some(tokio::time::Instant::now() + Duration::from_secs(1));
+            }
+            () = shut_wait => {
+                let reason = closing_rx.borrow().clone().unwrap_or_default();
                 close_with(&mut connection, AmqpError::UnauthorizedAccess, &reason).await;
                 break;
             }
@@ -271,7 +304,22 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
         .fallback_sender_settle_mode(SenderSettleMode::Mixed)
         .max_message_size(MAX_MESSAGE)
         .build();
-    while let Some(attach) = session.next_incoming_attach().await {
+    let mut closing = shared.closing.subscribe();
+    loop {
+        let attach = tokio::select! {
+            attach = session.next_incoming_attach() => attach,
+            changed = closing.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let reason = closing.borrow().clone().unwrap_or_default();
+                let error = definitions::Error::new(AmqpError::UnauthorizedAccess, reason, None);
+                let _ = tokio::time::timeout(Duration::from_secs(1), session.end_with_error(error))
+                    .await;
+                return;
+            }
+        };
+        let Some(attach) = attach else { return };
         // The client's sender delivers to the target; its receiver reads from the source.
         let client_sends = attach.role == definitions::Role::Sender;
         let address = if client_sends {
@@ -299,7 +347,7 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
                 tokio::spawn(cbs_requests(rx, shared, replies));
             }
             (Ok(Node::Cbs), LinkEndpoint::Sender(tx)) => {
-                tokio::spawn(send_replies(tx, replies, "$cbs"));
+                tokio::spawn(send_replies(tx, replies, "$cbs", shared.ended.clone()));
             }
             (Ok(Node::Events(owner)), LinkEndpoint::Receiver(rx)) => {
                 tokio::spawn(telemetry(rx, owner, shared));
@@ -326,7 +374,12 @@ async fn refuse(link: LinkEndpoint, error: definitions::Error) {
 }
 
 /// The client's receiver on a request node: the replies, in order, each sent settled.
-async fn send_replies(mut tx: fe2o3_amqp::Sender, replies: Arc<Replies>, node: &'static str) {
+async fn send_replies(
+    mut tx: fe2o3_amqp::Sender,
+    replies: Arc<Replies>,
+    node: &'static str,
+    ended: CancellationToken,
+) {
     let Some(mut queue) = replies.with(node, |r| r.1.take()) else {
         let why = format!("{node} already has a reply link on this session");
         let _ = tx
@@ -338,7 +391,11 @@ async fn send_replies(mut tx: fe2o3_amqp::Sender, replies: Arc<Replies>, node: &
             .await;
         return;
     };
-    while let Some(reply) = queue.recv().await {
+    // The queue's sender lives in `replies` too: the end of the connection ends this link.
+    while let Some(reply) = tokio::select! {
+        reply = queue.recv() => reply,
+        () = ended.cancelled() => None,
+    } {
         let sendable = Sendable::builder().message(reply).settled(true).build();
         if tx.send(sendable).await.is_err() {
             return;
@@ -517,7 +574,7 @@ async fn watch_session(live: Live, mut expiry: watch::Receiver<Option<i64>>, sha
         tokio::select! {
             mail = mailbox.next() => match mail {
                 Mail::Kicked(reason) => {
-                    let _ = shared.close.try_send(reason.clone());
+                    shared.shut(&reason);
                     break Ended::Closed(reason);
                 }
                 // C2D, desired patches and methods are not served over AMQP yet: the work
@@ -525,7 +582,7 @@ async fn watch_session(live: Live, mut expiry: watch::Receiver<Option<i64>>, sha
                 Mail::Work(_) => {}
             },
             () = expired => {
-                let _ = shared.close.try_send("the SAS token expired".into());
+                shared.shut("the SAS token expired");
                 break Ended::TokenExpired(deadline.unwrap_or_default() / 1000);
             }
             changed = expiry.changed() => {

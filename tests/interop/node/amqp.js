@@ -1,0 +1,199 @@
+// The Node.js azure-iot-device SDK with its Amqp transport (azure-iot-device-amqp) against
+// certhub: AMQP 1.0 over TLS on the AMQP listener. An X.509 widget (its four-level chain in the
+// TLS handshake, no CBS) and a SAS device (a CBS put-token on $cbs, which the SDK sends itself)
+// send telemetry on /devices/{id}/messages/events; the service API reads it back at once (the
+// hub stores a message before it settles its delivery). A wrong key is refused. Disabling the
+// widget drops its session within a second.
+//
+// Run by crates/certhub/tests/node_device.rs, which made the PKI, registered the CA and the
+// devices with the certhub CLI, and loads portmap.js (the SDK always dials port 5671 of the host
+// name for AMQP; the map sends it to the test hub's port). Environment: CERTHUB_HOST (the name
+// devices dial), CERTHUB_CA (the hub's server CA file), CERTHUB_CONNECTION_STRING (iothubowner,
+// for the service API), CERTHUB_DIR (the folder with the certificates), CERTHUB_SAS_KEY (the SAS
+// device's key).
+'use strict';
+
+const fs = require('fs');
+const { isDeepStrictEqual } = require('util');
+
+const { Client, Message } = require('azure-iot-device');
+const { Amqp } = require('azure-iot-device-amqp');
+
+const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet } = require('./hubtest.js');
+
+// What an SDK call really does within `ms`: its result, the error it threw or rejected with,
+// or `timedOut` when it did neither in time (so that a hub that never answers cannot hang the
+// script).
+async function outcome(call, ms = 15000) {
+  let timer;
+  const timeout = new Promise((resolve) => {
+    timer = setTimeout(() => resolve({ timedOut: true }), ms);
+  });
+  try {
+    return await Promise.race([
+      (async () => {
+        try {
+          return { result: await call() };
+        } catch (error) {
+          return { error };
+        }
+      })(),
+      timeout,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// Why an outcome is not a success, for a check's text.
+function failed(o) {
+  if (o.timedOut) return ': timed out';
+  return o.error ? `: ${o.error.name} ${o.error.message}` : '';
+}
+
+// Opens `client`, failing the script with the reason when it does not succeed in time.
+async function open(client, who) {
+  const opened = await outcome(() => client.open());
+  check(!opened.error && !opened.timedOut, `${who} connected over Amqp${failed(opened)}`);
+}
+
+async function send(client, message, who) {
+  const sent = await outcome(() => client.sendEvent(message));
+  check(!sent.error && !sent.timedOut, `${who}: sendEvent over Amqp succeeds${failed(sent)}`);
+}
+
+async function main() {
+  // The AMQP connection really goes through the port map to the hub under test.
+  const tls = require('tls');
+  check(tls.connect.name === '_mappedTlsConnect', 'the test port map is in effect');
+
+  // 1. A widget at the end of Company-X -> Factory-Y -> Technician-Z, its four-level chain
+  //    presented in the AMQP connection's TLS handshake: no CBS.
+  const widget = Client.fromConnectionString(`HostName=${HOST};DeviceId=${WIDGET};x509=true`, Amqp);
+  await widget.setOptions({
+    cert: fs.readFileSync(`${D}/devices/${WIDGET}/chain.pem`, 'utf8'),
+    key: fs.readFileSync(`${D}/devices/${WIDGET}/key.pem`, 'utf8'),
+    ca: CA,
+  });
+  widget.on('error', (e) => check(false, `the widget client reports no error: ${e}`));
+  await open(widget, 'the CA-signed widget');
+
+  // sendEvent with an application property and system properties (message-id, content-type
+  // and content-encoding of the AMQP message's properties section), then a plain one.
+  const json = JSON.stringify({ temperature: 21.5, unit: 'C' });
+  const msg = new Message(json);
+  msg.messageId = 'amqp-n-1';
+  msg.contentType = 'application/json';
+  msg.contentEncoding = 'utf-8';
+  msg.properties.add('k', 'v');
+  await send(widget, msg, 'widget');
+  await send(widget, new Message('plain reading'), 'widget');
+
+  // Stored before the hub settled the deliveries: the service reads both at once.
+  let events = await serviceGet(`/messages/events?device=${WIDGET}`);
+  check(
+    isDeepStrictEqual(
+      events.map((m) => m.body),
+      [json, 'plain reading'],
+    ),
+    `the service reads the widget's two messages in order: ${JSON.stringify(events.map((m) => m.body))}`,
+  );
+  const [first, second] = events;
+  check(first.deviceId === WIDGET && first.moduleId === null, `the message is the widget's: ${first.deviceId}`);
+  check(
+    isDeepStrictEqual(first.properties, { k: 'v' }),
+    `the application property k=v arrives: ${JSON.stringify(first.properties)}`,
+  );
+  check(
+    first.systemProperties.messageId === 'amqp-n-1',
+    `the message id arrives: ${JSON.stringify(first.systemProperties)}`,
+  );
+  check(first.systemProperties.contentType === 'application/json', 'the content type arrives');
+  check(first.systemProperties.contentEncoding === 'utf-8', 'the content encoding arrives');
+  check(
+    !second.properties || Object.keys(second.properties).length === 0,
+    `the plain message has no application properties: ${JSON.stringify(second.properties)}`,
+  );
+  const closedWidget = await outcome(() => widget.close());
+  check(!closedWidget.error && !closedWidget.timedOut, `the widget closes${failed(closedWidget)}`);
+
+  // 2. A SAS device from its connection string: the SDK puts its token on $cbs.
+  const sas = Client.fromConnectionString(
+    `HostName=${HOST};DeviceId=${SAS};SharedAccessKey=${process.env.CERTHUB_SAS_KEY}`,
+    Amqp,
+  );
+  await sas.setOptions({ ca: CA });
+  sas.on('error', (e) => check(false, `the SAS client reports no error: ${e}`));
+  await open(sas, 'the SAS device');
+  await send(sas, new Message('by SAS over amqp'), 'sas');
+  events = await serviceGet(`/messages/events?device=${SAS}`);
+  check(
+    events.length === 1 && events[0].body === 'by SAS over amqp' && events[0].deviceId === SAS,
+    `the service reads the SAS device's message: ${JSON.stringify(events.map((m) => m.body))}`,
+  );
+  const closedSas = await outcome(() => sas.close());
+  check(!closedSas.error && !closedSas.timedOut, `the SAS device closes${failed(closedSas)}`);
+
+  // 3. A SAS device with a wrong key is refused: its put-token on $cbs fails, and open with it.
+  const wrong = Client.fromConnectionString(
+    `HostName=${HOST};DeviceId=${SAS};SharedAccessKey=${Buffer.alloc(32, 7).toString('base64')}`,
+    Amqp,
+  );
+  await wrong.setOptions({ ca: CA });
+  wrong.on('error', () => {});
+  const refused = await outcome(() => wrong.open());
+  check(!refused.timedOut, 'the open with a wrong SAS key ends within 15 s');
+  check(
+    refused.error !== undefined,
+    `a wrong SAS key is refused: ${refused.error && refused.error.name} ${refused.error}`,
+  );
+  await outcome(() => wrong.close(), 5000);
+  check(
+    (await serviceGet(`/messages/events?device=${SAS}`)).length === 1,
+    'nothing more is stored for the SAS device',
+  );
+
+  // 4. Revocation: the widget connects again, sends, and the service disables it; the hub ends its
+  // AMQP session with amqp:unauthorized-access within a second, the SDK reports the
+  // disconnect, and what it sends from then on is refused.
+  const again = Client.fromConnectionString(`HostName=${HOST};DeviceId=${WIDGET};x509=true`, Amqp);
+  await again.setOptions({
+    cert: fs.readFileSync(`${D}/devices/${WIDGET}/chain.pem`, 'utf8'),
+    key: fs.readFileSync(`${D}/devices/${WIDGET}/key.pem`, 'utf8'),
+    ca: CA,
+  });
+  await open(again, 'the widget, again,');
+  // An X.509 identity is admitted when its first link attaches (the device id is in the
+  // link's address): the telemetry link here.
+  await send(again, new Message('before the disable'), 'widget, again,');
+  let droppedAt = null;
+  again.on('disconnect', () => {
+    droppedAt = droppedAt || Date.now();
+  });
+  const device = await serviceGet(`/devices/${WIDGET}`);
+  const disabledAt = Date.now();
+  const put = await service('PUT', `/devices/${WIDGET}`, { ...device, status: 'disabled' }, { 'If-Match': `"${device.etag}"` });
+  check(put.status === 200 && put.body.status === 'disabled', `the service disables the widget: ${put.status}`);
+  for (let i = 0; i < 20 && droppedAt === null; i += 1) {
+    await sleep(100);
+  }
+  check(droppedAt !== null, 'the SDK reports the widget disconnected');
+  check(droppedAt - disabledAt < 1000, `the widget is dropped within a second of being disabled: ${droppedAt - disabledAt} ms`);
+  const after = await outcome(() => again.sendEvent(new Message('after the disable')), 5000);
+  check(!after.result, `a message sent after the disable is not taken${failed(after)}`);
+  check(
+    !(await serviceGet(`/messages/events?device=${WIDGET}`)).some((m) => m.body === 'after the disable'),
+    'nothing the disabled widget sent is stored',
+  );
+  await outcome(() => again.close(), 5000);
+
+  console.log('all node checks passed');
+}
+
+main().then(
+  () => process.exit(0),
+  (err) => {
+    console.error('FAILED:', err && err.stack ? err.stack : err);
+    process.exit(1);
+  },
+);
