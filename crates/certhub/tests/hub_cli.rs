@@ -297,6 +297,32 @@ fn a_port_that_cannot_be_bound_is_explained() {
         ],
     );
     assert!(!run.stderr.contains("https"), "{run}");
+
+    // So does the AMQP listener's.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let run = certhub(
+        d,
+        &[
+            "serve",
+            "--https-addr",
+            "127.0.0.1:0",
+            "--mqtt-addr",
+            "127.0.0.1:0",
+            "--amqp-addr",
+            &addr,
+            "--data-dir",
+            s(&d.join("data")),
+        ],
+    );
+    assert_error(
+        &run,
+        &[
+            &format!("cannot listen on {addr} for devices and services (AMQP)"),
+            "in use",
+            "choose another with --amqp-addr (or CERTHUB_AMQP_ADDR, or amqp_addr in the configuration file)",
+        ],
+    );
 }
 
 #[test]
