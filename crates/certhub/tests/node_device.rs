@@ -26,7 +26,10 @@
 //! with an application property, a message id, a content type and encoding, one plain; a SAS
 //! device (its token put on `$cbs` by the SDK) sends one; the service API reads each back as
 //! soon as sendEvent has succeeded (the hub stores a message before it settles the delivery).
-//! A wrong key is refused. The hub audits both sessions as `over amqp`. Then the widget
+//! The SAS device receives three C2D messages on its receiver link, one at a time, and settles
+//! them with complete, reject and abandon (delivered again, then completed): the service's
+//! feedback says Success, Rejected, Success. A wrong key is refused. The hub audits both
+//! sessions as `over amqp`. Then the widget
 //! connects and sends again and the service disables it: the hub ends its AMQP session with
 //! `amqp:unauthorized-access`, the SDK reports the disconnect within a second, and what it
 //! sends after is neither taken nor stored. The script is tests/interop/node/amqp.js.
@@ -408,6 +411,11 @@ fn node_sdk_over_amqp() {
         "ok: the message id arrives",
         "ok: the service reads the SAS device's message",
         "ok: a wrong SAS key is refused",
+        "ok: the first C2D message arrives whole",
+        "ok: its application properties arrive",
+        "ok: the abandoned message is delivered again",
+        "ok: the feedback names each disposition's outcome",
+        "ok: settled messages are not delivered again: 4",
         "ok: the widget is dropped within a second of being disabled",
         "ok: a message sent after the disable is not taken",
     ] {

@@ -19,7 +19,7 @@ const { isDeepStrictEqual } = require('util');
 const { Client, Message } = require('azure-iot-device');
 const { Amqp } = require('azure-iot-device-amqp');
 
-const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet } = require('./hubtest.js');
+const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf } = require('./hubtest.js');
 
 // What an SDK call really does within `ms`: its result, the error it threw or rejected with,
 // or `timedOut` when it did neither in time (so that a hub that never answers cannot hang the
@@ -131,6 +131,58 @@ async function main() {
     events.length === 1 && events[0].body === 'by SAS over amqp' && events[0].deviceId === SAS,
     `the service reads the SAS device's message: ${JSON.stringify(events.map((m) => m.body))}`,
   );
+
+  // Cloud-to-device over AMQP: three messages queued by the service with full feedback, sent
+  // on the SDK's receiver link (/devices/{id}/messages/devicebound) one at a time, each settled
+  // by its disposition: complete (accepted), reject (rejected), abandon (released: delivered
+  // again, then completed).
+  for (const n of [1, 2, 3]) {
+    const { status } = await service('POST', `/devices/${SAS}/messages/deviceBound`, {
+      body: `c2d ${n} over amqp`,
+      messageId: `amqp-c2d-${n}`,
+      correlationId: `amqp-c2d-corr-${n}`,
+      ack: 'full',
+      properties: { colour: 'blue', n: String(n) },
+    });
+    check(status === 200, `C2D ${n} queued for the SAS device: ${status}`);
+  }
+  const received = [];
+  sas.on('message', (m) => received.push(m));
+  const settle = async (k, how, name) => {
+    await waitFor(`C2D delivery ${k} over amqp`, () => received.length >= k);
+    const m = received[k - 1];
+    const done = await outcome(() => sas[how](m));
+    check(!done.error && !done.timedOut, `${how} of ${m.messageId} succeeds${failed(done)}`);
+    return m;
+  };
+  const m1 = await settle(1, 'complete');
+  check(
+    m1.messageId === 'amqp-c2d-1' && m1.correlationId === 'amqp-c2d-corr-1' && m1.data.toString() === 'c2d 1 over amqp',
+    `the first C2D message arrives whole: ${m1.messageId} ${m1.data}`,
+  );
+  check(
+    m1.properties.getItem(0) && isDeepStrictEqual(
+      Object.fromEntries(Array.from({ length: m1.properties.count() }, (_, i) => [m1.properties.getItem(i).key, m1.properties.getItem(i).value])),
+      { colour: 'blue', n: '1' },
+    ),
+    'its application properties arrive',
+  );
+  const m2 = await settle(2, 'reject');
+  check(m2.messageId === 'amqp-c2d-2', `the second comes after the first is settled: ${m2.messageId}`);
+  const m3 = await settle(3, 'abandon');
+  check(m3.messageId === 'amqp-c2d-3', `the third: ${m3.messageId}`);
+  const redelivered = await settle(4, 'complete');
+  check(redelivered.messageId === 'amqp-c2d-3', `the abandoned message is delivered again: ${redelivered.messageId}`);
+  const feedback = await feedbackOf(SAS, 3);
+  const outcomes = Object.fromEntries(feedback.map((r) => [r.originalMessageId, r.statusCode]));
+  check(
+    isDeepStrictEqual(outcomes, { 'amqp-c2d-1': 'Success', 'amqp-c2d-2': 'Rejected', 'amqp-c2d-3': 'Success' }),
+    `the feedback names each disposition's outcome: ${JSON.stringify(outcomes)}`,
+  );
+  await sleep(300);
+  check(received.length === 4, `settled messages are not delivered again: ${received.length}`);
+  check((await serviceGet(`/devices/${SAS}`)).cloudToDeviceMessageCount === 0, 'the queue is empty');
+
   const closedSas = await outcome(() => sas.close());
   check(!closedSas.error && !closedSas.timedOut, `the SAS device closes${failed(closedSas)}`);
 

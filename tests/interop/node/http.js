@@ -18,7 +18,7 @@ const { isDeepStrictEqual } = require('util');
 const { Client, Message } = require('azure-iot-device');
 const { Http } = require('azure-iot-device-http');
 
-const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor } = require('./hubtest.js');
+const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf } = require('./hubtest.js');
 
 const waiting = async (id) => (await serviceGet(`/devices/${id}`)).cloudToDeviceMessageCount;
 
@@ -41,24 +41,6 @@ function property(message, key) {
 }
 
 
-// The service's feedback records of `id` until `count` have come, each batch completed
-// (DELETE with the lock token of its ETag) so that it is not received again.
-async function feedbackOf(id, count) {
-  const records = [];
-  await waitFor(`${count} feedback records of ${id}`, async () => {
-    const { status, body, headers } = await service('GET', '/messages/serviceBound/feedback');
-    if (status === 200) {
-      records.push(...body.filter((r) => r.deviceId === id));
-      const token = headers.etag.slice(1, -1);
-      const done = await service('DELETE', `/messages/serviceBound/feedback/${token}`);
-      check(done.status === 204, `the feedback batch is completed: ${done.status}`);
-    } else if (status !== 204) {
-      check(false, `GET feedback answered ${status}: ${JSON.stringify(body)}`);
-    }
-    return records.length >= count;
-  });
-  return records;
-}
 
 // One device's tour of the HTTPS device API. `client` is open, its options set.
 async function exercise(client, id, who) {

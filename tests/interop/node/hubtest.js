@@ -90,4 +90,22 @@ async function waitFor(what, predicate, timeoutMs = 10000) {
   check(false, `${what} within ${timeoutMs / 1000}s`);
 }
 
-module.exports = { HOST, CA, CS, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor };
+// The service's C2D feedback records of device `id`, read (and completed) until there are `count`.
+async function feedbackOf(id, count) {
+  const records = [];
+  await waitFor(`${count} feedback records of ${id}`, async () => {
+    const { status, body, headers } = await service('GET', '/messages/serviceBound/feedback');
+    if (status === 200) {
+      records.push(...body.filter((r) => r.deviceId === id));
+      const token = headers.etag.slice(1, -1);
+      const done = await service('DELETE', `/messages/serviceBound/feedback/${token}`);
+      check(done.status === 204, `the feedback batch is completed: ${done.status}`);
+    } else if (status !== 204) {
+      check(false, `GET feedback answered ${status}: ${JSON.stringify(body)}`);
+    }
+    return records.length >= count;
+  });
+  return records;
+}
+
+module.exports = { HOST, CA, CS, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf };

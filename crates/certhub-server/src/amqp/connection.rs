@@ -26,7 +26,8 @@ use fe2o3_amqp::acceptor::{
 };
 use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Message, MessageId, Properties, TargetArchetype,
+    AmqpValue, ApplicationProperties, Body, Message, MessageId, Outcome, Properties,
+    TargetArchetype,
 };
 use fe2o3_amqp::types::primitives::{Array, SimpleValue, Symbol, Value};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
@@ -35,9 +36,10 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::address::{self, Node, Owner};
+use crate::device::Settle;
 use crate::device::{Attempt, DeviceCore, Ended, Live};
 use crate::mqtt::session::Connection;
-use crate::sessions::Mail;
+use crate::sessions::{Mail, Outbound};
 use crate::state::now_ms;
 
 /// The protocol header and the AMQP open must come this soon after the handshake.
@@ -152,6 +154,8 @@ impl Shared {
 struct Admitted {
     device: AuthenticatedDevice,
     expiry: watch::Sender<Option<i64>>,
+    /// Woken when C2D messages were queued for the identity.
+    c2d: Arc<tokio::sync::Notify>,
 }
 
 /// A device connection from its first AMQP byte to its end.
@@ -352,6 +356,9 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
             (Ok(Node::Events(owner)), LinkEndpoint::Receiver(rx)) => {
                 tokio::spawn(telemetry(rx, owner, shared));
             }
+            (Ok(Node::DeviceBound(owner)), LinkEndpoint::Sender(tx)) if owner.module.is_none() => {
+                tokio::spawn(cloud_to_device(tx, owner, shared));
+            }
             (Ok(node), link) => {
                 let why = format!("{address:?} ({node:?}) is not served over AMQP by this hub yet");
                 let error = definitions::Error::new(AmqpError::NotImplemented, why, None);
@@ -547,18 +554,31 @@ async fn admit(
     let opened = core.open(device.clone(), slot, false).await;
     core.announce(&opened.live, shared.peer).await;
     let (expiry, expiry_rx) = watch::channel(expiry_ms);
+    let c2d = Arc::new(tokio::sync::Notify::new());
     shared
         .admitted
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(client_id, Admitted { device, expiry });
-    tokio::spawn(watch_session(opened.live, expiry_rx, shared.clone()));
+        .insert(
+            client_id,
+            Admitted {
+                device,
+                expiry,
+                c2d: c2d.clone(),
+            },
+        );
+    tokio::spawn(watch_session(opened.live, expiry_rx, c2d, shared.clone()));
     Ok(())
 }
 
 /// Holds an admitted identity's session until a kick, its token's expiry or the end of the
 /// connection, then ends it with the core (kicks and expiry close the connection).
-async fn watch_session(live: Live, mut expiry: watch::Receiver<Option<i64>>, shared: Arc<Shared>) {
+async fn watch_session(
+    live: Live,
+    mut expiry: watch::Receiver<Option<i64>>,
+    c2d: Arc<tokio::sync::Notify>,
+    shared: Arc<Shared>,
+) {
     let mailbox = live.ticket.mailbox.clone();
     let end = loop {
         let deadline = *expiry.borrow_and_update();
@@ -577,8 +597,9 @@ async fn watch_session(live: Live, mut expiry: watch::Receiver<Option<i64>>, sha
                     shared.shut(&reason);
                     break Ended::Closed(reason);
                 }
-                // C2D, desired patches and methods are not served over AMQP yet: the work
-                // stays queued for the device's next MQTT or HTTPS session.
+                Mail::Work(Outbound::C2d) => c2d.notify_one(),
+                // Desired patches and methods are not served over AMQP yet: a patch is read
+                // with the twin, a method call answers that the device is not online.
                 Mail::Work(_) => {}
             },
             () = expired => {
@@ -604,6 +625,14 @@ async fn watch_session(live: Live, mut expiry: watch::Receiver<Option<i64>>, sha
 /// The admitted device of `owner` on this connection: admitted now by the TLS chain when it
 /// holds no token yet.
 async fn device_of(shared: &Arc<Shared>, owner: &Owner) -> Result<AuthenticatedDevice, String> {
+    admitted(shared, owner).await.map(|(device, _)| device)
+}
+
+/// [`device_of`], with the identity's C2D wake-up.
+async fn admitted(
+    shared: &Arc<Shared>,
+    owner: &Owner,
+) -> Result<(AuthenticatedDevice, Arc<tokio::sync::Notify>), String> {
     let client_id = owner.client_id();
     if let Some(a) = shared
         .admitted
@@ -611,7 +640,7 @@ async fn device_of(shared: &Arc<Shared>, owner: &Owner) -> Result<AuthenticatedD
         .unwrap_or_else(|e| e.into_inner())
         .get(&client_id)
     {
-        return Ok(a.device.clone());
+        return Ok((a.device.clone(), a.c2d.clone()));
     }
     let host = shared
         .core
@@ -626,7 +655,7 @@ async fn device_of(shared: &Arc<Shared>, owner: &Owner) -> Result<AuthenticatedD
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&client_id)
-        .map(|a| a.device.clone())
+        .map(|a| (a.device.clone(), a.c2d.clone()))
         .ok_or_else(|| format!("{client_id} was shut out"))
 }
 
@@ -683,6 +712,94 @@ async fn telemetry(mut rx: fe2o3_amqp::Receiver, owner: Owner, shared: Arc<Share
             }
         }
     }
+}
+
+/// How long a C2D message sent over AMQP stays locked for the device's disposition; one that
+/// comes later finds it delivered again.
+const C2D_LOCK_MS: i64 = 60_000;
+
+/// `/devices/{id}/messages/devicebound`: the device's C2D queue (the one MQTT and HTTPS use),
+/// a message at a time, locked while the device holds it. Its disposition settles it:
+/// accepted completes it, rejected rejects it (feedback `Rejected`), released or modified
+/// abandons it (delivered again).
+async fn cloud_to_device(mut tx: fe2o3_amqp::Sender, owner: Owner, shared: Arc<Shared>) {
+    let (device, wake) = match admitted(&shared, &owner).await {
+        Ok(a) => a,
+        Err(why) => {
+            let error = definitions::Error::new(AmqpError::UnauthorizedAccess, why, None);
+            let _ = tx.close_with_error(error).await;
+            return;
+        }
+    };
+    let core = &shared.core;
+    loop {
+        let locked = match core.lock_c2d(&device, C2D_LOCK_MS).await {
+            Ok(locked) => locked,
+            Err(e) => {
+                tracing::warn!(client_id = owner.client_id(), error = %e, "C2D queue not read");
+                None
+            }
+        };
+        let Some((token, message, _)) = locked else {
+            // Woken when a message is queued; read again now and then for locks that ran out.
+            tokio::select! {
+                () = wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_secs(10)) => {}
+                () = shared.ended.cancelled() => return,
+            }
+            continue;
+        };
+        let sendable = Sendable::builder()
+            .message(c2d_message(&message, &owner))
+            .settled(false)
+            .build();
+        let outcome = tokio::select! {
+            o = tokio::time::timeout(Duration::from_millis(C2D_LOCK_MS as u64), tx.send(sendable)) => o,
+            () = shared.ended.cancelled() => return,
+        };
+        let settle = match outcome {
+            Ok(Ok(Outcome::Accepted(_))) => Settle::Complete,
+            Ok(Ok(Outcome::Rejected(_))) => Settle::Reject,
+            Ok(Ok(_)) => Settle::Abandon,
+            Ok(Err(_)) => {
+                // The link ended: the message is delivered again.
+                let _ = core.settle_c2d(&device, &token, Settle::Abandon).await;
+                return;
+            }
+            // No disposition while it was locked: it is delivered again.
+            Err(_) => continue,
+        };
+        if let Err(e) = core.settle_c2d(&device, &token, settle).await {
+            tracing::warn!(client_id = owner.client_id(), error = %e, "C2D disposition not stored");
+        }
+    }
+}
+
+/// A queued C2D message as AMQP carries it: system properties in the properties section,
+/// application properties as strings, the body as one data section.
+fn c2d_message(m: &certhub_core::C2dMessage, owner: &Owner) -> Message<Body<Value>> {
+    let text = |k: &str| m.system.get(k).cloned();
+    let symbol = |k: &str| m.system.get(k).map(|v| Symbol::from(v.as_str()));
+    let properties = Properties {
+        message_id: text("messageId").map(MessageId::String),
+        correlation_id: text("correlationId").map(MessageId::String),
+        user_id: text("userId").map(|u| u.into_bytes().into()),
+        to: Some(format!("/devices/{}/messages/deviceBound", owner.device)),
+        content_type: symbol("contentType"),
+        content_encoding: symbol("contentEncoding"),
+        ..Default::default()
+    };
+    let mut application = ApplicationProperties::builder();
+    for (k, v) in &m.application {
+        application = application.insert(k.as_str(), v.clone().unwrap_or_default());
+    }
+    Message::builder()
+        .properties(properties)
+        .application_properties(application.build())
+        .body(Body::Data(
+            vec![fe2o3_amqp::types::messaging::Data(m.body.clone().into())].into(),
+        ))
+        .build()
 }
 
 /// A telemetry message's system and application properties and its body bytes.
