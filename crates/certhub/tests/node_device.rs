@@ -28,7 +28,8 @@
 //! soon as sendEvent has succeeded (the hub stores a message before it settles the delivery).
 //! The SAS device receives three C2D messages on its receiver link, one at a time, and settles
 //! them with complete, reject and abandon (delivered again, then completed): the service's
-//! feedback says Success, Rejected, Success. A wrong key is refused. The hub audits both
+//! feedback says Success, Rejected, Success. It reads its twin, reports properties and gets a
+//! desired patch of the service pushed, over the twin links. A wrong key is refused. The hub audits both
 //! sessions as `over amqp`. Then the widget
 //! connects and sends again and the service disables it: the hub ends its AMQP session with
 //! `amqp:unauthorized-access`, the SDK reports the disconnect within a second, and what it
@@ -416,6 +417,9 @@ fn node_sdk_over_amqp() {
         "ok: the abandoned message is delivered again",
         "ok: the feedback names each disposition's outcome",
         "ok: settled messages are not delivered again: 4",
+        "ok: getTwin over Amqp succeeds",
+        "ok: the reported properties reach the service",
+        "ok: the push carries its $version",
         "ok: the widget is dropped within a second of being disabled",
         "ok: a message sent after the disable is not taken",
     ] {

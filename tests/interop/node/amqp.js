@@ -183,6 +183,39 @@ async function main() {
   check(received.length === 4, `settled messages are not delivered again: ${received.length}`);
   check((await serviceGet(`/devices/${SAS}`)).cloudToDeviceMessageCount === 0, 'the queue is empty');
 
+  // The twin over AMQP (the SDK's twin sender and receiver links on /devices/{id}/twin): read,
+  // report, and a desired-properties patch from the service pushed to the device.
+  const twin = await outcome(() => sas.getTwin());
+  check(!twin.error && !twin.timedOut, `getTwin over Amqp succeeds${failed(twin)}`);
+  check(twin.result.properties.desired.$version === 1, `the fresh twin: desired $version 1: ${JSON.stringify(twin.result.properties.desired)}`);
+  const reported = await outcome(
+    () =>
+      new Promise((resolve, reject) =>
+        twin.result.properties.reported.update({ firmware: '2.0.1', link: 'amqp' }, (err) => (err ? reject(err) : resolve())),
+      ),
+  );
+  check(!reported.error && !reported.timedOut, `a reported patch over Amqp succeeds${failed(reported)}`);
+  const st = await serviceGet(`/twins/${SAS}`);
+  check(
+    st.properties.reported.firmware === '2.0.1' && st.properties.reported.link === 'amqp',
+    `the reported properties reach the service: ${JSON.stringify(st.properties.reported)}`,
+  );
+  const desired = [];
+  twin.result.on('properties.desired', (patch) => desired.push(patch));
+  // The SDK subscribes (PUT /notifications/twin/properties/desired) when the listener is added;
+  // a patch made before the subscription takes effect is read with the twin instead, so the
+  // service patches until one is pushed.
+  let n = 0;
+  await waitFor('a desired patch from the service is pushed over Amqp', async () => {
+    n += 1;
+    const patched = await service('PATCH', `/twins/${SAS}`, { properties: { desired: { colour: 'red', n } } }, { 'If-Match': '*' });
+    if (patched.status !== 200) check(false, `the service patches the twin: ${patched.status} ${patched.raw}`);
+    await sleep(200);
+    return desired.some((p) => p.colour === 'red' && p.n === n);
+  });
+  const pushed = desired.find((p) => p.colour === 'red');
+  check(typeof pushed.$version === 'number' && pushed.$version > 1, `the push carries its $version: ${JSON.stringify(pushed)}`);
+
   const closedSas = await outcome(() => sas.close());
   check(!closedSas.error && !closedSas.timedOut, `the SAS device closes${failed(closedSas)}`);
 

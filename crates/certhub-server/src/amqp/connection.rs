@@ -25,6 +25,7 @@ use fe2o3_amqp::acceptor::{
     SupportedSenderSettleModes,
 };
 use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, SenderSettleMode};
+use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
     AmqpValue, ApplicationProperties, Body, Message, MessageId, Outcome, Properties,
     TargetArchetype,
@@ -39,7 +40,7 @@ use super::address::{self, Node, Owner};
 use crate::device::Settle;
 use crate::device::{Attempt, DeviceCore, Ended, Live};
 use crate::mqtt::session::Connection;
-use crate::sessions::{Mail, Outbound};
+use crate::sessions::{DESIRED, Mail, Outbound};
 use crate::state::now_ms;
 
 /// The protocol header and the AMQP open must come this soon after the handshake.
@@ -154,8 +155,26 @@ impl Shared {
 struct Admitted {
     device: AuthenticatedDevice,
     expiry: watch::Sender<Option<i64>>,
+    links: Arc<IdentityLinks>,
+}
+
+/// What the links of one admitted identity share with its session's watcher.
+#[derive(Debug)]
+struct IdentityLinks {
+    /// Its session's connection number among the hub's sessions.
+    conn: u64,
     /// Woken when C2D messages were queued for the identity.
-    c2d: Arc<tokio::sync::Notify>,
+    c2d: tokio::sync::Notify,
+    /// The twin link the hub sends on (responses and desired-property pushes), once attached.
+    twin: Mutex<Option<mpsc::UnboundedSender<Message<Body<Value>>>>>,
+}
+
+impl IdentityLinks {
+    /// Sends on the twin link; false when none is attached.
+    fn to_twin(&self, message: Message<Body<Value>>) -> bool {
+        let twin = self.twin.lock().unwrap_or_else(|e| e.into_inner());
+        twin.as_ref().is_some_and(|t| t.send(message).is_ok())
+    }
 }
 
 /// A device connection from its first AMQP byte to its end.
@@ -353,11 +372,8 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
             (Ok(Node::Cbs), LinkEndpoint::Sender(tx)) => {
                 tokio::spawn(send_replies(tx, replies, "$cbs", shared.ended.clone()));
             }
-            (Ok(Node::Events(owner)), LinkEndpoint::Receiver(rx)) => {
-                tokio::spawn(telemetry(rx, owner, shared));
-            }
-            (Ok(Node::DeviceBound(owner)), LinkEndpoint::Sender(tx)) if owner.module.is_none() => {
-                tokio::spawn(cloud_to_device(tx, owner, shared));
+            (Ok(node @ (Node::Events(_) | Node::Twin(_) | Node::DeviceBound(_))), link) => {
+                tokio::spawn(device_link(node, link, shared));
             }
             (Ok(node), link) => {
                 let why = format!("{address:?} ({node:?}) is not served over AMQP by this hub yet");
@@ -410,6 +426,17 @@ async fn send_replies(
     }
 }
 
+/// The next message on `rx`, or none once the link or the connection has ended.
+async fn next_delivery(
+    rx: &mut fe2o3_amqp::Receiver,
+    ended: &CancellationToken,
+) -> Option<fe2o3_amqp::link::delivery::Delivery<Body<Value>>> {
+    tokio::select! {
+        d = rx.recv::<Body<Value>>() => d.ok(),
+        () = ended.cancelled() => None,
+    }
+}
+
 /// A string application property of a message.
 fn property<'a, T>(message: &'a Message<T>, key: &str) -> Option<&'a str> {
     match message.application_properties.as_ref()?.0.get(key)? {
@@ -444,12 +471,8 @@ fn reply_to<T>(request: &Message<T>, status: i32, description: &str) -> Message<
 async fn cbs_requests(mut rx: fe2o3_amqp::Receiver, shared: Arc<Shared>, replies: Arc<Replies>) {
     let answers = replies.with("$cbs", |r| r.0.clone());
     loop {
-        let delivery = tokio::select! {
-            d = rx.recv::<Body<Value>>() => match d {
-                Ok(d) => d,
-                Err(_) => return,
-            },
-            () = shared.ended.cancelled() => return,
+        let Some(delivery) = next_delivery(&mut rx, &shared.ended).await else {
+            return;
         };
         let _ = rx.accept(&delivery).await;
         let request = delivery.message();
@@ -554,7 +577,11 @@ async fn admit(
     let opened = core.open(device.clone(), slot, false).await;
     core.announce(&opened.live, shared.peer).await;
     let (expiry, expiry_rx) = watch::channel(expiry_ms);
-    let c2d = Arc::new(tokio::sync::Notify::new());
+    let links = Arc::new(IdentityLinks {
+        conn: opened.live.ticket.conn,
+        c2d: tokio::sync::Notify::new(),
+        twin: Mutex::new(None),
+    });
     shared
         .admitted
         .lock()
@@ -564,10 +591,10 @@ async fn admit(
             Admitted {
                 device,
                 expiry,
-                c2d: c2d.clone(),
+                links: links.clone(),
             },
         );
-    tokio::spawn(watch_session(opened.live, expiry_rx, c2d, shared.clone()));
+    tokio::spawn(watch_session(opened.live, expiry_rx, links, shared.clone()));
     Ok(())
 }
 
@@ -576,7 +603,7 @@ async fn admit(
 async fn watch_session(
     live: Live,
     mut expiry: watch::Receiver<Option<i64>>,
-    c2d: Arc<tokio::sync::Notify>,
+    links: Arc<IdentityLinks>,
     shared: Arc<Shared>,
 ) {
     let mailbox = live.ticket.mailbox.clone();
@@ -597,9 +624,14 @@ async fn watch_session(
                     shared.shut(&reason);
                     break Ended::Closed(reason);
                 }
-                Mail::Work(Outbound::C2d) => c2d.notify_one(),
-                // Desired patches and methods are not served over AMQP yet: a patch is read
-                // with the twin, a method call answers that the device is not online.
+                Mail::Work(Outbound::C2d) => links.c2d.notify_one(),
+                // A desired-properties push: a message without correlation id on the twin
+                // link (the session has subscribed through it).
+                Mail::Work(Outbound::Desired(patch)) => {
+                    links.to_twin(data_message(Properties::default(), None, patch));
+                }
+                // Methods are not served over AMQP yet: a call answers that the device is
+                // not online.
                 Mail::Work(_) => {}
             },
             () = expired => {
@@ -622,17 +654,12 @@ async fn watch_session(
     shared.core.close(live, end, None).await;
 }
 
-/// The admitted device of `owner` on this connection: admitted now by the TLS chain when it
-/// holds no token yet.
-async fn device_of(shared: &Arc<Shared>, owner: &Owner) -> Result<AuthenticatedDevice, String> {
-    admitted(shared, owner).await.map(|(device, _)| device)
-}
-
-/// [`device_of`], with the identity's C2D wake-up.
+/// The admitted device of `owner` on this connection (admitted now by the TLS chain when it
+/// holds no token yet), with what the identity's links share.
 async fn admitted(
     shared: &Arc<Shared>,
     owner: &Owner,
-) -> Result<(AuthenticatedDevice, Arc<tokio::sync::Notify>), String> {
+) -> Result<(AuthenticatedDevice, Arc<IdentityLinks>), String> {
     let client_id = owner.client_id();
     if let Some(a) = shared
         .admitted
@@ -640,7 +667,7 @@ async fn admitted(
         .unwrap_or_else(|e| e.into_inner())
         .get(&client_id)
     {
-        return Ok((a.device.clone(), a.c2d.clone()));
+        return Ok((a.device.clone(), a.links.clone()));
     }
     let host = shared
         .core
@@ -655,33 +682,70 @@ async fn admitted(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(&client_id)
-        .map(|a| (a.device.clone(), a.c2d.clone()))
+        .map(|a| (a.device.clone(), a.links.clone()))
         .ok_or_else(|| format!("{client_id} was shut out"))
 }
 
-/// `/devices/{id}/messages/events`: each message is stored durably, then accepted.
-async fn telemetry(mut rx: fe2o3_amqp::Receiver, owner: Owner, shared: Arc<Shared>) {
-    let device = match device_of(&shared, &owner).await {
-        Ok(d) => d,
+/// A link of a device's own node: who it acts for is admitted first (by its token, else by the
+/// TLS chain), or the link is detached with the reason; then the node's handler serves it.
+async fn device_link(node: Node, link: LinkEndpoint, shared: Arc<Shared>) {
+    let owner = match &node {
+        Node::Events(o) | Node::Twin(o) | Node::DeviceBound(o) => o.clone(),
+        _ => return,
+    };
+    let (device, links) = match admitted(&shared, &owner).await {
+        Ok(a) => a,
         Err(why) => {
-            let _ = rx
-                .close_with_error(definitions::Error::new(
-                    AmqpError::UnauthorizedAccess,
-                    why,
-                    None,
-                ))
-                .await;
+            let error = definitions::Error::new(AmqpError::UnauthorizedAccess, why, None);
+            refuse(link, error).await;
             return;
         }
     };
+    let it = Identity {
+        owner,
+        device,
+        links,
+        shared,
+    };
+    match (node, link) {
+        (Node::Events(_), LinkEndpoint::Receiver(rx)) => telemetry(rx, it).await,
+        (Node::Twin(_), LinkEndpoint::Receiver(rx)) => twin_requests(rx, it).await,
+        (Node::Twin(_), LinkEndpoint::Sender(tx)) => twin_out(tx, it).await,
+        (Node::DeviceBound(o), LinkEndpoint::Sender(tx)) if o.module.is_none() => {
+            cloud_to_device(tx, it).await;
+        }
+        (node, link) => {
+            let why =
+                format!("{node:?} is not served in this direction (or for modules) over AMQP");
+            refuse(
+                link,
+                definitions::Error::new(AmqpError::NotImplemented, why, None),
+            )
+            .await;
+        }
+    }
+}
+
+/// An admitted identity as its links see it.
+struct Identity {
+    owner: Owner,
+    device: AuthenticatedDevice,
+    links: Arc<IdentityLinks>,
+    shared: Arc<Shared>,
+}
+
+/// `/devices/{id}/messages/events`: each message is stored durably, then accepted.
+async fn telemetry(mut rx: fe2o3_amqp::Receiver, it: Identity) {
+    let Identity {
+        owner,
+        device,
+        shared,
+        ..
+    } = it;
     let core = &shared.core;
     loop {
-        let delivery = tokio::select! {
-            d = rx.recv::<Body<Value>>() => match d {
-                Ok(d) => d,
-                Err(_) => return,
-            },
-            () = shared.ended.cancelled() => return,
+        let Some(delivery) = next_delivery(&mut rx, &shared.ended).await else {
+            return;
         };
         let message = delivery.message();
         let (props, body) = telemetry_parts(message);
@@ -722,15 +786,13 @@ const C2D_LOCK_MS: i64 = 60_000;
 /// a message at a time, locked while the device holds it. Its disposition settles it:
 /// accepted completes it, rejected rejects it (feedback `Rejected`), released or modified
 /// abandons it (delivered again).
-async fn cloud_to_device(mut tx: fe2o3_amqp::Sender, owner: Owner, shared: Arc<Shared>) {
-    let (device, wake) = match admitted(&shared, &owner).await {
-        Ok(a) => a,
-        Err(why) => {
-            let error = definitions::Error::new(AmqpError::UnauthorizedAccess, why, None);
-            let _ = tx.close_with_error(error).await;
-            return;
-        }
-    };
+async fn cloud_to_device(mut tx: fe2o3_amqp::Sender, it: Identity) {
+    let Identity {
+        owner,
+        device,
+        links: wake,
+        shared,
+    } = it;
     let core = &shared.core;
     loop {
         let locked = match core.lock_c2d(&device, C2D_LOCK_MS).await {
@@ -743,7 +805,7 @@ async fn cloud_to_device(mut tx: fe2o3_amqp::Sender, owner: Owner, shared: Arc<S
         let Some((token, message, _)) = locked else {
             // Woken when a message is queued; read again now and then for locks that ran out.
             tokio::select! {
-                () = wake.notified() => {}
+                () = wake.c2d.notified() => {}
                 () = tokio::time::sleep(Duration::from_secs(10)) => {}
                 () = shared.ended.cancelled() => return,
             }
@@ -800,6 +862,133 @@ fn c2d_message(m: &certhub_core::C2dMessage, owner: &Owner) -> Message<Body<Valu
             vec![fe2o3_amqp::types::messaging::Data(m.body.clone().into())].into(),
         ))
         .build()
+}
+
+/// A message whose body is one data section, with message annotations if any.
+fn data_message(
+    properties: Properties,
+    annotations: Option<fe2o3_amqp::types::messaging::MessageAnnotations>,
+    body: Vec<u8>,
+) -> Message<Body<Value>> {
+    let body = Body::Data(vec![fe2o3_amqp::types::messaging::Data(body.into())].into());
+    match annotations {
+        Some(a) => Message::builder()
+            .properties(properties)
+            .message_annotations(a)
+            .body(body)
+            .build(),
+        None => Message::builder().properties(properties).body(body).build(),
+    }
+}
+
+/// A message annotation of type string, by its symbol key.
+fn annotation<'a, T>(message: &'a Message<T>, key: &str) -> Option<&'a str> {
+    let annotations = message.message_annotations.as_ref()?;
+    annotations.0.iter().find_map(|(k, v)| match (k, v) {
+        (OwnedKey::Symbol(s), Value::String(text)) if s.0 == key => Some(text.as_str()),
+        _ => None,
+    })
+}
+
+/// The twin link the hub sends on: responses and desired-property pushes, each settled.
+async fn twin_out(mut tx: fe2o3_amqp::Sender, it: Identity) {
+    let Identity { links, shared, .. } = it;
+    let (out, mut queue) = mpsc::unbounded_channel();
+    *links.twin.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+    while let Some(message) = tokio::select! {
+        m = queue.recv() => m,
+        () = shared.ended.cancelled() => None,
+    } {
+        let sendable = Sendable::builder().message(message).settled(true).build();
+        if tx.send(sendable).await.is_err() {
+            break;
+        }
+    }
+    *links.twin.lock().unwrap_or_else(|e| e.into_inner()) = None;
+}
+
+/// Twin requests on `/devices/{id}/twin`: the `operation` (and `resource`) annotations say
+/// which; each is answered on the twin link the hub sends on, with the request's correlation
+/// id, a `status` annotation (int) and, for a reported patch, the twin's new `version` (long).
+async fn twin_requests(mut rx: fe2o3_amqp::Receiver, it: Identity) {
+    let Identity {
+        owner,
+        device,
+        links,
+        shared,
+    } = it;
+    let core = &shared.core;
+    loop {
+        let Some(delivery) = next_delivery(&mut rx, &shared.ended).await else {
+            return;
+        };
+        let _ = rx.accept(&delivery).await;
+        let request = delivery.message();
+        let sessions = core.state().sessions();
+        let cn = owner.client_id();
+        let (status, version, body): (i32, Option<i64>, Vec<u8>) = match (
+            annotation(request, "operation"),
+            annotation(request, "resource"),
+        ) {
+            (Some("GET"), _) => match core.read_twin(&device).await {
+                Ok(twin) => (200, None, twin),
+                Err((status, why)) => (i32::from(status), None, error_body(&why)),
+            },
+            (Some("PATCH"), Some("/properties/reported")) => {
+                let (_, patch) = telemetry_parts(request);
+                match core.patch_reported(&device, &patch).await {
+                    Ok(version) => (204, Some(version), Vec::new()),
+                    Err((status, why)) => (i32::from(status), None, error_body(&why)),
+                }
+            }
+            (Some("PUT"), Some("/notifications/twin/properties/desired")) => {
+                sessions.subscribed(&cn, links.conn, &[(DESIRED.to_string(), 0)]);
+                (200, None, Vec::new())
+            }
+            (Some("DELETE"), Some("/notifications/twin/properties/desired")) => {
+                sessions.unsubscribed(&cn, links.conn, &[DESIRED.to_string()]);
+                (200, None, Vec::new())
+            }
+            (operation, resource) => (
+                400,
+                None,
+                error_body(&format!(
+                    "unknown twin operation {operation:?} on {resource:?}: GET, PATCH /properties/reported, PUT or DELETE /notifications/twin/properties/desired"
+                )),
+            ),
+        };
+        let correlation = request
+            .properties
+            .as_ref()
+            .and_then(|p| p.correlation_id.clone());
+        let mut annotations = fe2o3_amqp::types::messaging::MessageAnnotations::builder()
+            .insert(OwnedKey::Symbol(Symbol::from("status")), Value::Int(status));
+        if let Some(v) = version {
+            annotations =
+                annotations.insert(OwnedKey::Symbol(Symbol::from("version")), Value::Long(v));
+        }
+        let response = data_message(
+            Properties {
+                correlation_id: correlation,
+                ..Default::default()
+            },
+            Some(annotations.build()),
+            body,
+        );
+        if !links.to_twin(response) {
+            tracing::debug!(
+                client_id = cn,
+                "a twin response with no twin link to send it on"
+            );
+        }
+    }
+}
+
+/// An error's JSON body, as the twin responses carry it.
+fn error_body(message: &str) -> Vec<u8> {
+    serde_json::json!({ "Message": message })
+        .to_string()
+        .into_bytes()
 }
 
 /// A telemetry message's system and application properties and its body bytes.
