@@ -29,7 +29,8 @@
 //! The SAS device receives three C2D messages on its receiver link, one at a time, and settles
 //! them with complete, reject and abandon (delivered again, then completed): the service's
 //! feedback says Success, Rejected, Success. It reads its twin, reports properties and gets a
-//! desired patch of the service pushed, over the twin links. A wrong key is refused. The hub audits both
+//! desired patch of the service pushed, over the twin links, and answers a direct method the
+//! service invokes, over the method links. A wrong key is refused. The hub audits both
 //! sessions as `over amqp`. Then the widget
 //! connects and sends again and the service disables it: the hub ends its AMQP session with
 //! `amqp:unauthorized-access`, the SDK reports the disconnect within a second, and what it
@@ -420,6 +421,8 @@ fn node_sdk_over_amqp() {
         "ok: getTwin over Amqp succeeds",
         "ok: the reported properties reach the service",
         "ok: the push carries its $version",
+        "ok: the method's status comes from the device over Amqp",
+        "ok: the method's payload comes back",
         "ok: the widget is dropped within a second of being disabled",
         "ok: a message sent after the disable is not taken",
     ] {

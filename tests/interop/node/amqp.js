@@ -216,6 +216,28 @@ async function main() {
   const pushed = desired.find((p) => p.colour === 'red');
   check(typeof pushed.$version === 'number' && pushed.$version > 1, `the push carries its $version: ${JSON.stringify(pushed)}`);
 
+  // A direct method over AMQP (the SDK's method links on /devices/{id}/methods/devicebound):
+  // invoked through the service API, answered by the device with its status and payload.
+  sas.onDeviceMethod('reboot', (request, response) => {
+    response.send(201, { method: request.methodName, echo: request.payload }, (err) => {
+      if (err) check(false, `the method response is sent: ${err}`);
+    });
+  });
+  let invoked;
+  await waitFor('the method links are attached', async () => {
+    invoked = await service('POST', `/twins/${SAS}/methods`, {
+      methodName: 'reboot',
+      payload: { delay: 3 },
+      responseTimeoutInSeconds: 10,
+    });
+    return invoked.status === 200;
+  });
+  check(invoked.body.status === 201, `the method's status comes from the device over Amqp: ${JSON.stringify(invoked.body)}`);
+  check(
+    isDeepStrictEqual(invoked.body.payload, { method: 'reboot', echo: { delay: 3 } }),
+    `the method's payload comes back: ${JSON.stringify(invoked.body.payload)}`,
+  );
+
   const closedSas = await outcome(() => sas.close());
   check(!closedSas.error && !closedSas.timedOut, `the SAS device closes${failed(closedSas)}`);
 

@@ -40,7 +40,7 @@ use super::address::{self, Node, Owner};
 use crate::device::Settle;
 use crate::device::{Attempt, DeviceCore, Ended, Live};
 use crate::mqtt::session::Connection;
-use crate::sessions::{DESIRED, Mail, Outbound};
+use crate::sessions::{DESIRED, METHODS, Mail, MethodReply, MethodRequest, Outbound};
 use crate::state::now_ms;
 
 /// The protocol header and the AMQP open must come this soon after the handshake.
@@ -167,9 +167,53 @@ struct IdentityLinks {
     c2d: tokio::sync::Notify,
     /// The twin link the hub sends on (responses and desired-property pushes), once attached.
     twin: Mutex<Option<mpsc::UnboundedSender<Message<Body<Value>>>>>,
+    /// The method link the hub sends requests on, once attached.
+    methods: Mutex<Option<mpsc::UnboundedSender<Message<Body<Value>>>>>,
+    /// Method calls sent and not answered: correlation id (a v4 uuid) -> the hub's request id.
+    calls: Mutex<HashMap<[u8; 16], String>>,
 }
 
 impl IdentityLinks {
+    /// Sends a direct method request on the method link, under a fresh uuid as correlation id
+    /// (the SDKs require one); its answer names it.
+    fn call(&self, request: &MethodRequest) {
+        let mut id = [0u8; 16];
+        if aws_lc_rs::rand::fill(&mut id).is_err() {
+            return;
+        }
+        id[6] = (id[6] & 0x0f) | 0x40;
+        id[8] = (id[8] & 0x3f) | 0x80;
+        let message = Message::builder()
+            .properties(Properties {
+                correlation_id: Some(MessageId::Uuid(id.into())),
+                ..Default::default()
+            })
+            .application_properties(
+                ApplicationProperties::builder()
+                    .insert("IoThub-methodname", request.name.as_str())
+                    .build(),
+            )
+            .body(Body::Data(
+                vec![fe2o3_amqp::types::messaging::Data(
+                    request.payload.clone().into(),
+                )]
+                .into(),
+            ))
+            .build();
+        self.calls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, request.rid.clone());
+        let methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
+        if methods.as_ref().is_none_or(|m| m.send(message).is_err()) {
+            // No method link: the caller's wait runs out (504), as for a device that is gone.
+            self.calls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
+        }
+    }
+
     /// Sends on the twin link; false when none is attached.
     fn to_twin(&self, message: Message<Body<Value>>) -> bool {
         let twin = self.twin.lock().unwrap_or_else(|e| e.into_inner());
@@ -372,7 +416,15 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
             (Ok(Node::Cbs), LinkEndpoint::Sender(tx)) => {
                 tokio::spawn(send_replies(tx, replies, "$cbs", shared.ended.clone()));
             }
-            (Ok(node @ (Node::Events(_) | Node::Twin(_) | Node::DeviceBound(_))), link) => {
+            (
+                Ok(
+                    node @ (Node::Events(_)
+                    | Node::Twin(_)
+                    | Node::DeviceBound(_)
+                    | Node::Methods(_)),
+                ),
+                link,
+            ) => {
                 tokio::spawn(device_link(node, link, shared));
             }
             (Ok(node), link) => {
@@ -581,6 +633,8 @@ async fn admit(
         conn: opened.live.ticket.conn,
         c2d: tokio::sync::Notify::new(),
         twin: Mutex::new(None),
+        methods: Mutex::new(None),
+        calls: Mutex::new(HashMap::new()),
     });
     shared
         .admitted
@@ -630,9 +684,7 @@ async fn watch_session(
                 Mail::Work(Outbound::Desired(patch)) => {
                     links.to_twin(data_message(Properties::default(), None, patch));
                 }
-                // Methods are not served over AMQP yet: a call answers that the device is
-                // not online.
-                Mail::Work(_) => {}
+                Mail::Work(Outbound::Method(request)) => links.call(&request),
             },
             () = expired => {
                 shared.shut("the SAS token expired");
@@ -690,7 +742,7 @@ async fn admitted(
 /// TLS chain), or the link is detached with the reason; then the node's handler serves it.
 async fn device_link(node: Node, link: LinkEndpoint, shared: Arc<Shared>) {
     let owner = match &node {
-        Node::Events(o) | Node::Twin(o) | Node::DeviceBound(o) => o.clone(),
+        Node::Events(o) | Node::Twin(o) | Node::DeviceBound(o) | Node::Methods(o) => o.clone(),
         _ => return,
     };
     let (device, links) = match admitted(&shared, &owner).await {
@@ -711,6 +763,8 @@ async fn device_link(node: Node, link: LinkEndpoint, shared: Arc<Shared>) {
         (Node::Events(_), LinkEndpoint::Receiver(rx)) => telemetry(rx, it).await,
         (Node::Twin(_), LinkEndpoint::Receiver(rx)) => twin_requests(rx, it).await,
         (Node::Twin(_), LinkEndpoint::Sender(tx)) => twin_out(tx, it).await,
+        (Node::Methods(_), LinkEndpoint::Sender(tx)) => methods_out(tx, it).await,
+        (Node::Methods(_), LinkEndpoint::Receiver(rx)) => method_responses(rx, it).await,
         (Node::DeviceBound(o), LinkEndpoint::Sender(tx)) if o.module.is_none() => {
             cloud_to_device(tx, it).await;
         }
@@ -981,6 +1035,108 @@ async fn twin_requests(mut rx: fe2o3_amqp::Receiver, it: Identity) {
                 "a twin response with no twin link to send it on"
             );
         }
+    }
+}
+
+/// The method link the hub sends on: attaching it subscribes the identity to direct methods
+/// (as MQTT's SUBSCRIBE to `$iothub/methods/POST/#` does), detaching it ends that.
+async fn methods_out(mut tx: fe2o3_amqp::Sender, it: Identity) {
+    let Identity {
+        owner,
+        links,
+        shared,
+        ..
+    } = it;
+    let (out, mut queue) = mpsc::unbounded_channel();
+    *links.methods.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
+    let sessions = shared.core.state().sessions();
+    let cn = owner.client_id();
+    sessions.subscribed(&cn, links.conn, &[(METHODS.to_string(), 0)]);
+    while let Some(message) = tokio::select! {
+        m = queue.recv() => m,
+        () = shared.ended.cancelled() => None,
+    } {
+        let sendable = Sendable::builder().message(message).settled(true).build();
+        if tx.send(sendable).await.is_err() {
+            break;
+        }
+    }
+    *links.methods.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    sessions.unsubscribed(&cn, links.conn, &[METHODS.to_string()]);
+}
+
+/// Method answers on `/devices/{id}/methods/devicebound`: the request's correlation id, the
+/// status in `IoThub-status`, the JSON payload as the body.
+async fn method_responses(mut rx: fe2o3_amqp::Receiver, it: Identity) {
+    let Identity {
+        owner,
+        links,
+        shared,
+        ..
+    } = it;
+    let cn = owner.client_id();
+    while let Some(delivery) = next_delivery(&mut rx, &shared.ended).await {
+        let _ = rx.accept(&delivery).await;
+        let answer = delivery.message();
+        let id = answer
+            .properties
+            .as_ref()
+            .and_then(|p| p.correlation_id.as_ref())
+            .and_then(uuid_bytes);
+        let rid = id.and_then(|id| {
+            links
+                .calls
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id)
+        });
+        let Some(rid) = rid else {
+            tracing::info!(client_id = cn, "a method answer for no call of this hub");
+            continue;
+        };
+        let status = match answer
+            .application_properties
+            .as_ref()
+            .and_then(|a| a.0.get("IoThub-status"))
+        {
+            Some(SimpleValue::Int(n)) => i64::from(*n),
+            Some(SimpleValue::Long(n)) => *n,
+            Some(other) => simple_text(other).parse().unwrap_or(500),
+            None => 500,
+        };
+        let (_, payload) = telemetry_parts(answer);
+        let reply = MethodReply { status, payload };
+        if !shared
+            .core
+            .state()
+            .sessions()
+            .finish_method(&cn, &rid, reply)
+        {
+            tracing::info!(
+                client_id = cn,
+                rid,
+                "method response for no waiting call (timed out?)"
+            );
+        }
+    }
+}
+
+/// A correlation id that is a uuid, as AMQP carries it or as its text.
+fn uuid_bytes(id: &MessageId) -> Option<[u8; 16]> {
+    match id {
+        MessageId::Uuid(u) => Some(*u.as_inner()),
+        MessageId::String(s) => {
+            let hex: String = s.chars().filter(|c| *c != '-').collect();
+            if hex.len() != 32 {
+                return None;
+            }
+            let mut out = [0u8; 16];
+            for (i, b) in out.iter_mut().enumerate() {
+                *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+            }
+            Some(out)
+        }
+        _ => None,
     }
 }
 
