@@ -39,10 +39,12 @@ pub(crate) struct Devices {
     pub(crate) core: Arc<DeviceCore>,
     /// The HTTPS device API and file upload (`https`): its own refusal memory.
     pub(crate) https: Arc<DeviceCore>,
+    /// AMQP over WebSockets (`amqp-ws`).
+    amqp: Arc<DeviceCore>,
     /// Upgraded connections that have not sent CONNECT yet.
     gate: Arc<Gate>,
     /// Write collapsed refusals; stopped with the router.
-    flushers: [tokio::task::JoinHandle<()>; 2],
+    flushers: [tokio::task::JoinHandle<()>; 3],
 }
 
 impl Drop for Devices {
@@ -55,6 +57,8 @@ impl Drop for Devices {
 
 /// The WebSocket subprotocol of MQTT (azure-protocol 1.1).
 const MQTT_SUBPROTOCOL: &str = "mqtt";
+/// The WebSocket subprotocol of AMQP (azure-more-protocols 1.1).
+const AMQP_SUBPROTOCOL: &str = "AMQPWSB10";
 
 /// The device routes of the 443 listener. Must be called within a Tokio runtime (a task
 /// writes the collapsed refusals of these transports).
@@ -67,19 +71,30 @@ pub fn device_router(state: AppState, options: MqttOptions) -> axum::Router {
     ));
     // HTTPS requests hold no session: the limit on sessions does not apply to them.
     let https = Arc::new(DeviceCore::new(
-        state,
+        state.clone(),
         "https",
         options.max_sessions,
         options.refusals,
     ));
+    let amqp = Arc::new(DeviceCore::new(
+        state,
+        "amqp-ws",
+        options.max_sessions,
+        options.refusals,
+    ));
     let devices = Arc::new(Devices {
-        flushers: [core.spawn_refusal_flusher(), https.spawn_refusal_flusher()],
+        flushers: [
+            core.spawn_refusal_flusher(),
+            https.spawn_refusal_flusher(),
+            amqp.spawn_refusal_flusher(),
+        ],
         gate: Gate::new(options.pending),
         core,
         https,
+        amqp,
     });
     axum::Router::new()
-        .route("/$iothub/websocket", get(mqtt_over_websocket))
+        .route("/$iothub/websocket", get(over_websocket))
         .route("/devices/{id}/messages/events", post(device_events))
         .route(
             "/devices/{id}/modules/{mid}/messages/events",
@@ -128,8 +143,9 @@ pub fn device_router(state: AppState, options: MqttOptions) -> axum::Router {
         .layer(Extension(devices))
 }
 
-/// `GET /$iothub/websocket`: the upgrade to MQTT over WebSockets.
-async fn mqtt_over_websocket(
+/// `GET /$iothub/websocket`: the upgrade to MQTT over WebSockets (subprotocol `mqtt`) or AMQP
+/// over WebSockets (`AMQPWSB10`).
+async fn over_websocket(
     Extension(devices): Extension<Arc<Devices>>,
     peer: Option<Extension<TlsPeer>>,
     upgrade: WebSocketUpgrade,
@@ -141,18 +157,23 @@ async fn mqtt_over_websocket(
         )
         .into_response();
     };
-    let offered = upgrade.requested_protocols().any(|p| {
-        p.as_bytes()
-            .eq_ignore_ascii_case(MQTT_SUBPROTOCOL.as_bytes())
-    });
-    if !offered {
+    let offered = |name: &str| {
+        upgrade
+            .requested_protocols()
+            .any(|p| p.as_bytes().eq_ignore_ascii_case(name.as_bytes()))
+    };
+    let (protocol, core) = if offered(MQTT_SUBPROTOCOL) {
+        (MQTT_SUBPROTOCOL, devices.core.clone())
+    } else if offered(AMQP_SUBPROTOCOL) {
+        (AMQP_SUBPROTOCOL, devices.amqp.clone())
+    } else {
         return crate::api::ApiError::bad_request(
             "ArgumentInvalid",
-            "the WebSocket upgrade must ask for the subprotocol \"mqtt\" (Sec-WebSocket-Protocol: mqtt): this endpoint carries MQTT 3.1.1 in binary frames",
+            "the WebSocket upgrade must ask for the subprotocol \"mqtt\" (MQTT 3.1.1) or \"AMQPWSB10\" (AMQP 1.0) in Sec-WebSocket-Protocol: this endpoint carries them in binary frames",
         )
         .into_response();
-    }
-    if devices.core.source_blocked(peer.peer) {
+    };
+    if core.source_blocked(peer.peer) {
         return (
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             "too many refused connections from this address; retry later",
@@ -160,7 +181,6 @@ async fn mqtt_over_websocket(
             .into_response();
     }
     let pending = devices.gate.admit(peer.peer.ip());
-    let core = devices.core.clone();
     let mut upgrade = upgrade
         // A frame or message larger than the largest MQTT packet is refused by the WebSocket
         // layer (the connection closes) before the codec sees it.
@@ -170,7 +190,7 @@ async fn mqtt_over_websocket(
         // up front; it is the size of one read from TLS, not a limit on messages).
         .read_buffer_size(2 * 1024)
         .write_buffer_size(0);
-    upgrade.set_selected_protocol(HeaderValue::from_static(MQTT_SUBPROTOCOL));
+    upgrade.set_selected_protocol(HeaderValue::from_static(protocol));
     upgrade.on_upgrade(move |ws| async move {
         let conn = Connection {
             peer: peer.peer,
@@ -178,7 +198,12 @@ async fn mqtt_over_websocket(
             tls13: peer.tls13,
             pending,
         };
-        crate::mqtt::session::run(crate::ws_stream::WsStream::new(ws), conn, core).await;
+        let stream = crate::ws_stream::WsStream::new(ws);
+        if protocol == AMQP_SUBPROTOCOL {
+            crate::amqp::run_connection(stream, conn, core).await;
+        } else {
+            crate::mqtt::session::run(stream, conn, core).await;
+        }
     })
 }
 

@@ -30,7 +30,8 @@
 //! them with complete, reject and abandon (delivered again, then completed): the service's
 //! feedback says Success, Rejected, Success. It reads its twin, reports properties and gets a
 //! desired patch of the service pushed, over the twin links, and answers a direct method the
-//! service invokes, over the method links. A wrong key is refused. The hub audits both
+//! service invokes, over the method links. A wrong key is refused. With `AmqpWs` the SAS
+//! device sends over AMQP over WebSockets on the 443 listener. The hub audits both
 //! sessions as `over amqp`. Then the widget
 //! connects and sends again and the service disables it: the hub ends its AMQP session with
 //! `amqp:unauthorized-access`, the SDK reports the disconnect within a second, and what it
@@ -423,6 +424,7 @@ fn node_sdk_over_amqp() {
         "ok: the push carries its $version",
         "ok: the method's status comes from the device over Amqp",
         "ok: the method's payload comes back",
+        "ok: the service reads the message sent over AmqpWs",
         "ok: the widget is dropped within a second of being disabled",
         "ok: a message sent after the disable is not taken",
     ] {
@@ -447,7 +449,8 @@ fn node_sdk_over_amqp() {
         assert!(!accepted.is_empty(), "{device} connected: {connects:#?}");
         for detail in accepted {
             assert!(
-                detail.starts_with(&format!("{id} via ")) && detail.contains(" over amqp;"),
+                detail.starts_with(&format!("{id} via "))
+                    && (detail.contains(" over amqp;") || detail.contains(" over amqp-ws;")),
                 "{device}: a session over amqp expected: {detail}"
             );
         }
@@ -483,11 +486,20 @@ fn node_sdk_over_amqp() {
                 .is_some_and(|d| d.contains("identity was updated"))
     });
     assert!(dropped, "the widget's session ended when it was disabled");
-    // No session used another listener.
+    // One session came over AMQP over WebSockets (AmqpWs on the 443 listener); none used
+    // another listener.
     assert!(
-        !connects
+        connects
             .iter()
-            .any(|(_, outcome, detail)| outcome == "ok" && !detail.contains(" over amqp;")),
+            .any(|(target, outcome, detail)| target == "devices/widget-sas"
+                && outcome == "ok"
+                && detail.contains(" over amqp-ws;")),
+        "{connects:#?}"
+    );
+    assert!(
+        !connects.iter().any(|(_, outcome, detail)| outcome == "ok"
+            && !detail.contains(" over amqp;")
+            && !detail.contains(" over amqp-ws;")),
         "{connects:#?}"
     );
 }

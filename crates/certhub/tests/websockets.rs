@@ -99,17 +99,17 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 #[test]
-fn an_upgrade_must_ask_for_the_mqtt_subprotocol() {
+fn an_upgrade_must_ask_for_the_mqtt_or_amqp_subprotocol() {
     let hub = hub();
     runtime().block_on(async {
-        for protocol in [None, Some("AMQPWSB10"), Some("chat, superchat")] {
+        for protocol in [None, Some("AMQPWSB11"), Some("chat, superchat")] {
             match open(&hub, protocol).await {
                 Err(WsError::Http(response)) => {
                     assert_eq!(response.status(), 400, "{protocol:?}");
                     let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or(b""))
                         .to_string();
                     assert!(
-                        body.contains("mqtt"),
+                        body.contains("mqtt") && body.contains("AMQPWSB10"),
                         "the answer says what to ask for: {body}"
                     );
                 }
@@ -117,6 +117,9 @@ fn an_upgrade_must_ask_for_the_mqtt_subprotocol() {
                 Err(e) => panic!("{protocol:?}: {e}"),
             }
         }
+        // AMQP's is accepted too (the Node AmqpWs test speaks it: tests/interop/node/amqp.js).
+        let (_, selected) = open(&hub, Some("AMQPWSB10")).await.expect("upgrade");
+        assert_eq!(selected.as_deref(), Some("AMQPWSB10"));
         // The SDKs' request is accepted and the subprotocol confirmed.
         let (mut ws, selected) = open(&hub, Some("mqtt")).await.expect("upgrade");
         assert_eq!(selected.as_deref(), Some("mqtt"));

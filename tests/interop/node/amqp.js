@@ -17,7 +17,7 @@ const fs = require('fs');
 const { isDeepStrictEqual } = require('util');
 
 const { Client, Message } = require('azure-iot-device');
-const { Amqp } = require('azure-iot-device-amqp');
+const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
 
 const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf } = require('./hubtest.js');
 
@@ -259,6 +259,24 @@ async function main() {
     (await serviceGet(`/messages/events?device=${SAS}`)).length === 1,
     'nothing more is stored for the SAS device',
   );
+
+  // 3b. AMQP over WebSockets (AmqpWs: wss://{host}:443/$iothub/websocket, subprotocol
+  // AMQPWSB10): the SAS device sends once more, on the 443 listener.
+  const ws = Client.fromConnectionString(
+    `HostName=${HOST};DeviceId=${SAS};SharedAccessKey=${process.env.CERTHUB_SAS_KEY}`,
+    AmqpWs,
+  );
+  await ws.setOptions({ ca: CA });
+  ws.on('error', (e) => check(false, `the AmqpWs client reports no error: ${e}`));
+  const wsOpened = await outcome(() => ws.open());
+  check(!wsOpened.error && !wsOpened.timedOut, `the SAS device connected over AmqpWs${failed(wsOpened)}`);
+  const wsSent = await outcome(() => ws.sendEvent(new Message('by SAS over amqp-ws')));
+  check(!wsSent.error && !wsSent.timedOut, `sendEvent over AmqpWs succeeds${failed(wsSent)}`);
+  check(
+    (await serviceGet(`/messages/events?device=${SAS}`)).some((m) => m.body === 'by SAS over amqp-ws'),
+    'the service reads the message sent over AmqpWs',
+  );
+  await outcome(() => ws.close(), 5000);
 
   // 4. Revocation: the widget connects again, sends, and the service disables it; the hub ends its
   // AMQP session with amqp:unauthorized-access within a second, the SDK reports the

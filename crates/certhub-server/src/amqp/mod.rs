@@ -8,6 +8,8 @@
 pub mod address;
 mod connection;
 
+pub(crate) use connection::run as run_connection;
+
 use std::future::Future;
 use std::sync::Arc;
 
