@@ -31,7 +31,8 @@
 //! feedback says Success, Rejected, Success. It reads its twin, reports properties and gets a
 //! desired patch of the service pushed, over the twin links, and answers a direct method the
 //! service invokes, over the method links. A wrong key is refused. With `AmqpWs` the SAS
-//! device sends over AMQP over WebSockets on the 443 listener. The hub audits both
+//! device sends over AMQP over WebSockets on the 443 listener. A module of it (`ModuleClient`,
+//! its own token) sends telemetry and reports on its module twin. The hub audits both
 //! sessions as `over amqp`. Then the widget
 //! connects and sends again and the service disables it: the hub ends its AMQP session with
 //! `amqp:unauthorized-access`, the SDK reports the disconnect within a second, and what it
@@ -425,6 +426,8 @@ fn node_sdk_over_amqp() {
         "ok: the method's status comes from the device over Amqp",
         "ok: the method's payload comes back",
         "ok: the service reads the message sent over AmqpWs",
+        "ok: the message is the module's",
+        "ok: the module twin has it",
         "ok: the widget is dropped within a second of being disabled",
         "ok: a message sent after the disable is not taken",
     ] {

@@ -16,7 +16,7 @@
 const fs = require('fs');
 const { isDeepStrictEqual } = require('util');
 
-const { Client, Message } = require('azure-iot-device');
+const { Client, Message, ModuleClient } = require('azure-iot-device');
 const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
 
 const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf } = require('./hubtest.js');
@@ -277,6 +277,39 @@ async function main() {
     'the service reads the message sent over AmqpWs',
   );
   await outcome(() => ws.close(), 5000);
+
+  // 3c. A module of the SAS device, its key made by the hub: it connects with its own token
+  // ({host}/devices/{id}/modules/{mid} on $cbs), sends telemetry and reports on its twin.
+  const made = await service('PUT', `/devices/${SAS}/modules/probe`, {
+    deviceId: SAS,
+    moduleId: 'probe',
+    authentication: { type: 'sas' },
+  });
+  check(made.status === 200, `the service creates module probe: ${made.status}${made.status === 200 ? '' : ` ${made.raw}`}`);
+  const mkey = made.body.authentication.symmetricKey.primaryKey;
+  const probe = ModuleClient.fromConnectionString(
+    `HostName=${HOST};DeviceId=${SAS};ModuleId=probe;SharedAccessKey=${mkey}`,
+    Amqp,
+  );
+  await probe.setOptions({ ca: CA });
+  const probeOpened = await outcome(() => probe.open());
+  check(!probeOpened.error && !probeOpened.timedOut, `the module connected over Amqp${failed(probeOpened)}`);
+  const probeSent = await outcome(() => probe.sendEvent(new Message('from the probe module')));
+  check(!probeSent.error && !probeSent.timedOut, `the module's sendEvent over Amqp succeeds${failed(probeSent)}`);
+  const fromProbe = (await serviceGet(`/messages/events?device=${SAS}`)).find((m) => m.body === 'from the probe module');
+  check(fromProbe && fromProbe.moduleId === 'probe', `the message is the module's: ${JSON.stringify(fromProbe)}`);
+  const probeTwin = await outcome(() => probe.getTwin());
+  check(!probeTwin.error && !probeTwin.timedOut, `the module's getTwin over Amqp succeeds${failed(probeTwin)}`);
+  const probeReported = await outcome(
+    () =>
+      new Promise((resolve, reject) =>
+        probeTwin.result.properties.reported.update({ probe: 'ok' }, (err) => (err ? reject(err) : resolve())),
+      ),
+  );
+  check(!probeReported.error && !probeReported.timedOut, `the module reports over Amqp${failed(probeReported)}`);
+  const moduleTwin = await serviceGet(`/twins/${SAS}/modules/probe`);
+  check(moduleTwin.properties.reported.probe === 'ok', `the module twin has it: ${JSON.stringify(moduleTwin.properties.reported)}`);
+  await outcome(() => probe.close(), 5000);
 
   // 4. Revocation: the widget connects again, sends, and the service disables it; the hub ends its
   // AMQP session with amqp:unauthorized-access within a second, the SDK reports the
