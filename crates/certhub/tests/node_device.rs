@@ -47,7 +47,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{HubProcess, certhub_at, enroll_widget, start_hub_with, tmp};
+use common::{HubProcess, certhub_at, enroll_widget, start_hub_on, tmp};
 
 const HOST: &str = "127.0.0.5";
 
@@ -133,17 +133,7 @@ impl NodeHub {
         let t = tmp();
         let d = t.path();
         let data = d.join("data");
-        let hub = start_hub_with(
-            &data,
-            &[
-                "--hostname",
-                HOST,
-                "--https-addr",
-                &format!("{HOST}:0"),
-                "--mqtt-addr",
-                &format!("{HOST}:0"),
-            ],
-        );
+        let hub = start_hub_on(&data, HOST, &[]);
         let cli = |args: &[&str]| certhub_at(d, &data, args).ok();
         enroll_widget(d, &data);
         let sas = cli(&["device", "create", "--id", "widget-sas"]);

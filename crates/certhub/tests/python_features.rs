@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 
 use common::{
-    certhub, certhub_at, enroll_widget, python_to_hub, s, start_hub_with, technician_signed, tmp,
+    certhub, certhub_at, enroll_widget, python_to_hub, s, start_hub_on, technician_signed, tmp,
 };
 
 const HOST: &str = "127.0.0.3";
@@ -30,19 +30,7 @@ fn c2d_twins_and_methods(websockets: bool) {
     let t = tmp();
     let d = t.path();
     let data = d.join("data");
-    let hub_process = start_hub_with(
-        &data,
-        &[
-            "--hostname",
-            HOST,
-            "--https-addr",
-            &format!("{HOST}:0"),
-            "--mqtt-addr",
-            &format!("{HOST}:0"),
-            "--c2d-max-pending",
-            "5",
-        ],
-    );
+    let hub_process = start_hub_on(&data, HOST, &["--c2d-max-pending", "5"]);
     let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
     enroll_widget(d, &data);
     // The module's certificate, CN=deviceId/moduleId, signed by Technician-Z from a CSR.

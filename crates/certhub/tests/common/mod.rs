@@ -406,6 +406,22 @@ pub fn start_hub_plus(data_dir: &Path, extra: &[&str]) -> HubProcess {
     start_hub_with(data_dir, &args)
 }
 
+/// [`start_hub_with`] with every listener on a free port of `host`, which is also the hub's
+/// host name, and `extra` flags.
+pub fn start_hub_on(data_dir: &Path, host: &str, extra: &[&str]) -> HubProcess {
+    let any_port = format!("{host}:0");
+    let mut args = vec![
+        "--hostname",
+        host,
+        "--https-addr",
+        &any_port,
+        "--mqtt-addr",
+        &any_port,
+    ];
+    args.extend_from_slice(extra);
+    start_hub_with(data_dir, &args)
+}
+
 /// Panics unless `args` give both listeners an address of their own: never the defaults
 /// (0.0.0.0:443 and 0.0.0.0:8883, where a user's own hub listens), no unspecified address and
 /// no port 443 or 8883 (on Linux, 127.0.0.x:8883 cannot be bound while a hub holds

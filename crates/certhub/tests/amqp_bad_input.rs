@@ -1,0 +1,173 @@
+//! Bad input on the AMQP listener, spoken by fe2o3-amqp's own client over rustls (with the
+//! four-level widget's chain): an unknown address, another device's link, a CBS token for
+//! another audience and a wrong one, an audience that names no device, a message past 256 KB.
+//! Each is refused with an AMQP error condition or CBS status that says why, and the
+//! refusals are audited with their named reasons.
+
+mod common;
+
+use fe2o3_amqp::types::messaging::{AmqpValue, ApplicationProperties, Body, Message, Properties};
+use fe2o3_amqp::types::primitives::{SimpleValue, Value};
+use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+
+const HOST: &str = "127.0.0.31";
+const WIDGET: &str = "smart-x-widget-0001";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// The condition a link was closed with, from the error of a send on it.
+fn condition(e: &impl std::fmt::Debug) -> String {
+    format!("{e:?}")
+}
+
+#[test]
+fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
+    let t = common::tmp();
+    let dir = t.path();
+    let data = dir.join("data");
+    let hub = common::start_hub_on(&data, HOST, &[]);
+    common::enroll_widget(dir, &data);
+    common::certhub_at(dir, &data, &["device", "create", "--id", "other-sas"]).ok();
+    let token = common::certhub_at(
+        dir,
+        &data,
+        &["device", "token", "--id", "other-sas", "--duration", "600"],
+    )
+    .ok()
+    .stdout
+    .lines()
+    .last()
+    .expect("a token")
+    .to_string();
+    let tls = common::device_tls(&data, &dir.join("pki/devices").join(WIDGET));
+    let port = hub.amqp_port;
+    runtime().block_on(async move {
+        let tcp = tokio::net::TcpStream::connect((HOST, port))
+            .await
+            .expect("connect");
+        let name = rustls_pki_types::ServerName::try_from(HOST).expect("name");
+        let stream = tls.connect(name, tcp).await.expect("TLS handshake");
+        let mut connection = Connection::builder()
+            .container_id("bad-input")
+            .hostname(HOST)
+            .scheme("amqp")
+            .open_with_stream(stream)
+            .await
+            .expect("AMQP open");
+        let mut session = Session::begin(&mut connection).await.expect("begin");
+
+        // An address that names no node of the hub: detached with amqp:not-found, naming the
+        // nodes there are.
+        let mut nowhere = Sender::attach(&mut session, "nowhere", "/nowhere/at/all")
+            .await
+            .expect("attach");
+        let sent = nowhere.send(Message::from("x")).await;
+        let why = condition(&sent.expect_err("refused"));
+        assert!(
+            why.contains("NotFound") && why.contains("/devices/{id}/messages/events"),
+            "{why}"
+        );
+
+        // Another device's link, without its token: judged as that device connecting with the
+        // widget's chain, and refused (it authenticates with SAS keys).
+        let mut other = Sender::attach(&mut session, "other", "/devices/other-sas/messages/events")
+            .await
+            .expect("attach");
+        let why = condition(&other.send(Message::from("x")).await.expect_err("refused"));
+        assert!(
+            why.contains("UnauthorizedAccess") && why.contains("other-sas"),
+            "{why}"
+        );
+
+        // CBS: a token for another audience, then a tampered one, then none at all.
+        let mut cbs = Sender::attach(&mut session, "cbs-out", "$cbs")
+            .await
+            .expect("cbs");
+        let mut replies = Receiver::attach(&mut session, "cbs-in", "$cbs")
+            .await
+            .expect("cbs");
+        let mut put = async |audience: &str, token: &str, id: &str| -> (i32, String) {
+            let request = Message::builder()
+                .properties(Properties {
+                    message_id: Some(id.to_string().into()),
+                    ..Default::default()
+                })
+                .application_properties(
+                    ApplicationProperties::builder()
+                        .insert("operation", "put-token")
+                        .insert("type", "servicebus.windows.net:sastoken")
+                        .insert("name", audience)
+                        .build(),
+                )
+                .body(Body::Value(AmqpValue(Value::String(token.to_string()))))
+                .build();
+            cbs.send(request).await.expect("put-token sent");
+            let reply = replies.recv::<Body<Value>>().await.expect("a reply");
+            replies.accept(&reply).await.expect("accept");
+            let props = reply
+                .message()
+                .application_properties
+                .clone()
+                .expect("props");
+            let status = match props.0.get("status-code") {
+                Some(SimpleValue::Int(n)) => *n,
+                other => panic!("status-code: {other:?}"),
+            };
+            let description = match props.0.get("status-description") {
+                Some(SimpleValue::String(s)) => s.clone(),
+                _ => String::new(),
+            };
+            (status, description)
+        };
+        let (status, _) = put(&format!("{HOST}/devices/{WIDGET}"), &token, "1").await;
+        assert_eq!(
+            status, 401,
+            "a token of other-sas does not admit the widget"
+        );
+        let tampered = token.replacen("sig=", "sig=AAAA", 1);
+        let (status, _) = put(&format!("{HOST}/devices/other-sas"), &tampered, "2").await;
+        assert_eq!(status, 401, "a tampered token is refused");
+        let (status, why) = put(&format!("{HOST}/messages/devicebound"), &token, "3").await;
+        assert_eq!(status, 404, "{why}");
+        // The right token admits other-sas on this connection.
+        let (status, _) = put(&format!("{HOST}/devices/other-sas"), &token, "4").await;
+        assert_eq!(status, 200);
+        let mut events =
+            Sender::attach(&mut session, "events", "/devices/other-sas/messages/events")
+                .await
+                .expect("attach");
+        events.send(Message::from("fine")).await.expect("accepted");
+
+        // A message past 256 KB: the hub's attach gave the link a max-message-size of 256 KiB,
+        // so a compliant client (this one) refuses it before sending a byte of it.
+        let big = Message::from("x".repeat(300 * 1024));
+        let why = condition(&events.send(big).await.expect_err("too large"));
+        assert!(
+            why.contains("MessageSizeExceeded") || why.contains("message-size-exceeded"),
+            "{why}"
+        );
+        let _ = connection.close().await;
+    });
+
+    // The refusals are audited with their named reasons.
+    let audit = common::certhub_at(dir, &data, &["audit", "list", "--top", "50"])
+        .ok()
+        .stdout;
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("devices/other-sas") && l.contains("auth-method-mismatch")),
+        "{audit}"
+    );
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("devices/other-sas") && l.contains("sas-invalid")),
+        "{audit}"
+    );
+}
