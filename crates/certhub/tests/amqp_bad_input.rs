@@ -1,6 +1,7 @@
 //! Bad input on the AMQP listener, spoken by fe2o3-amqp's own client over rustls (with the
 //! four-level widget's chain): an unknown address, another device's link, a CBS token for
-//! another audience and a wrong one, an audience that names no device, a message past 256 KB.
+//! another audience and a wrong one, an audience that names no device, a message past 256 KB,
+//! a connection that never puts a token.
 //! Each is refused with an AMQP error condition or CBS status that says why, and the
 //! refusals are audited with their named reasons.
 
@@ -46,6 +47,7 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
     .to_string();
     let tls = common::device_tls(&data, &dir.join("pki/devices").join(WIDGET));
     let port = hub.amqp_port;
+    let server_ca = data.join("tls/server-ca.pem");
     runtime().block_on(async move {
         let tcp = tokio::net::TcpStream::connect((HOST, port))
             .await
@@ -152,6 +154,42 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
             "{why}"
         );
         let _ = connection.close().await;
+
+        // A connection without a client certificate that puts no token is closed after 10 s,
+        // with the reason.
+        let roots = {
+            use rustls_pki_types::pem::PemObject;
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pki_types::CertificateDer::pem_file_iter(&server_ca).expect("ca") {
+                roots.add(c.expect("pem")).expect("root");
+            }
+            roots
+        };
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let anonymous = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect((HOST, port))
+            .await
+            .expect("connect");
+        let name = rustls_pki_types::ServerName::try_from(HOST).expect("name");
+        let stream = anonymous.connect(name, tcp).await.expect("TLS handshake");
+        let mut idle = Connection::builder()
+            .container_id("idle")
+            .hostname(HOST)
+            .scheme("amqp")
+            .open_with_stream(stream)
+            .await
+            .expect("AMQP open");
+        let _session = Session::begin(&mut idle).await.expect("begin");
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(20), idle.on_close())
+            .await
+            .expect("closed by the hub within 20 s");
+        let why = condition(&closed.expect_err("closed with an error"));
+        assert!(
+            why.contains("UnauthorizedAccess") && why.contains("no identity was admitted"),
+            "{why}"
+        );
     });
 
     // The refusals are audited with their named reasons.

@@ -45,6 +45,9 @@ use crate::state::now_ms;
 
 /// The protocol header and the AMQP open must come this soon after the handshake.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection without a client certificate must have an identity admitted (a CBS token put)
+/// this soon after its open, or it is closed: it holds memory and proves nothing.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Telemetry larger than Azure's 256 KB is refused.
 const MAX_MESSAGE: u64 = 256 * 1024;
 /// The largest frame the hub reads.
@@ -288,6 +291,9 @@ where
         closing,
         ended: CancellationToken::new(),
     });
+    if shared.chain.is_empty() {
+        tokio::spawn(token_deadline(shared.clone()));
+    }
     let sessions = SessionAcceptor::new();
     // Shutting out: every session is ended with the reason (the Azure SDKs then let go of
     // their links at once and close the connection, which the hub answers); a client that
@@ -330,6 +336,25 @@ where
         }
     }
     shared.ended.cancel();
+}
+
+/// Shuts a connection without a client certificate that has put no valid token in time.
+async fn token_deadline(shared: Arc<Shared>) {
+    tokio::select! {
+        () = tokio::time::sleep(TOKEN_TIMEOUT) => {}
+        () = shared.ended.cancelled() => return,
+    }
+    let none = shared
+        .admitted
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_empty();
+    if none {
+        shared.shut(&format!(
+            "no identity was admitted within {} s of the AMQP open: put a SAS token on $cbs first, or present a client certificate",
+            TOKEN_TIMEOUT.as_secs()
+        ));
+    }
 }
 
 async fn close_with(connection: &mut ListenerConnectionHandle, condition: AmqpError, why: &str) {
