@@ -1,7 +1,7 @@
 //! Bad input on the AMQP listener, spoken by fe2o3-amqp's own client over rustls (with the
 //! four-level widget's chain): an unknown address, another device's link, a CBS token for
 //! another audience and a wrong one, an audience that names no device, a message past 256 KB,
-//! a connection that never puts a token.
+//! a connection that never puts a token; and a token that runs out closes its session.
 //! Each is refused with an AMQP error condition or CBS status that says why, and the
 //! refusals are audited with their named reasons.
 
@@ -26,6 +26,47 @@ fn condition(e: &impl std::fmt::Debug) -> String {
     format!("{e:?}")
 }
 
+/// One CBS put-token on `cbs`, its answer read from `replies`: (status-code, description).
+async fn put_token(
+    cbs: &mut Sender,
+    replies: &mut Receiver,
+    audience: &str,
+    token: &str,
+    id: &str,
+) -> (i32, String) {
+    let request = Message::builder()
+        .properties(Properties {
+            message_id: Some(id.to_string().into()),
+            ..Default::default()
+        })
+        .application_properties(
+            ApplicationProperties::builder()
+                .insert("operation", "put-token")
+                .insert("type", "servicebus.windows.net:sastoken")
+                .insert("name", audience)
+                .build(),
+        )
+        .body(Body::Value(AmqpValue(Value::String(token.to_string()))))
+        .build();
+    cbs.send(request).await.expect("put-token sent");
+    let reply = replies.recv::<Body<Value>>().await.expect("a reply");
+    replies.accept(&reply).await.expect("accept");
+    let props = reply
+        .message()
+        .application_properties
+        .clone()
+        .expect("props");
+    let status = match props.0.get("status-code") {
+        Some(SimpleValue::Int(n)) => *n,
+        other => panic!("status-code: {other:?}"),
+    };
+    let description = match props.0.get("status-description") {
+        Some(SimpleValue::String(s)) => s.clone(),
+        _ => String::new(),
+    };
+    (status, description)
+}
+
 #[test]
 fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
     let t = common::tmp();
@@ -38,6 +79,18 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
         dir,
         &data,
         &["device", "token", "--id", "other-sas", "--duration", "600"],
+    )
+    .ok()
+    .stdout
+    .lines()
+    .last()
+    .expect("a token")
+    .to_string();
+    // A token of other-sas that runs out 5 s from now.
+    let short = common::certhub_at(
+        dir,
+        &data,
+        &["device", "token", "--id", "other-sas", "--duration", "5"],
     )
     .ok()
     .stdout
@@ -93,38 +146,8 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
         let mut replies = Receiver::attach(&mut session, "cbs-in", "$cbs")
             .await
             .expect("cbs");
-        let mut put = async |audience: &str, token: &str, id: &str| -> (i32, String) {
-            let request = Message::builder()
-                .properties(Properties {
-                    message_id: Some(id.to_string().into()),
-                    ..Default::default()
-                })
-                .application_properties(
-                    ApplicationProperties::builder()
-                        .insert("operation", "put-token")
-                        .insert("type", "servicebus.windows.net:sastoken")
-                        .insert("name", audience)
-                        .build(),
-                )
-                .body(Body::Value(AmqpValue(Value::String(token.to_string()))))
-                .build();
-            cbs.send(request).await.expect("put-token sent");
-            let reply = replies.recv::<Body<Value>>().await.expect("a reply");
-            replies.accept(&reply).await.expect("accept");
-            let props = reply
-                .message()
-                .application_properties
-                .clone()
-                .expect("props");
-            let status = match props.0.get("status-code") {
-                Some(SimpleValue::Int(n)) => *n,
-                other => panic!("status-code: {other:?}"),
-            };
-            let description = match props.0.get("status-description") {
-                Some(SimpleValue::String(s)) => s.clone(),
-                _ => String::new(),
-            };
-            (status, description)
+        let mut put = async |audience: &str, token: &str, id: &str| {
+            put_token(&mut cbs, &mut replies, audience, token, id).await
         };
         let (status, _) = put(&format!("{HOST}/devices/{WIDGET}"), &token, "1").await;
         assert_eq!(
@@ -153,7 +176,20 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
             why.contains("MessageSizeExceeded") || why.contains("message-size-exceeded"),
             "{why}"
         );
-        let _ = connection.close().await;
+
+        // A renewed token (a new put for the same identity) moves the session's end to its
+        // expiry: this one runs out within seconds, and the hub closes the connection then.
+        let (status, _) = put(&format!("{HOST}/devices/other-sas"), &short, "5").await;
+        assert_eq!(status, 200);
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(10), connection.on_close())
+                .await
+                .expect("closed by the hub when the token ran out");
+        let why = condition(&closed.expect_err("closed with an error"));
+        assert!(
+            why.contains("UnauthorizedAccess") && why.contains("SAS token expired"),
+            "{why}"
+        );
 
         // A connection without a client certificate that puts no token is closed after 10 s,
         // with the reason.
