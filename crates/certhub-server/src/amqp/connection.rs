@@ -1,5 +1,6 @@
-//! One AMQP connection on the device listener: the protocol header (SASL or not), the
-//! connection and its sessions, CBS token puts, and the links devices attach.
+//! One AMQP connection on the device listeners (5671, and WebSockets on 443): the protocol
+//! header (SASL or not), the connection and its sessions, CBS token puts, and the links devices
+//! attach (telemetry, C2D, twin, direct methods, for devices and modules).
 //!
 //! Who a link acts for is decided by the device session core, exactly as a CONNECT is: a CBS
 //! `put-token` for `{host}/devices/{id}` is judged as a SAS CONNECT of that id (named reasons,
@@ -37,8 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::address::{self, Node, Owner};
-use crate::device::Settle;
-use crate::device::{Attempt, DeviceCore, Ended, Live};
+use crate::device::{Attempt, DeviceCore, Ended, Live, Settle};
 use crate::mqtt::session::Connection;
 use crate::sessions::{DESIRED, METHODS, Mail, MethodReply, MethodRequest, Outbound};
 use crate::state::now_ms;
