@@ -561,7 +561,9 @@ impl DeviceCore {
         let Some(queue_id) = store.locked_c2d(id, token, now_ms()).await? else {
             return Ok(false);
         };
-        store.remove_c2d(id, queue_id, outcome, now_ms()).await
+        let removed = store.remove_c2d(id, queue_id, outcome, now_ms()).await;
+        self.state.service_queues_bump();
+        removed
     }
 
     /// The device acknowledged a C2D message: it leaves the queue (with its feedback).
@@ -572,7 +574,9 @@ impl DeviceCore {
             C2dOutcome::Success,
             now_ms(),
         );
-        if let Err(e) = Box::pin(done).await {
+        let done = Box::pin(done).await;
+        self.state.service_queues_bump();
+        if let Err(e) = done {
             tracing::warn!(client_id = device.id().cn(), error = %e, "C2D completion not stored; it will be delivered again");
         }
     }

@@ -11,6 +11,7 @@
 pub mod amqp;
 pub mod api;
 mod bookkeeper;
+pub mod c2d_send;
 pub mod data_dir;
 mod device;
 pub mod device_tls;

@@ -55,6 +55,9 @@ struct Inner {
     public_port: std::sync::atomic::AtomicU32,
     /// Where uploaded files are kept (unset: file upload is not offered).
     files: std::sync::OnceLock<crate::files::FileStore>,
+    /// Bumped when feedback or a file notification may have been queued for services, to
+    /// wake their AMQP receivers.
+    service_queues: tokio::sync::watch::Sender<u64>,
 }
 
 impl AppState {
@@ -103,6 +106,7 @@ impl AppState {
                 settings: RwLock::new((settings, std::time::Instant::now())),
                 public_port: std::sync::atomic::AtomicU32::new(0),
                 files: std::sync::OnceLock::new(),
+                service_queues: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -180,6 +184,18 @@ impl AppState {
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
+    }
+
+    /// Wakes services' receivers: feedback or a file notification may be waiting.
+    pub(crate) fn service_queues_bump(&self) {
+        self.inner
+            .service_queues
+            .send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Changes when feedback or a file notification may be waiting.
+    pub(crate) fn service_queues_changed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.service_queues.subscribe()
     }
 
     pub fn c2d_limits(&self) -> C2dLimits {

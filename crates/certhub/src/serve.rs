@@ -641,8 +641,9 @@ pub fn run(args: ServeArgs) -> Result<Outcome> {
 async fn serve(config: Config) -> Result<Outcome> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CERTHUB_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("CERTHUB_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,rustls::msgs::handshake=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .try_init();

@@ -38,6 +38,12 @@
 //! `amqp:unauthorized-access`, the SDK reports the disconnect within a second, and what it
 //! sends after is neither taken nor stored. The script is tests/interop/node/amqp.js.
 //!
+//! The service SDK (`azure-iothub`, its default Amqp transport) with only its connection
+//! string changed: it sends C2D messages to a device connected over AMQP, reads their
+//! feedback (Success, Rejected) and a file upload's notification on its receivers, is told
+//! DeviceNotFoundError for an unknown device, and cannot send with a wrong key. The script is
+//! tests/interop/node/service.js.
+//!
 //! The pinned packages are in tests/interop/node (scripts/test installs them). The SDK always
 //! dials port 443 of the host name (8883 for MQTT, 5671 for AMQP); the Node port map
 //! (tests/interop/node/portmap.js) sends it to the free port this hub listens on.
@@ -64,6 +70,7 @@ fn node_to_hub(hub: &HubProcess) -> Command {
         "azure-iot-device-mqtt",
         "azure-iot-device-http",
         "azure-iot-device-amqp",
+        "azure-iothub",
     ] {
         assert!(
             dir.join("node_modules").join(package).is_dir(),
@@ -494,5 +501,59 @@ fn node_sdk_over_amqp() {
             && !detail.contains(" over amqp;")
             && !detail.contains(" over amqp-ws;")),
         "{connects:#?}"
+    );
+}
+
+#[test]
+fn node_service_sdk_over_amqp() {
+    let hub = NodeHub::start();
+    // The service SDK's AMQP connection takes no CA option; uploadToBlob's storage client
+    // neither: both trust Node's default store, which NODE_EXTRA_CA_CERTS extends.
+    let ca = hub.data.join("tls/server-ca.pem");
+    let stdout = hub.run_with("service.js", &[("NODE_EXTRA_CA_CERTS", &ca)]);
+    for line in [
+        "ok: the service client opens its AMQP connection",
+        "ok: Client.send queues a message for widget-sas",
+        "ok: Client.send answers MessageEnqueued",
+        "ok: the device gets the body as sent",
+        "ok: the device gets the message id",
+        "ok: the device gets the application property colour=blue",
+        "ok: the feedback receiver gets Success for svc-amqp-1 from widget-sas",
+        "ok: the feedback receiver gets Rejected for svc-amqp-2",
+        "ok: Client.send to a device that does not exist fails with DeviceNotFoundError",
+        "ok: the file notification receiver gets the upload of widget-sas/readings/today.txt",
+        "ok: the accepted notification is no longer in the queue",
+        "ok: a service with a wrong key cannot send",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "`{line}` expected:\n{stdout}"
+        );
+    }
+    // The sends are audited under the policy, the refusals with their reasons.
+    let log = audit(hub.dir(), &hub.data);
+    let sends: Vec<_> = log
+        .iter()
+        .filter(|r| r["operation"] == "c2d.send" && r["actor"] == "iothubowner")
+        .collect();
+    assert!(
+        sends.iter().any(|r| r["outcome"] == "ok"
+            && r["target"] == "devices/widget-sas"
+            && r["detail"] == "messageId svc-amqp-1"),
+        "the send is audited: {sends:#?}"
+    );
+    assert!(
+        sends.iter().any(|r| r["outcome"] == "refused"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("no-such-device"))),
+        "the send to an unknown device is audited with the reason: {sends:#?}"
+    );
+    assert!(
+        log.iter().any(|r| r["operation"] == "amqp.service.refused"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("signature"))),
+        "the wrong key is audited: {log:#?}"
     );
 }

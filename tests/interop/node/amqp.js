@@ -19,37 +19,7 @@ const { isDeepStrictEqual } = require('util');
 const { Client, Message, ModuleClient } = require('azure-iot-device');
 const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
 
-const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf } = require('./hubtest.js');
-
-// What an SDK call really does within `ms`: its result, the error it threw or rejected with,
-// or `timedOut` when it did neither in time (so that a hub that never answers cannot hang the
-// script).
-async function outcome(call, ms = 15000) {
-  let timer;
-  const timeout = new Promise((resolve) => {
-    timer = setTimeout(() => resolve({ timedOut: true }), ms);
-  });
-  try {
-    return await Promise.race([
-      (async () => {
-        try {
-          return { result: await call() };
-        } catch (error) {
-          return { error };
-        }
-      })(),
-      timeout,
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
-// Why an outcome is not a success, for a check's text.
-function failed(o) {
-  if (o.timedOut) return ': timed out';
-  return o.error ? `: ${o.error.name} ${o.error.message}` : '';
-}
+const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf, outcome, failed } = require('./hubtest.js');
 
 // Opens `client`, failing the script with the reason when it does not succeed in time.
 async function open(client, who) {

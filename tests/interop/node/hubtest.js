@@ -1,4 +1,4 @@
-// What the Node.js interop scripts share (mqttws.js, http.js, upload.js, amqp.js): the test
+// What the Node.js interop scripts share (mqttws.js, http.js, upload.js, amqp.js, service.js): the test
 // hub's environment, `check`, and the service REST API called with an iothubowner SAS token,
 // as tests/interop/hubtest.py calls it.
 //
@@ -108,4 +108,34 @@ async function feedbackOf(id, count) {
   return records;
 }
 
-module.exports = { HOST, CA, CS, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf };
+// What an SDK call really does within `ms`: its result, the error it threw or rejected with,
+// or `timedOut` when it did neither in time (so that a hub that never answers cannot hang the
+// script).
+async function outcome(call, ms = 15000) {
+  let timer;
+  const timeout = new Promise((resolve) => {
+    timer = setTimeout(() => resolve({ timedOut: true }), ms);
+  });
+  try {
+    return await Promise.race([
+      (async () => {
+        try {
+          return { result: await call() };
+        } catch (error) {
+          return { error };
+        }
+      })(),
+      timeout,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+// Why an outcome is not a success, for a check's text.
+function failed(o) {
+  if (o.timedOut) return ': timed out';
+  return o.error ? `: ${o.error.name} ${o.error.message}` : '';
+}
+
+module.exports = { HOST, CA, CS, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf, outcome, failed };

@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::address::{self, Node, Owner};
+use super::service::{self, ServiceSlot};
 use crate::device::{Attempt, DeviceCore, Ended, Live, Settle};
 use crate::mqtt::session::Connection;
 use crate::sessions::{DESIRED, METHODS, Mail, MethodReply, MethodRequest, Outbound};
@@ -53,22 +54,29 @@ const MAX_MESSAGE: u64 = 256 * 1024;
 /// The largest frame the hub reads.
 const MAX_FRAME: u32 = 64 * 1024;
 
-/// SASL: every mechanism the Azure clients offer is accepted here, because none grants
-/// anything: an identity is admitted only by a CBS token or the TLS client chain, link by
-/// link.
+/// SASL: every mechanism the Azure clients offer. PLAIN is a service's policy and token
+/// (judged at once); the others grant nothing by themselves: an identity is admitted only by
+/// a CBS token or the TLS client chain, link by link.
 #[derive(Debug, Clone)]
-struct HubSasl;
+struct HubSasl {
+    state: crate::state::AppState,
+    service: Arc<ServiceSlot>,
+}
 
 impl SaslAcceptor for HubSasl {
     fn mechanisms(&self) -> Array<Symbol> {
         Array::from(vec![
             Symbol::from("MSSBCBS"),
+            Symbol::from("PLAIN"),
             Symbol::from("EXTERNAL"),
             Symbol::from("ANONYMOUS"),
         ])
     }
 
-    fn on_init(&mut self, _init: SaslInit) -> SaslServerFrame {
+    fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
+        if init.mechanism.as_str() == "PLAIN" {
+            return service::sasl_plain(&self.state, &init, &self.service);
+        }
         SaslServerFrame::Outcome(SaslOutcome {
             code: SaslCode::Ok,
             additional_data: None,
@@ -128,8 +136,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 
 /// The identities admitted on one connection, and how to close it.
 #[derive(Debug)]
-struct Shared {
-    core: Arc<DeviceCore>,
+pub(super) struct Shared {
+    pub(super) core: Arc<DeviceCore>,
     peer: SocketAddr,
     chain: Vec<CertificateDer<'static>>,
     tls13: bool,
@@ -137,8 +145,10 @@ struct Shared {
     admitted: Mutex<HashMap<String, Admitted>>,
     /// Why the connection is being shut (a kick, an expired token): the first reason wins.
     closing: watch::Sender<Option<String>>,
+    /// A service's credentials (SASL PLAIN or a policy token put on `$cbs`).
+    pub(super) service: Arc<ServiceSlot>,
     /// Cancelled when the connection has ended.
-    ended: CancellationToken,
+    pub(super) ended: CancellationToken,
 }
 
 impl Shared {
@@ -262,8 +272,14 @@ where
             p
         });
     // Protocol id 3 is the SASL layer; 0 is AMQP itself (the Node SDK's SAS devices).
+    let service = Arc::new(ServiceSlot::default());
     let accepted = if header[4] == 3 {
-        let acceptor = builder.sasl_acceptor(HubSasl).build();
+        let acceptor = builder
+            .sasl_acceptor(HubSasl {
+                state: core.state().clone(),
+                service: service.clone(),
+            })
+            .build();
         tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
     } else {
         let acceptor = builder.build();
@@ -289,6 +305,7 @@ where
         tls13,
         admitted: Mutex::new(HashMap::new()),
         closing,
+        service,
         ended: CancellationToken::new(),
     });
     if shared.chain.is_empty() {
@@ -348,7 +365,8 @@ async fn token_deadline(shared: Arc<Shared>) {
         .admitted
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .is_empty();
+        .is_empty()
+        && !shared.service.is_set();
     if none {
         shared.shut(&format!(
             "no identity was admitted within {} s of the AMQP open: put a SAS token on $cbs first, or present a client certificate",
@@ -452,6 +470,12 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
             ) => {
                 tokio::spawn(device_link(node, link, shared));
             }
+            (
+                Ok(node @ (Node::ServiceDeviceBound | Node::Feedback | Node::FileNotifications)),
+                link,
+            ) => {
+                tokio::spawn(service::service_link(node, link, shared));
+            }
             (Ok(node), link) => {
                 let why = format!("{address:?} ({node:?}) is not served over AMQP by this hub yet");
                 let error = definitions::Error::new(AmqpError::NotImplemented, why, None);
@@ -466,7 +490,7 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
 }
 
 /// Detaches a link the hub does not serve, with the condition that says why.
-async fn refuse(link: LinkEndpoint, error: definitions::Error) {
+pub(super) async fn refuse(link: LinkEndpoint, error: definitions::Error) {
     let _ = match link {
         LinkEndpoint::Receiver(rx) => rx.close_with_error(error).await,
         LinkEndpoint::Sender(tx) => tx.close_with_error(error).await,
@@ -504,7 +528,7 @@ async fn send_replies(
 }
 
 /// The next message on `rx`, or none once the link or the connection has ended.
-async fn next_delivery(
+pub(super) async fn next_delivery(
     rx: &mut fe2o3_amqp::Receiver,
     ended: &CancellationToken,
 ) -> Option<fe2o3_amqp::link::delivery::Delivery<Body<Value>>> {
@@ -579,6 +603,10 @@ async fn put_token(request: &Message<Body<Value>>, shared: &Arc<Shared>) -> (i32
         }
     };
     let Some((host, owner)) = audience_owner(audience) else {
+        if token.contains("skn=") {
+            // Signed with a shared access policy's key: a service.
+            return service::put_token(shared, &token).await;
+        }
         return (
             404,
             format!(
@@ -1210,7 +1238,7 @@ fn telemetry_parts(message: &Message<Body<Value>>) -> (MessageProperties, Vec<u8
     (props, body)
 }
 
-fn id_text(id: &MessageId) -> String {
+pub(super) fn id_text(id: &MessageId) -> String {
     match id {
         MessageId::String(s) => s.clone(),
         MessageId::Ulong(n) => n.to_string(),
@@ -1235,7 +1263,7 @@ fn uuid_text(bytes: &[u8]) -> String {
     }
 }
 
-fn simple_text(value: &SimpleValue) -> String {
+pub(super) fn simple_text(value: &SimpleValue) -> String {
     match value {
         SimpleValue::String(s) => s.clone(),
         SimpleValue::Symbol(s) => s.0.clone(),

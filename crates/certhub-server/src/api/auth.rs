@@ -44,7 +44,7 @@ impl crate::state::Actor for Caller {
 /// `host/devices/d1` only what lies under that device (`/devices/d1/...`, and its twin and
 /// methods under `/twins/d1/...`). The host must be one of the hub's names, and a port, when
 /// the token names one, the port clients use (`public_port`; 443 may be left out).
-fn scope_allows(
+pub(crate) fn scope_allows(
     resource: &str,
     hostnames: &[String],
     public_port: Option<u16>,
@@ -116,42 +116,66 @@ impl FromRequestParts<AppState> for Caller {
             })?
             .to_str()
             .map_err(|_| ApiError::unauthorized("the Authorization header is not ASCII"))?;
-        let token = SasToken::parse(header).map_err(|e| ApiError::unauthorized(e.to_string()))?;
-        let Some(name) = token.key_name.clone() else {
-            return Err(ApiError::unauthorized(
-                "a device-scoped token (no skn) cannot use the service API; sign with a shared access policy key",
-            ));
-        };
+        let grant = judge_service_token(state, header)?;
         if state.settings().await?.disable_local_auth {
-            return Err(ApiError::unauthorized(
-                "local authentication is disabled on this hub (disableLocalAuth): shared access policy tokens are refused",
-            ));
+            return Err(ApiError::unauthorized(LOCAL_AUTH_DISABLED));
         }
-        let policies = state.policies();
-        let Some(policy) = policies.iter().find(|p| p.name == name) else {
-            return Err(ApiError::unauthorized(format!(
-                "unknown shared access policy {name:?}"
-            )));
-        };
-        token
-            .verify(
-                &[&policy.primary_key, &policy.secondary_key],
-                now_ms() / 1000,
-                &format!("the shared access policy {name:?}"),
-            )
-            .map_err(|e| ApiError::unauthorized(e.to_string()))?;
         scope_allows(
-            &token.resource,
+            &grant.resource,
             state.hostnames(),
             state.public_port(),
             parts.uri.path(),
         )
         .map_err(ApiError::unauthorized)?;
-        Ok(Caller {
+        Ok(grant.caller)
+    }
+}
+
+/// Why a policy-signed token is refused when `disableLocalAuth` is on.
+pub(crate) const LOCAL_AUTH_DISABLED: &str = "local authentication is disabled on this hub (disableLocalAuth): shared access policy tokens are refused";
+
+/// A service's SAS token that verified against a shared access policy's key.
+#[derive(Debug, Clone)]
+pub(crate) struct ServiceGrant {
+    pub caller: Caller,
+    /// The token's resource (`sr`, decoded): what it may reach (see [`scope_allows`]).
+    pub resource: String,
+    /// When the token runs out (seconds since the epoch).
+    pub expiry: i64,
+}
+
+/// Judges a service's SAS token (`SharedAccessSignature sr=...&sig=...&se=...&skn=...`): the
+/// policy it names must exist and have signed it, and it must not have expired. Its scope and
+/// the hub's `disableLocalAuth` are for the caller to check (the scope against the path it
+/// reaches). The error says what was wrong.
+pub(crate) fn judge_service_token(state: &AppState, token: &str) -> Result<ServiceGrant, ApiError> {
+    let token = SasToken::parse(token).map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let Some(name) = token.key_name.clone() else {
+        return Err(ApiError::unauthorized(
+            "a device-scoped token (no skn) cannot act as a service; sign with a shared access policy key",
+        ));
+    };
+    let policies = state.policies();
+    let Some(policy) = policies.iter().find(|p| p.name == name) else {
+        return Err(ApiError::unauthorized(format!(
+            "unknown shared access policy {name:?}"
+        )));
+    };
+    token
+        .verify(
+            &[&policy.primary_key, &policy.secondary_key],
+            now_ms() / 1000,
+            &format!("the shared access policy {name:?}"),
+        )
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    Ok(ServiceGrant {
+        caller: Caller {
             policy: policy.name.clone(),
             rights: policy.rights,
-        })
-    }
+        },
+        resource: token.resource,
+        expiry: token.expiry,
+    })
 }
 
 #[cfg(test)]

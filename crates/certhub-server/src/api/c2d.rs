@@ -1,6 +1,7 @@
 //! Cloud-to-device messages: `POST /devices/{id}/messages/deviceBound` queues one (a REST
-//! path of certhub's own: the Azure service SDKs send C2D over AMQP, which certhub does not
-//! speak), `DELETE /devices/{id}/commands` purges the queue (azure-protocol 1.7, 4.2).
+//! path of certhub's own: the Azure service SDKs send C2D over AMQP, which certhub serves
+//! too, on the same queue through `c2d_send`), `DELETE /devices/{id}/commands` purges the
+//! queue, and the feedback queue (azure-protocol 1.7, 4.2).
 
 use std::collections::BTreeMap;
 
@@ -11,8 +12,8 @@ use super::error::Path;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
-use certhub_core::{Rights, Status, azure_time};
-use certhub_store::{C2dRecord, Enqueued, ServiceQueue};
+use certhub_core::{Rights, azure_time};
+use certhub_store::ServiceQueue;
 use serde::{Deserialize, Serialize};
 use utoipa::openapi::{RefOr, schema::Schema};
 use utoipa::{PartialSchema, ToSchema};
@@ -21,13 +22,7 @@ use super::body::JsonObject;
 use super::devices::{device_id, device_not_found};
 use super::doc::{DevicePath, ErrorResponse, LockTokenPath};
 use super::{ApiError, AppState, Caller, now_ms};
-use crate::sessions::Outbound;
-
-/// Largest message body (Azure's C2D limit).
-pub const MAX_C2D_BODY: usize = 64 * 1024;
-/// Longest time to live: two days.
-const MAX_TTL_SECONDS: i64 = 2 * 24 * 3600;
-const DEFAULT_TTL_SECONDS: i64 = 3600;
+use crate::c2d_send::{self, Outgoing, Refused};
 
 /// A cloud-to-device message to queue: body or bodyBase64, not both; null is the same as
 /// absent.
@@ -142,14 +137,6 @@ pub enum FeedbackStatus {
     Rejected,
 }
 
-/// What the store keeps beside the body.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct StoredProperties {
-    pub system: BTreeMap<String, String>,
-    pub ack: String,
-    pub application: BTreeMap<String, Option<String>>,
-}
-
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("ArgumentInvalid", message)
 }
@@ -180,112 +167,43 @@ pub async fn send(
             .map_err(|e| invalid(format!("bodyBase64 is not base64: {e}")))?,
         (None, None) => Vec::new(),
     };
-    let ttl = m.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
-    if !(1..=MAX_TTL_SECONDS).contains(&ttl) {
-        return Err(invalid(format!(
-            "ttlSeconds is {ttl}; it must be from 1 to {MAX_TTL_SECONDS} (two days)"
-        )));
-    }
-    let ack = m.ack.clone().unwrap_or_else(|| "none".into());
-    if !["none", "positive", "negative", "full"].contains(&ack.as_str()) {
-        return Err(invalid(format!(
-            "ack is {ack:?}; it must be none, positive, negative or full"
-        )));
-    }
-    for k in m.properties.keys() {
-        if k.is_empty() || k.starts_with("$.") || k.starts_with("iothub-") {
-            return Err(invalid(format!(
-                "property name {k:?} is empty or reserved ($. and iothub- belong to the hub)"
-            )));
-        }
-    }
-    let message_id = m.message_id.clone().unwrap_or_else(random_id);
-    let now = now_ms();
-    let expiry_ms = now + ttl * 1000;
-    let mut system = BTreeMap::new();
-    system.insert("messageId".to_string(), message_id.clone());
-    for (name, v) in [
-        ("correlationId", &m.correlation_id),
-        ("userId", &m.user_id),
-        ("contentType", &m.content_type),
-        ("contentEncoding", &m.content_encoding),
-    ] {
-        if let Some(v) = v {
-            system.insert(name.to_string(), v.clone());
-        }
-    }
-    system.insert("expiryTimeUtc".to_string(), azure_time(expiry_ms));
-    let props = StoredProperties {
-        system,
-        ack: ack.clone(),
-        application: m.properties,
-    };
-    let properties = serde_json::to_string(&props).unwrap_or_default();
-    // The limit covers body and properties, as the device receives both.
-    let size = body.len() + properties.len();
-    if size > MAX_C2D_BODY {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "MessageTooLarge",
-            format!("the message is {size} bytes with its properties; the limit is {MAX_C2D_BODY}"),
-        ));
-    }
-    let d = state
-        .store()
-        .device(&device)
-        .await?
-        .ok_or_else(|| device_not_found(device.as_str()))?;
-    if d.status == Status::Disabled {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "DeviceDisabled",
-            format!("device {device} is disabled and cannot receive messages; enable it first"),
-        ));
-    }
-    let record = C2dRecord {
-        id: 0,
-        device_id: device.to_string(),
-        message_id: message_id.clone(),
-        properties,
+    let outgoing = Outgoing {
         body,
-        enqueued_ms: now,
-        expiry_ms,
-        delivery_count: 0,
-        ack,
+        message_id: m.message_id,
+        correlation_id: m.correlation_id,
+        user_id: m.user_id,
+        content_type: m.content_type,
+        content_encoding: m.content_encoding,
+        ttl_seconds: m.ttl_seconds,
+        ack: m.ack,
+        properties: m.properties,
     };
-    let cap = state.c2d_limits().max_pending;
-    let seq = match state.store().enqueue_c2d(&record, cap, now).await? {
-        Enqueued::Stored(seq) => seq,
-        Enqueued::NoDevice => return Err(device_not_found(device.as_str())),
-        Enqueued::QueueFull => {
-            return Err(ApiError::new(
+    let queued = c2d_send::queue(&state, &caller, &device, outgoing)
+        .await
+        .map_err(|e| match e {
+            Refused::Invalid(why) => invalid(why),
+            e @ Refused::TooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "MessageTooLarge",
+                e.to_string(),
+            ),
+            Refused::NoDevice(d) => device_not_found(&d),
+            e @ Refused::Disabled(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "DeviceDisabled", e.to_string())
+            }
+            e @ Refused::QueueFull { .. } => ApiError::new(
                 StatusCode::FORBIDDEN,
                 "DeviceMaximumQueueDepthExceeded",
-                format!(
-                    "device {device} already has {cap} messages waiting; it must receive some first, or purge its queue (DELETE /devices/{device}/commands)"
-                ),
-            ));
-        }
-    };
-    // Wakes a connected session; an offline device gets it when it next connects.
-    let _ = state
-        .sessions()
-        .deliver(device.as_str(), None, Outbound::C2d);
-    state
-        .audit(
-            &caller,
-            "c2d.send",
-            &format!("devices/{device}"),
-            "ok",
-            &format!("messageId {message_id}"),
-        )
-        .await;
+                e.to_string(),
+            ),
+            Refused::Store(e) => e.into(),
+        })?;
     Ok(Json(C2dQueued {
         device_id: device.to_string(),
-        message_id,
-        sequence_number: seq,
-        enqueued_time_utc: azure_time(now),
-        expiry_time_utc: azure_time(expiry_ms),
+        message_id: queued.message_id,
+        sequence_number: queued.sequence_number,
+        enqueued_time_utc: azure_time(queued.enqueued_ms),
+        expiry_time_utc: azure_time(queued.expiry_ms),
     })
     .into_response())
 }

@@ -3,7 +3,7 @@
 
 // The handler modules allow unused_qualifications: `#[utoipa::path]` expands the types it
 // names (params, bodies) to qualified paths, which the lint reports at the attribute.
-mod auth;
+pub(crate) mod auth;
 mod body;
 #[allow(unused_qualifications)]
 mod c2d;
@@ -28,10 +28,11 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+pub use crate::c2d_send::StoredProperties as StoredC2dProperties;
 pub(crate) use crate::state::now_ms;
 pub use crate::state::{AppState, C2dLimits};
 pub use auth::Caller;
-pub use c2d::{FEEDBACK_TTL_MS as C2D_FEEDBACK_TTL_MS, StoredProperties as StoredC2dProperties};
+pub use c2d::FEEDBACK_TTL_MS as C2D_FEEDBACK_TTL_MS;
 pub use error::ApiError;
 pub use files::FILE_NOTIFICATION_TTL_MS;
 

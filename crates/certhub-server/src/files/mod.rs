@@ -735,6 +735,9 @@ async fn report(
                 .map(|n| (notification_id.as_str(), n)),
         )
         .await;
+    if notification.is_some() {
+        state.service_queues_bump();
+    }
     match outcome {
         Ok(certhub_store::FinishOutcome::Finished(u)) => {
             files.drop_staged(&u.blob_name).await;
