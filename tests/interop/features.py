@@ -8,10 +8,12 @@ CA file), CERTHUB_CONNECTION_STRING (iothubowner), CERTHUB_DIR (the folder with 
 certificates).
 
 The device side is azure-iot-device (X.509 CA widget and module); the service side is
-azure-iot-hub's IoTHubRegistryManager for twins, methods and queries, and its
-IoTHubHttpRuntimeManager for C2D feedback. The service SDKs send C2D over AMQP, which certhub
-does not speak, so C2D is sent with certhub's REST path. Input the SDK would never send comes
-from paho-mqtt, the MQTT library the device SDK is built on.
+azure-iot-hub's IoTHubRegistryManager for twins, methods, queries and sending C2D
+(send_c2d_message, over AMQP with uamqp: SASL MSSBCBS, a CBS token, the /messages/devicebound
+link; the port map sends its 5671 to the test hub's AMQP port), and its
+IoTHubHttpRuntimeManager for C2D feedback. Bad input and the queue's limits go through
+certhub's REST send, which shares the queue. Input the SDK would never send comes from
+paho-mqtt, the MQTT library the device SDK is built on.
 """
 
 import json
@@ -52,10 +54,12 @@ def wait(q, what, timeout=10):
 
 rm = IoTHubRegistryManager.from_connection_string(CS)
 
-# 1. A message sent while the widget is offline waits in its queue.
-status, sent = send_c2d(WIDGET, "hello widget", messageId="c2d-1", correlationId="corr-1",
-                        contentType="text/plain", properties={"priority": "high", "a b": "x/y&z"})
-check(status == 200 and sent["messageId"] == "c2d-1", f"C2D queued for the offline widget: {sent}")
+# 1. A message sent while the widget is offline waits in its queue: sent as an Azure back end
+#    sends it, with IoTHubRegistryManager.send_c2d_message (AMQP).
+rm.send_c2d_message(WIDGET, "hello widget", properties={
+    "messageId": "c2d-1", "correlationId": "corr-1", "contentType": "text/plain",
+    "priority": "high", "a b": "x/y&z"})
+check(True, "send_c2d_message queues a message for the offline widget over AMQP")
 device = service("GET", f"/devices/{WIDGET}")[1]
 check(device["cloudToDeviceMessageCount"] == 1, "the registry counts the waiting message")
 # One that will expire unreceived, with feedback asked for (checked at step 10).
@@ -77,7 +81,7 @@ check(m.custom_properties.get("a b") == "x/y&z", "C2D property with reserved cha
 check(m.ack == "none", "C2D ack mode")
 
 # 2. A message sent while it is connected arrives at once; the acknowledged one is gone.
-send_c2d(WIDGET, "second", messageId="c2d-2", ack="positive")
+rm.send_c2d_message(WIDGET, "second", properties={"messageId": "c2d-2", "iothub-ack": "positive"})
 m = wait(messages, "a live C2D message")
 check(m.data == b"second" and m.ack == "positive", "live C2D message, positive feedback asked")
 time.sleep(0.3)
@@ -163,6 +167,11 @@ status, err = send_c2d("widget-offline", "one too many")
 check(status == 403 and "DeviceMaximumQueueDepthExceeded" in err["Message"], f"queue full: {err}")
 status, err = send_c2d("nobody", "x")
 check(status == 404 and "DeviceNotFound" in err["Message"], "C2D to an unknown device is 404")
+try:
+    rm.send_c2d_message("nobody", "x")
+    check(False, "send_c2d_message to an unknown device fails")
+except Exception as e:  # the SDK raises a bare Exception when the hub rejects the transfer
+    check("send failure" in str(e), f"send_c2d_message to an unknown device fails: {e}")
 status, err = service("POST", f"/devices/{WIDGET}/messages/deviceBound", {"body": "x", "ttlSeconds": 0})
 check(status == 400 and "ttlSeconds" in err["Message"], "a zero TTL is refused")
 status, purged = service("DELETE", "/devices/widget-offline/commands")

@@ -91,7 +91,7 @@ pub async fn queue(
     let ttl = m.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
     if !(1..=MAX_TTL_SECONDS).contains(&ttl) {
         return Err(Refused::Invalid(format!(
-            "the time to live is {ttl} s; it must be from 1 s to {MAX_TTL_SECONDS} s (two days)"
+            "the time to live (ttlSeconds; over AMQP the header ttl or absolute-expiry-time) is {ttl} s; it must be from 1 s to {MAX_TTL_SECONDS} s (two days)"
         )));
     }
     let ack = m.ack.clone().unwrap_or_else(|| "none".into());

@@ -7,6 +7,11 @@ pairs), every connection made through socket.create_connection, which paho-mqtt 
 uses, to port FROM goes to port TO of the same host; so does every connection urllib3 makes
 (under `requests`, which the device SDK's HTTPS calls and azure-storage-blob use), which has a
 create_connection of its own. The SDK and the scripts stay unmodified.
+
+uamqp (under azure-iot-hub's send_c2d_message) opens its TLS connection in C, always to port 5671
+(443 over WebSockets), and trusts only certifi's bundle unless told otherwise: its TLS set-up
+(AMQPAuth.set_tlsio / set_wsio) is wrapped to map the port the same way and, when the caller
+gave no CA file, to trust REQUESTS_CA_BUNDLE (the hub's server CA, as for the SDK's HTTPS calls).
 """
 
 import os
@@ -38,3 +43,27 @@ if PORT_MAP:
             return _urllib3_create_connection((host, PORT_MAP.get(port, port)), *args, **kwargs)
 
         _urllib3_connection.create_connection = _mapped_urllib3_create_connection
+
+if PORT_MAP:
+    try:
+        from uamqp.authentication import common as _uamqp_common
+    except ImportError:
+        _uamqp_common = None
+    if _uamqp_common is not None:
+        _set_tlsio = _uamqp_common.AMQPAuth.set_tlsio
+        _set_wsio = _uamqp_common.AMQPAuth.set_wsio
+
+        def _trust_test_ca(auth):
+            if not auth.cert_file and os.environ.get("REQUESTS_CA_BUNDLE"):
+                auth.cert_file = os.environ["REQUESTS_CA_BUNDLE"]
+
+        def _mapped_set_tlsio(self, hostname, port):
+            _trust_test_ca(self)
+            return _set_tlsio(self, hostname, PORT_MAP.get(int(port), port))
+
+        def _mapped_set_wsio(self, hostname, port, http_proxy):
+            _trust_test_ca(self)
+            return _set_wsio(self, hostname, PORT_MAP.get(int(port), port), http_proxy)
+
+        _uamqp_common.AMQPAuth.set_tlsio = _mapped_set_tlsio
+        _uamqp_common.AMQPAuth.set_wsio = _mapped_set_wsio

@@ -519,8 +519,10 @@ pub fn python_to_hub(hub: &HubProcess) -> Command {
     let portmap = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/portmap");
     let mqtt_port = hub.mqtt_port;
     let https_port = hub.https_port();
-    // MQTT on 8883, and 443 for MQTT over WebSockets and the HTTPS device API.
-    let map = format!("8883={mqtt_port},443={https_port}");
+    let amqp_port = hub.amqp_port;
+    // MQTT on 8883, 443 for MQTT over WebSockets and the HTTPS device API, 5671 for AMQP
+    // (uamqp under the service SDK's send_c2d_message).
+    let map = format!("8883={mqtt_port},443={https_port},5671={amqp_port}");
     let command = || {
         let mut c = Command::new(python());
         c.env("PYTHONPATH", &portmap)
@@ -530,13 +532,18 @@ pub fn python_to_hub(hub: &HubProcess) -> Command {
     let check = command()
         .args([
             "-c",
-            "import socket, sitecustomize; print(sitecustomize.PORT_MAP, socket.create_connection.__name__)",
+            "import socket, sitecustomize; print(sitecustomize.PORT_MAP, socket.create_connection.__name__, \
+             getattr(getattr(sitecustomize, '_uamqp_common', None), 'AMQPAuth', None) and \
+             sitecustomize._uamqp_common.AMQPAuth.set_tlsio.__name__)",
         ])
         .output()
         .expect("python runs");
     assert_eq!(
         String::from_utf8_lossy(&check.stdout).trim(),
-        format!("{{8883: {mqtt_port}, 443: {https_port}}} _mapped_create_connection"),
+        format!(
+            "{{8883: {mqtt_port}, 443: {https_port}, 5671: {amqp_port}}} _mapped_create_connection \
+             _mapped_set_tlsio"
+        ),
         "the test port map is not in effect: {}",
         String::from_utf8_lossy(&check.stderr)
     );
