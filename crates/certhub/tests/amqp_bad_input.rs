@@ -26,6 +26,17 @@ fn condition(e: &impl std::fmt::Debug) -> String {
     format!("{e:?}")
 }
 
+/// The pair of links a CBS client attaches: requests out, replies in.
+async fn cbs_links(session: &mut fe2o3_amqp::session::SessionHandle<()>) -> (Sender, Receiver) {
+    let cbs = Sender::attach(session, "cbs-out", "$cbs")
+        .await
+        .expect("cbs");
+    let replies = Receiver::attach(session, "cbs-in", "$cbs")
+        .await
+        .expect("cbs");
+    (cbs, replies)
+}
+
 /// One CBS put-token on `cbs`, its answer read from `replies`: (status-code, description).
 async fn put_token(
     cbs: &mut Sender,
@@ -140,12 +151,7 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
         );
 
         // CBS: a token for another audience, then a tampered one, then none at all.
-        let mut cbs = Sender::attach(&mut session, "cbs-out", "$cbs")
-            .await
-            .expect("cbs");
-        let mut replies = Receiver::attach(&mut session, "cbs-in", "$cbs")
-            .await
-            .expect("cbs");
+        let (mut cbs, mut replies) = cbs_links(&mut session).await;
         let mut put = async |audience: &str, token: &str, id: &str| {
             put_token(&mut cbs, &mut replies, audience, token, id).await
         };
@@ -193,23 +199,7 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
 
         // A connection without a client certificate that puts no token is closed after 10 s,
         // with the reason.
-        let roots = {
-            use rustls_pki_types::pem::PemObject;
-            let mut roots = rustls::RootCertStore::empty();
-            for c in rustls_pki_types::CertificateDer::pem_file_iter(&server_ca).expect("ca") {
-                roots.add(c.expect("pem")).expect("root");
-            }
-            roots
-        };
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let anonymous = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-        let tcp = tokio::net::TcpStream::connect((HOST, port))
-            .await
-            .expect("connect");
-        let name = rustls_pki_types::ServerName::try_from(HOST).expect("name");
-        let stream = anonymous.connect(name, tcp).await.expect("TLS handshake");
+        let stream = service_stream(&server_ca, port).await;
         let mut idle = Connection::builder()
             .container_id("idle")
             .hostname(HOST)
@@ -242,6 +232,221 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
         audit
             .lines()
             .any(|l| l.contains("devices/other-sas") && l.contains("sas-invalid")),
+        "{audit}"
+    );
+}
+
+/// A shared access policy's key, read from its connection string.
+fn policy_key(dir: &std::path::Path, data: &std::path::Path, policy: &str) -> String {
+    let cs = common::certhub_at(dir, data, &["hub", "connection-string", "--policy", policy])
+        .ok()
+        .stdout;
+    cs.trim()
+        .split(';')
+        .find_map(|p| p.strip_prefix("SharedAccessKey="))
+        .expect("a key")
+        .to_string()
+}
+
+/// A TLS connection to the hub without a client certificate, as services connect.
+async fn service_stream(
+    server_ca: &std::path::Path,
+    port: u16,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_file_iter(server_ca).expect("ca") {
+        roots.add(c.expect("pem")).expect("root");
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect((HOST, port))
+        .await
+        .expect("connect");
+    let name = rustls_pki_types::ServerName::try_from(HOST).expect("name");
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake")
+}
+
+/// A C2D message for `to` (none: no `to` at all).
+fn c2d(to: Option<&str>) -> Message<Body<Value>> {
+    Message::builder()
+        .properties(Properties {
+            to: to.map(str::to_string),
+            ..Default::default()
+        })
+        .body(Body::Value(AmqpValue(Value::String("hi".into()))))
+        .build()
+}
+
+#[test]
+fn bad_service_input_on_the_amqp_listener_is_refused_with_a_reason() {
+    let t = common::tmp();
+    let dir = t.path();
+    let data = dir.join("data");
+    let hub = common::start_hub_on(&data, HOST, &[]);
+    common::certhub_at(dir, &data, &["device", "create", "--id", "target"]).ok();
+    let expiry = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
+    let owner = certhub_core::sign_token(
+        HOST,
+        &policy_key(dir, &data, "iothubowner"),
+        Some("iothubowner"),
+        expiry,
+    );
+    let reader = certhub_core::sign_token(
+        HOST,
+        &policy_key(dir, &data, "registryRead"),
+        Some("registryRead"),
+        expiry,
+    );
+    let port = hub.amqp_port;
+    let server_ca = data.join("tls/server-ca.pem");
+    runtime().block_on(async move {
+        use fe2o3_amqp::sasl_profile::SaslProfile;
+        // SASL PLAIN with a user that is not {policy}@sas.root.{hub}, and with a token the
+        // policy it names did not sign: the SASL outcome is auth, the connection not opened.
+        for (username, password) in [
+            ("someone".to_string(), owner.clone()),
+            (format!("iothubowner@sas.root.{HOST}"), reader.clone()),
+        ] {
+            let opened = Connection::builder()
+                .container_id("plain-bad")
+                .hostname(HOST)
+                .scheme("amqp")
+                .sasl_profile(SaslProfile::Plain { username, password })
+                .open_with_stream(service_stream(&server_ca, port).await)
+                .await;
+            assert!(
+                opened.is_err(),
+                "SASL PLAIN with bad credentials is refused"
+            );
+        }
+
+        // SASL PLAIN as iothubowner: C2D sends, each refused for what is wrong with it.
+        let mut connection = Connection::builder()
+            .container_id("plain-owner")
+            .hostname(HOST)
+            .scheme("amqp")
+            .sasl_profile(SaslProfile::Plain {
+                username: format!("iothubowner@sas.root.{HOST}"),
+                password: owner.clone(),
+            })
+            .open_with_stream(service_stream(&server_ca, port).await)
+            .await
+            .expect("SASL PLAIN as iothubowner opens");
+        let mut session = Session::begin(&mut connection).await.expect("begin");
+        let mut c2d_link = Sender::attach(
+            &mut session,
+            "c2d",
+            format!("amqps://{HOST}/messages/deviceBound"),
+        )
+        .await
+        .expect("attach");
+        let outcome = c2d_link
+            .send(c2d(Some("/devices/target/messages/devicebound")))
+            .await
+            .expect("sent");
+        assert!(outcome.is_accepted(), "{outcome:?}");
+        for (to, wanted, says) in [
+            (
+                Some("/devices/nobody/messages/devicebound"),
+                "NotFound",
+                "nobody not registered",
+            ),
+            (None, "InvalidField", "has no `to`"),
+            (
+                Some("/devices/target/modules/m1/messages/devicebound"),
+                "InvalidField",
+                "modules do not receive",
+            ),
+            (
+                Some("/devices/target/twin"),
+                "InvalidField",
+                "must be /devices/{id}/messages/devicebound",
+            ),
+        ] {
+            let outcome = c2d_link.send(c2d(to)).await.expect("sent");
+            let why = format!("{outcome:?}");
+            assert!(
+                outcome.is_rejected() && why.contains(wanted) && why.contains(says),
+                "{to:?}: {why}"
+            );
+        }
+        drop(c2d_link);
+        let _ = connection.close().await;
+
+        // No SASL, a registryRead token on $cbs: accepted as a service's token, but the policy
+        // lacks ServiceConnect, so the service links are detached with the reason.
+        let mut connection = Connection::builder()
+            .container_id("cbs-reader")
+            .hostname(HOST)
+            .scheme("amqp")
+            .open_with_stream(service_stream(&server_ca, port).await)
+            .await
+            .expect("open");
+        let mut session = Session::begin(&mut connection).await.expect("begin");
+        // Before any token: the service links are for services.
+        let mut feedback = Receiver::attach(&mut session, "fb", "/messages/serviceBound/feedback")
+            .await
+            .expect("attach");
+        let why = condition(&feedback.recv::<Body<Value>>().await.expect_err("detached"));
+        assert!(
+            why.contains("UnauthorizedAccess") && why.contains("is for services"),
+            "{why}"
+        );
+        let (mut cbs, mut replies) = cbs_links(&mut session).await;
+        let tampered = owner.replacen("sig=", "sig=AAAA", 1);
+        let (status, why) = put_token(&mut cbs, &mut replies, HOST, &tampered, "1").await;
+        assert!(status == 401 && why.contains("signature"), "{status} {why}");
+        let (status, why) = put_token(&mut cbs, &mut replies, HOST, &reader, "2").await;
+        assert_eq!(status, 200, "{why}");
+        let mut sends = Sender::attach(&mut session, "c2d", "/messages/devicebound")
+            .await
+            .expect("attach");
+        let why = condition(
+            &sends
+                .send(c2d(Some("/devices/target/messages/devicebound")))
+                .await
+                .expect_err("detached"),
+        );
+        assert!(
+            why.contains("UnauthorizedAccess") && why.contains("lacks ServiceConnect"),
+            "{why}"
+        );
+        let _ = connection.close().await;
+    });
+
+    // One message reached the queue; the refusals are audited with their reasons.
+    let audit = common::certhub_at(dir, &data, &["audit", "list", "--json", "--top", "50"])
+        .ok()
+        .stdout;
+    let log: serde_json::Value = serde_json::from_str(&audit).expect("json");
+    let log = log.as_array().expect("array");
+    let has = |op: &str, outcome: &str, text: &str| {
+        log.iter().any(|r| {
+            r["operation"] == op
+                && r["outcome"] == outcome
+                && r["detail"].as_str().is_some_and(|d| d.contains(text))
+        })
+    };
+    assert!(has("c2d.send", "ok", "messageId"), "{audit}");
+    assert!(
+        has("c2d.send", "refused", "nobody not registered"),
+        "{audit}"
+    );
+    assert!(
+        has(
+            "amqp.service.refused",
+            "refused",
+            "not {policy}@sas.root.{hub}"
+        ),
+        "{audit}"
+    );
+    assert!(
+        has("amqp.service.refused", "refused", "lacks ServiceConnect"),
         "{audit}"
     );
 }
