@@ -98,8 +98,8 @@ fn the_readme_walkthrough_runs_as_written() {
 }
 
 /// The README's hub section, in a folder where a hub runs on its default data directory
-/// (`./certhub-data`), then its Python device example, then its listening widget with the C2D,
-/// twin and method walkthrough. The examples dial localhost:8883, as written; the test port map
+/// (`./certhub-data`), then its Python device example, then its listening widget with the
+/// back end's C2D send over AMQP and the C2D, twin and method walkthrough. The examples dial localhost:8883, as written; the test port map
 /// sends them to the port this hub listens on.
 #[test]
 fn the_readme_hub_walkthrough_runs_as_written() {
@@ -205,6 +205,27 @@ fn the_readme_hub_walkthrough_runs_as_written() {
             }
         }
     }
+    // The back end's C2D send over AMQP (uamqp), with iothubowner's connection string.
+    let cs = common::certhub(
+        dir.path(),
+        &["hub", "connection-string", "--data-dir", common::s(&data)],
+    )
+    .ok()
+    .stdout
+    .trim()
+    .to_string();
+    let example = block("service-example", "```python");
+    let out = common::python_to_hub(&hub)
+        .args(["-c", &example, &cs])
+        .env("REQUESTS_CA_BUNDLE", data.join("tls/server-ca.pem"))
+        .current_dir(dir.path())
+        .output()
+        .expect("python runs");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("sent backend-1"),
+        "the README's service-example failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = run_walkthrough("features-walkthrough", dir.path());
     for want in [
         "\"interval\": 30",
@@ -235,6 +256,7 @@ fn the_readme_hub_walkthrough_runs_as_written() {
     );
     for want in [
         "message: hello widget {'priority': 'high'}",
+        "message: hello from the back end {'priority': 'low'}",
         "method: reboot {'delay': 5}",
     ] {
         assert!(printed.contains(want), "no {want:?} in\n{printed}");
