@@ -107,6 +107,23 @@ impl SasToken {
     /// Checks expiry against `now` (unix seconds), then the signature against each key (base64)
     /// in turn; `signer` names the key holder in the error.
     pub fn verify(&self, keys: &[&str], now: i64, signer: &str) -> Result<(), SasError> {
+        self.verify_with(keys, now, signer, false)
+    }
+
+    /// [`SasToken::verify`] as Service Bus and Event Hubs sign: the HMAC key is the key's
+    /// base64 text itself, not the bytes it encodes (the Event Hubs SDKs sign `sb://` audiences
+    /// this way).
+    pub fn verify_text_key(&self, keys: &[&str], now: i64, signer: &str) -> Result<(), SasError> {
+        self.verify_with(keys, now, signer, true)
+    }
+
+    fn verify_with(
+        &self,
+        keys: &[&str],
+        now: i64,
+        signer: &str,
+        text_key: bool,
+    ) -> Result<(), SasError> {
         if self.expiry < now {
             return Err(SasError::Expired {
                 expiry: self.expiry,
@@ -114,7 +131,12 @@ impl SasToken {
         }
         let message = format!("{}\n{}", self.sr_raw, self.se_raw);
         for key in keys {
-            let Ok(key) = B64.decode(key) else { continue };
+            let key = if text_key {
+                key.as_bytes().to_vec()
+            } else {
+                let Ok(key) = B64.decode(key) else { continue };
+                key
+            };
             let tag = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &key), message.as_bytes());
             if constant_time::verify_slices_are_equal(tag.as_ref(), &self.signature).is_ok() {
                 return Ok(());

@@ -9,7 +9,8 @@ use percent_encoding::percent_decode_str;
 use crate::ClientId;
 
 /// A telemetry message's properties, decoded from the topic's property bag.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct MessageProperties {
     /// `$.mid` -> `messageId`, `$.ct` -> `contentType`, ...
     pub system: BTreeMap<String, String>,

@@ -35,7 +35,7 @@ pub use cas::CaRecord;
 pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
 pub use files::{FileNotificationRecord, FinishOutcome, UploadRecord, UploadReport, UploadState};
 pub use service_queues::ServiceQueue;
-pub use telemetry::{TELEMETRY_ROWS, TelemetryRecord};
+pub use telemetry::{TELEMETRY_ROWS, TelemetryBounds, TelemetryRecord};
 pub use twins::TwinRecord;
 
 /// A storage failure. Messages name what failed; the server logs them and answers 500.

@@ -131,6 +131,59 @@ impl Store {
     }
 }
 
+/// What the log holds, for the Event Hubs-compatible endpoint's partition information.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TelemetryBounds {
+    /// The oldest message kept (retention deletes from the front).
+    pub first_seq: Option<i64>,
+    /// The newest message and when it was enqueued (ms).
+    pub last: Option<(i64, i64)>,
+}
+
+impl Store {
+    /// The oldest and newest messages kept.
+    pub async fn telemetry_bounds(&self) -> Result<TelemetryBounds> {
+        let row = sqlx::query("SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM telemetry")
+            .fetch_one(self.reader())
+            .await?;
+        let first_seq: Option<i64> = row.try_get("lo")?;
+        let hi: Option<i64> = row.try_get("hi")?;
+        let last = match hi {
+            Some(seq) => {
+                let row = sqlx::query("SELECT enqueued_ms FROM telemetry WHERE seq = $1")
+                    .bind(seq)
+                    .fetch_optional(self.reader())
+                    .await?;
+                match row {
+                    Some(r) => Some((seq, r.try_get("enqueued_ms")?)),
+                    None => None,
+                }
+            }
+            None => None,
+        };
+        Ok(TelemetryBounds { first_seq, last })
+    }
+
+    /// The sequence number just before the first message enqueued after `ms` (at or after it
+    /// when `inclusive`): where a reader that starts from that time begins. Messages are
+    /// numbered in the order the writer commits them, so their enqueued times rise with their
+    /// numbers (within the writer's batching).
+    pub async fn telemetry_seq_before_time(&self, ms: i64, inclusive: bool) -> Result<i64> {
+        let sql = if inclusive {
+            "SELECT MIN(seq) AS s FROM telemetry WHERE enqueued_ms >= $1"
+        } else {
+            "SELECT MIN(seq) AS s FROM telemetry WHERE enqueued_ms > $1"
+        };
+        let row = sqlx::query(sql).bind(ms).fetch_one(self.reader()).await?;
+        let first: Option<i64> = row.try_get("s")?;
+        match first {
+            Some(s) => Ok(s - 1),
+            // Nothing that late: the reader starts after the newest message.
+            None => self.last_telemetry_seq().await,
+        }
+    }
+}
+
 impl Store {
     /// Retention: deletes messages enqueued before `before_ms`, then the oldest beyond the
     /// newest `keep`. Returns how many were deleted.

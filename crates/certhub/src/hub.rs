@@ -80,6 +80,11 @@ pub struct ConnectionStringArgs {
     /// The shared access policy: iothubowner, service, device, registryRead, registryReadWrite.
     #[arg(long, default_value = "iothubowner")]
     policy: String,
+    /// Print the Event Hubs-compatible endpoint's connection string instead
+    /// (`Endpoint=sb://{host}/;...;EntityPath={entity}`), for telemetry readers written with
+    /// the Event Hubs SDKs (they dial AMQP on port 5671 of the host).
+    #[arg(long)]
+    event_hub: bool,
 }
 
 pub fn run(cmd: HubCommand) -> Result<Outcome> {
@@ -190,8 +195,35 @@ pub fn local_connection_string(dir: &std::path::Path, policy: &str) -> Result<St
 }
 
 fn connection_string(a: ConnectionStringArgs) -> Result<Outcome> {
-    out!("{}", local_connection_string(&a.dir.data_dir, &a.policy)?);
+    let cs = local_connection_string(&a.dir.data_dir, &a.policy)?;
+    if !a.event_hub {
+        out!("{cs}");
+        return Ok(Outcome::Ok);
+    }
+    out!("{}", event_hub_connection_string(&cs)?);
     Ok(Outcome::Ok)
+}
+
+/// The Event Hubs form of an IoT Hub connection string: the same policy and key, the host
+/// without its port (Event Hubs clients dial AMQP on 5671), the hub's entity.
+fn event_hub_connection_string(cs: &str) -> Result<String> {
+    let part = |name: &str| {
+        cs.split(';')
+            .find_map(|p| p.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_string)
+            .with_context(|| format!("the connection string has no {name}"))
+    };
+    let host = part("HostName")?;
+    let bare = match host.rsplit_once(':') {
+        Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => h.to_string(),
+        _ => host.clone(),
+    };
+    Ok(format!(
+        "Endpoint=sb://{bare}/;SharedAccessKeyName={};SharedAccessKey={};EntityPath={}",
+        part("SharedAccessKeyName")?,
+        part("SharedAccessKey")?,
+        certhub_server::amqp::eventhub::entity_name(&host)
+    ))
 }
 
 fn server_ca(a: DataDirArg) -> Result<Outcome> {

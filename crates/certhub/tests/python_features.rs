@@ -60,13 +60,7 @@ fn c2d_twins_and_methods(websockets: bool) {
         .env("CERTHUB_DIR", d.join("pki"))
         .output()
         .expect("python runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success() && stdout.contains("all feature checks passed"),
-        "features.py failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
+    common::script_passed(&out, "features.py", "all feature checks passed");
 
     // The CLI sees the same twin and can call the same method paths.
     let twin = hub(&["twin", "show", "--device", "smart-x-widget-0001"]);

@@ -38,6 +38,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::address::{self, Node, Owner};
+use super::eventhub;
 use super::service::{self, ServiceSlot};
 use crate::device::{Attempt, DeviceCore, Ended, Live, Settle};
 use crate::mqtt::session::Connection;
@@ -383,7 +384,7 @@ async fn close_with(connection: &mut ListenerConnectionHandle, condition: AmqpEr
 /// The reply links of a session, by node: a request's answer goes to the client's receiver
 /// attached to the same node.
 #[derive(Debug, Default)]
-struct Replies {
+pub(super) struct Replies {
     nodes: Mutex<HashMap<&'static str, Reply>>,
 }
 
@@ -393,7 +394,7 @@ type Reply = (
 );
 
 impl Replies {
-    fn with<T>(&self, node: &'static str, f: impl FnOnce(&mut Reply) -> T) -> T {
+    pub(super) fn with<T>(&self, node: &'static str, f: impl FnOnce(&mut Reply) -> T) -> T {
         let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
         let entry = nodes.entry(node).or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -476,10 +477,27 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
             ) => {
                 tokio::spawn(service::service_link(node, link, shared));
             }
-            (Ok(node), link) => {
-                let why = format!("{address:?} ({node:?}) is not served over AMQP by this hub yet");
-                let error = definitions::Error::new(AmqpError::NotImplemented, why, None);
-                tokio::spawn(refuse(link, error));
+            (Ok(Node::Management), LinkEndpoint::Receiver(rx)) => {
+                tokio::spawn(eventhub::management_requests(rx, shared, replies));
+            }
+            (Ok(Node::Management), LinkEndpoint::Sender(tx)) => {
+                tokio::spawn(eventhub::management_replies(tx, replies, shared));
+            }
+            (
+                Ok(Node::Partition {
+                    entity,
+                    consumer_group,
+                    partition,
+                }),
+                link,
+            ) => {
+                tokio::spawn(eventhub::partition_link(
+                    entity,
+                    consumer_group,
+                    partition,
+                    link,
+                    shared,
+                ));
             }
             (Err(e), link) => {
                 let error = definitions::Error::new(AmqpError::NotFound, e.to_string(), None);
@@ -498,7 +516,7 @@ pub(super) async fn refuse(link: LinkEndpoint, error: definitions::Error) {
 }
 
 /// The client's receiver on a request node: the replies, in order, each sent settled.
-async fn send_replies(
+pub(super) async fn send_replies(
     mut tx: fe2o3_amqp::Sender,
     replies: Arc<Replies>,
     node: &'static str,
@@ -539,15 +557,21 @@ pub(super) async fn next_delivery(
 }
 
 /// A string application property of a message.
-fn property<'a, T>(message: &'a Message<T>, key: &str) -> Option<&'a str> {
+pub(super) fn property<'a, T>(message: &'a Message<T>, key: &str) -> Option<&'a str> {
     match message.application_properties.as_ref()?.0.get(key)? {
         SimpleValue::String(s) => Some(s.as_str()),
         _ => None,
     }
 }
 
-/// The answer to a request: its message id as correlation id, a status code and description.
-fn reply_to<T>(request: &Message<T>, status: i32, description: &str) -> Message<Body<Value>> {
+/// The answer to a request: its message id as correlation id (the same AMQP type), a status
+/// code (int) and description, and `body` as an AMQP value.
+pub(super) fn reply_to<T>(
+    request: &Message<T>,
+    status: i32,
+    description: &str,
+    body: Value,
+) -> Message<Body<Value>> {
     let correlation = request
         .properties
         .as_ref()
@@ -563,7 +587,7 @@ fn reply_to<T>(request: &Message<T>, status: i32, description: &str) -> Message<
                 .insert("status-description", description)
                 .build(),
         )
-        .body(Body::Value(AmqpValue(Value::Null)))
+        .body(Body::Value(AmqpValue(body)))
         .build()
 }
 
@@ -578,7 +602,7 @@ async fn cbs_requests(mut rx: fe2o3_amqp::Receiver, shared: Arc<Shared>, replies
         let _ = rx.accept(&delivery).await;
         let request = delivery.message();
         let (status, description) = put_token(request, &shared).await;
-        let _ = answers.send(reply_to(request, status, &description));
+        let _ = answers.send(reply_to(request, status, &description, Value::Null));
     }
 }
 

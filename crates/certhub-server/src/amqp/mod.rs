@@ -7,6 +7,7 @@
 
 pub mod address;
 mod connection;
+pub mod eventhub;
 mod service;
 
 pub(crate) use connection::run as run_connection;

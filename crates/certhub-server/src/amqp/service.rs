@@ -53,26 +53,63 @@ impl Actor for Policy<'_> {
     }
 }
 
-/// The service credentials of a connection, once a token was accepted.
+/// Most service tokens one connection keeps (Event Hubs clients put one per link).
+const MAX_GRANTS: usize = 64;
+
+/// The service credentials of a connection: every policy token accepted on it, by resource
+/// (a new token for the same resource replaces the old one: a renewal).
 #[derive(Debug, Default)]
 pub(super) struct ServiceSlot {
-    grant: Mutex<Option<ServiceGrant>>,
+    grants: Mutex<Vec<ServiceGrant>>,
 }
 
 impl ServiceSlot {
-    pub(super) fn set(&self, grant: ServiceGrant) {
-        *self.grant.lock().unwrap_or_else(|e| e.into_inner()) = Some(grant);
+    pub(super) fn set(&self, mut grant: ServiceGrant) {
+        // `sb://host/...` (Event Hubs clients), `amqps://`, `https://` (uamqp's audience): the
+        // scope is what follows the scheme.
+        if let Some((_, rest)) = grant.resource.split_once("://") {
+            grant.resource = rest.to_string();
+        }
+        let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now_ms() / 1000;
+        grants.retain(|g| g.expiry > now && !g.resource.eq_ignore_ascii_case(&grant.resource));
+        if grants.len() >= MAX_GRANTS {
+            grants.remove(0);
+        }
+        grants.push(grant);
     }
 
     pub(super) fn is_set(&self) -> bool {
-        self.grant
+        !self
+            .grants
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+            .is_empty()
     }
 
-    fn get(&self) -> Option<ServiceGrant> {
-        self.grant.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The unexpired grants whose scope covers `path`, longest-lived first.
+    fn covering(&self, state: &AppState, path: &str) -> Vec<ServiceGrant> {
+        let now = now_ms() / 1000;
+        let mut found: Vec<ServiceGrant> = self
+            .grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|g| g.expiry > now)
+            .filter(|g| scope_allows(&g.resource, state.hostnames(), None, path).is_ok())
+            .cloned()
+            .collect();
+        found.sort_by_key(|g| std::cmp::Reverse(g.expiry));
+        found
+    }
+
+    /// The policy the newest grant names, for audit records.
+    fn policy(&self) -> Option<String> {
+        self.grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .last()
+            .map(|g| g.caller.policy().to_string())
     }
 }
 
@@ -181,7 +218,11 @@ pub(super) async fn put_token(shared: &Arc<Shared>, token: &str) -> (i32, String
         }
     };
     // The host is checked here; what the token's scope covers, link by link.
-    let host = grant.resource.split('/').next().unwrap_or_default();
+    let resource = grant
+        .resource
+        .split_once("://")
+        .map_or(grant.resource.as_str(), |(_, r)| r);
+    let host = resource.split('/').next().unwrap_or_default();
     if let Err(why) = scope_allows(host, state.hostnames(), None, "/") {
         return (401, why);
     }
@@ -189,30 +230,39 @@ pub(super) async fn put_token(shared: &Arc<Shared>, token: &str) -> (i32, String
     (200, "OK".into())
 }
 
-/// The grant a service link acts under, checked for this node now: the connection's token
-/// verified, has not run out, covers `path`, its policy has ServiceConnect, and local
-/// authentication is on.
-async fn authorize(shared: &Shared, path: &str, what: &str) -> Result<ServiceGrant, String> {
+/// The grant a service link acts under, checked for this node now: a token on the
+/// connection that has not run out, covers `path` and whose policy has ServiceConnect, with
+/// local authentication on. The error names what is missing.
+pub(super) async fn authorize(
+    shared: &Shared,
+    path: &str,
+    what: &str,
+) -> Result<ServiceGrant, String> {
     let state = shared.core.state();
-    let Some(grant) = shared.service.get() else {
+    if !shared.service.is_set() {
         return Err(format!(
             "{what} is for services: put a token signed with a shared access policy key on $cbs first (or connect with SASL PLAIN {{policy}}@sas.root.{{hub}})"
         ));
-    };
-    if grant.expiry <= now_ms() / 1000 {
-        return Err("the service's SAS token has expired; put a fresh one on $cbs".into());
     }
     match state.settings().await {
         Ok(s) if s.disable_local_auth => return Err(LOCAL_AUTH_DISABLED.into()),
         Ok(_) => {}
         Err(e) => return Err(format!("the hub's settings could not be read: {e}")),
     }
-    scope_allows(&grant.resource, state.hostnames(), None, path)?;
-    grant
-        .caller
-        .require(Rights::SERVICE_CONNECT, what)
-        .map_err(|e| e.message)?;
-    Ok(grant)
+    let covering = shared.service.covering(state, path);
+    if covering.is_empty() {
+        return Err(format!(
+            "no unexpired service token on this connection covers {path}: put one for this hub (or for {path}) on $cbs"
+        ));
+    }
+    let mut why = String::new();
+    for grant in covering {
+        match grant.caller.require(Rights::SERVICE_CONNECT, what) {
+            Ok(()) => return Ok(grant),
+            Err(e) => why = e.message,
+        }
+    }
+    Err(why)
 }
 
 /// A link on one of the service nodes: authorized first (else detached with
@@ -233,7 +283,7 @@ pub(super) async fn service_link(node: Node, link: LinkEndpoint, shared: Arc<Sha
     let grant = match authorize(&shared, path, what).await {
         Ok(g) => g,
         Err(why) => {
-            let who = shared.service.get().map(|g| g.caller.policy().to_string());
+            let who = shared.service.policy();
             shared
                 .core
                 .state()
@@ -276,10 +326,16 @@ pub(super) async fn service_link(node: Node, link: LinkEndpoint, shared: Arc<Sha
     }
 }
 
-/// Waits until the connection's service token runs out (renewals move the end).
-async fn token_runs_out(shared: &Shared) {
+/// Waits until no token on the connection covers `path` any more (renewals move the end).
+pub(super) async fn token_runs_out(shared: &Shared, path: &str) {
     loop {
-        let Some(expiry) = shared.service.get().map(|g| g.expiry) else {
+        let state = shared.core.state();
+        let Some(expiry) = shared
+            .service
+            .covering(state, path)
+            .first()
+            .map(|g| g.expiry)
+        else {
             return;
         };
         let left = expiry.saturating_mul(1000) - now_ms();
@@ -297,7 +353,7 @@ async fn c2d_sends(mut rx: fe2o3_amqp::Receiver, shared: Arc<Shared>, grant: Ser
     loop {
         let delivery = tokio::select! {
             d = next_delivery(&mut rx, &shared.ended) => d,
-            () = token_runs_out(&shared) => {
+            () = token_runs_out(&shared, "/messages/devicebound") => {
                 let error = definitions::Error::new(
                     AmqpError::UnauthorizedAccess,
                     "the service's SAS token expired; put a fresh one on $cbs before it runs out".to_string(),
@@ -310,7 +366,9 @@ async fn c2d_sends(mut rx: fe2o3_amqp::Receiver, shared: Arc<Shared>, grant: Ser
         let Some(delivery) = delivery else { return };
         let caller = shared
             .service
-            .get()
+            .covering(&state, "/messages/devicebound")
+            .into_iter()
+            .next()
             .map_or_else(|| grant.caller.clone(), |g| g.caller);
         let result = match outgoing(delivery.message()) {
             Ok((device, message)) => c2d_send::queue(&state, &caller, &device, message)

@@ -782,3 +782,16 @@ pub fn hub_after_python_uploads(dir: &Path, host: &str, extra: &[&str]) -> HubPr
     );
     hub_process
 }
+
+/// Asserts that an interop script succeeded and printed `last` (its closing line); prints and
+/// returns its output.
+pub fn script_passed(out: &Output, script: &str, last: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success() && stdout.contains(last),
+        "{script} failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    stdout.into_owned()
+}
