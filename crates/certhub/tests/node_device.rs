@@ -44,6 +44,11 @@
 //! DeviceNotFoundError for an unknown device, and cannot send with a wrong key. The script is
 //! tests/interop/node/service.js.
 //!
+//! The Event Hubs SDK (`@azure/event-hubs`) with the connection string `certhub hub
+//! connection-string --event-hub` prints reads what a SAS device sent over AMQP and over
+//! HTTPS, with properties and the device-id annotation, and resumes after a checkpointed
+//! sequence number (tests/interop/node/eventhub.js).
+//!
 //! The pinned packages are in tests/interop/node (scripts/test installs them). The SDK always
 //! dials port 443 of the host name (8883 for MQTT, 5671 for AMQP); the Node port map
 //! (tests/interop/node/portmap.js) sends it to the free port this hub listens on.
@@ -71,6 +76,7 @@ fn node_to_hub(hub: &HubProcess) -> Command {
         "azure-iot-device-http",
         "azure-iot-device-amqp",
         "azure-iothub",
+        "@azure/event-hubs",
     ] {
         assert!(
             dir.join("node_modules").join(package).is_dir(),
@@ -556,4 +562,47 @@ fn node_service_sdk_over_amqp() {
                 .is_some_and(|d| d.contains("signature"))),
         "the wrong key is audited: {log:#?}"
     );
+}
+
+#[test]
+fn node_event_hubs_sdk_reads_device_telemetry() {
+    let hub = NodeHub::start();
+    let eh = certhub_at(
+        hub.dir(),
+        &hub.data,
+        &["hub", "connection-string", "--event-hub"],
+    )
+    .ok()
+    .stdout
+    .trim()
+    .to_string();
+    // The Event Hubs client takes no CA option: Node's default store, extended.
+    let ca = hub.data.join("tls/server-ca.pem");
+    let out = node_to_hub(&hub.hub)
+        .arg(node_dir().join("eventhub.js"))
+        .current_dir(hub.dir())
+        .env("CERTHUB_HOST", HOST)
+        .env("CERTHUB_CA", &ca)
+        .env("NODE_EXTRA_CA_CERTS", &ca)
+        .env("CERTHUB_CONNECTION_STRING", &hub.cs)
+        .env("CERTHUB_EVENT_HUB", &eh)
+        .env("CERTHUB_DIR", hub.dir().join("pki"))
+        .env("CERTHUB_SAS_KEY", &hub.sas_key)
+        .output()
+        .expect("node runs");
+    let stdout = common::script_passed(&out, "eventhub.js", "all node checks passed");
+    for line in [
+        "ok: the SAS device sends a message over amqp",
+        "ok: the SAS device sends a message over https",
+        "ok: getEventHubProperties names partition 0",
+        "ok: the reader gets both messages from the earliest position: 2",
+        "ok: the application property arrives",
+        "ok: each carries the iothub-connection-device-id annotation",
+        "ok: a reader resuming after the first message's sequence number gets only the second",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "`{line}` expected:\n{stdout}"
+        );
+    }
 }
