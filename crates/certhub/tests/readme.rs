@@ -142,6 +142,38 @@ fn the_readme_hub_walkthrough_runs_as_written() {
         assert!(log.stdout.contains(&want), "{want} not in {log}");
     }
 
+    // The Event Hubs reader prints what the widget sent, with the device-id annotation.
+    let eh = common::certhub(
+        dir.path(),
+        &[
+            "hub",
+            "connection-string",
+            "--event-hub",
+            "--data-dir",
+            common::s(&data),
+        ],
+    )
+    .ok()
+    .stdout
+    .trim()
+    .to_string();
+    assert!(eh.ends_with(";EntityPath=localhost"), "{eh}");
+    let example = block("eventhub-example", "```python");
+    let out = common::python_to_hub(&hub)
+        .args(["-c", &example, &eh])
+        .current_dir(dir.path())
+        .output()
+        .expect("python runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && printed
+                .lines()
+                .any(|l| l.starts_with("smart-x-widget-0001 ") && l.contains(" 21.5 {")),
+        "the README's eventhub-example failed:\n{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // The file upload example, then the operator's commands that list and read the file.
     let example = block("upload-example", "```python");
     let out = common::python_to_hub(&hub)
