@@ -95,6 +95,9 @@ pub fn device_router(state: AppState, options: MqttOptions) -> axum::Router {
     });
     axum::Router::new()
         .route("/$iothub/websocket", get(over_websocket))
+        // The Event Hubs SDKs' and uamqp's AMQP over WebSockets (with and without the slash).
+        .route("/$servicebus/websocket", get(over_websocket))
+        .route("/$servicebus/websocket/", get(over_websocket))
         .route("/devices/{id}/messages/events", post(device_events))
         .route(
             "/devices/{id}/modules/{mid}/messages/events",
@@ -143,8 +146,8 @@ pub fn device_router(state: AppState, options: MqttOptions) -> axum::Router {
         .layer(Extension(devices))
 }
 
-/// `GET /$iothub/websocket`: the upgrade to MQTT over WebSockets (subprotocol `mqtt`) or AMQP
-/// over WebSockets (`AMQPWSB10`).
+/// `GET /$iothub/websocket` (and `/$servicebus/websocket`): the upgrade to MQTT over
+/// WebSockets (subprotocol `mqtt`) or AMQP over WebSockets (`AMQPWSB10`).
 async fn over_websocket(
     Extension(devices): Extension<Arc<Devices>>,
     peer: Option<Extension<TlsPeer>>,

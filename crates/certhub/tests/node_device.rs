@@ -598,6 +598,7 @@ fn node_event_hubs_sdk_reads_device_telemetry() {
         "ok: the reader gets both messages from the earliest position: 2",
         "ok: the application property arrives",
         "ok: each carries the iothub-connection-device-id annotation",
+        "ok: a reader over WebSockets on 443 gets both messages: 2",
         "ok: a reader resuming after the first message's sequence number gets only the second",
     ] {
         assert!(

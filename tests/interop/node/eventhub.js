@@ -3,8 +3,9 @@
 // the connection string `certhub hub connection-string --event-hub` prints. The SAS device sends
 // one message over AMQP (azure-iot-device-amqp) and one over HTTPS (azure-iot-device-http), each
 // with a message id and an application property; the reader finds both from the earliest
-// position with their bodies, properties and the device-id annotation, reads the hub's runtime
-// information, and resumes after the first one's sequence number with only the second.
+// position with their bodies, properties and the device-id annotation (and again over
+// WebSockets on 443), reads the hub's runtime information, and resumes after the first one's
+// sequence number with only the second.
 //
 // Run by crates/certhub/tests/node_device.rs with the port map (the SDKs dial 5671 for AMQP and
 // 443 for HTTPS) and NODE_EXTRA_CA_CERTS = the hub's server CA (the Event Hubs client takes no
@@ -36,8 +37,8 @@ async function sendOver(Transport, name) {
 }
 
 // Events of partition 0 from `startPosition`, collected until `done(events)` holds.
-async function read(startPosition, done, what) {
-  const client = new EventHubConsumerClient('$Default', EH);
+async function read(startPosition, done, what, options = {}) {
+  const client = new EventHubConsumerClient('$Default', EH, options);
   const events = [];
   const errors = [];
   const subscription = client.subscribe(
@@ -87,6 +88,14 @@ async function read(startPosition, done, what) {
     'each carries the iothub-connection-device-id annotation',
   );
   check(h.sequenceNumber > a.sequenceNumber && a.enqueuedTimeUtc instanceof Date, 'sequence numbers and enqueued times');
+
+  // The same over WebSockets (wss://host:443/$servicebus/websocket, subprotocol AMQPWSB10).
+  const overWs = mine(
+    await read(earliestEventPosition, (ev) => mine(ev).length >= 2, 'both messages over WebSockets', {
+      webSocketOptions: { webSocket: require('ws') },
+    }),
+  );
+  check(overWs.length === 2, `a reader over WebSockets on 443 gets both messages: ${overWs.length}`);
 
   // Resuming after a checkpointed sequence number.
   const after = mine(
