@@ -1,7 +1,9 @@
 //! Bad input on the AMQP listener, spoken by fe2o3-amqp's own client over rustls (with the
 //! four-level widget's chain): an unknown address, another device's link, a CBS token for
 //! another audience and a wrong one, an audience that names no device, a message past 256 KB,
-//! a connection that never puts a token; and a token that runs out closes its session.
+//! a connection that never puts a token; and a token that runs out closes its session. For
+//! services: bad SASL PLAIN credentials, C2D sends the hub cannot deliver, service links
+//! without a token or the right, and an attach storm (more than 64 links on a session).
 //! Each is refused with an AMQP error condition or CBS status that says why, and the
 //! refusals are audited with their named reasons.
 
@@ -414,6 +416,26 @@ fn bad_service_input_on_the_amqp_listener_is_refused_with_a_reason() {
         );
         assert!(
             why.contains("UnauthorizedAccess") && why.contains("lacks ServiceConnect"),
+            "{why}"
+        );
+
+        // An attach storm: a session holds 64 links at most; the 65th is refused with
+        // amqp:resource-limit-exceeded and the limit named.
+        let mut storm = Session::begin(&mut connection).await.expect("begin");
+        let mut held = Vec::new();
+        for n in 0..64 {
+            held.push(
+                Sender::attach(&mut storm, format!("cbs-{n}"), "$cbs")
+                    .await
+                    .expect("attach"),
+            );
+        }
+        let mut extra = Sender::attach(&mut storm, "one-too-many", "$cbs")
+            .await
+            .expect("attach");
+        let why = condition(&extra.send(Message::from("x")).await.expect_err("refused"));
+        assert!(
+            why.contains("ResourceLimitExceeded") && why.contains("64 links"),
             "{why}"
         );
         let _ = connection.close().await;

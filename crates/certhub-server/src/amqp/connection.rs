@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -54,6 +55,20 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_MESSAGE: u64 = 256 * 1024;
 /// The largest frame the hub reads.
 const MAX_FRAME: u32 = 64 * 1024;
+/// Links one session may hold (a device SDK attaches about ten; an Event Hubs client a few
+/// per session): more is an attach storm, refused link by link.
+const MAX_LINKS: usize = 64;
+/// Sessions one connection may hold at once (rhea-based clients begin one per link).
+const MAX_SESSIONS: usize = 64;
+
+/// Counts a task while it runs.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 /// SASL: every mechanism the Azure clients offer. PLAIN is a service's policy and token
 /// (judged at once); the others grant nothing by themselves: an identity is admitted only by
@@ -313,6 +328,7 @@ where
         tokio::spawn(token_deadline(shared.clone()));
     }
     let sessions = SessionAcceptor::new();
+    let live_sessions = Arc::new(AtomicUsize::new(0));
     // Shutting out: every session is ended with the reason (the Azure SDKs then let go of
     // their links at once and close the connection, which the hub answers); a client that
     // has not closed within a second gets the connection closed with the reason.
@@ -331,8 +347,28 @@ where
                     continue;
                 }
                 match sessions.accept_incoming_session(incoming, &mut connection).await {
+                    Ok(mut session) if live_sessions.load(Ordering::Relaxed) >= MAX_SESSIONS => {
+                        let why = format!(
+                            "this connection already has {MAX_SESSIONS} sessions: end some first"
+                        );
+                        let error =
+                            definitions::Error::new(AmqpError::ResourceLimitExceeded, why, None);
+                        tokio::spawn(async move {
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(1),
+                                session.end_with_error(error),
+                            )
+                            .await;
+                        });
+                    }
                     Ok(session) => {
-                        tokio::spawn(serve_session(session, shared.clone()));
+                        live_sessions.fetch_add(1, Ordering::Relaxed);
+                        let counted = Counted(live_sessions.clone());
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            let _counted = counted;
+                            serve_session(session, shared).await;
+                        });
                     }
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "AMQP session not begun");
@@ -406,6 +442,8 @@ impl Replies {
 
 async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) {
     let replies = Arc::new(Replies::default());
+    // The links of this session being served.
+    let live = Arc::new(AtomicUsize::new(0));
     // Dispositions go out settled (rcv-settle-mode first); the hub's sends are settled when
     // the client allows it (snd-settle-mode mixed), so replies never wait for an answer.
     let links = LinkAcceptor::builder()
@@ -453,12 +491,20 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
         let node = address::parse(&address);
         let shared = shared.clone();
         let replies = replies.clone();
-        match (node, link) {
+        if live.load(Ordering::Relaxed) >= MAX_LINKS {
+            let why = format!(
+                "this session already has {MAX_LINKS} links: detach some, or begin another session"
+            );
+            let error = definitions::Error::new(AmqpError::ResourceLimitExceeded, why, None);
+            tokio::spawn(refuse(link, error));
+            continue;
+        }
+        let task: Pin<Box<dyn Future<Output = ()> + Send>> = match (node, link) {
             (Ok(Node::Cbs), LinkEndpoint::Receiver(rx)) => {
-                tokio::spawn(cbs_requests(rx, shared, replies));
+                Box::pin(cbs_requests(rx, shared, replies))
             }
             (Ok(Node::Cbs), LinkEndpoint::Sender(tx)) => {
-                tokio::spawn(send_replies(tx, replies, "$cbs", shared.ended.clone()));
+                Box::pin(send_replies(tx, replies, "$cbs", shared.ended.clone()))
             }
             (
                 Ok(
@@ -468,20 +514,16 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
                     | Node::Methods(_)),
                 ),
                 link,
-            ) => {
-                tokio::spawn(device_link(node, link, shared));
-            }
+            ) => Box::pin(device_link(node, link, shared)),
             (
                 Ok(node @ (Node::ServiceDeviceBound | Node::Feedback | Node::FileNotifications)),
                 link,
-            ) => {
-                tokio::spawn(service::service_link(node, link, shared));
-            }
+            ) => Box::pin(service::service_link(node, link, shared)),
             (Ok(Node::Management), LinkEndpoint::Receiver(rx)) => {
-                tokio::spawn(eventhub::management_requests(rx, shared, replies));
+                Box::pin(eventhub::management_requests(rx, shared, replies))
             }
             (Ok(Node::Management), LinkEndpoint::Sender(tx)) => {
-                tokio::spawn(eventhub::management_replies(tx, replies, shared));
+                Box::pin(eventhub::management_replies(tx, replies, shared))
             }
             (
                 Ok(Node::Partition {
@@ -490,20 +532,24 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
                     partition,
                 }),
                 link,
-            ) => {
-                tokio::spawn(eventhub::partition_link(
-                    entity,
-                    consumer_group,
-                    partition,
-                    link,
-                    shared,
-                ));
-            }
+            ) => Box::pin(eventhub::partition_link(
+                entity,
+                consumer_group,
+                partition,
+                link,
+                shared,
+            )),
             (Err(e), link) => {
                 let error = definitions::Error::new(AmqpError::NotFound, e.to_string(), None);
-                tokio::spawn(refuse(link, error));
+                Box::pin(refuse(link, error))
             }
-        }
+        };
+        live.fetch_add(1, Ordering::Relaxed);
+        let counted = Counted(live.clone());
+        tokio::spawn(async move {
+            let _counted = counted;
+            task.await;
+        });
     }
 }
 
