@@ -60,6 +60,10 @@ enum Transport {
     /// MQTT over WebSockets over TLS: `wss://host:port/$iothub/websocket`, subprotocol `mqtt`
     /// (Azure's, on 443); give --port the broker's HTTPS port.
     Ws,
+    /// AMQP 1.0 over TLS (Azure's, on 5671), telemetry only: each device opens a sender on
+    /// `/devices/{id}/messages/events` and a message counts once the hub accepts it (certhub
+    /// accepts once it is durable); give --port the AMQP port.
+    Amqp,
 }
 
 /// Key exchange group.
@@ -130,7 +134,7 @@ struct Common {
     /// ignores it).
     #[arg(long, default_value = "{host}/{id}/?api-version=2021-04-12")]
     username_template: String,
-    /// MQTT over TLS, or over WebSockets.
+    /// MQTT over TLS, or over WebSockets, or AMQP (telemetry only).
     #[arg(long, value_enum, default_value = "tls")]
     transport: Transport,
     /// TLS version.

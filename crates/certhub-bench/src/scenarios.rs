@@ -28,6 +28,19 @@ use crate::{
 };
 
 pub async fn run(s: Scenario) -> Result<Report> {
+    let amqp = |c: &Common| c.transport == crate::Transport::Amqp;
+    match &s {
+        Scenario::Telemetry(_) => {}
+        Scenario::ConnectRate(ConnectRateArgs { common, .. })
+        | Scenario::Hold(HoldArgs { common, .. })
+        | Scenario::Storm(StormArgs { common, .. })
+        | Scenario::Revoke(RevokeArgs { common, .. })
+            if amqp(common) =>
+        {
+            bail!("--transport amqp is measured by the telemetry scenario only");
+        }
+        _ => {}
+    }
     match s {
         Scenario::ConnectRate(a) => connect_rate(a).await,
         Scenario::Hold(a) => hold_scenario(a).await,
@@ -110,6 +123,7 @@ impl Env {
                     json!(match c.transport {
                         crate::Transport::Tls => "tls",
                         crate::Transport::Ws => "ws",
+                        crate::Transport::Amqp => "amqp",
                     }),
                 ),
                 (
@@ -728,7 +742,82 @@ async fn publish_qos0(
     r
 }
 
+/// One AMQP device's telemetry: up to `window` transfers unsettled at once, each counted when
+/// the hub's disposition accepts it.
+async fn publish_amqp(
+    mut conn: crate::conn::AmqpConn,
+    payload: Vec<u8>,
+    window: usize,
+    deadline: Instant,
+    drain: Duration,
+) -> Published {
+    use fe2o3_amqp::types::messaging::{Body, Data, Message};
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let mut r = Published::default();
+    let mut inflight = FuturesUnordered::new();
+    let drain_deadline = deadline + drain;
+    loop {
+        while Instant::now() < deadline && inflight.len() < window {
+            let message = Message::builder()
+                .body(Body::<fe2o3_amqp::types::primitives::Value>::Data(
+                    vec![Data(payload.clone().into())].into(),
+                ))
+                .build();
+            let sendable = fe2o3_amqp::Sendable::builder()
+                .message(message)
+                .settled(false)
+                .build();
+            match conn.sender.send_batchable(sendable).await {
+                Ok(settled) => {
+                    let at = Instant::now();
+                    inflight.push(async move { (at, settled.await) });
+                    r.sent += 1;
+                }
+                Err(e) => return r.fail("closed", format!("transfer failed: {e}")),
+            }
+        }
+        if inflight.is_empty() {
+            break;
+        }
+        let wait_until = if Instant::now() < deadline {
+            deadline
+        } else {
+            drain_deadline
+        };
+        match tokio::time::timeout_at(wait_until, inflight.next()).await {
+            Err(_) if Instant::now() >= drain_deadline => {
+                return r.fail(
+                    "timeout",
+                    format!("{} dispositions missing after the run", inflight.len()),
+                );
+            }
+            Err(_) | Ok(None) => {}
+            Ok(Some((t, Ok(outcome)))) if outcome.is_accepted() => {
+                let at = Instant::now();
+                r.latencies.push(micros(at - t));
+                r.acked += 1;
+                if at <= deadline {
+                    r.acked_in_time += 1;
+                }
+            }
+            Ok(Some((_, Ok(outcome)))) => {
+                return r.fail("refused", format!("the hub did not accept: {outcome:?}"));
+            }
+            Ok(Some((_, Err(e)))) => return r.fail("closed", format!("transfer failed: {e}")),
+        }
+    }
+    crate::conn::close_amqp(conn).await;
+    r
+}
+
+/// A telemetry client's open connection.
+enum Link {
+    Mqtt(Conn),
+    Amqp(Box<crate::conn::AmqpConn>),
+}
+
 async fn telemetry(a: TelemetryArgs) -> Result<Report> {
+    let amqp = a.common.transport == crate::Transport::Amqp;
     let env = Env::new(a.common).await?;
     let c = a.clients as usize;
     let mut report = env.report("telemetry");
@@ -750,10 +839,19 @@ async fn telemetry(a: TelemetryArgs) -> Result<Report> {
         let retries = env.common.retries;
         connecting.push(tokio::spawn(async move {
             let _slot = slots.acquire_owned().await.ok()?;
+            if amqp {
+                return match crate::conn::open_amqp(&target, &d).await {
+                    Ok(c) => Some((d, Link::Amqp(Box::new(c)))),
+                    Err(f) => {
+                        setup.record(&f);
+                        None
+                    }
+                };
+            }
             open_retry(&target, &d, 60, retries, &setup)
                 .await
                 .0
-                .map(|o| (d, o.conn))
+                .map(|o| (d, Link::Mqtt(o.conn)))
         }));
     }
     let mut conns = Vec::with_capacity(c);
@@ -785,11 +883,14 @@ async fn telemetry(a: TelemetryArgs) -> Result<Report> {
             properties: None,
         };
         let window = usize::from(a.window);
+        let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
-            if qos == QoS::AtMostOnce {
-                publish_qos0(conn, template, window, deadline, drain).await
-            } else {
-                publish_qos1(conn, template, window, deadline, drain).await
+            match conn {
+                Link::Amqp(conn) => publish_amqp(*conn, payload, window, deadline, drain).await,
+                Link::Mqtt(conn) if qos == QoS::AtMostOnce => {
+                    publish_qos0(conn, template, window, deadline, drain).await
+                }
+                Link::Mqtt(conn) => publish_qos1(conn, template, window, deadline, drain).await,
             }
         }));
     }

@@ -26,6 +26,7 @@ use fe2o3_amqp::acceptor::{
     ListenerSessionHandle, SessionAcceptor, SupportedReceiverSettleModes,
     SupportedSenderSettleModes,
 };
+use fe2o3_amqp::link::delivery::DeliveryInfo;
 use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, SenderSettleMode};
 use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
@@ -55,6 +56,8 @@ const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_MESSAGE: u64 = 256 * 1024;
 /// The largest frame the hub reads.
 const MAX_FRAME: u32 = 64 * 1024;
+/// Telemetry messages of one link being stored at once (the writer batches them).
+const MAX_STORING: usize = 256;
 /// Links one session may hold (a device SDK attaches about ten; an Event Hubs client a few
 /// per session): more is an attach storm, refused link by link.
 const MAX_LINKS: usize = 64;
@@ -913,6 +916,8 @@ struct Identity {
 
 /// `/devices/{id}/messages/events`: each message is stored durably, then accepted.
 async fn telemetry(mut rx: fe2o3_amqp::Receiver, it: Identity) {
+    use futures_util::StreamExt;
+    use futures_util::stream::FuturesOrdered;
     let Identity {
         owner,
         device,
@@ -920,36 +925,53 @@ async fn telemetry(mut rx: fe2o3_amqp::Receiver, it: Identity) {
         ..
     } = it;
     let core = &shared.core;
+    // Messages handed to the telemetry writer and not yet settled, in order: the writer
+    // commits in the order it is given, so a link's messages are stored together in batches
+    // while the client keeps sending, and each is accepted once it is on disk.
+    let mut storing = FuturesOrdered::new();
     loop {
-        let Some(delivery) = next_delivery(&mut rx, &shared.ended).await else {
-            return;
-        };
-        let message = delivery.message();
-        let (props, body) = telemetry_parts(message);
-        let record = core.telemetry(&device, &props, body);
-        let committed = match core.state().telemetry().submit(record).await {
-            Ok(c) => c.await,
-            Err(e) => Err(e),
-        };
-        match committed {
-            Ok(_) => {
-                core.telemetry_counted();
-                if rx.accept(&delivery).await.is_err() {
-                    return;
+        tokio::select! {
+            stored = storing.next(), if !storing.is_empty() => {
+                let Some((info, committed)): Option<(DeliveryInfo, Result<i64, String>)> = stored
+                else {
+                    continue;
+                };
+                match committed {
+                    Ok(_) => {
+                        core.telemetry_counted();
+                        if rx.accept(info).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            client_id = owner.client_id(),
+                            error = e,
+                            "telemetry not stored"
+                        );
+                        let error = definitions::Error::new(
+                            AmqpError::InternalError,
+                            "the hub could not store the message; send it again".to_string(),
+                            None,
+                        );
+                        let _ = rx.reject(info, error).await;
+                    }
                 }
             }
-            Err(e) => {
-                tracing::warn!(
-                    client_id = owner.client_id(),
-                    error = e,
-                    "telemetry not stored"
-                );
-                let error = definitions::Error::new(
-                    AmqpError::InternalError,
-                    "the hub could not store the message; send it again".to_string(),
-                    None,
-                );
-                let _ = rx.reject(&delivery, error).await;
+            delivery = next_delivery(&mut rx, &shared.ended), if storing.len() < MAX_STORING => {
+                let Some(delivery) = delivery else { return };
+                let (info, message) = delivery.into_parts();
+                let (props, body) = telemetry_parts(&message);
+                drop(message);
+                let record = core.telemetry(&device, &props, body);
+                let submitted = core.state().telemetry().submit(record).await;
+                storing.push_back(async move {
+                    let committed = match submitted {
+                        Ok(c) => c.await,
+                        Err(e) => Err(e),
+                    };
+                    (info, committed)
+                });
             }
         }
     }
