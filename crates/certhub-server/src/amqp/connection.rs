@@ -914,10 +914,25 @@ struct Identity {
     shared: Arc<Shared>,
 }
 
+/// Rejects a telemetry message the hub could not store: the client sends it again.
+async fn not_stored(rx: &fe2o3_amqp::Receiver, info: DeliveryInfo, owner: &Owner, e: &str) {
+    tracing::warn!(
+        client_id = owner.client_id(),
+        error = e,
+        "telemetry not stored"
+    );
+    let error = definitions::Error::new(
+        AmqpError::InternalError,
+        "the hub could not store the message; send it again".to_string(),
+        None,
+    );
+    let _ = rx.reject(info, error).await;
+}
+
 /// `/devices/{id}/messages/events`: each message is stored durably, then accepted.
 async fn telemetry(mut rx: fe2o3_amqp::Receiver, it: Identity) {
-    use futures_util::StreamExt;
     use futures_util::stream::FuturesOrdered;
+    use futures_util::{FutureExt, StreamExt};
     let Identity {
         owner,
         device,
@@ -938,24 +953,35 @@ async fn telemetry(mut rx: fe2o3_amqp::Receiver, it: Identity) {
                 };
                 match committed {
                     Ok(_) => {
-                        core.telemetry_counted();
-                        if rx.accept(info).await.is_err() {
+                        // Every message already stored after it too: one disposition for the
+                        // run (fe2o3 sends a range when the delivery ids follow each other).
+                        let mut run = vec![info];
+                        let mut failed = None;
+                        while let Some(Some((next, committed))) = storing.next().now_or_never() {
+                            match committed {
+                                Ok(_) => run.push(next),
+                                Err(e) => {
+                                    failed = Some((next, e));
+                                    break;
+                                }
+                            }
+                        }
+                        for _ in &run {
+                            core.telemetry_counted();
+                        }
+                        let accepted = if run.len() == 1 {
+                            rx.accept(run.remove(0)).await
+                        } else {
+                            rx.accept_all(run).await
+                        };
+                        if accepted.is_err() {
                             return;
                         }
+                        if let Some((info, e)) = failed {
+                            not_stored(&rx, info, &owner, &e).await;
+                        }
                     }
-                    Err(e) => {
-                        tracing::warn!(
-                            client_id = owner.client_id(),
-                            error = e,
-                            "telemetry not stored"
-                        );
-                        let error = definitions::Error::new(
-                            AmqpError::InternalError,
-                            "the hub could not store the message; send it again".to_string(),
-                            None,
-                        );
-                        let _ = rx.reject(info, error).await;
-                    }
+                    Err(e) => not_stored(&rx, info, &owner, &e).await,
                 }
             }
             delivery = next_delivery(&mut rx, &shared.ended), if storing.len() < MAX_STORING => {
