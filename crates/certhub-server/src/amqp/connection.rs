@@ -64,6 +64,11 @@ const MAX_LINKS: usize = 64;
 /// Sessions one connection may hold at once (rhea-based clients begin one per link).
 const MAX_SESSIONS: usize = 64;
 
+/// A message waiting in one of the hub's own queues to a link. Boxed: a tokio channel
+/// allocates its first block of 32 slots when it is made, and an unboxed message would make
+/// that 21 KiB per queue, held by every idle connection.
+pub(super) type Queued = Box<Message<Body<Value>>>;
+
 /// Counts a task while it runs.
 struct Counted(Arc<AtomicUsize>);
 
@@ -198,9 +203,9 @@ struct IdentityLinks {
     /// Woken when C2D messages were queued for the identity.
     c2d: tokio::sync::Notify,
     /// The twin link the hub sends on (responses and desired-property pushes), once attached.
-    twin: Mutex<Option<mpsc::UnboundedSender<Message<Body<Value>>>>>,
+    twin: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
     /// The method link the hub sends requests on, once attached.
-    methods: Mutex<Option<mpsc::UnboundedSender<Message<Body<Value>>>>>,
+    methods: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
     /// Method calls sent and not answered: correlation id (a v4 uuid) -> the hub's request id.
     calls: Mutex<HashMap<[u8; 16], String>>,
 }
@@ -237,7 +242,10 @@ impl IdentityLinks {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, request.rid.clone());
         let methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
-        if methods.as_ref().is_none_or(|m| m.send(message).is_err()) {
+        if methods
+            .as_ref()
+            .is_none_or(|m| m.send(Box::new(message)).is_err())
+        {
             // No method link: the caller's wait runs out (504), as for a device that is gone.
             self.calls
                 .lock()
@@ -249,7 +257,8 @@ impl IdentityLinks {
     /// Sends on the twin link; false when none is attached.
     fn to_twin(&self, message: Message<Body<Value>>) -> bool {
         let twin = self.twin.lock().unwrap_or_else(|e| e.into_inner());
-        twin.as_ref().is_some_and(|t| t.send(message).is_ok())
+        twin.as_ref()
+            .is_some_and(|t| t.send(Box::new(message)).is_ok())
     }
 }
 
@@ -428,8 +437,8 @@ pub(super) struct Replies {
 }
 
 type Reply = (
-    mpsc::UnboundedSender<Message<Body<Value>>>,
-    Option<mpsc::UnboundedReceiver<Message<Body<Value>>>>,
+    mpsc::UnboundedSender<Queued>,
+    Option<mpsc::UnboundedReceiver<Queued>>,
 );
 
 impl Replies {
@@ -587,7 +596,7 @@ pub(super) async fn send_replies(
         reply = queue.recv() => reply,
         () = ended.cancelled() => None,
     } {
-        let sendable = Sendable::builder().message(reply).settled(true).build();
+        let sendable = Sendable::builder().message(*reply).settled(true).build();
         if tx.send(sendable).await.is_err() {
             return;
         }
@@ -651,7 +660,12 @@ async fn cbs_requests(mut rx: fe2o3_amqp::Receiver, shared: Arc<Shared>, replies
         let _ = rx.accept(&delivery).await;
         let request = delivery.message();
         let (status, description) = put_token(request, &shared).await;
-        let _ = answers.send(reply_to(request, status, &description, Value::Null));
+        let _ = answers.send(Box::new(reply_to(
+            request,
+            status,
+            &description,
+            Value::Null,
+        )));
     }
 }
 
@@ -1124,7 +1138,7 @@ async fn twin_out(mut tx: fe2o3_amqp::Sender, it: Identity) {
         m = queue.recv() => m,
         () = shared.ended.cancelled() => None,
     } {
-        let sendable = Sendable::builder().message(message).settled(true).build();
+        let sendable = Sendable::builder().message(*message).settled(true).build();
         if tx.send(sendable).await.is_err() {
             break;
         }
@@ -1227,7 +1241,7 @@ async fn methods_out(mut tx: fe2o3_amqp::Sender, it: Identity) {
         m = queue.recv() => m,
         () = shared.ended.cancelled() => None,
     } {
-        let sendable = Sendable::builder().message(message).settled(true).build();
+        let sendable = Sendable::builder().message(*message).settled(true).build();
         if tx.send(sendable).await.is_err() {
             break;
         }

@@ -290,7 +290,7 @@ pub(super) async fn management_requests(
         let request = delivery.message();
         let (status, description, body) = management(request, &shared).await;
         let reply = reply_to(request, status, &description, body);
-        let _ = answers.send(reply);
+        let _ = answers.send(Box::new(reply));
     }
 }
 
