@@ -2,7 +2,7 @@
 //! four-level widget's chain): an unknown address, another device's link, a CBS token for
 //! another audience and a wrong one, an audience that names no device, a message past 256 KB,
 //! a connection that never puts a token; and a token that runs out closes its session. For
-//! services: bad SASL PLAIN credentials, C2D sends the hub cannot deliver, service links
+//! services: a malformed frame, bad SASL PLAIN credentials, C2D sends the hub cannot deliver, service links
 //! without a token or the right, and an attach storm (more than 64 links on a session).
 //! Each is refused with an AMQP error condition or CBS status that says why, and the
 //! refusals are audited with their named reasons.
@@ -308,6 +308,31 @@ fn bad_service_input_on_the_amqp_listener_is_refused_with_a_reason() {
     let server_ca = data.join("tls/server-ca.pem");
     runtime().block_on(async move {
         use fe2o3_amqp::sasl_profile::SaslProfile;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // A malformed frame after the protocol header (a frame that says it is 4 GiB long,
+        // past the hub's 64 KiB max-frame-size): the hub answers with its protocol header and
+        // closes the connection at once (well before its 10 s open timeout); the connections
+        // below are served as usual.
+        let mut raw = service_stream(&server_ca, port).await;
+        raw.write_all(b"AMQP\x00\x01\x00\x00")
+            .await
+            .expect("header");
+        raw.write_all(&[0xff, 0xff, 0xff, 0xff, 2, 0, 0, 0])
+            .await
+            .expect("frame");
+        raw.flush().await.expect("flush");
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            raw.read_to_end(&mut answer),
+        )
+        .await
+        .expect("the hub closes a connection that sent a malformed frame");
+        assert!(
+            answer.starts_with(b"AMQP\x00\x01\x00\x00") && (read.is_ok() || !answer.is_empty()),
+            "{answer:?} {read:?}"
+        );
+
         // SASL PLAIN with a user that is not {policy}@sas.root.{hub}, and with a token the
         // policy it names did not sign: the SASL outcome is auth, the connection not opened.
         for (username, password) in [
