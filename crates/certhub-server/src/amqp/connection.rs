@@ -1,6 +1,7 @@
 //! One AMQP connection on the device listeners (5671, and WebSockets on 443): the protocol
 //! header (SASL or not), the connection and its sessions, CBS token puts, and the links devices
-//! attach (telemetry, C2D, twin, direct methods, for devices and modules).
+//! attach (telemetry, C2D, twin, direct methods, for devices and modules). Links of services
+//! (`service.rs`) and of Event Hubs readers (`eventhub.rs`) are dispatched from here too.
 //!
 //! Who a link acts for is decided by the device session core, exactly as a CONNECT is: a CBS
 //! `put-token` for `{host}/devices/{id}` is judged as a SAS CONNECT of that id (named reasons,

@@ -2,8 +2,9 @@
 //! listener on 5671 ([`serve_amqp`]: the same TLS, gate and session core as MQTT on 8883),
 //! one connection's protocol header, SASL, CBS and links ([`connection`]), and the grammar of
 //! the link addresses the Azure device, service and Event Hubs SDKs attach to ([`address`]).
-//! Served so far: devices' telemetry (X.509 by the TLS client chain, SAS by CBS put-token);
-//! C2D, twin, methods, services and the Event Hubs-compatible reader come on it.
+//! Served: devices' telemetry, C2D, twin and methods (X.509 by the TLS client chain, SAS by
+//! CBS put-token), services' C2D sends, feedback and file notifications (`service`), and the
+//! Event Hubs-compatible telemetry reader ([`eventhub`]).
 
 pub mod address;
 mod connection;
