@@ -2,7 +2,7 @@
 //! four-level widget's chain): an unknown address, another device's link, a CBS token for
 //! another audience and a wrong one, an audience that names no device, a message past 256 KB,
 //! a connection that never puts a token; and a token that runs out closes its session. For
-//! services: a malformed frame, bad SASL PLAIN credentials, C2D sends the hub cannot deliver, service links
+//! services: a malformed frame, bad SASL PLAIN credentials, a token that runs out, C2D sends the hub cannot deliver, service links
 //! without a token or the right, and an attach storm (more than 64 links on a session).
 //! Each is refused with an AMQP error condition or CBS status that says why, and the
 //! refusals are audited with their named reasons.
@@ -292,12 +292,8 @@ fn bad_service_input_on_the_amqp_listener_is_refused_with_a_reason() {
     let hub = common::start_hub_on(&data, HOST, &[]);
     common::certhub_at(dir, &data, &["device", "create", "--id", "target"]).ok();
     let expiry = time::OffsetDateTime::now_utc().unix_timestamp() + 600;
-    let owner = certhub_core::sign_token(
-        HOST,
-        &policy_key(dir, &data, "iothubowner"),
-        Some("iothubowner"),
-        expiry,
-    );
+    let owner_key = policy_key(dir, &data, "iothubowner");
+    let owner = certhub_core::sign_token(HOST, &owner_key, Some("iothubowner"), expiry);
     let reader = certhub_core::sign_token(
         HOST,
         &policy_key(dir, &data, "registryRead"),
@@ -443,6 +439,48 @@ fn bad_service_input_on_the_amqp_listener_is_refused_with_a_reason() {
             why.contains("UnauthorizedAccess") && why.contains("lacks ServiceConnect"),
             "{why}"
         );
+
+        let _ = connection.close().await;
+
+        // A service's token that runs out: its connection is closed with the reason.
+        let short = certhub_core::sign_token(
+            HOST,
+            &owner_key,
+            Some("iothubowner"),
+            time::OffsetDateTime::now_utc().unix_timestamp() + 3,
+        );
+        let mut connection = Connection::builder()
+            .container_id("cbs-short")
+            .hostname(HOST)
+            .scheme("amqp")
+            .open_with_stream(service_stream(&server_ca, port).await)
+            .await
+            .expect("open");
+        let mut session = Session::begin(&mut connection).await.expect("begin");
+        let (mut cbs, mut replies) = cbs_links(&mut session).await;
+        let (status, why) = put_token(&mut cbs, &mut replies, HOST, &short, "3").await;
+        assert_eq!(status, 200, "{why}");
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(20), connection.on_close())
+                .await
+                .expect("closed by the hub once the service's token ran out");
+        let why = condition(&closed.expect_err("closed with an error"));
+        assert!(
+            why.contains("UnauthorizedAccess") && why.contains("service's SAS token expired"),
+            "{why}"
+        );
+
+        let mut connection = Connection::builder()
+            .container_id("plain-storm")
+            .hostname(HOST)
+            .scheme("amqp")
+            .sasl_profile(SaslProfile::Plain {
+                username: format!("iothubowner@sas.root.{HOST}"),
+                password: owner.clone(),
+            })
+            .open_with_stream(service_stream(&server_ca, port).await)
+            .await
+            .expect("SASL PLAIN as iothubowner opens");
 
         // An attach storm: a session holds 64 links at most; the 65th is refused with
         // amqp:resource-limit-exceeded and the limit named.

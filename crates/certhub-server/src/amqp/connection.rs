@@ -405,7 +405,8 @@ where
     shared.ended.cancel();
 }
 
-/// Shuts a connection without a client certificate that has put no valid token in time.
+/// Shuts a connection without a client certificate that has put no valid token in time, or
+/// (a service's) once every token put on it has run out and no device is admitted on it.
 async fn token_deadline(shared: Arc<Shared>) {
     tokio::select! {
         () = tokio::time::sleep(TOKEN_TIMEOUT) => {}
@@ -422,6 +423,29 @@ async fn token_deadline(shared: Arc<Shared>) {
             "no identity was admitted within {} s of the AMQP open: put a SAS token on $cbs first, or present a client certificate",
             TOKEN_TIMEOUT.as_secs()
         ));
+        return;
+    }
+    // A service's connection lasts as long as one of its tokens (renewals move the end).
+    while let Some(expiry) = shared.service.latest_expiry() {
+        let left = expiry.saturating_mul(1000) - now_ms();
+        if left > 0 {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap_or(0))) => {}
+                () = shared.ended.cancelled() => return,
+            }
+            continue;
+        }
+        let devices = shared
+            .admitted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        if devices == 0 {
+            shared.shut(
+                "the service's SAS token expired: put a fresh one on $cbs before it runs out",
+            );
+        }
+        return;
     }
 }
 

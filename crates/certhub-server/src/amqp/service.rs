@@ -103,6 +103,16 @@ impl ServiceSlot {
         found
     }
 
+    /// When the longest-lived token on the connection runs out (seconds), if it has any.
+    pub(super) fn latest_expiry(&self) -> Option<i64> {
+        self.grants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|g| g.expiry)
+            .max()
+    }
+
     /// The policy the newest grant names, for audit records.
     fn policy(&self) -> Option<String> {
         self.grants
