@@ -273,6 +273,25 @@ async fn service_stream(
         .expect("TLS handshake")
 }
 
+/// A connection with SASL PLAIN as iothubowner (`owner` is its token).
+async fn plain_owner(
+    server_ca: &std::path::Path,
+    port: u16,
+    owner: &str,
+) -> fe2o3_amqp::connection::ConnectionHandle<()> {
+    Connection::builder()
+        .container_id("plain-owner")
+        .hostname(HOST)
+        .scheme("amqp")
+        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Plain {
+            username: format!("iothubowner@sas.root.{HOST}"),
+            password: owner.to_string(),
+        })
+        .open_with_stream(service_stream(server_ca, port).await)
+        .await
+        .expect("SASL PLAIN as iothubowner opens")
+}
+
 /// A C2D message for `to` (none: no `to` at all).
 fn c2d(to: Option<&str>) -> Message<Body<Value>> {
     Message::builder()
@@ -349,17 +368,7 @@ fn bad_service_input_on_the_amqp_listener_is_refused_with_a_reason() {
         }
 
         // SASL PLAIN as iothubowner: C2D sends, each refused for what is wrong with it.
-        let mut connection = Connection::builder()
-            .container_id("plain-owner")
-            .hostname(HOST)
-            .scheme("amqp")
-            .sasl_profile(SaslProfile::Plain {
-                username: format!("iothubowner@sas.root.{HOST}"),
-                password: owner.clone(),
-            })
-            .open_with_stream(service_stream(&server_ca, port).await)
-            .await
-            .expect("SASL PLAIN as iothubowner opens");
+        let mut connection = plain_owner(&server_ca, port, &owner).await;
         let mut session = Session::begin(&mut connection).await.expect("begin");
         let mut c2d_link = Sender::attach(
             &mut session,
@@ -470,17 +479,7 @@ fn bad_service_input_on_the_amqp_listener_is_refused_with_a_reason() {
             "{why}"
         );
 
-        let mut connection = Connection::builder()
-            .container_id("plain-storm")
-            .hostname(HOST)
-            .scheme("amqp")
-            .sasl_profile(SaslProfile::Plain {
-                username: format!("iothubowner@sas.root.{HOST}"),
-                password: owner.clone(),
-            })
-            .open_with_stream(service_stream(&server_ca, port).await)
-            .await
-            .expect("SASL PLAIN as iothubowner opens");
+        let mut connection = plain_owner(&server_ca, port, &owner).await;
 
         // An attach storm: a session holds 64 links at most; the 65th is refused with
         // amqp:resource-limit-exceeded and the limit named.
