@@ -309,10 +309,10 @@ where
                 service: service.clone(),
             })
             .build();
-        tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
+        tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await
     } else {
         let acceptor = builder.build();
-        tokio::time::timeout_at(deadline, acceptor.accept(stream)).await
+        tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await
     };
     drop(pending);
     let mut connection = match accepted {
@@ -359,7 +359,7 @@ where
                 if shut_by.is_some() {
                     continue;
                 }
-                match sessions.accept_incoming_session(incoming, &mut connection).await {
+                match Box::pin(sessions.accept_incoming_session(incoming, &mut connection)).await {
                     Ok(mut session) if live_sessions.load(Ordering::Relaxed) >= MAX_SESSIONS => {
                         let why = format!(
                             "this connection already has {MAX_SESSIONS} sessions: end some first"
@@ -397,7 +397,7 @@ where
             }
             () = shut_wait => {
                 let reason = closing_rx.borrow().clone().unwrap_or_default();
-                close_with(&mut connection, AmqpError::UnauthorizedAccess, &reason).await;
+                Box::pin(close_with(&mut connection, AmqpError::UnauthorizedAccess, &reason)).await;
                 break;
             }
         }
@@ -500,7 +500,7 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
                 }
                 let reason = closing.borrow().clone().unwrap_or_default();
                 let error = definitions::Error::new(AmqpError::UnauthorizedAccess, reason, None);
-                let _ = tokio::time::timeout(Duration::from_secs(1), session.end_with_error(error))
+                let _ = tokio::time::timeout(Duration::from_secs(1), Box::pin(session.end_with_error(error)))
                     .await;
                 return;
             }
@@ -518,7 +518,7 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
             attach.source.as_ref().and_then(|s| s.address.clone())
         }
         .unwrap_or_default();
-        let link = match links.accept_incoming_attach(attach, &mut session).await {
+        let link = match Box::pin(links.accept_incoming_attach(attach, &mut session)).await {
             Ok(link) => link,
             Err(e) => {
                 tracing::debug!(peer = %shared.peer, error = %e, "AMQP attach failed");
@@ -684,7 +684,8 @@ async fn cbs_requests(mut rx: fe2o3_amqp::Receiver, shared: Arc<Shared>, replies
         };
         let _ = rx.accept(&delivery).await;
         let request = delivery.message();
-        let (status, description) = put_token(request, &shared).await;
+        // Boxed: the judgement is a large future, and an idle link should not hold its space.
+        let (status, description) = Box::pin(put_token(request, &shared)).await;
         let _ = answers.send(Box::new(reply_to(
             request,
             status,
@@ -910,7 +911,7 @@ async fn device_link(node: Node, link: LinkEndpoint, shared: Arc<Shared>) {
         Node::Events(o) | Node::Twin(o) | Node::DeviceBound(o) | Node::Methods(o) => o.clone(),
         _ => return,
     };
-    let (device, links) = match admitted(&shared, &owner).await {
+    let (device, links) = match Box::pin(admitted(&shared, &owner)).await {
         Ok(a) => a,
         Err(why) => {
             let error = definitions::Error::new(AmqpError::UnauthorizedAccess, why, None);

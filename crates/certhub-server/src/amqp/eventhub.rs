@@ -288,7 +288,7 @@ pub(super) async fn management_requests(
         };
         let _ = rx.accept(&delivery).await;
         let request = delivery.message();
-        let (status, description, body) = management(request, &shared).await;
+        let (status, description, body) = Box::pin(management(request, &shared)).await;
         let reply = reply_to(request, status, &description, body);
         let _ = answers.send(Box::new(reply));
     }
