@@ -18,12 +18,8 @@ DURATION="${DURATION:-10}"
 ROUNDS="${ROUNDS:-3}"
 WORK="${WORK:-/tmp/certhub-amqp-telemetry}"
 ADDR=127.0.0.43
-C="${CERTHUB_BIN:-}"
-if [ -z "$C" ]; then
-    echo "building certhub (release)" >&2
-    cargo build --release --locked -p certhub >&2
-    C="$CARGO_TARGET_DIR/release/certhub"
-fi
+. bench/lib/hub.sh
+certhub_bin
 HUB_PID=""
 cleanup() { [ -z "$HUB_PID" ] || kill "$HUB_PID" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -34,15 +30,7 @@ DATA="$WORK/data"
 ls "$WORK/pki/devices" \
     | sed 's/.*/{"deviceId":"&","authentication":{"type":"certificateAuthority"}}/' \
     >"$WORK/devices.jsonl"
-CERTHUB_LOG=warn "$C" serve --data-dir "$DATA" --hostname "$ADDR" --https-addr "$ADDR:0" \
-    --mqtt-addr "$ADDR:0" --amqp-addr "$ADDR:0" >"$WORK/hub.log" 2>&1 &
-HUB_PID=$!
-for _ in $(seq 300); do
-    grep -q "devices (MQTT)" "$WORK/hub.log" 2>/dev/null && break
-    sleep 0.1
-done
-MQTT_PORT=$(sed -n 's/.*devices (MQTT) *[^ ]*:\([0-9]*\) .*/\1/p' "$WORK/hub.log")
-AMQP_PORT=$(sed -n 's/.*devices (AMQP) *[^ ]*:\([0-9]*\) .*/\1/p' "$WORK/hub.log")
+start_hub "$ADDR" "$DATA" "$WORK/hub.log"
 "$C" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified --data-dir "$DATA" >/dev/null
 "$C" device import "$WORK/devices.jsonl" --data-dir "$DATA" >/dev/null 2>&1
 for round in $(seq "$ROUNDS"); do

@@ -19,28 +19,15 @@ WORK="${WORK:-/tmp/certhub-eh-read}"
 ADDR=127.0.0.42
 NODE_DIR="$PWD/tests/interop/node"
 [ -d "$NODE_DIR/node_modules/@azure/event-hubs" ] || { echo "run scripts/test (or npm ci in $NODE_DIR) first" >&2; exit 1; }
-C="${CERTHUB_BIN:-}"
-if [ -z "$C" ]; then
-    echo "building certhub (release)" >&2
-    cargo build --release --locked -p certhub >&2
-    C="$CARGO_TARGET_DIR/release/certhub"
-fi
+. bench/lib/hub.sh
+certhub_bin
 HUB_PID=""
 cleanup() { [ -z "$HUB_PID" ] || kill "$HUB_PID" 2>/dev/null || true; }
 trap cleanup EXIT
 rm -rf "$WORK"
 mkdir -p "$WORK"
 DATA="$WORK/data"
-CERTHUB_LOG=warn "$C" serve --data-dir "$DATA" --hostname "$ADDR" --https-addr "$ADDR:0" \
-    --mqtt-addr "$ADDR:0" --amqp-addr "$ADDR:0" >"$WORK/hub.log" 2>&1 &
-HUB_PID=$!
-for _ in $(seq 300); do
-    grep -q "devices (MQTT)" "$WORK/hub.log" 2>/dev/null && break
-    sleep 0.1
-done
-AMQP_PORT=$(sed -n 's/.*devices (AMQP) *[^ ]*:\([0-9]*\) .*/\1/p' "$WORK/hub.log")
-cs=$("$C" hub connection-string --data-dir "$DATA")
-HTTPS_PORT=$(sed 's/.*HostName=[^;:]*:\([0-9]*\);.*/\1/' <<<"$cs")
+start_hub "$ADDR" "$DATA" "$WORK/hub.log"
 EH=$("$C" hub connection-string --event-hub --data-dir "$DATA")
 "$C" device create --id loader --data-dir "$DATA" >/dev/null
 TOKEN=$("$C" device token --id loader --duration 3600 --data-dir "$DATA" | tail -1)

@@ -1,0 +1,29 @@
+# Shared by the bench scripts (sourced, not run): the certhub binary to measure, and a fresh
+# hub on one loopback address with every listener on a free port.
+#
+#   certhub_bin                    # sets C: $CERTHUB_BIN, or this checkout's release build
+#   start_hub ADDR DATA LOG        # sets HUB_PID, MQTT_PORT, AMQP_PORT, HTTPS_PORT
+
+certhub_bin() {
+    C="${CERTHUB_BIN:-}"
+    if [ -z "$C" ]; then
+        echo "building certhub (release)" >&2
+        cargo build --release --locked -p certhub >&2
+        C="$CARGO_TARGET_DIR/release/certhub"
+    fi
+}
+
+start_hub() {
+    local addr=$1 data=$2 log=$3
+    CERTHUB_LOG=warn "$C" serve --data-dir "$data" --hostname "$addr" --https-addr "$addr:0" \
+        --mqtt-addr "$addr:0" --amqp-addr "$addr:0" >"$log" 2>&1 &
+    HUB_PID=$!
+    for _ in $(seq 300); do
+        grep -q "devices (MQTT)" "$log" 2>/dev/null && break
+        sleep 0.1
+    done
+    grep -q "devices (MQTT)" "$log" || { echo "the hub did not start:" >&2; cat "$log" >&2; exit 1; }
+    MQTT_PORT=$(sed -n 's/.*devices (MQTT) *[^ ]*:\([0-9]*\) .*/\1/p' "$log")
+    AMQP_PORT=$(sed -n 's/.*devices (AMQP) *[^ ]*:\([0-9]*\) .*/\1/p' "$log")
+    HTTPS_PORT=$(sed 's/.*HostName=[^;:]*:\([0-9]*\);.*/\1/' <<<"$("$C" hub connection-string --data-dir "$data")")
+}
