@@ -529,6 +529,7 @@ fn node_service_sdk_over_amqp() {
         "ok: Client.send to a device that does not exist fails with DeviceNotFoundError",
         "ok: the file notification receiver gets the upload of widget-sas/readings/today.txt",
         "ok: the accepted notification is no longer in the queue",
+        "ok: the device receives the message the service sent over AmqpWs",
         "ok: a service with a wrong key cannot send",
     ] {
         assert!(

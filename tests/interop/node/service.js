@@ -13,7 +13,8 @@
 // - Client.send to a device that does not exist fails with DeviceNotFoundError.
 // - The device uploads a file (uploadToBlob): the file notification receiver gets its
 //   notification, and the REST queue then holds none (the receiver's accept completed it).
-// - A connection string with a wrong key: open fails.
+// - The same service client over AmqpWs (AMQP over WebSockets on 443) sends one too.
+// - A connection string with a wrong key: its send fails (the hub answers its CBS token 401).
 //
 // Run by crates/certhub/tests/node_device.rs with the port map (portmap.js; the SDK dials 5671
 // for AMQP and 443 for REST and uploads) and NODE_EXTRA_CA_CERTS = the hub's server CA (the
@@ -22,7 +23,7 @@
 
 const { PassThrough } = require('stream');
 
-const { Client: ServiceClient } = require('azure-iothub');
+const { Client: ServiceClient, AmqpWs: ServiceAmqpWs } = require('azure-iothub');
 const { Message } = require('azure-iot-common');
 const { Client: DeviceClient } = require('azure-iot-device');
 const { Amqp } = require('azure-iot-device-amqp');
@@ -142,15 +143,28 @@ const serviceCs = `HostName=${HOST};SharedAccessKeyName=${parts.SharedAccessKeyN
   });
   check(true, 'the accepted notification is no longer in the queue');
 
+  // 5. The same service over AMQP over WebSockets (wss://host:443/$iothub/websocket).
+  const overWs = ServiceClient.fromConnectionString(serviceCs, ServiceAmqpWs);
+  const w = new Message('over websockets');
+  w.messageId = 'svc-amqp-ws';
+  w.ack = 'full';
+  const sentWs = await outcome(() => overWs.send(SAS, w));
+  check(!sentWs.error && !sentWs.timedOut, `Client.send over AmqpWs on 443 queues a message${failed(sentWs)}`);
+  await waitFor('the device receives the message sent over AmqpWs', async () =>
+    received.some((x) => x.messageId === 'svc-amqp-ws'),
+  );
+  check(true, 'the device receives the message the service sent over AmqpWs');
+  await overWs.close();
+
   await svc.close();
   await device.close();
 
-  // 5. A wrong key.
+  // 6. A wrong key.
   const wrong = ServiceClient.fromConnectionString(
     `HostName=${HOST};SharedAccessKeyName=${parts.SharedAccessKeyName};SharedAccessKey=${Buffer.from('not the key at all, 32 bytes!!!!').toString('base64')}`,
   );
   const refused = await outcome(() => wrong.send(SAS, new Message('x')), 20000);
-  check(refused.error || refused.timedOut, `a service with a wrong key cannot send${failed(refused)}`);
+  check(refused.error && !refused.timedOut, `a service with a wrong key cannot send${failed(refused)}`);
   try {
     await wrong.close();
   } catch (_) {
