@@ -58,6 +58,96 @@ struct Inner {
     /// Bumped when feedback or a file notification may have been queued for services, to
     /// wake their AMQP receivers.
     service_queues: tokio::sync::watch::Sender<u64>,
+    /// The Event Hubs-compatible readers of each consumer group's partition.
+    partition_readers: PartitionReaders,
+}
+
+/// The readers of Event Hubs partitions, by consumer group and partition, for owner levels
+/// (Event Hubs' epochs): a reader with an owner level takes the partition from every reader
+/// of a lower or equal level and from those without one; while it reads, readers without a
+/// level or with a lower one are refused.
+#[derive(Debug, Default)]
+pub(crate) struct PartitionReaders {
+    readers: std::sync::Mutex<std::collections::HashMap<String, Vec<PartitionReader>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug)]
+struct PartitionReader {
+    id: u64,
+    level: Option<i64>,
+    taken: tokio_util::sync::CancellationToken,
+}
+
+/// A reader's place: cancelled when another reader took the partition; released when dropped.
+#[derive(Debug)]
+pub(crate) struct PartitionClaim<'a> {
+    readers: &'a PartitionReaders,
+    key: String,
+    id: u64,
+    pub taken: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for PartitionClaim<'_> {
+    fn drop(&mut self) {
+        let mut readers = self
+            .readers
+            .readers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(list) = readers.get_mut(&self.key) {
+            list.retain(|r| r.id != self.id);
+            if list.is_empty() {
+                readers.remove(&self.key);
+            }
+        }
+    }
+}
+
+impl PartitionReaders {
+    /// Claims `key` (consumer group and partition) for a reader of owner level `level`, or
+    /// says why not.
+    pub(crate) fn claim(
+        &self,
+        key: &str,
+        level: Option<i64>,
+    ) -> Result<PartitionClaim<'_>, String> {
+        let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
+        let list = readers.entry(key.to_string()).or_default();
+        if let Some(held) = list.iter().filter_map(|r| r.level).max() {
+            match level {
+                None => {
+                    return Err(format!(
+                        "a reader with owner level {held} reads this partition of the consumer group; readers without an owner level are refused while it does"
+                    ));
+                }
+                Some(l) if l < held => {
+                    return Err(format!(
+                        "a reader with a higher owner level ({held}) reads this partition of the consumer group"
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if level.is_some() {
+            for r in list.drain(..) {
+                r.taken.cancel();
+            }
+        }
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let taken = tokio_util::sync::CancellationToken::new();
+        list.push(PartitionReader {
+            id,
+            level,
+            taken: taken.clone(),
+        });
+        Ok(PartitionClaim {
+            readers: self,
+            key: key.to_string(),
+            id,
+            taken,
+        })
+    }
 }
 
 impl AppState {
@@ -107,6 +197,7 @@ impl AppState {
                 public_port: std::sync::atomic::AtomicU32::new(0),
                 files: std::sync::OnceLock::new(),
                 service_queues: tokio::sync::watch::Sender::new(0),
+                partition_readers: PartitionReaders::default(),
             }),
         })
     }
@@ -184,6 +275,11 @@ impl AppState {
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
+    }
+
+    /// The Event Hubs-compatible readers of each consumer group's partitions.
+    pub(crate) fn partition_readers(&self) -> &PartitionReaders {
+        &self.inner.partition_readers
     }
 
     /// Wakes services' receivers: feedback or a file notification may be waiting.
@@ -299,4 +395,32 @@ pub trait Actor {
 /// The wall clock in milliseconds; only adapters read it.
 pub(crate) fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PartitionReaders;
+
+    #[test]
+    fn owner_levels_take_partitions_as_event_hubs_epochs_do() {
+        let readers = PartitionReaders::default();
+        // Readers without a level share a partition.
+        let a = readers.claim("$default/0", None).expect("a");
+        let b = readers.claim("$default/0", None).expect("b");
+        // A level takes it from both; another group's partition is another matter.
+        let one = readers.claim("$default/0", Some(1)).expect("level 1");
+        let other = readers.claim("analytics/0", None).expect("another group");
+        assert!(a.taken.is_cancelled() && b.taken.is_cancelled());
+        assert!(!other.taken.is_cancelled());
+        // While level 1 reads: no level and lower levels are refused, an equal or higher
+        // level takes over.
+        assert!(readers.claim("$default/0", None).is_err());
+        assert!(readers.claim("$default/0", Some(0)).is_err());
+        let two = readers.claim("$default/0", Some(2)).expect("level 2");
+        assert!(one.taken.is_cancelled() && !two.taken.is_cancelled());
+        // Once it is gone, anyone may read again.
+        drop(two);
+        drop(one);
+        assert!(readers.claim("$default/0", None).is_ok());
+    }
 }

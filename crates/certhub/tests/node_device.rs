@@ -47,7 +47,8 @@
 //! The Event Hubs SDK (`@azure/event-hubs`) with the connection string `certhub hub
 //! connection-string --event-hub` prints reads what a SAS device sent over AMQP and over
 //! HTTPS, with properties and the device-id annotation, and resumes after a checkpointed
-//! sequence number (tests/interop/node/eventhub.js).
+//! sequence number; a reader with owner level 2 takes the partition from those with level 1
+//! (tests/interop/node/eventhub.js).
 //!
 //! The pinned packages are in tests/interop/node (scripts/test installs them). The SDK always
 //! dials port 443 of the host name (8883 for MQTT, 5671 for AMQP); the Node port map
@@ -601,6 +602,8 @@ fn node_event_hubs_sdk_reads_device_telemetry() {
         "ok: each carries the iothub-connection-device-id annotation",
         "ok: a reader over WebSockets on 443 gets both messages: 2",
         "ok: a reader resuming after the first message's sequence number gets only the second",
+        "ok: a reader with owner level 2 takes the partition from level 1",
+        "ok: the level 2 reader keeps it",
     ] {
         assert!(
             stdout.lines().any(|l| l.starts_with(line)),

@@ -107,6 +107,41 @@ async function read(startPosition, done, what, options = {}) {
     `a reader resuming after the first message's sequence number gets only the second: ${after.map((e) => e.messageId)}`,
   );
 
+  // Owner levels (Event Hubs' epochs): a reader with level 2 takes the partition from one with
+  // level 1, which is told ReceiverDisconnectedError (a MessagingError of that code); the
+  // SDK's retries at level 1 are refused with the same while level 2 reads.
+  const errorsOf = [[], [], []];
+  const owners = [1, 2, 1].map((level, i) => {
+    const client = new EventHubConsumerClient('$Default', EH);
+    const subscription = client.subscribe(
+      '0',
+      {
+        processEvents: async () => {},
+        processError: async (err) => {
+          errorsOf[i].push(err);
+        },
+      },
+      { startPosition: earliestEventPosition, ownerLevel: level, maxWaitTimeInSeconds: 1 },
+    );
+    return { client, subscription };
+  });
+  await waitFor(
+    'the level 1 readers are disconnected',
+    async () =>
+      errorsOf[0].some((e) => e.code === 'ReceiverDisconnectedError') &&
+      errorsOf[2].some((e) => e.code === 'ReceiverDisconnectedError'),
+    20000,
+  );
+  check(true, 'a reader with owner level 2 takes the partition from level 1: ReceiverDisconnectedError');
+  check(
+    !errorsOf[1].some((e) => e.code === 'ReceiverDisconnectedError'),
+    `the level 2 reader keeps it: ${errorsOf[1].map((e) => e.code)}`,
+  );
+  for (const o of owners) {
+    await o.subscription.close();
+    await o.client.close();
+  }
+
   console.log('all node checks passed');
   process.exit(0);
 })().catch((e) => {

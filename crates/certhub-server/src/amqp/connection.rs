@@ -508,6 +508,14 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
         let Some(attach) = attach else { return };
         // The client's sender delivers to the target; its receiver reads from the source.
         let client_sends = attach.role == definitions::Role::Sender;
+        // An Event Hubs reader's owner level (epoch), if it asks for one.
+        let owner_level = attach.properties.as_ref().and_then(|p| {
+            match p.get(&Symbol::from("com.microsoft:epoch")) {
+                Some(Value::Long(n)) => Some(*n),
+                Some(Value::Int(n)) => Some(i64::from(*n)),
+                _ => None,
+            }
+        });
         let address = if client_sends {
             attach.target.as_deref().and_then(|t| match t {
                 TargetArchetype::Target(t) => t.address.clone(),
@@ -570,9 +578,12 @@ async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) 
                 }),
                 link,
             ) => Box::pin(eventhub::partition_link(
-                entity,
-                consumer_group,
-                partition,
+                eventhub::Reader {
+                    entity,
+                    group: consumer_group,
+                    partition,
+                    owner_level,
+                },
                 link,
                 shared,
             )),

@@ -29,7 +29,7 @@ use certhub_core::MessageProperties;
 use certhub_store::TelemetryRecord;
 use fe2o3_amqp::Sendable;
 use fe2o3_amqp::acceptor::LinkEndpoint;
-use fe2o3_amqp::types::definitions::{self, AmqpError};
+use fe2o3_amqp::types::definitions::{self, AmqpError, LinkError};
 use fe2o3_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Properties,
 };
@@ -174,14 +174,23 @@ fn event(r: &TelemetryRecord) -> Message<Body<Value>> {
         .build()
 }
 
+/// What a partition receiver asked for.
+pub(super) struct Reader {
+    pub entity: String,
+    pub group: String,
+    pub partition: String,
+    /// `com.microsoft:epoch`: the reader takes the partition from readers of lower levels.
+    pub owner_level: Option<i64>,
+}
+
 /// A receiver on `{entity}/ConsumerGroups/{group}/Partitions/{partition}`.
-pub(super) async fn partition_link(
-    entity_asked: String,
-    group: String,
-    partition: String,
-    link: LinkEndpoint,
-    shared: Arc<Shared>,
-) {
+pub(super) async fn partition_link(reader: Reader, link: LinkEndpoint, shared: Arc<Shared>) {
+    let Reader {
+        entity: entity_asked,
+        group,
+        partition,
+        owner_level,
+    } = reader;
     let state = shared.core.state().clone();
     let ours = entity(&state);
     let not_found = |why: String| definitions::Error::new(AmqpError::NotFound, why, None);
@@ -206,6 +215,23 @@ pub(super) async fn partition_link(
         let why = format!("{path} is read, not written: attach a receiver");
         let error = definitions::Error::new(AmqpError::NotAllowed, why, None);
         return refuse(link, error).await;
+    };
+    let key = format!("{}/{partition}", group.to_ascii_lowercase());
+    let claim = match state.partition_readers().claim(&key, owner_level) {
+        Ok(c) => c,
+        Err(why) => {
+            let error = definitions::Error::new(LinkError::Stolen, why, None);
+            let _ = tx.close_with_error(error).await;
+            return;
+        }
+    };
+    let taken = || {
+        definitions::Error::new(
+            LinkError::Stolen,
+            "a reader with an equal or higher owner level took this partition of the consumer group"
+                .to_string(),
+            None,
+        )
     };
     let start = match selector(tx.source().as_ref()).map(|s| parse_selector(&s)) {
         None => Ok(Start::After(0)),
@@ -256,6 +282,10 @@ pub(super) async fn partition_link(
                     let _ = tx.close_with_error(error).await;
                     return;
                 }
+                () = claim.taken.cancelled() => {
+                    let _ = tx.close_with_error(taken()).await;
+                    return;
+                }
                 () = shared.ended.cancelled() => return,
             }
             continue;
@@ -264,6 +294,10 @@ pub(super) async fn partition_link(
             let sendable = Sendable::builder().message(event(r)).settled(true).build();
             let sent = tokio::select! {
                 s = tx.send(sendable) => s,
+                () = claim.taken.cancelled() => {
+                    let _ = tx.close_with_error(taken()).await;
+                    return;
+                }
                 () = shared.ended.cancelled() => return,
             };
             if sent.is_err() {
