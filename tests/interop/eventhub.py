@@ -92,6 +92,8 @@ check(True, "the widget sent three messages over MQTT")
 info_client = consumer()
 hub = info_client.get_eventhub_properties()
 check(hub["partition_ids"] == ["0"], f"get_eventhub_properties names partition 0: {hub}")
+check(abs(hub["created_at"].timestamp() - time.time()) < 3600,
+      f"the hub's creation time is when it first started: {hub['created_at']}")
 part = info_client.get_partition_properties("0")
 check(part["last_enqueued_sequence_number"] >= 3 and not part["is_empty"],
       f"get_partition_properties: {part}")

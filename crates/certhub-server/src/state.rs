@@ -60,6 +60,8 @@ struct Inner {
     service_queues: tokio::sync::watch::Sender<u64>,
     /// The Event Hubs-compatible readers of each consumer group's partition.
     partition_readers: PartitionReaders,
+    /// When the hub was created (its store first opened by a hub), ms.
+    created_ms: i64,
 }
 
 /// The readers of Event Hubs partitions, by consumer group and partition, for owner levels
@@ -164,6 +166,7 @@ impl AppState {
         code_ttl: std::time::Duration,
     ) -> Result<Self, StoreError> {
         let policies = store.policies().await?;
+        let created_ms = store.created_ms(now_ms()).await?;
         let settings = store.settings().await?;
         let trust = crate::trust::load(&store).await?;
         let telemetry = crate::telemetry::TelemetryLog::start(store.clone()).await?;
@@ -198,6 +201,7 @@ impl AppState {
                 files: std::sync::OnceLock::new(),
                 service_queues: tokio::sync::watch::Sender::new(0),
                 partition_readers: PartitionReaders::default(),
+                created_ms,
             }),
         })
     }
@@ -275,6 +279,11 @@ impl AppState {
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.inner.metrics
+    }
+
+    /// When the hub was created, ms since the epoch.
+    pub(crate) fn created_ms(&self) -> i64 {
+        self.inner.created_ms
     }
 
     /// The Event Hubs-compatible readers of each consumer group's partitions.

@@ -82,6 +82,24 @@ impl Store {
         Ok(())
     }
 
+    /// When the hub was created (ms since the epoch): recorded as `now_ms` the first time this
+    /// is asked, the same ever after.
+    pub async fn created_ms(&self, now_ms: i64) -> Result<i64> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ('created_ms', $1)
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(now_ms.to_string())
+        .execute(self.pool())
+        .await?;
+        let row = sqlx::query("SELECT value FROM settings WHERE name = 'created_ms'")
+            .fetch_one(self.pool())
+            .await?;
+        let text: String = row.try_get("value")?;
+        text.parse()
+            .map_err(|_| StoreError::Corrupt(format!("created_ms is {text:?}, not a number")))
+    }
+
     /// Where the hub last said its service API is reachable.
     pub async fn endpoint(&self) -> Result<Option<String>> {
         let row = sqlx::query("SELECT value FROM settings WHERE name = 'endpoint'")

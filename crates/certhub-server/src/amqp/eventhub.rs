@@ -383,7 +383,7 @@ async fn management(request: &Message<Body<Value>>, shared: &Arc<Shared>) -> (i3
             put("name", Value::String(ours.clone()));
             put(
                 "created_at",
-                Value::Timestamp(Timestamp::from_milliseconds(0)),
+                Value::Timestamp(Timestamp::from_milliseconds(state.created_ms())),
             );
             put(
                 "partition_ids",
