@@ -1,7 +1,8 @@
 //! Bad input on the AMQP listener, spoken by fe2o3-amqp's own client over rustls (with the
 //! four-level widget's chain): an unknown address, another device's link, a CBS token for
 //! another audience and a wrong one, an audience that names no device, a message past 256 KB,
-//! a connection that never puts a token; and a token that runs out closes its session. For
+//! a connection that never puts a token, a connection lost without a close (audited with
+//! the reason); and a token that runs out closes its session. For
 //! services: a malformed frame, bad SASL PLAIN credentials, a token that runs out, C2D sends the hub cannot deliver, service links
 //! without a token or the right, and an attach storm (more than 64 links on a session).
 //! Each is refused with an AMQP error condition or CBS status that says why, and the
@@ -115,6 +116,47 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
     let port = hub.amqp_port;
     let server_ca = data.join("tls/server-ca.pem");
     runtime().block_on(async move {
+        // A connection that is lost (no AMQP close, no TLS close_notify: the relay between
+        // client and hub goes away) ends the widget's session with that reason in the audit.
+        let relay = tokio::net::TcpListener::bind((HOST, 0))
+            .await
+            .expect("bind");
+        let relay_port = relay.local_addr().expect("addr").port();
+        let relaying = tokio::spawn(async move {
+            let (mut client, _) = relay.accept().await.expect("accept");
+            let mut hub = tokio::net::TcpStream::connect((HOST, port))
+                .await
+                .expect("connect");
+            let _ = tokio::io::copy_bidirectional(&mut client, &mut hub).await;
+        });
+        let tcp = tokio::net::TcpStream::connect((HOST, relay_port))
+            .await
+            .expect("connect");
+        let name = rustls_pki_types::ServerName::try_from(HOST).expect("name");
+        let stream = tls.connect(name, tcp).await.expect("TLS handshake");
+        let mut lost = Connection::builder()
+            .container_id("lost")
+            .hostname(HOST)
+            .scheme("amqp")
+            .open_with_stream(stream)
+            .await
+            .expect("AMQP open");
+        let mut lost_session = Session::begin(&mut lost).await.expect("begin");
+        let mut events = Sender::attach(
+            &mut lost_session,
+            "events",
+            format!("/devices/{WIDGET}/messages/events"),
+        )
+        .await
+        .expect("attach");
+        events
+            .send(Message::from("before the cut"))
+            .await
+            .expect("accepted");
+        relaying.abort();
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        drop((events, lost_session, lost));
+
         let tcp = tokio::net::TcpStream::connect((HOST, port))
             .await
             .expect("connect");
@@ -220,10 +262,16 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
         );
     });
 
-    // The refusals are audited with their named reasons.
+    // The refusals are audited with their named reasons, the lost connection with its own.
     let audit = common::certhub_at(dir, &data, &["audit", "list", "--top", "50"])
         .ok()
         .stdout;
+    assert!(
+        audit.lines().any(|l| l.contains("device.disconnect")
+            && l.contains(&format!("devices/{WIDGET}"))
+            && l.contains("without a close")),
+        "{audit}"
+    );
     assert!(
         audit
             .lines()

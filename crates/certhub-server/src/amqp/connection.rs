@@ -170,6 +170,8 @@ pub(super) struct Shared {
     admitted: Mutex<HashMap<String, Admitted>>,
     /// Why the connection is being shut (a kick, an expired token): the first reason wins.
     closing: watch::Sender<Option<String>>,
+    /// Why the connection ended, when the client did not close it (lost, or a protocol error).
+    end_reason: Mutex<Option<String>>,
     /// A service's credentials (SASL PLAIN or a policy token put on `$cbs`).
     pub(super) service: Arc<ServiceSlot>,
     /// Cancelled when the connection has ended.
@@ -335,6 +337,7 @@ where
         admitted: Mutex::new(HashMap::new()),
         closing,
         service,
+        end_reason: Mutex::new(None),
         ended: CancellationToken::new(),
     });
     if shared.chain.is_empty() {
@@ -400,6 +403,15 @@ where
                 Box::pin(close_with(&mut connection, AmqpError::UnauthorizedAccess, &reason)).await;
                 break;
             }
+        }
+    }
+    if shut_by.is_none() {
+        // The client closed the connection (its AMQP close: a clean end), or it was lost or
+        // ended with an error: the identities' sessions end with that reason.
+        let closed = tokio::time::timeout(Duration::from_secs(1), connection.on_close()).await;
+        if let Ok(Err(e)) = closed {
+            *shared.end_reason.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(format!("the AMQP connection ended without a close: {e}"));
         }
     }
     shared.ended.cancel();
@@ -872,7 +884,14 @@ async fn watch_session(
                     break Ended::Closed("the connection ended".into());
                 }
             }
-            () = shared.ended.cancelled() => break Ended::Clean,
+            () = shared.ended.cancelled() => {
+                let reason = shared
+                    .end_reason
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                break reason.map_or(Ended::Clean, Ended::Closed);
+            }
         }
     };
     shared
