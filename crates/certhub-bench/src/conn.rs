@@ -167,10 +167,13 @@ async fn tcp(target: &Target) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Connects `device`: TCP, TLS, CONNECT (clean session), CONNACK 0.
-pub async fn open(target: &Target, device: &Device, keep_alive: u16) -> Result<Opened, Failure> {
-    let start = Instant::now();
-    let deadline = start + target.timeout;
+/// TCP, then the TLS handshake with `device`'s chain, by `deadline`; notes the cipher suite
+/// the server chose. Returns the stream and when TCP was connected.
+async fn tls_connect(
+    target: &Target,
+    device: &Device,
+    deadline: Instant,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Instant), Failure> {
     let stream = match tokio::time::timeout_at(deadline, tcp(target)).await {
         Err(_) => return Err(Failure::Timeout("the TCP connection")),
         Ok(r) => r.map_err(Failure::Tcp)?,
@@ -191,6 +194,14 @@ pub async fn open(target: &Target, device: &Device, keep_alive: u16) -> Result<O
     {
         let _ = target.suite.set(format!("{:?}", suite.suite()));
     }
+    Ok((tls, tcp_done))
+}
+
+/// Connects `device`: TCP, TLS, CONNECT (clean session), CONNACK 0.
+pub async fn open(target: &Target, device: &Device, keep_alive: u16) -> Result<Opened, Failure> {
+    let start = Instant::now();
+    let deadline = start + target.timeout;
+    let (tls, tcp_done) = tls_connect(target, device, deadline).await?;
     let io: Box<dyn Io> = if target.websocket {
         match tokio::time::timeout_at(deadline, upgrade(target, tls)).await {
             Err(_) => return Err(Failure::Timeout("the WebSocket upgrade")),
@@ -367,25 +378,7 @@ pub struct AmqpConn {
 /// and a sender on `/devices/{id}/messages/events` (the hub admits the device at this attach).
 pub async fn open_amqp(target: &Target, device: &Device) -> Result<AmqpConn, Failure> {
     let deadline = Instant::now() + target.timeout;
-    let stream = match tokio::time::timeout_at(deadline, tcp(target)).await {
-        Err(_) => return Err(Failure::Timeout("the TCP connection")),
-        Ok(r) => r.map_err(Failure::Tcp)?,
-    };
-    let connector = TlsConnector::from(device.config.clone());
-    let tls = match tokio::time::timeout_at(
-        deadline,
-        connector.connect(target.server_name.clone(), stream),
-    )
-    .await
-    {
-        Err(_) => return Err(Failure::Timeout("the TLS handshake")),
-        Ok(r) => r.map_err(Failure::Tls)?,
-    };
-    if target.suite.get().is_none()
-        && let Some(suite) = tls.get_ref().1.negotiated_cipher_suite()
-    {
-        let _ = target.suite.set(format!("{:?}", suite.suite()));
-    }
+    let (tls, _) = tls_connect(target, device, deadline).await?;
     let host = match &target.server_name {
         ServerName::DnsName(n) => n.as_ref().to_string(),
         _ => target.addr.ip().to_string(),

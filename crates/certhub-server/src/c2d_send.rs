@@ -74,7 +74,8 @@ pub enum Refused {
     Store(#[from] StoreError),
 }
 
-fn random_id() -> String {
+/// 16 random bytes as hex: message ids and lock tokens.
+pub(crate) fn random_id() -> String {
     let mut b = [0u8; 16];
     let _ = aws_lc_rs::rand::fill(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()

@@ -29,6 +29,26 @@ fn condition(e: &impl std::fmt::Debug) -> String {
     format!("{e:?}")
 }
 
+/// An AMQP connection to `port` over TLS with the widget's chain (`tls`), no SASL.
+async fn widget_connection(
+    tls: &tokio_rustls::TlsConnector,
+    port: u16,
+    container: &str,
+) -> fe2o3_amqp::connection::ConnectionHandle<()> {
+    let tcp = tokio::net::TcpStream::connect((HOST, port))
+        .await
+        .expect("connect");
+    let name = rustls_pki_types::ServerName::try_from(HOST).expect("name");
+    let stream = tls.connect(name, tcp).await.expect("TLS handshake");
+    Connection::builder()
+        .container_id(container)
+        .hostname(HOST)
+        .scheme("amqp")
+        .open_with_stream(stream)
+        .await
+        .expect("AMQP open")
+}
+
 /// The pair of links a CBS client attaches: requests out, replies in.
 async fn cbs_links(session: &mut fe2o3_amqp::session::SessionHandle<()>) -> (Sender, Receiver) {
     let cbs = Sender::attach(session, "cbs-out", "$cbs")
@@ -129,18 +149,7 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
                 .expect("connect");
             let _ = tokio::io::copy_bidirectional(&mut client, &mut hub).await;
         });
-        let tcp = tokio::net::TcpStream::connect((HOST, relay_port))
-            .await
-            .expect("connect");
-        let name = rustls_pki_types::ServerName::try_from(HOST).expect("name");
-        let stream = tls.connect(name, tcp).await.expect("TLS handshake");
-        let mut lost = Connection::builder()
-            .container_id("lost")
-            .hostname(HOST)
-            .scheme("amqp")
-            .open_with_stream(stream)
-            .await
-            .expect("AMQP open");
+        let mut lost = widget_connection(&tls, relay_port, "lost").await;
         let mut lost_session = Session::begin(&mut lost).await.expect("begin");
         let mut events = Sender::attach(
             &mut lost_session,
@@ -157,18 +166,7 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         drop((events, lost_session, lost));
 
-        let tcp = tokio::net::TcpStream::connect((HOST, port))
-            .await
-            .expect("connect");
-        let name = rustls_pki_types::ServerName::try_from(HOST).expect("name");
-        let stream = tls.connect(name, tcp).await.expect("TLS handshake");
-        let mut connection = Connection::builder()
-            .container_id("bad-input")
-            .hostname(HOST)
-            .scheme("amqp")
-            .open_with_stream(stream)
-            .await
-            .expect("AMQP open");
+        let mut connection = widget_connection(&tls, port, "bad-input").await;
         let mut session = Session::begin(&mut connection).await.expect("begin");
 
         // An address that names no node of the hub: detached with amqp:not-found, naming the

@@ -53,6 +53,14 @@ impl Actor for Policy<'_> {
     }
 }
 
+/// A token's resource without its scheme: `sb://host/...` (Event Hubs clients), `amqps://`,
+/// `https://` (uamqp's audience) scope what follows it.
+fn without_scheme(resource: &str) -> &str {
+    resource
+        .split_once("://")
+        .map_or(resource, |(_, rest)| rest)
+}
+
 /// Most service tokens one connection keeps (Event Hubs clients put one per link).
 const MAX_GRANTS: usize = 64;
 
@@ -65,11 +73,7 @@ pub(super) struct ServiceSlot {
 
 impl ServiceSlot {
     pub(super) fn set(&self, mut grant: ServiceGrant) {
-        // `sb://host/...` (Event Hubs clients), `amqps://`, `https://` (uamqp's audience): the
-        // scope is what follows the scheme.
-        if let Some((_, rest)) = grant.resource.split_once("://") {
-            grant.resource = rest.to_string();
-        }
+        grant.resource = without_scheme(&grant.resource).to_string();
         let mut grants = self.grants.lock().unwrap_or_else(|e| e.into_inner());
         let now = now_ms() / 1000;
         grants.retain(|g| g.expiry > now && !g.resource.eq_ignore_ascii_case(&grant.resource));
@@ -228,11 +232,10 @@ pub(super) async fn put_token(shared: &Arc<Shared>, token: &str) -> (i32, String
         }
     };
     // The host is checked here; what the token's scope covers, link by link.
-    let resource = grant
-        .resource
-        .split_once("://")
-        .map_or(grant.resource.as_str(), |(_, r)| r);
-    let host = resource.split('/').next().unwrap_or_default();
+    let host = without_scheme(&grant.resource)
+        .split('/')
+        .next()
+        .unwrap_or_default();
     if let Err(why) = scope_allows(host, state.hostnames(), None, "/") {
         return (401, why);
     }
@@ -533,9 +536,7 @@ async fn service_queue(
             let _ = tx.close_with_error(error).await;
             return;
         }
-        let mut tag = [0u8; 16];
-        let _ = aws_lc_rs::rand::fill(&mut tag);
-        let token: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        let token = c2d_send::random_id();
         let now = now_ms();
         let message = match next_message(&state, queue, &token, now).await {
             Ok(m) => m,

@@ -141,12 +141,6 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("ArgumentInvalid", message)
 }
 
-fn random_id() -> String {
-    let mut b = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[utoipa::path(post, path = "/devices/{id}/messages/deviceBound", summary = "Queue a cloud-to-device message",
     description = "Needs the ServiceConnect right. 403 DeviceMaximumQueueDepthExceeded when the device has c2d_max_pending messages waiting, 403 DeviceDisabled, 404 for an unknown device, 413 above 64 KB with properties.",
     params(DevicePath), request_body = C2dMessage,
@@ -278,7 +272,7 @@ pub async fn receive_feedback(
         Rights::SERVICE_CONNECT,
         "receiving cloud-to-device feedback",
     )?;
-    let token = random_id();
+    let token = c2d_send::random_id();
     let now = now_ms();
     let records = state
         .store()

@@ -37,12 +37,6 @@ pub struct FileNotification {
     enqueued_time_utc: String,
 }
 
-fn random_id() -> String {
-    let mut b = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// `GET /messages/serviceBound/filenotifications`: the oldest notification, locked to this
 /// caller for a minute under the lock token in `ETag`; 204 when there is none.
 #[utoipa::path(get, path = "/messages/serviceBound/filenotifications",
@@ -62,7 +56,7 @@ pub async fn receive_notification(
         Rights::SERVICE_CONNECT,
         "receiving file upload notifications",
     )?;
-    let token = random_id();
+    let token = crate::c2d_send::random_id();
     let now = now_ms();
     let Some(n) = state
         .store()
