@@ -59,7 +59,7 @@ struct Inner {
     /// wake their AMQP receivers.
     service_queues: tokio::sync::watch::Sender<u64>,
     /// The Event Hubs-compatible readers of each consumer group's partition.
-    partition_readers: PartitionReaders,
+    partition_readers: Arc<PartitionReaders>,
     /// When the hub was created (its store first opened by a hub), ms.
     created_ms: i64,
 }
@@ -83,14 +83,14 @@ struct PartitionReader {
 
 /// A reader's place: cancelled when another reader took the partition; released when dropped.
 #[derive(Debug)]
-pub(crate) struct PartitionClaim<'a> {
-    readers: &'a PartitionReaders,
+pub(crate) struct PartitionClaim {
+    readers: Arc<PartitionReaders>,
     key: String,
     id: u64,
     pub taken: tokio_util::sync::CancellationToken,
 }
 
-impl Drop for PartitionClaim<'_> {
+impl Drop for PartitionClaim {
     fn drop(&mut self) {
         let mut readers = self
             .readers
@@ -110,10 +110,10 @@ impl PartitionReaders {
     /// Claims `key` (consumer group and partition) for a reader of owner level `level`, or
     /// says why not.
     pub(crate) fn claim(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         level: Option<i64>,
-    ) -> Result<PartitionClaim<'_>, String> {
+    ) -> Result<PartitionClaim, String> {
         let mut readers = self.readers.lock().unwrap_or_else(|e| e.into_inner());
         let list = readers.entry(key.to_string()).or_default();
         if let Some(held) = list.iter().filter_map(|r| r.level).max() {
@@ -144,7 +144,7 @@ impl PartitionReaders {
             taken: taken.clone(),
         });
         Ok(PartitionClaim {
-            readers: self,
+            readers: self.clone(),
             key: key.to_string(),
             id,
             taken,
@@ -200,7 +200,7 @@ impl AppState {
                 public_port: std::sync::atomic::AtomicU32::new(0),
                 files: std::sync::OnceLock::new(),
                 service_queues: tokio::sync::watch::Sender::new(0),
-                partition_readers: PartitionReaders::default(),
+                partition_readers: Arc::default(),
                 created_ms,
             }),
         })
@@ -287,7 +287,7 @@ impl AppState {
     }
 
     /// The Event Hubs-compatible readers of each consumer group's partitions.
-    pub(crate) fn partition_readers(&self) -> &PartitionReaders {
+    pub(crate) fn partition_readers(&self) -> &Arc<PartitionReaders> {
         &self.inner.partition_readers
     }
 
@@ -412,7 +412,7 @@ mod tests {
 
     #[test]
     fn owner_levels_take_partitions_as_event_hubs_epochs_do() {
-        let readers = PartitionReaders::default();
+        let readers = std::sync::Arc::new(PartitionReaders::default());
         // Readers without a level share a partition.
         let a = readers.claim("$default/0", None).expect("a");
         let b = readers.claim("$default/0", None).expect("b");

@@ -1,222 +1,1249 @@
-//! One AMQP connection on the device listeners (5671, and WebSockets on 443): the protocol
-//! header (SASL or not), the connection and its sessions, CBS token puts, and the links devices
-//! attach (telemetry, C2D, twin, direct methods, for devices and modules). Links of services
-//! (`service.rs`) and of Event Hubs readers (`eventhub.rs`) are dispatched from here too.
+//! One AMQP connection on the device listeners (5671, and WebSockets on 443), in one task:
+//! the socket, certhub-amqp's engine (headers, SASL, sessions, links, flow control) and what
+//! every link is doing for the hub. Bytes read become engine events acted on at once; the
+//! hub's slow work (a judgement, a store call) runs as a future of this task and comes back
+//! as a [`Done`]; the identities' mailboxes (kicks, C2D, twin pushes, method calls) reach the
+//! task as [`Wake`]s. Everything the connection owes the client leaves in one write.
 //!
 //! Who a link acts for is decided by the device session core, exactly as a CONNECT is: a CBS
 //! `put-token` for `{host}/devices/{id}` is judged as a SAS CONNECT of that id (named reasons,
 //! audit, refusal limits); a link of an identity with no token is judged by the TLS client
 //! chain. An admitted identity is a session of the core (registered, so a newer connection, a
 //! revocation or a settings switch closes it, and its token's expiry is honoured); the
-//! connection is closed with `amqp:unauthorized-access` when any of its identities is shut out.
+//! connection is shut when any of its identities is shut out. Links of services
+//! (`service.rs`) and of Event Hubs readers (`eventhub.rs`) are served here too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::BytesMut;
+use certhub_amqp::message::{AnyMessage, decode, encode};
+use certhub_amqp::types::definitions::{AmqpError, Error, ErrorCondition, LinkError};
+use certhub_amqp::types::messaging::annotations::OwnedKey;
+use certhub_amqp::types::messaging::{
+    Accepted, AmqpValue, ApplicationProperties, Body, Data, DeliveryState, Message,
+    MessageAnnotations, MessageId, Properties, Rejected,
+};
+use certhub_amqp::types::primitives::{SimpleValue, Symbol, Value};
+use certhub_amqp::{AttachRequest, Config, Engine, Event, LinkId, error};
 use certhub_core::{AuthenticatedDevice, MessageProperties};
 use certhub_pki::CertificateDer;
-use fe2o3_amqp::Sendable;
-use fe2o3_amqp::acceptor::sasl_acceptor::{SaslAcceptor, SaslServerFrame};
-use fe2o3_amqp::acceptor::{
-    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle,
-    ListenerSessionHandle, SessionAcceptor, SupportedReceiverSettleModes,
-    SupportedSenderSettleModes,
-};
-use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::types::definitions::{self, AmqpError, ReceiverSettleMode, SenderSettleMode};
-use fe2o3_amqp::types::messaging::annotations::OwnedKey;
-use fe2o3_amqp::types::messaging::{
-    AmqpValue, ApplicationProperties, Body, Message, MessageId, Outcome, Properties,
-    TargetArchetype,
-};
-use fe2o3_amqp::types::primitives::{Array, SimpleValue, Symbol, Value};
-use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome, SaslResponse};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::address::{self, Node, Owner};
-use super::eventhub;
-use super::service::{self, ServiceSlot};
+use super::eventhub::{self, Partition};
+use super::service::{self, ServiceLink, ServiceSlot};
 use crate::device::{Attempt, DeviceCore, Ended, Live, Settle};
 use crate::mqtt::session::Connection;
 use crate::sessions::{DESIRED, METHODS, Mail, MethodReply, MethodRequest, Outbound};
 use crate::state::now_ms;
+use crate::telemetry::Committed;
 
 /// The protocol header and the AMQP open must come this soon after the handshake.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A connection without a client certificate must have an identity admitted (a CBS token put)
 /// this soon after its open, or it is closed: it holds memory and proves nothing.
-const TOKEN_TIMEOUT: Duration = Duration::from_secs(10);
+const TOKEN_TIMEOUT_MS: i64 = 10_000;
 /// Telemetry larger than Azure's 256 KB is refused.
 const MAX_MESSAGE: u64 = 256 * 1024;
 /// The largest frame the hub reads.
 const MAX_FRAME: u32 = 64 * 1024;
-/// Telemetry messages of one link being stored at once (the writer batches them).
-const MAX_STORING: usize = 256;
+/// Telemetry messages of one link being stored at once (its credit window).
+const TELEMETRY_WINDOW: u32 = 256;
+/// Requests (CBS, twin, management, method answers) a link may have in flight.
+const REQUEST_WINDOW: u32 = 16;
 /// Links one session may hold (a device SDK attaches about ten; an Event Hubs client a few
 /// per session): more is an attach storm, refused link by link.
 const MAX_LINKS: usize = 64;
 /// Sessions one connection may hold at once (rhea-based clients begin one per link).
-const MAX_SESSIONS: usize = 64;
+const MAX_SESSIONS: u16 = 64;
+/// The idle timeout the hub announces (Azure IoT Hub's): clients send something at least
+/// this often; one silent for twice as long is closed.
+const IDLE_TIMEOUT_MS: u32 = 240_000;
+/// A write the client does not take within this time ends the connection.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a C2D message sent over AMQP stays locked for the device's disposition; one that
+/// comes later finds it delivered again.
+pub(super) const C2D_LOCK_MS: i64 = 60_000;
+/// How often an idle C2D link looks at its queue again (locks run out).
+const C2D_POLL_MS: i64 = 10_000;
+/// A shut-out client that has not closed this long after its sessions were ended is closed.
+const SHUT_GRACE_MS: i64 = 1_000;
+/// Read buffer of a busy connection; an idle one holds none.
+const READ_CHUNK: usize = 16 * 1024;
 
-/// A message waiting in one of the hub's own queues to a link. Boxed: a tokio channel
-/// allocates its first block of 32 slots when it is made, and an unboxed message would make
-/// that 21 KiB per queue, held by every idle connection.
-pub(super) type Queued = Box<Message<Body<Value>>>;
+/// A future of the connection's task.
+pub(super) type Work = Pin<Box<dyn Future<Output = Done> + Send>>;
 
-/// Counts a task while it runs.
-struct Counted(Arc<AtomicUsize>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
+/// Slow work of the hub, come back to the connection.
+pub(super) enum Done {
+    /// An identity was judged (for a CBS put or a link's attach).
+    Judged {
+        client_id: String,
+        result: Result<Judged, String>,
+        then: Then,
+    },
+    /// A reply to send on a session's reply link of `node`.
+    Reply {
+        channel: u16,
+        node: &'static str,
+        message: Vec<u8>,
+    },
+    /// A received delivery's outcome.
+    Settle {
+        link: LinkId,
+        delivery: u32,
+        state: DeliveryState,
+    },
+    /// A twin response for an identity's twin link.
+    Twin { client_id: String, message: Vec<u8> },
+    /// A C2D message locked for a device link (or none waiting).
+    C2dLocked {
+        link: LinkId,
+        device: AuthenticatedDevice,
+        locked: Option<(String, Vec<u8>)>,
+    },
+    /// A settle of a C2D message or a service queue record was stored: the link may go on.
+    Next { link: LinkId },
+    /// A service link's attach was judged.
+    ServiceAttach {
+        request: Box<AttachRequest>,
+        result: Result<ServiceLink, Error>,
+    },
+    /// A partition receiver's attach was judged.
+    PartitionAttach {
+        request: Box<AttachRequest>,
+        result: Result<Box<Partition>, Error>,
+    },
+    /// A service queue record locked for a receiver (or none waiting, or the link lost its
+    /// right).
+    Queued {
+        link: LinkId,
+        queue: certhub_store::ServiceQueue,
+        result: Result<Option<(String, Vec<u8>)>, Error>,
+    },
+    /// Telemetry read for a partition receiver.
+    Events {
+        link: LinkId,
+        result: Result<Vec<(i64, Vec<u8>)>, String>,
+    },
 }
 
-/// SASL: every mechanism the Azure clients offer. PLAIN is a service's policy and token
-/// (judged at once); the others grant nothing by themselves: an identity is admitted only by
-/// a CBS token or the TLS client chain, link by link.
-#[derive(Debug, Clone)]
-struct HubSasl {
-    state: crate::state::AppState,
-    service: Arc<ServiceSlot>,
+/// A judged identity: newly opened, or a renewed token of one admitted.
+pub(super) enum Judged {
+    Opened(Box<(AuthenticatedDevice, Live)>),
+    Renewed(AuthenticatedDevice),
 }
 
-impl SaslAcceptor for HubSasl {
-    fn mechanisms(&self) -> Array<Symbol> {
-        Array::from(vec![
-            Symbol::from("MSSBCBS"),
-            Symbol::from("PLAIN"),
-            Symbol::from("EXTERNAL"),
-            Symbol::from("ANONYMOUS"),
-        ])
-    }
-
-    fn on_init(&mut self, init: SaslInit) -> SaslServerFrame {
-        if init.mechanism.as_str() == "PLAIN" {
-            return service::sasl_plain(&self.state, &init, &self.service);
-        }
-        SaslServerFrame::Outcome(SaslOutcome {
-            code: SaslCode::Ok,
-            additional_data: None,
-        })
-    }
-
-    fn on_response(&mut self, _response: SaslResponse) -> SaslServerFrame {
-        SaslServerFrame::Outcome(SaslOutcome {
-            code: SaslCode::Ok,
-            additional_data: None,
-        })
-    }
+/// What waited for an identity's judgement.
+pub(super) enum Then {
+    /// A CBS put-token: the reply.
+    Cbs {
+        channel: u16,
+        request: Box<AnyMessage>,
+    },
+    /// Links of the identity, to accept or refuse.
+    Attach(Vec<(Box<AttachRequest>, Node)>),
 }
 
-/// A byte stream with bytes already read (the protocol header) put back in front.
+/// News from outside the connection's task.
 #[derive(Debug)]
-struct Prefixed<S> {
-    prefix: [u8; 8],
-    at: usize,
-    inner: S,
+enum Wake {
+    /// An identity's session was shut out (a kick).
+    Kicked(String, String),
+    /// C2D messages were queued for an identity.
+    C2d(String),
+    /// A desired-properties patch for an identity's twin link.
+    Desired(String, Vec<u8>),
+    /// A direct method call for an identity.
+    Method(String, Box<MethodRequest>),
+    /// An identity's token expired.
+    Expired(String),
+    /// A partition receiver's partition was taken by a reader of a higher owner level.
+    Stolen(LinkId),
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        if self.at < self.prefix.len() {
-            let n = buf.remaining().min(self.prefix.len() - self.at);
-            let at = self.at;
-            buf.put_slice(&self.prefix[at..at + n]);
-            self.at += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
+/// What the identity watchers share with the connection.
+#[derive(Debug, Default)]
+struct Ending {
+    /// Cancelled when the connection has ended.
+    ended: CancellationToken,
+    /// Why it ended, when the client did not close it (lost, or a protocol error).
+    reason: Mutex<Option<String>>,
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+impl Ending {
+    /// How the identities' sessions end: cleanly, or with the reason the connection ended.
+    fn end(&self) -> Ended {
+        let reason = self
+            .reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        reason.map_or(Ended::Clean, Ended::Closed)
     }
 }
 
-/// The identities admitted on one connection, and how to close it.
+/// An identity admitted on this connection.
 #[derive(Debug)]
-pub(super) struct Shared {
-    pub(super) core: Arc<DeviceCore>,
+struct Identity {
+    device: AuthenticatedDevice,
+    /// Its session's connection number among the hub's sessions.
+    conn: u64,
+    /// Its token's expiry (ms), watched by its session's watcher (renewals move it).
+    expiry: watch::Sender<Option<i64>>,
+    twin_out: Option<LinkId>,
+    methods_out: Option<LinkId>,
+    c2d: Vec<LinkId>,
+    /// Method calls sent and not answered: correlation id (a v4 uuid) -> the hub's request id.
+    calls: HashMap<[u8; 16], String>,
+}
+
+/// What a link does for the hub.
+enum Handler {
+    /// Attached, its answer being worked out.
+    Pending,
+    /// `$cbs` requests (the client sends).
+    CbsIn,
+    /// A reply link (`$cbs`, `$management`; the client receives).
+    Replies {
+        node: &'static str,
+        queue: VecDeque<Vec<u8>>,
+    },
+    Telemetry {
+        device: AuthenticatedDevice,
+    },
+    TwinIn {
+        client_id: String,
+    },
+    /// The hub's sends of one identity's twin or methods (responses, pushes, calls).
+    Out {
+        client_id: String,
+        queue: VecDeque<Vec<u8>>,
+    },
+    MethodsIn {
+        client_id: String,
+    },
+    C2d {
+        client_id: String,
+        device: AuthenticatedDevice,
+        state: Held,
+    },
+    Service(ServiceLink),
+    ManagementIn,
+    Partition(Box<Partition>),
+}
+
+/// A queue link's message in the client's hands.
+#[derive(Debug)]
+pub(super) enum Held {
+    /// Nothing held; look again at this time (ms) unless woken.
+    Idle { next: i64 },
+    /// Reading or settling (a future of the task).
+    Busy,
+    /// Sent unsettled under the lock `token` until `until`.
+    Sent {
+        token: String,
+        delivery: u32,
+        until: i64,
+    },
+}
+
+/// The connection.
+struct Conn {
+    engine: Engine,
+    core: Arc<DeviceCore>,
     peer: SocketAddr,
     chain: Vec<CertificateDer<'static>>,
     tls13: bool,
-    /// By client id: the admitted device and its token's expiry (ms; renewed by a new put).
-    admitted: Mutex<HashMap<String, Admitted>>,
-    /// Why the connection is being shut (a kick, an expired token): the first reason wins.
-    closing: watch::Sender<Option<String>>,
-    /// Why the connection ended, when the client did not close it (lost, or a protocol error).
-    end_reason: Mutex<Option<String>>,
-    /// A service's credentials (SASL PLAIN or a policy token put on `$cbs`).
-    pub(super) service: Arc<ServiceSlot>,
-    /// Cancelled when the connection has ended.
-    pub(super) ended: CancellationToken,
+    links: HashMap<LinkId, Handler>,
+    /// Replies waiting for their session's reply link: (channel, node) -> messages.
+    replies: HashMap<(u16, &'static str), LinkId>,
+    identities: HashMap<String, Identity>,
+    /// Identities being judged -> what waits for them.
+    judging: HashMap<String, Vec<(Box<AttachRequest>, Node)>>,
+    service: Arc<ServiceSlot>,
+    work: FuturesUnordered<Work>,
+    /// Telemetry handed to the writer, oldest first: accepted once committed.
+    owed: VecDeque<(LinkId, u32, Committed)>,
+    wake_tx: mpsc::UnboundedSender<Wake>,
+    ending: Arc<Ending>,
+    /// Shutting out: why, and when the connection is closed if the client has not.
+    shut: Option<(String, i64)>,
+    /// The hub closed the connection: when it stops waiting for the client's close.
+    closing_until: Option<i64>,
+    /// When a connection without a certificate must have an identity.
+    token_check: Option<i64>,
+    /// Telemetry log updates, while a partition receiver waits for them.
+    follow: Option<watch::Receiver<i64>>,
+    /// Service queue updates, while a service receiver waits for them.
+    service_queues: Option<watch::Receiver<u64>>,
 }
 
-impl Shared {
-    /// Shuts the connection for `reason` (the first reason wins).
-    fn shut(&self, reason: &str) {
-        self.closing.send_if_modified(|r| {
-            if r.is_some() {
-                return false;
-            }
-            *r = Some(reason.to_string());
-            true
-        });
+/// A device connection from its first AMQP byte to its end.
+pub(crate) async fn run<S>(mut io: S, conn: Connection, core: Arc<DeviceCore>)
+where
+    S: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
+{
+    let Connection {
+        peer,
+        chain,
+        tls13,
+        mut pending,
+    } = conn;
+    let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
+    let mut properties = certhub_amqp::types::primitives::OrderedMap::new();
+    properties.insert(Symbol::from("product"), Value::String("certhub".into()));
+    let config = Config {
+        container_id: "certhub".into(),
+        max_frame_size: MAX_FRAME,
+        max_sessions: MAX_SESSIONS,
+        max_links: MAX_LINKS,
+        max_message_size: MAX_MESSAGE,
+        idle_timeout_ms: IDLE_TIMEOUT_MS,
+        mechanisms: vec!["MSSBCBS", "PLAIN", "EXTERNAL", "ANONYMOUS"],
+        properties: Some(properties),
+    };
+    let (wake_tx, mut wakes) = mpsc::unbounded_channel();
+    let mut c = Box::new(Conn {
+        engine: Engine::new(config, now_ms()),
+        core,
+        peer,
+        chain,
+        tls13,
+        links: HashMap::new(),
+        replies: HashMap::new(),
+        identities: HashMap::new(),
+        judging: HashMap::new(),
+        service: Arc::new(ServiceSlot::default()),
+        work: FuturesUnordered::new(),
+        owed: VecDeque::new(),
+        wake_tx,
+        ending: Arc::new(Ending::default()),
+        shut: None,
+        closing_until: None,
+        token_check: None,
+        follow: None,
+        service_queues: None,
+    });
+    let mut input = BytesMut::with_capacity(512);
+    // Until the open: the handshake slot is held, and the whole exchange has a deadline.
+    loop {
+        let read = crate::gate::owed(
+            &mut pending,
+            deadline,
+            io.read_buf(&mut input),
+            c.core.state(),
+            c.core.listener(),
+        )
+        .await;
+        if !matches!(read, Some(Ok(n)) if n > 0) {
+            return;
+        }
+        c.engine.receive(&mut input, now_ms());
+        c.events();
+        if !c.write(&mut io).await || c.engine.is_closed() {
+            c.finish();
+            return;
+        }
+        if c.engine.is_open() {
+            break;
+        }
+        input.reserve(512);
     }
+    drop(pending);
+    if c.chain.is_empty() {
+        c.token_check = Some(now_ms() + TOKEN_TIMEOUT_MS);
+    }
+    let lost = Box::pin(c.serve(&mut io, &mut input, &mut wakes)).await;
+    if let Some(why) = lost {
+        *c.ending.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+    c.finish();
 }
 
-#[derive(Debug)]
-struct Admitted {
-    device: AuthenticatedDevice,
-    expiry: watch::Sender<Option<i64>>,
-    links: Arc<IdentityLinks>,
-}
+impl Conn {
+    fn state(&self) -> &crate::state::AppState {
+        self.core.state()
+    }
 
-/// What the links of one admitted identity share with its session's watcher.
-#[derive(Debug)]
-struct IdentityLinks {
-    /// Its session's connection number among the hub's sessions.
-    conn: u64,
-    /// Woken when C2D messages were queued for the identity.
-    c2d: tokio::sync::Notify,
-    /// The twin link the hub sends on (responses and desired-property pushes), once attached.
-    twin: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
-    /// The method link the hub sends requests on, once attached.
-    methods: Mutex<Option<mpsc::UnboundedSender<Queued>>>,
-    /// Method calls sent and not answered: correlation id (a v4 uuid) -> the hub's request id.
-    calls: Mutex<HashMap<[u8; 16], String>>,
-}
+    /// Serves the open connection until it ends; `Some` says why when the client did not
+    /// close it.
+    async fn serve<S>(
+        &mut self,
+        io: &mut S,
+        input: &mut BytesMut,
+        wakes: &mut mpsc::UnboundedReceiver<Wake>,
+    ) -> Option<String>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin,
+    {
+        let mut last_read = 0usize;
+        loop {
+            if self.engine.is_closed() || self.closing_until.is_some_and(|t| t <= now_ms()) {
+                return None;
+            }
+            let deadline = self.deadline();
+            let timer = async {
+                match deadline {
+                    Some(at) => {
+                        let wait = u64::try_from(at - now_ms()).unwrap_or(0);
+                        tokio::time::sleep(Duration::from_millis(wait)).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            // An idle connection holds no read buffer; a busy one reads in large chunks.
+            if input.is_empty() && last_read < 1024 {
+                *input = BytesMut::new();
+                input.reserve(256);
+            } else {
+                input.reserve(READ_CHUNK);
+            }
+            let follow = async {
+                match self.follow.as_mut() {
+                    Some(f) => f.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let queues = async {
+                match self.service_queues.as_mut() {
+                    Some(q) => q.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                read = io.read_buf(input) => match read {
+                    Ok(0) => return Some("the AMQP connection ended without a close: the client went away".into()),
+                    Err(e) => return Some(format!("the AMQP connection ended without a close: {e}")),
+                    Ok(n) => {
+                        last_read = n;
+                        self.engine.receive(input, now_ms());
+                        self.events();
+                    }
+                },
+                result = next_commit(&mut self.owed), if !self.owed.is_empty() => {
+                    self.stored(result);
+                    while let Some(more) = next_commit(&mut self.owed).now_or_never() {
+                        self.stored(more);
+                    }
+                }
+                done = self.work.next(), if !self.work.is_empty() => {
+                    if let Some(done) = done {
+                        self.done(done);
+                    }
+                    while let Some(Some(done)) = self.work.next().now_or_never() {
+                        self.done(done);
+                    }
+                }
+                wake = wakes.recv() => {
+                    if let Some(wake) = wake {
+                        self.wake(wake);
+                    }
+                }
+                () = timer => self.tick(),
+                changed = follow => {
+                    if !changed {
+                        self.follow = None;
+                    }
+                    self.pump_partitions();
+                }
+                changed = queues => {
+                    if !changed {
+                        self.service_queues = None;
+                    }
+                    self.pump_service_queues();
+                }
+            }
+            if !self.write(io).await {
+                return Some("the client did not take what the hub wrote".into());
+            }
+        }
+    }
 
-impl IdentityLinks {
-    /// Sends a direct method request on the method link, under a fresh uuid as correlation id
-    /// (the SDKs require one); its answer names it.
-    fn call(&self, request: &MethodRequest) {
+    /// Writes what the engine has for the client; false when the write failed.
+    async fn write<S: AsyncWrite + Unpin>(&mut self, io: &mut S) -> bool {
+        let Some(out) = self.engine.take_output(now_ms()) else {
+            return true;
+        };
+        let written = tokio::time::timeout(WRITE_TIMEOUT, async {
+            io.write_all(&out).await?;
+            io.flush().await
+        })
+        .await;
+        matches!(written, Ok(Ok(())))
+    }
+
+    /// The connection has ended: the identities' sessions end with its reason.
+    fn finish(&mut self) {
+        // What the client held of the hub's queues goes back for the next receiver.
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            self.release(link);
+        }
+        self.ending.ended.cancel();
+    }
+
+    fn deadline(&self) -> Option<i64> {
+        let mut at = self.engine.deadline();
+        let mut earlier = |t: Option<i64>| {
+            if let Some(t) = t {
+                at = Some(at.map_or(t, |a| a.min(t)));
+            }
+        };
+        earlier(self.shut.as_ref().map(|(_, t)| *t));
+        earlier(self.closing_until);
+        earlier(self.token_check);
+        for handler in self.links.values() {
+            earlier(match handler {
+                Handler::C2d { state, .. } => state.deadline(),
+                Handler::Service(s) => s.deadline(),
+                Handler::Partition(p) => Some(p.deadline()),
+                _ => None,
+            });
+        }
+        at
+    }
+
+    fn tick(&mut self) {
+        let now = now_ms();
+        self.engine.tick(now);
+        if let Some((reason, at)) = &self.shut
+            && *at <= now
+        {
+            let error = error(AmqpError::UnauthorizedAccess, reason);
+            self.engine.close(Some(error));
+            self.shut = None;
+            self.closing_until = Some(now + SHUT_GRACE_MS);
+        }
+        if let Some(at) = self.token_check
+            && at <= now
+        {
+            self.token_check = None;
+            self.check_tokens();
+        }
+        let due: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, h)| match h {
+                Handler::C2d { state, .. } => state.deadline().is_some_and(|t| t <= now),
+                Handler::Service(s) => s.deadline().is_some_and(|t| t <= now),
+                Handler::Partition(p) => p.deadline() <= now,
+                _ => false,
+            })
+            .map(|(l, _)| *l)
+            .collect();
+        for link in due {
+            self.timer_due(link, now);
+        }
+        self.events();
+    }
+
+    /// Shuts a connection without a client certificate that has put no valid token in time,
+    /// or (a service's) once every token put on it has run out and no device is admitted.
+    fn check_tokens(&mut self) {
+        if self.identities.is_empty() && !self.service.is_set() {
+            self.shut_out(&format!(
+                "no identity was admitted within {} s of the AMQP open: put a SAS token on $cbs first, or present a client certificate",
+                TOKEN_TIMEOUT_MS / 1000
+            ));
+            return;
+        }
+        if let Some(expiry) = self.service.latest_expiry() {
+            let at = expiry.saturating_mul(1000);
+            if at > now_ms() {
+                self.token_check = Some(at);
+            } else if self.identities.is_empty() {
+                self.shut_out(
+                    "the service's SAS token expired: put a fresh one on $cbs before it runs out",
+                );
+            }
+        }
+    }
+
+    /// Shuts the connection out for `reason`: every session is ended with it (the Azure SDKs
+    /// then let go of their links at once and close the connection); a client that has not
+    /// closed within a second gets the connection closed with the reason.
+    fn shut_out(&mut self, reason: &str) {
+        if self.shut.is_some() || !self.engine.is_open() {
+            return;
+        }
+        self.engine
+            .end_all(error(AmqpError::UnauthorizedAccess, reason));
+        self.shut = Some((reason.to_string(), now_ms() + SHUT_GRACE_MS));
+        let links: Vec<LinkId> = self.links.keys().copied().collect();
+        for link in links {
+            self.release(link);
+        }
+    }
+
+    /// Acts on every event the engine has.
+    fn events(&mut self) {
+        while let Some(event) = self.engine.next_event() {
+            match event {
+                Event::SaslInit {
+                    mechanism,
+                    response,
+                    ..
+                } => {
+                    let ok = if mechanism == "PLAIN" {
+                        service::sasl_plain(self.state(), response.as_deref(), &self.service)
+                    } else {
+                        true
+                    };
+                    self.engine.sasl_outcome(ok);
+                }
+                Event::Opened { .. } => {}
+                Event::Attach(request) => self.attach(request),
+                Event::Transfer {
+                    link,
+                    delivery,
+                    settled,
+                    payload,
+                } => self.transfer(link, delivery, settled, &payload),
+                Event::Outcome {
+                    link,
+                    delivery,
+                    state,
+                } => self.outcome(link, delivery, state),
+                Event::Credit { link } => self.pump(link),
+                Event::Detached { link, .. } => {
+                    self.release(link);
+                    self.links.remove(&link);
+                }
+                Event::Closed { .. } => {}
+                Event::Failed(why) => {
+                    tracing::debug!(peer = %self.peer, reason = why, "AMQP connection failed");
+                    *self.ending.reason.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(format!("AMQP protocol error: {why}"));
+                }
+            }
+        }
+    }
+
+    fn attach(&mut self, request: Box<AttachRequest>) {
+        if self.shut.is_some() {
+            let why = self.shut.as_ref().map(|s| s.0.clone()).unwrap_or_default();
+            self.engine
+                .refuse(*request, error(AmqpError::UnauthorizedAccess, &why));
+            return;
+        }
+        let link = request.link;
+        let node = match address::parse(&request.address) {
+            Ok(node) => node,
+            Err(e) => {
+                self.engine
+                    .refuse(*request, error(AmqpError::NotFound, &e.to_string()));
+                return;
+            }
+        };
+        let channel = self.engine.session_of(link).unwrap_or(0);
+        match (node, request.client_sends) {
+            (Node::Cbs, true) => {
+                self.engine.accept(&request, REQUEST_WINDOW);
+                self.links.insert(link, Handler::CbsIn);
+            }
+            (Node::Management, true) => {
+                self.engine.accept(&request, REQUEST_WINDOW);
+                self.links.insert(link, Handler::ManagementIn);
+            }
+            (node @ (Node::Cbs | Node::Management), false) => {
+                let name = if node == Node::Cbs {
+                    "$cbs"
+                } else {
+                    "$management"
+                };
+                if self.replies.contains_key(&(channel, name)) {
+                    let why = format!("{name} already has a reply link on this session");
+                    self.engine
+                        .refuse(*request, error(AmqpError::ResourceLocked, &why));
+                    return;
+                }
+                self.engine.accept(&request, 0);
+                self.replies.insert((channel, name), link);
+                self.links.insert(
+                    link,
+                    Handler::Replies {
+                        node: name,
+                        queue: VecDeque::new(),
+                    },
+                );
+            }
+            (
+                node @ (Node::Events(_) | Node::Twin(_) | Node::DeviceBound(_) | Node::Methods(_)),
+                _,
+            ) => self.device_attach(request, node),
+            (node @ (Node::ServiceDeviceBound | Node::Feedback | Node::FileNotifications), _) => {
+                self.links.insert(link, Handler::Pending);
+                let state = self.state().clone();
+                let slot = self.service.clone();
+                self.work.push(Box::pin(async move {
+                    let result = service::attach(&state, &slot, &node, request.client_sends).await;
+                    Done::ServiceAttach { request, result }
+                }));
+            }
+            (
+                Node::Partition {
+                    entity,
+                    consumer_group,
+                    partition,
+                },
+                _,
+            ) => {
+                self.links.insert(link, Handler::Pending);
+                let state = self.state().clone();
+                let slot = self.service.clone();
+                let stolen = self.wake_tx.clone();
+                self.work.push(Box::pin(async move {
+                    let result = eventhub::attach(
+                        &state,
+                        &slot,
+                        &request,
+                        eventhub::Asked {
+                            entity,
+                            group: consumer_group,
+                            partition,
+                        },
+                        move |claim| {
+                            let taken = claim.taken.clone();
+                            tokio::spawn(async move {
+                                taken.cancelled().await;
+                                let _ = stolen.send(Wake::Stolen(link));
+                            });
+                        },
+                    )
+                    .await;
+                    Done::PartitionAttach { request, result }
+                }));
+            }
+        }
+    }
+
+    /// A link of a device's own node: who it acts for is admitted first (by its token, else
+    /// by the TLS chain), or the link is refused with the reason.
+    fn device_attach(&mut self, request: Box<AttachRequest>, node: Node) {
+        let owner = match &node {
+            Node::Events(o) | Node::Twin(o) | Node::DeviceBound(o) | Node::Methods(o) => o.clone(),
+            _ => return,
+        };
+        let client_id = owner.client_id();
+        self.links.insert(request.link, Handler::Pending);
+        if self.identities.contains_key(&client_id) {
+            self.device_link(request, node, &client_id);
+            return;
+        }
+        if let Some(waiting) = self.judging.get_mut(&client_id) {
+            waiting.push((request, node));
+            return;
+        }
+        self.judging
+            .insert(client_id.clone(), vec![(request, node)]);
+        let host = self
+            .state()
+            .hostnames()
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        self.judge(client_id, &host, None, Then::Attach(Vec::new()));
+    }
+
+    /// Judges an identity (a token: as SAS; none: by the TLS chain) in a future of the task.
+    fn judge(&mut self, client_id: String, host: &str, token: Option<String>, then: Then) {
+        let core = self.core.clone();
+        let peer = self.peer;
+        let chain = self.chain.clone();
+        let tls13 = self.tls13;
+        let renewal = self.identities.contains_key(&client_id);
+        let username = format!("{host}/{client_id}/?api-version=amqp");
+        self.work.push(Box::pin(async move {
+            let attempt = Attempt {
+                peer,
+                chain: &chain,
+                tls13,
+                client_id: &client_id,
+                username: Some(&username),
+                password: token.as_deref().map(str::as_bytes),
+            };
+            let judged = core.authenticate(attempt).await;
+            let result = match judged {
+                Err(_) => Err(format!(
+                    "{client_id} is not authorized (the hub's audit trail names why)"
+                )),
+                Ok(device) if renewal => Ok(Judged::Renewed(device)),
+                Ok(device) => match core.slot(&client_id, peer).await {
+                    Err(_) => Err("the hub's device session limit is reached; retry".to_string()),
+                    Ok(slot) => {
+                        let opened = core.open(device.clone(), slot, false).await;
+                        core.announce(&opened.live, peer).await;
+                        Ok(Judged::Opened(Box::new((device, opened.live))))
+                    }
+                },
+            };
+            Done::Judged {
+                client_id,
+                result,
+                then,
+            }
+        }));
+    }
+
+    fn judged(&mut self, client_id: String, result: Result<Judged, String>, then: Then) {
+        let result = match result {
+            Ok(Judged::Opened(opened)) => {
+                let (device, live) = *opened;
+                if self.shut.is_some() || self.engine.is_closed() {
+                    // The connection is going: the session ends at once.
+                    let core = self.core.clone();
+                    tokio::spawn(async move {
+                        core.close(live, Ended::Closed("the connection ended".into()), None)
+                            .await;
+                    });
+                    Err("the connection is being closed".to_string())
+                } else {
+                    self.admitted(client_id.clone(), device, live);
+                    Ok(())
+                }
+            }
+            Ok(Judged::Renewed(device)) => match self.identities.get(&client_id) {
+                Some(identity) => {
+                    let expiry = device.expires().map(|se| se.saturating_mul(1000));
+                    identity.expiry.send_replace(expiry);
+                    Ok(())
+                }
+                None => Err(format!("{client_id} was shut out")),
+            },
+            Err(why) => Err(why),
+        };
+        let waiting = self.judging.remove(&client_id).unwrap_or_default();
+        match then {
+            Then::Cbs { channel, request } => {
+                let (status, description) = match &result {
+                    Ok(()) => (200, "OK".to_string()),
+                    Err(why) => (401, why.clone()),
+                };
+                self.reply(
+                    channel,
+                    "$cbs",
+                    reply_to(&request, status, &description, Value::Null),
+                );
+            }
+            Then::Attach(more) => {
+                for (request, node) in more {
+                    self.after_judgement(request, node, &client_id, &result);
+                }
+            }
+        }
+        for (request, node) in waiting {
+            self.after_judgement(request, node, &client_id, &result);
+        }
+    }
+
+    fn after_judgement(
+        &mut self,
+        request: Box<AttachRequest>,
+        node: Node,
+        client_id: &str,
+        result: &Result<(), String>,
+    ) {
+        match result {
+            Ok(()) if self.identities.contains_key(client_id) => {
+                self.device_link(request, node, client_id);
+            }
+            Ok(()) => {
+                self.links.remove(&request.link);
+                let why = format!("{client_id} was shut out");
+                self.engine
+                    .refuse(*request, error(AmqpError::UnauthorizedAccess, &why));
+            }
+            Err(why) => {
+                self.links.remove(&request.link);
+                self.engine
+                    .refuse(*request, error(AmqpError::UnauthorizedAccess, why));
+            }
+        }
+    }
+
+    /// Registers an admitted identity and watches its session (kicks, work, token expiry).
+    fn admitted(&mut self, client_id: String, device: AuthenticatedDevice, live: Live) {
+        let expiry_ms = device.expires().map(|se| se.saturating_mul(1000));
+        let (expiry, expiry_rx) = watch::channel(expiry_ms);
+        self.identities.insert(
+            client_id,
+            Identity {
+                device,
+                conn: live.ticket.conn,
+                expiry,
+                twin_out: None,
+                methods_out: None,
+                c2d: Vec::new(),
+                calls: HashMap::new(),
+            },
+        );
+        tokio::spawn(watch_session(
+            live,
+            expiry_rx,
+            self.wake_tx.clone(),
+            self.core.clone(),
+            self.ending.clone(),
+        ));
+    }
+
+    /// Serves a device link of an admitted identity.
+    fn device_link(&mut self, request: Box<AttachRequest>, node: Node, client_id: &str) {
+        let Some(identity) = self.identities.get_mut(client_id) else {
+            return;
+        };
+        let link = request.link;
+        let device = identity.device.clone();
+        let client_id = client_id.to_string();
+        let sessions = self.core.state().sessions();
+        let handler = match (node, request.client_sends) {
+            (Node::Events(_), true) => {
+                self.engine.accept(&request, TELEMETRY_WINDOW);
+                Handler::Telemetry { device }
+            }
+            (Node::Twin(_), true) => {
+                self.engine.accept(&request, REQUEST_WINDOW);
+                Handler::TwinIn { client_id }
+            }
+            (Node::Twin(_), false) => {
+                self.engine.accept(&request, 0);
+                identity.twin_out = Some(link);
+                Handler::Out {
+                    client_id,
+                    queue: VecDeque::new(),
+                }
+            }
+            (Node::Methods(_), false) => {
+                // Attaching it subscribes the identity to direct methods (as MQTT's
+                // SUBSCRIBE to `$iothub/methods/POST/#` does), detaching it ends that.
+                self.engine.accept(&request, 0);
+                identity.methods_out = Some(link);
+                sessions.subscribed(&client_id, identity.conn, &[(METHODS.to_string(), 0)]);
+                Handler::Out {
+                    client_id,
+                    queue: VecDeque::new(),
+                }
+            }
+            (Node::Methods(_), true) => {
+                self.engine.accept(&request, REQUEST_WINDOW);
+                Handler::MethodsIn { client_id }
+            }
+            (Node::DeviceBound(o), false) if o.module.is_none() => {
+                self.engine.accept(&request, 0);
+                identity.c2d.push(link);
+                Handler::C2d {
+                    client_id,
+                    device,
+                    state: Held::Idle { next: 0 },
+                }
+            }
+            (node, _) => {
+                self.links.remove(&link);
+                let why =
+                    format!("{node:?} is not served in this direction (or for modules) over AMQP");
+                self.engine
+                    .refuse(*request, error(AmqpError::NotImplemented, &why));
+                return;
+            }
+        };
+        self.links.insert(link, handler);
+        self.pump(link);
+    }
+
+    /// A message on a link the hub receives on.
+    fn transfer(&mut self, link: LinkId, delivery: u32, settled: bool, payload: &[u8]) {
+        let Some(handler) = self.links.get(&link) else {
+            return;
+        };
+        if let Handler::Telemetry { device } = handler {
+            let message = match decode(payload) {
+                Ok(m) => m,
+                Err(why) => {
+                    self.engine
+                        .settle(link, delivery, rejected(AmqpError::DecodeError, &why));
+                    return;
+                }
+            };
+            let (props, body) = telemetry_parts(&message);
+            let record = self.core.telemetry(device, &props, body);
+            match self.state().telemetry().try_submit(record) {
+                Ok(committed) => {
+                    if settled {
+                        self.core.telemetry_counted();
+                    }
+                    self.owed.push_back((link, delivery, committed));
+                }
+                Err(record) => {
+                    let state = self.state().clone();
+                    self.work.push(Box::pin(async move {
+                        let committed = match state.telemetry().submit(record).await {
+                            Ok(c) => c.await,
+                            Err(e) => Err(e),
+                        };
+                        Done::Settle {
+                            link,
+                            delivery,
+                            state: stored_state(committed),
+                        }
+                    }));
+                }
+            }
+            return;
+        }
+        let request = match decode(payload) {
+            Ok(m) => m,
+            Err(why) => {
+                if !settled {
+                    self.engine
+                        .settle(link, delivery, rejected(AmqpError::DecodeError, &why));
+                }
+                return;
+            }
+        };
+        // Requests are accepted as read (their answer is a message of its own); a C2D send
+        // is settled with its outcome.
+        if !settled && !matches!(handler, Handler::Service(_)) {
+            self.engine
+                .settle(link, delivery, DeliveryState::Accepted(Accepted {}));
+        }
+        let channel = self.engine.session_of(link).unwrap_or(0);
+        match self.links.get(&link) {
+            Some(Handler::CbsIn) => self.put_token(channel, request),
+            Some(Handler::ManagementIn) => {
+                let state = self.state().clone();
+                let slot = self.service.clone();
+                self.work.push(Box::pin(async move {
+                    let (status, description, body) =
+                        eventhub::management(&request, &state, &slot).await;
+                    Done::Reply {
+                        channel,
+                        node: "$management",
+                        message: encode(&reply_to(&request, status, &description, body)),
+                    }
+                }));
+            }
+            Some(Handler::TwinIn { client_id }) => {
+                let client_id = client_id.clone();
+                self.twin_request(client_id, request);
+            }
+            Some(Handler::MethodsIn { client_id }) => {
+                let client_id = client_id.clone();
+                self.method_answer(&client_id, &request);
+            }
+            Some(Handler::Service(s)) if s.sends_c2d() => {
+                let state = self.state().clone();
+                let slot = self.service.clone();
+                self.work.push(Box::pin(async move {
+                    let state = service::c2d_send(&state, &slot, &request).await;
+                    Done::Settle {
+                        link,
+                        delivery,
+                        state,
+                    }
+                }));
+            }
+            _ => {}
+        }
+    }
+
+    /// `$cbs` put-token: each device token is judged as a SAS CONNECT of the identity its
+    /// audience names; a token signed with a policy key is a service's.
+    fn put_token(&mut self, channel: u16, request: AnyMessage) {
+        let bad = |why: &str| Some((400, why.to_string()));
+        let refusal = if property(&request, "operation") != Some("put-token") {
+            bad(
+                "the CBS node takes operation put-token (a SAS token as the body, the audience as name)",
+            )
+        } else if property(&request, "name").is_none() {
+            bad("a put-token request names its audience (name)")
+        } else if !matches!(&request.body, Body::Value(AmqpValue(Value::String(_)))) {
+            bad("a put-token request carries the token as a string body")
+        } else {
+            None
+        };
+        if let Some((status, why)) = refusal {
+            self.reply(
+                channel,
+                "$cbs",
+                reply_to(&request, status, &why, Value::Null),
+            );
+            return;
+        }
+        let audience = property(&request, "name").unwrap_or_default().to_string();
+        let token = match &request.body {
+            Body::Value(AmqpValue(Value::String(t))) => t.clone(),
+            _ => String::new(),
+        };
+        let Some((host, owner)) = audience_owner(&audience) else {
+            if token.contains("skn=") {
+                // Signed with a shared access policy's key: a service.
+                let state = self.state().clone();
+                let slot = self.service.clone();
+                self.work.push(Box::pin(async move {
+                    let (status, description) = service::put_token(&state, &slot, &token).await;
+                    Done::Reply {
+                        channel,
+                        node: "$cbs",
+                        message: encode(&reply_to(&request, status, &description, Value::Null)),
+                    }
+                }));
+                // A service's connection lasts as long as one of its tokens.
+                self.token_check = Some(now_ms() + 1_000);
+                return;
+            }
+            let why = format!(
+                "{audience:?} is not an audience of this hub: {{host}}/devices/{{id}}[/modules/{{id}}]"
+            );
+            self.reply(channel, "$cbs", reply_to(&request, 404, &why, Value::Null));
+            return;
+        };
+        let client_id = owner.client_id();
+        if self.judging.contains_key(&client_id) {
+            self.reply(
+                channel,
+                "$cbs",
+                reply_to(
+                    &request,
+                    409,
+                    "a token of this identity is being judged; put the next when it is answered",
+                    Value::Null,
+                ),
+            );
+            return;
+        }
+        self.judging.insert(client_id.clone(), Vec::new());
+        self.judge(
+            client_id,
+            &host,
+            Some(token),
+            Then::Cbs {
+                channel,
+                request: Box::new(request),
+            },
+        );
+    }
+
+    /// Queues a reply on its session's reply link of `node`.
+    fn reply(&mut self, channel: u16, node: &'static str, message: AnyMessage) {
+        self.reply_bytes(channel, node, encode(&message));
+    }
+
+    fn reply_bytes(&mut self, channel: u16, node: &'static str, message: Vec<u8>) {
+        let Some(link) = self.replies.get(&(channel, node)).copied() else {
+            tracing::debug!(peer = %self.peer, node, "a reply with no reply link to send it on");
+            return;
+        };
+        if let Some(Handler::Replies { queue, .. }) = self.links.get_mut(&link) {
+            queue.push_back(message);
+        }
+        self.pump(link);
+    }
+
+    /// Twin requests: the `operation` (and `resource`) annotations say which; each is
+    /// answered on the twin link the hub sends on, with the request's correlation id, a
+    /// `status` annotation (int) and, for a reported patch, the twin's new `version` (long).
+    fn twin_request(&mut self, client_id: String, request: AnyMessage) {
+        let Some(identity) = self.identities.get(&client_id) else {
+            return;
+        };
+        let device = identity.device.clone();
+        let conn = identity.conn;
+        let sessions = self.state().sessions();
+        let operation = annotation(&request, "operation").map(str::to_string);
+        let resource = annotation(&request, "resource").map(str::to_string);
+        let correlation = request
+            .properties
+            .as_ref()
+            .and_then(|p| p.correlation_id.clone());
+        let answer = move |status: i32, version: Option<i64>, body: Vec<u8>| {
+            let mut annotations = MessageAnnotations::builder()
+                .insert(OwnedKey::Symbol(Symbol::from("status")), Value::Int(status));
+            if let Some(v) = version {
+                annotations =
+                    annotations.insert(OwnedKey::Symbol(Symbol::from("version")), Value::Long(v));
+            }
+            encode(&data_message(
+                Properties {
+                    correlation_id: correlation,
+                    ..Default::default()
+                },
+                Some(annotations.build()),
+                body,
+            ))
+        };
+        let immediate = match (operation.as_deref(), resource.as_deref()) {
+            (Some("PUT"), Some("/notifications/twin/properties/desired")) => {
+                sessions.subscribed(&client_id, conn, &[(DESIRED.to_string(), 0)]);
+                Some((200, Vec::new()))
+            }
+            (Some("DELETE"), Some("/notifications/twin/properties/desired")) => {
+                sessions.unsubscribed(&client_id, conn, &[DESIRED.to_string()]);
+                Some((200, Vec::new()))
+            }
+            (Some("GET"), _) | (Some("PATCH"), Some("/properties/reported")) => None,
+            (operation, resource) => Some((
+                400,
+                error_body(&format!(
+                    "unknown twin operation {operation:?} on {resource:?}: GET, PATCH /properties/reported, PUT or DELETE /notifications/twin/properties/desired"
+                )),
+            )),
+        };
+        if let Some((status, body)) = immediate {
+            let message = answer(status, None, body);
+            self.send_on_twin(&client_id, message);
+            return;
+        }
+        let core = self.core.clone();
+        self.work.push(Box::pin(async move {
+            let (status, version, body) = if operation.as_deref() == Some("GET") {
+                match core.read_twin(&device).await {
+                    Ok(twin) => (200, None, twin),
+                    Err((status, why)) => (i32::from(status), None, error_body(&why)),
+                }
+            } else {
+                let (_, patch) = telemetry_parts(&request);
+                match core.patch_reported(&device, &patch).await {
+                    Ok(version) => (204, Some(version), Vec::new()),
+                    Err((status, why)) => (i32::from(status), None, error_body(&why)),
+                }
+            };
+            Done::Twin {
+                client_id,
+                message: answer(status, version, body),
+            }
+        }));
+    }
+
+    fn send_on_twin(&mut self, client_id: &str, message: Vec<u8>) {
+        let Some(link) = self.identities.get(client_id).and_then(|i| i.twin_out) else {
+            tracing::debug!(client_id, "a twin message with no twin link to send it on");
+            return;
+        };
+        if let Some(Handler::Out { queue, .. }) = self.links.get_mut(&link) {
+            queue.push_back(message);
+        }
+        self.pump(link);
+    }
+
+    /// A direct method request on the method link, under a fresh uuid as correlation id (the
+    /// SDKs require one); its answer names it.
+    fn call(&mut self, client_id: &str, request: &MethodRequest) {
+        let Some(identity) = self.identities.get_mut(client_id) else {
+            return;
+        };
+        let Some(link) = identity.methods_out else {
+            // No method link: the caller's wait runs out (504), as for a device that is gone.
+            return;
+        };
         let mut id = [0u8; 16];
         if aws_lc_rs::rand::fill(&mut id).is_err() {
             return;
@@ -234,526 +1261,569 @@ impl IdentityLinks {
                     .build(),
             )
             .body(Body::Data(
-                vec![fe2o3_amqp::types::messaging::Data(
-                    request.payload.clone().into(),
-                )]
-                .into(),
+                vec![Data(request.payload.clone().into())].into(),
             ))
             .build();
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, request.rid.clone());
-        let methods = self.methods.lock().unwrap_or_else(|e| e.into_inner());
-        if methods
+        identity.calls.insert(id, request.rid.clone());
+        if let Some(Handler::Out { queue, .. }) = self.links.get_mut(&link) {
+            queue.push_back(encode(&message));
+        }
+        self.pump(link);
+    }
+
+    /// A method answer: the request's correlation id, the status in `IoThub-status`, the
+    /// JSON payload as the body.
+    fn method_answer(&mut self, client_id: &str, answer: &AnyMessage) {
+        let id = answer
+            .properties
             .as_ref()
-            .is_none_or(|m| m.send(Box::new(message)).is_err())
+            .and_then(|p| p.correlation_id.as_ref())
+            .and_then(uuid_bytes);
+        let rid = id.and_then(|id| {
+            self.identities
+                .get_mut(client_id)
+                .and_then(|i| i.calls.remove(&id))
+        });
+        let Some(rid) = rid else {
+            tracing::info!(client_id, "a method answer for no call of this hub");
+            return;
+        };
+        let status = match answer
+            .application_properties
+            .as_ref()
+            .and_then(|a| a.0.get("IoThub-status"))
         {
-            // No method link: the caller's wait runs out (504), as for a device that is gone.
-            self.calls
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id);
+            Some(SimpleValue::Int(n)) => i64::from(*n),
+            Some(SimpleValue::Long(n)) => *n,
+            Some(other) => simple_text(other).parse().unwrap_or(500),
+            None => 500,
+        };
+        let (_, payload) = telemetry_parts(answer);
+        let reply = MethodReply { status, payload };
+        if !self
+            .state()
+            .sessions()
+            .finish_method(client_id, &rid, reply)
+        {
+            tracing::info!(
+                client_id,
+                rid,
+                "method response for no waiting call (timed out?)"
+            );
         }
     }
 
-    /// Sends on the twin link; false when none is attached.
-    fn to_twin(&self, message: Message<Body<Value>>) -> bool {
-        let twin = self.twin.lock().unwrap_or_else(|e| e.into_inner());
-        twin.as_ref()
-            .is_some_and(|t| t.send(Box::new(message)).is_ok())
+    /// The client's disposition of a message the hub sent unsettled.
+    fn outcome(&mut self, link: LinkId, delivery: u32, state: Option<DeliveryState>) {
+        let settle = match state {
+            Some(DeliveryState::Accepted(_)) => Settle::Complete,
+            Some(DeliveryState::Rejected(_)) => Settle::Reject,
+            _ => Settle::Abandon,
+        };
+        match self.links.get_mut(&link) {
+            Some(Handler::C2d { device, state, .. }) => {
+                let Held::Sent {
+                    token,
+                    delivery: sent,
+                    ..
+                } = state
+                else {
+                    return;
+                };
+                if *sent != delivery {
+                    return;
+                }
+                let token = std::mem::take(token);
+                let device = device.clone();
+                *state = Held::Busy;
+                let core = self.core.clone();
+                self.work.push(Box::pin(async move {
+                    if let Err(e) = core.settle_c2d(&device, &token, settle).await {
+                        tracing::warn!(error = %e, "C2D disposition not stored");
+                    }
+                    Done::Next { link }
+                }));
+            }
+            Some(Handler::Service(s)) => {
+                if let Some(work) = s.outcome(self.core.state(), link, delivery, settle) {
+                    self.work.push(work);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends what a link the hub sends on has, while it has credit; starts reading a queue
+    /// for it when it has nothing.
+    fn pump(&mut self, link: LinkId) {
+        let now = now_ms();
+        let Some(handler) = self.links.get_mut(&link) else {
+            return;
+        };
+        match handler {
+            Handler::Replies { queue, .. } | Handler::Out { queue, .. } => {
+                while self.engine.credit(link) > 0 {
+                    let Some(message) = queue.pop_front() else {
+                        break;
+                    };
+                    let _ = self.engine.send(link, None, &message, true);
+                }
+            }
+            Handler::C2d { device, state, .. } => {
+                let ready = matches!(state, Held::Idle { next } if *next <= now);
+                if ready && self.engine.credit(link) > 0 {
+                    *state = Held::Busy;
+                    let core = self.core.clone();
+                    let device = device.clone();
+                    let owner = device.id().clone();
+                    self.work.push(Box::pin(async move {
+                        let locked = match core.lock_c2d(&device, C2D_LOCK_MS).await {
+                            Ok(locked) => locked,
+                            Err(e) => {
+                                tracing::warn!(client_id = owner.cn(), error = %e, "C2D queue not read");
+                                None
+                            }
+                        };
+                        Done::C2dLocked {
+                            link,
+                            device,
+                            locked: locked
+                                .map(|(token, m, _)| (token, encode(&c2d_message(&m, &owner.device)))),
+                        }
+                    }));
+                }
+            }
+            Handler::Service(s) => {
+                let credit = self.engine.credit(link);
+                if let Some(work) = s.pump(self.core.state(), &self.service, link, credit, now) {
+                    self.work.push(work);
+                    if self.service_queues.is_none() {
+                        self.service_queues = Some(self.core.state().service_queues_changed());
+                    }
+                }
+            }
+            Handler::Partition(p) => {
+                while self.engine.credit(link) > 0 {
+                    let Some((_, message)) = p.ready.pop_front() else {
+                        break;
+                    };
+                    let _ = self.engine.send(link, None, &message, true);
+                }
+                if let Some(work) = p.read_more(self.core.state(), link) {
+                    self.work.push(work);
+                }
+                if p.waiting && self.follow.is_none() {
+                    self.follow = Some(self.core.state().telemetry().follow());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn pump_partitions(&mut self) {
+        let links: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter_map(|(l, h)| matches!(h, Handler::Partition(_)).then_some(*l))
+            .collect();
+        if links.is_empty() {
+            self.follow = None;
+        }
+        for link in links {
+            if let Some(Handler::Partition(p)) = self.links.get_mut(&link) {
+                p.waiting = false;
+            }
+            self.pump(link);
+        }
+    }
+
+    fn pump_service_queues(&mut self) {
+        let links: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter_map(|(l, h)| matches!(h, Handler::Service(s) if s.receives()).then_some(*l))
+            .collect();
+        if links.is_empty() {
+            self.service_queues = None;
+        }
+        for link in links {
+            if let Some(Handler::Service(s)) = self.links.get_mut(&link) {
+                s.wake();
+            }
+            self.pump(link);
+        }
+    }
+
+    /// A link's timer ran out: a C2D or queue lock unanswered, a poll due, a token expired.
+    fn timer_due(&mut self, link: LinkId, now: i64) {
+        match self.links.get_mut(&link) {
+            Some(Handler::C2d { state, .. }) => {
+                // Unanswered while it was locked: it is delivered again later; idle: look.
+                *state = Held::Idle { next: now };
+                self.pump(link);
+            }
+            Some(Handler::Service(s)) => match s.timer(self.core.state(), &self.service, now) {
+                Ok(()) => self.pump(link),
+                Err(error) => {
+                    self.release(link);
+                    self.links.remove(&link);
+                    self.engine.detach(link, Some(error));
+                }
+            },
+            Some(Handler::Partition(p)) => match p.timer(self.core.state(), &self.service, now) {
+                Ok(()) => self.pump(link),
+                Err(error) => {
+                    self.links.remove(&link);
+                    self.engine.detach(link, Some(error));
+                }
+            },
+            _ => {}
+        }
+    }
+
+    /// Slow work came back.
+    fn done(&mut self, done: Done) {
+        match done {
+            Done::Judged {
+                client_id,
+                result,
+                then,
+            } => self.judged(client_id, result, then),
+            Done::Reply {
+                channel,
+                node,
+                message,
+            } => self.reply_bytes(channel, node, message),
+            Done::Settle {
+                link,
+                delivery,
+                state,
+            } => {
+                if matches!(state, DeliveryState::Accepted(_))
+                    && matches!(self.links.get(&link), Some(Handler::Telemetry { .. }))
+                {
+                    self.core.telemetry_counted();
+                }
+                self.engine.settle(link, delivery, state);
+            }
+            Done::Twin { client_id, message } => self.send_on_twin(&client_id, message),
+            Done::C2dLocked {
+                link,
+                device,
+                locked,
+            } => {
+                let now = now_ms();
+                let Some(Handler::C2d { state, .. }) = self.links.get_mut(&link) else {
+                    // The link went while the message was locked: it goes back at once.
+                    if let Some((token, _)) = locked {
+                        let core = self.core.clone();
+                        tokio::spawn(async move {
+                            let _ = core.settle_c2d(&device, &token, Settle::Abandon).await;
+                        });
+                    }
+                    return;
+                };
+                let Some((token, message)) = locked else {
+                    *state = Held::Idle {
+                        next: now + C2D_POLL_MS,
+                    };
+                    return;
+                };
+                match self.engine.send(link, None, &message, false) {
+                    Ok(Some(delivery)) => {
+                        *state = Held::Sent {
+                            token,
+                            delivery,
+                            until: now + C2D_LOCK_MS,
+                        };
+                    }
+                    _ => {
+                        // No credit after all (or too large for the client): back it goes.
+                        *state = Held::Busy;
+                        let core = self.core.clone();
+                        self.work.push(Box::pin(async move {
+                            let _ = core.settle_c2d(&device, &token, Settle::Abandon).await;
+                            Done::Next { link }
+                        }));
+                    }
+                }
+            }
+            Done::Next { link } => {
+                match self.links.get_mut(&link) {
+                    Some(Handler::C2d { state, .. }) => *state = Held::Idle { next: 0 },
+                    Some(Handler::Service(s)) => s.settled(),
+                    _ => return,
+                }
+                self.pump(link);
+            }
+            Done::ServiceAttach { request, result } => {
+                let link = request.link;
+                if !matches!(self.links.get(&link), Some(Handler::Pending)) {
+                    return;
+                }
+                match result {
+                    Ok(s) => {
+                        let window = if request.client_sends {
+                            REQUEST_WINDOW
+                        } else {
+                            0
+                        };
+                        self.engine.accept(&request, window);
+                        self.links.insert(link, Handler::Service(s));
+                        self.pump(link);
+                    }
+                    Err(error) => {
+                        self.links.remove(&link);
+                        self.engine.refuse(*request, error);
+                    }
+                }
+            }
+            Done::PartitionAttach { request, result } => {
+                let link = request.link;
+                if !matches!(self.links.get(&link), Some(Handler::Pending)) {
+                    return;
+                }
+                match result {
+                    Ok(p) => {
+                        self.engine.accept(&request, 0);
+                        self.links.insert(link, Handler::Partition(p));
+                        self.pump(link);
+                    }
+                    Err(error) => {
+                        self.links.remove(&link);
+                        self.engine.refuse(*request, error);
+                    }
+                }
+            }
+            Done::Queued {
+                link,
+                queue,
+                result,
+            } => {
+                let now = now_ms();
+                let Some(Handler::Service(s)) = self.links.get_mut(&link) else {
+                    if let Ok(Some((token, _))) = result {
+                        service::abandon_later(self.core.state(), queue, token);
+                    }
+                    return;
+                };
+                match s.queued(self.core.state(), result, &mut self.engine, link, now) {
+                    Ok(Some(work)) => self.work.push(work),
+                    Ok(None) => {}
+                    Err(error) => {
+                        self.links.remove(&link);
+                        self.engine.detach(link, Some(error));
+                    }
+                }
+            }
+            Done::Events { link, result } => {
+                if let Some(Handler::Partition(p)) = self.links.get_mut(&link) {
+                    p.read_done(result);
+                    self.pump(link);
+                }
+            }
+        }
+    }
+
+    /// Telemetry committed (or not): accepted, or rejected so that the client sends again.
+    fn stored(&mut self, (link, delivery, result): (LinkId, u32, Result<i64, String>)) {
+        if result.is_ok() {
+            self.core.telemetry_counted();
+        }
+        self.engine.settle(link, delivery, stored_state(result));
+    }
+
+    /// News from an identity's watcher or a partition claim.
+    fn wake(&mut self, wake: Wake) {
+        match wake {
+            Wake::Kicked(client_id, reason) => {
+                self.identities.remove(&client_id);
+                self.shut_out(&reason);
+            }
+            Wake::Expired(client_id) => {
+                self.identities.remove(&client_id);
+                self.shut_out("the SAS token expired");
+            }
+            Wake::C2d(client_id) => {
+                let links = self
+                    .identities
+                    .get(&client_id)
+                    .map(|i| i.c2d.clone())
+                    .unwrap_or_default();
+                for link in links {
+                    if let Some(Handler::C2d { state, .. }) = self.links.get_mut(&link)
+                        && let Held::Idle { next } = state
+                    {
+                        *next = 0;
+                    }
+                    self.pump(link);
+                }
+            }
+            // A desired-properties push: a message without correlation id on the twin link
+            // (the session has subscribed through it).
+            Wake::Desired(client_id, patch) => {
+                let message = encode(&data_message(Properties::default(), None, patch));
+                self.send_on_twin(&client_id, message);
+            }
+            Wake::Method(client_id, request) => self.call(&client_id, &request),
+            Wake::Stolen(link) => {
+                if matches!(self.links.get(&link), Some(Handler::Partition(_))) {
+                    self.links.remove(&link);
+                    self.engine.detach(
+                        link,
+                        Some(error(
+                            LinkError::Stolen,
+                            "a reader with an equal or higher owner level took this partition of the consumer group",
+                        )),
+                    );
+                }
+            }
+        }
+    }
+
+    /// A link has ended (or the connection): what it held of the hub's queues goes back, and
+    /// what its identity knew of it is forgotten.
+    fn release(&mut self, link: LinkId) {
+        let Some(handler) = self.links.get_mut(&link) else {
+            return;
+        };
+        match handler {
+            Handler::C2d {
+                client_id,
+                device,
+                state,
+            } => {
+                if let Held::Sent { token, .. } = std::mem::replace(state, Held::Busy) {
+                    let core = self.core.clone();
+                    let device = device.clone();
+                    tokio::spawn(async move {
+                        let _ = core.settle_c2d(&device, &token, Settle::Abandon).await;
+                    });
+                }
+                if let Some(i) = self.identities.get_mut(client_id.as_str()) {
+                    i.c2d.retain(|l| *l != link);
+                }
+            }
+            Handler::Out { client_id, .. } => {
+                if let Some(i) = self.identities.get_mut(client_id.as_str()) {
+                    if i.twin_out == Some(link) {
+                        i.twin_out = None;
+                    }
+                    if i.methods_out == Some(link) {
+                        i.methods_out = None;
+                        self.core.state().sessions().unsubscribed(
+                            client_id,
+                            i.conn,
+                            &[METHODS.to_string()],
+                        );
+                    }
+                }
+            }
+            Handler::Replies { node, .. } => {
+                let node = *node;
+                self.replies.retain(|(_, n), l| !(*n == node && *l == link));
+            }
+            Handler::Service(s) => s.release(self.core.state()),
+            _ => {}
+        }
     }
 }
 
-/// A device connection from its first AMQP byte to its end.
-pub(crate) async fn run<S>(mut io: S, conn: Connection, core: Arc<DeviceCore>)
-where
-    S: AsyncRead + AsyncWrite + std::fmt::Debug + Send + Unpin + 'static,
-{
-    let Connection {
-        peer,
-        chain,
-        tls13,
-        mut pending,
-    } = conn;
-    let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
-    let mut header = [0u8; 8];
-    let read = crate::gate::owed(
-        &mut pending,
-        deadline,
-        io.read_exact(&mut header),
-        core.state(),
-        core.listener(),
-    )
-    .await;
-    if !matches!(read, Some(Ok(_))) {
-        return;
-    }
-    let stream = Prefixed {
-        prefix: header,
-        at: 0,
-        inner: io,
-    };
-    let builder = ConnectionAcceptor::builder()
-        .container_id("certhub")
-        .max_frame_size(MAX_FRAME)
-        .properties({
-            let mut p = fe2o3_amqp::types::primitives::OrderedMap::new();
-            p.insert(Symbol::from("product"), Value::String("certhub".into()));
-            p
-        });
-    // Protocol id 3 is the SASL layer; 0 is AMQP itself (the Node SDK's SAS devices).
-    let service = Arc::new(ServiceSlot::default());
-    let accepted = if header[4] == 3 {
-        let acceptor = builder
-            .sasl_acceptor(HubSasl {
-                state: core.state().clone(),
-                service: service.clone(),
-            })
-            .build();
-        tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await
-    } else {
-        let acceptor = builder.build();
-        tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(stream))).await
-    };
-    drop(pending);
-    let mut connection = match accepted {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "AMQP open failed");
-            return;
+impl Held {
+    pub(super) fn deadline(&self) -> Option<i64> {
+        match self {
+            Held::Idle { next } if *next > 0 => Some(*next),
+            Held::Sent { until, .. } => Some(*until),
+            _ => None,
         }
-        Err(_) => {
-            tracing::debug!(%peer, "AMQP open timed out");
-            return;
-        }
-    };
-    let (closing, mut closing_rx) = watch::channel(None);
-    let shared = Arc::new(Shared {
-        core,
-        peer,
-        chain,
-        tls13,
-        admitted: Mutex::new(HashMap::new()),
-        closing,
-        service,
-        end_reason: Mutex::new(None),
-        ended: CancellationToken::new(),
-    });
-    if shared.chain.is_empty() {
-        tokio::spawn(token_deadline(shared.clone()));
     }
-    let sessions = SessionAcceptor::new();
-    let live_sessions = Arc::new(AtomicUsize::new(0));
-    // Shutting out: every session is ended with the reason (the Azure SDKs then let go of
-    // their links at once and close the connection, which the hub answers); a client that
-    // has not closed within a second gets the connection closed with the reason.
-    let mut shut_by: Option<tokio::time::Instant> = None;
-    loop {
-        let shut_wait = async {
-            match shut_by {
-                Some(at) => tokio::time::sleep_until(at).await,
+}
+
+/// The oldest awaited commit, once it completes. Cancel-safe: nothing is removed until it
+/// completes.
+async fn next_commit(
+    owed: &mut VecDeque<(LinkId, u32, Committed)>,
+) -> (LinkId, u32, Result<i64, String>) {
+    let Some((_, _, front)) = owed.front_mut() else {
+        return std::future::pending().await;
+    };
+    let result = front.await;
+    let (link, delivery, _) = owed.pop_front().expect("the front was there");
+    (link, delivery, result)
+}
+
+/// The disposition of a telemetry message: accepted once durable, else rejected so that the
+/// client sends it again.
+fn stored_state(committed: Result<i64, String>) -> DeliveryState {
+    match committed {
+        Ok(_) => DeliveryState::Accepted(Accepted {}),
+        Err(e) => {
+            tracing::warn!(error = e, "telemetry not stored");
+            rejected(
+                AmqpError::InternalError,
+                "the hub could not store the message; send it again",
+            )
+        }
+    }
+}
+
+/// A rejected outcome with the condition and the reason.
+pub(super) fn rejected(condition: impl Into<ErrorCondition>, why: &str) -> DeliveryState {
+    DeliveryState::Rejected(Rejected {
+        error: Some(error(condition, why)),
+    })
+}
+
+/// Holds an admitted identity's session until a kick, its token's expiry or the end of the
+/// connection, then ends it with the core; work for it is passed to the connection.
+async fn watch_session(
+    live: Live,
+    mut expiry: watch::Receiver<Option<i64>>,
+    wakes: mpsc::UnboundedSender<Wake>,
+    core: Arc<DeviceCore>,
+    ending: Arc<Ending>,
+) {
+    let mailbox = live.ticket.mailbox.clone();
+    let cn = live.cn.clone();
+    let end = loop {
+        let deadline = *expiry.borrow_and_update();
+        let expired = async {
+            match deadline {
+                Some(ms) => {
+                    let wait = u64::try_from(ms - now_ms()).unwrap_or(0);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
                 None => std::future::pending().await,
             }
         };
         tokio::select! {
-            incoming = connection.next_incoming_session() => {
-                let Some(incoming) = incoming else { break };
-                if shut_by.is_some() {
-                    continue;
-                }
-                match Box::pin(sessions.accept_incoming_session(incoming, &mut connection)).await {
-                    Ok(mut session) if live_sessions.load(Ordering::Relaxed) >= MAX_SESSIONS => {
-                        let why = format!(
-                            "this connection already has {MAX_SESSIONS} sessions: end some first"
-                        );
-                        let error =
-                            definitions::Error::new(AmqpError::ResourceLimitExceeded, why, None);
-                        tokio::spawn(async move {
-                            let _ = tokio::time::timeout(
-                                Duration::from_secs(1),
-                                session.end_with_error(error),
-                            )
-                            .await;
-                        });
+            mail = mailbox.next() => {
+                let wake = match mail {
+                    Mail::Kicked(reason) => {
+                        let _ = wakes.send(Wake::Kicked(cn.clone(), reason.to_string()));
+                        break Ended::Closed(reason);
                     }
-                    Ok(session) => {
-                        live_sessions.fetch_add(1, Ordering::Relaxed);
-                        let counted = Counted(live_sessions.clone());
-                        let shared = shared.clone();
-                        tokio::spawn(async move {
-                            let _counted = counted;
-                            serve_session(session, shared).await;
-                        });
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, error = %e, "AMQP session not begun");
-                        break;
-                    }
-                }
+                    Mail::Work(Outbound::C2d) => Wake::C2d(cn.clone()),
+                    Mail::Work(Outbound::Desired(patch)) => Wake::Desired(cn.clone(), patch),
+                    Mail::Work(Outbound::Method(request)) => Wake::Method(cn.clone(), request),
+                };
+                let _ = wakes.send(wake);
             }
-            changed = closing_rx.changed(), if shut_by.is_none() => {
+            () = expired => {
+                let _ = wakes.send(Wake::Expired(cn.clone()));
+                break Ended::TokenExpired(deadline.unwrap_or_default() / 1000);
+            }
+            changed = expiry.changed() => {
                 if changed.is_err() {
-                    break;
+                    // The connection let go of the identity: it has ended.
+                    ending.ended.cancelled().await;
+                    break ending.end();
                 }
-                shut_by = Some(tokio::time::Instant::now() + Duration::from_secs(1));
             }
-            () = shut_wait => {
-                let reason = closing_rx.borrow().clone().unwrap_or_default();
-                Box::pin(close_with(&mut connection, AmqpError::UnauthorizedAccess, &reason)).await;
-                break;
-            }
-        }
-    }
-    if shut_by.is_none() {
-        // The client closed the connection (its AMQP close: a clean end), or it was lost or
-        // ended with an error: the identities' sessions end with that reason.
-        let closed = tokio::time::timeout(Duration::from_secs(1), connection.on_close()).await;
-        if let Ok(Err(e)) = closed {
-            *shared.end_reason.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(format!("the AMQP connection ended without a close: {e}"));
-        }
-    }
-    shared.ended.cancel();
-}
-
-/// Shuts a connection without a client certificate that has put no valid token in time, or
-/// (a service's) once every token put on it has run out and no device is admitted on it.
-async fn token_deadline(shared: Arc<Shared>) {
-    tokio::select! {
-        () = tokio::time::sleep(TOKEN_TIMEOUT) => {}
-        () = shared.ended.cancelled() => return,
-    }
-    let none = shared
-        .admitted
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .is_empty()
-        && !shared.service.is_set();
-    if none {
-        shared.shut(&format!(
-            "no identity was admitted within {} s of the AMQP open: put a SAS token on $cbs first, or present a client certificate",
-            TOKEN_TIMEOUT.as_secs()
-        ));
-        return;
-    }
-    // A service's connection lasts as long as one of its tokens (renewals move the end).
-    while let Some(expiry) = shared.service.latest_expiry() {
-        let left = expiry.saturating_mul(1000) - now_ms();
-        if left > 0 {
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap_or(0))) => {}
-                () = shared.ended.cancelled() => return,
-            }
-            continue;
-        }
-        let devices = shared
-            .admitted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .len();
-        if devices == 0 {
-            shared.shut(
-                "the service's SAS token expired: put a fresh one on $cbs before it runs out",
-            );
-        }
-        return;
-    }
-}
-
-async fn close_with(connection: &mut ListenerConnectionHandle, condition: AmqpError, why: &str) {
-    let error = definitions::Error::new(condition, why.to_string(), None);
-    let _ = tokio::time::timeout(Duration::from_secs(1), connection.close_with_error(error)).await;
-}
-
-/// The reply links of a session, by node: a request's answer goes to the client's receiver
-/// attached to the same node.
-#[derive(Debug, Default)]
-pub(super) struct Replies {
-    nodes: Mutex<HashMap<&'static str, Reply>>,
-}
-
-type Reply = (
-    mpsc::UnboundedSender<Queued>,
-    Option<mpsc::UnboundedReceiver<Queued>>,
-);
-
-impl Replies {
-    pub(super) fn with<T>(&self, node: &'static str, f: impl FnOnce(&mut Reply) -> T) -> T {
-        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = nodes.entry(node).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            (tx, Some(rx))
-        });
-        f(entry)
-    }
-}
-
-async fn serve_session(mut session: ListenerSessionHandle, shared: Arc<Shared>) {
-    let replies = Arc::new(Replies::default());
-    // The links of this session being served.
-    let live = Arc::new(AtomicUsize::new(0));
-    // Dispositions go out settled (rcv-settle-mode first); the hub's sends are settled when
-    // the client allows it (snd-settle-mode mixed), so replies never wait for an answer.
-    let links = LinkAcceptor::builder()
-        .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
-        .fallback_receiver_settle_mode(ReceiverSettleMode::First)
-        .supported_sender_settle_modes(SupportedSenderSettleModes::SettledAndMixed)
-        .fallback_sender_settle_mode(SenderSettleMode::Mixed)
-        .max_message_size(MAX_MESSAGE)
-        .build();
-    let mut closing = shared.closing.subscribe();
-    loop {
-        let attach = tokio::select! {
-            attach = session.next_incoming_attach() => attach,
-            changed = closing.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let reason = closing.borrow().clone().unwrap_or_default();
-                let error = definitions::Error::new(AmqpError::UnauthorizedAccess, reason, None);
-                let _ = tokio::time::timeout(Duration::from_secs(1), Box::pin(session.end_with_error(error)))
-                    .await;
-                return;
-            }
-        };
-        let Some(attach) = attach else { return };
-        // The client's sender delivers to the target; its receiver reads from the source.
-        let client_sends = attach.role == definitions::Role::Sender;
-        // An Event Hubs reader's owner level (epoch), if it asks for one.
-        let owner_level = attach.properties.as_ref().and_then(|p| {
-            match p.get(&Symbol::from("com.microsoft:epoch")) {
-                Some(Value::Long(n)) => Some(*n),
-                Some(Value::Int(n)) => Some(i64::from(*n)),
-                _ => None,
-            }
-        });
-        let address = if client_sends {
-            attach.target.as_deref().and_then(|t| match t {
-                TargetArchetype::Target(t) => t.address.clone(),
-                #[allow(unreachable_patterns)]
-                _ => None,
-            })
-        } else {
-            attach.source.as_ref().and_then(|s| s.address.clone())
-        }
-        .unwrap_or_default();
-        let link = match Box::pin(links.accept_incoming_attach(attach, &mut session)).await {
-            Ok(link) => link,
-            Err(e) => {
-                tracing::debug!(peer = %shared.peer, error = %e, "AMQP attach failed");
-                continue;
-            }
-        };
-        let node = address::parse(&address);
-        let shared = shared.clone();
-        let replies = replies.clone();
-        if live.load(Ordering::Relaxed) >= MAX_LINKS {
-            let why = format!(
-                "this session already has {MAX_LINKS} links: detach some, or begin another session"
-            );
-            let error = definitions::Error::new(AmqpError::ResourceLimitExceeded, why, None);
-            tokio::spawn(refuse(link, error));
-            continue;
-        }
-        let task: Pin<Box<dyn Future<Output = ()> + Send>> = match (node, link) {
-            (Ok(Node::Cbs), LinkEndpoint::Receiver(rx)) => {
-                Box::pin(cbs_requests(rx, shared, replies))
-            }
-            (Ok(Node::Cbs), LinkEndpoint::Sender(tx)) => {
-                Box::pin(send_replies(tx, replies, "$cbs", shared.ended.clone()))
-            }
-            (
-                Ok(
-                    node @ (Node::Events(_)
-                    | Node::Twin(_)
-                    | Node::DeviceBound(_)
-                    | Node::Methods(_)),
-                ),
-                link,
-            ) => Box::pin(device_link(node, link, shared)),
-            (
-                Ok(node @ (Node::ServiceDeviceBound | Node::Feedback | Node::FileNotifications)),
-                link,
-            ) => Box::pin(service::service_link(node, link, shared)),
-            (Ok(Node::Management), LinkEndpoint::Receiver(rx)) => {
-                Box::pin(eventhub::management_requests(rx, shared, replies))
-            }
-            (Ok(Node::Management), LinkEndpoint::Sender(tx)) => {
-                Box::pin(eventhub::management_replies(tx, replies, shared))
-            }
-            (
-                Ok(Node::Partition {
-                    entity,
-                    consumer_group,
-                    partition,
-                }),
-                link,
-            ) => Box::pin(eventhub::partition_link(
-                eventhub::Reader {
-                    entity,
-                    group: consumer_group,
-                    partition,
-                    owner_level,
-                },
-                link,
-                shared,
-            )),
-            (Err(e), link) => {
-                let error = definitions::Error::new(AmqpError::NotFound, e.to_string(), None);
-                Box::pin(refuse(link, error))
-            }
-        };
-        live.fetch_add(1, Ordering::Relaxed);
-        let counted = Counted(live.clone());
-        tokio::spawn(async move {
-            let _counted = counted;
-            task.await;
-        });
-    }
-}
-
-/// Detaches a link the hub does not serve, with the condition that says why.
-pub(super) async fn refuse(link: LinkEndpoint, error: definitions::Error) {
-    let _ = match link {
-        LinkEndpoint::Receiver(rx) => rx.close_with_error(error).await,
-        LinkEndpoint::Sender(tx) => tx.close_with_error(error).await,
-    };
-}
-
-/// The client's receiver on a request node: the replies, in order, each sent settled.
-pub(super) async fn send_replies(
-    mut tx: fe2o3_amqp::Sender,
-    replies: Arc<Replies>,
-    node: &'static str,
-    ended: CancellationToken,
-) {
-    let Some(mut queue) = replies.with(node, |r| r.1.take()) else {
-        let why = format!("{node} already has a reply link on this session");
-        let _ = tx
-            .close_with_error(definitions::Error::new(
-                AmqpError::ResourceLocked,
-                why,
-                None,
-            ))
-            .await;
-        return;
-    };
-    // The queue's sender lives in `replies` too: the end of the connection ends this link.
-    while let Some(reply) = tokio::select! {
-        reply = queue.recv() => reply,
-        () = ended.cancelled() => None,
-    } {
-        let sendable = Sendable::builder().message(*reply).settled(true).build();
-        if tx.send(sendable).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// The next message on `rx`, or none once the link or the connection has ended.
-pub(super) async fn next_delivery(
-    rx: &mut fe2o3_amqp::Receiver,
-    ended: &CancellationToken,
-) -> Option<fe2o3_amqp::link::delivery::Delivery<Body<Value>>> {
-    tokio::select! {
-        d = rx.recv::<Body<Value>>() => d.ok(),
-        () = ended.cancelled() => None,
-    }
-}
-
-/// A string application property of a message.
-pub(super) fn property<'a, T>(message: &'a Message<T>, key: &str) -> Option<&'a str> {
-    match message.application_properties.as_ref()?.0.get(key)? {
-        SimpleValue::String(s) => Some(s.as_str()),
-        _ => None,
-    }
-}
-
-/// The answer to a request: its message id as correlation id (the same AMQP type), a status
-/// code (int) and description, and `body` as an AMQP value.
-pub(super) fn reply_to<T>(
-    request: &Message<T>,
-    status: i32,
-    description: &str,
-    body: Value,
-) -> Message<Body<Value>> {
-    let correlation = request
-        .properties
-        .as_ref()
-        .and_then(|p| p.message_id.clone());
-    Message::builder()
-        .properties(Properties {
-            correlation_id: correlation,
-            ..Default::default()
-        })
-        .application_properties(
-            ApplicationProperties::builder()
-                .insert("status-code", status)
-                .insert("status-description", description)
-                .build(),
-        )
-        .body(Body::Value(AmqpValue(body)))
-        .build()
-}
-
-/// `$cbs` put-token requests: each token is judged as a SAS CONNECT of the identity its
-/// audience names.
-async fn cbs_requests(mut rx: fe2o3_amqp::Receiver, shared: Arc<Shared>, replies: Arc<Replies>) {
-    let answers = replies.with("$cbs", |r| r.0.clone());
-    loop {
-        let Some(delivery) = next_delivery(&mut rx, &shared.ended).await else {
-            return;
-        };
-        let _ = rx.accept(&delivery).await;
-        let request = delivery.message();
-        // Boxed: the judgement is a large future, and an idle link should not hold its space.
-        let (status, description) = Box::pin(put_token(request, &shared)).await;
-        let _ = answers.send(Box::new(reply_to(
-            request,
-            status,
-            &description,
-            Value::Null,
-        )));
-    }
-}
-
-async fn put_token(request: &Message<Body<Value>>, shared: &Arc<Shared>) -> (i32, String) {
-    if property(request, "operation") != Some("put-token") {
-        return (
-            400,
-            "the CBS node takes operation put-token (a SAS token as the body, the audience as name)"
-                .into(),
-        );
-    }
-    let Some(audience) = property(request, "name") else {
-        return (400, "a put-token request names its audience (name)".into());
-    };
-    let token = match &request.body {
-        Body::Value(AmqpValue(Value::String(t))) => t.clone(),
-        _ => {
-            return (
-                400,
-                "a put-token request carries the token as a string body".into(),
-            );
+            () = ending.ended.cancelled() => break ending.end(),
         }
     };
-    let Some((host, owner)) = audience_owner(audience) else {
-        if token.contains("skn=") {
-            // Signed with a shared access policy's key: a service.
-            return service::put_token(shared, &token).await;
-        }
-        return (
-            404,
-            format!(
-                "{audience:?} is not an audience of this hub: {{host}}/devices/{{id}}[/modules/{{id}}]"
-            ),
-        );
-    };
-    match admit(shared, &owner, &host, Some(token.as_bytes())).await {
-        Ok(()) => (200, "OK".into()),
-        Err(why) => (401, why),
-    }
+    core.close(live, end, None).await;
 }
 
 /// `{host}/devices/{d}[/modules/{m}]`, percent-encoded whole as the Node SDK sends it or not:
@@ -779,369 +1849,51 @@ fn audience_owner(audience: &str) -> Option<(String, Owner)> {
     }
 }
 
-/// Admits `owner` on this connection (a token: judged as SAS; none: by the TLS chain), or
-/// renews its token. Errors name what was wrong, as the audit does.
-async fn admit(
-    shared: &Arc<Shared>,
-    owner: &Owner,
-    host: &str,
-    token: Option<&[u8]>,
-) -> Result<(), String> {
-    let client_id = owner.client_id();
-    let username = format!("{host}/{client_id}/?api-version=amqp");
-    let core = &shared.core;
-    let attempt = Attempt {
-        peer: shared.peer,
-        chain: &shared.chain,
-        tls13: shared.tls13,
-        client_id: &client_id,
-        username: Some(&username),
-        password: token,
-    };
-    let device = core
-        .authenticate(attempt)
-        .await
-        .map_err(|_| format!("{client_id} is not authorized (the hub's audit trail names why)"))?;
-    let expiry_ms = device.expires().map(|se| se.saturating_mul(1000));
-    {
-        let admitted = shared.admitted.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(a) = admitted.get(&client_id) {
-            // A renewed token of an admitted identity: its session goes on to the new expiry.
-            a.expiry.send_replace(expiry_ms);
-            return Ok(());
-        }
-    }
-    let slot = core
-        .slot(&client_id, shared.peer)
-        .await
-        .map_err(|_| "the hub's device session limit is reached; retry".to_string())?;
-    let opened = core.open(device.clone(), slot, false).await;
-    core.announce(&opened.live, shared.peer).await;
-    let (expiry, expiry_rx) = watch::channel(expiry_ms);
-    let links = Arc::new(IdentityLinks {
-        conn: opened.live.ticket.conn,
-        c2d: tokio::sync::Notify::new(),
-        twin: Mutex::new(None),
-        methods: Mutex::new(None),
-        calls: Mutex::new(HashMap::new()),
-    });
-    shared
-        .admitted
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(
-            client_id,
-            Admitted {
-                device,
-                expiry,
-                links: links.clone(),
-            },
-        );
-    tokio::spawn(watch_session(opened.live, expiry_rx, links, shared.clone()));
-    Ok(())
-}
-
-/// Holds an admitted identity's session until a kick, its token's expiry or the end of the
-/// connection, then ends it with the core (kicks and expiry close the connection).
-async fn watch_session(
-    live: Live,
-    mut expiry: watch::Receiver<Option<i64>>,
-    links: Arc<IdentityLinks>,
-    shared: Arc<Shared>,
-) {
-    let mailbox = live.ticket.mailbox.clone();
-    let end = loop {
-        let deadline = *expiry.borrow_and_update();
-        let expired = async {
-            match deadline {
-                Some(ms) => {
-                    let wait = u64::try_from(ms - now_ms()).unwrap_or(0);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            mail = mailbox.next() => match mail {
-                Mail::Kicked(reason) => {
-                    shared.shut(&reason);
-                    break Ended::Closed(reason);
-                }
-                Mail::Work(Outbound::C2d) => links.c2d.notify_one(),
-                // A desired-properties push: a message without correlation id on the twin
-                // link (the session has subscribed through it).
-                Mail::Work(Outbound::Desired(patch)) => {
-                    links.to_twin(data_message(Properties::default(), None, patch));
-                }
-                Mail::Work(Outbound::Method(request)) => links.call(&request),
-            },
-            () = expired => {
-                shared.shut("the SAS token expired");
-                break Ended::TokenExpired(deadline.unwrap_or_default() / 1000);
-            }
-            changed = expiry.changed() => {
-                if changed.is_err() {
-                    break Ended::Closed("the connection ended".into());
-                }
-            }
-            () = shared.ended.cancelled() => {
-                let reason = shared
-                    .end_reason
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                break reason.map_or(Ended::Clean, Ended::Closed);
-            }
-        }
-    };
-    shared
-        .admitted
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&live.cn);
-    shared.core.close(live, end, None).await;
-}
-
-/// The admitted device of `owner` on this connection (admitted now by the TLS chain when it
-/// holds no token yet), with what the identity's links share.
-async fn admitted(
-    shared: &Arc<Shared>,
-    owner: &Owner,
-) -> Result<(AuthenticatedDevice, Arc<IdentityLinks>), String> {
-    let client_id = owner.client_id();
-    if let Some(a) = shared
-        .admitted
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&client_id)
-    {
-        return Ok((a.device.clone(), a.links.clone()));
-    }
-    let host = shared
-        .core
-        .state()
-        .hostnames()
-        .first()
-        .cloned()
-        .unwrap_or_default();
-    admit(shared, owner, &host, None).await?;
-    shared
-        .admitted
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&client_id)
-        .map(|a| (a.device.clone(), a.links.clone()))
-        .ok_or_else(|| format!("{client_id} was shut out"))
-}
-
-/// A link of a device's own node: who it acts for is admitted first (by its token, else by the
-/// TLS chain), or the link is detached with the reason; then the node's handler serves it.
-async fn device_link(node: Node, link: LinkEndpoint, shared: Arc<Shared>) {
-    let owner = match &node {
-        Node::Events(o) | Node::Twin(o) | Node::DeviceBound(o) | Node::Methods(o) => o.clone(),
-        _ => return,
-    };
-    let (device, links) = match Box::pin(admitted(&shared, &owner)).await {
-        Ok(a) => a,
-        Err(why) => {
-            let error = definitions::Error::new(AmqpError::UnauthorizedAccess, why, None);
-            refuse(link, error).await;
-            return;
-        }
-    };
-    let it = Identity {
-        owner,
-        device,
-        links,
-        shared,
-    };
-    match (node, link) {
-        (Node::Events(_), LinkEndpoint::Receiver(rx)) => telemetry(rx, it).await,
-        (Node::Twin(_), LinkEndpoint::Receiver(rx)) => twin_requests(rx, it).await,
-        (Node::Twin(_), LinkEndpoint::Sender(tx)) => twin_out(tx, it).await,
-        (Node::Methods(_), LinkEndpoint::Sender(tx)) => methods_out(tx, it).await,
-        (Node::Methods(_), LinkEndpoint::Receiver(rx)) => method_responses(rx, it).await,
-        (Node::DeviceBound(o), LinkEndpoint::Sender(tx)) if o.module.is_none() => {
-            cloud_to_device(tx, it).await;
-        }
-        (node, link) => {
-            let why =
-                format!("{node:?} is not served in this direction (or for modules) over AMQP");
-            refuse(
-                link,
-                definitions::Error::new(AmqpError::NotImplemented, why, None),
-            )
-            .await;
-        }
+/// A string application property of a message.
+pub(super) fn property<'a, T>(message: &'a Message<T>, key: &str) -> Option<&'a str> {
+    match message.application_properties.as_ref()?.0.get(key)? {
+        SimpleValue::String(s) => Some(s.as_str()),
+        _ => None,
     }
 }
 
-/// An admitted identity as its links see it.
-struct Identity {
-    owner: Owner,
-    device: AuthenticatedDevice,
-    links: Arc<IdentityLinks>,
-    shared: Arc<Shared>,
-}
-
-/// Rejects a telemetry message the hub could not store: the client sends it again.
-async fn not_stored(rx: &fe2o3_amqp::Receiver, info: DeliveryInfo, owner: &Owner, e: &str) {
-    tracing::warn!(
-        client_id = owner.client_id(),
-        error = e,
-        "telemetry not stored"
-    );
-    let error = definitions::Error::new(
-        AmqpError::InternalError,
-        "the hub could not store the message; send it again".to_string(),
-        None,
-    );
-    let _ = rx.reject(info, error).await;
-}
-
-/// `/devices/{id}/messages/events`: each message is stored durably, then accepted.
-async fn telemetry(mut rx: fe2o3_amqp::Receiver, it: Identity) {
-    use futures_util::stream::FuturesOrdered;
-    use futures_util::{FutureExt, StreamExt};
-    let Identity {
-        owner,
-        device,
-        shared,
-        ..
-    } = it;
-    let core = &shared.core;
-    // Messages handed to the telemetry writer and not yet settled, in order: the writer
-    // commits in the order it is given, so a link's messages are stored together in batches
-    // while the client keeps sending, and each is accepted once it is on disk.
-    let mut storing = FuturesOrdered::new();
-    loop {
-        tokio::select! {
-            stored = storing.next(), if !storing.is_empty() => {
-                let Some((info, committed)): Option<(DeliveryInfo, Result<i64, String>)> = stored
-                else {
-                    continue;
-                };
-                match committed {
-                    Ok(_) => {
-                        // Every message already stored after it too: one disposition for the
-                        // run (fe2o3 sends a range when the delivery ids follow each other).
-                        let mut run = vec![info];
-                        let mut failed = None;
-                        while let Some(Some((next, committed))) = storing.next().now_or_never() {
-                            match committed {
-                                Ok(_) => run.push(next),
-                                Err(e) => {
-                                    failed = Some((next, e));
-                                    break;
-                                }
-                            }
-                        }
-                        for _ in &run {
-                            core.telemetry_counted();
-                        }
-                        let accepted = if run.len() == 1 {
-                            rx.accept(run.remove(0)).await
-                        } else {
-                            rx.accept_all(run).await
-                        };
-                        if accepted.is_err() {
-                            return;
-                        }
-                        if let Some((info, e)) = failed {
-                            not_stored(&rx, info, &owner, &e).await;
-                        }
-                    }
-                    Err(e) => not_stored(&rx, info, &owner, &e).await,
-                }
-            }
-            delivery = next_delivery(&mut rx, &shared.ended), if storing.len() < MAX_STORING => {
-                let Some(delivery) = delivery else { return };
-                let (info, message) = delivery.into_parts();
-                let (props, body) = telemetry_parts(&message);
-                drop(message);
-                let record = core.telemetry(&device, &props, body);
-                let submitted = core.state().telemetry().submit(record).await;
-                storing.push_back(async move {
-                    let committed = match submitted {
-                        Ok(c) => c.await,
-                        Err(e) => Err(e),
-                    };
-                    (info, committed)
-                });
-            }
-        }
-    }
-}
-
-/// How long a C2D message sent over AMQP stays locked for the device's disposition; one that
-/// comes later finds it delivered again.
-const C2D_LOCK_MS: i64 = 60_000;
-
-/// `/devices/{id}/messages/devicebound`: the device's C2D queue (the one MQTT and HTTPS use),
-/// a message at a time, locked while the device holds it. Its disposition settles it:
-/// accepted completes it, rejected rejects it (feedback `Rejected`), released or modified
-/// abandons it (delivered again).
-async fn cloud_to_device(mut tx: fe2o3_amqp::Sender, it: Identity) {
-    let Identity {
-        owner,
-        device,
-        links: wake,
-        shared,
-    } = it;
-    let core = &shared.core;
-    loop {
-        let locked = match core.lock_c2d(&device, C2D_LOCK_MS).await {
-            Ok(locked) => locked,
-            Err(e) => {
-                tracing::warn!(client_id = owner.client_id(), error = %e, "C2D queue not read");
-                None
-            }
-        };
-        let Some((token, message, _)) = locked else {
-            // Woken when a message is queued; read again now and then for locks that ran out.
-            tokio::select! {
-                () = wake.c2d.notified() => {}
-                () = tokio::time::sleep(Duration::from_secs(10)) => {}
-                () = shared.ended.cancelled() => return,
-            }
-            continue;
-        };
-        let sendable = Sendable::builder()
-            .message(c2d_message(&message, &owner))
-            .settled(false)
-            .build();
-        let outcome = tokio::select! {
-            o = tokio::time::timeout(Duration::from_millis(C2D_LOCK_MS as u64), tx.send(sendable)) => o,
-            () = shared.ended.cancelled() => return,
-        };
-        let settle = match outcome {
-            Ok(Ok(Outcome::Accepted(_))) => Settle::Complete,
-            Ok(Ok(Outcome::Rejected(_))) => Settle::Reject,
-            Ok(Ok(_)) => Settle::Abandon,
-            Ok(Err(_)) => {
-                // The link ended: the message is delivered again.
-                let _ = core.settle_c2d(&device, &token, Settle::Abandon).await;
-                return;
-            }
-            // No disposition while it was locked: it is delivered again.
-            Err(_) => continue,
-        };
-        if let Err(e) = core.settle_c2d(&device, &token, settle).await {
-            tracing::warn!(client_id = owner.client_id(), error = %e, "C2D disposition not stored");
-        }
-    }
+/// The answer to a request: its message id as correlation id (the same AMQP type), a status
+/// code (int) and description, and `body` as an AMQP value.
+pub(super) fn reply_to<T>(
+    request: &Message<T>,
+    status: i32,
+    description: &str,
+    body: Value,
+) -> AnyMessage {
+    let correlation = request
+        .properties
+        .as_ref()
+        .and_then(|p| p.message_id.clone());
+    Message::builder()
+        .properties(Properties {
+            correlation_id: correlation,
+            ..Default::default()
+        })
+        .application_properties(
+            ApplicationProperties::builder()
+                .insert("status-code", status)
+                .insert("status-description", description)
+                .build(),
+        )
+        .body(Body::Value(AmqpValue(body)))
+        .build()
 }
 
 /// A queued C2D message as AMQP carries it: system properties in the properties section,
 /// application properties as strings, the body as one data section.
-fn c2d_message(m: &certhub_core::C2dMessage, owner: &Owner) -> Message<Body<Value>> {
+fn c2d_message(m: &certhub_core::C2dMessage, device: &certhub_core::DeviceId) -> AnyMessage {
     let text = |k: &str| m.system.get(k).cloned();
     let symbol = |k: &str| m.system.get(k).map(|v| Symbol::from(v.as_str()));
     let properties = Properties {
         message_id: text("messageId").map(MessageId::String),
         correlation_id: text("correlationId").map(MessageId::String),
         user_id: text("userId").map(|u| u.into_bytes().into()),
-        to: Some(format!("/devices/{}/messages/deviceBound", owner.device)),
+        to: Some(format!("/devices/{device}/messages/deviceBound")),
         content_type: symbol("contentType"),
         content_encoding: symbol("contentEncoding"),
         ..Default::default()
@@ -1153,19 +1905,17 @@ fn c2d_message(m: &certhub_core::C2dMessage, owner: &Owner) -> Message<Body<Valu
     Message::builder()
         .properties(properties)
         .application_properties(application.build())
-        .body(Body::Data(
-            vec![fe2o3_amqp::types::messaging::Data(m.body.clone().into())].into(),
-        ))
+        .body(Body::Data(vec![Data(m.body.clone().into())].into()))
         .build()
 }
 
 /// A message whose body is one data section, with message annotations if any.
 fn data_message(
     properties: Properties,
-    annotations: Option<fe2o3_amqp::types::messaging::MessageAnnotations>,
+    annotations: Option<MessageAnnotations>,
     body: Vec<u8>,
-) -> Message<Body<Value>> {
-    let body = Body::Data(vec![fe2o3_amqp::types::messaging::Data(body.into())].into());
+) -> AnyMessage {
+    let body = Body::Data(vec![Data(body.into())].into());
     match annotations {
         Some(a) => Message::builder()
             .properties(properties)
@@ -1183,183 +1933,6 @@ fn annotation<'a, T>(message: &'a Message<T>, key: &str) -> Option<&'a str> {
         (OwnedKey::Symbol(s), Value::String(text)) if s.0 == key => Some(text.as_str()),
         _ => None,
     })
-}
-
-/// The twin link the hub sends on: responses and desired-property pushes, each settled.
-async fn twin_out(mut tx: fe2o3_amqp::Sender, it: Identity) {
-    let Identity { links, shared, .. } = it;
-    let (out, mut queue) = mpsc::unbounded_channel();
-    *links.twin.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
-    while let Some(message) = tokio::select! {
-        m = queue.recv() => m,
-        () = shared.ended.cancelled() => None,
-    } {
-        let sendable = Sendable::builder().message(*message).settled(true).build();
-        if tx.send(sendable).await.is_err() {
-            break;
-        }
-    }
-    *links.twin.lock().unwrap_or_else(|e| e.into_inner()) = None;
-}
-
-/// Twin requests on `/devices/{id}/twin`: the `operation` (and `resource`) annotations say
-/// which; each is answered on the twin link the hub sends on, with the request's correlation
-/// id, a `status` annotation (int) and, for a reported patch, the twin's new `version` (long).
-async fn twin_requests(mut rx: fe2o3_amqp::Receiver, it: Identity) {
-    let Identity {
-        owner,
-        device,
-        links,
-        shared,
-    } = it;
-    let core = &shared.core;
-    loop {
-        let Some(delivery) = next_delivery(&mut rx, &shared.ended).await else {
-            return;
-        };
-        let _ = rx.accept(&delivery).await;
-        let request = delivery.message();
-        let sessions = core.state().sessions();
-        let cn = owner.client_id();
-        let (status, version, body): (i32, Option<i64>, Vec<u8>) = match (
-            annotation(request, "operation"),
-            annotation(request, "resource"),
-        ) {
-            (Some("GET"), _) => match core.read_twin(&device).await {
-                Ok(twin) => (200, None, twin),
-                Err((status, why)) => (i32::from(status), None, error_body(&why)),
-            },
-            (Some("PATCH"), Some("/properties/reported")) => {
-                let (_, patch) = telemetry_parts(request);
-                match core.patch_reported(&device, &patch).await {
-                    Ok(version) => (204, Some(version), Vec::new()),
-                    Err((status, why)) => (i32::from(status), None, error_body(&why)),
-                }
-            }
-            (Some("PUT"), Some("/notifications/twin/properties/desired")) => {
-                sessions.subscribed(&cn, links.conn, &[(DESIRED.to_string(), 0)]);
-                (200, None, Vec::new())
-            }
-            (Some("DELETE"), Some("/notifications/twin/properties/desired")) => {
-                sessions.unsubscribed(&cn, links.conn, &[DESIRED.to_string()]);
-                (200, None, Vec::new())
-            }
-            (operation, resource) => (
-                400,
-                None,
-                error_body(&format!(
-                    "unknown twin operation {operation:?} on {resource:?}: GET, PATCH /properties/reported, PUT or DELETE /notifications/twin/properties/desired"
-                )),
-            ),
-        };
-        let correlation = request
-            .properties
-            .as_ref()
-            .and_then(|p| p.correlation_id.clone());
-        let mut annotations = fe2o3_amqp::types::messaging::MessageAnnotations::builder()
-            .insert(OwnedKey::Symbol(Symbol::from("status")), Value::Int(status));
-        if let Some(v) = version {
-            annotations =
-                annotations.insert(OwnedKey::Symbol(Symbol::from("version")), Value::Long(v));
-        }
-        let response = data_message(
-            Properties {
-                correlation_id: correlation,
-                ..Default::default()
-            },
-            Some(annotations.build()),
-            body,
-        );
-        if !links.to_twin(response) {
-            tracing::debug!(
-                client_id = cn,
-                "a twin response with no twin link to send it on"
-            );
-        }
-    }
-}
-
-/// The method link the hub sends on: attaching it subscribes the identity to direct methods
-/// (as MQTT's SUBSCRIBE to `$iothub/methods/POST/#` does), detaching it ends that.
-async fn methods_out(mut tx: fe2o3_amqp::Sender, it: Identity) {
-    let Identity {
-        owner,
-        links,
-        shared,
-        ..
-    } = it;
-    let (out, mut queue) = mpsc::unbounded_channel();
-    *links.methods.lock().unwrap_or_else(|e| e.into_inner()) = Some(out);
-    let sessions = shared.core.state().sessions();
-    let cn = owner.client_id();
-    sessions.subscribed(&cn, links.conn, &[(METHODS.to_string(), 0)]);
-    while let Some(message) = tokio::select! {
-        m = queue.recv() => m,
-        () = shared.ended.cancelled() => None,
-    } {
-        let sendable = Sendable::builder().message(*message).settled(true).build();
-        if tx.send(sendable).await.is_err() {
-            break;
-        }
-    }
-    *links.methods.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    sessions.unsubscribed(&cn, links.conn, &[METHODS.to_string()]);
-}
-
-/// Method answers on `/devices/{id}/methods/devicebound`: the request's correlation id, the
-/// status in `IoThub-status`, the JSON payload as the body.
-async fn method_responses(mut rx: fe2o3_amqp::Receiver, it: Identity) {
-    let Identity {
-        owner,
-        links,
-        shared,
-        ..
-    } = it;
-    let cn = owner.client_id();
-    while let Some(delivery) = next_delivery(&mut rx, &shared.ended).await {
-        let _ = rx.accept(&delivery).await;
-        let answer = delivery.message();
-        let id = answer
-            .properties
-            .as_ref()
-            .and_then(|p| p.correlation_id.as_ref())
-            .and_then(uuid_bytes);
-        let rid = id.and_then(|id| {
-            links
-                .calls
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&id)
-        });
-        let Some(rid) = rid else {
-            tracing::info!(client_id = cn, "a method answer for no call of this hub");
-            continue;
-        };
-        let status = match answer
-            .application_properties
-            .as_ref()
-            .and_then(|a| a.0.get("IoThub-status"))
-        {
-            Some(SimpleValue::Int(n)) => i64::from(*n),
-            Some(SimpleValue::Long(n)) => *n,
-            Some(other) => simple_text(other).parse().unwrap_or(500),
-            None => 500,
-        };
-        let (_, payload) = telemetry_parts(answer);
-        let reply = MethodReply { status, payload };
-        if !shared
-            .core
-            .state()
-            .sessions()
-            .finish_method(&cn, &rid, reply)
-        {
-            tracing::info!(
-                client_id = cn,
-                rid,
-                "method response for no waiting call (timed out?)"
-            );
-        }
-    }
 }
 
 /// A correlation id that is a uuid, as AMQP carries it or as its text.
@@ -1389,7 +1962,7 @@ fn error_body(message: &str) -> Vec<u8> {
 }
 
 /// A telemetry message's system and application properties and its body bytes.
-fn telemetry_parts(message: &Message<Body<Value>>) -> (MessageProperties, Vec<u8>) {
+fn telemetry_parts(message: &AnyMessage) -> (MessageProperties, Vec<u8>) {
     let mut props = MessageProperties::default();
     if let Some(p) = &message.properties {
         let mut system = |name: &str, value: Option<String>| {

@@ -22,22 +22,21 @@
 //! Both need a service token (a policy with ServiceConnect) whose scope covers the node, put
 //! on `$cbs` as the Event Hubs clients do.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::VecDeque;
 
-use certhub_core::MessageProperties;
-use certhub_store::TelemetryRecord;
-use fe2o3_amqp::Sendable;
-use fe2o3_amqp::acceptor::LinkEndpoint;
-use fe2o3_amqp::types::definitions::{self, AmqpError, LinkError};
-use fe2o3_amqp::types::messaging::{
+use certhub_amqp::message::{AnyMessage, encode};
+use certhub_amqp::types::definitions::{AmqpError, Error};
+use certhub_amqp::types::messaging::{
     ApplicationProperties, Body, Data, Message, MessageAnnotations, MessageId, Properties,
 };
-use fe2o3_amqp::types::primitives::{Array, OrderedMap, Symbol, Timestamp, Value};
+use certhub_amqp::types::primitives::{Array, OrderedMap, Symbol, Timestamp, Value};
+use certhub_amqp::{AttachRequest, LinkId, error};
+use certhub_core::MessageProperties;
+use certhub_store::TelemetryRecord;
 
-use super::connection::{Replies, Shared, next_delivery, property, refuse, reply_to, send_replies};
-use super::service::{authorize, token_runs_out};
-use crate::state::AppState;
+use super::connection::{Done, Work, property};
+use super::service::{ServiceSlot, authorize, authorize_now, put_token};
+use crate::state::{AppState, PartitionClaim, now_ms};
 
 /// The only partition.
 const PARTITION: &str = "0";
@@ -114,7 +113,7 @@ fn parse_selector(selector: &str) -> Result<Start, String> {
 }
 
 /// The selector in a receiver's filter set, if any.
-fn selector(source: Option<&fe2o3_amqp::types::messaging::Source>) -> Option<String> {
+fn selector(source: Option<&certhub_amqp::types::messaging::Source>) -> Option<String> {
     let filters = source?.filter.as_ref()?;
     filters.iter().find_map(|(key, value)| {
         if key.as_str() != "apache.org:selector-filter:string" {
@@ -134,7 +133,7 @@ fn selector(source: Option<&fe2o3_amqp::types::messaging::Source>) -> Option<Str
 /// A telemetry message as IoT Hub writes it into its Event Hub: the device's system properties
 /// in the properties section, its application properties, the body as one data section, and
 /// the annotations IoT Hub adds.
-fn event(r: &TelemetryRecord) -> Message<Body<Value>> {
+fn event(r: &TelemetryRecord) -> AnyMessage {
     let props: MessageProperties = serde_json::from_str(&r.properties).unwrap_or_default();
     let text = |k: &str| props.system.get(k).cloned();
     let properties = Properties {
@@ -175,94 +174,162 @@ fn event(r: &TelemetryRecord) -> Message<Body<Value>> {
 }
 
 /// What a partition receiver asked for.
-pub(super) struct Reader {
+pub(super) struct Asked {
     pub entity: String,
     pub group: String,
     pub partition: String,
-    /// `com.microsoft:epoch`: the reader takes the partition from readers of lower levels.
-    pub owner_level: Option<i64>,
 }
 
-/// A receiver on `{entity}/ConsumerGroups/{group}/Partitions/{partition}`.
-pub(super) async fn partition_link(reader: Reader, link: LinkEndpoint, shared: Arc<Shared>) {
-    let Reader {
+/// Silence on the log this long makes a waiting reader look again anyway.
+const POLL_MS: i64 = 1_000;
+
+/// A partition receiver, as the connection keeps it.
+pub(super) struct Partition {
+    path: String,
+    /// Its place among the partition's readers (dropped: released).
+    _claim: PartitionClaim,
+    /// Events read and not yet sent: sequence number and encoded message.
+    pub(super) ready: VecDeque<(i64, Vec<u8>)>,
+    /// The last sequence number read from the log.
+    read_to: i64,
+    /// A read is under way.
+    reading: bool,
+    /// Nothing new in the log: waiting for the writer (or the poll).
+    pub(super) waiting: bool,
+    poll_at: i64,
+    /// When the token it reads under runs out (ms): looked at again then.
+    token_expiry_ms: i64,
+}
+
+/// Judges a receiver's attach on `{entity}/ConsumerGroups/{group}/Partitions/{partition}`:
+/// the entity and partition, the right to read, the owner level, the selector.
+pub(super) async fn attach(
+    state: &AppState,
+    slot: &ServiceSlot,
+    request: &AttachRequest,
+    asked: Asked,
+    on_claim: impl FnOnce(&PartitionClaim),
+) -> Result<Box<Partition>, Error> {
+    let Asked {
         entity: entity_asked,
         group,
         partition,
-        owner_level,
-    } = reader;
-    let state = shared.core.state().clone();
-    let ours = entity(&state);
-    let not_found = |why: String| definitions::Error::new(AmqpError::NotFound, why, None);
+    } = asked;
+    let ours = entity(state);
     if !entity_asked.eq_ignore_ascii_case(&ours) {
         let why = format!(
             "this hub's Event Hubs-compatible entity is {ours:?}, not {entity_asked:?} (EntityPath in `certhub hub connection-string --event-hub`)"
         );
-        return refuse(link, not_found(why)).await;
+        return Err(error(AmqpError::NotFound, &why));
     }
     if partition != PARTITION || group.is_empty() {
         let why = format!(
             "{entity_asked} has one partition, {PARTITION:?}, in any consumer group; not partition {partition:?} of group {group:?}"
         );
-        return refuse(link, not_found(why)).await;
+        return Err(error(AmqpError::NotFound, &why));
     }
     let path = format!("/{ours}/ConsumerGroups/{group}/Partitions/{partition}");
-    if let Err(why) = authorize(&shared, &path, "reading device telemetry").await {
-        let error = definitions::Error::new(AmqpError::UnauthorizedAccess, why, None);
-        return refuse(link, error).await;
-    }
-    let LinkEndpoint::Sender(mut tx) = link else {
+    let grant = authorize(state, slot, &path, "reading device telemetry")
+        .await
+        .map_err(|why| error(AmqpError::UnauthorizedAccess, &why))?;
+    if request.client_sends {
         let why = format!("{path} is read, not written: attach a receiver");
-        let error = definitions::Error::new(AmqpError::NotAllowed, why, None);
-        return refuse(link, error).await;
+        return Err(error(AmqpError::NotAllowed, &why));
+    }
+    // An Event Hubs reader's owner level (epoch), if it asks for one.
+    let owner_level = request.attach.properties.as_ref().and_then(|p| {
+        match p.get(&Symbol::from("com.microsoft:epoch")) {
+            Some(Value::Long(n)) => Some(*n),
+            Some(Value::Int(n)) => Some(i64::from(*n)),
+            _ => None,
+        }
+    });
+    let start = match selector(request.attach.source.as_deref()).map(|s| parse_selector(&s)) {
+        None => Start::After(0),
+        Some(parsed) => parsed.map_err(|why| error(AmqpError::InvalidField, &why))?,
+    };
+    let read_to = match start {
+        Start::After(n) => n,
+        Start::Latest => *state.telemetry().follow().borrow(),
+        Start::Time(ms, inclusive) => state
+            .store()
+            .telemetry_seq_before_time(ms, inclusive)
+            .await
+            .map_err(|e| error(AmqpError::InternalError, &e.to_string()))?,
     };
     let key = format!("{}/{partition}", group.to_ascii_lowercase());
-    let claim = match state.partition_readers().claim(&key, owner_level) {
-        Ok(c) => c,
-        Err(why) => {
-            let error = definitions::Error::new(LinkError::Stolen, why, None);
-            let _ = tx.close_with_error(error).await;
-            return;
+    let claim = state
+        .partition_readers()
+        .claim(&key, owner_level)
+        .map_err(|why| error(certhub_amqp::types::definitions::LinkError::Stolen, &why))?;
+    on_claim(&claim);
+    Ok(Box::new(Partition {
+        path,
+        _claim: claim,
+        ready: VecDeque::new(),
+        read_to,
+        reading: false,
+        waiting: false,
+        poll_at: 0,
+        token_expiry_ms: grant.expiry.saturating_mul(1000),
+    }))
+}
+
+impl Partition {
+    pub(super) fn deadline(&self) -> i64 {
+        if self.waiting {
+            self.poll_at.min(self.token_expiry_ms)
+        } else {
+            self.token_expiry_ms
         }
-    };
-    let taken = || {
-        definitions::Error::new(
-            LinkError::Stolen,
-            "a reader with an equal or higher owner level took this partition of the consumer group"
-                .to_string(),
-            None,
-        )
-    };
-    let start = match selector(tx.source().as_ref()).map(|s| parse_selector(&s)) {
-        None => Ok(Start::After(0)),
-        Some(parsed) => parsed,
-    };
-    let start = match start {
-        Ok(s) => s,
-        Err(why) => {
-            let error = definitions::Error::new(AmqpError::InvalidField, why, None);
-            let _ = tx.close_with_error(error).await;
-            return;
-        }
-    };
-    let mut follow = state.telemetry().follow();
-    let mut after = match start {
-        Start::After(n) => n,
-        Start::Latest => *follow.borrow_and_update(),
-        Start::Time(ms, inclusive) => {
-            match state.store().telemetry_seq_before_time(ms, inclusive).await {
-                Ok(n) => n,
-                Err(e) => {
-                    let error =
-                        definitions::Error::new(AmqpError::InternalError, e.to_string(), None);
-                    let _ = tx.close_with_error(error).await;
-                    return;
+    }
+
+    /// The token (renewed, or the link ends) and the poll.
+    pub(super) fn timer(
+        &mut self,
+        state: &AppState,
+        slot: &ServiceSlot,
+        now: i64,
+    ) -> Result<(), Error> {
+        if self.token_expiry_ms <= now {
+            match authorize_now(state, slot, &self.path, "reading device telemetry") {
+                Ok(grant) => self.token_expiry_ms = grant.expiry.saturating_mul(1000),
+                Err(_) => {
+                    return Err(error(
+                        AmqpError::UnauthorizedAccess,
+                        "the service's SAS token expired; put a fresh one on $cbs before it runs out",
+                    ));
                 }
             }
         }
-    };
-    loop {
-        let batch = match state.store().telemetry_after(after, None, READ_BATCH).await {
+        if self.waiting && self.poll_at <= now {
+            self.waiting = false;
+        }
+        Ok(())
+    }
+
+    /// Reads the next events of the log when few are left to send.
+    pub(super) fn read_more(&mut self, state: &AppState, link: LinkId) -> Option<Work> {
+        if self.reading || self.waiting || self.ready.len() >= (READ_BATCH / 2) as usize {
+            return None;
+        }
+        self.reading = true;
+        let after = self.read_to;
+        let state = state.clone();
+        Some(Box::pin(async move {
+            let result = state
+                .store()
+                .telemetry_after(after, None, READ_BATCH)
+                .await
+                .map(|batch| batch.iter().map(|r| (r.seq, encode(&event(r)))).collect())
+                .map_err(|e| e.to_string());
+            Done::Events { link, result }
+        }))
+    }
+
+    pub(super) fn read_done(&mut self, result: Result<Vec<(i64, Vec<u8>)>, String>) {
+        self.reading = false;
+        let batch = match result {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(error = %e, "telemetry not read for an Event Hubs reader");
@@ -270,66 +337,23 @@ pub(super) async fn partition_link(reader: Reader, link: LinkEndpoint, shared: A
             }
         };
         if batch.is_empty() {
-            tokio::select! {
-                _ = follow.changed() => {}
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = token_runs_out(&shared, &path) => {
-                    let error = definitions::Error::new(
-                        AmqpError::UnauthorizedAccess,
-                        "the service's SAS token expired; put a fresh one on $cbs before it runs out".to_string(),
-                        None,
-                    );
-                    let _ = tx.close_with_error(error).await;
-                    return;
-                }
-                () = claim.taken.cancelled() => {
-                    let _ = tx.close_with_error(taken()).await;
-                    return;
-                }
-                () = shared.ended.cancelled() => return,
-            }
-            continue;
-        }
-        for r in &batch {
-            let sendable = Sendable::builder().message(event(r)).settled(true).build();
-            let sent = tokio::select! {
-                s = tx.send(sendable) => s,
-                () = claim.taken.cancelled() => {
-                    let _ = tx.close_with_error(taken()).await;
-                    return;
-                }
-                () = shared.ended.cancelled() => return,
-            };
-            if sent.is_err() {
-                return;
-            }
-            after = r.seq;
-        }
-    }
-}
-
-/// `$management` requests: each answered on the session's `$management` reply link with the
-/// request's message id as correlation id (same type), `status-code` (int) and a map body.
-pub(super) async fn management_requests(
-    mut rx: fe2o3_amqp::Receiver,
-    shared: Arc<Shared>,
-    replies: Arc<Replies>,
-) {
-    let answers = replies.with("$management", |r| r.0.clone());
-    loop {
-        let Some(delivery) = next_delivery(&mut rx, &shared.ended).await else {
+            self.waiting = true;
+            self.poll_at = now_ms() + POLL_MS;
             return;
-        };
-        let _ = rx.accept(&delivery).await;
-        let request = delivery.message();
-        let (status, description, body) = Box::pin(management(request, &shared)).await;
-        let reply = reply_to(request, status, &description, body);
-        let _ = answers.send(Box::new(reply));
+        }
+        if let Some((seq, _)) = batch.last() {
+            self.read_to = *seq;
+        }
+        self.ready.extend(batch);
     }
 }
 
-async fn management(request: &Message<Body<Value>>, shared: &Arc<Shared>) -> (i32, String, Value) {
-    let state = shared.core.state();
+/// `$management` requests: the answer's status, description and map body.
+pub(super) async fn management(
+    request: &AnyMessage,
+    state: &AppState,
+    slot: &ServiceSlot,
+) -> (i32, String, Value) {
     let ours = entity(state);
     if property(request, "operation") != Some("READ") {
         return (
@@ -348,15 +372,27 @@ async fn management(request: &Message<Body<Value>>, shared: &Arc<Shared>) -> (i3
         );
     }
     let path = format!("/{ours}/$management");
-    if let Err(why) = authorize(shared, &path, "reading the Event Hubs runtime information").await {
+    if let Err(why) = authorize(
+        state,
+        slot,
+        &path,
+        "reading the Event Hubs runtime information",
+    )
+    .await
+    {
         // The request may carry its own token (the Node SDK's security_token).
         let own = property(request, "security_token").map(str::to_string);
         let granted = match own {
             Some(token) => {
-                super::service::put_token(shared, &token).await.0 == 200
-                    && authorize(shared, &path, "reading the Event Hubs runtime information")
-                        .await
-                        .is_ok()
+                put_token(state, slot, &token).await.0 == 200
+                    && authorize(
+                        state,
+                        slot,
+                        &path,
+                        "reading the Event Hubs runtime information",
+                    )
+                    .await
+                    .is_ok()
             }
             None => false,
         };
@@ -425,15 +461,6 @@ async fn management(request: &Message<Body<Value>>, shared: &Arc<Shared>) -> (i3
         }
     }
     (200, "OK".into(), Value::Map(map))
-}
-
-/// A client's receiver on `$management`: the replies.
-pub(super) async fn management_replies(
-    tx: fe2o3_amqp::Sender,
-    replies: Arc<Replies>,
-    shared: Arc<Shared>,
-) {
-    send_replies(tx, replies, "$management", shared.ended.clone()).await;
 }
 
 #[cfg(test)]

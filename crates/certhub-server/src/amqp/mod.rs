@@ -1,4 +1,4 @@
-//! AMQP 1.0 (issue 13), on fe2o3-amqp (docs/research/amqp: why that library): the device
+//! AMQP 1.0 (issue 13), on certhub-amqp's engine and fe2o3-amqp's types (docs/research/amqp): the device
 //! listener on 5671 ([`serve_amqp`]: the same TLS, gate and session core as MQTT on 8883),
 //! one connection's protocol header, SASL, CBS and links ([`connection`]), and the grammar of
 //! the link addresses the Azure device, service and Event Hubs SDKs attach to ([`address`]).

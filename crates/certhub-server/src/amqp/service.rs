@@ -14,23 +14,23 @@
 //!   message; accepted or rejected completes it, released or modified abandons it (delivered
 //!   again), no answer within the lock lets it go to the next receiver.
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Mutex;
 
+use certhub_amqp::message::{AnyMessage, encode};
+use certhub_amqp::types::definitions::{AmqpError, Error, ErrorCondition, LinkError};
+use certhub_amqp::types::messaging::{
+    Accepted, Body, Data, DeliveryState, Message, MessageAnnotations, Properties,
+};
+use certhub_amqp::types::primitives::{Symbol, Timestamp, Value};
+use certhub_amqp::{Engine, LinkId, error};
 use certhub_core::{DeviceId, Rights, azure_time};
 use certhub_store::ServiceQueue;
-use fe2o3_amqp::Sendable;
-use fe2o3_amqp::acceptor::LinkEndpoint;
-use fe2o3_amqp::acceptor::sasl_acceptor::SaslServerFrame;
-use fe2o3_amqp::types::definitions::{self, AmqpError, ErrorCondition, LinkError};
-use fe2o3_amqp::types::messaging::{Body, Data, Message, MessageAnnotations, Outcome, Properties};
-use fe2o3_amqp::types::primitives::{Symbol, Timestamp, Value};
-use fe2o3_amqp::types::sasl::{SaslCode, SaslInit, SaslOutcome};
 
 use super::address::{self, Node};
-use super::connection::{Shared, id_text, next_delivery, refuse, simple_text};
+use super::connection::{Done, Held, Work, id_text, rejected, simple_text};
 use crate::api::auth::{LOCAL_AUTH_DISABLED, ServiceGrant, judge_service_token, scope_allows};
 use crate::c2d_send::{self, Outgoing, Refused};
+use crate::device::Settle;
 use crate::state::{Actor, AppState, now_ms};
 
 /// How long a service holds a feedback batch or a file notification it was sent (Azure's
@@ -42,7 +42,7 @@ const FEEDBACK_BATCH: i64 = 64;
 const NOTIFICATION_MAX_DELIVERIES: i64 = 10;
 /// How often an idle receiver looks at its queue again (records can also come back when a
 /// lock runs out).
-const QUEUE_POLL: Duration = Duration::from_millis(500);
+const QUEUE_POLL_MS: i64 = 500;
 
 /// Who an audit record names for a service's AMQP action: its policy.
 struct Policy<'a>(&'a str);
@@ -139,14 +139,12 @@ fn names_this_hub(state: &AppState, hub: &str) -> bool {
 }
 
 /// SASL PLAIN of a service: `{policy}@sas.root.{hub}` and a SAS token signed with that
-/// policy's key. The outcome is `auth` unless the token verifies; why goes to the log and the
-/// audit trail.
-pub(super) fn sasl_plain(state: &AppState, init: &SaslInit, slot: &ServiceSlot) -> SaslServerFrame {
-    let judged = judge_plain(state, init);
-    let code = match judged {
+/// policy's key. True when the token verifies; why not goes to the log and the audit trail.
+pub(super) fn sasl_plain(state: &AppState, response: Option<&[u8]>, slot: &ServiceSlot) -> bool {
+    match judge_plain(state, response) {
         Ok(grant) => {
             slot.set(grant);
-            SaslCode::Ok
+            true
         }
         Err((who, why)) => {
             tracing::info!(policy = who, reason = why, "AMQP SASL PLAIN refused");
@@ -162,21 +160,17 @@ pub(super) fn sasl_plain(state: &AppState, init: &SaslInit, slot: &ServiceSlot) 
                     )
                     .await;
             });
-            SaslCode::Auth
+            false
         }
-    };
-    SaslServerFrame::Outcome(SaslOutcome {
-        code,
-        additional_data: None,
-    })
+    }
 }
 
-fn judge_plain(state: &AppState, init: &SaslInit) -> Result<ServiceGrant, (String, String)> {
+fn judge_plain(
+    state: &AppState,
+    response: Option<&[u8]>,
+) -> Result<ServiceGrant, (String, String)> {
     let unknown = |why: &str| ("unknown".to_string(), why.to_string());
-    let response = init
-        .initial_response
-        .as_ref()
-        .ok_or_else(|| unknown("SASL PLAIN without a response"))?;
+    let response = response.ok_or_else(|| unknown("SASL PLAIN without a response"))?;
     let mut parts = response.split(|b| *b == 0);
     let (_, Some(user), Some(password)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(unknown(
@@ -214,8 +208,7 @@ fn judge_plain(state: &AppState, init: &SaslInit) -> Result<ServiceGrant, (Strin
 
 /// A CBS put-token of a service (the audience is not a device's): the token is judged as the
 /// REST API judges one; the answer is the CBS status and description.
-pub(super) async fn put_token(shared: &Arc<Shared>, token: &str) -> (i32, String) {
-    let state = shared.core.state();
+pub(super) async fn put_token(state: &AppState, slot: &ServiceSlot, token: &str) -> (i32, String) {
     let grant = match judge_service_token(state, token) {
         Ok(g) => g,
         Err(e) => {
@@ -239,7 +232,7 @@ pub(super) async fn put_token(shared: &Arc<Shared>, token: &str) -> (i32, String
     if let Err(why) = scope_allows(host, state.hostnames(), None, "/") {
         return (401, why);
     }
-    shared.service.set(grant);
+    slot.set(grant);
     (200, "OK".into())
 }
 
@@ -247,12 +240,12 @@ pub(super) async fn put_token(shared: &Arc<Shared>, token: &str) -> (i32, String
 /// connection that has not run out, covers `path` and whose policy has ServiceConnect, with
 /// local authentication on. The error names what is missing.
 pub(super) async fn authorize(
-    shared: &Shared,
+    state: &AppState,
+    slot: &ServiceSlot,
     path: &str,
     what: &str,
 ) -> Result<ServiceGrant, String> {
-    let state = shared.core.state();
-    if !shared.service.is_set() {
+    if !slot.is_set() {
         return Err(format!(
             "{what} is for services: put a token signed with a shared access policy key on $cbs first (or connect with SASL PLAIN {{policy}}@sas.root.{{hub}})"
         ));
@@ -262,7 +255,17 @@ pub(super) async fn authorize(
         Ok(_) => {}
         Err(e) => return Err(format!("the hub's settings could not be read: {e}")),
     }
-    let covering = shared.service.covering(state, path);
+    authorize_now(state, slot, path, what)
+}
+
+/// [`authorize`] without the settings: the grant for `path` among the connection's tokens.
+pub(super) fn authorize_now(
+    state: &AppState,
+    slot: &ServiceSlot,
+    path: &str,
+    what: &str,
+) -> Result<ServiceGrant, String> {
+    let covering = slot.covering(state, path);
     if covering.is_empty() {
         return Err(format!(
             "no unexpired service token on this connection covers {path}: put one for this hub (or for {path}) on $cbs"
@@ -278,10 +281,9 @@ pub(super) async fn authorize(
     Err(why)
 }
 
-/// A link on one of the service nodes: authorized first (else detached with
-/// `amqp:unauthorized-access` and the reason, audited), then served.
-pub(super) async fn service_link(node: Node, link: LinkEndpoint, shared: Arc<Shared>) {
-    let (path, what) = match node {
+/// The right a service node needs, as REST names it.
+fn node_path(node: &Node) -> Option<(&'static str, &'static str)> {
+    Some(match node {
         Node::ServiceDeviceBound => ("/messages/devicebound", "sending cloud-to-device messages"),
         Node::Feedback => (
             "/messages/serviceBound/feedback",
@@ -291,15 +293,46 @@ pub(super) async fn service_link(node: Node, link: LinkEndpoint, shared: Arc<Sha
             "/messages/serviceBound/filenotifications",
             "receiving file upload notifications",
         ),
-        _ => return,
+        _ => return None,
+    })
+}
+
+/// What a service link does.
+#[derive(Debug)]
+enum Kind {
+    /// `/messages/devicebound`: the service sends C2D messages.
+    SendsC2d,
+    /// Feedback or file notifications: the service receives.
+    Queue(ServiceQueue),
+}
+
+/// A service's link, as the connection keeps it.
+#[derive(Debug)]
+pub(super) struct ServiceLink {
+    kind: Kind,
+    path: &'static str,
+    what: &'static str,
+    /// When the token it acts under runs out (ms): looked at again then.
+    expiry_ms: i64,
+    held: Held,
+}
+
+/// Judges a service link's attach: authorized first (else refused with
+/// `amqp:unauthorized-access` and the reason, audited), then the direction.
+pub(super) async fn attach(
+    state: &AppState,
+    slot: &ServiceSlot,
+    node: &Node,
+    client_sends: bool,
+) -> Result<ServiceLink, Error> {
+    let Some((path, what)) = node_path(node) else {
+        return Err(error(AmqpError::NotFound, "not a service node"));
     };
-    let grant = match authorize(&shared, path, what).await {
+    let grant = match authorize(state, slot, path, what).await {
         Ok(g) => g,
         Err(why) => {
-            let who = shared.service.policy();
-            shared
-                .core
-                .state()
+            let who = slot.policy();
+            state
                 .audit(
                     &Policy(who.as_deref().unwrap_or("unknown")),
                     "amqp.service.refused",
@@ -308,111 +341,277 @@ pub(super) async fn service_link(node: Node, link: LinkEndpoint, shared: Arc<Sha
                     &why,
                 )
                 .await;
-            refuse(
-                link,
-                definitions::Error::new(AmqpError::UnauthorizedAccess, why, None),
-            )
-            .await;
-            return;
+            return Err(error(AmqpError::UnauthorizedAccess, &why));
         }
     };
-    match (node, link) {
-        (Node::ServiceDeviceBound, LinkEndpoint::Receiver(rx)) => {
-            c2d_sends(rx, shared, grant).await
-        }
-        (Node::Feedback, LinkEndpoint::Sender(tx)) => {
-            service_queue(tx, shared, ServiceQueue::Feedback, path, what).await;
-        }
-        (Node::FileNotifications, LinkEndpoint::Sender(tx)) => {
-            service_queue(tx, shared, ServiceQueue::FileNotifications, path, what).await;
-        }
-        (_, link) => {
+    let kind = match (node, client_sends) {
+        (Node::ServiceDeviceBound, true) => Kind::SendsC2d,
+        (Node::Feedback, false) => Kind::Queue(ServiceQueue::Feedback),
+        (Node::FileNotifications, false) => Kind::Queue(ServiceQueue::FileNotifications),
+        _ => {
             let why = format!(
                 "{path} is served in one direction only: services send to /messages/devicebound and receive from the serviceBound nodes"
             );
-            refuse(
+            return Err(error(AmqpError::NotAllowed, &why));
+        }
+    };
+    Ok(ServiceLink {
+        kind,
+        path,
+        what,
+        expiry_ms: grant.expiry.saturating_mul(1000),
+        held: Held::Idle { next: 0 },
+    })
+}
+
+const EXPIRED: &str = "the service's SAS token expired; put a fresh one on $cbs before it runs out";
+
+impl ServiceLink {
+    pub(super) fn sends_c2d(&self) -> bool {
+        matches!(self.kind, Kind::SendsC2d)
+    }
+
+    pub(super) fn receives(&self) -> bool {
+        matches!(self.kind, Kind::Queue(_))
+    }
+
+    pub(super) fn deadline(&self) -> Option<i64> {
+        let held = self.held.deadline();
+        Some(held.map_or(self.expiry_ms, |h| h.min(self.expiry_ms)))
+    }
+
+    /// What it held was settled: it reads the queue again.
+    pub(super) fn settled(&mut self) {
+        self.held = Held::Idle { next: 0 };
+    }
+
+    /// Woken: a queue may have something.
+    pub(super) fn wake(&mut self) {
+        if let Held::Idle { next } = &mut self.held {
+            *next = 0;
+        }
+    }
+
+    /// Its timer: the token (renewed, or the link ends), a poll, or a lock unanswered (the
+    /// record goes to the next receiver when the lock runs out).
+    pub(super) fn timer(
+        &mut self,
+        state: &AppState,
+        slot: &ServiceSlot,
+        now: i64,
+    ) -> Result<(), Error> {
+        if self.expiry_ms <= now {
+            match authorize_now(state, slot, self.path, self.what) {
+                Ok(grant) => self.expiry_ms = grant.expiry.saturating_mul(1000),
+                Err(_) => return Err(error(AmqpError::UnauthorizedAccess, EXPIRED)),
+            }
+        }
+        if self.held.deadline().is_some_and(|t| t <= now) {
+            self.held = Held::Idle { next: 0 };
+        }
+        Ok(())
+    }
+
+    /// Reads the queue for the client when it has credit and nothing is held.
+    pub(super) fn pump(
+        &mut self,
+        state: &AppState,
+        slot: &ServiceSlot,
+        link: LinkId,
+        credit: u32,
+        now: i64,
+    ) -> Option<Work> {
+        let Kind::Queue(queue) = self.kind else {
+            return None;
+        };
+        if credit == 0 || !matches!(self.held, Held::Idle { next } if next <= now) {
+            return None;
+        }
+        if authorize_now(state, slot, self.path, self.what).is_err() {
+            // The timer ends the link.
+            self.expiry_ms = now;
+            return None;
+        }
+        self.held = Held::Busy;
+        let state = state.clone();
+        Some(Box::pin(async move {
+            let result = match state.settings().await {
+                Ok(s) if s.disable_local_auth => {
+                    Err(error(AmqpError::UnauthorizedAccess, LOCAL_AUTH_DISABLED))
+                }
+                _ => {
+                    let token = c2d_send::random_id();
+                    match next_message(&state, queue, &token, now_ms()).await {
+                        Ok(m) => Ok(m.map(|m| (token, encode(&m)))),
+                        Err(e) => {
+                            tracing::warn!(error = %e, queue = queue.what(), "service queue not read");
+                            Ok(None)
+                        }
+                    }
+                }
+            };
+            Done::Queued {
                 link,
-                definitions::Error::new(AmqpError::NotAllowed, why, None),
-            )
-            .await;
+                queue,
+                result,
+            }
+        }))
+    }
+
+    /// A record read for the client: sent unsettled (locked until its disposition).
+    pub(super) fn queued(
+        &mut self,
+        state: &AppState,
+        result: Result<Option<(String, Vec<u8>)>, Error>,
+        engine: &mut Engine,
+        link: LinkId,
+        now: i64,
+    ) -> Result<Option<Work>, Error> {
+        let Kind::Queue(queue) = self.kind else {
+            return Ok(None);
+        };
+        let Some((token, message)) = result? else {
+            self.held = Held::Idle {
+                next: now + QUEUE_POLL_MS,
+            };
+            return Ok(None);
+        };
+        match engine.send(link, None, &message, false) {
+            Ok(Some(delivery)) => {
+                self.held = Held::Sent {
+                    token,
+                    delivery,
+                    until: now + SERVICE_LOCK_MS,
+                };
+                Ok(None)
+            }
+            _ => {
+                self.held = Held::Busy;
+                Ok(Some(settle_later(
+                    state,
+                    queue,
+                    token,
+                    Settle::Abandon,
+                    link,
+                )))
+            }
         }
     }
-}
 
-/// Waits until no token on the connection covers `path` any more (renewals move the end).
-pub(super) async fn token_runs_out(shared: &Shared, path: &str) {
-    loop {
-        let state = shared.core.state();
-        let Some(expiry) = shared
-            .service
-            .covering(state, path)
-            .first()
-            .map(|g| g.expiry)
+    /// The service's disposition: accepted or rejected completes the record, released or
+    /// modified abandons it (delivered again).
+    pub(super) fn outcome(
+        &mut self,
+        state: &AppState,
+        link: LinkId,
+        delivery: u32,
+        settle: Settle,
+    ) -> Option<Work> {
+        let Kind::Queue(queue) = self.kind else {
+            return None;
+        };
+        let Held::Sent {
+            token,
+            delivery: sent,
+            ..
+        } = &mut self.held
         else {
-            return;
+            return None;
         };
-        let left = expiry.saturating_mul(1000) - now_ms();
-        if left <= 0 {
-            return;
+        if *sent != delivery {
+            return None;
         }
-        tokio::time::sleep(Duration::from_millis(u64::try_from(left).unwrap_or(0))).await;
+        let token = std::mem::take(token);
+        self.held = Held::Busy;
+        let settle = match settle {
+            Settle::Complete | Settle::Reject => Settle::Complete,
+            Settle::Abandon => Settle::Abandon,
+        };
+        Some(settle_later(state, queue, token, settle, link))
+    }
+
+    /// The link ended: what it held goes back for the next receiver.
+    pub(super) fn release(&mut self, state: &AppState) {
+        if let (Kind::Queue(queue), Held::Sent { token, .. }) =
+            (&self.kind, std::mem::replace(&mut self.held, Held::Busy))
+        {
+            abandon_later(state, *queue, token);
+        }
     }
 }
 
-/// `/messages/devicebound`: each message goes to the device its `to` names, or is rejected
-/// with the condition and the reason.
-async fn c2d_sends(mut rx: fe2o3_amqp::Receiver, shared: Arc<Shared>, grant: ServiceGrant) {
-    let state = shared.core.state().clone();
-    loop {
-        let delivery = tokio::select! {
-            d = next_delivery(&mut rx, &shared.ended) => d,
-            () = token_runs_out(&shared, "/messages/devicebound") => {
-                let error = definitions::Error::new(
-                    AmqpError::UnauthorizedAccess,
-                    "the service's SAS token expired; put a fresh one on $cbs before it runs out".to_string(),
-                    None,
-                );
-                let _ = rx.close_with_error(error).await;
-                return;
-            }
+/// Completes or abandons a locked record in a future of the connection.
+fn settle_later(
+    state: &AppState,
+    queue: ServiceQueue,
+    token: String,
+    settle: Settle,
+    link: LinkId,
+) -> Work {
+    let state = state.clone();
+    Box::pin(async move {
+        let store = state.store();
+        let settled = match settle {
+            Settle::Abandon => store.abandon_locked(queue, &token, now_ms()).await,
+            _ => store.complete_locked(queue, &token, now_ms()).await,
         };
-        let Some(delivery) = delivery else { return };
-        let caller = shared
-            .service
-            .covering(&state, "/messages/devicebound")
-            .into_iter()
-            .next()
-            .map_or_else(|| grant.caller.clone(), |g| g.caller);
-        let result = match outgoing(delivery.message()) {
-            Ok((device, message)) => c2d_send::queue(&state, &caller, &device, message)
-                .await
-                .map_err(|e| refusal(&e)),
-            Err(why) => Err(definitions::Error::new(AmqpError::InvalidField, why, None)),
-        };
-        let disposed = match result {
-            Ok(_) => rx.accept(&delivery).await,
-            Err(error) => {
-                state
-                    .audit(
-                        &caller,
-                        "c2d.send",
-                        "/messages/devicebound",
-                        "refused",
-                        error.description.as_deref().unwrap_or_default(),
-                    )
-                    .await;
-                rx.reject(&delivery, error).await
-            }
-        };
-        if disposed.is_err() {
-            return;
+        if let Err(e) = settled {
+            tracing::warn!(error = %e, queue = queue.what(), "service disposition not stored");
+        }
+        Done::Next { link }
+    })
+}
+
+/// Abandons a locked record in a task of its own (its link is gone).
+pub(super) fn abandon_later(state: &AppState, queue: ServiceQueue, token: String) {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let _ = state.store().abandon_locked(queue, &token, now_ms()).await;
+    });
+}
+
+/// `/messages/devicebound`: a message goes to the device its `to` names, or is rejected with
+/// the condition and the reason (audited).
+pub(super) async fn c2d_send(
+    state: &AppState,
+    slot: &ServiceSlot,
+    message: &AnyMessage,
+) -> DeliveryState {
+    let caller = match authorize_now(
+        state,
+        slot,
+        "/messages/devicebound",
+        "sending cloud-to-device messages",
+    ) {
+        Ok(grant) => grant.caller,
+        Err(why) => return rejected(AmqpError::UnauthorizedAccess, &why),
+    };
+    let result = match outgoing(message) {
+        Ok((device, message)) => c2d_send::queue(state, &caller, &device, message)
+            .await
+            .map_err(|e| refusal(&e)),
+        Err(why) => Err(error(AmqpError::InvalidField, &why)),
+    };
+    match result {
+        Ok(_) => DeliveryState::Accepted(Accepted {}),
+        Err(error) => {
+            state
+                .audit(
+                    &caller,
+                    "c2d.send",
+                    "/messages/devicebound",
+                    "refused",
+                    error.description.as_deref().unwrap_or_default(),
+                )
+                .await;
+            DeliveryState::Rejected(certhub_amqp::types::messaging::Rejected { error: Some(error) })
         }
     }
 }
 
 /// The AMQP condition of a refused send (azure-more-protocols 2.2: the Node SDK maps
 /// `resource-limit-exceeded` to DeviceMaximumQueueDepthExceededError).
-fn refusal(e: &Refused) -> definitions::Error {
+fn refusal(e: &Refused) -> Error {
     let condition = match e {
         Refused::Invalid(_) => ErrorCondition::AmqpError(AmqpError::InvalidField),
         Refused::TooLarge { .. } => ErrorCondition::LinkError(LinkError::MessageSizeExceeded),
@@ -425,7 +624,7 @@ fn refusal(e: &Refused) -> definitions::Error {
         Refused::Store(_) => "the hub could not store the message; retry".to_string(),
         e => e.to_string(),
     };
-    definitions::Error::new(condition, why, None)
+    error(condition, &why)
 }
 
 /// A service's C2D message as the queue takes it: the device from `to`
@@ -518,68 +717,6 @@ fn value_type(v: &Value) -> &'static str {
     }
 }
 
-/// Feedback or file notifications for a service: a message at a time, locked while the
-/// service holds it; its disposition completes (accepted, rejected) or abandons (released,
-/// modified) it.
-async fn service_queue(
-    mut tx: fe2o3_amqp::Sender,
-    shared: Arc<Shared>,
-    queue: ServiceQueue,
-    path: &str,
-    what: &str,
-) {
-    let state = shared.core.state().clone();
-    let mut changed = state.service_queues_changed();
-    loop {
-        if let Err(why) = authorize(&shared, path, what).await {
-            let error = definitions::Error::new(AmqpError::UnauthorizedAccess, why, None);
-            let _ = tx.close_with_error(error).await;
-            return;
-        }
-        let token = c2d_send::random_id();
-        let now = now_ms();
-        let message = match next_message(&state, queue, &token, now).await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(error = %e, queue = queue.what(), "service queue not read");
-                None
-            }
-        };
-        let Some(message) = message else {
-            tokio::select! {
-                _ = changed.changed() => {}
-                () = tokio::time::sleep(QUEUE_POLL) => {}
-                () = shared.ended.cancelled() => return,
-            }
-            continue;
-        };
-        let sendable = Sendable::builder().message(message).settled(false).build();
-        let outcome = tokio::select! {
-            o = tokio::time::timeout(Duration::from_millis(SERVICE_LOCK_MS as u64), tx.send(sendable)) => o,
-            () = shared.ended.cancelled() => {
-                let _ = state.store().abandon_locked(queue, &token, now_ms()).await;
-                return;
-            }
-        };
-        let settled = match outcome {
-            Ok(Ok(Outcome::Accepted(_) | Outcome::Rejected(_))) => {
-                state.store().complete_locked(queue, &token, now_ms()).await
-            }
-            Ok(Ok(_)) => state.store().abandon_locked(queue, &token, now_ms()).await,
-            Ok(Err(_)) => {
-                // The link ended: what it held goes back for the next receiver.
-                let _ = state.store().abandon_locked(queue, &token, now_ms()).await;
-                return;
-            }
-            // No disposition while it was locked: the lock runs out.
-            Err(_) => continue,
-        };
-        if let Err(e) = settled {
-            tracing::warn!(error = %e, queue = queue.what(), "service disposition not stored");
-        }
-    }
-}
-
 /// The next message of `queue`, locked under `token`: a batch of feedback records or one
 /// file notification, shaped as Azure sends them (content type, user id, enqueued time).
 async fn next_message(
@@ -638,7 +775,7 @@ async fn next_message(
         .unwrap_or("certhub")
         .to_string();
     let properties = Properties {
-        message_id: Some(fe2o3_amqp::types::messaging::MessageId::String(
+        message_id: Some(certhub_amqp::types::messaging::MessageId::String(
             token.to_string(),
         )),
         user_id: Some(hub.into_bytes().into()),
