@@ -571,11 +571,7 @@ impl Engine {
 
     /// Ends a session of the hub's choosing (its links end without events).
     fn end_session(&mut self, local: u16, error: Option<Error>) {
-        let Some(session) = self
-            .sessions
-            .get_mut(usize::from(local))
-            .and_then(Option::as_mut)
-        else {
+        let Some(session) = session_mut(&mut self.sessions, local) else {
             return;
         };
         if session.ending {
@@ -602,11 +598,7 @@ impl Engine {
     }
 
     fn on_attach(&mut self, local: u16, attach: Attach) {
-        let Some(session) = self
-            .sessions
-            .get_mut(usize::from(local))
-            .and_then(Option::as_mut)
-        else {
+        let Some(session) = session_mut(&mut self.sessions, local) else {
             return;
         };
         if session.ending {
@@ -781,11 +773,7 @@ impl Engine {
         let Some(id) = self.link_of(local, detach.handle.0) else {
             return;
         };
-        if let Some(session) = self
-            .sessions
-            .get_mut(usize::from(local))
-            .and_then(Option::as_mut)
-        {
+        if let Some(session) = session_mut(&mut self.sessions, local) {
             session.handles.retain(|(_, l)| *l != id);
             session.unsettled_out.retain(|_, l| *l != id);
         }
@@ -807,11 +795,7 @@ impl Engine {
     }
 
     fn on_transfer(&mut self, local: u16, transfer: Transfer, payload: Bytes) {
-        let Some(session) = self
-            .sessions
-            .get_mut(usize::from(local))
-            .and_then(Option::as_mut)
-        else {
+        let Some(session) = session_mut(&mut self.sessions, local) else {
             return;
         };
         session.next_incoming_id = session.next_incoming_id.wrapping_add(1);
@@ -934,11 +918,7 @@ impl Engine {
     }
 
     fn on_flow(&mut self, local: u16, flow: Flow) {
-        let Some(session) = self
-            .sessions
-            .get_mut(usize::from(local))
-            .and_then(Option::as_mut)
-        else {
+        let Some(session) = session_mut(&mut self.sessions, local) else {
             return;
         };
         let next_incoming = flow.next_incoming_id.unwrap_or(0);
@@ -993,11 +973,7 @@ impl Engine {
             // About the client's own sends: the hub settles those itself (mode first).
             return;
         }
-        let Some(session) = self
-            .sessions
-            .get_mut(usize::from(local))
-            .and_then(Option::as_mut)
-        else {
+        let Some(session) = session_mut(&mut self.sessions, local) else {
             return;
         };
         let last = d.last.unwrap_or(d.first);
@@ -1086,11 +1062,7 @@ impl Engine {
         let count = l.delivery_count;
         l.delivery_count = l.delivery_count.wrapping_add(1);
         l.credit -= 1;
-        let Some(session) = self
-            .sessions
-            .get_mut(usize::from(channel))
-            .and_then(Option::as_mut)
-        else {
+        let Some(session) = session_mut(&mut self.sessions, channel) else {
             return Ok(None);
         };
         let delivery = session.next_delivery_id;
@@ -1134,11 +1106,7 @@ impl Engine {
             transfer.message_format = None;
             transfer.settled = None;
         }
-        if let Some(session) = self
-            .sessions
-            .get_mut(usize::from(channel))
-            .and_then(Option::as_mut)
-        {
+        if let Some(session) = session_mut(&mut self.sessions, channel) {
             session.next_outgoing_id = session.next_outgoing_id.wrapping_add(frames);
             session.remote_incoming_window = session.remote_incoming_window.saturating_sub(frames);
         }
@@ -1318,11 +1286,7 @@ impl Engine {
     }
 
     fn flow(&mut self, channel: u16, link: Option<(u32, bool)>) {
-        let Some(session) = self
-            .sessions
-            .get_mut(usize::from(channel))
-            .and_then(Option::as_mut)
-        else {
+        let Some(session) = session_mut(&mut self.sessions, channel) else {
             return;
         };
         session.incoming_window = INCOMING_WINDOW;
@@ -1380,6 +1344,13 @@ impl Engine {
         let size = u32::try_from(self.out.len() - start).unwrap_or(u32::MAX);
         self.out[start..start + 4].copy_from_slice(&size.to_be_bytes());
     }
+}
+
+/// The session on the hub's channel `local`, if begun.
+fn session_mut(sessions: &mut [Option<Session>], local: u16) -> Option<&mut Session> {
+    sessions
+        .get_mut(usize::from(local))
+        .and_then(Option::as_mut)
 }
 
 fn same_outcome(a: &DeliveryState, b: &DeliveryState) -> bool {

@@ -97,10 +97,10 @@ pub(super) enum Done {
         node: &'static str,
         message: Vec<u8>,
     },
-    /// A received delivery's outcome.
+    /// A received delivery's outcome (none: it came settled; telemetry is still counted).
     Settle {
         link: LinkId,
-        delivery: u32,
+        delivery: Option<u32>,
         state: DeliveryState,
     },
     /// A twin response for an identity's twin link.
@@ -273,7 +273,7 @@ struct Conn {
     service: Arc<ServiceSlot>,
     work: FuturesUnordered<Work>,
     /// Telemetry handed to the writer, oldest first: accepted once committed.
-    owed: VecDeque<(LinkId, u32, Committed)>,
+    owed: VecDeque<(LinkId, Option<u32>, Committed)>,
     wake_tx: mpsc::UnboundedSender<Wake>,
     ending: Arc<Ending>,
     /// Shutting out: why, and when the connection is closed if the client has not.
@@ -713,11 +713,19 @@ impl Conn {
                             partition,
                         },
                         move |claim| {
+                            // Watches the claim while the link lives (the guard is the link's).
                             let taken = claim.taken.clone();
+                            let gone = CancellationToken::new();
+                            let guard = gone.clone().drop_guard();
                             tokio::spawn(async move {
-                                taken.cancelled().await;
-                                let _ = stolen.send(Wake::Stolen(link));
+                                tokio::select! {
+                                    () = taken.cancelled() => {
+                                        let _ = stolen.send(Wake::Stolen(link));
+                                    }
+                                    () = gone.cancelled() => {}
+                                }
                             });
+                            guard
                         },
                     )
                     .await;
@@ -898,6 +906,10 @@ impl Conn {
 
     /// Serves a device link of an admitted identity.
     fn device_link(&mut self, request: Box<AttachRequest>, node: Node, client_id: &str) {
+        if !matches!(self.links.get(&request.link), Some(Handler::Pending)) {
+            // Detached by the client while its identity was judged.
+            return;
+        }
         let Some(identity) = self.identities.get_mut(client_id) else {
             return;
         };
@@ -977,10 +989,8 @@ impl Conn {
             let record = self.core.telemetry(device, &props, body);
             match self.state().telemetry().try_submit(record) {
                 Ok(committed) => {
-                    if settled {
-                        self.core.telemetry_counted();
-                    }
-                    self.owed.push_back((link, delivery, committed));
+                    let owed = (!settled).then_some(delivery);
+                    self.owed.push_back((link, owed, committed));
                 }
                 Err(record) => {
                     let state = self.state().clone();
@@ -991,7 +1001,7 @@ impl Conn {
                         };
                         Done::Settle {
                             link,
-                            delivery,
+                            delivery: (!settled).then_some(delivery),
                             state: stored_state(committed),
                         }
                     }));
@@ -1046,7 +1056,7 @@ impl Conn {
                     let state = service::c2d_send(&state, &slot, &request).await;
                     Done::Settle {
                         link,
-                        delivery,
+                        delivery: (!settled).then_some(delivery),
                         state,
                     }
                 }));
@@ -1504,7 +1514,9 @@ impl Conn {
                 {
                     self.core.telemetry_counted();
                 }
-                self.engine.settle(link, delivery, state);
+                if let Some(delivery) = delivery {
+                    self.engine.settle(link, delivery, state);
+                }
             }
             Done::Twin { client_id, message } => self.send_on_twin(&client_id, message),
             Done::C2dLocked {
@@ -1626,11 +1638,14 @@ impl Conn {
     }
 
     /// Telemetry committed (or not): accepted, or rejected so that the client sends again.
-    fn stored(&mut self, (link, delivery, result): (LinkId, u32, Result<i64, String>)) {
+    fn stored(&mut self, (link, delivery, result): (LinkId, Option<u32>, Result<i64, String>)) {
         if result.is_ok() {
             self.core.telemetry_counted();
         }
-        self.engine.settle(link, delivery, stored_state(result));
+        let state = stored_state(result);
+        if let Some(delivery) = delivery {
+            self.engine.settle(link, delivery, state);
+        }
     }
 
     /// News from an identity's watcher or a partition claim.
@@ -1742,8 +1757,8 @@ impl Held {
 /// The oldest awaited commit, once it completes. Cancel-safe: nothing is removed until it
 /// completes.
 async fn next_commit(
-    owed: &mut VecDeque<(LinkId, u32, Committed)>,
-) -> (LinkId, u32, Result<i64, String>) {
+    owed: &mut VecDeque<(LinkId, Option<u32>, Committed)>,
+) -> (LinkId, Option<u32>, Result<i64, String>) {
     let Some((_, _, front)) = owed.front_mut() else {
         return std::future::pending().await;
     };

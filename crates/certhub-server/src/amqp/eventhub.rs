@@ -35,7 +35,7 @@ use certhub_core::MessageProperties;
 use certhub_store::TelemetryRecord;
 
 use super::connection::{Done, Work, property};
-use super::service::{ServiceSlot, authorize, authorize_now, put_token};
+use super::service::{ServiceSlot, authorize, put_token, renew};
 use crate::state::{AppState, PartitionClaim, now_ms};
 
 /// The only partition.
@@ -188,6 +188,8 @@ pub(super) struct Partition {
     path: String,
     /// Its place among the partition's readers (dropped: released).
     _claim: PartitionClaim,
+    /// Ends the watch on the claim when the link ends.
+    _watch: tokio_util::sync::DropGuard,
     /// Events read and not yet sent: sequence number and encoded message.
     pub(super) ready: VecDeque<(i64, Vec<u8>)>,
     /// The last sequence number read from the log.
@@ -208,7 +210,7 @@ pub(super) async fn attach(
     slot: &ServiceSlot,
     request: &AttachRequest,
     asked: Asked,
-    on_claim: impl FnOnce(&PartitionClaim),
+    on_claim: impl FnOnce(&PartitionClaim) -> tokio_util::sync::DropGuard,
 ) -> Result<Box<Partition>, Error> {
     let Asked {
         entity: entity_asked,
@@ -262,10 +264,11 @@ pub(super) async fn attach(
         .partition_readers()
         .claim(&key, owner_level)
         .map_err(|why| error(certhub_amqp::types::definitions::LinkError::Stolen, &why))?;
-    on_claim(&claim);
+    let watch = on_claim(&claim);
     Ok(Box::new(Partition {
         path,
         _claim: claim,
+        _watch: watch,
         ready: VecDeque::new(),
         read_to,
         reading: false,
@@ -291,17 +294,14 @@ impl Partition {
         slot: &ServiceSlot,
         now: i64,
     ) -> Result<(), Error> {
-        if self.token_expiry_ms <= now {
-            match authorize_now(state, slot, &self.path, "reading device telemetry") {
-                Ok(grant) => self.token_expiry_ms = grant.expiry.saturating_mul(1000),
-                Err(_) => {
-                    return Err(error(
-                        AmqpError::UnauthorizedAccess,
-                        "the service's SAS token expired; put a fresh one on $cbs before it runs out",
-                    ));
-                }
-            }
-        }
+        renew(
+            &mut self.token_expiry_ms,
+            state,
+            slot,
+            &self.path,
+            "reading device telemetry",
+            now,
+        )?;
         if self.waiting && self.poll_at <= now {
             self.waiting = false;
         }

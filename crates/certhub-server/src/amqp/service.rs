@@ -364,7 +364,30 @@ pub(super) async fn attach(
     })
 }
 
-const EXPIRED: &str = "the service's SAS token expired; put a fresh one on $cbs before it runs out";
+/// A link's token has run out (`expiry_ms`): moved to the end of the newest token that
+/// still covers `path`, or the error that ends the link.
+pub(super) fn renew(
+    expiry_ms: &mut i64,
+    state: &AppState,
+    slot: &ServiceSlot,
+    path: &str,
+    what: &str,
+    now: i64,
+) -> Result<(), Error> {
+    if *expiry_ms > now {
+        return Ok(());
+    }
+    match authorize_now(state, slot, path, what) {
+        Ok(grant) => {
+            *expiry_ms = grant.expiry.saturating_mul(1000);
+            Ok(())
+        }
+        Err(_) => Err(error(
+            AmqpError::UnauthorizedAccess,
+            "the service's SAS token expired; put a fresh one on $cbs before it runs out",
+        )),
+    }
+}
 
 impl ServiceLink {
     pub(super) fn sends_c2d(&self) -> bool {
@@ -400,12 +423,7 @@ impl ServiceLink {
         slot: &ServiceSlot,
         now: i64,
     ) -> Result<(), Error> {
-        if self.expiry_ms <= now {
-            match authorize_now(state, slot, self.path, self.what) {
-                Ok(grant) => self.expiry_ms = grant.expiry.saturating_mul(1000),
-                Err(_) => return Err(error(AmqpError::UnauthorizedAccess, EXPIRED)),
-            }
-        }
+        renew(&mut self.expiry_ms, state, slot, self.path, self.what, now)?;
         if self.held.deadline().is_some_and(|t| t <= now) {
             self.held = Held::Idle { next: 0 };
         }
