@@ -11,11 +11,16 @@ use std::future::Future;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use certhub_amqp::{Config, Engine, Event, LinkId, error};
+use certhub_amqp::{AttachRequest, Config, Engine, Event, LinkId, error};
+use fe2o3_amqp::connection::ConnectionHandle;
 use fe2o3_amqp::frames::amqp::{FrameBody, FrameDecoder};
 use fe2o3_amqp::frames::sasl;
-use fe2o3_amqp::link::CreditMode;
+use fe2o3_amqp::link::builder::{Builder, WithName, WithSource, WithTarget};
+use fe2o3_amqp::link::delivery::Delivery;
+use fe2o3_amqp::link::role::ReceiverMarker;
+use fe2o3_amqp::link::{CreditMode, DetachError};
 use fe2o3_amqp::sasl_profile::SaslProfile;
+use fe2o3_amqp::session::SessionHandle;
 use fe2o3_amqp::types::definitions::{
     self, AmqpError, ConnectionError, ErrorCondition, Handle, LinkError, ReceiverSettleMode, Role,
     SenderSettleMode, SessionError,
@@ -259,6 +264,23 @@ fn parse_output(mut bytes: &[u8]) -> Vec<Written> {
     out
 }
 
+/// The items of `items` that `pattern` matches (with an optional guard), each as `value`:
+/// `pick!(bodies(w), (_, FrameBody::Close(c)) => c)`.
+macro_rules! pick {
+    ($items:expr, $pattern:pat if $guard:expr => $value:expr) => {
+        $items
+            .into_iter()
+            .filter_map(|item| match item {
+                $pattern if $guard => Some($value),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    ($items:expr, $pattern:pat => $value:expr) => {
+        pick!($items, $pattern if true => $value)
+    };
+}
+
 fn bodies(written: &[Written]) -> impl Iterator<Item = (u16, &FrameBody)> {
     written.iter().filter_map(|w| match w {
         Written::Amqp { channel, body, .. } => Some((*channel, body)),
@@ -267,54 +289,45 @@ fn bodies(written: &[Written]) -> impl Iterator<Item = (u16, &FrameBody)> {
 }
 
 fn closes(written: &[Written]) -> Vec<&Close> {
-    bodies(written)
-        .filter_map(|(_, b)| match b {
-            FrameBody::Close(c) => Some(c),
-            _ => None,
-        })
-        .collect()
+    pick!(bodies(written), (_, FrameBody::Close(c)) => c)
 }
 
 fn detaches(written: &[Written]) -> Vec<&Detach> {
-    bodies(written)
-        .filter_map(|(_, b)| match b {
-            FrameBody::Detach(d) => Some(d),
-            _ => None,
-        })
-        .collect()
+    pick!(bodies(written), (_, FrameBody::Detach(d)) => d)
 }
 
 fn ends(written: &[Written]) -> Vec<(u16, &End)> {
-    bodies(written)
-        .filter_map(|(c, b)| match b {
-            FrameBody::End(e) => Some((c, e)),
-            _ => None,
-        })
-        .collect()
+    pick!(bodies(written), (c, FrameBody::End(e)) => (c, e))
+}
+
+fn begins(written: &[Written]) -> Vec<(u16, &Begin)> {
+    pick!(bodies(written), (c, FrameBody::Begin(b)) => (c, b))
+}
+
+fn all_flows(written: &[Written]) -> Vec<&Flow> {
+    pick!(bodies(written), (_, FrameBody::Flow(f)) => f)
 }
 
 fn link_flows(written: &[Written], handle: u32) -> Vec<&Flow> {
-    bodies(written)
-        .filter_map(|(_, b)| match b {
-            FrameBody::Flow(f) if f.handle.as_ref().map(|h| h.0) == Some(handle) => Some(f),
-            _ => None,
-        })
-        .collect()
+    pick!(all_flows(written), f if f.handle.as_ref().map(|h| h.0) == Some(handle) => f)
 }
 
 fn opens(written: &[Written]) -> Vec<&Open> {
-    bodies(written)
-        .filter_map(|(_, b)| match b {
-            FrameBody::Open(o) => Some(o),
-            _ => None,
-        })
-        .collect()
+    pick!(bodies(written), (_, FrameBody::Open(o)) => o)
+}
+
+fn transfer_frames(written: &[Written]) -> Vec<&Transfer> {
+    pick!(bodies(written), (_, FrameBody::Transfer { performative, .. }) => performative)
 }
 
 fn heartbeats(written: &[Written]) -> usize {
     bodies(written)
         .filter(|(_, b)| matches!(b, FrameBody::Empty))
         .count()
+}
+
+fn is_header(written: Option<&Written>, header: &[u8]) -> bool {
+    matches!(written, Some(Written::Header(h)) if h[..] == *header)
 }
 
 /// The hub's handle of the link attached with `name` (from the reply attach it wrote).
@@ -338,6 +351,37 @@ fn assert_error(e: Option<&definitions::Error>, condition: ErrorCondition, words
     assert!(
         description.contains(words),
         "description {description:?} should say {words:?}"
+    );
+}
+
+/// The engine wrote one close, with `condition` and `words`.
+fn assert_one_close(written: &[Written], condition: ErrorCondition, words: &str) {
+    let c = closes(written);
+    assert_eq!(c.len(), 1, "{written:?}");
+    assert_error(c[0].error.as_ref(), condition, words);
+}
+
+/// The engine wrote one detach, closing the link with `condition` and `words`.
+fn assert_one_detach(written: &[Written], condition: ErrorCondition, words: &str) {
+    let d = detaches(written);
+    assert_eq!(d.len(), 1, "{written:?}");
+    assert!(d[0].closed, "{:?}", d[0]);
+    assert_error(d[0].error.as_ref(), condition, words);
+}
+
+/// `e`'s debug form says every one of `words`.
+fn assert_debug_says(e: &impl std::fmt::Debug, words: &[&str]) {
+    let s = format!("{e:?}");
+    for w in words {
+        assert!(s.contains(w), "{s} should say {w:?}");
+    }
+}
+
+/// The only event is a failure whose reason says `words`.
+fn assert_failed(events: &[Event], words: &str) {
+    assert!(
+        matches!(events, [Event::Failed(why)] if why.contains(words)),
+        "a failure saying {words:?} was expected: {events:?}"
     );
 }
 
@@ -481,6 +525,14 @@ impl Hub {
         )
     }
 
+    /// The usual hub (`obliging(4)` on `config()`) with `outbox` queued before the client
+    /// comes.
+    fn start_sending(outbox: Vec<(Vec<u8>, bool)>) -> (Hub, DuplexStream) {
+        let (hub, stream) = Hub::start(config(), obliging(4));
+        hub.act(move |ctx| ctx.outbox.extend(outbox));
+        (hub, stream)
+    }
+
     /// Runs `f` on the hub's side, between two reads.
     fn act(&self, f: impl FnOnce(&mut Ctx) + Send + 'static) {
         self.actions
@@ -488,18 +540,71 @@ impl Hub {
             .expect("the hub loop is running");
     }
 
-    /// Waits for the next event that `pred` matches.
-    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Seen) -> bool) -> Seen {
+    /// Runs `f` on the hub's side and gives back its answer.
+    async fn ask<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce(&mut Ctx) -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.act(move |ctx| {
+            let _ = tx.send(f(ctx));
+        });
+        step(what, rx).await
+    }
+
+    /// Waits for the next event that `pick` takes something from.
+    async fn wait_map<T>(&mut self, what: &str, pick: impl Fn(&Seen) -> Option<T>) -> T {
         within(what, async {
             loop {
                 match self.live.recv().await {
-                    Some(s) if pred(&s) => return s,
-                    Some(_) => {}
+                    Some(s) => {
+                        if let Some(t) = pick(&s) {
+                            return t;
+                        }
+                    }
                     None => panic!("the hub loop ended before: {what}"),
                 }
             }
         })
         .await
+    }
+
+    /// Waits for the next event that `pred` matches.
+    async fn wait_for(&mut self, what: &str, pred: impl Fn(&Seen) -> bool) -> Seen {
+        self.wait_map(what, |s| pred(s).then(|| s.clone())).await
+    }
+
+    /// Waits for the next attach and gives its link.
+    async fn next_attach(&mut self) -> LinkId {
+        self.wait_map("attach", |s| match s {
+            Seen::Attach { link, .. } => Some(*link),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for the next credit and gives its link.
+    async fn next_credit(&mut self) -> LinkId {
+        self.wait_map("credit", |s| match s {
+            Seen::Credit { link } => Some(*link),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for the next detached link and its error.
+    async fn next_detached(&mut self) -> (LinkId, Option<definitions::Error>) {
+        self.wait_map("detached", |s| match s {
+            Seen::Detached { link, error } => Some((*link, error.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    async fn next_outcome(&mut self) -> Seen {
+        self.wait_for("an outcome", |s| matches!(s, Seen::Outcome { .. }))
+            .await
     }
 
     /// Waits for the hub loop to end (the connection closed) and gives back what it saw.
@@ -527,37 +632,22 @@ fn obliging(window: u32) -> impl FnMut(&mut Ctx, Event) + Send + 'static {
     }
 }
 
-async fn connect(stream: DuplexStream) -> fe2o3_amqp::connection::ConnectionHandle<()> {
-    within(
-        "the client's open",
-        Connection::builder()
-            .container_id("test-client")
-            .open_with_stream(stream),
-    )
-    .await
-    .expect("the connection opens")
-}
-
-async fn begin(
-    connection: &mut fe2o3_amqp::connection::ConnectionHandle<()>,
-) -> fe2o3_amqp::session::SessionHandle<()> {
-    within("begin", Session::begin(connection))
-        .await
-        .expect("the session begins")
-}
-
 fn transfers(seen: &[Seen]) -> Vec<(LinkId, u32, bool, Bytes)> {
+    pick!(
+        seen,
+        Seen::Transfer { link, delivery, settled, payload } =>
+            (*link, *delivery, *settled, payload.clone())
+    )
+}
+
+fn detached_links(seen: &[Seen]) -> Vec<LinkId> {
+    pick!(seen, Seen::Detached { link, .. } => *link)
+}
+
+fn outcomes(seen: &[Seen]) -> usize {
     seen.iter()
-        .filter_map(|s| match s {
-            Seen::Transfer {
-                link,
-                delivery,
-                settled,
-                payload,
-            } => Some((*link, *delivery, *settled, payload.clone())),
-            _ => None,
-        })
-        .collect()
+        .filter(|s| matches!(s, Seen::Outcome { .. }))
+        .count()
 }
 
 fn attach_link(seen: &[Seen], name: &str) -> LinkId {
@@ -570,49 +660,158 @@ fn attach_link(seen: &[Seen], name: &str) -> LinkId {
 }
 
 // ---------------------------------------------------------------------------------------
+// The client's side: fe2o3's connection, sessions and links, every step within `STEP`.
+
+/// `within`, for a step that must succeed too.
+async fn step<T, E: std::fmt::Debug>(what: &str, fut: impl Future<Output = Result<T, E>>) -> T {
+    within(what, fut)
+        .await
+        .unwrap_or_else(|e| panic!("{what} failed: {e:?}"))
+}
+
+async fn connect(stream: DuplexStream) -> ConnectionHandle<()> {
+    step(
+        "the client's open",
+        Connection::builder()
+            .container_id("test-client")
+            .open_with_stream(stream),
+    )
+    .await
+}
+
+async fn begin(connection: &mut ConnectionHandle<()>) -> SessionHandle<()> {
+    step("begin", Session::begin(connection)).await
+}
+
+/// The client connected to `hub` with one session begun.
+async fn session_on(
+    (hub, stream): (Hub, DuplexStream),
+) -> (Hub, ConnectionHandle<()>, SessionHandle<()>) {
+    let mut connection = connect(stream).await;
+    let session = begin(&mut connection).await;
+    (hub, connection, session)
+}
+
+/// The usual hub (`obliging(4)`) on `cfg`, the client connected with one session begun.
+async fn open_session(cfg: Config) -> (Hub, ConnectionHandle<()>, SessionHandle<()>) {
+    session_on(Hub::start(cfg, obliging(4))).await
+}
+
+async fn attach_sender(session: &mut SessionHandle<()>, name: &str, address: &str) -> Sender {
+    step("attach", Sender::attach(session, name, address)).await
+}
+
+async fn attach_receiver(session: &mut SessionHandle<()>, name: &str, address: &str) -> Receiver {
+    step("attach", Receiver::attach(session, name, address)).await
+}
+
+type ReceiverBuilder = Builder<ReceiverMarker, Target, WithName, WithSource, WithTarget>;
+
+/// A receiver `name` on "out", with `options` set on fe2o3's builder.
+async fn attach_receiver_with(
+    session: &mut SessionHandle<()>,
+    name: &str,
+    options: impl FnOnce(ReceiverBuilder) -> ReceiverBuilder,
+) -> Receiver {
+    let builder = options(Receiver::builder().name(name).source("out"));
+    step("attach", builder.attach(session)).await
+}
+
+/// Sends `text` unsettled and checks the hub accepted it.
+async fn send_accepted(sender: &mut Sender, text: &str) {
+    let message = Message::builder().value(text.to_string()).build();
+    let outcome = step("send", sender.send(message)).await;
+    assert!(
+        matches!(outcome, Outcome::Accepted(_)),
+        "{text}: {outcome:?}"
+    );
+}
+
+/// A new sender `name` on `session` whose first message the hub accepts.
+async fn sender_that_sends(session: &mut SessionHandle<()>, name: &str) -> Sender {
+    let mut sender = attach_sender(session, name, "q").await;
+    send_accepted(&mut sender, "x").await;
+    sender
+}
+
+/// Receives the next message and checks it is the string `expected`.
+async fn recv_text(receiver: &mut Receiver, expected: &str) -> Delivery<Body<Value>> {
+    let delivery = step("recv", receiver.recv::<Body<Value>>()).await;
+    assert_eq!(delivery.body(), &string_body(expected), "{expected}");
+    delivery
+}
+
+/// `recv_text`, then accepts it.
+async fn recv_accept(receiver: &mut Receiver, expected: &str) {
+    let delivery = recv_text(receiver, expected).await;
+    step("accept", receiver.accept(&delivery)).await;
+}
+
+/// The hub detaches `sender` with `condition` and `words`.
+async fn assert_detached_by_hub(sender: &mut Sender, condition: ErrorCondition, words: &str) {
+    match within("detach", sender.on_detach()).await {
+        DetachError::RemoteClosedWithError(e) => assert_error(Some(&e), condition, words),
+        other => panic!("the hub's {condition:?} was expected, not {other:?}"),
+    }
+}
+
+/// A sender the hub refuses: either it attaches and is detached at once with `condition`
+/// and `words`, or its attach fails with an error whose debug form says `debug_words`.
+async fn assert_sender_refused(
+    session: &mut SessionHandle<()>,
+    (name, address): (&str, &str),
+    condition: ErrorCondition,
+    words: &str,
+    debug_words: &[&str],
+) {
+    match within("attach", Sender::attach(session, name, address)).await {
+        Ok(mut sender) => assert_detached_by_hub(&mut sender, condition, words).await,
+        Err(e) => assert_debug_says(&e, debug_words),
+    }
+}
+
+/// Closes the client's connection and waits for the hub loop to end.
+async fn close_and_finish(mut connection: ConnectionHandle<()>, hub: Hub) -> Ctx {
+    step("close", connection.close()).await;
+    hub.finish().await
+}
+
+/// After `silence`, a new session and link on `connection` still work; then it closes.
+async fn alive_after(silence: Duration, mut connection: ConnectionHandle<()>, hub: Hub) -> Ctx {
+    sleep(silence).await;
+    let mut session = begin(&mut connection).await;
+    let _sender = sender_that_sends(&mut session, "s").await;
+    close_and_finish(connection, hub).await
+}
+
+// ---------------------------------------------------------------------------------------
 // 1. Plain AMQP, a client sender, credit and settlement.
 
 #[tokio::test]
 async fn plain_header_sender_gets_credit_in_windows_and_every_send_accepted() {
-    let (hub, stream) = Hub::start(config(), obliging(4));
-    let mut connection = connect(stream).await;
-    let mut session = begin(&mut connection).await;
-    let mut sender = within("attach", Sender::attach(&mut session, "sender-1", "q"))
-        .await
-        .expect("the sender attaches");
+    let (hub, connection, mut session) = open_session(config()).await;
+    let mut sender = attach_sender(&mut session, "sender-1", "q").await;
 
     // Twenty unsettled sends in flight at once: five times the window, so the client has to
     // wait for the hub's settlements and the credit they give back.
     let mut pending = Vec::new();
     for i in 0..20 {
         let message = Message::builder().value(format!("m{i}")).build();
-        let fut = within("send", sender.send_batchable(message))
-            .await
-            .expect("the send starts");
-        pending.push(fut);
+        pending.push(step("send", sender.send_batchable(message)).await);
     }
     for (i, fut) in pending.into_iter().enumerate() {
-        let outcome = within("outcome", fut).await.expect("an outcome");
+        let outcome = step("outcome", fut).await;
         assert!(
             matches!(outcome, Outcome::Accepted(_)),
             "send {i}: {outcome:?}"
         );
     }
 
-    within("sender close", sender.close())
-        .await
-        .expect("the sender closes");
-    within("session end", session.end())
-        .await
-        .expect("the session ends");
-    within("connection close", connection.close())
-        .await
-        .expect("the connection closes");
-    let ctx = hub.finish().await;
+    step("sender close", sender.close()).await;
+    step("session end", session.end()).await;
+    let ctx = close_and_finish(connection, hub).await;
 
-    assert!(
-        matches!(ctx.written.first(), Some(Written::Header(h)) if h == b"AMQP\x00\x01\x00\x00")
-    );
+    assert!(is_header(ctx.written.first(), AMQP));
     assert_eq!(
         ctx.seen.first(),
         Some(&Seen::Opened { hostname: None }),
@@ -639,15 +838,13 @@ async fn plain_header_sender_gets_credit_in_windows_and_every_send_accepted() {
 
     // Every delivery was settled accepted by a disposition (ranges may merge).
     let mut settled = vec![false; 20];
-    for (_, body) in bodies(&ctx.written) {
-        if let FrameBody::Disposition(d) = body {
-            assert_eq!(d.role, Role::Receiver);
-            assert!(d.settled);
-            assert_eq!(d.state, Some(accepted()));
-            for id in d.first..=d.last.unwrap_or(d.first) {
-                assert!(!settled[id as usize], "delivery {id} settled twice");
-                settled[id as usize] = true;
-            }
+    for d in pick!(bodies(&ctx.written), (_, FrameBody::Disposition(d)) => d) {
+        assert_eq!(d.role, Role::Receiver);
+        assert!(d.settled);
+        assert_eq!(d.state, Some(accepted()));
+        for id in d.first..=d.last.unwrap_or(d.first) {
+            assert!(!settled[id as usize], "delivery {id} settled twice");
+            settled[id as usize] = true;
         }
     }
     assert!(settled.iter().all(|s| *s), "unsettled: {settled:?}");
@@ -687,7 +884,7 @@ async fn sasl_open(
     profile: SaslProfile,
     ok: bool,
 ) -> (
-    Result<fe2o3_amqp::connection::ConnectionHandle<()>, fe2o3_amqp::connection::OpenError>,
+    Result<ConnectionHandle<()>, fe2o3_amqp::connection::OpenError>,
     Hub,
 ) {
     let mut rest = obliging(8);
@@ -708,12 +905,15 @@ async fn sasl_open(
     (result, hub)
 }
 
+fn plain(username: &str, password: &str) -> SaslProfile {
+    SaslProfile::Plain {
+        username: username.into(),
+        password: password.into(),
+    }
+}
+
 fn assert_sasl_preamble(written: &[Written]) {
-    assert!(
-        matches!(written.first(), Some(Written::Header(h)) if h == b"AMQP\x03\x01\x00\x00"),
-        "{:?}",
-        written.first()
-    );
+    assert!(is_header(written.first(), SASL), "{:?}", written.first());
     match written.get(1) {
         Some(Written::Sasl(sasl::Frame::Mechanisms(m))) => {
             let names: Vec<&str> = m
@@ -730,25 +930,12 @@ fn assert_sasl_preamble(written: &[Written]) {
 
 #[tokio::test]
 async fn sasl_plain_passes_the_credentials_and_opens() {
-    let (result, hub) = sasl_open(
-        SaslProfile::Plain {
-            username: "device-1".into(),
-            password: "s3cret".into(),
-        },
-        true,
-    )
-    .await;
+    let (result, hub) = sasl_open(plain("device-1", "s3cret"), true).await;
     let mut connection = result.expect("the connection opens after SASL");
     let mut session = begin(&mut connection).await;
-    let mut sender = within("attach", Sender::attach(&mut session, "s", "q"))
-        .await
-        .expect("attach");
-    let outcome = within("send", sender.send(Message::builder().value("hi").build()))
-        .await
-        .expect("send");
-    assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    let mut sender = attach_sender(&mut session, "s", "q").await;
+    send_accepted(&mut sender, "hi").await;
+    let ctx = close_and_finish(connection, hub).await;
 
     assert_eq!(
         ctx.seen.first(),
@@ -769,16 +956,15 @@ async fn sasl_plain_passes_the_credentials_and_opens() {
         ctx.written.get(2),
         Some(Written::Sasl(sasl::Frame::Outcome(o))) if o.code == SaslCode::Ok
     ));
-    assert!(matches!(ctx.written.get(3), Some(Written::Header(h)) if h == b"AMQP\x00\x01\x00\x00"));
+    assert!(is_header(ctx.written.get(3), AMQP));
     assert_eq!(opens(&ctx.written).len(), 1);
 }
 
 #[tokio::test]
 async fn sasl_anonymous_opens_without_a_response() {
     let (result, hub) = sasl_open(SaslProfile::Anonymous, true).await;
-    let mut connection = result.expect("the connection opens after SASL");
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    let connection = result.expect("the connection opens after SASL");
+    let ctx = close_and_finish(connection, hub).await;
     assert!(
         matches!(
             ctx.seen.first(),
@@ -794,13 +980,7 @@ async fn sasl_anonymous_opens_without_a_response() {
 
 #[tokio::test]
 async fn sasl_refused_fails_the_open() {
-    for profile in [
-        SaslProfile::Plain {
-            username: "device-1".into(),
-            password: "wrong".into(),
-        },
-        SaslProfile::Anonymous,
-    ] {
+    for profile in [plain("device-1", "wrong"), SaslProfile::Anonymous] {
         let (result, hub) = sasl_open(profile, false).await;
         match result {
             Err(fe2o3_amqp::connection::OpenError::SaslError { code, .. }) => {
@@ -826,8 +1006,10 @@ async fn sasl_refused_fails_the_open() {
 
 #[tokio::test]
 async fn hub_sends_settled_and_unsettled_split_to_the_client_frame_size() {
-    let mut cfg = config();
-    cfg.max_frame_size = 4096;
+    let cfg = Config {
+        max_frame_size: 4096,
+        ..config()
+    };
     let (mut hub, stream) = Hub::start(cfg, obliging(16));
 
     let big_out: String = (0..3000)
@@ -847,89 +1029,52 @@ async fn hub_sends_settled_and_unsettled_split_to_the_client_frame_size() {
         .collect();
     hub.act(move |ctx| ctx.outbox.extend(queued));
 
-    let mut connection = within(
+    let mut connection = step(
         "open",
         Connection::builder()
             .container_id("small-frames")
             .max_frame_size(512)
             .open_with_stream(stream),
     )
-    .await
-    .expect("open");
+    .await;
     let mut session = begin(&mut connection).await;
-    let mut receiver = within(
-        "attach",
-        Receiver::attach(&mut session, "receiver-1", "out"),
-    )
-    .await
-    .expect("the receiver attaches");
-    for (i, (expected, _)) in plan.iter().enumerate() {
-        let delivery = within("recv", receiver.recv::<Body<Value>>())
-            .await
-            .expect("a message");
-        match delivery.body() {
-            Body::Value(v) => assert_eq!(&v.0, &Value::String(expected.clone()), "message {i}"),
-            other => panic!("message {i}: {other:?}"),
-        }
-        within("accept", receiver.accept(&delivery))
-            .await
-            .expect("accepted");
+    let mut receiver = attach_receiver(&mut session, "receiver-1", "out").await;
+    for (expected, _) in &plan {
+        recv_accept(&mut receiver, expected).await;
     }
     // Every unsettled one comes back accepted.
-    let mut outcomes = Vec::new();
+    let mut outcomes_seen = Vec::new();
     for _ in 0..3 {
-        outcomes.push(
-            hub.wait_for("an outcome", |s| matches!(s, Seen::Outcome { .. }))
-                .await,
-        );
+        outcomes_seen.push(hub.next_outcome().await);
     }
 
     // The other way: 100 kB from the client in frames of at most 4096 bytes.
-    let mut sender = within("attach", Sender::attach(&mut session, "sender-1", "in"))
-        .await
-        .expect("the sender attaches");
+    let mut sender = attach_sender(&mut session, "sender-1", "in").await;
     let big_in: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-    let outcome = within(
-        "send",
+    let outcome = step(
+        "the large send",
         sender.send(
             Message::builder()
                 .data(Binary::from(big_in.clone()))
                 .build(),
         ),
     )
-    .await
-    .expect("the large send");
+    .await;
     assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
 
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    let ctx = close_and_finish(connection, hub).await;
     assert!(ctx.send_errors.is_empty(), "{:?}", ctx.send_errors);
 
     let out_link = attach_link(&ctx.seen, "receiver-1");
     assert_eq!(ctx.sent.len(), 5);
-    let unsettled: Vec<u32> = ctx
-        .sent
-        .iter()
-        .filter(|(_, _, settled)| !settled)
-        .map(|(_, d, _)| *d)
-        .collect();
-    let got: Vec<Seen> = unsettled
-        .iter()
-        .map(|d| Seen::Outcome {
-            link: out_link,
-            delivery: *d,
-            state: Some(accepted()),
-        })
-        .collect();
-    assert_eq!(outcomes, got);
+    let got: Vec<Seen> = pick!(&ctx.sent, (_, d, false) => Seen::Outcome {
+        link: out_link,
+        delivery: *d,
+        state: Some(accepted()),
+    });
+    assert_eq!(outcomes_seen, got);
     // Only the unsettled ones: no outcome for the settled.
-    assert_eq!(
-        ctx.seen
-            .iter()
-            .filter(|s| matches!(s, Seen::Outcome { .. }))
-            .count(),
-        3
-    );
+    assert_eq!(outcomes(&ctx.seen), 3);
 
     // The hub's transfers: no frame over the client's 512 bytes, the large ones in several.
     let handle = hub_handle(&ctx.written, "receiver-1");
@@ -972,31 +1117,16 @@ async fn hub_sends_settled_and_unsettled_split_to_the_client_frame_size() {
 
 #[tokio::test]
 async fn hub_send_refuses_a_message_larger_than_the_client_takes() {
-    let (mut hub, stream) = Hub::start(config(), obliging(4));
-    hub.act(|ctx| {
-        ctx.outbox.push_back((vec![0x40; 2000], false));
-        ctx.outbox.push_back((text_message("fits"), true));
-    });
-    let mut connection = connect(stream).await;
-    let mut session = begin(&mut connection).await;
-    let mut receiver = within(
-        "attach",
-        Receiver::builder()
-            .name("small")
-            .source("out")
-            .max_message_size(1000u64)
-            .attach(&mut session),
-    )
-    .await
-    .expect("attach");
-    let delivery = within("recv", receiver.recv::<Body<Value>>())
-        .await
-        .expect("the message that fits");
-    assert_eq!(delivery.body(), &string_body("fits"));
-    hub.wait_for("credit", |s| matches!(s, Seen::Credit { .. }))
-        .await;
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    let (mut hub, connection, mut session) = session_on(Hub::start_sending(vec![
+        (vec![0x40; 2000], false),
+        (text_message("fits"), true),
+    ]))
+    .await;
+    let mut receiver =
+        attach_receiver_with(&mut session, "small", |b| b.max_message_size(1000u64)).await;
+    recv_text(&mut receiver, "fits").await;
+    hub.next_credit().await;
+    let ctx = close_and_finish(connection, hub).await;
     assert_eq!(ctx.send_errors.len(), 1, "{:?}", ctx.send_errors);
     assert!(ctx.send_errors[0].contains("2000"), "{:?}", ctx.send_errors);
     assert_eq!(ctx.sent.len(), 1);
@@ -1007,45 +1137,29 @@ async fn hub_send_refuses_a_message_larger_than_the_client_takes() {
 
 #[tokio::test]
 async fn refused_attach_reaches_the_client_with_the_condition() {
-    let (hub, stream) = Hub::start(config(), |ctx: &mut Ctx, event| match event {
-        Event::Attach(request) if request.address.starts_with("forbidden") => {
-            let why = error(
-                AmqpError::UnauthorizedAccess,
-                "no access to forbidden things",
-            );
-            ctx.engine.refuse(*request, why)
-        }
-        other => obliging(4)(ctx, other),
-    });
-    let mut connection = connect(stream).await;
-    let mut session = begin(&mut connection).await;
+    let (hub, connection, mut session) =
+        session_on(Hub::start(config(), |ctx: &mut Ctx, event| match event {
+            Event::Attach(request) if request.address.starts_with("forbidden") => {
+                let why = error(
+                    AmqpError::UnauthorizedAccess,
+                    "no access to forbidden things",
+                );
+                ctx.engine.refuse(*request, why)
+            }
+            other => obliging(4)(ctx, other),
+        }))
+        .await;
+    let says = ["UnauthorizedAccess", "no access"];
 
     // A sender: attached, then detached at once with the hub's error.
-    match within(
-        "attach",
-        Sender::attach(&mut session, "s-forbidden", "forbidden/q"),
+    assert_sender_refused(
+        &mut session,
+        ("s-forbidden", "forbidden/q"),
+        AmqpError::UnauthorizedAccess.into(),
+        "no access to forbidden things",
+        &says,
     )
-    .await
-    {
-        Ok(mut sender) => {
-            let e = within("detach", sender.on_detach()).await;
-            match e {
-                fe2o3_amqp::link::DetachError::RemoteClosedWithError(e) => assert_error(
-                    Some(&e),
-                    AmqpError::UnauthorizedAccess.into(),
-                    "no access to forbidden things",
-                ),
-                other => panic!("the hub's error was expected, not {other:?}"),
-            }
-        }
-        Err(e) => {
-            let s = format!("{e:?}");
-            assert!(
-                s.contains("UnauthorizedAccess") && s.contains("no access"),
-                "{s}"
-            );
-        }
-    }
+    .await;
     // A receiver likewise.
     match within(
         "attach",
@@ -1057,46 +1171,24 @@ async fn refused_attach_reaches_the_client_with_the_condition() {
             let e = within("recv", receiver.recv::<Body<Value>>())
                 .await
                 .expect_err("no message on a refused link");
-            let s = format!("{e:?}");
-            assert!(
-                s.contains("UnauthorizedAccess") && s.contains("no access"),
-                "{s}"
-            );
+            assert_debug_says(&e, &says);
         }
-        Err(e) => {
-            let s = format!("{e:?}");
-            assert!(
-                s.contains("UnauthorizedAccess") && s.contains("no access"),
-                "{s}"
-            );
-        }
+        Err(e) => assert_debug_says(&e, &says),
     }
     // The session goes on.
-    let mut sender = within("attach", Sender::attach(&mut session, "s-ok", "q"))
-        .await
-        .expect("attach");
-    let outcome = within("send", sender.send(Message::builder().value("x").build()))
-        .await
-        .expect("send");
-    assert!(matches!(outcome, Outcome::Accepted(_)));
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    let _s_ok = sender_that_sends(&mut session, "s-ok").await;
+    let ctx = close_and_finish(connection, hub).await;
 
     // The refused links end without a Detached event (the hub ended them).
     for name in ["s-forbidden", "r-forbidden"] {
         let link = attach_link(&ctx.seen, name);
         assert!(
-            !ctx.seen
-                .iter()
-                .any(|s| matches!(s, Seen::Detached { link: l, .. } if *l == link)),
+            !detached_links(&ctx.seen).contains(&link),
             "{name}: {:?}",
             ctx.seen
         );
     }
-    let refused: Vec<&Detach> = detaches(&ctx.written)
-        .into_iter()
-        .filter(|d| d.error.is_some())
-        .collect();
+    let refused = pick!(detaches(&ctx.written), d if d.error.is_some() => d);
     assert_eq!(refused.len(), 2);
     for d in refused {
         assert!(d.closed);
@@ -1113,84 +1205,49 @@ async fn refused_attach_reaches_the_client_with_the_condition() {
 
 #[tokio::test]
 async fn links_beyond_max_links_are_refused_with_resource_limit_exceeded() {
-    let mut cfg = config();
-    cfg.max_links = 2;
-    let (hub, stream) = Hub::start(cfg, obliging(4));
-    let mut connection = connect(stream).await;
-    let mut session = begin(&mut connection).await;
-    let mut s1 = within("attach 1", Sender::attach(&mut session, "s1", "q"))
-        .await
-        .expect("the first link");
-    let mut s2 = within("attach 2", Sender::attach(&mut session, "s2", "q"))
-        .await
-        .expect("the second link");
-    match within("attach 3", Sender::attach(&mut session, "s3", "q")).await {
-        Ok(mut s3) => match within("detach", s3.on_detach()).await {
-            fe2o3_amqp::link::DetachError::RemoteClosedWithError(e) => {
-                assert_error(Some(&e), AmqpError::ResourceLimitExceeded.into(), "2 links")
-            }
-            other => panic!("resource-limit-exceeded was expected, not {other:?}"),
-        },
-        Err(e) => {
-            let s = format!("{e:?}");
-            assert!(s.contains("ResourceLimitExceeded"), "{s}");
-        }
-    }
+    let (hub, connection, mut session) = open_session(Config {
+        max_links: 2,
+        ..config()
+    })
+    .await;
+    let mut s1 = attach_sender(&mut session, "s1", "q").await;
+    let mut s2 = attach_sender(&mut session, "s2", "q").await;
+    assert_sender_refused(
+        &mut session,
+        ("s3", "q"),
+        AmqpError::ResourceLimitExceeded.into(),
+        "2 links",
+        &["ResourceLimitExceeded"],
+    )
+    .await;
     // The two work; once one is gone another may come.
     for s in [&mut s1, &mut s2] {
-        let outcome = within("send", s.send(Message::builder().value("x").build()))
-            .await
-            .expect("send");
-        assert!(matches!(outcome, Outcome::Accepted(_)));
+        send_accepted(s, "x").await;
     }
-    within("close s1", s1.close()).await.expect("s1 closes");
-    let mut s4 = within("attach 4", Sender::attach(&mut session, "s4", "q"))
-        .await
-        .expect("a link in the freed place");
-    let outcome = within("send", s4.send(Message::builder().value("y").build()))
-        .await
-        .expect("send");
-    assert!(matches!(outcome, Outcome::Accepted(_)));
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    step("close s1", s1.close()).await;
+    let mut s4 = attach_sender(&mut session, "s4", "q").await;
+    send_accepted(&mut s4, "y").await;
+    let ctx = close_and_finish(connection, hub).await;
 
-    let attached: Vec<&str> = ctx
-        .seen
-        .iter()
-        .filter_map(|s| match s {
-            Seen::Attach { name, .. } => Some(name.as_str()),
-            _ => None,
-        })
-        .collect();
+    let attached = pick!(&ctx.seen, Seen::Attach { name, .. } => name.as_str());
     assert_eq!(attached, ["s1", "s2", "s4"], "s3 never reaches the hub");
-    let begins: Vec<&Begin> = bodies(&ctx.written)
-        .filter_map(|(_, b)| match b {
-            FrameBody::Begin(b) => Some(b),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(begins[0].handle_max, Handle(1));
+    assert_eq!(begins(&ctx.written)[0].1.handle_max, Handle(1));
 }
 
 #[tokio::test]
 async fn sessions_beyond_max_sessions_are_ended_with_resource_limit_exceeded() {
     // Raw frames: fe2o3's client keeps to the channel-max the hub announces (checked below).
-    let mut cfg = config();
-    cfg.max_sessions = 2;
-    let mut raw = Raw::new(cfg);
-    raw.open();
+    let mut raw = Raw::opened(Config {
+        max_sessions: 2,
+        ..config()
+    });
     let out = raw.output();
     assert_eq!(opens(&out)[0].channel_max, ChannelMax(1));
     for channel in 0..3 {
         raw.feed(&begin_frame(channel));
     }
     let out = raw.output();
-    let begun: Vec<(u16, Option<u16>)> = bodies(&out)
-        .filter_map(|(c, b)| match b {
-            FrameBody::Begin(b) => Some((c, b.remote_channel)),
-            _ => None,
-        })
-        .collect();
+    let begun = pick!(begins(&out), (c, b) => (c, b.remote_channel));
     assert_eq!(begun, [(0, Some(0)), (1, Some(1)), (2, Some(2))]);
     let e = ends(&out);
     assert_eq!(e.len(), 1, "{out:?}");
@@ -1204,29 +1261,31 @@ async fn sessions_beyond_max_sessions_are_ended_with_resource_limit_exceeded() {
     // session never reaches the hub.
     let events = raw.feed(&attach_frame(2, 0, "late", Role::Sender, "q"));
     assert!(events.is_empty(), "{events:?}");
-    let events = raw.feed(&frame(2, &End { error: None }, &[]));
+    let events = raw.feed(&end_frame(2));
     assert!(events.is_empty(), "{events:?}");
     assert!(ends(&raw.output()).is_empty());
     // One of the two live sessions ends: a new one may begin.
-    raw.feed(&frame(1, &End { error: None }, &[]));
+    raw.feed(&end_frame(1));
     let out = raw.output();
     assert_eq!(ends(&out).len(), 1, "the client's end is answered");
     raw.feed(&begin_frame(5));
     let out = raw.output();
     assert!(ends(&out).is_empty(), "{out:?}");
     assert!(
-        bodies(&out).any(|(_, b)| matches!(b, FrameBody::Begin(b) if b.remote_channel == Some(5)))
+        begins(&out)
+            .iter()
+            .any(|(_, b)| b.remote_channel == Some(5))
     );
     assert!(raw.engine.is_open());
 }
 
 #[tokio::test]
 async fn client_keeps_to_the_announced_channel_max() {
-    let mut cfg = config();
-    cfg.max_sessions = 2;
-    let (hub, stream) = Hub::start(cfg, obliging(4));
-    let mut connection = connect(stream).await;
-    let _s1 = begin(&mut connection).await;
+    let (hub, mut connection, _s1) = open_session(Config {
+        max_sessions: 2,
+        ..config()
+    })
+    .await;
     let _s2 = begin(&mut connection).await;
     let third = within("third begin", Session::begin(&mut connection)).await;
     assert!(
@@ -1236,8 +1295,7 @@ async fn client_keeps_to_the_announced_channel_max() {
         ),
         "{third:?}"
     );
-    within("close", connection.close()).await.expect("close");
-    hub.finish().await;
+    close_and_finish(connection, hub).await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1245,13 +1303,12 @@ async fn client_keeps_to_the_announced_channel_max() {
 
 #[tokio::test]
 async fn message_larger_than_max_message_size_detaches_the_link() {
-    let mut cfg = config();
-    cfg.max_message_size = 1000;
+    let cfg = Config {
+        max_message_size: 1000,
+        ..config()
+    };
     // In one frame.
-    let mut raw = Raw::new(cfg.clone());
-    raw.open();
-    raw.feed(&begin_frame(0));
-    let link = raw.attach_accepted(0, 0, "big", 10);
+    let (mut raw, link) = Raw::with_link(cfg.clone(), "big", 10);
     let out = raw.output();
     assert!(
         bodies(&out)
@@ -1259,12 +1316,8 @@ async fn message_larger_than_max_message_size_detaches_the_link() {
     );
     let events = raw.feed(&transfer_frame(0, 0, Some(0), false, false, &[7; 1001]));
     assert!(events.is_empty(), "{events:?}");
-    let out = raw.output();
-    let d = detaches(&out);
-    assert_eq!(d.len(), 1);
-    assert!(d[0].closed);
-    assert_error(
-        d[0].error.as_ref(),
+    assert_one_detach(
+        &raw.output(),
         LinkError::MessageSizeExceeded.into(),
         "1000 bytes",
     );
@@ -1275,10 +1328,7 @@ async fn message_larger_than_max_message_size_detaches_the_link() {
     assert_eq!(raw.engine.credit(link), 0);
 
     // Over several frames, each small: the sum counts.
-    let mut raw = Raw::new(cfg);
-    raw.open();
-    raw.feed(&begin_frame(0));
-    raw.attach_accepted(0, 0, "big", 10);
+    let (mut raw, _) = Raw::with_link(cfg, "big", 10);
     raw.output();
     let mut events = raw.feed(&transfer_frame(0, 0, Some(0), false, true, &[1; 400]));
     events.extend(raw.feed(&transfer_frame(0, 0, None, false, true, &[2; 400])));
@@ -1286,26 +1336,17 @@ async fn message_larger_than_max_message_size_detaches_the_link() {
     assert!(detaches(&raw.output()).is_empty());
     let events = raw.feed(&transfer_frame(0, 0, None, false, false, &[3; 400]));
     assert!(events.is_empty(), "{events:?}");
-    let d = raw.output();
-    let d = detaches(&d);
-    assert_eq!(d.len(), 1);
-    assert_error(
-        d[0].error.as_ref(),
-        LinkError::MessageSizeExceeded.into(),
-        "1000",
-    );
+    assert_one_detach(&raw.output(), LinkError::MessageSizeExceeded.into(), "1000");
 }
 
 #[tokio::test]
 async fn client_learns_the_max_message_size_from_the_attach() {
-    let mut cfg = config();
-    cfg.max_message_size = 1000;
-    let (hub, stream) = Hub::start(cfg, obliging(4));
-    let mut connection = connect(stream).await;
-    let mut session = begin(&mut connection).await;
-    let mut sender = within("attach", Sender::attach(&mut session, "s", "q"))
-        .await
-        .expect("attach");
+    let (hub, connection, mut session) = open_session(Config {
+        max_message_size: 1000,
+        ..config()
+    })
+    .await;
+    let mut sender = attach_sender(&mut session, "s", "q").await;
     assert_eq!(sender.max_message_size(), Some(1000));
     let too_big = Message::builder()
         .data(Binary::from(vec![0u8; 2000]))
@@ -1318,8 +1359,7 @@ async fn client_learns_the_max_message_size_from_the_attach() {
         ),
         "{result:?}"
     );
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    let ctx = close_and_finish(connection, hub).await;
     assert!(transfers(&ctx.seen).is_empty());
 }
 
@@ -1328,50 +1368,22 @@ async fn client_learns_the_max_message_size_from_the_attach() {
 
 #[tokio::test]
 async fn client_detach_and_close_are_raised_and_answered() {
-    let (mut hub, stream) = Hub::start(config(), obliging(4));
-    let mut connection = connect(stream).await;
-    let mut session = begin(&mut connection).await;
-    let sender = within("attach", Sender::attach(&mut session, "plain", "q"))
-        .await
-        .expect("attach");
-    let with_error = within("attach", Sender::attach(&mut session, "with-error", "q"))
-        .await
-        .expect("attach");
-    let _receiver = within("attach", Receiver::attach(&mut session, "left-open", "out"))
-        .await
-        .expect("attach");
+    let (mut hub, connection, mut session) = open_session(config()).await;
+    let sender = attach_sender(&mut session, "plain", "q").await;
+    let with_error = attach_sender(&mut session, "with-error", "q").await;
+    let _receiver = attach_receiver(&mut session, "left-open", "out").await;
 
-    within("close", sender.close())
-        .await
-        .expect("the detach is answered");
-    let Seen::Detached { link, error } = hub
-        .wait_for("detached", |s| matches!(s, Seen::Detached { .. }))
-        .await
-    else {
-        unreachable!()
-    };
+    step("close", sender.close()).await;
+    let (link, error) = hub.next_detached().await;
     assert!(error.is_none());
 
     let why = definitions::Error::new(AmqpError::InternalError, "client trouble".to_string(), None);
-    within("close with error", with_error.close_with_error(why.clone()))
-        .await
-        .expect("the detach is answered");
-    let Seen::Detached {
-        link: link2,
-        error: error2,
-    } = hub
-        .wait_for("detached", |s| matches!(s, Seen::Detached { .. }))
-        .await
-    else {
-        unreachable!()
-    };
+    step("close with error", with_error.close_with_error(why.clone())).await;
+    let (link2, error2) = hub.next_detached().await;
     assert_eq!(error2, Some(why));
 
     // The connection closes with the receiver still attached: it ends with it.
-    within("connection close", connection.close())
-        .await
-        .expect("the close is answered");
-    let ctx = hub.finish().await;
+    let ctx = close_and_finish(connection, hub).await;
     assert_eq!(link, attach_link(&ctx.seen, "plain"));
     assert_eq!(link2, attach_link(&ctx.seen, "with-error"));
     let left_open = attach_link(&ctx.seen, "left-open");
@@ -1410,14 +1422,9 @@ async fn client_close_with_error_is_raised() {
 
 #[tokio::test]
 async fn hub_close_with_error_reaches_the_client() {
-    let (mut hub, stream) = Hub::start(config(), obliging(4));
-    let mut connection = connect(stream).await;
-    let mut session = begin(&mut connection).await;
-    let _sender = within("attach", Sender::attach(&mut session, "s", "q"))
-        .await
-        .expect("attach");
-    hub.wait_for("attach", |s| matches!(s, Seen::Attach { .. }))
-        .await;
+    let (mut hub, mut connection, mut session) = open_session(config()).await;
+    let _sender = attach_sender(&mut session, "s", "q").await;
+    hub.next_attach().await;
     hub.act(|ctx| {
         ctx.engine.close(Some(error(
             AmqpError::UnauthorizedAccess,
@@ -1450,16 +1457,10 @@ async fn hub_close_with_error_reaches_the_client() {
 
 #[tokio::test]
 async fn end_all_ends_every_session_with_the_error_and_new_sessions_still_work() {
-    let (mut hub, stream) = Hub::start(config(), obliging(4));
-    let mut connection = connect(stream).await;
-    let mut session1 = begin(&mut connection).await;
+    let (mut hub, mut connection, mut session1) = open_session(config()).await;
     let mut session2 = begin(&mut connection).await;
-    let mut sender1 = within("attach", Sender::attach(&mut session1, "s1", "q"))
-        .await
-        .expect("attach");
-    let _receiver2 = within("attach", Receiver::attach(&mut session2, "r2", "out"))
-        .await
-        .expect("attach");
+    let mut sender1 = attach_sender(&mut session1, "s1", "q").await;
+    let _receiver2 = attach_receiver(&mut session2, "r2", "out").await;
     hub.wait_for(
         "attach",
         |s| matches!(s, Seen::Attach { name, .. } if name == "r2"),
@@ -1490,80 +1491,33 @@ async fn end_all_ends_every_session_with_the_error_and_new_sessions_still_work()
 
     // The connection is still open: a new session and link work.
     let mut session3 = begin(&mut connection).await;
-    let mut sender3 = within("attach", Sender::attach(&mut session3, "s3", "q"))
-        .await
-        .expect("attach");
-    let outcome = within("send", sender3.send(Message::builder().value("x").build()))
-        .await
-        .expect("send");
-    assert!(matches!(outcome, Outcome::Accepted(_)));
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    let _s3 = sender_that_sends(&mut session3, "s3").await;
+    let ctx = close_and_finish(connection, hub).await;
 
-    let e = ends(&ctx.written);
-    let with_error: Vec<u16> = e
-        .iter()
-        .filter(|(_, e)| e.error.is_some())
-        .map(|(c, _)| *c)
-        .collect();
+    let with_error = pick!(ends(&ctx.written), (c, e) if e.error.is_some() => c);
     assert_eq!(with_error, [0, 1]);
     // The links of the ended sessions end without events; s3 ends with the close.
-    let detached: Vec<LinkId> = ctx
-        .seen
-        .iter()
-        .filter_map(|s| match s {
-            Seen::Detached { link, .. } => Some(*link),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(detached, [attach_link(&ctx.seen, "s3")]);
-    assert!(
-        transfers(&ctx.seen)
-            .iter()
-            .all(|t| t.0 == attach_link(&ctx.seen, "s3"))
-    );
+    let s3 = attach_link(&ctx.seen, "s3");
+    assert_eq!(detached_links(&ctx.seen), [s3]);
+    assert!(transfers(&ctx.seen).iter().all(|t| t.0 == s3));
 }
 
 #[tokio::test]
 async fn hub_detach_ends_the_link_and_the_session_goes_on() {
-    let (mut hub, stream) = Hub::start(config(), obliging(4));
-    let mut connection = connect(stream).await;
-    let mut session = begin(&mut connection).await;
-    let mut sender = within("attach", Sender::attach(&mut session, "s", "q"))
-        .await
-        .expect("attach");
-    let Seen::Attach { link, .. } = hub
-        .wait_for("attach", |s| matches!(s, Seen::Attach { .. }))
-        .await
-    else {
-        unreachable!()
-    };
+    let (mut hub, connection, mut session) = open_session(config()).await;
+    let mut sender = attach_sender(&mut session, "s", "q").await;
+    let link = hub.next_attach().await;
     hub.act(move |ctx| {
         ctx.engine.detach(
             link,
             Some(error(LinkError::Stolen, "another connection took the link")),
         )
     });
-    match within("on detach", sender.on_detach()).await {
-        fe2o3_amqp::link::DetachError::RemoteClosedWithError(e) => {
-            assert_error(Some(&e), LinkError::Stolen.into(), "another connection")
-        }
-        other => panic!("the hub's error was expected, not {other:?}"),
-    }
-    let mut again = within("attach", Sender::attach(&mut session, "s", "q"))
-        .await
-        .expect("the same name attaches again");
-    let outcome = within("send", again.send(Message::builder().value("x").build()))
-        .await
-        .expect("send");
-    assert!(matches!(outcome, Outcome::Accepted(_)));
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
-    assert!(
-        !ctx.seen
-            .iter()
-            .any(|s| matches!(s, Seen::Detached { link: l, .. } if *l == link))
-    );
+    assert_detached_by_hub(&mut sender, LinkError::Stolen.into(), "another connection").await;
+    // The same name attaches again.
+    let _again = sender_that_sends(&mut session, "s").await;
+    let ctx = close_and_finish(connection, hub).await;
+    assert!(!detached_links(&ctx.seen).contains(&link));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1572,13 +1526,12 @@ async fn hub_detach_ends_the_link_and_the_session_goes_on() {
 #[test]
 fn garbage_instead_of_a_header_fails() {
     let mut raw = Raw::new(config());
-    let events = raw.feed(b"GET / HTTP/1.1\r\n");
-    assert!(matches!(events.as_slice(), [Event::Failed(why)] if why.contains("protocol header")));
+    assert_failed(&raw.feed(b"GET / HTTP/1.1\r\n"), "protocol header");
     assert!(raw.engine.is_closed());
     let out = raw.output();
     // The header the hub speaks, then nothing.
     assert_eq!(out.len(), 1, "{out:?}");
-    assert!(matches!(out[0], Written::Header(h) if &h == b"AMQP\x03\x01\x00\x00"));
+    assert!(is_header(out.first(), SASL));
     // Nothing more is read.
     assert!(raw.feed(AMQP).is_empty());
     assert!(raw.output().is_empty());
@@ -1591,11 +1544,7 @@ fn a_second_sasl_header_after_sasl_fails() {
     let events = raw.feed(&sasl_init("ANONYMOUS", None));
     assert!(matches!(events.as_slice(), [Event::SaslInit { .. }]));
     raw.engine.sasl_outcome(true);
-    let events = raw.feed(SASL);
-    assert!(
-        matches!(events.as_slice(), [Event::Failed(_)]),
-        "{events:?}"
-    );
+    assert_failed(&raw.feed(SASL), "");
     assert!(raw.engine.is_closed());
 }
 
@@ -1613,11 +1562,7 @@ fn a_sasl_frame_other_than_init_fails() {
             &mut body,
         )
         .expect("encode");
-    let events = raw.feed(&sized(&body));
-    assert!(
-        matches!(events.as_slice(), [Event::Failed(_)]),
-        "{events:?}"
-    );
+    assert_failed(&raw.feed(&sized(&body)), "");
     assert!(raw.engine.is_closed());
 }
 
@@ -1625,48 +1570,37 @@ fn a_sasl_frame_other_than_init_fails() {
 fn a_frame_smaller_than_its_header_fails_with_a_close() {
     let mut raw = Raw::new(config());
     raw.feed(AMQP);
-    let events = raw.feed(&[0, 0, 0, 4, 2, 0, 0, 0]);
-    assert!(matches!(events.as_slice(), [Event::Failed(why)] if why.contains("4 bytes")));
-    assert!(raw.engine.is_closed());
-    let out = raw.output();
-    // Before the open: an open first, then the close (AMQP 2.4.5).
-    assert_eq!(opens(&out).len(), 1);
-    let c = closes(&out);
-    assert_eq!(c.len(), 1);
-    assert_error(
-        c[0].error.as_ref(),
+    let out = raw.fails_with_close(
+        &[0, 0, 0, 4, 2, 0, 0, 0],
         ConnectionError::FramingError.into(),
         "4 bytes",
     );
+    // Before the open: an open first, then the close (AMQP 2.4.5).
+    assert_eq!(opens(&out).len(), 1);
 }
 
 #[test]
 fn a_frame_larger_than_max_frame_size_fails_with_a_close() {
-    let mut cfg = config();
-    cfg.max_frame_size = 4096;
-    let mut raw = Raw::new(cfg);
-    raw.open();
+    let mut raw = Raw::opened(Config {
+        max_frame_size: 4096,
+        ..config()
+    });
     raw.output();
     // Only the size is needed to refuse it.
-    let events = raw.feed(&[0, 0, 0x10, 0x01, 2, 0, 0, 0]);
-    assert!(matches!(events.as_slice(), [Event::Failed(why)] if why.contains("4097")));
-    let out = raw.output();
-    assert!(opens(&out).is_empty(), "the open was sent already");
-    let c = closes(&out);
-    assert_eq!(c.len(), 1);
-    assert_error(
-        c[0].error.as_ref(),
+    let out = raw.fails_with_close(
+        &[0, 0, 0x10, 0x01, 2, 0, 0, 0],
         ConnectionError::FramingError.into(),
         "4097",
     );
-    assert!(raw.engine.is_closed());
+    assert!(opens(&out).is_empty(), "the open was sent already");
 }
 
 #[test]
 fn before_the_open_frames_up_to_512_bytes_are_read_whatever_the_limit() {
-    let mut cfg = config();
-    cfg.max_frame_size = 256;
-    let mut raw = Raw::new(cfg);
+    let mut raw = Raw::new(Config {
+        max_frame_size: 256,
+        ..config()
+    });
     raw.feed(AMQP);
     // An open padded with properties past the hub's own limit, within AMQP's floor.
     let mut props = fe2o3_amqp::types::primitives::OrderedMap::new();
@@ -1685,35 +1619,21 @@ fn before_the_open_frames_up_to_512_bytes_are_read_whatever_the_limit() {
 
 #[test]
 fn a_frame_that_does_not_decode_fails_with_decode_error() {
-    let mut raw = Raw::new(config());
-    raw.open();
+    let mut raw = Raw::opened(config());
     raw.output();
-    let events = raw.feed(&[0, 0, 0, 12, 2, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
-    assert!(
-        matches!(events.as_slice(), [Event::Failed(why)] if why.contains("does not decode")),
-        "{events:?}"
-    );
-    let out = raw.output();
-    let c = closes(&out);
-    assert_eq!(c.len(), 1);
-    assert_error(
-        c[0].error.as_ref(),
+    raw.fails_with_close(
+        &[0, 0, 0, 12, 2, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef],
         AmqpError::DecodeError.into(),
         "does not decode",
     );
-    assert!(raw.engine.is_closed());
 }
 
 #[test]
 fn a_sasl_frame_where_amqp_frames_are_expected_fails() {
-    let mut raw = Raw::new(config());
-    raw.open();
+    let mut raw = Raw::opened(config());
     raw.output();
-    let events = raw.feed(&[0, 0, 0, 8, 2, 1, 0, 0]);
-    assert!(matches!(events.as_slice(), [Event::Failed(why)] if why.contains("type 1")));
-    let out = raw.output();
-    assert_error(
-        closes(&out)[0].error.as_ref(),
+    raw.fails_with_close(
+        &[0, 0, 0, 8, 2, 1, 0, 0],
         ConnectionError::FramingError.into(),
         "type 1",
     );
@@ -1724,66 +1644,38 @@ fn frames_out_of_place_fail() {
     // A begin before the open.
     let mut raw = Raw::new(config());
     raw.feed(AMQP);
-    let events = raw.feed(&begin_frame(0));
-    assert!(matches!(events.as_slice(), [Event::Failed(why)] if why.contains("before the open")));
-    let out = raw.output();
-    assert_error(
-        closes(&out)[0].error.as_ref(),
+    raw.fails_with_close(
+        &begin_frame(0),
         AmqpError::IllegalState.into(),
         "before the open",
     );
 
     // A second open.
-    let mut raw = Raw::new(config());
-    raw.open();
-    let events = raw.feed(&open_frame(None, 4096));
-    assert!(matches!(events.as_slice(), [Event::Failed(why)] if why.contains("second open")));
+    let mut raw = Raw::opened(config());
+    assert_failed(&raw.feed(&open_frame(None, 4096)), "second open");
 
     // An attach on a channel with no session.
-    let mut raw = Raw::new(config());
-    raw.open();
-    let events = raw.feed(&attach_frame(3, 0, "x", Role::Sender, "q"));
-    assert!(matches!(events.as_slice(), [Event::Failed(why)] if why.contains("channel 3")));
-    let out = raw.output();
-    assert_error(
-        closes(&out)[0].error.as_ref(),
+    Raw::opened(config()).fails_with_close(
+        &attach_frame(3, 0, "x", Role::Sender, "q"),
         ConnectionError::FramingError.into(),
         "channel 3",
     );
 
     // A second begin on a channel.
-    let mut raw = Raw::new(config());
-    raw.open();
-    raw.feed(&begin_frame(0));
-    let events = raw.feed(&begin_frame(0));
-    assert!(
-        matches!(events.as_slice(), [Event::Failed(_)]),
-        "{events:?}"
-    );
+    let mut raw = Raw::with_session(config());
+    assert_failed(&raw.feed(&begin_frame(0)), "");
 
     // A handle attached twice.
-    let mut raw = Raw::new(config());
-    raw.open();
-    raw.feed(&begin_frame(0));
-    raw.attach_accepted(0, 0, "a", 4);
-    let events = raw.feed(&attach_frame(0, 0, "b", Role::Sender, "q"));
-    assert!(matches!(events.as_slice(), [Event::Failed(why)] if why.contains("handle 0")));
-    let out = raw.output();
-    assert_error(
-        closes(&out)[0].error.as_ref(),
+    let (mut raw, _) = Raw::with_link(config(), "a", 4);
+    raw.fails_with_close(
+        &attach_frame(0, 0, "b", Role::Sender, "q"),
         SessionError::HandleInUse.into(),
         "handle 0",
     );
 
     // A transfer on a handle never attached.
-    let mut raw = Raw::new(config());
-    raw.open();
-    raw.feed(&begin_frame(0));
-    let events = raw.feed(&transfer_frame(0, 7, Some(0), true, false, b"x"));
-    assert!(matches!(events.as_slice(), [Event::Failed(why)] if why.contains("handle 7")));
-    let out = raw.output();
-    assert_error(
-        closes(&out)[0].error.as_ref(),
+    Raw::with_session(config()).fails_with_close(
+        &transfer_frame(0, 7, Some(0), true, false, b"x"),
         SessionError::UnattachedHandle.into(),
         "handle 7",
     );
@@ -1797,10 +1689,7 @@ fn input_a_byte_at_a_time_is_read_the_same() {
     all.extend(open_frame(None, 4096));
     all.extend(begin_frame(0));
     all.extend(attach_frame(0, 0, "s", Role::Sender, "q"));
-    let mut events = Vec::new();
-    for b in &all {
-        events.extend(raw.feed(std::slice::from_ref(b)));
-    }
+    let mut events = raw.feed_bytewise(&all);
     assert!(
         matches!(events.as_slice(), [Event::Opened { .. }, Event::Attach(a)] if a.address == "q" && a.client_sends),
         "{events:?}"
@@ -1811,11 +1700,7 @@ fn input_a_byte_at_a_time_is_read_the_same() {
     raw.engine.accept(&request, 2);
     raw.output();
     let message = text_message("one byte at a time");
-    let transfer = transfer_frame(0, 0, Some(0), false, false, &message);
-    let mut events = Vec::new();
-    for b in &transfer {
-        events.extend(raw.feed(std::slice::from_ref(b)));
-    }
+    let events = raw.feed_bytewise(&transfer_frame(0, 0, Some(0), false, false, &message));
     assert!(
         matches!(events.as_slice(), [Event::Transfer { payload, settled: false, delivery: 0, .. }] if payload[..] == message[..]),
         "{events:?}"
@@ -1827,10 +1712,7 @@ fn input_a_byte_at_a_time_is_read_the_same() {
 
 #[test]
 fn a_transfer_beyond_credit_detaches_with_transfer_limit_exceeded() {
-    let mut raw = Raw::new(config());
-    raw.open();
-    raw.feed(&begin_frame(0));
-    raw.attach_accepted(0, 0, "s", 2);
+    let (mut raw, _) = Raw::with_link(config(), "s", 2);
     let out = raw.output();
     let flows = link_flows(&out, 0);
     assert_eq!(flows.len(), 1);
@@ -1843,9 +1725,8 @@ fn a_transfer_beyond_credit_detaches_with_transfer_limit_exceeded() {
     assert!(link_flows(&raw.output(), 0).is_empty());
     let events = raw.feed(&transfer_frame(0, 0, Some(2), false, false, b"c"));
     assert!(events.is_empty(), "{events:?}");
-    let out = raw.output();
-    assert_error(
-        detaches(&out)[0].error.as_ref(),
+    assert_one_detach(
+        &raw.output(),
         LinkError::TransferLimitExceeded.into(),
         "credit",
     );
@@ -1853,10 +1734,7 @@ fn a_transfer_beyond_credit_detaches_with_transfer_limit_exceeded() {
 
 #[test]
 fn settling_gives_the_credit_back_in_one_flow_and_merges_dispositions() {
-    let mut raw = Raw::new(config());
-    raw.open();
-    raw.feed(&begin_frame(0));
-    let link = raw.attach_accepted(0, 0, "s", 4);
+    let (mut raw, link) = Raw::with_link(config(), "s", 4);
     raw.output();
     let mut ids = Vec::new();
     for id in 0..4 {
@@ -1873,16 +1751,11 @@ fn settling_gives_the_credit_back_in_one_flow_and_merges_dispositions() {
         .settle(link, 2, DeliveryState::Released(Released {}));
     raw.engine.settle(link, 3, accepted());
     let out = raw.output();
-    let ranges: Vec<(u32, Option<u32>, bool)> = bodies(&out)
-        .filter_map(|(_, b)| match b {
-            FrameBody::Disposition(d) => Some((
-                d.first,
-                d.last,
-                matches!(d.state, Some(DeliveryState::Accepted(_))),
-            )),
-            _ => None,
-        })
-        .collect();
+    let ranges = pick!(bodies(&out), (_, FrameBody::Disposition(d)) => (
+        d.first,
+        d.last,
+        matches!(d.state, Some(DeliveryState::Accepted(_))),
+    ));
     assert_eq!(
         ranges,
         [(0, Some(1), true), (2, None, false), (3, None, true)]
@@ -1897,10 +1770,7 @@ fn settling_gives_the_credit_back_in_one_flow_and_merges_dispositions() {
 
 #[test]
 fn an_aborted_delivery_is_dropped_and_frees_its_credit() {
-    let mut raw = Raw::new(config());
-    raw.open();
-    raw.feed(&begin_frame(0));
-    raw.attach_accepted(0, 0, "s", 1);
+    let (mut raw, _) = Raw::with_link(config(), "s", 1);
     raw.output();
     let events = raw.feed(&transfer_frame(0, 0, Some(0), false, true, b"part"));
     assert!(events.is_empty());
@@ -1928,10 +1798,10 @@ fn an_aborted_delivery_is_dropped_and_frees_its_credit() {
 
 #[test]
 fn the_hub_idle_timeout_fails_a_silent_client() {
-    let mut cfg = config();
-    cfg.idle_timeout_ms = 1000;
-    let mut raw = Raw::new(cfg);
-    raw.open();
+    let mut raw = Raw::opened(Config {
+        idle_timeout_ms: 1000,
+        ..config()
+    });
     let out = raw.output();
     assert_eq!(opens(&out)[0].idle_time_out, Some(1000));
     // Closed at twice the announced timeout (AMQP 2.4.5: the announced value is half the
@@ -1949,9 +1819,8 @@ fn the_hub_idle_timeout_fails_a_silent_client() {
     assert!(matches!(raw.engine.next_event(), Some(Event::Failed(why)) if why.contains("2 s")));
     assert!(raw.engine.is_closed());
     raw.now = 2600;
-    let out = raw.output();
-    assert_error(
-        closes(&out)[0].error.as_ref(),
+    assert_one_close(
+        &raw.output(),
         AmqpError::ResourceLimitExceeded.into(),
         "nothing received",
     );
@@ -1994,48 +1863,31 @@ fn the_client_idle_timeout_gets_heartbeats_at_half() {
 #[tokio::test]
 async fn a_client_with_an_idle_timeout_stays_connected_through_silence() {
     let (hub, stream) = Hub::start(config(), obliging(4));
-    let mut connection = within(
+    let connection = step(
         "open",
         Connection::builder()
             .container_id("idle-client")
             .idle_time_out(200u32)
             .open_with_stream(stream),
     )
-    .await
-    .expect("open");
+    .await;
     // Five of the client's timeouts with nothing to say.
-    sleep(Duration::from_millis(1000)).await;
-    let mut session = begin(&mut connection).await;
-    let mut sender = within("attach", Sender::attach(&mut session, "s", "q"))
-        .await
-        .expect("the connection is alive");
-    let outcome = within("send", sender.send(Message::builder().value("x").build()))
-        .await
-        .expect("send");
-    assert!(matches!(outcome, Outcome::Accepted(_)));
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    let ctx = alive_after(Duration::from_millis(1000), connection, hub).await;
     let beats = heartbeats(&ctx.written);
     assert!(beats >= 4, "only {beats} heartbeats in a second of silence");
 }
 
 #[tokio::test]
 async fn a_client_heartbeating_at_the_hub_idle_timeout_is_not_closed() {
-    let mut cfg = config();
-    cfg.idle_timeout_ms = 300;
-    let (hub, stream) = Hub::start(cfg, obliging(4));
-    let mut connection = connect(stream).await;
-    sleep(Duration::from_millis(1200)).await;
-    let mut session = begin(&mut connection).await;
-    let mut sender = within("attach", Sender::attach(&mut session, "s", "q"))
-        .await
-        .expect("the connection is alive");
-    let outcome = within("send", sender.send(Message::builder().value("x").build()))
-        .await
-        .expect("send");
-    assert!(matches!(outcome, Outcome::Accepted(_)));
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    let (hub, stream) = Hub::start(
+        Config {
+            idle_timeout_ms: 300,
+            ..config()
+        },
+        obliging(4),
+    );
+    let connection = connect(stream).await;
+    let ctx = alive_after(Duration::from_millis(1200), connection, hub).await;
     assert!(
         !ctx.seen.iter().any(|s| matches!(s, Seen::Failed(_))),
         "{:?}",
@@ -2048,70 +1900,34 @@ async fn a_client_heartbeating_at_the_hub_idle_timeout_is_not_closed() {
 
 #[tokio::test]
 async fn a_draining_receiver_gets_its_credit_back_when_the_hub_has_nothing() {
-    let (mut hub, stream) = Hub::start(config(), obliging(4));
-    hub.act(|ctx| {
-        for i in 0..3 {
-            ctx.outbox
-                .push_back((text_message(&format!("d{i}")), false));
-        }
-    });
-    let mut connection = connect(stream).await;
-    let mut session = begin(&mut connection).await;
-    let mut receiver = within(
-        "attach",
-        Receiver::builder()
-            .name("drainer")
-            .source("out")
-            .credit_mode(CreditMode::Manual)
-            .attach(&mut session),
-    )
-    .await
-    .expect("attach");
-    within("credit", receiver.set_credit(10))
-        .await
-        .expect("credit");
+    let outbox = (0..3)
+        .map(|i| (text_message(&format!("d{i}")), false))
+        .collect();
+    let (mut hub, connection, mut session) = session_on(Hub::start_sending(outbox)).await;
+    let mut receiver = attach_receiver_with(&mut session, "drainer", |b| {
+        b.credit_mode(CreditMode::Manual)
+    })
+    .await;
+    step("credit", receiver.set_credit(10)).await;
     for i in 0..3 {
-        let d = within("recv", receiver.recv::<Body<Value>>())
-            .await
-            .expect("recv");
-        assert_eq!(d.body(), &string_body(&format!("d{i}")));
-        within("accept", receiver.accept(&d)).await.expect("accept");
+        recv_accept(&mut receiver, &format!("d{i}")).await;
     }
-    let Seen::Credit { link } = hub
-        .wait_for("credit", |s| matches!(s, Seen::Credit { .. }))
-        .await
-    else {
-        unreachable!()
-    };
+    let link = hub.next_credit().await;
     // Drain: nothing more to send, so the seven credits left come back at once.
-    within("drain", receiver.drain()).await.expect("drain");
-    hub.wait_for("drain credit", |s| matches!(s, Seen::Credit { .. }))
-        .await;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    hub.act(move |ctx| {
-        let _ = tx.send(ctx.engine.credit(link));
-    });
+    step("drain", receiver.drain()).await;
+    hub.next_credit().await;
     // The credit is read after the loop wrote the answer (the flush gave it back).
-    let credit_after = within("credit", rx).await.expect("the hub answers");
+    let credit_after = hub.ask("credit", move |ctx| ctx.engine.credit(link)).await;
     assert_eq!(credit_after, 0);
 
     // New credit after the drain works as before.
     hub.act(|ctx| ctx.outbox.push_back((text_message("after"), true)));
-    within("credit", receiver.set_credit(2))
-        .await
-        .expect("credit");
-    let d = within("recv", receiver.recv::<Body<Value>>())
-        .await
-        .expect("recv after drain");
-    assert_eq!(d.body(), &string_body("after"));
+    step("credit", receiver.set_credit(2)).await;
+    recv_text(&mut receiver, "after").await;
 
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    let ctx = close_and_finish(connection, hub).await;
     let handle = hub_handle(&ctx.written, "drainer");
-    let drained: Vec<&Flow> = link_flows(&ctx.written, handle)
-        .into_iter()
-        .filter(|f| f.drain)
-        .collect();
+    let drained = pick!(link_flows(&ctx.written, handle), f if f.drain => f);
     assert_eq!(drained.len(), 1, "one drain answer");
     assert_eq!(drained[0].link_credit, Some(0));
     assert_eq!(drained[0].delivery_count, Some(10), "3 sent + 7 given back");
@@ -2140,10 +1956,55 @@ impl Raw {
         }
     }
 
+    /// Past the header and the open (the output is left to read).
+    fn opened(config: Config) -> Self {
+        let mut raw = Self::new(config);
+        raw.open();
+        raw
+    }
+
+    /// `opened`, with a session begun on channel 0.
+    fn with_session(config: Config) -> Self {
+        let mut raw = Self::opened(config);
+        raw.feed(&begin_frame(0));
+        raw
+    }
+
+    /// `with_session`, with a link `name` the client sends on (handle 0) accepted with
+    /// `window`.
+    fn with_link(config: Config, name: &str, window: u32) -> (Self, LinkId) {
+        let mut raw = Self::with_session(config);
+        let link = raw.attach_accepted(0, 0, name, window);
+        (raw, link)
+    }
+
     fn feed(&mut self, bytes: &[u8]) -> Vec<Event> {
         self.input.extend_from_slice(bytes);
         self.engine.receive(&mut self.input, self.now);
         std::iter::from_fn(|| self.engine.next_event()).collect()
+    }
+
+    /// `feed`, one byte at a time.
+    fn feed_bytewise(&mut self, bytes: &[u8]) -> Vec<Event> {
+        bytes
+            .iter()
+            .flat_map(|b| self.feed(std::slice::from_ref(b)))
+            .collect()
+    }
+
+    /// Feeds `input`, which fails the connection saying `words`: closed with a close of
+    /// `condition` that says them too. Gives back what was written.
+    fn fails_with_close(
+        &mut self,
+        input: &[u8],
+        condition: ErrorCondition,
+        words: &str,
+    ) -> Vec<Written> {
+        assert_failed(&self.feed(input), words);
+        assert!(self.engine.is_closed());
+        let out = self.output();
+        assert_one_close(&out, condition, words);
+        out
     }
 
     fn output(&mut self) -> Vec<Written> {
@@ -2163,12 +2024,25 @@ impl Raw {
         );
     }
 
-    /// Attaches a link the client sends on and accepts it with `window`.
-    fn attach_accepted(&mut self, channel: u16, handle: u32, name: &str, window: u32) -> LinkId {
-        let mut events = self.feed(&attach_frame(channel, handle, name, Role::Sender, "q"));
+    /// Attaches a link, gives the hub's request for it (the only event).
+    fn attach(
+        &mut self,
+        (channel, handle): (u16, u32),
+        name: &str,
+        role: Role,
+        address: &str,
+    ) -> Box<AttachRequest> {
+        let mut events = self.feed(&attach_frame(channel, handle, name, role, address));
         let Some(Event::Attach(request)) = events.pop() else {
             panic!("an attach event: {events:?}")
         };
+        assert!(events.is_empty(), "{events:?}");
+        request
+    }
+
+    /// Attaches a link the client sends on and accepts it with `window`.
+    fn attach_accepted(&mut self, channel: u16, handle: u32, name: &str, window: u32) -> LinkId {
+        let request = self.attach((channel, handle), name, Role::Sender, "q");
         self.engine.accept(&request, window);
         request.link
     }
@@ -2225,21 +2099,25 @@ fn open_frame(idle: Option<u32>, max_frame: u32) -> Vec<u8> {
     frame(0, &open_performative(idle, max_frame), &[])
 }
 
+fn begin_performative() -> Begin {
+    Begin {
+        remote_channel: None,
+        next_outgoing_id: 0,
+        incoming_window: 1000,
+        outgoing_window: 1000,
+        handle_max: Handle(u32::MAX),
+        offered_capabilities: None,
+        desired_capabilities: None,
+        properties: None,
+    }
+}
+
 fn begin_frame(channel: u16) -> Vec<u8> {
-    frame(
-        channel,
-        &Begin {
-            remote_channel: None,
-            next_outgoing_id: 0,
-            incoming_window: 1000,
-            outgoing_window: 1000,
-            handle_max: Handle(u32::MAX),
-            offered_capabilities: None,
-            desired_capabilities: None,
-            properties: None,
-        },
-        &[],
-    )
+    frame(channel, &begin_performative(), &[])
+}
+
+fn end_frame(channel: u16) -> Vec<u8> {
+    frame(channel, &End { error: None }, &[])
 }
 
 fn attach_frame(channel: u16, handle: u32, name: &str, role: Role, address: &str) -> Vec<u8> {
@@ -2355,10 +2233,7 @@ fn a_stale_session_flow_never_opens_the_window_beyond_what_the_client_gave() {
     let mut begin = begin_performative();
     begin.incoming_window = 2;
     raw.feed(&frame(0, &begin, &[]));
-    let mut events = raw.feed(&attach_frame(0, 0, "r", Role::Receiver, "out"));
-    let Some(Event::Attach(request)) = events.pop() else {
-        panic!("{events:?}")
-    };
+    let request = raw.attach((0, 0), "r", Role::Receiver, "out");
     assert!(!request.client_sends);
     raw.engine.accept(&request, 0);
     let link = request.link;
@@ -2380,12 +2255,7 @@ fn a_stale_session_flow_never_opens_the_window_beyond_what_the_client_gave() {
         .expect("fits")
         .expect("sent");
     let out = raw.output();
-    let frames: Vec<&Transfer> = bodies(&out)
-        .filter_map(|(_, b)| match b {
-            FrameBody::Transfer { performative, .. } => Some(performative),
-            _ => None,
-        })
-        .collect();
+    let frames = transfer_frames(&out);
     assert_eq!(frames.len(), 3);
     assert_eq!(frames[0].delivery_id, Some(id));
     assert_eq!(
@@ -2405,41 +2275,43 @@ fn a_stale_session_flow_never_opens_the_window_beyond_what_the_client_gave() {
     assert_eq!(raw.engine.credit(link), 2);
 }
 
-#[test]
-fn no_disposition_follows_the_hub_end_of_a_session() {
-    let mut raw = Raw::new(config());
-    raw.open();
-    raw.feed(&begin_frame(0));
-    let link = raw.attach_accepted(0, 0, "s", 4);
-    let events = raw.feed(&transfer_frame(0, 0, Some(0), false, false, b"x"));
-    assert!(matches!(events.as_slice(), [Event::Transfer { .. }]));
-    raw.output();
+/// The hub ends every session, which it writes (one end).
+fn end_all_sessions(raw: &mut Raw) {
     raw.engine.end_all(error(
         AmqpError::ResourceLimitExceeded,
         "shutting the device out",
     ));
+    assert_eq!(ends(&raw.output()).len(), 1);
+}
+
+/// Nothing is left to write.
+fn assert_silent(raw: &mut Raw, after: &str) {
     let out = raw.output();
-    assert_eq!(ends(&out).len(), 1);
+    assert!(out.is_empty(), "written after {after}: {out:?}");
+}
+
+#[test]
+fn no_disposition_follows_the_hub_end_of_a_session() {
+    let (mut raw, link) = Raw::with_link(config(), "s", 4);
+    let events = raw.feed(&transfer_frame(0, 0, Some(0), false, false, b"x"));
+    assert!(matches!(events.as_slice(), [Event::Transfer { .. }]));
+    raw.output();
+    end_all_sessions(&mut raw);
     // The store answers late: the session is gone, nothing more may be written on it.
     raw.engine.settle(link, 0, accepted());
-    let out = raw.output();
-    assert!(out.is_empty(), "written after the end: {out:?}");
+    assert_silent(&mut raw, "the end");
     // The client's end: no answer, no event; the channel begins anew.
-    assert!(raw.feed(&frame(0, &End { error: None }, &[])).is_empty());
+    assert!(raw.feed(&end_frame(0)).is_empty());
     assert!(raw.output().is_empty());
     raw.feed(&begin_frame(0));
-    let out = raw.output();
-    assert!(bodies(&out).any(|(_, b)| matches!(b, FrameBody::Begin(_))));
+    assert!(!begins(&raw.output()).is_empty());
     assert!(raw.engine.is_open());
 }
 
 #[test]
 fn the_session_window_is_renewed_at_half_without_a_link_flow() {
-    let mut raw = Raw::new(config());
-    raw.open();
-    raw.feed(&begin_frame(0));
     // A window so large the link itself needs no new credit.
-    raw.attach_accepted(0, 0, "s", 100_000);
+    let (mut raw, _) = Raw::with_link(config(), "s", 100_000);
     raw.output();
     let mut input = Vec::new();
     for id in 0..32_769u32 {
@@ -2448,12 +2320,7 @@ fn the_session_window_is_renewed_at_half_without_a_link_flow() {
     let events = raw.feed(&input);
     assert_eq!(events.len(), 32_769);
     let out = raw.output();
-    let flows: Vec<&Flow> = bodies(&out)
-        .filter_map(|(_, b)| match b {
-            FrameBody::Flow(f) => Some(f),
-            _ => None,
-        })
-        .collect();
+    let flows = all_flows(&out);
     assert_eq!(flows.len(), 1, "{flows:?}");
     assert_eq!(flows[0].handle, None);
     assert_eq!(flows[0].next_incoming_id, Some(32_769));
@@ -2509,59 +2376,27 @@ fn a_pipelined_sasl_exchange_is_read_after_the_outcome() {
     );
 }
 
-fn begin_performative() -> Begin {
-    Begin {
-        remote_channel: None,
-        next_outgoing_id: 0,
-        incoming_window: 1000,
-        outgoing_window: 1000,
-        handle_max: Handle(u32::MAX),
-        offered_capabilities: None,
-        desired_capabilities: None,
-        properties: None,
-    }
-}
-
 #[test]
 fn an_attach_answered_after_the_hub_ended_its_session_or_connection_writes_nothing() {
     // The session ended while the hub was deciding.
-    let mut raw = Raw::new(config());
-    raw.open();
-    raw.feed(&begin_frame(0));
-    let mut events = raw.feed(&attach_frame(0, 0, "late", Role::Sender, "q"));
-    let Some(Event::Attach(request)) = events.pop() else {
-        panic!("{events:?}")
-    };
+    let mut raw = Raw::with_session(config());
+    let request = raw.attach((0, 0), "late", Role::Sender, "q");
     raw.output();
-    raw.engine.end_all(error(
-        AmqpError::ResourceLimitExceeded,
-        "shutting the device out",
-    ));
-    assert_eq!(ends(&raw.output()).len(), 1);
+    end_all_sessions(&mut raw);
     raw.engine.accept(&request, 4);
-    let out = raw.output();
-    assert!(out.is_empty(), "written after the end: {out:?}");
+    assert_silent(&mut raw, "the end");
 
     // The connection closed while the hub was deciding.
-    let mut raw = Raw::new(config());
-    raw.open();
-    raw.feed(&begin_frame(0));
-    let mut events = raw.feed(&attach_frame(0, 0, "a", Role::Sender, "q"));
-    events.extend(raw.feed(&attach_frame(0, 1, "b", Role::Receiver, "out")));
-    let Some(Event::Attach(b)) = events.pop() else {
-        panic!("{events:?}")
-    };
-    let Some(Event::Attach(a)) = events.pop() else {
-        panic!("{events:?}")
-    };
+    let mut raw = Raw::with_session(config());
+    let a = raw.attach((0, 0), "a", Role::Sender, "q");
+    let b = raw.attach((0, 1), "b", Role::Receiver, "out");
     raw.output();
     raw.engine.close(None);
     assert_eq!(closes(&raw.output()).len(), 1);
     raw.engine.accept(&a, 4);
     raw.engine
         .refuse(*b, error(AmqpError::UnauthorizedAccess, "too late anyway"));
-    let out = raw.output();
-    assert!(out.is_empty(), "written after the close: {out:?}");
+    assert_silent(&mut raw, "the close");
     // The client's close completes it, with no event (the hub closed first).
     assert!(raw.feed(&frame(0, &Close { error: None }, &[])).is_empty());
     assert!(raw.engine.is_closed());
@@ -2573,52 +2408,33 @@ fn an_attach_answered_after_the_hub_ended_its_session_or_connection_writes_nothi
 
 #[tokio::test]
 async fn a_receiver_taking_only_settled_sends_gets_every_send_settled() {
-    let (mut hub, stream) = Hub::start(config(), obliging(4));
-    hub.act(|ctx| {
-        ctx.outbox.push_back((text_message("one"), false));
-        ctx.outbox.push_back((text_message("two"), false));
-    });
-    let mut connection = connect(stream).await;
-    let mut session = begin(&mut connection).await;
-    let mut receiver = within(
-        "attach",
-        Receiver::builder()
-            .name("settled-only")
-            .source("out")
-            .sender_settle_mode(SenderSettleMode::Settled)
-            .attach(&mut session),
-    )
-    .await
-    .expect("the hub agrees to send settled");
+    let (mut hub, connection, mut session) = session_on(Hub::start_sending(vec![
+        (text_message("one"), false),
+        (text_message("two"), false),
+    ]))
+    .await;
+    let mut receiver = attach_receiver_with(&mut session, "settled-only", |b| {
+        b.sender_settle_mode(SenderSettleMode::Settled)
+    })
+    .await;
     for expected in ["one", "two"] {
-        let d = within("recv", receiver.recv::<Body<Value>>())
-            .await
-            .expect("recv");
-        assert_eq!(d.body(), &string_body(expected));
-        within("accept", receiver.accept(&d)).await.expect("accept");
+        recv_accept(&mut receiver, expected).await;
     }
-    let Seen::Attach { link, .. } = hub
-        .wait_for("attach", |s| matches!(s, Seen::Attach { .. }))
-        .await
-    else {
-        unreachable!()
-    };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    hub.act(move |ctx| {
-        let _ = tx.send((
-            ctx.engine.settled_only(link),
-            ctx.engine.may_send_settled(link),
-        ));
-    });
-    assert_eq!(within("modes", rx).await.expect("answer"), (true, true));
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
-    assert!(!ctx.seen.iter().any(|s| matches!(s, Seen::Outcome { .. })));
-    let settled: Vec<Option<bool>> = bodies(&ctx.written)
-        .filter_map(|(_, b)| match b {
-            FrameBody::Transfer { performative, .. } => Some(performative.settled),
-            _ => None,
+    let link = hub.next_attach().await;
+    let modes = hub
+        .ask("modes", move |ctx| {
+            (
+                ctx.engine.settled_only(link),
+                ctx.engine.may_send_settled(link),
+            )
         })
+        .await;
+    assert_eq!(modes, (true, true));
+    let ctx = close_and_finish(connection, hub).await;
+    assert_eq!(outcomes(&ctx.seen), 0);
+    let settled: Vec<Option<bool>> = transfer_frames(&ctx.written)
+        .iter()
+        .map(|t| t.settled)
         .collect();
     assert_eq!(settled, [Some(true), Some(true)]);
     let reply = bodies(&ctx.written)
@@ -2634,28 +2450,14 @@ async fn a_receiver_taking_only_settled_sends_gets_every_send_settled() {
 
 #[tokio::test]
 async fn a_receiver_settling_second_gets_the_hub_settlement() {
-    let (mut hub, stream) = Hub::start(config(), obliging(4));
-    hub.act(|ctx| ctx.outbox.push_back((text_message("twice"), false)));
-    let mut connection = connect(stream).await;
-    let mut session = begin(&mut connection).await;
-    let mut receiver = within(
-        "attach",
-        Receiver::builder()
-            .name("second")
-            .source("out")
-            .receiver_settle_mode(ReceiverSettleMode::Second)
-            .attach(&mut session),
-    )
-    .await
-    .expect("attach");
-    let d = within("recv", receiver.recv::<Body<Value>>())
-        .await
-        .expect("recv");
-    assert_eq!(d.body(), &string_body("twice"));
-    within("accept", receiver.accept(&d)).await.expect("accept");
-    let outcome = hub
-        .wait_for("outcome", |s| matches!(s, Seen::Outcome { .. }))
-        .await;
+    let (mut hub, connection, mut session) =
+        session_on(Hub::start_sending(vec![(text_message("twice"), false)])).await;
+    let mut receiver = attach_receiver_with(&mut session, "second", |b| {
+        b.receiver_settle_mode(ReceiverSettleMode::Second)
+    })
+    .await;
+    recv_accept(&mut receiver, "twice").await;
+    let outcome = hub.next_outcome().await;
     assert!(
         matches!(
             &outcome,
@@ -2667,14 +2469,9 @@ async fn a_receiver_settling_second_gets_the_hub_settlement() {
         ),
         "{outcome:?}"
     );
-    within("close", connection.close()).await.expect("close");
-    let ctx = hub.finish().await;
+    let ctx = close_and_finish(connection, hub).await;
     // The client's unsettled disposition is answered settled, by the sender.
-    let answers: Vec<(Role, bool)> = bodies(&ctx.written)
-        .filter_map(|(_, b)| match b {
-            FrameBody::Disposition(d) => Some((d.role.clone(), d.settled)),
-            _ => None,
-        })
-        .collect();
+    let answers =
+        pick!(bodies(&ctx.written), (_, FrameBody::Disposition(d)) => (d.role.clone(), d.settled));
     assert_eq!(answers, [(Role::Sender, true)]);
 }
