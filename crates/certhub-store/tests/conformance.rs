@@ -236,6 +236,28 @@ async fn suite(store: &Store) {
     assert_eq!(store.prune_telemetry(0, 300).await.expect("prune"), 50);
     let left = store.telemetry_after(0, None, 1000).await.expect("left");
     assert_eq!((left.len(), left[0].seq), (300, 151));
+    // A page stops once it holds PAGE_BYTES of bodies (with at least one message).
+    let big: Vec<certhub_store::TelemetryRecord> = (451..=453)
+        .map(|seq| certhub_store::TelemetryRecord {
+            seq,
+            device_id: "d1".into(),
+            module_id: None,
+            enqueued_ms: 2_000,
+            properties: "{}".into(),
+            body: vec![seq as u8; 3 << 20],
+        })
+        .collect();
+    store.append_telemetry(&big).await.expect("append big");
+    let page = store
+        .telemetry_after(450, None, 10)
+        .await
+        .expect("big page");
+    assert_eq!(page, big[..2].to_vec(), "4 MiB of bodies per page");
+    let page = store
+        .telemetry_after(452, None, 10)
+        .await
+        .expect("last page");
+    assert_eq!(page, big[2..].to_vec());
 
     twins_and_c2d(store).await;
     mqtt_sessions(store).await;

@@ -77,8 +77,12 @@ pub(super) const C2D_LOCK_MS: i64 = 60_000;
 const C2D_POLL_MS: i64 = 10_000;
 /// A shut-out client that has not closed this long after its sessions were ended is closed.
 const SHUT_GRACE_MS: i64 = 1_000;
-/// Read buffer of a busy connection; an idle one holds none.
+/// Read buffer of a busy connection.
 const READ_CHUNK: usize = 16 * 1024;
+/// Read buffer of a quiet one.
+const IDLE_READ: usize = 512;
+/// A connection that has read nothing for this long is quiet (its large buffer goes).
+const BUSY_MS: i64 = 1_000;
 
 /// A future of the connection's task.
 pub(super) type Work = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -386,27 +390,39 @@ impl Conn {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin,
     {
-        let mut last_read = 0usize;
+        // One timer for the connection, moved earlier when something is due sooner and
+        // otherwise only when it fires (a read or a write does no timer work).
+        let timer = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(timer);
+        let mut armed: Option<i64> = None;
+        // The read buffer: a small one while the connection is quiet, a large one while it is
+        // busy (kept until it has been quiet for a second).
+        let mut buf: Vec<u8> = Vec::new();
+        let mut last_read_ms = 0i64;
         loop {
-            if self.engine.is_closed() || self.closing_until.is_some_and(|t| t <= now_ms()) {
+            let now = now_ms();
+            if self.engine.is_closed() || self.closing_until.is_some_and(|t| t <= now) {
                 return None;
             }
-            let deadline = self.deadline();
-            let timer = async {
-                match deadline {
-                    Some(at) => {
-                        let wait = u64::try_from(at - now_ms()).unwrap_or(0);
-                        tokio::time::sleep(Duration::from_millis(wait)).await;
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            // An idle connection holds no read buffer; a busy one reads in large chunks.
-            if input.is_empty() && last_read < 1024 {
-                *input = BytesMut::new();
-                input.reserve(256);
-            } else {
-                input.reserve(READ_CHUNK);
+            if buf.len() > IDLE_READ && now - last_read_ms >= BUSY_MS {
+                buf = Vec::new();
+            }
+            if buf.is_empty() {
+                buf = vec![0; IDLE_READ];
+            }
+            let mut deadline = self.deadline();
+            if buf.len() > IDLE_READ {
+                let quiet = last_read_ms + BUSY_MS;
+                deadline = Some(deadline.map_or(quiet, |d| d.min(quiet)));
+            }
+            if let Some(at) = deadline
+                && armed.is_none_or(|a| at < a)
+            {
+                let left = u64::try_from(at - now).unwrap_or(0);
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + Duration::from_millis(left));
+                armed = Some(at);
             }
             let follow = async {
                 match self.follow.as_mut() {
@@ -421,12 +437,20 @@ impl Conn {
                 }
             };
             tokio::select! {
-                read = io.read_buf(input) => match read {
+                read = io.read(&mut buf) => match read {
                     Ok(0) => return Some("the AMQP connection ended without a close: the client went away".into()),
                     Err(e) => return Some(format!("the AMQP connection ended without a close: {e}")),
                     Ok(n) => {
-                        last_read = n;
-                        self.engine.receive(input, now_ms());
+                        last_read_ms = now_ms();
+                        input.extend_from_slice(&buf[..n]);
+                        if n == buf.len() && buf.len() < READ_CHUNK {
+                            buf = vec![0; READ_CHUNK];
+                        }
+                        self.engine.receive(input, last_read_ms);
+                        if input.is_empty() {
+                            // Nothing of a frame left over: the connection holds no input.
+                            *input = BytesMut::new();
+                        }
                         self.events();
                     }
                 },
@@ -449,7 +473,10 @@ impl Conn {
                         self.wake(wake);
                     }
                 }
-                () = timer => self.tick(),
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    self.tick();
+                }
                 changed = follow => {
                     if !changed {
                         self.follow = None;
@@ -469,13 +496,27 @@ impl Conn {
         }
     }
 
-    /// Writes what the engine has for the client; false when the write failed.
+    /// Writes what the engine has for the client; false when the write failed. A write the
+    /// socket takes at once needs no timer; one that waits has [`WRITE_TIMEOUT`].
     async fn write<S: AsyncWrite + Unpin>(&mut self, io: &mut S) -> bool {
         let Some(out) = self.engine.take_output(now_ms()) else {
             return true;
         };
+        let mut at = 0;
+        while at < out.len() {
+            match io.write(&out[at..]).now_or_never() {
+                Some(Ok(0) | Err(_)) => return false,
+                Some(Ok(n)) => at += n,
+                None => break,
+            }
+        }
+        if at == out.len()
+            && let Some(flushed) = io.flush().now_or_never()
+        {
+            return flushed.is_ok();
+        }
         let written = tokio::time::timeout(WRITE_TIMEOUT, async {
-            io.write_all(&out).await?;
+            io.write_all(&out[at..]).await?;
             io.flush().await
         })
         .await;

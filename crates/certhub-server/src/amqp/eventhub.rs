@@ -41,7 +41,7 @@ use crate::state::{AppState, PartitionClaim, now_ms};
 /// The only partition.
 const PARTITION: &str = "0";
 /// Messages read from the log per query.
-const READ_BATCH: i64 = 256;
+const READ_BATCH: i64 = 1024;
 
 /// The Event Hubs-compatible entity's name: the hub's name (the first label of its host
 /// name), or `certhub` when the host is an IP address.
