@@ -212,7 +212,7 @@ struct Partial {
 /// One AMQP connection's protocol state.
 #[derive(Debug)]
 pub struct Engine {
-    config: Config,
+    config: std::sync::Arc<Config>,
     phase: Phase,
     out: BytesMut,
     events: VecDeque<Event>,
@@ -235,9 +235,10 @@ pub fn error(condition: impl Into<types::definitions::ErrorCondition>, why: &str
 }
 
 impl Engine {
-    pub fn new(config: Config, now_ms: i64) -> Self {
+    /// A connection offered as `config` says (one `Arc` for a listener's connections).
+    pub fn new(config: impl Into<std::sync::Arc<Config>>, now_ms: i64) -> Self {
         Self {
-            config,
+            config: config.into(),
             phase: Phase::Header { sasl_done: false },
             out: BytesMut::new(),
             events: VecDeque::new(),
@@ -264,7 +265,12 @@ impl Engine {
 
     /// The next event to act on.
     pub fn next_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > 0 {
+            // A quiet connection keeps no queue.
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// Reads every whole header and frame at the front of `input` (what is left is an
@@ -1204,7 +1210,8 @@ impl Engine {
             return None;
         }
         self.last_write_ms = now_ms;
-        Some(self.out.split())
+        // The whole buffer goes (a quiet connection keeps none; the next frame starts anew).
+        Some(std::mem::take(&mut self.out))
     }
 
     /// Writes the dispositions and flows owed.

@@ -161,14 +161,14 @@ pub(super) enum Then {
 /// News from outside the connection's task.
 #[derive(Debug)]
 enum Wake {
-    /// An identity's session was shut out (a kick).
-    Kicked(String, String),
+    /// An identity's session was shut out (a kick): who, and why.
+    Kicked(Box<(String, String)>),
     /// C2D messages were queued for an identity.
     C2d(String),
     /// A desired-properties patch for an identity's twin link.
-    Desired(String, Vec<u8>),
+    Desired(Box<(String, Vec<u8>)>),
     /// A direct method call for an identity.
-    Method(String, Box<MethodRequest>),
+    Method(Box<(String, MethodRequest)>),
     /// An identity's token expired.
     Expired(String),
     /// A partition receiver's partition was taken by a reader of a higher owner level.
@@ -292,6 +292,27 @@ struct Conn {
     service_queues: Option<watch::Receiver<u64>>,
 }
 
+/// How the hub offers its AMQP connections (one for all of them).
+fn config() -> Arc<Config> {
+    static CONFIG: std::sync::OnceLock<Arc<Config>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut properties = certhub_amqp::types::primitives::OrderedMap::new();
+            properties.insert(Symbol::from("product"), Value::String("certhub".into()));
+            Arc::new(Config {
+                container_id: "certhub".into(),
+                max_frame_size: MAX_FRAME,
+                max_sessions: MAX_SESSIONS,
+                max_links: MAX_LINKS,
+                max_message_size: MAX_MESSAGE,
+                idle_timeout_ms: IDLE_TIMEOUT_MS,
+                mechanisms: vec!["MSSBCBS", "PLAIN", "EXTERNAL", "ANONYMOUS"],
+                properties: Some(properties),
+            })
+        })
+        .clone()
+}
+
 /// A device connection from its first AMQP byte to its end.
 pub(crate) async fn run<S>(mut io: S, conn: Connection, core: Arc<DeviceCore>)
 where
@@ -304,21 +325,9 @@ where
         mut pending,
     } = conn;
     let deadline = tokio::time::Instant::now() + OPEN_TIMEOUT;
-    let mut properties = certhub_amqp::types::primitives::OrderedMap::new();
-    properties.insert(Symbol::from("product"), Value::String("certhub".into()));
-    let config = Config {
-        container_id: "certhub".into(),
-        max_frame_size: MAX_FRAME,
-        max_sessions: MAX_SESSIONS,
-        max_links: MAX_LINKS,
-        max_message_size: MAX_MESSAGE,
-        idle_timeout_ms: IDLE_TIMEOUT_MS,
-        mechanisms: vec!["MSSBCBS", "PLAIN", "EXTERNAL", "ANONYMOUS"],
-        properties: Some(properties),
-    };
     let (wake_tx, mut wakes) = mpsc::unbounded_channel();
     let mut c = Box::new(Conn {
-        engine: Engine::new(config, now_ms()),
+        engine: Engine::new(config(), now_ms()),
         core,
         peer,
         chain,
@@ -1692,7 +1701,8 @@ impl Conn {
     /// News from an identity's watcher or a partition claim.
     fn wake(&mut self, wake: Wake) {
         match wake {
-            Wake::Kicked(client_id, reason) => {
+            Wake::Kicked(kicked) => {
+                let (client_id, reason) = *kicked;
                 self.identities.remove(&client_id);
                 self.shut_out(&reason);
             }
@@ -1717,11 +1727,12 @@ impl Conn {
             }
             // A desired-properties push: a message without correlation id on the twin link
             // (the session has subscribed through it).
-            Wake::Desired(client_id, patch) => {
+            Wake::Desired(desired) => {
+                let (client_id, patch) = *desired;
                 let message = encode(&data_message(Properties::default(), None, patch));
                 self.send_on_twin(&client_id, message);
             }
-            Wake::Method(client_id, request) => self.call(&client_id, &request),
+            Wake::Method(call) => self.call(&call.0, &call.1),
             Wake::Stolen(link) => {
                 if matches!(self.links.get(&link), Some(Handler::Partition(_))) {
                     self.links.remove(&link);
@@ -1856,12 +1867,12 @@ async fn watch_session(
             mail = mailbox.next() => {
                 let wake = match mail {
                     Mail::Kicked(reason) => {
-                        let _ = wakes.send(Wake::Kicked(cn.clone(), reason.to_string()));
+                        let _ = wakes.send(Wake::Kicked(Box::new((cn.clone(), reason.to_string()))));
                         break Ended::Closed(reason);
                     }
                     Mail::Work(Outbound::C2d) => Wake::C2d(cn.clone()),
-                    Mail::Work(Outbound::Desired(patch)) => Wake::Desired(cn.clone(), patch),
-                    Mail::Work(Outbound::Method(request)) => Wake::Method(cn.clone(), request),
+                    Mail::Work(Outbound::Desired(patch)) => Wake::Desired(Box::new((cn.clone(), patch))),
+                    Mail::Work(Outbound::Method(request)) => Wake::Method(Box::new((cn.clone(), *request))),
                 };
                 let _ = wakes.send(wake);
             }
