@@ -35,6 +35,7 @@ use tokio_util::codec::{Decoder, Encoder};
 
 pub use fe2o3_amqp::types;
 
+pub mod frame;
 pub mod message;
 mod query;
 
@@ -200,6 +201,9 @@ struct Link {
     max_message_size: u64,
     /// A flow of this link is owed.
     flow_due: bool,
+    /// Receiving: the hub settled deliveries of it since the last write (their dispositions
+    /// go out in the next one; renewed credit goes with them).
+    settled_now: bool,
 }
 
 #[derive(Debug)]
@@ -666,6 +670,7 @@ impl Engine {
                     .unwrap_or(u64::MAX)
             },
             flow_due: false,
+            settled_now: false,
         };
         self.links.insert(id, link);
         let request = AttachRequest {
@@ -911,6 +916,7 @@ impl Engine {
             return;
         };
         l.unsettled = l.unsettled.saturating_sub(1);
+        l.settled_now = true;
         let ending = self
             .sessions
             .get(usize::from(l.channel))
@@ -927,18 +933,8 @@ impl Engine {
         let Some(session) = session_mut(&mut self.sessions, local) else {
             return;
         };
-        let next_incoming = flow.next_incoming_id.unwrap_or(0);
-        let window = next_incoming
-            .wrapping_add(flow.incoming_window)
-            .wrapping_sub(session.next_outgoing_id);
-        // More than the client gave: the hub's transfers overtook the flow (the difference is
-        // below zero), so there is no room until the client's next flow.
-        session.remote_incoming_window = if window > flow.incoming_window {
-            0
-        } else {
-            window
-        };
-        let Some(handle) = flow.handle else {
+        session.remote_incoming_window = frame::sendable_window(&flow, session.next_outgoing_id);
+        let Some(handle) = flow.handle.clone() else {
             if flow.echo {
                 session.flow_due = true;
             }
@@ -956,15 +952,7 @@ impl Engine {
             }
             return;
         }
-        let credit = flow.link_credit.unwrap_or(0);
-        let their_count = flow.delivery_count.unwrap_or(0);
-        link.credit = their_count
-            .wrapping_add(credit)
-            .wrapping_sub(link.delivery_count);
-        if link.credit > credit {
-            // Their count is ahead of ours (a count in flight): never more than they gave.
-            link.credit = credit;
-        }
+        link.credit = frame::sendable_credit(&flow, link.delivery_count).unwrap_or(0);
         link.drain = flow.drain;
         if flow.echo || flow.drain {
             link.flow_due = true;
@@ -1077,7 +1065,7 @@ impl Engine {
             session.unsettled_out.insert(delivery, link);
         }
         let tag = tag.map_or_else(|| count.to_be_bytes().to_vec(), <[u8]>::to_vec);
-        let mut transfer = Transfer {
+        let transfer = Transfer {
             handle: Handle(handle),
             delivery_id: Some(delivery),
             delivery_tag: Some(tag.into()),
@@ -1090,28 +1078,14 @@ impl Engine {
             aborted: false,
             batchable: false,
         };
-        // Split to the client's frame size (the performative's size does not change with
-        // `more`, a boolean of one byte either way).
-        let head = serde_amqp::serialized_size(&transfer).unwrap_or(64);
-        let room = (self.remote_max_frame as usize)
-            .saturating_sub(8 + head)
-            .max(1);
-        let mut rest = payload;
-        let mut frames = 0u32;
-        loop {
-            let n = rest.len().min(room);
-            transfer.more = n < rest.len();
-            self.frame(channel, &transfer, &rest[..n]);
-            frames += 1;
-            rest = &rest[n..];
-            if rest.is_empty() {
-                break;
-            }
-            transfer.delivery_id = None;
-            transfer.delivery_tag = None;
-            transfer.message_format = None;
-            transfer.settled = None;
-        }
+        let frames = frame::put_transfer(
+            &mut self.out,
+            channel,
+            transfer,
+            payload,
+            self.remote_max_frame as usize,
+        )
+        .unwrap_or(0);
         if let Some(session) = session_mut(&mut self.sessions, channel) {
             session.next_outgoing_id = session.next_outgoing_id.wrapping_add(frames);
             session.remote_incoming_window = session.remote_incoming_window.saturating_sub(frames);
@@ -1249,8 +1223,16 @@ impl Engine {
             }
             let mut drained = false;
             if link.receiving {
+                // Credit is renewed when it is half used, in the write that carries the
+                // dispositions of the deliveries that held it (a flow written on its own
+                // before them would leave the client's TCP to delay the second write by its
+                // delayed acknowledgement), or at once when the hub holds none of them.
                 let target = link.window.saturating_sub(link.unsettled);
-                if target > link.credit && link.credit <= link.window / 2 {
+                let settled_now = std::mem::take(&mut link.settled_now);
+                if target > link.credit
+                    && link.credit <= link.window / 2
+                    && (settled_now || link.unsettled == 0)
+                {
                     link.credit = target;
                     must = true;
                 }
@@ -1324,19 +1306,8 @@ impl Engine {
     }
 
     fn frame<P: Serialize>(&mut self, channel: u16, performative: &P, payload: &[u8]) {
-        let start = self.out.len();
-        self.out.put_u32(0);
-        self.out.put_u8(2);
-        self.out.put_u8(0);
-        self.out.put_u16(channel);
-        let mut serializer = serde_amqp::ser::Serializer::from((&mut self.out).writer());
-        if performative.serialize(&mut serializer).is_err() {
-            self.out.truncate(start);
-            return;
-        }
-        self.out.put_slice(payload);
-        let size = u32::try_from(self.out.len() - start).unwrap_or(u32::MAX);
-        self.out[start..start + 4].copy_from_slice(&size.to_be_bytes());
+        // Encoding the library's own performatives into memory does not fail.
+        let _ = frame::put_frame(&mut self.out, channel, performative, payload);
     }
 
     fn sasl_frame(&mut self, frame: sasl::Frame) {

@@ -169,7 +169,7 @@ async fn tcp(target: &Target) -> io::Result<TcpStream> {
 
 /// TCP, then the TLS handshake with `device`'s chain, by `deadline`; notes the cipher suite
 /// the server chose. Returns the stream and when TCP was connected.
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     target: &Target,
     device: &Device,
     deadline: Instant,
@@ -364,69 +364,6 @@ pub async fn hold(
             },
         }
     }
-}
-
-/// An X.509 device's AMQP connection with its telemetry link open.
-pub struct AmqpConn {
-    pub connection: fe2o3_amqp::connection::ConnectionHandle<()>,
-    pub session: fe2o3_amqp::session::SessionHandle<()>,
-    pub sender: fe2o3_amqp::Sender,
-}
-
-/// Connects `device` over AMQP 1.0: TCP, TLS with its chain, the AMQP open (no SASL: the TLS
-/// client certificate is the credential, as the Azure SDKs connect X.509 devices), a session
-/// and a sender on `/devices/{id}/messages/events` (the hub admits the device at this attach).
-pub async fn open_amqp(target: &Target, device: &Device) -> Result<AmqpConn, Failure> {
-    let deadline = Instant::now() + target.timeout;
-    let (tls, _) = tls_connect(target, device, deadline).await?;
-    let host = match &target.server_name {
-        ServerName::DnsName(n) => n.as_ref().to_string(),
-        _ => target.addr.ip().to_string(),
-    };
-    let opened = tokio::time::timeout_at(deadline, async {
-        let mut connection = fe2o3_amqp::Connection::builder()
-            .container_id(device.id.clone())
-            .hostname(host.as_str())
-            .scheme("amqp")
-            .open_with_stream(tls)
-            .await
-            .map_err(|e| Failure::Closed(format!("during the AMQP open ({e})")))?;
-        let mut session = fe2o3_amqp::Session::begin(&mut connection)
-            .await
-            .map_err(|e| Failure::Closed(format!("during the AMQP begin ({e})")))?;
-        let sender = fe2o3_amqp::Sender::attach(
-            &mut session,
-            "telemetry",
-            format!("/devices/{}/messages/events", device.id),
-        )
-        .await
-        .map_err(|e| Failure::Protocol(format!("the telemetry link was refused ({e})")))?;
-        Ok(AmqpConn {
-            connection,
-            session,
-            sender,
-        })
-    })
-    .await;
-    match opened {
-        Err(_) => Err(Failure::Timeout("the AMQP open and attach")),
-        Ok(r) => r,
-    }
-}
-
-/// Detaches, ends and closes; errors are of no interest any more.
-pub async fn close_amqp(conn: AmqpConn) {
-    let AmqpConn {
-        mut connection,
-        mut session,
-        sender,
-    } = conn;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let _ = sender.close().await;
-        let _ = session.end().await;
-        let _ = connection.close().await;
-    })
-    .await;
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@
 //! coming online does.
 #![forbid(unsafe_code)]
 
+mod amqp;
 mod api;
 mod conn;
 mod devices;

@@ -1,6 +1,6 @@
 //! The five scenarios: connect-rate, hold, telemetry, storm, revoke.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -742,41 +742,86 @@ async fn publish_qos0(
     r
 }
 
-/// One AMQP device's telemetry: up to `window` transfers unsettled at once, each counted when
-/// the hub's disposition accepts it.
+/// The deliveries of an AMQP sender not yet settled, by delivery id (ids follow each other
+/// from `base`; a settled one is `None` until those before it are settled too).
+#[derive(Debug, Default)]
+struct Unsettled {
+    base: u32,
+    sent_at: VecDeque<Option<Instant>>,
+    count: usize,
+}
+
+impl Unsettled {
+    fn push(&mut self, id: u32, at: Instant) {
+        if self.sent_at.is_empty() {
+            self.base = id;
+        }
+        self.sent_at.push_back(Some(at));
+        self.count += 1;
+    }
+
+    /// Settles the unsettled deliveries among `first..=last`, each with when it was sent.
+    fn settle(&mut self, first: u32, last: u32, mut each: impl FnMut(Instant)) {
+        let len = self.sent_at.len();
+        if len == 0 {
+            return;
+        }
+        // Offsets from `base`, in serial-number arithmetic (an id before `base`: below zero).
+        let from = first.wrapping_sub(self.base) as i32;
+        let to = last.wrapping_sub(self.base) as i32;
+        if to < 0 || from as i64 >= len as i64 || to < from {
+            return;
+        }
+        let from = from.max(0) as usize;
+        let to = (to as usize).min(len - 1);
+        for slot in self.sent_at.range_mut(from..=to) {
+            if let Some(at) = slot.take() {
+                self.count -= 1;
+                each(at);
+            }
+        }
+        while let Some(None) = self.sent_at.front() {
+            self.sent_at.pop_front();
+            self.base = self.base.wrapping_add(1);
+        }
+    }
+}
+
+/// One AMQP device's telemetry: up to `window` transfers unsettled at once (and never more
+/// than the link's credit), queued together and written in one write, each counted when the
+/// hub's disposition accepts it.
 async fn publish_amqp(
-    mut conn: crate::conn::AmqpConn,
+    mut conn: crate::amqp::AmqpConn,
     payload: Vec<u8>,
     window: usize,
     deadline: Instant,
     drain: Duration,
 ) -> Published {
-    use fe2o3_amqp::types::messaging::{Body, Data, Message};
-    use futures_util::stream::{FuturesUnordered, StreamExt};
+    use fe2o3_amqp::frames::amqp::FrameBody;
+    use fe2o3_amqp::types::definitions::Role;
+    use fe2o3_amqp::types::messaging::DeliveryState;
+    let message = crate::amqp::message(&payload);
     let mut r = Published::default();
-    let mut inflight = FuturesUnordered::new();
+    let mut unsettled = Unsettled::default();
     let drain_deadline = deadline + drain;
     loop {
-        while Instant::now() < deadline && inflight.len() < window {
-            let message = Message::builder()
-                .body(Body::<fe2o3_amqp::types::primitives::Value>::Data(
-                    vec![Data(payload.clone().into())].into(),
-                ))
-                .build();
-            let sendable = fe2o3_amqp::Sendable::builder()
-                .message(message)
-                .settled(false)
-                .build();
-            match conn.sender.send_batchable(sendable).await {
-                Ok(settled) => {
-                    let at = Instant::now();
-                    inflight.push(async move { (at, settled.await) });
-                    r.sent += 1;
+        let now = Instant::now();
+        if now < deadline && unsettled.count < window && conn.may_send() {
+            while unsettled.count < window {
+                match conn.put_transfer(&message) {
+                    Ok(Some(id)) => {
+                        unsettled.push(id, now);
+                        r.sent += 1;
+                    }
+                    Ok(None) => break,
+                    Err(e) => return r.fail("closed", format!("transfer failed: {e}")),
                 }
-                Err(e) => return r.fail("closed", format!("transfer failed: {e}")),
+            }
+            if let Err(e) = conn.write().await {
+                return r.fail("closed", format!("transfer failed: {e}"));
             }
         }
-        if inflight.is_empty() {
+        if unsettled.count == 0 && Instant::now() >= deadline {
             break;
         }
         let wait_until = if Instant::now() < deadline {
@@ -784,36 +829,87 @@ async fn publish_amqp(
         } else {
             drain_deadline
         };
-        match tokio::time::timeout_at(wait_until, inflight.next()).await {
+        match tokio::time::timeout_at(wait_until, conn.read()).await {
             Err(_) if Instant::now() >= drain_deadline => {
                 return r.fail(
                     "timeout",
-                    format!("{} dispositions missing after the run", inflight.len()),
+                    format!("{} dispositions missing after the run", unsettled.count),
                 );
             }
-            Err(_) | Ok(None) => {}
-            Ok(Some((t, Ok(outcome)))) if outcome.is_accepted() => {
-                let at = Instant::now();
-                r.latencies.push(micros(at - t));
-                r.acked += 1;
-                if at <= deadline {
-                    r.acked_in_time += 1;
+            Err(_) => continue,
+            Ok(Ok(0)) => return r.fail("closed", "the hub closed the connection".into()),
+            Ok(Err(e)) => return r.fail("closed", format!("reading: {e}")),
+            Ok(Ok(_)) => {}
+        }
+        // Take every frame read before sending more.
+        loop {
+            let frame = match conn.frame() {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => return r.fail("closed", e),
+            };
+            match frame {
+                // The hub settles (receiver settle mode first) with the outcome.
+                FrameBody::Disposition(d) if d.role == Role::Receiver => {
+                    let last = d.last.unwrap_or(d.first);
+                    match &d.state {
+                        Some(DeliveryState::Accepted(_)) => {
+                            let at = Instant::now();
+                            unsettled.settle(d.first, last, |t| {
+                                r.latencies.push(micros(at - t));
+                                r.acked += 1;
+                                if at <= deadline {
+                                    r.acked_in_time += 1;
+                                }
+                            });
+                        }
+                        // Not yet an outcome.
+                        None | Some(DeliveryState::Received(_)) if !d.settled => {}
+                        other => {
+                            return r.fail("refused", format!("the hub did not accept: {other:?}"));
+                        }
+                    }
                 }
+                FrameBody::Flow(f) => conn.on_flow(&f),
+                FrameBody::Detach(d) => {
+                    return r.fail(
+                        "closed",
+                        format!(
+                            "the hub detached the link ({})",
+                            crate::amqp::describe(d.error.as_ref())
+                        ),
+                    );
+                }
+                FrameBody::End(e) => {
+                    return r.fail(
+                        "closed",
+                        format!(
+                            "the hub ended the session ({})",
+                            crate::amqp::describe(e.error.as_ref())
+                        ),
+                    );
+                }
+                FrameBody::Close(c) => {
+                    return r.fail(
+                        "closed",
+                        format!(
+                            "the hub closed the connection ({})",
+                            crate::amqp::describe(c.error.as_ref())
+                        ),
+                    );
+                }
+                _ => {}
             }
-            Ok(Some((_, Ok(outcome)))) => {
-                return r.fail("refused", format!("the hub did not accept: {outcome:?}"));
-            }
-            Ok(Some((_, Err(e)))) => return r.fail("closed", format!("transfer failed: {e}")),
         }
     }
-    crate::conn::close_amqp(conn).await;
+    conn.close().await;
     r
 }
 
 /// A telemetry client's open connection.
 enum Link {
     Mqtt(Conn),
-    Amqp(Box<crate::conn::AmqpConn>),
+    Amqp(Box<crate::amqp::AmqpConn>),
 }
 
 async fn telemetry(a: TelemetryArgs) -> Result<Report> {
@@ -840,7 +936,7 @@ async fn telemetry(a: TelemetryArgs) -> Result<Report> {
         connecting.push(tokio::spawn(async move {
             let _slot = slots.acquire_owned().await.ok()?;
             if amqp {
-                return match crate::conn::open_amqp(&target, &d).await {
+                return match crate::amqp::open(&target, &d).await {
                     Ok(c) => Some((d, Link::Amqp(Box::new(c)))),
                     Err(f) => {
                         setup.record(&f);
@@ -1186,4 +1282,44 @@ async fn revoke(a: RevokeArgs) -> Result<Report> {
         ));
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deliveries_are_settled_once_in_any_order() {
+        let t0 = Instant::now();
+        let mut u = Unsettled::default();
+        for id in 5..13 {
+            u.push(id, t0 + Duration::from_millis(u64::from(id)));
+        }
+        let mut seen = Vec::new();
+        let mut take = |u: &mut Unsettled, first, last| {
+            u.settle(first, last, |t| seen.push((t - t0).as_millis()));
+        };
+        // Out of order, partly before the first unsettled, partly twice.
+        take(&mut u, 8, 9);
+        take(&mut u, 0, 5);
+        take(&mut u, 9, 10);
+        assert_eq!(u.count, 4);
+        // The settled front is dropped; the hole at 6..=7 keeps the rest.
+        assert_eq!((u.base, u.sent_at.len()), (6, 7));
+        take(&mut u, 6, 7);
+        assert_eq!((u.base, u.sent_at.len()), (11, 2));
+        // Beyond the last sent: only what was sent.
+        take(&mut u, 11, 1000);
+        assert_eq!(u.count, 0);
+        assert!(u.sent_at.is_empty());
+        take(&mut u, 3, 4);
+        assert_eq!(seen, vec![8, 9, 5, 10, 6, 7, 11, 12]);
+        // Ids that wrap around.
+        let mut u = Unsettled::default();
+        u.push(u32::MAX, t0);
+        u.push(0, t0);
+        let mut n = 0;
+        u.settle(u32::MAX - 3, 0, |_| n += 1);
+        assert_eq!((n, u.count), (2, 0));
+    }
 }

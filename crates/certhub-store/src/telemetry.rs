@@ -242,18 +242,43 @@ impl Store {
     /// Retention: deletes messages enqueued before `before_ms`, then the oldest beyond the
     /// newest `keep`. Returns how many were deleted.
     pub async fn prune_telemetry(&self, before_ms: i64, keep: i64) -> Result<u64> {
-        let old = sqlx::query("DELETE FROM telemetry WHERE enqueued_ms < $1")
-            .bind(before_ms)
-            .execute(self.pool())
-            .await?
-            .rows_affected();
-        let over = sqlx::query(
-            "DELETE FROM telemetry WHERE seq <= (SELECT COALESCE(MAX(seq), 0) FROM telemetry) - $1",
+        // The log is in arrival order: the old messages are the run before the first one
+        // enqueued at or after `before_ms`, found by walking the key from the front (a filter
+        // on the enqueued time alone would scan the whole log, holding up the writer for
+        // seconds on a large one).
+        let row = sqlx::query(
+            "SELECT COALESCE(
+                (SELECT seq FROM telemetry WHERE enqueued_ms >= $1 ORDER BY seq LIMIT 1),
+                (SELECT COALESCE(MAX(seq), 0) + 1 FROM telemetry)) AS young,
+             (SELECT COALESCE(MAX(seq), 0) FROM telemetry) - $2 + 1 AS kept",
         )
+        .bind(before_ms)
         .bind(keep)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        Ok(old + over)
+        .fetch_one(self.pool())
+        .await?;
+        let young: i64 = row.try_get("young")?;
+        let kept: i64 = row.try_get("kept")?;
+        self.delete_telemetry_before(young.max(kept)).await
+    }
+
+    /// Deletes the messages numbered below `end`, a slice at a time, so that the writer
+    /// waits for no more than one slice.
+    async fn delete_telemetry_before(&self, end: i64) -> Result<u64> {
+        const SLICE: i64 = 20_000;
+        let mut deleted = 0;
+        loop {
+            let first: Option<i64> = sqlx::query("SELECT MIN(seq) AS first FROM telemetry")
+                .fetch_one(self.pool())
+                .await?
+                .try_get("first")?;
+            let Some(first) = first.filter(|f| *f < end) else {
+                return Ok(deleted);
+            };
+            deleted += sqlx::query("DELETE FROM telemetry WHERE seq < $1")
+                .bind(end.min(first.saturating_add(SLICE)))
+                .execute(self.pool())
+                .await?
+                .rows_affected();
+        }
     }
 }

@@ -126,6 +126,12 @@ pub(crate) async fn serve_devices(
             drop(tcp);
             continue;
         }
+        if name == "amqp" {
+            // The AMQP connection writes once per turn of its loop, everything it owes in one
+            // go: Nagle's algorithm would only hold a second write back until the client's
+            // delayed acknowledgement of the first (about 40 ms).
+            let _ = tcp.set_nodelay(true);
+        }
         let pending = listener_state.gate.admit(peer.ip());
         tokio::spawn(handshake(tcp, peer, pending, listener_state.clone()));
     }
