@@ -580,3 +580,57 @@ fn bad_service_input_on_the_amqp_listener_is_refused_with_a_reason() {
         "{audit}"
     );
 }
+
+/// A client that sends its SASL init, the AMQP header and its open in one write, without
+/// waiting for the SASL outcome (pipelining, as AMQP 5.3.3.1 allows): the hub answers all of
+/// it, its open included. Hand-written bytes: no client at hand pipelines.
+#[test]
+fn sasl_pipelined_with_the_amqp_header_and_open_is_answered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = common::tmp();
+    let data = t.path().join("data");
+    let hub = common::start_hub_on(&data, HOST, &[]);
+    let server_ca = data.join("tls/server-ca.pem");
+    let port = hub.amqp_port;
+    runtime().block_on(async move {
+        let mut stream = service_stream(&server_ca, port).await;
+        let mut out = b"AMQP\x03\x01\x00\x00".to_vec();
+        // sasl-init (0x41): a list of one field, the mechanism ANONYMOUS.
+        let init = [&[0x00, 0x53, 0x41, 0xc0, 12, 1, 0xa3, 9][..], b"ANONYMOUS"].concat();
+        out.extend_from_slice(&(8 + init.len() as u32).to_be_bytes());
+        out.extend_from_slice(&[2, 1, 0, 0]);
+        out.extend_from_slice(&init);
+        out.extend_from_slice(b"AMQP\x00\x01\x00\x00");
+        // open (0x10): a list of one field, the container id "t".
+        let open = [0x00, 0x53, 0x10, 0xc0, 4, 1, 0xa1, 1, b't'];
+        out.extend_from_slice(&(8 + open.len() as u32).to_be_bytes());
+        out.extend_from_slice(&[2, 0, 0, 0]);
+        out.extend_from_slice(&open);
+        stream.write_all(&out).await.expect("write");
+        let mut got = Vec::new();
+        let answered = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut buf).await.expect("read");
+                assert!(n > 0, "the hub closed the connection: {got:02x?}");
+                got.extend_from_slice(&buf[..n]);
+                let header = got.windows(8).position(|w| w == b"AMQP\x00\x01\x00\x00");
+                // The hub's open: its frame's performative right after the AMQP header.
+                if let Some(at) = header
+                    && got.len() >= at + 19
+                {
+                    return (at, got[at + 16..at + 19].to_vec());
+                }
+            }
+        })
+        .await;
+        let (at, performative) = answered.expect("the hub's open within 5 s");
+        assert!(got.starts_with(b"AMQP\x03\x01\x00\x00"), "{got:02x?}");
+        // A sasl-outcome (0x44) with code ok (ubyte 0) before the AMQP header.
+        let outcome = got[..at]
+            .windows(8)
+            .any(|w| w[..3] == [0x00, 0x53, 0x44] && w[6..8] == [0x50, 0x00]);
+        assert!(outcome, "{got:02x?}");
+        assert_eq!(performative, [0x00, 0x53, 0x10], "{got:02x?}");
+    });
+}

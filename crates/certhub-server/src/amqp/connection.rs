@@ -361,8 +361,7 @@ where
         if !matches!(read, Some(Ok(n)) if n > 0) {
             return;
         }
-        c.engine.receive(&mut input, now_ms());
-        c.events();
+        c.feed(&mut input);
         if !c.write(&mut io).await || c.engine.is_closed() {
             c.finish();
             return;
@@ -455,12 +454,11 @@ impl Conn {
                         if n == buf.len() && buf.len() < READ_CHUNK {
                             buf = vec![0; READ_CHUNK];
                         }
-                        self.engine.receive(input, last_read_ms);
+                        self.feed(input);
                         if input.is_empty() {
                             // Nothing of a frame left over: the connection holds no input.
                             *input = BytesMut::new();
                         }
-                        self.events();
                     }
                 },
                 result = next_commit(&mut self.owed), if !self.owed.is_empty() => {
@@ -632,6 +630,20 @@ impl Conn {
         let links: Vec<LinkId> = self.links.keys().copied().collect();
         for link in links {
             self.release(link);
+        }
+    }
+
+    /// Feeds what was read to the engine and acts on its events, again while it takes more
+    /// (it stops at a SASL init until the hub's outcome; a client may have sent its AMQP
+    /// header and open right behind it).
+    fn feed(&mut self, input: &mut BytesMut) {
+        loop {
+            let before = input.len();
+            self.engine.receive(input, now_ms());
+            self.events();
+            if input.is_empty() || input.len() == before {
+                return;
+            }
         }
     }
 
