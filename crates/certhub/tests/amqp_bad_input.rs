@@ -135,6 +135,7 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
     let tls = common::device_tls(&data, &dir.join("pki/devices").join(WIDGET));
     let port = hub.amqp_port;
     let server_ca = data.join("tls/server-ca.pem");
+    let (cli_dir, cli_data) = (dir.to_path_buf(), data.clone());
     runtime().block_on(async move {
         // A connection that is lost (no AMQP close, no TLS close_notify: the relay between
         // client and hub goes away) ends the widget's session with that reason in the audit.
@@ -215,6 +216,29 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
                 .await
                 .expect("attach");
         events.send(Message::from("fine")).await.expect("accepted");
+
+        // Its C2D messages come with a 16-byte delivery tag, as IoT Hub's (the C# SDKs read a
+        // message's lock token from it as a Guid).
+        common::certhub_at(
+            &cli_dir,
+            &cli_data,
+            &["c2d", "send", "--device", "other-sas", "--body", "hello"],
+        )
+        .ok();
+        let mut c2d = Receiver::attach(
+            &mut session,
+            "c2d",
+            "/devices/other-sas/messages/devicebound",
+        )
+        .await
+        .expect("attach");
+        let delivery =
+            tokio::time::timeout(std::time::Duration::from_secs(5), c2d.recv::<Body<Value>>())
+                .await
+                .expect("a C2D message within 5 s")
+                .expect("a C2D message");
+        assert_eq!(delivery.delivery_tag().len(), 16);
+        c2d.accept(&delivery).await.expect("settled");
 
         // A message past 256 KB: the hub's attach gave the link a max-message-size of 256 KiB,
         // so a compliant client (this one) refuses it before sending a byte of it.

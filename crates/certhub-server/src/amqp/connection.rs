@@ -1316,12 +1316,7 @@ impl Conn {
             // No method link: the caller's wait runs out (504), as for a device that is gone.
             return;
         };
-        let mut id = [0u8; 16];
-        if aws_lc_rs::rand::fill(&mut id).is_err() {
-            return;
-        }
-        id[6] = (id[6] & 0x0f) | 0x40;
-        id[8] = (id[8] & 0x3f) | 0x80;
+        let id = lock_tag();
         let message = Message::builder()
             .properties(Properties {
                 correlation_id: Some(MessageId::Uuid(id.into())),
@@ -1603,7 +1598,7 @@ impl Conn {
                     };
                     return;
                 };
-                match self.engine.send(link, None, &message, false) {
+                match self.engine.send(link, Some(&lock_tag()), &message, false) {
                     Ok(Some(delivery)) => {
                         *state = Held::Sent {
                             token,
@@ -1816,6 +1811,17 @@ impl Held {
             _ => None,
         }
     }
+}
+
+/// A delivery tag for a message the client settles: a fresh v4 uuid's 16 bytes, as IoT Hub's
+/// (the C# SDKs read a C2D message's or a feedback batch's lock token from it as a Guid).
+pub(super) fn lock_tag() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    // Unique enough if the system's generator failed: the tag only names the delivery.
+    let _ = aws_lc_rs::rand::fill(&mut id);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
 }
 
 /// The oldest awaited commit, once it completes. Cancel-safe: nothing is removed until it

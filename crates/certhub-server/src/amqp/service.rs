@@ -27,7 +27,7 @@ use certhub_core::{DeviceId, Rights, azure_time};
 use certhub_store::ServiceQueue;
 
 use super::address::{self, Node};
-use super::connection::{Done, Held, Work, id_text, rejected, simple_text};
+use super::connection::{Done, Held, Work, id_text, lock_tag, rejected, simple_text};
 use crate::api::auth::{LOCAL_AUTH_DISABLED, ServiceGrant, judge_service_token, scope_allows};
 use crate::c2d_send::{self, Outgoing, Refused};
 use crate::device::Settle;
@@ -494,7 +494,7 @@ impl ServiceLink {
             };
             return Ok(None);
         };
-        match engine.send(link, None, &message, false) {
+        match engine.send(link, Some(&lock_tag()), &message, false) {
             Ok(Some(delivery)) => {
                 self.held = Held::Sent {
                     token,
