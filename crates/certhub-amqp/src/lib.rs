@@ -18,7 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use fe2o3_amqp::frames::amqp::{FrameBody, FrameDecoder};
+use fe2o3_amqp::frames::amqp::FrameBody;
 use fe2o3_amqp::frames::sasl;
 use fe2o3_amqp::types::definitions::{
     AmqpError, ConnectionError, Error, Handle, LinkError, ReceiverSettleMode, Role,
@@ -31,7 +31,7 @@ use fe2o3_amqp::types::performatives::{
 use fe2o3_amqp::types::primitives::{Array, Symbol};
 use fe2o3_amqp::types::sasl::{SaslCode, SaslMechanisms, SaslOutcome};
 use serde::Serialize;
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 
 pub use fe2o3_amqp::types;
 
@@ -372,8 +372,8 @@ impl Engine {
     }
 
     fn sasl_received(&mut self, frame: &mut BytesMut) {
-        match (sasl::FrameCodec {}).decode(frame) {
-            Ok(Some(sasl::Frame::Init(init))) => {
+        match frame::decode_sasl(frame) {
+            Ok(sasl::Frame::Init(init)) => {
                 self.phase = Phase::SaslOutcome;
                 self.events.push_back(Event::SaslInit {
                     mechanism: init.mechanism.0,
@@ -397,9 +397,8 @@ impl Engine {
             );
             return;
         }
-        let decoded = match (FrameDecoder {}).decode(frame) {
-            Ok(Some(f)) => f,
-            Ok(None) => return,
+        let decoded = match frame::decode(frame) {
+            Ok(f) => f,
             Err(e) => {
                 self.fail(
                     AmqpError::DecodeError.into(),

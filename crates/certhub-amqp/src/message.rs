@@ -8,8 +8,14 @@ use fe2o3_amqp::types::primitives::Value;
 /// A message whose body may be anything AMQP allows.
 pub type AnyMessage = Message<Body<Value>>;
 
-/// Decodes a transfer's payload.
+/// Decodes a transfer's payload: its sections checked first as frames are
+/// (`frame::value_len`), then read by serde_amqp.
 pub fn decode(payload: &[u8]) -> Result<AnyMessage, String> {
+    let mut at = 0;
+    while at < payload.len() {
+        at += crate::frame::value_len(&payload[at..], 0)
+            .ok_or("the message's sections are not values that fit their bytes")?;
+    }
     serde_amqp::from_slice::<Deserializable<AnyMessage>>(payload)
         .map(|d| d.0)
         .map_err(|e| format!("the message does not decode: {e}"))

@@ -9,7 +9,7 @@ use std::io;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use fe2o3_amqp::frames::amqp::{FrameBody, FrameDecoder};
+use fe2o3_amqp::frames::amqp::FrameBody;
 use fe2o3_amqp::types::definitions::{Error, Handle, ReceiverSettleMode, Role, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Body, Data, Message, Source, Target as Terminus};
 use fe2o3_amqp::types::performatives::{
@@ -22,7 +22,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::client::TlsStream;
-use tokio_util::codec::Decoder;
 
 use crate::conn::{Failure, Target, tls_connect};
 use crate::devices::Device;
@@ -125,9 +124,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AmqpConn<S> {
         }
         let mut frame = self.input.split_to(size);
         frame.advance(4);
-        match (FrameDecoder {}).decode(&mut frame) {
-            Ok(Some(f)) => Ok(Some(f.body)),
-            Ok(None) => Err("an empty frame body from the decoder".into()),
+        match certhub_amqp::frame::decode(&mut frame) {
+            Ok(f) => Ok(Some(f.body)),
             Err(e) => Err(format!("a frame from the hub that does not decode: {e}")),
         }
     }
