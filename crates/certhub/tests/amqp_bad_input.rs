@@ -136,6 +136,12 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
     let port = hub.amqp_port;
     let server_ca = data.join("tls/server-ca.pem");
     let (cli_dir, cli_data) = (dir.to_path_buf(), data.clone());
+    let owner = certhub_core::sign_token(
+        HOST,
+        &policy_key(dir, &data, "iothubowner"),
+        Some("iothubowner"),
+        time::OffsetDateTime::now_utc().unix_timestamp() + 600,
+    );
     runtime().block_on(async move {
         // A connection that is lost (no AMQP close, no TLS close_notify: the relay between
         // client and hub goes away) ends the widget's session with that reason in the audit.
@@ -248,6 +254,32 @@ fn bad_input_on_the_amqp_listener_is_refused_with_a_reason() {
             why.contains("MessageSizeExceeded") || why.contains("message-size-exceeded"),
             "{why}"
         );
+
+        // An Event Hubs reader that takes messages of 10 bytes at most: the first event is
+        // larger, so its link ends with amqp:link:message-size-exceeded naming the event (it
+        // is not skipped).
+        let mut service = plain_owner(&server_ca, port, &owner).await;
+        let mut service_session = Session::begin(&mut service).await.expect("begin");
+        let mut small = Receiver::builder()
+            .name("small")
+            .source("certhub/ConsumerGroups/$default/Partitions/0")
+            .max_message_size(10u64)
+            .attach(&mut service_session)
+            .await
+            .expect("attach");
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            small.recv::<Body<Value>>(),
+        )
+        .await
+        .expect("an answer within 5 s");
+        let why = condition(&read.expect_err("detached"));
+        assert!(
+            why.contains("MessageSizeExceeded") && why.contains("event 1"),
+            "{why}"
+        );
+        drop((small, service_session));
+        let _ = service.close().await;
 
         // A renewed token (a new put for the same identity) moves the session's end to its
         // expiry: this one runs out within seconds, and the hub closes the connection then.

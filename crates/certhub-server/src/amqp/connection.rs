@@ -1433,7 +1433,9 @@ impl Conn {
                     let Some(message) = queue.pop_front() else {
                         break;
                     };
-                    let _ = self.engine.send(link, None, &message, true);
+                    if let Err(why) = self.engine.send(link, None, &message, true) {
+                        tracing::warn!(peer = %self.peer, reason = why, "a reply not sent");
+                    }
                 }
             }
             Handler::C2d { device, state, .. } => {
@@ -1471,10 +1473,18 @@ impl Conn {
             }
             Handler::Partition(p) => {
                 while self.engine.credit(link) > 0 {
-                    let Some((_, message)) = p.ready.pop_front() else {
+                    let Some((seq, message)) = p.ready.pop_front() else {
                         break;
                     };
-                    let _ = self.engine.send(link, None, &message, true);
+                    if let Err(why) = self.engine.send(link, None, &message, true) {
+                        // Skipping it would lose it for the reader: the link ends, saying why.
+                        let why =
+                            format!("event {seq}: {why}; attach with a larger max-message-size");
+                        self.links.remove(&link);
+                        self.engine
+                            .detach(link, Some(error(LinkError::MessageSizeExceeded, &why)));
+                        return;
+                    }
                 }
                 if let Some(work) = p.read_more(self.core.state(), link) {
                     self.work.push(work);
