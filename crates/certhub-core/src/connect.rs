@@ -273,6 +273,27 @@ pub fn authenticate(
     }
 }
 
+/// Judges a certificate chain for `client_id` as a CONNECT of an identity with `auth` would
+/// be judged (certificateAuthority: the chain to a verified CA of `ctx.trust`, CN = the id;
+/// selfSigned: the leaf's thumbprint and validity), with the same named reasons. The
+/// provisioning service judges devices by it before they exist in the registry.
+pub fn authenticate_certificate(
+    client_id: &str,
+    chain: &[CertificateDer<'_>],
+    auth: &crate::Authentication,
+    ctx: &Context<'_>,
+) -> Result<AuthenticatedDevice, Refusal> {
+    let id = ClientId::parse(client_id)?;
+    match auth.kind {
+        AuthType::CertificateAuthority => ca_chain(&id, chain, ctx),
+        AuthType::SelfSigned => thumbprint(&id, chain, auth, ctx),
+        other => Err(refuse(
+            "auth-method-mismatch",
+            format!("{} is not a certificate authentication", other.as_str()),
+        )),
+    }
+}
+
 fn ca_chain(
     id: &ClientId,
     chain: &[CertificateDer<'_>],

@@ -7,6 +7,7 @@
 
 mod c2d;
 mod connect;
+pub mod dps;
 mod etag;
 mod identity;
 mod ids;
@@ -20,7 +21,7 @@ mod topics;
 pub use c2d::C2dMessage;
 pub use connect::{
     AuthenticatedDevice, ClientId, ConnectFields, Context, Refusal, Registered, TrustSnapshot,
-    authenticate,
+    authenticate, authenticate_certificate,
 };
 pub use etag::{Etag, IfMatch};
 pub use identity::{
@@ -29,7 +30,7 @@ pub use identity::{
     ModuleInput, ModuleView, Status, SymmetricKey, X509Thumbprint,
 };
 pub use ids::{DeviceId, IdError, ModuleId};
-pub use policy::{Policy, Rights};
+pub use policy::{PROVISIONING_OWNER_POLICY, Policy, Rights};
 pub use sas::{SasError, SasToken, ServiceConnectionString, generate_key, sign_token};
 pub use settings::{HubSettings, SettingsPatch, TlsVersion};
 pub use time_fmt::{azure_time, azure_time_opt};

@@ -11,11 +11,23 @@ impl Rights {
     pub const REGISTRY_WRITE: Rights = Rights(2);
     pub const SERVICE_CONNECT: Rights = Rights(4);
     pub const DEVICE_CONNECT: Rights = Rights(8);
-    const NAMES: [(Rights, &'static str); 4] = [
+    /// The provisioning service's rights (Azure DPS's names): read and write enrollments and
+    /// enrollment groups, read and delete registration states.
+    pub const ENROLLMENT_READ: Rights = Rights(16);
+    pub const ENROLLMENT_WRITE: Rights = Rights(32);
+    pub const REGISTRATION_STATUS_READ: Rights = Rights(64);
+    pub const REGISTRATION_STATUS_WRITE: Rights = Rights(128);
+    /// Every right of the provisioning service.
+    pub const PROVISIONING_OWNER: Rights = Rights(16 | 32 | 64 | 128);
+    const NAMES: [(Rights, &'static str); 8] = [
         (Self::REGISTRY_READ, "RegistryRead"),
         (Self::REGISTRY_WRITE, "RegistryWrite"),
         (Self::SERVICE_CONNECT, "ServiceConnect"),
         (Self::DEVICE_CONNECT, "DeviceConnect"),
+        (Self::ENROLLMENT_READ, "EnrollmentRead"),
+        (Self::ENROLLMENT_WRITE, "EnrollmentWrite"),
+        (Self::REGISTRATION_STATUS_READ, "RegistrationStatusRead"),
+        (Self::REGISTRATION_STATUS_WRITE, "RegistrationStatusWrite"),
     ];
 
     pub const fn union(self, other: Rights) -> Rights {
@@ -55,6 +67,10 @@ impl fmt::Display for Rights {
     }
 }
 
+/// The provisioning service's owner policy, made on first start (also in a hub made before
+/// provisioning existed).
+pub const PROVISIONING_OWNER_POLICY: &str = "provisioningserviceowner";
+
 /// A shared access policy: a name, its rights and two keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -65,7 +81,8 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Azure's five default policies, with fresh keys.
+    /// Azure IoT Hub's five default policies and the provisioning service's owner policy
+    /// (`provisioningserviceowner`, as Azure DPS names it), with fresh keys.
     pub fn defaults() -> Vec<Policy> {
         let all = Rights::REGISTRY_READ
             .union(Rights::REGISTRY_WRITE)
@@ -80,6 +97,7 @@ impl Policy {
                 "registryReadWrite",
                 Rights::REGISTRY_READ.union(Rights::REGISTRY_WRITE),
             ),
+            (PROVISIONING_OWNER_POLICY, Rights::PROVISIONING_OWNER),
         ]
         .into_iter()
         .map(|(name, rights)| Policy {
@@ -111,6 +129,6 @@ mod tests {
         assert!(!r.contains(Rights::SERVICE_CONNECT));
         assert_eq!(r.to_string(), "RegistryRead, RegistryWrite");
         assert!(Rights::parse("Everything").is_none());
-        assert_eq!(Policy::defaults().len(), 5);
+        assert_eq!(Policy::defaults().len(), 6);
     }
 }

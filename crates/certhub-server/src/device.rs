@@ -677,7 +677,7 @@ fn telemetry_record(id: &ClientId, props: &MessageProperties, body: Vec<u8>) -> 
 }
 
 /// What the operator sees of a refused certificate: subjects and thumbprints, leaf first.
-fn presented(chain: &[CertificateDer<'_>]) -> String {
+pub(crate) fn presented(chain: &[CertificateDer<'_>]) -> String {
     if chain.is_empty() {
         return "no certificate".into();
     }

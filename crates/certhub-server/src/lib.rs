@@ -16,6 +16,7 @@ pub mod data_dir;
 mod device;
 pub mod device_tls;
 pub mod devices_https;
+mod dps;
 pub mod files;
 pub mod gate;
 mod listener;
@@ -38,6 +39,8 @@ pub use mqtt::{MqttOptions, serve_mqtt};
 /// Everything the 443 listener serves: the service REST API and the device transports (MQTT
 /// over WebSockets). Must be called within a Tokio runtime.
 pub fn hub_router(state: AppState, devices: MqttOptions) -> axum::Router {
-    router(state.clone()).merge(devices_https::device_router(state, devices))
+    router(state.clone())
+        .merge(devices_https::device_router(state.clone(), devices))
+        .merge(dps::https::router(state))
 }
 pub use state::{AppState, C2dLimits};

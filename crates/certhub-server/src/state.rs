@@ -62,6 +62,8 @@ struct Inner {
     partition_readers: Arc<PartitionReaders>,
     /// When the hub was created (its store first opened by a hub), ms.
     created_ms: i64,
+    /// The device provisioning service.
+    dps: crate::dps::DpsState,
 }
 
 /// The readers of Event Hubs partitions, by consumer group and partition, for owner levels
@@ -167,6 +169,7 @@ impl AppState {
     ) -> Result<Self, StoreError> {
         let policies = store.policies().await?;
         let created_ms = store.created_ms(now_ms()).await?;
+        let id_scope = store.id_scope(&certhub_core::dps::new_id_scope()).await?;
         let settings = store.settings().await?;
         let trust = crate::trust::load(&store).await?;
         let telemetry = crate::telemetry::TelemetryLog::start(store.clone()).await?;
@@ -202,6 +205,7 @@ impl AppState {
                 service_queues: tokio::sync::watch::Sender::new(0),
                 partition_readers: Arc::default(),
                 created_ms,
+                dps: crate::dps::DpsState::new(id_scope),
             }),
         })
     }
@@ -282,6 +286,15 @@ impl AppState {
     }
 
     /// When the hub was created, ms since the epoch.
+    pub(crate) fn dps(&self) -> &crate::dps::DpsState {
+        &self.inner.dps
+    }
+
+    /// This installation's provisioning ID scope.
+    pub fn id_scope(&self) -> &str {
+        self.inner.dps.id_scope()
+    }
+
     pub(crate) fn created_ms(&self) -> i64 {
         self.inner.created_ms
     }

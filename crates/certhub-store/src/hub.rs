@@ -13,17 +13,29 @@ impl Store {
             .await?;
         if rows.is_empty() {
             for p in Policy::defaults() {
-                sqlx::query(
-                    "INSERT INTO policies (name, rights, primary_key, secondary_key)
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
-                )
-                .bind(p.name.clone())
-                .bind(p.rights.to_string())
-                .bind(p.primary_key.clone())
-                .bind(p.secondary_key.clone())
-                .execute(self.pool())
-                .await?;
+                self.insert_policy(&p).await?;
             }
+            return Box::pin(self.policies()).await;
+        }
+        // A hub made before the provisioning service had five policies: its owner policy is
+        // added once (a policy an operator deleted later stays deleted).
+        let made = sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ('dps_policy_made', '1')
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .execute(self.pool())
+        .await?;
+        let has = |name: &str| {
+            rows.iter()
+                .any(|r| r.try_get::<String, _>("name").is_ok_and(|n| n == name))
+        };
+        if made.rows_affected() == 1
+            && !has(certhub_core::PROVISIONING_OWNER_POLICY)
+            && let Some(p) = Policy::defaults()
+                .into_iter()
+                .find(|p| p.name == certhub_core::PROVISIONING_OWNER_POLICY)
+        {
+            self.insert_policy(&p).await?;
             return Box::pin(self.policies()).await;
         }
         rows.iter()
@@ -38,6 +50,21 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// Adds a policy unless one of its name exists.
+    async fn insert_policy(&self, p: &Policy) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO policies (name, rights, primary_key, secondary_key)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(p.name.clone())
+        .bind(p.rights.to_string())
+        .bind(p.primary_key.clone())
+        .bind(p.secondary_key.clone())
+        .execute(self.pool())
+        .await?;
+        Ok(())
     }
 
     pub async fn settings(&self) -> Result<HubSettings> {

@@ -185,6 +185,43 @@ const STEPS: &[&str] = &[
     );
     CREATE INDEX file_notifications_created ON file_notifications (created_ms);
     CREATE INDEX file_notifications_lock ON file_notifications (lock_token)",
+    // 10: device provisioning: enrollment groups, individual enrollments and registration
+    // states as JSON documents under an ETag (the service API's shapes), and the hubs a
+    // registration may be assigned to besides this one.
+    "CREATE TABLE dps_enrollment_groups (
+        id TEXT PRIMARY KEY,
+        doc TEXT NOT NULL,
+        etag TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL
+    );
+    CREATE TABLE dps_enrollments (
+        id TEXT PRIMARY KEY,
+        doc TEXT NOT NULL,
+        etag TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL
+    );
+    CREATE TABLE dps_registrations (
+        id TEXT PRIMARY KEY,
+        group_id TEXT NOT NULL,
+        assigned_hub TEXT NOT NULL,
+        operation_id TEXT NOT NULL,
+        doc TEXT NOT NULL,
+        etag TEXT NOT NULL,
+        created_ms BIGINT NOT NULL,
+        updated_ms BIGINT NOT NULL
+    );
+    CREATE INDEX dps_registrations_group ON dps_registrations (group_id, id);
+    CREATE INDEX dps_registrations_hub ON dps_registrations (assigned_hub);
+    CREATE TABLE dps_linked_hubs (
+        name TEXT PRIMARY KEY,
+        connection_string TEXT NOT NULL,
+        server_ca TEXT NOT NULL,
+        weight BIGINT NOT NULL,
+        apply_allocation BIGINT NOT NULL,
+        created_ms BIGINT NOT NULL
+    )",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {

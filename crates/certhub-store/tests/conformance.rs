@@ -3,7 +3,10 @@
 //! machine. Each PostgreSQL run gets a database of its own, dropped afterwards.
 
 use certhub_core::{AuthType, DeviceId, DeviceInput, Etag, ModuleId, ModuleInput, Status};
-use certhub_store::{AuditRecord, DeleteOutcome, Store, WriteOutcome};
+use certhub_store::{
+    AuditRecord, DeleteOutcome, EnrollmentKind, EnrollmentRecord, LinkedHubRecord,
+    RegistrationRecord, Store, WriteOutcome,
+};
 
 fn id(s: &str) -> DeviceId {
     DeviceId::new(s).expect("id")
@@ -153,7 +156,7 @@ async fn suite(store: &Store) {
     // Policies are created once, settings round-trip, audit lists newest first.
     let p1 = store.policies().await.expect("policies");
     let p2 = store.policies().await.expect("policies");
-    assert_eq!(p1.len(), 5);
+    assert_eq!(p1.len(), 6);
     assert_eq!(p1, p2);
     let mut s = store.settings().await.expect("settings");
     assert!(!s.disable_device_sas);
@@ -261,6 +264,7 @@ async fn suite(store: &Store) {
 
     twins_and_c2d(store).await;
     mqtt_sessions(store).await;
+    provisioning(store).await;
     bookkeeping(store).await;
 }
 
@@ -709,6 +713,174 @@ async fn mqtt_sessions(store: &Store) {
         store.delete_device(&id("ms2"), None).await.expect("delete"),
         DeleteOutcome::Deleted
     );
+}
+
+/// Enrollments are written under their ETag and paged in id order; registration states are
+/// written once, then only over the ETag read; linked hubs and the ID scope round-trip.
+async fn provisioning(store: &Store) {
+    let rec = |id: &str, etag: &str| EnrollmentRecord {
+        id: id.into(),
+        doc: format!(r#"{{"enrollmentGroupId":"{id}"}}"#),
+        etag: Etag(etag.into()),
+        created_ms: 1,
+        updated_ms: 1,
+    };
+    for kind in [EnrollmentKind::Group, EnrollmentKind::Individual] {
+        for i in 0..5 {
+            let r = rec(&format!("e{i}"), "t0");
+            assert_eq!(
+                store.create_enrollment(kind, &r).await.expect("create"),
+                WriteOutcome::Written
+            );
+        }
+        assert_eq!(
+            store
+                .create_enrollment(kind, &rec("e1", "t9"))
+                .await
+                .expect("again"),
+            WriteOutcome::Exists
+        );
+        let first = store.enrollments(kind, "", 3).await.expect("page");
+        let rest = store.enrollments(kind, "e2", 3).await.expect("page");
+        let ids: Vec<String> = first.iter().chain(&rest).map(|r| r.id.clone()).collect();
+        assert_eq!(ids, ["e0", "e1", "e2", "e3", "e4"]);
+        assert_eq!(
+            store
+                .replace_enrollment(kind, &rec("e1", "t1"), &Etag("stale".into()))
+                .await
+                .expect("replace"),
+            WriteOutcome::Stale
+        );
+        assert_eq!(
+            store
+                .replace_enrollment(kind, &rec("e1", "t1"), &Etag("t0".into()))
+                .await
+                .expect("replace"),
+            WriteOutcome::Written
+        );
+        assert_eq!(
+            store
+                .enrollment(kind, "e1")
+                .await
+                .expect("read")
+                .expect("there")
+                .etag
+                .0,
+            "t1"
+        );
+        assert_eq!(
+            store
+                .delete_enrollment(kind, "e1", Some(&Etag("t0".into())))
+                .await
+                .expect("delete"),
+            DeleteOutcome::Stale
+        );
+        assert_eq!(
+            store
+                .delete_enrollment(kind, "e1", Some(&Etag("t1".into())))
+                .await
+                .expect("delete"),
+            DeleteOutcome::Deleted
+        );
+        assert_eq!(
+            store
+                .delete_enrollment(kind, "e1", None)
+                .await
+                .expect("delete"),
+            DeleteOutcome::NotFound
+        );
+    }
+    let reg = |id: &str, hub: &str, etag: &str| RegistrationRecord {
+        id: id.into(),
+        group_id: "e0".into(),
+        assigned_hub: hub.into(),
+        operation_id: format!("4.{etag}"),
+        doc: "{}".into(),
+        etag: Etag(etag.into()),
+        created_ms: 1,
+        updated_ms: 1,
+    };
+    assert_eq!(
+        store
+            .put_registration(&reg("r1", "a", "x"), None)
+            .await
+            .expect("put"),
+        WriteOutcome::Written
+    );
+    assert_eq!(
+        store
+            .put_registration(&reg("r1", "b", "y"), None)
+            .await
+            .expect("put"),
+        WriteOutcome::Exists
+    );
+    assert_eq!(
+        store
+            .put_registration(&reg("r1", "b", "y"), Some(&Etag("z".into())))
+            .await
+            .expect("put"),
+        WriteOutcome::Stale
+    );
+    assert_eq!(
+        store
+            .put_registration(&reg("r1", "b", "y"), Some(&Etag("x".into())))
+            .await
+            .expect("put"),
+        WriteOutcome::Written
+    );
+    store
+        .put_registration(&reg("r2", "b", "w"), None)
+        .await
+        .expect("put");
+    store
+        .put_registration(&reg("r3", "a", "v"), None)
+        .await
+        .expect("put");
+    let mut per_hub = store.registrations_per_hub().await.expect("counts");
+    per_hub.sort();
+    assert_eq!(per_hub, [("a".to_string(), 1), ("b".to_string(), 2)]);
+    let of_group = store.registrations_of("e0", "r1", 10).await.expect("page");
+    assert_eq!(
+        of_group.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+        ["r2", "r3"]
+    );
+    assert_eq!(
+        store
+            .registration("r1")
+            .await
+            .expect("read")
+            .expect("there")
+            .assigned_hub,
+        "b"
+    );
+    assert_eq!(
+        store.delete_registration("r1", None).await.expect("delete"),
+        DeleteOutcome::Deleted
+    );
+    let hub = LinkedHubRecord {
+        name: "hub-b".into(),
+        connection_string: "HostName=hub-b;SharedAccessKeyName=p;SharedAccessKey=k".into(),
+        server_ca: "pem".into(),
+        weight: 2,
+        apply_allocation: true,
+        created_ms: 1,
+    };
+    store.put_linked_hub(&hub).await.expect("link");
+    store
+        .put_linked_hub(&LinkedHubRecord {
+            weight: 3,
+            ..hub.clone()
+        })
+        .await
+        .expect("relink");
+    assert_eq!(
+        store.linked_hubs().await.expect("list"),
+        [LinkedHubRecord { weight: 3, ..hub }]
+    );
+    assert!(store.delete_linked_hub("hub-b").await.expect("unlink"));
+    assert!(!store.delete_linked_hub("hub-b").await.expect("unlink"));
+    let scope = store.id_scope("0ne00000001").await.expect("scope");
+    assert_eq!(store.id_scope("0ne00000002").await.expect("scope"), scope);
 }
 
 #[tokio::test]

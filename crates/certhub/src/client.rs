@@ -56,6 +56,12 @@ pub enum Names {
     LockToken,
     /// A file upload's correlation id.
     Upload,
+    /// An enrollment group's id.
+    EnrollmentGroup,
+    /// A registration id.
+    Registration,
+    /// A linked hub's name.
+    LinkedHub,
 }
 
 impl Names {
@@ -73,6 +79,15 @@ impl Names {
             Self::LockToken => anyhow::anyhow!("the hub sent an empty lock token ({flag})"),
             Self::Upload => anyhow::anyhow!(
                 "{flag} is empty: give an upload's correlation id (`certhub files list` shows them)"
+            ),
+            Self::EnrollmentGroup => anyhow::anyhow!(
+                "{flag} is empty: give the enrollment group's id (`certhub dps enrollment-group list` shows them)"
+            ),
+            Self::LinkedHub => anyhow::anyhow!(
+                "{flag} is empty: give the linked hub's name (`certhub dps hub list` shows them)"
+            ),
+            Self::Registration => anyhow::anyhow!(
+                "{flag} is empty: give a registration id (`certhub dps registrations` shows them)"
             ),
         }
     }
@@ -206,9 +221,15 @@ impl HubArgs {
 
 impl Client {
     pub fn connect(args: &HubArgs) -> Result<Self> {
+        Self::connect_as(args, "iothubowner")
+    }
+
+    /// [`Client::connect`], with `policy`'s connection string when it is read from the data
+    /// directory.
+    pub fn connect_as(args: &HubArgs, policy: &str) -> Result<Self> {
         let cs = match &args.connection_string {
             Some(cs) => cs.clone(),
-            None => crate::hub::local_connection_string(&args.data_dir, "iothubowner").with_context(|| {
+            None => crate::hub::local_connection_string(&args.data_dir, policy).with_context(|| {
                 "no --connection-string (or CERTHUB_CONNECTION_STRING), and no hub data directory to read one from"
             })?,
         };
@@ -360,6 +381,40 @@ impl Client {
         })
     }
 
+    /// `POST path` of a paged query, from `continuation` (the previous page's
+    /// `x-ms-continuation`); an answer of 300 or above is an error that quotes the hub.
+    pub fn send_paged(
+        &self,
+        path: &ApiPath,
+        continuation: Option<&str>,
+        body: &Value,
+    ) -> Result<Answer> {
+        let mut req = self
+            .agent
+            .post(self.url(path))
+            .header("Authorization", &self.token());
+        if let Some(c) = continuation {
+            req = req.header("x-ms-continuation", c);
+        }
+        let mut resp = req
+            .send_json(body)
+            .map_err(|e| self.unreachable("POST", path, e))?;
+        let status = resp.status().as_u16();
+        let continuation = resp
+            .headers()
+            .get("x-ms-continuation")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            etag: None,
+            continuation,
+        }
+        .checked()
+    }
+
     /// Like [`Client::send`], turning any status >= 300 into an error that quotes the hub.
     pub fn expect(
         &self,
@@ -446,6 +501,10 @@ impl Client {
 
 /// An error answer, quoting the hub's Azure-shaped message.
 fn hub_error(status: u16, body: &Value) -> anyhow::Error {
+    // The provisioning service's errors are DPS's: errorCode and message.
+    if let (Some(code), Some(text)) = (body["errorCode"].as_i64(), body["message"].as_str()) {
+        return anyhow::anyhow!("the hub answered {status} {code}: {text}");
+    }
     let message = body["Message"].as_str().unwrap_or("(no message)");
     let message = message.strip_prefix("ErrorCode:").unwrap_or(message);
     let (code, text) = message.split_once(';').unwrap_or(("", message));

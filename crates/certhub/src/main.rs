@@ -12,6 +12,7 @@ mod ca;
 mod client;
 mod cloud;
 mod device;
+mod dps;
 mod files;
 mod hub;
 mod messages;
@@ -62,6 +63,9 @@ enum Command {
     /// Direct methods: invoke one on a connected device.
     #[command(subcommand)]
     Method(cloud::MethodCommand),
+    /// Device provisioning: the ID scope, enrollment groups and enrollments, registrations.
+    #[command(subcommand)]
+    Dps(dps::DpsCommand),
     /// Files devices uploaded: list, download, notifications.
     #[command(subcommand)]
     Files(uploads::FilesCommand),
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         Command::Twin(cmd) => cloud::twin(cmd),
         Command::Method(cmd) => cloud::method(cmd),
         Command::Files(cmd) => uploads::run(cmd),
+        Command::Dps(cmd) => dps::run(cmd),
         Command::Bench(args) => certhub_bench::run(args).map(|()| Outcome::Ok),
     };
     match result {

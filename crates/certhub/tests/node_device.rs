@@ -57,72 +57,19 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{HubProcess, certhub_at, enroll_widget, start_hub_on, tmp};
+use common::{HubProcess, certhub_at, enroll_widget, node_dir, node_to_hub, start_hub_on, tmp};
 
 const HOST: &str = "127.0.0.5";
 
-fn node_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/node")
-}
-
-/// `node` with the test port map loaded (`--require portmap.js`), the pinned packages of
-/// tests/interop/node on its module path. Checks first that the map is in effect, so the SDK
-/// can never reach a hub this test did not start.
-fn node_to_hub(hub: &HubProcess) -> Command {
-    let dir = node_dir();
-    for package in [
-        "azure-iot-device-mqtt",
-        "azure-iot-device-http",
-        "azure-iot-device-amqp",
-        "azure-iothub",
-        "@azure/event-hubs",
-    ] {
-        assert!(
-            dir.join("node_modules").join(package).is_dir(),
-            "{} has no node_modules/{package}: run scripts/test, which installs the pinned \
-             Node.js packages (npm ci in tests/interop/node)",
-            dir.display()
-        );
-    }
-    let portmap = dir.join("portmap.js");
-    let mqtt_port = hub.mqtt_port;
-    let https_port = hub.https_port();
-    let amqp_port = hub.amqp_port;
-    let map = format!("8883={mqtt_port},443={https_port},5671={amqp_port}");
-    let command = || {
-        let mut c = Command::new("node");
-        c.env(
-            "NODE_OPTIONS",
-            format!("--require {}", portmap.to_str().expect("a UTF-8 path")),
-        )
-        .env("CERTHUB_TEST_PORT_MAP", &map)
-        .env("NODE_PATH", dir.join("node_modules"));
-        c
-    };
-    let check = command()
-        .args([
-            "-e",
-            "const p = require('./portmap.js'); console.log(JSON.stringify(p.PORT_MAP), \
-             require('net').connect.name, require('net').createConnection.name, \
-             require('tls').connect.name)",
-        ])
-        .current_dir(&dir)
-        .output()
-        .unwrap_or_else(|e| panic!("node (Node.js 20) is required by this test: {e}"));
-    assert_eq!(
-        String::from_utf8_lossy(&check.stdout).trim(),
-        format!(
-            "{{\"443\":{https_port},\"5671\":{amqp_port},\"8883\":{mqtt_port}}} \
-             _mappedNetConnect \
-             _mappedNetCreateConnection _mappedTlsConnect"
-        ),
-        "the Node test port map is not in effect: {}",
-        String::from_utf8_lossy(&check.stderr)
-    );
-    command()
-}
+/// The packages this test's scripts need.
+const NODE_PACKAGES: &[&str] = &[
+    "azure-iot-device-mqtt",
+    "azure-iot-device-http",
+    "azure-iot-device-amqp",
+    "azure-iothub",
+    "@azure/event-hubs",
+];
 
 fn audit(d: &Path, data: &Path) -> Vec<serde_json::Value> {
     let log = certhub_at(d, data, &["audit", "list", "--json", "--top", "200"]).ok();
@@ -179,7 +126,7 @@ impl NodeHub {
     /// [`NodeHub::run`] with more environment variables.
     fn run_with(&self, script: &str, env: &[(&str, &Path)]) -> String {
         let d = self.dir();
-        let out = node_to_hub(&self.hub)
+        let out = node_to_hub(&self.hub, NODE_PACKAGES)
             .envs(env.iter().copied())
             .arg(node_dir().join(script))
             .current_dir(d)
@@ -580,7 +527,7 @@ fn node_event_hubs_sdk_reads_device_telemetry() {
     .to_string();
     // The Event Hubs client takes no CA option: Node's default store, extended.
     let ca = hub.data.join("tls/server-ca.pem");
-    let out = node_to_hub(&hub.hub)
+    let out = node_to_hub(&hub.hub, NODE_PACKAGES)
         .arg(node_dir().join("eventhub.js"))
         .current_dir(hub.dir())
         .env("CERTHUB_HOST", HOST)

@@ -18,16 +18,27 @@ import os
 import socket
 
 PORT_MAP = {}
+# HOST:FROM=TO pairs: port FROM of that host only (tests with two hubs on two addresses).
+HOST_PORT_MAP = {}
 for pair in filter(None, os.environ.get("CERTHUB_TEST_PORT_MAP", "").split(",")):
     source, target = pair.split("=")
-    PORT_MAP[int(source)] = int(target)
+    if ":" in source:
+        host, port = source.rsplit(":", 1)
+        HOST_PORT_MAP[(host, int(port))] = int(target)
+    else:
+        PORT_MAP[int(source)] = int(target)
+
+
+def _map(host, port):
+    return HOST_PORT_MAP.get((host, port), PORT_MAP.get(port, port))
+
 
 if PORT_MAP:
     _create_connection = socket.create_connection
 
     def _mapped_create_connection(address, *args, **kwargs):
         host, port, *rest = address
-        return _create_connection((host, PORT_MAP.get(port, port), *rest), *args, **kwargs)
+        return _create_connection((host, _map(host, port), *rest), *args, **kwargs)
 
     socket.create_connection = _mapped_create_connection
 
@@ -40,7 +51,7 @@ if PORT_MAP:
 
         def _mapped_urllib3_create_connection(address, *args, **kwargs):
             host, port = address
-            return _urllib3_create_connection((host, PORT_MAP.get(port, port)), *args, **kwargs)
+            return _urllib3_create_connection((host, _map(host, port)), *args, **kwargs)
 
         _urllib3_connection.create_connection = _mapped_urllib3_create_connection
 

@@ -48,6 +48,9 @@ pub enum Node {
     Feedback,
     /// `/messages/serviceBound/filenotifications`: file upload notifications for services.
     FileNotifications,
+    /// `{idScope}/registrations/{registrationId}`: a provisioning client's requests (it
+    /// sends) and their answers (it receives).
+    Registration { scope: String, id: String },
     /// `{entity}/ConsumerGroups/{group}/Partitions/{partition}`: an Event Hubs-compatible
     /// reader of device telemetry.
     Partition {
@@ -65,7 +68,7 @@ pub enum AddressError {
     )]
     Missing,
     #[error(
-        "{0:?} is not a node of this hub (devices: /devices/{{id}}/messages/events, /messages/devicebound, /twin, /methods/devicebound; services: /messages/devicebound, /messages/serviceBound/feedback, /messages/serviceBound/filenotifications; $cbs; Event Hubs: {{entity}}/ConsumerGroups/{{group}}/Partitions/{{n}})"
+        "{0:?} is not a node of this hub (devices: /devices/{{id}}/messages/events, /messages/devicebound, /twin, /methods/devicebound; services: /messages/devicebound, /messages/serviceBound/feedback, /messages/serviceBound/filenotifications; $cbs; provisioning: {{idScope}}/registrations/{{id}}; Event Hubs: {{entity}}/ConsumerGroups/{{group}}/Partitions/{{n}})"
     )]
     Unknown(String),
     #[error("{address:?}: {reason}")]
@@ -108,6 +111,12 @@ pub fn parse(address: &str) -> Result<Node, AddressError> {
         }
         3 if word(0, "messages") && word(1, "servicebound") && word(2, "filenotifications") => {
             return Ok(Node::FileNotifications);
+        }
+        3 if word(1, "registrations") && !segments[0].is_empty() && !segments[2].is_empty() => {
+            return Ok(Node::Registration {
+                scope: segments[0].clone(),
+                id: segments[2].clone(),
+            });
         }
         5 if word(1, "consumergroups") && word(3, "partitions") => {
             return Ok(Node::Partition {
@@ -244,6 +253,13 @@ mod tests {
         assert_eq!(
             parse("amqps://localhost:5671/hub/consumergroups/$Default/partitions/0"),
             Ok(partition)
+        );
+        assert_eq!(
+            parse("0ne000A1B2C/registrations/smart-x-widget-0001"),
+            Ok(Node::Registration {
+                scope: "0ne000A1B2C".into(),
+                id: "smart-x-widget-0001".into()
+            })
         );
     }
 

@@ -134,6 +134,14 @@ pub(super) enum Done {
         queue: certhub_store::ServiceQueue,
         result: Result<Option<(String, Vec<u8>)>, Error>,
     },
+    /// A provisioning request's answer: its delivery settled, the answer sent.
+    Dps {
+        link: LinkId,
+        delivery: Option<u32>,
+        id: String,
+        correlation: Option<MessageId>,
+        answer: crate::dps::Answer,
+    },
     /// Telemetry read for a partition receiver.
     Events {
         link: LinkId,
@@ -242,6 +250,11 @@ enum Handler {
         state: Held,
     },
     Service(ServiceLink),
+    /// A provisioning client's requests for registration `id` (it sends); the answers go
+    /// on its `Out` link named `$dps/{id}`.
+    DpsIn {
+        id: String,
+    },
     ManagementIn,
     Partition(Box<Partition>),
 }
@@ -290,6 +303,8 @@ struct Conn {
     follow: Option<watch::Receiver<i64>>,
     /// Service queue updates, while a service receiver waits for them.
     service_queues: Option<watch::Receiver<u64>>,
+    /// A provisioning client's SASL PLAIN credential: its registration id and SAS token.
+    dps_token: Option<(String, String)>,
 }
 
 /// How the hub offers its AMQP connections (one for all of them).
@@ -342,6 +357,7 @@ where
         wake_tx,
         ending: Arc::new(Ending::default()),
         shut: None,
+        dps_token: None,
         closing_until: None,
         token_check: None,
         follow: None,
@@ -656,7 +672,14 @@ impl Conn {
                     response,
                     ..
                 } => {
-                    let ok = if mechanism == "PLAIN" {
+                    let ok = if mechanism == "PLAIN"
+                        && let Some(credential) = provisioning_plain(response.as_deref())
+                    {
+                        // A provisioning client's symmetric key: judged with its register
+                        // request.
+                        self.dps_token = Some(credential);
+                        true
+                    } else if mechanism == "PLAIN" {
                         service::sasl_plain(self.state(), response.as_deref(), &self.service)
                     } else {
                         true
@@ -743,6 +766,30 @@ impl Conn {
                 node @ (Node::Events(_) | Node::Twin(_) | Node::DeviceBound(_) | Node::Methods(_)),
                 _,
             ) => self.device_attach(request, node),
+            (Node::Registration { scope, id }, client_sends) => {
+                if !scope.eq_ignore_ascii_case(self.state().id_scope()) {
+                    let why = format!(
+                        "no ID scope {scope:?} here; this hub's is {}",
+                        self.state().id_scope()
+                    );
+                    self.engine
+                        .refuse(*request, error(AmqpError::NotFound, &why));
+                    return;
+                }
+                if client_sends {
+                    self.engine.accept(&request, REQUEST_WINDOW);
+                    self.links.insert(link, Handler::DpsIn { id });
+                } else {
+                    self.engine.accept(&request, 0);
+                    self.links.insert(
+                        link,
+                        Handler::Out {
+                            client_id: format!("$dps/{id}"),
+                            queue: VecDeque::new(),
+                        },
+                    );
+                }
+            }
             (node @ (Node::ServiceDeviceBound | Node::Feedback | Node::FileNotifications), _) => {
                 self.links.insert(link, Handler::Pending);
                 let state = self.state().clone();
@@ -1083,7 +1130,7 @@ impl Conn {
         };
         // Requests are accepted as read (their answer is a message of its own); a C2D send
         // is settled with its outcome.
-        if !settled && !matches!(handler, Handler::Service(_)) {
+        if !settled && !matches!(handler, Handler::Service(_) | Handler::DpsIn { .. }) {
             self.engine
                 .settle(link, delivery, DeliveryState::Accepted(Accepted {}));
         }
@@ -1106,6 +1153,10 @@ impl Conn {
             Some(Handler::TwinIn { client_id }) => {
                 let client_id = client_id.clone();
                 self.twin_request(client_id, request);
+            }
+            Some(Handler::DpsIn { id }) => {
+                let id = id.clone();
+                self.provisioning_request(link, (!settled).then_some(delivery), id, &request);
             }
             Some(Handler::MethodsIn { client_id }) => {
                 let client_id = client_id.clone();
@@ -1293,6 +1344,145 @@ impl Conn {
                 message: answer(status, version, body),
             }
         }));
+    }
+
+    /// A provisioning request (azure-more-protocols 6.2): `iotdps-operation-type` says
+    /// register or poll; the credential is the connection's TLS chain or its SASL PLAIN token.
+    fn provisioning_request(
+        &mut self,
+        link: LinkId,
+        delivery: Option<u32>,
+        id: String,
+        request: &AnyMessage,
+    ) {
+        let operation = property(request, "iotdps-operation-type")
+            .unwrap_or_default()
+            .to_string();
+        let operation_id = property(request, "iotdps-operation-id").map(str::to_string);
+        let force = request
+            .application_properties
+            .as_ref()
+            .and_then(|p| p.0.get("iotdps-forceRegistration"))
+            .is_some_and(|v| matches!(v, SimpleValue::Bool(true)));
+        let correlation = request
+            .properties
+            .as_ref()
+            .and_then(|p| p.correlation_id.clone());
+        let body = body_bytes(request);
+        let token = self
+            .dps_token
+            .as_ref()
+            .filter(|(who, _)| who.eq_ignore_ascii_case(&id))
+            .map(|(_, t)| t.clone());
+        let state = self.state().clone();
+        let peer = self.peer;
+        let chain = self.chain.clone();
+        let transport = self.core.listener();
+        self.work.push(Box::pin(async move {
+            let answer = match (operation.as_str(), operation_id) {
+                ("iotdps-register", _) => {
+                    let parsed: serde_json::Value =
+                        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+                    match crate::dps::mqtt::check_body(&parsed, &id) {
+                        Err(e) => crate::dps::Answer::error(&e),
+                        Ok(payload) => {
+                            crate::dps::register(
+                                &state,
+                                crate::dps::Request {
+                                    registration_id: &id,
+                                    peer,
+                                    chain: &chain,
+                                    token: token.as_deref(),
+                                    payload,
+                                    force,
+                                    transport,
+                                },
+                            )
+                            .await
+                        }
+                    }
+                }
+                ("iotdps-get-operationstatus", Some(op)) => {
+                    if crate::dps::prove_again(&state, &id, &chain, token.as_deref()).await {
+                        crate::dps::operation_status(&state, &id, &op).await
+                    } else {
+                        crate::dps::Answer::error(&crate::dps::unauthorized())
+                    }
+                }
+                (other, _) => crate::dps::Answer::error(&certhub_core::dps::DpsError::bad_request(
+                    format!("iotdps-operation-type {other:?} is not one this service answers (iotdps-register, iotdps-get-operationstatus with iotdps-operation-id)"),
+                )),
+            };
+            Done::Dps {
+                link,
+                delivery,
+                id,
+                correlation,
+                answer,
+            }
+        }));
+    }
+
+    /// Settles a provisioning request and sends its answer: a refusal rejects the delivery
+    /// (the Node SDK reports it as the error), a retryable failure rejects it as an internal
+    /// error (the SDK tries again), anything else is accepted and answered on the client's
+    /// receiver link under the request's correlation id.
+    fn provisioning_answer(
+        &mut self,
+        link: LinkId,
+        delivery: Option<u32>,
+        id: &str,
+        correlation: Option<MessageId>,
+        answer: &crate::dps::Answer,
+    ) {
+        if answer.status >= 300 {
+            let message = answer.body["message"]
+                .as_str()
+                .unwrap_or("refused")
+                .to_string();
+            let condition = match answer.status {
+                401 | 403 => AmqpError::UnauthorizedAccess,
+                404 => AmqpError::NotFound,
+                429 | 500.. => AmqpError::InternalError,
+                _ => AmqpError::InvalidField,
+            };
+            if let Some(d) = delivery {
+                self.engine.settle(link, d, rejected(condition, &message));
+            }
+            return;
+        }
+        if let Some(d) = delivery {
+            self.engine
+                .settle(link, d, DeliveryState::Accepted(Accepted {}));
+        }
+        let mut properties = ApplicationProperties::builder();
+        if let Some(s) = answer.retry_after {
+            properties = properties.insert("retry-after", s.to_string());
+        }
+        let message = Message::builder()
+            .properties(Properties {
+                correlation_id: correlation,
+                ..Default::default()
+            })
+            .application_properties(properties.build())
+            .body(Body::Data(
+                vec![Data(answer.body.to_string().into_bytes().into())].into(),
+            ))
+            .build();
+        let name = format!("$dps/{id}");
+        let out = self.links.iter_mut().find_map(|(l, h)| match h {
+            Handler::Out { client_id, queue } if *client_id == name => Some((*l, queue)),
+            _ => None,
+        });
+        if let Some((out, queue)) = out {
+            queue.push_back(encode(&message));
+            self.pump(out);
+        } else {
+            tracing::debug!(
+                registration_id = id,
+                "a provisioning answer with no receiver link"
+            );
+        }
     }
 
     fn send_on_twin(&mut self, client_id: &str, message: Vec<u8>) {
@@ -1586,6 +1776,13 @@ impl Conn {
                 }
             }
             Done::Twin { client_id, message } => self.send_on_twin(&client_id, message),
+            Done::Dps {
+                link,
+                delivery,
+                id,
+                correlation,
+                answer,
+            } => self.provisioning_answer(link, delivery, &id, correlation, &answer),
             Done::C2dLocked {
                 link,
                 device,
@@ -2085,13 +2282,17 @@ fn telemetry_parts(message: &AnyMessage) -> (MessageProperties, Vec<u8>) {
             props.application.insert(key.clone(), simple_text(value));
         }
     }
-    let body = match &message.body {
+    (props, body_bytes(message))
+}
+
+/// A message's body as bytes: its data sections, or a string or binary value.
+fn body_bytes(message: &AnyMessage) -> Vec<u8> {
+    match &message.body {
         Body::Data(batch) => batch.iter().flat_map(|d| d.0.iter().copied()).collect(),
         Body::Value(AmqpValue(Value::String(s))) => s.clone().into_bytes(),
         Body::Value(AmqpValue(Value::Binary(b))) => b.to_vec(),
         _ => Vec::new(),
-    };
-    (props, body)
+    }
 }
 
 pub(super) fn id_text(id: &MessageId) -> String {
@@ -2136,6 +2337,32 @@ pub(super) fn simple_text(value: &SimpleValue) -> String {
         SimpleValue::Float(n) => n.to_string(),
         other => format!("{other:?}"),
     }
+}
+
+/// A provisioning client's SASL PLAIN response: user `{idScope}/registrations/{id}`, the SAS
+/// token as password. Returns the registration id and the token.
+fn provisioning_plain(response: Option<&[u8]>) -> Option<(String, String)> {
+    let mut parts = response?.split(|b| *b == 0);
+    let (_, Some(user), Some(password)) = (parts.next(), parts.next(), parts.next()) else {
+        return None;
+    };
+    let user = std::str::from_utf8(user).ok()?;
+    let mut segments = user.split('/');
+    let (Some(scope), Some(word), Some(id), None) = (
+        segments.next(),
+        segments.next(),
+        segments.next(),
+        segments.next(),
+    ) else {
+        return None;
+    };
+    if scope.is_empty() || id.is_empty() || !word.eq_ignore_ascii_case("registrations") {
+        return None;
+    }
+    Some((
+        id.to_string(),
+        String::from_utf8_lossy(password).into_owned(),
+    ))
 }
 
 #[cfg(test)]

@@ -268,6 +268,32 @@ pub async fn upload(
     described(&state, &result?, false).await
 }
 
+/// A CA to register: `cert` with its facts, verified or not, at `now`.
+pub(super) fn ca_record(
+    name: &str,
+    cert: &certhub_pki::CertificateDer<'_>,
+    facts: certhub_pki::CaFacts,
+    is_verified: bool,
+    now: i64,
+) -> CaRecord {
+    CaRecord {
+        name: name.to_string(),
+        pem: certhub_pki::to_pem(cert),
+        subject: facts.subject,
+        issuer: facts.issuer,
+        sha1: facts.thumbprints.sha1,
+        sha256: facts.thumbprints.sha256,
+        not_before_ms: facts.not_before_secs * 1000,
+        not_after_ms: facts.not_after_secs * 1000,
+        is_verified,
+        etag: Etag::random(),
+        verification_code: None,
+        code_expires_ms: 0,
+        created_ms: now,
+        updated_ms: now,
+    }
+}
+
 async fn upload_inner(
     state: &AppState,
     caller: &Caller,
@@ -310,22 +336,7 @@ async fn upload_inner(
             ),
         ));
     }
-    let record = CaRecord {
-        name: name.to_string(),
-        pem: certhub_pki::to_pem(&cert),
-        subject: facts.subject,
-        issuer: facts.issuer,
-        sha1: facts.thumbprints.sha1,
-        sha256: facts.thumbprints.sha256,
-        not_before_ms: facts.not_before_secs * 1000,
-        not_after_ms: facts.not_after_secs * 1000,
-        is_verified: body.properties.is_verified,
-        etag: Etag::random(),
-        verification_code: None,
-        code_expires_ms: 0,
-        created_ms: now,
-        updated_ms: now,
-    };
+    let record = ca_record(name, &cert, facts, body.properties.is_verified, now);
     match state.store().create_ca(&record).await? {
         WriteOutcome::Written => Ok(record),
         _ => Err(ApiError::new(

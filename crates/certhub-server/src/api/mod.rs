@@ -12,6 +12,8 @@ mod certificates;
 #[allow(unused_qualifications)]
 mod devices;
 mod doc;
+#[allow(unused_qualifications)]
+mod dps;
 mod error;
 #[allow(unused_qualifications)]
 mod files;
@@ -140,6 +142,25 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(hub::audit))
         .routes(routes!(messages::events))
         .routes(routes!(messages::stream))
+        .routes(routes!(dps::get_group, dps::put_group, dps::delete_group))
+        .routes(routes!(dps::query_groups))
+        .routes(routes!(dps::bulk_groups))
+        .routes(routes!(dps::bulk_groups_slash))
+        .routes(routes!(dps::group_attestation))
+        .routes(routes!(dps::group_attestation_lower))
+        .routes(routes!(
+            dps::get_enrollment,
+            dps::put_enrollment,
+            dps::delete_enrollment
+        ))
+        .routes(routes!(dps::query_enrollments))
+        .routes(routes!(dps::bulk_enrollments))
+        .routes(routes!(dps::bulk_enrollments_slash))
+        .routes(routes!(dps::enrollment_attestation))
+        .routes(routes!(dps::get_registration, dps::delete_registration))
+        .routes(routes!(dps::query_registrations))
+        .routes(routes!(dps::provisioning))
+        .routes(routes!(dps::put_linked_hub, dps::delete_linked_hub))
         .routes(routes!(openapi))
         .routes(routes!(metrics))
 }

@@ -43,7 +43,7 @@ pub(crate) struct Connection {
     pub pending: Pending,
 }
 
-type Conn<S> = Framed<S, Codec>;
+pub(crate) type Conn<S> = Framed<S, Codec>;
 
 /// A device's connection from its first byte of MQTT to its end.
 pub(crate) async fn run<S>(io: S, conn: Connection, core: Arc<DeviceCore>)
@@ -120,6 +120,19 @@ where
                 }
             }
             Action::Admit(connect) => {
+                if crate::dps::mqtt::is_provisioning(connect.username.as_deref()).is_some() {
+                    // A provisioning client: served here, never a device session.
+                    Box::pin(crate::dps::mqtt::serve(
+                        framed,
+                        core.state(),
+                        &connect,
+                        peer,
+                        &chain,
+                        core.listener(),
+                    ))
+                    .await;
+                    return None;
+                }
                 let answer = match decide(core, &connect, peer, &chain, tls13).await {
                     Ok(opened) => {
                         let input = Input::Admitted {
@@ -473,7 +486,7 @@ where
 }
 
 /// Writes a packet now.
-async fn write<S>(framed: &mut Conn<S>, packet: Packet) -> bool
+pub(crate) async fn write<S>(framed: &mut Conn<S>, packet: Packet) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {

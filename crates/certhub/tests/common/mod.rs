@@ -795,3 +795,59 @@ pub fn script_passed(out: &Output, script: &str, last: &str) -> String {
     );
     stdout.into_owned()
 }
+
+/// tests/interop/node: the Node.js scripts and their pinned packages.
+pub fn node_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/node")
+}
+
+/// `node` with the test port map loaded (`--require portmap.js`), the pinned packages of
+/// tests/interop/node on its module path (`packages` must be installed there). Checks first that the map is in effect, so the SDK
+/// can never reach a hub this test did not start.
+pub fn node_to_hub(hub: &HubProcess, packages: &[&str]) -> Command {
+    let dir = node_dir();
+    for package in packages {
+        assert!(
+            dir.join("node_modules").join(package).is_dir(),
+            "{} has no node_modules/{package}: run scripts/test, which installs the pinned \
+             Node.js packages (npm ci in tests/interop/node)",
+            dir.display()
+        );
+    }
+    let portmap = dir.join("portmap.js");
+    let mqtt_port = hub.mqtt_port;
+    let https_port = hub.https_port();
+    let amqp_port = hub.amqp_port;
+    let map = format!("8883={mqtt_port},443={https_port},5671={amqp_port}");
+    let command = || {
+        let mut c = Command::new("node");
+        c.env(
+            "NODE_OPTIONS",
+            format!("--require {}", portmap.to_str().expect("a UTF-8 path")),
+        )
+        .env("CERTHUB_TEST_PORT_MAP", &map)
+        .env("NODE_PATH", dir.join("node_modules"));
+        c
+    };
+    let check = command()
+        .args([
+            "-e",
+            "const p = require('./portmap.js'); console.log(JSON.stringify(p.PORT_MAP), \
+             require('net').connect.name, require('net').createConnection.name, \
+             require('tls').connect.name)",
+        ])
+        .current_dir(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("node (Node.js 20) is required by this test: {e}"));
+    assert_eq!(
+        String::from_utf8_lossy(&check.stdout).trim(),
+        format!(
+            "{{\"443\":{https_port},\"5671\":{amqp_port},\"8883\":{mqtt_port}}} \
+             _mappedNetConnect \
+             _mappedNetCreateConnection _mappedTlsConnect"
+        ),
+        "the Node test port map is not in effect: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    command()
+}

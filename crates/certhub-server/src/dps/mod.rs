@@ -1,0 +1,1142 @@
+//! Device provisioning (azure-more-protocols 6, azure-protocol 7): a device that knows only
+//! this hub's provisioning endpoint and its own credential registers, is judged against the
+//! enrollments, created on a hub and told which one. The provisioning endpoint is the hub's
+//! own listeners: MQTT CONNECTs whose username starts with `{idScope}/registrations/` on
+//! 8883 and over WebSockets on 443 ([`mqtt`]), `PUT /{idScope}/registrations/{id}/register`
+//! on 443 ([`https`]); the DPS service API (`/enrollmentGroups`, `/enrollments`,
+//! `/registrations`) sits beside the hub's service API (`api/dps.rs`).
+//!
+//! [`register`] is the whole decision and its effects, shared by the transports: who the
+//! device is (its X.509 chain judged as a CONNECT would be, or its SAS token), which
+//! enrollment admits it, which hub it goes to, the device created there with the initial twin,
+//! the registration state written. Every refusal is audited (`dps.register`) with a named
+//! reason; the device learns only that it was not authorised.
+
+pub(crate) mod https;
+pub(crate) mod hubs;
+pub(crate) mod mqtt;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use certhub_core::dps::{Attestation, Candidate, DpsError, Kind, attestation_of, check_dps_id};
+
+use certhub_core::{
+    AuthType, Authentication, AuthenticationInput, Context, DeviceId, Etag, SymmetricKey,
+    TrustSnapshot, X509Thumbprint, azure_time,
+};
+use certhub_pki::{CertificateDer, Thumbprints, TrustStore, UnixTime};
+use certhub_store::{AuditRecord, EnrollmentKind, RegistrationRecord, WriteOutcome};
+use hubs::Hub;
+use serde_json::{Value, json};
+
+use crate::device::{bounded, presented};
+use crate::state::{AppState, now_ms};
+
+/// The provisioning service's state in the hub.
+#[derive(Debug)]
+pub(crate) struct DpsState {
+    id_scope: String,
+    /// Registration ids being registered now: a second registration of the same id waits for
+    /// the first and then sees its result.
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One-CA trust snapshots of the CAs enrollment groups name, for the trust snapshot they
+    /// were made from (a CA change makes a new one).
+    group_cas: Mutex<GroupCas>,
+    /// Linked hubs ready to call, by name, with the record they were made from.
+    linked: Mutex<HashMap<String, (certhub_store::LinkedHubRecord, Arc<hubs::Linked>)>>,
+}
+
+#[derive(Debug, Default)]
+struct GroupCas {
+    of: Option<Arc<TrustSnapshot>>,
+    cas: HashMap<String, Arc<GroupCa>>,
+}
+
+/// A CA an enrollment group names, as the hub holds it now.
+#[derive(Debug)]
+enum GroupCa {
+    Verified(TrustSnapshot),
+    /// Registered but without proof of possession: it admits no one.
+    Unverified(TrustSnapshot),
+    Missing,
+}
+
+impl DpsState {
+    pub(crate) fn new(id_scope: String) -> Self {
+        Self {
+            id_scope,
+            inflight: Mutex::default(),
+            group_cas: Mutex::default(),
+            linked: Mutex::default(),
+        }
+    }
+
+    pub(crate) fn id_scope(&self) -> &str {
+        &self.id_scope
+    }
+
+    /// A linked hub ready to call (made again when its record changed).
+    fn linked(&self, rec: &certhub_store::LinkedHubRecord) -> Result<Arc<hubs::Linked>, String> {
+        let mut linked = self.linked.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((made_from, hub)) = linked.get(&rec.name)
+            && made_from == rec
+        {
+            return Ok(hub.clone());
+        }
+        let hub = Arc::new(hubs::Linked::new(rec)?);
+        linked.insert(rec.name.clone(), (rec.clone(), hub.clone()));
+        Ok(hub)
+    }
+
+    fn group_cas(&self) -> std::sync::MutexGuard<'_, GroupCas> {
+        self.group_cas.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<tokio::sync::Mutex<()>>>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A registration request, whatever its transport.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    pub registration_id: &'a str,
+    pub peer: SocketAddr,
+    /// The TLS client chain, leaf first.
+    pub chain: &'a [CertificateDer<'static>],
+    /// The SAS token (symmetric-key attestation).
+    pub token: Option<&'a str>,
+    /// The device's `payload`, passed back in the registration state.
+    pub payload: Option<Value>,
+    /// `forceRegistration`: register again even if nothing changed.
+    pub force: bool,
+    /// `mqtt`, `mqtt-ws`, `https`, `amqp` (audit records say which).
+    pub transport: &'static str,
+}
+
+/// What the device is told: an HTTP-like status and the body (the registration operation
+/// status, or a DPS error).
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    pub status: u16,
+    pub body: Value,
+    /// Seconds the device should wait before it asks again (429 and 503 answers).
+    pub retry_after: Option<u32>,
+}
+
+impl Answer {
+    pub(crate) fn error(e: &DpsError) -> Self {
+        Self {
+            status: e.status,
+            body: error_body(e),
+            retry_after: (e.status == 429 || e.status >= 500).then_some(2),
+        }
+    }
+}
+
+/// DPS's error body (azure-more-protocols 6.1).
+pub(crate) fn error_body(e: &DpsError) -> Value {
+    json!({
+        "errorCode": e.code,
+        "trackingId": new_uuid(),
+        "message": e.message,
+        "timestampUtc": azure_time(now_ms()),
+    })
+}
+
+/// What the device learns of a refusal; the operator reads the named reason in the audit
+/// trail.
+pub(crate) fn unauthorized() -> DpsError {
+    DpsError::new(
+        401,
+        401_002,
+        "not authorized: the hub's audit trail (certhub audit --operation dps.register) names the reason",
+    )
+}
+
+/// A refusal with its name (for the audit trail and metrics) and detail.
+#[derive(Debug)]
+struct Refusal {
+    reason: &'static str,
+    detail: String,
+}
+
+fn refusal(reason: &'static str, detail: impl Into<String>) -> Refusal {
+    Refusal {
+        reason,
+        detail: detail.into(),
+    }
+}
+
+/// The enrollment that admitted a device, and how the device proved itself.
+#[derive(Debug)]
+struct Admitted {
+    kind: Kind,
+    /// The enrollment's id (group id or registration id) as stored (lower-cased).
+    enrollment_id: String,
+    doc: Value,
+    attestation: Attestation,
+    /// The key the device signed with (symmetric key), for its identity on the hub.
+    device_key: Option<(String, String)>,
+    /// Azure's `x509` section of the registration state.
+    x509: Option<Value>,
+}
+
+/// Registers a device: judges it, assigns it, creates it on its hub, records the state. The
+/// answer is the operation status as the SDKs poll it (the assignment is done before it is
+/// sent: `assigned` or `failed`, never `assigning`).
+pub(crate) async fn register(state: &AppState, req: Request<'_>) -> Answer {
+    let id = req.registration_id;
+    if let Err(e) = check_dps_id("registration id", id) {
+        audit_refusal(state, &req, "bad-registration-id", &e.message).await;
+        return Answer::error(&e);
+    }
+    let key = id.to_ascii_lowercase();
+    // One registration of an id at a time in this process; across processes the store's
+    // conditional writes decide.
+    let lock = {
+        let mut inflight = state.dps().inflight();
+        inflight.entry(key.clone()).or_default().clone()
+    };
+    let answer = {
+        let _turn = lock.lock().await;
+        Box::pin(register_locked(state, &req, &key)).await
+    };
+    {
+        let mut inflight = state.dps().inflight();
+        // Two references: the map's and ours. Anyone else waiting keeps it in the map.
+        if Arc::strong_count(&lock) <= 2 {
+            inflight.remove(&key);
+        }
+    }
+    answer
+}
+
+async fn register_locked(state: &AppState, req: &Request<'_>, key: &str) -> Answer {
+    let admitted = match Box::pin(judge(state, req, key)).await {
+        Ok(a) => a,
+        Err(Err(e)) => {
+            tracing::error!(error = %e, "provisioning store read failed");
+            return Answer::error(&DpsError::new(
+                503,
+                503_000,
+                "the provisioning service could not read its store; try again",
+            ));
+        }
+        Err(Ok(r)) => {
+            tracing::info!(reason = r.reason, registration_id = req.registration_id, peer = %req.peer, "registration refused");
+            let detail = format!(
+                "{}; presented: {}; peer {} over {}",
+                r.detail,
+                presented(req.chain),
+                req.peer,
+                req.transport
+            );
+            audit_refusal(state, req, r.reason, &detail).await;
+            return Answer::error(&unauthorized());
+        }
+    };
+    let through = format!("{} {}", admitted.kind.noun(), admitted.enrollment_id);
+    match Box::pin(assign(state, req, key, admitted)).await {
+        Ok(answer) => answer,
+        Err(e) => {
+            // Refusals made during assignment (a disabled device) are audited where they are
+            // made; failures are audited here, with what the device is told.
+            if e.status != 401 {
+                let reason = match e.status {
+                    503 => "hub-unavailable",
+                    409 => "conflict",
+                    _ => "assignment-failed",
+                };
+                let detail = format!(
+                    "through {through}: {}; the device is told {} (retry: {}); peer {} over {}",
+                    e.message,
+                    e.status,
+                    e.status == 429 || e.status >= 500,
+                    req.peer,
+                    req.transport
+                );
+                audit_refusal(state, req, reason, &detail).await;
+            }
+            Answer::error(&e)
+        }
+    }
+}
+
+async fn audit_refusal(state: &AppState, req: &Request<'_>, reason: &str, detail: &str) {
+    state.metrics().connect(reason);
+    let record = AuditRecord::new(
+        now_ms(),
+        "device",
+        "dps.register",
+        &format!("registrations/{}", bounded(req.registration_id, 256)),
+        reason,
+        &bounded(detail, 4096),
+    );
+    state.bookkeeper().audit(record).await;
+}
+
+type Judged = Result<Admitted, Result<Refusal, certhub_store::StoreError>>;
+
+/// Which enrollment admits the device, and by which proof. Lookup as Azure's: an individual
+/// enrollment of the registration id first (a disabled one blocks), then the groups.
+async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
+    let store = state.store();
+    let individual = store
+        .enrollment(EnrollmentKind::Individual, key)
+        .await
+        .map_err(Err)?;
+    let now = now_ms();
+    if let Some(rec) = individual {
+        let doc: Value = serde_json::from_str(&rec.doc).map_err(|e| {
+            Err(certhub_store::StoreError::Corrupt(format!(
+                "enrollment {key}: {e}"
+            )))
+        })?;
+        let attestation = attestation_of(Kind::Individual, &doc)
+            .map_err(|e| Ok(refusal("enrollment-unusable", e)))?;
+        let x509 = prove(state, req, &attestation, now)?;
+        if doc["provisioningStatus"] == "disabled" {
+            return Err(Ok(refusal(
+                "enrollment-disabled",
+                format!("the individual enrollment {key} is disabled"),
+            )));
+        }
+        return Ok(Admitted {
+            kind: Kind::Individual,
+            enrollment_id: rec.id,
+            device_key: match &attestation {
+                Attestation::SymmetricKey { primary, secondary } => {
+                    Some((primary.clone(), secondary.clone()))
+                }
+                _ => None,
+            },
+            doc,
+            attestation,
+            x509,
+        });
+    }
+    // The groups, nearest CA first for X.509 (the group of the leaf's issuer before the group
+    // of its root), the first whose key derives the device's for symmetric keys.
+    let mut groups = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = store
+            .enrollments(EnrollmentKind::Group, &after, 500)
+            .await
+            .map_err(Err)?;
+        let Some(last) = page.last() else { break };
+        after = last.id.clone();
+        for rec in page {
+            let doc: Value = serde_json::from_str(&rec.doc).map_err(|e| {
+                Err(certhub_store::StoreError::Corrupt(format!(
+                    "enrollment group {}: {e}",
+                    rec.id
+                )))
+            })?;
+            groups.push((rec.id, doc));
+        }
+    }
+    if req.token.is_some() {
+        for (gid, doc) in &groups {
+            let Ok(Attestation::SymmetricKey { primary, secondary }) =
+                attestation_of(Kind::Group, doc)
+            else {
+                continue;
+            };
+            let derived: Vec<String> = [&primary, &secondary]
+                .iter()
+                .filter_map(|k| certhub_core::dps::derive_device_key(k, req.registration_id))
+                .collect();
+            let keys: Vec<&str> = derived.iter().map(String::as_str).collect();
+            let token = req.token.unwrap_or_default();
+            if certhub_core::dps::verify_registration_token(
+                token,
+                state.dps().id_scope(),
+                req.registration_id,
+                &keys,
+                now / 1000,
+            )
+            .is_ok()
+            {
+                if doc["provisioningStatus"] == "disabled" {
+                    return Err(Ok(refusal(
+                        "enrollment-disabled",
+                        format!("the enrollment group {gid} is disabled"),
+                    )));
+                }
+                let device_key = Some((
+                    derived[0].clone(),
+                    derived.get(1).cloned().unwrap_or_default(),
+                ));
+                return Ok(Admitted {
+                    kind: Kind::Group,
+                    enrollment_id: gid.clone(),
+                    doc: doc.clone(),
+                    attestation: Attestation::SymmetricKey { primary, secondary },
+                    device_key,
+                    x509: None,
+                });
+            }
+        }
+        let why = certhub_core::dps::verify_registration_token(
+            req.token.unwrap_or_default(),
+            state.dps().id_scope(),
+            req.registration_id,
+            &[],
+            now / 1000,
+        )
+        .err()
+        .filter(|e| !e.contains("signature"))
+        .unwrap_or_else(|| {
+            "the token is not signed by the key of an individual enrollment of this id nor derived from the key of any symmetric-key enrollment group".into()
+        });
+        return Err(Ok(refusal("no-enrollment", why)));
+    }
+    if req.chain.is_empty() {
+        return Err(Ok(refusal(
+            "no-credential",
+            "the device presented neither a client certificate nor a SAS token",
+        )));
+    }
+    // X.509 groups: the chain judged against each group's CA alone; the nearest CA wins.
+    let mut best: Option<(usize, &String, &Value, String)> = None;
+    let mut nearest_failure: Option<Refusal> = None;
+    for (gid, doc) in &groups {
+        let Ok(Attestation::X509Group { ca }) = attestation_of(Kind::Group, doc) else {
+            continue;
+        };
+        let group_ca = group_ca(state, &ca).await.map_err(Err)?;
+        match &*group_ca {
+            GroupCa::Verified(trust) => {
+                match certhub_pki::verify_device_chain(
+                    req.chain,
+                    &trust.verified,
+                    Some(req.registration_id),
+                    unix(now),
+                ) {
+                    Ok(v) => {
+                        let depth = v.path.len();
+                        if best.as_ref().is_none_or(|b| depth < b.0) {
+                            best = Some((depth, gid, doc, ca.clone()));
+                        }
+                    }
+                    Err(r) => {
+                        let reason = r.reason.as_str();
+                        // A chain that reaches the CA and fails there (an expired leaf, a CN
+                        // that is not the registration id) says more than "no group".
+                        if !matches!(reason, "unknown-issuer" | "missing-intermediate")
+                            && nearest_failure.is_none()
+                        {
+                            nearest_failure = Some(refusal(
+                                r.reason.as_str(),
+                                format!("enrollment group {gid} (CA {ca}): {}", r.detail),
+                            ));
+                        }
+                    }
+                }
+            }
+            GroupCa::Unverified(trust) => {
+                if certhub_pki::verify_device_chain(
+                    req.chain,
+                    &trust.verified,
+                    Some(req.registration_id),
+                    unix(now),
+                )
+                .is_ok()
+                    && nearest_failure.is_none()
+                {
+                    nearest_failure = Some(refusal(
+                        "ca-not-verified",
+                        format!(
+                            "the chain reaches CA {ca:?} of enrollment group {gid}, which is registered but not verified: prove possession of its key (certhub ca verification-code --name {ca})"
+                        ),
+                    ));
+                }
+            }
+            GroupCa::Missing => {}
+        }
+    }
+    if let Some((_, gid, doc, ca)) = best {
+        if doc["provisioningStatus"] == "disabled" {
+            return Err(Ok(refusal(
+                "enrollment-disabled",
+                format!("the enrollment group {gid} (CA {ca}) is disabled"),
+            )));
+        }
+        let leaf = &req.chain[0];
+        let signing = match &*group_ca(state, &ca).await.map_err(Err)? {
+            GroupCa::Verified(_) => ca_info(state, &ca).await,
+            _ => Value::Null,
+        };
+        return Ok(Admitted {
+            kind: Kind::Group,
+            enrollment_id: gid.clone(),
+            doc: doc.clone(),
+            attestation: Attestation::X509Group { ca },
+            device_key: None,
+            x509: Some(json!({
+                "enrollmentGroupId": gid,
+                "certificateInfo": certificate_info(leaf.as_ref()),
+                "signingCertificateInfo": signing,
+            })),
+        });
+    }
+    Err(Ok(nearest_failure.unwrap_or_else(|| {
+        refusal(
+            "no-enrollment",
+            format!(
+                "no individual enrollment of {:?}, and the chain reaches the CA of no X.509 enrollment group",
+                req.registration_id
+            ),
+        )
+    })))
+}
+
+/// Checks an individual enrollment's attestation against what the device presented; returns
+/// the registration state's `x509` section for certificates.
+fn prove(
+    state: &AppState,
+    req: &Request<'_>,
+    attestation: &Attestation,
+    now: i64,
+) -> Result<Option<Value>, Result<Refusal, certhub_store::StoreError>> {
+    match attestation {
+        Attestation::SymmetricKey { primary, secondary } => {
+            let Some(token) = req.token else {
+                return Err(Ok(refusal(
+                    "auth-method-mismatch",
+                    format!(
+                        "the individual enrollment {} uses symmetric keys but the device sent no SAS token",
+                        req.registration_id
+                    ),
+                )));
+            };
+            certhub_core::dps::verify_registration_token(
+                token,
+                state.dps().id_scope(),
+                req.registration_id,
+                &[primary, secondary],
+                now / 1000,
+            )
+            .map_err(|e| Ok(refusal("bad-token", e)))?;
+            Ok(None)
+        }
+        Attestation::X509Leaf { thumbprints } => {
+            let leaf = req.chain.first().ok_or_else(|| {
+                Ok(refusal(
+                    "auth-method-mismatch",
+                    format!(
+                        "the individual enrollment {} uses an X.509 certificate but the device presented none",
+                        req.registration_id
+                    ),
+                ))
+            })?;
+            let t = Thumbprints::of(leaf.as_ref());
+            if !thumbprints.iter().any(|w| t.matches(w)) {
+                return Err(Ok(refusal(
+                    "thumbprint-mismatch",
+                    format!(
+                        "the certificate's thumbprint (SHA-256 {}) is not the individual enrollment's",
+                        t.sha256
+                    ),
+                )));
+            }
+            // Validity and the CN, as the hub judges a thumbprint device.
+            let cn_ok = certhub_pki::describe_certificate(leaf.as_ref())
+                .map(|i| common_name(&i.subject) == Some(req.registration_id.to_string()))
+                .unwrap_or(false);
+            if !cn_ok {
+                return Err(Ok(refusal(
+                    "cn-mismatch",
+                    format!(
+                        "the certificate's CN is not the registration id {:?}",
+                        req.registration_id
+                    ),
+                )));
+            }
+            let trust = TrustSnapshot::default();
+            let settings = certhub_core::HubSettings::default();
+            let ctx = Context {
+                trust: &trust,
+                settings: &settings,
+                policies: &[],
+                hostnames: &[],
+                now: unix(now),
+            };
+            let auth = Authentication {
+                kind: AuthType::SelfSigned,
+                symmetric_key: SymmetricKey::default(),
+                x509_thumbprint: X509Thumbprint {
+                    primary_thumbprint: Some(t.sha256.clone()),
+                    secondary_thumbprint: None,
+                },
+            };
+            certhub_core::authenticate_certificate(req.registration_id, req.chain, &auth, &ctx)
+                .map_err(|r| {
+                    Ok(Refusal {
+                        reason: r.reason,
+                        detail: r.detail,
+                    })
+                })?;
+            Ok(Some(json!({
+                "enrollmentGroupId": null,
+                "certificateInfo": certificate_info(leaf.as_ref()),
+            })))
+        }
+        Attestation::X509Group { .. } => Ok(None),
+    }
+}
+
+fn common_name(subject: &str) -> Option<String> {
+    subject
+        .split(',')
+        .map(str::trim)
+        .find_map(|part| part.strip_prefix("CN="))
+        .map(str::to_string)
+}
+
+fn unix(ms: i64) -> UnixTime {
+    UnixTime::since_unix_epoch(Duration::from_millis(ms.max(0) as u64))
+}
+
+/// Azure's `X509CertificateInfo` of a certificate (null when it does not parse).
+fn certificate_info(der: &[u8]) -> Value {
+    certhub_core::dps::certificate_info(der).unwrap_or(Value::Null)
+}
+
+async fn ca_info(state: &AppState, name: &str) -> Value {
+    match state.store().ca(name).await {
+        Ok(Some(ca)) => certhub_pki::read_upload(&ca.pem)
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .map(|c| certificate_info(c.as_ref()))
+            .unwrap_or(Value::Null),
+        _ => Value::Null,
+    }
+}
+
+/// The one-CA trust snapshot of a CA a group names, made once per trust snapshot.
+async fn group_ca(state: &AppState, name: &str) -> Result<Arc<GroupCa>, certhub_store::StoreError> {
+    let current = state.trust();
+    {
+        let mut cache = state.dps().group_cas();
+        if cache
+            .of
+            .as_ref()
+            .is_none_or(|of| !Arc::ptr_eq(of, &current))
+        {
+            cache.of = Some(current.clone());
+            cache.cas.clear();
+        }
+        if let Some(ca) = cache.cas.get(name) {
+            return Ok(ca.clone());
+        }
+    }
+    let made = match state.store().ca(name).await? {
+        None => GroupCa::Missing,
+        Some(ca) => {
+            let cert = certhub_pki::read_upload(&ca.pem)
+                .ok()
+                .and_then(|c| c.into_iter().next());
+            match cert.and_then(|c| TrustStore::new([c]).ok()) {
+                None => GroupCa::Missing,
+                Some(store) => {
+                    let snapshot = TrustSnapshot {
+                        verified: store,
+                        verified_names: vec![ca.name.clone()],
+                        ..TrustSnapshot::default()
+                    };
+                    if ca.is_verified {
+                        GroupCa::Verified(snapshot)
+                    } else {
+                        GroupCa::Unverified(snapshot)
+                    }
+                }
+            }
+        }
+    };
+    let made = Arc::new(made);
+    let mut cache = state.dps().group_cas();
+    if cache
+        .of
+        .as_ref()
+        .is_some_and(|of| Arc::ptr_eq(of, &current))
+    {
+        cache.cas.insert(name.to_string(), made.clone());
+    }
+    Ok(made)
+}
+
+/// Where a registration goes: the hub an enrollment's allocation policy picks among the hubs
+/// it may use (its `iotHubs`, else this hub and every linked hub that takes allocations).
+async fn choose(
+    state: &AppState,
+    doc: &Value,
+    registration_id: &str,
+) -> Result<(Hub, String), DpsError> {
+    let unavailable = |e: certhub_store::StoreError| {
+        DpsError::new(
+            503,
+            503_000,
+            format!("the provisioning store failed ({e}); register again"),
+        )
+    };
+    let linked = state.store().linked_hubs().await.map_err(unavailable)?;
+    let here = this_hub(state);
+    let named: Vec<String> = doc["iotHubs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let policy = certhub_core::dps::AllocationPolicy::parse(
+        doc["allocationPolicy"].as_str().unwrap_or("hashed"),
+    )
+    .unwrap_or_default();
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let weight_of = |name: &str| {
+        linked
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map_or(1, |h| h.weight)
+    };
+    if policy == certhub_core::dps::AllocationPolicy::Static {
+        let one = doc["iotHubHostName"]
+            .as_str()
+            .map(str::to_string)
+            .or_else(|| named.first().cloned())
+            .unwrap_or_else(|| here.clone());
+        candidates.push(Candidate {
+            weight: 1,
+            assigned: 0,
+            name: one,
+        });
+    } else if named.is_empty() {
+        candidates.push(Candidate {
+            name: here.clone(),
+            weight: 1,
+            assigned: 0,
+        });
+        for h in linked.iter().filter(|h| h.apply_allocation) {
+            candidates.push(Candidate {
+                name: h.name.clone(),
+                weight: h.weight,
+                assigned: 0,
+            });
+        }
+    } else {
+        for n in &named {
+            candidates.push(Candidate {
+                name: n.clone(),
+                weight: weight_of(n),
+                assigned: 0,
+            });
+        }
+    }
+    if policy == certhub_core::dps::AllocationPolicy::EvenlyWeighted {
+        let counts = state
+            .store()
+            .registrations_per_hub()
+            .await
+            .map_err(unavailable)?;
+        for c in &mut candidates {
+            c.assigned = counts
+                .iter()
+                .find(|(h, _)| h.eq_ignore_ascii_case(&c.name))
+                .map_or(0, |(_, n)| *n);
+        }
+    }
+    let chosen = certhub_core::dps::choose_hub(policy, registration_id, &candidates)
+        .map(|c| c.name.clone())
+        .ok_or_else(|| {
+            DpsError::new(
+                503,
+                503_000,
+                "the enrollment's hubs all have allocation weight 0: no hub takes devices",
+            )
+        })?;
+    let hub = hub_named(state, &chosen, &linked)?;
+    Ok((hub, chosen))
+}
+
+/// The hub of that name: this one or a linked one.
+fn hub_named(
+    state: &AppState,
+    name: &str,
+    linked: &[certhub_store::LinkedHubRecord],
+) -> Result<Hub, DpsError> {
+    if name.eq_ignore_ascii_case(&this_hub(state)) {
+        return Ok(Hub::Local);
+    }
+    let Some(rec) = linked.iter().find(|h| h.name.eq_ignore_ascii_case(name)) else {
+        return Err(DpsError::new(
+            503,
+            503_000,
+            format!(
+                "the enrollment names hub {name:?}, which is no longer linked (certhub dps hub list)"
+            ),
+        ));
+    };
+    state
+        .dps()
+        .linked(rec)
+        .map(Hub::Linked)
+        .map_err(|e| DpsError::new(503, 503_000, format!("the linked hub {name}: {e}")))
+}
+
+/// The hub a registration goes to, the device made there, the state recorded.
+async fn assign(
+    state: &AppState,
+    req: &Request<'_>,
+    key: &str,
+    admitted: Admitted,
+) -> Result<Answer, DpsError> {
+    let store = state.store();
+    let unavailable = |e: certhub_store::StoreError| {
+        tracing::error!(error = %e, "provisioning store failed");
+        DpsError::new(
+            503,
+            503_000,
+            "the provisioning service could not use its store; try again",
+        )
+    };
+    let previous = store.registration(key).await.map_err(unavailable)?;
+    let doc = &admitted.doc;
+    let device_id = doc
+        .get("deviceId")
+        .and_then(Value::as_str)
+        .unwrap_or(req.registration_id)
+        .to_string();
+    let id = DeviceId::new(&device_id)
+        .map_err(|e| DpsError::bad_request(format!("device id {device_id:?}: {e}")))?;
+    let linked = store.linked_hubs().await.map_err(unavailable)?;
+    // A device that may not change hubs stays where it was (if that hub is still there).
+    let stay = doc["reprovisionPolicy"]["updateHubAssignment"] == false;
+    let (hub, hub_name) = match previous.as_ref().filter(|_| stay) {
+        Some(p) => match hub_named(state, &p.assigned_hub, &linked) {
+            Ok(h) => (h, p.assigned_hub.clone()),
+            Err(_) => choose(state, doc, req.registration_id).await?,
+        },
+        None => choose(state, doc, req.registration_id).await?,
+    };
+    let moved_from = previous
+        .as_ref()
+        .filter(|p| !p.assigned_hub.is_empty() && !p.assigned_hub.eq_ignore_ascii_case(&hub_name))
+        .map(|p| p.assigned_hub.clone());
+    let migrate = doc["reprovisionPolicy"]["migrateDeviceData"] != false;
+    let mut auth = device_authentication(&admitted);
+    let mut auth_note = "";
+    if let (Attestation::X509Group { ca }, Some(leaf)) = (&admitted.attestation, req.chain.first())
+    {
+        let sha256 = store
+            .ca(ca)
+            .await
+            .map_err(unavailable)?
+            .map(|c| c.sha256)
+            .unwrap_or_default();
+        if !hub.trusts_ca(state, &sha256).await? {
+            // The hub cannot judge the chain: the device authenticates by its certificate's
+            // thumbprint there.
+            let t = Thumbprints::of(leaf.as_ref());
+            auth = AuthenticationInput {
+                kind: Some(AuthType::SelfSigned),
+                x509_thumbprint: Some(X509Thumbprint {
+                    primary_thumbprint: Some(t.sha256),
+                    secondary_thumbprint: None,
+                }),
+                ..AuthenticationInput::default()
+            };
+            auth_note = "; by thumbprint: that hub has no verified CA of the group";
+        }
+    }
+    let existing = hub.device(state, &id).await?;
+    if existing
+        .as_ref()
+        .is_some_and(|d| d.status == certhub_core::Status::Disabled)
+    {
+        let detail = format!(
+            "device {id} exists on {hub_name} and is disabled; enable it there, or delete it, before it registers again"
+        );
+        audit_refusal(state, req, "device-disabled", &detail).await;
+        return Err(unauthorized());
+    }
+    let initial_tags = doc
+        .pointer("/initialTwin/tags")
+        .cloned()
+        .unwrap_or(json!({}));
+    let initial_desired = doc
+        .pointer("/initialTwin/properties/desired")
+        .cloned()
+        .unwrap_or(json!({}));
+    // What the twin becomes: the initial one for a new device or a reset, the old hub's for a
+    // migration, unchanged otherwise.
+    let (twin, substatus) = match (&moved_from, previous.is_some(), migrate) {
+        (Some(old), _, true) => {
+            let old_hub = hub_named(state, old, &linked)?;
+            let data = old_hub.twin_data(state, &id).await?;
+            (Some((data.0, data.1, false)), "deviceDataMigrated")
+        }
+        (Some(_), _, false) => (
+            Some((initial_tags.clone(), initial_desired.clone(), true)),
+            "deviceDataReset",
+        ),
+        (None, true, false) => (
+            Some((initial_tags.clone(), initial_desired.clone(), true)),
+            "deviceDataReset",
+        ),
+        (None, true, true) => (None, "initialAssignment"),
+        (None, false, _) => (
+            Some((initial_tags.clone(), initial_desired.clone(), false)),
+            "initialAssignment",
+        ),
+    };
+    let capabilities = doc
+        .get("capabilities")
+        .cloned()
+        .unwrap_or(json!({"iotEdge": false}));
+    hub.put_device(state, &id, &auth, &capabilities, existing.as_ref())
+        .await?;
+    let created = existing.is_none();
+    // A device that existed keeps its twin unless it is reset or migrated.
+    let twin = match twin {
+        Some(t) if created || t.2 || moved_from.is_some() => Some(t),
+        _ => None,
+    };
+    if let Some((tags, desired, reset)) = twin
+        && let Err(e) = hub.write_twin(state, &id, &tags, &desired, reset).await
+    {
+        if created {
+            hub.undo_create(state, &id).await;
+        }
+        return Err(e);
+    }
+    let now = now_ms();
+    let operation_id = format!("4.{}", new_uuid());
+    let created_ms = previous.as_ref().map_or(now, |p| p.created_ms);
+    let etag = Etag::random();
+    let mut registration = json!({
+        "registrationId": req.registration_id,
+        "createdDateTimeUtc": azure_time(created_ms),
+        "assignedHub": hub_name,
+        "deviceId": device_id,
+        "status": "assigned",
+        "substatus": substatus,
+        "lastUpdatedDateTimeUtc": azure_time(now),
+        "etag": etag.0,
+    });
+    match (&admitted.attestation, admitted.kind) {
+        (Attestation::SymmetricKey { .. }, Kind::Group) => {
+            registration["symmetricKey"] = json!({"enrollmentGroupId": admitted.enrollment_id});
+        }
+        (Attestation::SymmetricKey { .. }, Kind::Individual) => {
+            registration["symmetricKey"] = json!({"enrollmentGroupId": null});
+        }
+        _ => {
+            registration["x509"] = admitted.x509.clone().unwrap_or(Value::Null);
+        }
+    }
+    if let Some(p) = &req.payload {
+        registration["payload"] = p.clone();
+    }
+    let record = RegistrationRecord {
+        id: key.to_string(),
+        group_id: match admitted.kind {
+            Kind::Group => admitted.enrollment_id.clone(),
+            Kind::Individual => String::new(),
+        },
+        assigned_hub: hub_name.clone(),
+        operation_id: operation_id.clone(),
+        doc: registration.to_string(),
+        etag: etag.clone(),
+        created_ms,
+        updated_ms: now,
+    };
+    let written = store
+        .put_registration(&record, previous.as_ref().map(|p| &p.etag))
+        .await
+        .map_err(unavailable)?;
+    if written != WriteOutcome::Written {
+        return Err(DpsError::new(
+            409,
+            409_000,
+            "another registration of this id finished first; register again",
+        ));
+    }
+    let detail = format!(
+        "assigned to {hub_name} as device {device_id} ({}{auth_note}) through {} {}; {substatus}{}{}; peer {} over {}",
+        if created { "created" } else { "existing" },
+        admitted.kind.noun(),
+        admitted.enrollment_id,
+        moved_from.map(|h| format!(" from {h}")).unwrap_or_default(),
+        if req.force { "; forceRegistration" } else { "" },
+        req.peer,
+        req.transport
+    );
+    let audit = AuditRecord::new(
+        now,
+        "device",
+        "dps.register",
+        &format!("registrations/{}", bounded(req.registration_id, 256)),
+        "ok",
+        &detail,
+    );
+    state.bookkeeper().audit(audit).await;
+    state.metrics().connect("dps-assigned");
+    Ok(Answer {
+        status: 200,
+        body: json!({
+            "operationId": operation_id,
+            "status": "assigned",
+            "registrationState": registration,
+        }),
+        retry_after: None,
+    })
+}
+
+/// The identity the device gets on its hub, matching its attestation.
+fn device_authentication(a: &Admitted) -> AuthenticationInput {
+    match (&a.attestation, &a.device_key) {
+        (Attestation::X509Group { .. }, _) => AuthenticationInput {
+            kind: Some(AuthType::CertificateAuthority),
+            ..AuthenticationInput::default()
+        },
+        (Attestation::X509Leaf { thumbprints }, _) => AuthenticationInput {
+            kind: Some(AuthType::SelfSigned),
+            x509_thumbprint: Some(X509Thumbprint {
+                primary_thumbprint: thumbprints.first().cloned(),
+                // Each slot lists SHA-256 first; the secondary is the next of the same kind.
+                secondary_thumbprint: thumbprints
+                    .iter()
+                    .skip(1)
+                    .find(|t| t.len() == thumbprints[0].len())
+                    .cloned(),
+            }),
+            ..AuthenticationInput::default()
+        },
+        (Attestation::SymmetricKey { .. }, Some((primary, secondary))) => AuthenticationInput {
+            kind: Some(AuthType::Sas),
+            symmetric_key: Some(SymmetricKey {
+                primary_key: Some(primary.clone()),
+                secondary_key: Some(if secondary.is_empty() {
+                    primary.clone()
+                } else {
+                    secondary.clone()
+                }),
+            }),
+            ..AuthenticationInput::default()
+        },
+        (Attestation::SymmetricKey { .. }, None) => AuthenticationInput {
+            kind: Some(AuthType::Sas),
+            ..AuthenticationInput::default()
+        },
+    }
+}
+
+/// The name devices reach this hub by: its first host name.
+pub(crate) fn this_hub(state: &AppState) -> String {
+    state
+        .hostnames()
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "localhost".into())
+        .to_ascii_lowercase()
+}
+
+/// The status of an operation a device polls: the registration state it produced, if the
+/// operation is the registration's latest.
+pub(crate) async fn operation_status(
+    state: &AppState,
+    registration_id: &str,
+    operation_id: &str,
+) -> Answer {
+    let key = registration_id.to_ascii_lowercase();
+    match state.store().registration(&key).await {
+        Ok(Some(r)) if r.operation_id == operation_id => {
+            let doc: Value = serde_json::from_str(&r.doc).unwrap_or(Value::Null);
+            let status = doc["status"].as_str().unwrap_or("failed").to_string();
+            Answer {
+                status: 200,
+                body: json!({"operationId": operation_id, "status": status, "registrationState": doc}),
+                retry_after: None,
+            }
+        }
+        Ok(_) => Answer::error(&DpsError::new(
+            404,
+            404_000,
+            format!(
+                "no operation {operation_id:?} of registration {registration_id:?}: register first"
+            ),
+        )),
+        Err(e) => {
+            tracing::error!(error = %e, "provisioning store read failed");
+            Answer::error(&DpsError::new(
+                503,
+                503_000,
+                "the provisioning service could not read its store; try again",
+            ))
+        }
+    }
+}
+
+/// A random (version 4) uuid in its text form.
+pub(crate) fn new_uuid() -> String {
+    let mut b = [0u8; 16];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
+/// Whether a poll's credential would be admitted by a register request of `registration_id`
+/// now (the poll carries the same proof; a refusal here is not audited again).
+pub(crate) async fn prove_again(
+    state: &AppState,
+    registration_id: &str,
+    chain: &[CertificateDer<'static>],
+    token: Option<&str>,
+) -> bool {
+    if check_dps_id("registration id", registration_id).is_err() {
+        return false;
+    }
+    let req = Request {
+        registration_id,
+        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+        chain,
+        token,
+        payload: None,
+        force: false,
+        transport: "https",
+    };
+    Box::pin(judge(state, &req, &registration_id.to_ascii_lowercase()))
+        .await
+        .is_ok()
+}
+
+/// The hubs registrations may go to: this one, then the linked ones.
+pub(crate) async fn known_hubs(state: &AppState) -> Result<Vec<String>, certhub_store::StoreError> {
+    let mut hubs = vec![this_hub(state)];
+    hubs.extend(
+        state
+            .store()
+            .linked_hubs()
+            .await?
+            .into_iter()
+            .map(|h| h.name),
+    );
+    Ok(hubs)
+}
