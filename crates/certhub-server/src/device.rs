@@ -220,6 +220,17 @@ impl DeviceCore {
             },
             Err(_) => None,
         };
+        // An unknown device whose chain reaches a CA with just-in-time registration on is
+        // created now, then judged as any device.
+        let registered = match registered {
+            None if password.is_none_or(<[u8]>::is_empty)
+                && !chain.is_empty()
+                && !state.jitr().is_empty() =>
+            {
+                Box::pin(crate::dps::jitr(state, client_id, chain, peer)).await
+            }
+            r => r,
+        };
         let trust = state.trust();
         let Ok(settings) = Box::pin(state.settings()).await else {
             return Err(Refused::Unavailable);

@@ -64,6 +64,9 @@ struct Inner {
     created_ms: i64,
     /// The device provisioning service.
     dps: crate::dps::DpsState,
+    /// The CAs with just-in-time registration on, and their device id patterns; reloaded with
+    /// the trust snapshot.
+    jitr: RwLock<Arc<Vec<(String, String)>>>,
 }
 
 /// The readers of Event Hubs partitions, by consumer group and partition, for owner levels
@@ -172,6 +175,7 @@ impl AppState {
         let id_scope = store.id_scope(&certhub_core::dps::new_id_scope()).await?;
         let settings = store.settings().await?;
         let trust = crate::trust::load(&store).await?;
+        let jitr = store.jitr().await?;
         let telemetry = crate::telemetry::TelemetryLog::start(store.clone()).await?;
         let bookkeeper = crate::bookkeeper::Bookkeeper::start(store.clone());
         // Persistent MQTT sessions outlive a restart; a record that does not parse (written by
@@ -206,6 +210,7 @@ impl AppState {
                 partition_readers: Arc::default(),
                 created_ms,
                 dps: crate::dps::DpsState::new(id_scope),
+                jitr: RwLock::new(Arc::new(jitr)),
             }),
         })
     }
@@ -268,13 +273,27 @@ impl AppState {
             .unwrap_or_default()
     }
 
-    /// Rebuilds the trust snapshot from the store and swaps it in.
+    /// Rebuilds the trust snapshot (and the CAs' just-in-time registration) from the store and
+    /// swaps it in.
     pub async fn reload_trust(&self) -> Result<(), StoreError> {
         let fresh = Arc::new(crate::trust::load(self.store()).await?);
+        let jitr = Arc::new(self.store().jitr().await?);
+        if let Ok(mut guard) = self.inner.jitr.write() {
+            *guard = jitr;
+        }
         if let Ok(mut guard) = self.inner.trust.write() {
             *guard = fresh;
         }
         Ok(())
+    }
+
+    /// The CAs with just-in-time registration on: (name, device id pattern).
+    pub(crate) fn jitr(&self) -> Arc<Vec<(String, String)>> {
+        self.inner
+            .jitr
+            .read()
+            .map(|j| Arc::clone(&j))
+            .unwrap_or_default()
     }
 
     pub fn sessions(&self) -> &crate::sessions::Sessions {

@@ -156,3 +156,39 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// The CAs with just-in-time registration on: (name, device id pattern).
+    pub async fn jitr(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT name, pattern FROM ca_jitr ORDER BY name")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("pattern")?)))
+            .collect()
+    }
+
+    /// Turns just-in-time registration on for a CA (`Some(pattern)`) or off (`None`).
+    pub async fn set_jitr(&self, name: &str, pattern: Option<&str>, now_ms: i64) -> Result<()> {
+        match pattern {
+            Some(p) => {
+                sqlx::query(
+                    "INSERT INTO ca_jitr (name, pattern, created_ms) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET pattern = excluded.pattern",
+                )
+                .bind(name.to_string())
+                .bind(p.to_string())
+                .bind(now_ms)
+                .execute(self.pool())
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM ca_jitr WHERE name = $1")
+                    .bind(name.to_string())
+                    .execute(self.pool())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -222,6 +222,13 @@ const STEPS: &[&str] = &[
         apply_allocation BIGINT NOT NULL,
         created_ms BIGINT NOT NULL
     )",
+    // 11: just-in-time registration: the verified CAs whose unknown devices are created on
+    // their first connection, with the pattern their ids must match.
+    "CREATE TABLE ca_jitr (
+        name TEXT PRIMARY KEY,
+        pattern TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    )",
 ];
 
 pub(crate) async fn migrate(store: &Store) -> Result<()> {

@@ -23,6 +23,24 @@ pub enum CaCommand {
     Show(NameArgs),
     /// Delete a registered CA.
     Delete(NameArgs),
+    /// Just-in-time registration: an unknown device whose chain reaches this verified CA is
+    /// created on its first connection (certhub's, like AWS IoT's JITR; audited).
+    Jitr(JitrArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JitrArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// The CA's name in the hub.
+    #[arg(long)]
+    name: String,
+    /// The device ids it may create (`*` any run of characters, `?` one; default `*`).
+    #[arg(long, conflicts_with = "off")]
+    allow: Option<String>,
+    /// Turn it off (devices it created stay).
+    #[arg(long)]
+    off: bool,
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +149,26 @@ pub fn run(cmd: CaCommand) -> Result<Outcome> {
             let client = Client::connect(&a.hub)?;
             client.expect("DELETE", &path, Some("*"), None)?;
             out!("deleted CA {}", a.name);
+        }
+        CaCommand::Jitr(a) => {
+            let path = ca_path(&a.name)?.then("jitr");
+            let client = Client::connect(&a.hub)?;
+            if a.off {
+                client.expect("DELETE", &path, None, None)?;
+                out!("just-in-time registration is off for CA {}", a.name);
+            } else {
+                let pattern = a.allow.clone().unwrap_or_else(|| "*".into());
+                client.expect(
+                    "PUT",
+                    &path,
+                    None,
+                    Some(&json!({"deviceIdPattern": pattern})),
+                )?;
+                out!(
+                    "just-in-time registration is on for CA {}: unknown devices whose chain reaches it and whose id matches {pattern:?} are created on their first connection",
+                    a.name
+                );
+            }
         }
     }
     Ok(Outcome::Ok)

@@ -378,6 +378,9 @@ pub async fn delete(
     .await;
     let result = audited(&state, &caller, "ca.delete", &name, result, "").await;
     if result.is_ok() {
+        // Its just-in-time registration goes with it (a CA registered later under the name
+        // starts without).
+        state.store().set_jitr(&name, None, now_ms()).await?;
         // Trust first, then the sessions: a kicked device that reconnects at once finds the
         // CA gone.
         state.reload_trust().await?;
@@ -482,4 +485,91 @@ pub async fn verify(
         state.reload_trust().await?;
     }
     described(&state, &result?, false).await
+}
+
+/// Just-in-time registration of a CA's devices.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = JitrSettings)]
+pub struct JitrBody {
+    /// the device ids it may create: `*` any run of characters, `?` one (default `*`)
+    #[serde(default)]
+    device_id_pattern: Option<String>,
+}
+
+#[utoipa::path(put, path = "/certificates/{name}/jitr", operation_id = "enable_jitr",
+    summary = "Turn on just-in-time registration: an unknown device whose chain reaches this verified CA is created on its first connection (certhub's; AWS IoT's JITR)",
+    description = "Needs the RegistryWrite right. The CA must be verified. Each creation is audited as device.create by jitr:{name}.",
+    params(CertificatePath), request_body = JitrBody,
+    responses((status = 200, description = "on", body = Object), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+pub async fn enable_jitr(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(CertificatePath { name }): Path<CertificatePath>,
+    body: Result<JsonObject<JitrBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    caller.require(
+        Rights::REGISTRY_WRITE,
+        "turning on just-in-time registration",
+    )?;
+    let result = async {
+        check_name(&name)?;
+        let JsonObject(body) = body?;
+        let pattern = body.device_id_pattern.unwrap_or_else(|| "*".into());
+        if pattern.is_empty() || pattern.len() > 128 {
+            return Err(ApiError::bad_request(
+                "ArgumentInvalid",
+                "deviceIdPattern must be 1 to 128 characters (`*` any run, `?` one character)",
+            ));
+        }
+        let ca = state.store().ca(&name).await?.ok_or_else(|| not_found(&name))?;
+        if !ca.is_verified {
+            return Err(ApiError::bad_request(
+                "CertificateNotVerified",
+                format!("CA {name:?} is not verified: prove possession of its key first (certhub ca verification-code --name {name})"),
+            ));
+        }
+        state.store().set_jitr(&name, Some(&pattern), now_ms()).await?;
+        Ok(pattern)
+    }
+    .await;
+    let detail = result
+        .as_ref()
+        .map(|p| format!("device id pattern {p:?}"))
+        .unwrap_or_default();
+    let pattern = audited(&state, &caller, "ca.jitr.on", &name, result, &detail).await?;
+    state.reload_trust().await?;
+    Ok(
+        Json(serde_json::json!({"name": name, "jitr": {"deviceIdPattern": pattern}}))
+            .into_response(),
+    )
+}
+
+#[utoipa::path(delete, path = "/certificates/{name}/jitr", operation_id = "disable_jitr",
+    summary = "Turn off just-in-time registration for a CA (devices it created stay)",
+    description = "Needs the RegistryWrite right.", params(CertificatePath),
+    responses((status = 204, description = "off"), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+pub async fn disable_jitr(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(CertificatePath { name }): Path<CertificatePath>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(
+        Rights::REGISTRY_WRITE,
+        "turning off just-in-time registration",
+    )?;
+    let result = async {
+        check_name(&name)?;
+        state
+            .store()
+            .ca(&name)
+            .await?
+            .ok_or_else(|| not_found(&name))?;
+        state.store().set_jitr(&name, None, now_ms()).await?;
+        Ok(())
+    }
+    .await;
+    audited(&state, &caller, "ca.jitr.off", &name, result, "").await?;
+    state.reload_trust().await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -136,6 +136,10 @@ fn api() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(certificates::generate_code))
         .routes(routes!(certificates::verify))
+        .routes(routes!(
+            certificates::enable_jitr,
+            certificates::disable_jitr
+        ))
         .routes(routes!(hub::device_statistics))
         .routes(routes!(hub::service_statistics))
         .routes(routes!(hub::get_settings, hub::patch_settings))

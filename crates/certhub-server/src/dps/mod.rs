@@ -1140,3 +1140,114 @@ pub(crate) async fn known_hubs(state: &AppState) -> Result<Vec<String>, certhub_
     );
     Ok(hubs)
 }
+
+/// Just-in-time registration (AWS IoT's JITR, without a provisioning round trip): a device
+/// that is not in the registry, presents a chain reaching a verified CA with JITR on, whose
+/// leaf CN is its client id and matches that CA's pattern, is created (certificateAuthority)
+/// before its CONNECT is judged. Audited `device.create` by `jitr:{ca}`. Returns the identity
+/// as the registry now holds it, or None (the CONNECT is then refused as any unknown device).
+pub(crate) async fn jitr(
+    state: &AppState,
+    client_id: &str,
+    chain: &[CertificateDer<'_>],
+    peer: SocketAddr,
+) -> Option<certhub_core::Registered> {
+    // Devices only (a module's client id holds a '/'), ids the registry accepts.
+    let id = DeviceId::new(client_id)
+        .ok()
+        .filter(|_| !client_id.contains('/'))?;
+    let now = now_ms();
+    for (ca, pattern) in state.jitr().iter() {
+        if !glob_matches(pattern, client_id) {
+            continue;
+        }
+        let Ok(group_ca) = group_ca(state, ca).await else {
+            return None;
+        };
+        let GroupCa::Verified(trust) = &*group_ca else {
+            continue;
+        };
+        if certhub_pki::verify_device_chain(chain, &trust.verified, Some(client_id), unix(now))
+            .is_err()
+        {
+            continue;
+        }
+        let input = certhub_core::DeviceInput {
+            authentication: Some(AuthenticationInput {
+                kind: Some(AuthType::CertificateAuthority),
+                ..AuthenticationInput::default()
+            }),
+            ..certhub_core::DeviceInput::default()
+        };
+        let device = input.into_device(&id, None, now).ok()?;
+        match state.store().create_device(&device).await {
+            Ok(WriteOutcome::Written) => {
+                let record = AuditRecord::new(
+                    now,
+                    &format!("jitr:{ca}"),
+                    "device.create",
+                    &format!("devices/{id}"),
+                    "ok",
+                    &format!(
+                        "just-in-time registration: the chain reaches CA {ca}, whose pattern {pattern:?} admits {id}; peer {peer}"
+                    ),
+                );
+                state.bookkeeper().audit(record).await;
+            }
+            // Another connection of the same device created it first.
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, device = %id, "just-in-time registration not written");
+                return None;
+            }
+        }
+        let device = state.store().device_for_connect(&id).await.ok()??;
+        return Some(certhub_core::Registered {
+            device,
+            module: None,
+        });
+    }
+    None
+}
+
+/// `*` any run of characters, `?` one; everything else itself.
+pub(crate) fn glob_matches(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|c| *c == '*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_matches;
+
+    #[test]
+    fn patterns_match_as_globs() {
+        assert!(glob_matches("*", "anything"));
+        assert!(glob_matches("smart-x-widget-*", "smart-x-widget-0001"));
+        assert!(!glob_matches("smart-x-widget-*", "smart-y-widget-0001"));
+        assert!(glob_matches("w-??", "w-01"));
+        assert!(!glob_matches("w-??", "w-001"));
+        assert!(glob_matches("*-0001", "smart-x-widget-0001"));
+        assert!(glob_matches("a*b*c", "aXXbYYc"));
+        assert!(!glob_matches("a*b*c", "aXXbYY"));
+    }
+}
