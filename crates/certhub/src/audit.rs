@@ -12,6 +12,24 @@ pub enum AuditCommand {
     List(ListArgs),
     /// Why can't my device connect? Connection attempts and closes, newest first, with reasons.
     Connections(ConnectionsArgs),
+    /// Why was my device not provisioned? Registration attempts, newest first, with reasons.
+    Registrations(RegistrationsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RegistrationsArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// Only this registration id.
+    #[arg(long)]
+    registration_id: Option<String>,
+    /// Only this outcome, e.g. `no-enrollment`, `enrollment-disabled`, `ok`.
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long, default_value_t = 50)]
+    top: u32,
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +93,24 @@ pub fn run(cmd: AuditCommand) -> Result<Outcome> {
                         .map(|d| format!(" for {d}"))
                         .unwrap_or_default()
                 );
+            }
+            print_records(&v, a.json);
+        }
+        AuditCommand::Registrations(a) => {
+            let mut path = ApiPath::fixed("audit")
+                .query("top", a.top)
+                .query("operation", "dps.register");
+            if let Some(r) = &a.registration_id {
+                let r = given(Names::Registration, "--registration-id", r)?;
+                path = path.query("target", format!("registrations/{r}"));
+            }
+            if let Some(r) = &a.reason {
+                path = path.query("outcome", r);
+            }
+            let client = Client::connect(&a.hub)?;
+            let v = client.expect("GET", &path, None, None)?;
+            if !a.json && v.as_array().is_none_or(Vec::is_empty) {
+                out!("no registration attempts recorded");
             }
             print_records(&v, a.json);
         }

@@ -300,3 +300,57 @@ fn the_readme_hub_walkthrough_runs_as_written() {
         "no desired patch in\n{printed}"
     );
 }
+
+/// The README's provisioning walkthrough (Azure's "Provision multiple X.509 devices using
+/// enrollment groups"): the enrollment group on Technician-Z, then the Python provisioning
+/// example, which registers a widget nobody created, connects it and reads its first twin, then
+/// the operator's commands. The example dials localhost:8883 as written; the test port map
+/// sends it to this hub.
+#[test]
+fn the_readme_provisioning_walkthrough_runs_as_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("certhub-data");
+    let hub = common::start_hub_with(
+        &data,
+        &["--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"],
+    );
+    let stdout = run_walkthrough("dps-walkthrough", dir.path());
+    assert!(stdout.contains("\"isVerified\": true"), "{stdout}");
+    assert!(
+        stdout.contains("\"enrollmentGroupId\": \"technician-z-widgets\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.trim_end().ends_with(
+            &std::fs::read_to_string(dir.path().join("id-scope.txt"))
+                .expect("scope")
+                .trim()
+                .to_string()
+        )
+    );
+
+    let example = block("dps-example", "```python");
+    let out = common::python_to_hub(&hub)
+        .args(["-c", &example])
+        .current_dir(dir.path())
+        .output()
+        .expect("python runs");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && printed.contains("assigned localhost smart-x-widget-0001")
+            && printed.contains("telemetryInterval 30"),
+        "the README's dps-example failed:\n{printed}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let stdout = run_walkthrough("dps-after", dir.path());
+    for want in [
+        "smart-x-widget-0001\tassigned\tlocalhost\tsmart-x-widget-0001",
+        "\"type\": \"certificateAuthority\"",
+        "dps.register",
+        "assigned to localhost as device smart-x-widget-0001 (created) through enrollment group technician-z-widgets",
+    ] {
+        assert!(stdout.contains(want), "no {want} in\n{stdout}");
+    }
+}

@@ -153,7 +153,7 @@ pub(crate) fn unauthorized() -> DpsError {
     DpsError::new(
         401,
         401_002,
-        "not authorized: the hub's audit trail (certhub audit --operation dps.register) names the reason",
+        "not authorized: the hub's audit trail names the reason (certhub audit registrations --registration-id ID)",
     )
 }
 
