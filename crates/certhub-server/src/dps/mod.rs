@@ -35,6 +35,10 @@ use serde_json::{Value, json};
 use crate::device::{bounded, presented};
 use crate::state::{AppState, now_ms};
 
+/// Provisioning sessions over MQTT at once; one more is answered CONNACK 3 (server
+/// unavailable), which the SDKs retry.
+const MAX_MQTT_SESSIONS: usize = 10_000;
+
 /// The provisioning service's state in the hub.
 #[derive(Debug)]
 pub(crate) struct DpsState {
@@ -45,6 +49,8 @@ pub(crate) struct DpsState {
     /// One-CA trust snapshots of the CAs enrollment groups name, for the trust snapshot they
     /// were made from (a CA change makes a new one).
     group_cas: Mutex<GroupCas>,
+    /// Places for provisioning sessions over MQTT (they hold no device session slot).
+    pub(crate) mqtt_sessions: Arc<tokio::sync::Semaphore>,
     /// Linked hubs ready to call, by name, with the record they were made from.
     linked: Mutex<HashMap<String, (certhub_store::LinkedHubRecord, Arc<hubs::Linked>)>>,
 }
@@ -71,6 +77,7 @@ impl DpsState {
             inflight: Mutex::default(),
             group_cas: Mutex::default(),
             linked: Mutex::default(),
+            mqtt_sessions: Arc::new(tokio::sync::Semaphore::new(MAX_MQTT_SESSIONS)),
         }
     }
 

@@ -92,6 +92,12 @@ pub(crate) async fn serve<S>(
         connack(framed, ConnectAckReason::NotAuthorized).await;
         return;
     }
+    let Ok(_place) = state.dps().mqtt_sessions.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "provisioning session limit reached");
+        state.metrics().connect("overloaded");
+        connack(framed, ConnectAckReason::ServiceUnavailable).await;
+        return;
+    };
     if !connack(framed, ConnectAckReason::ConnectionAccepted).await {
         return;
     }
