@@ -14,7 +14,7 @@ use utoipa::{IntoParams, Modify, OpenApi, ToResponse, ToSchema};
         title = "certhub service API",
         description = "Azure IoT Hub's service REST API shape (api-version accepted and ignored) plus CA registration in the ARM certificate shape.",
     ),
-    components(responses(ErrorResponse)),
+    components(responses(ErrorResponse, super::dps::DpsErrorResponse)),
     modifiers(&SharedAccessSignature),
     security(("sas" = [])),
 )]

@@ -18,8 +18,6 @@ use serde_json::{Map, Value, json};
 use utoipa::IntoParams;
 
 use super::body::JsonBody;
-use super::doc::ErrorResponse;
-use super::error::Path;
 use super::{AppState, Caller, now_ms};
 
 /// Most entries of a bulk request (Azure's limit).
@@ -65,6 +63,65 @@ impl IntoResponse for DpsApiError {
 }
 
 type Result<T> = std::result::Result<T, DpsApiError>;
+
+/// DPS's error shape (`x-ms-error-code` carries the code too).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = ProvisioningError)]
+pub struct DpsErrorBody {
+    /// DPS's numeric code: the HTTP status and three digits, e.g. 401002
+    error_code: i64,
+    tracking_id: String,
+    /// what is wrong and what to do
+    message: String,
+    timestamp_utc: String,
+}
+
+/// DPS-shaped error: 400 a request the service refuses, 401 no or a bad token or missing
+/// provisioning rights, 404 no such enrollment or registration, 409 a conflict, 412 a stale
+/// If-Match, 413 a body over 256 KiB.
+#[derive(Debug, utoipa::ToResponse)]
+#[response(
+    description = "DPS-shaped error: 400 a request the service refuses, 401 no or a bad token or missing provisioning rights, 404 no such enrollment or registration, 409 a conflict, 412 a stale If-Match, 413 a body over 256 KiB"
+)]
+pub struct DpsErrorResponse(#[allow(dead_code)] DpsErrorBody);
+
+/// The caller of the provisioning API, its refusals in DPS's shape.
+#[derive(Debug)]
+pub struct DpsCaller(Caller);
+
+impl axum::extract::FromRequestParts<AppState> for DpsCaller {
+    type Rejection = DpsApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &AppState,
+    ) -> Result<Self> {
+        Caller::from_request_parts(parts, state)
+            .await
+            .map(DpsCaller)
+            .map_err(Into::into)
+    }
+}
+
+/// A path of the provisioning API, its refusals in DPS's shape.
+#[derive(Debug)]
+pub struct DpsPath<T>(T);
+
+impl<T, S> axum::extract::FromRequestParts<S> for DpsPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = DpsApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self> {
+        super::error::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|super::error::Path(t)| DpsPath(t))
+            .map_err(Into::into)
+    }
+}
 
 fn json_response(status: StatusCode, body: &Value) -> Response {
     (
@@ -354,11 +411,11 @@ macro_rules! enrollment_routes {
     ($kind:expr, $noun:literal, $prefix:literal, $get:ident, $put:ident, $delete:ident, $query:ident, $bulk:ident, $bulk_slash:ident, $attestation:ident, $list_field:literal, $item_type:literal) => {
         #[utoipa::path(get, path = concat!("/", $prefix, "/{id}"), summary = concat!("Read an ", $noun),
             description = "Needs the EnrollmentRead right (provisioningserviceowner).", params(DpsIdPath),
-            responses((status = 200, description = "the enrollment", body = Object), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+            responses((status = 200, description = "the enrollment", body = Object), (status = 401, response = DpsErrorResponse), (status = 404, response = DpsErrorResponse)))]
         pub async fn $get(
             State(state): State<AppState>,
-            caller: Caller,
-            Path(DpsIdPath { id }): Path<DpsIdPath>,
+            DpsCaller(caller): DpsCaller,
+            DpsPath(DpsIdPath { id }): DpsPath<DpsIdPath>,
         ) -> Result<Response> {
             require(&caller, Rights::ENROLLMENT_READ, concat!("reading an ", $noun))?;
             get_one(&state, $kind, &id).await
@@ -367,11 +424,11 @@ macro_rules! enrollment_routes {
         #[utoipa::path(put, path = concat!("/", $prefix, "/{id}"), summary = concat!("Create or replace an ", $noun),
             description = "Needs the EnrollmentWrite right. With If-Match, only if the ETag is current.", params(DpsIdPath, super::doc::IfMatchHeader),
             request_body = Object,
-            responses((status = 200, description = "the enrollment as stored", body = Object), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 409, response = ErrorResponse), (status = 412, response = ErrorResponse)))]
+            responses((status = 200, description = "the enrollment as stored", body = Object), (status = 400, response = DpsErrorResponse), (status = 401, response = DpsErrorResponse), (status = 404, response = DpsErrorResponse), (status = 409, response = DpsErrorResponse), (status = 412, response = DpsErrorResponse)))]
         pub async fn $put(
             State(state): State<AppState>,
-            caller: Caller,
-            Path(DpsIdPath { id }): Path<DpsIdPath>,
+            DpsCaller(caller): DpsCaller,
+            DpsPath(DpsIdPath { id }): DpsPath<DpsIdPath>,
             headers: HeaderMap,
             body: std::result::Result<JsonBody<Value>, super::ApiError>,
         ) -> Result<Response> {
@@ -392,11 +449,11 @@ macro_rules! enrollment_routes {
 
         #[utoipa::path(delete, path = concat!("/", $prefix, "/{id}"), summary = concat!("Delete an ", $noun),
             description = "Needs the EnrollmentWrite right. Devices it registered stay on their hubs.", params(DpsIdPath, super::doc::IfMatchHeader),
-            responses((status = 204, description = "deleted"), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 412, response = ErrorResponse)))]
+            responses((status = 204, description = "deleted"), (status = 401, response = DpsErrorResponse), (status = 404, response = DpsErrorResponse), (status = 412, response = DpsErrorResponse)))]
         pub async fn $delete(
             State(state): State<AppState>,
-            caller: Caller,
-            Path(DpsIdPath { id }): Path<DpsIdPath>,
+            DpsCaller(caller): DpsCaller,
+            DpsPath(DpsIdPath { id }): DpsPath<DpsIdPath>,
             headers: HeaderMap,
         ) -> Result<StatusCode> {
             require(&caller, Rights::ENROLLMENT_WRITE, concat!("deleting an ", $noun))?;
@@ -408,10 +465,10 @@ macro_rules! enrollment_routes {
         #[utoipa::path(post, path = concat!("/", $prefix, "/query"), summary = concat!("List ", $noun, "s a page at a time"),
             description = "Needs the EnrollmentRead right. Body {\"query\": \"*\"}; x-ms-max-item-count sets the page size, x-ms-continuation (from the previous page, absent on the last) where it starts.",
             request_body = Object,
-            responses((status = 200, description = "a page", body = [Object]), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
+            responses((status = 200, description = "a page", body = [Object]), (status = 400, response = DpsErrorResponse), (status = 401, response = DpsErrorResponse)))]
         pub async fn $query(
             State(state): State<AppState>,
-            caller: Caller,
+            DpsCaller(caller): DpsCaller,
             headers: HeaderMap,
             body: std::result::Result<JsonBody<Value>, super::ApiError>,
         ) -> Result<Response> {
@@ -429,10 +486,10 @@ macro_rules! enrollment_routes {
         #[utoipa::path(post, path = concat!("/", $prefix), summary = concat!("Create, update or delete up to 10 ", $noun, "s"),
             description = concat!("Needs the EnrollmentWrite right. Body {\"mode\": \"create|update|updateIfMatchETag|delete\", \"", $list_field, "\": [...]}."),
             request_body = Object,
-            responses((status = 200, description = "{isSuccessful, errors}", body = Object), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
+            responses((status = 200, description = "{isSuccessful, errors}", body = Object), (status = 400, response = DpsErrorResponse), (status = 401, response = DpsErrorResponse)))]
         pub async fn $bulk(
             State(state): State<AppState>,
-            caller: Caller,
+            DpsCaller(caller): DpsCaller,
             body: std::result::Result<JsonBody<Value>, super::ApiError>,
         ) -> Result<Response> {
             require(&caller, Rights::ENROLLMENT_WRITE, concat!("writing ", $noun, "s"))?;
@@ -444,10 +501,10 @@ macro_rules! enrollment_routes {
         #[utoipa::path(post, path = concat!("/", $prefix, "/"), summary = concat!("Create, update or delete up to 10 ", $noun, "s (the Node SDK's path)"),
             description = "The same as without the trailing slash.",
             request_body = Object,
-            responses((status = 200, description = "{isSuccessful, errors}", body = Object), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
+            responses((status = 200, description = "{isSuccessful, errors}", body = Object), (status = 400, response = DpsErrorResponse), (status = 401, response = DpsErrorResponse)))]
         pub async fn $bulk_slash(
             state: State<AppState>,
-            caller: Caller,
+            caller: DpsCaller,
             body: std::result::Result<JsonBody<Value>, super::ApiError>,
         ) -> Result<Response> {
             $bulk(state, caller, body).await
@@ -455,11 +512,11 @@ macro_rules! enrollment_routes {
 
         #[utoipa::path(post, path = concat!("/", $prefix, "/{id}/attestationmechanism"), summary = concat!("Read an ", $noun, "'s attestation with its keys"),
             description = "Needs the EnrollmentWrite right (the answer holds symmetric keys).", params(DpsIdPath),
-            responses((status = 200, description = "the attestation mechanism", body = Object), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+            responses((status = 200, description = "the attestation mechanism", body = Object), (status = 401, response = DpsErrorResponse), (status = 404, response = DpsErrorResponse)))]
         pub async fn $attestation(
             State(state): State<AppState>,
-            caller: Caller,
-            Path(DpsIdPath { id }): Path<DpsIdPath>,
+            DpsCaller(caller): DpsCaller,
+            DpsPath(DpsIdPath { id }): DpsPath<DpsIdPath>,
         ) -> Result<Response> {
             require(&caller, Rights::ENROLLMENT_WRITE, concat!("reading an ", $noun, "'s keys"))?;
             let rec = state
@@ -505,11 +562,11 @@ enrollment_routes!(
 /// The Node SDK's spelling of a group's attestation path.
 #[utoipa::path(post, path = "/enrollmentgroups/{id}/attestationmechanism", summary = "Read an enrollment group's attestation (the Node SDK's spelling)",
     description = "Needs the EnrollmentWrite right.", params(DpsIdPath),
-    responses((status = 200, description = "the attestation mechanism", body = Object), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+    responses((status = 200, description = "the attestation mechanism", body = Object), (status = 401, response = DpsErrorResponse), (status = 404, response = DpsErrorResponse)))]
 pub async fn group_attestation_lower(
     state: State<AppState>,
-    caller: Caller,
-    path: Path<DpsIdPath>,
+    caller: DpsCaller,
+    path: DpsPath<DpsIdPath>,
 ) -> Result<Response> {
     group_attestation(state, caller, path).await
 }
@@ -693,11 +750,11 @@ async fn bulk(
 
 #[utoipa::path(get, path = "/registrations/{id}", summary = "Read a device's registration state",
     description = "Needs the RegistrationStatusRead right.", params(DpsIdPath),
-    responses((status = 200, description = "the registration state", body = Object), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+    responses((status = 200, description = "the registration state", body = Object), (status = 401, response = DpsErrorResponse), (status = 404, response = DpsErrorResponse)))]
 pub async fn get_registration(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(DpsIdPath { id }): Path<DpsIdPath>,
+    DpsCaller(caller): DpsCaller,
+    DpsPath(DpsIdPath { id }): DpsPath<DpsIdPath>,
 ) -> Result<Response> {
     require(
         &caller,
@@ -716,11 +773,11 @@ pub async fn get_registration(
 
 #[utoipa::path(delete, path = "/registrations/{id}", summary = "Delete a device's registration state",
     description = "Needs the RegistrationStatusWrite right. The device stays on its hub; its next registration is a first one.", params(DpsIdPath, super::doc::IfMatchHeader),
-    responses((status = 204, description = "deleted"), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 412, response = ErrorResponse)))]
+    responses((status = 204, description = "deleted"), (status = 401, response = DpsErrorResponse), (status = 404, response = DpsErrorResponse), (status = 412, response = DpsErrorResponse)))]
 pub async fn delete_registration(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(DpsIdPath { id }): Path<DpsIdPath>,
+    DpsCaller(caller): DpsCaller,
+    DpsPath(DpsIdPath { id }): DpsPath<DpsIdPath>,
     headers: HeaderMap,
 ) -> Result<StatusCode> {
     require(
@@ -763,11 +820,11 @@ pub async fn delete_registration(
 
 #[utoipa::path(post, path = "/registrations/{id}/query", summary = "List the registrations made through an enrollment group",
     description = "Needs the RegistrationStatusRead right. Paged as the enrollment queries.", params(DpsIdPath),
-    responses((status = 200, description = "a page of registration states", body = [Object]), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
+    responses((status = 200, description = "a page of registration states", body = [Object]), (status = 400, response = DpsErrorResponse), (status = 401, response = DpsErrorResponse)))]
 pub async fn query_registrations(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(DpsIdPath { id }): Path<DpsIdPath>,
+    DpsCaller(caller): DpsCaller,
+    DpsPath(DpsIdPath { id }): DpsPath<DpsIdPath>,
     headers: HeaderMap,
 ) -> Result<Response> {
     require(
@@ -801,8 +858,11 @@ pub async fn query_registrations(
 
 #[utoipa::path(get, path = "/provisioning", summary = "The provisioning service of this hub: its ID scope and hubs",
     description = "Needs the EnrollmentRead right. certhub's own (Azure reads these from ARM).",
-    responses((status = 200, description = "idScope, deviceProvisioningHostName, iotHubs", body = Object), (status = 401, response = ErrorResponse)))]
-pub async fn provisioning(State(state): State<AppState>, caller: Caller) -> Result<Response> {
+    responses((status = 200, description = "idScope, deviceProvisioningHostName, iotHubs", body = Object), (status = 401, response = DpsErrorResponse)))]
+pub async fn provisioning(
+    State(state): State<AppState>,
+    DpsCaller(caller): DpsCaller,
+) -> Result<Response> {
     require(
         &caller,
         Rights::ENROLLMENT_READ,
@@ -866,11 +926,11 @@ pub struct LinkedHubInput {
 #[utoipa::path(put, path = "/provisioning/linkedHubs/{name}", summary = "Link another certhub hub to this provisioning service",
     description = "Needs every provisioning right (provisioningserviceowner). The hub is called once to check the link before it is stored.",
     params(LinkedHubPath), request_body = LinkedHubInput,
-    responses((status = 200, description = "linked", body = Object), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
+    responses((status = 200, description = "linked", body = Object), (status = 400, response = DpsErrorResponse), (status = 401, response = DpsErrorResponse)))]
 pub async fn put_linked_hub(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(LinkedHubPath { name }): Path<LinkedHubPath>,
+    DpsCaller(caller): DpsCaller,
+    DpsPath(LinkedHubPath { name }): DpsPath<LinkedHubPath>,
     body: std::result::Result<JsonBody<LinkedHubInput>, super::ApiError>,
 ) -> Result<Response> {
     require(&caller, Rights::PROVISIONING_OWNER, "linking a hub")?;
@@ -919,11 +979,11 @@ pub async fn put_linked_hub(
 #[utoipa::path(delete, path = "/provisioning/linkedHubs/{name}", summary = "Unlink a hub",
     description = "Needs every provisioning right. Devices already assigned to it stay there.",
     params(LinkedHubPath),
-    responses((status = 204, description = "unlinked"), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+    responses((status = 204, description = "unlinked"), (status = 401, response = DpsErrorResponse), (status = 404, response = DpsErrorResponse)))]
 pub async fn delete_linked_hub(
     State(state): State<AppState>,
-    caller: Caller,
-    Path(LinkedHubPath { name }): Path<LinkedHubPath>,
+    DpsCaller(caller): DpsCaller,
+    DpsPath(LinkedHubPath { name }): DpsPath<LinkedHubPath>,
 ) -> Result<StatusCode> {
     require(&caller, Rights::PROVISIONING_OWNER, "unlinking a hub")?;
     let result = match state

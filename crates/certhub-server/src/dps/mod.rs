@@ -884,12 +884,22 @@ async fn assign(
         .unwrap_or(json!({}));
     // What the twin becomes: the initial one for a new device or a reset, the old hub's for a
     // migration, unchanged otherwise.
+    // A hub that is no longer linked has nothing to migrate from: the device starts afresh.
+    let old_hub = moved_from
+        .as_deref()
+        .and_then(|old| hub_named(state, old, &linked).ok());
     let (twin, substatus) = match (&moved_from, previous.is_some(), migrate) {
-        (Some(old), _, true) => {
-            let old_hub = hub_named(state, old, &linked)?;
-            let data = old_hub.twin_data(state, &id).await?;
+        (Some(_), _, true) if old_hub.is_some() => {
+            let data = match &old_hub {
+                Some(h) => h.twin_data(state, &id).await?,
+                None => (json!({}), json!({})),
+            };
             (Some((data.0, data.1, false)), "deviceDataMigrated")
         }
+        (Some(_), _, true) => (
+            Some((initial_tags.clone(), initial_desired.clone(), true)),
+            "deviceDataReset",
+        ),
         (Some(_), _, false) => (
             Some((initial_tags.clone(), initial_desired.clone(), true)),
             "deviceDataReset",
@@ -911,9 +921,11 @@ async fn assign(
     hub.put_device(state, &id, &auth, &capabilities, existing.as_ref())
         .await?;
     let created = existing.is_none();
-    // A device that existed keeps its twin unless it is reset or migrated.
+    // A device that existed keeps its twin unless it is reset or migrated; one made anew (it
+    // was deleted from its hub meanwhile) gets the initial twin.
     let twin = match twin {
         Some(t) if created || t.2 || moved_from.is_some() => Some(t),
+        None if created => Some((initial_tags.clone(), initial_desired.clone(), false)),
         _ => None,
     };
     if let Some((tags, desired, reset)) = twin
