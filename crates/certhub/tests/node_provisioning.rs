@@ -9,8 +9,10 @@
 //! mechanisms, and is refused with 412 for a stale etag.
 //!
 //! The device SDK (`azure-iot-provisioning-device`) over Mqtt and MqttWs
-//! (`azure-iot-provisioning-device-mqtt`) and Http (`azure-iot-provisioning-device-http`):
-//! a widget of Company-X's four-level chain per transport (`X509Security`) registers through
+//! (`azure-iot-provisioning-device-mqtt`), Http (`azure-iot-provisioning-device-http`), Amqp
+//! and AmqpWs (`azure-iot-provisioning-device-amqp`: AMQP on 5671 and AMQP over WebSockets on
+//! 443, SASL PLAIN with the SAS token for a symmetric key, the TLS client certificate for
+//! X.509): a widget of Company-X's four-level chain per transport (`X509Security`) registers through
 //! the group, a symmetric-key device per transport (`SymmetricKeySecurityClient`) through its
 //! individual enrollment, and the CLI's sensor over Http; each then connects to the hub it was
 //! assigned with `azure-iot-device` + `azure-iot-device-mqtt` and sends one message. The
@@ -18,7 +20,7 @@
 //! and a device whose enrollment was deleted are refused; the audit trail names each.
 //!
 //! The pinned packages are in tests/interop/node (scripts/test installs them). The SDKs dial
-//! 8883 (MQTT) and 443 (HTTPS, WebSockets) of the host name; the Node port map
+//! 8883 (MQTT), 5671 (AMQP) and 443 (HTTPS, WebSockets) of the host name; the Node port map
 //! (tests/interop/node/portmap.js) sends them to the free ports this hub listens on.
 
 mod common;
@@ -34,6 +36,7 @@ const NODE_PACKAGES: &[&str] = &[
     "azure-iot-provisioning-device",
     "azure-iot-provisioning-device-mqtt",
     "azure-iot-provisioning-device-http",
+    "azure-iot-provisioning-device-amqp",
     "azure-iot-provisioning-service",
     "azure-iot-security-x509",
     "azure-iot-security-symmetric-key",
@@ -47,7 +50,7 @@ const CLI_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// The audit records of `operation` (`dps.register`, `device.connect`): (target, outcome,
 /// detail).
 fn audited(d: &Path, data: &Path, operation: &str) -> Vec<(String, String, String)> {
-    let log = certhub_at(d, data, &["audit", "list", "--json", "--top", "200"]).ok();
+    let log = certhub_at(d, data, &["audit", "list", "--json", "--top", "1000"]).ok();
     let log: serde_json::Value = serde_json::from_str(&log.stdout).expect("json");
     log.as_array()
         .expect("array")
@@ -71,8 +74,9 @@ fn node_provisioning_sdks() {
     let hub_process = start_hub_on(&data, HOST, &[]);
     let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
 
-    // Company-X's chain with three widgets, none registered on the hub; the root verified.
-    enroll_company_x(d, &data, 3);
+    // Company-X's chain with five widgets (one per device transport), none registered on the
+    // hub; the root verified.
+    enroll_company_x(d, &data, 5);
     // What the operator made with the CLI, which the script reads with the SDK.
     hub(&[
         "dps",
@@ -147,9 +151,15 @@ fn node_provisioning_sdks() {
         "ok: smart-x-widget-0001 registers over Mqtt through the group",
         "ok: smart-x-widget-0002 registers over MqttWs through the group",
         "ok: smart-x-widget-0003 registers over Http through the group",
+        "ok: smart-x-widget-0004 registers over Amqp through the group",
+        "ok: smart-x-widget-0005 registers over AmqpWs through the group",
         "ok: sdk-sensor-mqtt registers over Mqtt with its key",
         "ok: sdk-sensor-ws registers over MqttWs with its key",
         "ok: sdk-sensor-http registers over Http with its key",
+        "ok: sdk-sensor-amqp registers over Amqp with its key",
+        "ok: sdk-sensor-amqpws registers over AmqpWs with its key",
+        "ok: sdk-sensor-amqp with a wrong key is refused over Amqp",
+        "ok: sdk-sensor-amqpws with a wrong key is refused over AmqpWs",
         "ok: cli-sensor registers over Http",
         "ok: the hub's service API reads sensor-node-http's message",
     ] {
@@ -166,9 +176,13 @@ fn node_provisioning_sdks() {
         ("smart-x-widget-0001", "mqtt"),
         ("smart-x-widget-0002", "mqtt-ws"),
         ("smart-x-widget-0003", "https"),
+        ("smart-x-widget-0004", "amqp"),
+        ("smart-x-widget-0005", "amqp-ws"),
         ("sdk-sensor-mqtt", "mqtt"),
         ("sdk-sensor-ws", "mqtt-ws"),
         ("sdk-sensor-http", "https"),
+        ("sdk-sensor-amqp", "amqp"),
+        ("sdk-sensor-amqpws", "amqp-ws"),
         ("cli-sensor", "https"),
     ] {
         let target = format!("registrations/{id}");
@@ -179,17 +193,21 @@ fn node_provisioning_sdks() {
             "{target} accepted over {transport}: {records:#?}"
         );
     }
-    for (id, outcome) in [
-        ("sdk-sensor-mqtt", "bad-token"),
-        ("sdk-sensor-ws", "bad-token"),
-        ("sdk-sensor-http", "bad-token"),
-        ("someone-else", "cn-mismatch"),
-        ("sdk-sensor-ws", "no-enrollment"),
+    for (id, outcome, transport) in [
+        ("sdk-sensor-mqtt", "bad-token", "mqtt"),
+        ("sdk-sensor-ws", "bad-token", "mqtt-ws"),
+        ("sdk-sensor-http", "bad-token", "https"),
+        ("sdk-sensor-amqp", "bad-token", "amqp"),
+        ("sdk-sensor-amqpws", "bad-token", "amqp-ws"),
+        ("someone-else", "cn-mismatch", "https"),
+        ("sdk-sensor-ws", "no-enrollment", "mqtt-ws"),
     ] {
         let target = format!("registrations/{id}");
         assert!(
-            records.iter().any(|(t, o, _)| t == &target && o == outcome),
-            "{target} {outcome} expected: {records:#?}"
+            records.iter().any(|(t, o, detail)| t == &target
+                && o == outcome
+                && detail.ends_with(&format!("over {transport}"))),
+            "{target} {outcome} over {transport} expected: {records:#?}"
         );
     }
     // Each device connected to the hub it was assigned, over MQTT (azure-iot-device-mqtt), by
@@ -199,9 +217,13 @@ fn node_provisioning_sdks() {
         ("smart-x-widget-0001", "via x509-ca (CA company-x)"),
         ("smart-x-widget-0002", "via x509-ca (CA company-x)"),
         ("smart-x-widget-0003", "via x509-ca (CA company-x)"),
+        ("smart-x-widget-0004", "via x509-ca (CA company-x)"),
+        ("smart-x-widget-0005", "via x509-ca (CA company-x)"),
         ("sensor-node-mqtt", "via device-sas"),
         ("sensor-node-ws", "via device-sas"),
         ("sensor-node-http", "via device-sas"),
+        ("sensor-node-amqp", "via device-sas"),
+        ("sensor-node-amqpws", "via device-sas"),
         ("cli-sensor-device", "via device-sas"),
     ] {
         let target = format!("devices/{device}");

@@ -1,11 +1,11 @@
 // The Node.js Azure device provisioning SDKs against certhub's provisioning service.
 //
-// Run by crates/certhub/tests/node_provisioning.rs, which made Company-X's PKI (three widgets,
+// Run by crates/certhub/tests/node_provisioning.rs, which made Company-X's PKI (five widgets,
 // none registered on the hub), verified its root as CA `company-x`, and created with the
 // certhub CLI a symmetric-key individual enrollment `cli-sensor` (device id
 // `cli-sensor-device`, primary key CERTHUB_CLI_KEY) and a symmetric-key enrollment group
-// `cli-group`. It loads portmap.js: the SDKs dial 8883 (MQTT), 443 (HTTPS, MQTT over
-// WebSockets) of the host name, and the map sends them to the test hub's ports.
+// `cli-group`. It loads portmap.js: the SDKs dial 8883 (MQTT), 5671 (AMQP), 443 (HTTPS, MQTT
+// and AMQP over WebSockets) of the host name, and the map sends them to the test hub's ports.
 //
 // (a) The service SDK (azure-iot-provisioning-service), its connection string the one
 //     `certhub hub connection-string --policy provisioningserviceowner` prints, its host as
@@ -21,16 +21,19 @@
 //       enrollments and groups (a small page size, every item exactly once), bulk delete,
 //       deletes by id, by object and by etag.
 // (b) The device SDK (azure-iot-provisioning-device) with the Mqtt, MqttWs
-//     (azure-iot-provisioning-device-mqtt) and Http (azure-iot-provisioning-device-http)
-//     transports: a widget per transport (X509Security of azure-iot-security-x509, its
-//     chain.pem and key.pem) registers through `widgets`, a symmetric-key device per
-//     transport (SymmetricKeySecurityClient) through its individual enrollment, the CLI's
-//     sensor over Http. Each result names its hub and device; each device then connects
+//     (azure-iot-provisioning-device-mqtt), Http (azure-iot-provisioning-device-http), Amqp
+//     and AmqpWs (azure-iot-provisioning-device-amqp: SASL PLAIN
+//     `{idScope}/registrations/{id}` with the SAS token for a symmetric key, the TLS client
+//     certificate alone for X.509) transports: a widget per transport (X509Security of
+//     azure-iot-security-x509, its chain.pem and key.pem) registers through `widgets`, a
+//     symmetric-key device per transport (SymmetricKeySecurityClient) through its individual
+//     enrollment, the CLI's sensor over Http. Each result names its hub and device; each device then connects
 //     there with azure-iot-device + azure-iot-device-mqtt and sends one message, which the
 //     hub's service API reads back, with the identity and twin the enrollment gave it. The
 //     service reads every registration state (getDeviceRegistrationState) and the group's
-//     registrations (paged). A wrong key, a certificate whose CN is not the registration id,
-//     and a device whose enrollment was deleted are refused with an error.
+//     registrations (paged). A wrong key (per transport, as unauthorized), a certificate whose
+//     CN is not the registration id, and a device whose enrollment was deleted are refused
+//     with an error.
 //
 // Environment: CERTHUB_HOST, CERTHUB_CA, CERTHUB_CONNECTION_STRING (iothubowner, for the hub's
 // service API), CERTHUB_DIR (the PKI folder), CERTHUB_DPS_CONNECTION_STRING
@@ -46,6 +49,7 @@ const { ProvisioningServiceClient } = require('azure-iot-provisioning-service');
 const { ProvisioningDeviceClient } = require('azure-iot-provisioning-device');
 const { Mqtt: ProvisioningMqtt, MqttWs: ProvisioningMqttWs } = require('azure-iot-provisioning-device-mqtt');
 const { Http: ProvisioningHttp } = require('azure-iot-provisioning-device-http');
+const { Amqp: ProvisioningAmqp, AmqpWs: ProvisioningAmqpWs } = require('azure-iot-provisioning-device-amqp');
 const { X509Security } = require('azure-iot-security-x509');
 const { SymmetricKeySecurityClient } = require('azure-iot-security-symmetric-key');
 const { Client, Message } = require('azure-iot-device');
@@ -72,6 +76,17 @@ function why(o) {
   const status = e.response && e.response.statusCode;
   const body = e.responseBody || (e.result && JSON.stringify(e.result)) || '';
   return ` (${e.name}: ${e.message}${status ? `; HTTP ${status}` : ''}${body ? `; body ${body}` : ''})`;
+}
+
+// An error as text: its name and message, or what it holds when it has neither (the AMQP
+// transports hand on the rejection of their request's delivery as it came).
+function errorText(e) {
+  if (e.name || e.message) return `${e.name}: ${e.message}`;
+  try {
+    return JSON.stringify(e);
+  } catch (_) {
+    return String(e);
+  }
 }
 
 // Why an outcome failed, or nothing when it succeeded.
@@ -204,8 +219,9 @@ async function main() {
 
   // a2. Symmetric-key individual enrollments, one per device transport, each with a device id
   //     of its own.
+  const TRANSPORTS = ['mqtt', 'ws', 'http', 'amqp', 'amqpws'];
   const sensors = {};
-  for (const t of ['mqtt', 'ws', 'http']) {
+  for (const t of TRANSPORTS) {
     const registrationId = `sdk-sensor-${t}`;
     const deviceId = `sensor-node-${t}`;
     const primaryKey = newKey();
@@ -329,7 +345,8 @@ async function main() {
   );
 
   // a5. Paged queries.
-  const expectedEnrollments = ['cli-sensor', 'sdk-sensor-mqtt', 'sdk-sensor-ws', 'sdk-sensor-http', ...bulk.map((e) => e.registrationId)];
+  const sensorIds = TRANSPORTS.map((t) => sensors[t].registrationId);
+  const expectedEnrollments = ['cli-sensor', ...sensorIds, ...bulk.map((e) => e.registrationId)];
   if (!collide.responseBody.errors.some((e) => e.registrationId === 'bulk-08')) {
     // Whether the other entries of a failed bulk create are written is the service's
     // choice; count what is there.
@@ -382,8 +399,8 @@ async function main() {
   }
   q = await allPages('createIndividualEnrollmentQuery after the deletes (page size 100)', svc.createIndividualEnrollmentQuery({ query: '*' }, 100), 100);
   check(
-    sameSet(q.items.map((e) => e.registrationId), ['cli-sensor', 'sdk-sensor-mqtt', 'sdk-sensor-ws', 'sdk-sensor-http']) && q.sizes.length === 1,
-    `four individual enrollments are left, on one page (${q.items.map((e) => e.registrationId).join(', ')})`,
+    sameSet(q.items.map((e) => e.registrationId), ['cli-sensor', ...sensorIds]) && q.sizes.length === 1,
+    `${1 + sensorIds.length} individual enrollments are left, on one page (${q.items.map((e) => e.registrationId).join(', ')})`,
   );
 
   // ---------------------------------------------------------------------------------------
@@ -392,6 +409,8 @@ async function main() {
     mqtt: ['Mqtt', ProvisioningMqtt],
     ws: ['MqttWs', ProvisioningMqttWs],
     http: ['Http', ProvisioningHttp],
+    amqp: ['Amqp', ProvisioningAmqp],
+    amqpws: ['AmqpWs', ProvisioningAmqpWs],
   };
   const register = (Transport, security, ms = 30000) =>
     outcome(() => ProvisioningDeviceClient.create(HOST, SCOPE, new Transport(), security).register(), ms);
@@ -413,9 +432,15 @@ async function main() {
     check(true, `the hub's service API reads ${state.deviceId}'s message`);
   }
 
-  const widgets = { mqtt: 'smart-x-widget-0001', ws: 'smart-x-widget-0002', http: 'smart-x-widget-0003' };
+  const widgets = {
+    mqtt: 'smart-x-widget-0001',
+    ws: 'smart-x-widget-0002',
+    http: 'smart-x-widget-0003',
+    amqp: 'smart-x-widget-0004',
+    amqpws: 'smart-x-widget-0005',
+  };
   const registered = [];
-  for (const t of ['mqtt', 'ws', 'http']) {
+  for (const t of TRANSPORTS) {
     const [name, Transport] = transports[t];
     const widget = widgets[t];
     const cert = fs.readFileSync(`${D}/devices/${widget}/chain.pem`, 'utf8');
@@ -464,7 +489,10 @@ async function main() {
 
     // b3. A wrong key is refused.
     const wrong = await register(Transport, new SymmetricKeySecurityClient(s.registrationId, newKey()));
-    check(!!wrong.error, `${s.registrationId} with a wrong key is refused over ${name}${wrong.error ? `: ${wrong.error.name}: ${wrong.error.message}` : why(wrong)}`);
+    check(!!wrong.error, `${s.registrationId} with a wrong key is refused over ${name}${wrong.error ? `: ${errorText(wrong.error)}` : why(wrong)}`);
+    // As unauthorized: UnauthorizedError (Mqtt, MqttWs, Http), the delivery rejected with
+    // amqp:unauthorized-access (Amqp, AmqpWs).
+    check(/unauthori[sz]ed/i.test(errorText(wrong.error)), `${s.registrationId}: the refusal says unauthorized`);
   }
 
   // b4. The CLI's sensor over Http, and a certificate whose CN is not the registration id.
@@ -498,7 +526,7 @@ async function main() {
   ids = q.items.map((s) => s.registrationId);
   check(
     sameSet(ids, Object.values(widgets)) && new Set(ids).size === ids.length,
-    `the group's three registrations come back exactly once over ${q.sizes.length} pages (${ids.join(', ')})`,
+    `the group's ${Object.keys(widgets).length} registrations come back exactly once over ${q.sizes.length} pages (${ids.join(', ')})`,
   );
 
   // b6. A registration state deleted; an enrollment deleted refuses its device.

@@ -1381,26 +1381,20 @@ impl Conn {
         self.work.push(Box::pin(async move {
             let answer = match (operation.as_str(), operation_id) {
                 ("iotdps-register", _) => {
-                    let parsed: serde_json::Value =
-                        serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-                    match crate::dps::mqtt::check_body(&parsed, &id) {
-                        Err(e) => crate::dps::Answer::error(&e),
-                        Ok(payload) => {
-                            crate::dps::register(
-                                &state,
-                                crate::dps::Request {
-                                    registration_id: &id,
-                                    peer,
-                                    chain: &chain,
-                                    token: token.as_deref(),
-                                    payload,
-                                    force,
-                                    transport,
-                                },
-                            )
-                            .await
-                        }
-                    }
+                    crate::dps::register_request(
+                        &state,
+                        crate::dps::Request {
+                            registration_id: &id,
+                            peer,
+                            chain: &chain,
+                            token: token.as_deref(),
+                            payload: None,
+                            force,
+                            transport,
+                        },
+                        &body,
+                    )
+                    .await
                 }
                 ("iotdps-get-operationstatus", Some(op)) => {
                     if crate::dps::prove_again(&state, &id, &chain, token.as_deref()).await {

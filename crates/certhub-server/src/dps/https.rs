@@ -86,34 +86,19 @@ async fn register(
     if let Some(r) = scope_error(&state, &scope) {
         return r;
     }
-    let body: Value = if body.iter().all(u8::is_ascii_whitespace) {
-        serde_json::json!({})
-    } else {
-        match serde_json::from_slice(&body) {
-            Ok(v) => v,
-            Err(e) => {
-                return answer(&Answer::error(&certhub_core::dps::DpsError::bad_request(
-                    format!("the body is not JSON: {e}"),
-                )));
-            }
-        }
-    };
-    let payload = match super::mqtt::check_body(&body, &id) {
-        Ok(p) => p,
-        Err(e) => return answer(&Answer::error(&e)),
-    };
     let token = token(&headers);
-    let a = super::register(
+    let a = super::register_request(
         &state,
         Request {
             registration_id: &id,
             peer: peer.peer,
             chain: &peer.chain,
             token: token.as_deref(),
-            payload,
+            payload: None,
             force: q.force.is_some_and(|f| f.eq_ignore_ascii_case("true")),
             transport: "https",
         },
+        &body,
     )
     .await;
     answer(&a)

@@ -192,13 +192,56 @@ struct Admitted {
     x509: Option<Value>,
 }
 
+/// A register request as its transport read it: the body's bytes (JSON, `{"registrationId":
+/// ..., "payload": ...}`; empty is `{}`) are checked first, a bad one answered 400 and audited
+/// as `bad-request`, then the device is registered. `req.payload` is filled from the body.
+pub(crate) async fn register_request(
+    state: &AppState,
+    mut req: Request<'_>,
+    body: &[u8],
+) -> Answer {
+    let checked = if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(None)
+    } else {
+        serde_json::from_slice::<Value>(body)
+            .map_err(|e| {
+                DpsError::bad_request(format!("the register request's body is not JSON: {e}"))
+            })
+            .and_then(|v| mqtt::check_body(&v, req.registration_id))
+    };
+    match checked {
+        Ok(payload) => {
+            req.payload = payload;
+            register(state, req).await
+        }
+        Err(e) => {
+            let detail = format!(
+                "{}; presented: {}; peer {} over {}",
+                e.message,
+                presented(req.chain),
+                req.peer,
+                req.transport
+            );
+            audit_refusal(state, &req, "bad-request", &detail).await;
+            Answer::error(&e)
+        }
+    }
+}
+
 /// Registers a device: judges it, assigns it, creates it on its hub, records the state. The
 /// answer is the operation status as the SDKs poll it (the assignment is done before it is
 /// sent: `assigned` or `failed`, never `assigning`).
 pub(crate) async fn register(state: &AppState, req: Request<'_>) -> Answer {
     let id = req.registration_id;
     if let Err(e) = check_dps_id("registration id", id) {
-        audit_refusal(state, &req, "bad-registration-id", &e.message).await;
+        let detail = format!(
+            "{}; presented: {}; peer {} over {}",
+            e.message,
+            presented(req.chain),
+            req.peer,
+            req.transport
+        );
+        audit_refusal(state, &req, "bad-registration-id", &detail).await;
         return Answer::error(&e);
     }
     let key = id.to_ascii_lowercase();
@@ -412,6 +455,8 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
     // X.509 groups: the chain judged against each group's CA alone; the nearest CA wins.
     let mut best: Option<(usize, &String, &Value, String)> = None;
     let mut nearest_failure: Option<Refusal> = None;
+    // Groups whose CA is no longer registered (deleted after the group was made).
+    let mut missing: Vec<String> = Vec::new();
     for (gid, doc) in &groups {
         let Ok(Attestation::X509Group { ca }) = attestation_of(Kind::Group, doc) else {
             continue;
@@ -464,7 +509,7 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
                     ));
                 }
             }
-            GroupCa::Missing => {}
+            GroupCa::Missing => missing.push(format!("{gid} (CA {ca})")),
         }
     }
     if let Some((_, gid, doc, ca)) = best {
@@ -496,8 +541,16 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
         refusal(
             "no-enrollment",
             format!(
-                "no individual enrollment of {:?}, and the chain reaches the CA of no X.509 enrollment group",
-                req.registration_id
+                "no individual enrollment of {:?}, and the chain reaches the CA of no X.509 enrollment group{}",
+                req.registration_id,
+                if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " (these groups name a CA that is no longer registered: {})",
+                        missing.join(", ")
+                    )
+                }
             ),
         )
     })))

@@ -167,27 +167,22 @@ pub(crate) async fn serve<S>(
                         if attempts > MAX_REGISTRATIONS {
                             return;
                         }
-                        let body: Value = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
-                        match check_body(&body, id) {
-                            Err(e) => Answer::error(&e),
-                            Ok(payload) => {
-                                let answer = super::register(
-                                    state,
-                                    Request {
-                                        registration_id: id,
-                                        peer,
-                                        chain,
-                                        token: token.as_deref(),
-                                        payload,
-                                        force: false,
-                                        transport,
-                                    },
-                                )
-                                .await;
-                                registered |= answer.status < 300;
-                                answer
-                            }
-                        }
+                        let answer = super::register_request(
+                            state,
+                            Request {
+                                registration_id: id,
+                                peer,
+                                chain,
+                                token: token.as_deref(),
+                                payload: None,
+                                force: false,
+                                transport,
+                            },
+                            &p.payload,
+                        )
+                        .await;
+                        registered |= answer.status < 300;
+                        answer
                     }
                     Operation::Status(operation) => {
                         if registered {
