@@ -278,7 +278,7 @@ async fn upgrade(
     Ok(crate::ws::WsIo::new(ws))
 }
 
-fn packet_name(p: &Packet) -> &'static str {
+pub(crate) fn packet_name(p: &Packet) -> &'static str {
     match p {
         Packet::Connect(_) => "CONNECT",
         Packet::ConnectAck(_) => "CONNACK",

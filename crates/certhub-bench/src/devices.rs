@@ -20,6 +20,8 @@ pub struct Device {
     pub id: String,
     pub username: String,
     pub config: Arc<ClientConfig>,
+    /// The leaf certificate (the first of `chain.pem`).
+    pub leaf: CertificateDer<'static>,
 }
 
 /// The device folders under `dir` (those holding a `chain.pem`), sorted by name.
@@ -110,6 +112,7 @@ impl TlsSettings {
         if chain.is_empty() {
             bail!("{}: no PEM certificate", chain_path.display());
         }
+        let leaf = chain[0].clone();
         let key = PrivateKeyDer::from_pem_file(&key_path)
             .with_context(|| format!("{}", key_path.display()))?;
         let mut config = ClientConfig::builder_with_provider(self.provider.clone())
@@ -127,6 +130,7 @@ impl TlsSettings {
             id,
             username,
             config: Arc::new(config),
+            leaf,
         })
     }
 }

@@ -1,7 +1,8 @@
 //! `certhub bench`: a load generator that speaks MQTT 3.1.1 over mutual TLS to any broker
 //! (certhub, Mosquitto, ...) with the device credentials of a supply chain, and measures
 //! connect rate, held connections, telemetry throughput, a reconnect storm and, on certhub,
-//! how fast a revoked device loses its connection.
+//! how fast a revoked device loses its connection and how fast a fleet provisions itself
+//! through the device provisioning service (a first-boot storm).
 //!
 //! Every connection makes a full TLS handshake (no session resumption), as a fleet of devices
 //! coming online does.
@@ -11,6 +12,7 @@ mod amqp;
 mod api;
 mod conn;
 mod devices;
+mod provision;
 mod report;
 mod sample;
 mod scenarios;
@@ -42,6 +44,19 @@ enum Scenario {
     /// certhub only: hold N connections, disable K devices through the service API, measure
     /// how soon the hub closes their connections; then enable them again.
     Revoke(RevokeArgs),
+    /// Azure DPS (certhub's provisioning endpoint): N widgets register at once over MQTT over
+    /// mutual TLS, then connect to the hub they were assigned: registrations per second and
+    /// per server-CPU-second, time until all are connected.
+    ///
+    /// --devices, --host and --port name the widgets and the provisioning endpoint (certhub's
+    /// is its MQTT port); the registration id is the leaf's CN. Each widget connects with user
+    /// name `{idScope}/registrations/{id}/api-version=2019-03-31&ClientVersion=certhub-bench`,
+    /// subscribes to `$dps/registrations/res/#`, publishes its register request, polls while
+    /// the answer is 202 and asks again after retry-after on 429 and 5xx; then it connects to
+    /// the hub it was assigned (the answer's assignedHub, on --hub-port) as the device, with
+    /// --username-template ({host}: the assigned hub). The hub needs an enrollment that admits
+    /// the widgets, e.g. `certhub dps enrollment-group create --id widgets --ca company-x`.
+    Provision(ProvisionArgs),
 }
 
 /// TLS protocol version.
@@ -260,6 +275,32 @@ struct RevokeArgs {
     parallel: u32,
 }
 
+#[derive(Debug, Args)]
+struct ProvisionArgs {
+    #[command(flatten)]
+    common: Common,
+    /// The provisioning service's ID scope (`certhub dps id-scope`).
+    #[arg(long)]
+    id_scope: String,
+    /// Widgets that boot at once (the first N device folders).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    widgets: u32,
+    /// Widgets in flight at most (registering or connecting to their hub).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    parallel: u32,
+    /// The assigned hub's port [default: --port; certhub's provisioning endpoint and hub share
+    /// the MQTT listener].
+    #[arg(long)]
+    hub_port: Option<u16>,
+    /// Connect to this host for every assigned hub instead of the name the answer gives (that
+    /// name stays the TLS server name and the user name's host).
+    #[arg(long)]
+    hub_address: Option<String>,
+    /// Register only: no connection to the assigned hub (the provisioning endpoint alone).
+    #[arg(long)]
+    register_only: bool,
+}
+
 /// Runs one scenario and prints its result.
 pub fn run(args: BenchArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -272,6 +313,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Scenario::Telemetry(a) => a.common.json,
         Scenario::Storm(a) => a.common.json,
         Scenario::Revoke(a) => a.common.json,
+        Scenario::Provision(a) => a.common.json,
     };
     let result = runtime.block_on(scenarios::run(args.scenario));
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

@@ -1,4 +1,5 @@
-//! The five scenarios: connect-rate, hold, telemetry, storm, revoke.
+//! The scenarios: connect-rate, hold, telemetry, storm, revoke (provision is in
+//! `provision.rs`, with what this module shares).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::num::NonZeroU16;
@@ -23,8 +24,8 @@ use crate::devices::{self, Device, TlsSettings};
 use crate::report::{Errors, Report, ServerUsage, Summary};
 use crate::sample::{Probe, Sample, ensure_open_files};
 use crate::{
-    Common, ConnectRateArgs, HoldArgs, RevokeArgs, Scenario, StormArgs, TelemetryArgs,
-    parse_sources,
+    Common, ConnectRateArgs, HoldArgs, ProvisionArgs, RevokeArgs, Scenario, StormArgs,
+    TelemetryArgs, parse_sources,
 };
 
 pub async fn run(s: Scenario) -> Result<Report> {
@@ -35,6 +36,7 @@ pub async fn run(s: Scenario) -> Result<Report> {
         | Scenario::Hold(HoldArgs { common, .. })
         | Scenario::Storm(StormArgs { common, .. })
         | Scenario::Revoke(RevokeArgs { common, .. })
+        | Scenario::Provision(ProvisionArgs { common, .. })
             if amqp(common) =>
         {
             bail!("--transport amqp is measured by the telemetry scenario only");
@@ -47,15 +49,16 @@ pub async fn run(s: Scenario) -> Result<Report> {
         Scenario::Telemetry(a) => telemetry(a).await,
         Scenario::Storm(a) => storm(a).await,
         Scenario::Revoke(a) => revoke(a).await,
+        Scenario::Provision(a) => crate::provision::run(a).await,
     }
 }
 
 /// What every scenario starts from: the target, the TLS settings, the options.
-struct Env {
-    target: Arc<Target>,
-    settings: TlsSettings,
-    common: Common,
-    server_name: String,
+pub(crate) struct Env {
+    pub(crate) target: Arc<Target>,
+    pub(crate) settings: TlsSettings,
+    pub(crate) common: Common,
+    pub(crate) server_name: String,
 }
 
 impl Env {
@@ -71,7 +74,7 @@ impl Env {
         }
     }
 
-    async fn new(common: Common) -> Result<Self> {
+    pub(crate) async fn new(common: Common) -> Result<Self> {
         let server_name = common
             .server_name
             .clone()
@@ -107,11 +110,11 @@ impl Env {
         })
     }
 
-    fn devices(&self, n: Option<usize>) -> Result<Vec<Arc<Device>>> {
+    pub(crate) fn devices(&self, n: Option<usize>) -> Result<Vec<Arc<Device>>> {
         devices::load(&self.common.devices, n, &self.settings)
     }
 
-    fn report(&self, scenario: &'static str) -> Report {
+    pub(crate) fn report(&self, scenario: &'static str) -> Report {
         let c = &self.common;
         Report {
             scenario,
@@ -148,14 +151,14 @@ impl Env {
 
     /// Adds the cipher suite the server chose to the report's target (once a connection was
     /// made).
-    fn suite(&self, report: &mut Report) {
+    pub(crate) fn suite(&self, report: &mut Report) {
         if let Some(suite) = self.target.suite.get() {
             report.target.push(("suite", json!(suite)));
         }
     }
 
     /// Raises the open-file limit if `connections` need it; a note when it stays too low.
-    fn files_for(&self, connections: usize, report_notes: &mut Vec<String>) {
+    pub(crate) fn files_for(&self, connections: usize, report_notes: &mut Vec<String>) {
         if let Some(note) = ensure_open_files(connections as u64 + 64) {
             report_notes.push(note);
         }
@@ -163,7 +166,7 @@ impl Env {
 }
 
 /// CPU and memory at the start of a measured phase.
-struct Meter {
+pub(crate) struct Meter {
     pid: Option<u32>,
     server_probe: Option<Probe>,
     me_probe: Probe,
@@ -173,10 +176,10 @@ struct Meter {
 }
 
 /// What a measured phase cost.
-struct Measured {
-    elapsed_s: f64,
-    generator_cpu_s: Option<f64>,
-    server: Option<ServerUsage>,
+pub(crate) struct Measured {
+    pub(crate) elapsed_s: f64,
+    pub(crate) generator_cpu_s: Option<f64>,
+    pub(crate) server: Option<ServerUsage>,
 }
 
 fn used(after: Option<f64>, before: Option<f64>) -> Option<f64> {
@@ -184,7 +187,7 @@ fn used(after: Option<f64>, before: Option<f64>) -> Option<f64> {
 }
 
 impl Meter {
-    fn start(pid: Option<u32>) -> Self {
+    pub(crate) fn start(pid: Option<u32>) -> Self {
         let mut server_probe = pid.map(|p| Probe::open(Some(p)));
         let mut me_probe = Probe::open(None);
         Self {
@@ -202,7 +205,7 @@ impl Meter {
         self.server_probe.as_mut()?.sample().rss_kib
     }
 
-    fn finish(&mut self, ops: u64, ops_name: &'static str) -> Measured {
+    pub(crate) fn finish(&mut self, ops: u64, ops_name: &'static str) -> Measured {
         let elapsed_s = self.at.elapsed().as_secs_f64();
         let me = self.me_probe.sample();
         let generator_cpu_s = used(me.cpu_s, self.me.cpu_s);
@@ -232,7 +235,7 @@ impl Meter {
 }
 
 /// A short wait before another attempt: 50 ms doubling to 2 s, plus up to half again.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let base =
         Duration::from_millis(50 << attempt.saturating_sub(1).min(5)).min(Duration::from_secs(2));
     let nanos = std::time::SystemTime::now()

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{certhub, enroll_company_x, s, start_hub_with, tmp, write};
+use common::{certhub, certhub_at, enroll_company_x, s, start_hub_with, tmp, write};
 use serde_json::Value;
 
 /// `certhub bench SCENARIO ARGS... --json`, parsed; exit 0 expected.
@@ -241,4 +241,101 @@ fn every_scenario_runs_against_the_hub() {
     assert_eq!(count(&v, "established"), 0, "{v:#}");
     assert_eq!(count(&v, "failed"), 1, "{v:#}");
     assert_eq!(v["errors"]["connack 5"], 1, "{v:#}");
+}
+
+/// `certhub bench provision`: a few widgets that were never registered register through an
+/// X.509 enrollment group on the verified root and connect to the hub they were assigned; a
+/// second storm registers them again; a wrong ID scope is counted as the endpoint's CONNACK 5
+/// and not retried.
+#[test]
+fn provision_registers_widgets_and_connects_them() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub = start_hub_with(
+        &data,
+        &[
+            "--https-addr",
+            "127.0.0.4:0",
+            "--mqtt-addr",
+            "127.0.0.4:0",
+            "--hostname",
+            "127.0.0.4",
+        ],
+    );
+    enroll_company_x(d, &data, 6);
+    certhub_at(
+        d,
+        &data,
+        &[
+            "dps",
+            "enrollment-group",
+            "create",
+            "--id",
+            "widgets",
+            "--ca",
+            "company-x",
+        ],
+    )
+    .ok();
+    let scope = certhub_at(d, &data, &["dps", "id-scope"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let ca = data.join("tls/server-ca.pem");
+    let pid = std::process::id().to_string();
+    let port = hub.mqtt_port.to_string();
+    let target = [
+        "--devices",
+        "pki/devices",
+        "--host",
+        "127.0.0.4",
+        "--port",
+        &port,
+        "--ca",
+        s(&ca),
+        "--server-pid",
+        &pid,
+    ];
+    let storm = ["--id-scope", &scope, "--widgets", "6", "--parallel", "3"];
+    for round in ["first boot", "registered again"] {
+        let v = bench(d, "provision", &target, &storm);
+        assert_eq!(count(&v, "registered"), 6, "{round}: {v:#}");
+        assert_eq!(count(&v, "connected"), 6, "{round}: {v:#}");
+        assert_eq!(count(&v, "failed"), 0, "{round}: {v:#}");
+        assert_eq!(count(&v, "errors"), 0, "{round}: {v:#}");
+        no_errors(&v);
+        assert_eq!(v["target"]["assigned_hubs"]["127.0.0.4"], 6, "{v:#}");
+        assert_eq!(v["latency_ms"]["register"]["count"], 6, "{v:#}");
+        assert_eq!(v["latency_ms"]["connect"]["count"], 6, "{v:#}");
+        assert_eq!(v["server"]["ops"], "registrations", "{v:#}");
+    }
+    let listed = certhub_at(d, &data, &["dps", "registrations"]).ok().stdout;
+    assert!(
+        listed.contains("smart-x-widget-0006\tassigned\t"),
+        "{listed}"
+    );
+    let v = bench(
+        d,
+        "provision",
+        &target,
+        &["--id-scope", &scope, "--widgets", "2", "--register-only"],
+    );
+    assert_eq!(count(&v, "registered"), 2, "{v:#}");
+    assert_eq!(count(&v, "connected"), 0, "{v:#}");
+    assert_eq!(count(&v, "failed"), 0, "{v:#}");
+    no_errors(&v);
+
+    // An ID scope the hub does not have: CONNACK 5 from the endpoint, counted, not retried.
+    let v = bench(
+        d,
+        "provision",
+        &target,
+        &["--id-scope", "0ne00000000", "--widgets", "2"],
+    );
+    assert_eq!(count(&v, "registered"), 0, "{v:#}");
+    assert_eq!(count(&v, "failed"), 2, "{v:#}");
+    assert_eq!(count(&v, "dps_retries"), 0, "{v:#}");
+    assert_eq!(v["errors"]["dps connack 5"], 2, "{v:#}");
 }

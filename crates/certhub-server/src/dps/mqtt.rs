@@ -185,7 +185,11 @@ pub(crate) async fn serve<S>(
                         answer
                     }
                     Operation::Status(operation) => {
-                        if registered {
+                        // A poll proves the connection's credential again unless this session
+                        // registered (an SDK may reconnect while it polls).
+                        if registered
+                            || super::prove_again(state, id, chain, token.as_deref()).await
+                        {
                             super::operation_status(state, id, &operation).await
                         } else {
                             Answer::error(&super::unauthorized())
