@@ -102,7 +102,7 @@ impl Store {
         let sql = format!("SELECT * FROM {} WHERE id = $1", kind.table());
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         row.as_ref().map(enrollment).transpose()
     }
@@ -121,7 +121,7 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(after.to_string())
             .bind(limit)
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(enrollment).collect()
     }
@@ -216,7 +216,7 @@ impl Store {
     pub async fn registration(&self, id: &str) -> Result<Option<RegistrationRecord>> {
         let row = sqlx::query("SELECT * FROM dps_registrations WHERE id = $1")
             .bind(id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         row.as_ref().map(registration).transpose()
     }

@@ -115,19 +115,24 @@ impl Store {
         if backend == Backend::Sqlite {
             // One writer at a time is all SQLite allows; a single connection also makes every
             // statement see the previous one's result without busy retries.
-            pool = pool.max_connections(1).after_connect(|conn, _| {
-                Box::pin(async move {
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
-                    // Copy the WAL back into the database every 32 MiB rather than every 4:
-                    // pages written again and again (the telemetry log's last pages, the
-                    // per-device index) are copied once per checkpoint, and each checkpoint
-                    // costs an fsync.
-                    conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    Ok(())
-                })
-            });
+            // The connection is in this process: there is nothing a ping before each use
+            // could find, and it cost a round trip through the pool's worker per statement.
+            pool = pool
+                .max_connections(1)
+                .test_before_acquire(false)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = NORMAL").await?;
+                        // Copy the WAL back into the database every 32 MiB rather than every 4:
+                        // pages written again and again (the telemetry log's last pages, the
+                        // per-device index) are copied once per checkpoint, and each checkpoint
+                        // costs an fsync.
+                        conn.execute("PRAGMA wal_autocheckpoint = 8192").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        Ok(())
+                    })
+                });
         } else {
             pool = pool.max_connections(8);
         }
@@ -138,6 +143,7 @@ impl Store {
                 AnyPoolOptions::new()
                     .acquire_timeout(Duration::from_secs(30))
                     .max_connections(4)
+                    .test_before_acquire(false)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
                             conn.execute("PRAGMA busy_timeout = 10000").await?;

@@ -396,6 +396,9 @@ async fn audited<T>(
     target: String,
     result: Result<T>,
 ) -> Result<T> {
+    // Every write of enrollments or linked hubs comes through here: registrations read them
+    // again.
+    state.dps().forget_config();
     match &result {
         Ok(_) => state.audit(caller, op, &target, "ok", "").await,
         Err(e) => {
@@ -742,6 +745,7 @@ async fn bulk(
             }
         }
     }
+    state.dps().forget_config();
     Ok(json_response(
         StatusCode::OK,
         &json!({"isSuccessful": errors.is_empty(), "errors": errors}),

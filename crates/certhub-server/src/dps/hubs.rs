@@ -41,6 +41,8 @@ pub(crate) struct Existing {
     pub status: Status,
     pub authentication: Value,
     pub capabilities: Value,
+    /// The stored device, on this hub.
+    pub local: Option<Box<certhub_core::Device>>,
 }
 
 fn unavailable(hub: &str, why: impl std::fmt::Display) -> DpsError {
@@ -195,6 +197,7 @@ impl Hub {
                         status: d.status,
                         authentication: view["authentication"].clone(),
                         capabilities: view["capabilities"].clone(),
+                        local: Some(Box::new(d)),
                     }
                 }))
             }
@@ -211,6 +214,7 @@ impl Hub {
                         },
                         authentication: body["authentication"].clone(),
                         capabilities: body["capabilities"].clone(),
+                        local: None,
                     })),
                     404 => Ok(None),
                     s => Err(unavailable(&l.name, format!("{s}: {}", message(&body)))),
@@ -236,10 +240,8 @@ impl Hub {
                     capabilities: serde_json::from_value(capabilities.clone()).ok(),
                     ..DeviceInput::default()
                 };
-                let current = store
-                    .device(id)
-                    .await
-                    .map_err(|e| unavailable("(this hub)", e))?;
+                // Written only if the device is still as `existing` saw it (or still absent).
+                let current = existing.and_then(|e| e.local.as_deref());
                 let conflict = || {
                     DpsError::new(
                         409,
@@ -248,7 +250,7 @@ impl Hub {
                     )
                 };
                 match (existing, current) {
-                    (None, None) => {
+                    (None, _) => {
                         let d = input
                             .into_device(id, None, now_ms())
                             .map_err(|e| DpsError::bad_request(e.message))?;
@@ -268,7 +270,7 @@ impl Hub {
                             ..input
                         };
                         let next = input
-                            .into_device(id, Some(&d), now_ms())
+                            .into_device(id, Some(d), now_ms())
                             .map_err(|e| DpsError::bad_request(e.message))?;
                         if next.authentication == d.authentication
                             && next.capabilities == d.capabilities

@@ -18,6 +18,7 @@ pub(crate) mod mqtt;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -53,6 +54,27 @@ pub(crate) struct DpsState {
     pub(crate) mqtt_sessions: Arc<tokio::sync::Semaphore>,
     /// Linked hubs ready to call, by name, with the record they were made from.
     linked: Mutex<HashMap<String, (certhub_store::LinkedHubRecord, Arc<hubs::Linked>)>>,
+    /// Bumped after every write of the provisioning configuration through the API (enrollments,
+    /// linked hubs): the copy in `config` is read again.
+    generation: AtomicU64,
+    /// The enrollment groups and linked hubs as of a generation: every registration needs
+    /// them, and they change only through this hub's API.
+    config: Mutex<Option<(u64, Arc<Config>)>>,
+}
+
+/// What every registration consults: the enrollment groups and the linked hubs.
+#[derive(Debug)]
+struct Config {
+    groups: Vec<Group>,
+    linked: Vec<certhub_store::LinkedHubRecord>,
+}
+
+/// An enrollment group as stored, its attestation read once.
+#[derive(Debug)]
+struct Group {
+    id: String,
+    doc: Value,
+    attestation: Result<Attestation, String>,
 }
 
 #[derive(Debug, Default)]
@@ -64,7 +86,13 @@ struct GroupCas {
 /// A CA an enrollment group names, as the hub holds it now.
 #[derive(Debug)]
 enum GroupCa {
-    Verified(TrustSnapshot),
+    Verified {
+        trust: TrustSnapshot,
+        /// Azure's `X509CertificateInfo` of the CA (`signingCertificateInfo`).
+        info: Value,
+        /// Its SHA-256 thumbprint, by which a linked hub is asked whether it trusts it.
+        sha256: String,
+    },
     /// Registered but without proof of possession: it admits no one.
     Unverified(TrustSnapshot),
     Missing,
@@ -77,6 +105,8 @@ impl DpsState {
             inflight: Mutex::default(),
             group_cas: Mutex::default(),
             linked: Mutex::default(),
+            generation: AtomicU64::new(0),
+            config: Mutex::default(),
             mqtt_sessions: Arc::new(tokio::sync::Semaphore::new(MAX_MQTT_SESSIONS)),
         }
     }
@@ -96,6 +126,13 @@ impl DpsState {
         let hub = Arc::new(hubs::Linked::new(rec)?);
         linked.insert(rec.name.clone(), (rec.clone(), hub.clone()));
         Ok(hub)
+    }
+
+    /// Forgets the cached enrollment groups and linked hubs (call after writing them).
+    pub(crate) fn forget_config(&self) {
+        let mut config = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        *config = None;
     }
 
     fn group_cas(&self) -> std::sync::MutexGuard<'_, GroupCas> {
@@ -190,6 +227,8 @@ struct Admitted {
     device_key: Option<(String, String)>,
     /// Azure's `x509` section of the registration state.
     x509: Option<Value>,
+    /// The CA of the X.509 group that admitted the device.
+    group_ca: Option<Arc<GroupCa>>,
 }
 
 /// A register request as its transport read it: the body's bytes (JSON, `{"registrationId":
@@ -367,34 +406,21 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
             doc,
             attestation,
             x509,
+            group_ca: None,
         });
     }
     // The groups, nearest CA first for X.509 (the group of the leaf's issuer before the group
     // of its root), the first whose key derives the device's for symmetric keys.
-    let mut groups = Vec::new();
-    let mut after = String::new();
-    loop {
-        let page = store
-            .enrollments(EnrollmentKind::Group, &after, 500)
-            .await
-            .map_err(Err)?;
-        let Some(last) = page.last() else { break };
-        after = last.id.clone();
-        for rec in page {
-            let doc: Value = serde_json::from_str(&rec.doc).map_err(|e| {
-                Err(certhub_store::StoreError::Corrupt(format!(
-                    "enrollment group {}: {e}",
-                    rec.id
-                )))
-            })?;
-            groups.push((rec.id, doc));
-        }
-    }
+    let config = config(state).await.map_err(Err)?;
+    let groups = &config.groups;
     if req.token.is_some() {
-        for (gid, doc) in &groups {
-            let Ok(Attestation::SymmetricKey { primary, secondary }) =
-                attestation_of(Kind::Group, doc)
-            else {
+        for Group {
+            id: gid,
+            doc,
+            attestation,
+        } in groups
+        {
+            let Ok(Attestation::SymmetricKey { primary, secondary }) = attestation else {
                 continue;
             };
             let derived: Vec<String> = [&primary, &secondary]
@@ -426,9 +452,13 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
                     kind: Kind::Group,
                     enrollment_id: gid.clone(),
                     doc: doc.clone(),
-                    attestation: Attestation::SymmetricKey { primary, secondary },
+                    attestation: Attestation::SymmetricKey {
+                        primary: primary.clone(),
+                        secondary: secondary.clone(),
+                    },
                     device_key,
                     x509: None,
+                    group_ca: None,
                 });
             }
         }
@@ -453,17 +483,22 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
         )));
     }
     // X.509 groups: the chain judged against each group's CA alone; the nearest CA wins.
-    let mut best: Option<(usize, &String, &Value, String)> = None;
+    let mut best: Option<(usize, &String, &Value, &String, Arc<GroupCa>)> = None;
     let mut nearest_failure: Option<Refusal> = None;
     // Groups whose CA is no longer registered (deleted after the group was made).
     let mut missing: Vec<String> = Vec::new();
-    for (gid, doc) in &groups {
-        let Ok(Attestation::X509Group { ca }) = attestation_of(Kind::Group, doc) else {
+    for Group {
+        id: gid,
+        doc,
+        attestation,
+    } in groups
+    {
+        let Ok(Attestation::X509Group { ca }) = attestation else {
             continue;
         };
-        let group_ca = group_ca(state, &ca).await.map_err(Err)?;
+        let group_ca = group_ca(state, ca).await.map_err(Err)?;
         match &*group_ca {
-            GroupCa::Verified(trust) => {
+            GroupCa::Verified { trust, .. } => {
                 match certhub_pki::verify_device_chain(
                     req.chain,
                     &trust.verified,
@@ -473,7 +508,7 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
                     Ok(v) => {
                         let depth = v.path.len();
                         if best.as_ref().is_none_or(|b| depth < b.0) {
-                            best = Some((depth, gid, doc, ca.clone()));
+                            best = Some((depth, gid, doc, ca, group_ca.clone()));
                         }
                     }
                     Err(r) => {
@@ -512,7 +547,7 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
             GroupCa::Missing => missing.push(format!("{gid} (CA {ca})")),
         }
     }
-    if let Some((_, gid, doc, ca)) = best {
+    if let Some((_, gid, doc, ca, group_ca)) = best {
         if doc["provisioningStatus"] == "disabled" {
             return Err(Ok(refusal(
                 "enrollment-disabled",
@@ -520,21 +555,22 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
             )));
         }
         let leaf = &req.chain[0];
-        let signing = match &*group_ca(state, &ca).await.map_err(Err)? {
-            GroupCa::Verified(_) => ca_info(state, &ca).await,
+        let signing = match &*group_ca {
+            GroupCa::Verified { info, .. } => info.clone(),
             _ => Value::Null,
         };
         return Ok(Admitted {
             kind: Kind::Group,
             enrollment_id: gid.clone(),
             doc: doc.clone(),
-            attestation: Attestation::X509Group { ca },
+            attestation: Attestation::X509Group { ca: ca.clone() },
             device_key: None,
             x509: Some(json!({
                 "enrollmentGroupId": gid,
                 "certificateInfo": certificate_info(leaf.as_ref()),
                 "signingCertificateInfo": signing,
             })),
+            group_ca: Some(group_ca),
         });
     }
     Err(Ok(nearest_failure.unwrap_or_else(|| {
@@ -668,15 +704,47 @@ fn certificate_info(der: &[u8]) -> Value {
     certhub_core::dps::certificate_info(der).unwrap_or(Value::Null)
 }
 
-async fn ca_info(state: &AppState, name: &str) -> Value {
-    match state.store().ca(name).await {
-        Ok(Some(ca)) => certhub_pki::read_upload(&ca.pem)
-            .ok()
-            .and_then(|c| c.into_iter().next())
-            .map(|c| certificate_info(c.as_ref()))
-            .unwrap_or(Value::Null),
-        _ => Value::Null,
+/// The enrollment groups and linked hubs, read again after the API wrote them.
+async fn config(state: &AppState) -> Result<Arc<Config>, certhub_store::StoreError> {
+    const PAGE: i64 = 500;
+    let dps = state.dps();
+    let generation = dps.generation.load(Ordering::SeqCst);
+    if let Some((of, config)) = &*dps.config.lock().unwrap_or_else(|p| p.into_inner())
+        && *of == generation
+    {
+        return Ok(config.clone());
     }
+    let store = state.store();
+    let mut groups = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = store
+            .enrollments(EnrollmentKind::Group, &after, PAGE)
+            .await?;
+        let full = page.len() as i64 == PAGE;
+        for rec in page {
+            let doc: Value = serde_json::from_str(&rec.doc).map_err(|e| {
+                certhub_store::StoreError::Corrupt(format!("enrollment group {}: {e}", rec.id))
+            })?;
+            after.clone_from(&rec.id);
+            groups.push(Group {
+                attestation: attestation_of(Kind::Group, &doc),
+                id: rec.id,
+                doc,
+            });
+        }
+        if !full {
+            break;
+        }
+    }
+    let linked = store.linked_hubs().await?;
+    let made = Arc::new(Config { groups, linked });
+    let mut slot = dps.config.lock().unwrap_or_else(|p| p.into_inner());
+    // Not if the API wrote meanwhile: what was read may be from before that write.
+    if dps.generation.load(Ordering::SeqCst) == generation {
+        *slot = Some((generation, made.clone()));
+    }
+    Ok(made)
 }
 
 /// The one-CA trust snapshot of a CA a group names, made once per trust snapshot.
@@ -702,16 +770,23 @@ async fn group_ca(state: &AppState, name: &str) -> Result<Arc<GroupCa>, certhub_
             let cert = certhub_pki::read_upload(&ca.pem)
                 .ok()
                 .and_then(|c| c.into_iter().next());
-            match cert.and_then(|c| TrustStore::new([c]).ok()) {
+            match cert.and_then(|c| {
+                let info = certificate_info(c.as_ref());
+                TrustStore::new([c]).ok().map(|s| (s, info))
+            }) {
                 None => GroupCa::Missing,
-                Some(store) => {
+                Some((store, info)) => {
                     let snapshot = TrustSnapshot {
                         verified: store,
                         verified_names: vec![ca.name.clone()],
                         ..TrustSnapshot::default()
                     };
                     if ca.is_verified {
-                        GroupCa::Verified(snapshot)
+                        GroupCa::Verified {
+                            trust: snapshot,
+                            info,
+                            sha256: ca.sha256.clone(),
+                        }
                     } else {
                         GroupCa::Unverified(snapshot)
                     }
@@ -737,6 +812,7 @@ async fn choose(
     state: &AppState,
     doc: &Value,
     registration_id: &str,
+    linked: &[certhub_store::LinkedHubRecord],
 ) -> Result<(Hub, String), DpsError> {
     let unavailable = |e: certhub_store::StoreError| {
         DpsError::new(
@@ -745,7 +821,6 @@ async fn choose(
             format!("the provisioning store failed ({e}); register again"),
         )
     };
-    let linked = state.store().linked_hubs().await.map_err(unavailable)?;
     let here = this_hub(state);
     let named: Vec<String> = doc["iotHubs"]
         .as_array()
@@ -822,7 +897,7 @@ async fn choose(
                 "the enrollment's hubs all have allocation weight 0: no hub takes devices",
             )
         })?;
-    let hub = hub_named(state, &chosen, &linked)?;
+    let hub = hub_named(state, &chosen, linked)?;
     Ok((hub, chosen))
 }
 
@@ -876,15 +951,16 @@ async fn assign(
         .to_string();
     let id = DeviceId::new(&device_id)
         .map_err(|e| DpsError::bad_request(format!("device id {device_id:?}: {e}")))?;
-    let linked = store.linked_hubs().await.map_err(unavailable)?;
+    let config = config(state).await.map_err(unavailable)?;
+    let linked = &config.linked;
     // A device that may not change hubs stays where it was (if that hub is still there).
     let stay = doc["reprovisionPolicy"]["updateHubAssignment"] == false;
     let (hub, hub_name) = match previous.as_ref().filter(|_| stay) {
-        Some(p) => match hub_named(state, &p.assigned_hub, &linked) {
+        Some(p) => match hub_named(state, &p.assigned_hub, linked) {
             Ok(h) => (h, p.assigned_hub.clone()),
-            Err(_) => choose(state, doc, req.registration_id).await?,
+            Err(_) => choose(state, doc, req.registration_id, linked).await?,
         },
-        None => choose(state, doc, req.registration_id).await?,
+        None => choose(state, doc, req.registration_id, linked).await?,
     };
     let moved_from = previous
         .as_ref()
@@ -893,15 +969,15 @@ async fn assign(
     let migrate = doc["reprovisionPolicy"]["migrateDeviceData"] != false;
     let mut auth = device_authentication(&admitted);
     let mut auth_note = "";
-    if let (Attestation::X509Group { ca }, Some(leaf)) = (&admitted.attestation, req.chain.first())
+    if let (Hub::Linked(_), Some(leaf), Some(group_ca)) =
+        (&hub, req.chain.first(), admitted.group_ca.as_deref())
     {
-        let sha256 = store
-            .ca(ca)
-            .await
-            .map_err(unavailable)?
-            .map(|c| c.sha256)
-            .unwrap_or_default();
-        if !hub.trusts_ca(state, &sha256).await? {
+        // This hub trusts the group's CA (it admitted the device); a linked hub may not.
+        let sha256 = match group_ca {
+            GroupCa::Verified { sha256, .. } => sha256.as_str(),
+            _ => "",
+        };
+        if !hub.trusts_ca(state, sha256).await? {
             // The hub cannot judge the chain: the device authenticates by its certificate's
             // thumbprint there.
             let t = Thumbprints::of(leaf.as_ref());
@@ -940,7 +1016,7 @@ async fn assign(
     // A hub that is no longer linked has nothing to migrate from: the device starts afresh.
     let old_hub = moved_from
         .as_deref()
-        .and_then(|old| hub_named(state, old, &linked).ok());
+        .and_then(|old| hub_named(state, old, linked).ok());
     let (twin, substatus) = match (&moved_from, previous.is_some(), migrate) {
         (Some(_), _, true) if old_hub.is_some() => {
             let data = match &old_hub {
@@ -1236,7 +1312,7 @@ pub(crate) async fn jitr(
         let Ok(group_ca) = group_ca(state, ca).await else {
             return None;
         };
-        let GroupCa::Verified(trust) = &*group_ca else {
+        let GroupCa::Verified { trust, .. } = &*group_ca else {
             continue;
         };
         if certhub_pki::verify_device_chain(chain, &trust.verified, Some(client_id), unix(now))
