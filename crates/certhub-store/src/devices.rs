@@ -215,36 +215,48 @@ impl Store {
     }
 
     async fn insert_devices_now(&self, devices: &[Device]) -> Result<u64> {
+        if devices.len() <= BATCH {
+            // One statement is atomic on its own: no transaction's BEGIN and COMMIT trips.
+            return self.insert_devices_in(self.pool(), devices).await;
+        }
         let mut tx = self.pool().begin().await?;
         let mut inserted = 0;
         for chunk in devices.chunks(BATCH) {
-            // Long statements: placeholders per backend (see `Store::placeholder`).
-            let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
-            self.push_values(&mut sql, chunk.len(), DEVICE_FIELDS);
-            sql.push_str(" ON CONFLICT (device_id) DO NOTHING");
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for d in chunk {
-                let a = &d.authentication;
-                q = q
-                    .bind(d.device_id.as_str().to_string())
-                    .bind(d.generation_id.clone())
-                    .bind(d.etag.0.clone())
-                    .bind(d.status.as_str())
-                    .bind(d.status_reason.clone())
-                    .bind(d.status_updated_ms)
-                    .bind(a.kind.as_str())
-                    .bind(a.symmetric_key.primary_key.clone())
-                    .bind(a.symmetric_key.secondary_key.clone())
-                    .bind(a.x509_thumbprint.primary_thumbprint.clone())
-                    .bind(a.x509_thumbprint.secondary_thumbprint.clone())
-                    .bind(i64::from(d.capabilities.iot_edge))
-                    .bind(d.c2d_count)
-                    .bind(d.last_activity_ms);
-            }
-            inserted += q.execute(&mut *tx).await?.rows_affected();
+            inserted += self.insert_devices_in(&mut *tx, chunk).await?;
         }
         tx.commit().await?;
         Ok(inserted)
+    }
+
+    /// One multi-row insert of at most [`BATCH`] devices.
+    async fn insert_devices_in<'e, E>(&self, executor: E, chunk: &[Device]) -> Result<u64>
+    where
+        E: sqlx::Executor<'e, Database = sqlx::Any>,
+    {
+        // Long statements: placeholders per backend (see `Store::placeholder`).
+        let mut sql = format!("INSERT INTO devices ({DEVICE_COLUMNS}) VALUES ");
+        self.push_values(&mut sql, chunk.len(), DEVICE_FIELDS);
+        sql.push_str(" ON CONFLICT (device_id) DO NOTHING");
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for d in chunk {
+            let a = &d.authentication;
+            q = q
+                .bind(d.device_id.as_str().to_string())
+                .bind(d.generation_id.clone())
+                .bind(d.etag.0.clone())
+                .bind(d.status.as_str())
+                .bind(d.status_reason.clone())
+                .bind(d.status_updated_ms)
+                .bind(a.kind.as_str())
+                .bind(a.symmetric_key.primary_key.clone())
+                .bind(a.symmetric_key.secondary_key.clone())
+                .bind(a.x509_thumbprint.primary_thumbprint.clone())
+                .bind(a.x509_thumbprint.secondary_thumbprint.clone())
+                .bind(i64::from(d.capabilities.iot_edge))
+                .bind(d.c2d_count)
+                .bind(d.last_activity_ms);
+        }
+        Ok(q.execute(executor).await?.rows_affected())
     }
 
     /// Which of `ids` are registered.

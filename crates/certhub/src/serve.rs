@@ -638,6 +638,25 @@ pub fn run(args: ServeArgs) -> Result<Outcome> {
     runtime.block_on(serve(config))
 }
 
+/// Connections the kernel queues for a listener before the hub accepts them (capped by
+/// `net.core.somaxconn`). tokio's `TcpListener::bind` asks for 128, which a fleet booting at
+/// once overflows: each SYN dropped costs its device a second before it is sent again.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`].
+fn bind_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As std and tokio do: a restarted hub binds again while old connections linger in
+    // TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn serve(config: Config) -> Result<Outcome> {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
@@ -670,16 +689,13 @@ async fn serve(config: Config) -> Result<Outcome> {
     )
     .context("the hub's TLS identity")?;
     let tls = identity.https_config()?;
-    let listener = tokio::net::TcpListener::bind(config.https_addr)
-        .await
+    let listener = bind_listener(config.https_addr)
         .map_err(|e| bind_error(Listener::Https, config.https_addr, &e))?;
     let bound = listener.local_addr()?;
-    let mqtt_listener = tokio::net::TcpListener::bind(config.mqtt_addr)
-        .await
+    let mqtt_listener = bind_listener(config.mqtt_addr)
         .map_err(|e| bind_error(Listener::Mqtt, config.mqtt_addr, &e))?;
     let mqtt_bound = mqtt_listener.local_addr()?;
-    let amqp_listener = tokio::net::TcpListener::bind(config.amqp_addr)
-        .await
+    let amqp_listener = bind_listener(config.amqp_addr)
         .map_err(|e| bind_error(Listener::Amqp, config.amqp_addr, &e))?;
     let amqp_bound = amqp_listener.local_addr()?;
     let device_tls = identity.device_config()?;

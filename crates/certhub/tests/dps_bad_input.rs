@@ -12,7 +12,8 @@
 //! - symmetric-key tokens that are expired, for another registration id or signed with a
 //!   wrong key, for an individual enrollment and for a group (401, errorCode 401002);
 //! - an X.509 enrollment group whose CA is deleted, one whose CA was never proved, and a
-//!   disabled group: the widget is refused from then on;
+//!   disabled group: the widget is refused from then on; a widget whose device exists on the
+//!   hub disabled is refused and the device left as it is;
 //! - a linked hub that is down: a retryable answer with retry-after, nothing left behind;
 //! - ten registrations of one id at once: one device, one registration state, one answer;
 //! - the DPS service API refuses the hub's iothubowner (no provisioning rights) and takes
@@ -1112,6 +1113,34 @@ fn x509_groups_without_a_usable_ca_or_disabled_refuse_the_widget() {
     p.check(
         r.status == 200 && r.json()["registrationState"]["x509"]["enrollmentGroupId"] == "widgets",
         format!("smart-x-widget-0003 through the enabled group: 200 expected, got {r}"),
+    );
+
+    // A widget whose device an operator made by hand (SAS) and disabled: refused, the device
+    // left as it is; enabled, it registers and the device takes the group's authentication.
+    let id = "smart-x-widget-0002";
+    hub.ok(&["device", "create", "--id", id, "--status", "disabled"]);
+    let what = "smart-x-widget-0002 whose device is disabled";
+    let r = hub.register_widget(&rt, 2);
+    expect_error(&mut p, what, &r, 401, 401_002, &[]);
+    expect_audit(
+        &mut p,
+        &hub,
+        what,
+        id,
+        Some("device-disabled"),
+        &["is disabled", "enable it"],
+    );
+    let device = hub.ok(&["device", "show", "--id", id]).stdout;
+    p.check(
+        device.contains("\"sas\"") && !hub.has_registration(id),
+        format!("{what}: the device should be left as it was, with no registration: {device}"),
+    );
+    hub.ok(&["device", "update", "--id", id, "--status", "enabled"]);
+    let r = hub.register_widget(&rt, 2);
+    let device = hub.ok(&["device", "show", "--id", id]).stdout;
+    p.check(
+        r.status == 200 && device.contains("certificateAuthority"),
+        format!("{id} enabled: 200 and a CA-authenticated device expected, got {r}; {device}"),
     );
     drop(hub);
     eprintln!("x509_groups: {:?}", started.elapsed());

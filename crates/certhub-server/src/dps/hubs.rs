@@ -251,16 +251,10 @@ impl Hub {
                 };
                 match (existing, current) {
                     (None, _) => {
-                        let d = input
-                            .into_device(id, None, now_ms())
-                            .map_err(|e| DpsError::bad_request(e.message))?;
-                        match store
-                            .create_device(&d)
-                            .await
-                            .map_err(|e| unavailable("(this hub)", e))?
-                        {
-                            WriteOutcome::Written => Ok(()),
-                            _ => Err(conflict()),
+                        if self.create_local(state, id, auth, capabilities).await? {
+                            Ok(())
+                        } else {
+                            Err(conflict())
                         }
                     }
                     (Some(_), Some(d)) => {
@@ -341,6 +335,30 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Makes the device on this hub unless its id is taken (false).
+    pub(crate) async fn create_local(
+        &self,
+        state: &AppState,
+        id: &DeviceId,
+        auth: &AuthenticationInput,
+        capabilities: &Value,
+    ) -> Result<bool, DpsError> {
+        let input = DeviceInput {
+            authentication: Some(auth.clone()),
+            capabilities: serde_json::from_value(capabilities.clone()).ok(),
+            ..DeviceInput::default()
+        };
+        let d = input
+            .into_device(id, None, now_ms())
+            .map_err(|e| DpsError::bad_request(e.message))?;
+        Ok(state
+            .store()
+            .create_device(&d)
+            .await
+            .map_err(|e| unavailable("(this hub)", e))?
+            == WriteOutcome::Written)
     }
 
     /// The twin's tags and desired properties (what moves with a device to another hub).

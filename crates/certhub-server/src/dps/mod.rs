@@ -67,6 +67,9 @@ pub(crate) struct DpsState {
 struct Config {
     groups: Vec<Group>,
     linked: Vec<certhub_store::LinkedHubRecord>,
+    /// Whether any individual enrollment exists (if none, a registration does not look for
+    /// its own).
+    individuals: bool,
 }
 
 /// An enrollment group as stored, its attestation read once.
@@ -374,10 +377,15 @@ type Judged = Result<Admitted, Result<Refusal, certhub_store::StoreError>>;
 /// enrollment of the registration id first (a disabled one blocks), then the groups.
 async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
     let store = state.store();
-    let individual = store
-        .enrollment(EnrollmentKind::Individual, key)
-        .await
-        .map_err(Err)?;
+    let config = config(state).await.map_err(Err)?;
+    let individual = if config.individuals {
+        store
+            .enrollment(EnrollmentKind::Individual, key)
+            .await
+            .map_err(Err)?
+    } else {
+        None
+    };
     let now = now_ms();
     if let Some(rec) = individual {
         let doc: Value = serde_json::from_str(&rec.doc).map_err(|e| {
@@ -411,7 +419,6 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
     }
     // The groups, nearest CA first for X.509 (the group of the leaf's issuer before the group
     // of its root), the first whose key derives the device's for symmetric keys.
-    let config = config(state).await.map_err(Err)?;
     let groups = &config.groups;
     if req.token.is_some() {
         for Group {
@@ -738,7 +745,15 @@ async fn config(state: &AppState) -> Result<Arc<Config>, certhub_store::StoreErr
         }
     }
     let linked = store.linked_hubs().await?;
-    let made = Arc::new(Config { groups, linked });
+    let individuals = !store
+        .enrollments(EnrollmentKind::Individual, "", 1)
+        .await?
+        .is_empty();
+    let made = Arc::new(Config {
+        groups,
+        linked,
+        individuals,
+    });
     let mut slot = dps.config.lock().unwrap_or_else(|p| p.into_inner());
     // Not if the API wrote meanwhile: what was read may be from before that write.
     if dps.generation.load(Ordering::SeqCst) == generation {
@@ -992,7 +1007,20 @@ async fn assign(
             auth_note = "; by thumbprint: that hub has no verified CA of the group";
         }
     }
-    let existing = hub.device(state, &id).await?;
+    let capabilities = doc
+        .get("capabilities")
+        .cloned()
+        .unwrap_or(json!({"iotEdge": false}));
+    // A first registration on this hub usually makes a device that is not there yet: try
+    // that first and read the device only if it was (a storm of first boots saves a read).
+    let made_first = previous.is_none()
+        && matches!(hub, Hub::Local)
+        && hub.create_local(state, &id, &auth, &capabilities).await?;
+    let existing = if made_first {
+        None
+    } else {
+        hub.device(state, &id).await?
+    };
     if existing
         .as_ref()
         .is_some_and(|d| d.status == certhub_core::Status::Disabled)
@@ -1043,12 +1071,10 @@ async fn assign(
             "initialAssignment",
         ),
     };
-    let capabilities = doc
-        .get("capabilities")
-        .cloned()
-        .unwrap_or(json!({"iotEdge": false}));
-    hub.put_device(state, &id, &auth, &capabilities, existing.as_ref())
-        .await?;
+    if !made_first {
+        hub.put_device(state, &id, &auth, &capabilities, existing.as_ref())
+            .await?;
+    }
     let created = existing.is_none();
     // A device that existed keeps its twin unless it is reset or migrated; one made anew (it
     // was deleted from its hub meanwhile) gets the initial twin.
