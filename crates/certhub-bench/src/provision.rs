@@ -58,17 +58,6 @@ pub fn dps_username(id_scope: &str, registration_id: &str) -> String {
     )
 }
 
-/// The CN of a certificate (DER), if it has one.
-fn common_name(der: &[u8]) -> Option<String> {
-    let info = certhub_core::dps::certificate_info(der)?;
-    info["subjectName"]
-        .as_str()?
-        .split(',')
-        .map(str::trim)
-        .find_map(|part| part.strip_prefix("CN="))
-        .map(str::to_string)
-}
-
 /// `$dps/registrations/res/{status}/?$rid={rid}[&retry-after=N]`: status, rid, retry-after.
 fn parse_response(topic: &str) -> Option<(u16, String, Option<u64>)> {
     let rest = topic.strip_prefix("$dps/registrations/res/")?;
@@ -583,7 +572,8 @@ pub async fn run(a: ProvisionArgs) -> Result<crate::report::Report> {
     let widgets: Vec<Arc<Device>> = devices
         .into_iter()
         .map(|d| {
-            let id = common_name(d.leaf.as_ref()).unwrap_or_else(|| d.id.clone());
+            let id = certhub_pki::certificate_common_name(d.leaf.as_ref())
+                .unwrap_or_else(|| d.id.clone());
             Arc::new(Device {
                 username: dps_username(&a.id_scope, &id),
                 id,

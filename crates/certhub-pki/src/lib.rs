@@ -32,7 +32,7 @@ pub use issue::{
     CaFiles, IssuedCertificate, Issuer, NewKey, Profile, SignOptions, create_request, create_root,
     server_certificate, sign_request, verification_certificate,
 };
-pub use name::parse_subject;
+pub use name::{certificate_common_name, parse_subject};
 
 /// PEM-encodes a certificate (LF line endings).
 pub fn to_pem(der: &CertificateDer<'_>) -> String {

@@ -189,6 +189,12 @@ pub(crate) fn dn_from_x509(
     Ok(dn)
 }
 
+/// The first common name of a certificate (DER), if it parses and has one as a string.
+pub fn certificate_common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    common_name(cert.subject())
+}
+
 /// The first common name of a parsed name, if it is a string.
 pub(crate) fn common_name(name: &X509Name<'_>) -> Option<String> {
     name.iter_common_name()

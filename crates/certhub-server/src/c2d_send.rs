@@ -74,13 +74,6 @@ pub enum Refused {
     Store(#[from] StoreError),
 }
 
-/// 16 random bytes as hex: message ids and lock tokens.
-pub(crate) fn random_id() -> String {
-    let mut b = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Checks `m`, queues it for `device` and wakes the device's session if it is connected (an
 /// offline device gets it when it next connects). `actor` is who the audit record names.
 pub async fn queue(
@@ -108,7 +101,7 @@ pub async fn queue(
             )));
         }
     }
-    let message_id = m.message_id.clone().unwrap_or_else(random_id);
+    let message_id = m.message_id.clone().unwrap_or_else(crate::random::hex_id);
     let now = now_ms();
     let expiry_ms = now + ttl * 1000;
     let mut system = BTreeMap::new();

@@ -514,7 +514,7 @@ impl DeviceCore {
         let id = device.id().device.as_str();
         let max = state.c2d_limits().max_deliveries;
         loop {
-            let token = lock_token();
+            let token = crate::random::hex_id();
             let Some(m) = state
                 .store()
                 .lock_c2d(id, &token, now_ms(), lock_ms)
@@ -666,13 +666,6 @@ pub(crate) enum Settle {
     Complete,
     Reject,
     Abandon,
-}
-
-/// A random lock token (128 bits, hex).
-fn lock_token() -> String {
-    let mut b = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A message of `id` for the telemetry log, enqueued now.

@@ -22,6 +22,7 @@ pub mod gate;
 mod listener;
 pub mod metrics;
 mod mqtt;
+mod random;
 pub mod refusals;
 pub mod sessions;
 mod state;

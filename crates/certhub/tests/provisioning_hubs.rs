@@ -237,9 +237,9 @@ fn reprovisioning_migrates_resets_or_keeps_the_device() {
         "moved to B with its data"
     );
     assert!(
-        twin_rate(&data_b).contains("\"rate\": 7"),
+        twin_rate(data_b).contains("\"rate\": 7"),
         "{}",
-        twin_rate(&data_b)
+        twin_rate(data_b)
     );
     // Back to A, resetting the data: A's copy (rate 7) is replaced by the initial twin.
     group(host_a, &["--reset-device-data"]);

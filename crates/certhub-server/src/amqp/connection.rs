@@ -2017,12 +2017,7 @@ impl Held {
 /// A delivery tag for a message the client settles: a fresh v4 uuid's 16 bytes, as IoT Hub's
 /// (the C# SDKs read a C2D message's or a feedback batch's lock token from it as a Guid).
 pub(super) fn lock_tag() -> [u8; 16] {
-    let mut id = [0u8; 16];
-    // Unique enough if the system's generator failed: the tag only names the delivery.
-    let _ = aws_lc_rs::rand::fill(&mut id);
-    id[6] = (id[6] & 0x0f) | 0x40;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    id
+    crate::random::uuid_v4()
 }
 
 /// The oldest awaited commit, once it completes. Cancel-safe: nothing is removed until it
@@ -2293,24 +2288,8 @@ pub(super) fn id_text(id: &MessageId) -> String {
     match id {
         MessageId::String(s) => s.clone(),
         MessageId::Ulong(n) => n.to_string(),
-        MessageId::Uuid(u) => uuid_text(u.as_ref()),
+        MessageId::Uuid(u) => crate::random::uuid_text(u.as_ref()),
         MessageId::Binary(b) => String::from_utf8_lossy(b).into_owned(),
-    }
-}
-
-fn uuid_text(bytes: &[u8]) -> String {
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    if hex.len() == 32 {
-        format!(
-            "{}-{}-{}-{}-{}",
-            &hex[0..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        )
-    } else {
-        hex
     }
 }
 

@@ -458,7 +458,7 @@ impl ServiceLink {
                     Err(error(AmqpError::UnauthorizedAccess, LOCAL_AUTH_DISABLED))
                 }
                 _ => {
-                    let token = c2d_send::random_id();
+                    let token = crate::random::hex_id();
                     match next_message(&state, queue, &token, now_ms()).await {
                         Ok(m) => Ok(m.map(|m| (token, encode(&m)))),
                         Err(e) => {

@@ -272,7 +272,7 @@ pub async fn receive_feedback(
         Rights::SERVICE_CONNECT,
         "receiving cloud-to-device feedback",
     )?;
-    let token = c2d_send::random_id();
+    let token = crate::random::hex_id();
     let now = now_ms();
     let records = state
         .store()

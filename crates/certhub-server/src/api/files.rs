@@ -56,7 +56,7 @@ pub async fn receive_notification(
         Rights::SERVICE_CONNECT,
         "receiving file upload notifications",
     )?;
-    let token = crate::c2d_send::random_id();
+    let token = crate::random::hex_id();
     let now = now_ms();
     let Some(n) = state
         .store()

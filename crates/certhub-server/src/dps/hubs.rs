@@ -90,7 +90,7 @@ impl Linked {
     pub(crate) async fn check(self: &Arc<Self>) -> Result<(), String> {
         // Each call needs one right and names a device that does not exist: 404 says the right
         // is there, 401 that it is not. Nothing is changed.
-        let probe = format!("certhub-link-check-{}", super::new_uuid());
+        let probe = format!("certhub-link-check-{}", crate::random::uuid_v4_text());
         for (method, path, right) in [
             ("GET", "/statistics/devices".to_string(), "RegistryRead"),
             ("DELETE", format!("/devices/{probe}"), "RegistryWrite"),

@@ -188,7 +188,7 @@ impl Answer {
 pub(crate) fn error_body(e: &DpsError) -> Value {
     json!({
         "errorCode": e.code,
-        "trackingId": new_uuid(),
+        "trackingId": crate::random::uuid_v4_text(),
         "message": e.message,
         "timestampUtc": azure_time(now_ms()),
     })
@@ -649,14 +649,13 @@ fn prove(
                 )));
             }
             // Validity and the CN, as the hub judges a thumbprint device.
-            let cn_ok = certhub_pki::describe_certificate(leaf.as_ref())
-                .map(|i| common_name(&i.subject) == Some(req.registration_id.to_string()))
-                .unwrap_or(false);
-            if !cn_ok {
+            let cn = certhub_pki::certificate_common_name(leaf.as_ref());
+            if cn.as_deref() != Some(req.registration_id) {
                 return Err(Ok(refusal(
                     "cn-mismatch",
                     format!(
-                        "the certificate's CN is not the registration id {:?}",
+                        "the certificate's CN is {} but the registration id is {:?}",
+                        cn.map_or_else(|| "missing".to_string(), |cn| format!("{cn:?}")),
                         req.registration_id
                     ),
                 )));
@@ -692,14 +691,6 @@ fn prove(
         }
         Attestation::X509Group { .. } => Ok(None),
     }
-}
-
-fn common_name(subject: &str) -> Option<String> {
-    subject
-        .split(',')
-        .map(str::trim)
-        .find_map(|part| part.strip_prefix("CN="))
-        .map(str::to_string)
 }
 
 fn unix(ms: i64) -> UnixTime {
@@ -1092,7 +1083,7 @@ async fn assign(
         return Err(e);
     }
     let now = now_ms();
-    let operation_id = format!("4.{}", new_uuid());
+    let operation_id = format!("4.{}", crate::random::uuid_v4_text());
     let created_ms = previous.as_ref().map_or(now, |p| p.created_ms);
     let etag = Etag::random();
     let mut registration = json!({
@@ -1257,23 +1248,6 @@ pub(crate) async fn operation_status(
             ))
         }
     }
-}
-
-/// A random (version 4) uuid in its text form.
-pub(crate) fn new_uuid() -> String {
-    let mut b = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
 }
 
 /// Whether a poll's credential would be admitted by a register request of `registration_id`

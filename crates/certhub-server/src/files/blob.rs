@@ -15,8 +15,9 @@ use object_store::{MultipartUpload, ObjectStoreExt};
 
 use super::parts::{BufferPool, Parts};
 use super::staging::{self, Staged};
-use super::{CONTAINER, FileStore, check_blob_name, hex, parse_expiry, string_to_sign};
+use super::{CONTAINER, FileStore, check_blob_name, parse_expiry, string_to_sign};
 use crate::devices_https::Devices;
+use crate::random::hex;
 use crate::state::{AppState, now_ms};
 
 /// A block id decodes to at most 64 bytes (Azure).

@@ -184,7 +184,7 @@ impl FileStore {
     /// The name of a blob's staging folder: its name's SHA-256, in hex.
     fn staging_digest(blob_name: &str) -> String {
         let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, blob_name.as_bytes());
-        hex(digest.as_ref())
+        crate::random::hex(digest.as_ref())
     }
 
     /// The blob's size and time of last change, if it was written.
@@ -311,10 +311,6 @@ impl FileStore {
             })
             .await
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What a blob token signs: its permissions, its expiry and the blob's path.
@@ -715,9 +711,7 @@ async fn report(
             })
             .to_string()
         });
-    let mut raw = [0u8; 16];
-    let _ = aws_lc_rs::rand::fill(&mut raw);
-    let notification_id = hex(&raw);
+    let notification_id = crate::random::hex_id();
     let outcome = state
         .store()
         .finish_upload(
