@@ -215,6 +215,9 @@ impl Store {
     }
 
     async fn insert_devices_now(&self, devices: &[Device]) -> Result<u64> {
+        if devices.is_empty() {
+            return Ok(0);
+        }
         if devices.len() <= BATCH {
             // One statement is atomic on its own: no transaction's BEGIN and COMMIT trips.
             return self.insert_devices_in(self.pool(), devices).await;
