@@ -67,6 +67,9 @@ struct Inner {
     /// The CAs with just-in-time registration on, and their device id patterns; reloaded with
     /// the trust snapshot.
     jitr: RwLock<Arc<Vec<(String, String)>>>,
+    /// The store's change counters as this process last acted on them (see
+    /// [`AppState::follow_changes`]).
+    generations: std::sync::Mutex<std::collections::HashMap<String, i64>>,
 }
 
 /// The readers of Event Hubs partitions, by consumer group and partition, for owner levels
@@ -211,6 +214,7 @@ impl AppState {
                 created_ms,
                 dps: crate::dps::DpsState::new(id_scope),
                 jitr: RwLock::new(Arc::new(jitr)),
+                generations: std::sync::Mutex::default(),
             }),
         })
     }
@@ -276,15 +280,73 @@ impl AppState {
     /// Rebuilds the trust snapshot (and the CAs' just-in-time registration) from the store and
     /// swaps it in.
     pub async fn reload_trust(&self) -> Result<(), StoreError> {
+        // Other processes on the same database (nodes of a cluster) reload when they see it.
+        self.store().bump_generation("trust").await?;
+        self.load_trust().await.map(|_| ())
+    }
+
+    /// The provisioning service's enrollments or linked hubs were written: forgotten here and,
+    /// through the store's change counter, in every process on the same database.
+    pub(crate) async fn dps_config_changed(&self) {
+        self.dps().forget_config();
+        if let Err(e) = self.store().bump_generation("dps").await {
+            tracing::warn!(error = %e, "other nodes will not learn of this provisioning change");
+        }
+    }
+
+    /// Acts on changes other processes on the same database made (the nodes of a cluster):
+    /// a new trust snapshot, closing the sessions of CAs no longer verified; the provisioning
+    /// configuration forgotten. Polled twice a second by `certhub serve`.
+    pub async fn follow_changes(&self) -> Result<(), StoreError> {
+        let now = self.store().generations().await?;
+        let changed: Vec<String> = {
+            let mut seen = self
+                .inner
+                .generations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let changed = now
+                .iter()
+                .filter(|(name, n)| seen.get(name) != Some(n))
+                .map(|(name, _)| name.clone())
+                .collect();
+            seen.extend(now);
+            changed
+        };
+        for name in changed {
+            match name.as_str() {
+                "trust" => {
+                    let before = self.trust();
+                    let after = self.load_trust().await?;
+                    for ca in before
+                        .verified_names
+                        .iter()
+                        .filter(|ca| !after.verified_names.contains(ca))
+                    {
+                        self.sessions().kick_ca(
+                            ca,
+                            &format!("CA {ca:?} was deleted or is no longer verified"),
+                        );
+                    }
+                }
+                "dps" => self.dps().forget_config(),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the trust snapshot and the JITR CAs from the store and installs them.
+    async fn load_trust(&self) -> Result<Arc<certhub_core::TrustSnapshot>, StoreError> {
         let fresh = Arc::new(crate::trust::load(self.store()).await?);
         let jitr = Arc::new(self.store().jitr().await?);
         if let Ok(mut guard) = self.inner.jitr.write() {
             *guard = jitr;
         }
         if let Ok(mut guard) = self.inner.trust.write() {
-            *guard = fresh;
+            *guard = fresh.clone();
         }
-        Ok(())
+        Ok(fresh)
     }
 
     /// The CAs with just-in-time registration on: (name, device id pattern).

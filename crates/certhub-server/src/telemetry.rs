@@ -47,7 +47,7 @@ impl TelemetryLog {
                 // A power of two of them: one statement, committed on its own (see
                 // `Store::append_telemetry`); the rest go first in the next round.
                 let take = 1 << pending.len().ilog2();
-                let first = seq + 1;
+                let mut first = seq + 1;
                 let mut records = Vec::with_capacity(take);
                 let mut waiting = Vec::with_capacity(take);
                 for p in pending.drain(..take) {
@@ -57,7 +57,30 @@ impl TelemetryLog {
                     records.push(record);
                     waiting.push(p.done);
                 }
-                let result = store.append_telemetry(&records).await;
+                let mut result = store.append_telemetry(&records).await;
+                // Nodes of a cluster on one PostgreSQL number messages from the same log:
+                // when another node took these numbers, number the batch after the highest
+                // stored one and write it again (a few times at most), rather than lose it.
+                let mut tries = 1;
+                while tries < 5
+                    && result
+                        .as_ref()
+                        .is_err_and(certhub_store::StoreError::is_duplicate_key)
+                {
+                    tries += 1;
+                    match store.last_telemetry_seq().await {
+                        Ok(last) => {
+                            seq = last;
+                            first = seq + 1;
+                            for record in &mut records {
+                                seq += 1;
+                                record.seq = seq;
+                            }
+                            result = store.append_telemetry(&records).await;
+                        }
+                        Err(e) => result = Err(e),
+                    }
+                }
                 drop(records);
                 if result.is_ok() {
                     let _ = committed_tx.send(seq);

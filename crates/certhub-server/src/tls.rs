@@ -2,7 +2,8 @@
 //! (`server-ca.pem`, key `server-ca.key`), and a server certificate it signs (`server.pem`,
 //! `server.key`) with a SAN for every host name. Clients trust `server-ca.pem`. The server
 //! certificate is re-issued by the same CA when the host names change or it nears expiry, so
-//! clients never need a new trust file.
+//! clients never need a new trust file. Nodes of one hub on a shared database use one CA,
+//! agreed through the database ([`share_ca`]).
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -38,6 +39,8 @@ pub enum TlsError {
     Key { path: PathBuf },
     #[error("the TLS configuration was refused: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("the hub's server CA in the database: {0}")]
+    Shared(String),
 }
 
 /// Where the identity lives and what it is.
@@ -94,6 +97,68 @@ fn wanted_sans(names: &[String]) -> Vec<String> {
     v
 }
 
+fn make_dir(dir: &Path) -> Result<(), TlsError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).map_err(io(dir))
+}
+
+/// A new server CA: (certificate PEM, key PEM).
+fn new_ca(ca_path: &Path, now: OffsetDateTime) -> Result<(String, String), TlsError> {
+    let pki = |source| TlsError::Pki {
+        path: ca_path.to_path_buf(),
+        source,
+    };
+    let subject = parse_subject("CN=certhub server CA, O=certhub").map_err(pki)?;
+    let made = create_root(&subject, KeyAlgorithm::EcdsaP256, 3650, Some(0), now).map_err(pki)?;
+    Ok((made.pem, made.key_pem))
+}
+
+/// The server CA shared by every node of a hub whose state is in a database they share (a
+/// cluster on PostgreSQL), so that clients trust every node by one file. The first node to
+/// start decides (the CA already in its data directory, so a single hub that becomes a
+/// cluster keeps the CA its clients trust, or a new one); every node writes it into `dir`,
+/// where [`load_or_create`] issues that node's server certificate from it. Returns whether
+/// this node's files were replaced. The CA's key is kept in the database, as the hub's
+/// policy keys are.
+pub async fn share_ca(
+    store: &certhub_store::Store,
+    dir: &Path,
+    now: OffsetDateTime,
+) -> Result<bool, TlsError> {
+    make_dir(dir)?;
+    let ca_path = dir.join("server-ca.pem");
+    let ca_key_path = dir.join("server-ca.key");
+    let local = match (read_text(&ca_path), read_text(&ca_key_path)) {
+        (Ok(cert), Ok(key)) => (cert, key),
+        _ => new_ca(&ca_path, now)?,
+    };
+    let candidate = serde_json::json!({"cert": local.0, "key": local.1}).to_string();
+    let agreed = store
+        .secret("server-ca", &candidate)
+        .await
+        .map_err(|e| TlsError::Shared(e.to_string()))?;
+    let agreed: serde_json::Value = serde_json::from_str(&agreed)
+        .map_err(|e| TlsError::Shared(format!("not readable: {e}")))?;
+    let (Some(cert), Some(key)) = (agreed["cert"].as_str(), agreed["key"].as_str()) else {
+        return Err(TlsError::Shared("no cert or key in it".into()));
+    };
+    if read_text(&ca_path).ok().as_deref() == Some(cert)
+        && read_text(&ca_key_path).ok().as_deref() == Some(key)
+    {
+        return Ok(false);
+    }
+    write(&ca_key_path, key)?;
+    write(&ca_path, cert)?;
+    // Issued by another CA: made again from this one.
+    for stale in ["server.pem", "server.key"] {
+        let _ = fs::remove_file(dir.join(stale));
+    }
+    Ok(true)
+}
+
 /// Loads the identity from `dir`, making the CA and (re-)issuing the server certificate as
 /// needed.
 pub fn load_or_create(
@@ -101,11 +166,7 @@ pub fn load_or_create(
     hostnames: &[String],
     now: OffsetDateTime,
 ) -> Result<ServerIdentity, TlsError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).map_err(io(dir))?;
+    make_dir(dir)?;
     let ca_path = dir.join("server-ca.pem");
     let ca_key_path = dir.join("server-ca.key");
     let cert_path = dir.join("server.pem");
@@ -113,19 +174,9 @@ pub fn load_or_create(
 
     let mut created_ca = false;
     if !ca_path.exists() || !ca_key_path.exists() {
-        let subject =
-            parse_subject("CN=certhub server CA, O=certhub").map_err(|source| TlsError::Pki {
-                path: ca_path.clone(),
-                source,
-            })?;
-        let made = create_root(&subject, KeyAlgorithm::EcdsaP256, 3650, Some(0), now).map_err(
-            |source| TlsError::Pki {
-                path: ca_path.clone(),
-                source,
-            },
-        )?;
-        write(&ca_key_path, &made.key_pem)?;
-        write(&ca_path, &made.pem)?;
+        let (cert, key) = new_ca(&ca_path, now)?;
+        write(&ca_key_path, &key)?;
+        write(&ca_path, &cert)?;
         let _ = fs::remove_file(&cert_path);
         created_ca = true;
     }

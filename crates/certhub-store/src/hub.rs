@@ -127,6 +127,37 @@ impl Store {
             .map_err(|_| StoreError::Corrupt(format!("created_ms is {text:?}, not a number")))
     }
 
+    /// Counts one more change of `name` (`trust`, `dps`): what processes sharing this database
+    /// poll ([`Store::generations`]) to learn that another one changed it.
+    pub async fn bump_generation(&self, name: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, '1')
+             ON CONFLICT (name) DO UPDATE
+             SET value = CAST(CAST(settings.value AS BIGINT) + 1 AS TEXT)",
+        )
+        .bind(format!("generation:{name}"))
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The change counters (name without its `generation:` prefix, count).
+    pub async fn generations(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT name, value FROM settings WHERE name LIKE 'generation:%'")
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let name: String = r.try_get("name")?;
+                let value: String = r.try_get("value")?;
+                let n = value.parse().map_err(|_| {
+                    StoreError::Corrupt(format!("{name} is {value:?}, not a number"))
+                })?;
+                Ok((name.trim_start_matches("generation:").to_string(), n))
+            })
+            .collect()
+    }
+
     /// Where the hub last said its service API is reachable.
     pub async fn endpoint(&self) -> Result<Option<String>> {
         let row = sqlx::query("SELECT value FROM settings WHERE name = 'endpoint'")

@@ -55,6 +55,13 @@ pub enum StoreError {
     WriteLost(String),
 }
 
+impl StoreError {
+    /// Whether a write failed because a row with its key exists (another writer came first).
+    pub fn is_duplicate_key(&self) -> bool {
+        matches!(self, Self::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
+    }
+}
+
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// Which database is behind the pool.

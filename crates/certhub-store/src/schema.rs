@@ -231,13 +231,41 @@ const STEPS: &[&str] = &[
     )",
 ];
 
+/// Key of the PostgreSQL advisory lock held while the schema is brought up to date.
+const MIGRATION_LOCK: i64 = 0x0063_6572_7468_7562; // "certhub" in ASCII
+
+/// Brings the schema up to date. On PostgreSQL the nodes of a cluster may start together:
+/// each takes an advisory lock first, so one migrates and the others wait, then find nothing
+/// left to do (without it, two `CREATE TABLE`s of one step race and a node fails to start).
 pub(crate) async fn migrate(store: &Store) -> Result<()> {
-    let pool = store.pool();
+    let mut conn = store.pool().acquire().await?;
+    let postgres = store.backend() == crate::Backend::Postgres;
+    if postgres {
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let result = migrate_on(store, &mut conn).await;
+    if postgres {
+        // Ends with the session anyway; unlocking returns the connection to the pool clean.
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            conn.close_on_drop();
+        }
+    }
+    result
+}
+
+async fn migrate_on(store: &Store, conn: &mut sqlx::AnyConnection) -> Result<()> {
     sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
-        .execute(pool)
+        .execute(&mut *conn)
         .await?;
     let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_version")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?
         .try_get("v")?;
     let known = STEPS.len() as i64;
@@ -248,7 +276,7 @@ pub(crate) async fn migrate(store: &Store) -> Result<()> {
         });
     }
     for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
-        let mut tx = pool.begin().await?;
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
         for statement in step.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             let (blob, seq_key) = match store.backend() {
                 crate::Backend::Sqlite => ("BLOB", "INTEGER PRIMARY KEY"),

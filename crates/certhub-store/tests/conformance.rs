@@ -79,6 +79,8 @@ async fn suite(store: &Store) {
             .expect("bulk"),
         2
     );
+    // An empty batch (an import whose devices all exist) inserts nothing and is no error.
+    assert_eq!(store.insert_devices(&[]).await.expect("empty bulk"), 0);
     let back = store.device(&id("d2")).await.expect("get").expect("d2");
     assert_eq!(back.authentication.kind, AuthType::SelfSigned);
     assert_eq!(
@@ -879,6 +881,14 @@ async fn provisioning(store: &Store) {
     );
     assert!(store.delete_linked_hub("hub-b").await.expect("unlink"));
     assert!(!store.delete_linked_hub("hub-b").await.expect("unlink"));
+    // Change counters that processes sharing the database poll.
+    let before = store.generations().await.expect("generations");
+    let count =
+        |g: &[(String, i64)], name: &str| g.iter().find(|(n, _)| n == name).map_or(0, |(_, c)| *c);
+    store.bump_generation("test").await.expect("bump");
+    store.bump_generation("test").await.expect("bump");
+    let after = store.generations().await.expect("generations");
+    assert_eq!(count(&after, "test"), count(&before, "test") + 2);
     let scope = store.id_scope("0ne00000001").await.expect("scope");
     assert_eq!(store.id_scope("0ne00000002").await.expect("scope"), scope);
 }

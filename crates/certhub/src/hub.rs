@@ -157,7 +157,7 @@ pub fn run(cmd: HubCommand) -> Result<Outcome> {
 }
 
 fn require_data_dir(dir: &std::path::Path) -> Result<()> {
-    if !dir.join("certhub.db").exists() {
+    if !dir.join("certhub.db").exists() && crate::serve::recorded_database_url(dir).is_none() {
         bail!(
             "{}: no hub data here; start the hub first (`certhub serve --data-dir {}`) or pass --data-dir",
             dir.display(),
@@ -172,7 +172,9 @@ pub fn local_connection_string(dir: &std::path::Path, policy: &str) -> Result<St
     require_data_dir(dir)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let (policies, endpoint) = runtime.block_on(async {
-        let store = crate::serve::open_store(dir, None).await?;
+        let store =
+            crate::serve::open_store(dir, crate::serve::recorded_database_url(dir).as_deref())
+                .await?;
         let policies = store.policies().await?;
         let endpoint = store.endpoint().await?;
         store.close().await;
@@ -247,7 +249,9 @@ fn set_local(
     let patch: certhub_core::SettingsPatch = serde_json::from_value(patch.into())?;
     let runtime = tokio::runtime::Runtime::new()?;
     let after = runtime.block_on(async {
-        let store = crate::serve::open_store(dir, None).await?;
+        let store =
+            crate::serve::open_store(dir, crate::serve::recorded_database_url(dir).as_deref())
+                .await?;
         let before = store.settings().await?;
         let after = patch.apply(&before).map_err(|e| anyhow::anyhow!(e))?;
         store.put_settings(&after).await?;

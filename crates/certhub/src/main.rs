@@ -38,7 +38,7 @@ enum Command {
     #[command(subcommand)]
     Pki(pki::PkiCommand),
     /// Run the hub: the service API over HTTPS, with its data in a local directory.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Hub administration: connection strings, the server CA, settings.
     #[command(subcommand)]
     Hub(hub::HubCommand),
@@ -91,7 +91,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Pki(cmd) => pki::run(cmd),
-        Command::Serve(args) => serve::run(args),
+        Command::Serve(args) => serve::run(*args),
         Command::Hub(cmd) => hub::run(cmd),
         Command::Device(cmd) => device::run(cmd),
         Command::Ca(cmd) => ca::run(cmd),

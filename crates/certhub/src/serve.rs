@@ -90,6 +90,11 @@ pub struct ServeArgs {
     /// one audit record, with their count; 0 writes every one [default: 60].
     #[arg(long)]
     refusal_audit_window: Option<String>,
+    /// The hub's state in PostgreSQL (`postgres://...`) instead of the data directory's SQLite;
+    /// every node given the same database is a node of one hub (TOML key database_url,
+    /// environment CERTHUB_DATABASE_URL).
+    #[arg(long = "store", value_name = "URL")]
+    store: Option<String>,
 }
 
 /// The TOML file's keys; anything else is an error that names the key.
@@ -269,13 +274,17 @@ impl Config {
             .or_else(|| env("CERTHUB_AMQP_ADDR"))
             .or(file.amqp_addr)
             .unwrap_or_else(|| "0.0.0.0:5671".into());
-        let database_url = env("CERTHUB_DATABASE_URL").or(file.database_url);
+        let database_url = args
+            .store
+            .clone()
+            .or_else(|| env("CERTHUB_DATABASE_URL"))
+            .or(file.database_url);
         if let Some(url) = &database_url
             && !url.starts_with("postgres://")
             && !url.starts_with("postgresql://")
         {
             return Err(ConfigError(format!(
-                "database_url: {url:?} is not a postgres:// URL (leave it out for the embedded SQLite)"
+                "--store / database_url: {url:?} is not a postgres:// URL (leave it out for the embedded SQLite)"
             )));
         }
         let file_store = file_store(
@@ -523,6 +532,43 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File> {
     }
 }
 
+/// Where a node on PostgreSQL records its database's URL in its data directory, so that the
+/// CLI on that machine (`--data-dir`) reaches the same hub (owner-only, like the TLS keys: the
+/// URL may hold a password).
+pub const DATABASE_URL_FILE: &str = "database-url";
+
+/// The database a data directory's hub uses: the URL its node recorded, else its SQLite file.
+pub fn recorded_database_url(data_dir: &Path) -> Option<String> {
+    std::fs::read_to_string(data_dir.join(DATABASE_URL_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+/// Records (or, for SQLite, forgets) the database URL in the data directory.
+fn record_database_url(data_dir: &Path, database_url: Option<&str>) -> Result<()> {
+    let path = data_dir.join(DATABASE_URL_FILE);
+    match database_url {
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("{}: cannot remove it", path.display()))
+            }
+            _ => Ok(()),
+        },
+        Some(url) => {
+            std::fs::create_dir_all(data_dir).with_context(|| {
+                format!("{}: cannot create the data directory", data_dir.display())
+            })?;
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            std::io::Write::write_all(&mut opts.open(&path)?, format!("{url}\n").as_bytes())
+                .with_context(|| format!("{}: cannot write it", path.display()))
+        }
+    }
+}
+
 pub async fn open_store(
     data_dir: &Path,
     database_url: Option<&str>,
@@ -682,6 +728,21 @@ async fn serve(config: Config) -> Result<Outcome> {
         Some(_) => None,
     };
     let store = open_store(&config.data_dir, config.database_url.as_deref()).await?;
+    record_database_url(&config.data_dir, config.database_url.as_deref())?;
+    if config.database_url.is_some() {
+        let replaced = certhub_server::tls::share_ca(
+            &store,
+            &config.data_dir.join("tls"),
+            time::OffsetDateTime::now_utc(),
+        )
+        .await
+        .context("the hub's server CA, shared by its nodes")?;
+        if replaced {
+            tracing::info!(
+                "took the hub's server CA from the database: this node's server certificate is issued by it"
+            );
+        }
+    }
     let identity = certhub_server::tls::load_or_create(
         &config.data_dir.join("tls"),
         &config.hostnames,
@@ -746,8 +807,9 @@ async fn serve(config: Config) -> Result<Outcome> {
             }
         })
     };
-    // Settings written by another process (`certhub hub set --local`) take effect, and close
-    // the sessions a switch shuts out, within half a second.
+    // Settings written by another process (`certhub hub set --local`, another node) take
+    // effect, and close the sessions a switch shuts out, within half a second; so do CA
+    // changes made through another node (the sessions of a CA deleted there are closed here).
     let settings_watch = {
         let state = state.clone();
         tokio::spawn(async move {
@@ -755,6 +817,10 @@ async fn serve(config: Config) -> Result<Outcome> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 if let Err(e) = state.reload_settings().await {
                     tracing::warn!(error = %e, "hub settings not re-read");
+                }
+                // Trust and provisioning changes made through another node.
+                if let Err(e) = state.follow_changes().await {
+                    tracing::warn!(error = %e, "changes made by other nodes not followed");
                 }
             }
         })

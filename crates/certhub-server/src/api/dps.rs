@@ -398,7 +398,7 @@ async fn audited<T>(
 ) -> Result<T> {
     // Every write of enrollments or linked hubs comes through here: registrations read them
     // again.
-    state.dps().forget_config();
+    state.dps_config_changed().await;
     match &result {
         Ok(_) => state.audit(caller, op, &target, "ok", "").await,
         Err(e) => {
@@ -745,7 +745,7 @@ async fn bulk(
             }
         }
     }
-    state.dps().forget_config();
+    state.dps_config_changed().await;
     Ok(json_response(
         StatusCode::OK,
         &json!({"isSuccessful": errors.is_empty(), "errors": errors}),

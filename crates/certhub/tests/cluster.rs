@@ -1,0 +1,247 @@
+//! Nodes of one hub on a shared PostgreSQL database (issue 15, the part that needs no NATS):
+//! two `certhub serve --store postgres://...` processes started at the same moment on a fresh
+//! database both come up (one brings the schema up to date while the other waits for it),
+//! agree on one server CA, so clients trust either node by one file, and are one registry: a
+//! widget enrolled through node A's data directory (its CLI) publishes QoS 1 telemetry with
+//! mosquitto_pub to node B and then to node A, each acknowledged (both messages stored, with
+//! distinct numbers, although each node numbered its own from the same log). Trust follows
+//! across nodes through the database's change counter: the CA deleted through node A's API
+//! closes the widget's live session (mosquitto_sub) on node B.
+//!
+//! PostgreSQL: `CERTHUB_TEST_POSTGRES` (default `postgres://postgres@127.0.0.1:5432/test`, as
+//! on the CI machine); each run makes a database of its own and drops it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{certhub_at, enroll_widget, read_text, s, start_hub_on, tmp};
+
+fn admin_url() -> String {
+    std::env::var("CERTHUB_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        .output()
+        .expect("psql (Debian package postgresql-client) is required");
+    assert!(
+        out.status.success(),
+        "psql {sql:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A database of its own, dropped when this is.
+struct Database {
+    name: String,
+    url: String,
+}
+
+impl Database {
+    fn new() -> Self {
+        let admin = admin_url();
+        let name = format!(
+            "certhub_cluster_{}_{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        psql(&admin, &format!("CREATE DATABASE {name}"));
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        Self {
+            url: format!("{base}/{name}"),
+            name,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let _ = Command::new("psql")
+            .args([
+                &admin_url(),
+                "-c",
+                &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+            ])
+            .output();
+    }
+}
+
+/// `tool` (mosquitto_pub or mosquitto_sub) as the enrolled widget, to the node at
+/// `host:port`, trusting `ca`, at QoS 1 on `topic`.
+fn widget(d: &Path, tool: &str, host: &str, port: u16, ca: &Path, topic: &str) -> Command {
+    let mut cmd = Command::new(tool);
+    cmd.current_dir(d).args([
+        "-h",
+        host,
+        "-p",
+        &port.to_string(),
+        "-V",
+        "mqttv311",
+        "--cafile",
+        s(ca),
+        "--cert",
+        "pki/devices/smart-x-widget-0001/chain.pem",
+        "--key",
+        "pki/devices/smart-x-widget-0001/key.pem",
+        "-i",
+        "smart-x-widget-0001",
+        "-u",
+        &format!("{host}/smart-x-widget-0001/?api-version=2021-04-12"),
+        "-t",
+        topic,
+        "-q",
+        "1",
+    ]);
+    cmd
+}
+
+#[test]
+fn two_nodes_on_one_postgresql_are_one_hub() {
+    let db = Database::new();
+    let t = tmp();
+    let d = t.path();
+    let (data_a, data_b) = (d.join("node-a"), d.join("node-b"));
+    let (host_a, host_b) = ("127.0.0.61", "127.0.0.62");
+    // Both at once on the fresh database: the schema is made once, by whichever comes first.
+    let (node_a, node_b) = std::thread::scope(|scope| {
+        let a = scope.spawn(|| start_hub_on(&data_a, host_a, &["--store", &db.url]));
+        let b = scope.spawn(|| start_hub_on(&data_b, host_b, &["--store", &db.url]));
+        (
+            a.join().expect("node A starts"),
+            b.join().expect("node B starts"),
+        )
+    });
+    let versions = psql(
+        &db.url,
+        "SELECT COUNT(*) || ' ' || COUNT(DISTINCT version) FROM schema_version",
+    );
+    let (all, distinct) = versions.split_once(' ').expect("two counts");
+    assert_eq!(all, distinct, "each schema step applied once: {versions}");
+
+    // One server CA: node B's file is node A's.
+    let ca_a = data_a.join("tls/server-ca.pem");
+    assert_eq!(
+        read_text(&ca_a),
+        read_text(&data_b.join("tls/server-ca.pem")),
+        "both nodes present certificates of one CA"
+    );
+
+    // The widget enrolled through node A's CLI (its data directory records the database).
+    enroll_widget(d, &data_a);
+    // Node B learns of the CA uploaded through whichever node the CLI reached within half a
+    // second (it polls the database's change counter).
+    for (host, port, message) in [
+        (host_b, node_b.mqtt_port, "to node B"),
+        (host_a, node_a.mqtt_port, "to node A"),
+    ] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = widget(
+                d,
+                "mosquitto_pub",
+                host,
+                port,
+                &ca_a,
+                "devices/smart-x-widget-0001/messages/events/",
+            )
+            .args(["-m", message])
+            .output()
+            .expect("mosquitto_pub (Debian package mosquitto-clients) is required");
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "mosquitto_pub {message}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let stored = psql(
+        &db.url,
+        "SELECT COUNT(DISTINCT seq) FROM telemetry WHERE device_id = 'smart-x-widget-0001'",
+    );
+    assert_eq!(stored, "2", "both messages stored under their own numbers");
+    // Node B's CLI reaches the same hub.
+    let shown = certhub_at(
+        d,
+        &data_b,
+        &["device", "show", "--id", "smart-x-widget-0001"],
+    )
+    .ok()
+    .stdout;
+    assert!(shown.contains("certificateAuthority"), "{shown}");
+
+    // The widget live on node B; its CA deleted through node A's API.
+    let owner = certhub_at(d, &data_a, &["hub", "connection-string"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let at = |node: &common::HubProcess| {
+        let rest = owner.split_once(';').map_or("", |(_, rest)| rest);
+        format!("HostName={};{rest}", node.host)
+    };
+    let (cs_a, cs_b) = (at(&node_a), at(&node_b));
+    let mut sub = widget(
+        d,
+        "mosquitto_sub",
+        host_b,
+        node_b.mqtt_port,
+        &ca_a,
+        "devices/smart-x-widget-0001/messages/devicebound/#",
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("mosquitto_sub runs");
+    let on_b = |args: &[&str]| {
+        let mut v = args.to_vec();
+        v.extend_from_slice(&["--connection-string", &cs_b, "--ca-file", s(&ca_a)]);
+        common::certhub(d, &v).ok().stdout
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !on_b(&["device", "show", "--id", "smart-x-widget-0001"]).contains("\"Connected\"") {
+        assert!(
+            Instant::now() < deadline,
+            "the widget never connected to node B"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    common::certhub(
+        d,
+        &[
+            "ca",
+            "delete",
+            "--name",
+            "company-x",
+            "--connection-string",
+            &cs_a,
+            "--ca-file",
+            s(&ca_a),
+        ],
+    )
+    .ok();
+    let deleted = Instant::now();
+    let closed_after = loop {
+        if sub.try_wait().expect("state").is_some() {
+            break deleted.elapsed();
+        }
+        if deleted.elapsed() > Duration::from_secs(5) {
+            let _ = sub.kill();
+            panic!("the widget's session on node B outlived its CA deleted through node A by 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("CA deleted through node A: the session on node B closed after {closed_after:?}");
+    drop((node_a, node_b));
+}
