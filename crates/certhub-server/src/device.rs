@@ -302,6 +302,25 @@ impl DeviceCore {
         let cn = device.id().cn();
         let ticket = state.sessions().register(&cn, device.ca(), device.switch());
         state.metrics().connect("ok");
+        if state.store().backend() == certhub_store::Backend::Postgres {
+            // Other nodes share this database: the device's last session may have been on
+            // one of them (on SQLite this process is the only writer and its memory is exact).
+            match Box::pin(state.store().mqtt_session(&cn)).await {
+                Ok(saved) => {
+                    let subs = saved.and_then(|json| match serde_json::from_str(&json) {
+                        Ok(subs) => Some(subs),
+                        Err(e) => {
+                            tracing::warn!(client_id = cn, error = %e, "persistent session not readable; starting afresh");
+                            None
+                        }
+                    });
+                    state.sessions().refresh(&cn, subs);
+                }
+                Err(e) => {
+                    tracing::warn!(client_id = cn, error = %e, "persistent session not read from the store; using this node's copy");
+                }
+            }
+        }
         let resumed = state.sessions().resume(&cn, ticket.conn, clean);
         if resumed.discarded
             && let Err(e) = Box::pin(state.store().delete_mqtt_session(&cn)).await

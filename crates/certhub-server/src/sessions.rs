@@ -244,6 +244,22 @@ impl Sessions {
         }
     }
 
+    /// Replaces what this process holds of `cn`'s persistent session with what the store
+    /// holds (None: it has none), before [`Sessions::resume`]: on a database other nodes
+    /// write, the device's last session may have been on another node.
+    pub fn refresh(&self, cn: &str, saved: Option<BTreeMap<String, u8>>) {
+        if let Ok(mut p) = self.persistent.lock() {
+            match saved {
+                Some(subs) => {
+                    p.insert(cn.to_string(), subs);
+                }
+                None => {
+                    p.remove(cn);
+                }
+            }
+        }
+    }
+
     /// Starts a session's subscription state: a clean session forgets what was kept; a
     /// persistent one resumes it.
     pub fn resume(&self, cn: &str, conn: u64, clean: bool) -> Resumed {
@@ -389,6 +405,13 @@ impl Sessions {
         let prefix = format!("{device}/");
         if let Ok(mut p) = self.persistent.lock() {
             p.retain(|k, _| k != device && !k.starts_with(&prefix));
+        }
+    }
+
+    /// Forgets the persistent session of a deleted module.
+    pub fn forget_module(&self, device: &str, module: &str) {
+        if let Ok(mut p) = self.persistent.lock() {
+            p.remove(&format!("{device}/{module}"));
         }
     }
 

@@ -51,6 +51,20 @@ impl Store {
         Ok(())
     }
 
+    /// The persistent session of one identity, if it has one (its subscriptions).
+    pub async fn mqtt_session(&self, client_id: &str) -> Result<Option<String>> {
+        let (device, module) = key(client_id);
+        let row = sqlx::query(
+            "SELECT subscriptions FROM mqtt_sessions WHERE device_id = $1 AND module_id = $2",
+        )
+        .bind(device)
+        .bind(module)
+        .fetch_optional(self.reader())
+        .await?;
+        row.map(|r| r.try_get("subscriptions").map_err(crate::StoreError::from))
+            .transpose()
+    }
+
     /// Every persistent session: (client id, subscriptions).
     pub async fn mqtt_sessions(&self) -> Result<Vec<(String, String)>> {
         let rows = sqlx::query("SELECT device_id, module_id, subscriptions FROM mqtt_sessions")

@@ -4,7 +4,9 @@
 //! agree on one server CA, so clients trust either node by one file, and are one registry: a
 //! widget enrolled through node A's data directory (its CLI) publishes QoS 1 telemetry with
 //! mosquitto_pub to node B and then to node A, each acknowledged (both messages stored, with
-//! distinct numbers, although each node numbered its own from the same log). Trust follows
+//! distinct numbers, although each node numbered its own from the same log). A persistent
+//! session (paho-mqtt, CleanSession=0) subscribed on node A is resumed on node B, where a C2D
+//! message queued meanwhile arrives without a new SUBSCRIBE. Trust follows
 //! across nodes through the database's change counter: the CA deleted through node A's API
 //! closes the widget's live session (mosquitto_sub) on node B.
 //!
@@ -103,6 +105,34 @@ fn widget(d: &Path, tool: &str, host: &str, port: u16, ca: &Path, topic: &str) -
     cmd
 }
 
+/// The widget over paho-mqtt with CleanSession=0: `subscribe` subscribes to its C2D topic and
+/// leaves; `receive` waits for a message without subscribing. Prints the CONNACK's session
+/// present flag (`present 1`) and what it received.
+const PAHO: &str = r#"
+import sys, time
+import paho.mqtt.client as mqtt
+host, port, ca, phase = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+got, connack = [], {}
+c = mqtt.Client(client_id="smart-x-widget-0001", clean_session=False, protocol=mqtt.MQTTv311)
+c.username_pw_set(f"{host}/smart-x-widget-0001/?api-version=2021-04-12")
+c.tls_set(ca_certs=ca, certfile="pki/devices/smart-x-widget-0001/chain.pem",
+          keyfile="pki/devices/smart-x-widget-0001/key.pem")
+c.on_connect = lambda cl, u, flags, rc: connack.update(flags, rc=rc)
+c.on_subscribe = lambda cl, u, mid, granted: got.append("subscribed")
+c.on_message = lambda cl, u, m: got.append(m.payload.decode())
+c.connect(host, port)
+deadline = time.time() + 10
+while "rc" not in connack and time.time() < deadline:
+    c.loop(0.05)
+print("connected", connack.get("rc"), "present", connack.get("session present"), flush=True)
+if phase == "subscribe":
+    c.subscribe("devices/smart-x-widget-0001/messages/devicebound/#", qos=1)
+while not got and time.time() < deadline:
+    c.loop(0.05)
+print(phase, got, flush=True)
+c.disconnect()
+"#;
+
 #[test]
 fn two_nodes_on_one_postgresql_are_one_hub() {
     let db = Database::new();
@@ -181,7 +211,6 @@ fn two_nodes_on_one_postgresql_are_one_hub() {
     .stdout;
     assert!(shown.contains("certificateAuthority"), "{shown}");
 
-    // The widget live on node B; its CA deleted through node A's API.
     let owner = certhub_at(d, &data_a, &["hub", "connection-string"])
         .ok()
         .stdout
@@ -192,6 +221,48 @@ fn two_nodes_on_one_postgresql_are_one_hub() {
         format!("HostName={};{rest}", node.host)
     };
     let (cs_a, cs_b) = (at(&node_a), at(&node_b));
+
+    // A persistent session (CleanSession=0) subscribed on node A is resumed on node B: a C2D
+    // message queued meanwhile arrives there without a new SUBSCRIBE, as the Azure SDKs expect.
+    let paho = |host: &str, port: u16, phase: &str| {
+        let out = Command::new(common::python())
+            .current_dir(d)
+            .args(["-c", PAHO, host, &port.to_string(), s(&ca_a), phase])
+            .output()
+            .expect("python runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "paho {phase} on {host}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let first = paho(host_a, node_a.mqtt_port, "subscribe");
+    assert!(first.contains("subscribed"), "{first}");
+    common::certhub(
+        d,
+        &[
+            "c2d",
+            "send",
+            "--device",
+            "smart-x-widget-0001",
+            "--body",
+            "queued while away",
+            "--connection-string",
+            &cs_b,
+            "--ca-file",
+            s(&ca_a),
+        ],
+    )
+    .ok();
+    let second = paho(host_b, node_b.mqtt_port, "receive");
+    assert!(
+        second.contains("present 1") && second.contains("queued while away"),
+        "the session subscribed on node A, resumed on node B: {second}"
+    );
+
+    // The widget live on node B; its CA deleted through node A's API.
     let mut sub = widget(
         d,
         "mosquitto_sub",

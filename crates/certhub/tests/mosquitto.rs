@@ -369,6 +369,66 @@ print(seen[0][1], messages)
 /// A switch turned on behind the hub's back (`certhub hub set --local`, which writes the data
 /// directory, not the API) still closes the live sessions it shuts out: a SAS device held by
 /// mosquitto_sub is disconnected, refused on its reconnect, and the audit trail says why.
+/// mosquitto_sub as the SAS identity `cn` (`device` or `device/module`) with `token`,
+/// subscribed to direct method calls (devices and modules both may), until the hub closes its
+/// session.
+fn sas_subscriber(port: u16, ca: &std::path::Path, cn: &str, token: &str) -> std::process::Child {
+    Command::new("mosquitto_sub")
+        .args([
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "-V",
+            "mqttv311",
+            "--cafile",
+            s(ca),
+            "-i",
+            cn,
+            "-u",
+            &format!("localhost/{cn}/?api-version=2021-04-12"),
+            "-P",
+            token,
+            "-t",
+            "$iothub/methods/POST/#",
+            "-q",
+            "1",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub runs")
+}
+
+/// Waits until `show` (a `device show` run) says Connected.
+fn until_connected(show: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !show().contains("\"Connected\"") {
+        assert!(std::time::Instant::now() < deadline, "never connected");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+/// Waits for mosquitto_sub to give up (it does when its session is closed); its stderr.
+fn until_closed(mut sub: std::process::Child, what: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = sub.try_wait().expect("state") {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = sub.kill();
+            panic!("the session was not closed after {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut sub.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read");
+    assert!(!status.success(), "{what}: {stderr}");
+    stderr
+}
+
 #[test]
 fn a_local_settings_change_closes_the_sessions_it_shuts_out() {
     let t = tmp();
@@ -378,62 +438,45 @@ fn a_local_settings_change_closes_the_sessions_it_shuts_out() {
     let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
     hub(&["device", "create", "--id", "widget-sas"]);
     let token = hub(&["device", "token", "--id", "widget-sas"]);
-    let mut sub = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "localhost",
-            "-p",
-            &hub_process.mqtt_port.to_string(),
-            "-V",
-            "mqttv311",
-            "--cafile",
-            s(&data.join("tls/server-ca.pem")),
-            "-i",
-            "widget-sas",
-            "-u",
-            "localhost/widget-sas/?api-version=2021-04-12",
-            "-P",
-            token.stdout.trim(),
-            "-t",
-            "devices/widget-sas/messages/devicebound/#",
-            "-q",
-            "1",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("mosquitto_sub runs");
-    // Connected: the registry says so.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !hub(&["device", "show", "--id", "widget-sas"])
-        .stdout
-        .contains("\"Connected\"")
-    {
-        assert!(std::time::Instant::now() < deadline, "never connected");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    let ca = data.join("tls/server-ca.pem");
+    let sub = sas_subscriber(
+        hub_process.mqtt_port,
+        &ca,
+        "widget-sas",
+        token.stdout.trim(),
+    );
+    until_connected(|| hub(&["device", "show", "--id", "widget-sas"]).stdout);
     hub(&["hub", "set", "--local", "--disable-device-sas", "true"]);
-    // mosquitto_sub gives up when its session is closed.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = sub.try_wait().expect("state") {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = sub.kill();
-            panic!("the SAS session was not closed after disableDeviceSAS was set locally");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut sub.stderr.take().expect("stderr"), &mut stderr)
-        .expect("read");
-    assert!(!status.success(), "{stderr}");
+    let stderr = until_closed(sub, "disableDeviceSAS was set locally");
     let log = hub(&["audit", "list", "--top", "20"]);
     assert!(
         log.stdout.contains("disableDeviceSAS was turned on"),
         "{log}\n{stderr}"
     );
+}
+
+/// Deleting a module shuts it out at once, as deleting a device does: its live session is
+/// closed.
+#[test]
+fn deleting_a_module_closes_its_session() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub(&data);
+    let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
+    hub(&["device", "create", "--id", "gateway"]);
+    hub(&["device", "create", "--id", "gateway", "--module", "sensor"]);
+    let token = hub(&["device", "token", "--id", "gateway", "--module", "sensor"]);
+    let ca = data.join("tls/server-ca.pem");
+    let sub = sas_subscriber(
+        hub_process.mqtt_port,
+        &ca,
+        "gateway/sensor",
+        token.stdout.trim(),
+    );
+    until_connected(|| hub(&["device", "show", "--id", "gateway", "--module", "sensor"]).stdout);
+    hub(&["device", "delete", "--id", "gateway", "--module", "sensor"]);
+    until_closed(sub, "the module was deleted");
 }
 
 /// The keep-alive counts from the device's last packet (1.5 times what it asked for): a device

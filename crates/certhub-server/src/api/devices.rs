@@ -401,7 +401,14 @@ pub async fn delete_module(
         .delete_module(&id, &mid, expected.as_ref())
         .await?
     {
-        DeleteOutcome::Deleted => Ok(StatusCode::NO_CONTENT),
+        DeleteOutcome::Deleted => {
+            // Shut out at once, as a deleted device is.
+            state
+                .sessions()
+                .kick_module(id.as_str(), mid.as_str(), "the module was deleted");
+            state.sessions().forget_module(id.as_str(), mid.as_str());
+            Ok(StatusCode::NO_CONTENT)
+        }
         DeleteOutcome::NotFound => Err(module_not_found(id.as_str(), mid.as_str())),
         DeleteOutcome::Stale => Err(ApiError::precondition_failed(format!(
             "the ETag given does not match module {id}/{mid}'s current one; read it again"
@@ -543,6 +550,7 @@ pub async fn bulk(
                 state
                     .sessions()
                     .kick_device(id.as_str(), "the device was deleted");
+                state.sessions().forget(id.as_str());
                 deleted += 1;
             }
             _ => refuse(
