@@ -301,6 +301,8 @@ impl DeviceCore {
         let state = &self.state;
         let cn = device.id().cn();
         let ticket = state.sessions().register(&cn, device.ca(), device.switch());
+        // The newest connection wins on every node: an older one elsewhere closes.
+        Box::pin(state.announce_session(&cn)).await;
         state.metrics().connect("ok");
         if state.store().backend() == certhub_store::Backend::Postgres {
             // Other nodes share this database: the device's last session may have been on

@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod api;
 mod bookkeeper;
 pub mod c2d_send;
+mod cluster;
 pub mod data_dir;
 mod device;
 pub mod device_tls;

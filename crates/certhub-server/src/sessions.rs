@@ -466,6 +466,11 @@ impl Sessions {
         self.kick_where(reason, |k, _| k == device || k.starts_with(&prefix))
     }
 
+    /// Closes the session of exactly `cn` (a device's, not its modules').
+    pub fn kick_identity(&self, cn: &str, reason: &str) -> usize {
+        self.kick_where(reason, |k, _| k == cn)
+    }
+
     /// Closes the session of one module.
     pub fn kick_module(&self, device: &str, module: &str, reason: &str) -> usize {
         let cn = format!("{device}/{module}");

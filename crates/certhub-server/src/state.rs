@@ -70,6 +70,8 @@ struct Inner {
     /// The store's change counters as this process last acted on them (see
     /// [`AppState::follow_changes`]).
     generations: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// The other nodes of the hub (set when it runs as a cluster node with NATS).
+    cluster: std::sync::OnceLock<crate::cluster::Cluster>,
 }
 
 /// The readers of Event Hubs partitions, by consumer group and partition, for owner levels
@@ -215,6 +217,7 @@ impl AppState {
                 dps: crate::dps::DpsState::new(id_scope),
                 jitr: RwLock::new(Arc::new(jitr)),
                 generations: std::sync::Mutex::default(),
+                cluster: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -283,6 +286,81 @@ impl AppState {
         // Other processes on the same database (nodes of a cluster) reload when they see it.
         self.store().bump_generation("trust").await?;
         self.load_trust().await.map(|_| ())
+    }
+
+    /// Joins the hub's other nodes on the NATS server at `url` (the hub's ID scope names it
+    /// there): from now on kicks and new sessions are told to them, and theirs act here.
+    pub async fn join_cluster(&self, url: &str) -> Result<(), String> {
+        let state = self.clone();
+        let cluster = crate::cluster::Cluster::join(url, self.dps().id_scope(), move |notice| {
+            state.on_notice(notice);
+        })
+        .await?;
+        tracing::info!(node = cluster.node(), "joined the hub's other nodes");
+        self.inner
+            .cluster
+            .set(cluster)
+            .map_err(|_| "this node already joined a cluster".to_string())
+    }
+
+    fn on_notice(&self, notice: crate::cluster::Notice) {
+        use crate::cluster::Notice;
+        match notice {
+            Notice::Kick {
+                device,
+                module: None,
+                reason,
+            } => {
+                self.sessions().kick_device(&device, &reason);
+            }
+            Notice::Kick {
+                device,
+                module: Some(module),
+                reason,
+            } => {
+                self.sessions().kick_module(&device, &module, &reason);
+            }
+            Notice::Session { cn } => {
+                self.sessions().kick_identity(
+                    &cn,
+                    "replaced by a newer connection of the same identity on another node",
+                );
+            }
+        }
+    }
+
+    /// Closes the sessions of a device and its modules, on every node.
+    pub(crate) async fn kick_device(&self, device: &str, reason: &str) {
+        self.sessions().kick_device(device, reason);
+        if let Some(c) = self.inner.cluster.get() {
+            c.tell(crate::cluster::Notice::Kick {
+                device: device.to_string(),
+                module: None,
+                reason: reason.to_string(),
+            })
+            .await;
+        }
+    }
+
+    /// Closes the session of one module, on every node.
+    pub(crate) async fn kick_module(&self, device: &str, module: &str, reason: &str) {
+        self.sessions().kick_module(device, module, reason);
+        if let Some(c) = self.inner.cluster.get() {
+            c.tell(crate::cluster::Notice::Kick {
+                device: device.to_string(),
+                module: Some(module.to_string()),
+                reason: reason.to_string(),
+            })
+            .await;
+        }
+    }
+
+    /// A session of `cn` started here: an older one on another node closes.
+    pub(crate) async fn announce_session(&self, cn: &str) {
+        if let Some(c) = self.inner.cluster.get() {
+            c.tell(crate::cluster::Notice::Session { cn: cn.to_string() })
+                .await;
+        }
     }
 
     /// The provisioning service's enrollments or linked hubs were written: forgotten here and,

@@ -17,7 +17,7 @@ pub const EXIT_CONFIG: u8 = 64;
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
     /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, amqp_addr,
-    /// database_url,
+    /// database_url, nats_url,
     /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages,
     /// c2d_max_pending, c2d_max_deliveries, audit_retention, audit_max_records,
     /// refusals_per_source, refusals_per_client_id, pending_per_source, pending_total,
@@ -95,6 +95,11 @@ pub struct ServeArgs {
     /// environment CERTHUB_DATABASE_URL).
     #[arg(long = "store", value_name = "URL")]
     store: Option<String>,
+    /// A node of a cluster: the NATS server (`nats://host:4222`) through which the hub's nodes
+    /// close each other's sessions at once (a disabled device, the newest connection of an
+    /// identity); needs --store (TOML key nats_url, environment CERTHUB_NATS_URL).
+    #[arg(long = "nats", value_name = "URL")]
+    nats: Option<String>,
 }
 
 /// The TOML file's keys; anything else is an error that names the key.
@@ -107,6 +112,7 @@ struct FileConfig {
     mqtt_addr: Option<String>,
     amqp_addr: Option<String>,
     database_url: Option<String>,
+    nats_url: Option<String>,
     verification_code_ttl: Option<u64>,
     max_device_sessions: Option<u64>,
     telemetry_retention: Option<u64>,
@@ -135,6 +141,8 @@ pub struct Config {
     pub mqtt_addr: SocketAddr,
     pub amqp_addr: SocketAddr,
     pub database_url: Option<String>,
+    /// The cluster's NATS server (with `database_url` only).
+    pub nats_url: Option<String>,
     /// Where uploaded files go when not in the data directory: a remote object store's URL
     /// and its options.
     pub file_store: Option<RemoteFileStore>,
@@ -287,6 +295,23 @@ impl Config {
                 "--store / database_url: {url:?} is not a postgres:// URL (leave it out for the embedded SQLite)"
             )));
         }
+        let nats_url = args
+            .nats
+            .clone()
+            .or_else(|| env("CERTHUB_NATS_URL"))
+            .or(file.nats_url);
+        if let Some(url) = &nats_url {
+            if !url.starts_with("nats://") && !url.starts_with("tls://") {
+                return Err(ConfigError(format!(
+                    "--nats / nats_url: {url:?} is not a nats:// URL"
+                )));
+            }
+            if database_url.is_none() {
+                return Err(ConfigError(
+                    "--nats / nats_url makes this hub a node of a cluster, whose nodes share one database: give --store postgres://... too".into(),
+                ));
+            }
+        }
         let file_store = file_store(
             env("CERTHUB_FILE_STORE").or(file.file_store),
             env("CERTHUB_FILE_STORE_OPTIONS"),
@@ -435,6 +460,7 @@ impl Config {
             mqtt_addr: addr("mqtt_addr", &mqtt)?,
             amqp_addr: addr("amqp_addr", &amqp)?,
             database_url,
+            nats_url,
             file_store,
         })
     }
@@ -772,6 +798,11 @@ async fn serve(config: Config) -> Result<Outcome> {
     )
     .await?;
     state.set_c2d_limits(config.c2d);
+    if let Some(url) = &config.nats_url {
+        state.join_cluster(url).await.map_err(|e| {
+            anyhow::anyhow!("{e}: is NATS running there (nats-server -a HOST -p PORT)?")
+        })?;
+    }
     state.set_public_port(bound.port());
     // Uploaded files live in the data directory (`files/`), also when the database is
     // PostgreSQL, unless a remote store is configured.

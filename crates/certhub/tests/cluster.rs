@@ -105,6 +105,175 @@ fn widget(d: &Path, tool: &str, host: &str, port: u16, ca: &Path, topic: &str) -
     cmd
 }
 
+/// The owner's connection string naming `node`'s service API (the one in the store names
+/// whichever node started last).
+fn connection_string_at(d: &Path, data: &Path, node: &common::HubProcess) -> String {
+    let owner = certhub_at(d, data, &["hub", "connection-string"])
+        .ok()
+        .stdout;
+    let rest = owner.trim().split_once(';').map_or("", |(_, rest)| rest);
+    format!("HostName={};{rest}", node.host)
+}
+
+/// How long after `since` the mosquitto client `sub` gave up (its session was closed); panics
+/// after 5 s.
+fn closed_within(sub: &mut std::process::Child, since: Instant, what: &str) -> Duration {
+    loop {
+        if sub.try_wait().expect("state").is_some() {
+            return since.elapsed();
+        }
+        if since.elapsed() > Duration::from_secs(5) {
+            let _ = sub.kill();
+            panic!("a session outlived {what} by 5 s");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The CLI against one node's API.
+fn cli_at(d: &Path, cs: &str, ca: &Path, args: &[&str]) -> String {
+    let mut v = args.to_vec();
+    v.extend_from_slice(&["--connection-string", cs, "--ca-file", s(ca)]);
+    common::certhub(d, &v).ok().stdout
+}
+
+/// Waits until the node whose API `cs` names says the device is connected to it.
+fn until_connected(d: &Path, cs: &str, ca: &Path, device: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cli_at(d, cs, ca, &["device", "show", "--id", device]).contains("\"Connected\"") {
+        assert!(Instant::now() < deadline, "{device} never connected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A NATS server of the test's own on `host` (a free port), stopped when this is dropped.
+struct Nats {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Nats {
+    fn start(host: &str) -> Self {
+        use std::io::{BufRead, BufReader};
+        // Debian installs it in /usr/sbin, which a user's PATH may lack.
+        let program = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let mut child = Command::new(program)
+            .args(["-a", host, "-p", "-1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("nats-server (Debian package nats-server) is required");
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let port = loop {
+            let line = lines
+                .next()
+                .and_then(Result::ok)
+                .expect("nats-server said where it listens");
+            if let Some(rest) = line.split("client connections on ").nth(1) {
+                break rest
+                    .rsplit(':')
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string();
+            }
+        };
+        // Keep reading its log so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            child,
+            url: format!("nats://{host}:{port}"),
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Nodes joined through NATS close each other's sessions at once: a widget disabled through
+/// node A loses its session on node B, and a widget that connects to node A while connected
+/// to node B keeps only the newer connection.
+#[test]
+fn nodes_on_nats_close_each_others_sessions() {
+    let db = Database::new();
+    let nats = Nats::start("127.0.0.63");
+    let t = tmp();
+    let d = t.path();
+    let (data_a, data_b) = (d.join("node-a"), d.join("node-b"));
+    let (host_a, host_b) = ("127.0.0.64", "127.0.0.65");
+    let cluster = ["--store", db.url.as_str(), "--nats", nats.url.as_str()];
+    let node_a = start_hub_on(&data_a, host_a, &cluster);
+    let node_b = start_hub_on(&data_b, host_b, &cluster);
+    let ca = data_a.join("tls/server-ca.pem");
+    let (cs_a, cs_b) = (
+        connection_string_at(d, &data_a, &node_a),
+        connection_string_at(d, &data_b, &node_b),
+    );
+    // The widget of Company-X's chain, enrolled through node A's data directory; node B
+    // follows the CA within half a second.
+    enroll_widget(d, &data_a);
+    std::thread::sleep(Duration::from_millis(1200));
+    let w = "smart-x-widget-0001";
+    let subscriber = |host: &str, port: u16| {
+        widget(
+            d,
+            "mosquitto_sub",
+            host,
+            port,
+            &ca,
+            "$iothub/methods/POST/#",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub runs")
+    };
+
+    // Disabled through node A: its session on node B closes.
+    let mut on_b = subscriber(host_b, node_b.mqtt_port);
+    until_connected(d, &cs_b, &ca, w);
+    let asked = Instant::now();
+    cli_at(
+        d,
+        &cs_a,
+        &ca,
+        &["device", "update", "--id", w, "--status", "disabled"],
+    );
+    let disabled = closed_within(&mut on_b, asked, "the widget disabled through node A");
+    eprintln!(
+        "disabled through node A: the session on node B closed {disabled:?} after the request was sent"
+    );
+
+    // Enabled again, connected to B, then to A: B's older session closes.
+    cli_at(
+        d,
+        &cs_a,
+        &ca,
+        &["device", "update", "--id", w, "--status", "enabled"],
+    );
+    let mut on_b = subscriber(host_b, node_b.mqtt_port);
+    until_connected(d, &cs_b, &ca, w);
+    let connected = Instant::now();
+    let mut on_a = subscriber(host_a, node_a.mqtt_port);
+    let replaced = closed_within(&mut on_b, connected, "a newer connection on node A");
+    eprintln!("connected to node A: the older session on node B closed {replaced:?} after");
+    until_connected(d, &cs_a, &ca, w);
+    assert!(
+        on_a.try_wait().expect("state").is_none(),
+        "the newer connection, on node A, stays"
+    );
+    let _ = on_a.kill();
+    drop((node_a, node_b));
+}
+
 /// The widget over paho-mqtt with CleanSession=0: `subscribe` subscribes to its C2D topic and
 /// leaves; `receive` waits for a message without subscribing. Prints the CONNACK's session
 /// present flag (`present 1`) and what it received.
@@ -211,16 +380,10 @@ fn two_nodes_on_one_postgresql_are_one_hub() {
     .stdout;
     assert!(shown.contains("certificateAuthority"), "{shown}");
 
-    let owner = certhub_at(d, &data_a, &["hub", "connection-string"])
-        .ok()
-        .stdout
-        .trim()
-        .to_string();
-    let at = |node: &common::HubProcess| {
-        let rest = owner.split_once(';').map_or("", |(_, rest)| rest);
-        format!("HostName={};{rest}", node.host)
-    };
-    let (cs_a, cs_b) = (at(&node_a), at(&node_b));
+    let (cs_a, cs_b) = (
+        connection_string_at(d, &data_a, &node_a),
+        connection_string_at(d, &data_b, &node_b),
+    );
 
     // A persistent session (CleanSession=0) subscribed on node A is resumed on node B: a C2D
     // message queued meanwhile arrives there without a new SUBSCRIBE, as the Azure SDKs expect.
@@ -302,17 +465,7 @@ fn two_nodes_on_one_postgresql_are_one_hub() {
         ],
     )
     .ok();
-    let deleted = Instant::now();
-    let closed_after = loop {
-        if sub.try_wait().expect("state").is_some() {
-            break deleted.elapsed();
-        }
-        if deleted.elapsed() > Duration::from_secs(5) {
-            let _ = sub.kill();
-            panic!("the widget's session on node B outlived its CA deleted through node A by 5 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let closed_after = closed_within(&mut sub, Instant::now(), "its CA deleted through node A");
     eprintln!("CA deleted through node A: the session on node B closed after {closed_after:?}");
     drop((node_a, node_b));
 }

@@ -133,8 +133,8 @@ pub async fn put_device(
                 // Status or credentials may have changed: live sessions must authenticate
                 // again against the new identity.
                 state
-                    .sessions()
-                    .kick_device(id.as_str(), "the device's identity was updated");
+                    .kick_device(id.as_str(), "the device's identity was updated")
+                    .await;
             }
             state.audit(&caller, op, &target, "ok", "").await
         }
@@ -218,8 +218,8 @@ pub async fn delete_device(
     let result = match state.store().delete_device(&id, expected.as_ref()).await? {
         DeleteOutcome::Deleted => {
             state
-                .sessions()
-                .kick_device(id.as_str(), "the device was deleted");
+                .kick_device(id.as_str(), "the device was deleted")
+                .await;
             state.sessions().forget(id.as_str());
             Ok(StatusCode::NO_CONTENT)
         }
@@ -299,11 +299,13 @@ pub async fn put_module(
     match &result {
         Ok((op, _)) => {
             if *op == "module.update" {
-                state.sessions().kick_module(
-                    id.as_str(),
-                    mid.as_str(),
-                    "the module's identity was updated",
-                );
+                state
+                    .kick_module(
+                        id.as_str(),
+                        mid.as_str(),
+                        "the module's identity was updated",
+                    )
+                    .await;
             }
             state.audit(&caller, op, &target, "ok", "").await
         }
@@ -404,8 +406,8 @@ pub async fn delete_module(
         DeleteOutcome::Deleted => {
             // Shut out at once, as a deleted device is.
             state
-                .sessions()
-                .kick_module(id.as_str(), mid.as_str(), "the module was deleted");
+                .kick_module(id.as_str(), mid.as_str(), "the module was deleted")
+                .await;
             state.sessions().forget_module(id.as_str(), mid.as_str());
             Ok(StatusCode::NO_CONTENT)
         }
@@ -548,8 +550,8 @@ pub async fn bulk(
         match state.store().delete_device(id, None).await? {
             DeleteOutcome::Deleted => {
                 state
-                    .sessions()
-                    .kick_device(id.as_str(), "the device was deleted");
+                    .kick_device(id.as_str(), "the device was deleted")
+                    .await;
                 state.sessions().forget(id.as_str());
                 deleted += 1;
             }

@@ -277,10 +277,12 @@ impl Hub {
                             .map_err(|e| unavailable("(this hub)", e))?
                         {
                             WriteOutcome::Written => {
-                                state.sessions().kick_device(
-                                    id.as_str(),
-                                    "the device registered again with another credential",
-                                );
+                                state
+                                    .kick_device(
+                                        id.as_str(),
+                                        "the device registered again with another credential",
+                                    )
+                                    .await;
                                 Ok(())
                             }
                             _ => Err(conflict()),
