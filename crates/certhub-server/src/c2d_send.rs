@@ -10,7 +10,6 @@ use certhub_core::{DeviceId, Status, azure_time};
 use certhub_store::{C2dRecord, Enqueued, StoreError};
 use serde::{Deserialize, Serialize};
 
-use crate::sessions::Outbound;
 use crate::state::{Actor, AppState, now_ms};
 
 /// Largest message, body and properties together (Azure's C2D limit).
@@ -158,9 +157,7 @@ pub async fn queue(
             });
         }
     };
-    let _ = state
-        .sessions()
-        .deliver(device.as_str(), None, Outbound::C2d);
+    state.wake_c2d(device.as_str()).await;
     state
         .audit(
             actor,

@@ -7,7 +7,9 @@
 //! - a device or module disabled, deleted or given another credential (`kick`), so its session
 //!   on another node closes within milliseconds, not at its next connection;
 //! - a new session of an identity (`session`), so the older one on another node closes: the
-//!   newest connection wins across nodes as it does on one.
+//!   newest connection wins across nodes as it does on one;
+//! - work for a session that is not on this node: C2D messages queued (`c2d`, a wake-up: the
+//!   queue is in the database) and desired-property patches (`desired`).
 //!
 //! Delivery is at most once (core NATS). A node that misses a notice (its NATS connection was
 //! down) still refuses the device at its next CONNECT, which reads the registry.
@@ -26,6 +28,11 @@ pub(crate) enum Notice {
     },
     /// `cn` connected on the sending node: close it here.
     Session { cn: String },
+    /// Cloud-to-device messages were queued for `device`: its session, here, reads the queue
+    /// (shared in the database).
+    C2d { device: String },
+    /// A desired-properties patch for `cn`'s session, if it is here.
+    Desired { cn: String, patch: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

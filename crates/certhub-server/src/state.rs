@@ -320,6 +320,18 @@ impl AppState {
             } => {
                 self.sessions().kick_module(&device, &module, &reason);
             }
+            Notice::C2d { device } => {
+                let _ = self
+                    .sessions()
+                    .deliver(&device, None, crate::sessions::Outbound::C2d);
+            }
+            Notice::Desired { cn, patch } => {
+                let _ = self.sessions().deliver(
+                    &cn,
+                    Some(crate::sessions::DESIRED),
+                    crate::sessions::Outbound::Desired(patch.into_bytes()),
+                );
+            }
             Notice::Session { cn } => {
                 self.sessions().kick_identity(
                     &cn,
@@ -352,6 +364,46 @@ impl AppState {
                 reason: reason.to_string(),
             })
             .await;
+        }
+    }
+
+    /// Wakes `device`'s session to read its C2D queue, wherever it is connected.
+    pub(crate) async fn wake_c2d(&self, device: &str) {
+        let here = self
+            .sessions()
+            .deliver(device, None, crate::sessions::Outbound::C2d);
+        if matches!(here, Err(crate::sessions::Undeliverable::NotOnline))
+            && let Some(c) = self.inner.cluster.get()
+        {
+            c.tell(crate::cluster::Notice::C2d {
+                device: device.to_string(),
+            })
+            .await;
+        }
+    }
+
+    /// Pushes a desired-properties patch to `cn`'s session, wherever it is connected (if it
+    /// subscribed). Busy: its queue here is full.
+    pub(crate) async fn push_desired(
+        &self,
+        cn: &str,
+        patch: String,
+    ) -> Result<(), crate::sessions::Undeliverable> {
+        let here = self.sessions().deliver(
+            cn,
+            Some(crate::sessions::DESIRED),
+            crate::sessions::Outbound::Desired(patch.clone().into_bytes()),
+        );
+        match (here, self.inner.cluster.get()) {
+            (Err(crate::sessions::Undeliverable::NotOnline), Some(c)) => {
+                c.tell(crate::cluster::Notice::Desired {
+                    cn: cn.to_string(),
+                    patch,
+                })
+                .await;
+                Ok(())
+            }
+            (other, _) => other,
         }
     }
 

@@ -200,9 +200,10 @@ impl Drop for Nats {
 
 /// Nodes joined through NATS close each other's sessions at once: a widget disabled through
 /// node A loses its session on node B, and a widget that connects to node A while connected
-/// to node B keeps only the newer connection.
+/// to node B keeps only the newer connection; a C2D message and a desired-property patch sent
+/// through node B reach its session on node A.
 #[test]
-fn nodes_on_nats_close_each_others_sessions() {
+fn nodes_joined_by_nats_act_for_each_other() {
     let db = Database::new();
     let nats = Nats::start("127.0.0.63");
     let t = tmp();
@@ -262,13 +263,81 @@ fn nodes_on_nats_close_each_others_sessions() {
     let mut on_b = subscriber(host_b, node_b.mqtt_port);
     until_connected(d, &cs_b, &ca, w);
     let connected = Instant::now();
-    let mut on_a = subscriber(host_a, node_a.mqtt_port);
+    // This one takes C2D messages and desired-property patches, and prints them.
+    let mut on_a = widget(
+        d,
+        "mosquitto_sub",
+        host_a,
+        node_a.mqtt_port,
+        &ca,
+        "devices/smart-x-widget-0001/messages/devicebound/#",
+    )
+    .args(["-t", "$iothub/twin/PATCH/properties/desired/#", "-v"])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("mosquitto_sub runs");
     let replaced = closed_within(&mut on_b, connected, "a newer connection on node A");
     eprintln!("connected to node A: the older session on node B closed {replaced:?} after");
     until_connected(d, &cs_a, &ca, w);
     assert!(
         on_a.try_wait().expect("state").is_none(),
         "the newer connection, on node A, stays"
+    );
+
+    // A C2D message and a desired patch sent through node B reach the session on node A.
+    let lines = {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = std::io::BufReader::new(on_a.stdout.take().expect("stdout"));
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let sent = Instant::now();
+    cli_at(
+        d,
+        &cs_b,
+        &ca,
+        &[
+            "c2d",
+            "send",
+            "--device",
+            w,
+            "--body",
+            "sent through node B",
+        ],
+    );
+    cli_at(
+        d,
+        &cs_b,
+        &ca,
+        &[
+            "twin",
+            "update",
+            "--device",
+            w,
+            "--desired",
+            r#"{"mode": "eco"}"#,
+        ],
+    );
+    let mut seen = Vec::new();
+    while !(seen
+        .iter()
+        .any(|l: &String| l.contains("sent through node B"))
+        && seen.iter().any(|l| l.contains("\"mode\":\"eco\"")))
+    {
+        match lines.recv_timeout(Duration::from_secs(10).saturating_sub(sent.elapsed())) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("not received on node A within 10 s: {seen:?}"),
+        }
+    }
+    eprintln!(
+        "C2D and desired patch through node B received on node A after {:?}",
+        sent.elapsed()
     );
     let _ = on_a.kill();
     drop((node_a, node_b));

@@ -21,7 +21,7 @@ use super::devices::{
 };
 use super::doc::{DevicePath, ErrorResponse, IfMatchHeader, ModulePath};
 use super::{ApiError, AppState, Caller};
-use crate::sessions::{DESIRED, MethodReply, Outbound, Undeliverable};
+use crate::sessions::{MethodReply, Undeliverable};
 use crate::twins::{self, TwinOpError};
 
 /// Reading twins: Azure grants it to RegistryRead and to ServiceConnect.
@@ -185,11 +185,7 @@ async fn write_twin(
         // Pushed to a connected device that subscribed; one that is offline or not subscribed
         // reads the desired properties with its next twin GET (the Python SDK does so on
         // every reconnect).
-        match state.sessions().deliver(
-            &cn,
-            Some(DESIRED),
-            Outbound::Desired(patch.to_string().into_bytes()),
-        ) {
+        match state.push_desired(&cn, patch.to_string()).await {
             Ok(()) | Err(Undeliverable::NotOnline) => {}
             Err(Undeliverable::Busy) => {
                 tracing::warn!(
