@@ -429,21 +429,17 @@ impl AppState {
     /// configuration forgotten. Polled twice a second by `certhub serve`.
     pub async fn follow_changes(&self) -> Result<(), StoreError> {
         let now = self.store().generations().await?;
-        let changed: Vec<String> = {
-            let mut seen = self
+        let changed: Vec<(String, i64)> = {
+            let seen = self
                 .inner
                 .generations
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let changed = now
-                .iter()
+            now.into_iter()
                 .filter(|(name, n)| seen.get(name) != Some(n))
-                .map(|(name, _)| name.clone())
-                .collect();
-            seen.extend(now);
-            changed
+                .collect()
         };
-        for name in changed {
+        for (name, generation) in changed {
             match name.as_str() {
                 "trust" => {
                     let before = self.trust();
@@ -462,6 +458,12 @@ impl AppState {
                 "dps" => self.dps().forget_config(),
                 _ => {}
             }
+            // Marked as acted on only now: a reload that failed is tried again next time.
+            self.inner
+                .generations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(name, generation);
         }
         Ok(())
     }
