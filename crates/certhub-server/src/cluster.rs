@@ -35,6 +35,36 @@ pub(crate) enum Notice {
     Desired { cn: String, patch: String },
 }
 
+/// A direct method call sent to the node that holds the session.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MethodCall {
+    name: String,
+    /// The request's JSON body, as text.
+    payload: String,
+    response_timeout_ms: u64,
+}
+
+/// That node's answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MethodAnswer {
+    /// The device's status and payload (as text); none when the session is too busy.
+    status: Option<i64>,
+    payload: String,
+}
+
+/// Why a method call to another node gave no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RemoteMethod {
+    /// No node holds a session of the identity.
+    NotOnline,
+    /// The session that holds it has too many calls outstanding.
+    Busy,
+    /// No answer within the response timeout.
+    TimedOut,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
     node: String,
@@ -47,6 +77,8 @@ struct Envelope {
 pub struct Cluster {
     client: async_nats::Client,
     subject: String,
+    /// `certhub.{hub}`: the prefix of this hub's subjects.
+    prefix: String,
     /// This process's id in the cluster (notices it sent come back and are ignored).
     node: String,
 }
@@ -99,8 +131,112 @@ impl Cluster {
         Ok(Self {
             client,
             subject,
+            prefix: format!("certhub.{hub}"),
             node,
         })
+    }
+
+    /// Where method calls for `cn` go: a subject of its own, which the node holding its
+    /// session listens on (hex: ids may hold characters subjects may not).
+    fn method_subject(&self, cn: &str) -> String {
+        format!(
+            "{}.method.{}",
+            self.prefix,
+            crate::random::hex(cn.as_bytes())
+        )
+    }
+
+    /// Calls a direct method on `cn`'s session on another node; its answer (status, payload).
+    pub(crate) async fn call_method(
+        &self,
+        cn: &str,
+        name: &str,
+        payload: &[u8],
+        response_timeout: std::time::Duration,
+    ) -> Result<(i64, Vec<u8>), RemoteMethod> {
+        let call = MethodCall {
+            name: name.to_string(),
+            payload: String::from_utf8_lossy(payload).into_owned(),
+            response_timeout_ms: response_timeout.as_millis() as u64,
+        };
+        let body = serde_json::to_vec(&call).map_err(|_| RemoteMethod::NotOnline)?;
+        let request = async_nats::Request::new()
+            .payload(body.into())
+            .timeout(Some(response_timeout + std::time::Duration::from_secs(1)));
+        match self
+            .client
+            .send_request(self.method_subject(cn), request)
+            .await
+        {
+            Ok(message) => match serde_json::from_slice::<MethodAnswer>(&message.payload) {
+                Ok(MethodAnswer {
+                    status: Some(status),
+                    payload,
+                }) => Ok((status, payload.into_bytes())),
+                Ok(_) => Err(RemoteMethod::Busy),
+                Err(_) => Err(RemoteMethod::TimedOut),
+            },
+            Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
+                Err(RemoteMethod::NotOnline)
+            }
+            Err(_) => Err(RemoteMethod::TimedOut),
+        }
+    }
+
+    /// Answers method calls from other nodes for `cn`'s session here until it ends: each is
+    /// handed to the session with `start`, and the device's answer (or none, if it gives none
+    /// in time) goes back.
+    pub(crate) async fn serve_methods<F, Fut>(&self, cn: &str, ended: impl Fn() -> bool, start: F)
+    where
+        F: Fn(String, Vec<u8>, std::time::Duration) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Option<Option<(i64, Vec<u8>)>>> + Send + 'static,
+    {
+        use futures_util::StreamExt;
+        let Ok(mut calls) = self.client.subscribe(self.method_subject(cn)).await else {
+            tracing::warn!(
+                client_id = cn,
+                "method calls from other nodes will not reach this session"
+            );
+            return;
+        };
+        let start = std::sync::Arc::new(start);
+        let mut check = tokio::time::interval(std::time::Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                call = calls.next() => {
+                    let Some(message) = call else { break };
+                    let (Some(reply), Ok(call)) = (
+                        message.reply.clone(),
+                        serde_json::from_slice::<MethodCall>(&message.payload),
+                    ) else {
+                        continue;
+                    };
+                    let client = self.client.clone();
+                    let start = start.clone();
+                    tokio::spawn(async move {
+                        let timeout = std::time::Duration::from_millis(call.response_timeout_ms);
+                        // None: not here after all (say nothing: another node may hold it);
+                        // Some(None): too busy.
+                        let answer = match start(call.name, call.payload.into_bytes(), timeout).await {
+                            None => return,
+                            Some(None) => MethodAnswer { status: None, payload: String::new() },
+                            Some(Some((status, payload))) => MethodAnswer {
+                                status: Some(status),
+                                payload: String::from_utf8_lossy(&payload).into_owned(),
+                            },
+                        };
+                        if let Ok(body) = serde_json::to_vec(&answer) {
+                            let _ = client.publish(reply, body.into()).await;
+                        }
+                    });
+                }
+                _ = check.tick() => {
+                    if ended() {
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     /// Tells the other nodes (best effort: a failure is logged).

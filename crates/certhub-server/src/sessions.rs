@@ -106,6 +106,12 @@ impl Mailbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the session ended (or was told to end).
+    pub fn is_closed(&self) -> bool {
+        let m = self.lock();
+        m.closed || m.kicked.is_some()
+    }
+
     /// Ends the session (the first reason wins).
     fn kick(&self, reason: &str) {
         let waker = {

@@ -407,6 +407,59 @@ impl AppState {
         }
     }
 
+    /// Calls a direct method on `cn`'s session on another node (None: this hub has no other
+    /// nodes).
+    pub(crate) async fn call_method_elsewhere(
+        &self,
+        cn: &str,
+        name: &str,
+        payload: &[u8],
+        response_timeout: std::time::Duration,
+    ) -> Option<Result<(i64, Vec<u8>), crate::cluster::RemoteMethod>> {
+        let c = self.inner.cluster.get()?;
+        Some(c.call_method(cn, name, payload, response_timeout).await)
+    }
+
+    /// Lets other nodes call direct methods on `cn`'s session here, until it ends.
+    pub(crate) fn serve_methods_here(&self, cn: &str, mailbox: Arc<crate::sessions::Mailbox>) {
+        if self.inner.cluster.get().is_none() {
+            return;
+        }
+        let state = self.clone();
+        let cn = cn.to_string();
+        tokio::spawn(async move {
+            let Some(c) = state.inner.cluster.get() else {
+                return;
+            };
+            let sessions = state.inner.sessions.clone();
+            let of = cn.clone();
+            c.serve_methods(
+                &cn,
+                move || mailbox.is_closed(),
+                move |name, payload, timeout| {
+                    let sessions = sessions.clone();
+                    let cn = of.clone();
+                    async move {
+                        use crate::sessions::Undeliverable;
+                        match sessions.start_method(&cn, &name, payload) {
+                            Err(Undeliverable::NotOnline) => None,
+                            Err(Undeliverable::Busy) => Some(None),
+                            Ok((rid, reply)) => {
+                                let answer = tokio::time::timeout(timeout, reply).await;
+                                sessions.forget_method(&cn, &rid);
+                                match answer {
+                                    Ok(Ok(r)) => Some(Some((r.status, r.payload))),
+                                    _ => None,
+                                }
+                            }
+                        }
+                    }
+                },
+            )
+            .await;
+        });
+    }
+
     /// A session of `cn` started here: an older one on another node closes.
     pub(crate) async fn announce_session(&self, cn: &str) {
         if let Some(c) = self.inner.cluster.get() {

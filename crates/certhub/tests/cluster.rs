@@ -201,7 +201,8 @@ impl Drop for Nats {
 /// Nodes joined through NATS close each other's sessions at once: a widget disabled through
 /// node A loses its session on node B, and a widget that connects to node A while connected
 /// to node B keeps only the newer connection; a C2D message and a desired-property patch sent
-/// through node B reach its session on node A.
+/// through node B reach its session on node A, and so does a direct method, whose answer comes
+/// back through node B (and a method to a device connected nowhere is 404 at once).
 #[test]
 fn nodes_joined_by_nats_act_for_each_other() {
     let db = Database::new();
@@ -340,8 +341,114 @@ fn nodes_joined_by_nats_act_for_each_other() {
         sent.elapsed()
     );
     let _ = on_a.kill();
+    let _ = on_a.wait();
+
+    // A direct method invoked through node B on the widget's session on node A: the device's
+    // answer comes back through node B.
+    let mut responder = Command::new(common::python())
+        .current_dir(d)
+        .args([
+            "-c",
+            RESPONDER,
+            host_a,
+            &node_a.mqtt_port.to_string(),
+            s(&ca),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python runs");
+    let ready = {
+        use std::io::BufRead;
+        let mut first = String::new();
+        std::io::BufReader::new(responder.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("read");
+        first
+    };
+    assert!(
+        ready.contains("ready"),
+        "the responder on node A: {ready:?}"
+    );
+    let invoked = Instant::now();
+    let answer = cli_at(
+        d,
+        &cs_b,
+        &ca,
+        &[
+            "method",
+            "invoke",
+            "--device",
+            w,
+            "--name",
+            "reboot",
+            "--payload",
+            "{}",
+            "--timeout",
+            "10",
+        ],
+    );
+    eprintln!(
+        "method through node B answered from node A after {:?}: {answer}",
+        invoked.elapsed()
+    );
+    assert!(
+        answer.contains("200") && answer.contains(&format!("\"answeredOn\": \"{host_a}\"")),
+        "{answer}"
+    );
+    let _ = responder.kill();
+    let _ = responder.wait();
+    // Gone from every node: 404 DeviceNotOnline at once, not a wait for the response timeout.
+    std::thread::sleep(Duration::from_millis(1000));
+    let invoked = Instant::now();
+    let gone = common::certhub(
+        d,
+        &[
+            "method",
+            "invoke",
+            "--device",
+            w,
+            "--name",
+            "reboot",
+            "--timeout",
+            "10",
+            "--connection-string",
+            &cs_b,
+            "--ca-file",
+            s(&ca),
+        ],
+    );
+    assert!(
+        gone.code != Some(0)
+            && gone.stderr.contains("DeviceNotOnline")
+            && invoked.elapsed() < Duration::from_secs(5),
+        "{gone} after {:?}",
+        invoked.elapsed()
+    );
     drop((node_a, node_b));
 }
+
+/// The widget over paho-mqtt answering every direct method with status 200 and
+/// `{"answeredOn": HOST}`; prints `ready` once subscribed, and runs 30 s at most.
+const RESPONDER: &str = r#"
+import json, sys, time
+import paho.mqtt.client as mqtt
+host, port, ca = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+c = mqtt.Client(client_id="smart-x-widget-0001", clean_session=True, protocol=mqtt.MQTTv311)
+c.username_pw_set(f"{host}/smart-x-widget-0001/?api-version=2021-04-12")
+c.tls_set(ca_certs=ca, certfile="pki/devices/smart-x-widget-0001/chain.pem",
+          keyfile="pki/devices/smart-x-widget-0001/key.pem")
+def answer(client, userdata, message):
+    rid = message.topic.split("$rid=")[1]
+    client.publish(f"$iothub/methods/res/200/?$rid={rid}", json.dumps({"answeredOn": host}))
+c.on_message = answer
+c.on_subscribe = lambda client, userdata, mid, granted: print("ready", flush=True)
+c.on_connect = lambda client, userdata, flags, rc: client.subscribe("$iothub/methods/POST/#", qos=0)
+c.connect(host, port)
+end = time.time() + 30
+while time.time() < end:
+    c.loop(0.05)
+"#;
 
 /// The widget over paho-mqtt with CleanSession=0: `subscribe` subscribes to its C2D topic and
 /// leaves; `receive` waits for a message without subscribing. Prints the CONNACK's session

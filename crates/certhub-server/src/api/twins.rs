@@ -468,39 +468,62 @@ async fn invoke(
     let cn = t.cn();
     // Wait up to connectTimeoutInSeconds for the device to come online and subscribe.
     let deadline = tokio::time::Instant::now() + connect_timeout;
-    let (rid, reply) = loop {
-        match state.sessions().start_method(&cn, name, payload.clone()) {
-            Ok(started) => break started,
-            Err(Undeliverable::Busy) => {
-                return Err(ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "ServiceUnavailable",
-                    format!("{cn} is not keeping up with the requests sent to it; try again later"),
-                ));
-            }
-            Err(Undeliverable::NotOnline) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(Undeliverable::NotOnline) => {
-                return Err(ApiError::not_found(
-                    "DeviceNotOnline",
-                    format!(
-                        "{cn} is not connected, or has not subscribed to $iothub/methods/POST/#{}",
-                        if connect_timeout.is_zero() {
-                            "; set connectTimeoutInSeconds to wait for it".to_string()
-                        } else {
-                            format!(" within {}s", connect_timeout.as_secs())
-                        }
-                    ),
-                ));
-            }
-        }
+    // The session is here, on another node of the cluster, or not connected (yet).
+    enum Sent {
+        Here(String, tokio::sync::oneshot::Receiver<MethodReply>),
+        Answered(MethodReply),
+        NoAnswer,
+    }
+    let busy = || {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("{cn} is not keeping up with the requests sent to it; try again later"),
+        )
     };
-    let answer = tokio::time::timeout(response_timeout, reply).await;
-    state.sessions().forget_method(&cn, &rid);
+    let sent = loop {
+        match state.sessions().start_method(&cn, name, payload.clone()) {
+            Ok((rid, reply)) => break Sent::Here(rid, reply),
+            Err(Undeliverable::Busy) => return Err(busy()),
+            Err(Undeliverable::NotOnline) => {}
+        }
+        match state
+            .call_method_elsewhere(&cn, name, &payload, response_timeout)
+            .await
+        {
+            Some(Ok((status, payload))) => break Sent::Answered(MethodReply { status, payload }),
+            Some(Err(crate::cluster::RemoteMethod::Busy)) => return Err(busy()),
+            Some(Err(crate::cluster::RemoteMethod::TimedOut)) => break Sent::NoAnswer,
+            Some(Err(crate::cluster::RemoteMethod::NotOnline)) | None => {}
+        }
+        if tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        return Err(ApiError::not_found(
+            "DeviceNotOnline",
+            format!(
+                "{cn} is not connected, or has not subscribed to $iothub/methods/POST/#{}",
+                if connect_timeout.is_zero() {
+                    "; set connectTimeoutInSeconds to wait for it".to_string()
+                } else {
+                    format!(" within {}s", connect_timeout.as_secs())
+                }
+            ),
+        ));
+    };
+    let answer = match sent {
+        Sent::Here(rid, reply) => {
+            let answer = tokio::time::timeout(response_timeout, reply).await;
+            state.sessions().forget_method(&cn, &rid);
+            answer.ok().and_then(Result::ok)
+        }
+        Sent::Answered(reply) => Some(reply),
+        Sent::NoAnswer => None,
+    };
     let MethodReply { status, payload } = match answer {
-        Ok(Ok(reply)) => reply,
-        _ => {
+        Some(reply) => reply,
+        None => {
             state
                 .audit(
                     caller,
