@@ -186,8 +186,12 @@ impl Cluster {
     /// Answers method calls from other nodes for `cn`'s session here until it ends: each is
     /// handed to the session with `start`, and the device's answer (or none, if it gives none
     /// in time) goes back.
-    pub(crate) async fn serve_methods<F, Fut>(&self, cn: &str, ended: impl Fn() -> bool, start: F)
-    where
+    pub(crate) async fn serve_methods<F, Fut>(
+        &self,
+        cn: &str,
+        ended: impl Future<Output = ()>,
+        start: F,
+    ) where
         F: Fn(String, Vec<u8>, std::time::Duration) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Option<Option<(i64, Vec<u8>)>>> + Send + 'static,
     {
@@ -200,7 +204,7 @@ impl Cluster {
             return;
         };
         let start = std::sync::Arc::new(start);
-        let mut check = tokio::time::interval(std::time::Duration::from_millis(250));
+        let mut ended = std::pin::pin!(ended);
         loop {
             tokio::select! {
                 call = calls.next() => {
@@ -230,11 +234,7 @@ impl Cluster {
                         }
                     });
                 }
-                _ = check.tick() => {
-                    if ended() {
-                        break;
-                    }
-                }
+                () = &mut ended => break,
             }
         }
     }

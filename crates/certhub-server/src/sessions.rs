@@ -97,6 +97,9 @@ struct MailboxInner {
     /// The session ended: nothing more is taken.
     closed: bool,
     waker: Option<Waker>,
+    /// Dropped when the session ends, for who asked ([`Mailbox::on_end`]; a cluster node's
+    /// listener for method calls from other nodes).
+    ended: Option<oneshot::Sender<()>>,
 }
 
 impl Mailbox {
@@ -106,10 +109,14 @@ impl Mailbox {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether the session ended (or was told to end).
-    pub fn is_closed(&self) -> bool {
-        let m = self.lock();
-        m.closed || m.kicked.is_some()
+    /// Resolves when the session ends or is told to end (at once if it has).
+    pub fn on_end(&self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut m = self.lock();
+        if !m.closed && m.kicked.is_none() {
+            m.ended = Some(tx);
+        }
+        rx
     }
 
     /// Ends the session (the first reason wins).
@@ -120,6 +127,7 @@ impl Mailbox {
                 return;
             }
             m.kicked = Some(reason.to_string());
+            m.ended = None;
             m.waker.take()
         };
         if let Some(w) = waker {
@@ -210,6 +218,7 @@ impl Drop for Ticket {
         let mut m = self.mailbox.lock();
         m.closed = true;
         m.work.clear();
+        m.ended = None;
     }
 }
 

@@ -433,9 +433,12 @@ impl AppState {
             };
             let sessions = state.inner.sessions.clone();
             let of = cn.clone();
+            let ended = mailbox.on_end();
             c.serve_methods(
                 &cn,
-                move || mailbox.is_closed(),
+                async move {
+                    let _ = ended.await;
+                },
                 move |name, payload, timeout| {
                     let sessions = sessions.clone();
                     let cn = of.clone();
