@@ -81,6 +81,8 @@ pub struct Cluster {
     prefix: String,
     /// This process's id in the cluster (notices it sent come back and are ignored).
     node: String,
+    /// Whether the NATS connection is up (false from a disconnection until it is back).
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Cluster {
@@ -92,15 +94,25 @@ impl Cluster {
         act: impl Fn(Notice) + Send + 'static,
     ) -> Result<Self, String> {
         let node = crate::random::uuid_v4_text();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = up.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("certhub node {node}"))
-            .event_callback(|event| async move {
-                match event {
-                    async_nats::Event::Connected => tracing::info!("cluster bus (NATS) connected"),
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("cluster bus (NATS) disconnected: sessions on other nodes are not closed by what happens here until it is back")
+            .event_callback(move |event| {
+                let flag = flag.clone();
+                async move {
+                    use std::sync::atomic::Ordering;
+                    match event {
+                        async_nats::Event::Connected => {
+                            flag.store(true, Ordering::SeqCst);
+                            tracing::info!("cluster bus (NATS) connected: admitting devices");
+                        }
+                        async_nats::Event::Disconnected => {
+                            flag.store(false, Ordering::SeqCst);
+                            tracing::warn!("cluster bus (NATS) disconnected: no new device sessions until it is back (this node could not close them when another node revokes them)");
+                        }
+                        other => tracing::info!(event = %other, "cluster bus (NATS)"),
                     }
-                    other => tracing::info!(event = %other, "cluster bus (NATS)"),
                 }
             })
             .connect(url)
@@ -133,7 +145,13 @@ impl Cluster {
             subject,
             prefix: format!("certhub.{hub}"),
             node,
+            up,
         })
+    }
+
+    /// Whether this node hears the others now.
+    pub(crate) fn is_up(&self) -> bool {
+        self.up.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Where method calls for `cn` go: a subject of its own, which the node holding its

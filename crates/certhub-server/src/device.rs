@@ -168,6 +168,18 @@ impl DeviceCore {
 
     /// A place among the live sessions, or the refusal when the limit is reached (audited).
     pub async fn slot(&self, client_id: &str, peer: SocketAddr) -> Result<Slot, Refused> {
+        if self.state.cluster_bus_down() {
+            self.state.metrics().connect("cluster-bus-down");
+            audit(
+                &self.state,
+                "device.connect",
+                client_id,
+                "cluster-bus-down",
+                format!("this node has lost the cluster bus (NATS): it could not close the session when another node revokes the device, so it admits none until the bus is back; the device is told to retry (another node may take it); peer {peer}"),
+            )
+            .await;
+            return Err(Refused::Unavailable);
+        }
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => Ok(Slot(permit)),
             Err(_) => {

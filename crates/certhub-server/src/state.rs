@@ -407,6 +407,12 @@ impl AppState {
         }
     }
 
+    /// A cluster node that cannot hear the others (NATS down): it admits no new device
+    /// sessions, since it could not close them when another node revokes them.
+    pub(crate) fn cluster_bus_down(&self) -> bool {
+        self.inner.cluster.get().is_some_and(|c| !c.is_up())
+    }
+
     /// Calls a direct method on `cn`'s session on another node (None: this hub has no other
     /// nodes).
     pub(crate) async fn call_method_elsewhere(

@@ -154,6 +154,30 @@ struct Nats {
 
 impl Nats {
     fn start(host: &str) -> Self {
+        Self::start_on(host, "-1")
+    }
+
+    /// Stops it (as a crash would: SIGKILL).
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same address and port.
+    fn restart(&mut self) {
+        let port = self.url.rsplit(':').next().unwrap_or_default().to_string();
+        let host = self
+            .url
+            .trim_start_matches("nats://")
+            .rsplit_once(':')
+            .map(|(h, _)| h.to_string())
+            .unwrap_or_default();
+        self.stop();
+        *self = Self::start_on(&host, &port);
+    }
+
+    /// `port` "-1": a free one.
+    fn start_on(host: &str, port: &str) -> Self {
         use std::io::{BufRead, BufReader};
         // Debian installs it in /usr/sbin, which a user's PATH may lack.
         let program = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
@@ -161,7 +185,7 @@ impl Nats {
             .find(|p| Path::new(p).exists())
             .unwrap_or("nats-server");
         let mut child = Command::new(program)
-            .args(["-a", host, "-p", "-1"])
+            .args(["-a", host, "-p", port])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -202,11 +226,13 @@ impl Drop for Nats {
 /// node A loses its session on node B, and a widget that connects to node A while connected
 /// to node B keeps only the newer connection; a C2D message and a desired-property patch sent
 /// through node B reach its session on node A, and so does a direct method, whose answer comes
-/// back through node B (and a method to a device connected nowhere is 404 at once).
+/// back through node B (and a method to a device connected nowhere is 404 at once). With its
+/// NATS server stopped, node A admits no device (CONNACK 3, audited `cluster-bus-down`), and
+/// admits again once NATS is back.
 #[test]
 fn nodes_joined_by_nats_act_for_each_other() {
     let db = Database::new();
-    let nats = Nats::start("127.0.0.63");
+    let mut nats = Nats::start("127.0.0.63");
     let t = tmp();
     let d = t.path();
     let (data_a, data_b) = (d.join("node-a"), d.join("node-b"));
@@ -425,6 +451,49 @@ fn nodes_joined_by_nats_act_for_each_other() {
         "{gone} after {:?}",
         invoked.elapsed()
     );
+
+    // NATS gone: a node that could not be told of a revocation admits no one (CONNACK 3,
+    // audited cluster-bus-down); NATS back, it admits again.
+    let publish = |message: &str| {
+        widget(
+            d,
+            "mosquitto_pub",
+            host_a,
+            node_a.mqtt_port,
+            &ca,
+            "devices/smart-x-widget-0001/messages/events/",
+        )
+        .args(["-m", message])
+        .output()
+        .expect("mosquitto_pub runs")
+    };
+    nats.stop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let refused = loop {
+        let out = publish("while NATS is down");
+        if !out.status.success() {
+            break String::from_utf8_lossy(&out.stderr).to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node A kept admitting without NATS"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(refused.to_lowercase().contains("unavailable"), "{refused}");
+    let log = certhub_at(d, &data_a, &["audit", "list", "--top", "50"])
+        .ok()
+        .stdout;
+    assert!(log.contains("cluster-bus-down"), "{log}");
+    nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !publish("NATS is back").status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "node A did not admit again after NATS came back"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     drop((node_a, node_b));
 }
 
