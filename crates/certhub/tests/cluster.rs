@@ -55,7 +55,22 @@ impl Database {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
         );
-        psql(&admin, &format!("CREATE DATABASE {name}"));
+        let made = Command::new("psql")
+            .args([
+                &admin,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-c",
+                &format!("CREATE DATABASE {name}"),
+            ])
+            .output()
+            .expect("psql (Debian package postgresql-client) is required");
+        assert!(
+            made.status.success(),
+            "the cluster tests need a PostgreSQL server at {admin} (set CERTHUB_TEST_POSTGRES to \
+             one where this user may create databases): {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
         let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
         Self {
             url: format!("{base}/{name}"),

@@ -113,6 +113,27 @@ impl Linked {
         Ok(())
     }
 
+    /// Whether the hub holds a verified CA with this SHA-256 thumbprint (devices under it can
+    /// authenticate by their CA there). This hub needs no asking: the CA that admitted a device
+    /// is one it trusts.
+    pub(crate) async fn trusts_ca(self: &Arc<Self>, sha256: &str) -> Result<bool, DpsError> {
+        let (status, body) = self.call("GET", "/certificates".into(), None, None).await?;
+        if status != 200 {
+            return Err(unavailable(
+                &self.name,
+                format!("{status}: {}", message(&body)),
+            ));
+        }
+        Ok(body["value"].as_array().is_some_and(|cas| {
+            cas.iter().any(|c| {
+                c["properties"]["isVerified"] == true
+                    && c["properties"]["thumbprintSha256"]
+                        .as_str()
+                        .is_some_and(|t| t.eq_ignore_ascii_case(sha256))
+            })
+        }))
+    }
+
     /// One request to the hub's service API: (status, JSON body).
     async fn call(
         self: &Arc<Self>,
@@ -492,36 +513,6 @@ impl Hub {
         };
         if let Err(e) = result {
             tracing::warn!(device = %id, error = %e, "a device made by a failed registration was not removed");
-        }
-    }
-
-    /// Whether the hub holds a verified CA with this SHA-256 thumbprint (devices under it can
-    /// authenticate by their CA there).
-    pub(crate) async fn trusts_ca(&self, state: &AppState, sha256: &str) -> Result<bool, DpsError> {
-        match self {
-            Self::Local => Ok(state
-                .store()
-                .ca_by_sha256(sha256)
-                .await
-                .map_err(|e| unavailable("(this hub)", e))?
-                .is_some_and(|c| c.is_verified)),
-            Self::Linked(l) => {
-                let (status, body) = l.call("GET", "/certificates".into(), None, None).await?;
-                if status != 200 {
-                    return Err(unavailable(
-                        &l.name,
-                        format!("{status}: {}", message(&body)),
-                    ));
-                }
-                Ok(body["value"].as_array().is_some_and(|cas| {
-                    cas.iter().any(|c| {
-                        c["properties"]["isVerified"] == true
-                            && c["properties"]["thumbprintSha256"]
-                                .as_str()
-                                .is_some_and(|t| t.eq_ignore_ascii_case(sha256))
-                    })
-                }))
-            }
         }
     }
 }

@@ -975,7 +975,7 @@ async fn assign(
     let migrate = doc["reprovisionPolicy"]["migrateDeviceData"] != false;
     let mut auth = device_authentication(&admitted);
     let mut auth_note = "";
-    if let (Hub::Linked(_), Some(leaf), Some(group_ca)) =
+    if let (Hub::Linked(linked), Some(leaf), Some(group_ca)) =
         (&hub, req.chain.first(), admitted.group_ca.as_deref())
     {
         // This hub trusts the group's CA (it admitted the device); a linked hub may not.
@@ -983,7 +983,7 @@ async fn assign(
             GroupCa::Verified { sha256, .. } => sha256.as_str(),
             _ => "",
         };
-        if !hub.trusts_ca(state, sha256).await? {
+        if !linked.trusts_ca(sha256).await? {
             // The hub cannot judge the chain: the device authenticates by its certificate's
             // thumbprint there.
             let t = Thumbprints::of(leaf.as_ref());
