@@ -115,7 +115,14 @@ impl Cluster {
                     }
                 }
             })
-            .connect(url)
+            // Several servers of a NATS cluster, comma-separated: any of them will do, and
+            // the client moves to another when its server goes.
+            .connect(
+                url.split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .collect::<Vec<_>>(),
+            )
             .await
             .map_err(|e| format!("the cluster bus at {url}: {e}"))?;
         let subject = format!("certhub.{hub}.notice");
@@ -273,6 +280,11 @@ impl Cluster {
         {
             tracing::warn!(error = %e, "a cluster notice was not sent");
         }
+    }
+
+    /// The NATS connection (the telemetry stream shares it).
+    pub(crate) fn client(&self) -> async_nats::Client {
+        self.client.clone()
     }
 
     pub fn node(&self) -> &str {

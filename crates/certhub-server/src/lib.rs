@@ -28,6 +28,7 @@ pub mod refusals;
 pub mod sessions;
 mod state;
 mod telemetry;
+pub mod telemetry_stream;
 pub mod tls;
 mod trust;
 mod twins;

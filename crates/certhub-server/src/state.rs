@@ -72,6 +72,8 @@ struct Inner {
     generations: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     /// The other nodes of the hub (set when it runs as a cluster node with NATS).
     cluster: std::sync::OnceLock<crate::cluster::Cluster>,
+    /// The cluster's telemetry log (JetStream), which replaces the table's once joined.
+    stream_telemetry: std::sync::OnceLock<crate::telemetry::TelemetryLog>,
 }
 
 /// The readers of Event Hubs partitions, by consumer group and partition, for owner levels
@@ -218,6 +220,7 @@ impl AppState {
                 jitr: RwLock::new(Arc::new(jitr)),
                 generations: std::sync::Mutex::default(),
                 cluster: std::sync::OnceLock::new(),
+                stream_telemetry: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -290,12 +293,21 @@ impl AppState {
 
     /// Joins the hub's other nodes on the NATS server at `url` (the hub's ID scope names it
     /// there): from now on kicks and new sessions are told to them, and theirs act here.
-    pub async fn join_cluster(&self, url: &str) -> Result<(), String> {
+    pub async fn join_cluster(
+        &self,
+        url: &str,
+        telemetry: &crate::telemetry_stream::StreamLimits,
+    ) -> Result<(), String> {
         let state = self.clone();
-        let cluster = crate::cluster::Cluster::join(url, self.dps().id_scope(), move |notice| {
+        let hub = self.dps().id_scope().to_string();
+        let cluster = crate::cluster::Cluster::join(url, &hub, move |notice| {
             state.on_notice(notice);
         })
         .await?;
+        let log = crate::telemetry::TelemetryLog::start_stream(cluster.client(), &hub, telemetry)
+            .await
+            .map_err(|e| format!("the cluster bus at {url}: {e}"))?;
+        let _ = self.inner.stream_telemetry.set(log);
         tracing::info!(node = cluster.node(), "joined the hub's other nodes");
         self.inner
             .cluster
@@ -613,7 +625,10 @@ impl AppState {
     }
 
     pub fn telemetry(&self) -> &crate::telemetry::TelemetryLog {
-        &self.inner.telemetry
+        self.inner
+            .stream_telemetry
+            .get()
+            .unwrap_or(&self.inner.telemetry)
     }
 
     /// The hub settings, at most a second old.

@@ -1,22 +1,51 @@
-//! The telemetry writer: messages from every session go through one task that commits them
-//! in batches, so a QoS 1 PUBACK means "on disk" without one transaction per message.
+//! The telemetry log: where every device-to-cloud message goes, numbered, and where every
+//! reader (the REST read, the event stream, `messages tail`, the Event Hubs-compatible
+//! endpoint) reads it. On one node it is the database's `telemetry` table, written by one task
+//! that commits messages in batches, so a QoS 1 PUBACK means "on disk" without one transaction
+//! per message. In a cluster it is a JetStream stream ([`crate::telemetry_stream`]).
 
-use certhub_store::{Store, TelemetryRecord};
+use std::sync::Arc;
+
+use certhub_store::{Store, TelemetryBounds, TelemetryRecord};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// A message waiting to be written, and who to tell.
 #[derive(Debug)]
-struct Pending {
-    record: TelemetryRecord,
-    done: oneshot::Sender<Result<i64, String>>,
+pub(crate) struct Pending {
+    pub(crate) record: TelemetryRecord,
+    pub(crate) done: oneshot::Sender<Result<i64, String>>,
 }
 
-/// A handle to the writer task.
+/// The log could not be read (the database or the stream failed).
+#[derive(Debug, Clone)]
+pub struct ReadError(pub String);
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<certhub_store::StoreError> for ReadError {
+    fn from(e: certhub_store::StoreError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// Where the log lives.
+#[derive(Debug, Clone)]
+enum Source {
+    Table(Store),
+    Stream(Arc<crate::telemetry_stream::JetStreamLog>),
+}
+
+/// A handle to the log: its writer task and its readers.
 #[derive(Debug, Clone)]
 pub struct TelemetryLog {
     tx: mpsc::Sender<Pending>,
     /// The highest committed sequence number, for readers that follow the log.
     committed: watch::Receiver<i64>,
+    source: Source,
 }
 
 /// Most messages one transaction takes.
@@ -25,6 +54,7 @@ const MAX_BATCH: usize = certhub_store::TELEMETRY_ROWS;
 impl TelemetryLog {
     /// Starts the writer; sequence numbers continue after the highest stored one.
     pub async fn start(store: Store) -> Result<Self, certhub_store::StoreError> {
+        let source = Source::Table(store.clone());
         let mut seq = store.last_telemetry_seq().await?;
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         let (committed_tx, committed) = watch::channel(seq);
@@ -98,7 +128,72 @@ impl TelemetryLog {
                 }
             }
         });
-        Ok(Self { tx, committed })
+        Ok(Self {
+            tx,
+            committed,
+            source,
+        })
+    }
+
+    /// The log of a cluster: the hub's JetStream stream (created, or its limits updated),
+    /// through `client`'s NATS connection.
+    pub async fn start_stream(
+        client: async_nats::Client,
+        hub: &str,
+        limits: &crate::telemetry_stream::StreamLimits,
+    ) -> Result<Self, String> {
+        let log = Arc::new(
+            crate::telemetry_stream::JetStreamLog::open(client.clone(), hub, limits).await?,
+        );
+        let last = log.last_seq().await.map_err(|e| e.0)?;
+        let (tx, rx) = mpsc::channel::<Pending>(4096);
+        let (committed_tx, committed) = watch::channel(last);
+        log.start(client, hub, rx, committed_tx).await?;
+        Ok(Self {
+            tx,
+            committed,
+            source: Source::Stream(log),
+        })
+    }
+
+    /// Whether the log is a JetStream stream (which keeps its own limits) rather than a table.
+    pub fn is_stream(&self) -> bool {
+        matches!(self.source, Source::Stream(_))
+    }
+
+    /// Messages numbered above `after`, oldest first, optionally of one device (and its
+    /// modules): at most `limit`, and beyond the first at most [`certhub_store::PAGE_BYTES`]
+    /// of bodies.
+    pub async fn after(
+        &self,
+        after: i64,
+        device: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<TelemetryRecord>, ReadError> {
+        match &self.source {
+            Source::Table(store) => Ok(store.telemetry_after(after, device, limit).await?),
+            Source::Stream(log) => {
+                let upto = *self.committed.borrow();
+                log.after(after, upto, device, limit, certhub_store::PAGE_BYTES)
+                    .await
+            }
+        }
+    }
+
+    /// The number just before the first message enqueued at (`inclusive`) or after `ms`.
+    pub async fn seq_before_time(&self, ms: i64, inclusive: bool) -> Result<i64, ReadError> {
+        match &self.source {
+            Source::Table(store) => Ok(store.telemetry_seq_before_time(ms, inclusive).await?),
+            Source::Stream(log) => log.seq_before_time(ms, inclusive).await,
+        }
+    }
+
+    /// The oldest and newest messages kept.
+    pub async fn bounds(&self) -> Result<TelemetryBounds, ReadError> {
+        match &self.source {
+            Source::Table(store) => Ok(store.telemetry_bounds().await?),
+            Source::Stream(log) => log.bounds().await,
+        }
     }
 
     /// A receiver that changes whenever messages are committed.

@@ -37,7 +37,7 @@ pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
 pub use dps::{EnrollmentKind, EnrollmentRecord, LinkedHubRecord, RegistrationRecord};
 pub use files::{FileNotificationRecord, FinishOutcome, UploadRecord, UploadReport, UploadState};
 pub use service_queues::ServiceQueue;
-pub use telemetry::{TELEMETRY_ROWS, TelemetryBounds, TelemetryRecord};
+pub use telemetry::{PAGE_BYTES, TELEMETRY_ROWS, TelemetryBounds, TelemetryRecord};
 pub use twins::TwinRecord;
 
 /// A storage failure. Messages name what failed; the server logs them and answers 500.

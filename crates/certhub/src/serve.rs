@@ -17,7 +17,7 @@ pub const EXIT_CONFIG: u8 = 64;
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
     /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, amqp_addr,
-    /// database_url, nats_url,
+    /// database_url, nats_url, telemetry_replicas,
     /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages,
     /// c2d_max_pending, c2d_max_deliveries, audit_retention, audit_max_records,
     /// refusals_per_source, refusals_per_client_id, pending_per_source, pending_total,
@@ -95,11 +95,17 @@ pub struct ServeArgs {
     /// environment CERTHUB_DATABASE_URL).
     #[arg(long = "store", value_name = "URL")]
     store: Option<String>,
-    /// A node of a cluster: the NATS server (`nats://host:4222`) through which the hub's nodes
-    /// close each other's sessions at once (a disabled device, the newest connection of an
-    /// identity); needs --store (TOML key nats_url, environment CERTHUB_NATS_URL).
+    /// A node of a cluster: the NATS server (`nats://host:4222`, or several of a NATS cluster,
+    /// comma-separated) through which the hub's nodes close each other's sessions at once (a
+    /// disabled device, the newest connection of an identity) and which keeps the telemetry
+    /// stream (JetStream); needs --store (TOML key nats_url, environment CERTHUB_NATS_URL).
     #[arg(long = "nats", value_name = "URL")]
     nats: Option<String>,
+    /// With --nats: copies of the telemetry stream on the NATS servers (1 to 5) [default: 3
+    /// when the NATS server is in a cluster, else 1] (TOML key telemetry_replicas, environment
+    /// CERTHUB_TELEMETRY_REPLICAS).
+    #[arg(long)]
+    telemetry_replicas: Option<String>,
 }
 
 /// The TOML file's keys; anything else is an error that names the key.
@@ -113,6 +119,7 @@ struct FileConfig {
     amqp_addr: Option<String>,
     database_url: Option<String>,
     nats_url: Option<String>,
+    telemetry_replicas: Option<u64>,
     verification_code_ttl: Option<u64>,
     max_device_sessions: Option<u64>,
     telemetry_retention: Option<u64>,
@@ -143,6 +150,8 @@ pub struct Config {
     pub database_url: Option<String>,
     /// The cluster's NATS server (with `database_url` only).
     pub nats_url: Option<String>,
+    /// Copies of the cluster's telemetry stream; `None`: 3 on a NATS cluster, else 1.
+    pub telemetry_replicas: Option<usize>,
     /// Where uploaded files go when not in the data directory: a remote object store's URL
     /// and its options.
     pub file_store: Option<RemoteFileStore>,
@@ -301,9 +310,13 @@ impl Config {
             .or_else(|| env("CERTHUB_NATS_URL"))
             .or(file.nats_url);
         if let Some(url) = &nats_url {
-            if !url.starts_with("nats://") && !url.starts_with("tls://") {
+            if let Some(bad) = url
+                .split(',')
+                .map(str::trim)
+                .find(|u| !u.starts_with("nats://") && !u.starts_with("tls://"))
+            {
                 return Err(ConfigError(format!(
-                    "--nats / nats_url: {url:?} is not a nats:// URL"
+                    "--nats / nats_url: {bad:?} is not a nats:// URL (several servers of a NATS cluster: nats://a:4222,nats://b:4222)"
                 )));
             }
             if database_url.is_none() {
@@ -312,6 +325,26 @@ impl Config {
                 ));
             }
         }
+        let telemetry_replicas = if args.telemetry_replicas.is_some()
+            || env("CERTHUB_TELEMETRY_REPLICAS").is_some()
+            || file.telemetry_replicas.is_some()
+        {
+            if nats_url.is_none() {
+                return Err(ConfigError(
+                    "telemetry_replicas is for the telemetry stream of a cluster: give --nats nats://... too".into(),
+                ));
+            }
+            Some(number(
+                "telemetry_replicas",
+                &args.telemetry_replicas,
+                "CERTHUB_TELEMETRY_REPLICAS",
+                file.telemetry_replicas,
+                1,
+                1..=5,
+            )? as usize)
+        } else {
+            None
+        };
         let file_store = file_store(
             env("CERTHUB_FILE_STORE").or(file.file_store),
             env("CERTHUB_FILE_STORE_OPTIONS"),
@@ -461,6 +494,7 @@ impl Config {
             amqp_addr: addr("amqp_addr", &amqp)?,
             database_url,
             nats_url,
+            telemetry_replicas,
             file_store,
         })
     }
@@ -799,7 +833,12 @@ async fn serve(config: Config) -> Result<Outcome> {
     .await?;
     state.set_c2d_limits(config.c2d);
     if let Some(url) = &config.nats_url {
-        state.join_cluster(url).await.map_err(|e| {
+        let limits = certhub_server::telemetry_stream::StreamLimits {
+            max_age: config.telemetry_retention,
+            max_messages: config.telemetry_max_messages,
+            replicas: config.telemetry_replicas,
+        };
+        state.join_cluster(url, &limits).await.map_err(|e| {
             anyhow::anyhow!("{e}: is NATS running there (nats-server -a HOST -p PORT)?")
         })?;
     }
@@ -906,6 +945,7 @@ async fn serve(config: Config) -> Result<Outcome> {
     // every minute); expired cloud-to-device messages leave their queues at the same pace.
     let pruning = {
         let store = store.clone();
+        let telemetry = state.telemetry().clone();
         let retention = config.telemetry_retention;
         let keep = config.telemetry_max_messages;
         let (audit_retention, audit_keep) = (config.audit_retention, config.audit_max_records);
@@ -916,7 +956,13 @@ async fn serve(config: Config) -> Result<Outcome> {
                 tokio::time::sleep(every).await;
                 let cutoff = time::OffsetDateTime::now_utc() - retention;
                 let before_ms = (cutoff.unix_timestamp_nanos() / 1_000_000) as i64;
-                match store.prune_telemetry(before_ms, keep).await {
+                // A cluster's stream keeps its own limits.
+                let pruned = if telemetry.is_stream() {
+                    Ok(0)
+                } else {
+                    store.prune_telemetry(before_ms, keep).await
+                };
+                match pruned {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "telemetry retention"),
                     Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),

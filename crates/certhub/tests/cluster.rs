@@ -161,15 +161,56 @@ fn until_connected(d: &Path, cs: &str, ca: &Path, device: &str) {
     }
 }
 
-/// A NATS server of the test's own on `host` (a free port), stopped when this is dropped.
+/// A NATS server of the test's own on `host` (a free port) with JetStream (its store in a
+/// folder of its own), stopped when this is dropped.
 struct Nats {
     child: std::process::Child,
     url: String,
+    host: String,
+    args: Vec<String>,
+    _store: tempfile::TempDir,
 }
 
 impl Nats {
     fn start(host: &str) -> Self {
-        Self::start_on(host, "-1")
+        Self::start_on(host, "-1", tmp(), Vec::new())
+    }
+
+    /// Three servers clustered on `hosts` (routes on port 6222 of each address), JetStream on
+    /// each (the nodes wait for its JetStream leader when they start).
+    fn cluster(hosts: [&str; 3]) -> [Self; 3] {
+        let route = |h: &str| format!("nats://{h}:6222");
+        hosts.map(|h| {
+            let routes: Vec<String> = hosts
+                .iter()
+                .filter(|o| **o != h)
+                .map(|o| route(o))
+                .collect();
+            Self::start_on(
+                h,
+                "-1",
+                tmp(),
+                vec![
+                    "--server_name".into(),
+                    format!("n{}", h.rsplit('.').next().unwrap_or(h)),
+                    "--cluster_name".into(),
+                    "certhub-test".into(),
+                    "--cluster".into(),
+                    route(h),
+                    "--routes".into(),
+                    routes.join(","),
+                ],
+            )
+        })
+    }
+
+    /// All the servers' client URLs, comma-separated (as `--nats` takes them).
+    fn urls(servers: &[Self]) -> String {
+        servers
+            .iter()
+            .map(|n| n.url.clone())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// Stops it (as a crash would: SIGKILL).
@@ -178,21 +219,17 @@ impl Nats {
         let _ = self.child.wait();
     }
 
-    /// Starts it again on the same address and port.
+    /// Starts it again on the same address, port and store.
     fn restart(&mut self) {
         let port = self.url.rsplit(':').next().unwrap_or_default().to_string();
-        let host = self
-            .url
-            .trim_start_matches("nats://")
-            .rsplit_once(':')
-            .map(|(h, _)| h.to_string())
-            .unwrap_or_default();
         self.stop();
-        *self = Self::start_on(&host, &port);
+        let store = std::mem::replace(&mut self._store, tmp());
+        let (host, args) = (self.host.clone(), std::mem::take(&mut self.args));
+        *self = Self::start_on(&host, &port, store, args);
     }
 
     /// `port` "-1": a free one.
-    fn start_on(host: &str, port: &str) -> Self {
+    fn start_on(host: &str, port: &str, store: tempfile::TempDir, args: Vec<String>) -> Self {
         use std::io::{BufRead, BufReader};
         // Debian installs it in /usr/sbin, which a user's PATH may lack.
         let program = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
@@ -200,7 +237,8 @@ impl Nats {
             .find(|p| Path::new(p).exists())
             .unwrap_or("nats-server");
         let mut child = Command::new(program)
-            .args(["-a", host, "-p", port])
+            .args(["-a", host, "-p", port, "-js", "-sd", s(store.path())])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -221,11 +259,23 @@ impl Nats {
                     .to_string();
             }
         };
-        // Keep reading its log so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        // Keep reading its log so it never blocks on a full pipe (CERTHUB_TEST_NATS_LOG=1
+        // prints it).
+        let tag = host.to_string();
+        let show = std::env::var("CERTHUB_TEST_NATS_LOG").is_ok();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if show {
+                    eprintln!("nats-server {tag}: {line}");
+                }
+            }
+        });
         Self {
             child,
             url: format!("nats://{host}:{port}"),
+            host: host.to_string(),
+            args,
+            _store: store,
         }
     }
 }
@@ -728,4 +778,172 @@ fn two_nodes_on_one_postgresql_are_one_hub() {
     let closed_after = closed_within(&mut sub, Instant::now(), "its CA deleted through node A");
     eprintln!("CA deleted through node A: the session on node B closed after {closed_after:?}");
     drop((node_a, node_b));
+}
+
+/// Telemetry of a cluster is one JetStream stream, replicated over three NATS servers: eight
+/// widgets (paho-mqtt, `tests/interop/cluster_telemetry.py`) send numbered QoS 1 messages,
+/// each only after the last was acknowledged, half of them to node A and half to node B. While
+/// they send, one NATS server is killed (SIGKILL), then node A: its widgets move to node B and
+/// send again what was not acknowledged. Read back through node B with `certhub messages
+/// tail` (the REST read), every acknowledged message of every widget is there, in the order
+/// it was sent (a message sent again may be there twice: QoS 1 is at least once).
+#[test]
+fn acknowledged_telemetry_survives_a_killed_node_and_nats_server() {
+    const WIDGETS: usize = 8;
+    const COUNT: usize = 500;
+    let db = Database::new();
+    let mut nats = Nats::cluster(["127.0.0.71", "127.0.0.72", "127.0.0.73"]);
+    let urls = Nats::urls(&nats);
+    let t = tmp();
+    let d = t.path();
+    let (data_a, data_b) = (d.join("node-a"), d.join("node-b"));
+    let (host_a, host_b) = ("127.0.0.74", "127.0.0.75");
+    let cluster = ["--store", db.url.as_str(), "--nats", urls.as_str()];
+    let mut node_a = start_hub_on(&data_a, host_a, &cluster);
+    let node_b = start_hub_on(&data_b, host_b, &cluster);
+    let ca = data_a.join("tls/server-ca.pem");
+    let cs_b = connection_string_at(d, &data_b, &node_b);
+    common::enroll_company_x(d, &data_a, WIDGETS);
+    let names: Vec<String> = (1..=WIDGETS)
+        .map(|n| format!("smart-x-widget-{n:04}"))
+        .collect();
+    for w in &names {
+        certhub_at(
+            d,
+            &data_a,
+            &["device", "create", "--id", w, "--auth-method", "x509-ca"],
+        )
+        .ok();
+    }
+    // Node B follows the CA within half a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop/cluster_telemetry.py");
+    let at_a = format!(
+        "{host_a}:{},{host_b}:{}",
+        node_a.mqtt_port, node_b.mqtt_port
+    );
+    let at_b = format!(
+        "{host_b}:{},{host_a}:{}",
+        node_b.mqtt_port, node_a.mqtt_port
+    );
+    let senders: Vec<std::process::Child> = names
+        .iter()
+        .enumerate()
+        .map(|(i, w)| {
+            Command::new(common::python())
+                .current_dir(d)
+                .arg(&script)
+                .args([
+                    w.as_str(),
+                    if i % 2 == 0 { &at_a } else { &at_b },
+                    s(&ca),
+                    &COUNT.to_string(),
+                    "0.01",
+                ])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("python runs")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    nats[1].stop();
+    eprintln!("NATS server {} killed", nats[1].url);
+    std::thread::sleep(Duration::from_millis(1500));
+    node_a.kill();
+    eprintln!("node A killed");
+    for (w, sender) in names.iter().zip(senders) {
+        let out = sender.wait_with_output().expect("sender ends");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(&format!("acked {COUNT}")),
+            "{w}: {text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if names
+            .iter()
+            .position(|n| n == w)
+            .is_some_and(|i| i % 2 == 0)
+        {
+            assert!(
+                text.contains(&format!("connected {host_b}")),
+                "{w} moved to node B: {text}"
+            );
+        }
+    }
+    // Everything, read through node B.
+    let tail = cli_at(d, &cs_b, &ca, &["messages", "tail", "--idle-exit", "1"]);
+    let mut seen: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+    let mut last_seq = 0i64;
+    for line in tail.lines() {
+        let seq: i64 = line
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.trim_start_matches('#').parse().ok())
+            .unwrap_or_else(|| panic!("a line of messages tail: {line}"));
+        assert!(seq > last_seq, "numbers rise: {seq} after {last_seq}");
+        last_seq = seq;
+        let mut words = line.rsplit(' ');
+        let (Some(n), Some(w)) = (words.next(), words.next()) else {
+            panic!("a line of messages tail: {line}");
+        };
+        let w = names
+            .iter()
+            .find(|x| x.as_str() == w)
+            .unwrap_or_else(|| panic!("a message of an unknown widget: {line}"));
+        seen.entry(w.as_str())
+            .or_default()
+            .push(n.parse().expect("a number"));
+    }
+    let mut again = 0;
+    for w in &names {
+        let got = seen.get(w.as_str()).cloned().unwrap_or_default();
+        // Sent again after a lost ack: only the first of each counts for the order.
+        let mut first: Vec<usize> = Vec::new();
+        for n in got {
+            if first.contains(&n) {
+                again += 1;
+                continue;
+            }
+            first.push(n);
+        }
+        assert_eq!(
+            first,
+            (0..COUNT).collect::<Vec<_>>(),
+            "{w}: every acknowledged message, in the order sent"
+        );
+    }
+    eprintln!(
+        "{} messages of {WIDGETS} widgets in the stream, {again} sent twice",
+        WIDGETS * COUNT
+    );
+    drop(node_b);
+}
+
+/// The Event Hubs-compatible endpoint of a node reads the cluster's JetStream stream: the same
+/// checks as eventhub.rs with the Python Event Hubs SDK (from the start, from a checkpointed
+/// offset and sequence number, another consumer group, `@latest`), on a node with --store and
+/// --nats.
+#[test]
+fn the_python_event_hubs_sdk_reads_the_cluster_stream() {
+    let db = Database::new();
+    let nats = Nats::start("127.0.0.76");
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("node");
+    let host = "127.0.0.77";
+    let node = start_hub_on(
+        &data,
+        host,
+        &["--store", db.url.as_str(), "--nats", nats.url.as_str()],
+    );
+    enroll_widget(d, &data);
+    let cs = connection_string_at(d, &data, &node);
+    let eh = certhub_at(d, &data, &["hub", "connection-string", "--event-hub"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    common::event_hubs_checks(&node, d, &data, host, &cs, &eh);
 }

@@ -9,9 +9,7 @@
 
 mod common;
 
-use std::path::PathBuf;
-
-use common::{certhub_at, enroll_widget, python_to_hub, start_hub_on, tmp};
+use common::{certhub_at, enroll_widget, start_hub_on, tmp};
 
 const HOST: &str = "127.0.0.7";
 
@@ -38,16 +36,5 @@ fn the_python_event_hubs_sdk_reads_device_telemetry() {
         )) && eh.ends_with(";EntityPath=certhub"),
         "{eh}"
     );
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/eventhub.py");
-    let out = python_to_hub(&hub)
-        .arg(&script)
-        .current_dir(d)
-        .env("CERTHUB_HOST", HOST)
-        .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
-        .env("CERTHUB_CONNECTION_STRING", &cs)
-        .env("CERTHUB_EVENT_HUB", &eh)
-        .env("CERTHUB_DIR", d.join("pki"))
-        .output()
-        .expect("python runs");
-    common::script_passed(&out, "eventhub.py", "all event hub checks passed");
+    common::event_hubs_checks(&hub, d, &data, HOST, &cs, &eh);
 }

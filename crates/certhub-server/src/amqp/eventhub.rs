@@ -254,8 +254,8 @@ pub(super) async fn attach(
         Start::After(n) => n,
         Start::Latest => *state.telemetry().follow().borrow(),
         Start::Time(ms, inclusive) => state
-            .store()
-            .telemetry_seq_before_time(ms, inclusive)
+            .telemetry()
+            .seq_before_time(ms, inclusive)
             .await
             .map_err(|e| error(AmqpError::InternalError, &e.to_string()))?,
     };
@@ -318,8 +318,8 @@ impl Partition {
         let state = state.clone();
         Some(Box::pin(async move {
             let result = state
-                .store()
-                .telemetry_after(after, None, READ_BATCH)
+                .telemetry()
+                .after(after, None, READ_BATCH)
                 .await
                 .map(|batch| batch.iter().map(|r| (r.seq, encode(&event(r)))).collect())
                 .map_err(|e| e.to_string());
@@ -400,7 +400,7 @@ pub(super) async fn management(
             return (401, why, Value::Null);
         }
     }
-    let bounds = match state.store().telemetry_bounds().await {
+    let bounds = match state.telemetry().bounds().await {
         Ok(b) => b,
         Err(e) => {
             return (

@@ -59,6 +59,17 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::telemetry::ReadError> for ApiError {
+    fn from(e: crate::telemetry::ReadError) -> Self {
+        tracing::error!(error = %e, "telemetry not read");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            format!("the telemetry log cannot be read now ({e}); try again shortly"),
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = super::doc::ErrorBody {

@@ -100,11 +100,11 @@ pub async fn stream(
     let after = resume.or(p.from).unwrap_or(0);
     let device = p.device;
     let follow = state.telemetry().follow();
-    let store = state.store().clone();
+    let log = state.telemetry().clone();
     let events = futures_util::stream::unfold(
         (after, follow, std::collections::VecDeque::new()),
         move |(mut after, mut follow, mut queue)| {
-            let store = store.clone();
+            let log = log.clone();
             let device = device.clone();
             async move {
                 loop {
@@ -121,7 +121,7 @@ pub async fn stream(
                     }
                     // Everything up to here is committed and visible to the read below.
                     let upto = *follow.borrow_and_update();
-                    match store.telemetry_after(after, device.as_deref(), 500).await {
+                    match log.after(after, device.as_deref(), 500).await {
                         Ok(batch) if !batch.is_empty() => queue.extend(batch),
                         Ok(_) => {
                             // Nothing (for this device) up to `upto`: the next read starts
@@ -162,8 +162,8 @@ pub async fn events(
     // Everything up to here is committed and visible to the read below.
     let upto = *state.telemetry().follow().borrow();
     let records = state
-        .store()
-        .telemetry_after(from, p.device.as_deref(), top)
+        .telemetry()
+        .after(from, p.device.as_deref(), top)
         .await?;
     // Where the next page starts: after the last message returned when the page is full, else
     // after everything this read examined (a device filter may have skipped much of it).

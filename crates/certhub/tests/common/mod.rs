@@ -851,3 +851,27 @@ pub fn node_to_hub(hub: &HubProcess, packages: &[&str]) -> Command {
     );
     command()
 }
+
+/// Runs tests/interop/eventhub.py (the Python Event Hubs SDK's checks) against `hub` at
+/// `host`, whose data directory is `data`, with the PKI in `dir/pki`; panics unless it passes.
+pub fn event_hubs_checks(
+    hub: &HubProcess,
+    dir: &Path,
+    data: &Path,
+    host: &str,
+    cs: &str,
+    eh: &str,
+) {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/eventhub.py");
+    let out = python_to_hub(hub)
+        .arg(&script)
+        .current_dir(dir)
+        .env("CERTHUB_HOST", host)
+        .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
+        .env("CERTHUB_CONNECTION_STRING", cs)
+        .env("CERTHUB_EVENT_HUB", eh)
+        .env("CERTHUB_DIR", dir.join("pki"))
+        .output()
+        .expect("python runs");
+    script_passed(&out, "eventhub.py", "all event hub checks passed");
+}
