@@ -53,6 +53,8 @@ struct Inner {
     settings: RwLock<(HubSettings, std::time::Instant)>,
     /// The port clients reach the service API on (0: not known, tokens' ports unchecked).
     public_port: std::sync::atomic::AtomicU32,
+    /// This process's own HTTPS port, when clients reach it through another (a load balancer).
+    listen_port: std::sync::atomic::AtomicU32,
     /// Where uploaded files are kept (unset: file upload is not offered).
     files: std::sync::OnceLock<crate::files::FileStore>,
     /// Bumped when feedback or a file notification may have been queued for services, to
@@ -212,6 +214,7 @@ impl AppState {
                 c2d: RwLock::new(C2dLimits::default()),
                 settings: RwLock::new((settings, std::time::Instant::now())),
                 public_port: std::sync::atomic::AtomicU32::new(0),
+                listen_port: std::sync::atomic::AtomicU32::new(0),
                 files: std::sync::OnceLock::new(),
                 service_queues: tokio::sync::watch::Sender::new(0),
                 partition_readers: Arc::default(),
@@ -249,6 +252,26 @@ impl AppState {
         self.inner
             .public_port
             .store(u32::from(port), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Records this process's own HTTPS port when clients reach the hub through another (the
+    /// public port of a load balancer): tokens may name either.
+    pub fn set_listen_port(&self, port: u16) {
+        self.inner
+            .listen_port
+            .store(u32::from(port), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The ports a service token may name: the public one and this process's own.
+    pub(crate) fn service_ports(&self) -> Vec<u16> {
+        let own = self
+            .inner
+            .listen_port
+            .load(std::sync::atomic::Ordering::Relaxed);
+        self.public_port()
+            .into_iter()
+            .chain(u16::try_from(own).ok().filter(|p| *p != 0))
+            .collect()
     }
 
     pub fn public_port(&self) -> Option<u16> {

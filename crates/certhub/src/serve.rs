@@ -17,7 +17,7 @@ pub const EXIT_CONFIG: u8 = 64;
 #[derive(Debug, Args, Default)]
 pub struct ServeArgs {
     /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, amqp_addr,
-    /// database_url, nats_url, telemetry_replicas,
+    /// database_url, nats_url, telemetry_replicas, public_endpoint,
     /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages,
     /// c2d_max_pending, c2d_max_deliveries, audit_retention, audit_max_records,
     /// refusals_per_source, refusals_per_client_id, pending_per_source, pending_total,
@@ -106,6 +106,13 @@ pub struct ServeArgs {
     /// CERTHUB_TELEMETRY_REPLICAS).
     #[arg(long)]
     telemetry_replicas: Option<String>,
+    /// Where clients reach the hub, `HOST[:PORT]` (443 when left out): in a cluster, the load
+    /// balancer's. The connection strings the hub prints name it, and service tokens may name
+    /// its port; HOST must be one of the --hostname names [default: the first --hostname, with
+    /// the HTTPS listener's port] (TOML key public_endpoint, environment
+    /// CERTHUB_PUBLIC_ENDPOINT).
+    #[arg(long)]
+    public_endpoint: Option<String>,
 }
 
 /// The TOML file's keys; anything else is an error that names the key.
@@ -120,6 +127,7 @@ struct FileConfig {
     database_url: Option<String>,
     nats_url: Option<String>,
     telemetry_replicas: Option<u64>,
+    public_endpoint: Option<String>,
     verification_code_ttl: Option<u64>,
     max_device_sessions: Option<u64>,
     telemetry_retention: Option<u64>,
@@ -152,6 +160,9 @@ pub struct Config {
     pub nats_url: Option<String>,
     /// Copies of the cluster's telemetry stream; `None`: 3 on a NATS cluster, else 1.
     pub telemetry_replicas: Option<usize>,
+    /// Where clients reach the hub (host, port), when not this process's first host name and
+    /// HTTPS port.
+    pub public_endpoint: Option<(String, u16)>,
     /// Where uploaded files go when not in the data directory: a remote object store's URL
     /// and its options.
     pub file_store: Option<RemoteFileStore>,
@@ -345,6 +356,15 @@ impl Config {
         } else {
             None
         };
+        let public_endpoint = match args
+            .public_endpoint
+            .clone()
+            .or_else(|| env("CERTHUB_PUBLIC_ENDPOINT"))
+            .or(file.public_endpoint)
+        {
+            None => None,
+            Some(text) => Some(public_endpoint(&text, &hostnames)?),
+        };
         let file_store = file_store(
             env("CERTHUB_FILE_STORE").or(file.file_store),
             env("CERTHUB_FILE_STORE_OPTIONS"),
@@ -495,6 +515,7 @@ impl Config {
             database_url,
             nats_url,
             telemetry_replicas,
+            public_endpoint,
             file_store,
         })
     }
@@ -650,6 +671,33 @@ pub async fn open_store(
 }
 
 /// The host (and port, unless 443) clients put in `HostName=`.
+/// `HOST[:PORT]` of `public_endpoint`, HOST one of `hostnames` (so the server certificate and
+/// the tokens' scope cover it).
+fn public_endpoint(text: &str, hostnames: &[String]) -> Result<(String, u16), ConfigError> {
+    let bad = |why: String| {
+        ConfigError(format!(
+            "public_endpoint: {text:?} {why} (HOST or HOST:PORT, where clients reach the hub)"
+        ))
+    };
+    let (host, port) = match text.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(':') && !h.is_empty() => (
+            h,
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad(format!("has no port number 1-65535 after the colon: {p:?}")))?,
+        ),
+        _ => (text, 443),
+    };
+    if !hostnames.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return Err(bad(format!(
+            "names {host}, which is not one of this hub's host names ({}): add --hostname {host}",
+            hostnames.join(", ")
+        )));
+    }
+    Ok((host.to_string(), port))
+}
+
 pub fn public_host(hostname: &str, port: u16) -> String {
     if port == 443 {
         hostname.to_string()
@@ -820,7 +868,11 @@ async fn serve(config: Config) -> Result<Outcome> {
         .map_err(|e| bind_error(Listener::Amqp, config.amqp_addr, &e))?;
     let amqp_bound = amqp_listener.local_addr()?;
     let device_tls = identity.device_config()?;
-    let host = public_host(&config.hostnames[0], bound.port());
+    let (public_name, public_port) = config
+        .public_endpoint
+        .clone()
+        .unwrap_or_else(|| (config.hostnames[0].clone(), bound.port()));
+    let host = public_host(&public_name, public_port);
     store
         .put_endpoint(&host)
         .await
@@ -842,7 +894,8 @@ async fn serve(config: Config) -> Result<Outcome> {
             anyhow::anyhow!("{e}: is NATS running there (nats-server -a HOST -p PORT)?")
         })?;
     }
-    state.set_public_port(bound.port());
+    state.set_public_port(public_port);
+    state.set_listen_port(bound.port());
     // Uploaded files live in the data directory (`files/`), also when the database is
     // PostgreSQL, unless a remote store is configured.
     let files = match &config.file_store {

@@ -947,3 +947,68 @@ fn the_python_event_hubs_sdk_reads_the_cluster_stream() {
         .to_string();
     common::event_hubs_checks(&node, d, &data, host, &cs, &eh);
 }
+
+/// The cluster's options refuse bad values at start (exit 64), saying what is wrong and what
+/// to do, before touching any database or NATS server.
+#[test]
+fn cluster_options_refuse_bad_values() {
+    let t = tmp();
+    let d = t.path();
+    let pg = "postgres://nobody@127.0.0.1:1/none";
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["--nats", "nats://127.0.0.1:4"],
+            "give --store postgres://",
+        ),
+        (
+            &["--store", pg, "--nats", "nats://a:1,http://b:2"],
+            "\"http://b:2\" is not a nats:// URL",
+        ),
+        (&["--telemetry-replicas", "3"], "give --nats"),
+        (
+            &[
+                "--store",
+                pg,
+                "--nats",
+                "nats://a:1",
+                "--telemetry-replicas",
+                "9",
+            ],
+            "telemetry_replicas",
+        ),
+        (
+            &["--public-endpoint", "lb.example:8443"],
+            "add --hostname lb.example",
+        ),
+        (
+            &[
+                "--hostname",
+                "lb.example",
+                "--public-endpoint",
+                "lb.example:x",
+            ],
+            "no port number",
+        ),
+    ];
+    for (i, (args, want)) in cases.iter().enumerate() {
+        let out = Command::new(env!("CARGO_BIN_EXE_certhub"))
+            .args(["serve", "--data-dir", s(&d.join(format!("data{i}")))])
+            .args(["--hostname", "127.0.0.78"])
+            .args([
+                "--https-addr",
+                "127.0.0.78:0",
+                "--mqtt-addr",
+                "127.0.0.78:0",
+            ])
+            .args(["--amqp-addr", "127.0.0.78:0"])
+            .args(*args)
+            .output()
+            .expect("certhub runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{args:?} should say {want:?}: {stderr}"
+        );
+    }
+}

@@ -100,7 +100,7 @@ impl ServiceSlot {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|g| g.expiry > now)
-            .filter(|g| scope_allows(&g.resource, state.hostnames(), None, path).is_ok())
+            .filter(|g| scope_allows(&g.resource, state.hostnames(), &[], path).is_ok())
             .cloned()
             .collect();
         found.sort_by_key(|g| std::cmp::Reverse(g.expiry));
@@ -229,7 +229,7 @@ pub(super) async fn put_token(state: &AppState, slot: &ServiceSlot, token: &str)
         .split('/')
         .next()
         .unwrap_or_default();
-    if let Err(why) = scope_allows(host, state.hostnames(), None, "/") {
+    if let Err(why) = scope_allows(host, state.hostnames(), &[], "/") {
         return (401, why);
     }
     slot.set(grant);

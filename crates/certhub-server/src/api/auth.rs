@@ -43,11 +43,12 @@ impl crate::state::Actor for Caller {
 /// What a token's `sr` may reach, as Azure scopes it: `host` (or `host/`) is the whole hub;
 /// `host/devices/d1` only what lies under that device (`/devices/d1/...`, and its twin and
 /// methods under `/twins/d1/...`). The host must be one of the hub's names, and a port, when
-/// the token names one, the port clients use (`public_port`; 443 may be left out).
+/// the token names one, a port clients use (`ports`: the public one, and this node's own
+/// behind a load balancer; 443 may be left out; none given: any).
 pub(crate) fn scope_allows(
     resource: &str,
     hostnames: &[String],
-    public_port: Option<u16>,
+    ports: &[u16],
     path: &str,
 ) -> Result<(), String> {
     let (host, scope) = resource.split_once('/').unwrap_or((resource, ""));
@@ -63,11 +64,14 @@ pub(crate) fn scope_allows(
             hostnames.join(", ")
         ));
     }
-    if let (Some(port), Some(public)) = (port, public_port)
-        && port != public
+    if let Some(port) = port
+        && !ports.is_empty()
+        && !ports.contains(&port)
     {
+        let on: Vec<String> = ports.iter().map(u16::to_string).collect();
         return Err(format!(
-            "the token is for port {port}; this hub's service API is on port {public}"
+            "the token is for port {port}; this hub's service API is on port {}",
+            on.join(" and ")
         ));
     }
     let scope: Vec<String> = scope
@@ -123,7 +127,7 @@ impl FromRequestParts<AppState> for Caller {
         scope_allows(
             &grant.resource,
             state.hostnames(),
-            state.public_port(),
+            &state.service_ports(),
             parts.uri.path(),
         )
         .map_err(ApiError::unauthorized)?;
@@ -193,12 +197,16 @@ mod tests {
     #[test]
     fn a_hub_wide_token_names_one_of_the_hosts_and_its_port() {
         let h = hosts();
-        assert!(scope_allows("localhost", &h, Some(8443), "/devices").is_ok());
-        assert!(scope_allows("LocalHost:8443/", &h, Some(8443), "/devices/d1").is_ok());
-        assert!(scope_allows("127.0.0.1", &h, None, "/certificates").is_ok());
-        assert!(scope_allows("localhost:9999", &h, Some(8443), "/devices").is_err());
-        assert!(scope_allows("evil.example.com", &h, None, "/devices").is_err());
-        assert!(scope_allows("localhost.evil", &h, None, "/devices").is_err());
+        assert!(scope_allows("localhost", &h, &[8443], "/devices").is_ok());
+        assert!(scope_allows("LocalHost:8443/", &h, &[8443], "/devices/d1").is_ok());
+        assert!(scope_allows("127.0.0.1", &h, &[], "/certificates").is_ok());
+        assert!(scope_allows("localhost:9999", &h, &[8443], "/devices").is_err());
+        // Behind a load balancer: its port and the node's own.
+        assert!(scope_allows("localhost:8443", &h, &[443, 8443], "/devices").is_ok());
+        assert!(scope_allows("localhost:443", &h, &[443, 8443], "/devices").is_ok());
+        assert!(scope_allows("localhost:9999", &h, &[443, 8443], "/devices").is_err());
+        assert!(scope_allows("evil.example.com", &h, &[], "/devices").is_err());
+        assert!(scope_allows("localhost.evil", &h, &[], "/devices").is_err());
     }
 
     #[test]
@@ -212,7 +220,7 @@ mod tests {
             "/twins/xyz",
             "/twins/xyz/methods",
         ] {
-            assert!(scope_allows(sr, &h, None, ok).is_ok(), "{ok}");
+            assert!(scope_allows(sr, &h, &[], ok).is_ok(), "{ok}");
         }
         for refused in [
             "/devices",
@@ -223,10 +231,10 @@ mod tests {
             "/audit",
             "/statistics/devices",
         ] {
-            assert!(scope_allows(sr, &h, None, refused).is_err(), "{refused}");
+            assert!(scope_allows(sr, &h, &[], refused).is_err(), "{refused}");
         }
         // Percent-encoded ids are compared as ids.
-        assert!(scope_allows("localhost/devices/a#b", &h, None, "/devices/a%23b").is_ok());
-        assert!(scope_allows("localhost/devices/a", &h, None, "/devices/a%2Fb").is_err());
+        assert!(scope_allows("localhost/devices/a#b", &h, &[], "/devices/a%23b").is_ok());
+        assert!(scope_allows("localhost/devices/a", &h, &[], "/devices/a%2Fb").is_err());
     }
 }
