@@ -951,7 +951,14 @@ async fn serve(config: Config) -> Result<Outcome> {
 
     let dir = config.data_dir.display();
     say!("certhub {} is running", env!("CARGO_PKG_VERSION"));
-    say!("  service API      https://{host}  (listening on {bound})");
+    let own = public_host(&config.hostnames[0], bound.port());
+    if own == host {
+        say!("  service API      https://{host}  (listening on {bound})");
+    } else {
+        say!(
+            "  service API      https://{own}  (listening on {bound}; clients reach the hub at https://{host})"
+        );
+    }
     say!(
         "  data directory   {dir}  ({})",
         match &config.database_url {

@@ -152,6 +152,16 @@ fn cli_at(d: &Path, cs: &str, ca: &Path, args: &[&str]) -> String {
     common::certhub(d, &v).ok().stdout
 }
 
+/// Queues a C2D message for `device` through the node whose API `cs` names.
+fn c2d_send(d: &Path, cs: &str, ca: &Path, device: &str, body: &str) {
+    cli_at(
+        d,
+        cs,
+        ca,
+        &["c2d", "send", "--device", device, "--body", body],
+    );
+}
+
 /// Waits until the node whose API `cs` names says the device is connected to it.
 fn until_connected(d: &Path, cs: &str, ca: &Path, device: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -390,19 +400,7 @@ fn nodes_joined_by_nats_act_for_each_other() {
         rx
     };
     let sent = Instant::now();
-    cli_at(
-        d,
-        &cs_b,
-        &ca,
-        &[
-            "c2d",
-            "send",
-            "--device",
-            w,
-            "--body",
-            "sent through node B",
-        ],
-    );
+    c2d_send(d, &cs_b, &ca, w, "sent through node B");
     cli_at(
         d,
         &cs_b,
@@ -1011,4 +1009,315 @@ fn cluster_options_refuse_bad_values() {
             "{args:?} should say {want:?}: {stderr}"
         );
     }
+}
+
+/// HAProxy (Debian's, TCP mode: mutual TLS passes through untouched) in front of nodes.
+struct Haproxy {
+    child: std::process::Child,
+}
+
+impl Haproxy {
+    /// Listens on `host` at each `(port, backends)`, spreading connections round robin.
+    fn start(d: &Path, host: &str, routes: &[(u16, Vec<String>)]) -> Self {
+        let mut config = String::from(
+            "global\n    maxconn 5000\ndefaults\n    mode tcp\n    timeout connect 2s\n    \
+             timeout client 10m\n    timeout server 10m\n    option redispatch\n    retries 2\n",
+        );
+        for (i, (port, backends)) in routes.iter().enumerate() {
+            config.push_str(&format!(
+                "frontend f{i}\n    bind {host}:{port}\n    default_backend b{i}\nbackend b{i}\n    balance roundrobin\n"
+            ));
+            for (j, b) in backends.iter().enumerate() {
+                config.push_str(&format!("    server s{j} {b}\n"));
+            }
+        }
+        let file = d.join("haproxy.cfg");
+        std::fs::write(&file, config).expect("haproxy.cfg");
+        let program = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("haproxy");
+        let child = Command::new(program)
+            .args(["-db", "-f", s(&file)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (Debian package haproxy) is required");
+        // Listening once a connection is taken.
+        let (first_port, _) = &routes[0];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((host, *first_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "haproxy never listened on {host}:{first_port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child }
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Live device sessions on one node (its /metrics).
+fn sessions_on(node: &common::HubProcess, ca: &Path) -> u64 {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--cacert",
+            s(ca),
+            &format!("https://{}/metrics", node.host),
+        ])
+        .output()
+        .expect("curl (Debian package curl) is required");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("certhub_device_sessions "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no session count in {}/metrics: {text}", node.host))
+}
+
+/// Three nodes behind HAProxy, one hub: three widgets with the Azure IoT Python device SDK
+/// (tests/interop/cluster_devices.py) dial the load balancer and land one on each node. A C2D
+/// message sent through node B reaches each of them, a direct method invoked through node A is
+/// answered by each, a desired patch through node C reaches each; the first widget disabled
+/// through node A loses its session within a second wherever it is, and Company-X's CA
+/// deleted through node B closes the other two. The nodes name the load balancer as their
+/// public endpoint: the connection string names it and the CLI works through it.
+#[test]
+fn three_nodes_behind_haproxy_act_as_one_hub() {
+    let db = Database::new();
+    let nats = Nats::cluster(["127.0.0.81", "127.0.0.82", "127.0.0.83"]);
+    let urls = Nats::urls(&nats);
+    let t = tmp();
+    let d = t.path();
+    let lb = "127.0.0.80";
+    let (lb_mqtt, lb_https, lb_amqp) = (18883u16, 10443u16, 15671u16);
+    let public = format!("{lb}:{lb_https}");
+    let hosts = ["127.0.0.84", "127.0.0.85", "127.0.0.86"];
+    let data: Vec<std::path::PathBuf> = (0..3).map(|i| d.join(format!("node-{i}"))).collect();
+    let nodes: Vec<common::HubProcess> = hosts
+        .iter()
+        .zip(&data)
+        .map(|(h, data)| {
+            start_hub_on(
+                data,
+                h,
+                &[
+                    "--hostname",
+                    lb,
+                    "--public-endpoint",
+                    &public,
+                    "--store",
+                    &db.url,
+                    "--nats",
+                    &urls,
+                ],
+            )
+        })
+        .collect();
+    let ca = data[0].join("tls/server-ca.pem");
+    let routes: Vec<(u16, Vec<String>)> = [
+        (
+            lb_mqtt,
+            nodes
+                .iter()
+                .map(|n| format!("{}:{}", hosts_of(n), n.mqtt_port))
+                .collect(),
+        ),
+        (lb_https, nodes.iter().map(|n| n.host.clone()).collect()),
+        (
+            lb_amqp,
+            nodes
+                .iter()
+                .map(|n| format!("{}:{}", hosts_of(n), n.amqp_port))
+                .collect(),
+        ),
+    ]
+    .into();
+    let _haproxy = Haproxy::start(d, lb, &routes);
+    // The hub's connection string names the load balancer, and works through it.
+    let cs = certhub_at(d, &data[2], &["hub", "connection-string"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(cs.starts_with(&format!("HostName={public};")), "{cs}");
+    let [cs_a, cs_b, cs_c] = [0, 1, 2].map(|i| connection_string_at(d, &data[i], &nodes[i]));
+    common::enroll_company_x(d, &data[0], 3);
+    let widgets: Vec<String> = (1..=3).map(|n| format!("smart-x-widget-{n:04}")).collect();
+    for w in &widgets {
+        cli_at(
+            d,
+            &cs,
+            &ca,
+            &["device", "create", "--id", w, "--auth-method", "x509-ca"],
+        );
+    }
+    // Every node follows the CA within half a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop/cluster_devices.py");
+    let mut devices = common::python_to_ports(lb_mqtt, lb_https, lb_amqp)
+        .arg(&script)
+        .args(&widgets)
+        .current_dir(d)
+        .env("CERTHUB_HOST", lb)
+        .env("CERTHUB_CA", &ca)
+        .env("CERTHUB_DIR", d.join("pki"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python runs");
+    let lines = {
+        use std::io::BufRead;
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let out = std::io::BufReader::new(devices.stdout.take().expect("stdout"));
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        rx
+    };
+    let mut seen: Vec<String> = Vec::new();
+    let mut wait_for = |want: &dyn Fn(&[String]) -> bool, within: Duration, what: &str| {
+        let since = Instant::now();
+        while !want(&seen) {
+            match lines.recv_timeout(within.saturating_sub(since.elapsed())) {
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("{what}: not within {within:?}; the widgets said {seen:?}"),
+            }
+        }
+        since.elapsed()
+    };
+    wait_for(
+        &|seen| seen.iter().any(|l| l == "ready"),
+        Duration::from_secs(60),
+        "the widgets connected through the load balancer",
+    );
+    let spread: Vec<u64> = nodes.iter().map(|n| sessions_on(n, &ca)).collect();
+    assert_eq!(
+        spread,
+        vec![1, 1, 1],
+        "one widget on each node (round robin)"
+    );
+
+    // C2D through node B reaches every widget, two of them on other nodes.
+    for w in &widgets {
+        c2d_send(d, &cs_b, &ca, w, &format!("for {w} via B"));
+    }
+    let took = wait_for(
+        &|seen| {
+            widgets
+                .iter()
+                .all(|w| seen.contains(&format!("{w} c2d for {w} via B")))
+        },
+        Duration::from_secs(10),
+        "C2D through node B",
+    );
+    eprintln!("C2D through node B: all three received {took:?} after the last send");
+
+    // A direct method through node A, answered by each widget.
+    for w in &widgets {
+        let answer = cli_at(
+            d,
+            &cs_a,
+            &ca,
+            &[
+                "method",
+                "invoke",
+                "--device",
+                w,
+                "--name",
+                "ping",
+                "--timeout",
+                "10",
+            ],
+        );
+        assert!(
+            answer.contains("200") && answer.contains(&format!("\"device\": \"{w}\"")),
+            "{w}: {answer}"
+        );
+    }
+
+    // A desired patch through node C, to each.
+    for w in &widgets {
+        cli_at(
+            d,
+            &cs_c,
+            &ca,
+            &[
+                "twin",
+                "update",
+                "--device",
+                w,
+                "--desired",
+                r#"{"round": 1}"#,
+            ],
+        );
+    }
+    wait_for(
+        &|seen| {
+            widgets.iter().all(|w| {
+                seen.iter()
+                    .any(|l| l.starts_with(&format!("{w} desired")) && l.contains("\"round\": 1"))
+            })
+        },
+        Duration::from_secs(10),
+        "the desired patch through node C",
+    );
+
+    // Disabled through node A: its session closes, wherever it is.
+    let first = &widgets[0];
+    let asked = Instant::now();
+    cli_at(
+        d,
+        &cs_a,
+        &ca,
+        &["device", "update", "--id", first, "--status", "disabled"],
+    );
+    wait_for(
+        &|seen| seen.contains(&format!("{first} disconnected")),
+        Duration::from_secs(1),
+        "the disabled widget's session closed",
+    );
+    eprintln!(
+        "disabled through node A: its session closed {:?} after the CLI was started",
+        asked.elapsed()
+    );
+
+    // Company-X's CA deleted through node B: the other two close, on their nodes.
+    let asked = Instant::now();
+    cli_at(d, &cs_b, &ca, &["ca", "delete", "--name", "company-x"]);
+    wait_for(
+        &|seen| {
+            widgets[1..]
+                .iter()
+                .all(|w| seen.contains(&format!("{w} disconnected")))
+        },
+        Duration::from_secs(2),
+        "the CA's widgets' sessions closed",
+    );
+    eprintln!(
+        "CA deleted through node B: both sessions closed {:?} after the CLI was started",
+        asked.elapsed()
+    );
+    drop(devices.stdin.take());
+    let _ = devices.wait();
+    let total: u64 = nodes.iter().map(|n| sessions_on(n, &ca)).sum();
+    assert_eq!(total, 0, "no session left on any node");
+}
+
+/// A node's address (its service API's host).
+fn hosts_of(node: &common::HubProcess) -> String {
+    node.host
+        .rsplit_once(':')
+        .map_or(node.host.clone(), |(h, _)| h.to_string())
 }

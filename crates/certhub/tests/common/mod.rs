@@ -516,10 +516,13 @@ pub fn python() -> PathBuf {
 /// under test listens. The SDK and the scripts stay as they are. Checks first that the map is in
 /// effect, so a test can never reach a hub it did not start.
 pub fn python_to_hub(hub: &HubProcess) -> Command {
+    python_to_ports(hub.mqtt_port, hub.https_port(), hub.amqp_port)
+}
+
+/// [`python_to_hub`] for a hub (or a load balancer) whose MQTT, HTTPS and AMQP listeners are
+/// on these ports.
+pub fn python_to_ports(mqtt_port: u16, https_port: u16, amqp_port: u16) -> Command {
     let portmap = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/portmap");
-    let mqtt_port = hub.mqtt_port;
-    let https_port = hub.https_port();
-    let amqp_port = hub.amqp_port;
     // MQTT on 8883, 443 for MQTT over WebSockets and the HTTPS device API, 5671 for AMQP
     // (uamqp under the service SDK's send_c2d_message).
     let map = format!("8883={mqtt_port},443={https_port},5671={amqp_port}");
