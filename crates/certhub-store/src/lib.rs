@@ -60,6 +60,26 @@ impl StoreError {
     pub fn is_duplicate_key(&self) -> bool {
         matches!(self, Self::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
     }
+
+    /// Whether the database could not be reached (down, restarting, refusing connections),
+    /// rather than refusing the statement: worth trying again once it is back.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Db(
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed,
+            ) => true,
+            // PostgreSQL's connection exceptions (08...), a termination by an administrator or
+            // a shutdown (57P01-57P03), a database not accepting connections now (55000).
+            Self::Db(sqlx::Error::Database(e)) => e.code().is_some_and(|c| {
+                c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "55000")
+            }),
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -141,7 +161,11 @@ impl Store {
                     })
                 });
         } else {
-            pool = pool.max_connections(8);
+            // A database that is down answers no request: say so within seconds (the API's
+            // 503) rather than holding callers for half a minute.
+            pool = pool
+                .max_connections(8)
+                .acquire_timeout(Duration::from_secs(5));
         }
         let pool = pool.connect_with(options.clone()).await?;
         if backend == Backend::Sqlite {

@@ -815,8 +815,6 @@ fn acknowledged_telemetry_survives_a_killed_node_and_nats_server() {
     }
     // Node B follows the CA within half a second.
     std::thread::sleep(Duration::from_millis(1200));
-    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/interop/cluster_telemetry.py");
     let at_a = format!(
         "{host_a}:{},{host_b}:{}",
         node_a.mqtt_port, node_b.mqtt_port
@@ -829,20 +827,14 @@ fn acknowledged_telemetry_survives_a_killed_node_and_nats_server() {
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            Command::new(common::python())
-                .current_dir(d)
-                .arg(&script)
-                .args([
-                    w.as_str(),
-                    if i % 2 == 0 { &at_a } else { &at_b },
-                    s(&ca),
-                    &COUNT.to_string(),
-                    "0.01",
-                ])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("python runs")
+            telemetry_sender(
+                d,
+                w,
+                if i % 2 == 0 { &at_a } else { &at_b },
+                &ca,
+                COUNT,
+                "0.01",
+            )
         })
         .collect();
     std::thread::sleep(Duration::from_millis(1500));
@@ -925,25 +917,14 @@ fn acknowledged_telemetry_survives_a_killed_node_and_nats_server() {
 /// --nats.
 #[test]
 fn the_python_event_hubs_sdk_reads_the_cluster_stream() {
-    let db = Database::new();
-    let nats = Nats::start("127.0.0.76");
-    let t = tmp();
-    let d = t.path();
-    let data = d.join("node");
-    let host = "127.0.0.77";
-    let node = start_hub_on(
-        &data,
-        host,
-        &["--store", db.url.as_str(), "--nats", nats.url.as_str()],
-    );
-    enroll_widget(d, &data);
-    let cs = connection_string_at(d, &data, &node);
-    let eh = certhub_at(d, &data, &["hub", "connection-string", "--event-hub"])
+    let one = OneNode::start("127.0.0.76", "127.0.0.77");
+    let (d, data, node, cs, host) = (one.dir(), &one.data, &one.node, &one.cs, one.host);
+    let eh = certhub_at(d, data, &["hub", "connection-string", "--event-hub"])
         .ok()
         .stdout
         .trim()
         .to_string();
-    common::event_hubs_checks(&node, d, &data, host, &cs, &eh);
+    common::event_hubs_checks(node, d, data, host, cs, &eh);
 }
 
 /// The cluster's options refuse bad values at start (exit 64), saying what is wrong and what
@@ -1008,6 +989,70 @@ fn cluster_options_refuse_bad_values() {
             stderr.contains(want),
             "{args:?} should say {want:?}: {stderr}"
         );
+    }
+}
+
+/// tests/interop/cluster_telemetry.py: `device` sends `count` numbered QoS 1 messages, one
+/// at a time, `pause` seconds apart, to the first of `hosts` (`host:port,...`) that takes it.
+fn telemetry_sender(
+    d: &Path,
+    device: &str,
+    hosts: &str,
+    ca: &Path,
+    count: usize,
+    pause: &str,
+) -> std::process::Child {
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop/cluster_telemetry.py");
+    Command::new(common::python())
+        .current_dir(d)
+        .arg(&script)
+        .args([device, hosts, s(ca), &count.to_string(), pause])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs")
+}
+
+/// One node of a cluster (a database and a NATS server of its own) with the widget of
+/// Company-X's chain enrolled.
+struct OneNode {
+    node: common::HubProcess,
+    data: std::path::PathBuf,
+    cs: String,
+    host: &'static str,
+    db: Database,
+    _nats: Nats,
+    t: tempfile::TempDir,
+}
+
+impl OneNode {
+    /// NATS on `nats_host`, the node on `host`.
+    fn start(nats_host: &str, host: &'static str) -> Self {
+        let db = Database::new();
+        let nats = Nats::start(nats_host);
+        let t = tmp();
+        let data = t.path().join("node");
+        let node = start_hub_on(
+            &data,
+            host,
+            &["--store", db.url.as_str(), "--nats", nats.url.as_str()],
+        );
+        enroll_widget(t.path(), &data);
+        let cs = connection_string_at(t.path(), &data, &node);
+        Self {
+            node,
+            data,
+            cs,
+            host,
+            db,
+            _nats: nats,
+            t,
+        }
+    }
+
+    fn dir(&self) -> &Path {
+        self.t.path()
     }
 }
 
@@ -1320,4 +1365,107 @@ fn hosts_of(node: &common::HubProcess) -> String {
     node.host
         .rsplit_once(':')
         .map_or(node.host.clone(), |(h, _)| h.to_string())
+}
+
+/// PostgreSQL unreachable under load: a node's database refuses connections and its open ones
+/// are cut (`ALLOW_CONNECTIONS false` and `pg_terminate_backend`, as a restart looks from the
+/// node) while a widget sends QoS 1 telemetry. The API answers 503 saying the database cannot
+/// be reached; the widget's session stays and its telemetry is acknowledged all along (the
+/// stream is in JetStream); once the database takes connections again the API answers
+/// without a restart, and every message is in the log.
+#[test]
+fn a_database_outage_answers_503_and_the_node_recovers() {
+    const COUNT: usize = 400;
+    let one = OneNode::start("127.0.0.87", "127.0.0.88");
+    let (d, data, node, cs, host, db) =
+        (one.dir(), &one.data, &one.node, &one.cs, one.host, &one.db);
+    let ca = data.join("tls/server-ca.pem");
+    let w = "smart-x-widget-0001";
+    let sender = telemetry_sender(
+        d,
+        w,
+        &format!("{host}:{}", node.mqtt_port),
+        &ca,
+        COUNT,
+        "0.02",
+    );
+    let show = || {
+        common::certhub(
+            d,
+            &[
+                "device",
+                "show",
+                "--id",
+                w,
+                "--connection-string",
+                cs,
+                "--ca-file",
+                s(&ca),
+            ],
+        )
+    };
+    assert_eq!(show().code, Some(0), "the API answers before the outage");
+    std::thread::sleep(Duration::from_millis(1000));
+    let admin = admin_url();
+    psql(
+        &admin,
+        &format!("ALTER DATABASE {} ALLOW_CONNECTIONS false", db.name),
+    );
+    psql(
+        &admin,
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}'",
+            db.name
+        ),
+    );
+    let cut = Instant::now();
+    let during = show();
+    assert!(
+        during.code != Some(0)
+            && during.stderr.contains("503")
+            && during.stderr.contains("database cannot be reached"),
+        "during the outage: {during}"
+    );
+    eprintln!("the API answered 503 {:?} into the outage", cut.elapsed());
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(cut.elapsed()));
+    psql(
+        &admin,
+        &format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.name),
+    );
+    let back = Instant::now();
+    while show().code != Some(0) {
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "the API did not recover within 15 s of the database's return"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "the API answered again {:?} after the database took connections",
+        back.elapsed()
+    );
+    let out = sender.wait_with_output().expect("sender ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("acked {COUNT}")),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.matches("connected ").count(),
+        1,
+        "the widget kept its one session through the outage: {text}"
+    );
+    let tail = cli_at(
+        d,
+        cs,
+        &ca,
+        &["messages", "tail", "--device", w, "--idle-exit", "1"],
+    );
+    for n in 0..COUNT {
+        assert!(
+            tail.contains(&format!("{w} {n}\n")),
+            "message {n} is in the log"
+        );
+    }
 }

@@ -50,6 +50,16 @@ impl ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if e.is_unavailable() {
+            tracing::warn!(error = %e, "the database cannot be reached");
+            return Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceUnavailable",
+                format!(
+                    "the hub's database cannot be reached now ({e}); the hub reconnects on its own: try again shortly"
+                ),
+            );
+        }
         tracing::error!(error = %e, "store failure");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
