@@ -492,6 +492,11 @@ impl Sessions {
         self.kick_where(reason, |k, _| k == cn)
     }
 
+    /// Closes every session (a node that drains before it stops).
+    pub fn kick_all(&self, reason: &str) -> usize {
+        self.kick_where(reason, |_, _| true)
+    }
+
     /// Closes every session authenticated through the CA registered as `name`.
     pub fn kick_ca(&self, name: &str, reason: &str) -> usize {
         self.kick_where(reason, |_, l| l.ca == name)

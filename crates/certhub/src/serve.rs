@@ -671,6 +671,33 @@ pub async fn open_store(
 }
 
 /// The host (and port, unless 443) clients put in `HostName=`.
+/// Closes every device session, again for those that finish their handshake meanwhile,
+/// for at most 5 s.
+async fn drain(state: &certhub_server::AppState) {
+    const WHY: &str = "this node is stopping (drain): connect again, to another node";
+    let mut closed = state.sessions().kick_all(WHY);
+    let say = |line: String| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
+    };
+    say(format!(
+        "certhub is stopping: no new connections; closing {closed} device sessions"
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut quiet = 0;
+    while quiet < 3 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        match state.sessions().kick_all(WHY) {
+            0 => quiet += 1,
+            n => {
+                closed += n;
+                quiet = 0;
+            }
+        }
+    }
+    say(format!("drained: {closed} device sessions closed"));
+}
+
 /// `HOST[:PORT]` of `public_endpoint`, HOST one of `hostnames` (so the server certificate and
 /// the tokens' scope cover it).
 fn public_endpoint(text: &str, hostnames: &[String]) -> Result<(String, u16), ConfigError> {
@@ -1110,11 +1137,16 @@ async fn serve(config: Config) -> Result<Outcome> {
         devices,
         stopped(stop_rx.clone()),
     );
+    let draining = state.clone();
     let mqtt =
         certhub_server::serve_mqtt(mqtt_listener, device_tls, state, devices, stopped(stop_rx));
     let signal = async {
         shutdown.await;
+        // Drain: no new connections, then every device session closed, so that devices
+        // reconnect at once (through a load balancer, to another node) rather than wait for
+        // their keep-alive to notice a node that vanished.
         let _ = stop_tx.send(true);
+        drain(&draining).await;
     };
     tokio::join!(https, mqtt, amqp, signal);
     pruning.abort();

@@ -1014,6 +1014,23 @@ fn telemetry_sender(
         .expect("python runs")
 }
 
+/// Panics unless the log read through the node of `cs` (`certhub messages tail`) holds
+/// `device`'s messages "DEVICE 0" to "DEVICE count-1" sent by [`telemetry_sender`].
+fn all_in_the_log(d: &Path, cs: &str, ca: &Path, device: &str, count: usize) {
+    let tail = cli_at(
+        d,
+        cs,
+        ca,
+        &["messages", "tail", "--device", device, "--idle-exit", "1"],
+    );
+    for n in 0..count {
+        assert!(
+            tail.contains(&format!("{device} {n}\n")),
+            "message {n} is in the log"
+        );
+    }
+}
+
 /// One node of a cluster (a database and a NATS server of its own) with the widget of
 /// Company-X's chain enrolled.
 struct OneNode {
@@ -1456,16 +1473,50 @@ fn a_database_outage_answers_503_and_the_node_recovers() {
         1,
         "the widget kept its one session through the outage: {text}"
     );
-    let tail = cli_at(
-        d,
-        cs,
-        &ca,
-        &["messages", "tail", "--device", w, "--idle-exit", "1"],
+    all_in_the_log(d, cs, &ca, w, COUNT);
+}
+
+/// A node stopped as a service manager stops it (SIGTERM) drains: it takes no new connection,
+/// closes its device sessions and exits cleanly, and its widget, sending QoS 1 telemetry, goes
+/// on through the other node with nothing acknowledged lost.
+#[test]
+fn a_node_stopped_with_sigterm_hands_its_devices_over() {
+    const COUNT: usize = 300;
+    let db = Database::new();
+    let nats = Nats::start("127.0.0.89");
+    let t = tmp();
+    let d = t.path();
+    let (data_a, data_b) = (d.join("node-a"), d.join("node-b"));
+    let (host_a, host_b) = ("127.0.0.90", "127.0.0.91");
+    let cluster = ["--store", db.url.as_str(), "--nats", nats.url.as_str()];
+    let mut node_a = start_hub_on(&data_a, host_a, &cluster);
+    let node_b = start_hub_on(&data_b, host_b, &cluster);
+    let ca = data_a.join("tls/server-ca.pem");
+    enroll_widget(d, &data_a);
+    std::thread::sleep(Duration::from_millis(1200));
+    let w = "smart-x-widget-0001";
+    let hosts = format!(
+        "{host_a}:{},{host_b}:{}",
+        node_a.mqtt_port, node_b.mqtt_port
     );
-    for n in 0..COUNT {
-        assert!(
-            tail.contains(&format!("{w} {n}\n")),
-            "message {n} is in the log"
-        );
-    }
+    let sender = telemetry_sender(d, w, &hosts, &ca, COUNT, "0.02");
+    std::thread::sleep(Duration::from_millis(1500));
+    let asked = Instant::now();
+    let code = node_a.terminate(Duration::from_secs(15));
+    eprintln!(
+        "node A drained and exited {:?} after SIGTERM",
+        asked.elapsed()
+    );
+    assert_eq!(code, Some(0), "node A exits cleanly on SIGTERM");
+    let out = sender.wait_with_output().expect("sender ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains(&format!("acked {COUNT}"))
+            && text.contains(&format!("connected {host_a}\nconnected {host_b}")),
+        "the widget moved from node A to node B: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cs_b = connection_string_at(d, &data_b, &node_b);
+    all_in_the_log(d, &cs_b, &ca, w, COUNT);
 }

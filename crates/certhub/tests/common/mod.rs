@@ -379,6 +379,23 @@ impl HubProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stops it as a service manager does (SIGTERM) and waits up to `within` for it to exit;
+    /// its exit code, or `None` if it had to be killed.
+    pub fn terminate(&mut self, within: std::time::Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
 }
 
 impl Drop for HubProcess {
