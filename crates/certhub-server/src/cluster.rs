@@ -26,13 +26,42 @@ pub(crate) enum Notice {
         module: Option<String>,
         reason: String,
     },
-    /// `cn` connected on the sending node: close it here.
-    Session { cn: String },
+    /// `cn` connected on the sending node (its connection number there): close it here.
+    Session {
+        cn: String,
+        #[serde(default)]
+        conn: u64,
+    },
+    /// `cn`'s connection `conn` on the sending node ended.
+    Ended { cn: String, conn: u64 },
+    /// The sending node is alive (every 2 s), and how it is doing.
+    Heartbeat(NodeInfo),
+    /// The sending node joined (or its NATS connection came back): every node answers with
+    /// its roster.
+    Hello,
+    /// Sessions the sending node holds (identity, connection number), in answer to `Hello`.
+    Roster { sessions: Vec<(String, u64)> },
+    /// The sending node is stopping (it closed its sessions).
+    Leaving,
     /// Cloud-to-device messages were queued for `device`: its session, here, reads the queue
     /// (shared in the database).
     C2d { device: String },
     /// A desired-properties patch for `cn`'s session, if it is here.
     Desired { cn: String, patch: String },
+}
+
+/// What a node says of itself in its heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeInfo {
+    /// Its own service API address (`host:port`).
+    pub address: String,
+    pub version: String,
+    pub started_ms: i64,
+    /// Device sessions it holds.
+    pub sessions: usize,
+    /// The highest telemetry number it knows to be stored.
+    pub telemetry_seq: i64,
 }
 
 /// A direct method call sent to the node that holds the session.
@@ -91,9 +120,10 @@ impl Cluster {
     pub async fn join(
         url: &str,
         hub: &str,
-        act: impl Fn(Notice) + Send + 'static,
+        node: &str,
+        act: impl Fn(&str, Notice) + Send + 'static,
     ) -> Result<Self, String> {
-        let node = crate::random::uuid_v4_text();
+        let node = node.to_string();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let flag = up.clone();
         let client = async_nats::ConnectOptions::new()
@@ -142,7 +172,7 @@ impl Cluster {
             while let Some(message) = notices.next().await {
                 match serde_json::from_slice::<Envelope>(&message.payload) {
                     Ok(e) if e.node == me => {}
-                    Ok(e) => act(e.notice),
+                    Ok(e) => act(&e.node, e.notice),
                     Err(e) => tracing::warn!(error = %e, "a cluster notice that does not parse"),
                 }
             }

@@ -315,8 +315,8 @@ impl DeviceCore {
         let ticket = state.sessions().register(&cn, device.ca(), device.switch());
         // The newest connection wins on every node: an older one elsewhere closes; method
         // calls made through other nodes reach this session.
-        Box::pin(state.announce_session(&cn)).await;
-        state.serve_methods_here(&cn, ticket.mailbox.clone());
+        Box::pin(state.announce_session(&cn, ticket.conn)).await;
+        state.serve_methods_here(&cn, ticket.conn, ticket.mailbox.clone());
         state.metrics().connect("ok");
         if state.store().backend() == certhub_store::Backend::Postgres {
             // Other nodes share this database: the device's last session may have been on

@@ -198,6 +198,9 @@ pub struct Sessions {
     persistent: Mutex<HashMap<String, BTreeMap<String, u8>>>,
     /// Direct-method calls waiting for the device's answer, by identity and request id.
     methods: Mutex<HashMap<(String, String), oneshot::Sender<MethodReply>>>,
+    /// In a cluster: the sessions other nodes hold, by identity (the node and its connection
+    /// number there), as their notices tell; for `connectionState` and the connected count.
+    remote: Mutex<HashMap<String, (String, u64)>>,
     next_rid: AtomicU64,
 }
 
@@ -227,6 +230,10 @@ impl Sessions {
     pub fn register(&self, cn: &str, ca: &str, switch: Option<&'static str>) -> Ticket {
         let conn = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let mailbox = Arc::new(Mailbox::default());
+        // Newest wins: a session of the identity on another node is closing.
+        if let Ok(mut r) = self.remote.lock() {
+            r.remove(cn);
+        }
         if let Ok(mut live) = self.live.lock()
             && let Some(old) = live.insert(
                 cn.to_string(),
@@ -244,6 +251,64 @@ impl Sessions {
         }
         self.mark(cn);
         Ticket { conn, mailbox }
+    }
+
+    /// `cn` connected on another node (its connection `conn` there).
+    pub fn remote_connected(&self, cn: &str, node: &str, conn: u64) {
+        if let Ok(mut r) = self.remote.lock() {
+            r.insert(cn.to_string(), (node.to_string(), conn));
+        }
+        self.mark(cn);
+    }
+
+    /// `cn`'s connection `conn` on another node ended (unless a newer one took its place).
+    pub fn remote_ended(&self, cn: &str, node: &str, conn: u64) {
+        let ended = self.remote.lock().is_ok_and(|mut r| {
+            if r.get(cn).is_some_and(|(n, c)| n == node && *c == conn) {
+                r.remove(cn);
+                true
+            } else {
+                false
+            }
+        });
+        if ended {
+            self.mark(cn);
+        }
+    }
+
+    /// Another node is gone: its sessions are too.
+    pub fn forget_node(&self, node: &str) -> usize {
+        let gone: Vec<String> = match self.remote.lock() {
+            Ok(mut r) => {
+                let gone: Vec<String> = r
+                    .iter()
+                    .filter(|(_, (n, _))| n == node)
+                    .map(|(cn, _)| cn.clone())
+                    .collect();
+                for cn in &gone {
+                    r.remove(cn);
+                }
+                gone
+            }
+            Err(_) => Vec::new(),
+        };
+        for cn in &gone {
+            self.mark(cn);
+        }
+        gone.len()
+    }
+
+    /// Sessions other nodes hold.
+    pub fn remote_count(&self) -> usize {
+        self.remote.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
+    /// This node's sessions, with their connection numbers (for a node that joins).
+    pub fn roster(&self) -> Vec<(String, u64)> {
+        self.live
+            .lock()
+            .map(|l| l.iter().map(|(cn, s)| (cn.clone(), s.conn)).collect())
+            .unwrap_or_default()
     }
 
     fn mark(&self, cn: &str) {
@@ -433,7 +498,8 @@ impl Sessions {
     /// The connection state of an identity.
     pub fn state(&self, cn: &str) -> certhub_core::ConnectionState {
         certhub_core::ConnectionState {
-            connected: self.is_connected(cn),
+            connected: self.is_connected(cn)
+                || self.remote.lock().is_ok_and(|r| r.contains_key(cn)),
             updated_ms: self
                 .changed
                 .lock()

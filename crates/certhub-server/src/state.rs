@@ -76,6 +76,13 @@ struct Inner {
     cluster: std::sync::OnceLock<crate::cluster::Cluster>,
     /// The cluster's telemetry log (JetStream), which replaces the table's once joined.
     stream_telemetry: std::sync::OnceLock<crate::telemetry::TelemetryLog>,
+    /// This process's id among the hub's nodes, and when it started (ms).
+    node: String,
+    started_ms: i64,
+    /// This node's own service API address (`host:port`), for the other nodes.
+    address: std::sync::OnceLock<String>,
+    /// The other nodes heard from: what their last heartbeat said, and when it came.
+    peers: std::sync::Mutex<std::collections::HashMap<String, (crate::cluster::NodeInfo, i64)>>,
 }
 
 /// The readers of Event Hubs partitions, by consumer group and partition, for owner levels
@@ -224,6 +231,10 @@ impl AppState {
                 generations: std::sync::Mutex::default(),
                 cluster: std::sync::OnceLock::new(),
                 stream_telemetry: std::sync::OnceLock::new(),
+                node: crate::random::uuid_v4_text(),
+                started_ms: now_ms(),
+                address: std::sync::OnceLock::new(),
+                peers: std::sync::Mutex::default(),
             }),
         })
     }
@@ -323,10 +334,11 @@ impl AppState {
     ) -> Result<(), String> {
         let state = self.clone();
         let hub = self.dps().id_scope().to_string();
-        let cluster = crate::cluster::Cluster::join(url, &hub, move |notice| {
-            state.on_notice(notice);
-        })
-        .await?;
+        let cluster =
+            crate::cluster::Cluster::join(url, &hub, &self.inner.node, move |node, notice| {
+                state.on_notice(node, notice);
+            })
+            .await?;
         let log = crate::telemetry::TelemetryLog::start_stream(cluster.client(), &hub, telemetry)
             .await
             .map_err(|e| format!("the cluster bus at {url}: {e}"))?;
@@ -335,10 +347,105 @@ impl AppState {
         self.inner
             .cluster
             .set(cluster)
-            .map_err(|_| "this node already joined a cluster".to_string())
+            .map_err(|_| "this node already joined a cluster".to_string())?;
+        self.start_heartbeat();
+        Ok(())
     }
 
-    fn on_notice(&self, notice: crate::cluster::Notice) {
+    /// Tells the other nodes this one is stopping (after its sessions closed).
+    pub async fn leave_cluster(&self) {
+        if let Some(c) = self.inner.cluster.get() {
+            c.tell(crate::cluster::Notice::Leaving).await;
+            let _ = c.client().flush().await;
+        }
+    }
+
+    /// Records this node's own service API address (`host:port`), which its heartbeat tells.
+    pub fn set_node_address(&self, address: &str) {
+        let _ = self.inner.address.set(address.to_string());
+    }
+
+    /// What this node says of itself.
+    fn node_info(&self) -> crate::cluster::NodeInfo {
+        crate::cluster::NodeInfo {
+            address: self.inner.address.get().cloned().unwrap_or_default(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            started_ms: self.inner.started_ms,
+            sessions: self.sessions().count(),
+            telemetry_seq: *self.telemetry().follow().borrow(),
+        }
+    }
+
+    /// Every 2 s: a heartbeat to the other nodes, and the nodes not heard for 6 s forgotten
+    /// with their sessions. A `Hello` first, and again whenever the NATS connection comes
+    /// back, so that the others' rosters fill the presence this node may have missed.
+    fn start_heartbeat(&self) {
+        const EVERY_MS: i64 = 2_000;
+        const GONE_MS: i64 = 3 * EVERY_MS;
+        let state = self.clone();
+        tokio::spawn(async move {
+            let mut was_up = false;
+            loop {
+                let Some(c) = state.inner.cluster.get() else {
+                    return;
+                };
+                let up = c.is_up();
+                if up && !was_up {
+                    c.tell(crate::cluster::Notice::Hello).await;
+                }
+                was_up = up;
+                c.tell(crate::cluster::Notice::Heartbeat(state.node_info()))
+                    .await;
+                let now = now_ms();
+                let gone: Vec<String> = state
+                    .inner
+                    .peers
+                    .lock()
+                    .map(|mut p| {
+                        let gone: Vec<String> = p
+                            .iter()
+                            .filter(|(_, (_, heard))| now - heard > GONE_MS)
+                            .map(|(id, _)| id.clone())
+                            .collect();
+                        for id in &gone {
+                            p.remove(id);
+                        }
+                        gone
+                    })
+                    .unwrap_or_default();
+                for id in gone {
+                    let n = state.sessions().forget_node(&id);
+                    tracing::warn!(
+                        node = id,
+                        sessions = n,
+                        "a node of the hub fell silent: its sessions are taken as closed"
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(EVERY_MS as u64)).await;
+            }
+        });
+    }
+
+    /// The hub's nodes: this one first, then those heard from (what each said, when).
+    pub fn cluster_nodes(&self) -> Vec<(String, crate::cluster::NodeInfo, i64, bool)> {
+        let mut out = vec![(self.inner.node.clone(), self.node_info(), now_ms(), true)];
+        if let Ok(p) = self.inner.peers.lock() {
+            let mut others: Vec<_> = p
+                .iter()
+                .map(|(id, (info, heard))| (id.clone(), info.clone(), *heard, false))
+                .collect();
+            others.sort_by(|a, b| a.1.address.cmp(&b.1.address));
+            out.extend(others);
+        }
+        out
+    }
+
+    /// Device sessions on every node (this one's, and those the others' notices told).
+    pub fn connected_count(&self) -> usize {
+        self.sessions().count() + self.sessions().remote_count()
+    }
+
+    fn on_notice(&self, node: &str, notice: crate::cluster::Notice) {
         use crate::cluster::Notice;
         match notice {
             Notice::Kick {
@@ -367,11 +474,48 @@ impl AppState {
                     crate::sessions::Outbound::Desired(patch.into_bytes()),
                 );
             }
-            Notice::Session { cn } => {
+            Notice::Session { cn, conn } => {
                 self.sessions().kick_identity(
                     &cn,
                     "replaced by a newer connection of the same identity on another node",
                 );
+                self.sessions().remote_connected(&cn, node, conn);
+            }
+            Notice::Ended { cn, conn } => self.sessions().remote_ended(&cn, node, conn),
+            Notice::Heartbeat(info) => {
+                if let Ok(mut p) = self.inner.peers.lock() {
+                    p.insert(node.to_string(), (info, now_ms()));
+                }
+            }
+            Notice::Hello => {
+                let state = self.clone();
+                tokio::spawn(async move {
+                    let Some(c) = state.inner.cluster.get() else {
+                        return;
+                    };
+                    c.tell(Notice::Heartbeat(state.node_info())).await;
+                    // In pieces that fit NATS's default 1 MB message.
+                    for chunk in state.sessions().roster().chunks(5_000) {
+                        c.tell(Notice::Roster {
+                            sessions: chunk.to_vec(),
+                        })
+                        .await;
+                    }
+                });
+            }
+            Notice::Leaving => {
+                if let Ok(mut p) = self.inner.peers.lock() {
+                    p.remove(node);
+                }
+                let n = self.sessions().forget_node(node);
+                tracing::info!(node, sessions = n, "a node of the hub stopped");
+            }
+            Notice::Roster { sessions } => {
+                for (cn, conn) in sessions {
+                    if !self.sessions().is_connected(&cn) {
+                        self.sessions().remote_connected(&cn, node, conn);
+                    }
+                }
             }
         }
     }
@@ -461,8 +605,14 @@ impl AppState {
         Some(c.call_method(cn, name, payload, response_timeout).await)
     }
 
-    /// Lets other nodes call direct methods on `cn`'s session here, until it ends.
-    pub(crate) fn serve_methods_here(&self, cn: &str, mailbox: Arc<crate::sessions::Mailbox>) {
+    /// Lets other nodes call direct methods on `cn`'s session here (connection `conn`) until
+    /// it ends, then tells them it ended.
+    pub(crate) fn serve_methods_here(
+        &self,
+        cn: &str,
+        conn: u64,
+        mailbox: Arc<crate::sessions::Mailbox>,
+    ) {
         if self.inner.cluster.get().is_none() {
             return;
         }
@@ -474,11 +624,12 @@ impl AppState {
             };
             let sessions = state.inner.sessions.clone();
             let of = cn.clone();
-            let ended = mailbox.on_end();
+            let ended = futures_util::FutureExt::shared(mailbox.on_end());
+            let end = ended.clone();
             c.serve_methods(
                 &cn,
                 async move {
-                    let _ = ended.await;
+                    let _ = end.await;
                 },
                 move |name, payload, timeout| {
                     let sessions = sessions.clone();
@@ -501,14 +652,19 @@ impl AppState {
                 },
             )
             .await;
+            let _ = ended.await;
+            c.tell(crate::cluster::Notice::Ended { cn, conn }).await;
         });
     }
 
     /// A session of `cn` started here: an older one on another node closes.
-    pub(crate) async fn announce_session(&self, cn: &str) {
+    pub(crate) async fn announce_session(&self, cn: &str, conn: u64) {
         if let Some(c) = self.inner.cluster.get() {
-            c.tell(crate::cluster::Notice::Session { cn: cn.to_string() })
-                .await;
+            c.tell(crate::cluster::Notice::Session {
+                cn: cn.to_string(),
+                conn,
+            })
+            .await;
         }
     }
 

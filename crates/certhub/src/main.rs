@@ -11,6 +11,7 @@ mod audit;
 mod ca;
 mod client;
 mod cloud;
+mod cluster;
 mod device;
 mod dps;
 mod files;
@@ -69,6 +70,9 @@ enum Command {
     /// Files devices uploaded: list, download, notifications.
     #[command(subcommand)]
     Files(uploads::FilesCommand),
+    /// The nodes of a hub that runs as a cluster: their status.
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCommand),
     /// Measure a broker: connect rate, held connections, telemetry, reconnect storm, revocation
     Bench(certhub_bench::BenchArgs),
 }
@@ -101,6 +105,7 @@ fn main() -> ExitCode {
         Command::Twin(cmd) => cloud::twin(cmd),
         Command::Method(cmd) => cloud::method(cmd),
         Command::Files(cmd) => uploads::run(cmd),
+        Command::Cluster(cmd) => cluster::run(cmd),
         Command::Dps(cmd) => dps::run(cmd),
         Command::Bench(args) => certhub_bench::run(args).map(|()| Outcome::Ok),
     };

@@ -695,6 +695,7 @@ async fn drain(state: &certhub_server::AppState) {
             }
         }
     }
+    state.leave_cluster().await;
     say(format!("drained: {closed} device sessions closed"));
 }
 
@@ -911,6 +912,7 @@ async fn serve(config: Config) -> Result<Outcome> {
     )
     .await?;
     state.set_c2d_limits(config.c2d);
+    state.set_node_address(&public_host(&config.hostnames[0], bound.port()));
     if let Some(url) = &config.nats_url {
         let limits = certhub_server::telemetry_stream::StreamLimits {
             max_age: config.telemetry_retention,

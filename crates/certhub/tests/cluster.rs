@@ -1270,6 +1270,28 @@ fn three_nodes_behind_haproxy_act_as_one_hub() {
         vec![1, 1, 1],
         "one widget on each node (round robin)"
     );
+    // Every node knows every node, and where each widget is connected.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = cli_at(d, &cs_a, &ca, &["cluster", "status"]);
+        if status.contains("3 nodes, 3 device sessions") {
+            for h in hosts {
+                assert!(status.contains(h), "{h} in: {status}");
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "cluster status: {status}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for cs_node in [&cs_a, &cs_b, &cs_c] {
+        for w in &widgets {
+            let shown = cli_at(d, cs_node, &ca, &["device", "show", "--id", w]);
+            assert!(
+                shown.contains("\"connectionState\": \"Connected\""),
+                "{w} through {cs_node}: {shown}"
+            );
+        }
+    }
 
     // C2D through node B reaches every widget, two of them on other nodes.
     for w in &widgets {
@@ -1354,6 +1376,18 @@ fn three_nodes_behind_haproxy_act_as_one_hub() {
         "disabled through node A: its session closed {:?} after the CLI was started",
         asked.elapsed()
     );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for cs_node in [&cs_a, &cs_b, &cs_c] {
+        while !cli_at(d, cs_node, &ca, &["device", "show", "--id", first])
+            .contains("\"connectionState\": \"Disconnected\"")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{first} still shown connected through {cs_node}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 
     // Company-X's CA deleted through node B: the other two close, on their nodes.
     let asked = Instant::now();
@@ -1478,7 +1512,8 @@ fn a_database_outage_answers_503_and_the_node_recovers() {
 
 /// A node stopped as a service manager stops it (SIGTERM) drains: it takes no new connection,
 /// closes its device sessions and exits cleanly, and its widget, sending QoS 1 telemetry, goes
-/// on through the other node with nothing acknowledged lost.
+/// on through the other node with nothing acknowledged lost. A third node started meanwhile
+/// learns from the others' rosters that the widget is connected.
 #[test]
 fn a_node_stopped_with_sigterm_hands_its_devices_over() {
     const COUNT: usize = 300;
@@ -1500,7 +1535,20 @@ fn a_node_stopped_with_sigterm_hands_its_devices_over() {
         node_a.mqtt_port, node_b.mqtt_port
     );
     let sender = telemetry_sender(d, w, &hosts, &ca, COUNT, "0.02");
-    std::thread::sleep(Duration::from_millis(1500));
+    // A node that joins later learns where the widget is (the others' rosters).
+    let data_c = d.join("node-c");
+    let node_c = start_hub_on(&data_c, "127.0.0.92", &cluster);
+    let cs_c = connection_string_at(d, &data_c, &node_c);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cli_at(d, &cs_c, &ca, &["device", "show", "--id", w])
+        .contains("\"connectionState\": \"Connected\"")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "node C never learned the widget's session"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let asked = Instant::now();
     let code = node_a.terminate(Duration::from_secs(15));
     eprintln!(

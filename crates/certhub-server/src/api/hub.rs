@@ -22,7 +22,7 @@ pub struct DeviceStatistics {
     disabled_device_count: i64,
 }
 
-/// Live connections (Azure's `ServiceStatistics`).
+/// Live connections (Azure's `ServiceStatistics`), on every node of the hub.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatistics {
@@ -55,7 +55,7 @@ pub async fn service_statistics(
 ) -> Result<Response, ApiError> {
     caller.require(Rights::SERVICE_CONNECT, "reading service statistics")?;
     Ok(Json(ServiceStatistics {
-        connected_device_count: state.sessions().count(),
+        connected_device_count: state.connected_count(),
     })
     .into_response())
 }
@@ -136,4 +136,57 @@ pub async fn audit(
         outcome: params.outcome.unwrap_or_default(),
     };
     Ok(Json(state.store().audit_filtered(&filter, top).await?).into_response())
+}
+
+/// A node of the hub, as `GET /cluster/nodes` describes it.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterNode {
+    /// The node's id (new at every start).
+    id: String,
+    /// Its own service API address (`host:port`).
+    address: String,
+    version: String,
+    started_time: String,
+    /// When its last heartbeat arrived (this node: now).
+    last_heard_time: String,
+    /// Whether this is the node that answered.
+    this_node: bool,
+    /// Device sessions it holds.
+    device_sessions: usize,
+    /// The highest telemetry sequence number it knows to be stored.
+    telemetry_sequence_number: i64,
+    /// How far behind the highest such number of any node it is (0: up to date).
+    telemetry_lag: i64,
+}
+
+#[utoipa::path(get, path = "/cluster/nodes", summary = "The hub's nodes: this one, and those it hears",
+    description = "Needs the RegistryRead right. A single node lists itself; a node of a cluster (with NATS) also the others whose heartbeat (every 2 s) it heard in the last 6 s.",
+    responses((status = 200, description = "success", body = Vec<ClusterNode>), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]
+pub async fn cluster_nodes(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_READ, "reading the hub's nodes")?;
+    let nodes = state.cluster_nodes();
+    let newest = nodes
+        .iter()
+        .map(|(_, info, _, _)| info.telemetry_seq)
+        .max()
+        .unwrap_or(0);
+    let out: Vec<ClusterNode> = nodes
+        .into_iter()
+        .map(|(id, info, heard, this_node)| ClusterNode {
+            id,
+            address: info.address,
+            version: info.version,
+            started_time: certhub_core::azure_time(info.started_ms),
+            last_heard_time: certhub_core::azure_time(heard),
+            this_node,
+            device_sessions: info.sessions,
+            telemetry_sequence_number: info.telemetry_seq,
+            telemetry_lag: newest - info.telemetry_seq,
+        })
+        .collect();
+    Ok(Json(out).into_response())
 }

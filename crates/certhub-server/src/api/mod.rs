@@ -142,6 +142,7 @@ fn api() -> OpenApiRouter<AppState> {
         ))
         .routes(routes!(hub::device_statistics))
         .routes(routes!(hub::service_statistics))
+        .routes(routes!(hub::cluster_nodes))
         .routes(routes!(hub::get_settings, hub::patch_settings))
         .routes(routes!(hub::audit))
         .routes(routes!(messages::events))
