@@ -164,8 +164,11 @@ struct Common {
     #[arg(long)]
     source_addrs: Option<String>,
     /// The broker's process id: report its CPU time and resident memory (Linux /proc).
-    #[arg(long)]
-    server_pid: Option<u32>,
+    /// Repeat it or give a comma-separated list for a server made of several processes (cluster
+    /// nodes, NATS servers, database backends): their CPU times and resident memory are summed,
+    /// and each process's CPU time is listed.
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
     /// Seconds one connection attempt may take (TCP, TLS, CONNACK).
     #[arg(long, default_value = "10", value_parser = seconds)]
     timeout: f64,
@@ -346,6 +349,28 @@ mod tests {
         assert!(parse_sources("127.0.0.9-127.0.0.1").is_err());
         assert!(parse_sources("127.0.0.1-nope").is_err());
         assert!(parse_sources("nope").is_err());
+    }
+
+    #[test]
+    fn server_pids_repeat_or_come_as_a_list() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            common: Common,
+        }
+        let parse = |extra: &[&str]| {
+            let mut args = vec!["bench", "--devices", "d", "--ca", "c"];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).map(|c| c.common.server_pid)
+        };
+        assert_eq!(parse(&[]).ok(), Some(vec![]));
+        assert_eq!(parse(&["--server-pid", "7"]).ok(), Some(vec![7]));
+        assert_eq!(
+            parse(&["--server-pid", "7,8", "--server-pid", "9"]).ok(),
+            Some(vec![7, 8, 9])
+        );
+        assert!(parse(&["--server-pid", "7,x"]).is_err());
     }
 
     #[test]

@@ -594,7 +594,7 @@ pub async fn run(a: ProvisionArgs) -> Result<crate::report::Report> {
         hubs: tokio::sync::Mutex::default(),
     });
     let slots = Arc::new(Semaphore::new(a.parallel as usize));
-    let mut meter = Meter::start(env.common.server_pid);
+    let mut meter = Meter::start(&env.common.server_pid);
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
     for device in &widgets {

@@ -82,11 +82,25 @@ impl Errors {
     }
 }
 
-/// The server's CPU and memory over the measured phase.
+/// One of the server's processes over the measured phase.
+#[derive(Debug, Clone, Default)]
+pub struct ProcessUsage {
+    pub pid: u32,
+    /// Its command name (certhub, nats-server, postgres, ...).
+    pub name: Option<String>,
+    /// None when /proc could not be read at both ends (the process exited, or never was).
+    pub cpu_s: Option<f64>,
+    pub rss_before_kib: Option<u64>,
+    pub rss_after_kib: Option<u64>,
+}
+
+/// The server's CPU and memory over the measured phase: with several processes (`--server-pid`
+/// given more than once), CPU times and memory are their sums.
 #[derive(Debug, Clone, Default)]
 pub struct ServerUsage {
+    /// The first process's id.
     pub pid: u32,
-    /// None when /proc could not be read.
+    /// The CPU time of the processes that could be read; None when none could.
     pub cpu_s: Option<f64>,
     /// Operations of the scenario per second of server CPU.
     pub ops_per_cpu_s: Option<f64>,
@@ -96,6 +110,8 @@ pub struct ServerUsage {
     pub rss_max_kib: Option<u64>,
     /// (rss_after - rss_before) / connections, for scenarios that hold connections.
     pub rss_per_connection_kib: Option<f64>,
+    /// Each process, in the order given.
+    pub processes: Vec<ProcessUsage>,
 }
 
 /// One run's results.
@@ -142,8 +158,22 @@ impl Report {
         let (errors, samples) = errors_json(&self.errors);
         let (setup_errors, setup_samples) = errors_json(&self.setup_errors);
         let server = self.server.as_ref().map_or(Value::Null, |s| {
+            let processes: Vec<Value> = s
+                .processes
+                .iter()
+                .map(|p| {
+                    json!({
+                        "pid": p.pid,
+                        "name": p.name,
+                        "cpu_s": p.cpu_s.map(round3),
+                        "rss_before_kib": p.rss_before_kib,
+                        "rss_after_kib": p.rss_after_kib,
+                    })
+                })
+                .collect();
             json!({
                 "pid": s.pid,
+                "processes": processes,
                 "cpu_s": s.cpu_s.map(round3),
                 "ops": s.ops_name,
                 "ops_per_cpu_s": s.ops_per_cpu_s.map(|x| (x * 10.0).round() / 10.0),
@@ -233,18 +263,40 @@ impl Report {
             let _ = writeln!(o, "  {:<28}{:>12}", "errors", 0);
         }
         if let Some(s) = &self.server {
+            let who = if s.processes.len() > 1 {
+                format!("{} processes", s.processes.len())
+            } else {
+                format!("pid {}", s.pid)
+            };
             match s.cpu_s {
                 Some(c) => {
-                    let _ = write!(o, "  server (pid {}): {c:.2} s CPU", s.pid);
+                    let _ = write!(o, "  server ({who}): {c:.2} s CPU");
                 }
                 None => {
-                    let _ = write!(o, "  server (pid {}): CPU time unknown", s.pid);
+                    let _ = write!(o, "  server ({who}): CPU time unknown");
                 }
             }
             if let Some(x) = s.ops_per_cpu_s {
                 let _ = write!(o, ", {x:.1} {} per CPU-second", s.ops_name);
             }
             let _ = writeln!(o);
+            if s.processes.len() > 1 {
+                for p in &s.processes {
+                    let name = p.name.as_deref().unwrap_or("?");
+                    match p.cpu_s {
+                        Some(c) => {
+                            let _ = writeln!(o, "    pid {} {name}: {c:.2} s CPU", p.pid);
+                        }
+                        None => {
+                            let _ = writeln!(
+                                o,
+                                "    pid {} {name}: CPU time unknown (not counted)",
+                                p.pid
+                            );
+                        }
+                    }
+                }
+            }
             if let (Some(b), Some(a)) = (s.rss_before_kib, s.rss_after_kib) {
                 let _ = write!(
                     o,
@@ -305,6 +357,76 @@ mod tests {
         let empty = Summary::of(Vec::new());
         assert_eq!(empty.count, 0);
         assert_eq!(empty.max, 0.0);
+    }
+
+    fn usage(processes: Vec<ProcessUsage>) -> Report {
+        Report {
+            scenario: "telemetry",
+            server: Some(ServerUsage {
+                pid: processes[0].pid,
+                cpu_s: Some(2.0),
+                ops_per_cpu_s: Some(50.0),
+                ops_name: "messages",
+                processes,
+                ..ServerUsage::default()
+            }),
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn one_server_process_prints_as_before_several_are_listed() {
+        let one = usage(vec![ProcessUsage {
+            pid: 7,
+            name: Some("certhub".into()),
+            cpu_s: Some(2.0),
+            ..ProcessUsage::default()
+        }]);
+        let text = one.text();
+        assert!(
+            text.contains("  server (pid 7): 2.00 s CPU, 50.0 messages per CPU-second\n"),
+            "{text}"
+        );
+        assert!(!text.contains("    pid 7"), "{text}");
+        assert_eq!(one.json()["server"]["pid"], 7);
+
+        let several = usage(vec![
+            ProcessUsage {
+                pid: 7,
+                name: Some("certhub".into()),
+                cpu_s: Some(1.5),
+                ..ProcessUsage::default()
+            },
+            ProcessUsage {
+                pid: 8,
+                name: Some("nats-server".into()),
+                cpu_s: Some(0.5),
+                ..ProcessUsage::default()
+            },
+            ProcessUsage {
+                pid: 9,
+                name: None,
+                cpu_s: None,
+                ..ProcessUsage::default()
+            },
+        ]);
+        let text = several.text();
+        assert!(
+            text.contains("  server (3 processes): 2.00 s CPU, 50.0 messages per CPU-second\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    pid 8 nats-server: 0.50 s CPU\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("    pid 9 ?: CPU time unknown (not counted)\n"),
+            "{text}"
+        );
+        let v = several.json();
+        assert_eq!(v["server"]["processes"][1]["name"], "nats-server");
+        assert_eq!(v["server"]["processes"][1]["cpu_s"], 0.5);
+        assert!(v["server"]["processes"][2]["cpu_s"].is_null());
     }
 
     #[test]

@@ -30,6 +30,14 @@ pub fn cpu_seconds_of_stat(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / ticks_per_second())
 }
 
+/// The command name of a `/proc/<pid>/stat` line (field 2, between the first '(' and the last
+/// ')').
+pub fn name_of_stat(stat: &str) -> Option<&str> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    stat.get(open + 1..close)
+}
+
 /// VmRSS of a `/proc/<pid>/status` text, in KiB.
 pub fn rss_kib_of_status(status: &str) -> Option<u64> {
     status
@@ -52,6 +60,8 @@ pub struct Sample {
 pub struct Probe {
     stat: Option<File>,
     status: Option<File>,
+    /// The command name when it was opened.
+    name: Option<String>,
 }
 
 fn reread(f: &mut Option<File>) -> Option<String> {
@@ -69,10 +79,18 @@ impl Probe {
             Some(p) => format!("/proc/{p}"),
             None => "/proc/self".to_string(),
         };
+        let mut stat = File::open(format!("{dir}/stat")).ok();
+        let name = reread(&mut stat).and_then(|s| name_of_stat(&s).map(str::to_string));
         Self {
-            stat: File::open(format!("{dir}/stat")).ok(),
+            stat,
             status: File::open(format!("{dir}/status")).ok(),
+            name,
         }
+    }
+
+    /// The process's command name (as `ps -o comm` shows it), when it could be read.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
     }
 
     pub fn sample(&mut self) -> Sample {
@@ -137,6 +155,8 @@ mod tests {
         let cpu = cpu_seconds_of_stat(stat).unwrap_or(-1.0);
         assert!((cpu - 300.0 / ticks_per_second()).abs() < 1e-9, "{cpu}");
         assert_eq!(cpu_seconds_of_stat("garbage"), None);
+        assert_eq!(name_of_stat(stat), Some("my (odd) name"));
+        assert_eq!(name_of_stat("garbage"), None);
         let status = "Name:\tcerthub\nVmPeak:\t  1000 kB\nVmRSS:\t   20480 kB\nThreads:\t4\n";
         assert_eq!(rss_kib_of_status(status), Some(20480));
         assert_eq!(rss_kib_of_status("Name: x\n"), None);
@@ -154,6 +174,9 @@ mod tests {
         assert!(x != 1);
         assert!(a.cpu_s.is_some() && b.cpu_s >= a.cpu_s);
         assert!(b.rss_kib.unwrap_or(0) > 0);
-        assert!(Probe::open(Some(u32::MAX)).sample().cpu_s.is_none());
+        assert!(p.name().is_some_and(|n| !n.is_empty()));
+        let mut gone = Probe::open(Some(u32::MAX));
+        assert!(gone.sample().cpu_s.is_none());
+        assert_eq!(gone.name(), None);
     }
 }

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::Api;
 use crate::conn::{Conn, HoldEnd, Opened, Target, disconnect, hold, micros, open};
 use crate::devices::{self, Device, TlsSettings};
-use crate::report::{Errors, Report, ServerUsage, Summary};
+use crate::report::{Errors, ProcessUsage, Report, ServerUsage, Summary};
 use crate::sample::{Probe, Sample, ensure_open_files};
 use crate::{
     Common, ConnectRateArgs, HoldArgs, ProvisionArgs, RevokeArgs, Scenario, StormArgs,
@@ -167,10 +167,9 @@ impl Env {
 
 /// CPU and memory at the start of a measured phase.
 pub(crate) struct Meter {
-    pid: Option<u32>,
-    server_probe: Option<Probe>,
+    /// The server's processes: pid, its probe, and its look at the start.
+    servers: Vec<(u32, Probe, Sample)>,
     me_probe: Probe,
-    server: Sample,
     me: Sample,
     at: Instant,
 }
@@ -187,45 +186,72 @@ fn used(after: Option<f64>, before: Option<f64>) -> Option<f64> {
 }
 
 impl Meter {
-    pub(crate) fn start(pid: Option<u32>) -> Self {
-        let mut server_probe = pid.map(|p| Probe::open(Some(p)));
+    /// `pids`: the server's processes (none: the server is not measured).
+    pub(crate) fn start(pids: &[u32]) -> Self {
+        let servers = pids
+            .iter()
+            .map(|&pid| {
+                let mut probe = Probe::open(Some(pid));
+                let at_start = probe.sample();
+                (pid, probe, at_start)
+            })
+            .collect();
         let mut me_probe = Probe::open(None);
         Self {
-            pid,
-            server: server_probe.as_mut().map(Probe::sample).unwrap_or_default(),
+            servers,
             me: me_probe.sample(),
-            server_probe,
             me_probe,
             at: Instant::now(),
         }
     }
 
-    /// The server's memory now (for sampling during a phase).
+    /// The server's memory now, summed over its processes (for sampling during a phase);
+    /// `None` when one of them cannot be read.
     fn server_rss(&mut self) -> Option<u64> {
-        self.server_probe.as_mut()?.sample().rss_kib
+        if self.servers.is_empty() {
+            return None;
+        }
+        self.servers
+            .iter_mut()
+            .map(|(_, probe, _)| probe.sample().rss_kib)
+            .sum()
     }
 
     pub(crate) fn finish(&mut self, ops: u64, ops_name: &'static str) -> Measured {
         let elapsed_s = self.at.elapsed().as_secs_f64();
         let me = self.me_probe.sample();
         let generator_cpu_s = used(me.cpu_s, self.me.cpu_s);
-        let before = self.server;
-        let server = match (self.pid, self.server_probe.as_mut()) {
-            (Some(pid), Some(probe)) => {
+        let processes: Vec<ProcessUsage> = self
+            .servers
+            .iter_mut()
+            .map(|(pid, probe, before)| {
                 let now = probe.sample();
-                let cpu_s = used(now.cpu_s, before.cpu_s);
-                Some(ServerUsage {
-                    pid,
-                    cpu_s,
-                    ops_per_cpu_s: cpu_s.filter(|c| *c > 0.0).map(|c| ops as f64 / c),
-                    ops_name,
+                ProcessUsage {
+                    pid: *pid,
+                    name: probe.name().map(str::to_string),
+                    cpu_s: used(now.cpu_s, before.cpu_s),
                     rss_before_kib: before.rss_kib,
                     rss_after_kib: now.rss_kib,
-                    ..ServerUsage::default()
-                })
+                }
+            })
+            .collect();
+        let server = (!processes.is_empty()).then(|| {
+            // The processes that could be read at both ends; one that exited meanwhile is
+            // listed with its CPU time unknown and left out of the sum.
+            let known: Vec<f64> = processes.iter().filter_map(|p| p.cpu_s).collect();
+            let cpu_s = (!known.is_empty()).then(|| known.iter().sum::<f64>());
+            let rss = |f: fn(&ProcessUsage) -> Option<u64>| processes.iter().map(f).sum();
+            ServerUsage {
+                pid: processes[0].pid,
+                cpu_s,
+                ops_per_cpu_s: cpu_s.filter(|c| *c > 0.0).map(|c| ops as f64 / c),
+                ops_name,
+                rss_before_kib: rss(|p| p.rss_before_kib),
+                rss_after_kib: rss(|p| p.rss_after_kib),
+                processes,
+                ..ServerUsage::default()
             }
-            _ => None,
-        };
+        });
         Measured {
             elapsed_s,
             generator_cpu_s,
@@ -291,7 +317,7 @@ async fn connect_rate(a: ConnectRateArgs) -> Result<Report> {
     }
     let errors = Arc::new(Errors::default());
     let next = Arc::new(AtomicUsize::new(0));
-    let mut meter = Meter::start(env.common.server_pid);
+    let mut meter = Meter::start(&env.common.server_pid);
     let deadline = Instant::now() + Duration::from_secs_f64(a.duration);
     let mut tasks = Vec::new();
     for _ in 0..workers {
@@ -547,7 +573,7 @@ async fn hold_scenario(a: HoldArgs) -> Result<Report> {
     let devices = env.devices(Some(n))?;
     let errors = Arc::new(Errors::default());
     let plan = env.plan(a.keep_alive, a.parallel, a.ramp);
-    let mut meter = Meter::start(env.common.server_pid);
+    let mut meter = Meter::start(&env.common.server_pid);
     let start = Instant::now();
     let mut fleet = launch(&plan, &indexed(&devices), &errors);
     let opening = fleet.opened(start).await;
@@ -967,7 +993,7 @@ async fn telemetry(a: TelemetryArgs) -> Result<Report> {
         QoS::AtLeastOnce
     };
     let drain = Duration::from_secs_f64(env.common.timeout);
-    let mut meter = Meter::start(env.common.server_pid);
+    let mut meter = Meter::start(&env.common.server_pid);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(a.duration);
     let mut tasks = Vec::with_capacity(conns.len());
@@ -1069,7 +1095,7 @@ async fn storm(a: StormArgs) -> Result<Report> {
     before.stop(a.graceful).await;
 
     let errors = Arc::new(Errors::default());
-    let mut meter = Meter::start(env.common.server_pid);
+    let mut meter = Meter::start(&env.common.server_pid);
     let start = Instant::now();
     let mut after = launch(&plan, &up, &errors);
     let back = after.opened(start).await;
@@ -1164,7 +1190,7 @@ async fn revoke(a: RevokeArgs) -> Result<Report> {
         .await
         .context("the service API task failed")??
     };
-    let mut meter = Meter::start(env.common.server_pid);
+    let mut meter = Meter::start(&env.common.server_pid);
     let put_errors = Arc::new(Errors::default());
     let revocations: Vec<Revocation> = {
         let (api, bodies, put_errors) = (api.clone(), bodies.clone(), put_errors.clone());
