@@ -2,7 +2,8 @@
 # hub on one loopback address with every listener on a free port.
 #
 #   certhub_bin                    # sets C: $CERTHUB_BIN, or this checkout's release build
-#   start_hub ADDR DATA LOG        # sets HUB_PID, MQTT_PORT, AMQP_PORT, HTTPS_PORT
+#   start_hub ADDR DATA LOG [ARGS...]  # sets HUB_PID, MQTT_PORT, AMQP_PORT, HTTPS_PORT; ARGS go
+#                                      # to `certhub serve` (e.g. --store URL --nats URLS)
 
 certhub_bin() {
     C="${CERTHUB_BIN:-}"
@@ -15,8 +16,9 @@ certhub_bin() {
 
 start_hub() {
     local addr=$1 data=$2 log=$3
+    shift 3
     CERTHUB_LOG=warn "$C" serve --data-dir "$data" --hostname "$addr" --https-addr "$addr:0" \
-        --mqtt-addr "$addr:0" --amqp-addr "$addr:0" >"$log" 2>&1 &
+        --mqtt-addr "$addr:0" --amqp-addr "$addr:0" "$@" >"$log" 2>&1 &
     HUB_PID=$!
     for _ in $(seq 300); do
         grep -q "devices (MQTT)" "$log" 2>/dev/null && break
