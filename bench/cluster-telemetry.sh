@@ -95,7 +95,9 @@ start_nats() {
     NATS_PIDS+=("$pid")
     local port=""
     for _ in $(seq 100); do
-        port=$(sed -n 's/.*client connections on [^ ]*:\([0-9]*\).*/\1/p' "$dir.log" | head -1)
+        # (The log may not exist yet: the server's shell opens it.)
+        port=$(sed -n 's/.*client connections on [^ ]*:\([0-9]*\).*/\1/p' "$dir.log" 2>/dev/null \
+            | head -1 || true)
         [ -n "$port" ] && break
         sleep 0.1
     done
