@@ -43,6 +43,12 @@ pub(crate) enum Notice {
     Roster { sessions: Vec<(String, u64)> },
     /// The sending node is stopping (it closed its sessions).
     Leaving,
+    /// The sending node wrote this identity (device, or one module): forget what is kept of
+    /// it for connections.
+    Forget {
+        device: String,
+        module: Option<String>,
+    },
     /// Cloud-to-device messages were queued for `device`: its session, here, reads the queue
     /// (shared in the database).
     C2d { device: String },
@@ -112,6 +118,8 @@ pub struct Cluster {
     node: String,
     /// Whether the NATS connection is up (false from a disconnection until it is back).
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Connections made to NATS so far (1, then one more at each reconnection).
+    connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Cluster {
@@ -122,18 +130,28 @@ impl Cluster {
         hub: &str,
         node: &str,
         act: impl Fn(&str, Notice) + Send + 'static,
+        reconnected: impl Fn() + Send + Sync + 'static,
     ) -> Result<Self, String> {
+        let reconnected = std::sync::Arc::new(reconnected);
         let node = node.to_string();
         let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         let flag = up.clone();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+        let counted = connections.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("certhub node {node}"))
             .event_callback(move |event| {
                 let flag = flag.clone();
+                let counted = counted.clone();
+                let reconnected = reconnected.clone();
                 async move {
                     use std::sync::atomic::Ordering;
                     match event {
                         async_nats::Event::Connected => {
+                            // Before admitting devices again: what other nodes said meanwhile
+                            // was not heard.
+                            reconnected();
+                            counted.fetch_add(1, Ordering::SeqCst);
                             flag.store(true, Ordering::SeqCst);
                             tracing::info!("cluster bus (NATS) connected: admitting devices");
                         }
@@ -183,7 +201,13 @@ impl Cluster {
             prefix: format!("certhub.{hub}"),
             node,
             up,
+            connections,
         })
+    }
+
+    /// Connections made to NATS so far: a change means notices may have been missed.
+    pub(crate) fn connections(&self) -> u64 {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether this node hears the others now.
@@ -291,6 +315,27 @@ impl Cluster {
                 }
                 () = &mut ended => break,
             }
+        }
+    }
+
+    /// A function that tells the other nodes without waiting (for callers that cannot).
+    pub(crate) fn teller(&self) -> impl Fn(Notice) + Send + Sync + 'static {
+        let (client, subject, node) =
+            (self.client.clone(), self.subject.clone(), self.node.clone());
+        move |notice| {
+            let envelope = Envelope {
+                node: node.clone(),
+                notice,
+            };
+            let Ok(payload) = serde_json::to_vec(&envelope) else {
+                return;
+            };
+            let (client, subject) = (client.clone(), subject.clone());
+            tokio::spawn(async move {
+                if let Err(e) = client.publish(subject, payload.into()).await {
+                    tracing::warn!(error = %e, "a cluster notice was not sent");
+                }
+            });
         }
     }
 

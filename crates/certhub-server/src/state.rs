@@ -334,16 +334,31 @@ impl AppState {
     ) -> Result<(), String> {
         let state = self.clone();
         let hub = self.dps().id_scope().to_string();
-        let cluster =
-            crate::cluster::Cluster::join(url, &hub, &self.inner.node, move |node, notice| {
-                state.on_notice(node, notice);
-            })
-            .await?;
+        let store = self.store().clone();
+        let cluster = crate::cluster::Cluster::join(
+            url,
+            &hub,
+            &self.inner.node,
+            move |node, notice| state.on_notice(node, notice),
+            // Identity writes of other nodes may have been missed while NATS was away.
+            move || store.forget_all_identities(),
+        )
+        .await?;
         let log = crate::telemetry::TelemetryLog::start_stream(cluster.client(), &hub, telemetry)
             .await
             .map_err(|e| format!("the cluster bus at {url}: {e}"))?;
         let _ = self.inner.stream_telemetry.set(log);
         tracing::info!(node = cluster.node(), "joined the hub's other nodes");
+        // Identities are kept in memory for connections, as on one node: every identity
+        // write here is told to the others, which forget it (and a node that may have missed
+        // some, its NATS connection lost, forgets them all).
+        let tell = cluster.teller();
+        self.store().cache_identities_with(move |device, module| {
+            tell(crate::cluster::Notice::Forget {
+                device: device.to_string(),
+                module: module.map(str::to_string),
+            });
+        });
         self.inner
             .cluster
             .set(cluster)
@@ -384,16 +399,17 @@ impl AppState {
         const GONE_MS: i64 = 3 * EVERY_MS;
         let state = self.clone();
         tokio::spawn(async move {
-            let mut was_up = false;
+            let mut seen = 0;
             loop {
                 let Some(c) = state.inner.cluster.get() else {
                     return;
                 };
-                let up = c.is_up();
-                if up && !was_up {
+                let connections = c.connections();
+                if c.is_up() && connections != seen {
+                    // Joined, or back after an outage: the others' rosters refill presence.
                     c.tell(crate::cluster::Notice::Hello).await;
+                    seen = connections;
                 }
-                was_up = up;
                 c.tell(crate::cluster::Notice::Heartbeat(state.node_info()))
                     .await;
                 let now = now_ms();
@@ -502,6 +518,9 @@ impl AppState {
                         .await;
                     }
                 });
+            }
+            Notice::Forget { device, module } => {
+                self.store().forget_identity(&device, module.as_deref());
             }
             Notice::Leaving => {
                 if let Ok(mut p) = self.inner.peers.lock() {

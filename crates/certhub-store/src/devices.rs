@@ -117,15 +117,26 @@ impl Store {
         T: Send + 'static,
         F: Future<Output = Result<T>> + Send + 'static,
     {
-        let Some(cache) = self.identities.clone() else {
+        let cache = self.identities.get().cloned();
+        let written = self.on_identity_write.get().cloned();
+        if cache.is_none() && written.is_none() {
             return write.await;
-        };
+        }
         tokio::spawn(async move {
             let out = write.await;
-            match &touched {
-                Touched::Added => cache.bump(),
-                Touched::Device(d) => cache.forget(d, None),
-                Touched::Module(d, m) => cache.forget(d, Some(m)),
+            if let Some(cache) = cache {
+                match &touched {
+                    Touched::Added => cache.bump(),
+                    Touched::Device(d) => cache.forget(d, None),
+                    Touched::Module(d, m) => cache.forget(d, Some(m)),
+                }
+            }
+            if let Some(written) = written {
+                match &touched {
+                    Touched::Added => {}
+                    Touched::Device(d) => (written.0)(d, None),
+                    Touched::Module(d, m) => (written.0)(d, Some(m)),
+                }
             }
             out
         })
@@ -137,7 +148,7 @@ impl Store {
     /// written since (SQLite), else from the database. Its counters may be old; the API reads
     /// with [`Store::device`].
     pub async fn device_for_connect(&self, id: &DeviceId) -> Result<Option<Device>> {
-        let Some(cache) = &self.identities else {
+        let Some(cache) = self.identities.get() else {
             return self.device(id).await;
         };
         let ticket = match cache.device(id) {
@@ -157,7 +168,7 @@ impl Store {
         device: &DeviceId,
         module: &ModuleId,
     ) -> Result<Option<Module>> {
-        let Some(cache) = &self.identities else {
+        let Some(cache) = self.identities.get() else {
             return self.module(device, module).await;
         };
         let ticket = match cache.module(device, module) {

@@ -1,6 +1,8 @@
 //! The identities a connecting device is checked against, kept in memory on SQLite, where the
 //! hub that opened the data directory is the database's only writer (`certhub serve` locks the
-//! directory). A connection then costs no database read once its device has been seen.
+//! directory), and on a cluster node, whose peers tell it of their writes (NATS notices,
+//! `Store::cache_identities_with` / `forget_identity`). A connection then costs no database
+//! read once its device has been seen.
 //!
 //! Correctness rests on two rules. Every write of a device or module goes through [`Store`]
 //! methods that forget the identity once the write is over, in a task of its own, so a caller
@@ -120,6 +122,15 @@ impl IdentityCache {
                 }
             }
         }
+    }
+
+    /// Drops everything kept (and reads under way keep nothing).
+    pub(crate) fn clear(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.devices.clear();
+        inner.modules.clear();
+        inner.module_count = 0;
     }
 
     /// Writes that add identities need no dropping, only the generation bump (a read that

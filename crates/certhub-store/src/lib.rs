@@ -100,8 +100,23 @@ pub struct Store {
     /// never queues behind writes; on PostgreSQL, the same pool.
     reader: AnyPool,
     backend: Backend,
-    /// On SQLite, the identities the connect path reads (see `identity_cache`).
-    identities: Option<std::sync::Arc<identity_cache::IdentityCache>>,
+    /// The identities the connect path reads (see `identity_cache`): on SQLite from the start;
+    /// on PostgreSQL once a cluster node can hear the others' writes
+    /// ([`Store::cache_identities_with`]).
+    identities: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<identity_cache::IdentityCache>>>,
+    /// Told of every identity write (device, module) once it is over: a cluster node tells
+    /// the others, which forget what they kept.
+    on_identity_write: std::sync::Arc<std::sync::OnceLock<IdentityWritten>>,
+}
+
+/// What a cluster node does after an identity write: tell the other nodes.
+#[derive(Clone)]
+pub struct IdentityWritten(std::sync::Arc<dyn Fn(&str, Option<&str>) + Send + Sync>);
+
+impl std::fmt::Debug for IdentityWritten {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdentityWritten")
+    }
 }
 
 impl Store {
@@ -191,10 +206,42 @@ impl Store {
             pool,
             reader,
             backend,
-            identities: (backend == Backend::Sqlite).then(Default::default),
+            identities: Default::default(),
+            on_identity_write: Default::default(),
         };
+        if backend == Backend::Sqlite {
+            let _ = store.identities.set(Default::default());
+        }
         schema::migrate(&store).await?;
         Ok(store)
+    }
+
+    /// Keeps identities in memory on PostgreSQL too (a cluster node): `written` runs after
+    /// every identity write of this process, to tell the other nodes, which call
+    /// [`Store::forget_identity`]. Every process writing the database must do the same, or
+    /// its writes are not forgotten elsewhere.
+    pub fn cache_identities_with(
+        &self,
+        written: impl Fn(&str, Option<&str>) + Send + Sync + 'static,
+    ) {
+        let _ = self
+            .on_identity_write
+            .set(IdentityWritten(std::sync::Arc::new(written)));
+        let _ = self.identities.set(Default::default());
+    }
+
+    /// Another node wrote this identity: what is kept of it goes.
+    pub fn forget_identity(&self, device: &str, module: Option<&str>) {
+        if let Some(cache) = self.identities.get() {
+            cache.forget(device, module);
+        }
+    }
+
+    /// Forgets every identity kept (a cluster node that may have missed other nodes' writes).
+    pub fn forget_all_identities(&self) {
+        if let Some(cache) = self.identities.get() {
+            cache.clear();
+        }
     }
 
     pub fn backend(&self) -> Backend {

@@ -354,6 +354,24 @@ fn nodes_joined_by_nats_act_for_each_other() {
     eprintln!(
         "disabled through node A: the session on node B closed {disabled:?} after the request was sent"
     );
+    // Node B, which kept the widget's identity in memory from its connection, forgot it: the
+    // widget is refused there now.
+    let refused = widget(
+        d,
+        "mosquitto_pub",
+        host_b,
+        node_b.mqtt_port,
+        &ca,
+        "devices/smart-x-widget-0001/messages/events/",
+    )
+    .args(["-m", "while disabled"])
+    .output()
+    .expect("mosquitto_pub runs");
+    assert!(
+        !refused.status.success(),
+        "a disabled widget is refused by node B: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
 
     // Enabled again, connected to B, then to A: B's older session closes.
     cli_at(
