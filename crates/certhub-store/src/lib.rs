@@ -109,9 +109,12 @@ pub struct Store {
     on_identity_write: std::sync::Arc<std::sync::OnceLock<IdentityWritten>>,
 }
 
+/// Called with a written identity: its device id, and its module id for a module.
+type OnIdentityWrite = dyn Fn(&str, Option<&str>) + Send + Sync;
+
 /// What a cluster node does after an identity write: tell the other nodes.
 #[derive(Clone)]
-pub struct IdentityWritten(std::sync::Arc<dyn Fn(&str, Option<&str>) + Send + Sync>);
+pub struct IdentityWritten(std::sync::Arc<OnIdentityWrite>);
 
 impl std::fmt::Debug for IdentityWritten {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
