@@ -912,7 +912,15 @@ async fn serve(config: Config) -> Result<Outcome> {
     )
     .await?;
     state.set_c2d_limits(config.c2d);
-    state.set_node_address(&public_host(&config.hostnames[0], bound.port()));
+    // This node's own name: its first host name that is not the public endpoint's (a
+    // cluster's nodes list the balancer's name too, in any order).
+    let node_name = config
+        .hostnames
+        .iter()
+        .find(|h| Some(h.as_str()) != config.public_endpoint.as_ref().map(|(p, _)| p.as_str()))
+        .unwrap_or(&config.hostnames[0])
+        .clone();
+    state.set_node_address(&public_host(&node_name, bound.port()));
     if let Some(url) = &config.nats_url {
         let limits = certhub_server::telemetry_stream::StreamLimits {
             max_age: config.telemetry_retention,
@@ -980,7 +988,7 @@ async fn serve(config: Config) -> Result<Outcome> {
 
     let dir = config.data_dir.display();
     say!("certhub {} is running", env!("CARGO_PKG_VERSION"));
-    let own = public_host(&config.hostnames[0], bound.port());
+    let own = public_host(&node_name, bound.port());
     if own == host {
         say!("  service API      https://{host}  (listening on {bound})");
     } else {
@@ -1004,12 +1012,12 @@ async fn serve(config: Config) -> Result<Outcome> {
     say!("  connect          certhub hub connection-string --data-dir {dir}");
     say!(
         "  devices (AMQP)   {}:{}  (listening on {amqp_bound}; AMQP 1.0 over TLS, client certificates or SAS via CBS)",
-        config.hostnames[0],
+        node_name,
         amqp_bound.port()
     );
     say!(
         "  devices (MQTT)   {}:{}  (listening on {mqtt_bound}; TLS 1.2/1.3, client certificates or SAS)",
-        config.hostnames[0],
+        node_name,
         mqtt_bound.port()
     );
 
