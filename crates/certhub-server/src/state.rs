@@ -367,11 +367,20 @@ impl AppState {
         Ok(())
     }
 
-    /// Tells the other nodes this one is stopping (after its sessions closed).
+    /// Tells the other nodes this one is stopping (after its sessions closed); gives up after
+    /// a second (NATS may be gone: the others then notice the silence within 6 s).
     pub async fn leave_cluster(&self) {
         if let Some(c) = self.inner.cluster.get() {
-            c.tell(crate::cluster::Notice::Leaving).await;
-            let _ = c.client().flush().await;
+            let said = async {
+                c.tell(crate::cluster::Notice::Leaving).await;
+                let _ = c.client().flush().await;
+            };
+            if tokio::time::timeout(std::time::Duration::from_secs(1), said)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the other nodes were not told this one stops (NATS unreachable)");
+            }
         }
     }
 

@@ -1536,14 +1536,15 @@ fn a_database_outage_answers_503_and_the_node_recovers() {
 fn a_node_stopped_with_sigterm_hands_its_devices_over() {
     const COUNT: usize = 300;
     let db = Database::new();
-    let nats = Nats::start("127.0.0.89");
+    let mut nats = Nats::start("127.0.0.89");
+    let url = nats.url.clone();
     let t = tmp();
     let d = t.path();
     let (data_a, data_b) = (d.join("node-a"), d.join("node-b"));
     let (host_a, host_b) = ("127.0.0.90", "127.0.0.91");
-    let cluster = ["--store", db.url.as_str(), "--nats", nats.url.as_str()];
+    let cluster = ["--store", db.url.as_str(), "--nats", url.as_str()];
     let mut node_a = start_hub_on(&data_a, host_a, &cluster);
-    let node_b = start_hub_on(&data_b, host_b, &cluster);
+    let mut node_b = start_hub_on(&data_b, host_b, &cluster);
     let ca = data_a.join("tls/server-ca.pem");
     enroll_widget(d, &data_a);
     std::thread::sleep(Duration::from_millis(1200));
@@ -1585,4 +1586,17 @@ fn a_node_stopped_with_sigterm_hands_its_devices_over() {
     );
     let cs_b = connection_string_at(d, &data_b, &node_b);
     all_in_the_log(d, &cs_b, &ca, w, COUNT);
+    // With NATS gone, a node still stops promptly (it cannot say goodbye; the others would
+    // notice its silence).
+    nats.stop();
+    let asked = Instant::now();
+    assert_eq!(
+        node_b.terminate(Duration::from_secs(10)),
+        Some(0),
+        "node B exits cleanly on SIGTERM with NATS gone"
+    );
+    eprintln!(
+        "node B, NATS gone, exited {:?} after SIGTERM",
+        asked.elapsed()
+    );
 }
