@@ -11,6 +11,10 @@
 //! - work for a session that is not on this node: C2D messages queued (`c2d`, a wake-up: the
 //!   queue is in the database) and desired-property patches (`desired`).
 //!
+//! Direct method calls go to the node that holds the session, found through presence (the
+//! `session`/`ended` notices), on that node's own subject `certhub.{hub}.node.{node}.methods`
+//! as NATS requests, so the caller's node gets the device's answer back.
+//!
 //! Delivery is at most once (core NATS). A node that misses a notice (its NATS connection was
 //! down) still refuses the device at its next CONNECT, which reads the registry.
 
@@ -74,6 +78,8 @@ pub struct NodeInfo {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MethodCall {
+    /// The identity called (`deviceId` or `deviceId/moduleId`).
+    cn: String,
     name: String,
     /// The request's JSON body, as text.
     payload: String,
@@ -81,16 +87,22 @@ struct MethodCall {
 }
 
 /// That node's answer.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct MethodAnswer {
-    /// The device's status and payload (as text); none when the session is too busy.
-    status: Option<i64>,
-    payload: String,
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "outcome", rename_all = "camelCase")]
+enum MethodAnswer {
+    /// The device's status and payload (as text).
+    Answered {
+        status: i64,
+        payload: String,
+    },
+    Failed {
+        why: RemoteMethod,
+    },
 }
 
 /// Why a method call to another node gave no answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub(crate) enum RemoteMethod {
     /// No node holds a session of the identity.
     NotOnline,
@@ -215,25 +227,27 @@ impl Cluster {
         self.up.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// Where method calls for `cn` go: a subject of its own, which the node holding its
-    /// session listens on (hex: ids may hold characters subjects may not).
-    fn method_subject(&self, cn: &str) -> String {
-        format!(
-            "{}.method.{}",
-            self.prefix,
-            crate::random::hex(cn.as_bytes())
-        )
+    /// Where method calls for sessions on `node` go: one subject per node, which that node
+    /// listens on (the caller finds the node through presence).
+    fn methods_subject(&self, node: &str) -> String {
+        format!("{}.node.{node}.methods", self.prefix)
     }
 
-    /// Calls a direct method on `cn`'s session on another node; its answer (status, payload).
+    /// Calls a direct method on `cn`'s session on `node`; its answer (status, payload).
     pub(crate) async fn call_method(
         &self,
+        node: &str,
         cn: &str,
         name: &str,
         payload: &[u8],
         response_timeout: std::time::Duration,
     ) -> Result<(i64, Vec<u8>), RemoteMethod> {
+        // Node ids come from other nodes' notices: only what a subject token may hold.
+        if node.is_empty() || !node.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return Err(RemoteMethod::NotOnline);
+        }
         let call = MethodCall {
+            cn: cn.to_string(),
             name: name.to_string(),
             payload: String::from_utf8_lossy(payload).into_owned(),
             response_timeout_ms: response_timeout.as_millis() as u64,
@@ -244,17 +258,17 @@ impl Cluster {
             .timeout(Some(response_timeout + std::time::Duration::from_secs(1)));
         match self
             .client
-            .send_request(self.method_subject(cn), request)
+            .send_request(self.methods_subject(node), request)
             .await
         {
             Ok(message) => match serde_json::from_slice::<MethodAnswer>(&message.payload) {
-                Ok(MethodAnswer {
-                    status: Some(status),
-                    payload,
-                }) => Ok((status, payload.into_bytes())),
-                Ok(_) => Err(RemoteMethod::Busy),
+                Ok(MethodAnswer::Answered { status, payload }) => {
+                    Ok((status, payload.into_bytes()))
+                }
+                Ok(MethodAnswer::Failed { why }) => Err(why),
                 Err(_) => Err(RemoteMethod::TimedOut),
             },
+            // That node is gone (its presence not forgotten yet).
             Err(e) if e.kind() == async_nats::client::RequestErrorKind::NoResponders => {
                 Err(RemoteMethod::NotOnline)
             }
@@ -262,60 +276,51 @@ impl Cluster {
         }
     }
 
-    /// Answers method calls from other nodes for `cn`'s session here until it ends: each is
-    /// handed to the session with `start`, and the device's answer (or none, if it gives none
-    /// in time) goes back.
-    pub(crate) async fn serve_methods<F, Fut>(
-        &self,
-        cn: &str,
-        ended: impl Future<Output = ()>,
-        start: F,
-    ) where
-        F: Fn(String, Vec<u8>, std::time::Duration) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Option<Option<(i64, Vec<u8>)>>> + Send + 'static,
+    /// Answers method calls from other nodes for the sessions here, through one subscription
+    /// for the node (not one per session: a connect costs NATS nothing for methods). Each
+    /// call is handed to `start` with the identity, and its outcome goes back. Runs until
+    /// the NATS client is dropped.
+    pub(crate) async fn serve_methods<F, Fut>(&self, start: F) -> Result<(), String>
+    where
+        F: Fn(String, String, Vec<u8>, std::time::Duration) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(i64, Vec<u8>), RemoteMethod>> + Send + 'static,
     {
         use futures_util::StreamExt;
-        let Ok(mut calls) = self.client.subscribe(self.method_subject(cn)).await else {
-            tracing::warn!(
-                client_id = cn,
-                "method calls from other nodes will not reach this session"
-            );
-            return;
-        };
+        let subject = self.methods_subject(&self.node);
+        let mut calls = self
+            .client
+            .subscribe(subject.clone())
+            .await
+            .map_err(|e| format!("subscribing to {subject}: {e}"))?;
+        let client = self.client.clone();
         let start = std::sync::Arc::new(start);
-        let mut ended = std::pin::pin!(ended);
-        loop {
-            tokio::select! {
-                call = calls.next() => {
-                    let Some(message) = call else { break };
-                    let (Some(reply), Ok(call)) = (
-                        message.reply.clone(),
-                        serde_json::from_slice::<MethodCall>(&message.payload),
-                    ) else {
-                        continue;
-                    };
-                    let client = self.client.clone();
-                    let start = start.clone();
-                    tokio::spawn(async move {
-                        let timeout = std::time::Duration::from_millis(call.response_timeout_ms);
-                        // None: not here after all (say nothing: another node may hold it);
-                        // Some(None): too busy.
-                        let answer = match start(call.name, call.payload.into_bytes(), timeout).await {
-                            None => return,
-                            Some(None) => MethodAnswer { status: None, payload: String::new() },
-                            Some(Some((status, payload))) => MethodAnswer {
-                                status: Some(status),
+        tokio::spawn(async move {
+            while let Some(message) = calls.next().await {
+                let (Some(reply), Ok(call)) = (
+                    message.reply.clone(),
+                    serde_json::from_slice::<MethodCall>(&message.payload),
+                ) else {
+                    continue;
+                };
+                let client = client.clone();
+                let start = start.clone();
+                tokio::spawn(async move {
+                    let timeout = std::time::Duration::from_millis(call.response_timeout_ms);
+                    let answer =
+                        match start(call.cn, call.name, call.payload.into_bytes(), timeout).await {
+                            Ok((status, payload)) => MethodAnswer::Answered {
+                                status,
                                 payload: String::from_utf8_lossy(&payload).into_owned(),
                             },
+                            Err(why) => MethodAnswer::Failed { why },
                         };
-                        if let Ok(body) = serde_json::to_vec(&answer) {
-                            let _ = client.publish(reply, body.into()).await;
-                        }
-                    });
-                }
-                () = &mut ended => break,
+                    if let Ok(body) = serde_json::to_vec(&answer) {
+                        let _ = client.publish(reply, body.into()).await;
+                    }
+                });
             }
-        }
+        });
+        Ok(())
     }
 
     /// A function that tells the other nodes without waiting (for callers that cannot).
@@ -385,5 +390,25 @@ mod tests {
         assert!(text.contains("\"type\":\"kick\""), "{text}");
         let back: Envelope = serde_json::from_str(&text).expect("parse");
         assert_eq!(back.notice, e.notice);
+    }
+
+    #[test]
+    fn method_answers_round_trip_as_json() {
+        for answer in [
+            MethodAnswer::Answered {
+                status: 200,
+                payload: "{\"ok\":true}".into(),
+            },
+            MethodAnswer::Failed {
+                why: RemoteMethod::NotOnline,
+            },
+            MethodAnswer::Failed {
+                why: RemoteMethod::Busy,
+            },
+        ] {
+            let text = serde_json::to_string(&answer).expect("json");
+            let back: MethodAnswer = serde_json::from_str(&text).expect("parse");
+            assert_eq!(back, answer, "{text}");
+        }
     }
 }

@@ -49,6 +49,17 @@ pub struct Tightened {
     pub paths: Vec<(PathBuf, u32)>,
 }
 
+/// Makes every file and directory this process creates from now on owner-only (umask 077):
+/// what the hub writes into its data directory (uploaded files, staged blocks, keys) then
+/// needs no tightening at the next start.
+#[cfg(unix)]
+pub fn create_owner_only() {
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
+}
+
+#[cfg(not(unix))]
+pub fn create_owner_only() {}
+
 /// Creates `dir` owner-only if it is missing, refuses it if others can write it or another
 /// user owns it, and makes everything in it owner-only.
 #[cfg(unix)]

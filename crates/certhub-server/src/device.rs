@@ -314,9 +314,9 @@ impl DeviceCore {
         let cn = device.id().cn();
         let ticket = state.sessions().register(&cn, device.ca(), device.switch());
         // The newest connection wins on every node: an older one elsewhere closes; method
-        // calls made through other nodes reach this session.
+        // calls made through other nodes find this session through the announcement.
         Box::pin(state.announce_session(&cn, ticket.conn)).await;
-        state.serve_methods_here(&cn, ticket.conn, ticket.mailbox.clone());
+        state.announce_end_later(&cn, ticket.conn, &ticket.mailbox);
         state.metrics().connect("ok");
         if state.store().backend() == certhub_store::Backend::Postgres {
             // Other nodes share this database: the device's last session may have been on

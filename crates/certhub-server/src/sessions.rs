@@ -298,6 +298,14 @@ impl Sessions {
         gone.len()
     }
 
+    /// The node that holds `cn`'s session, if another node does.
+    pub fn remote_node(&self, cn: &str) -> Option<String> {
+        self.remote
+            .lock()
+            .ok()
+            .and_then(|r| r.get(cn).map(|(node, _)| node.clone()))
+    }
+
     /// Sessions other nodes hold.
     pub fn remote_count(&self) -> usize {
         self.remote.lock().map(|r| r.len()).unwrap_or(0)

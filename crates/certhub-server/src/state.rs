@@ -344,6 +344,9 @@ impl AppState {
             move || store.forget_all_identities(),
         )
         .await?;
+        self.serve_remote_methods(&cluster)
+            .await
+            .map_err(|e| format!("the cluster bus at {url}: {e}"))?;
         let log = crate::telemetry::TelemetryLog::start_stream(cluster.client(), &hub, telemetry)
             .await
             .map_err(|e| format!("the cluster bus at {url}: {e}"))?;
@@ -363,7 +366,6 @@ impl AppState {
             .cluster
             .set(cluster)
             .map_err(|_| "this node already joined a cluster".to_string())?;
-        self.start_heartbeat();
         Ok(())
     }
 
@@ -403,7 +405,13 @@ impl AppState {
     /// Every 2 s: a heartbeat to the other nodes, and the nodes not heard for 6 s forgotten
     /// with their sessions. A `Hello` first, and again whenever the NATS connection comes
     /// back, so that the others' rosters fill the presence this node may have missed.
-    fn start_heartbeat(&self) {
+    ///
+    /// Started by `certhub serve` once its listeners are up (the heartbeat names them), not by
+    /// [`AppState::join_cluster`]: the other nodes count this one from then on.
+    pub fn start_heartbeat(&self) {
+        if self.inner.cluster.get().is_none() {
+            return;
+        }
         const EVERY_MS: i64 = 2_000;
         const GONE_MS: i64 = 3 * EVERY_MS;
         let state = self.clone();
@@ -620,8 +628,8 @@ impl AppState {
         self.inner.cluster.get().is_some_and(|c| !c.is_up())
     }
 
-    /// Calls a direct method on `cn`'s session on another node (None: this hub has no other
-    /// nodes).
+    /// Calls a direct method on `cn`'s session on another node, the one presence says holds
+    /// it (None: this hub has no other nodes).
     pub(crate) async fn call_method_elsewhere(
         &self,
         cn: &str,
@@ -630,58 +638,58 @@ impl AppState {
         response_timeout: std::time::Duration,
     ) -> Option<Result<(i64, Vec<u8>), crate::cluster::RemoteMethod>> {
         let c = self.inner.cluster.get()?;
-        Some(c.call_method(cn, name, payload, response_timeout).await)
+        let Some(node) = self.sessions().remote_node(cn) else {
+            return Some(Err(crate::cluster::RemoteMethod::NotOnline));
+        };
+        Some(
+            c.call_method(&node, cn, name, payload, response_timeout)
+                .await,
+        )
     }
 
-    /// Lets other nodes call direct methods on `cn`'s session here (connection `conn`) until
-    /// it ends, then tells them it ended.
-    pub(crate) fn serve_methods_here(
+    /// Answers the method calls other nodes send to this node's sessions.
+    async fn serve_remote_methods(&self, c: &crate::cluster::Cluster) -> Result<(), String> {
+        let sessions = self.inner.sessions.clone();
+        c.serve_methods(move |cn, name, payload, timeout| {
+            let sessions = sessions.clone();
+            async move {
+                use crate::cluster::RemoteMethod;
+                use crate::sessions::Undeliverable;
+                match sessions.start_method(&cn, &name, payload) {
+                    Err(Undeliverable::NotOnline) => Err(RemoteMethod::NotOnline),
+                    Err(Undeliverable::Busy) => Err(RemoteMethod::Busy),
+                    Ok((rid, reply)) => {
+                        let answer = tokio::time::timeout(timeout, reply).await;
+                        sessions.forget_method(&cn, &rid);
+                        match answer {
+                            Ok(Ok(r)) => Ok((r.status, r.payload)),
+                            _ => Err(RemoteMethod::TimedOut),
+                        }
+                    }
+                }
+            }
+        })
+        .await
+    }
+
+    /// Tells the other nodes when `cn`'s session here (connection `conn`) ends.
+    pub(crate) fn announce_end_later(
         &self,
         cn: &str,
         conn: u64,
-        mailbox: Arc<crate::sessions::Mailbox>,
+        mailbox: &crate::sessions::Mailbox,
     ) {
         if self.inner.cluster.get().is_none() {
             return;
         }
         let state = self.clone();
         let cn = cn.to_string();
+        let ended = mailbox.on_end();
         tokio::spawn(async move {
-            let Some(c) = state.inner.cluster.get() else {
-                return;
-            };
-            let sessions = state.inner.sessions.clone();
-            let of = cn.clone();
-            let ended = futures_util::FutureExt::shared(mailbox.on_end());
-            let end = ended.clone();
-            c.serve_methods(
-                &cn,
-                async move {
-                    let _ = end.await;
-                },
-                move |name, payload, timeout| {
-                    let sessions = sessions.clone();
-                    let cn = of.clone();
-                    async move {
-                        use crate::sessions::Undeliverable;
-                        match sessions.start_method(&cn, &name, payload) {
-                            Err(Undeliverable::NotOnline) => None,
-                            Err(Undeliverable::Busy) => Some(None),
-                            Ok((rid, reply)) => {
-                                let answer = tokio::time::timeout(timeout, reply).await;
-                                sessions.forget_method(&cn, &rid);
-                                match answer {
-                                    Ok(Ok(r)) => Some(Some((r.status, r.payload))),
-                                    _ => None,
-                                }
-                            }
-                        }
-                    }
-                },
-            )
-            .await;
             let _ = ended.await;
-            c.tell(crate::cluster::Notice::Ended { cn, conn }).await;
+            if let Some(c) = state.inner.cluster.get() {
+                c.tell(crate::cluster::Notice::Ended { cn, conn }).await;
+            }
         });
     }
 

@@ -850,6 +850,7 @@ async fn serve(config: Config) -> Result<Outcome> {
         .try_init();
 
     // The data directory holds every key: owner-only, and refused if others can write it.
+    certhub_server::data_dir::create_owner_only();
     let secured = certhub_server::data_dir::secure(&config.data_dir)?;
     for (path, mode) in &secured.paths {
         tracing::warn!(
@@ -886,25 +887,7 @@ async fn serve(config: Config) -> Result<Outcome> {
     )
     .context("the hub's TLS identity")?;
     let tls = identity.https_config()?;
-    let listener = bind_listener(config.https_addr)
-        .map_err(|e| bind_error(Listener::Https, config.https_addr, &e))?;
-    let bound = listener.local_addr()?;
-    let mqtt_listener = bind_listener(config.mqtt_addr)
-        .map_err(|e| bind_error(Listener::Mqtt, config.mqtt_addr, &e))?;
-    let mqtt_bound = mqtt_listener.local_addr()?;
-    let amqp_listener = bind_listener(config.amqp_addr)
-        .map_err(|e| bind_error(Listener::Amqp, config.amqp_addr, &e))?;
-    let amqp_bound = amqp_listener.local_addr()?;
     let device_tls = identity.device_config()?;
-    let (public_name, public_port) = config
-        .public_endpoint
-        .clone()
-        .unwrap_or_else(|| (config.hostnames[0].clone(), bound.port()));
-    let host = public_host(&public_name, public_port);
-    store
-        .put_endpoint(&host)
-        .await
-        .context("recording the service endpoint")?;
     let state = certhub_server::AppState::with_code_ttl(
         store.clone(),
         config.hostnames.clone(),
@@ -920,7 +903,6 @@ async fn serve(config: Config) -> Result<Outcome> {
         .find(|h| Some(h.as_str()) != config.public_endpoint.as_ref().map(|(p, _)| p.as_str()))
         .unwrap_or(&config.hostnames[0])
         .clone();
-    state.set_node_address(&public_host(&node_name, bound.port()));
     if let Some(url) = &config.nats_url {
         let limits = certhub_server::telemetry_stream::StreamLimits {
             max_age: config.telemetry_retention,
@@ -931,8 +913,6 @@ async fn serve(config: Config) -> Result<Outcome> {
             anyhow::anyhow!("{e}: is NATS running there (nats-server -a HOST -p PORT)?")
         })?;
     }
-    state.set_public_port(public_port);
-    state.set_listen_port(bound.port());
     // Uploaded files live in the data directory (`files/`), also when the database is
     // PostgreSQL, unless a remote store is configured.
     let files = match &config.file_store {
@@ -947,6 +927,32 @@ async fn serve(config: Config) -> Result<Outcome> {
         .await
         .map_err(|e| anyhow::anyhow!("the file store cannot be used: {e}"))?;
     state.set_file_store(files);
+    // The listeners last, once the node can serve: a connection accepted now is answered (a
+    // socket bound earlier would take connections into its backlog while the node still
+    // waits for NATS, and a load balancer's TCP check would count the node as up).
+    let listener = bind_listener(config.https_addr)
+        .map_err(|e| bind_error(Listener::Https, config.https_addr, &e))?;
+    let bound = listener.local_addr()?;
+    let mqtt_listener = bind_listener(config.mqtt_addr)
+        .map_err(|e| bind_error(Listener::Mqtt, config.mqtt_addr, &e))?;
+    let mqtt_bound = mqtt_listener.local_addr()?;
+    let amqp_listener = bind_listener(config.amqp_addr)
+        .map_err(|e| bind_error(Listener::Amqp, config.amqp_addr, &e))?;
+    let amqp_bound = amqp_listener.local_addr()?;
+    let (public_name, public_port) = config
+        .public_endpoint
+        .clone()
+        .unwrap_or_else(|| (config.hostnames[0].clone(), bound.port()));
+    let host = public_host(&public_name, public_port);
+    store
+        .put_endpoint(&host)
+        .await
+        .context("recording the service endpoint")?;
+    state.set_node_address(&public_host(&node_name, bound.port()));
+    state.set_public_port(public_port);
+    state.set_listen_port(bound.port());
+    // In a cluster: the other nodes hear of this one from now on.
+    state.start_heartbeat();
     // Staged blocks no open upload can use are removed every minute (and once at start).
     let staging_sweep = {
         let state = state.clone();

@@ -82,6 +82,18 @@ struct Stop<'a> {
 
 impl Drop for Stop<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What each process said, for a failure seen only in CI.
+            for name in [
+                "haproxy", "node-1", "node-2", "node-3", "nats-1", "nats-2", "nats-3",
+            ] {
+                let log = std::fs::read_to_string(self.run.join(format!("{name}.log")))
+                    .unwrap_or_else(|e| format!("(unreadable: {e})"));
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                eprintln!("--- the end of {name}.log ---\n{tail}");
+            }
+        }
         let out = cluster(self.run, self.db, &["stop", "--clean"]);
         if !out.status.success() {
             eprintln!("scripts/cluster stop --clean failed: {}", said(&out));
