@@ -58,6 +58,18 @@ pub(crate) enum Notice {
     C2d { device: String },
     /// A desired-properties patch for `cn`'s session, if it is here.
     Desired { cn: String, patch: String },
+    /// `cn`'s persistent MQTT session as the sending node just stored it (its subscriptions),
+    /// or `None`: it was discarded. Every node keeps them in memory, so a connect reads no
+    /// database.
+    Persistent {
+        cn: String,
+        subs: Option<std::collections::BTreeMap<String, u8>>,
+    },
+    /// A device (and its modules) or one module was deleted: its persistent sessions go.
+    Deleted {
+        device: String,
+        module: Option<String>,
+    },
 }
 
 /// What a node says of itself in its heartbeat.
@@ -152,6 +164,9 @@ impl Cluster {
         let counted = connections.clone();
         let client = async_nats::ConnectOptions::new()
             .name(format!("certhub node {node}"))
+            // What this node publishes is for the others (its own notices, ticks): the server
+            // need not send them back to it.
+            .no_echo()
             .event_callback(move |event| {
                 let flag = flag.clone();
                 let counted = counted.clone();

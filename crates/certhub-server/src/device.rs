@@ -318,9 +318,11 @@ impl DeviceCore {
         Box::pin(state.announce_session(&cn, ticket.conn)).await;
         state.announce_end_later(&cn, ticket.conn, &ticket.mailbox);
         state.metrics().connect("ok");
-        if state.store().backend() == certhub_store::Backend::Postgres {
-            // Other nodes share this database: the device's last session may have been on
-            // one of them (on SQLite this process is the only writer and its memory is exact).
+        if state.store().backend() == certhub_store::Backend::Postgres && !state.in_cluster() {
+            // Other processes share this database and this one does not hear them: the
+            // device's last session may have been on one of them (on SQLite this process is
+            // the only writer, and a cluster node's copy is kept current by the others'
+            // notices, so their memory is exact).
             match Box::pin(state.store().mqtt_session(&cn)).await {
                 Ok(saved) => {
                     let subs = saved.and_then(|json| match serde_json::from_str(&json) {
@@ -338,10 +340,11 @@ impl DeviceCore {
             }
         }
         let resumed = state.sessions().resume(&cn, ticket.conn, clean);
-        if resumed.discarded
-            && let Err(e) = Box::pin(state.store().delete_mqtt_session(&cn)).await
-        {
-            tracing::warn!(client_id = cn, error = %e, "persistent session not forgotten in the store");
+        if resumed.discarded {
+            if let Err(e) = Box::pin(state.store().delete_mqtt_session(&cn)).await {
+                tracing::warn!(client_id = cn, error = %e, "persistent session not forgotten in the store");
+            }
+            Box::pin(state.persistent_changed(&cn, None)).await;
         }
         Opened {
             live: Live {
@@ -806,4 +809,5 @@ async fn save_session(state: &AppState, cn: &str, kept: Option<BTreeMap<String, 
     if let Err(e) = state.store().save_mqtt_session(cn, &json, now_ms()).await {
         tracing::warn!(client_id = cn, error = %e, "persistent session not saved; a restart of the hub would lose its subscriptions");
     }
+    state.persistent_changed(cn, Some(subs)).await;
 }

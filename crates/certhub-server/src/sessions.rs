@@ -332,6 +332,16 @@ impl Sessions {
         }
     }
 
+    /// Replaces every persistent session held with `sessions` (what the store holds).
+    pub fn replace_persistent(
+        &self,
+        sessions: impl IntoIterator<Item = (String, BTreeMap<String, u8>)>,
+    ) {
+        if let Ok(mut p) = self.persistent.lock() {
+            *p = sessions.into_iter().collect();
+        }
+    }
+
     /// Replaces what this process holds of `cn`'s persistent session with what the store
     /// holds (None: it has none), before [`Sessions::resume`]: on a database other nodes
     /// write, the device's last session may have been on another node.

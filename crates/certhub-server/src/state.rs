@@ -197,16 +197,7 @@ impl AppState {
         // Persistent MQTT sessions outlive a restart; a record that does not parse (written by
         // a future version, say) is skipped with a warning, and the device subscribes afresh.
         let sessions = Arc::new(crate::sessions::Sessions::default());
-        let saved = store.mqtt_sessions().await?;
-        sessions.restore(saved.into_iter().filter_map(|(cn, json)| {
-            match serde_json::from_str(&json) {
-                Ok(subs) => Some((cn, subs)),
-                Err(e) => {
-                    tracing::warn!(client_id = cn, error = %e, "persistent session not restored");
-                    None
-                }
-            }
-        }));
+        sessions.restore(parse_saved_sessions(store.mqtt_sessions().await?));
         Ok(Self {
             inner: Arc::new(Inner {
                 store,
@@ -334,14 +325,19 @@ impl AppState {
     ) -> Result<(), String> {
         let state = self.clone();
         let hub = self.dps().id_scope().to_string();
-        let store = self.store().clone();
+        let again = self.clone();
         let cluster = crate::cluster::Cluster::join(
             url,
             &hub,
             &self.inner.node,
             move |node, notice| state.on_notice(node, notice),
-            // Identity writes of other nodes may have been missed while NATS was away.
-            move || store.forget_all_identities(),
+            // Identity writes and persistent sessions of other nodes may have been missed
+            // while NATS was away.
+            move || {
+                again.store().forget_all_identities();
+                let again = again.clone();
+                tokio::spawn(async move { again.reload_persistent_sessions().await });
+            },
         )
         .await?;
         self.serve_remote_methods(&cluster)
@@ -367,6 +363,19 @@ impl AppState {
             .set(cluster)
             .map_err(|_| "this node already joined a cluster".to_string())?;
         Ok(())
+    }
+
+    /// Replaces what this node keeps of persistent MQTT sessions with what the store holds.
+    async fn reload_persistent_sessions(&self) {
+        match self.store().mqtt_sessions().await {
+            Ok(saved) => self
+                .sessions()
+                .replace_persistent(parse_saved_sessions(saved)),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "persistent sessions not re-read after the cluster bus came back; devices that reconnect through this node may find their subscriptions missing"
+            ),
+        }
     }
 
     /// Tells the other nodes this one is stopping (after its sessions closed); gives up after
@@ -539,6 +548,11 @@ impl AppState {
             Notice::Forget { device, module } => {
                 self.store().forget_identity(&device, module.as_deref());
             }
+            Notice::Persistent { cn, subs } => self.sessions().refresh(&cn, subs),
+            Notice::Deleted { device, module } => match module {
+                None => self.sessions().forget(&device),
+                Some(module) => self.sessions().forget_module(&device, &module),
+            },
             Notice::Leaving => {
                 if let Ok(mut p) = self.inner.peers.lock() {
                     p.remove(node);
@@ -553,6 +567,44 @@ impl AppState {
                     }
                 }
             }
+        }
+    }
+
+    /// Whether this node hears the others: then what it keeps in memory of persistent MQTT
+    /// sessions is kept current by their notices, and a connect reads no database.
+    pub(crate) fn in_cluster(&self) -> bool {
+        self.inner.cluster.get().is_some()
+    }
+
+    /// `cn`'s persistent session was stored (`Some`: its subscriptions) or discarded
+    /// (`None`) here: the other nodes update their copy.
+    pub(crate) async fn persistent_changed(
+        &self,
+        cn: &str,
+        subs: Option<std::collections::BTreeMap<String, u8>>,
+    ) {
+        if let Some(c) = self.inner.cluster.get() {
+            c.tell(crate::cluster::Notice::Persistent {
+                cn: cn.to_string(),
+                subs,
+            })
+            .await;
+        }
+    }
+
+    /// A device (with its modules) or one module was deleted: its persistent sessions are
+    /// forgotten here and on every node.
+    pub(crate) async fn forget_deleted(&self, device: &str, module: Option<&str>) {
+        match module {
+            None => self.sessions().forget(device),
+            Some(m) => self.sessions().forget_module(device, m),
+        }
+        if let Some(c) = self.inner.cluster.get() {
+            c.tell(crate::cluster::Notice::Deleted {
+                device: device.to_string(),
+                module: module.map(str::to_string),
+            })
+            .await;
         }
     }
 
@@ -922,6 +974,24 @@ pub trait Actor {
 /// The wall clock in milliseconds; only adapters read it.
 pub(crate) fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+/// Persistent MQTT sessions as the store keeps them (client id, subscriptions as JSON); a
+/// record that does not parse (written by a future version, say) is skipped with a warning,
+/// and its device subscribes afresh.
+fn parse_saved_sessions(
+    saved: Vec<(String, String)>,
+) -> Vec<(String, std::collections::BTreeMap<String, u8>)> {
+    saved
+        .into_iter()
+        .filter_map(|(cn, json)| match serde_json::from_str(&json) {
+            Ok(subs) => Some((cn, subs)),
+            Err(e) => {
+                tracing::warn!(client_id = cn, error = %e, "persistent session not restored");
+                None
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -533,6 +533,35 @@ fn nodes_joined_by_nats_act_for_each_other() {
         invoked.elapsed()
     );
 
+    // A persistent session (CleanSession=0) subscribed on node A is resumed on node B, which
+    // keeps persistent sessions in memory as the others' notices tell it (it reads no
+    // database at a connect); a clean session on node B discards it on node A too.
+    let first = paho(d, &ca, host_a, node_a.mqtt_port, "subscribe");
+    assert!(first.contains("subscribed"), "{first}");
+    c2d_send(d, &cs_a, &ca, w, "queued while away");
+    let second = paho(d, &ca, host_b, node_b.mqtt_port, "receive");
+    assert!(
+        second.contains("present 1") && second.contains("queued while away"),
+        "the session subscribed on node A, resumed on node B: {second}"
+    );
+    let clean = widget(
+        d,
+        "mosquitto_pub",
+        host_b,
+        node_b.mqtt_port,
+        &ca,
+        "devices/smart-x-widget-0001/messages/events/",
+    )
+    .args(["-m", "a clean session"])
+    .output()
+    .expect("mosquitto_pub runs");
+    assert!(clean.status.success(), "{clean:?}");
+    let third = paho(d, &ca, host_a, node_a.mqtt_port, "connect");
+    assert!(
+        third.contains("present 0"),
+        "the clean session on node B discarded the persistent one on node A too: {third}"
+    );
+
     // NATS gone: a node that could not be told of a revocation admits no one (CONNACK 3,
     // audited cluster-bus-down); NATS back, it admits again.
     let publish = |message: &str| {
@@ -622,11 +651,27 @@ while "rc" not in connack and time.time() < deadline:
 print("connected", connack.get("rc"), "present", connack.get("session present"), flush=True)
 if phase == "subscribe":
     c.subscribe("devices/smart-x-widget-0001/messages/devicebound/#", qos=1)
-while not got and time.time() < deadline:
+while not got and phase != "connect" and time.time() < deadline:
     c.loop(0.05)
 print(phase, got, flush=True)
 c.disconnect()
 "#;
+
+/// Runs [`PAHO`] in `phase` against `host:port`: what it printed.
+fn paho(d: &Path, ca: &Path, host: &str, port: u16, phase: &str) -> String {
+    let out = Command::new(common::python())
+        .current_dir(d)
+        .args(["-c", PAHO, host, &port.to_string(), s(ca), phase])
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "paho {phase} on {host}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
 
 #[test]
 fn two_nodes_on_one_postgresql_are_one_hub() {
@@ -713,20 +758,7 @@ fn two_nodes_on_one_postgresql_are_one_hub() {
 
     // A persistent session (CleanSession=0) subscribed on node A is resumed on node B: a C2D
     // message queued meanwhile arrives there without a new SUBSCRIBE, as the Azure SDKs expect.
-    let paho = |host: &str, port: u16, phase: &str| {
-        let out = Command::new(common::python())
-            .current_dir(d)
-            .args(["-c", PAHO, host, &port.to_string(), s(&ca_a), phase])
-            .output()
-            .expect("python runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        assert!(
-            out.status.success(),
-            "paho {phase} on {host}: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        stdout
-    };
+    let paho = |host: &str, port: u16, phase: &str| paho(d, &ca_a, host, port, phase);
     let first = paho(host_a, node_a.mqtt_port, "subscribe");
     assert!(first.contains("subscribed"), "{first}");
     common::certhub(

@@ -220,7 +220,7 @@ pub async fn delete_device(
             state
                 .kick_device(id.as_str(), "the device was deleted")
                 .await;
-            state.sessions().forget(id.as_str());
+            state.forget_deleted(id.as_str(), None).await;
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(device_not_found(id.as_str())),
@@ -408,7 +408,7 @@ pub async fn delete_module(
             state
                 .kick_module(id.as_str(), mid.as_str(), "the module was deleted")
                 .await;
-            state.sessions().forget_module(id.as_str(), mid.as_str());
+            state.forget_deleted(id.as_str(), Some(mid.as_str())).await;
             Ok(StatusCode::NO_CONTENT)
         }
         DeleteOutcome::NotFound => Err(module_not_found(id.as_str(), mid.as_str())),
@@ -552,7 +552,7 @@ pub async fn bulk(
                 state
                     .kick_device(id.as_str(), "the device was deleted")
                     .await;
-                state.sessions().forget(id.as_str());
+                state.forget_deleted(id.as_str(), None).await;
                 deleted += 1;
             }
             _ => refuse(
