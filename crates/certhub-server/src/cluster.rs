@@ -124,24 +124,95 @@ pub(crate) enum RemoteMethod {
     TimedOut,
 }
 
+/// One message on the notice subject: the notices a node queued within [`BATCH_WINDOW`].
 #[derive(Debug, Serialize, Deserialize)]
 struct Envelope {
     node: String,
-    #[serde(flatten)]
-    notice: Notice,
+    notices: Vec<Notice>,
+}
+
+/// How long a node gathers notices before it publishes them as one message: a busy node sends
+/// one message per window instead of one per connect and disconnect (each costs every NATS
+/// server on the route and every node), and a kick waits at most this long.
+const BATCH_WINDOW: std::time::Duration = std::time::Duration::from_millis(2);
+/// A batch is published once its notices reach this size (NATS's default limit is 1 MB).
+const BATCH_BYTES: usize = 256 * 1024;
+
+/// What the publisher of notices takes.
+enum Queued {
+    Notice(Notice),
+    /// Answered once every notice queued before it is handed to NATS.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// An [`Envelope`] as text, from the sender's id (as JSON) and its notices (each as JSON).
+fn batch(node: &str, notices: &[String]) -> String {
+    format!("{{\"node\":{node},\"notices\":[{}]}}", notices.join(","))
+}
+
+/// Publishes the notices queued by this node, in order, gathered into batches.
+async fn publish_notices(
+    client: async_nats::Client,
+    subject: String,
+    node: String,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Queued>,
+) {
+    let node = serde_json::to_string(&node).unwrap_or_else(|_| "\"\"".into());
+    while let Some(first) = queue.recv().await {
+        let mut parts: Vec<String> = Vec::new();
+        let mut flushed = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        let deadline = tokio::time::Instant::now() + BATCH_WINDOW;
+        loop {
+            match next.take() {
+                Some(Queued::Notice(n)) => match serde_json::to_string(&n) {
+                    Ok(text) => {
+                        bytes += text.len() + 1;
+                        parts.push(text);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "a cluster notice not serialized"),
+                },
+                // Asked to send now: what is gathered goes at once.
+                Some(Queued::Flush(done)) => {
+                    flushed.push(done);
+                    break;
+                }
+                None => {}
+            }
+            if bytes >= BATCH_BYTES {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, queue.recv()).await {
+                Ok(Some(item)) => next = Some(item),
+                _ => break,
+            }
+        }
+        if !parts.is_empty()
+            && let Err(e) = client
+                .publish(subject.clone(), batch(&node, &parts).into())
+                .await
+        {
+            tracing::warn!(error = %e, notices = parts.len(), "cluster notices were not sent");
+        }
+        for done in flushed {
+            let _ = done.send(());
+        }
+    }
 }
 
 /// This node's link to the others.
 #[derive(Debug)]
 pub struct Cluster {
     client: async_nats::Client,
-    subject: String,
     /// `certhub.{hub}`: the prefix of this hub's subjects.
     prefix: String,
     /// This process's id in the cluster (notices it sent come back and are ignored).
     node: String,
     /// Whether the NATS connection is up (false from a disconnection until it is back).
     up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Notices to publish (see [`publish_notices`]).
+    queue: tokio::sync::mpsc::UnboundedSender<Queued>,
     /// Connections made to NATS so far (1, then one more at each reconnection).
     connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
@@ -217,17 +288,28 @@ impl Cluster {
             while let Some(message) = notices.next().await {
                 match serde_json::from_slice::<Envelope>(&message.payload) {
                     Ok(e) if e.node == me => {}
-                    Ok(e) => act(&e.node, e.notice),
+                    Ok(e) => {
+                        for notice in e.notices {
+                            act(&e.node, notice);
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "a cluster notice that does not parse"),
                 }
             }
         });
+        let (queue, queued) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(publish_notices(
+            client.clone(),
+            subject.clone(),
+            node.clone(),
+            queued,
+        ));
         Ok(Self {
             client,
-            subject,
             prefix: format!("certhub.{hub}"),
             node,
             up,
+            queue,
             connections,
         })
     }
@@ -338,42 +420,27 @@ impl Cluster {
         Ok(())
     }
 
-    /// A function that tells the other nodes without waiting (for callers that cannot).
+    /// A function that tells the other nodes (for callers that cannot wait: telling never
+    /// waits, see [`Cluster::tell`]).
     pub(crate) fn teller(&self) -> impl Fn(Notice) + Send + Sync + 'static {
-        let (client, subject, node) =
-            (self.client.clone(), self.subject.clone(), self.node.clone());
+        let queue = self.queue.clone();
         move |notice| {
-            let envelope = Envelope {
-                node: node.clone(),
-                notice,
-            };
-            let Ok(payload) = serde_json::to_vec(&envelope) else {
-                return;
-            };
-            let (client, subject) = (client.clone(), subject.clone());
-            tokio::spawn(async move {
-                if let Err(e) = client.publish(subject, payload.into()).await {
-                    tracing::warn!(error = %e, "a cluster notice was not sent");
-                }
-            });
+            let _ = queue.send(Queued::Notice(notice));
         }
     }
 
-    /// Tells the other nodes (best effort: a failure is logged).
+    /// Tells the other nodes: queued, and published with what else this node tells within
+    /// [`BATCH_WINDOW`] (best effort: a failure is logged).
     pub(crate) async fn tell(&self, notice: Notice) {
-        let envelope = Envelope {
-            node: self.node.clone(),
-            notice,
-        };
-        let Ok(payload) = serde_json::to_vec(&envelope) else {
-            return;
-        };
-        if let Err(e) = self
-            .client
-            .publish(self.subject.clone(), payload.into())
-            .await
-        {
-            tracing::warn!(error = %e, "a cluster notice was not sent");
+        let _ = self.queue.send(Queued::Notice(notice));
+    }
+
+    /// Waits until every notice told so far is handed to NATS (not that it reached anyone:
+    /// `client().flush()` after this for that).
+    pub(crate) async fn sent(&self) {
+        let (done, sent) = tokio::sync::oneshot::channel();
+        if self.queue.send(Queued::Flush(done)).is_ok() {
+            let _ = sent.await;
         }
     }
 
@@ -395,16 +462,41 @@ mod tests {
     fn notices_round_trip_as_json() {
         let e = Envelope {
             node: "n1".into(),
-            notice: Notice::Kick {
-                device: "d".into(),
-                module: None,
-                reason: "disabled".into(),
-            },
+            notices: vec![
+                Notice::Kick {
+                    device: "d".into(),
+                    module: None,
+                    reason: "disabled".into(),
+                },
+                Notice::Ended {
+                    cn: "d".into(),
+                    conn: 7,
+                },
+            ],
         };
         let text = serde_json::to_string(&e).expect("json");
         assert!(text.contains("\"type\":\"kick\""), "{text}");
         let back: Envelope = serde_json::from_str(&text).expect("parse");
-        assert_eq!(back.notice, e.notice);
+        assert_eq!(back.notices, e.notices);
+    }
+
+    #[test]
+    fn a_batch_is_an_envelope() {
+        let notices = [
+            Notice::Hello,
+            Notice::Session {
+                cn: "d/m".into(),
+                conn: 3,
+            },
+        ];
+        let parts: Vec<String> = notices
+            .iter()
+            .map(|n| serde_json::to_string(n).expect("json"))
+            .collect();
+        let text = batch(&serde_json::to_string("n\"1").expect("json"), &parts);
+        let back: Envelope = serde_json::from_str(&text).expect(&text);
+        assert_eq!(back.node, "n\"1");
+        assert_eq!(back.notices, notices);
     }
 
     #[test]

@@ -384,6 +384,7 @@ impl AppState {
         if let Some(c) = self.inner.cluster.get() {
             let said = async {
                 c.tell(crate::cluster::Notice::Leaving).await;
+                c.sent().await;
                 let _ = c.client().flush().await;
             };
             if tokio::time::timeout(std::time::Duration::from_secs(1), said)
