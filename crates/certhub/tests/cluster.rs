@@ -1143,7 +1143,7 @@ impl Haproxy {
                 config.push_str(&format!("    server s{j} {b}\n"));
             }
         }
-        let file = d.join("haproxy.cfg");
+        let file = d.join(format!("haproxy-{host}.cfg"));
         std::fs::write(&file, config).expect("haproxy.cfg");
         let program = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
             .into_iter()
@@ -1178,6 +1178,12 @@ impl Drop for Haproxy {
 
 /// Live device sessions on one node (its /metrics).
 fn sessions_on(node: &common::HubProcess, ca: &Path) -> u64 {
+    metric_on(node, ca, "certhub_device_sessions")
+        .unwrap_or_else(|| panic!("no session count in {}/metrics", node.host))
+}
+
+/// The value of the sample `name` (with its labels, as printed) in one node's /metrics.
+fn metric_on(node: &common::HubProcess, ca: &Path, name: &str) -> Option<u64> {
     let out = Command::new("curl")
         .args([
             "-sS",
@@ -1189,9 +1195,57 @@ fn sessions_on(node: &common::HubProcess, ca: &Path) -> u64 {
         .expect("curl (Debian package curl) is required");
     let text = String::from_utf8_lossy(&out.stdout);
     text.lines()
-        .find_map(|l| l.strip_prefix("certhub_device_sessions "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|n| n.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no session count in {}/metrics: {text}", node.host))
+}
+
+/// Three nodes on `hosts` (data directories `node-0`..`node-2` under `d`), one hub on `db`
+/// and the NATS servers `nats`, each also named `balancers` (their certificates carry them),
+/// with `public` (a balancer's `host:port`) as the hub's endpoint.
+fn start_nodes(
+    d: &Path,
+    hosts: [&str; 3],
+    balancers: &[&str],
+    public: &str,
+    db: &str,
+    nats: &str,
+) -> (Vec<std::path::PathBuf>, Vec<common::HubProcess>) {
+    let data: Vec<std::path::PathBuf> = (0..3).map(|i| d.join(format!("node-{i}"))).collect();
+    let mut args: Vec<&str> = Vec::new();
+    for b in balancers {
+        args.extend(["--hostname", b]);
+    }
+    args.extend(["--public-endpoint", public, "--store", db, "--nats", nats]);
+    let nodes = hosts
+        .iter()
+        .zip(&data)
+        .map(|(h, data)| start_hub_on(data, h, &args))
+        .collect();
+    (data, nodes)
+}
+
+/// A balancer's routes to `nodes`: (its port, the nodes' addresses) for MQTT, HTTPS and AMQP.
+fn routes_to(
+    nodes: &[&common::HubProcess],
+    (mqtt, https, amqp): (u16, u16, u16),
+) -> Vec<(u16, Vec<String>)> {
+    vec![
+        (
+            mqtt,
+            nodes
+                .iter()
+                .map(|n| format!("{}:{}", hosts_of(n), n.mqtt_port))
+                .collect(),
+        ),
+        (https, nodes.iter().map(|n| n.host.clone()).collect()),
+        (
+            amqp,
+            nodes
+                .iter()
+                .map(|n| format!("{}:{}", hosts_of(n), n.amqp_port))
+                .collect(),
+        ),
+    ]
 }
 
 /// Three nodes behind HAProxy, one hub: three widgets with the Azure IoT Python device SDK
@@ -1212,46 +1266,12 @@ fn three_nodes_behind_haproxy_act_as_one_hub() {
     let (lb_mqtt, lb_https, lb_amqp) = (18883u16, 10443u16, 15671u16);
     let public = format!("{lb}:{lb_https}");
     let hosts = ["127.0.0.84", "127.0.0.85", "127.0.0.86"];
-    let data: Vec<std::path::PathBuf> = (0..3).map(|i| d.join(format!("node-{i}"))).collect();
-    let nodes: Vec<common::HubProcess> = hosts
-        .iter()
-        .zip(&data)
-        .map(|(h, data)| {
-            start_hub_on(
-                data,
-                h,
-                &[
-                    "--hostname",
-                    lb,
-                    "--public-endpoint",
-                    &public,
-                    "--store",
-                    &db.url,
-                    "--nats",
-                    &urls,
-                ],
-            )
-        })
-        .collect();
+    let (data, nodes) = start_nodes(d, hosts, &[lb], &public, &db.url, &urls);
     let ca = data[0].join("tls/server-ca.pem");
-    let routes: Vec<(u16, Vec<String>)> = [
-        (
-            lb_mqtt,
-            nodes
-                .iter()
-                .map(|n| format!("{}:{}", hosts_of(n), n.mqtt_port))
-                .collect(),
-        ),
-        (lb_https, nodes.iter().map(|n| n.host.clone()).collect()),
-        (
-            lb_amqp,
-            nodes
-                .iter()
-                .map(|n| format!("{}:{}", hosts_of(n), n.amqp_port))
-                .collect(),
-        ),
-    ]
-    .into();
+    let routes = routes_to(
+        &nodes.iter().collect::<Vec<_>>(),
+        (lb_mqtt, lb_https, lb_amqp),
+    );
     let _haproxy = Haproxy::start(d, lb, &routes);
     // The hub's connection string names the load balancer, and works through it.
     let cs = certhub_at(d, &data[2], &["hub", "connection-string"])
@@ -1631,4 +1651,98 @@ fn a_node_stopped_with_sigterm_hands_its_devices_over() {
         "node B, NATS gone, exited {:?} after SIGTERM",
         asked.elapsed()
     );
+}
+
+/// The Azure IoT Node.js SDKs' scripts of node_device.rs (tests/interop/node: AMQP and AMQP
+/// over WebSockets, HTTPS, MQTT over WebSockets), unchanged, against three nodes where the
+/// devices and the service never meet on one node: the devices dial one balancer, which
+/// spreads them over nodes B and C; the service (its AMQP links for C2D, feedback and the
+/// Event Hubs-compatible reader, and its REST calls) dials another, which reaches node A only.
+/// So every C2D message, feedback record, method call, desired patch, registry change and
+/// telemetry read crosses nodes, and a disable made on node A drops the device within a second
+/// on B or C.
+#[test]
+fn node_sdks_over_every_transport_act_across_nodes() {
+    // Each script expects a hub of its own (it counts what it stored, and ends with the
+    // widget disabled): a fresh cluster for each, one after the other.
+    for script in ["amqp.js", "http.js", "mqttws.js"] {
+        node_script_across_nodes(script);
+    }
+}
+
+/// Runs tests/interop/node/`script` against a fresh cluster set up as
+/// [`node_sdks_over_every_transport_act_across_nodes`] says.
+fn node_script_across_nodes(script: &str) {
+    const PACKAGES: &[&str] = &[
+        "azure-iot-device-mqtt",
+        "azure-iot-device-http",
+        "azure-iot-device-amqp",
+        "azure-iothub",
+        "@azure/event-hubs",
+    ];
+    let db = Database::new();
+    let nats = Nats::cluster(["127.0.0.97", "127.0.0.98", "127.0.0.99"]);
+    let urls = Nats::urls(&nats);
+    let t = tmp();
+    let d = t.path();
+    let (lb_devices, lb_service) = ("127.0.0.93", "127.0.0.100");
+    let (lb_mqtt, lb_https, lb_amqp) = (19883u16, 11443u16, 16671u16);
+    let public = format!("{lb_devices}:{lb_https}");
+    let hosts = ["127.0.0.94", "127.0.0.95", "127.0.0.96"];
+    let (data, nodes) = start_nodes(d, hosts, &[lb_devices, lb_service], &public, &db.url, &urls);
+    let ports = (lb_mqtt, lb_https, lb_amqp);
+    let _devices_lb = Haproxy::start(d, lb_devices, &routes_to(&[&nodes[1], &nodes[2]], ports));
+    let _service_lb = Haproxy::start(d, lb_service, &routes_to(&[&nodes[0]], ports));
+    let ca = data[0].join("tls/server-ca.pem");
+    enroll_widget(d, &data[0]);
+    let sas = certhub_at(d, &data[0], &["device", "create", "--id", "widget-sas"])
+        .ok()
+        .stdout;
+    let sas: serde_json::Value = serde_json::from_str(&sas).expect("json");
+    let sas_key = sas["authentication"]["symmetricKey"]["primaryKey"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    let cs = certhub_at(d, &data[0], &["hub", "connection-string"])
+        .ok()
+        .stdout
+        .trim()
+        .replace(&public, &format!("{lb_service}:{lb_https}"));
+    assert!(cs.starts_with(&format!("HostName={lb_service}:")), "{cs}");
+    // Every node follows the CA within half a second.
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = common::node_to_ports(lb_mqtt, lb_https, lb_amqp, PACKAGES)
+        .arg(common::node_dir().join(script))
+        .current_dir(d)
+        .env("CERTHUB_HOST", lb_devices)
+        .env("CERTHUB_CA", &ca)
+        .env("CERTHUB_CONNECTION_STRING", &cs)
+        .env("CERTHUB_DIR", d.join("pki"))
+        .env("CERTHUB_SAS_KEY", &sas_key)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.lines().last() == Some("all node checks passed"),
+        "{script} across nodes failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    println!("{script} across nodes:\n{stdout}");
+    // The devices' sessions were on nodes B and C only: node A admitted none, so every
+    // device-side act the script checked happened on another node than the service's. (HTTPS
+    // devices hold no sessions: for http.js the balancers' routes alone say so.)
+    let admitted: Vec<u64> = nodes
+        .iter()
+        .map(|n| metric_on(n, &ca, "certhub_device_connects_total{outcome=\"ok\"}").unwrap_or(0))
+        .collect();
+    assert_eq!(
+        admitted[0], 0,
+        "{script}: node A admitted no device: {admitted:?}"
+    );
+    if script != "http.js" {
+        assert!(
+            admitted[1] + admitted[2] > 0,
+            "{script}: nodes B and C admitted the devices: {admitted:?}"
+        );
+    }
 }

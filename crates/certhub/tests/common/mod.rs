@@ -825,6 +825,16 @@ pub fn node_dir() -> PathBuf {
 /// tests/interop/node on its module path (`packages` must be installed there). Checks first that the map is in effect, so the SDK
 /// can never reach a hub this test did not start.
 pub fn node_to_hub(hub: &HubProcess, packages: &[&str]) -> Command {
+    node_to_ports(hub.mqtt_port, hub.https_port(), hub.amqp_port, packages)
+}
+
+/// [`node_to_hub`] with the ports that 8883, 443 and 5671 go to given (a load balancer's).
+pub fn node_to_ports(
+    mqtt_port: u16,
+    https_port: u16,
+    amqp_port: u16,
+    packages: &[&str],
+) -> Command {
     let dir = node_dir();
     for package in packages {
         assert!(
@@ -835,9 +845,6 @@ pub fn node_to_hub(hub: &HubProcess, packages: &[&str]) -> Command {
         );
     }
     let portmap = dir.join("portmap.js");
-    let mqtt_port = hub.mqtt_port;
-    let https_port = hub.https_port();
-    let amqp_port = hub.amqp_port;
     let map = format!("8883={mqtt_port},443={https_port},5671={amqp_port}");
     let command = || {
         let mut c = Command::new("node");
