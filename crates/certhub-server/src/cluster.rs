@@ -65,6 +65,10 @@ pub(crate) enum Notice {
         cn: String,
         subs: Option<std::collections::BTreeMap<String, u8>>,
     },
+    /// The sending node wrote hub settings, trust (CAs) or the provisioning service's
+    /// configuration: read them again now (every node also polls the database's change
+    /// counters twice a second, in case this is missed).
+    Changed,
     /// A device (and its modules) or one module was deleted: its persistent sessions go.
     Deleted {
         device: String,

@@ -311,8 +311,10 @@ impl AppState {
     /// Rebuilds the trust snapshot (and the CAs' just-in-time registration) from the store and
     /// swaps it in.
     pub async fn reload_trust(&self) -> Result<(), StoreError> {
-        // Other processes on the same database (nodes of a cluster) reload when they see it.
+        // Other processes on the same database (nodes of a cluster) reload when they see it,
+        // or when told.
         self.store().bump_generation("trust").await?;
+        self.tell_changed().await;
         self.load_trust().await.map(|_| ())
     }
 
@@ -550,6 +552,17 @@ impl AppState {
                 self.store().forget_identity(&device, module.as_deref());
             }
             Notice::Persistent { cn, subs } => self.sessions().refresh(&cn, subs),
+            Notice::Changed => {
+                let state = self.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = state.reload_settings().await {
+                        tracing::warn!(error = %e, "hub settings not re-read");
+                    }
+                    if let Err(e) = state.follow_changes().await {
+                        tracing::warn!(error = %e, "changes made by another node not followed");
+                    }
+                });
+            }
             Notice::Deleted { device, module } => match module {
                 None => self.sessions().forget(&device),
                 Some(module) => self.sessions().forget_module(&device, &module),
@@ -763,6 +776,15 @@ impl AppState {
         self.dps().forget_config();
         if let Err(e) = self.store().bump_generation("dps").await {
             tracing::warn!(error = %e, "other nodes will not learn of this provisioning change");
+        }
+        self.tell_changed().await;
+    }
+
+    /// Tells the other nodes to read settings, trust and provisioning again now (they would
+    /// within half a second anyway, by the database's change counters).
+    pub(crate) async fn tell_changed(&self) {
+        if let Some(c) = self.inner.cluster.get() {
+            c.tell(crate::cluster::Notice::Changed).await;
         }
     }
 

@@ -543,9 +543,19 @@ fn file_store(
         }
         return Ok(None);
     };
+    if url.starts_with("file:") {
+        // A directory every node reaches (NFS, a shared volume): the local store, elsewhere.
+        certhub_server::files::shared_dir(&url).map_err(ConfigError)?;
+        if file_options.is_some() || env_options.is_some() {
+            return Err(ConfigError(format!(
+                "file_store_options: a directory ({url}) takes no options; leave them out"
+            )));
+        }
+        return Ok(Some((url, Vec::new())));
+    }
     let Some(kind) = RemoteKind::of(&url) else {
         return Err(ConfigError(format!(
-            "file_store: {url:?} is not a store certhub can use: s3://bucket[/prefix] (S3 and S3-compatible stores) or az://container[/prefix] (Azure Blob Storage); leave it out to keep files in the data directory"
+            "file_store: {url:?} is not a store certhub can use: s3://bucket[/prefix] (S3 and S3-compatible stores), az://container[/prefix] (Azure Blob Storage) or file:///absolute/path (a directory every node of a cluster reaches); leave it out to keep files in the data directory"
         )));
     };
     let mut options: Vec<(String, String)> = file_options.unwrap_or_default().into_iter().collect();
@@ -917,9 +927,16 @@ async fn serve(config: Config) -> Result<Outcome> {
     // PostgreSQL, unless a remote store is configured.
     let files = match &config.file_store {
         None => certhub_server::files::FileStore::local(&config.data_dir.join("files")),
+        Some((url, _)) if url.starts_with("file:") => certhub_server::files::shared_dir(url)
+            .and_then(|dir| certhub_server::files::FileStore::shared(&dir)),
         Some((url, options)) => certhub_server::files::FileStore::remote(url, options),
     };
     let files = files.map_err(anyhow::Error::msg)?;
+    if config.nats_url.is_some() && config.file_store.is_none() {
+        tracing::warn!(
+            "uploaded files are kept in this node's data directory, where the other nodes of the cluster cannot read them: set file_store (s3://, az://, or file:///a/shared/directory)"
+        );
+    }
     // A remote store that cannot be reached (wrong endpoint, bucket or credentials) stops the
     // start here, not at a device's first upload.
     files

@@ -1202,16 +1202,17 @@ fn metric_on(node: &common::HubProcess, ca: &Path, name: &str) -> Option<u64> {
 /// Three nodes on `hosts` (data directories `node-0`..`node-2` under `d`), one hub on `db`
 /// and the NATS servers `nats`, each also named `balancers` (their certificates carry them),
 /// with `public` (a balancer's `host:port`) as the hub's endpoint.
-fn start_nodes(
+fn start_nodes<'a>(
     d: &Path,
     hosts: [&str; 3],
-    balancers: &[&str],
-    public: &str,
-    db: &str,
-    nats: &str,
+    balancers: &[&'a str],
+    public: &'a str,
+    db: &'a str,
+    nats: &'a str,
+    extra: &[&'a str],
 ) -> (Vec<std::path::PathBuf>, Vec<common::HubProcess>) {
     let data: Vec<std::path::PathBuf> = (0..3).map(|i| d.join(format!("node-{i}"))).collect();
-    let mut args: Vec<&str> = Vec::new();
+    let mut args: Vec<&str> = extra.to_vec();
     for b in balancers {
         args.extend(["--hostname", b]);
     }
@@ -1266,7 +1267,7 @@ fn three_nodes_behind_haproxy_act_as_one_hub() {
     let (lb_mqtt, lb_https, lb_amqp) = (18883u16, 10443u16, 15671u16);
     let public = format!("{lb}:{lb_https}");
     let hosts = ["127.0.0.84", "127.0.0.85", "127.0.0.86"];
-    let (data, nodes) = start_nodes(d, hosts, &[lb], &public, &db.url, &urls);
+    let (data, nodes) = start_nodes(d, hosts, &[lb], &public, &db.url, &urls, &[]);
     let ca = data[0].join("tls/server-ca.pem");
     let routes = routes_to(
         &nodes.iter().collect::<Vec<_>>(),
@@ -1654,18 +1655,20 @@ fn a_node_stopped_with_sigterm_hands_its_devices_over() {
 }
 
 /// The Azure IoT Node.js SDKs' scripts of node_device.rs (tests/interop/node: AMQP and AMQP
-/// over WebSockets, HTTPS, MQTT over WebSockets), unchanged, against three nodes where the
+/// over WebSockets, HTTPS, MQTT over WebSockets, file upload), unchanged, against three nodes where the
 /// devices and the service never meet on one node: the devices dial one balancer, which
 /// spreads them over nodes B and C; the service (its AMQP links for C2D, feedback and the
 /// Event Hubs-compatible reader, and its REST calls) dials another, which reaches node A only.
-/// So every C2D message, feedback record, method call, desired patch, registry change and
-/// telemetry read crosses nodes, and a disable made on node A drops the device within a second
-/// on B or C.
+/// So every C2D message, feedback record, method call, desired patch, registry change,
+/// telemetry read, setting and file-upload notification crosses nodes, and a disable made on
+/// node A drops the device within a second on B or C. Uploaded files are in a directory all
+/// three share (`file_store = "file:///..."`): a blob's blocks may be put through B and C and
+/// read back through A.
 #[test]
 fn node_sdks_over_every_transport_act_across_nodes() {
     // Each script expects a hub of its own (it counts what it stored, and ends with the
     // widget disabled): a fresh cluster for each, one after the other.
-    for script in ["amqp.js", "http.js", "mqttws.js"] {
+    for script in ["amqp.js", "http.js", "mqttws.js", "upload.js"] {
         node_script_across_nodes(script);
     }
 }
@@ -1689,7 +1692,25 @@ fn node_script_across_nodes(script: &str) {
     let (lb_mqtt, lb_https, lb_amqp) = (19883u16, 11443u16, 16671u16);
     let public = format!("{lb_devices}:{lb_https}");
     let hosts = ["127.0.0.94", "127.0.0.95", "127.0.0.96"];
-    let (data, nodes) = start_nodes(d, hosts, &[lb_devices, lb_service], &public, &db.url, &urls);
+    // Uploaded files in a directory every node reaches (as a shared volume would be).
+    let config = d.join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "file_store = \"file://{}\"\n",
+            d.join("shared-files").display()
+        ),
+    )
+    .expect("node.toml");
+    let (data, nodes) = start_nodes(
+        d,
+        hosts,
+        &[lb_devices, lb_service],
+        &public,
+        &db.url,
+        &urls,
+        &["--config", s(&config)],
+    );
     let ports = (lb_mqtt, lb_https, lb_amqp);
     let _devices_lb = Haproxy::start(d, lb_devices, &routes_to(&[&nodes[1], &nodes[2]], ports));
     let _service_lb = Haproxy::start(d, lb_service, &routes_to(&[&nodes[0]], ports));
@@ -1719,6 +1740,8 @@ fn node_script_across_nodes(script: &str) {
         .env("CERTHUB_CONNECTION_STRING", &cs)
         .env("CERTHUB_DIR", d.join("pki"))
         .env("CERTHUB_SAS_KEY", &sas_key)
+        // upload.js: @azure/storage-blob trusts only Node's store, which this extends.
+        .env("NODE_EXTRA_CA_CERTS", &ca)
         .output()
         .expect("node runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -1730,7 +1753,7 @@ fn node_script_across_nodes(script: &str) {
     println!("{script} across nodes:\n{stdout}");
     // The devices' sessions were on nodes B and C only: node A admitted none, so every
     // device-side act the script checked happened on another node than the service's. (HTTPS
-    // devices hold no sessions: for http.js the balancers' routes alone say so.)
+    // devices hold no sessions: for http.js and upload.js the balancers' routes alone say so.)
     let admitted: Vec<u64> = nodes
         .iter()
         .map(|n| metric_on(n, &ca, "certhub_device_connects_total{outcome=\"ok\"}").unwrap_or(0))
@@ -1739,7 +1762,7 @@ fn node_script_across_nodes(script: &str) {
         admitted[0], 0,
         "{script}: node A admitted no device: {admitted:?}"
     );
-    if script != "http.js" {
+    if !matches!(script, "http.js" | "upload.js") {
         assert!(
             admitted[1] + admitted[2] > 0,
             "{script}: nodes B and C admitted the devices: {admitted:?}"

@@ -155,6 +155,14 @@ fn file_store_mistakes_are_refused_before_the_hub_starts() {
             "[file_store_options]\naws_region = \"x\"\n",
             "given without file_store",
         ),
+        (
+            "file_store = \"file://nas/files\"\n",
+            "a directory is file:///absolute/path (no host)",
+        ),
+        (
+            "file_store = \"file:///srv/files\"\n[file_store_options]\naws_region = \"x\"\n",
+            "a directory (file:///srv/files) takes no options",
+        ),
     ];
     for (i, (toml, want)) in cases.iter().enumerate() {
         let config = d.join(format!("c{i}.toml"));

@@ -99,6 +99,7 @@ pub async fn patch_settings(
     state.store().put_settings(&after).await?;
     // Sessions the new settings shut out close now, not at their next connection.
     state.set_settings(after.clone());
+    state.tell_changed().await;
     let detail = serde_json::to_string(&after).unwrap_or_default();
     state
         .audit(&caller, "settings.update", "settings", "ok", &detail)

@@ -203,7 +203,14 @@ async fn blob_write(
     if let Err(refused) = still_allowed(&state, &blob_name, now).await {
         return refused;
     }
-    let settings = match state.settings().await {
+    // On a cluster node, from the database: another node may have changed the size limit a
+    // moment ago (an upload is worth the read).
+    let settings = if state.in_cluster() {
+        state.reload_settings().await
+    } else {
+        state.settings().await
+    };
+    let settings = match settings {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "settings unreadable");

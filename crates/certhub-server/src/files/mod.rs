@@ -110,26 +110,58 @@ impl RemoteKind {
     }
 }
 
+/// `dir` (created if missing) as an object store, written durably.
+fn directory(dir: &std::path::Path) -> Result<Arc<object_store::local::LocalFileSystem>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| {
+        format!(
+            "cannot create the file upload folder {}: {e}",
+            dir.display()
+        )
+    })?;
+    let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+        .map_err(|e| format!("cannot use {} for uploaded files: {e}", dir.display()))?
+        .with_fsync(true)
+        // A staging folder goes once its blob is published.
+        .with_automatic_cleanup(true);
+    Ok(Arc::new(fs))
+}
+
+/// The directory of a `file:///absolute/path` file store (a directory every node of a cluster
+/// reaches: NFS, a shared volume).
+pub fn shared_dir(url: &str) -> Result<std::path::PathBuf, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("file_store {url:?}: {e}"))?;
+    if parsed.scheme() != "file" || parsed.host_str().is_some_and(|h| !h.is_empty()) {
+        return Err(format!(
+            "file_store {url:?}: a directory is file:///absolute/path (no host)"
+        ));
+    }
+    let dir = parsed
+        .to_file_path()
+        .map_err(|()| format!("file_store {url:?}: not an absolute path"))?;
+    if dir.parent().is_none() {
+        return Err(format!(
+            "file_store {url:?}: the root directory is not a place for uploaded files; name a directory"
+        ));
+    }
+    Ok(dir)
+}
+
 impl FileStore {
     /// Files under `dir` on the local filesystem (created if missing), written durably (each
     /// file is synced before it is published under its name).
     pub fn local(dir: &std::path::Path) -> Result<Self, String> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            format!(
-                "cannot create the file upload folder {}: {e}",
-                dir.display()
-            )
-        })?;
-        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
-            .map_err(|e| format!("cannot use {} for uploaded files: {e}", dir.display()))?
-            .with_fsync(true)
-            // A staging folder goes once its blob is published.
-            .with_automatic_cleanup(true);
-        let fs = Arc::new(fs);
+        let fs = directory(dir)?;
         Ok(Self {
             local: Some(fs.clone()),
             ..Self::new(fs, CHUNK)
         })
+    }
+
+    /// Files in a directory several processes write at once (the nodes of a cluster on a
+    /// shared volume, `file:///path`): as in a remote store, each staged block is a file of
+    /// its own (the append-only log of [`FileStore::local`] is one process's).
+    pub fn shared(dir: &std::path::Path) -> Result<Self, String> {
+        Ok(Self::new(directory(dir)?, CHUNK))
     }
 
     /// Files in a remote object store (see [`RemoteKind`]), under the URL's path; `options`
@@ -759,6 +791,17 @@ async fn report(
 mod tests {
     use super::blob::{param, query_pairs};
     use super::*;
+
+    #[test]
+    fn a_shared_directory_is_an_absolute_file_url() {
+        assert_eq!(
+            shared_dir("file:///srv/certhub/files").expect("ok"),
+            std::path::PathBuf::from("/srv/certhub/files")
+        );
+        for bad in ["file://nas/files", "file:///", "s3://bucket"] {
+            assert!(shared_dir(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn blob_names_that_climb_or_hide_separators_are_refused() {
