@@ -53,6 +53,8 @@ struct Inner {
     settings: RwLock<(HubSettings, std::time::Instant)>,
     /// The port clients reach the service API on (0: not known, tokens' ports unchecked).
     public_port: std::sync::atomic::AtomicU32,
+    /// The host name clients reach the hub by (a cluster's load balancer), when set.
+    public_host: std::sync::OnceLock<String>,
     /// This process's own HTTPS port, when clients reach it through another (a load balancer).
     listen_port: std::sync::atomic::AtomicU32,
     /// Where uploaded files are kept (unset: file upload is not offered).
@@ -212,6 +214,7 @@ impl AppState {
                 c2d: RwLock::new(C2dLimits::default()),
                 settings: RwLock::new((settings, std::time::Instant::now())),
                 public_port: std::sync::atomic::AtomicU32::new(0),
+                public_host: std::sync::OnceLock::new(),
                 listen_port: std::sync::atomic::AtomicU32::new(0),
                 files: std::sync::OnceLock::new(),
                 service_queues: tokio::sync::watch::Sender::new(0),
@@ -246,6 +249,24 @@ impl AppState {
 
     pub fn hostnames(&self) -> &[String] {
         &self.inner.hostnames
+    }
+
+    /// Records the host name clients reach the hub by (`--public-endpoint`'s, else the first
+    /// `--hostname`): the hub provisioning assigns devices to.
+    pub fn set_public_host(&self, host: &str) {
+        let _ = self.inner.public_host.set(host.to_ascii_lowercase());
+    }
+
+    /// The host name clients reach the hub by: see [`AppState::set_public_host`] (the first
+    /// host name until it is set).
+    pub fn public_host(&self) -> String {
+        self.inner.public_host.get().cloned().unwrap_or_else(|| {
+            self.hostnames()
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "localhost".into())
+                .to_ascii_lowercase()
+        })
     }
 
     /// Records the port clients reach the service API on: a token that names another port

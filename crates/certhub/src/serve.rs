@@ -966,6 +966,7 @@ async fn serve(config: Config) -> Result<Outcome> {
         .await
         .context("recording the service endpoint")?;
     state.set_node_address(&public_host(&node_name, bound.port()));
+    state.set_public_host(&public_name);
     state.set_public_port(public_port);
     state.set_listen_port(bound.port());
     // In a cluster: the other nodes hear of this one from now on.

@@ -1769,3 +1769,47 @@ fn node_script_across_nodes(script: &str) {
         );
     }
 }
+
+/// Device provisioning across nodes: the Azure IoT Node.js provisioning SDKs' script of
+/// node_provisioning.rs (tests/interop/node/provisioning.js: enrollments and groups through
+/// the provisioning service SDK, registrations over MQTT, MQTT over WebSockets, HTTPS, AMQP
+/// and AMQP over WebSockets, X.509 through a group and symmetric keys, each device then
+/// sending telemetry to its assigned hub), unchanged, through a balancer over three nodes: the
+/// enrollments are written through whichever node the balancer picks and the registrations
+/// and device connections land on the others in turn (round robin), so the provisioning
+/// configuration must reach every node, and the assigned hub is the balancer.
+#[test]
+fn node_provisioning_across_nodes() {
+    let db = Database::new();
+    let nats = Nats::cluster(["127.0.0.105", "127.0.0.106", "127.0.0.107"]);
+    let urls = Nats::urls(&nats);
+    let t = tmp();
+    let d = t.path();
+    let lb = "127.0.0.101";
+    let ports = (20883u16, 12443u16, 17671u16);
+    let public = format!("{lb}:{}", ports.1);
+    let hosts = ["127.0.0.102", "127.0.0.103", "127.0.0.104"];
+    let (data, nodes) = start_nodes(d, hosts, &[lb], &public, &db.url, &urls, &[]);
+    let _lb = Haproxy::start(d, lb, &routes_to(&nodes.iter().collect::<Vec<_>>(), ports));
+    common::run_provisioning_script(
+        d,
+        &data[0],
+        lb,
+        common::node_to_ports(
+            ports.0,
+            ports.1,
+            ports.2,
+            common::NODE_PROVISIONING_PACKAGES,
+        ),
+    );
+    let ca = data[0].join("tls/server-ca.pem");
+    // The provisioned devices' sessions were spread over the nodes.
+    let admitted: Vec<u64> = nodes
+        .iter()
+        .map(|n| metric_on(n, &ca, "certhub_device_connects_total{outcome=\"ok\"}").unwrap_or(0))
+        .collect();
+    assert!(
+        admitted.iter().filter(|n| **n > 0).count() >= 2,
+        "devices admitted on at least two nodes: {admitted:?}"
+    );
+}

@@ -27,25 +27,10 @@ mod common;
 
 use std::path::Path;
 
-use common::{certhub_at, enroll_company_x, node_dir, node_to_hub, start_hub_on, tmp};
+use common::{certhub_at, node_to_hub, start_hub_on, tmp};
 
 /// This test's own loopback address.
 const HOST: &str = "127.0.0.43";
-/// The packages the script needs.
-const NODE_PACKAGES: &[&str] = &[
-    "azure-iot-provisioning-device",
-    "azure-iot-provisioning-device-mqtt",
-    "azure-iot-provisioning-device-http",
-    "azure-iot-provisioning-device-amqp",
-    "azure-iot-provisioning-service",
-    "azure-iot-security-x509",
-    "azure-iot-security-symmetric-key",
-    "azure-iot-device",
-    "azure-iot-device-mqtt",
-];
-
-/// The primary key the CLI gives the individual enrollment `cli-sensor`.
-const CLI_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 /// The audit records of `operation` (`dps.register`, `device.connect`): (target, outcome,
 /// detail).
@@ -73,73 +58,11 @@ fn node_provisioning_sdks() {
     let data = d.join("data");
     let hub_process = start_hub_on(&data, HOST, &[]);
     let hub = |args: &[&str]| certhub_at(d, &data, args).ok();
-
-    // Company-X's chain with five widgets (one per device transport), none registered on the
-    // hub; the root verified.
-    enroll_company_x(d, &data, 5);
-    // What the operator made with the CLI, which the script reads with the SDK.
-    hub(&[
-        "dps",
-        "enrollment",
-        "create",
-        "--registration-id",
-        "cli-sensor",
-        "--device-id",
-        "cli-sensor-device",
-        "--symmetric-key",
-        "--primary-key",
-        CLI_KEY,
-    ]);
-    hub(&[
-        "dps",
-        "enrollment-group",
-        "create",
-        "--id",
-        "cli-group",
-        "--symmetric-key",
-    ]);
-    let scope = hub(&["dps", "id-scope"]).stdout.trim().to_string();
-    assert!(scope.starts_with("0ne") && scope.len() == 11, "{scope}");
-    let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
-    let dps_cs = hub(&[
-        "hub",
-        "connection-string",
-        "--policy",
-        "provisioningserviceowner",
-    ])
-    .stdout
-    .trim()
-    .to_string();
-    assert!(
-        dps_cs.contains("SharedAccessKeyName=provisioningserviceowner;"),
-        "{dps_cs}"
-    );
-
-    let ca = data.join("tls/server-ca.pem");
-    let out = node_to_hub(&hub_process, NODE_PACKAGES)
-        .arg(node_dir().join("provisioning.js"))
-        .current_dir(d)
-        .env("CERTHUB_HOST", HOST)
-        .env("CERTHUB_CA", &ca)
-        .env("NODE_EXTRA_CA_CERTS", &ca)
-        .env("CERTHUB_CONNECTION_STRING", &cs)
-        .env("CERTHUB_DPS_CONNECTION_STRING", &dps_cs)
-        .env("CERTHUB_DIR", d.join("pki"))
-        .env("CERTHUB_ID_SCOPE", &scope)
-        .env("CERTHUB_CLI_KEY", CLI_KEY)
-        .output()
-        .expect("node runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    println!("{stdout}");
-    assert!(
-        out.status.success(),
-        "provisioning.js failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
-    );
-    assert_eq!(
-        stdout.lines().last(),
-        Some("provisioning: all node checks passed"),
-        "{stdout}\n--- stderr\n{stderr}"
+    let stdout = common::run_provisioning_script(
+        d,
+        &data,
+        HOST,
+        node_to_hub(&hub_process, common::NODE_PROVISIONING_PACKAGES),
     );
     for line in [
         "ok: createOrUpdateEnrollmentGroup updates widgets with its etag (If-Match)",

@@ -1204,14 +1204,10 @@ fn device_authentication(a: &Admitted) -> AuthenticationInput {
     }
 }
 
-/// The name devices reach this hub by: its first host name.
+/// The name devices reach this hub by: its public endpoint's host (a cluster's load
+/// balancer), else its first host name.
 pub(crate) fn this_hub(state: &AppState) -> String {
-    state
-        .hostnames()
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "localhost".into())
-        .to_ascii_lowercase()
+    state.public_host()
 }
 
 /// The status of an operation a device polls: the registration state it produced, if the

@@ -902,3 +902,95 @@ pub fn event_hubs_checks(
         .expect("python runs");
     script_passed(&out, "eventhub.py", "all event hub checks passed");
 }
+
+/// The packages tests/interop/node/provisioning.js needs.
+pub const NODE_PROVISIONING_PACKAGES: &[&str] = &[
+    "azure-iot-provisioning-device",
+    "azure-iot-provisioning-device-mqtt",
+    "azure-iot-provisioning-device-http",
+    "azure-iot-provisioning-device-amqp",
+    "azure-iot-provisioning-service",
+    "azure-iot-security-x509",
+    "azure-iot-security-symmetric-key",
+    "azure-iot-device",
+    "azure-iot-device-mqtt",
+];
+
+/// The primary key the CLI gives the individual enrollment `cli-sensor` for provisioning.js.
+pub const PROVISIONING_CLI_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// What tests/interop/node/provisioning.js expects, made through the CLI with `data`'s hub:
+/// Company-X's chain with five widgets (one per device transport), none registered on the
+/// hub, the root verified; the individual enrollment `cli-sensor` and the group `cli-group`.
+/// Then runs the script with `node` (the port map in place) against `host`: its output, once
+/// it has succeeded and said so last.
+pub fn run_provisioning_script(d: &Path, data: &Path, host: &str, node: Command) -> String {
+    let hub = |args: &[&str]| certhub_at(d, data, args).ok();
+    enroll_company_x(d, data, 5);
+    hub(&[
+        "dps",
+        "enrollment",
+        "create",
+        "--registration-id",
+        "cli-sensor",
+        "--device-id",
+        "cli-sensor-device",
+        "--symmetric-key",
+        "--primary-key",
+        PROVISIONING_CLI_KEY,
+    ]);
+    hub(&[
+        "dps",
+        "enrollment-group",
+        "create",
+        "--id",
+        "cli-group",
+        "--symmetric-key",
+    ]);
+    let scope = hub(&["dps", "id-scope"]).stdout.trim().to_string();
+    assert!(scope.starts_with("0ne") && scope.len() == 11, "{scope}");
+    let cs = hub(&["hub", "connection-string"]).stdout.trim().to_string();
+    let dps_cs = hub(&[
+        "hub",
+        "connection-string",
+        "--policy",
+        "provisioningserviceowner",
+    ])
+    .stdout
+    .trim()
+    .to_string();
+    assert!(
+        dps_cs.contains("SharedAccessKeyName=provisioningserviceowner;"),
+        "{dps_cs}"
+    );
+    // Every node of a cluster follows the CA within half a second (one node: at once).
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let ca = data.join("tls/server-ca.pem");
+    let mut node = node;
+    let out = node
+        .arg(node_dir().join("provisioning.js"))
+        .current_dir(d)
+        .env("CERTHUB_HOST", host)
+        .env("CERTHUB_CA", &ca)
+        .env("NODE_EXTRA_CA_CERTS", &ca)
+        .env("CERTHUB_CONNECTION_STRING", &cs)
+        .env("CERTHUB_DPS_CONNECTION_STRING", &dps_cs)
+        .env("CERTHUB_DIR", d.join("pki"))
+        .env("CERTHUB_ID_SCOPE", &scope)
+        .env("CERTHUB_CLI_KEY", PROVISIONING_CLI_KEY)
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "provisioning.js failed\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    assert_eq!(
+        stdout.lines().last(),
+        Some("provisioning: all node checks passed"),
+        "{stdout}\n--- stderr\n{stderr}"
+    );
+    stdout.into_owned()
+}
