@@ -20,6 +20,7 @@ Environment: CERTHUB_HOST (the address devices dial), CERTHUB_CA, CERTHUB_DIR (p
 import json
 import os
 import sys
+import threading
 
 from azure.iot.device import IoTHubDeviceClient, MethodResponse, X509
 
@@ -28,8 +29,15 @@ CA = open(os.environ["CERTHUB_CA"]).read()
 D = os.environ["CERTHUB_DIR"]
 
 
+# The SDK calls handlers from threads of its own: one whole line at a time, or two devices'
+# events interleave within a line.
+SAID = threading.Lock()
+
+
 def say(*words):
-    print(*words, flush=True)
+    with SAID:
+        sys.stdout.write(" ".join(str(w) for w in words) + "\n")
+        sys.stdout.flush()
 
 
 def device(name):
