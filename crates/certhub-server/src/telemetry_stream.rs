@@ -335,13 +335,26 @@ impl JetStreamLog {
         if upto < next as i64 {
             return Ok(out);
         }
-        // Before the oldest message kept: start at it.
-        if self.get(next).await?.is_none() {
+        // Before the oldest message kept: start at it. (The first message, when there, is
+        // the page's first: not read again below.)
+        let first = self.get(next).await?;
+        if first.is_none() {
             let info = self.stream.get_info().await.map_err(|e| self.failed(&e))?;
             next = next.max(info.state.first_sequence);
         }
         let end = (upto as u64).min(next + limit as u64 - 1);
-        let mut pages = futures_util::stream::iter(next..=end)
+        let from = match first {
+            Some(r) => {
+                bytes += r.body.len() as i64;
+                out.push(r);
+                if bytes >= max_bytes {
+                    return Ok(out);
+                }
+                next + 1
+            }
+            None => next,
+        };
+        let mut pages = futures_util::stream::iter(from..=end)
             .map(|seq| self.get(seq))
             .buffered(64);
         while let Some(r) = pages.next().await {
