@@ -560,8 +560,9 @@ impl AppState {
                         return;
                     };
                     c.tell(Notice::Heartbeat(state.node_info())).await;
-                    // In pieces that fit NATS's default 1 MB message.
-                    for chunk in state.sessions().roster().chunks(5_000) {
+                    // In pieces that fit NATS's default 1 MB message, also batched with
+                    // other notices (1 000 identities of up to 257 characters: under 300 KB).
+                    for chunk in state.sessions().roster().chunks(1_000) {
                         c.tell(Notice::Roster {
                             sessions: chunk.to_vec(),
                         })
