@@ -149,6 +149,7 @@ setup() {
             if [ "$n" = 1 ]; then
                 HOST=${NODE_ADDRS[0]}
                 PORT_A=$MQTT_PORT
+                HTTPS_A=$HTTPS_PORT
             fi
         done
         MQTT_PORT=$PORT_A
@@ -205,6 +206,12 @@ for run in $(seq "$RUNS"); do
             *) echo "cluster-telemetry.sh: unknown scenario $scenario" >&2; exit 1 ;;
             esac
             bench "$scenario" "$WORK/results/$variant-$scenario-$run.json" "${args[@]}"
+            if [ "$scenario" = telemetry ] && [ "$variant" != sqlite ]; then
+                # How many device messages node A put in each JetStream message.
+                curl -sS --cacert "$CA" "https://$HOST:$HTTPS_A/metrics" \
+                    | grep -E '^certhub_telemetry_(messages|stream_batches)_total ' \
+                    >"$WORK/results/$variant-batches-$run.txt" || true
+            fi
         done
         stop_all
         drop_db
@@ -234,9 +241,16 @@ for scenario in scenarios:
             errors = sum(r["errors"].values()) if r["errors"] else 0
             rate = r["rates"].get(ops[scenario], 0.0)
             per_cpu.append(s["ops_per_cpu_s"] or 0.0)
+            batch = ""
+            counts = results / f"{variant}-batches-{run}.txt"
+            if scenario == "telemetry" and counts.exists():
+                c = dict(l.split() for l in counts.read_text().splitlines() if l.strip())
+                m, b = float(c.get("certhub_telemetry_messages_total", 0)), float(c.get("certhub_telemetry_stream_batches_total", 0))
+                if b:
+                    batch = f", {m / b:,.1f} device messages per stream message (node A)"
             print(f"{scenario} {variant} run {run}: {s['ops_per_cpu_s']:,.0f} per server-CPU-s, "
                   f"{rate:,.0f}/s, server CPU {s['cpu_s']:.2f} s ({split}), "
-                  f"generator {r['generator']['cpu_s']:.2f} s, errors {errors}")
+                  f"generator {r['generator']['cpu_s']:.2f} s, errors {errors}{batch}")
         if per_cpu:
             means[(scenario, variant)] = statistics.mean(per_cpu)
             print(f"{scenario} {variant}: mean {means[(scenario, variant)]:,.0f} per server-CPU-s "

@@ -35,7 +35,7 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn render(&self, sessions: usize) -> String {
+    pub fn render(&self, sessions: usize, stream_batches: Option<u64>) -> String {
         let mut out = String::new();
         out.push_str("# HELP certhub_device_connects_total MQTT CONNECT decisions by outcome (ok or the refusal reason).\n");
         out.push_str("# TYPE certhub_device_connects_total counter\n");
@@ -64,6 +64,11 @@ impl Metrics {
             "certhub_telemetry_messages_total {}",
             self.telemetry.load(Ordering::Relaxed)
         );
+        if let Some(n) = stream_batches {
+            out.push_str("# HELP certhub_telemetry_stream_batches_total JetStream messages this node wrote to the telemetry stream, each a batch of device-to-cloud messages (certhub_telemetry_messages_total over this is the mean batch).\n");
+            out.push_str("# TYPE certhub_telemetry_stream_batches_total counter\n");
+            let _ = writeln!(out, "certhub_telemetry_stream_batches_total {n}");
+        }
         out.push_str("# HELP certhub_device_sessions Live device sessions.\n");
         out.push_str("# TYPE certhub_device_sessions gauge\n");
         let _ = writeln!(out, "certhub_device_sessions {sessions}");

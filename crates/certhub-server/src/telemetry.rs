@@ -39,6 +39,17 @@ enum Source {
     Stream(Arc<crate::telemetry_stream::JetStreamLog>),
 }
 
+/// A page of the log: the messages found, and how far the read examined the log (every
+/// message numbered above the read's `after` and at most `examined` that the read asked for
+/// is in `records`).
+#[derive(Debug, Default)]
+pub struct Page {
+    /// Oldest first.
+    pub records: Vec<TelemetryRecord>,
+    /// The next page starts after this.
+    pub examined: i64,
+}
+
 /// A handle to the log: its writer task and its readers.
 #[derive(Debug, Clone)]
 pub struct TelemetryLog {
@@ -156,6 +167,14 @@ impl TelemetryLog {
         })
     }
 
+    /// In a cluster, the stream messages (batches) this node wrote.
+    pub fn stream_batches(&self) -> Option<u64> {
+        match &self.source {
+            Source::Table(_) => None,
+            Source::Stream(log) => Some(log.batches()),
+        }
+    }
+
     /// Whether the log is a JetStream stream (which keeps its own limits) rather than a table.
     pub fn is_stream(&self) -> bool {
         matches!(self.source, Source::Stream(_))
@@ -163,17 +182,33 @@ impl TelemetryLog {
 
     /// Messages numbered above `after`, oldest first, optionally of one device (and its
     /// modules): at most `limit`, and beyond the first at most [`certhub_store::PAGE_BYTES`]
-    /// of bodies.
+    /// of bodies. The page says how far it examined the log: a read of one device may stop
+    /// before the end of a cluster's log (which has no index by device), and the next read
+    /// goes on from there.
     pub async fn after(
         &self,
         after: i64,
         device: Option<&str>,
         limit: i64,
-    ) -> Result<Vec<TelemetryRecord>, ReadError> {
+    ) -> Result<Page, ReadError> {
+        // Everything up to here is committed and visible to the read below.
+        let upto = *self.committed.borrow();
         match &self.source {
-            Source::Table(store) => Ok(store.telemetry_after(after, device, limit).await?),
+            Source::Table(store) => {
+                let records = store.telemetry_after(after, device, limit).await?;
+                let bytes: i64 = records.iter().map(|r| r.body.len() as i64).sum();
+                let last = records.last().map_or(after, |r| r.seq);
+                // A page cut short by its count or its bytes ends at its last message; else
+                // the read saw everything committed when it began.
+                let examined =
+                    if records.len() as i64 >= limit || bytes >= certhub_store::PAGE_BYTES {
+                        last
+                    } else {
+                        last.max(upto).max(after)
+                    };
+                Ok(Page { records, examined })
+            }
             Source::Stream(log) => {
-                let upto = *self.committed.borrow();
                 log.after(after, upto, device, limit, certhub_store::PAGE_BYTES)
                     .await
             }

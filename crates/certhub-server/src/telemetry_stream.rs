@@ -2,19 +2,27 @@
 //! reads, so that a message acknowledged to a device is in the stream (replicated when the
 //! stream is) whichever node took it, and every reader on every node sees one log in one order.
 //!
-//! - One stream per hub, `CERTHUB_{hub}_TELEMETRY`, on the subjects
-//!   `certhub.{hub}.telemetry.{hex(device id)}` (hex: ids may hold characters subjects may
-//!   not), kept by JetStream's own limits: the hub's telemetry retention as `max_age`, its
-//!   message cap as `max_msgs`, the oldest discarded first.
-//! - A message is the device's body as the payload, with the device, the module and the
-//!   properties (`{"system": .., "application": ..}`) as headers. The stream's sequence number
-//!   is the message's number everywhere (REST `from`, Server-Sent Events ids, Event Hubs
-//!   offsets and sequence numbers), and the time JetStream stored it is its enqueued time.
-//! - The writer publishes without waiting for each ack before the next, and answers the
-//!   session (PUBACK, AMQP disposition, HTTPS 204) only when JetStream's ack for that message
-//!   comes back: the ack is the commit.
-//! - Readers follow new messages through a watch of the highest number known to be stored: this
-//!   node's acks at once, other nodes' through a tick on `certhub.{hub}.telemetry-tick` (core
+//! - One stream per hub, `CERTHUB_{hub}_TELEMETRY`, kept by JetStream's own limits: the hub's
+//!   telemetry retention as `max_age`, its message cap as `max_msgs` (stream messages, each
+//!   holding one or more device messages), the oldest discarded first.
+//! - A stream message is a **batch** of device messages (header `Certhub-Batch: 1`, subject
+//!   `certhub.{hub}.telemetry.batch`): a frame of records, each the device, the module, the
+//!   properties (`{"system": .., "application": ..}`) and the body. What NATS and JetStream
+//!   cost per stream message (three copies on a replicated stream) is thus shared by every
+//!   device message of the batch (docs/research/cluster/telemetry-batching.md).
+//! - Batches form under load, not by a timer: the writer keeps at most [`IN_FLIGHT`] batches
+//!   unacknowledged, and the next batch takes everything that queued meanwhile (up to
+//!   [`PER_BATCH`] messages or [`BATCH_BYTES`]). An idle hub sends every message as a batch of
+//!   one, as fast as before; a busy one sends bigger batches as its acks take longer.
+//! - A device message's number is `stream sequence * 1024 + its index in the batch`: rising,
+//!   with gaps. It is the number everywhere (REST `from`, Server-Sent Events ids, Event Hubs
+//!   offsets and sequence numbers); the time JetStream stored the batch is the enqueued time of
+//!   all its messages. A message of the older one-record form (device in headers, body as the
+//!   payload) reads as a batch of one.
+//! - The writer answers a session (PUBACK, AMQP disposition, HTTPS 204) only when JetStream's
+//!   ack for the batch holding its message comes back: the ack is the commit.
+//! - Readers follow new messages through a watch of the highest number known to be stored
+//!   (`seq * 1024 + 1023` once batch `seq` is: everything in it): this node's acks at once, other nodes' through a tick on `certhub.{hub}.telemetry-tick` (core
 //!   NATS, coalesced), and the stream's state once a second as a net. JetStream numbers
 //!   messages in the order it stores them, so once a number is acknowledged every lower one is
 //!   stored too: a reader that has read up to it misses nothing later.
@@ -27,11 +35,39 @@ use certhub_store::TelemetryRecord;
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use crate::telemetry::{Pending, ReadError};
+use crate::telemetry::{Page, Pending, ReadError};
 
 const DEVICE: &str = "Certhub-Device";
 const MODULE: &str = "Certhub-Module";
 const PROPERTIES: &str = "Certhub-Properties";
+const BATCH: &str = "Certhub-Batch";
+
+/// Device messages a batch holds at most; numbers are `stream sequence * PER_BATCH + index`.
+pub(crate) const PER_BATCH: i64 = 1024;
+/// A batch stops growing at this many bytes (NATS's default largest message is 1 MiB; one
+/// device message is at most 256 KiB).
+pub(crate) const BATCH_BYTES: usize = 512 * 1024;
+/// Batches sent and not yet acknowledged, at most.
+pub(crate) const IN_FLIGHT: usize = 4;
+/// A read of one device's messages examines at most this many batches (the stream has no
+/// index by device); the page says how far it got. (`messages tail --device` asks every
+/// half second: this is far more than a busy hub writes in that time.)
+const DEVICE_SCAN: u64 = 4096;
+
+/// The number of message `index` of batch `seq`.
+fn number(seq: u64, index: usize) -> i64 {
+    seq as i64 * PER_BATCH + index as i64
+}
+
+/// The highest number batch `seq` may hold: "everything in batch `seq`".
+fn whole(seq: u64) -> i64 {
+    number(seq, PER_BATCH as usize - 1)
+}
+
+/// The batch that holds number `n`.
+fn batch_of(n: i64) -> u64 {
+    (n.max(0) / PER_BATCH) as u64
+}
 
 /// How the stream is kept.
 #[derive(Debug, Clone)]
@@ -50,19 +86,13 @@ pub(crate) struct JetStreamLog {
     js: jetstream::Context,
     stream: stream::Stream,
     name: String,
-    subject_prefix: String,
+    /// Where batches are published.
+    subject: String,
+    /// Batches this node had acknowledged.
+    batches: std::sync::atomic::AtomicU64,
 }
 
 impl JetStreamLog {
-    /// The subject of `device`'s messages.
-    fn subject(&self, device: &str) -> String {
-        format!(
-            "{}.{}",
-            self.subject_prefix,
-            crate::random::hex(device.as_bytes())
-        )
-    }
-
     /// Creates the stream, or brings its limits in line with `limits`.
     pub(crate) async fn open(
         client: async_nats::Client,
@@ -133,18 +163,24 @@ impl JetStreamLog {
             js,
             stream,
             name,
-            subject_prefix,
+            subject: format!("{subject_prefix}.batch"),
+            batches: Default::default(),
         })
     }
 
-    /// The highest number stored.
+    /// Batches this node had acknowledged (its telemetry messages over this: the mean batch).
+    pub(crate) fn batches(&self) -> u64 {
+        self.batches.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A bound on the numbers stored: every message is numbered at most this.
     pub(crate) async fn last_seq(&self) -> Result<i64, ReadError> {
         let info = self
             .stream
             .get_info()
             .await
             .map_err(|e| ReadError(format!("the telemetry stream {}: {e}", self.name)))?;
-        Ok(info.state.last_sequence as i64)
+        Ok(whole(info.state.last_sequence))
     }
 
     /// Starts the writer (taking messages from `rx`), the tick it sends other nodes and the
@@ -218,57 +254,87 @@ impl JetStreamLog {
         let log = self.clone();
         tokio::spawn(async move {
             let mut acks = futures_util::stream::FuturesUnordered::new();
+            // The first message of the next batch, when it did not fit in the last one.
+            let mut held: Option<Pending> = None;
+            let mut open = true;
             loop {
-                tokio::select! {
-                    p = rx.recv() => {
-                        let Some(p) = p else { break };
-                        match log.publish(&p.record).await {
+                // A batch goes when one may and something waits: everything queued, up to the
+                // limits.
+                if acks.len() < IN_FLIGHT {
+                    let first = held.take().or_else(|| rx.try_recv().ok());
+                    if let Some(first) = first {
+                        let mut bytes = frame_len(&first.record);
+                        let mut batch = vec![first];
+                        while batch.len() < PER_BATCH as usize {
+                            let Ok(p) = rx.try_recv() else { break };
+                            let len = frame_len(&p.record);
+                            if bytes + len > BATCH_BYTES {
+                                held = Some(p);
+                                break;
+                            }
+                            bytes += len;
+                            batch.push(p);
+                        }
+                        let sent = log.publish(&batch).await;
+                        let waiting: Vec<_> = batch.into_iter().map(|p| p.done).collect();
+                        match sent {
                             Ok(ack) => acks.push(async move {
-                                let result = ack
-                                    .await
-                                    .map(|a| a.sequence as i64)
-                                    .map_err(|e| format!("the telemetry stream did not acknowledge: {e}"));
-                                (p.done, result)
+                                let result = ack.await.map(|a| a.sequence).map_err(|e| {
+                                    format!("the telemetry stream did not acknowledge: {e}")
+                                });
+                                (waiting, result)
                             }),
                             Err(e) => {
-                                let _ = p.done.send(Err(e));
+                                for done in waiting {
+                                    let _ = done.send(Err(e.clone()));
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                }
+                tokio::select! {
+                    p = rx.recv(), if open && acks.len() < IN_FLIGHT => match p {
+                        Some(p) => held = Some(p),
+                        None => open = false,
+                    },
+                    Some((waiting, result)) = acks.next(), if !acks.is_empty() => {
+                        match result {
+                            Ok(seq) => {
+                                log.batches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                advance(&committed, whole(seq));
+                                acked_tx.send_if_modified(|v| {
+                                    if whole(seq) > *v { *v = whole(seq); true } else { false }
+                                });
+                                for (index, done) in waiting.into_iter().enumerate() {
+                                    let _ = done.send(Ok(number(seq, index)));
+                                }
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, messages = waiting.len(), "telemetry not stored");
+                                for done in waiting {
+                                    let _ = done.send(Err(e.clone()));
+                                }
                             }
                         }
                     }
-                    Some((done, result)) = acks.next(), if !acks.is_empty() => {
-                        if let Ok(seq) = &result {
-                            advance(&committed, *seq);
-                            acked_tx.send_if_modified(|v| {
-                                if *seq > *v { *v = *seq; true } else { false }
-                            });
-                        } else if let Err(e) = &result {
-                            tracing::error!(error = %e, "telemetry not stored");
-                        }
-                        let _: Result<(), _> = done.send(result);
-                    }
+                    else => break,
                 }
             }
         });
         Ok(())
     }
 
-    /// Sends one message to the stream; the future answers when JetStream has it.
+    /// Sends one batch to the stream; the future answers when JetStream has it.
     async fn publish(
         &self,
-        record: &TelemetryRecord,
+        batch: &[Pending],
     ) -> Result<jetstream::context::PublishAckFuture, String> {
         let mut headers = async_nats::HeaderMap::new();
-        headers.insert(DEVICE, record.device_id.as_str());
-        if let Some(m) = &record.module_id {
-            headers.insert(MODULE, m.as_str());
-        }
-        headers.insert(PROPERTIES, record.properties.as_str());
+        headers.insert(BATCH, "1");
+        let records: Vec<&TelemetryRecord> = batch.iter().map(|p| &p.record).collect();
         self.js
-            .publish_with_headers(
-                self.subject(&record.device_id),
-                headers,
-                bytes::Bytes::copy_from_slice(&record.body),
-            )
+            .publish_with_headers(self.subject.clone(), headers, encode(&records).into())
             .await
             .map_err(|e| format!("telemetry not sent to the stream: {e}"))
     }
@@ -277,25 +343,15 @@ impl JetStreamLog {
         ReadError(format!("reading the telemetry stream {}: {e}", self.name))
     }
 
-    /// Message `seq` from the stream's leader (which has every acknowledged message); `None`
-    /// when there is none (removed by the limits, or not yet written).
-    async fn get(&self, seq: u64) -> Result<Option<TelemetryRecord>, ReadError> {
+    /// The messages of stream message `seq`, from the stream's leader (which has every
+    /// acknowledged message); `None` when there is none (removed by the limits, or not yet
+    /// written).
+    async fn get(&self, seq: u64) -> Result<Option<Stored>, ReadError> {
         use jetstream::stream::RawMessageErrorKind;
-        match self.stream.get_raw_message(seq).await {
-            Ok(m) => decode(&m).map(Some).map_err(|e| self.failed(&e)),
-            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(self.failed(&e)),
+        if seq == 0 {
+            return Ok(None);
         }
-    }
-
-    /// The first message of `device` numbered `seq` or above.
-    async fn next_of(&self, device: &str, seq: u64) -> Result<Option<TelemetryRecord>, ReadError> {
-        use jetstream::stream::RawMessageErrorKind;
-        match self
-            .stream
-            .get_first_raw_message_by_subject(self.subject(device), seq)
-            .await
-        {
+        match self.stream.get_raw_message(seq).await {
             Ok(m) => decode(&m).map(Some).map_err(|e| self.failed(&e)),
             Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(self.failed(&e)),
@@ -304,11 +360,12 @@ impl JetStreamLog {
 
     /// Messages numbered above `after` and at most `upto` (known to be stored), oldest first,
     /// at most `limit` of them and (beyond the first) at most `max_bytes` of bodies; of one
-    /// device, messages above `upto` too.
+    /// device (and its modules) when `device` is given, up to the stream's last message
+    /// (beyond `upto`), examining at most [`DEVICE_SCAN`] batches.
     ///
-    /// Read from the stream's leader, message by message (no consumer: creating one is a
-    /// write to the NATS cluster's metadata, too costly for every page of every reader); the
-    /// whole log's pages ask for 64 messages at a time.
+    /// Read from the stream's leader, batch by batch (no consumer: creating one is a write to
+    /// the NATS cluster's metadata, too costly for every page of every reader), a few at once:
+    /// as many as the page still needs at the batch size seen so far.
     pub(crate) async fn after(
         &self,
         after: i64,
@@ -316,77 +373,98 @@ impl JetStreamLog {
         device: Option<&str>,
         limit: i64,
         max_bytes: i64,
-    ) -> Result<Vec<TelemetryRecord>, ReadError> {
+    ) -> Result<Page, ReadError> {
         let limit = limit.clamp(1, 10_000) as usize;
-        let mut out = Vec::new();
-        let mut bytes = 0i64;
-        let mut next = after.max(0) as u64 + 1;
-        if let Some(device) = device {
-            while out.len() < limit && bytes < max_bytes {
-                let Some(r) = self.next_of(device, next).await? else {
-                    break;
-                };
-                next = r.seq as u64 + 1;
-                bytes += r.body.len() as i64;
-                out.push(r);
-            }
-            return Ok(out);
-        }
-        if upto < next as i64 {
-            return Ok(out);
-        }
-        // Before the oldest message kept: start at it. (The first message, when there, is
-        // the page's first: not read again below.)
-        let first = self.get(next).await?;
-        if first.is_none() {
-            let info = self.stream.get_info().await.map_err(|e| self.failed(&e))?;
-            next = next.max(info.state.first_sequence);
-        }
-        let end = (upto as u64).min(next + limit as u64 - 1);
-        let from = match first {
-            Some(r) => {
-                bytes += r.body.len() as i64;
-                out.push(r);
-                if bytes >= max_bytes {
-                    return Ok(out);
-                }
-                next + 1
-            }
-            None => next,
+        let mut page = Page {
+            records: Vec::new(),
+            examined: after,
         };
-        let mut pages = futures_util::stream::iter(from..=end)
-            .map(|seq| self.get(seq))
-            .buffered(64);
-        while let Some(r) = pages.next().await {
-            // A number the limits removed meanwhile: skipped.
-            let Some(r) = r? else { continue };
-            bytes += r.body.len() as i64;
-            out.push(r);
-            if bytes >= max_bytes {
-                break;
-            }
+        if upto <= after && device.is_none() {
+            return Ok(page);
         }
-        Ok(out)
+        let mut bytes = 0i64;
+        let mut next = batch_of(after.max(0) + 1);
+        let end = match device {
+            // What the stream's leader holds now, not only what this node has heard of: a
+            // device's message acknowledged through another node a moment ago is read back
+            // (`upto` follows other nodes' acks through ticks a few milliseconds late).
+            Some(_) => {
+                let info = self.stream.get_info().await.map_err(|e| self.failed(&e))?;
+                batch_of(upto)
+                    .max(info.state.last_sequence)
+                    .min(next + DEVICE_SCAN - 1)
+            }
+            None => batch_of(upto),
+        };
+        let mut window = 1u64;
+        let mut read = 0u64;
+        let mut checked_start = false;
+        'pages: while next <= end {
+            let count = window.min(end - next + 1);
+            let batches =
+                futures_util::future::join_all((next..next + count).map(|s| self.get(s))).await;
+            for (seq, batch) in (next..next + count).zip(batches) {
+                let Some(batch) = batch? else {
+                    // Before the oldest batch kept: start at it.
+                    if !checked_start {
+                        checked_start = true;
+                        let info = self.stream.get_info().await.map_err(|e| self.failed(&e))?;
+                        if info.state.first_sequence > seq {
+                            next = info.state.first_sequence;
+                            page.examined = page.examined.max(whole(next - 1));
+                            continue 'pages;
+                        }
+                    }
+                    // Removed by the limits meanwhile: skipped.
+                    page.examined = page.examined.max(whole(seq));
+                    continue;
+                };
+                checked_start = true;
+                read += 1;
+                for r in batch.records {
+                    if r.seq <= after || device.is_some_and(|d| d != r.device_id) {
+                        continue;
+                    }
+                    bytes += r.body.len() as i64;
+                    page.examined = r.seq;
+                    page.records.push(r);
+                    if page.records.len() >= limit || bytes >= max_bytes {
+                        return Ok(page);
+                    }
+                }
+                page.examined = page.examined.max(whole(seq));
+            }
+            next += count;
+            window = match device {
+                Some(_) => 32,
+                None => {
+                    let per_batch = (page.records.len() as u64 / read.max(1)).max(1);
+                    ((limit - page.records.len()) as u64 / per_batch + 1).clamp(1, 32)
+                }
+            };
+        }
+        Ok(page)
     }
 
     /// The number just before the first message stored at or after `ms` (after it unless
     /// `inclusive`): where a reader that starts from that time begins. A binary search by the
-    /// time JetStream stored each message (it rises with the numbers).
+    /// time JetStream stored each batch (it rises with the numbers); all messages of a batch
+    /// share its time.
     pub(crate) async fn seq_before_time(&self, ms: i64, inclusive: bool) -> Result<i64, ReadError> {
         let info = self.stream.get_info().await.map_err(|e| self.failed(&e))?;
         let (mut lo, mut hi) = (info.state.first_sequence, info.state.last_sequence + 1);
         if info.state.messages == 0 {
-            return Ok(info.state.last_sequence as i64);
+            return Ok(whole(info.state.last_sequence));
         }
-        // The first number in [lo, hi) whose time is late enough; hi when none is.
+        // The first batch in [lo, hi) whose time is late enough; hi when none is.
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
             let late = match self.get(mid).await? {
-                Some(r) => {
+                Some(b) => {
                     if inclusive {
-                        r.enqueued_ms >= ms
+                        b.enqueued_ms >= ms
                     } else {
-                        r.enqueued_ms > ms
+                        b.enqueued_ms > ms
                     }
                 }
                 // Removed by the limits meanwhile: older than anything kept.
@@ -398,23 +476,24 @@ impl JetStreamLog {
                 lo = mid + 1;
             }
         }
-        Ok(lo as i64 - 1)
+        Ok(whole(lo - 1))
     }
 
     /// The oldest and newest messages kept.
     pub(crate) async fn bounds(&self) -> Result<certhub_store::TelemetryBounds, ReadError> {
-        let info = self
-            .stream
-            .get_info()
-            .await
-            .map_err(|e| ReadError(format!("the telemetry stream {}: {e}", self.name)))?;
+        let info = self.stream.get_info().await.map_err(|e| self.failed(&e))?;
         let s = &info.state;
         if s.messages == 0 {
             return Ok(certhub_store::TelemetryBounds::default());
         }
+        // The newest message's number: the last batch's last index.
+        let last = match self.get(s.last_sequence).await? {
+            Some(b) => b.records.last().map_or(whole(s.last_sequence), |r| r.seq),
+            None => whole(s.last_sequence),
+        };
         Ok(certhub_store::TelemetryBounds {
-            first_seq: Some(s.first_sequence as i64),
-            last: Some((s.last_sequence as i64, unix_ms(s.last_timestamp))),
+            first_seq: Some(number(s.first_sequence, 0)),
+            last: Some((last, unix_ms(s.last_timestamp))),
         })
     }
 }
@@ -423,21 +502,242 @@ fn unix_ms(t: time::OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// A stored message as the hub's record.
-fn decode(m: &jetstream::message::StreamMessage) -> Result<TelemetryRecord, String> {
+/// A stream message read back: its device messages, numbered.
+#[derive(Debug)]
+struct Stored {
+    enqueued_ms: i64,
+    records: Vec<TelemetryRecord>,
+}
+
+/// The bytes `record` takes in a batch's frame.
+fn frame_len(r: &TelemetryRecord) -> usize {
+    1 + 4 * 3
+        + r.device_id.len()
+        + r.module_id.as_ref().map_or(0, |m| 4 + m.len())
+        + r.properties.len()
+        + r.body.len()
+}
+
+/// A batch's frame: the count (u32, big-endian), then per message a flag byte (1: a module
+/// follows), then the device id, the module id (when flagged), the properties and the body,
+/// each as a u32 length and its bytes.
+fn encode(records: &[&TelemetryRecord]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + records.iter().map(|r| frame_len(r)).sum::<usize>());
+    let put = |out: &mut Vec<u8>, b: &[u8]| {
+        out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+        out.extend_from_slice(b);
+    };
+    out.extend_from_slice(&(records.len() as u32).to_be_bytes());
+    for r in records {
+        out.push(u8::from(r.module_id.is_some()));
+        put(&mut out, r.device_id.as_bytes());
+        if let Some(m) = &r.module_id {
+            put(&mut out, m.as_bytes());
+        }
+        put(&mut out, r.properties.as_bytes());
+        put(&mut out, &r.body);
+    }
+    out
+}
+
+/// A batch's messages (device, module, properties, body), or what is wrong with its frame.
+type Fields = (String, Option<String>, String, Vec<u8>);
+
+fn decode_frame(mut b: &[u8]) -> Result<Vec<Fields>, String> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if b.len() < n {
+            return Err(format!("the frame ends {} bytes early", n - b.len()));
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Ok(head)
+    }
+    fn length(b: &mut &[u8]) -> Result<usize, String> {
+        let n = take(b, 4)?;
+        Ok(u32::from_be_bytes([n[0], n[1], n[2], n[3]]) as usize)
+    }
+    fn text(b: &mut &[u8]) -> Result<String, String> {
+        let n = length(b)?;
+        String::from_utf8(take(b, n)?.to_vec()).map_err(|_| "a name is not UTF-8".to_string())
+    }
+    let count = length(&mut b)?;
+    if count == 0 || count > PER_BATCH as usize {
+        return Err(format!("the frame says it holds {count} messages"));
+    }
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let flags = take(&mut b, 1)?[0];
+        let device = text(&mut b)?;
+        let module = if flags & 1 == 1 {
+            Some(text(&mut b)?)
+        } else {
+            None
+        };
+        let properties = text(&mut b)?;
+        let n = length(&mut b)?;
+        let body = take(&mut b, n)?.to_vec();
+        out.push((device, module, properties, body));
+    }
+    if !b.is_empty() {
+        return Err(format!(
+            "{} bytes after the last message of the frame",
+            b.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// A stored stream message as the hub's records: a batch, or one message of the older
+/// one-record form (a batch of one).
+fn decode(m: &jetstream::message::StreamMessage) -> Result<Stored, String> {
     let header = |name: &str| m.headers.get(name).map(|v| v.as_str().to_string());
-    let device_id = header(DEVICE).ok_or_else(|| {
-        format!(
-            "message {} has no {DEVICE} header (not written by certhub?)",
-            m.sequence
+    let enqueued_ms = unix_ms(m.time);
+    let fields = if header(BATCH).is_some() {
+        decode_frame(&m.payload).map_err(|e| format!("batch {}: {e}", m.sequence))?
+    } else {
+        let device_id = header(DEVICE).ok_or_else(|| {
+            format!(
+                "message {} has no {DEVICE} header (not written by certhub?)",
+                m.sequence
+            )
+        })?;
+        vec![(
+            device_id,
+            header(MODULE),
+            header(PROPERTIES).unwrap_or_else(|| "{}".into()),
+            m.payload.to_vec(),
+        )]
+    };
+    let records = fields
+        .into_iter()
+        .enumerate()
+        .map(
+            |(index, (device_id, module_id, properties, body))| TelemetryRecord {
+                seq: number(m.sequence, index),
+                device_id,
+                module_id,
+                enqueued_ms,
+                properties,
+                body,
+            },
         )
-    })?;
-    Ok(TelemetryRecord {
-        seq: m.sequence as i64,
-        device_id,
-        module_id: header(MODULE),
-        enqueued_ms: unix_ms(m.time),
-        properties: header(PROPERTIES).unwrap_or_else(|| "{}".into()),
-        body: m.payload.to_vec(),
+        .collect();
+    Ok(Stored {
+        enqueued_ms,
+        records,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(device: &str, module: Option<&str>, body: &[u8]) -> TelemetryRecord {
+        TelemetryRecord {
+            seq: 0,
+            device_id: device.into(),
+            module_id: module.map(str::to_string),
+            enqueued_ms: 0,
+            properties: r#"{"system":{},"application":{"a":"b"}}"#.into(),
+            body: body.to_vec(),
+        }
+    }
+
+    #[test]
+    fn a_frame_reads_back_what_was_written() {
+        let a = record("widget-ü", None, b"");
+        let b = record("widget/x", Some("mod"), &[0, 1, 2, 255]);
+        let frame = encode(&[&a, &b]);
+        assert_eq!(frame.len(), 4 + frame_len(&a) + frame_len(&b));
+        let back = decode_frame(&frame).expect("decodes");
+        assert_eq!(
+            back,
+            vec![
+                (a.device_id, None, a.properties, a.body),
+                (b.device_id, b.module_id, b.properties, b.body),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_damaged_frame_is_an_error_not_a_panic() {
+        let frame = encode(&[&record("w", Some("m"), b"hello")]);
+        for cut in 0..frame.len() {
+            assert!(decode_frame(&frame[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = frame.clone();
+        longer.push(0);
+        assert!(decode_frame(&longer).is_err());
+        assert!(decode_frame(&[0, 0, 0, 0]).is_err(), "no messages");
+        assert!(decode_frame(&[0xff, 0xff, 0xff, 0xff]).is_err(), "too many");
+    }
+
+    fn stored(sequence: u64, headers: &[(&str, &str)], payload: Vec<u8>) -> Stored {
+        let mut map = async_nats::HeaderMap::new();
+        for (k, v) in headers {
+            map.insert(*k, *v);
+        }
+        let m = jetstream::message::StreamMessage {
+            subject: "certhub.hub.telemetry.batch".into(),
+            sequence,
+            headers: map,
+            payload: payload.into(),
+            time: time::OffsetDateTime::from_unix_timestamp(1_700_000_000).expect("a time"),
+        };
+        decode(&m).expect("decodes")
+    }
+
+    #[test]
+    fn a_batch_and_an_older_one_record_message_read_back_numbered() {
+        let a = record("w1", None, b"one");
+        let b = record("w2", Some("m"), b"two");
+        let batch = stored(3, &[(BATCH, "1")], encode(&[&a, &b]));
+        assert_eq!(batch.enqueued_ms, 1_700_000_000_000);
+        let got: Vec<_> = batch
+            .records
+            .iter()
+            .map(|r| {
+                (
+                    r.seq,
+                    r.device_id.as_str(),
+                    r.module_id.as_deref(),
+                    r.enqueued_ms,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (3072, "w1", None, 1_700_000_000_000),
+                (3073, "w2", Some("m"), 1_700_000_000_000)
+            ]
+        );
+        // Written before batches: the device in headers, the body as the payload.
+        let old = stored(
+            2,
+            &[(DEVICE, "w3"), (MODULE, "x"), (PROPERTIES, "{}")],
+            b"old".to_vec(),
+        );
+        assert_eq!(old.records.len(), 1);
+        let r = &old.records[0];
+        assert_eq!(
+            (
+                r.seq,
+                r.device_id.as_str(),
+                r.module_id.as_deref(),
+                &r.body[..]
+            ),
+            (2048, "w3", Some("x"), &b"old"[..])
+        );
+    }
+
+    #[test]
+    fn numbers_rise_through_batches() {
+        assert_eq!(number(1, 0), 1024);
+        assert_eq!(whole(1), 2047);
+        assert!(whole(1) < number(2, 0));
+        assert_eq!(batch_of(number(7, 1023)), 7);
+        assert_eq!(batch_of(whole(6) + 1), 7);
+        assert_eq!(batch_of(-5), 0);
+    }
 }

@@ -851,18 +851,7 @@ fn acknowledged_telemetry_survives_a_killed_node_and_nats_server() {
     let node_b = start_hub_on(&data_b, host_b, &cluster);
     let ca = data_a.join("tls/server-ca.pem");
     let cs_b = connection_string_at(d, &data_b, &node_b);
-    common::enroll_company_x(d, &data_a, WIDGETS);
-    let names: Vec<String> = (1..=WIDGETS)
-        .map(|n| format!("smart-x-widget-{n:04}"))
-        .collect();
-    for w in &names {
-        certhub_at(
-            d,
-            &data_a,
-            &["device", "create", "--id", w, "--auth-method", "x509-ca"],
-        )
-        .ok();
-    }
+    let names = enroll_widgets(d, &data_a, WIDGETS);
     // Node B follows the CA within half a second.
     std::thread::sleep(Duration::from_millis(1200));
     let at_a = format!(
@@ -916,25 +905,14 @@ fn acknowledged_telemetry_survives_a_killed_node_and_nats_server() {
     let tail = cli_at(d, &cs_b, &ca, &["messages", "tail", "--idle-exit", "1"]);
     let mut seen: std::collections::HashMap<&str, Vec<usize>> = Default::default();
     let mut last_seq = 0i64;
-    for line in tail.lines() {
-        let seq: i64 = line
-            .split_whitespace()
-            .next()
-            .and_then(|t| t.trim_start_matches('#').parse().ok())
-            .unwrap_or_else(|| panic!("a line of messages tail: {line}"));
+    for (seq, w, n) in tail_lines(&tail) {
         assert!(seq > last_seq, "numbers rise: {seq} after {last_seq}");
         last_seq = seq;
-        let mut words = line.rsplit(' ');
-        let (Some(n), Some(w)) = (words.next(), words.next()) else {
-            panic!("a line of messages tail: {line}");
-        };
         let w = names
             .iter()
-            .find(|x| x.as_str() == w)
-            .unwrap_or_else(|| panic!("a message of an unknown widget: {line}"));
-        seen.entry(w.as_str())
-            .or_default()
-            .push(n.parse().expect("a number"));
+            .find(|x| **x == w)
+            .unwrap_or_else(|| panic!("a message of an unknown widget: #{seq} {w}"));
+        seen.entry(w.as_str()).or_default().push(n);
     }
     let mut again = 0;
     for w in &names {
@@ -1040,6 +1018,42 @@ fn cluster_options_refuse_bad_values() {
             "{args:?} should say {want:?}: {stderr}"
         );
     }
+}
+
+/// The lines of `messages tail` of messages "WIDGET N": (number, widget, N).
+fn tail_lines(tail: &str) -> Vec<(i64, String, usize)> {
+    tail.lines()
+        .map(|line| {
+            let seq = line
+                .split_whitespace()
+                .next()
+                .and_then(|t| t.trim_start_matches('#').parse().ok())
+                .unwrap_or_else(|| panic!("a line of messages tail: {line}"));
+            let mut words = line.rsplit(' ');
+            let (Some(n), Some(w)) = (words.next(), words.next()) else {
+                panic!("a line of messages tail: {line}");
+            };
+            (seq, w.to_string(), n.parse().expect("a number"))
+        })
+        .collect()
+}
+
+/// Company-X's chain with `count` widgets, its root verified on `data`'s hub and the widgets
+/// registered (CA-signed): their names.
+fn enroll_widgets(d: &Path, data: &Path, count: usize) -> Vec<String> {
+    common::enroll_company_x(d, data, count);
+    let names: Vec<String> = (1..=count)
+        .map(|n| format!("smart-x-widget-{n:04}"))
+        .collect();
+    for w in &names {
+        certhub_at(
+            d,
+            data,
+            &["device", "create", "--id", w, "--auth-method", "x509-ca"],
+        )
+        .ok();
+    }
+    names
 }
 
 /// tests/interop/cluster_telemetry.py: `device` sends `count` numbered QoS 1 messages, one
@@ -1812,4 +1826,116 @@ fn node_provisioning_across_nodes() {
         admitted.iter().filter(|n| **n > 0).count() >= 2,
         "devices admitted on at least two nodes: {admitted:?}"
     );
+}
+
+/// Under load the writer puts many device messages in one JetStream message (a batch): four
+/// widgets each publish 2 000 numbered QoS 1 messages as fast as mosquitto_pub sends them
+/// (20 in flight each). The whole log read back (`messages tail`) holds every message of every
+/// widget in the order sent, under rising numbers, and some numbers are consecutive (two
+/// messages of one batch: batches formed); a read of one device (`--device`, which scans the
+/// batches for it) holds exactly that widget's messages.
+#[test]
+fn telemetry_batches_under_load_and_reads_back_whole_and_by_device() {
+    const WIDGETS: usize = 4;
+    const COUNT: usize = 2000;
+    let db = Database::new();
+    let nats = Nats::start("127.0.0.108");
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("node");
+    let host = "127.0.0.109";
+    let node = start_hub_on(
+        &data,
+        host,
+        &["--store", db.url.as_str(), "--nats", nats.url.as_str()],
+    );
+    let ca = data.join("tls/server-ca.pem");
+    let cs = connection_string_at(d, &data, &node);
+    let names = enroll_widgets(d, &data, WIDGETS);
+    let senders: Vec<std::process::Child> = names
+        .iter()
+        .map(|w| {
+            let mut child = Command::new("mosquitto_pub")
+                .current_dir(d)
+                .args(["-h", host, "-p", &node.mqtt_port.to_string()])
+                .args(["-V", "mqttv311", "--cafile", s(&ca)])
+                .args(["--cert", &format!("pki/devices/{w}/chain.pem")])
+                .args(["--key", &format!("pki/devices/{w}/key.pem")])
+                .args([
+                    "-i",
+                    w,
+                    "-u",
+                    &format!("{host}/{w}/?api-version=2021-04-12"),
+                ])
+                .args(["-t", &format!("devices/{w}/messages/events/")])
+                .args(["-q", "1", "-l"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("mosquitto_pub runs");
+            let lines: String = (0..COUNT).map(|n| format!("{w} {n}\n")).collect();
+            let mut stdin = child.stdin.take().expect("stdin");
+            std::thread::spawn(move || {
+                use std::io::Write;
+                stdin.write_all(lines.as_bytes()).expect("lines written");
+            });
+            child
+        })
+        .collect();
+    for (w, sender) in names.iter().zip(senders) {
+        let out = sender.wait_with_output().expect("mosquitto_pub ends");
+        assert!(
+            out.status.success(),
+            "{w}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tail = cli_at(d, &cs, &ca, &["messages", "tail", "--idle-exit", "1"]);
+    let mut seen: std::collections::HashMap<String, Vec<usize>> = Default::default();
+    let (mut last_seq, mut consecutive) = (0i64, 0usize);
+    for (seq, w, n) in tail_lines(&tail) {
+        assert!(seq > last_seq, "numbers rise: {seq} after {last_seq}");
+        if seq == last_seq + 1 {
+            consecutive += 1;
+        }
+        last_seq = seq;
+        seen.entry(w).or_default().push(n);
+    }
+    for w in &names {
+        assert_eq!(
+            seen.get(w.as_str()).cloned().unwrap_or_default(),
+            (0..COUNT).collect::<Vec<_>>(),
+            "{w}: every message once, in the order sent"
+        );
+    }
+    assert!(
+        consecutive > 0,
+        "some messages shared a batch ({} lines read)",
+        tail.lines().count()
+    );
+    eprintln!(
+        "{} messages, {consecutive} of them numbered right after the one before (same batch)",
+        WIDGETS * COUNT
+    );
+    let one = &names[2];
+    let tail = cli_at(
+        d,
+        &cs,
+        &ca,
+        &["messages", "tail", "--device", one, "--idle-exit", "1"],
+    );
+    let mine: Vec<usize> = tail_lines(&tail)
+        .into_iter()
+        .map(|(_, w, n)| {
+            assert_eq!(&w, one, "only {one}'s messages");
+            n
+        })
+        .collect();
+    assert_eq!(
+        mine,
+        (0..COUNT).collect::<Vec<_>>(),
+        "{one}'s messages, in order"
+    );
+    drop(node);
 }

@@ -321,7 +321,12 @@ impl Partition {
                 .telemetry()
                 .after(after, None, READ_BATCH)
                 .await
-                .map(|batch| batch.iter().map(|r| (r.seq, encode(&event(r)))).collect())
+                .map(|page| {
+                    page.records
+                        .iter()
+                        .map(|r| (r.seq, encode(&event(r))))
+                        .collect()
+                })
                 .map_err(|e| e.to_string());
             Done::Events { link, result }
         }))

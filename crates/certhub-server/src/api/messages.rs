@@ -119,15 +119,17 @@ pub async fn stream(
                             (after, follow, queue),
                         ));
                     }
-                    // Everything up to here is committed and visible to the read below.
                     let upto = *follow.borrow_and_update();
                     match log.after(after, device.as_deref(), 500).await {
-                        Ok(batch) if !batch.is_empty() => queue.extend(batch),
-                        Ok(_) => {
-                            // Nothing (for this device) up to `upto`: the next read starts
-                            // there rather than scanning the same messages again; then wait
-                            // for the next commit.
-                            after = after.max(upto);
+                        Ok(page) if !page.records.is_empty() => queue.extend(page.records),
+                        Ok(page) => {
+                            // Nothing (for this device) up to where the read looked: the next
+                            // read starts there rather than scanning the same messages again;
+                            // when that is everything committed, wait for the next commit.
+                            after = after.max(page.examined);
+                            if after < upto {
+                                continue;
+                            }
                             if follow.changed().await.is_err() {
                                 return None;
                             }
@@ -159,20 +161,14 @@ pub async fn events(
     caller.require(Rights::SERVICE_CONNECT, "reading telemetry")?;
     let top = super::error::top(p.top, 100, 1000)?;
     let from = p.from.unwrap_or(0);
-    // Everything up to here is committed and visible to the read below.
-    let upto = *state.telemetry().follow().borrow();
-    let records = state
+    let page = state
         .telemetry()
         .after(from, p.device.as_deref(), top)
         .await?;
     // Where the next page starts: after the last message returned when the page is full, else
     // after everything this read examined (a device filter may have skipped much of it).
-    let last = records.last().map_or(from, |r| r.seq);
-    let next = if records.len() as i64 == top {
-        last
-    } else {
-        last.max(upto)
-    };
+    let records = page.records;
+    let next = page.examined;
     let out: Vec<TelemetryEvent> = records.iter().map(record_json).collect();
     let mut response = Json(out).into_response();
     if let Ok(v) = axum::http::HeaderValue::from_str(&next.to_string()) {

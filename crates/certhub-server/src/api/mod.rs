@@ -83,7 +83,9 @@ async fn metrics(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state.metrics().render(state.sessions().count()),
+        state
+            .metrics()
+            .render(state.sessions().count(), state.telemetry().stream_batches()),
     )
 }
 
