@@ -45,7 +45,8 @@ const BATCH: &str = "Certhub-Batch";
 /// Device messages a batch holds at most; numbers are `stream sequence * PER_BATCH + index`.
 pub(crate) const PER_BATCH: i64 = 1024;
 /// A batch stops growing at this many bytes (NATS's default largest message is 1 MiB; one
-/// device message is at most 256 KiB).
+/// device message is at most 256 KiB), or short of the server's own largest message when that
+/// is smaller.
 pub(crate) const BATCH_BYTES: usize = 512 * 1024;
 /// Batches sent and not yet acknowledged, at most.
 pub(crate) const IN_FLIGHT: usize = 4;
@@ -90,6 +91,9 @@ pub(crate) struct JetStreamLog {
     subject: String,
     /// Batches this node had acknowledged.
     batches: std::sync::atomic::AtomicU64,
+    /// Where a batch stops growing: [`BATCH_BYTES`], or less on a server whose largest
+    /// message (`max_payload`) is smaller.
+    batch_bytes: usize,
 }
 
 impl JetStreamLog {
@@ -165,6 +169,7 @@ impl JetStreamLog {
             name,
             subject: format!("{subject_prefix}.batch"),
             batches: Default::default(),
+            batch_bytes: (client.server_info().max_payload / 2).clamp(4096, BATCH_BYTES),
         })
     }
 
@@ -268,7 +273,7 @@ impl JetStreamLog {
                         while batch.len() < PER_BATCH as usize {
                             let Ok(p) = rx.try_recv() else { break };
                             let len = frame_len(&p.record);
-                            if bytes + len > BATCH_BYTES {
+                            if bytes + len > log.batch_bytes {
                                 held = Some(p);
                                 break;
                             }
