@@ -221,11 +221,91 @@ pub struct Cluster {
     connections: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
+/// The NATS servers of `--nats` (comma-separated URLs), with the credentials taken out of
+/// them: `nats://user:password@host:4222` (a user and password) or `nats://token@host:4222`
+/// (a token), percent-encoded as in any URL. async-nats would ignore credentials left in a
+/// URL, and a URL with a password must not reach a log or an error message.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NatsServers {
+    urls: Vec<String>,
+    /// A user and its password, or a token (no password).
+    auth: Option<(String, Option<String>)>,
+}
+
+impl std::fmt::Debug for NatsServers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown())
+    }
+}
+
+impl NatsServers {
+    /// `list` checked: every URL `nats://` or `tls://`, and one set of credentials at most
+    /// (a NATS cluster's servers share their accounts; given in the first URL only, they
+    /// serve for every server).
+    pub fn parse(list: &str) -> Result<Self, String> {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        let mut urls = Vec::new();
+        let mut auth: Option<(String, Option<String>)> = None;
+        for given in list.split(',').map(str::trim).filter(|u| !u.is_empty()) {
+            let shown = redacted(given);
+            let mut url = url::Url::parse(given).map_err(|e| {
+                format!("--nats / nats_url: {shown:?} is not a nats:// URL ({e}; several servers of a NATS cluster: nats://a:4222,nats://b:4222)")
+            })?;
+            if !matches!(url.scheme(), "nats" | "tls") || url.host_str().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "--nats / nats_url: {shown:?} is not a nats:// URL (several servers of a NATS cluster: nats://a:4222,nats://b:4222)"
+                ));
+            }
+            if !url.username().is_empty() {
+                let these = (decode(url.username()), url.password().map(decode));
+                if auth.as_ref().is_some_and(|a| *a != these) {
+                    return Err("--nats / nats_url: the servers' URLs carry different credentials; a NATS cluster's servers share their accounts: give the same user and password (or token) in each URL, or in the first only".into());
+                }
+                auth = Some(these);
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+            }
+            urls.push(url.as_str().trim_end_matches('/').to_string());
+        }
+        if urls.is_empty() {
+            return Err("--nats / nats_url is empty: give nats://host:4222 (several servers of a NATS cluster: nats://a:4222,nats://b:4222)".into());
+        }
+        Ok(Self { urls, auth })
+    }
+
+    /// The servers' URLs, without credentials: what logs and errors may show.
+    pub fn shown(&self) -> String {
+        self.urls.join(",")
+    }
+
+    fn authenticate(&self, options: async_nats::ConnectOptions) -> async_nats::ConnectOptions {
+        match &self.auth {
+            Some((user, Some(password))) => {
+                options.user_and_password(user.clone(), password.clone())
+            }
+            Some((token, None)) => options.token(token.clone()),
+            None => options,
+        }
+    }
+}
+
+/// `url` with whatever stands between `://` and `@` (credentials) replaced by `***`.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(start), Some(at)) if at > start => format!("{}***{}", &url[..start + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
 impl Cluster {
     /// Connects to NATS and starts taking notices; `act` runs each one from another node.
     /// `hub` names the hub (one NATS may serve several hubs).
     pub async fn join(
-        url: &str,
+        servers: &NatsServers,
         hub: &str,
         node: &str,
         act: impl Fn(&str, Notice) + Send + 'static,
@@ -237,7 +317,9 @@ impl Cluster {
         let flag = up.clone();
         let connections = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
         let counted = connections.clone();
-        let client = async_nats::ConnectOptions::new()
+        let url = servers.shown();
+        let client = servers
+            .authenticate(async_nats::ConnectOptions::new())
             .name(format!("certhub node {node}"))
             // What this node publishes is for the others (its own notices, ticks): the server
             // need not send them back to it.
@@ -267,12 +349,7 @@ impl Cluster {
             })
             // Several servers of a NATS cluster, comma-separated: any of them will do, and
             // the client moves to another when its server goes.
-            .connect(
-                url.split(',')
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .collect::<Vec<_>>(),
-            )
+            .connect(servers.urls.clone())
             .await
             .map_err(|e| format!("the cluster bus at {url}: {e}"))?;
         let subject = format!("certhub.{hub}.notice");
@@ -520,6 +597,46 @@ mod tests {
             let text = serde_json::to_string(&answer).expect("json");
             let back: MethodAnswer = serde_json::from_str(&text).expect("parse");
             assert_eq!(back, answer, "{text}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod nats_url_tests {
+    use super::NatsServers;
+
+    #[test]
+    fn credentials_come_out_of_the_urls_and_never_show() {
+        let n = NatsServers::parse("nats://certhub:p%40ss@a:4222, nats://b:4222").expect("parses");
+        assert_eq!(n.shown(), "nats://a:4222,nats://b:4222");
+        assert_eq!(n.auth, Some(("certhub".into(), Some("p@ss".into()))));
+        assert_eq!(format!("{n:?}"), "nats://a:4222,nats://b:4222");
+        let t = NatsServers::parse("tls://s3cret-token@a:4222").expect("parses");
+        assert_eq!(t.shown(), "tls://a:4222");
+        assert_eq!(t.auth, Some(("s3cret-token".into(), None)));
+        assert_eq!(
+            NatsServers::parse("nats://a:4222").expect("parses").auth,
+            None
+        );
+    }
+
+    #[test]
+    fn bad_lists_are_refused_without_their_secrets() {
+        for (list, want) in [
+            (
+                "http://u:secret@b:2",
+                "\"http://***@b:2\" is not a nats:// URL",
+            ),
+            (
+                "nats://u:secret@a:1,nats://u:other@b:2",
+                "different credentials",
+            ),
+            (" , ", "is empty"),
+            ("not a url", "is not a nats:// URL"),
+        ] {
+            let e = NatsServers::parse(list).expect_err(list);
+            assert!(e.contains(want), "{list}: {e}");
+            assert!(!e.contains("secret") && !e.contains("other"), "{list}: {e}");
         }
     }
 }

@@ -36,6 +36,7 @@ mod ws_stream;
 
 pub use amqp::serve_amqp;
 pub use api::{C2D_FEEDBACK_TTL_MS, FILE_NOTIFICATION_TTL_MS, router};
+pub use cluster::NatsServers;
 pub use listener::{HttpsOptions, HttpsTls, serve_https};
 pub use mqtt::{MqttOptions, serve_mqtt};
 

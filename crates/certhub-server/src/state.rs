@@ -339,18 +339,19 @@ impl AppState {
         self.load_trust().await.map(|_| ())
     }
 
-    /// Joins the hub's other nodes on the NATS server at `url` (the hub's ID scope names it
+    /// Joins the hub's other nodes on the NATS `servers` (the hub's ID scope names it
     /// there): from now on kicks and new sessions are told to them, and theirs act here.
     pub async fn join_cluster(
         &self,
-        url: &str,
+        servers: &crate::cluster::NatsServers,
         telemetry: &crate::telemetry_stream::StreamLimits,
     ) -> Result<(), String> {
+        let url = servers.shown();
         let state = self.clone();
         let hub = self.dps().id_scope().to_string();
         let again = self.clone();
         let cluster = crate::cluster::Cluster::join(
-            url,
+            servers,
             &hub,
             &self.inner.node,
             move |node, notice| state.on_notice(node, notice),

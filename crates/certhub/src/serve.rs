@@ -96,7 +96,8 @@ pub struct ServeArgs {
     #[arg(long = "store", value_name = "URL")]
     store: Option<String>,
     /// A node of a cluster: the NATS server (`nats://host:4222`, or several of a NATS cluster,
-    /// comma-separated) through which the hub's nodes close each other's sessions at once (a
+    /// comma-separated; a user and password as `nats://user:password@host:4222`, a token as
+    /// `nats://token@host:4222`) through which the hub's nodes close each other's sessions at once (a
     /// disabled device, the newest connection of an identity) and which keeps the telemetry
     /// stream (JetStream); needs --store (TOML key nats_url, environment CERTHUB_NATS_URL).
     #[arg(long = "nats", value_name = "URL")]
@@ -156,8 +157,8 @@ pub struct Config {
     pub mqtt_addr: SocketAddr,
     pub amqp_addr: SocketAddr,
     pub database_url: Option<String>,
-    /// The cluster's NATS server (with `database_url` only).
-    pub nats_url: Option<String>,
+    /// The cluster's NATS servers (with `database_url` only), credentials apart.
+    pub nats_url: Option<certhub_server::NatsServers>,
     /// Copies of the cluster's telemetry stream; `None`: 3 on a NATS cluster, else 1.
     pub telemetry_replicas: Option<usize>,
     /// Where clients reach the hub (host, port), when not this process's first host name and
@@ -320,21 +321,15 @@ impl Config {
             .clone()
             .or_else(|| env("CERTHUB_NATS_URL"))
             .or(file.nats_url);
-        if let Some(url) = &nats_url {
-            if let Some(bad) = url
-                .split(',')
-                .map(str::trim)
-                .find(|u| !u.starts_with("nats://") && !u.starts_with("tls://"))
-            {
-                return Err(ConfigError(format!(
-                    "--nats / nats_url: {bad:?} is not a nats:// URL (several servers of a NATS cluster: nats://a:4222,nats://b:4222)"
-                )));
-            }
-            if database_url.is_none() {
-                return Err(ConfigError(
-                    "--nats / nats_url makes this hub a node of a cluster, whose nodes share one database: give --store postgres://... too".into(),
-                ));
-            }
+        let nats_servers = nats_url
+            .as_deref()
+            .map(certhub_server::NatsServers::parse)
+            .transpose()
+            .map_err(ConfigError)?;
+        if nats_servers.is_some() && database_url.is_none() {
+            return Err(ConfigError(
+                "--nats / nats_url makes this hub a node of a cluster, whose nodes share one database: give --store postgres://... too".into(),
+            ));
         }
         let telemetry_replicas = if args.telemetry_replicas.is_some()
             || env("CERTHUB_TELEMETRY_REPLICAS").is_some()
@@ -513,7 +508,7 @@ impl Config {
             mqtt_addr: addr("mqtt_addr", &mqtt)?,
             amqp_addr: addr("amqp_addr", &amqp)?,
             database_url,
-            nats_url,
+            nats_url: nats_servers,
             telemetry_replicas,
             public_endpoint,
             file_store,

@@ -1953,3 +1953,89 @@ fn telemetry_batches_under_load_and_reads_back_whole_and_by_device() {
     );
     drop(node);
 }
+
+/// A NATS server that asks for a user and password: the node takes them from its --nats URL
+/// (`nats://user:password@host:port`; async-nats itself ignores credentials in a URL) and
+/// joins, telemetry stream and all. With a wrong password it stops at start, saying NATS
+/// refused it, and never shows the password.
+#[test]
+fn nats_credentials_in_the_url_are_used_and_never_shown() {
+    let db = Database::new();
+    let nats = Nats::start_on(
+        "127.0.0.110",
+        "-1",
+        tmp(),
+        ["--user", "certhub", "--pass", "s3cret-w0rd"]
+            .map(String::from)
+            .to_vec(),
+    );
+    let t = tmp();
+    let d = t.path();
+    let with = |secret: &str| {
+        nats.url
+            .replacen("nats://", &format!("nats://certhub:{secret}@"), 1)
+    };
+    let good = with("s3cret-w0rd");
+    let node = start_hub_on(
+        &d.join("node"),
+        "127.0.0.111",
+        &["--store", db.url.as_str(), "--nats", good.as_str()],
+    );
+    let widgets = enroll_widgets(d, &d.join("node"), 1);
+    let ca = d.join("node/tls/server-ca.pem");
+    let sent = widget(
+        d,
+        "mosquitto_pub",
+        "127.0.0.111",
+        node.mqtt_port,
+        &ca,
+        "devices/smart-x-widget-0001/messages/events/",
+    )
+    .args(["-m", "through an authenticated NATS"])
+    .output()
+    .expect("mosquitto_pub runs");
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let cs = connection_string_at(d, &d.join("node"), &node);
+    let tail = cli_at(d, &cs, &ca, &["messages", "tail", "--idle-exit", "1"]);
+    assert!(
+        tail.lines()
+            .any(|l| l.contains(&widgets[0]) && l.ends_with(" through an authenticated NATS")),
+        "the message is in the stream: {tail}"
+    );
+    drop(node);
+    let out = Command::new(env!("CARGO_BIN_EXE_certhub"))
+        .args(["serve", "--data-dir", s(&d.join("other"))])
+        .args(["--hostname", "127.0.0.111"])
+        .args([
+            "--https-addr",
+            "127.0.0.111:0",
+            "--mqtt-addr",
+            "127.0.0.111:0",
+        ])
+        .args(["--amqp-addr", "127.0.0.111:0"])
+        .args([
+            "--store",
+            db.url.as_str(),
+            "--nats",
+            &with("not-the-password"),
+        ])
+        .output()
+        .expect("certhub runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a wrong password stops the node: {stderr}"
+    );
+    assert!(
+        stderr.contains("authorization violation") && stderr.contains(&nats.url),
+        "says NATS at its URL refused the node: {stderr}"
+    );
+    assert!(
+        !stderr.contains("not-the-password") && !stderr.contains("s3cret"),
+        "never shows a password: {stderr}"
+    );
+}
