@@ -215,7 +215,7 @@ fn the_event_stream_is_live_and_resumes() {
         .spawn()
         .expect("curl");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    for m in ["first", "second"] {
+    let send = |message: &str| {
         let out = mosquitto_pub(
             d,
             &Pub {
@@ -224,11 +224,14 @@ fn the_event_stream_is_live_and_resumes() {
                 widget: "pki/devices/smart-x-widget-0001",
                 client_id: "smart-x-widget-0001",
                 topic: "devices/smart-x-widget-0001/messages/events/",
-                message: m,
+                message,
                 extra: &[],
             },
         );
         assert!(out.status.success());
+    };
+    for m in ["first", "second"] {
+        send(m);
     }
     let live =
         String::from_utf8_lossy(&listener.wait_with_output().expect("curl").stdout).into_owned();
@@ -278,6 +281,27 @@ fn the_event_stream_is_live_and_resumes() {
     let other = page("from=0&device=someone-else");
     assert!(other.contains("x-ms-continuation: 2\r\n"), "{other}");
     assert!(other.trim_end().ends_with("[]"), "{other}");
+    // A page also stops at 4 MiB of bodies: then it continues after its last message, not
+    // after the end of the log (36 messages of 120 000 bytes: 35 fit).
+    let big = "b".repeat(120_000);
+    for _ in 0..36 {
+        send(&big);
+    }
+    let head = |page: &str| {
+        page.split("\r\n\r\n")
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let cut = page("from=2&top=1000");
+    assert!(
+        cut.contains("x-ms-continuation: 37\r\n")
+            && cut.matches("\"sequencenumber\"").count() == 35,
+        "{}",
+        head(&cut)
+    );
+    let rest = page("from=37&top=1000");
+    assert!(rest.contains("\"sequencenumber\":38"), "{}", head(&rest));
 }
 
 /// CleanSession=0 keeps the session (the Azure SDKs never subscribe again after a reconnect):
