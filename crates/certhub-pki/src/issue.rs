@@ -181,7 +181,11 @@ impl Issuer {
         &self.cert
     }
 
-    fn rcgen_issuer(&self) -> rcgen::Issuer<'_, &KeyPair> {
+    pub(crate) fn key_id(&self) -> &KeyIdMethod {
+        &self.key_id
+    }
+
+    pub(crate) fn rcgen_issuer(&self) -> rcgen::Issuer<'_, &KeyPair> {
         let mut params = CertificateParams::default();
         params.distinguished_name = self.dn.clone();
         params.key_identifier_method = self.key_id.clone();

@@ -10,6 +10,7 @@
 
 mod algorithm;
 mod chain;
+mod crl;
 mod describe;
 mod error;
 mod explain;
@@ -23,6 +24,7 @@ pub use algorithm::KeyAlgorithm;
 pub use chain::{
     Reason, Rejection, TrustStore, Usage, VerifiedChain, verify_chain, verify_device_chain,
 };
+pub use crl::{MAX_CRL_DAYS, RevocationReasonCode, RevokedEntry};
 pub use describe::{
     CertificateInfo, CsrInfo, KeyInfo, describe_certificate, describe_csr, subject_public_key_info,
 };

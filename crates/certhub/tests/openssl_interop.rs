@@ -1140,3 +1140,104 @@ fn ed25519_key_pem_is_readable_by_openssl() {
     let dev = issue(d, &root, "dev", "CN=ed-1", "device", "ed25519");
     check_key_files(d, &dev);
 }
+
+/// `certhub pki revoke` and `certhub pki crl` make CRLs openssl accepts: signed by the CA's
+/// key (`openssl crl -CAfile`), the revoked widget refused by `openssl verify -crl_check` and
+/// its sibling not; Technician-Z revoked by Factory-Y takes every widget it signed with it
+/// (`-crl_check_all`). Revoking again changes nothing; a certificate of another CA, an unknown
+/// reason and a damaged revoked.txt are refused by name, and nothing stored is lost.
+#[test]
+fn certhub_crls_are_read_and_enforced_by_openssl() {
+    let t = tmp();
+    let d = t.path();
+    // Command lines here have no spaces inside an argument.
+    let words = |line: String| {
+        line.split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let hub = |line: String| certhub(d, &words(line));
+    let ssl = |line: String| openssl(d, &words(line));
+    let (w1, w2) = (
+        "pki/devices/smart-x-widget-0001/cert.pem",
+        "pki/devices/smart-x-widget-0002/cert.pem",
+    );
+    hub("pki demo supply-chain --out pki --devices 2".into()).ok();
+    let revoked = hub(format!(
+        "pki revoke --issuer pki/technician-z --cert {w1} --reason key-compromise"
+    ))
+    .ok();
+    assert!(
+        revoked.stdout.contains("key-compromise"),
+        "{}",
+        revoked.stdout
+    );
+    let again = hub(format!("pki revoke --issuer pki/technician-z --cert {w1}")).ok();
+    assert!(again.stdout.contains("already revoked"), "{}", again.stdout);
+    hub("pki crl --issuer pki/technician-z".into()).ok();
+    let text = ssl("crl -in pki/technician-z/crl.pem -noout -text".into()).ok();
+    assert!(text.stdout.contains("Key Compromise"), "{}", text.stdout);
+    let signed =
+        ssl("crl -in pki/technician-z/crl.pem -CAfile pki/technician-z/cert.pem -noout".into())
+            .ok();
+    assert!(format!("{}{}", signed.stdout, signed.stderr).contains("verify OK"));
+    let trust = "-CAfile pki/company-x/cert.pem -untrusted pki/technician-z/chain.pem";
+    let leaf_only = |leaf: &str| {
+        ssl(format!(
+            "verify -crl_check {trust} -CRLfile pki/technician-z/crl.pem {leaf}"
+        ))
+    };
+    let whole_chain = |leaf: &str| {
+        ssl(format!(
+            "verify -crl_check_all {trust} -CRLfile pki/technician-z/crl.pem -CRLfile pki/factory-y/crl.pem -CRLfile pki/company-x/crl.pem {leaf}"
+        ))
+    };
+    let revoked_says = |r: &Run| {
+        r.code != Some(0) && format!("{}{}", r.stdout, r.stderr).contains("certificate revoked")
+    };
+    let refused = leaf_only(w1);
+    assert!(revoked_says(&refused), "{refused:?}");
+    leaf_only(w2).ok();
+    // Technician-Z itself, revoked by its issuer: every widget it signed goes with it.
+    hub("pki crl --issuer pki/company-x".into()).ok();
+    hub("pki crl --issuer pki/factory-y".into()).ok();
+    whole_chain(w2).ok();
+    hub(
+        "pki revoke --issuer pki/factory-y --cert pki/technician-z/cert.pem --reason ca-compromise"
+            .into(),
+    )
+    .ok();
+    let second = hub("pki crl --issuer pki/factory-y".into()).ok();
+    assert!(second.stdout.contains("CRL number 2"), "{}", second.stdout);
+    let gone = whole_chain(w2);
+    assert!(revoked_says(&gone), "{gone:?}");
+    // Refused by name; what is stored stays.
+    let list = d.join("pki/technician-z/revoked.txt");
+    let before = read_text(&list);
+    let e = hub(format!("pki revoke --issuer pki/factory-y --cert {w2}")).code(2);
+    assert!(
+        e.stderr.contains("revoke it with its own issuer's folder"),
+        "{}",
+        e.stderr
+    );
+    let e = hub(format!(
+        "pki revoke --issuer pki/technician-z --cert {w2} --reason lost"
+    ))
+    .code(2);
+    assert!(
+        e.stderr.contains("is not a revocation reason"),
+        "{}",
+        e.stderr
+    );
+    assert_eq!(read_text(&list), before);
+    write(&list, "zz 2026-01-01T00:00:00Z key-compromise\n");
+    let e = hub("pki crl --issuer pki/technician-z".into()).code(2);
+    assert!(
+        e.stderr
+            .contains("revoked.txt line 1: the serial is not hex"),
+        "{}",
+        e.stderr
+    );
+    let e = hub("pki crl --issuer pki/technician-z --days 0".into()).code(2);
+    assert!(e.stderr.contains("give 1 to 366"), "{}", e.stderr);
+}

@@ -2,6 +2,7 @@
 //! only CSRs and certificates travel between folders.
 
 mod demo;
+mod revoke;
 mod show;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,10 @@ pub enum PkiCommand {
     Inspect(InspectArgs),
     /// Check a device chain offline with the hub's own policy; exit 0 (ok) or 1 (rejected).
     Verify(VerifyArgs),
+    /// As an issuer, revoke a certificate it issued (kept in its folder's revoked.txt).
+    Revoke(revoke::RevokeArgs),
+    /// As an issuer, sign a CRL of what it revoked (its folder's crl.pem), for the hub and openssl.
+    Crl(revoke::CrlArgs),
     /// Build whole hierarchies in one go.
     #[command(subcommand)]
     Demo(demo::DemoCommand),
@@ -158,6 +163,8 @@ pub fn run(cmd: PkiCommand) -> Result<Outcome> {
         PkiCommand::Thumbprint(a) => show::thumbprint(&a.file),
         PkiCommand::Inspect(a) => show::inspect(&a.file, a.json),
         PkiCommand::Verify(a) => verify(a),
+        PkiCommand::Revoke(a) => revoke::revoke(a),
+        PkiCommand::Crl(a) => revoke::crl(a),
         PkiCommand::Demo(d) => demo::run(d),
     }
 }
