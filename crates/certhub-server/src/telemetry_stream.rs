@@ -388,7 +388,7 @@ impl JetStreamLog {
             return Ok(page);
         }
         let mut bytes = 0i64;
-        let mut next = batch_of(after.max(0) + 1);
+        let mut next = batch_of(after.max(0).saturating_add(1));
         let end = match device {
             // What the stream's leader holds now, not only what this node has heard of: a
             // device's message acknowledged through another node a moment ago is read back

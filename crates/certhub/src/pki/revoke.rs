@@ -185,8 +185,9 @@ pub fn crl(a: CrlArgs) -> Result<Outcome> {
     let now = OffsetDateTime::now_utc();
     let pem = issuer.crl(&revoked, number, now, a.days)?;
     let out = a.out.unwrap_or_else(|| a.issuer.join("crl.pem"));
-    replace(&out, pem.as_bytes())?;
+    // The number first: a CRL number may be skipped, never given to two different lists.
     replace(&number_path, format!("{number}\n").as_bytes())?;
+    replace(&out, pem.as_bytes())?;
     out!(
         "{} signed CRL number {number}: {} revoked, next update {}",
         issuer.subject(),
