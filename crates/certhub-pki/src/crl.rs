@@ -165,6 +165,139 @@ impl Issuer {
     }
 }
 
+/// A CRL larger than this is refused (a CRL of 100 000 entries is about 4 MB).
+pub const MAX_CRL_BYTES: usize = 64 << 20;
+
+/// A CRL read and checked against the CA it says it comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CrlFacts {
+    /// The issuer's distinguished name, as text.
+    pub issuer: String,
+    /// The CRL number, in decimal, when it has one.
+    pub number: Option<String>,
+    pub this_update: OffsetDateTime,
+    pub next_update: Option<OffsetDateTime>,
+    pub revoked: Vec<RevokedEntry>,
+}
+
+fn reason_of(code: u8) -> RevocationReasonCode {
+    match code {
+        1 => RevocationReasonCode::KeyCompromise,
+        2 => RevocationReasonCode::CaCompromise,
+        3 => RevocationReasonCode::AffiliationChanged,
+        4 => RevocationReasonCode::Superseded,
+        5 => RevocationReasonCode::CessationOfOperation,
+        6 => RevocationReasonCode::CertificateHold,
+        9 => RevocationReasonCode::PrivilegeWithdrawn,
+        _ => RevocationReasonCode::Unspecified,
+    }
+}
+
+/// Reads a CRL (PEM `X509 CRL` or DER) and checks it against `ca`, the CA it must come from:
+/// issued under the CA's name, signed with its key, by a CA allowed to sign CRLs (cRLSign when
+/// it has a keyUsage), at most [`MAX_CRL_BYTES`]. A complete CRL only: a delta CRL, a
+/// partitioned one (issuingDistributionPoint) or an indirect one (entries naming another
+/// issuer) is refused, as is any critical extension this does not understand. The dates are
+/// returned, not judged: whether a CRL past its nextUpdate still counts is the hub's policy.
+pub fn read_crl(bytes: &[u8], ca: &CertificateDer<'_>) -> Result<CrlFacts, PkiError> {
+    use x509_parser::prelude::FromDer;
+    use x509_parser::revocation_list::CertificateRevocationList;
+    if bytes.len() > MAX_CRL_BYTES {
+        return Err(PkiError::Policy(format!(
+            "the CRL is {} bytes, more than the {} allowed",
+            bytes.len(),
+            MAX_CRL_BYTES
+        )));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(PkiError::Empty);
+    }
+    let pem;
+    let der: &[u8] = if bytes.starts_with(b"-----BEGIN") {
+        pem = x509_parser::pem::parse_x509_pem(bytes)
+            .map_err(|e| PkiError::Pem {
+                detail: e.to_string(),
+            })?
+            .1;
+        if pem.label != "X509 CRL" {
+            return Err(PkiError::WrongKind {
+                expected: "a CRL (PEM label X509 CRL)",
+                found: format!("PEM label {}", pem.label),
+            });
+        }
+        &pem.contents
+    } else {
+        bytes
+    };
+    let (_, crl) =
+        CertificateRevocationList::from_der(der).map_err(|e| PkiError::malformed("the CRL", e))?;
+    let me = parse(ca)?;
+    let issuer = crl.issuer().to_string();
+    if crl.issuer().as_raw() != me.subject().as_raw() {
+        return Err(PkiError::Policy(format!(
+            "the CRL was issued by {issuer:?}, not by the CA {:?}: give each CA its own CRL",
+            me.subject().to_string()
+        )));
+    }
+    if let Ok(Some(ku)) = me.key_usage()
+        && !ku.value.crl_sign()
+    {
+        return Err(PkiError::Policy(format!(
+            "the CA {issuer:?} has a keyUsage without cRLSign: it may not sign CRLs"
+        )));
+    }
+    crl.verify_signature(me.public_key()).map_err(|_| {
+        PkiError::Policy(format!(
+            "the CRL's signature does not verify with the key of the CA {issuer:?}: it was altered, or signed by another key under the same name"
+        ))
+    })?;
+    for ext in crl.extensions() {
+        let oid = ext.oid.to_id_string();
+        match oid.as_str() {
+            "2.5.29.27" => {
+                return Err(PkiError::Unsupported(
+                    "a delta CRL: give the complete CRL".into(),
+                ));
+            }
+            "2.5.29.28" => {
+                return Err(PkiError::Unsupported(
+                    "a partitioned CRL (issuingDistributionPoint): give a complete CRL of every certificate the CA issued".into(),
+                ));
+            }
+            _ if ext.critical => {
+                return Err(PkiError::Unsupported(format!(
+                    "the CRL has a critical extension {oid} that certhub does not understand"
+                )));
+            }
+            _ => {}
+        }
+    }
+    let mut revoked = Vec::new();
+    for entry in crl.iter_revoked_certificates() {
+        if let Some(ext) = entry.extensions().iter().find(|e| e.critical) {
+            return Err(PkiError::Unsupported(format!(
+                "the entry for serial {} has a critical extension {} (an indirect CRL?): give a CRL of the CA's own certificates",
+                entry.raw_serial_as_string(),
+                ext.oid.to_id_string()
+            )));
+        }
+        revoked.push(RevokedEntry {
+            serial: entry.raw_serial().to_vec(),
+            revoked_at: entry.revocation_date.to_datetime(),
+            reason: entry
+                .reason_code()
+                .map_or(RevocationReasonCode::Unspecified, |(_, c)| reason_of(c.0)),
+        });
+    }
+    Ok(CrlFacts {
+        issuer,
+        number: crl.crl_number().map(ToString::to_string),
+        this_update: crl.last_update().to_datetime(),
+        next_update: crl.next_update().map(|t| t.to_datetime()),
+        revoked,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +305,20 @@ mod tests {
         CaFiles, KeyAlgorithm, Profile, SignOptions, create_request, create_root, sign_request,
     };
     use x509_parser::prelude::FromDer;
+
+    /// A new root CA named `cn`: as an issuer, and its certificate.
+    fn root(cn: &str, now: OffsetDateTime) -> (Issuer, CertificateDer<'static>) {
+        let r = create_root(
+            &crate::parse_subject(&format!("CN={cn}")).unwrap(),
+            KeyAlgorithm::EcdsaP256,
+            3650,
+            None,
+            now,
+        )
+        .expect("root");
+        let der = crate::read_certificates(r.pem.as_bytes()).expect("cert")[0].clone();
+        (issuer_of(&r.pem, &r.key_pem), der)
+    }
 
     fn issuer_of(cert: &str, key: &str) -> Issuer {
         Issuer::load(CaFiles {
@@ -228,20 +375,8 @@ mod tests {
     #[test]
     fn only_the_issuer_revokes_and_bad_values_are_refused() {
         let now = OffsetDateTime::now_utc();
-        let mk = |cn: &str| {
-            let r = create_root(
-                &crate::parse_subject(&format!("CN={cn}")).unwrap(),
-                KeyAlgorithm::EcdsaP256,
-                3650,
-                None,
-                now,
-            )
-            .expect("root");
-            (issuer_of(&r.pem, &r.key_pem), r)
-        };
-        let (a, _) = mk("A");
-        let (b, b_files) = mk("B");
-        let b_cert = crate::read_certificates(b_files.pem.as_bytes()).expect("cert")[0].clone();
+        let (a, _) = root("A", now);
+        let (b, b_cert) = root("B", now);
         let e = a.serial_of_issued(&b_cert).expect_err("not A's");
         assert!(
             e.to_string()
@@ -259,5 +394,53 @@ mod tests {
         );
         let e = RevocationReasonCode::from_name("lost").expect_err("no such reason");
         assert!(e.to_string().contains("key-compromise"), "{e}");
+    }
+
+    #[test]
+    fn a_crl_is_read_back_only_from_its_own_ca() {
+        let now = OffsetDateTime::now_utc();
+        let (ca, ca_der) = root("Company-X", now);
+        let entry = RevokedEntry {
+            serial: vec![0x1f, 0x02],
+            revoked_at: now.replace_nanosecond(0).unwrap(),
+            reason: RevocationReasonCode::CaCompromise,
+        };
+        let pem = ca
+            .crl(std::slice::from_ref(&entry), 3, now, 7)
+            .expect("a CRL");
+        let facts = read_crl(pem.as_bytes(), &ca_der).expect("its own CA's");
+        assert_eq!(facts.revoked, vec![entry]);
+        assert_eq!(facts.number.as_deref(), Some("3"));
+        assert!(facts.next_update.is_some_and(|n| n > facts.this_update));
+        assert_eq!(facts.issuer, "CN=Company-X");
+        // DER too.
+        let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).expect("PEM");
+        assert_eq!(read_crl(&block.contents, &ca_der).expect("DER"), facts);
+
+        let (_, other_der) = root("Factory-Y", now);
+        let e = read_crl(pem.as_bytes(), &other_der).expect_err("another CA");
+        assert!(e.to_string().contains("not by the CA"), "{e}");
+        let (_, twin_der) = root("Company-X", now);
+        let e = read_crl(pem.as_bytes(), &twin_der).expect_err("same name, another key");
+        assert!(e.to_string().contains("signature does not verify"), "{e}");
+        let cut = &block.contents[..block.contents.len() / 2];
+        assert!(matches!(
+            read_crl(cut, &ca_der),
+            Err(PkiError::Malformed { .. })
+        ));
+        assert!(read_crl(b"not a CRL at all", &ca_der).is_err());
+        assert!(matches!(read_crl(b"  \n", &ca_der), Err(PkiError::Empty)));
+        let cert_pem = pem_of_cert(&ca_der);
+        let e = read_crl(cert_pem.as_bytes(), &ca_der).expect_err("a certificate");
+        assert!(e.to_string().contains("X509 CRL"), "{e}");
+        let huge = vec![0x30u8; MAX_CRL_BYTES + 1];
+        let e = read_crl(&huge, &ca_der).expect_err("too big");
+        assert!(e.to_string().contains("bytes, more than"), "{e}");
+    }
+
+    fn pem_of_cert(der: &CertificateDer<'_>) -> String {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+        format!("-----BEGIN CERTIFICATE-----\n{b64}\n-----END CERTIFICATE-----\n")
     }
 }

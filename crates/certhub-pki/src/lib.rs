@@ -24,7 +24,9 @@ pub use algorithm::KeyAlgorithm;
 pub use chain::{
     Reason, Rejection, TrustStore, Usage, VerifiedChain, verify_chain, verify_device_chain,
 };
-pub use crl::{MAX_CRL_DAYS, RevocationReasonCode, RevokedEntry};
+pub use crl::{
+    CrlFacts, MAX_CRL_BYTES, MAX_CRL_DAYS, RevocationReasonCode, RevokedEntry, read_crl,
+};
 pub use describe::{
     CertificateInfo, CsrInfo, KeyInfo, describe_certificate, describe_csr, subject_public_key_info,
 };
