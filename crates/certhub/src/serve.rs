@@ -97,9 +97,10 @@ pub struct ServeArgs {
     store: Option<String>,
     /// A node of a cluster: the NATS server (`nats://host:4222`, or several of a NATS cluster,
     /// comma-separated; a user and password as `nats://user:password@host:4222`, a token as
-    /// `nats://token@host:4222`) through which the hub's nodes close each other's sessions at once (a
-    /// disabled device, the newest connection of an identity) and which keeps the telemetry
-    /// stream (JetStream); needs --store (TOML key nats_url, environment CERTHUB_NATS_URL).
+    /// `nats://token@host:4222`) through which the hub's nodes close each other's sessions at
+    /// once (a disabled device, the newest connection of an identity) and which keeps the
+    /// telemetry stream (JetStream); needs --store (TOML key nats_url, environment
+    /// CERTHUB_NATS_URL).
     #[arg(long = "nats", value_name = "URL")]
     nats: Option<String>,
     /// With --nats: copies of the telemetry stream on the NATS servers (1 to 5) [default: 3
@@ -158,7 +159,7 @@ pub struct Config {
     pub amqp_addr: SocketAddr,
     pub database_url: Option<String>,
     /// The cluster's NATS servers (with `database_url` only), credentials apart.
-    pub nats_url: Option<certhub_server::NatsServers>,
+    pub nats: Option<certhub_server::NatsServers>,
     /// Copies of the cluster's telemetry stream; `None`: 3 on a NATS cluster, else 1.
     pub telemetry_replicas: Option<usize>,
     /// Where clients reach the hub (host, port), when not this process's first host name and
@@ -508,7 +509,7 @@ impl Config {
             mqtt_addr: addr("mqtt_addr", &mqtt)?,
             amqp_addr: addr("amqp_addr", &amqp)?,
             database_url,
-            nats_url: nats_servers,
+            nats: nats_servers,
             telemetry_replicas,
             public_endpoint,
             file_store,
@@ -908,13 +909,13 @@ async fn serve(config: Config) -> Result<Outcome> {
         .find(|h| Some(h.as_str()) != config.public_endpoint.as_ref().map(|(p, _)| p.as_str()))
         .unwrap_or(&config.hostnames[0])
         .clone();
-    if let Some(url) = &config.nats_url {
+    if let Some(servers) = &config.nats {
         let limits = certhub_server::telemetry_stream::StreamLimits {
             max_age: config.telemetry_retention,
             max_messages: config.telemetry_max_messages,
             replicas: config.telemetry_replicas,
         };
-        state.join_cluster(url, &limits).await.map_err(|e| {
+        state.join_cluster(servers, &limits).await.map_err(|e| {
             anyhow::anyhow!("{e}: is NATS running there (nats-server -a HOST -p PORT)?")
         })?;
     }
@@ -927,7 +928,7 @@ async fn serve(config: Config) -> Result<Outcome> {
         Some((url, options)) => certhub_server::files::FileStore::remote(url, options),
     };
     let files = files.map_err(anyhow::Error::msg)?;
-    if config.nats_url.is_some() && config.file_store.is_none() {
+    if config.nats.is_some() && config.file_store.is_none() {
         tracing::warn!(
             "uploaded files are kept in this node's data directory, where the other nodes of the cluster cannot read them: set file_store (s3://, az://, or file:///a/shared/directory)"
         );
