@@ -82,6 +82,9 @@ pub struct TrustSnapshot {
     pub verified_names: Vec<String>,
     pub unverified: TrustStore,
     pub unverified_names: Vec<String>,
+    /// The CAs it was built from (`name:sha256:verified`), to tell whether a new snapshot
+    /// changes the anchors or only the revocation index.
+    pub anchors: Vec<String>,
 }
 
 /// What the decision needs besides the request.
@@ -113,6 +116,8 @@ pub struct AuthenticatedDevice {
     policy: Option<String>,
     /// When the SAS token expires (unix seconds): the session ends then.
     expires: Option<i64>,
+    /// The leaf and intermediates of a CA-signed chain (empty otherwise).
+    chain: std::sync::Arc<[certhub_pki::ChainCert]>,
 }
 
 impl AuthenticatedDevice {
@@ -126,6 +131,12 @@ impl AuthenticatedDevice {
 
     pub fn ca(&self) -> &str {
         &self.ca
+    }
+
+    /// The certificates of the chain it authenticated with, leaf first, below its CA (a
+    /// CA-signed X.509 identity; empty for others).
+    pub fn chain(&self) -> &std::sync::Arc<[certhub_pki::ChainCert]> {
+        &self.chain
     }
 
     /// When the SAS token the device connected with expires (unix seconds): Azure closes the
@@ -321,6 +332,7 @@ fn ca_chain(
                 .unwrap_or_default(),
             policy: None,
             expires: None,
+            chain: v.certs.into(),
         }),
         Err(r) => {
             let reason = r.reason.as_str();
@@ -408,6 +420,7 @@ fn thumbprint(
             ca: String::new(),
             policy: None,
             expires: None,
+            chain: Vec::new().into(),
         })
     } else {
         Err(refuse(
@@ -536,6 +549,7 @@ fn sas(
         ca: String::new(),
         policy: token.key_name.clone(),
         expires: Some(token.expiry),
+        chain: Vec::new().into(),
     })
 }
 

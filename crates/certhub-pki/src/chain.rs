@@ -19,6 +19,7 @@ use x509_parser::extensions::ParsedExtension;
 use crate::describe::{key_info, parse, rfc3339, weak_signature};
 use crate::explain::{Organization, Presented, Rerun, explain, subject_key_id, unusable};
 use crate::name::common_name;
+use crate::revocation::{ChainCert, KeyId, Revocations, key_id_of, serial_key};
 use crate::{PkiError, Thumbprints};
 
 /// Why a chain was refused. The names are stable: logs, metrics, the audit trail and the CLI
@@ -82,6 +83,10 @@ pub enum Reason {
     /// keyUsage or extendedKeyUsage forbid this use (e.g. a serverAuth-only leaf, an empty
     /// extendedKeyUsage).
     WrongKeyUsage,
+    /// The chain verifies, but a certificate of it (the leaf or an intermediate) is on a
+    /// certificate revocation list the hub holds; the detail names it, its serial, issuer,
+    /// revocation time, reason code and the list.
+    CertificateRevoked,
     /// A validation failure certhub has no name for; the detail carries the validator's words.
     /// No certificate a device can present leads here today: it is left for what the validator
     /// reports only when asked for checks the device policy never asks for (revocation, server
@@ -115,12 +120,13 @@ impl Reason {
             Self::DistrustedKey => "distrusted-key",
             Self::BadSignature => "bad-signature",
             Self::WrongKeyUsage => "wrong-key-usage",
+            Self::CertificateRevoked => "certificate-revoked",
             Self::ChainInvalid => "chain-invalid",
         }
     }
 
     /// Every reason, in the order of the enum: for tests and documentation that list them.
-    pub const ALL: [Reason; 24] = [
+    pub const ALL: [Reason; 25] = [
         Self::NoCertificate,
         Self::MalformedCertificate,
         Self::CertificateExpired,
@@ -144,6 +150,7 @@ impl Reason {
         Self::DistrustedKey,
         Self::BadSignature,
         Self::WrongKeyUsage,
+        Self::CertificateRevoked,
         Self::ChainInvalid,
     ];
 }
@@ -191,6 +198,9 @@ pub struct VerifiedChain {
     pub anchor_index: usize,
     /// Subjects from the leaf up to and including the anchor.
     pub path: Vec<String>,
+    /// The leaf and the intermediates of the path, leaf first (not the anchor): their serials,
+    /// issuer keys and thumbprints, for revocation and the hub's bookkeeping.
+    pub certs: Vec<ChainCert>,
 }
 
 #[derive(Debug, Clone)]
@@ -206,6 +216,8 @@ pub(crate) struct Anchor {
     not_before_text: String,
     not_after_text: String,
     thumbprints: Thumbprints,
+    /// The [`KeyId`] of its public key: the certificates directly below it are filed under it.
+    spki: KeyId,
     /// The anchor certificate's pathLenConstraint: intermediates below it, at most. webpki
     /// takes an anchor as a name and key only, so certhub applies it (RFC 5280 6.1.1 lets a
     /// relying party enforce a trust anchor's constraints; OpenSSL does).
@@ -220,6 +232,8 @@ pub struct TrustStore {
     pub(crate) meta: Vec<Anchor>,
     /// Chain links verified under this store; a new store starts empty.
     links: Arc<LinkCache>,
+    /// Certificates refused although their chains verify.
+    revocations: Arc<Revocations>,
 }
 
 /// Most issuers [`LinkCache`] remembers.
@@ -261,6 +275,10 @@ struct Link {
     not_after: i64,
     /// Subjects from the issuer up, without the anchor.
     subjects: Vec<String>,
+    /// The [`KeyId`] of `issuer`, under which its leaves are filed.
+    issuer_key: KeyId,
+    /// The issuer and the certificates above it, without the anchor.
+    certs: Vec<ChainCert>,
     /// SHA-256 of the DER of leaves whose signature, key usage and extended key usage were
     /// verified against `issuer` for `usage`.
     leaves: RwLock<HashSet<[u8; 32]>>,
@@ -323,6 +341,7 @@ impl TrustStore {
             not_before_text: rfc3339(&validity.not_before),
             not_after_text: rfc3339(&validity.not_after),
             thumbprints: Thumbprints::of(der),
+            spki: key_id_of(&cert),
             path_len: cert
                 .basic_constraints()
                 .ok()
@@ -335,6 +354,48 @@ impl TrustStore {
 
     pub fn len(&self) -> usize {
         self.anchors.len()
+    }
+
+    /// The same anchors (and the links already verified under them, which revocation does not
+    /// change) with another revocation index.
+    pub fn with_revocations(&self, revocations: Arc<Revocations>) -> Self {
+        Self {
+            revocations,
+            ..self.clone()
+        }
+    }
+
+    /// The revocation index this store checks verified chains against.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revocations
+    }
+
+    /// The certificate of a verified path that the index revokes, if any, as a refusal.
+    pub fn revoked(&self, certs: &[ChainCert]) -> Option<Rejection> {
+        let (cert, why) = self.revocations.find(certs)?;
+        let what = if std::ptr::eq(cert, &certs[0]) {
+            "the leaf"
+        } else {
+            "the intermediate"
+        };
+        let at = time::OffsetDateTime::from_unix_timestamp(why.revoked_at)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| why.revoked_at.to_string());
+        Some(Rejection::new(
+            Reason::CertificateRevoked,
+            format!(
+                "{what} {:?} (serial {}, issued by {:?}) was revoked at {at}, reason {}, by {}",
+                cert.subject,
+                cert.serial_hex(),
+                cert.issuer,
+                why.reason.name(),
+                why.source
+            ),
+        ))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -368,10 +429,12 @@ impl TrustStore {
     }
 
     /// The chain through a remembered link, if one applies and the leaf checks out against it.
+    #[allow(clippy::too_many_arguments)]
     fn via_link(
         &self,
         leaf: &CertificateDer<'_>,
         leaf_subject: &str,
+        (leaf_issuer, leaf_serial, leaf_not_after): (String, &[u8], i64),
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
         now_secs: i64,
@@ -418,11 +481,22 @@ impl TrustStore {
         let mut path = vec![leaf_subject.to_string()];
         path.extend(link.subjects.iter().cloned());
         path.push(anchor.subject.clone());
+        let mut certs = Vec::with_capacity(link.certs.len() + 1);
+        certs.push(ChainCert {
+            subject: leaf_subject.to_string(),
+            issuer: leaf_issuer,
+            serial: serial_key(leaf_serial),
+            issuer_key: link.issuer_key,
+            sha256: digest,
+            not_after: leaf_not_after,
+        });
+        certs.extend(link.certs.iter().cloned());
         Some(VerifiedChain {
             anchor_subject: anchor.subject.clone(),
             anchor_thumbprints: anchor.thumbprints.clone(),
             anchor_index: link.anchor_index,
             path,
+            certs,
         })
     }
 
@@ -438,6 +512,13 @@ impl TrustStore {
         let anchor = &self.meta[anchor_index];
         let (mut not_before, mut not_after) = (anchor.not_before, anchor.not_after);
         let mut subjects = Vec::new();
+        let Some(certs) = path_certs(path, anchor.spki) else {
+            return;
+        };
+        let Ok((_, issuer_cert)) = x509_parser::parse_x509_certificate(issuer_der) else {
+            return;
+        };
+        let issuer_key = key_id_of(&issuer_cert);
         for der in path {
             let Ok((_, c)) = x509_parser::parse_x509_certificate(der) else {
                 return;
@@ -472,11 +553,33 @@ impl TrustStore {
                     not_before,
                     not_after,
                     subjects,
+                    issuer_key,
+                    certs,
                     leaves: RwLock::default(),
                 },
             );
         }
     }
+}
+
+/// The intermediates of a path (DER, from the leaf's issuer up) as [`ChainCert`]s, each filed
+/// under the key of the one above it, the last under the anchor's.
+fn path_certs(ders: &[Vec<u8>], anchor_key: KeyId) -> Option<Vec<ChainCert>> {
+    let parsed: Vec<X509Certificate<'_>> = ders
+        .iter()
+        .map(|d| x509_parser::parse_x509_certificate(d).ok().map(|(_, c)| c))
+        .collect::<Option<_>>()?;
+    Some(
+        parsed
+            .iter()
+            .zip(ders)
+            .enumerate()
+            .map(|(i, (c, der))| {
+                let issuer_key = parsed.get(i + 1).map_or(anchor_key, key_id_of);
+                ChainCert::of(c, der, issuer_key)
+            })
+            .collect(),
+    )
 }
 
 pub(crate) fn key_usage(usage: Usage) -> KeyUsage {
@@ -555,9 +658,24 @@ pub fn verify_chain(
     }
 
     let leaf_subject = leaf_cert.subject().to_string();
-    if let Some(verified) = trust.via_link(leaf, &leaf_subject, intermediates, now, now_secs, usage)
-    {
-        return Ok(verified);
+    let leaf_facts = (
+        leaf_cert.issuer().to_string(),
+        leaf_cert.raw_serial(),
+        leaf_cert.validity().not_after.timestamp(),
+    );
+    if let Some(verified) = trust.via_link(
+        leaf,
+        &leaf_subject,
+        leaf_facts,
+        intermediates,
+        now,
+        now_secs,
+        usage,
+    ) {
+        return match trust.revoked(&verified.certs) {
+            Some(refused) => Err(refused),
+            None => Ok(verified),
+        };
     }
     let ee = EndEntityCert::try_from(leaf)
         .map_err(|e| unusable(&e, Presented::new(leaf, &leaf_cert, &[], &[]).leaf()))?;
@@ -620,12 +738,12 @@ pub fn verify_chain(
         Ok((index, subjects, ders, problem))
     };
 
-    let (index, mut path, problem) = match attempt(&trust.anchors) {
+    let (index, mut path, ders, problem) = match attempt(&trust.anchors) {
         Ok((i, path, ders, problem)) if trust.anchor_valid_at(i, now_secs) => {
             if problem.is_none() {
                 trust.remember(&ders, i, usage);
             }
-            (i, path, problem)
+            (i, path, ders, problem)
         }
         Ok((i, _, _, _)) => {
             // The chain reached an anchor outside its validity. Another, valid anchor may still
@@ -636,7 +754,7 @@ pub fn verify_chain(
             let anchors: Vec<TrustAnchor<'_>> =
                 valid.iter().map(|j| trust.anchors[*j].clone()).collect();
             match attempt(&anchors) {
-                Ok((k, path, _, problem)) => (valid[k], path, problem),
+                Ok((k, path, ders, problem)) => (valid[k], path, ders, problem),
                 Err(_) => return Err(anchor_out_of_validity(&trust.meta[i], now_secs)),
             }
         }
@@ -656,11 +774,27 @@ pub fn verify_chain(
     }
     let anchor = &trust.meta[index];
     path.push(anchor.subject.clone());
+    let above = path_certs(&ders, anchor.spki).ok_or_else(|| {
+        Rejection::new(
+            Reason::MalformedCertificate,
+            "an intermediate of the path does not parse",
+        )
+    })?;
+    let leaf_issuer_key = above.first().map_or(anchor.spki, |_| {
+        x509_parser::parse_x509_certificate(&ders[0]).map_or([0; 32], |(_, c)| key_id_of(&c))
+    });
+    let mut certs = Vec::with_capacity(above.len() + 1);
+    certs.push(ChainCert::of(&leaf_cert, leaf, leaf_issuer_key));
+    certs.extend(above);
+    if let Some(refused) = trust.revoked(&certs) {
+        return Err(refused);
+    }
     Ok(VerifiedChain {
         anchor_subject: anchor.subject.clone(),
         anchor_thumbprints: anchor.thumbprints.clone(),
         anchor_index: index,
         path,
+        certs,
     })
 }
 

@@ -173,11 +173,20 @@ pub const MAX_CRL_BYTES: usize = 64 << 20;
 pub struct CrlFacts {
     /// The issuer's distinguished name, as text.
     pub issuer: String,
-    /// The CRL number, in decimal, when it has one.
-    pub number: Option<String>,
+    /// The CRL number, in decimal (every CRL the hub takes has one).
+    pub number: String,
     pub this_update: OffsetDateTime,
     pub next_update: Option<OffsetDateTime>,
     pub revoked: Vec<RevokedEntry>,
+}
+
+impl CrlFacts {
+    /// Orders two CRL numbers (decimal, at most 20 octets by RFC 5280): the newer CRL of an
+    /// issuer has the greater one.
+    pub fn compare_numbers(a: &str, b: &str) -> std::cmp::Ordering {
+        let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+        a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+    }
 }
 
 fn reason_of(code: u8) -> RevocationReasonCode {
@@ -191,6 +200,28 @@ fn reason_of(code: u8) -> RevocationReasonCode {
         9 => RevocationReasonCode::PrivilegeWithdrawn,
         _ => RevocationReasonCode::Unspecified,
     }
+}
+
+/// The DER of a CRL given as PEM (`X509 CRL`) or DER.
+pub(crate) fn crl_der(bytes: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, PkiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(PkiError::Empty);
+    }
+    if !bytes.starts_with(b"-----BEGIN") {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    let pem = x509_parser::pem::parse_x509_pem(bytes)
+        .map_err(|e| PkiError::Pem {
+            detail: e.to_string(),
+        })?
+        .1;
+    if pem.label != "X509 CRL" {
+        return Err(PkiError::WrongKind {
+            expected: "a CRL (PEM label X509 CRL)",
+            found: format!("PEM label {}", pem.label),
+        });
+    }
+    Ok(std::borrow::Cow::Owned(pem.contents))
 }
 
 /// Reads a CRL (PEM `X509 CRL` or DER) and checks it against `ca`, the CA it must come from:
@@ -209,26 +240,8 @@ pub fn read_crl(bytes: &[u8], ca: &CertificateDer<'_>) -> Result<CrlFacts, PkiEr
             MAX_CRL_BYTES
         )));
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(PkiError::Empty);
-    }
-    let pem;
-    let der: &[u8] = if bytes.starts_with(b"-----BEGIN") {
-        pem = x509_parser::pem::parse_x509_pem(bytes)
-            .map_err(|e| PkiError::Pem {
-                detail: e.to_string(),
-            })?
-            .1;
-        if pem.label != "X509 CRL" {
-            return Err(PkiError::WrongKind {
-                expected: "a CRL (PEM label X509 CRL)",
-                found: format!("PEM label {}", pem.label),
-            });
-        }
-        &pem.contents
-    } else {
-        bytes
-    };
+    let der = crl_der(bytes)?;
+    let der = der.as_ref();
     let (_, crl) =
         CertificateRevocationList::from_der(der).map_err(|e| PkiError::malformed("the CRL", e))?;
     let me = parse(ca)?;
@@ -251,9 +264,19 @@ pub fn read_crl(bytes: &[u8], ca: &CertificateDer<'_>) -> Result<CrlFacts, PkiEr
             "the CRL's signature does not verify with the key of the CA {issuer:?}: it was altered, or signed by another key under the same name"
         ))
     })?;
+    if crl.crl_number().is_none() {
+        return Err(PkiError::Policy(
+            "the CRL has no CRL number (RFC 5280 5.2.3: a CA must number its CRLs, so a newer one can be told from an older one); with openssl ca, name a crlnumber file in the CA's section".into(),
+        ));
+    }
     for ext in crl.extensions() {
         let oid = ext.oid.to_id_string();
         match oid.as_str() {
+            "2.5.29.20" if ext.critical => {
+                return Err(PkiError::Policy(
+                    "the CRL's number extension is marked critical; RFC 5280 5.2.3 requires it non-critical".into(),
+                ));
+            }
             "2.5.29.27" => {
                 return Err(PkiError::Unsupported(
                     "a delta CRL: give the complete CRL".into(),
@@ -291,7 +314,10 @@ pub fn read_crl(bytes: &[u8], ca: &CertificateDer<'_>) -> Result<CrlFacts, PkiEr
     }
     Ok(CrlFacts {
         issuer,
-        number: crl.crl_number().map(ToString::to_string),
+        number: crl
+            .crl_number()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
         this_update: crl.last_update().to_datetime(),
         next_update: crl.next_update().map(|t| t.to_datetime()),
         revoked,
@@ -410,7 +436,7 @@ mod tests {
             .expect("a CRL");
         let facts = read_crl(pem.as_bytes(), &ca_der).expect("its own CA's");
         assert_eq!(facts.revoked, vec![entry]);
-        assert_eq!(facts.number.as_deref(), Some("3"));
+        assert_eq!(facts.number, "3");
         assert!(facts.next_update.is_some_and(|n| n > facts.this_update));
         assert_eq!(facts.issuer, "CN=Company-X");
         // DER too.

@@ -17,6 +17,7 @@ mod explain;
 mod input;
 mod issue;
 mod name;
+mod revocation;
 mod thumbprint;
 mod upload;
 
@@ -37,6 +38,9 @@ pub use issue::{
     server_certificate, sign_request, verification_certificate,
 };
 pub use name::{certificate_common_name, parse_subject};
+pub use revocation::{
+    ChainCert, CheckedCrl, KeyId, Revocations, Revoked, hex, key_id, read_crl_for,
+};
 
 /// PEM-encodes a certificate (LF line endings).
 pub fn to_pem(der: &CertificateDer<'_>) -> String {

@@ -19,9 +19,16 @@
 //! `extended_key_usage` contains `clientAuth`, else `Usage::ServerAuth` (limbo's empty EKU list
 //! means a TLS server).
 //!
+//! CRLs (`crls`) are filed as the hub files an uploaded one: each is checked with
+//! `certhub_pki::read_crl` against the certificate (trusted or intermediate) whose subject is the
+//! CRL's issuer, and its entries go into the store's revocation index under that certificate's
+//! key. A CRL whose issuer is none of them is not used (the hub refuses to store it); one that
+//! its issuer's certificate does not accept (a bad signature, an issuer without cRLSign, a
+//! missing or critical CRL number) makes the case FAILURE, as the hub refuses such a CRL and a
+//! revocation check that cannot be done fails closed.
+//!
 //! Skip rules, applied in this order; each skipped case is counted under its rule:
-//! 1. `crls` is non-empty (or the `has-crl` feature is set): certhub does no CRL checking yet,
-//!    so these cases cannot say anything about it. Counted separately in the summary.
+//! 1. (none: CRL cases run since the hub checks revocation)
 //! 2. `max_chain_depth` is set (or the `max-chain-depth` feature is set): certhub's depth limit
 //!    is webpki's fixed one and cannot be configured per call.
 //! 3. `signature_algorithms` is non-empty: certhub's algorithm set is fixed.
@@ -50,8 +57,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::time::{Duration, SystemTime};
 
+use std::sync::Arc;
+
 use certhub_pki::{
-    CertificateDer, Reason, TrustStore, UnixTime, Usage, read_certificates, verify_chain,
+    CertificateDer, Reason, Revocations, TrustStore, UnixTime, Usage, key_id, read_certificates,
+    read_crl, verify_chain,
 };
 use rustls_pki_types::ServerName;
 use serde::{Deserialize, Deserializer};
@@ -133,6 +143,16 @@ struct PeerName {
     value: String,
 }
 
+/// The raw issuer name of a PEM CRL.
+fn crl_issuer(pem: &[u8]) -> Result<Vec<u8>, String> {
+    use x509_parser::prelude::FromDer;
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).map_err(|e| e.to_string())?;
+    let (_, crl) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(&block.contents)
+            .map_err(|e| e.to_string())?;
+    Ok(crl.issuer().as_raw().to_vec())
+}
+
 fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
@@ -144,7 +164,6 @@ where
 /// Why a case is not run (the skip rules of the module documentation, in order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Skip {
-    Crl,
     MaxChainDepth,
     SignatureAlgorithms,
     KeyUsage,
@@ -156,7 +175,6 @@ enum Skip {
 impl Skip {
     fn describe(self) -> &'static str {
         match self {
-            Self::Crl => "has CRLs (certhub does no CRL checking yet)",
             Self::MaxChainDepth => "sets max_chain_depth",
             Self::SignatureAlgorithms => "constrains signature_algorithms",
             Self::KeyUsage => "requires a key_usage",
@@ -176,9 +194,6 @@ impl Case {
 
     fn skip(&self) -> Option<Skip> {
         let feature = |f: &str| self.features.iter().any(|x| x == f);
-        if !self.crls.is_empty() || feature("has-crl") {
-            return Some(Skip::Crl);
-        }
         if self.max_chain_depth.is_some() || feature("max-chain-depth") {
             return Some(Skip::MaxChainDepth);
         }
@@ -236,11 +251,31 @@ impl Case {
         for pem in &self.trusted_certs {
             trusted.extend(decode("a trusted certificate", pem)?);
         }
-        let store = TrustStore::new(trusted).map_err(|e| format!("TrustStore::new: {e}"))?;
+        let store =
+            TrustStore::new(trusted.clone()).map_err(|e| format!("TrustStore::new: {e}"))?;
         let mut intermediates: Vec<CertificateDer<'static>> = Vec::new();
         for pem in &self.untrusted_intermediates {
             intermediates.extend(decode("an intermediate", pem)?);
         }
+        let store = if self.crls.is_empty() {
+            store
+        } else {
+            let mut index = Revocations::default();
+            for (i, pem) in self.crls.iter().enumerate() {
+                let issuer = crl_issuer(pem.as_bytes()).map_err(|e| format!("CRL {i}: {e}"))?;
+                let Some(cert) = trusted.iter().chain(&intermediates).find(|c| {
+                    x509_parser::parse_x509_certificate(c)
+                        .is_ok_and(|(_, c)| c.subject().as_raw() == issuer.as_slice())
+                }) else {
+                    continue;
+                };
+                let facts =
+                    read_crl(pem.as_bytes(), cert).map_err(|e| format!("read_crl {i}: {e}"))?;
+                let key = key_id(cert).map_err(|e| format!("key_id: {e}"))?;
+                index.add_crl(key, &facts, &format!("CRL {i}"));
+            }
+            store.with_revocations(Arc::new(index))
+        };
         let leaf = match decode("the peer certificate", &self.peer_certificate)?.as_slice() {
             [one] => one.clone(),
             more => return Err(format!("the peer PEM holds {} certificates", more.len()).into()),

@@ -312,7 +312,10 @@ impl DeviceCore {
     pub async fn open(&self, device: AuthenticatedDevice, slot: Slot, clean: bool) -> Opened {
         let state = &self.state;
         let cn = device.id().cn();
-        let ticket = state.sessions().register(&cn, device.ca(), device.switch());
+        let ticket =
+            state
+                .sessions()
+                .register(&cn, device.ca(), device.chain().clone(), device.switch());
         // The newest connection wins on every node: an older one elsewhere closes; method
         // calls made through other nodes find this session through the announcement.
         Box::pin(state.announce_session(&cn, ticket.conn)).await;

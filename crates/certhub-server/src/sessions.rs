@@ -61,6 +61,9 @@ pub enum Undeliverable {
 struct Live {
     conn: u64,
     ca: String,
+    /// The certificates of the chain it authenticated with, below the CA (CA-signed X.509
+    /// sessions only): revocation closes the session when one of them is revoked.
+    chain: Arc<[certhub_pki::ChainCert]>,
     /// The hub setting that would shut this session out (SAS sessions), if any.
     switch: Option<&'static str>,
     mailbox: Arc<Mailbox>,
@@ -227,7 +230,13 @@ impl Drop for Ticket {
 
 impl Sessions {
     /// Registers a session for `cn`, closing an older one of the same identity.
-    pub fn register(&self, cn: &str, ca: &str, switch: Option<&'static str>) -> Ticket {
+    pub fn register(
+        &self,
+        cn: &str,
+        ca: &str,
+        chain: Arc<[certhub_pki::ChainCert]>,
+        switch: Option<&'static str>,
+    ) -> Ticket {
         let conn = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let mailbox = Arc::new(Mailbox::default());
         // Newest wins: a session of the identity on another node is closing.
@@ -240,6 +249,7 @@ impl Sessions {
                 Live {
                     conn,
                     ca: ca.to_string(),
+                    chain,
                     switch,
                     mailbox: mailbox.clone(),
                     subs: BTreeMap::new(),
@@ -584,6 +594,32 @@ impl Sessions {
     /// Closes every session authenticated through the CA registered as `name`.
     pub fn kick_ca(&self, name: &str, reason: &str) -> usize {
         self.kick_where(reason, |_, l| l.ca == name)
+    }
+
+    /// Closes every session whose chain `trust` refuses as revoked, each with its reason.
+    pub fn kick_revoked(&self, trust: &certhub_pki::TrustStore) -> usize {
+        if trust.revocations().is_empty() {
+            return 0;
+        }
+        let Ok(live) = self.live.lock() else {
+            return 0;
+        };
+        let doomed: Vec<(String, u64, String)> = live
+            .iter()
+            .filter(|(_, l)| !l.chain.is_empty())
+            .filter_map(|(k, l)| {
+                trust
+                    .revoked(&l.chain)
+                    .map(|r| (k.clone(), l.conn, r.to_string()))
+            })
+            .collect();
+        drop(live);
+        let mut closed = 0;
+        for (cn, conn, reason) in doomed {
+            // Only that connection: a newer one of the identity may have taken its place.
+            closed += self.kick_where(&reason, |k, l| k == cn && l.conn == conn);
+        }
+        closed
     }
 
     /// Closes every session that the hub setting `switch` (e.g. `disableDeviceSAS`) now shuts

@@ -192,7 +192,7 @@ impl AppState {
         let created_ms = store.created_ms(now_ms()).await?;
         let id_scope = store.id_scope(&certhub_core::dps::new_id_scope()).await?;
         let settings = store.settings().await?;
-        let trust = crate::trust::load(&store).await?;
+        let trust = crate::trust::load(&store, None).await?;
         let jitr = store.jitr().await?;
         let telemetry = crate::telemetry::TelemetryLog::start(store.clone()).await?;
         let bookkeeper = crate::bookkeeper::Bookkeeper::start(store.clone());
@@ -857,13 +857,22 @@ impl AppState {
 
     /// Reads the trust snapshot and the JITR CAs from the store and installs them.
     async fn load_trust(&self) -> Result<Arc<certhub_core::TrustSnapshot>, StoreError> {
-        let fresh = Arc::new(crate::trust::load(self.store()).await?);
+        let before = self.trust();
+        let fresh = Arc::new(crate::trust::load(self.store(), Some(&before)).await?);
         let jitr = Arc::new(self.store().jitr().await?);
         if let Ok(mut guard) = self.inner.jitr.write() {
             *guard = jitr;
         }
         if let Ok(mut guard) = self.inner.trust.write() {
             *guard = fresh.clone();
+        }
+        // Sessions whose chains the new index revokes close now; a connect from here on is
+        // checked against it.
+        if !Arc::ptr_eq(before.verified.revocations(), fresh.verified.revocations()) {
+            let closed = self.sessions().kick_revoked(&fresh.verified);
+            if closed > 0 {
+                tracing::info!(closed, "closed sessions whose certificates are now revoked");
+            }
         }
         Ok(fresh)
     }

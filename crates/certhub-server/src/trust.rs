@@ -1,17 +1,27 @@
 //! The trust snapshot: the registered CAs as an immutable value, rebuilt from the store on
-//! every CA change and swapped in whole, so a CONNECT never waits on the database for it.
+//! every CA or CRL change and swapped in whole, so a CONNECT never waits on the database for
+//! it. The CRLs of the CAs become the snapshot's revocation index.
+
+use std::sync::Arc;
 
 use certhub_core::TrustSnapshot;
-use certhub_pki::TrustStore;
-use certhub_store::Store;
+use certhub_pki::{CertificateDer, Revocations, TrustStore};
+use certhub_store::{CrlRecord, Store};
 
-/// Builds the snapshot from the registered CAs. A stored CA that cannot be an anchor (it does
-/// not parse, or the anchor rules changed since it was registered) is left out with a log line.
-/// An expired CA stays in: the chain check then refuses its devices by name
-/// (`certificate-expired`, naming the CA) rather than as an unknown issuer.
-pub async fn load(store: &Store) -> Result<TrustSnapshot, certhub_store::StoreError> {
+/// Builds the snapshot from the registered CAs and their CRLs. A stored CA that cannot be an
+/// anchor (it does not parse, or the anchor rules changed since it was registered) is left
+/// out with a log line. An expired CA stays in: the chain check then refuses its devices by
+/// name (`certificate-expired`, naming the CA) rather than as an unknown issuer.
+///
+/// When the CAs are those of `previous` (only CRLs changed), its stores are kept with the new
+/// revocation index: the chain links they remember stay proven.
+pub async fn load(
+    store: &Store,
+    previous: Option<&TrustSnapshot>,
+) -> Result<TrustSnapshot, certhub_store::StoreError> {
     let mut snapshot = TrustSnapshot::default();
     let (mut verified, mut unverified) = (Vec::new(), Vec::new());
+    let mut ders = std::collections::HashMap::new();
     for ca in store.cas().await? {
         let Ok(certs) = certhub_pki::read_upload(&ca.pem) else {
             tracing::error!(ca = %ca.name, "a registered CA does not parse; skipped");
@@ -24,6 +34,10 @@ pub async fn load(store: &Store) -> Result<TrustSnapshot, certhub_store::StoreEr
             tracing::warn!(ca = %ca.name, "a registered CA cannot be a trust anchor; skipped");
             continue;
         }
+        snapshot
+            .anchors
+            .push(format!("{}:{}:{}", ca.name, ca.sha256, ca.is_verified));
+        ders.insert(ca.name.clone(), cert.clone());
         if ca.is_verified {
             verified.push(cert);
             snapshot.verified_names.push(ca.name);
@@ -32,7 +46,52 @@ pub async fn load(store: &Store) -> Result<TrustSnapshot, certhub_store::StoreEr
             snapshot.unverified_names.push(ca.name);
         }
     }
-    snapshot.verified = TrustStore::new(verified).unwrap_or_default();
-    snapshot.unverified = TrustStore::new(unverified).unwrap_or_default();
+    let mut index = Revocations::default();
+    for crl in store.crls().await? {
+        let Some(ca) = ders.get(&crl.ca) else {
+            continue;
+        };
+        match file(&mut index, &crl, ca) {
+            Ok(()) => {}
+            Err(e) => tracing::error!(ca = %crl.ca, issuer = %crl.issuer, error = %e,
+                "a stored CRL no longer checks against its CA; its entries are not used"),
+        }
+    }
+    let index = Arc::new(index);
+    match previous.filter(|p| p.anchors == snapshot.anchors) {
+        Some(p) => {
+            snapshot.verified = p.verified.with_revocations(index.clone());
+            snapshot.unverified = p.unverified.clone();
+        }
+        None => {
+            snapshot.verified = TrustStore::new(verified)
+                .unwrap_or_default()
+                .with_revocations(index.clone());
+            snapshot.unverified = TrustStore::new(unverified).unwrap_or_default();
+        }
+    }
     Ok(snapshot)
+}
+
+/// Checks a stored CRL against its CA again and files its entries.
+fn file(
+    index: &mut Revocations,
+    crl: &CrlRecord,
+    ca: &CertificateDer<'static>,
+) -> Result<(), certhub_pki::PkiError> {
+    let chain = if crl.issuer_chain.is_empty() {
+        Vec::new()
+    } else {
+        certhub_pki::read_certificates(crl.issuer_chain.as_bytes())?
+    };
+    let checked = certhub_pki::read_crl_for(&crl.der, ca, &chain)?;
+    index.add_crl(
+        checked.issuer_key,
+        &checked.facts,
+        &format!(
+            "CRL number {} of {:?} (held for CA {:?})",
+            checked.facts.number, checked.issuer_subject, crl.ca
+        ),
+    );
+    Ok(())
 }

@@ -229,6 +229,22 @@ const STEPS: &[&str] = &[
         pattern TEXT NOT NULL,
         created_ms BIGINT NOT NULL
     )",
+    // 12: certificate revocation lists of registered CAs (of the CA itself or of an
+    // intermediate below it), one per issuer key.
+    "CREATE TABLE crls (
+        ca TEXT NOT NULL,
+        issuer_key TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        issuer_chain TEXT NOT NULL,
+        der {BLOB} NOT NULL,
+        number TEXT NOT NULL,
+        this_update_ms BIGINT NOT NULL,
+        next_update_ms BIGINT NOT NULL,
+        entries BIGINT NOT NULL,
+        source TEXT NOT NULL,
+        stored_ms BIGINT NOT NULL,
+        PRIMARY KEY (ca, issuer_key)
+    )",
 ];
 
 /// Key of the PostgreSQL advisory lock held while the schema is brought up to date.

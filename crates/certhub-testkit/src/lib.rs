@@ -176,6 +176,32 @@ impl Ca {
     pub fn pem(&self) -> String {
         to_pem(&self.cert)
     }
+
+    /// A CRL (DER) this CA signs, numbered `number`, revoking the serials (big-endian octets)
+    /// at `revoked_at` (unix seconds), valid from [`NOW`] for a week.
+    pub fn crl(&self, serials: &[Vec<u8>], number: u64, revoked_at: i64) -> Vec<u8> {
+        let at = |secs: i64| OffsetDateTime::from_unix_timestamp(secs).expect("time");
+        rcgen::CertificateRevocationListParams {
+            this_update: at(NOW - 60),
+            next_update: at(NOW + 7 * 86_400),
+            crl_number: SerialNumber::from(number),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(s),
+                    revocation_time: at(revoked_at),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer())
+        .expect("sign the CRL")
+        .der()
+        .to_vec()
+    }
 }
 
 impl Leaf {

@@ -26,6 +26,50 @@ pub enum CaCommand {
     /// Just-in-time registration: an unknown device whose chain reaches this verified CA is
     /// created on its first connection (certhub's, like AWS IoT's JITR; audited).
     Jitr(JitrArgs),
+    /// Certificate revocation lists: devices whose chains they revoke are refused
+    /// (`certificate-revoked`) and their live sessions close (certhub's; Azure checks none).
+    #[command(subcommand)]
+    Crl(CrlCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CrlCommand {
+    /// Hold a CRL for a CA: of the CA itself, or of an intermediate below it (give that
+    /// intermediate's certificate with --issuer-chain). A newer CRL of the same issuer replaces
+    /// the older one.
+    Upload(CrlUploadArgs),
+    /// List the CRLs held for a CA.
+    List(NameArgs),
+    /// Stop holding a CRL (its issuer key as listed): what it revoked is accepted again.
+    Delete(CrlDeleteArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrlUploadArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// The CA's name in the hub.
+    #[arg(long)]
+    name: String,
+    /// The CRL (PEM or DER), e.g. from `certhub pki crl` or `openssl ca -gencrl`.
+    #[arg(long)]
+    file: PathBuf,
+    /// The CRL issuer's certificate, followed by any between it and the CA (PEM), when an
+    /// intermediate below the CA issued the CRL; a `certhub pki` CA folder's cert.pem is it.
+    #[arg(long)]
+    issuer_chain: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CrlDeleteArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// The CA's name in the hub.
+    #[arg(long)]
+    name: String,
+    /// The CRL's issuer key (64 hex digits, `certhub ca crl list` shows it).
+    #[arg(long)]
+    issuer_key: String,
 }
 
 #[derive(Debug, Args)]
@@ -150,6 +194,7 @@ pub fn run(cmd: CaCommand) -> Result<Outcome> {
             client.expect("DELETE", &path, Some("*"), None)?;
             out!("deleted CA {}", a.name);
         }
+        CaCommand::Crl(c) => crl(c)?,
         CaCommand::Jitr(a) => {
             let path = ca_path(&a.name)?.then("jitr");
             let client = Client::connect(&a.hub)?;
@@ -172,4 +217,50 @@ pub fn run(cmd: CaCommand) -> Result<Outcome> {
         }
     }
     Ok(Outcome::Ok)
+}
+
+fn crl(cmd: CrlCommand) -> Result<()> {
+    match cmd {
+        CrlCommand::Upload(a) => {
+            let path = ca_path(&a.name)?.then("crls");
+            let bytes = crate::files::read_required(&a.file, "the CRL to upload")?;
+            let crl = if bytes.starts_with(b"-----BEGIN") {
+                String::from_utf8(bytes)
+                    .with_context(|| format!("{}: the PEM is not text", a.file.display()))?
+            } else {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD.encode(&bytes)
+            };
+            let chain = match &a.issuer_chain {
+                Some(p) => read_pem(p)?,
+                None => String::new(),
+            };
+            let client = Client::connect(&a.hub)?;
+            let mut body = json!({ "crl": crl });
+            if !chain.is_empty() {
+                body["issuerChain"] = json!(chain);
+            }
+            let v = client.expect("POST", &path, None, Some(&body))?;
+            print_json(&v);
+        }
+        CrlCommand::List(a) => {
+            let path = ca_path(&a.name)?.then("crls");
+            let client = Client::connect(&a.hub)?;
+            print_json(&client.expect("GET", &path, None, None)?);
+        }
+        CrlCommand::Delete(a) => {
+            let path =
+                ca_path(&a.name)?
+                    .then("crls")
+                    .name(Names::Crl, "--issuer-key", &a.issuer_key)?;
+            let client = Client::connect(&a.hub)?;
+            client.expect("DELETE", &path, None, None)?;
+            out!(
+                "CA {} no longer holds the CRL of issuer key {}",
+                a.name,
+                a.issuer_key
+            );
+        }
+    }
+    Ok(())
 }

@@ -62,6 +62,8 @@ pub enum Names {
     Registration,
     /// A linked hub's name.
     LinkedHub,
+    /// A CRL's issuer key under a CA.
+    Crl,
 }
 
 impl Names {
@@ -88,6 +90,9 @@ impl Names {
             ),
             Self::Registration => anyhow::anyhow!(
                 "{flag} is empty: give a registration id (`certhub dps registrations` shows them)"
+            ),
+            Self::Crl => anyhow::anyhow!(
+                "{flag} is empty: give the CRL's issuer key (`certhub ca crl list --name CA` shows them)"
             ),
         }
     }

@@ -139,7 +139,7 @@ fn description(r: &CaRecord, code: bool, devices: i64) -> CertificateView {
     }
 }
 
-fn check_name(name: &str) -> Result<(), ApiError> {
+pub(super) fn check_name(name: &str) -> Result<(), ApiError> {
     let ok = (1..=64).contains(&name.len())
         && name
             .chars()
@@ -154,7 +154,7 @@ fn check_name(name: &str) -> Result<(), ApiError> {
     }
 }
 
-fn not_found(name: &str) -> ApiError {
+pub(super) fn not_found(name: &str) -> ApiError {
     ApiError::not_found(
         "CertificateNotFound",
         format!("no CA certificate named {name:?} is registered"),
@@ -194,7 +194,7 @@ async fn save(state: &AppState, new: &CaRecord, old: &Etag) -> Result<(), ApiErr
     }
 }
 
-async fn audited<T>(
+pub(super) async fn audited<T>(
     state: &AppState,
     caller: &Caller,
     operation: &str,
@@ -381,6 +381,8 @@ pub async fn delete(
         // Its just-in-time registration goes with it (a CA registered later under the name
         // starts without).
         state.store().set_jitr(&name, None, now_ms()).await?;
+        // So do the CRLs held for it.
+        state.store().delete_crls_of(&name).await?;
         // Trust first, then the sessions: a kicked device that reconnects at once finds the
         // CA gone.
         state.reload_trust().await?;

@@ -81,6 +81,20 @@ pub struct ModulePath {
     pub mid: String,
 }
 
+/// `{name}/crls/{issuerKey}`: a CRL held for a CA, by its issuer's key.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+#[serde(rename_all = "camelCase")]
+#[into_params(rename_all = "camelCase")]
+pub struct CrlPath {
+    /// 1 to 64 of A-Z a-z 0-9 - . _
+    #[param(pattern = "^[A-Za-z0-9-._]{1,64}$")]
+    pub name: String,
+    /// SHA-256 of the CRL issuer's SubjectPublicKeyInfo, 64 hex digits (as listed)
+    #[param(pattern = "^[0-9a-fA-F]{64}$")]
+    pub issuer_key: String,
+}
+
 /// `{name}`: a CA certificate's name.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Path)]

@@ -9,6 +9,7 @@ mod body;
 mod c2d;
 #[allow(unused_qualifications)]
 mod certificates;
+mod crls;
 #[allow(unused_qualifications)]
 mod devices;
 mod doc;
@@ -136,6 +137,8 @@ fn api() -> OpenApiRouter<AppState> {
             certificates::upload,
             certificates::delete
         ))
+        .routes(routes!(crls::list, crls::upload))
+        .routes(routes!(crls::delete))
         .routes(routes!(certificates::generate_code))
         .routes(routes!(certificates::verify))
         .routes(routes!(

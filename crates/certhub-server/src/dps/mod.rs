@@ -778,7 +778,13 @@ async fn group_ca(state: &AppState, name: &str) -> Result<Arc<GroupCa>, certhub_
                 .and_then(|c| c.into_iter().next());
             match cert.and_then(|c| {
                 let info = certificate_info(c.as_ref());
-                TrustStore::new([c]).ok().map(|s| (s, info))
+                // The hub's CRLs count here too.
+                TrustStore::new([c]).ok().map(|s| {
+                    (
+                        s.with_revocations(current.verified.revocations().clone()),
+                        info,
+                    )
+                })
             }) {
                 None => GroupCa::Missing,
                 Some((store, info)) => {

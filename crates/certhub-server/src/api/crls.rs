@@ -1,0 +1,319 @@
+//! `/certificates/{name}/crls`: certificate revocation lists held for a registered CA, of the
+//! CA itself or of an intermediate below it (with that intermediate's certificate). Every
+//! connect checks the chain's certificates against them; a new CRL closes the live sessions
+//! it revokes.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use certhub_core::Rights;
+use certhub_store::CrlRecord;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::certificates::{audited, check_name, not_found};
+use super::doc::{CertificatePath, CrlPath, ErrorResponse};
+use super::error::Path;
+use super::{ApiError, AppState, Caller, now_ms};
+
+/// The largest upload: a CRL of [`certhub_pki::MAX_CRL_BYTES`] in base64, with room for the
+/// issuer chain.
+const MAX_UPLOAD: usize = certhub_pki::MAX_CRL_BYTES / 3 * 4 + (1 << 20);
+
+/// A CRL to hold for a CA.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = CrlUpload)]
+pub struct CrlBody {
+    /// the CRL: PEM (`X509 CRL`) or base64 of its DER
+    crl: String,
+    /// PEM of the CRL issuer's certificate, then any between it and the CA, when an
+    /// intermediate below the CA issued the CRL (omit it for a CRL the CA issued itself)
+    #[serde(default)]
+    issuer_chain: Option<String>,
+}
+
+/// A CRL the hub holds.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = Crl)]
+pub struct CrlView {
+    /// the registered CA it is held for
+    ca: String,
+    /// the CRL issuer's subject
+    issuer: String,
+    /// SHA-256 of the CRL issuer's SubjectPublicKeyInfo, hex: the CRL's key under the CA
+    issuer_key: String,
+    /// the CRL number, decimal
+    number: String,
+    /// RFC 3339
+    this_update: String,
+    /// RFC 3339; absent when the CRL has no nextUpdate
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    next_update: Option<String>,
+    /// past its nextUpdate: the issuer should have published a newer one (its entries still
+    /// count)
+    stale: bool,
+    /// how many certificates it revokes
+    revoked_count: i64,
+    /// where it came from: upload
+    source: String,
+    /// when the hub took it, RFC 3339
+    stored: String,
+}
+
+/// The CRLs held for a CA.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CrlList {
+    value: Vec<CrlView>,
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn view(r: &CrlRecord, now: i64) -> CrlView {
+    CrlView {
+        ca: r.ca.clone(),
+        issuer: r.issuer.clone(),
+        issuer_key: r.issuer_key.clone(),
+        number: r.number.clone(),
+        this_update: rfc3339(r.this_update_ms),
+        next_update: (r.next_update_ms != 0).then(|| rfc3339(r.next_update_ms)),
+        stale: r.next_update_ms != 0 && now > r.next_update_ms,
+        revoked_count: r.entries,
+        source: r.source.clone(),
+        stored: rfc3339(r.stored_ms),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("CrlInvalid", message)
+}
+
+#[utoipa::path(get, path = "/certificates/{name}/crls", operation_id = "list_crls",
+    summary = "List the certificate revocation lists held for a CA (certhub's; Azure checks none)",
+    description = "Needs the RegistryRead right.", params(CertificatePath),
+    responses((status = 200, description = "success", body = CrlList), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+pub async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(CertificatePath { name }): Path<CertificatePath>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_READ, "listing a CA's CRLs")?;
+    check_name(&name)?;
+    state
+        .store()
+        .ca(&name)
+        .await?
+        .ok_or_else(|| not_found(&name))?;
+    let now = now_ms();
+    let value = state
+        .store()
+        .crls_of(&name)
+        .await?
+        .iter()
+        .map(|r| view(r, now))
+        .collect();
+    Ok(Json(CrlList { value }).into_response())
+}
+
+#[utoipa::path(post, path = "/certificates/{name}/crls", operation_id = "upload_crl",
+    summary = "Hold a certificate revocation list for a CA: of the CA itself, or of an intermediate below it (give that intermediate's certificate in issuerChain). It replaces the CRL held for the same issuer when its number is higher; devices whose chains it revokes are refused (certificate-revoked) and their live sessions close.",
+    description = "Needs the RegistryWrite right. At most 64 MiB of CRL.", params(CertificatePath), request_body = CrlBody,
+    responses((status = 200, description = "held", body = CrlView), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse), (status = 409, response = ErrorResponse), (status = 413, response = ErrorResponse)))]
+pub async fn upload(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(CertificatePath { name }): Path<CertificatePath>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_WRITE, "uploading a CRL")?;
+    let result = upload_inner(&state, &name, body).await;
+    let detail = match &result {
+        Ok((r, changed)) => format!(
+            "CRL number {} of {:?}: {} revoked{}",
+            r.number,
+            r.issuer,
+            r.entries,
+            if *changed { "" } else { " (already held)" }
+        ),
+        Err(_) => String::new(),
+    };
+    let (record, changed) =
+        audited(&state, &caller, "ca.crl.upload", &name, result, &detail).await?;
+    if changed {
+        state.reload_trust().await?;
+    }
+    Ok(Json(view(&record, now_ms())).into_response())
+}
+
+async fn upload_inner(
+    state: &AppState,
+    name: &str,
+    body: Body,
+) -> Result<(CrlRecord, bool), ApiError> {
+    check_name(name)?;
+    let bytes = axum::body::to_bytes(body, MAX_UPLOAD).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MessageTooLarge",
+            format!(
+                "the upload is larger than {MAX_UPLOAD} bytes: a CRL may be at most {} bytes",
+                certhub_pki::MAX_CRL_BYTES
+            ),
+        )
+    })?;
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "ArgumentInvalid",
+            "the request needs a JSON object body: {\"crl\": \"<PEM or base64 DER>\", \"issuerChain\": \"<PEM>\"}",
+        ));
+    }
+    let body: CrlBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request("ArgumentInvalid", format!("invalid JSON body: {e}")))?;
+    let ca = state
+        .store()
+        .ca(name)
+        .await?
+        .ok_or_else(|| not_found(name))?;
+    let crl = body.crl.trim();
+    let der_or_pem: Vec<u8> = if crl.starts_with("-----BEGIN") {
+        crl.as_bytes().to_vec()
+    } else {
+        let compact: String = crl.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+        base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .map_err(|e| {
+                invalid(format!(
+                    "crl is neither PEM (-----BEGIN X509 CRL-----) nor base64 of a DER CRL: {e}"
+                ))
+            })?
+    };
+    let chain_pem = body.issuer_chain.unwrap_or_default();
+    let chain = if chain_pem.trim().is_empty() {
+        Vec::new()
+    } else {
+        certhub_pki::read_certificates(chain_pem.as_bytes())
+            .map_err(|e| invalid(format!("issuerChain: {e}")))?
+    };
+    let ca_der = certhub_pki::read_upload(&ca.pem)
+        .ok()
+        .and_then(|c| c.into_iter().next())
+        .ok_or_else(|| invalid(format!("the registered CA {name:?} does not parse")))?;
+    let checked = certhub_pki::read_crl_for(&der_or_pem, &ca_der, &chain).map_err(|e| {
+        let hint = if chain.is_empty() && e.to_string().contains("not by the CA") {
+            ": a CRL of an intermediate below the CA needs that intermediate's certificate (and any between it and the CA) in issuerChain"
+        } else {
+            ""
+        };
+        invalid(format!("the CRL is not taken for CA {name:?}: {e}{hint}"))
+    })?;
+    let der = checked.der.clone();
+    let issuer_key = certhub_pki::hex(&checked.issuer_key);
+    let facts = &checked.facts;
+    let record = CrlRecord {
+        ca: name.to_string(),
+        issuer_key: issuer_key.clone(),
+        issuer: checked.issuer_subject.clone(),
+        issuer_chain: if chain.is_empty() {
+            String::new()
+        } else {
+            chain.iter().map(certhub_pki::to_pem).collect()
+        },
+        der,
+        number: facts.number.clone(),
+        this_update_ms: facts.this_update.unix_timestamp() * 1000,
+        next_update_ms: facts.next_update.map_or(0, |t| t.unix_timestamp() * 1000),
+        entries: i64::try_from(facts.revoked.len()).unwrap_or(i64::MAX),
+        source: "upload".into(),
+        stored_ms: now_ms(),
+    };
+    let held = state
+        .store()
+        .crls_of(name)
+        .await?
+        .into_iter()
+        .find(|r| r.issuer_key == issuer_key);
+    if let Some(old) = held {
+        match certhub_pki::CrlFacts::compare_numbers(&record.number, &old.number) {
+            std::cmp::Ordering::Less => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "CrlOutdated",
+                    format!(
+                        "this is CRL number {} of {:?}, older than number {} held for CA {name:?}: upload the newest CRL",
+                        record.number, record.issuer, old.number
+                    ),
+                ));
+            }
+            std::cmp::Ordering::Equal if old.der == record.der => return Ok((old, false)),
+            std::cmp::Ordering::Equal => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "CrlNumberReused",
+                    format!(
+                        "a different CRL with number {} of {:?} is already held for CA {name:?}: a CA gives each new CRL a higher number",
+                        record.number, record.issuer
+                    ),
+                ));
+            }
+            std::cmp::Ordering::Greater => {}
+        }
+    }
+    state.store().put_crl(&record).await?;
+    Ok((record, true))
+}
+
+#[utoipa::path(delete, path = "/certificates/{name}/crls/{issuerKey}", operation_id = "delete_crl",
+    summary = "Stop holding a CA's CRL (by its issuer key, as listed): the certificates it revoked are accepted again",
+    description = "Needs the RegistryWrite right.", params(CrlPath),
+    responses((status = 204, description = "deleted"), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(CrlPath { name, issuer_key }): Path<CrlPath>,
+) -> Result<StatusCode, ApiError> {
+    caller.require(Rights::REGISTRY_WRITE, "deleting a CRL")?;
+    let result = async {
+        check_name(&name)?;
+        let key = issuer_key.to_ascii_lowercase();
+        if key.len() != 64 || !key.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(ApiError::bad_request(
+                "ArgumentInvalid",
+                format!("issuer key {issuer_key:?}: give the 64 hex digits that the CRL list shows as issuerKey"),
+            ));
+        }
+        state
+            .store()
+            .ca(&name)
+            .await?
+            .ok_or_else(|| not_found(&name))?;
+        if state.store().delete_crl(&name, &key).await? {
+            Ok(key)
+        } else {
+            Err(ApiError::not_found(
+                "CrlNotFound",
+                format!("no CRL of issuer key {key} is held for CA {name:?}; list them with GET /certificates/{name}/crls"),
+            ))
+        }
+    }
+    .await;
+    let detail = result
+        .as_ref()
+        .map(|k| format!("issuer key {k}"))
+        .unwrap_or_default();
+    audited(&state, &caller, "ca.crl.delete", &name, result, &detail).await?;
+    state.reload_trust().await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,278 @@
+//! Revocation by CRL against a real `certhub serve` (issue 16): the four-level chain made by
+//! `certhub pki`, Python azure-iot-device SDK widgets connected over MQTT/TLS, a widget revoked
+//! in Technician-Z's CRL (`certhub pki crl`, uploaded through the service API) and then
+//! Technician-Z itself in Factory-Y's CRL (`openssl ca -gencrl`, uploaded with
+//! `certhub ca crl upload`). The revoked devices' live sessions close within a second, they
+//! are refused afterwards with `certificate-revoked` in the audit trail, and Technician-W's
+//! branch under Factory-Y keeps working. Bad CRL uploads are refused with what is wrong.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use common::{certhub, certhub_at, enroll_company_x, openssl, python_to_hub, start_hub_on, tmp};
+
+const HOST: &str = "127.0.0.112";
+
+/// `certhub pki` words, for command lines without spaces inside an argument.
+fn words(line: &str) -> Vec<&str> {
+    line.split_whitespace().collect()
+}
+
+#[test]
+fn azure_sdk_widgets_are_dropped_and_refused_when_a_crl_revokes_them() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub_on(&data, HOST, &[]);
+    let hub = |line: &str| certhub_at(d, &data, &words(line));
+    let pki = |line: &str| certhub(d, &words(line)).ok();
+
+    enroll_company_x(d, &data, 3);
+    // Technician-W: another branch under Factory-Y, with its own widget.
+    pki("pki request --subject CN=Technician-W --out pki/technician-w");
+    pki(
+        "pki sign --issuer pki/factory-y --csr pki/technician-w/request.csr --profile intermediate --out pki/technician-w",
+    );
+    pki("pki request --subject CN=widget-w1 --out pki/devices/widget-w1");
+    pki(
+        "pki sign --issuer pki/technician-w --csr pki/devices/widget-w1/request.csr --profile device --out pki/devices/widget-w1",
+    );
+    for id in [
+        "smart-x-widget-0001",
+        "smart-x-widget-0002",
+        "smart-x-widget-0003",
+        "widget-w1",
+    ] {
+        hub(&format!("device create --id {id} --auth-method x509-ca")).ok();
+    }
+
+    // Technician-Z revokes widget-0001 (certhub pki crl).
+    pki(
+        "pki revoke --issuer pki/technician-z --cert pki/devices/smart-x-widget-0001/cert.pem --reason key-compromise",
+    );
+    pki("pki crl --issuer pki/technician-z");
+    // Factory-Y revokes Technician-Z with openssl's own CA tool.
+    std::fs::write(
+        d.join("factory-y.cnf"),
+        "[ca]\ndefault_ca = fy\n[fy]\ndatabase = fy-index.txt\ncrlnumber = fy-crlnumber\n\
+         certificate = pki/factory-y/cert.pem\nprivate_key = pki/factory-y/key.pem\n\
+         default_md = sha256\ndefault_crl_days = 7\n",
+    )
+    .expect("write");
+    std::fs::write(d.join("fy-index.txt"), "").expect("write");
+    std::fs::write(d.join("fy-crlnumber"), "1000\n").expect("write");
+    openssl(
+        d,
+        &words(
+            "ca -config factory-y.cnf -revoke pki/technician-z/cert.pem -crl_reason keyCompromise",
+        ),
+    )
+    .ok();
+    openssl(
+        d,
+        &words("ca -config factory-y.cnf -gencrl -out factory-y.crl"),
+    )
+    .ok();
+
+    let cs = hub("hub connection-string").ok().stdout.trim().to_string();
+    let script =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/revocation.py");
+    let mut child = python_to_hub(&hub_process)
+        .arg(&script)
+        .current_dir(d)
+        .env("CERTHUB_HOST", HOST)
+        .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
+        .env("REQUESTS_CA_BUNDLE", data.join("tls/server-ca.pem"))
+        .env("CERTHUB_CONNECTION_STRING", &cs)
+        .env("CERTHUB_DIR", d.join("pki"))
+        .env("CERTHUB_CRL", d.join("pki/technician-z/crl.pem"))
+        .env("CERTHUB_ISSUER_CHAIN", d.join("pki/technician-z/chain.pem"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut transcript = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if line == "READY-FOR-FACTORY-CRL" {
+            writeln!(stdin, "go").expect("write");
+            let up = hub(
+                "ca crl upload --name company-x --file factory-y.crl --issuer-chain pki/factory-y/chain.pem",
+            )
+            .ok();
+            writeln!(stdin, "done").expect("write");
+            transcript.push_str(&up.stdout);
+        }
+    }
+    let out = child.wait_with_output().expect("python ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && transcript.contains("all revocation checks passed"),
+        "revocation.py failed\n--- stdout\n{transcript}\n--- stderr\n{stderr}"
+    );
+
+    // Both CRLs are held, by issuer.
+    let list: serde_json::Value =
+        serde_json::from_str(&hub("ca crl list --name company-x").ok().stdout).expect("json");
+    let held: Vec<(String, String)> = list["value"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|c| {
+            (
+                c["issuer"].as_str().unwrap_or("").to_string(),
+                c["number"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(held.len(), 2, "{list:#}");
+    assert!(
+        held.iter()
+            .any(|(i, n)| i.starts_with("CN=Factory-Y") && n == "4096"),
+        "openssl's crlnumber 1000 (hex) is 4096: {held:?}"
+    );
+
+    // The operator sees each refusal and each closed session with its reason.
+    let log = hub("audit list --json --top 300").ok();
+    let log: serde_json::Value = serde_json::from_str(&log.stdout).expect("json");
+    let records = log.as_array().expect("array");
+    let has = |op: &str, target: &str, outcome: &str, detail: &str| {
+        records.iter().any(|r| {
+            r["operation"] == op
+                && r["target"] == target
+                && r["outcome"] == outcome
+                && r["detail"].as_str().unwrap_or("").contains(detail)
+        })
+    };
+    for (target, detail) in [
+        (
+            "devices/smart-x-widget-0001",
+            "the leaf \"CN=smart-x-widget-0001\"",
+        ),
+        (
+            "devices/smart-x-widget-0002",
+            "the intermediate \"CN=Technician-Z CA, O=Company-X\"",
+        ),
+        (
+            "devices/smart-x-widget-0003",
+            "the intermediate \"CN=Technician-Z CA, O=Company-X\"",
+        ),
+    ] {
+        assert!(
+            has("device.connect", target, "certificate-revoked", detail),
+            "{target}: no certificate-revoked refusal naming {detail}: {log:#}"
+        );
+        assert!(
+            has("device.disconnect", target, "closed", "certificate-revoked"),
+            "{target}: its session was not closed as revoked: {log:#}"
+        );
+    }
+    assert!(
+        has(
+            "device.connect",
+            "devices/smart-x-widget-0001",
+            "certificate-revoked",
+            "reason key-compromise"
+        ),
+        "the reason code is in the audit detail: {log:#}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["target"] == "devices/widget-w1" && r["outcome"] == "certificate-revoked"),
+        "Technician-W's widget was never refused: {log:#}"
+    );
+}
+
+/// Bad CRL uploads are refused with what is wrong, and nothing held is lost.
+#[test]
+fn bad_crl_uploads_are_refused_and_what_is_held_stays() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let _hub_process = start_hub_on(&data, "127.0.0.113", &[]);
+    enroll_company_x(d, &data, 1);
+    let hub = |line: &str| certhub_at(d, &data, &words(line));
+    let pki = |line: &str| certhub(d, &words(line)).ok();
+    pki("pki revoke --issuer pki/technician-z --cert pki/devices/smart-x-widget-0001/cert.pem");
+    pki("pki crl --issuer pki/technician-z");
+    std::fs::copy(d.join("pki/technician-z/crl.pem"), d.join("first.pem")).expect("copy");
+
+    // Without the issuer chain, a CRL of an intermediate cannot be checked.
+    let e = hub("ca crl upload --name company-x --file first.pem").code(2);
+    assert!(
+        e.stderr.contains("not by the CA") && e.stderr.contains("issuerChain"),
+        "{}",
+        e.stderr
+    );
+    hub(
+        "ca crl upload --name company-x --file first.pem --issuer-chain pki/technician-z/chain.pem",
+    )
+    .ok();
+    // The same CRL again changes nothing.
+    hub(
+        "ca crl upload --name company-x --file first.pem --issuer-chain pki/technician-z/chain.pem",
+    )
+    .ok();
+
+    // Another hierarchy's CA with the same names signs a CRL: refused by its signature.
+    pki("pki demo supply-chain --out other --devices 1");
+    pki("pki crl --issuer other/technician-z");
+    let e = hub(
+        "ca crl upload --name company-x --file other/technician-z/crl.pem --issuer-chain other/technician-z/chain.pem",
+    )
+    .code(2);
+    assert!(e.stderr.contains("does not verify"), "{}", e.stderr);
+
+    // An older CRL after a newer one; a CRL for an unregistered CA; not a CRL at all.
+    pki("pki crl --issuer pki/technician-z");
+    hub("ca crl upload --name company-x --file pki/technician-z/crl.pem --issuer-chain pki/technician-z/chain.pem")
+        .ok();
+    let e = hub(
+        "ca crl upload --name company-x --file first.pem --issuer-chain pki/technician-z/chain.pem",
+    )
+    .code(2);
+    assert!(e.stderr.contains("older than number"), "{}", e.stderr);
+    let e = hub("ca crl upload --name nobody --file first.pem").code(2);
+    assert!(e.stderr.contains("no CA certificate named"), "{}", e.stderr);
+    let e = hub("ca crl upload --name company-x --file pki/company-x/cert.pem").code(2);
+    assert!(e.stderr.contains("CRL"), "{}", e.stderr);
+    std::fs::write(d.join("truncated.pem"), {
+        let pem = std::fs::read_to_string(d.join("first.pem")).expect("read");
+        pem[..pem.len() / 2].to_string()
+    })
+    .expect("write");
+    let e = hub("ca crl upload --name company-x --file truncated.pem").code(2);
+    assert!(
+        e.stderr.contains("PEM") || e.stderr.contains("malformed"),
+        "{}",
+        e.stderr
+    );
+
+    // The newest CRL is still held; deleting it, then deleting it again.
+    let list: serde_json::Value =
+        serde_json::from_str(&hub("ca crl list --name company-x").ok().stdout).expect("json");
+    let held = list["value"].as_array().expect("array");
+    assert_eq!(held.len(), 1, "{list:#}");
+    assert_eq!(held[0]["number"], "2", "{list:#}");
+    let key = held[0]["issuerKey"].as_str().expect("key").to_string();
+    hub(&format!(
+        "ca crl delete --name company-x --issuer-key {key}"
+    ))
+    .ok();
+    let e = hub(&format!(
+        "ca crl delete --name company-x --issuer-key {key}"
+    ))
+    .code(2);
+    assert!(e.stderr.contains("no CRL of issuer key"), "{}", e.stderr);
+    let e = hub("ca crl delete --name company-x --issuer-key nothex").code(2);
+    assert!(e.stderr.contains("64 hex digits"), "{}", e.stderr);
+}
