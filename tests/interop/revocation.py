@@ -10,66 +10,21 @@ Technician-Z, one by Technician-W (another branch under Factory-Y). Then:
    start;
    Technician-W's widget keeps its session and connects afresh.
 
-Environment: CERTHUB_HOST, CERTHUB_CA, CERTHUB_CONNECTION_STRING, CERTHUB_DIR (the PKI folder),
-CERTHUB_CRL (Technician-Z's CRL, PEM), CERTHUB_ISSUER_CHAIN (Technician-Z's chain.pem).
+Environment: as widgets.py, and CERTHUB_CONNECTION_STRING, CERTHUB_CRL (Technician-Z's CRL, PEM), CERTHUB_ISSUER_CHAIN (Technician-Z's chain.pem).
 """
 
 import os
 import sys
 import time
 
-from azure.iot.device import IoTHubDeviceClient, Message, X509
-from azure.iot.device.exceptions import CredentialError
+from azure.iot.device import Message
 
-from hubtest import CA, check, service
+from hubtest import check, service
+from widgets import client, connected, refused, wait_dropped
 
-HOST = os.environ["CERTHUB_HOST"]
-D = os.environ["CERTHUB_DIR"]
+WIDGETS = ["smart-x-widget-0001", "smart-x-widget-0002", "smart-x-widget-0003", "widget-w1"]
 
-WIDGETS = {
-    "smart-x-widget-0001": "devices/smart-x-widget-0001",
-    "smart-x-widget-0002": "devices/smart-x-widget-0002",
-    "smart-x-widget-0003": "devices/smart-x-widget-0003",
-    "widget-w1": "devices/widget-w1",
-}
-
-
-def client(device_id):
-    folder = WIDGETS[device_id]
-    x509 = X509(cert_file=f"{D}/{folder}/chain.pem", key_file=f"{D}/{folder}/key.pem")
-    return IoTHubDeviceClient.create_from_x509_certificate(
-        x509=x509, hostname=HOST, device_id=device_id,
-        server_verification_cert=CA, connection_retry=False)
-
-
-def refused(device_id):
-    c = client(device_id)
-    try:
-        c.connect()
-    except CredentialError:
-        return True
-    finally:
-        c.shutdown()
-    return False
-
-
-def wait_dropped(live, start, gone, staying, what):
-    while any(live[n].connected for n in gone) and time.monotonic() - start < 5:
-        time.sleep(0.005)
-    elapsed = time.monotonic() - start
-    for n in gone:
-        check(not live[n].connected, f"{what}: {n}'s live session was closed")
-    check(elapsed < 1.0, f"{what}: within a second ({elapsed * 1000:.0f} ms)")
-    for n in staying:
-        check(live[n].connected, f"{what}: {n} is still connected")
-    print(f"DROPPED {what} in {elapsed * 1000:.0f} ms", flush=True)
-
-
-live = {}
-for name in WIDGETS:
-    live[name] = client(name)
-    live[name].connect()
-    check(live[name].connected, f"{name} connected")
+live = {name: connected(name) for name in WIDGETS}
 
 # 1. Technician-Z revokes widget-0001.
 crl = open(os.environ["CERTHUB_CRL"]).read()

@@ -19,7 +19,7 @@ use x509_parser::extensions::ParsedExtension;
 use crate::describe::{key_info, parse, rfc3339, weak_signature};
 use crate::explain::{Organization, Presented, Rerun, explain, subject_key_id, unusable};
 use crate::name::common_name;
-use crate::revocation::{ChainCert, KeyId, Revocations, key_id_of, serial_key};
+use crate::revocation::{ChainCert, KeyId, Revocations, hex, key_id_of, serial_key};
 use crate::{PkiError, Thumbprints};
 
 /// Why a chain was refused. The names are stable: logs, metrics, the audit trail and the CLI
@@ -87,6 +87,9 @@ pub enum Reason {
     /// certificate revocation list the hub holds; the detail names it, its serial, issuer,
     /// revocation time, reason code and the list.
     CertificateRevoked,
+    /// The chain verifies, but the operator blocked a certificate of it (by thumbprint, or by
+    /// issuer and serial); the detail names it and the block.
+    CertificateBlocked,
     /// A validation failure certhub has no name for; the detail carries the validator's words.
     /// No certificate a device can present leads here today: it is left for what the validator
     /// reports only when asked for checks the device policy never asks for (revocation, server
@@ -121,12 +124,13 @@ impl Reason {
             Self::BadSignature => "bad-signature",
             Self::WrongKeyUsage => "wrong-key-usage",
             Self::CertificateRevoked => "certificate-revoked",
+            Self::CertificateBlocked => "certificate-blocked",
             Self::ChainInvalid => "chain-invalid",
         }
     }
 
     /// Every reason, in the order of the enum: for tests and documentation that list them.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 26] = [
         Self::NoCertificate,
         Self::MalformedCertificate,
         Self::CertificateExpired,
@@ -151,6 +155,7 @@ impl Reason {
         Self::BadSignature,
         Self::WrongKeyUsage,
         Self::CertificateRevoked,
+        Self::CertificateBlocked,
         Self::ChainInvalid,
     ];
 }
@@ -385,6 +390,19 @@ impl TrustStore {
                     .ok()
             })
             .unwrap_or_else(|| why.revoked_at.to_string());
+        if why.blocked {
+            return Some(Rejection::new(
+                Reason::CertificateBlocked,
+                format!(
+                    "{what} {:?} (serial {}, issued by {:?}, SHA-256 {}) is blocked by the operator since {at} ({})",
+                    cert.subject,
+                    cert.serial_hex(),
+                    cert.issuer,
+                    hex(&cert.sha256),
+                    why.source
+                ),
+            ));
+        }
         Some(Rejection::new(
             Reason::CertificateRevoked,
             format!(

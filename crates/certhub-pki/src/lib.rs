@@ -39,7 +39,7 @@ pub use issue::{
 };
 pub use name::{certificate_common_name, parse_subject};
 pub use revocation::{
-    ChainCert, CheckedCrl, KeyId, Revocations, Revoked, hex, key_id, read_crl_for,
+    Block, ChainCert, CheckedCrl, KeyId, Revocations, Revoked, hex, key_id, read_crl_for,
 };
 
 /// PEM-encodes a certificate (LF line endings).

@@ -93,11 +93,21 @@ impl ChainCert {
 /// Why a certificate is on the index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revoked {
-    /// The revocationDate of its CRL entry (unix seconds).
+    /// The revocationDate of its CRL entry, or when the operator blocked it (unix seconds).
     pub revoked_at: i64,
     pub reason: RevocationReasonCode,
     /// Where the hub learned it, for the operator: e.g. `CRL number 4 of "CN=Technician-Z"`.
     pub source: Arc<str>,
+    /// Blocked by the operator rather than revoked by its issuer.
+    pub blocked: bool,
+}
+
+/// A certificate the operator blocks without a CRL: by its SHA-256 thumbprint, or by its
+/// issuer's name (as `certhub pki inspect` prints it) and serial.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Block {
+    Thumbprint([u8; 32]),
+    IssuerSerial { issuer: String, serial: Vec<u8> },
 }
 
 /// The certificates the hub refuses although their chains verify, by (issuer key, serial).
@@ -106,6 +116,8 @@ pub struct Revoked {
 pub struct Revocations {
     entries: HashMap<(KeyId, Vec<u8>), Revoked>,
     lists: usize,
+    by_thumbprint: HashMap<[u8; 32], Revoked>,
+    by_issuer_serial: HashMap<(String, Vec<u8>), Revoked>,
 }
 
 impl Revocations {
@@ -121,19 +133,39 @@ impl Revocations {
                     revoked_at: entry.revoked_at.unix_timestamp(),
                     reason: entry.reason,
                     source: source.clone(),
+                    blocked: false,
                 },
             );
         }
         self.lists += 1;
     }
 
-    /// How many certificates are revoked.
+    /// Adds a block the operator made at `at` (unix seconds); `source` names it in refusals.
+    pub fn add_block(&mut self, block: Block, at: i64, source: &str) {
+        let why = Revoked {
+            revoked_at: at,
+            reason: RevocationReasonCode::Unspecified,
+            source: Arc::from(source),
+            blocked: true,
+        };
+        match block {
+            Block::Thumbprint(t) => {
+                self.by_thumbprint.insert(t, why);
+            }
+            Block::IssuerSerial { issuer, serial } => {
+                self.by_issuer_serial
+                    .insert((issuer, serial_key(&serial)), why);
+            }
+        }
+    }
+
+    /// How many certificates are revoked or blocked.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.len() + self.by_thumbprint.len() + self.by_issuer_serial.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.is_empty() && self.by_thumbprint.is_empty() && self.by_issuer_serial.is_empty()
     }
 
     /// How many CRLs were filed.
@@ -149,15 +181,25 @@ impl Revocations {
         self.entries.get(&(*issuer_key, serial_key(serial)))
     }
 
-    /// The revoked certificate of a path (leaf first), the one nearest the anchor when several
-    /// are: it explains the most (a revoked intermediate takes every device below it).
+    /// The revoked or blocked certificate of a path (leaf first), the one nearest the anchor
+    /// when several are: it explains the most (a revoked intermediate takes every device below
+    /// it). A block is named before a revocation of the same certificate.
     pub fn find<'a>(&'a self, path: &'a [ChainCert]) -> Option<(&'a ChainCert, &'a Revoked)> {
-        if self.entries.is_empty() {
+        if self.is_empty() {
             return None;
         }
         path.iter().rev().find_map(|c| {
-            self.entries
-                .get(&(c.issuer_key, c.serial.clone()))
+            let blocked = || {
+                self.by_thumbprint.get(&c.sha256).or_else(|| {
+                    if self.by_issuer_serial.is_empty() {
+                        return None;
+                    }
+                    self.by_issuer_serial
+                        .get(&(c.issuer.clone(), c.serial.clone()))
+                })
+            };
+            blocked()
+                .or_else(|| self.entries.get(&(c.issuer_key, c.serial.clone())))
                 .map(|r| (c, r))
         })
     }

@@ -13,6 +13,7 @@ enum Entry {
     Audit(AuditRecord),
     Activity(String, String, i64),
     Ca(String, String, String),
+    Chain(String, String, String, i64),
     Flush(oneshot::Sender<()>),
 }
 
@@ -34,6 +35,7 @@ impl Bookkeeper {
                 // The latest value per identity: (device, module) -> value.
                 let mut activity: HashMap<(String, String), i64> = HashMap::new();
                 let mut cas: HashMap<(String, String), String> = HashMap::new();
+                let mut chains: HashMap<(String, String), (String, i64)> = HashMap::new();
                 let mut waiting = Vec::new();
                 let mut next = Some(first);
                 let mut taken = 0;
@@ -48,6 +50,9 @@ impl Bookkeeper {
                         Entry::Ca(d, m, ca) => {
                             cas.insert((d, m), ca);
                         }
+                        Entry::Chain(d, m, chain, expires) => {
+                            chains.insert((d, m), (chain, expires));
+                        }
                         Entry::Flush(done) => waiting.push(done),
                     }
                     if taken < MAX_BATCH {
@@ -58,6 +63,10 @@ impl Bookkeeper {
                     audit,
                     activity: activity.into_iter().map(|((d, m), t)| (d, m, t)).collect(),
                     cas: cas.into_iter().map(|((d, m), c)| (d, m, c)).collect(),
+                    chains: chains
+                        .into_iter()
+                        .map(|((d, m), (c, e))| (d, m, c, e))
+                        .collect(),
                 };
                 if !batch.is_empty()
                     && let Err(e) = store.write_bookkeeping(&batch).await
@@ -92,6 +101,18 @@ impl Bookkeeper {
     pub async fn ca(&self, device: &str, module: &str, ca: &str) {
         self.send(Entry::Ca(device.into(), module.into(), ca.into()))
             .await;
+    }
+
+    /// The chain a device (`module` "") or module last authenticated with: the SHA-256s of
+    /// its certificates below the CA, space-separated, and when its leaf expires (unix ms).
+    pub async fn chain(&self, device: &str, module: &str, chain: String, expires_ms: i64) {
+        self.send(Entry::Chain(
+            device.into(),
+            module.into(),
+            chain,
+            expires_ms,
+        ))
+        .await;
     }
 
     /// Returns once everything handed over before the call is written.

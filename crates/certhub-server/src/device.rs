@@ -407,6 +407,23 @@ impl DeviceCore {
                 .bookkeeper()
                 .ca(live.device.id().device.as_str(), module, live.device.ca())
                 .await;
+            let certs = live.device.chain();
+            if let Some(leaf) = certs.first() {
+                let chain = certs
+                    .iter()
+                    .map(|c| certhub_pki::hex(&c.sha256))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                state
+                    .bookkeeper()
+                    .chain(
+                        live.device.id().device.as_str(),
+                        module,
+                        chain,
+                        leaf.not_after.saturating_mul(1000),
+                    )
+                    .await;
+            }
         }
     }
 

@@ -57,6 +57,22 @@ pub async fn load(
                 "a stored CRL no longer checks against its CA; its entries are not used"),
         }
     }
+    for block in store.blocks().await? {
+        let Some(b) = as_block(&block) else {
+            tracing::error!(id = %block.id, "a stored block does not parse; skipped");
+            continue;
+        };
+        let note = if block.note.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", block.note)
+        };
+        index.add_block(
+            b,
+            block.created_ms / 1000,
+            &format!("block {}{note}", block.id),
+        );
+    }
     let index = Arc::new(index);
     match previous.filter(|p| p.anchors == snapshot.anchors) {
         Some(p) => {
@@ -94,4 +110,27 @@ fn file(
         ),
     );
     Ok(())
+}
+
+/// A stored block as the index takes it.
+pub(crate) fn as_block(b: &certhub_store::BlockRecord) -> Option<certhub_pki::Block> {
+    let bytes = |hex: &str| -> Option<Vec<u8>> {
+        hex.len()
+            .is_multiple_of(2)
+            .then(|| {
+                (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                    .collect::<Option<Vec<u8>>>()
+            })
+            .flatten()
+    };
+    if !b.sha256.is_empty() {
+        let t: [u8; 32] = bytes(&b.sha256)?.try_into().ok()?;
+        return Some(certhub_pki::Block::Thumbprint(t));
+    }
+    Some(certhub_pki::Block::IssuerSerial {
+        issuer: b.issuer.clone(),
+        serial: bytes(&b.serial)?,
+    })
 }

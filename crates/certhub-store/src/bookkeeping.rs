@@ -2,23 +2,31 @@
 //! activity and the CA each device authenticated through. One transaction per batch instead of
 //! several per connection keeps the store off the connection path.
 
+use sqlx::Row;
+
 use crate::{AuditRecord, Result, Store};
 
-/// What a batch writes. Activity and CA entries are (device id, module id or "", value).
+/// What a batch writes. Activity and CA entries are (device id, module id or "", value);
+/// chain entries are (device id, module id or "", the SHA-256s of the chain below the CA
+/// space-separated, when the leaf expires in unix ms).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Bookkeeping {
     pub audit: Vec<AuditRecord>,
     pub activity: Vec<(String, String, i64)>,
     pub cas: Vec<(String, String, String)>,
+    pub chains: Vec<(String, String, String, i64)>,
 }
 
 impl Bookkeeping {
     pub fn is_empty(&self) -> bool {
-        self.audit.is_empty() && self.activity.is_empty() && self.cas.is_empty()
+        self.audit.is_empty()
+            && self.activity.is_empty()
+            && self.cas.is_empty()
+            && self.chains.is_empty()
     }
 
     pub fn len(&self) -> usize {
-        self.audit.len() + self.activity.len() + self.cas.len()
+        self.audit.len() + self.activity.len() + self.cas.len() + self.chains.len()
     }
 }
 
@@ -102,7 +110,66 @@ impl Store {
             }
             q.execute(&mut *tx).await?;
         }
+        let (device_chains, module_chains): (Vec<_>, Vec<_>) =
+            b.chains.iter().partition(|(_, m, _, _)| m.is_empty());
+        for chunk in crate::pow2_chunks(&device_chains, crate::MAX_ROWS) {
+            let mut sql = String::from(
+                "UPDATE devices SET last_chain = v.column2, x509_expires_ms = v.column3 FROM (VALUES ",
+            );
+            self.push_values(&mut sql, chunk.len(), 3);
+            sql.push_str(") AS v WHERE devices.device_id = v.column1");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (device, _, chain, expires) in chunk {
+                q = q.bind(device.as_str()).bind(chain.as_str()).bind(*expires);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in crate::pow2_chunks(&module_chains, crate::MAX_ROWS) {
+            let mut sql = String::from(
+                "UPDATE modules SET last_chain = v.column3, x509_expires_ms = v.column4 FROM (VALUES ",
+            );
+            self.push_values(&mut sql, chunk.len(), 4);
+            sql.push_str(
+                ") AS v WHERE modules.device_id = v.column1 AND modules.module_id = v.column2",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (device, module, chain, expires) in chunk {
+                q = q
+                    .bind(device.as_str())
+                    .bind(module.as_str())
+                    .bind(chain.as_str())
+                    .bind(*expires);
+            }
+            q.execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The devices and modules whose last authenticated chain holds the certificate with this
+    /// SHA-256 (lowercase hex): (device id, module id or "", last activity in ms).
+    pub async fn identities_with_chain_cert(
+        &self,
+        sha256: &str,
+    ) -> Result<Vec<(String, String, i64)>> {
+        let pattern = format!("%{}%", sha256.to_ascii_lowercase());
+        let rows = sqlx::query(
+            "SELECT device_id, '' AS module_id, last_activity_ms FROM devices WHERE last_chain LIKE $1
+             UNION ALL
+             SELECT device_id, module_id, last_activity_ms FROM modules WHERE last_chain LIKE $1
+             ORDER BY device_id, module_id",
+        )
+        .bind(pattern)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("device_id")?,
+                    r.try_get("module_id")?,
+                    r.try_get("last_activity_ms")?,
+                ))
+            })
+            .collect()
     }
 }

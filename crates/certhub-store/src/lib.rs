@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+mod blocks;
 mod bookkeeping;
 mod c2d;
 mod cas;
@@ -31,6 +32,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use audit::{AuditFilter, AuditRecord};
+pub use blocks::BlockRecord;
 pub use bookkeeping::Bookkeeping;
 pub use c2d::{C2dOutcome, C2dRecord, Enqueued, FeedbackRecord};
 pub use cas::CaRecord;

@@ -245,6 +245,22 @@ const STEPS: &[&str] = &[
         stored_ms BIGINT NOT NULL,
         PRIMARY KEY (ca, issuer_key)
     )",
+    // 13: certificates the operator blocks without a CRL, and per device the chain it last
+    // authenticated with (the SHA-256 of each certificate below the CA, space-separated) and
+    // when its certificate expires, for the blast radius of a block and for expiry.
+    "CREATE TABLE certificate_blocks (
+        id TEXT PRIMARY KEY,
+        sha256 TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        note TEXT NOT NULL,
+        created_ms BIGINT NOT NULL
+    );
+    ALTER TABLE devices ADD COLUMN last_chain TEXT;
+    ALTER TABLE devices ADD COLUMN x509_expires_ms BIGINT;
+    ALTER TABLE modules ADD COLUMN last_chain TEXT;
+    ALTER TABLE modules ADD COLUMN x509_expires_ms BIGINT",
 ];
 
 /// Key of the PostgreSQL advisory lock held while the schema is brought up to date.

@@ -617,8 +617,13 @@ async fn bookkeeping(store: &Store) {
             ("bk1".into(), "m1".into(), "bk-ca".into()),
             ("gone".into(), "m9".into(), "bk-ca".into()),
         ],
+        chains: vec![
+            ("bk1".into(), String::new(), "aa11 bb22".into(), 7_000),
+            ("bk1".into(), "m1".into(), "aa11 cc33".into(), 8_000),
+            ("gone".into(), String::new(), "bb22".into(), 9_000),
+        ],
     };
-    assert_eq!(batch.len(), 9);
+    assert_eq!(batch.len(), 12);
     store.write_bookkeeping(&batch).await.expect("write");
     let read = store
         .device(&id("bk1"))
@@ -637,6 +642,23 @@ async fn bookkeeping(store: &Store) {
         store.devices_of_ca("bk-ca").await.expect("count"),
         before + 2
     );
+    // The chains: who last presented a certificate (a module by its device and module id).
+    let with = |sha: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .identities_with_chain_cert(sha)
+                .await
+                .expect("query")
+                .into_iter()
+                .map(|(d, m, _)| format!("{d}/{m}"))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(with("AA11").await, ["bk1/", "bk1/m1"]);
+    assert_eq!(with("bb22").await, ["bk1/"]);
+    assert_eq!(with("cc33").await, ["bk1/m1"]);
+    assert!(with("dd44").await.is_empty());
     let log = store.audit(3).await.expect("audit");
     let details: Vec<&str> = log.iter().map(|r| r.detail.as_str()).collect();
     assert_eq!(details, ["batched-2", "batched-1", "batched-0"]);

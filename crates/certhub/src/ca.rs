@@ -30,6 +30,44 @@ pub enum CaCommand {
     /// (`certificate-revoked`) and their live sessions close (certhub's; Azure checks none).
     #[command(subcommand)]
     Crl(CrlCommand),
+    /// The blast radius of a certificate (an intermediate, say): the registered devices whose
+    /// last authenticated chain holds it, and which are connected now.
+    Impact(CertArgs),
+    /// Block a certificate of device chains without a CRL: every device whose chain holds it
+    /// is refused (`certificate-blocked`) and its live sessions close. See `ca impact` first.
+    Block(BlockArgs),
+    /// Lift a block.
+    Unblock(CertArgs),
+    /// List the blocked certificates.
+    Blocks(HubOnly),
+}
+
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// The certificate (PEM or DER).
+    #[arg(long, conflicts_with_all = ["thumbprint", "issuer", "serial"])]
+    cert: Option<PathBuf>,
+    /// Its SHA-256 thumbprint (`certhub pki thumbprint` prints it).
+    #[arg(long, conflicts_with_all = ["issuer", "serial"])]
+    thumbprint: Option<String>,
+    /// Its issuer's name as `certhub pki inspect` prints it (with --serial; `ca block` and
+    /// `ca unblock` only).
+    #[arg(long, requires = "serial")]
+    issuer: Option<String>,
+    /// Its serial number in hex (with --issuer).
+    #[arg(long, requires = "issuer")]
+    serial: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BlockArgs {
+    #[command(flatten)]
+    which: CertArgs,
+    /// Why, for the audit trail and the refusals.
+    #[arg(long)]
+    note: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,6 +233,59 @@ pub fn run(cmd: CaCommand) -> Result<Outcome> {
             out!("deleted CA {}", a.name);
         }
         CaCommand::Crl(c) => crl(c)?,
+        CaCommand::Impact(a) => {
+            let t = a.sha256()?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "give --cert FILE or --thumbprint SHA256: the impact is found by thumbprint"
+                )
+            })?;
+            let client = Client::connect(&a.hub)?;
+            let path = ApiPath::fixed("impact").query("thumbprint", &t);
+            print_json(&client.expect("GET", &path, None, None)?);
+        }
+        CaCommand::Block(a) => {
+            let mut body = a.which.body()?;
+            if let Some(n) = &a.note {
+                body["note"] = json!(n);
+            }
+            let client = Client::connect(&a.which.hub)?;
+            let v = client.expect("PUT", &ApiPath::fixed("blocks"), None, Some(&body))?;
+            print_json(&v);
+        }
+        CaCommand::Unblock(a) => {
+            let client = Client::connect(&a.hub)?;
+            let id = match a.sha256()? {
+                Some(t) => t,
+                None => {
+                    // By issuer and serial: the hub lists the block's id.
+                    let (issuer, serial) = (
+                        a.issuer.clone().unwrap_or_default(),
+                        a.serial.clone().unwrap_or_default(),
+                    );
+                    let norm = |s: &str| {
+                        s.trim_start_matches("0x")
+                            .replace(':', "")
+                            .trim_start_matches('0')
+                            .to_ascii_lowercase()
+                    };
+                    let list = client.expect("GET", &ApiPath::fixed("blocks"), None, None)?;
+                    list["value"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|b| b["issuer"] == issuer.as_str() && b["thumbprint"] == "" && norm(b["serial"].as_str().unwrap_or("")) == norm(&serial))
+                        .and_then(|b| b["id"].as_str().map(String::from))
+                        .ok_or_else(|| anyhow::anyhow!("no block of issuer {issuer:?} serial {serial} is held (`certhub ca blocks` lists them)"))?
+                }
+            };
+            let path = ApiPath::fixed("blocks").name(Names::Block, "--thumbprint", &id)?;
+            client.expect("DELETE", &path, None, None)?;
+            out!("unblocked {id}");
+        }
+        CaCommand::Blocks(a) => {
+            let client = Client::connect(&a.hub)?;
+            print_json(&client.expect("GET", &ApiPath::fixed("blocks"), None, None)?);
+        }
         CaCommand::Jitr(a) => {
             let path = ca_path(&a.name)?.then("jitr");
             let client = Client::connect(&a.hub)?;
@@ -263,4 +354,39 @@ fn crl(cmd: CrlCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+impl CertArgs {
+    /// The SHA-256 thumbprint given (`--thumbprint`) or of the certificate (`--cert`).
+    fn sha256(&self) -> Result<Option<String>> {
+        if let Some(t) = &self.thumbprint {
+            return Ok(Some(t.clone()));
+        }
+        let Some(path) = &self.cert else {
+            return Ok(None);
+        };
+        let bytes = crate::files::read_required(path, "the certificate")?;
+        let cert = certhub_pki::read_certificates(&bytes)
+            .with_context(|| format!("{}", path.display()))?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow::anyhow!("{}: no certificate in it", path.display()))?;
+        Ok(Some(certhub_pki::Thumbprints::of(&cert).sha256))
+    }
+
+    /// The block request body.
+    fn body(&self) -> Result<serde_json::Value> {
+        if let Some(path) = &self.cert {
+            return Ok(json!({ "certificate": read_pem(path)? }));
+        }
+        if let Some(t) = &self.thumbprint {
+            return Ok(json!({ "thumbprint": t }));
+        }
+        match (&self.issuer, &self.serial) {
+            (Some(i), Some(s)) => Ok(json!({ "issuer": i, "serial": s })),
+            _ => anyhow::bail!(
+                "give --cert FILE, --thumbprint SHA256, or --issuer NAME --serial HEX"
+            ),
+        }
+    }
 }

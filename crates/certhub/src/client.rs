@@ -64,6 +64,8 @@ pub enum Names {
     LinkedHub,
     /// A CRL's issuer key under a CA.
     Crl,
+    /// A block's id.
+    Block,
 }
 
 impl Names {
@@ -90,6 +92,9 @@ impl Names {
             ),
             Self::Registration => anyhow::anyhow!(
                 "{flag} is empty: give a registration id (`certhub dps registrations` shows them)"
+            ),
+            Self::Block => anyhow::anyhow!(
+                "{flag} is empty: give the certificate's SHA-256 thumbprint (`certhub ca blocks` lists the blocks)"
             ),
             Self::Crl => anyhow::anyhow!(
                 "{flag} is empty: give the CRL's issuer key (`certhub ca crl list --name CA` shows them)"

@@ -354,3 +354,70 @@ fn the_readme_provisioning_walkthrough_runs_as_written() {
         assert!(stdout.contains(want), "no {want} in\n{stdout}");
     }
 }
+
+/// The README's revocation story ("The whole story: Technician-Z's key leaked"): the fleet
+/// made by its setup block, its `fleet.py` connected with the Python SDK (to localhost:8883 as
+/// written; the test port map sends it to this hub), then the operator's block run while the
+/// widgets are connected. Technician-Z's three widgets are closed within a second of the
+/// operator's first command, Technician-W's stays, and the audit trail names the block.
+#[test]
+fn the_readme_leak_story_runs_as_written() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("certhub-data");
+    let hub = common::start_hub_with(
+        &data,
+        &["--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"],
+    );
+    run_walkthrough("leak-setup", dir.path());
+    let fleet = block("leak-fleet", "```python");
+    let mut child = common::python_to_hub(&hub)
+        .args(["-c", &fleet])
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let first = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert!(
+        first.starts_with("connected: smart-x-widget-0001"),
+        "fleet.py did not connect: {first:?}"
+    );
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    let story = run_walkthrough("leak-story", dir.path());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().expect("fleet ends");
+    assert!(
+        out.status.success(),
+        "fleet.py failed: {rest:?}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for id in [
+        "smart-x-widget-0001",
+        "smart-x-widget-0002",
+        "smart-x-widget-0003",
+    ] {
+        let at: f64 = rest
+            .iter()
+            .find_map(|l| l.strip_prefix(&format!("{id} closed by the hub at ")))
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| panic!("{id} was not closed: {rest:?}"));
+        assert!(
+            at - start < 1.0,
+            "{id} closed {:.3} s after the operator's first command",
+            at - start
+        );
+    }
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("still connected: widget-w1"),
+        "{rest:?}"
+    );
+    assert!(story.contains("\"devices\": 3"), "{story}");
+    assert!(story.contains("\"connected\": 3"), "{story}");
+    assert!(story.contains("certificate-blocked"), "{story}");
+}

@@ -9,7 +9,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::{certhub, certhub_at, enroll_company_x, openssl, python_to_hub, start_hub_on, tmp};
@@ -30,24 +30,7 @@ fn azure_sdk_widgets_are_dropped_and_refused_when_a_crl_revokes_them() {
     let hub = |line: &str| certhub_at(d, &data, &words(line));
     let pki = |line: &str| certhub(d, &words(line)).ok();
 
-    enroll_company_x(d, &data, 3);
-    // Technician-W: another branch under Factory-Y, with its own widget.
-    pki("pki request --subject CN=Technician-W --out pki/technician-w");
-    pki(
-        "pki sign --issuer pki/factory-y --csr pki/technician-w/request.csr --profile intermediate --out pki/technician-w",
-    );
-    pki("pki request --subject CN=widget-w1 --out pki/devices/widget-w1");
-    pki(
-        "pki sign --issuer pki/technician-w --csr pki/devices/widget-w1/request.csr --profile device --out pki/devices/widget-w1",
-    );
-    for id in [
-        "smart-x-widget-0001",
-        "smart-x-widget-0002",
-        "smart-x-widget-0003",
-        "widget-w1",
-    ] {
-        hub(&format!("device create --id {id} --auth-method x509-ca")).ok();
-    }
+    fleet(d, &data);
 
     // Technician-Z revokes widget-0001 (certhub pki crl).
     pki(
@@ -77,46 +60,30 @@ fn azure_sdk_widgets_are_dropped_and_refused_when_a_crl_revokes_them() {
     )
     .ok();
 
-    let cs = hub("hub connection-string").ok().stdout.trim().to_string();
-    let script =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/revocation.py");
-    let mut child = python_to_hub(&hub_process)
-        .arg(&script)
-        .current_dir(d)
-        .env("CERTHUB_HOST", HOST)
-        .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
-        .env("REQUESTS_CA_BUNDLE", data.join("tls/server-ca.pem"))
-        .env("CERTHUB_CONNECTION_STRING", &cs)
-        .env("CERTHUB_DIR", d.join("pki"))
-        .env("CERTHUB_CRL", d.join("pki/technician-z/crl.pem"))
-        .env("CERTHUB_ISSUER_CHAIN", d.join("pki/technician-z/chain.pem"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python runs");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut transcript = String::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("line");
-        transcript.push_str(&line);
-        transcript.push('\n');
-        if line == "READY-FOR-FACTORY-CRL" {
-            writeln!(stdin, "go").expect("write");
-            let up = hub(
-                "ca crl upload --name company-x --file factory-y.crl --issuer-chain pki/factory-y/chain.pem",
-            )
-            .ok();
-            writeln!(stdin, "done").expect("write");
-            transcript.push_str(&up.stdout);
-        }
-    }
-    let out = child.wait_with_output().expect("python ends");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && transcript.contains("all revocation checks passed"),
-        "revocation.py failed\n--- stdout\n{transcript}\n--- stderr\n{stderr}"
+    drive(
+        &hub_process,
+        d,
+        &data,
+        "revocation.py",
+        &[
+            ("CERTHUB_CRL", &d.join("pki/technician-z/crl.pem")),
+            (
+                "CERTHUB_ISSUER_CHAIN",
+                &d.join("pki/technician-z/chain.pem"),
+            ),
+        ],
+        "all revocation checks passed",
+        |line, stdin| {
+            (line == "READY-FOR-FACTORY-CRL").then(|| {
+                writeln!(stdin, "go").expect("write");
+                let up = hub(
+                    "ca crl upload --name company-x --file factory-y.crl --issuer-chain pki/factory-y/chain.pem",
+                )
+                .ok();
+                writeln!(stdin, "done").expect("write");
+                up.stdout
+            })
+        },
     );
 
     // Both CRLs are held, by issuer.
@@ -141,17 +108,7 @@ fn azure_sdk_widgets_are_dropped_and_refused_when_a_crl_revokes_them() {
     );
 
     // The operator sees each refusal and each closed session with its reason.
-    let log = hub("audit list --json --top 300").ok();
-    let log: serde_json::Value = serde_json::from_str(&log.stdout).expect("json");
-    let records = log.as_array().expect("array");
-    let has = |op: &str, target: &str, outcome: &str, detail: &str| {
-        records.iter().any(|r| {
-            r["operation"] == op
-                && r["target"] == target
-                && r["outcome"] == outcome
-                && r["detail"].as_str().unwrap_or("").contains(detail)
-        })
-    };
+    let records = audit(d, &data);
     for (target, detail) in [
         (
             "devices/smart-x-widget-0001",
@@ -167,29 +124,156 @@ fn azure_sdk_widgets_are_dropped_and_refused_when_a_crl_revokes_them() {
         ),
     ] {
         assert!(
-            has("device.connect", target, "certificate-revoked", detail),
-            "{target}: no certificate-revoked refusal naming {detail}: {log:#}"
+            has(
+                &records,
+                "device.connect",
+                target,
+                "certificate-revoked",
+                detail
+            ),
+            "{target}: no certificate-revoked refusal naming {detail}: {records:#?}"
         );
         assert!(
-            has("device.disconnect", target, "closed", "certificate-revoked"),
-            "{target}: its session was not closed as revoked: {log:#}"
+            has(
+                &records,
+                "device.disconnect",
+                target,
+                "closed",
+                "certificate-revoked"
+            ),
+            "{target}: its session was not closed as revoked: {records:#?}"
         );
     }
     assert!(
         has(
+            &records,
             "device.connect",
             "devices/smart-x-widget-0001",
             "certificate-revoked",
             "reason key-compromise"
         ),
-        "the reason code is in the audit detail: {log:#}"
+        "the reason code is in the audit detail: {records:#?}"
     );
     assert!(
         !records
             .iter()
             .any(|r| r["target"] == "devices/widget-w1" && r["outcome"] == "certificate-revoked"),
-        "Technician-W's widget was never refused: {log:#}"
+        "Technician-W's widget was never refused: {records:#?}"
     );
+}
+
+/// Blocking Technician-Z without a CRL: `ca impact` first shows exactly the widgets that last
+/// authenticated through it (and which are connected), then `ca block` drops exactly those
+/// connected, refuses the others, and leaves Technician-W's branch alone; `ca unblock` lets
+/// them back.
+#[test]
+fn ca_impact_shows_the_blast_radius_then_a_block_drops_exactly_those() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub_on(&data, HOST, &[]);
+    let hub = |line: &str| certhub_at(d, &data, &words(line));
+    fleet(d, &data);
+    let technician = "--cert pki/technician-z/cert.pem";
+    let mut impact_before = serde_json::Value::Null;
+    let mut blocked = serde_json::Value::Null;
+    drive(
+        &hub_process,
+        d,
+        &data,
+        "blocking.py",
+        &[],
+        "all blocking checks passed",
+        |line, stdin| match line {
+            "READY-FOR-BLOCK" => {
+                let out = hub(&format!("ca impact {technician}")).ok().stdout;
+                impact_before = serde_json::from_str(&out).expect("json");
+                writeln!(stdin, "go").expect("write");
+                let out = hub(&format!("ca block {technician} --note leaked-key"))
+                    .ok()
+                    .stdout;
+                writeln!(stdin, "done").expect("write");
+                blocked = serde_json::from_str(&out).expect("json");
+                None
+            }
+            "READY-FOR-UNBLOCK" => {
+                hub(&format!("ca unblock {technician}")).ok();
+                writeln!(stdin, "go").expect("write");
+                None
+            }
+            _ => None,
+        },
+    );
+    // The blast radius named exactly Technician-Z's widgets, two of them connected.
+    let who: Vec<(String, bool)> = impact_before["identities"]
+        .as_array()
+        .expect("identities")
+        .iter()
+        .map(|i| {
+            (
+                i["deviceId"].as_str().unwrap_or("").to_string(),
+                i["connected"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        who,
+        [
+            ("smart-x-widget-0001".to_string(), true),
+            ("smart-x-widget-0002".to_string(), true),
+            ("smart-x-widget-0003".to_string(), false),
+        ],
+        "{impact_before:#}"
+    );
+    assert_eq!(impact_before["devices"], 3, "{impact_before:#}");
+    assert_eq!(impact_before["connected"], 2, "{impact_before:#}");
+    assert_eq!(impact_before["blocked"], false, "{impact_before:#}");
+    assert_eq!(blocked["devices"], 3, "{blocked:#}");
+    assert_eq!(blocked["closed"], 2, "{blocked:#}");
+
+    let records = audit(d, &data);
+    for target in ["devices/smart-x-widget-0001", "devices/smart-x-widget-0002"] {
+        assert!(
+            has(
+                &records,
+                "device.disconnect",
+                target,
+                "closed",
+                "certificate-blocked"
+            ),
+            "{target}: {records:#?}"
+        );
+    }
+    assert!(
+        has(
+            &records,
+            "device.connect",
+            "devices/smart-x-widget-0003",
+            "certificate-blocked",
+            "leaked-key"
+        ),
+        "{records:#?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["operation"] == "ca.block" && r["outcome"] == "ok"),
+        "{records:#?}"
+    );
+    // Lifted: nothing is blocked; a block nobody presented is allowed, with a note.
+    let list: serde_json::Value =
+        serde_json::from_str(&hub("ca blocks").ok().stdout).expect("json");
+    assert_eq!(list["value"].as_array().map(Vec::len), Some(0), "{list:#}");
+    let fresh = hub(&format!("ca block --thumbprint {}", "ab".repeat(32))).ok();
+    assert!(
+        fresh.stdout.contains("no registered device"),
+        "{}",
+        fresh.stdout
+    );
+    let e = hub(&format!("ca unblock --thumbprint {}", "cd".repeat(32))).code(2);
+    assert!(e.stderr.contains("is not blocked"), "{}", e.stderr);
+    let e = hub("ca block --thumbprint 0123").code(2);
+    assert!(e.stderr.contains("64 hex digits"), "{}", e.stderr);
 }
 
 /// Bad CRL uploads are refused with what is wrong, and nothing held is lost.
@@ -275,4 +359,104 @@ fn bad_crl_uploads_are_refused_and_what_is_held_stays() {
     assert!(e.stderr.contains("no CRL of issuer key"), "{}", e.stderr);
     let e = hub("ca crl delete --name company-x --issuer-key nothex").code(2);
     assert!(e.stderr.contains("64 hex digits"), "{}", e.stderr);
+}
+
+/// The demo supply chain with widgets 0001-0003 under Technician-Z, and Technician-W (another
+/// branch under Factory-Y) with widget-w1; Company-X registered as verified and every widget
+/// registered as a CA-authenticated device.
+fn fleet(d: &Path, data: &Path) {
+    let hub = |line: &str| certhub_at(d, data, &words(line));
+    let pki = |line: &str| certhub(d, &words(line)).ok();
+    enroll_company_x(d, data, 3);
+    // Technician-W: another branch under Factory-Y, with its own widget.
+    pki("pki request --subject CN=Technician-W --out pki/technician-w");
+    pki(
+        "pki sign --issuer pki/factory-y --csr pki/technician-w/request.csr --profile intermediate --out pki/technician-w",
+    );
+    pki("pki request --subject CN=widget-w1 --out pki/devices/widget-w1");
+    pki(
+        "pki sign --issuer pki/technician-w --csr pki/devices/widget-w1/request.csr --profile device --out pki/devices/widget-w1",
+    );
+    for id in [
+        "smart-x-widget-0001",
+        "smart-x-widget-0002",
+        "smart-x-widget-0003",
+        "widget-w1",
+    ] {
+        hub(&format!("device create --id {id} --auth-method x509-ca")).ok();
+    }
+}
+
+/// Runs a Python script against the hub; `on_line` answers the lines it prints (the driver's
+/// side of each step) and may write to its stdin. Returns the transcript; the script must end
+/// with `done_line`.
+fn drive(
+    hub_process: &common::HubProcess,
+    d: &Path,
+    data: &Path,
+    script: &str,
+    env: &[(&str, &Path)],
+    done_line: &str,
+    mut on_line: impl FnMut(&str, &mut dyn Write) -> Option<String>,
+) -> String {
+    let cs = certhub_at(d, data, &["hub", "connection-string"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/interop")
+        .join(script);
+    let mut cmd = python_to_hub(hub_process);
+    cmd.arg(&script)
+        .current_dir(d)
+        .env("CERTHUB_HOST", HOST)
+        .env("CERTHUB_CA", data.join("tls/server-ca.pem"))
+        .env("REQUESTS_CA_BUNDLE", data.join("tls/server-ca.pem"))
+        .env("CERTHUB_CONNECTION_STRING", &cs)
+        .env("CERTHUB_DIR", d.join("pki"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut transcript = String::new();
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("line");
+        transcript.push_str(&line);
+        transcript.push('\n');
+        if let Some(more) = on_line(&line, &mut stdin) {
+            transcript.push_str(&more);
+        }
+    }
+    let out = child.wait_with_output().expect("python ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && transcript.contains(done_line),
+        "{} failed\n--- stdout\n{transcript}\n--- stderr\n{stderr}",
+        script.display()
+    );
+    transcript
+}
+
+/// The audit records, as JSON.
+fn audit(d: &Path, data: &Path) -> Vec<serde_json::Value> {
+    let log = certhub_at(d, data, &["audit", "list", "--json", "--top", "400"]).ok();
+    let log: serde_json::Value = serde_json::from_str(&log.stdout).expect("json");
+    log.as_array().expect("array").clone()
+}
+
+fn has(records: &[serde_json::Value], op: &str, target: &str, outcome: &str, detail: &str) -> bool {
+    records.iter().any(|r| {
+        r["operation"] == op
+            && r["target"] == target
+            && r["outcome"] == outcome
+            && r["detail"].as_str().unwrap_or("").contains(detail)
+    })
 }

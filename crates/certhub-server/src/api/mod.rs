@@ -4,10 +4,11 @@
 // The handler modules allow unused_qualifications: `#[utoipa::path]` expands the types it
 // names (params, bodies) to qualified paths, which the lint reports at the attribute.
 pub(crate) mod auth;
+#[allow(unused_qualifications)]
+mod blocks;
 mod body;
 #[allow(unused_qualifications)]
 mod c2d;
-#[allow(unused_qualifications)]
 mod certificates;
 mod crls;
 #[allow(unused_qualifications)]
@@ -138,6 +139,9 @@ fn api() -> OpenApiRouter<AppState> {
             certificates::delete
         ))
         .routes(routes!(crls::list, crls::upload))
+        .routes(routes!(blocks::list, blocks::block))
+        .routes(routes!(blocks::unblock))
+        .routes(routes!(blocks::impact))
         .routes(routes!(crls::delete))
         .routes(routes!(certificates::generate_code))
         .routes(routes!(certificates::verify))
