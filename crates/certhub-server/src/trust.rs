@@ -46,17 +46,27 @@ pub async fn load(
             snapshot.unverified_names.push(ca.name);
         }
     }
-    let mut index = Revocations::default();
-    for crl in store.crls().await? {
-        let Some(ca) = ders.get(&crl.ca) else {
-            continue;
-        };
-        match file(&mut index, &crl, ca) {
-            Ok(()) => {}
-            Err(e) => tracing::error!(ca = %crl.ca, issuer = %crl.issuer, error = %e,
-                "a stored CRL no longer checks against its CA; its entries are not used"),
+    // Parsing and checking CRLs (a 100 000-entry one is megabytes) runs off the async
+    // workers, so handshakes in flight never wait behind it.
+    let crls = store.crls().await?;
+    let mut index = tokio::task::spawn_blocking(move || {
+        let mut index = Revocations::default();
+        for crl in crls {
+            let Some(ca) = ders.get(&crl.ca) else {
+                continue;
+            };
+            if let Err(e) = file(&mut index, &crl, ca) {
+                tracing::error!(ca = %crl.ca, issuer = %crl.issuer, error = %e,
+                    "a stored CRL no longer checks against its CA; its entries are not used");
+            }
         }
-    }
+        index
+    })
+    .await
+    .unwrap_or_else(|e| {
+        tracing::error!(error = %e, "filing the CRLs failed; no CRL is in force");
+        Revocations::default()
+    });
     for block in store.blocks().await? {
         let Some(b) = as_block(&block) else {
             tracing::error!(id = %block.id, "a stored block does not parse; skipped");

@@ -211,8 +211,19 @@ async fn upload_inner(
         .ok()
         .and_then(|c| c.into_iter().next())
         .ok_or_else(|| invalid(format!("the registered CA {name:?} does not parse")))?;
-    let checked = certhub_pki::read_crl_for(&der_or_pem, &ca_der, &chain).map_err(|e| {
-        let hint = if chain.is_empty() && e.to_string().contains("not by the CA") {
+    let chain_text: String = chain.iter().map(certhub_pki::to_pem).collect();
+    // A large CRL takes a while to parse and check: off the async workers.
+    let checked = tokio::task::spawn_blocking(move || {
+        let checked = certhub_pki::read_crl_for(&der_or_pem, &ca_der, &chain);
+        let no_chain = chain.is_empty();
+        (checked, no_chain)
+    })
+    .await
+    .map_err(|e| invalid(format!("checking the CRL failed: {e}")))?;
+    let (checked, no_chain) = checked;
+    let chain_pem_given = !no_chain;
+    let checked = checked.map_err(|e| {
+        let hint = if !chain_pem_given && e.to_string().contains("not by the CA") {
             ": a CRL of an intermediate below the CA needs that intermediate's certificate (and any between it and the CA) in issuerChain"
         } else {
             ""
@@ -226,11 +237,7 @@ async fn upload_inner(
         ca: name.to_string(),
         issuer_key: issuer_key.clone(),
         issuer: checked.issuer_subject.clone(),
-        issuer_chain: if chain.is_empty() {
-            String::new()
-        } else {
-            chain.iter().map(certhub_pki::to_pem).collect()
-        },
+        issuer_chain: chain_text,
         der,
         number: facts.number.clone(),
         this_update_ms: facts.this_update.unix_timestamp() * 1000,
