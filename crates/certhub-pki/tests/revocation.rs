@@ -178,3 +178,51 @@ fn a_crl_issuer_chain_must_reach_the_registered_ca() {
     assert_eq!(checked.issuer_subject, "CN=Company-X Root CA");
     assert_eq!(checked.facts.revoked.len(), 1);
 }
+
+#[test]
+fn a_block_by_thumbprint_or_issuer_and_serial_refuses_by_name() {
+    use certhub_pki::Block;
+    let p = pki();
+    let (w1, w3) = (p.technician.device("w1"), p.other_technician.device("w3"));
+    let sha256 = |c: &CertificateDer<'_>| -> [u8; 32] {
+        let t = certhub_pki::Thumbprints::of(c).sha256;
+        let bytes: Vec<u8> = (0..t.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&t[i..i + 2], 16).expect("hex"))
+            .collect();
+        bytes.try_into().expect("32 bytes")
+    };
+    let mut index = Revocations::default();
+    index.add_block(
+        Block::Thumbprint(sha256(&p.technician.cert)),
+        NOW - 10,
+        "block 1: leaked",
+    );
+    let store = TrustStore::new([p.root.cert.clone()])
+        .expect("store")
+        .with_revocations(Arc::new(index));
+    let e = verify_device_chain(&w1.chain, &store, Some("w1"), now()).expect_err("blocked");
+    assert_eq!(e.reason, Reason::CertificateBlocked);
+    assert!(
+        e.detail.contains("the intermediate \"CN=Technician-Z CA\"") && e.detail.contains("leaked"),
+        "{}",
+        e.detail
+    );
+    verify_device_chain(&w3.chain, &store, Some("w3"), now()).expect("another branch");
+
+    // By issuer name and serial: the leaf w3 alone.
+    let mut index = Revocations::default();
+    index.add_block(
+        Block::IssuerSerial {
+            issuer: "CN=Technician-W CA".into(),
+            serial: serial(&w3.cert),
+        },
+        NOW - 10,
+        "block 2",
+    );
+    let store = store.with_revocations(Arc::new(index));
+    let e = verify_device_chain(&w3.chain, &store, Some("w3"), now()).expect_err("blocked");
+    assert_eq!(e.reason, Reason::CertificateBlocked);
+    assert!(e.detail.contains("the leaf \"CN=w3\""), "{}", e.detail);
+    verify_device_chain(&w1.chain, &store, Some("w1"), now()).expect("not blocked");
+}
