@@ -90,6 +90,9 @@ pub enum Reason {
     /// The chain verifies, but the operator blocked a certificate of it (by thumbprint, or by
     /// issuer and serial); the detail names it and the block.
     CertificateBlocked,
+    /// A CRL the hub holds for a certificate of the chain is past its nextUpdate and the grace
+    /// period, and the CA's policy for stale CRLs is fail-closed; the detail names the CRL.
+    CrlExpired,
     /// A validation failure certhub has no name for; the detail carries the validator's words.
     /// No certificate a device can present leads here today: it is left for what the validator
     /// reports only when asked for checks the device policy never asks for (revocation, server
@@ -125,12 +128,13 @@ impl Reason {
             Self::WrongKeyUsage => "wrong-key-usage",
             Self::CertificateRevoked => "certificate-revoked",
             Self::CertificateBlocked => "certificate-blocked",
+            Self::CrlExpired => "crl-expired",
             Self::ChainInvalid => "chain-invalid",
         }
     }
 
     /// Every reason, in the order of the enum: for tests and documentation that list them.
-    pub const ALL: [Reason; 26] = [
+    pub const ALL: [Reason; 27] = [
         Self::NoCertificate,
         Self::MalformedCertificate,
         Self::CertificateExpired,
@@ -156,6 +160,7 @@ impl Reason {
         Self::WrongKeyUsage,
         Self::CertificateRevoked,
         Self::CertificateBlocked,
+        Self::CrlExpired,
         Self::ChainInvalid,
     ];
 }
@@ -375,9 +380,32 @@ impl TrustStore {
         &self.revocations
     }
 
-    /// The certificate of a verified path that the index revokes, if any, as a refusal.
-    pub fn revoked(&self, certs: &[ChainCert]) -> Option<Rejection> {
-        let (cert, why) = self.revocations.find(certs)?;
+    /// The certificate of a verified path that the index revokes or blocks at `now` (unix
+    /// seconds), if any, as a refusal; or the one whose issuer's fail-closed CRL is overdue.
+    pub fn revoked(&self, certs: &[ChainCert], now: i64) -> Option<Rejection> {
+        let Some((cert, why)) = self.revocations.find(certs) else {
+            let (cert, due) = self.revocations.overdue(certs, now)?;
+            let time = |t: i64| {
+                time::OffsetDateTime::from_unix_timestamp(t)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_else(|| t.to_string())
+            };
+            return Some(Rejection::new(
+                Reason::CrlExpired,
+                format!(
+                    "{:?} (issued by {:?}) is covered by {}, whose nextUpdate {} and grace of {} s have passed; the CA's policy for stale CRLs is fail-closed: upload a newer CRL (certhub ca crl upload), or set the policy to fail-open",
+                    cert.subject,
+                    cert.issuer,
+                    due.source,
+                    time(due.next_update),
+                    due.grace
+                ),
+            ));
+        };
         let what = if std::ptr::eq(cert, &certs[0]) {
             "the leaf"
         } else {
@@ -690,7 +718,7 @@ pub fn verify_chain(
         now_secs,
         usage,
     ) {
-        return match trust.revoked(&verified.certs) {
+        return match trust.revoked(&verified.certs, now_secs) {
             Some(refused) => Err(refused),
             None => Ok(verified),
         };
@@ -804,7 +832,7 @@ pub fn verify_chain(
     let mut certs = Vec::with_capacity(above.len() + 1);
     certs.push(ChainCert::of(&leaf_cert, leaf, leaf_issuer_key));
     certs.extend(above);
-    if let Some(refused) = trust.revoked(&certs) {
+    if let Some(refused) = trust.revoked(&certs, now_secs) {
         return Err(refused);
     }
     Ok(VerifiedChain {

@@ -112,10 +112,26 @@ pub enum Block {
 
 /// The certificates the hub refuses although their chains verify, by (issuer key, serial).
 /// Immutable once built: the hub builds a new one when a CRL changes and swaps it in whole.
+/// When a fail-closed CRL stops vouching for the certificates of its issuer: its nextUpdate
+/// plus the CA's grace period.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadline {
+    /// nextUpdate plus the grace (unix seconds).
+    pub at: i64,
+    /// The CRL's nextUpdate (unix seconds).
+    pub next_update: i64,
+    /// The grace period, seconds.
+    pub grace: i64,
+    /// The CRL, for the operator.
+    pub source: Arc<str>,
+}
+
 #[derive(Debug, Default)]
 pub struct Revocations {
     entries: HashMap<(KeyId, Vec<u8>), Revoked>,
     lists: usize,
+    /// CRLs held under a fail-closed policy, by issuer key.
+    deadlines: HashMap<KeyId, Deadline>,
     by_thumbprint: HashMap<[u8; 32], Revoked>,
     by_issuer_serial: HashMap<(String, Vec<u8>), Revoked>,
 }
@@ -159,13 +175,49 @@ impl Revocations {
         }
     }
 
+    /// The CRL of `issuer_key` is held fail-closed: past `next_update + grace` (unix seconds)
+    /// the certificates it covers are refused until a newer one comes.
+    pub fn add_deadline(&mut self, issuer_key: KeyId, next_update: i64, grace: i64, source: &str) {
+        self.deadlines.insert(
+            issuer_key,
+            Deadline {
+                at: next_update.saturating_add(grace),
+                next_update,
+                grace,
+                source: Arc::from(source),
+            },
+        );
+    }
+
+    /// The certificate of a path (the one nearest the anchor) whose issuer's fail-closed CRL
+    /// is past its deadline at `now`.
+    pub fn overdue<'a>(
+        &'a self,
+        path: &'a [ChainCert],
+        now: i64,
+    ) -> Option<(&'a ChainCert, &'a Deadline)> {
+        if self.deadlines.is_empty() {
+            return None;
+        }
+        path.iter().rev().find_map(|c| {
+            self.deadlines
+                .get(&c.issuer_key)
+                .filter(|d| now > d.at)
+                .map(|d| (c, d))
+        })
+    }
+
     /// How many certificates are revoked or blocked.
     pub fn len(&self) -> usize {
         self.entries.len() + self.by_thumbprint.len() + self.by_issuer_serial.len()
     }
 
+    /// Nothing revoked, blocked or held fail-closed.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.by_thumbprint.is_empty() && self.by_issuer_serial.is_empty()
+        self.entries.is_empty()
+            && self.by_thumbprint.is_empty()
+            && self.by_issuer_serial.is_empty()
+            && self.deadlines.is_empty()
     }
 
     /// How many CRLs were filed.

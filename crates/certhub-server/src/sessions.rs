@@ -596,11 +596,15 @@ impl Sessions {
         self.kick_where(reason, |_, l| l.ca == name)
     }
 
-    /// Closes every session whose chain `trust` refuses as revoked, each with its reason.
+    /// Closes every session whose chain `trust` now refuses (revoked, blocked, or under an
+    /// overdue fail-closed CRL), each with its reason.
     pub fn kick_revoked(&self, trust: &certhub_pki::TrustStore) -> usize {
         if trust.revocations().is_empty() {
             return 0;
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let Ok(live) = self.live.lock() else {
             return 0;
         };
@@ -609,7 +613,7 @@ impl Sessions {
             .filter(|(_, l)| !l.chain.is_empty())
             .filter_map(|(k, l)| {
                 trust
-                    .revoked(&l.chain)
+                    .revoked(&l.chain, now)
                     .map(|r| (k.clone(), l.conn, r.to_string()))
             })
             .collect();

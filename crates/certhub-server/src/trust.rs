@@ -49,15 +49,25 @@ pub async fn load(
     // Parsing and checking CRLs (a 100 000-entry one is megabytes) runs off the async
     // workers, so handshakes in flight never wait behind it.
     let crls = store.crls().await?;
+    let policies: std::collections::HashMap<String, String> =
+        store.crl_policies().await?.into_iter().collect();
     let mut index = tokio::task::spawn_blocking(move || {
         let mut index = Revocations::default();
         for crl in crls {
             let Some(ca) = ders.get(&crl.ca) else {
                 continue;
             };
-            if let Err(e) = file(&mut index, &crl, ca) {
-                tracing::error!(ca = %crl.ca, issuer = %crl.issuer, error = %e,
-                    "a stored CRL no longer checks against its CA; its entries are not used");
+            match file(&mut index, &crl, ca) {
+                Ok((issuer_key, source)) => {
+                    let policy = StalePolicy::parse(policies.get(&crl.ca).map(String::as_str));
+                    if let (StalePolicy::FailClosed { grace_s }, true) =
+                        (policy, crl.next_update_ms != 0)
+                    {
+                        index.add_deadline(issuer_key, crl.next_update_ms / 1000, grace_s, &source);
+                    }
+                }
+                Err(e) => tracing::error!(ca = %crl.ca, issuer = %crl.issuer, error = %e,
+                    "a stored CRL no longer checks against its CA; its entries are not used"),
             }
         }
         index
@@ -99,27 +109,64 @@ pub async fn load(
     Ok(snapshot)
 }
 
-/// Checks a stored CRL against its CA again and files its entries.
+/// What the hub does once a CA's CRL is past its nextUpdate (and no newer one came).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StalePolicy {
+    /// The certificates the CRL covers are refused (`crl-expired`) once the grace period
+    /// after nextUpdate has passed. The default, with a day's grace.
+    FailClosed { grace_s: i64 },
+    /// The last CRL keeps counting, however old.
+    FailOpen,
+}
+
+/// The default grace after a CRL's nextUpdate: a day.
+pub const DEFAULT_GRACE_S: i64 = 86_400;
+
+impl StalePolicy {
+    /// From its stored form (`fail-open`, `fail-closed:<grace s>`); none is the default.
+    pub fn parse(stored: Option<&str>) -> Self {
+        match stored {
+            Some("fail-open") => Self::FailOpen,
+            Some(s) => Self::FailClosed {
+                grace_s: s
+                    .strip_prefix("fail-closed:")
+                    .and_then(|g| g.parse().ok())
+                    .unwrap_or(DEFAULT_GRACE_S),
+            },
+            None => Self::FailClosed {
+                grace_s: DEFAULT_GRACE_S,
+            },
+        }
+    }
+
+    /// Its stored form.
+    pub fn stored(self) -> String {
+        match self {
+            Self::FailOpen => "fail-open".into(),
+            Self::FailClosed { grace_s } => format!("fail-closed:{grace_s}"),
+        }
+    }
+}
+
+/// Checks a stored CRL against its CA again and files its entries: its issuer's key and how it
+/// is named.
 fn file(
     index: &mut Revocations,
     crl: &CrlRecord,
     ca: &CertificateDer<'static>,
-) -> Result<(), certhub_pki::PkiError> {
+) -> Result<(certhub_pki::KeyId, String), certhub_pki::PkiError> {
     let chain = if crl.issuer_chain.is_empty() {
         Vec::new()
     } else {
         certhub_pki::read_certificates(crl.issuer_chain.as_bytes())?
     };
     let checked = certhub_pki::read_crl_for(&crl.der, ca, &chain)?;
-    index.add_crl(
-        checked.issuer_key,
-        &checked.facts,
-        &format!(
-            "CRL number {} of {:?} (held for CA {:?})",
-            checked.facts.number, checked.issuer_subject, crl.ca
-        ),
+    let source = format!(
+        "CRL number {} of {:?} (held for CA {:?})",
+        checked.facts.number, checked.issuer_subject, crl.ca
     );
-    Ok(())
+    index.add_crl(checked.issuer_key, &checked.facts, &source);
+    Ok((checked.issuer_key, source))
 }
 
 /// A stored block as the index takes it.

@@ -104,6 +104,29 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
+    /// Each CA's policy for its stale CRLs, as set (`fail-open`, or `fail-closed:<grace s>`);
+    /// a CA without one is not listed.
+    pub async fn crl_policies(&self) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT name, crl_policy FROM ca_certificates WHERE crl_policy IS NOT NULL",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("name")?, r.try_get("crl_policy")?)))
+            .collect()
+    }
+
+    /// Sets a CA's policy for stale CRLs; false when no CA has the name.
+    pub async fn set_crl_policy(&self, ca: &str, policy: &str) -> Result<bool> {
+        let done = sqlx::query("UPDATE ca_certificates SET crl_policy = $1 WHERE name = $2")
+            .bind(policy.to_string())
+            .bind(ca.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// Deletes every CRL of a CA (the CA is being deleted).
     pub async fn delete_crls_of(&self, ca: &str) -> Result<u64> {
         let done = sqlx::query("DELETE FROM crls WHERE ca = $1")

@@ -260,7 +260,8 @@ const STEPS: &[&str] = &[
     ALTER TABLE devices ADD COLUMN last_chain TEXT;
     ALTER TABLE devices ADD COLUMN x509_expires_ms BIGINT;
     ALTER TABLE modules ADD COLUMN last_chain TEXT;
-    ALTER TABLE modules ADD COLUMN x509_expires_ms BIGINT",
+    ALTER TABLE modules ADD COLUMN x509_expires_ms BIGINT;
+    ALTER TABLE ca_certificates ADD COLUMN crl_policy TEXT",
 ];
 
 /// Key of the PostgreSQL advisory lock held while the schema is brought up to date.

@@ -80,6 +80,25 @@ pub enum CrlCommand {
     List(NameArgs),
     /// Stop holding a CRL (its issuer key as listed): what it revoked is accepted again.
     Delete(CrlDeleteArgs),
+    /// Show or set what the hub does once a CA's CRL is past its nextUpdate: fail-closed after
+    /// a grace period (the default, 24 h: the certificates it covers are refused as
+    /// crl-expired), or fail-open (the last CRL keeps counting).
+    Policy(CrlPolicyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CrlPolicyArgs {
+    #[command(flatten)]
+    hub: HubArgs,
+    /// The CA's name in the hub.
+    #[arg(long)]
+    name: String,
+    /// fail-closed or fail-open (without it, the policy is shown).
+    #[arg(long, value_parser = ["fail-closed", "fail-open"])]
+    stale: Option<String>,
+    /// Hours after nextUpdate before fail-closed refuses (default 24).
+    #[arg(long, requires = "stale")]
+    grace_hours: Option<i64>,
 }
 
 #[derive(Debug, Args)]
@@ -338,6 +357,21 @@ fn crl(cmd: CrlCommand) -> Result<()> {
             let path = ca_path(&a.name)?.then("crls");
             let client = Client::connect(&a.hub)?;
             print_json(&client.expect("GET", &path, None, None)?);
+        }
+        CrlCommand::Policy(a) => {
+            let path = ca_path(&a.name)?.then("crlPolicy");
+            let client = Client::connect(&a.hub)?;
+            let v = match &a.stale {
+                None => client.expect("GET", &path, None, None)?,
+                Some(stale) => {
+                    let mut body = json!({ "staleCrl": stale });
+                    if let Some(h) = a.grace_hours {
+                        body["graceHours"] = json!(h);
+                    }
+                    client.expect("PUT", &path, None, Some(&body))?
+                }
+            };
+            print_json(&v);
         }
         CrlCommand::Delete(a) => {
             let path =

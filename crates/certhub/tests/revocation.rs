@@ -12,7 +12,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use common::{certhub, certhub_at, enroll_company_x, openssl, python_to_hub, start_hub_on, tmp};
+use common::{
+    Pub, certhub, certhub_at, enroll_company_x, mosquitto_pub, openssl, python_to_hub, s,
+    start_hub_on, tmp,
+};
 
 const HOST: &str = "127.0.0.112";
 
@@ -459,4 +462,109 @@ fn has(records: &[serde_json::Value], op: &str, target: &str, outcome: &str, det
             && r["outcome"] == outcome
             && r["detail"].as_str().unwrap_or("").contains(detail)
     })
+}
+
+/// A CRL past its nextUpdate: kept counting within the grace period (a day by default), then,
+/// under the default fail-closed policy, the certificates it covers are refused as
+/// `crl-expired` until a newer CRL comes; `fail-open` keeps admitting them. mosquitto_pub is
+/// the device.
+#[test]
+fn a_stale_crl_fails_closed_after_its_grace_or_open_when_told() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = common::start_hub(&data);
+    let hub = |line: &str| certhub_at(d, &data, &words(line));
+    enroll_company_x(d, &data, 1);
+    hub("device create --id smart-x-widget-0001 --auth-method x509-ca").ok();
+    // Technician-Z's CRL, revoking nothing, due an hour ago (openssl sets the dates).
+    let stamp = |offset: i64| {
+        let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(offset);
+        format!(
+            "{:04}{:02}{:02}{:02}{:02}{:02}Z",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        )
+    };
+    std::fs::write(
+        d.join("tz.cnf"),
+        "[ca]\ndefault_ca = tz\n[tz]\ndatabase = tz-index.txt\ncrlnumber = tz-crlnumber\n\
+         certificate = pki/technician-z/cert.pem\nprivate_key = pki/technician-z/key.pem\n\
+         default_md = sha256\n",
+    )
+    .expect("write");
+    std::fs::write(d.join("tz-index.txt"), "").expect("write");
+    std::fs::write(d.join("tz-crlnumber"), "01\n").expect("write");
+    openssl(
+        d,
+        &[
+            "ca",
+            "-config",
+            "tz.cnf",
+            "-gencrl",
+            "-crl_lastupdate",
+            &stamp(-7200),
+            "-crl_nextupdate",
+            &stamp(-3600),
+            "-out",
+            "stale.crl",
+        ],
+    )
+    .ok();
+    let held = hub(
+        "ca crl upload --name company-x --file stale.crl --issuer-chain pki/technician-z/chain.pem",
+    )
+    .ok();
+    assert!(held.stdout.contains("\"stale\": true"), "{}", held.stdout);
+    let ca = data.join("tls/server-ca.pem");
+    let publish = || {
+        mosquitto_pub(
+            d,
+            &Pub {
+                port: hub_process.mqtt_port,
+                ca: s(&ca),
+                widget: "pki/devices/smart-x-widget-0001",
+                client_id: "smart-x-widget-0001",
+                topic: "devices/smart-x-widget-0001/messages/events/",
+                message: "t",
+                extra: &[],
+            },
+        )
+        .status
+        .success()
+    };
+    let policy = hub("ca crl policy --name company-x").ok();
+    assert!(
+        policy.stdout.contains("\"staleCrl\": \"fail-closed\"")
+            && policy.stdout.contains("\"graceHours\": 24"),
+        "{}",
+        policy.stdout
+    );
+    assert!(
+        publish(),
+        "within the day's grace the stale CRL still admits"
+    );
+    hub("ca crl policy --name company-x --stale fail-closed --grace-hours 0").ok();
+    assert!(!publish(), "past the grace, fail-closed refuses");
+    let records = audit(d, &data);
+    assert!(
+        has(
+            &records,
+            "device.connect",
+            "devices/smart-x-widget-0001",
+            "crl-expired",
+            "fail-closed"
+        ),
+        "{records:#?}"
+    );
+    hub("ca crl policy --name company-x --stale fail-open").ok();
+    assert!(publish(), "fail-open admits");
+    let e = hub("ca crl policy --name company-x --stale fail-open --grace-hours 5").code(2);
+    assert!(e.stderr.contains("fail-closed only"), "{}", e.stderr);
+    let e = hub("ca crl policy --name company-x --stale fail-closed --grace-hours 9000").code(2);
+    assert!(e.stderr.contains("0 to 8760"), "{}", e.stderr);
 }

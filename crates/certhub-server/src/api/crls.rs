@@ -324,3 +324,125 @@ pub async fn delete(
     state.reload_trust().await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// What the hub does once a CA's CRL is past its nextUpdate and no newer one came.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(as = CrlPolicy)]
+pub struct PolicyBody {
+    /// `fail-closed` (the default): once nextUpdate plus the grace has passed, the
+    /// certificates the CRL covers are refused (crl-expired) until a newer CRL is uploaded;
+    /// `fail-open`: the last CRL keeps counting, however old
+    #[schema(pattern = "^fail-(open|closed)$")]
+    stale_crl: String,
+    /// hours after nextUpdate before fail-closed refuses (0 to 8760; default 24)
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 8760)]
+    grace_hours: Option<i64>,
+}
+
+fn policy_view(p: crate::trust::StalePolicy) -> PolicyBody {
+    match p {
+        crate::trust::StalePolicy::FailOpen => PolicyBody {
+            stale_crl: "fail-open".into(),
+            grace_hours: None,
+        },
+        crate::trust::StalePolicy::FailClosed { grace_s } => PolicyBody {
+            stale_crl: "fail-closed".into(),
+            grace_hours: Some(grace_s / 3600),
+        },
+    }
+}
+
+async fn current_policy(
+    state: &AppState,
+    name: &str,
+) -> Result<crate::trust::StalePolicy, ApiError> {
+    let stored = state
+        .store()
+        .crl_policies()
+        .await?
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, p)| p);
+    Ok(crate::trust::StalePolicy::parse(stored.as_deref()))
+}
+
+#[utoipa::path(get, path = "/certificates/{name}/crlPolicy", operation_id = "get_crl_policy",
+    summary = "What the hub does with a CA's CRLs once they are past their nextUpdate (certhub's)",
+    description = "Needs the RegistryRead right.", params(CertificatePath),
+    responses((status = 200, description = "success", body = PolicyBody), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+pub async fn get_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(CertificatePath { name }): Path<CertificatePath>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_READ, "reading a CA's CRL policy")?;
+    check_name(&name)?;
+    state
+        .store()
+        .ca(&name)
+        .await?
+        .ok_or_else(|| not_found(&name))?;
+    Ok(Json(policy_view(current_policy(&state, &name).await?)).into_response())
+}
+
+#[utoipa::path(put, path = "/certificates/{name}/crlPolicy", operation_id = "set_crl_policy",
+    summary = "Set what the hub does with a CA's CRLs once they are past their nextUpdate: fail-closed after a grace period (the default, 24 h) or fail-open (certhub's)",
+    description = "Needs the RegistryWrite right.", params(CertificatePath), request_body = PolicyBody,
+    responses((status = 200, description = "set", body = PolicyBody), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+pub async fn set_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(CertificatePath { name }): Path<CertificatePath>,
+    body: Result<super::body::JsonObject<PolicyBody>, ApiError>,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_WRITE, "setting a CA's CRL policy")?;
+    let result = async {
+        check_name(&name)?;
+        let super::body::JsonObject(body) = body?;
+        let policy = match (body.stale_crl.as_str(), body.grace_hours) {
+            ("fail-open", None) => crate::trust::StalePolicy::FailOpen,
+            ("fail-open", Some(_)) => {
+                return Err(ApiError::bad_request(
+                    "ArgumentInvalid",
+                    "graceHours applies to fail-closed only: a fail-open CRL counts however old",
+                ));
+            }
+            ("fail-closed", hours) => {
+                let hours = hours.unwrap_or(crate::trust::DEFAULT_GRACE_S / 3600);
+                if !(0..=8760).contains(&hours) {
+                    return Err(ApiError::bad_request(
+                        "ArgumentInvalid",
+                        format!("graceHours {hours}: give 0 to 8760 (a year)"),
+                    ));
+                }
+                crate::trust::StalePolicy::FailClosed {
+                    grace_s: hours * 3600,
+                }
+            }
+            (other, _) => {
+                return Err(ApiError::bad_request(
+                    "ArgumentInvalid",
+                    format!("staleCrl {other:?}: give fail-closed or fail-open"),
+                ));
+            }
+        };
+        if !state
+            .store()
+            .set_crl_policy(&name, &policy.stored())
+            .await?
+        {
+            return Err(not_found(&name));
+        }
+        Ok(policy)
+    }
+    .await;
+    let detail = match &result {
+        Ok(p) => p.stored(),
+        Err(_) => String::new(),
+    };
+    let policy = audited(&state, &caller, "ca.crl.policy", &name, result, &detail).await?;
+    state.reload_trust().await?;
+    Ok(Json(policy_view(policy)).into_response())
+}

@@ -143,6 +143,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(blocks::unblock))
         .routes(routes!(blocks::impact))
         .routes(routes!(crls::delete))
+        .routes(routes!(crls::get_policy, crls::set_policy))
         .routes(routes!(certificates::generate_code))
         .routes(routes!(certificates::verify))
         .routes(routes!(
