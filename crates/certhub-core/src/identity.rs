@@ -8,7 +8,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::ids::MAX_CN_LEN;
-use crate::time_fmt::azure_time_opt;
+use crate::time_fmt::{azure_time, azure_time_opt};
 use crate::{DeviceId, Etag, ModuleId, generate_key};
 
 /// How an identity authenticates.
@@ -135,6 +135,9 @@ pub struct Device {
     pub capabilities: Capabilities,
     pub c2d_count: i64,
     pub last_activity_ms: i64,
+    /// When the leaf of the CA-signed chain it last authenticated with expires (unix ms); 0
+    /// when it never did.
+    pub x509_expires_ms: i64,
 }
 
 /// A stored module identity (no status, no capabilities: Azure's model has none).
@@ -148,6 +151,8 @@ pub struct Module {
     pub authentication: Authentication,
     pub c2d_count: i64,
     pub last_activity_ms: i64,
+    /// As [`Device::x509_expires_ms`].
+    pub x509_expires_ms: i64,
 }
 
 /// The authentication object as a PUT body carries it: every part optional; null is the same
@@ -400,6 +405,7 @@ impl DeviceInput {
             capabilities: self.capabilities.unwrap_or_default(),
             c2d_count: existing.map_or(0, |e| e.c2d_count),
             last_activity_ms: existing.map_or(0, |e| e.last_activity_ms),
+            x509_expires_ms: existing.map_or(0, |e| e.x509_expires_ms),
         })
     }
 }
@@ -426,6 +432,7 @@ impl ModuleInput {
             authentication: authentication(self.authentication, &cn)?,
             c2d_count: existing.map_or(0, |e| e.c2d_count),
             last_activity_ms: existing.map_or(0, |e| e.last_activity_ms),
+            x509_expires_ms: existing.map_or(0, |e| e.x509_expires_ms),
         })
     }
 }
@@ -475,6 +482,11 @@ pub struct DeviceView {
     pub last_activity_time: String,
     pub cloud_to_device_message_count: i64,
     pub authentication: Authentication,
+    /// when the certificate it last authenticated with (CA-signed) expires; absent before
+    /// (certhub's)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub x509_expires_at: Option<String>,
     pub capabilities: Capabilities,
     /// always null: certhub has no IoT Edge scopes
     #[schema(required = true)]
@@ -499,6 +511,11 @@ pub struct ModuleView {
     pub last_activity_time: String,
     pub cloud_to_device_message_count: i64,
     pub authentication: Authentication,
+    /// when the certificate it last authenticated with (CA-signed) expires; absent before
+    /// (certhub's)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub x509_expires_at: Option<String>,
 }
 
 impl Device {
@@ -516,6 +533,7 @@ impl Device {
             last_activity_time: azure_time_opt(self.last_activity_ms),
             cloud_to_device_message_count: self.c2d_count,
             authentication: self.authentication.clone(),
+            x509_expires_at: (self.x509_expires_ms > 0).then(|| azure_time(self.x509_expires_ms)),
             capabilities: self.capabilities.clone(),
             device_scope: None,
             parent_scopes: Vec::new(),
@@ -543,6 +561,7 @@ impl Module {
             last_activity_time: azure_time_opt(self.last_activity_ms),
             cloud_to_device_message_count: self.c2d_count,
             authentication: self.authentication.clone(),
+            x509_expires_at: (self.x509_expires_ms > 0).then(|| azure_time(self.x509_expires_ms)),
         }
     }
 

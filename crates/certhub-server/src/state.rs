@@ -330,13 +330,14 @@ impl AppState {
     }
 
     /// Rebuilds the trust snapshot (and the CAs' just-in-time registration) from the store and
-    /// swaps it in.
-    pub async fn reload_trust(&self) -> Result<(), StoreError> {
+    /// swaps it in. Returns how many live sessions of this node it closed (their chains now
+    /// revoked, blocked or under an overdue fail-closed CRL).
+    pub async fn reload_trust(&self) -> Result<usize, StoreError> {
         // Other processes on the same database (nodes of a cluster) reload when they see it,
         // or when told.
         self.store().bump_generation("trust").await?;
         self.tell_changed().await;
-        self.load_trust().await.map(|_| ())
+        self.load_trust().await.map(|(_, closed)| closed)
     }
 
     /// Joins the hub's other nodes on the NATS `servers` (the hub's ID scope names it
@@ -830,7 +831,7 @@ impl AppState {
             match name.as_str() {
                 "trust" => {
                     let before = self.trust();
-                    let after = self.load_trust().await?;
+                    let (after, _) = self.load_trust().await?;
                     for ca in before
                         .verified_names
                         .iter()
@@ -856,7 +857,7 @@ impl AppState {
     }
 
     /// Reads the trust snapshot and the JITR CAs from the store and installs them.
-    async fn load_trust(&self) -> Result<Arc<certhub_core::TrustSnapshot>, StoreError> {
+    async fn load_trust(&self) -> Result<(Arc<certhub_core::TrustSnapshot>, usize), StoreError> {
         let before = self.trust();
         let fresh = Arc::new(crate::trust::load(self.store(), Some(&before)).await?);
         let jitr = Arc::new(self.store().jitr().await?);
@@ -868,13 +869,14 @@ impl AppState {
         }
         // Sessions whose chains the new index revokes close now; a connect from here on is
         // checked against it.
+        let mut closed = 0;
         if !Arc::ptr_eq(before.verified.revocations(), fresh.verified.revocations()) {
-            let closed = self.sessions().kick_revoked(&fresh.verified);
+            closed = self.sessions().kick_revoked(&fresh.verified);
             if closed > 0 {
                 tracing::info!(closed, "closed sessions whose certificates are now revoked");
             }
         }
-        Ok(fresh)
+        Ok((fresh, closed))
     }
 
     /// The CAs with just-in-time registration on: (name, device id pattern).

@@ -156,7 +156,19 @@ impl TelemetryLog {
         let log = Arc::new(
             crate::telemetry_stream::JetStreamLog::open(client.clone(), hub, limits).await?,
         );
-        let last = log.last_seq().await.map_err(|e| e.0)?;
+        // A NATS cluster that is still forming may time the first requests out (seen in CI
+        // with three servers starting together): tried again for up to 30 s.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let last = loop {
+            match log.last_seq().await {
+                Ok(last) => break last,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %e.0, "the telemetry stream does not answer yet; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.0),
+            }
+        };
         let (tx, rx) = mpsc::channel::<Pending>(4096);
         let (committed_tx, committed) = watch::channel(last);
         log.start(client, hub, rx, committed_tx).await?;

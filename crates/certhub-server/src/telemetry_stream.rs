@@ -155,13 +155,26 @@ impl JetStreamLog {
                 max_messages: config.max_messages,
                 ..have
             };
-            js.update_stream(update)
-                .await
-                .map_err(|e| format!("updating the limits of the telemetry stream {name}: {e}"))?;
-            stream = js
-                .get_stream(&name)
-                .await
-                .map_err(|e| format!("the telemetry stream {name}: {e}"))?;
+            // As above: a forming cluster may time a request out; tried again until the
+            // deadline.
+            stream = loop {
+                let updated = match js.update_stream(update.clone()).await {
+                    Ok(_) => js.get_stream(&name).await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                match updated {
+                    Ok(s) => break s,
+                    Err(e) if std::time::Instant::now() < deadline => {
+                        tracing::warn!(error = %e, stream = name, "the telemetry stream's limits are not updated yet; trying again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "updating the limits of the telemetry stream {name}: {e}"
+                        ));
+                    }
+                }
+            };
         }
         Ok(Self {
             js,

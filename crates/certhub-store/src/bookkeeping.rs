@@ -173,3 +173,77 @@ impl Store {
             .collect()
     }
 }
+
+/// When the certificates devices and modules last authenticated with expire (their leaves).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpiryReport {
+    /// Identities with a known expiry.
+    pub total: i64,
+    /// Of those, already expired.
+    pub expired: i64,
+    /// Not expired but expiring within each horizon (days), cumulative.
+    pub within: Vec<(i64, i64)>,
+    /// Not expired, by week from now (0: within 7 days): (week, identities), at most 52.
+    pub weeks: Vec<(i64, i64)>,
+    /// The soonest (expired ones first): (device id, module id or "", expiry ms), at most 20.
+    pub soonest: Vec<(String, String, i64)>,
+}
+
+/// The identities with a known expiry, as a common table expression `x (device_id, module_id,
+/// e)`.
+const EXPIRIES: &str = "WITH x AS (
+    SELECT device_id, '' AS module_id, x509_expires_ms AS e FROM devices WHERE x509_expires_ms > 0
+    UNION ALL
+    SELECT device_id, module_id, x509_expires_ms AS e FROM modules WHERE x509_expires_ms > 0)";
+
+impl Store {
+    /// The expiry of the certificates identities last authenticated with, at `now_ms`, with
+    /// counts within each of `horizons` (days).
+    pub async fn certificate_expiry(&self, now_ms: i64, horizons: &[i64]) -> Result<ExpiryReport> {
+        const DAY: i64 = 86_400_000;
+        let mut report = ExpiryReport::default();
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{EXPIRIES} SELECT COUNT(*) AS total,
+                COALESCE(SUM(CASE WHEN e <= $1 THEN 1 ELSE 0 END), 0) AS expired FROM x"
+        )))
+        .bind(now_ms)
+        .fetch_one(self.pool())
+        .await?;
+        report.total = row.try_get("total")?;
+        report.expired = row.try_get("expired")?;
+        for days in horizons {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{EXPIRIES} SELECT COUNT(*) AS n FROM x WHERE e > $1 AND e <= $2"
+            )))
+            .bind(now_ms)
+            .bind(now_ms.saturating_add(days.saturating_mul(DAY)))
+            .fetch_one(self.pool())
+            .await?;
+            report.within.push((*days, row.try_get("n")?));
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{EXPIRIES} SELECT (e - $1) / $2 AS week, COUNT(*) AS n FROM x WHERE e > $1
+             GROUP BY (e - $1) / $2 ORDER BY 1 LIMIT 52"
+        )))
+        .bind(now_ms)
+        .bind(7 * DAY)
+        .fetch_all(self.pool())
+        .await?;
+        for r in &rows {
+            report.weeks.push((r.try_get("week")?, r.try_get("n")?));
+        }
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "{EXPIRIES} SELECT device_id, module_id, e FROM x ORDER BY e, device_id, module_id LIMIT 20"
+        )))
+        .fetch_all(self.pool())
+        .await?;
+        for r in &rows {
+            report.soonest.push((
+                r.try_get("device_id")?,
+                r.try_get("module_id")?,
+                r.try_get("e")?,
+            ));
+        }
+        Ok(report)
+    }
+}

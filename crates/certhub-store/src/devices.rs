@@ -76,6 +76,9 @@ fn device_from_row(row: &AnyRow) -> Result<Device> {
         },
         c2d_count: row.try_get("c2d_count")?,
         last_activity_ms: row.try_get("last_activity_ms")?,
+        x509_expires_ms: row
+            .try_get::<Option<i64>, _>("x509_expires_ms")?
+            .unwrap_or(0),
     })
 }
 
@@ -91,6 +94,9 @@ fn module_from_row(row: &AnyRow) -> Result<Module> {
         authentication: authentication(row)?,
         c2d_count: row.try_get("c2d_count")?,
         last_activity_ms: row.try_get("last_activity_ms")?,
+        x509_expires_ms: row
+            .try_get::<Option<i64>, _>("x509_expires_ms")?
+            .unwrap_or(0),
     })
 }
 

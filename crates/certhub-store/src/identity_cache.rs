@@ -176,6 +176,7 @@ mod tests {
             capabilities: Default::default(),
             c2d_count: 0,
             last_activity_ms: 0,
+            x509_expires_ms: 0,
         }
     }
 
@@ -209,6 +210,7 @@ mod tests {
             authentication: authentication(),
             c2d_count: 0,
             last_activity_ms: 0,
+            x509_expires_ms: 0,
         };
         let Err(ticket) = cache.module(&id, &m.module_id) else {
             panic!("empty")

@@ -659,6 +659,19 @@ async fn bookkeeping(store: &Store) {
     assert_eq!(with("bb22").await, ["bk1/"]);
     assert_eq!(with("cc33").await, ["bk1/m1"]);
     assert!(with("dd44").await.is_empty());
+    // Expiry: bk1's leaf expires at 7 000 ms, m1's at 8 000; at 7 500 one has expired.
+    let expiry = store.certificate_expiry(7_500, &[7]).await.expect("expiry");
+    assert_eq!((expiry.total, expiry.expired), (2, 1), "{expiry:?}");
+    assert_eq!(expiry.within, [(7, 1)], "{expiry:?}");
+    assert_eq!(expiry.weeks, [(0, 1)], "{expiry:?}");
+    assert_eq!(
+        expiry.soonest,
+        [
+            ("bk1".to_string(), String::new(), 7_000),
+            ("bk1".to_string(), "m1".to_string(), 8_000)
+        ],
+        "{expiry:?}"
+    );
     let log = store.audit(3).await.expect("audit");
     let details: Vec<&str> = log.iter().map(|r| r.detail.as_str()).collect();
     assert_eq!(details, ["batched-2", "batched-1", "batched-0"]);

@@ -40,6 +40,10 @@ pub enum CaCommand {
     Unblock(CertArgs),
     /// List the blocked certificates.
     Blocks(HubOnly),
+    /// When device certificates and registered CAs expire: counts within 7, 30 and 90 days,
+    /// a histogram by week, the soonest (a device counts by the certificate it last
+    /// authenticated with).
+    Expiry(HubOnly),
 }
 
 #[derive(Debug, Args)]
@@ -300,6 +304,10 @@ pub fn run(cmd: CaCommand) -> Result<Outcome> {
             let path = ApiPath::fixed("blocks").name(Names::Block, "--thumbprint", &id)?;
             client.expect("DELETE", &path, None, None)?;
             out!("unblocked {id}");
+        }
+        CaCommand::Expiry(a) => {
+            let client = Client::connect(&a.hub)?;
+            print_json(&client.expect("GET", &ApiPath::fixed("expiry"), None, None)?);
         }
         CaCommand::Blocks(a) => {
             let client = Client::connect(&a.hub)?;

@@ -568,3 +568,86 @@ fn a_stale_crl_fails_closed_after_its_grace_or_open_when_told() {
     let e = hub("ca crl policy --name company-x --stale fail-closed --grace-hours 9000").code(2);
     assert!(e.stderr.contains("0 to 8760"), "{}", e.stderr);
 }
+
+/// Expiry: widgets issued for 3, 20 and 60 days connect (mosquitto_pub); `ca expiry` counts
+/// them within 7, 30 and 90 days, lists the soonest first, and the registry shows each one's
+/// `x509ExpiresAt`.
+#[test]
+fn ca_expiry_counts_widgets_by_horizon() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = common::start_hub(&data);
+    let hub = |line: &str| certhub_at(d, &data, &words(line));
+    let pki = |line: &str| certhub(d, &words(line)).ok();
+    enroll_company_x(d, &data, 1);
+    let ca = data.join("tls/server-ca.pem");
+    for (id, days) in [("widget-a", 3), ("widget-b", 20), ("widget-c", 60)] {
+        pki(&format!(
+            "pki request --subject CN={id} --out pki/devices/{id}"
+        ));
+        pki(&format!(
+            "pki sign --issuer pki/technician-z --csr pki/devices/{id}/request.csr --profile device --days {days} --out pki/devices/{id}"
+        ));
+        hub(&format!("device create --id {id} --auth-method x509-ca")).ok();
+        let widget = format!("pki/devices/{id}");
+        let topic = format!("devices/{id}/messages/events/");
+        let out = mosquitto_pub(
+            d,
+            &Pub {
+                port: hub_process.mqtt_port,
+                ca: s(&ca),
+                widget: &widget,
+                client_id: id,
+                topic: &topic,
+                message: "t",
+                extra: &[],
+            },
+        );
+        assert!(
+            out.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&hub("ca expiry").ok().stdout).expect("json");
+    assert_eq!(report["devices"], 3, "{report:#}");
+    assert_eq!(report["expired"], 0, "{report:#}");
+    let within: Vec<(i64, i64)> = report["within"]
+        .as_array()
+        .expect("within")
+        .iter()
+        .map(|h| {
+            (
+                h["days"].as_i64().unwrap_or(0),
+                h["devices"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(within, [(7, 1), (30, 2), (90, 3)], "{report:#}");
+    let soonest: Vec<&str> = report["soonest"]
+        .as_array()
+        .expect("soonest")
+        .iter()
+        .map(|e| e["deviceId"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(soonest, ["widget-a", "widget-b", "widget-c"], "{report:#}");
+    let weeks: i64 = report["weeks"]
+        .as_array()
+        .expect("weeks")
+        .iter()
+        .map(|w| w["devices"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(weeks, 3, "{report:#}");
+    assert!(
+        report["cas"][0]["name"] == "company-x"
+            && report["cas"][0]["daysLeft"].as_i64() > Some(300),
+        "{report:#}"
+    );
+    let shown: serde_json::Value =
+        serde_json::from_str(&hub("device show --id widget-a").ok().stdout).expect("json");
+    let expires = shown["x509ExpiresAt"].as_str().unwrap_or("");
+    assert!(!expires.is_empty(), "{shown:#}");
+    assert_eq!(expires, report["soonest"][0]["expiresAt"], "{shown:#}");
+}

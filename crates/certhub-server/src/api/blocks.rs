@@ -345,9 +345,7 @@ pub async fn block(
             return Err(e);
         }
     };
-    let before = state.sessions().count();
-    state.reload_trust().await?;
-    let closed = before.saturating_sub(state.sessions().count());
+    let closed = state.reload_trust().await?;
     let devices = if record.sha256.is_empty() {
         0
     } else {

@@ -17,6 +17,7 @@ mod doc;
 #[allow(unused_qualifications)]
 mod dps;
 mod error;
+mod expiry;
 #[allow(unused_qualifications)]
 mod files;
 #[allow(unused_qualifications)]
@@ -142,6 +143,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(blocks::list, blocks::block))
         .routes(routes!(blocks::unblock))
         .routes(routes!(blocks::impact))
+        .routes(routes!(expiry::expiry))
         .routes(routes!(crls::delete))
         .routes(routes!(crls::get_policy, crls::set_policy))
         .routes(routes!(certificates::generate_code))
