@@ -199,6 +199,9 @@ pub struct DeviceInput {
     /// read-only: accepted (as the SDKs echo it) and ignored
     #[serde(default)]
     pub last_activity_time: Option<Value>,
+    /// read-only (certhub's): accepted (a GET-modify-PUT echoes it) and ignored
+    #[serde(default, rename = "x509ExpiresAt")]
+    pub x509_expires_at: Option<Value>,
     /// read-only: accepted (as the SDKs echo it) and ignored
     #[serde(default)]
     pub cloud_to_device_message_count: Option<Value>,
@@ -240,6 +243,9 @@ pub struct ModuleInput {
     /// read-only: accepted (as the SDKs echo it) and ignored
     #[serde(default)]
     pub last_activity_time: Option<Value>,
+    /// read-only (certhub's): accepted (a GET-modify-PUT echoes it) and ignored
+    #[serde(default, rename = "x509ExpiresAt")]
+    pub x509_expires_at: Option<Value>,
     /// read-only: accepted (as the SDKs echo it) and ignored
     #[serde(default)]
     pub cloud_to_device_message_count: Option<Value>,
