@@ -129,7 +129,6 @@ pub struct Deadline {
 #[derive(Debug, Default)]
 pub struct Revocations {
     entries: HashMap<(KeyId, Vec<u8>), Revoked>,
-    lists: usize,
     /// CRLs held under a fail-closed policy, by issuer key.
     deadlines: HashMap<KeyId, Deadline>,
     by_thumbprint: HashMap<[u8; 32], Revoked>,
@@ -153,7 +152,6 @@ impl Revocations {
                 },
             );
         }
-        self.lists += 1;
     }
 
     /// Adds a block the operator made at `at` (unix seconds); `source` names it in refusals.
@@ -218,19 +216,6 @@ impl Revocations {
             && self.by_thumbprint.is_empty()
             && self.by_issuer_serial.is_empty()
             && self.deadlines.is_empty()
-    }
-
-    /// How many CRLs were filed.
-    pub fn lists(&self) -> usize {
-        self.lists
-    }
-
-    /// Whether the certificate with `serial` issued under `issuer_key` is revoked.
-    pub fn get(&self, issuer_key: &KeyId, serial: &[u8]) -> Option<&Revoked> {
-        if self.entries.is_empty() {
-            return None;
-        }
-        self.entries.get(&(*issuer_key, serial_key(serial)))
     }
 
     /// The revoked or blocked certificate of a path (leaf first), the one nearest the anchor

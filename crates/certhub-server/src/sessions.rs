@@ -626,24 +626,6 @@ impl Sessions {
         closed
     }
 
-    /// The identities of the live sessions on this node whose chain holds a certificate
-    /// `matches` accepts.
-    pub fn with_chain_cert(
-        &self,
-        matches: impl Fn(&certhub_pki::ChainCert) -> bool,
-    ) -> Vec<String> {
-        let Ok(live) = self.live.lock() else {
-            return Vec::new();
-        };
-        let mut found: Vec<String> = live
-            .iter()
-            .filter(|(_, l)| l.chain.iter().any(&matches))
-            .map(|(k, _)| k.clone())
-            .collect();
-        found.sort();
-        found
-    }
-
     /// Closes every session that the hub setting `switch` (e.g. `disableDeviceSAS`) now shuts
     /// out.
     pub fn kick_switch(&self, switch: &str, reason: &str) -> usize {

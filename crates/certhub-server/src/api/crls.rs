@@ -97,6 +97,12 @@ fn view(r: &CrlRecord, now: i64) -> CrlView {
     }
 }
 
+/// The CA registered as `name` (a valid name), or the error that says it is not.
+async fn registered(state: &AppState, name: &str) -> Result<certhub_store::CaRecord, ApiError> {
+    check_name(name)?;
+    state.store().ca(name).await?.ok_or_else(|| not_found(name))
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("CrlInvalid", message)
 }
@@ -111,12 +117,7 @@ pub async fn list(
     Path(CertificatePath { name }): Path<CertificatePath>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "listing a CA's CRLs")?;
-    check_name(&name)?;
-    state
-        .store()
-        .ca(&name)
-        .await?
-        .ok_or_else(|| not_found(&name))?;
+    registered(&state, &name).await?;
     let now = now_ms();
     let value = state
         .store()
@@ -182,11 +183,7 @@ async fn upload_inner(
     }
     let body: CrlBody = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request("ArgumentInvalid", format!("invalid JSON body: {e}")))?;
-    let ca = state
-        .store()
-        .ca(name)
-        .await?
-        .ok_or_else(|| not_found(name))?;
+    let ca = registered(state, name).await?;
     let crl = body.crl.trim();
     let der_or_pem: Vec<u8> = if crl.starts_with("-----BEGIN") {
         crl.as_bytes().to_vec()
@@ -378,12 +375,7 @@ pub async fn get_policy(
     Path(CertificatePath { name }): Path<CertificatePath>,
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "reading a CA's CRL policy")?;
-    check_name(&name)?;
-    state
-        .store()
-        .ca(&name)
-        .await?
-        .ok_or_else(|| not_found(&name))?;
+    registered(&state, &name).await?;
     Ok(Json(policy_view(current_policy(&state, &name).await?)).into_response())
 }
 
