@@ -17,6 +17,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::ParsedExtension;
 
 use crate::describe::{key_info, parse, rfc3339, weak_signature};
+use crate::distribution::{CrlPoint, CrlPoints};
 use crate::explain::{Organization, Presented, Rerun, explain, subject_key_id, unusable};
 use crate::name::common_name;
 use crate::revocation::{ChainCert, KeyId, Revocations, hex, key_id_of, serial_key};
@@ -244,6 +245,8 @@ pub struct TrustStore {
     links: Arc<LinkCache>,
     /// Certificates refused although their chains verify.
     revocations: Arc<Revocations>,
+    /// CRL distribution points met in the chains this store verified (kept with the links).
+    points: Arc<CrlPoints>,
 }
 
 /// Most issuers [`LinkCache`] remembers.
@@ -364,6 +367,69 @@ impl TrustStore {
 
     pub fn len(&self) -> usize {
         self.anchors.len()
+    }
+
+    /// The CRL distribution points met since the last call (each (issuer key, URL) once per
+    /// store): where to fetch the CRLs that cover the chains this store verified.
+    pub fn take_crl_points(&self) -> Vec<CrlPoint> {
+        self.points.take()
+    }
+
+    /// Notes the distribution points of a verified chain: the leaf's on every verification
+    /// (a hash lookup when known), the intermediates' when `path` (their DER, from the leaf's
+    /// issuer up) was just verified in full. A link the cache remembers was noted then.
+    fn note_crl_points(
+        &self,
+        verified: &VerifiedChain,
+        leaf: &X509Certificate<'_>,
+        intermediates: &[CertificateDer<'_>],
+        path: Option<&[Vec<u8>]>,
+    ) {
+        let certs = &verified.certs;
+        let mut wanted: Vec<(usize, String)> = Vec::new();
+        let mut want = |k: usize, urls: Vec<&str>| {
+            for url in urls {
+                if let Some(c) = certs.get(k)
+                    && !self.points.is_known(&c.issuer_key, url)
+                {
+                    wanted.push((k, url.to_string()));
+                }
+            }
+        };
+        want(0, crate::distribution::crl_urls(leaf));
+        for (j, der) in path.unwrap_or_default().iter().enumerate() {
+            if let Ok((_, c)) = x509_parser::parse_x509_certificate(der) {
+                want(j + 1, crate::distribution::crl_urls(&c));
+            }
+        }
+        if wanted.is_empty() {
+            return;
+        }
+        // The DER of each certificate above the leaf, as presented.
+        let above: Vec<Option<CertificateDer<'static>>> = certs
+            .iter()
+            .skip(1)
+            .map(|c| {
+                intermediates
+                    .iter()
+                    .find(|i| crate::revocation::sha256(i) == c.sha256)
+                    .map(|i| i.clone().into_owned())
+            })
+            .collect();
+        for (k, url) in wanted {
+            // The issuer of certs[k] is certs[k + 1], that is above[k], and so on up.
+            let Some(issuer_chain) = above.get(k..).unwrap_or_default().iter().cloned().collect()
+            else {
+                continue;
+            };
+            self.points.note(CrlPoint {
+                anchor_index: verified.anchor_index,
+                url,
+                issuer_key: certs[k].issuer_key,
+                issuer_subject: certs[k].issuer.clone(),
+                issuer_chain,
+            });
+        }
     }
 
     /// The same anchors (and the links already verified under them, which revocation does not
@@ -720,7 +786,10 @@ pub fn verify_chain(
     ) {
         return match trust.revoked(&verified.certs, now_secs) {
             Some(refused) => Err(refused),
-            None => Ok(verified),
+            None => {
+                trust.note_crl_points(&verified, &leaf_cert, intermediates, None);
+                Ok(verified)
+            }
         };
     }
     let ee = EndEntityCert::try_from(leaf)
@@ -835,13 +904,15 @@ pub fn verify_chain(
     if let Some(refused) = trust.revoked(&certs, now_secs) {
         return Err(refused);
     }
-    Ok(VerifiedChain {
+    let verified = VerifiedChain {
         anchor_subject: anchor.subject.clone(),
         anchor_thumbprints: anchor.thumbprints.clone(),
         anchor_index: index,
         path,
         certs,
-    })
+    };
+    trust.note_crl_points(&verified, &leaf_cert, intermediates, Some(&ders));
+    Ok(verified)
 }
 
 fn parse_presented<'a>(

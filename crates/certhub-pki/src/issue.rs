@@ -50,6 +50,9 @@ pub struct SignOptions {
     pub days: Option<u32>,
     /// pathLenConstraint for an intermediate. Default: one less than the issuer's, or none.
     pub path_len: Option<u8>,
+    /// `http://` URLs where the issuer publishes its CRL: the certificate's
+    /// cRLDistributionPoints, from which the hub fetches the CRL that covers it.
+    pub crl_urls: Vec<String>,
 }
 
 /// A freshly generated key pair with a certificate or CSR, as PEM.
@@ -459,6 +462,14 @@ pub fn sign_request(
             p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         }
     }
+    if !options.crl_urls.is_empty() {
+        for url in &options.crl_urls {
+            check_crl_url(url)?;
+        }
+        p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: options.crl_urls.clone(),
+        }];
+    }
     for ext in requested_extensions(&csr) {
         notes.push(format!(
             "not granted from the CSR: {ext} (the issuer decides every extension)"
@@ -466,6 +477,26 @@ pub fn sign_request(
     }
     let public_key = SubjectPublicKeyInfo::from_der(info.subject_pki.raw)?;
     issuer.sign(&p, &public_key, notes)
+}
+
+/// A CRL distribution point certhub writes into a certificate: an `http://` URL with a host,
+/// as RFC 5280 4.2.1.13 describes (a CRL is signed, so it needs no TLS) and the hub fetches.
+fn check_crl_url(url: &str) -> Result<(), PkiError> {
+    let rest = url
+        .get(..7)
+        .filter(|s| s.eq_ignore_ascii_case("http://"))
+        .map(|_| &url[7..]);
+    let ok = rest.is_some_and(|r| {
+        let host = r.split(['/', '?', '#']).next().unwrap_or("");
+        !host.is_empty() && url.len() <= 2048 && url.bytes().all(|b| b.is_ascii_graphic())
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(PkiError::Policy(format!(
+            "--crl-url {url:?}: give an http:// URL with a host, e.g. http://pki.example.com/technician-z.crl (certhub fetches CRLs over plain HTTP: they are signed)"
+        )))
+    }
 }
 
 /// A TLS server certificate for the hub itself: CA:FALSE, digitalSignature, EKU serverAuth, a

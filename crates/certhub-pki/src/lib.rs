@@ -12,6 +12,7 @@ mod algorithm;
 mod chain;
 mod crl;
 mod describe;
+mod distribution;
 mod error;
 mod explain;
 mod input;
@@ -31,6 +32,7 @@ pub use crl::{
 pub use describe::{
     CertificateInfo, CsrInfo, KeyInfo, describe_certificate, describe_csr, subject_public_key_info,
 };
+pub use distribution::{CrlPoint, crl_urls};
 pub use error::PkiError;
 pub use input::{Document, read_certificates, read_csr, read_document};
 pub use issue::{

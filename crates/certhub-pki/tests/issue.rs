@@ -137,6 +137,7 @@ fn validity_never_outlives_the_issuer() {
         SignOptions {
             days: Some(3650),
             path_len: None,
+            ..Default::default()
         },
     );
     let certs = certhub_pki::read_certificates(chain.as_bytes()).expect("chain");
@@ -179,6 +180,7 @@ fn path_len_follows_the_issuer() {
         &SignOptions {
             days: None,
             path_len: Some(5),
+            ..Default::default()
         },
         now(),
     )
@@ -267,6 +269,7 @@ fn a_validity_past_the_year_9999_is_clamped_to_the_issuer_not_a_panic() {
         let opts = SignOptions {
             days: Some(days),
             path_len: None,
+            ..Default::default()
         };
         let cert = sign_request(&company, &csr, Profile::Device, &opts, now()).expect("signed");
         let child = describe_certificate(&cert.der).expect("child");
@@ -296,5 +299,101 @@ fn a_root_valid_past_the_year_9999_is_refused() {
             Err(certhub_pki::PkiError::Policy(m)) => assert!(m.contains("9999"), "{m}"),
             other => panic!("{days} days: {other:?}"),
         }
+    }
+}
+
+/// `--crl-url` writes the CRL distribution point; a trust store notes each (issuer, URL) of
+/// the chains it verifies once, the intermediate's when its link is first proven and each
+/// leaf's on either path, with the issuer's certificates to check the CRL against.
+#[test]
+fn crl_urls_become_distribution_points_the_trust_store_notes_once() {
+    let company = root(KeyAlgorithm::EcdsaP256, 3650, None);
+    let trust = TrustStore::new([company.certificate().clone()]).expect("trust");
+    let (factory, factory_chain) = intermediate(
+        &company,
+        "CN=Factory-Y CA",
+        SignOptions {
+            crl_urls: vec!["http://pki.example/company-x.crl".into()],
+            ..Default::default()
+        },
+    );
+    let factory_cert = certhub_pki::read_certificates(factory_chain.as_bytes()).expect("chain");
+    let device = |id: &str, url: &str| {
+        let req = create_request(
+            &parse_subject(&format!("CN={id}")).expect("s"),
+            KeyAlgorithm::EcdsaP256,
+        )
+        .expect("req");
+        let csr = read_csr(req.pem.as_bytes()).expect("csr");
+        let opts = SignOptions {
+            crl_urls: vec![url.into()],
+            ..Default::default()
+        };
+        let cert = sign_request(&factory, &csr, Profile::Device, &opts, now()).expect("signed");
+        certhub_pki::read_certificates(cert.chain_pem.as_bytes()).expect("chain")
+    };
+    let w1 = device("w1", "http://pki.example/factory-y.crl");
+    let leaf = x509_parser::parse_x509_certificate(&w1[0])
+        .expect("parse")
+        .1;
+    assert_eq!(
+        certhub_pki::crl_urls(&leaf),
+        vec!["http://pki.example/factory-y.crl"]
+    );
+    verify_device_chain(&w1, &trust, Some("w1"), at(certhub_testkit::NOW)).expect("trusted");
+    let mut points = trust.take_crl_points();
+    points.sort_by(|a, b| a.url.cmp(&b.url));
+    assert_eq!(points.len(), 2, "{points:#?}");
+    // Factory-Y's certificate names Company-X's CRL: the anchor issues it.
+    assert_eq!(points[0].url, "http://pki.example/company-x.crl");
+    assert_eq!(
+        points[0].issuer_subject,
+        "CN=Company-X Root CA, O=Company-X"
+    );
+    assert!(points[0].issuer_chain.is_empty());
+    // The widget's names Factory-Y's, checked through Factory-Y's certificate.
+    assert_eq!(points[1].url, "http://pki.example/factory-y.crl");
+    assert_eq!(points[1].issuer_subject, "CN=Factory-Y CA");
+    assert_eq!(points[1].issuer_chain, vec![factory_cert[0].clone()]);
+    assert_eq!(
+        points[1].issuer_key,
+        certhub_pki::key_id(&factory_cert[0]).expect("key")
+    );
+
+    // Known points are not noted again, on the remembered link either.
+    let w2 = device("w2", "http://pki.example/factory-y.crl");
+    for chain in [&w1, &w2] {
+        verify_device_chain(chain, &trust, None, at(certhub_testkit::NOW)).expect("trusted");
+    }
+    assert!(trust.take_crl_points().is_empty());
+    // A new URL is, on the remembered link too.
+    let w3 = device("w3", "http://pki.example/factory-y-2.crl");
+    verify_device_chain(&w3, &trust, None, at(certhub_testkit::NOW)).expect("trusted");
+    let points = trust.take_crl_points();
+    assert_eq!(points.len(), 1);
+    assert_eq!(points[0].url, "http://pki.example/factory-y-2.crl");
+    assert_eq!(points[0].issuer_chain, vec![factory_cert[0].clone()]);
+}
+
+#[test]
+fn a_crl_url_that_is_not_plain_http_is_refused_with_an_example() {
+    let company = root(KeyAlgorithm::EcdsaP256, 3650, None);
+    let req =
+        create_request(&parse_subject("CN=w1").expect("s"), KeyAlgorithm::EcdsaP256).expect("req");
+    let csr = read_csr(req.pem.as_bytes()).expect("csr");
+    for url in [
+        "https://pki.example/x.crl",
+        "ldap://pki.example/x",
+        "http://",
+        "http://a b/",
+    ] {
+        let opts = SignOptions {
+            crl_urls: vec![url.into()],
+            ..Default::default()
+        };
+        let e = sign_request(&company, &csr, Profile::Device, &opts, now())
+            .expect_err(url)
+            .to_string();
+        assert!(e.contains("give an http:// URL with a host"), "{url}: {e}");
     }
 }

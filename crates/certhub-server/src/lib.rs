@@ -13,6 +13,7 @@ pub mod api;
 mod bookkeeper;
 pub mod c2d_send;
 mod cluster;
+pub mod crl_fetch;
 pub mod data_dir;
 mod device;
 pub mod device_tls;

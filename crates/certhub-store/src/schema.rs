@@ -262,6 +262,24 @@ const STEPS: &[&str] = &[
     ALTER TABLE modules ADD COLUMN last_chain TEXT;
     ALTER TABLE modules ADD COLUMN x509_expires_ms BIGINT;
     ALTER TABLE ca_certificates ADD COLUMN crl_policy TEXT",
+    // 14: CRL distribution points learnt from the chains devices present (where to fetch
+    // each issuer's CRL), with their fetch schedule and last outcome; per CA, whether the hub
+    // fetches them (NULL: the default, yes).
+    "CREATE TABLE crl_sources (
+        ca TEXT NOT NULL,
+        issuer_key TEXT NOT NULL,
+        url TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        issuer_chain TEXT NOT NULL,
+        found_ms BIGINT NOT NULL,
+        next_fetch_ms BIGINT NOT NULL,
+        fetched_ms BIGINT NOT NULL,
+        ok_ms BIGINT NOT NULL,
+        failures BIGINT NOT NULL,
+        error TEXT NOT NULL,
+        PRIMARY KEY (ca, issuer_key, url)
+    );
+    ALTER TABLE ca_certificates ADD COLUMN crl_fetch BIGINT",
 ];
 
 /// Key of the PostgreSQL advisory lock held while the schema is brought up to date.

@@ -268,6 +268,7 @@ async fn suite(store: &Store) {
     mqtt_sessions(store).await;
     provisioning(store).await;
     bookkeeping(store).await;
+    crl_sources(store).await;
 }
 
 /// Twins are written under their version; the C2D queue keeps order, caps, expiry and the
@@ -686,6 +687,127 @@ async fn bookkeeping(store: &Store) {
 }
 
 /// Persistent MQTT sessions are saved, replaced, listed, and go with their identity.
+/// CRL distribution points: learnt once, due by their schedule (only for CAs that fetch),
+/// claimed by one node at a time, their outcome recorded.
+async fn crl_sources(store: &Store) {
+    let ca = certhub_store::CaRecord {
+        name: "crl-ca".into(),
+        pem: "pem".into(),
+        subject: "CN=X".into(),
+        issuer: "CN=X".into(),
+        sha1: "a".repeat(40),
+        sha256: "b".repeat(64),
+        not_before_ms: 0,
+        not_after_ms: 1,
+        is_verified: true,
+        etag: Etag::random(),
+        verification_code: None,
+        code_expires_ms: 0,
+        created_ms: 0,
+        updated_ms: 0,
+    };
+    assert_eq!(
+        store.create_ca(&ca).await.expect("ca"),
+        WriteOutcome::Written
+    );
+    let source = certhub_store::CrlSource {
+        ca: "crl-ca".into(),
+        issuer_key: "c".repeat(64),
+        url: "http://127.0.0.1:1/x.crl".into(),
+        issuer: "CN=Y".into(),
+        issuer_chain: String::new(),
+        found_ms: 1_000,
+        next_fetch_ms: 1_000,
+        fetched_ms: 0,
+        ok_ms: 0,
+        failures: 0,
+        error: String::new(),
+    };
+    assert!(store.add_crl_source(&source).await.expect("add"));
+    assert!(
+        !store.add_crl_source(&source).await.expect("again"),
+        "known already"
+    );
+    assert!(store.due_crl_sources(999).await.expect("due").is_empty());
+    let due = store.due_crl_sources(1_000).await.expect("due");
+    assert_eq!(due, vec![source.clone()]);
+    // Two nodes read it due; one claims it.
+    assert!(
+        store
+            .claim_crl_source(&source, 1_000, 61_000)
+            .await
+            .expect("claim")
+    );
+    assert!(
+        !store
+            .claim_crl_source(&source, 1_000, 61_000)
+            .await
+            .expect("claim")
+    );
+    assert!(store.due_crl_sources(2_000).await.expect("due").is_empty());
+    store
+        .record_crl_fetch(&source, 2_000, "HTTP 404", 5_000)
+        .await
+        .expect("failed");
+    store
+        .record_crl_fetch(&source, 5_000, "timed out", 9_000)
+        .await
+        .expect("failed");
+    let got = &store.crl_sources_of("crl-ca").await.expect("list")[0];
+    assert_eq!((got.failures, got.ok_ms, got.fetched_ms), (2, 0, 5_000));
+    assert_eq!(
+        (got.error.as_str(), got.next_fetch_ms),
+        ("timed out", 9_000)
+    );
+    store
+        .record_crl_fetch(&source, 9_000, "", 3_609_000)
+        .await
+        .expect("ok");
+    let got = &store.crl_sources().await.expect("list")[0];
+    assert_eq!(
+        (got.failures, got.ok_ms, got.error.as_str()),
+        (0, 9_000, "")
+    );
+    // A CA that does not fetch has nothing due; switched back on, everything is due now.
+    assert!(
+        store
+            .crl_fetch_settings()
+            .await
+            .expect("settings")
+            .is_empty()
+    );
+    assert!(store.set_crl_fetch("crl-ca", false).await.expect("off"));
+    assert!(
+        !store
+            .set_crl_fetch("nope", false)
+            .await
+            .expect("no such CA")
+    );
+    assert_eq!(
+        store.crl_fetch_settings().await.expect("settings"),
+        vec![("crl-ca".to_string(), false)]
+    );
+    assert!(
+        store
+            .due_crl_sources(i64::MAX)
+            .await
+            .expect("due")
+            .is_empty()
+    );
+    assert!(store.set_crl_fetch("crl-ca", true).await.expect("on"));
+    store
+        .crl_sources_due_now("crl-ca", 10_000)
+        .await
+        .expect("due now");
+    assert_eq!(store.due_crl_sources(10_000).await.expect("due").len(), 1);
+    assert_eq!(
+        store.delete_crl_sources_of("crl-ca").await.expect("delete"),
+        1
+    );
+    assert!(store.crl_sources().await.expect("list").is_empty());
+    store.delete_ca("crl-ca", None).await.expect("delete ca");
+}
+
 async fn mqtt_sessions(store: &Store) {
     for name in ["ms1", "ms2"] {
         let d = device(name, serde_json::json!({}));

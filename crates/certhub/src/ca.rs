@@ -86,8 +86,12 @@ pub enum CrlCommand {
     Delete(CrlDeleteArgs),
     /// Show or set what the hub does once a CA's CRL is past its nextUpdate: fail-closed after
     /// a grace period (the default, 24 h: the certificates it covers are refused as
-    /// crl-expired), or fail-open (the last CRL keeps counting).
+    /// crl-expired), or fail-open (the last CRL keeps counting); and whether it fetches CRLs
+    /// from the distribution points its devices' certificates name (the default).
     Policy(CrlPolicyArgs),
+    /// List the CRL distribution points the chains of a CA's devices named, with when each is
+    /// fetched next and how the last fetch went.
+    Sources(NameArgs),
 }
 
 #[derive(Debug, Args)]
@@ -103,6 +107,10 @@ pub struct CrlPolicyArgs {
     /// Hours after nextUpdate before fail-closed refuses (default 24).
     #[arg(long, requires = "stale")]
     grace_hours: Option<i64>,
+    /// Whether the hub fetches CRLs from the distribution points the CA's devices'
+    /// certificates name: on (the default) or off.
+    #[arg(long, value_parser = ["on", "off"])]
+    fetch: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -361,6 +369,11 @@ fn crl(cmd: CrlCommand) -> Result<()> {
             let v = client.expect("POST", &path, None, Some(&body))?;
             print_json(&v);
         }
+        CrlCommand::Sources(a) => {
+            let path = ca_path(&a.name)?.then("crlSources");
+            let client = Client::connect(&a.hub)?;
+            print_json(&client.expect("GET", &path, None, None)?);
+        }
         CrlCommand::List(a) => {
             let path = ca_path(&a.name)?.then("crls");
             let client = Client::connect(&a.hub)?;
@@ -369,12 +382,28 @@ fn crl(cmd: CrlCommand) -> Result<()> {
         CrlCommand::Policy(a) => {
             let path = ca_path(&a.name)?.then("crlPolicy");
             let client = Client::connect(&a.hub)?;
-            let v = match &a.stale {
-                None => client.expect("GET", &path, None, None)?,
-                Some(stale) => {
-                    let mut body = json!({ "staleCrl": stale });
-                    if let Some(h) = a.grace_hours {
-                        body["graceHours"] = json!(h);
+            let v = match (&a.stale, &a.fetch) {
+                (None, None) => client.expect("GET", &path, None, None)?,
+                (stale, fetch) => {
+                    let mut body = match stale {
+                        Some(stale) => {
+                            let mut body = json!({ "staleCrl": stale });
+                            if let Some(h) = a.grace_hours {
+                                body["graceHours"] = json!(h);
+                            }
+                            body
+                        }
+                        // Only --fetch: the stale policy stays as it is.
+                        None => {
+                            let mut now = client.expect("GET", &path, None, None)?;
+                            if let Some(o) = now.as_object_mut() {
+                                o.remove("fetchDistributionPoints");
+                            }
+                            now
+                        }
+                    };
+                    if let Some(f) = fetch {
+                        body["fetchDistributionPoints"] = json!(f == "on");
                     }
                     client.expect("PUT", &path, None, Some(&body))?
                 }

@@ -21,8 +21,8 @@ pub struct ServeArgs {
     /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages,
     /// c2d_max_pending, c2d_max_deliveries, audit_retention, audit_max_records,
     /// refusals_per_source, refusals_per_client_id, pending_per_source, pending_total,
-    /// https_connections_per_source, refusal_audit_window, file_store, file_store_options,
-    /// dangerous_file_store_allow_http).
+    /// https_connections_per_source, refusal_audit_window, crl_refresh, file_store,
+    /// file_store_options, dangerous_file_store_allow_http).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory: SQLite database, the hub's TLS files [default: ./certhub-data].
@@ -65,6 +65,11 @@ pub struct ServeArgs {
     /// Most audit records kept; the oldest go first [default: 1000000].
     #[arg(long)]
     audit_max_records: Option<String>,
+    /// Longest wait, in seconds, between two fetches of a CRL distribution point: a CRL is
+    /// fetched again at its nextUpdate or after this, whichever comes first [default: 3600]
+    /// (TOML key crl_refresh, environment CERTHUB_CRL_REFRESH).
+    #[arg(long)]
+    crl_refresh: Option<String>,
     /// Refused device connections a minute from one source address; past them its new
     /// connections are closed at accept until the budget refills; 0 turns it off [default: 60].
     #[arg(long)]
@@ -138,6 +143,7 @@ struct FileConfig {
     c2d_max_deliveries: Option<u64>,
     audit_retention: Option<u64>,
     audit_max_records: Option<u64>,
+    crl_refresh: Option<u64>,
     refusals_per_source: Option<u64>,
     refusals_per_client_id: Option<u64>,
     pending_per_source: Option<u64>,
@@ -175,6 +181,8 @@ pub struct Config {
     pub c2d: certhub_server::api::C2dLimits,
     pub audit_retention: Duration,
     pub audit_max_records: i64,
+    /// Longest wait between two fetches of a CRL distribution point.
+    pub crl_refresh: Duration,
     pub refusals: certhub_server::refusals::RefusalLimits,
     /// 0: from the file limit at start.
     pub pending_per_source: usize,
@@ -434,6 +442,14 @@ impl Config {
             1_000_000,
             1..=i64::MAX as u64,
         )?;
+        let crl_refresh = number(
+            "crl_refresh",
+            &args.crl_refresh,
+            "CERTHUB_CRL_REFRESH",
+            file.crl_refresh,
+            3600,
+            1..=7 * 86_400,
+        )?;
         let refusals_per_source = number(
             "refusals_per_source",
             &args.refusals_per_source,
@@ -495,6 +511,7 @@ impl Config {
             pending_total: pending_total as usize,
             audit_retention: Duration::from_secs(audit_retention),
             audit_max_records: audit_max_records as i64,
+            crl_refresh: Duration::from_secs(crl_refresh),
             c2d: certhub_server::api::C2dLimits {
                 max_pending: c2d_max_pending as i64,
                 max_deliveries: c2d_max_deliveries as i64,
@@ -1129,6 +1146,8 @@ async fn serve(config: Config) -> Result<Outcome> {
             }
         })
     };
+    // CRLs from the distribution points the devices' certificates name.
+    let crl_fetch = certhub_server::crl_fetch::spawn(state.clone(), config.crl_refresh);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -1181,6 +1200,7 @@ async fn serve(config: Config) -> Result<Outcome> {
     tokio::join!(https, mqtt, amqp, signal);
     pruning.abort();
     c2d_expiry.abort();
+    crl_fetch.abort();
     settings_watch.abort();
     staging_sweep.abort();
     store.close().await;

@@ -41,15 +41,7 @@ fn azure_sdk_widgets_are_dropped_and_refused_when_a_crl_revokes_them() {
     );
     pki("pki crl --issuer pki/technician-z");
     // Factory-Y revokes Technician-Z with openssl's own CA tool.
-    std::fs::write(
-        d.join("factory-y.cnf"),
-        "[ca]\ndefault_ca = fy\n[fy]\ndatabase = fy-index.txt\ncrlnumber = fy-crlnumber\n\
-         certificate = pki/factory-y/cert.pem\nprivate_key = pki/factory-y/key.pem\n\
-         default_md = sha256\ndefault_crl_days = 7\n",
-    )
-    .expect("write");
-    std::fs::write(d.join("fy-index.txt"), "").expect("write");
-    std::fs::write(d.join("fy-crlnumber"), "1000\n").expect("write");
+    factory_y_openssl_ca(d, "1000");
     openssl(
         d,
         &words(
@@ -390,6 +382,20 @@ fn fleet(d: &Path, data: &Path) {
     }
 }
 
+/// Factory-Y as an `openssl ca` (config `factory-y.cnf` in `d`), its next CRL number `first`
+/// (hex, as openssl keeps it).
+fn factory_y_openssl_ca(d: &Path, first: &str) {
+    std::fs::write(
+        d.join("factory-y.cnf"),
+        "[ca]\ndefault_ca = fy\n[fy]\ndatabase = fy-index.txt\ncrlnumber = fy-crlnumber\n\
+         certificate = pki/factory-y/cert.pem\nprivate_key = pki/factory-y/key.pem\n\
+         default_md = sha256\ndefault_crl_days = 7\n",
+    )
+    .expect("write");
+    std::fs::write(d.join("fy-index.txt"), "").expect("write");
+    std::fs::write(d.join("fy-crlnumber"), format!("{first}\n")).expect("write");
+}
+
 /// Runs a Python script against the hub; `on_line` answers the lines it prints (the driver's
 /// side of each step) and may write to its stdin. Returns the transcript; the script must end
 /// with `done_line`.
@@ -650,4 +656,337 @@ fn ca_expiry_counts_widgets_by_horizon() {
     let expires = shown["x509ExpiresAt"].as_str().unwrap_or("");
     assert!(!expires.is_empty(), "{shown:#}");
     assert_eq!(expires, report["soonest"][0]["expiresAt"], "{shown:#}");
+}
+
+/// A loopback HTTP server for CRL distribution points: `GET /<name>` answers the file
+/// `www/<name>` (404 when there is none); counts the requests.
+struct CrlServer {
+    port: u16,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CrlServer {
+    fn start(www: PathBuf) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = hits.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let mut request = String::new();
+                if reader.read_line(&mut request).is_err() {
+                    continue;
+                }
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    line.clear();
+                }
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let name = request
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .trim_start_matches('/');
+                let answer = match std::fs::read(www.join(name)) {
+                    Ok(body) => {
+                        let mut a = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/pkix-crl\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .into_bytes();
+                        a.extend(body);
+                        a
+                    }
+                    Err(_) => {
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_vec()
+                    }
+                };
+                let _ = conn.write_all(&answer);
+            }
+        });
+        Self { port, hits }
+    }
+}
+
+/// `mosquitto_sub` as a certificate-authenticated widget, kept connected.
+fn subscribe(d: &Path, port: u16, ca: &Path, widget: &str, id: &str) -> std::process::Child {
+    std::process::Command::new("mosquitto_sub")
+        .current_dir(d)
+        .args(["-h", "localhost", "-p", &port.to_string(), "-V", "mqttv311"])
+        .args(["--cafile", s(ca)])
+        .args(["--cert", &format!("{widget}/chain.pem")])
+        .args(["--key", &format!("{widget}/key.pem")])
+        .args([
+            "-i",
+            id,
+            "-u",
+            &format!("localhost/{id}/?api-version=2021-04-12"),
+        ])
+        .args([
+            "-t",
+            &format!("devices/{id}/messages/devicebound/#"),
+            "-q",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub (Debian package mosquitto-clients) runs")
+}
+
+/// Polls `check` every 100 ms for up to `secs`; panics with `what` when it never holds.
+fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> bool) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    start.elapsed()
+}
+
+/// CRLs fetched from the distribution points the certificates name (`certhub pki sign
+/// --crl-url`), served over HTTP on loopback: Technician-Z's from `certhub pki crl` (DER), and
+/// Factory-Y's from `openssl ca -gencrl`. A widget revoked in the next CRL the issuer
+/// publishes is dropped and refused (mosquitto_sub and mosquitto_pub are the devices), a whole
+/// branch with it when Factory-Y revokes its technician; a broken publication keeps the last
+/// good CRL and says what is wrong; fetching can be switched off per CA.
+#[test]
+fn crls_are_fetched_from_distribution_points_and_drop_what_they_revoke() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let www = d.join("www");
+    std::fs::create_dir(&www).expect("www");
+    let server = CrlServer::start(www.clone());
+    let base = format!("http://127.0.0.1:{}", server.port);
+    let hub_process = common::start_hub_plus(&data, &["--crl-refresh", "1"]);
+    let hub = |line: &str| certhub_at(d, &data, &words(line));
+    let pki = |line: &str| certhub(d, &words(line)).ok();
+    enroll_company_x(d, &data, 1);
+    // Technician-V under Factory-Y names Factory-Y's CRL; widgets under Technician-Z name
+    // Technician-Z's.
+    pki("pki request --subject CN=Technician-V --out pki/technician-v");
+    pki(&format!(
+        "pki sign --issuer pki/factory-y --csr pki/technician-v/request.csr --profile intermediate --crl-url {base}/factory-y.crl --out pki/technician-v"
+    ));
+    let widgets = [
+        ("widget-f1", "technician-z"),
+        ("widget-f2", "technician-z"),
+        ("widget-v1", "technician-v"),
+    ];
+    for (id, issuer) in widgets {
+        pki(&format!(
+            "pki request --subject CN={id} --out pki/devices/{id}"
+        ));
+        let url = if issuer == "technician-z" {
+            format!(" --crl-url {base}/technician-z.crl")
+        } else {
+            String::new()
+        };
+        pki(&format!(
+            "pki sign --issuer pki/{issuer} --csr pki/devices/{id}/request.csr --profile device{url} --out pki/devices/{id}"
+        ));
+        hub(&format!("device create --id {id} --auth-method x509-ca")).ok();
+    }
+    // The first CRLs: empty.
+    let publish_tz = || {
+        pki("pki crl --issuer pki/technician-z");
+        openssl(
+            d,
+            &words("crl -in pki/technician-z/crl.pem -outform DER -out www/technician-z.crl"),
+        )
+        .ok();
+    };
+    publish_tz();
+    factory_y_openssl_ca(d, "01");
+    let publish_fy = || {
+        openssl(d, &words("ca -config factory-y.cnf -gencrl -out fy.pem")).ok();
+        openssl(
+            d,
+            &words("crl -in fy.pem -outform DER -out www/factory-y.crl"),
+        )
+        .ok();
+    };
+    publish_fy();
+
+    let ca = data.join("tls/server-ca.pem");
+    let port = hub_process.mqtt_port;
+    let connected = |id: &str| {
+        let show = hub(&format!("device show --id {id}")).ok();
+        show.stdout.contains("\"connectionState\": \"Connected\"")
+    };
+    let mut subs: Vec<std::process::Child> = widgets
+        .iter()
+        .map(|(id, _)| subscribe(d, port, &ca, &format!("pki/devices/{id}"), id))
+        .collect();
+    for (id, _) in widgets {
+        wait_until(20, &format!("{id} connects"), || connected(id));
+    }
+    // The hub learnt both distribution points from the chains and fetched them.
+    let sources = || -> serde_json::Value {
+        serde_json::from_str(&hub("ca crl sources --name company-x").ok().stdout).expect("json")
+    };
+    let fetched = |url: &str, v: &serde_json::Value| {
+        v["value"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|s| s["url"] == url && s["lastSuccess"].is_string())
+        })
+    };
+    let (tz_url, fy_url) = (
+        format!("{base}/technician-z.crl"),
+        format!("{base}/factory-y.crl"),
+    );
+    wait_until(20, "both distribution points fetched", || {
+        let v = sources();
+        fetched(&tz_url, &v) && fetched(&fy_url, &v)
+    });
+    let v = sources();
+    let tz = v["value"]
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["url"] == tz_url.as_str()))
+        .expect("Technician-Z's point");
+    assert_eq!(tz["issuer"], "CN=Technician-Z CA, O=Company-X", "{v:#}");
+    let list = hub("ca crl list --name company-x").ok().stdout;
+    assert!(
+        list.contains(&format!("\"source\": \"{tz_url}\""))
+            && list.contains(&format!("\"source\": \"{fy_url}\"")),
+        "{list}"
+    );
+
+    // Technician-Z revokes widget-f1 and publishes: the hub fetches it and drops the widget.
+    pki(
+        "pki revoke --issuer pki/technician-z --cert pki/devices/widget-f1/cert.pem --reason key-compromise",
+    );
+    let start = std::time::Instant::now();
+    publish_tz();
+    let took = wait_until(10, "widget-f1's session closes", || {
+        subs[0].try_wait().expect("state").is_some()
+    });
+    eprintln!("widget-f1 dropped {took:?} after Technician-Z published its CRL");
+    let pub_as = |id: &str| {
+        mosquitto_pub(
+            d,
+            &Pub {
+                port,
+                ca: s(&ca),
+                widget: &format!("pki/devices/{id}"),
+                client_id: id,
+                topic: &format!("devices/{id}/messages/events/"),
+                message: "t",
+                extra: &[],
+            },
+        )
+        .status
+        .success()
+    };
+    assert!(
+        subs[1].try_wait().expect("state").is_none()
+            && subs[2].try_wait().expect("state").is_none(),
+        "only widget-f1 was dropped"
+    );
+    assert!(!pub_as("widget-f1"), "a revoked widget is refused");
+    // (Its sibling's publish takes over the sibling's identity from its subscriber.)
+    assert!(pub_as("widget-f2"), "its sibling keeps working");
+    assert!(start.elapsed() < std::time::Duration::from_secs(30));
+
+    // Factory-Y revokes Technician-V (openssl): widget-v1 goes with it.
+    openssl(
+        d,
+        &words(
+            "ca -config factory-y.cnf -revoke pki/technician-v/cert.pem -crl_reason keyCompromise",
+        ),
+    )
+    .ok();
+    publish_fy();
+    let took = wait_until(10, "widget-v1's session closes", || {
+        subs[2].try_wait().expect("state").is_some()
+    });
+    eprintln!("widget-v1 dropped {took:?} after Factory-Y published its CRL");
+    assert!(!pub_as("widget-v1"));
+    let records = audit(d, &data);
+    for (target, detail) in [
+        ("devices/widget-f1", "the leaf \"CN=widget-f1\""),
+        ("devices/widget-v1", "the intermediate \"CN=Technician-V\""),
+    ] {
+        let closed = format!("certificate-revoked: {detail}");
+        assert!(
+            has(&records, "device.disconnect", target, "closed", &closed)
+                && has(
+                    &records,
+                    "device.connect",
+                    target,
+                    "certificate-revoked",
+                    detail
+                ),
+            "{target}: {records:#?}"
+        );
+    }
+    assert!(
+        has(
+            &records,
+            "ca.crl.fetch",
+            "certificates/company-x",
+            "ok",
+            &tz_url
+        ),
+        "{records:#?}"
+    );
+
+    // A broken publication: the last good CRL stays, the point says what is wrong.
+    let hits = server.hits.load(std::sync::atomic::Ordering::Relaxed);
+    std::fs::write(www.join("technician-z.crl"), b"<html>maintenance</html>").expect("write");
+    wait_until(10, "the broken CRL is noticed", || {
+        let v = sources();
+        v["value"].as_array().is_some_and(|a| {
+            a.iter().any(|s| {
+                s["url"] == tz_url.as_str()
+                    && s["failures"].as_i64().unwrap_or(0) >= 1
+                    && s["lastError"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("is not taken for CA \"company-x\""))
+            })
+        })
+    });
+    assert!(server.hits.load(std::sync::atomic::Ordering::Relaxed) > hits);
+    assert!(!pub_as("widget-f1"), "the last good CRL still revokes");
+    assert!(pub_as("widget-f2"));
+    let records = audit(d, &data);
+    assert!(
+        has(
+            &records,
+            "ca.crl.fetch",
+            "certificates/company-x",
+            "CrlFetchFailed",
+            &tz_url
+        ),
+        "{records:#?}"
+    );
+
+    // Switched off, the points are not fetched; the stale policy stays as it was.
+    let policy = hub("ca crl policy --name company-x --fetch off")
+        .ok()
+        .stdout;
+    assert!(
+        policy.contains("\"fetchDistributionPoints\": false")
+            && policy.contains("\"staleCrl\": \"fail-closed\""),
+        "{policy}"
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let hits = server.hits.load(std::sync::atomic::Ordering::Relaxed);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(
+        server.hits.load(std::sync::atomic::Ordering::Relaxed),
+        hits,
+        "nothing fetched while off"
+    );
+    for mut sub in subs.drain(..) {
+        let _ = sub.kill();
+        let _ = sub.wait();
+    }
 }

@@ -11,6 +11,8 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use certhub_core::Rights;
 use certhub_store::CrlRecord;
+
+use crate::crl_fetch::{Held, NotHeld};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -60,7 +62,7 @@ pub struct CrlView {
     stale: bool,
     /// how many certificates it revokes
     revoked_count: i64,
-    /// where it came from: upload
+    /// where it came from: `upload`, or the distribution point's URL it was fetched from
     source: String,
     /// when the hub took it, RFC 3339
     stored: String,
@@ -127,6 +129,79 @@ pub async fn list(
         .map(|r| view(r, now))
         .collect();
     Ok(Json(CrlList { value }).into_response())
+}
+
+/// A CRL distribution point the hub learnt from a device's chain under the CA, and how
+/// fetching it goes.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(as = CrlSource)]
+pub struct SourceView {
+    /// the URL named in the certificates' cRLDistributionPoints
+    url: String,
+    /// the CRL issuer's subject
+    issuer: String,
+    /// SHA-256 of the CRL issuer's SubjectPublicKeyInfo, hex
+    issuer_key: String,
+    /// when a device's chain first named it, RFC 3339
+    found: String,
+    /// when the hub fetches it next, RFC 3339
+    next_fetch: String,
+    /// the last attempt, RFC 3339; absent before the first
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    last_fetch: Option<String>,
+    /// the last success, RFC 3339; absent before the first
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    last_success: Option<String>,
+    /// failed attempts since the last success
+    failures: i64,
+    /// what went wrong the last time; absent after a success
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    last_error: Option<String>,
+}
+
+/// The distribution points of a CA's devices.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CrlSourceList {
+    value: Vec<SourceView>,
+}
+
+#[utoipa::path(get, path = "/certificates/{name}/crlSources", operation_id = "list_crl_sources",
+    summary = "List the CRL distribution points that the chains of a CA's devices name, with when each is fetched and how the last fetch went (certhub's)",
+    description = "Needs the RegistryRead right.", params(CertificatePath),
+    responses((status = 200, description = "success", body = CrlSourceList), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
+pub async fn list_sources(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(CertificatePath { name }): Path<CertificatePath>,
+) -> Result<Response, ApiError> {
+    caller.require(
+        Rights::REGISTRY_READ,
+        "listing a CA's CRL distribution points",
+    )?;
+    registered(&state, &name).await?;
+    let when = |ms: i64| (ms != 0).then(|| rfc3339(ms));
+    let value = state
+        .store()
+        .crl_sources_of(&name)
+        .await?
+        .into_iter()
+        .map(|s| SourceView {
+            url: s.url,
+            issuer: s.issuer,
+            issuer_key: s.issuer_key,
+            found: rfc3339(s.found_ms),
+            next_fetch: rfc3339(s.next_fetch_ms),
+            last_fetch: when(s.fetched_ms),
+            last_success: when(s.ok_ms),
+            failures: s.failures,
+            last_error: (!s.error.is_empty()).then_some(s.error),
+        })
+        .collect();
+    Ok(Json(CrlSourceList { value }).into_response())
 }
 
 #[utoipa::path(post, path = "/certificates/{name}/crls", operation_id = "upload_crl",
@@ -208,17 +283,14 @@ async fn upload_inner(
         .ok()
         .and_then(|c| c.into_iter().next())
         .ok_or_else(|| invalid(format!("the registered CA {name:?} does not parse")))?;
-    let chain_text: String = chain.iter().map(certhub_pki::to_pem).collect();
     // A large CRL takes a while to parse and check: off the async workers.
-    let checked = tokio::task::spawn_blocking(move || {
+    let (checked, chain_kept) = tokio::task::spawn_blocking(move || {
         let checked = certhub_pki::read_crl_for(&der_or_pem, &ca_der, &chain);
-        let no_chain = chain.is_empty();
-        (checked, no_chain)
+        (checked, chain)
     })
     .await
     .map_err(|e| invalid(format!("checking the CRL failed: {e}")))?;
-    let (checked, no_chain) = checked;
-    let chain_pem_given = !no_chain;
+    let chain_pem_given = !chain_kept.is_empty();
     let checked = checked.map_err(|e| {
         let hint = if !chain_pem_given && e.to_string().contains("not by the CA") {
             ": a CRL of an intermediate below the CA needs that intermediate's certificate (and any between it and the CA) in issuerChain"
@@ -227,56 +299,28 @@ async fn upload_inner(
         };
         invalid(format!("the CRL is not taken for CA {name:?}: {e}{hint}"))
     })?;
-    let der = checked.der.clone();
-    let issuer_key = certhub_pki::hex(&checked.issuer_key);
-    let facts = &checked.facts;
-    let record = CrlRecord {
-        ca: name.to_string(),
-        issuer_key: issuer_key.clone(),
-        issuer: checked.issuer_subject.clone(),
-        issuer_chain: chain_text,
-        der,
-        number: facts.number.clone(),
-        this_update_ms: facts.this_update.unix_timestamp() * 1000,
-        next_update_ms: facts.next_update.map_or(0, |t| t.unix_timestamp() * 1000),
-        entries: i64::try_from(facts.revoked.len()).unwrap_or(i64::MAX),
-        source: "upload".into(),
-        stored_ms: now_ms(),
-    };
-    let held = state
-        .store()
-        .crls_of(name)
-        .await?
-        .into_iter()
-        .find(|r| r.issuer_key == issuer_key);
-    if let Some(old) = held {
-        match certhub_pki::CrlFacts::compare_numbers(&record.number, &old.number) {
-            std::cmp::Ordering::Less => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "CrlOutdated",
-                    format!(
-                        "this is CRL number {} of {:?}, older than number {} held for CA {name:?}: upload the newest CRL",
-                        record.number, record.issuer, old.number
-                    ),
-                ));
-            }
-            std::cmp::Ordering::Equal if old.der == record.der => return Ok((old, false)),
-            std::cmp::Ordering::Equal => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "CrlNumberReused",
-                    format!(
-                        "a different CRL with number {} of {:?} is already held for CA {name:?}: a CA gives each new CRL a higher number",
-                        record.number, record.issuer
-                    ),
-                ));
-            }
-            std::cmp::Ordering::Greater => {}
-        }
+    let record = crate::crl_fetch::record(name, &checked, &chain_kept, "upload");
+    match crate::crl_fetch::hold(state.store(), &record).await {
+        Ok(Held::New) => Ok((record, true)),
+        Ok(Held::Already(old)) => Ok((old, false)),
+        Err(NotHeld::Outdated(number, held)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CrlOutdated",
+            format!(
+                "this is CRL number {number} of {:?}, older than number {held} held for CA {name:?}: upload the newest CRL",
+                record.issuer
+            ),
+        )),
+        Err(NotHeld::NumberReused(number)) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "CrlNumberReused",
+            format!(
+                "a different CRL with number {number} of {:?} is already held for CA {name:?}: a CA gives each new CRL a higher number",
+                record.issuer
+            ),
+        )),
+        Err(NotHeld::Store(e)) => Err(e.into()),
     }
-    state.store().put_crl(&record).await?;
-    Ok((record, true))
 }
 
 #[utoipa::path(delete, path = "/certificates/{name}/crls/{issuerKey}", operation_id = "delete_crl",
@@ -336,19 +380,33 @@ pub struct PolicyBody {
     #[serde(default)]
     #[schema(minimum = 0, maximum = 8760)]
     grace_hours: Option<i64>,
+    /// whether the hub fetches the CRLs that the certificates of this CA's devices name in
+    /// their CRL distribution points (default true); omitted in a PUT, it stays as it is
+    #[serde(default)]
+    fetch_distribution_points: Option<bool>,
 }
 
-fn policy_view(p: crate::trust::StalePolicy) -> PolicyBody {
-    match p {
-        crate::trust::StalePolicy::FailOpen => PolicyBody {
-            stale_crl: "fail-open".into(),
-            grace_hours: None,
-        },
-        crate::trust::StalePolicy::FailClosed { grace_s } => PolicyBody {
-            stale_crl: "fail-closed".into(),
-            grace_hours: Some(grace_s / 3600),
-        },
+fn policy_view(p: crate::trust::StalePolicy, fetch: bool) -> PolicyBody {
+    let (stale_crl, grace_hours) = match p {
+        crate::trust::StalePolicy::FailOpen => ("fail-open", None),
+        crate::trust::StalePolicy::FailClosed { grace_s } => ("fail-closed", Some(grace_s / 3600)),
+    };
+    PolicyBody {
+        stale_crl: stale_crl.into(),
+        grace_hours,
+        fetch_distribution_points: Some(fetch),
     }
+}
+
+/// Whether the hub fetches a CA's CRLs from their distribution points.
+async fn fetches(state: &AppState, name: &str) -> Result<bool, ApiError> {
+    Ok(state
+        .store()
+        .crl_fetch_settings()
+        .await?
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .is_none_or(|(_, f)| f))
 }
 
 async fn current_policy(
@@ -366,7 +424,7 @@ async fn current_policy(
 }
 
 #[utoipa::path(get, path = "/certificates/{name}/crlPolicy", operation_id = "get_crl_policy",
-    summary = "What the hub does with a CA's CRLs once they are past their nextUpdate (certhub's)",
+    summary = "What the hub does with a CA's CRLs once they are past their nextUpdate, and whether it fetches them from their distribution points (certhub's)",
     description = "Needs the RegistryRead right.", params(CertificatePath),
     responses((status = 200, description = "success", body = PolicyBody), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
 pub async fn get_policy(
@@ -376,11 +434,12 @@ pub async fn get_policy(
 ) -> Result<Response, ApiError> {
     caller.require(Rights::REGISTRY_READ, "reading a CA's CRL policy")?;
     registered(&state, &name).await?;
-    Ok(Json(policy_view(current_policy(&state, &name).await?)).into_response())
+    let policy = current_policy(&state, &name).await?;
+    Ok(Json(policy_view(policy, fetches(&state, &name).await?)).into_response())
 }
 
 #[utoipa::path(put, path = "/certificates/{name}/crlPolicy", operation_id = "set_crl_policy",
-    summary = "Set what the hub does with a CA's CRLs once they are past their nextUpdate: fail-closed after a grace period (the default, 24 h) or fail-open (certhub's)",
+    summary = "Set what the hub does with a CA's CRLs once they are past their nextUpdate: fail-closed after a grace period (the default, 24 h) or fail-open; and whether it fetches them from their distribution points (certhub's)",
     description = "Needs the RegistryWrite right.", params(CertificatePath), request_body = PolicyBody,
     responses((status = 200, description = "set", body = PolicyBody), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
 pub async fn set_policy(
@@ -427,14 +486,26 @@ pub async fn set_policy(
         {
             return Err(not_found(&name));
         }
-        Ok(policy)
+        let was = fetches(&state, &name).await?;
+        let fetch = body.fetch_distribution_points.unwrap_or(was);
+        if fetch != was {
+            state.store().set_crl_fetch(&name, fetch).await?;
+            if fetch {
+                state.store().crl_sources_due_now(&name, now_ms()).await?;
+            }
+        }
+        Ok((policy, fetch))
     }
     .await;
     let detail = match &result {
-        Ok(p) => p.stored(),
+        Ok((p, fetch)) => format!(
+            "{}; distribution points {}",
+            p.stored(),
+            if *fetch { "fetched" } else { "not fetched" }
+        ),
         Err(_) => String::new(),
     };
-    let policy = audited(&state, &caller, "ca.crl.policy", &name, result, &detail).await?;
+    let (policy, fetch) = audited(&state, &caller, "ca.crl.policy", &name, result, &detail).await?;
     state.reload_trust().await?;
-    Ok(Json(policy_view(policy)).into_response())
+    Ok(Json(policy_view(policy, fetch)).into_response())
 }

@@ -146,6 +146,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(expiry::expiry))
         .routes(routes!(crls::delete))
         .routes(routes!(crls::get_policy, crls::set_policy))
+        .routes(routes!(crls::list_sources))
         .routes(routes!(certificates::generate_code))
         .routes(routes!(certificates::verify))
         .routes(routes!(

@@ -196,6 +196,7 @@ fn intermediate(
     let options = SignOptions {
         days: None,
         path_len: Some(path_len),
+        ..Default::default()
     };
     let cert = sign_request(issuer, &csr, Profile::Intermediate, &options, now)?;
     dir.write(

@@ -101,6 +101,10 @@ pub struct SignArgs {
     /// issuer's expiry.
     #[arg(long)]
     days: Option<u32>,
+    /// An http:// URL where the issuer publishes its CRL, written into the certificate as its
+    /// CRL distribution point; the hub fetches the CRL from it (repeat for several).
+    #[arg(long = "crl-url", value_name = "URL")]
+    crl_urls: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -273,6 +277,7 @@ fn sign(a: SignArgs) -> Result<Outcome> {
     let options = SignOptions {
         days: a.days,
         path_len: a.path_len,
+        crl_urls: a.crl_urls,
     };
     let issued = sign_request(&issuer, &csr, profile, &options, OffsetDateTime::now_utc())
         .with_context(|| format!("{}", a.csr.display()))?;
