@@ -52,6 +52,25 @@ impl RevocationReasonCode {
             .map_or("unspecified", |(n, _)| n)
     }
 
+    /// The reason with RFC 5280 code `code` (5.3.1); an unknown code is unspecified.
+    pub fn from_code(code: u8) -> Self {
+        reason_of(code)
+    }
+
+    /// Its RFC 5280 code.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Unspecified => 0,
+            Self::KeyCompromise => 1,
+            Self::CaCompromise => 2,
+            Self::AffiliationChanged => 3,
+            Self::Superseded => 4,
+            Self::CessationOfOperation => 5,
+            Self::CertificateHold => 6,
+            Self::PrivilegeWithdrawn => 9,
+        }
+    }
+
     /// The reason called `name`; the error lists the names there are.
     pub fn from_name(name: &str) -> Result<Self, PkiError> {
         NAMES
@@ -189,7 +208,7 @@ impl CrlFacts {
     }
 }
 
-fn reason_of(code: u8) -> RevocationReasonCode {
+pub(crate) fn reason_of(code: u8) -> RevocationReasonCode {
     match code {
         1 => RevocationReasonCode::KeyCompromise,
         2 => RevocationReasonCode::CaCompromise,

@@ -53,6 +53,9 @@ pub struct SignOptions {
     /// `http://` URLs where the issuer publishes its CRL: the certificate's
     /// cRLDistributionPoints, from which the hub fetches the CRL that covers it.
     pub crl_urls: Vec<String>,
+    /// The `http://` URL of the issuer's OCSP responder: the certificate's authorityInfoAccess,
+    /// which the hub asks when the CA has OCSP on.
+    pub ocsp_url: Option<String>,
 }
 
 /// A freshly generated key pair with a certificate or CSR, as PEM.
@@ -464,11 +467,15 @@ pub fn sign_request(
     }
     if !options.crl_urls.is_empty() {
         for url in &options.crl_urls {
-            check_crl_url(url)?;
+            check_http_url(url, "--crl-url", "http://pki.example.com/technician-z.crl")?;
         }
         p.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
             uris: options.crl_urls.clone(),
         }];
+    }
+    if let Some(url) = &options.ocsp_url {
+        check_http_url(url, "--ocsp-url", "http://ocsp.example.com")?;
+        p.custom_extensions.push(crate::ocsp::aia_extension(url)?);
     }
     for ext in requested_extensions(&csr) {
         notes.push(format!(
@@ -479,9 +486,10 @@ pub fn sign_request(
     issuer.sign(&p, &public_key, notes)
 }
 
-/// A CRL distribution point certhub writes into a certificate: an `http://` URL with a host,
-/// as RFC 5280 4.2.1.13 describes (a CRL is signed, so it needs no TLS) and the hub fetches.
-fn check_crl_url(url: &str) -> Result<(), PkiError> {
+/// A CRL distribution point or OCSP responder certhub writes into a certificate: an `http://`
+/// URL with a host, as RFC 5280 4.2.1.13 and RFC 6960 describe (CRLs and OCSP answers are
+/// signed, so they need no TLS), which the hub fetches.
+fn check_http_url(url: &str, flag: &str, example: &str) -> Result<(), PkiError> {
     let rest = url
         .get(..7)
         .filter(|s| s.eq_ignore_ascii_case("http://"))
@@ -494,7 +502,7 @@ fn check_crl_url(url: &str) -> Result<(), PkiError> {
         Ok(())
     } else {
         Err(PkiError::Policy(format!(
-            "--crl-url {url:?}: give an http:// URL with a host, e.g. http://pki.example.com/technician-z.crl (certhub fetches CRLs over plain HTTP: they are signed)"
+            "{flag} {url:?}: give an http:// URL with a host, e.g. {example} (certhub fetches over plain HTTP: what it fetches is signed)"
         )))
     }
 }

@@ -18,6 +18,7 @@ mod explain;
 mod input;
 mod issue;
 mod name;
+mod ocsp;
 mod revocation;
 mod thumbprint;
 mod upload;
@@ -40,8 +41,9 @@ pub use issue::{
     server_certificate, sign_request, verification_certificate,
 };
 pub use name::{certificate_common_name, parse_subject};
+pub use ocsp::{OcspAnswer, OcspQuery, OcspStatus, ocsp_url};
 pub use revocation::{
-    Block, ChainCert, CheckedCrl, KeyId, Revocations, Revoked, hex, key_id, read_crl_for,
+    Block, ChainCert, CheckedCrl, KeyId, Revocations, Revoked, hex, key_id, read_crl_for, unhex,
 };
 
 /// PEM-encodes a certificate (LF line endings).

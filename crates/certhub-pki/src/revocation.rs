@@ -49,6 +49,17 @@ pub(crate) fn serial_key(raw: &[u8]) -> Vec<u8> {
     raw[start..].to_vec()
 }
 
+/// The bytes of [`hex`] text (either case); none when it is not hex.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Lower-case hex, as serials and keys are shown.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -152,6 +163,27 @@ impl Revocations {
                 },
             );
         }
+    }
+
+    /// Adds one certificate revoked by other means than a CRL the hub holds (an OCSP
+    /// responder's answer): its issuer's key and serial, when and why.
+    pub fn add_revoked(
+        &mut self,
+        issuer_key: KeyId,
+        serial: &[u8],
+        revoked_at: i64,
+        reason: RevocationReasonCode,
+        source: &str,
+    ) {
+        self.entries.insert(
+            (issuer_key, serial_key(serial)),
+            Revoked {
+                revoked_at,
+                reason,
+                source: Arc::from(source),
+                blocked: false,
+            },
+        );
     }
 
     /// Adds a block the operator made at `at` (unix seconds); `source` names it in refusals.

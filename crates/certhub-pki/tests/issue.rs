@@ -397,3 +397,46 @@ fn a_crl_url_that_is_not_plain_http_is_refused_with_an_example() {
         assert!(e.contains("give an http:// URL with a host"), "{url}: {e}");
     }
 }
+
+/// `--ocsp-url` writes the responder into authorityInfoAccess; the query is made only for a
+/// leaf that names one, and an answer that is not a successful OCSP response is refused with
+/// what is wrong (real responders' answers are checked end to end with `openssl ocsp` in the
+/// certhub crate's tests).
+#[test]
+fn an_ocsp_query_follows_the_leaf_and_refuses_what_is_not_an_answer() {
+    let company = root(KeyAlgorithm::EcdsaP256, 3650, None);
+    let sign = |ocsp_url: Option<&str>| {
+        let req = create_request(&parse_subject("CN=w1").expect("s"), KeyAlgorithm::EcdsaP256)
+            .expect("req");
+        let csr = read_csr(req.pem.as_bytes()).expect("csr");
+        let opts = SignOptions {
+            ocsp_url: ocsp_url.map(String::from),
+            ..Default::default()
+        };
+        sign_request(&company, &csr, Profile::Device, &opts, now())
+    };
+    let plain = sign(None).expect("signed");
+    assert!(
+        certhub_pki::OcspQuery::new(&plain.der, company.certificate())
+            .expect("query")
+            .is_none()
+    );
+    let with = sign(Some("http://ocsp.example:8080")).expect("signed");
+    let query = certhub_pki::OcspQuery::new(&with.der, company.certificate())
+        .expect("query")
+        .expect("a responder is named");
+    assert_eq!(query.url, "http://ocsp.example:8080");
+    let now = certhub_testkit::NOW;
+    let e = query.read_response(b"<html>", now).expect_err("garbage");
+    assert!(
+        e.to_string().contains("the OCSP answer is malformed"),
+        "{e}"
+    );
+    // OCSPResponse { responseStatus tryLater }
+    let e = query
+        .read_response(&[0x30, 0x03, 0x0a, 0x01, 0x03], now)
+        .expect_err("try later");
+    assert!(e.to_string().contains("answered TryLater"), "{e}");
+    let e = sign(Some("https://ocsp.example")).expect_err("https");
+    assert!(e.to_string().contains("--ocsp-url"), "{e}");
+}

@@ -104,9 +104,11 @@ pub(crate) fn record(
 }
 
 /// Starts the task: every `refresh` (at most every 5 s) it records the distribution points
-/// met since and fetches those due.
+/// met since and fetches those due, then asks OCSP responders again for the live sessions'
+/// leaves whose answers are due.
 pub fn spawn(state: AppState, refresh: Duration) -> tokio::task::JoinHandle<()> {
     let tick = refresh.min(Duration::from_secs(5));
+    state.ocsp().set_refresh(refresh);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(tick).await;
@@ -157,6 +159,7 @@ async fn round(state: &AppState, refresh: Duration) -> Result<(), StoreError> {
     if changed {
         state.reload_trust().await?;
     }
+    crate::ocsp::refresh_live(state).await;
     Ok(())
 }
 

@@ -271,7 +271,16 @@ impl DeviceCore {
             username,
             password,
         };
-        match authenticate(fields, chain, registered.as_ref(), &ctx) {
+        let judged = authenticate(fields, chain, registered.as_ref(), &ctx);
+        // OCSP, for the CAs that use it: after the chain, which it needs.
+        let judged = match judged {
+            Ok(device) => match Box::pin(crate::ocsp::check(state, &device, chain)).await {
+                Ok(()) => Ok(device),
+                Err((reason, detail)) => Err(certhub_core::Refusal { reason, detail }),
+            },
+            Err(r) => Err(r),
+        };
+        match judged {
             Ok(device) => Ok(device),
             Err(refusal) => {
                 tracing::info!(reason = refusal.reason, client_id, %peer, "device refused");

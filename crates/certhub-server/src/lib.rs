@@ -24,6 +24,7 @@ pub mod gate;
 mod listener;
 pub mod metrics;
 mod mqtt;
+mod ocsp;
 mod random;
 pub mod refusals;
 pub mod sessions;

@@ -626,6 +626,29 @@ impl Sessions {
         closed
     }
 
+    /// The leaves (issuer key, serial) of the live sessions of the CAs `cas`.
+    pub fn leaves_of(
+        &self,
+        cas: &std::collections::HashSet<String>,
+    ) -> Vec<(certhub_pki::KeyId, Vec<u8>)> {
+        let Ok(live) = self.live.lock() else {
+            return Vec::new();
+        };
+        live.values()
+            .filter(|l| cas.contains(&l.ca))
+            .filter_map(|l| l.chain.first().map(|c| (c.issuer_key, c.serial.clone())))
+            .collect()
+    }
+
+    /// Closes the sessions whose leaf is (issuer key, serial).
+    pub fn kick_leaf(&self, issuer_key: &certhub_pki::KeyId, serial: &[u8], reason: &str) -> usize {
+        self.kick_where(reason, |_, l| {
+            l.chain
+                .first()
+                .is_some_and(|c| c.issuer_key == *issuer_key && c.serial == serial)
+        })
+    }
+
     /// Closes every session that the hub setting `switch` (e.g. `disableDeviceSAS`) now shuts
     /// out.
     pub fn kick_switch(&self, switch: &str, reason: &str) -> usize {

@@ -71,6 +71,8 @@ struct Inner {
     /// The CAs with just-in-time registration on, and their device id patterns; reloaded with
     /// the trust snapshot.
     jitr: RwLock<Arc<Vec<(String, String)>>>,
+    /// OCSP: the CAs that use it and the answers; reconfigured with the trust snapshot.
+    ocsp: crate::ocsp::Ocsp,
     /// The store's change counters as this process last acted on them (see
     /// [`AppState::follow_changes`]).
     generations: std::sync::Mutex<std::collections::HashMap<String, i64>>,
@@ -200,7 +202,7 @@ impl AppState {
         // a future version, say) is skipped with a warning, and the device subscribes afresh.
         let sessions = Arc::new(crate::sessions::Sessions::default());
         sessions.restore(parse_saved_sessions(store.mqtt_sessions().await?));
-        Ok(Self {
+        let state = Self {
             inner: Arc::new(Inner {
                 store,
                 hostnames,
@@ -222,6 +224,7 @@ impl AppState {
                 created_ms,
                 dps: crate::dps::DpsState::new(id_scope),
                 jitr: RwLock::new(Arc::new(jitr)),
+                ocsp: crate::ocsp::Ocsp::default(),
                 generations: std::sync::Mutex::default(),
                 cluster: std::sync::OnceLock::new(),
                 stream_telemetry: std::sync::OnceLock::new(),
@@ -230,7 +233,9 @@ impl AppState {
                 address: std::sync::OnceLock::new(),
                 peers: std::sync::Mutex::default(),
             }),
-        })
+        };
+        state.configure_ocsp().await?;
+        Ok(state)
     }
 
     pub fn store(&self) -> &Store {
@@ -864,6 +869,7 @@ impl AppState {
         if let Ok(mut guard) = self.inner.jitr.write() {
             *guard = jitr;
         }
+        self.configure_ocsp().await?;
         if let Ok(mut guard) = self.inner.trust.write() {
             *guard = fresh.clone();
         }
@@ -886,6 +892,26 @@ impl AppState {
             .read()
             .map(|j| Arc::clone(&j))
             .unwrap_or_default()
+    }
+
+    /// Which CAs use OCSP, with their stale policies, from the store.
+    pub(crate) async fn configure_ocsp(&self) -> Result<(), StoreError> {
+        let cas = self.store().ocsp_cas().await?;
+        let policies: std::collections::HashMap<String, String> =
+            self.store().crl_policies().await?.into_iter().collect();
+        self.inner.ocsp.configure(
+            cas.into_iter()
+                .map(|ca| {
+                    let p = crate::trust::StalePolicy::parse(policies.get(&ca).map(String::as_str));
+                    (ca, p)
+                })
+                .collect(),
+        );
+        Ok(())
+    }
+
+    pub(crate) fn ocsp(&self) -> &crate::ocsp::Ocsp {
+        &self.inner.ocsp
     }
 
     pub fn sessions(&self) -> &crate::sessions::Sessions {

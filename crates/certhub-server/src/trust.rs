@@ -77,6 +77,21 @@ pub async fn load(
         tracing::error!(error = %e, "filing the CRLs failed; no CRL is in force");
         Revocations::default()
     });
+    for r in store.ocsp_revocations().await? {
+        let key: Option<certhub_pki::KeyId> =
+            certhub_pki::unhex(&r.issuer_key).and_then(|k| k.try_into().ok());
+        let (Some(key), Some(serial)) = (key, certhub_pki::unhex(&r.serial)) else {
+            tracing::error!(ca = %r.ca, "a stored OCSP revocation does not parse; skipped");
+            continue;
+        };
+        index.add_revoked(
+            key,
+            &serial,
+            r.revoked_ms / 1000,
+            certhub_pki::RevocationReasonCode::from_code(u8::try_from(r.reason).unwrap_or(0)),
+            &format!("the OCSP responder {} (asked for CA {:?})", r.url, r.ca),
+        );
+    }
     for block in store.blocks().await? {
         let Some(b) = as_block(&block) else {
             tracing::error!(id = %block.id, "a stored block does not parse; skipped");
@@ -171,23 +186,12 @@ fn file(
 
 /// A stored block as the index takes it.
 pub(crate) fn as_block(b: &certhub_store::BlockRecord) -> Option<certhub_pki::Block> {
-    let bytes = |hex: &str| -> Option<Vec<u8>> {
-        hex.len()
-            .is_multiple_of(2)
-            .then(|| {
-                (0..hex.len())
-                    .step_by(2)
-                    .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                    .collect::<Option<Vec<u8>>>()
-            })
-            .flatten()
-    };
     if !b.sha256.is_empty() {
-        let t: [u8; 32] = bytes(&b.sha256)?.try_into().ok()?;
+        let t: [u8; 32] = certhub_pki::unhex(&b.sha256)?.try_into().ok()?;
         return Some(certhub_pki::Block::Thumbprint(t));
     }
     Some(certhub_pki::Block::IssuerSerial {
         issuer: b.issuer.clone(),
-        serial: bytes(&b.serial)?,
+        serial: certhub_pki::unhex(&b.serial)?,
     })
 }

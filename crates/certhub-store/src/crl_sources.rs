@@ -199,4 +199,87 @@ impl Store {
             .await?;
         Ok(done.rows_affected() == 1)
     }
+
+    /// Records a leaf an OCSP responder answered revoked (kept: a revocation is final).
+    pub async fn put_ocsp_revocation(&self, r: &OcspRevocation) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO ocsp_revocations (ca, issuer_key, serial, revoked_ms, reason, url, learnt_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (ca, issuer_key, serial) DO NOTHING",
+        )
+        .bind(r.ca.clone())
+        .bind(r.issuer_key.clone())
+        .bind(r.serial.clone())
+        .bind(r.revoked_ms)
+        .bind(r.reason)
+        .bind(r.url.clone())
+        .bind(r.learnt_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Every leaf OCSP responders answered revoked.
+    pub async fn ocsp_revocations(&self) -> Result<Vec<OcspRevocation>> {
+        let rows = sqlx::query("SELECT * FROM ocsp_revocations ORDER BY ca, issuer_key, serial")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(OcspRevocation {
+                    ca: r.try_get("ca")?,
+                    issuer_key: r.try_get("issuer_key")?,
+                    serial: r.try_get("serial")?,
+                    revoked_ms: r.try_get("revoked_ms")?,
+                    reason: r.try_get("reason")?,
+                    url: r.try_get("url")?,
+                    learnt_ms: r.try_get("learnt_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets the OCSP revocations of a CA (the CA is being deleted).
+    pub async fn delete_ocsp_revocations_of(&self, ca: &str) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM ocsp_revocations WHERE ca = $1")
+            .bind(ca.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The CAs whose devices' leaves the hub checks with their OCSP responders.
+    pub async fn ocsp_cas(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT name FROM ca_certificates WHERE ocsp = 1 ORDER BY name")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("name")?)).collect()
+    }
+
+    /// Sets whether the hub asks OCSP responders for a CA's devices; false when no CA has
+    /// the name.
+    pub async fn set_ocsp(&self, ca: &str, on: bool) -> Result<bool> {
+        let done = sqlx::query("UPDATE ca_certificates SET ocsp = $1 WHERE name = $2")
+            .bind(i64::from(on))
+            .bind(ca.to_string())
+            .execute(self.pool())
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+/// A leaf an OCSP responder answered revoked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OcspRevocation {
+    pub ca: String,
+    /// SHA-256 of the issuer's SubjectPublicKeyInfo, hex.
+    pub issuer_key: String,
+    /// The leaf's serial, hex.
+    pub serial: String,
+    pub revoked_ms: i64,
+    /// The RFC 5280 reason code.
+    pub reason: i64,
+    /// The responder that said so.
+    pub url: String,
+    pub learnt_ms: i64,
 }

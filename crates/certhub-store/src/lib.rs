@@ -37,7 +37,7 @@ pub use blocks::BlockRecord;
 pub use bookkeeping::{Bookkeeping, ExpiryReport};
 pub use c2d::{C2dOutcome, C2dRecord, Enqueued, FeedbackRecord};
 pub use cas::CaRecord;
-pub use crl_sources::CrlSource;
+pub use crl_sources::{CrlSource, OcspRevocation};
 pub use crls::CrlRecord;
 pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
 pub use dps::{EnrollmentKind, EnrollmentRecord, LinkedHubRecord, RegistrationRecord};

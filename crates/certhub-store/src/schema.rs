@@ -264,7 +264,8 @@ const STEPS: &[&str] = &[
     ALTER TABLE ca_certificates ADD COLUMN crl_policy TEXT",
     // 14: CRL distribution points learnt from the chains devices present (where to fetch
     // each issuer's CRL), with their fetch schedule and last outcome; per CA, whether the hub
-    // fetches them (NULL: the default, yes).
+    // fetches them (NULL: the default, yes). The leaves OCSP responders answered revoked, and
+    // per CA whether the hub asks OCSP responders (NULL: the default, no).
     "CREATE TABLE crl_sources (
         ca TEXT NOT NULL,
         issuer_key TEXT NOT NULL,
@@ -279,7 +280,18 @@ const STEPS: &[&str] = &[
         error TEXT NOT NULL,
         PRIMARY KEY (ca, issuer_key, url)
     );
-    ALTER TABLE ca_certificates ADD COLUMN crl_fetch BIGINT",
+    ALTER TABLE ca_certificates ADD COLUMN crl_fetch BIGINT;
+    CREATE TABLE ocsp_revocations (
+        ca TEXT NOT NULL,
+        issuer_key TEXT NOT NULL,
+        serial TEXT NOT NULL,
+        revoked_ms BIGINT NOT NULL,
+        reason BIGINT NOT NULL,
+        url TEXT NOT NULL,
+        learnt_ms BIGINT NOT NULL,
+        PRIMARY KEY (ca, issuer_key, serial)
+    );
+    ALTER TABLE ca_certificates ADD COLUMN ocsp BIGINT",
 ];
 
 /// Key of the PostgreSQL advisory lock held while the schema is brought up to date.

@@ -87,7 +87,8 @@ pub enum CrlCommand {
     /// Show or set what the hub does once a CA's CRL is past its nextUpdate: fail-closed after
     /// a grace period (the default, 24 h: the certificates it covers are refused as
     /// crl-expired), or fail-open (the last CRL keeps counting); and whether it fetches CRLs
-    /// from the distribution points its devices' certificates name (the default).
+    /// from the distribution points its devices' certificates name (the default), and whether
+    /// it asks OCSP responders (off by default).
     Policy(CrlPolicyArgs),
     /// List the CRL distribution points the chains of a CA's devices named, with when each is
     /// fetched next and how the last fetch went.
@@ -111,6 +112,11 @@ pub struct CrlPolicyArgs {
     /// certificates name: on (the default) or off.
     #[arg(long, value_parser = ["on", "off"])]
     fetch: Option<String>,
+    /// Whether the hub asks the OCSP responder each device's leaf names at connect (answers
+    /// cached until their nextUpdate; without one, the stale policy decides): on or off (the
+    /// default).
+    #[arg(long, value_parser = ["on", "off"])]
+    ocsp: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -382,9 +388,9 @@ fn crl(cmd: CrlCommand) -> Result<()> {
         CrlCommand::Policy(a) => {
             let path = ca_path(&a.name)?.then("crlPolicy");
             let client = Client::connect(&a.hub)?;
-            let v = match (&a.stale, &a.fetch) {
-                (None, None) => client.expect("GET", &path, None, None)?,
-                (stale, fetch) => {
+            let v = match (&a.stale, &a.fetch, &a.ocsp) {
+                (None, None, None) => client.expect("GET", &path, None, None)?,
+                (stale, fetch, ocsp) => {
                     let mut body = match stale {
                         Some(stale) => {
                             let mut body = json!({ "staleCrl": stale });
@@ -393,17 +399,21 @@ fn crl(cmd: CrlCommand) -> Result<()> {
                             }
                             body
                         }
-                        // Only --fetch: the stale policy stays as it is.
+                        // Only --fetch or --ocsp: the stale policy stays as it is.
                         None => {
                             let mut now = client.expect("GET", &path, None, None)?;
                             if let Some(o) = now.as_object_mut() {
                                 o.remove("fetchDistributionPoints");
+                                o.remove("ocsp");
                             }
                             now
                         }
                     };
                     if let Some(f) = fetch {
                         body["fetchDistributionPoints"] = json!(f == "on");
+                    }
+                    if let Some(o) = ocsp {
+                        body["ocsp"] = json!(o == "on");
                     }
                     client.expect("PUT", &path, None, Some(&body))?
                 }

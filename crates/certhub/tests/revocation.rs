@@ -711,6 +711,24 @@ impl CrlServer {
     }
 }
 
+/// Whether `pki/devices/<id>` publishes as `id` (one `mosquitto_pub`).
+fn publishes(d: &Path, port: u16, ca: &Path, id: &str) -> bool {
+    mosquitto_pub(
+        d,
+        &Pub {
+            port,
+            ca: s(ca),
+            widget: &format!("pki/devices/{id}"),
+            client_id: id,
+            topic: &format!("devices/{id}/messages/events/"),
+            message: "t",
+            extra: &[],
+        },
+    )
+    .status
+    .success()
+}
+
 /// `mosquitto_sub` as a certificate-authenticated widget, kept connected.
 fn subscribe(d: &Path, port: u16, ca: &Path, widget: &str, id: &str) -> std::process::Child {
     std::process::Command::new("mosquitto_sub")
@@ -869,22 +887,7 @@ fn crls_are_fetched_from_distribution_points_and_drop_what_they_revoke() {
         subs[0].try_wait().expect("state").is_some()
     });
     eprintln!("widget-f1 dropped {took:?} after Technician-Z published its CRL");
-    let pub_as = |id: &str| {
-        mosquitto_pub(
-            d,
-            &Pub {
-                port,
-                ca: s(&ca),
-                widget: &format!("pki/devices/{id}"),
-                client_id: id,
-                topic: &format!("devices/{id}/messages/events/"),
-                message: "t",
-                extra: &[],
-            },
-        )
-        .status
-        .success()
-    };
+    let pub_as = |id: &str| publishes(d, port, &ca, id);
     assert!(
         subs[1].try_wait().expect("state").is_none()
             && subs[2].try_wait().expect("state").is_none(),
@@ -989,4 +992,201 @@ fn crls_are_fetched_from_distribution_points_and_drop_what_they_revoke() {
         let _ = sub.kill();
         let _ = sub.wait();
     }
+}
+
+/// `openssl ocsp` as Technician-Z's responder on loopback (port 0), answering from an
+/// `openssl ca`-style index; returns the process and its URL.
+fn ocsp_responder(d: &Path, port: u16) -> (std::process::Child, String) {
+    let mut child = std::process::Command::new("openssl")
+        .current_dir(d)
+        .args(["ocsp", "-index", "tz-index.txt", "-port", &port.to_string()])
+        .args(["-rsigner", "pki/technician-z/cert.pem"])
+        .args(["-rkey", "pki/technician-z/key.pem"])
+        .args([
+            "-CA",
+            "pki/technician-z/cert.pem",
+            "-ndays",
+            "1",
+            "-ignore_err",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("openssl runs");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("openssl ocsp says where it listens");
+    // "ACCEPT [::]:41235 PID=1234"
+    let port = first
+        .split_whitespace()
+        .nth(1)
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("openssl ocsp said {first:?}"));
+    (child, format!("http://127.0.0.1:{port}"))
+}
+
+/// An `openssl ca` index line for a certificate: valid, or revoked for key compromise.
+fn index_line(d: &Path, cert: &str, revoked: bool) -> String {
+    let serial = openssl(d, &["x509", "-in", cert, "-noout", "-serial"])
+        .ok()
+        .stdout
+        .trim()
+        .trim_start_matches("serial=")
+        .to_string();
+    let subject = openssl(
+        d,
+        &[
+            "x509", "-in", cert, "-noout", "-subject", "-nameopt", "compat",
+        ],
+    )
+    .ok()
+    .stdout
+    .trim()
+    .trim_start_matches("subject=")
+    .to_string();
+    if revoked {
+        format!("R\t491231235959Z\t261201000000Z,keyCompromise\t{serial}\tunknown\t{subject}\n")
+    } else {
+        format!("V\t491231235959Z\t\t{serial}\tunknown\t{subject}\n")
+    }
+}
+
+/// OCSP with `openssl ocsp` as the responder: a widget it answers good for connects, a
+/// revoked one is refused with `certificate-revoked`, one it does not know is refused with
+/// `revocation-unknown` (fail-closed); a connected widget revoked at the responder is dropped
+/// within seconds; with the responder down, a widget whose last good answer is current still
+/// connects and one never answered is refused until the policy is fail-open. mosquitto_pub
+/// and mosquitto_sub are the devices.
+#[test]
+fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = common::start_hub_plus(&data, &["--crl-refresh", "1"]);
+    let hub = |line: &str| certhub_at(d, &data, &words(line));
+    let pki = |line: &str| certhub(d, &words(line)).ok();
+    enroll_company_x(d, &data, 1);
+    std::fs::write(d.join("tz-index.txt"), "").expect("write");
+    let (mut responder, url) = ocsp_responder(d, 0);
+    let ids = ["o-good", "o-revoked", "o-unknown", "o-later", "o-new"];
+    for id in ids {
+        pki(&format!(
+            "pki request --subject CN={id} --out pki/devices/{id}"
+        ));
+        pki(&format!(
+            "pki sign --issuer pki/technician-z --csr pki/devices/{id}/request.csr --profile device --ocsp-url {url} --out pki/devices/{id}"
+        ));
+        hub(&format!("device create --id {id} --auth-method x509-ca")).ok();
+    }
+    let cert = |id: &str| format!("pki/devices/{id}/cert.pem");
+    let write_index = |revoked_later: bool| {
+        let mut index = String::new();
+        index.push_str(&index_line(d, &cert("o-good"), false));
+        index.push_str(&index_line(d, &cert("o-revoked"), true));
+        index.push_str(&index_line(d, &cert("o-later"), revoked_later));
+        index.push_str(&index_line(d, &cert("o-new"), false));
+        std::fs::write(d.join("tz-index.txt"), index).expect("write");
+    };
+    write_index(false);
+    // openssl reads the index when it starts: start it again on the same port.
+    let restart = |responder: &mut std::process::Child| {
+        let _ = responder.kill();
+        let _ = responder.wait();
+        let port: u16 = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        ocsp_responder(d, port).0
+    };
+    responder = restart(&mut responder);
+    let policy = hub("ca crl policy --name company-x --ocsp on").ok().stdout;
+    assert!(
+        policy.contains("\"ocsp\": true") && policy.contains("\"staleCrl\": \"fail-closed\""),
+        "{policy}"
+    );
+
+    let ca = data.join("tls/server-ca.pem");
+    let port = hub_process.mqtt_port;
+    let pub_as = |id: &str| publishes(d, port, &ca, id);
+    assert!(pub_as("o-good"), "good at the responder: admitted");
+    assert!(!pub_as("o-revoked"), "revoked at the responder: refused");
+    assert!(
+        !pub_as("o-unknown"),
+        "unknown to the responder: refused (fail-closed)"
+    );
+    let records = audit(d, &data);
+    assert!(
+        has(
+            &records,
+            "device.connect",
+            "devices/o-revoked",
+            "certificate-revoked",
+            &url
+        ) && has(
+            &records,
+            "device.connect",
+            "devices/o-unknown",
+            "revocation-unknown",
+            "status unknown"
+        ),
+        "{records:#?}"
+    );
+    // Refused afterwards by the index, without asking again.
+    assert!(!pub_as("o-revoked"));
+
+    // A connected widget revoked at the responder is dropped.
+    let mut sub = subscribe(d, port, &ca, "pki/devices/o-later", "o-later");
+    wait_until(20, "o-later connects", || {
+        hub("device show --id o-later")
+            .ok()
+            .stdout
+            .contains("\"connectionState\": \"Connected\"")
+    });
+    write_index(true);
+    let start = std::time::Instant::now();
+    responder = restart(&mut responder);
+    let took = wait_until(15, "o-later's session closes", || {
+        sub.try_wait().expect("state").is_some()
+    });
+    eprintln!(
+        "o-later dropped {took:?} after its revocation reached the responder ({:?} with the restart)",
+        start.elapsed()
+    );
+    let records = audit(d, &data);
+    assert!(
+        has(
+            &records,
+            "device.disconnect",
+            "devices/o-later",
+            "closed",
+            "certificate-revoked"
+        ),
+        "{records:#?}"
+    );
+
+    // The responder goes down.
+    let _ = responder.kill();
+    let _ = responder.wait();
+    assert!(
+        pub_as("o-good"),
+        "fail-closed: the last good answer is current (nextUpdate in a day), so it still counts"
+    );
+    assert!(!pub_as("o-new"), "fail-closed: never answered, refused");
+    let records = audit(d, &data);
+    assert!(
+        has(
+            &records,
+            "device.connect",
+            "devices/o-new",
+            "revocation-unknown",
+            "gave no usable answer"
+        ),
+        "{records:#?}"
+    );
+    hub("ca crl policy --name company-x --stale fail-open").ok();
+    assert!(pub_as("o-new"), "fail-open: admitted without an answer");
+    assert!(!pub_as("o-later"), "a revocation learnt stays");
 }

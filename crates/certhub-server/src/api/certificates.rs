@@ -384,6 +384,7 @@ pub async fn delete(
         // So do the CRLs held for it.
         state.store().delete_crls_of(&name).await?;
         state.store().delete_crl_sources_of(&name).await?;
+        state.store().delete_ocsp_revocations_of(&name).await?;
         // Trust first, then the sessions: a kicked device that reconnects at once finds the
         // CA gone.
         state.reload_trust().await?;

@@ -384,9 +384,15 @@ pub struct PolicyBody {
     /// their CRL distribution points (default true); omitted in a PUT, it stays as it is
     #[serde(default)]
     fetch_distribution_points: Option<bool>,
+    /// whether the hub asks the OCSP responder a device's leaf names (authorityInfoAccess) at
+    /// connect, caching answers until their nextUpdate (default false); without an answer the
+    /// stale policy decides (fail-closed refuses as revocation-unknown once the grace after
+    /// the last good answer has passed); omitted in a PUT, it stays as it is
+    #[serde(default)]
+    ocsp: Option<bool>,
 }
 
-fn policy_view(p: crate::trust::StalePolicy, fetch: bool) -> PolicyBody {
+fn policy_view(p: crate::trust::StalePolicy, fetch: bool, ocsp: bool) -> PolicyBody {
     let (stale_crl, grace_hours) = match p {
         crate::trust::StalePolicy::FailOpen => ("fail-open", None),
         crate::trust::StalePolicy::FailClosed { grace_s } => ("fail-closed", Some(grace_s / 3600)),
@@ -395,7 +401,13 @@ fn policy_view(p: crate::trust::StalePolicy, fetch: bool) -> PolicyBody {
         stale_crl: stale_crl.into(),
         grace_hours,
         fetch_distribution_points: Some(fetch),
+        ocsp: Some(ocsp),
     }
+}
+
+/// Whether the hub asks OCSP responders for a CA's devices.
+async fn asks_ocsp(state: &AppState, name: &str) -> Result<bool, ApiError> {
+    Ok(state.store().ocsp_cas().await?.iter().any(|c| c == name))
 }
 
 /// Whether the hub fetches a CA's CRLs from their distribution points.
@@ -435,7 +447,11 @@ pub async fn get_policy(
     caller.require(Rights::REGISTRY_READ, "reading a CA's CRL policy")?;
     registered(&state, &name).await?;
     let policy = current_policy(&state, &name).await?;
-    Ok(Json(policy_view(policy, fetches(&state, &name).await?)).into_response())
+    let (fetch, ocsp) = (
+        fetches(&state, &name).await?,
+        asks_ocsp(&state, &name).await?,
+    );
+    Ok(Json(policy_view(policy, fetch, ocsp)).into_response())
 }
 
 #[utoipa::path(put, path = "/certificates/{name}/crlPolicy", operation_id = "set_crl_policy",
@@ -494,18 +510,27 @@ pub async fn set_policy(
                 state.store().crl_sources_due_now(&name, now_ms()).await?;
             }
         }
-        Ok((policy, fetch))
+        let ocsp = match body.ocsp {
+            Some(on) => {
+                state.store().set_ocsp(&name, on).await?;
+                on
+            }
+            None => asks_ocsp(&state, &name).await?,
+        };
+        Ok((policy, fetch, ocsp))
     }
     .await;
     let detail = match &result {
-        Ok((p, fetch)) => format!(
-            "{}; distribution points {}",
+        Ok((p, fetch, ocsp)) => format!(
+            "{}; distribution points {}; OCSP {}",
             p.stored(),
-            if *fetch { "fetched" } else { "not fetched" }
+            if *fetch { "fetched" } else { "not fetched" },
+            if *ocsp { "on" } else { "off" }
         ),
         Err(_) => String::new(),
     };
-    let (policy, fetch) = audited(&state, &caller, "ca.crl.policy", &name, result, &detail).await?;
+    let (policy, fetch, ocsp) =
+        audited(&state, &caller, "ca.crl.policy", &name, result, &detail).await?;
     state.reload_trust().await?;
-    Ok(Json(policy_view(policy, fetch)).into_response())
+    Ok(Json(policy_view(policy, fetch, ocsp)).into_response())
 }

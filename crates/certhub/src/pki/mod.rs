@@ -105,6 +105,10 @@ pub struct SignArgs {
     /// CRL distribution point; the hub fetches the CRL from it (repeat for several).
     #[arg(long = "crl-url", value_name = "URL")]
     crl_urls: Vec<String>,
+    /// The http:// URL of the issuer's OCSP responder, written into the certificate's
+    /// authorityInfoAccess; the hub asks it when the CA has OCSP on.
+    #[arg(long = "ocsp-url", value_name = "URL")]
+    ocsp_url: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -278,6 +282,7 @@ fn sign(a: SignArgs) -> Result<Outcome> {
         days: a.days,
         path_len: a.path_len,
         crl_urls: a.crl_urls,
+        ocsp_url: a.ocsp_url,
     };
     let issued = sign_request(&issuer, &csr, profile, &options, OffsetDateTime::now_utc())
         .with_context(|| format!("{}", a.csr.display()))?;
