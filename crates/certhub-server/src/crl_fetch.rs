@@ -282,16 +282,21 @@ async fn fetch_and_check(source: &CrlSource, ca_pem: &str) -> Result<CrlRecord, 
     .map_err(|e| format!("checking the CRL failed: {e}"))?
 }
 
-/// One HTTP GET of at most `limit` bytes, within `timeout`.
-fn get(url: &str, timeout: Duration, limit: u64) -> Result<Vec<u8>, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
+/// A plain-HTTP client for what the hub fetches or sends by itself (CRLs, OCSP, webhooks):
+/// every request within `timeout`, at most `max_redirects` redirects, any status returned.
+pub(crate) fn http_agent(timeout: Duration, max_redirects: u32) -> ureq::Agent {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout))
-        .max_redirects(3)
+        .max_redirects(max_redirects)
         .user_agent(concat!("certhub/", env!("CARGO_PKG_VERSION")))
         .build()
-        .into();
-    let mut answer = agent
+        .into()
+}
+
+/// One HTTP GET of at most `limit` bytes, within `timeout`.
+fn get(url: &str, timeout: Duration, limit: u64) -> Result<Vec<u8>, String> {
+    let mut answer = http_agent(timeout, 3)
         .get(url)
         .call()
         .map_err(|e| format!("GET {url}: {e}"))?;

@@ -19,6 +19,7 @@ mod device;
 pub mod device_tls;
 pub mod devices_https;
 mod dps;
+pub mod expiry_watch;
 pub mod files;
 pub mod gate;
 mod listener;

@@ -7,11 +7,16 @@ use std::fmt::Write;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Identities expired, and (horizon days, expiring within it).
+type ExpiryCount = (i64, Vec<(i64, i64)>);
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     connects: Mutex<BTreeMap<String, u64>>,
     dropped: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     telemetry: AtomicU64,
+    /// The last expiry count.
+    expiry: Mutex<Option<ExpiryCount>>,
 }
 
 impl Metrics {
@@ -27,6 +32,13 @@ impl Metrics {
     pub fn dropped(&self, listener: &'static str, reason: &'static str) {
         if let Ok(mut m) = self.dropped.lock() {
             *m.entry((listener, reason)).or_default() += 1;
+        }
+    }
+
+    /// The devices' certificates by expiry horizon, as last counted.
+    pub fn set_expiry(&self, expired: i64, within: Vec<(i64, i64)>) {
+        if let Ok(mut e) = self.expiry.lock() {
+            *e = Some((expired, within));
         }
     }
 
@@ -68,6 +80,21 @@ impl Metrics {
             out.push_str("# HELP certhub_telemetry_stream_batches_total JetStream messages this node wrote to the telemetry stream, each a batch of device-to-cloud messages (certhub_telemetry_messages_total over this is the mean batch).\n");
             out.push_str("# TYPE certhub_telemetry_stream_batches_total counter\n");
             let _ = writeln!(out, "certhub_telemetry_stream_batches_total {n}");
+        }
+        if let Ok(e) = self.expiry.lock()
+            && let Some((expired, within)) = &*e
+        {
+            out.push_str("# HELP certhub_certificates_expiring Identities whose certificate (the leaf each last authenticated with) expires within the horizon and has not yet expired; counted every expiry check.\n");
+            out.push_str("# TYPE certhub_certificates_expiring gauge\n");
+            for (days, n) in within {
+                let _ = writeln!(
+                    out,
+                    "certhub_certificates_expiring{{within_days=\"{days}\"}} {n}"
+                );
+            }
+            out.push_str("# HELP certhub_certificates_expired Identities whose certificate (the leaf each last authenticated with) has expired.\n");
+            out.push_str("# TYPE certhub_certificates_expired gauge\n");
+            let _ = writeln!(out, "certhub_certificates_expired {expired}");
         }
         out.push_str("# HELP certhub_device_sessions Live device sessions.\n");
         out.push_str("# TYPE certhub_device_sessions gauge\n");

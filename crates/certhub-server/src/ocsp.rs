@@ -333,14 +333,7 @@ async fn query_for(
 async fn ask(query: &Arc<OcspQuery>, now: i64) -> Result<OcspAnswer, String> {
     let q = query.clone();
     tokio::task::spawn_blocking(move || {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(ASK_TIMEOUT))
-            .max_redirects(0)
-            .user_agent(concat!("certhub/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
-        let mut answer = agent
+        let mut answer = crate::crl_fetch::http_agent(ASK_TIMEOUT, 0)
             .post(&q.url)
             .header("Content-Type", "application/ocsp-request")
             .send(&q.request[..])

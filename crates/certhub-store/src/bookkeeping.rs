@@ -246,4 +246,97 @@ impl Store {
         }
         Ok(report)
     }
+
+    /// Announces expiry: every identity whose certificate is within the widest of `horizons`
+    /// (days, any order) at `now_ms`, and has not been announced at the horizon it is in now
+    /// (0 for expired) for this expiry, is marked announced and returned, once over all the
+    /// nodes sharing the store (each mark is a conditional update).
+    pub async fn announce_expiry(&self, now_ms: i64, horizons: &[i64]) -> Result<Vec<ExpiryEvent>> {
+        const DAY: i64 = 86_400_000;
+        let widest = horizons.iter().copied().max().unwrap_or(0);
+        let mut events = Vec::new();
+        for (table, module) in [("devices", "''"), ("modules", "module_id")] {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT device_id, {module} AS module_id, x509_expires_ms AS e, x509_announced AS a
+                 FROM {table} WHERE x509_expires_ms > 0 AND x509_expires_ms <= $1"
+            )))
+            .bind(now_ms.saturating_add(widest.saturating_mul(DAY)))
+            .fetch_all(self.pool())
+            .await?;
+            for row in rows {
+                let (device_id, module_id): (String, String) =
+                    (row.try_get("device_id")?, row.try_get("module_id")?);
+                let e: i64 = row.try_get("e")?;
+                let announced: Option<String> = row.try_get("a")?;
+                let horizon = if e <= now_ms {
+                    0
+                } else {
+                    let mut within: Vec<i64> = horizons
+                        .iter()
+                        .copied()
+                        .filter(|h| e <= now_ms.saturating_add(h.saturating_mul(DAY)))
+                        .collect();
+                    within.sort_unstable();
+                    match within.first() {
+                        Some(h) => *h,
+                        None => continue,
+                    }
+                };
+                // Already announced for this expiry at this horizon or a tighter one?
+                let before = announced.as_deref().and_then(|a| {
+                    let (ms, days) = a.split_once(':')?;
+                    (ms.parse::<i64>().ok()? == e).then(|| days.parse::<i64>().ok())?
+                });
+                if before.is_some_and(|b| b <= horizon) {
+                    continue;
+                }
+                let mark = format!("{e}:{horizon}");
+                let was = announced.clone().unwrap_or_default();
+                let guard =
+                    "x509_expires_ms = $2 AND (x509_announced IS NULL OR x509_announced = $3)";
+                let done = if table == "devices" {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE devices SET x509_announced = $1 WHERE {guard} AND device_id = $4"
+                    )))
+                    .bind(mark)
+                    .bind(e)
+                    .bind(was)
+                    .bind(device_id.clone())
+                    .execute(self.pool())
+                    .await?
+                } else {
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "UPDATE modules SET x509_announced = $1 WHERE {guard} AND device_id = $4 AND module_id = $5"
+                    )))
+                    .bind(mark)
+                    .bind(e)
+                    .bind(was)
+                    .bind(device_id.clone())
+                    .bind(module_id.clone())
+                    .execute(self.pool())
+                    .await?
+                };
+                if done.rows_affected() == 1 {
+                    events.push(ExpiryEvent {
+                        device_id,
+                        module_id,
+                        expires_ms: e,
+                        horizon_days: horizon,
+                    });
+                }
+            }
+        }
+        Ok(events)
+    }
+}
+
+/// An identity's certificate entering an expiry horizon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpiryEvent {
+    pub device_id: String,
+    /// Empty for a device.
+    pub module_id: String,
+    pub expires_ms: i64,
+    /// The horizon it is within now, in days; 0: expired.
+    pub horizon_days: i64,
 }

@@ -265,7 +265,8 @@ const STEPS: &[&str] = &[
     // 14: CRL distribution points learnt from the chains devices present (where to fetch
     // each issuer's CRL), with their fetch schedule and last outcome; per CA, whether the hub
     // fetches them (NULL: the default, yes). The leaves OCSP responders answered revoked, and
-    // per CA whether the hub asks OCSP responders (NULL: the default, no).
+    // per CA whether the hub asks OCSP responders (NULL: the default, no). Per identity, the
+    // expiry horizon last announced for its certificate (`<expiry ms>:<days>`).
     "CREATE TABLE crl_sources (
         ca TEXT NOT NULL,
         issuer_key TEXT NOT NULL,
@@ -291,7 +292,9 @@ const STEPS: &[&str] = &[
         learnt_ms BIGINT NOT NULL,
         PRIMARY KEY (ca, issuer_key, serial)
     );
-    ALTER TABLE ca_certificates ADD COLUMN ocsp BIGINT",
+    ALTER TABLE ca_certificates ADD COLUMN ocsp BIGINT;
+    ALTER TABLE devices ADD COLUMN x509_announced TEXT;
+    ALTER TABLE modules ADD COLUMN x509_announced TEXT",
 ];
 
 /// Key of the PostgreSQL advisory lock held while the schema is brought up to date.

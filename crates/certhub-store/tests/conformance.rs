@@ -673,6 +673,23 @@ async fn bookkeeping(store: &Store) {
         ],
         "{expiry:?}"
     );
+    // Announcements: each identity once per horizon it enters, once over all nodes.
+    let announced = |now: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .announce_expiry(now, &[90, 7, 30])
+                .await
+                .expect("announce")
+                .into_iter()
+                .map(|e| format!("{}/{} {}", e.device_id, e.module_id, e.horizon_days))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(announced(7_500).await, ["bk1/ 0", "bk1/m1 7"]);
+    assert!(announced(7_600).await.is_empty(), "announced already");
+    assert_eq!(announced(9_000).await, ["bk1/m1 0"]);
+    assert!(announced(9_000).await.is_empty());
     let log = store.audit(3).await.expect("audit");
     let details: Vec<&str> = log.iter().map(|r| r.detail.as_str()).collect();
     assert_eq!(details, ["batched-2", "batched-1", "batched-0"]);
@@ -686,7 +703,6 @@ async fn bookkeeping(store: &Store) {
     );
 }
 
-/// Persistent MQTT sessions are saved, replaced, listed, and go with their identity.
 /// CRL distribution points: learnt once, due by their schedule (only for CAs that fetch),
 /// claimed by one node at a time, their outcome recorded.
 async fn crl_sources(store: &Store) {
@@ -808,6 +824,7 @@ async fn crl_sources(store: &Store) {
     store.delete_ca("crl-ca", None).await.expect("delete ca");
 }
 
+/// Persistent MQTT sessions are saved, replaced, listed, and go with their identity.
 async fn mqtt_sessions(store: &Store) {
     for name in ["ms1", "ms2"] {
         let d = device(name, serde_json::json!({}));

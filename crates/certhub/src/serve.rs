@@ -21,8 +21,9 @@ pub struct ServeArgs {
     /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages,
     /// c2d_max_pending, c2d_max_deliveries, audit_retention, audit_max_records,
     /// refusals_per_source, refusals_per_client_id, pending_per_source, pending_total,
-    /// https_connections_per_source, refusal_audit_window, crl_refresh, file_store,
-    /// file_store_options, dangerous_file_store_allow_http).
+    /// https_connections_per_source, refusal_audit_window, crl_refresh, expiry_check,
+    /// expiry_webhook_url, expiry_webhook_secret, file_store, file_store_options,
+    /// dangerous_file_store_allow_http).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory: SQLite database, the hub's TLS files [default: ./certhub-data].
@@ -70,6 +71,17 @@ pub struct ServeArgs {
     /// (TOML key crl_refresh, environment CERTHUB_CRL_REFRESH).
     #[arg(long)]
     crl_refresh: Option<String>,
+    /// Seconds between two checks of the devices' certificate expiry (the /metrics gauges and
+    /// the announcements) [default: 60] (TOML key expiry_check, environment
+    /// CERTHUB_EXPIRY_CHECK).
+    #[arg(long)]
+    expiry_check: Option<String>,
+    /// An http:// URL that each certificate entering an expiry horizon (90, 30, 7 days,
+    /// expired) is POSTed to as JSON, signed in X-Certhub-Signature (HMAC-SHA256 with
+    /// expiry_webhook_secret, which it needs) (TOML key expiry_webhook_url, environment
+    /// CERTHUB_EXPIRY_WEBHOOK_URL).
+    #[arg(long)]
+    expiry_webhook_url: Option<String>,
     /// Refused device connections a minute from one source address; past them its new
     /// connections are closed at accept until the budget refills; 0 turns it off [default: 60].
     #[arg(long)]
@@ -144,6 +156,9 @@ struct FileConfig {
     audit_retention: Option<u64>,
     audit_max_records: Option<u64>,
     crl_refresh: Option<u64>,
+    expiry_check: Option<u64>,
+    expiry_webhook_url: Option<String>,
+    expiry_webhook_secret: Option<String>,
     refusals_per_source: Option<u64>,
     refusals_per_client_id: Option<u64>,
     pending_per_source: Option<u64>,
@@ -183,6 +198,10 @@ pub struct Config {
     pub audit_max_records: i64,
     /// Longest wait between two fetches of a CRL distribution point.
     pub crl_refresh: Duration,
+    /// Time between two expiry checks.
+    pub expiry_check: Duration,
+    /// Where expiry events go, if anywhere.
+    pub expiry_webhook: Option<certhub_server::expiry_watch::Webhook>,
     pub refusals: certhub_server::refusals::RefusalLimits,
     /// 0: from the file limit at start.
     pub pending_per_source: usize,
@@ -227,6 +246,40 @@ fn number(
             range.start(),
             range.end()
         ))),
+    }
+}
+
+/// The expiry webhook: an http:// URL with a host, and a secret of at least 16 characters
+/// (the receiver checks each body's HMAC with it).
+fn expiry_webhook(
+    url: Option<String>,
+    secret: Option<String>,
+) -> Result<Option<certhub_server::expiry_watch::Webhook>, ConfigError> {
+    match (url, secret) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(ConfigError(
+            "expiry_webhook_secret is set but expiry_webhook_url is not: give the URL the events go to".into(),
+        )),
+        (Some(url), secret) => {
+            let host = url
+                .strip_prefix("http://")
+                .and_then(|r| r.split(['/', '?', '#']).next())
+                .unwrap_or("");
+            if host.is_empty() {
+                return Err(ConfigError(format!(
+                    "expiry_webhook_url: {url:?} must be an http:// URL with a host, e.g. http://alerts.internal:8080/certhub (events are signed, not encrypted: keep the receiver on a network you trust)"
+                )));
+            }
+            match secret {
+                Some(s) if s.len() >= 16 => Ok(Some(certhub_server::expiry_watch::Webhook {
+                    url,
+                    secret: s,
+                })),
+                _ => Err(ConfigError(
+                    "expiry_webhook_url needs expiry_webhook_secret (TOML key, or CERTHUB_EXPIRY_WEBHOOK_SECRET), at least 16 characters: the receiver checks each event's X-Certhub-Signature with it".into(),
+                )),
+            }
+        }
     }
 }
 
@@ -450,6 +503,21 @@ impl Config {
             3600,
             1..=7 * 86_400,
         )?;
+        let expiry_check = number(
+            "expiry_check",
+            &args.expiry_check,
+            "CERTHUB_EXPIRY_CHECK",
+            file.expiry_check,
+            60,
+            1..=86_400,
+        )?;
+        let expiry_webhook = expiry_webhook(
+            args.expiry_webhook_url
+                .clone()
+                .or_else(|| env("CERTHUB_EXPIRY_WEBHOOK_URL"))
+                .or(file.expiry_webhook_url.clone()),
+            env("CERTHUB_EXPIRY_WEBHOOK_SECRET").or(file.expiry_webhook_secret.clone()),
+        )?;
         let refusals_per_source = number(
             "refusals_per_source",
             &args.refusals_per_source,
@@ -512,6 +580,8 @@ impl Config {
             audit_retention: Duration::from_secs(audit_retention),
             audit_max_records: audit_max_records as i64,
             crl_refresh: Duration::from_secs(crl_refresh),
+            expiry_check: Duration::from_secs(expiry_check),
+            expiry_webhook,
             c2d: certhub_server::api::C2dLimits {
                 max_pending: c2d_max_pending as i64,
                 max_deliveries: c2d_max_deliveries as i64,
@@ -1148,6 +1218,12 @@ async fn serve(config: Config) -> Result<Outcome> {
     };
     // CRLs from the distribution points the devices' certificates name.
     let crl_fetch = certhub_server::crl_fetch::spawn(state.clone(), config.crl_refresh);
+    // Certificate expiry: the /metrics gauges and the announcements.
+    let expiry_watch = certhub_server::expiry_watch::spawn(
+        state.clone(),
+        config.expiry_check,
+        config.expiry_webhook.clone(),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -1201,6 +1277,7 @@ async fn serve(config: Config) -> Result<Outcome> {
     pruning.abort();
     c2d_expiry.abort();
     crl_fetch.abort();
+    expiry_watch.abort();
     settings_watch.abort();
     staging_sweep.abort();
     store.close().await;

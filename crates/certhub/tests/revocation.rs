@@ -575,15 +575,83 @@ fn a_stale_crl_fails_closed_after_its_grace_or_open_when_told() {
     assert!(e.stderr.contains("0 to 8760"), "{}", e.stderr);
 }
 
+/// A loopback webhook receiver: records each POST's X-Certhub-Signature and body; answers
+/// 503 to the first request (so the hub must retry) and 204 to the rest.
+struct Receiver {
+    port: u16,
+    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl Receiver {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = got.clone();
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+                let (mut line, mut length, mut signature) = (String::new(), 0usize, String::new());
+                while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                    let lower = line.to_ascii_lowercase();
+                    if let Some(v) = lower.strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if lower.starts_with("x-certhub-signature:") {
+                        signature = line["x-certhub-signature:".len()..].trim().to_string();
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0u8; length];
+                if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+                    continue;
+                }
+                let answer: &[u8] = if n == 0 {
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    kept.lock()
+                        .expect("lock")
+                        .push((signature, String::from_utf8_lossy(&body).into_owned()));
+                    b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+                };
+                let _ = conn.write_all(answer);
+            }
+        });
+        Self { port, got }
+    }
+}
+
 /// Expiry: widgets issued for 3, 20 and 60 days connect (mosquitto_pub); `ca expiry` counts
 /// them within 7, 30 and 90 days, lists the soonest first, and the registry shows each one's
-/// `x509ExpiresAt`.
+/// `x509ExpiresAt`; `/metrics` has the counts; each widget is announced once at the horizon it
+/// is in, to the audit trail and to a webhook (refused once, so retried) whose bodies carry an
+/// HMAC-SHA256 that `openssl dgst -hmac` agrees with.
 #[test]
 fn ca_expiry_counts_widgets_by_horizon() {
     let t = tmp();
     let d = t.path();
     let data = d.join("data");
-    let hub_process = common::start_hub(&data);
+    let receiver = Receiver::start();
+    let secret = "expiry-webhook-secret-0123";
+    std::fs::write(
+        d.join("hub.toml"),
+        format!("expiry_webhook_secret = \"{secret}\"\n"),
+    )
+    .expect("write");
+    let hook = format!("http://127.0.0.1:{}/certhub", receiver.port);
+    let config = d.join("hub.toml");
+    let hub_process = common::start_hub_plus(
+        &data,
+        &[
+            "--config",
+            s(&config),
+            "--expiry-check",
+            "1",
+            "--expiry-webhook-url",
+            &hook,
+        ],
+    );
     let hub = |line: &str| certhub_at(d, &data, &words(line));
     let pki = |line: &str| certhub(d, &words(line)).ok();
     enroll_company_x(d, &data, 1);
@@ -656,6 +724,82 @@ fn ca_expiry_counts_widgets_by_horizon() {
     let expires = shown["x509ExpiresAt"].as_str().unwrap_or("");
     assert!(!expires.is_empty(), "{shown:#}");
     assert_eq!(expires, report["soonest"][0]["expiresAt"], "{shown:#}");
+
+    // /metrics counts them by horizon.
+    let metrics = || {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "--cacert", s(&ca)])
+            .arg(format!("https://{}/metrics", hub_process.host))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until(15, "the expiry gauges", || {
+        metrics().contains("certhub_certificates_expiring{within_days=\"30\"} 2")
+    });
+    let text = metrics();
+    for line in [
+        "certhub_certificates_expiring{within_days=\"7\"} 1",
+        "certhub_certificates_expiring{within_days=\"90\"} 3",
+        "certhub_certificates_expired 0",
+    ] {
+        assert!(text.contains(line), "{line}: {text}");
+    }
+    // Each widget is announced once, at its horizon; the webhook got each event once.
+    let delivered = || receiver.got.lock().expect("lock").clone();
+    wait_until(30, "three webhook deliveries", || delivered().len() >= 3);
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let got = delivered();
+    let mut seen: Vec<(String, i64)> = got
+        .iter()
+        .map(|(_, body)| {
+            let v: serde_json::Value = serde_json::from_str(body).expect("json");
+            (
+                v["deviceId"].as_str().unwrap_or("").to_string(),
+                v["withinDays"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("widget-a".to_string(), 7),
+            ("widget-b".to_string(), 30),
+            ("widget-c".to_string(), 90)
+        ],
+        "{got:#?}"
+    );
+    for (signature, body) in &got {
+        std::fs::write(d.join("body.json"), body).expect("write");
+        let mac = openssl(d, &["dgst", "-sha256", "-hmac", secret, "-r", "body.json"])
+            .ok()
+            .stdout;
+        let mac = mac.split_whitespace().next().unwrap_or("");
+        assert_eq!(signature, &format!("sha256={mac}"), "{body}");
+    }
+    let records = audit(d, &data);
+    for (target, outcome) in [
+        ("devices/widget-a", "7d"),
+        ("devices/widget-b", "30d"),
+        ("devices/widget-c", "90d"),
+    ] {
+        let n = records
+            .iter()
+            .filter(|r| r["operation"] == "certificate.expiring" && r["target"] == target)
+            .count();
+        assert_eq!(n, 1, "{target}: {records:#?}");
+        assert!(
+            has(
+                &records,
+                "certificate.expiring",
+                target,
+                outcome,
+                "expires at"
+            ),
+            "{records:#?}"
+        );
+    }
 }
 
 /// A loopback HTTP server for CRL distribution points: `GET /<name>` answers the file
@@ -1189,4 +1333,45 @@ fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
     hub("ca crl policy --name company-x --stale fail-open").ok();
     assert!(pub_as("o-new"), "fail-open: admitted without an answer");
     assert!(!pub_as("o-later"), "a revocation learnt stays");
+}
+
+/// The expiry webhook's configuration is refused with what is wrong before the hub starts.
+#[test]
+fn a_bad_expiry_webhook_configuration_is_refused() {
+    let t = tmp();
+    let d = t.path();
+    let cases = [
+        (
+            "expiry_webhook_url = \"http://127.0.0.1:9/x\"\n",
+            "needs expiry_webhook_secret",
+        ),
+        (
+            "expiry_webhook_url = \"http://127.0.0.1:9/x\"\nexpiry_webhook_secret = \"short\"\n",
+            "at least 16 characters",
+        ),
+        (
+            "expiry_webhook_url = \"ftp://x\"\nexpiry_webhook_secret = \"0123456789abcdef\"\n",
+            "must be an http:// URL with a host",
+        ),
+        (
+            "expiry_webhook_secret = \"0123456789abcdef\"\n",
+            "expiry_webhook_url is not",
+        ),
+        ("expiry_check = 0\n", "expiry_check"),
+    ];
+    for (i, (toml, want)) in cases.iter().enumerate() {
+        let config = d.join(format!("c{i}.toml"));
+        std::fs::write(&config, toml).expect("config");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_certhub"))
+            .args(["serve", "--config", s(&config), "--data-dir"])
+            .arg(d.join(format!("data{i}")))
+            .args(["--https-addr", &format!("{HOST}:0")])
+            .args(["--mqtt-addr", &format!("{HOST}:0")])
+            .args(["--amqp-addr", &format!("{HOST}:0")])
+            .output()
+            .expect("certhub runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{toml}: {stderr}");
+        assert!(stderr.contains(want), "{toml}: no {want:?} in {stderr}");
+    }
 }
