@@ -115,6 +115,15 @@ pub fn device_config(
     chain: Vec<CertificateDer<'static>>,
     key: rustls_pki_types::PrivateKeyDer<'static>,
 ) -> Result<Arc<rustls::ServerConfig>, Error> {
+    let certified = rustls::sign::CertifiedKey::from_der(chain, key, &device_provider())?;
+    device_config_with(Arc::new(rustls::sign::SingleCertAndKey::from(certified)))
+}
+
+/// [`device_config`] with the server certificate from `certs` (which the hub can replace while
+/// it runs: `tls::ServerCert`).
+pub fn device_config_with(
+    certs: Arc<dyn rustls::server::ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, Error> {
     let provider = Arc::new(device_provider());
     let verifier = Arc::new(DeviceCertVerifier::new(
         provider.signature_verification_algorithms,
@@ -122,7 +131,7 @@ pub fn device_config(
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)?;
+        .with_cert_resolver(certs);
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     config.alpn_protocols = vec![b"mqtt".to_vec()];

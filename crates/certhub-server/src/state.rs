@@ -59,6 +59,8 @@ struct Inner {
     listen_port: std::sync::atomic::AtomicU32,
     /// Where uploaded files are kept (unset: file upload is not offered).
     files: std::sync::OnceLock<crate::files::FileStore>,
+    /// The TLS identity the listeners present (set by `serve`), which the API can rotate.
+    identity: std::sync::OnceLock<crate::tls::ServerIdentity>,
     /// Bumped when feedback or a file notification may have been queued for services, to
     /// wake their AMQP receivers.
     service_queues: tokio::sync::watch::Sender<u64>,
@@ -219,6 +221,7 @@ impl AppState {
                 public_host: std::sync::OnceLock::new(),
                 listen_port: std::sync::atomic::AtomicU32::new(0),
                 files: std::sync::OnceLock::new(),
+                identity: std::sync::OnceLock::new(),
                 service_queues: tokio::sync::watch::Sender::new(0),
                 partition_readers: Arc::default(),
                 created_ms,
@@ -254,6 +257,15 @@ impl AppState {
 
     pub fn hostnames(&self) -> &[String] {
         &self.inner.hostnames
+    }
+
+    /// Records the TLS identity the listeners present, so the API can rotate it.
+    pub fn set_server_identity(&self, identity: crate::tls::ServerIdentity) {
+        let _ = self.inner.identity.set(identity);
+    }
+
+    pub(crate) fn server_identity(&self) -> Option<&crate::tls::ServerIdentity> {
+        self.inner.identity.get()
     }
 
     /// Records the host name clients reach the hub by (`--public-endpoint`'s, else the first

@@ -43,6 +43,65 @@ pub enum TlsError {
     Shared(String),
 }
 
+/// The server certificate every listener presents, replaceable while they run: a new one is
+/// presented from the next handshake on, and connections already made keep going (TLS uses
+/// the certificate only in the handshake).
+#[derive(Debug)]
+pub struct ServerCert {
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl ServerCert {
+    fn new(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, TlsError> {
+        Ok(Self {
+            current: std::sync::RwLock::new(Arc::new(certified(chain, key)?)),
+        })
+    }
+
+    fn replace(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<(), TlsError> {
+        let next = Arc::new(certified(chain, key)?);
+        if let Ok(mut c) = self.current.write() {
+            *c = next;
+        }
+        Ok(())
+    }
+
+    /// The chain presented now.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current
+            .read()
+            .map(|c| c.cert.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    Ok(rustls::sign::CertifiedKey::from_der(
+        chain,
+        key,
+        &crate::device_tls::device_provider(),
+    )?)
+}
+
+impl rustls::server::ResolvesServerCert for ServerCert {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.current.read().ok().map(|c| Arc::clone(&c))
+    }
+}
+
 /// Where the identity lives and what it is.
 #[derive(Debug, Clone)]
 pub struct ServerIdentity {
@@ -51,6 +110,8 @@ pub struct ServerIdentity {
     pub ca_pem: String,
     pub chain: Vec<CertificateDer<'static>>,
     key_path: PathBuf,
+    /// What the listeners present ([`ServerIdentity::rotate`] replaces it).
+    pub cert: Arc<ServerCert>,
     /// Whether this start made the CA or re-issued the certificate.
     pub created_ca: bool,
     pub issued_certificate: bool,
@@ -226,33 +287,66 @@ pub fn load_or_create(
             vec![cert.der]
         }
     };
+    let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|_| TlsError::Key {
+        path: key_path.clone(),
+    })?;
+    let cert = Arc::new(ServerCert::new(chain.clone(), key)?);
     Ok(ServerIdentity {
         ca_path,
         cert_path,
         ca_pem,
         chain,
         key_path,
+        cert,
         created_ca,
         issued_certificate,
     })
 }
 
 impl ServerIdentity {
+    /// Issues a new server certificate from the hub's server CA for `hostnames` (a new key,
+    /// 397 days), writes it over `server.pem` and `server.key`, and has every listener present
+    /// it from the next handshake on. Connected devices stay connected. Returns the new
+    /// certificate's description.
+    pub fn rotate(
+        &self,
+        hostnames: &[String],
+        now: OffsetDateTime,
+    ) -> Result<certhub_pki::CertificateInfo, TlsError> {
+        let ca_key_path = self.ca_path.with_file_name("server-ca.key");
+        let pki = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TlsError::Pki { path, source }
+        };
+        let ca_pem = read_text(&self.ca_path)?;
+        let issuer = Issuer::load(CaFiles {
+            cert: ca_pem.as_bytes(),
+            key: &read_text(&ca_key_path)?,
+            chain: None,
+        })
+        .map_err(pki(&self.ca_path))?;
+        let (key_pem, cert) =
+            server_certificate(&issuer, hostnames, 397, now).map_err(pki(&self.cert_path))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| TlsError::Key {
+            path: self.key_path.clone(),
+        })?;
+        // Presented first, then written: a failure to write leaves the old files, which the
+        // next start replaces anyway when they near expiry.
+        self.cert.replace(vec![cert.der.clone()], key)?;
+        write(&self.key_path, &key_pem)?;
+        write(&self.cert_path, &cert.pem)?;
+        describe_certificate(&cert.der).map_err(pki(&self.cert_path))
+    }
+
     /// The rustls configuration for device listeners (client certificates requested, no
     /// resumption); see `device_tls`.
     pub fn device_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let key = PrivateKeyDer::from_pem_file(&self.key_path).map_err(|_| TlsError::Key {
-            path: self.key_path.clone(),
-        })?;
-        Ok(crate::device_tls::device_config(self.chain.clone(), key)?)
+        Ok(crate::device_tls::device_config_with(self.cert.clone())?)
     }
 
     /// The HTTPS listener's configurations: TLS 1.2 and 1.3, and TLS 1.3 only (for
     /// minTlsVersion 1.3).
     pub fn https_config(&self) -> Result<crate::listener::HttpsTls, TlsError> {
-        let key = PrivateKeyDer::from_pem_file(&self.key_path).map_err(|_| TlsError::Key {
-            path: self.key_path.clone(),
-        })?;
         // The device listener's suite order: devices connect here too.
         let provider = Arc::new(crate::device_tls::device_provider());
         let make = |versions: &[&'static rustls::SupportedProtocolVersion]| {
@@ -265,7 +359,7 @@ impl ServerIdentity {
             let mut config = rustls::ServerConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(versions)?
                 .with_client_cert_verifier(verifier)
-                .with_single_cert(self.chain.clone(), key.clone_key())?;
+                .with_cert_resolver(self.cert.clone());
             config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
             config.send_tls13_tickets = 0;
             config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];

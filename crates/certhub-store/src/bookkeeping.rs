@@ -148,6 +148,21 @@ impl Store {
 
     /// The devices and modules whose last authenticated chain holds the certificate with this
     /// SHA-256 (lowercase hex): (device id, module id or "", last activity in ms).
+    /// The identities that last authenticated through the registered CA `ca`: (device id,
+    /// module id or "", last activity ms).
+    pub async fn identities_last_through(&self, ca: &str) -> Result<Vec<(String, String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT device_id, '' AS module_id, last_activity_ms FROM devices WHERE last_ca = $1
+             UNION ALL
+             SELECT device_id, module_id, last_activity_ms FROM modules WHERE last_ca = $1
+             ORDER BY device_id, module_id",
+        )
+        .bind(ca.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(identity_row).collect()
+    }
+
     pub async fn identities_with_chain_cert(
         &self,
         sha256: &str,
@@ -162,15 +177,7 @@ impl Store {
         .bind(pattern)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("device_id")?,
-                    r.try_get("module_id")?,
-                    r.try_get("last_activity_ms")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(identity_row).collect()
     }
 }
 
@@ -328,6 +335,15 @@ impl Store {
         }
         Ok(events)
     }
+}
+
+/// (device id, module id or "", last activity ms) of a row.
+fn identity_row(r: &sqlx::any::AnyRow) -> Result<(String, String, i64)> {
+    Ok((
+        r.try_get("device_id")?,
+        r.try_get("module_id")?,
+        r.try_get("last_activity_ms")?,
+    ))
 }
 
 /// An identity's certificate entering an expiry horizon.

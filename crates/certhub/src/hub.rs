@@ -17,6 +17,12 @@ pub enum HubCommand {
     Show(ShowArgs),
     /// Change hub settings, e.g. `--disable-device-sas true`.
     Set(SetArgs),
+    /// Show the server certificate the hub presents now.
+    ServerCert(ShowArgs),
+    /// Replace the hub's server certificate with a new one (a new key) from its server CA:
+    /// presented from the next handshake on; connected devices stay connected, and clients
+    /// keep trusting the same server-ca.pem.
+    RotateServerCert(ShowArgs),
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +102,26 @@ pub fn run(cmd: HubCommand) -> Result<Outcome> {
             crate::client::print_json(&client.expect(
                 "GET",
                 &crate::client::ApiPath::fixed("settings"),
+                None,
+                None,
+            )?);
+            Ok(Outcome::Ok)
+        }
+        HubCommand::ServerCert(a) => {
+            let client = crate::client::Client::connect(&a.hub)?;
+            crate::client::print_json(&client.expect(
+                "GET",
+                &crate::client::ApiPath::fixed("serverCertificate"),
+                None,
+                None,
+            )?);
+            Ok(Outcome::Ok)
+        }
+        HubCommand::RotateServerCert(a) => {
+            let client = crate::client::Client::connect(&a.hub)?;
+            crate::client::print_json(&client.expect(
+                "POST",
+                &crate::client::ApiPath::fixed("serverCertificate/rotate"),
                 None,
                 None,
             )?);

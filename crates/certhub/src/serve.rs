@@ -988,6 +988,7 @@ async fn serve(config: Config) -> Result<Outcome> {
     )
     .await?;
     state.set_c2d_limits(config.c2d);
+    state.set_server_identity(identity.clone());
     // This node's own name: its first host name that is not the public endpoint's (a
     // cluster's nodes list the balancer's name too, in any order).
     let node_name = config

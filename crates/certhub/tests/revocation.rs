@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::{
-    Pub, certhub, certhub_at, enroll_company_x, mosquitto_pub, openssl, python_to_hub, s,
-    start_hub_on, tmp,
+    Pub, certhub, certhub_at, enroll_company_x, mosquitto_pub, openssl, publishes, python_to_hub,
+    s, start_hub_on, subscribe, tmp, wait_until,
 };
 
 const HOST: &str = "127.0.0.112";
@@ -853,63 +853,6 @@ impl CrlServer {
         });
         Self { port, hits }
     }
-}
-
-/// Whether `pki/devices/<id>` publishes as `id` (one `mosquitto_pub`).
-fn publishes(d: &Path, port: u16, ca: &Path, id: &str) -> bool {
-    mosquitto_pub(
-        d,
-        &Pub {
-            port,
-            ca: s(ca),
-            widget: &format!("pki/devices/{id}"),
-            client_id: id,
-            topic: &format!("devices/{id}/messages/events/"),
-            message: "t",
-            extra: &[],
-        },
-    )
-    .status
-    .success()
-}
-
-/// `mosquitto_sub` as a certificate-authenticated widget, kept connected.
-fn subscribe(d: &Path, port: u16, ca: &Path, widget: &str, id: &str) -> std::process::Child {
-    std::process::Command::new("mosquitto_sub")
-        .current_dir(d)
-        .args(["-h", "localhost", "-p", &port.to_string(), "-V", "mqttv311"])
-        .args(["--cafile", s(ca)])
-        .args(["--cert", &format!("{widget}/chain.pem")])
-        .args(["--key", &format!("{widget}/key.pem")])
-        .args([
-            "-i",
-            id,
-            "-u",
-            &format!("localhost/{id}/?api-version=2021-04-12"),
-        ])
-        .args([
-            "-t",
-            &format!("devices/{id}/messages/devicebound/#"),
-            "-q",
-            "1",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_sub (Debian package mosquitto-clients) runs")
-}
-
-/// Polls `check` every 100 ms for up to `secs`; panics with `what` when it never holds.
-fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> bool) -> std::time::Duration {
-    let start = std::time::Instant::now();
-    while !check() {
-        assert!(
-            start.elapsed() < std::time::Duration::from_secs(secs),
-            "{what}: not within {secs} s"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    start.elapsed()
 }
 
 /// CRLs fetched from the distribution points the certificates name (`certhub pki sign

@@ -86,6 +86,11 @@ pub struct Impact {
     connected: usize,
     /// whether it is blocked now
     blocked: bool,
+    /// the registered CA this certificate is, when it is one (an old root beside its renewal,
+    /// say): its devices are those that last authenticated through it
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    registered_ca: Option<String>,
     /// each of them
     identities: Vec<AffectedIdentity>,
 }
@@ -279,8 +284,28 @@ pub async fn impact(
     caller.require(Rights::REGISTRY_READ, "reading a certificate's impact")?;
     let Query(q) = query.map_err(|e| invalid(format!("{e}: give ?thumbprint=<SHA-256>")))?;
     let sha256 = thumbprint(&q.thumbprint)?;
-    let identities: Vec<AffectedIdentity> = reach(&state, &sha256)
+    let mut found = reach(&state, &sha256).await?;
+    // A registered CA is the anchor, not in the chains: who went through it is recorded apart.
+    // (Registered CAs are filed by their Azure-style, upper-case thumbprint.)
+    let registered_ca = state
+        .store()
+        .ca_by_sha256(&sha256.to_ascii_uppercase())
         .await?
+        .map(|c| c.name);
+    if let Some(ca) = &registered_ca {
+        for (d, m, at) in state.store().identities_last_through(ca).await? {
+            let cn = if m.is_empty() {
+                d.clone()
+            } else {
+                format!("{d}/{m}")
+            };
+            if !found.iter().any(|(c, ..)| *c == cn) {
+                found.push((cn, d, (!m.is_empty()).then_some(m), at));
+            }
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    let identities: Vec<AffectedIdentity> = found
         .into_iter()
         .map(|(cn, device, module, at)| AffectedIdentity {
             connected: state.sessions().state(&cn).connected,
@@ -300,6 +325,7 @@ pub async fn impact(
         connected: identities.iter().filter(|i| i.connected).count(),
         thumbprint: sha256,
         blocked,
+        registered_ca,
         identities,
     })
     .into_response())
@@ -328,6 +354,17 @@ pub async fn block(
     let result = async {
         let JsonObject(body) = body?;
         let record = requested(body)?;
+        if let Some(ca) = state
+            .store()
+            .ca_by_sha256(&record.sha256.to_ascii_uppercase())
+            .await?
+            && !record.sha256.is_empty()
+        {
+            return Err(invalid(format!(
+                "this is the registered CA {:?}: a block covers the certificates below a CA; to stop trusting the CA itself, delete it (certhub ca delete --name {})",
+                ca.name, ca.name
+            )));
+        }
         let created = state.store().put_block(&record).await?;
         Ok::<_, ApiError>((record, created))
     }

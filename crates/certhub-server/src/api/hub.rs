@@ -107,6 +107,120 @@ pub async fn patch_settings(
     Ok(Json(after).into_response())
 }
 
+/// The server certificate the hub presents (certhub's).
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerCertificate {
+    subject: String,
+    issuer: String,
+    /// hex
+    serial: String,
+    /// RFC 3339
+    not_before: String,
+    /// RFC 3339
+    not_after: String,
+    /// SHA-256 of the DER, hex
+    sha256_thumbprint: String,
+    subject_alt_names: Vec<String>,
+}
+
+fn server_certificate_view(
+    der: &certhub_pki::CertificateDer<'_>,
+) -> Result<ServerCertificate, ApiError> {
+    let info = certhub_pki::describe_certificate(der).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "ServerError",
+            format!("the hub's server certificate does not parse: {e}"),
+        )
+    })?;
+    Ok(ServerCertificate {
+        subject: info.subject,
+        issuer: info.issuer,
+        serial: info.serial,
+        not_before: info.not_before,
+        not_after: info.not_after,
+        sha256_thumbprint: certhub_pki::Thumbprints::of(der).sha256,
+        subject_alt_names: info.subject_alt_names,
+    })
+}
+
+fn no_identity() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::CONFLICT,
+        "ServerCertificateUnavailable",
+        "this process serves no TLS identity of its own to show or rotate",
+    )
+}
+
+#[utoipa::path(get, path = "/serverCertificate", summary = "The server certificate this node presents (certhub's)",
+    description = "Needs the RegistryRead right.",
+    responses((status = 200, description = "success", body = ServerCertificate), (status = 401, response = ErrorResponse), (status = 409, response = ErrorResponse)))]
+pub async fn get_server_certificate(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(Rights::REGISTRY_READ, "reading the server certificate")?;
+    let identity = state.server_identity().ok_or_else(no_identity)?;
+    let chain = identity.cert.chain();
+    let leaf = chain.first().ok_or_else(no_identity)?;
+    Ok(Json(server_certificate_view(leaf)?).into_response())
+}
+
+#[utoipa::path(post, path = "/serverCertificate/rotate", summary = "Replace this node's server certificate with a new one from the hub's server CA (a new key): presented from the next handshake on, while connected devices stay connected (certhub's)",
+    description = "Needs every (owner-class) right.",
+    responses((status = 200, description = "the new certificate", body = ServerCertificate), (status = 401, response = ErrorResponse), (status = 409, response = ErrorResponse)))]
+pub async fn rotate_server_certificate(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(OWNER, "rotating the server certificate")?;
+    let identity = state.server_identity().ok_or_else(no_identity)?.clone();
+    let hostnames = state.hostnames().to_vec();
+    let rotated = tokio::task::spawn_blocking(move || {
+        identity.rotate(&hostnames, time::OffsetDateTime::now_utc())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    match rotated {
+        Ok(info) => {
+            let detail = format!("serial {}, valid until {}", info.serial, info.not_after);
+            state
+                .audit(
+                    &caller,
+                    "hub.server-certificate.rotate",
+                    "serverCertificate",
+                    "ok",
+                    &detail,
+                )
+                .await;
+            let chain = state
+                .server_identity()
+                .map(|i| i.cert.chain())
+                .unwrap_or_default();
+            let leaf = chain.first().ok_or_else(no_identity)?;
+            Ok(Json(server_certificate_view(leaf)?).into_response())
+        }
+        Err(e) => {
+            state
+                .audit(
+                    &caller,
+                    "hub.server-certificate.rotate",
+                    "serverCertificate",
+                    "ServerError",
+                    &e,
+                )
+                .await;
+            Err(ApiError::new(
+                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+                "ServerError",
+                format!("the server certificate could not be rotated: {e}; the current one stays"),
+            ))
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct AuditParams {

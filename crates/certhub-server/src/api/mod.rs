@@ -158,6 +158,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(hub::cluster_nodes))
         .routes(routes!(hub::get_settings, hub::patch_settings))
         .routes(routes!(hub::audit))
+        .routes(routes!(hub::get_server_certificate))
+        .routes(routes!(hub::rotate_server_certificate))
         .routes(routes!(messages::events))
         .routes(routes!(messages::stream))
         .routes(routes!(dps::get_group, dps::put_group, dps::delete_group))

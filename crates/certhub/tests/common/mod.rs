@@ -994,3 +994,65 @@ pub fn run_provisioning_script(d: &Path, data: &Path, host: &str, node: Command)
     );
     stdout.into_owned()
 }
+
+/// Whether `pki/devices/<id>` publishes as `id` (one `mosquitto_pub`).
+pub fn publishes(d: &Path, port: u16, ca: &Path, id: &str) -> bool {
+    publishes_from(d, port, ca, &format!("pki/devices/{id}"), id)
+}
+
+/// Whether the widget in the folder `widget` (chain.pem, key.pem) publishes as `id`.
+pub fn publishes_from(d: &Path, port: u16, ca: &Path, widget: &str, id: &str) -> bool {
+    mosquitto_pub(
+        d,
+        &Pub {
+            port,
+            ca: s(ca),
+            widget,
+            client_id: id,
+            topic: &format!("devices/{id}/messages/events/"),
+            message: "t",
+            extra: &[],
+        },
+    )
+    .status
+    .success()
+}
+
+/// `mosquitto_sub` as a certificate-authenticated widget, kept connected.
+pub fn subscribe(d: &Path, port: u16, ca: &Path, widget: &str, id: &str) -> Child {
+    Command::new("mosquitto_sub")
+        .current_dir(d)
+        .args(["-h", "localhost", "-p", &port.to_string(), "-V", "mqttv311"])
+        .args(["--cafile", s(ca)])
+        .args(["--cert", &format!("{widget}/chain.pem")])
+        .args(["--key", &format!("{widget}/key.pem")])
+        .args([
+            "-i",
+            id,
+            "-u",
+            &format!("localhost/{id}/?api-version=2021-04-12"),
+        ])
+        .args([
+            "-t",
+            &format!("devices/{id}/messages/devicebound/#"),
+            "-q",
+            "1",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub (Debian package mosquitto-clients) runs")
+}
+
+/// Polls `check` every 100 ms for up to `secs`; panics with `what` when it never holds.
+pub fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> bool) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    start.elapsed()
+}
