@@ -1084,11 +1084,16 @@ fn crls_are_fetched_from_distribution_points_and_drop_what_they_revoke() {
 /// `openssl ocsp` as Technician-Z's responder on loopback (port 0), answering from an
 /// `openssl ca`-style index; returns the process and its URL.
 fn ocsp_responder(d: &Path, port: u16) -> (std::process::Child, String) {
+    ocsp_responder_signing_as(d, port, "pki/technician-z")
+}
+
+/// [`ocsp_responder`] with the answers signed by the CA in `signer` (cert.pem, key.pem).
+fn ocsp_responder_signing_as(d: &Path, port: u16, signer: &str) -> (std::process::Child, String) {
     let mut child = std::process::Command::new("openssl")
         .current_dir(d)
         .args(["ocsp", "-index", "tz-index.txt", "-port", &port.to_string()])
-        .args(["-rsigner", "pki/technician-z/cert.pem"])
-        .args(["-rkey", "pki/technician-z/key.pem"])
+        .args(["-rsigner", &format!("{signer}/cert.pem")])
+        .args(["-rkey", &format!("{signer}/key.pem")])
         .args([
             "-CA",
             "pki/technician-z/cert.pem",
@@ -1157,13 +1162,24 @@ fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
     enroll_company_x(d, &data, 1);
     std::fs::write(d.join("tz-index.txt"), "").expect("write");
     let (mut responder, url) = ocsp_responder(d, 0);
-    let ids = ["o-good", "o-revoked", "o-unknown", "o-later", "o-new"];
+    // A forger: answers good for everything, signed by Factory-Y, which Technician-Z never
+    // delegated OCSP signing to.
+    let (mut forger, forged_url) = ocsp_responder_signing_as(d, 0, "pki/factory-y");
+    let ids = [
+        "o-good",
+        "o-revoked",
+        "o-unknown",
+        "o-later",
+        "o-new",
+        "o-forged",
+    ];
     for id in ids {
+        let at = if id == "o-forged" { &forged_url } else { &url };
         pki(&format!(
             "pki request --subject CN={id} --out pki/devices/{id}"
         ));
         pki(&format!(
-            "pki sign --issuer pki/technician-z --csr pki/devices/{id}/request.csr --profile device --ocsp-url {url} --out pki/devices/{id}"
+            "pki sign --issuer pki/technician-z --csr pki/devices/{id}/request.csr --profile device --ocsp-url {at} --out pki/devices/{id}"
         ));
         hub(&format!("device create --id {id} --auth-method x509-ca")).ok();
     }
@@ -1174,6 +1190,7 @@ fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
         index.push_str(&index_line(d, &cert("o-revoked"), true));
         index.push_str(&index_line(d, &cert("o-later"), revoked_later));
         index.push_str(&index_line(d, &cert("o-new"), false));
+        index.push_str(&index_line(d, &cert("o-forged"), false));
         std::fs::write(d.join("tz-index.txt"), index).expect("write");
     };
     write_index(false);
@@ -1223,6 +1240,31 @@ fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
     );
     // Refused afterwards by the index, without asking again.
     assert!(!pub_as("o-revoked"));
+    // A good answer signed by a key Technician-Z never delegated counts for nothing.
+    forger = {
+        let _ = forger.kill();
+        let _ = forger.wait();
+        let port: u16 = forged_url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        ocsp_responder_signing_as(d, port, "pki/factory-y").0
+    };
+    assert!(!pub_as("o-forged"), "a forged good answer: refused");
+    let records = audit(d, &data);
+    assert!(
+        has(
+            &records,
+            "device.connect",
+            "devices/o-forged",
+            "revocation-unknown",
+            "not signed by the certificate's issuer"
+        ),
+        "{records:#?}"
+    );
+    let _ = forger.kill();
+    let _ = forger.wait();
 
     // A connected widget revoked at the responder is dropped.
     let mut sub = subscribe(d, port, &ca, "pki/devices/o-later", "o-later");
