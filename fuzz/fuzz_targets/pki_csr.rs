@@ -46,6 +46,7 @@ fuzz_target!(|data: &[u8]| {
         SignOptions {
             days: Some(u32::MAX),
             path_len: Some(1),
+            ..SignOptions::default()
         },
     ];
     for profile in [Profile::Device, Profile::Intermediate] {

@@ -20,6 +20,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use time::{Duration, OffsetDateTime};
 
+/// During a server CA rollover: the next CA, which clients are given beside the current one
+/// until the hub switches to it.
+const NEXT: &str = "server-ca-next.pem";
+const NEXT_KEY: &str = "server-ca-next.key";
+
 /// Why the hub's TLS identity could not be loaded or made.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -41,6 +46,8 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     #[error("the hub's server CA in the database: {0}")]
     Shared(String),
+    #[error("{0}")]
+    Rollover(String),
 }
 
 /// The server certificate every listener presents, replaceable while they run: a new one is
@@ -336,6 +343,77 @@ impl ServerIdentity {
         write(&self.key_path, &key_pem)?;
         write(&self.cert_path, &cert.pem)?;
         describe_certificate(&cert.der).map_err(pki(&self.cert_path))
+    }
+
+    /// Starts a server CA rollover: a new server CA (a subject of its own, dated) waits beside
+    /// the current one, which still issues the certificate the hub presents. Clients are given
+    /// both (`certhub hub server-ca` prints both) at their own pace; then
+    /// [`ServerIdentity::switch_ca`] has the hub present a certificate from the new one.
+    /// (The current CA has pathLenConstraint 0, so it cannot vouch for a successor by
+    /// cross-signing: OpenSSL clients would refuse the path.) Returns the new CA's description.
+    pub fn introduce_ca(
+        &self,
+        now: OffsetDateTime,
+    ) -> Result<certhub_pki::CertificateInfo, TlsError> {
+        let dir = self.ca_path.parent().unwrap_or(Path::new("."));
+        if dir.join(NEXT).exists() {
+            return Err(TlsError::Rollover(
+                "a new server CA is already waiting: switch to it first (certhub hub rotate-server-cert --switch-ca)".into(),
+            ));
+        }
+        let pki = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TlsError::Pki { path, source }
+        };
+        let stamp = now
+            .replace_nanosecond(0)
+            .unwrap_or(now)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let subject = parse_subject(&format!("CN=certhub server CA {stamp}, O=certhub"))
+            .map_err(pki(&self.ca_path))?;
+        let made = create_root(&subject, KeyAlgorithm::EcdsaP256, 3650, Some(0), now)
+            .map_err(pki(&self.ca_path))?;
+        write(&dir.join(NEXT_KEY), &made.key_pem)?;
+        write(&dir.join(NEXT), &made.pem)?;
+        let der = read_certificates(made.pem.as_bytes()).map_err(pki(&self.ca_path))?;
+        let first = der.first().ok_or(TlsError::Key {
+            path: dir.join(NEXT),
+        })?;
+        describe_certificate(first).map_err(pki(&self.ca_path))
+    }
+
+    /// Ends a server CA rollover: the waiting CA becomes the hub's server CA and issues the
+    /// certificate the listeners present from the next handshake on (connected devices stay
+    /// connected); the previous CA is forgotten, so clients that trust only it can no longer
+    /// connect. `Ok(None)` when no new CA was waiting.
+    pub fn switch_ca(
+        &self,
+        hostnames: &[String],
+        now: OffsetDateTime,
+    ) -> Result<Option<certhub_pki::CertificateInfo>, TlsError> {
+        let dir = self.ca_path.parent().unwrap_or(Path::new("."));
+        let (next, next_key) = (dir.join(NEXT), dir.join(NEXT_KEY));
+        if !next.exists() {
+            return Ok(None);
+        }
+        let (pem, key) = (read_text(&next)?, read_text(&next_key)?);
+        write(&self.ca_path.with_file_name("server-ca.key"), &key)?;
+        write(&self.ca_path, &pem)?;
+        fs::remove_file(&next).map_err(io(&next))?;
+        let _ = fs::remove_file(&next_key);
+        self.rotate(hostnames, now).map(Some)
+    }
+
+    /// The CA certificates clients should trust, PEM: the hub's server CA, and during a
+    /// rollover the one waiting to replace it.
+    pub fn trust_bundle(dir: &Path) -> Result<String, TlsError> {
+        let mut pem = read_text(&dir.join("server-ca.pem"))?;
+        let next = dir.join(NEXT);
+        if next.exists() {
+            pem.push_str(&read_text(&next)?);
+        }
+        Ok(pem)
     }
 
     /// The rustls configuration for device listeners (client certificates requested, no

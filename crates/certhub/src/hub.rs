@@ -21,8 +21,24 @@ pub enum HubCommand {
     ServerCert(ShowArgs),
     /// Replace the hub's server certificate with a new one (a new key) from its server CA:
     /// presented from the next handshake on; connected devices stay connected, and clients
-    /// keep trusting the same server-ca.pem.
-    RotateServerCert(ShowArgs),
+    /// keep trusting the same server-ca.pem. --new-ca starts a server CA rollover instead;
+    /// --switch-ca ends it.
+    RotateServerCert(RotateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    hub: crate::client::HubArgs,
+    /// Start a server CA rollover: a new server CA waits beside the current one, which still
+    /// issues the certificate the hub presents; give clients both (`certhub hub server-ca`
+    /// prints both) at their own pace.
+    #[arg(long, conflicts_with = "switch_ca")]
+    new_ca: bool,
+    /// End the rollover: the new CA issues the certificate the hub presents from the next
+    /// handshake on; clients that trust only the previous CA can no longer connect.
+    #[arg(long)]
+    switch_ca: bool,
 }
 
 #[derive(Debug, Args)]
@@ -119,9 +135,14 @@ pub fn run(cmd: HubCommand) -> Result<Outcome> {
         }
         HubCommand::RotateServerCert(a) => {
             let client = crate::client::Client::connect(&a.hub)?;
+            let path = match (a.new_ca, a.switch_ca) {
+                (true, _) => "serverCertificate/newCa",
+                (_, true) => "serverCertificate/switchCa",
+                _ => "serverCertificate/rotate",
+            };
             crate::client::print_json(&client.expect(
                 "POST",
-                &crate::client::ApiPath::fixed("serverCertificate/rotate"),
+                &crate::client::ApiPath::fixed(path),
                 None,
                 None,
             )?);
@@ -256,12 +277,14 @@ fn event_hub_connection_string(cs: &str) -> Result<String> {
 
 fn server_ca(a: DataDirArg) -> Result<Outcome> {
     let path = a.data_dir.join("tls").join("server-ca.pem");
-    let pem = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "{}: start the hub once (`certhub serve`) to create it",
-            path.display()
-        )
-    })?;
+    // During a server CA rollover, the previous CA too.
+    let pem = certhub_server::tls::ServerIdentity::trust_bundle(&a.data_dir.join("tls"))
+        .with_context(|| {
+            format!(
+                "{}: start the hub once (`certhub serve`) to create it",
+                path.display()
+            )
+        })?;
     print!("{pem}");
     Ok(Outcome::Ok)
 }

@@ -20,31 +20,35 @@ fn words(line: &str) -> Vec<&str> {
 /// The serial of the certificate the hub presents on `port`, as openssl s_client sees it
 /// after verifying it against the hub's server CA (panics unless it verifies).
 fn presented_serial(d: &Path, data: &Path, port: u16) -> String {
+    let (verified, serial, text) = presented(d, &data.join("tls/server-ca.pem"), port);
+    assert!(verified, "s_client: {text}");
+    serial
+}
+
+/// What openssl s_client sees on `port` trusting only `ca`: whether it verifies, the leaf's
+/// serial, and its whole output.
+fn presented(d: &Path, ca: &Path, port: u16) -> (bool, String, String) {
     let out = Command::new("openssl")
         .current_dir(d)
         .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .args(["-servername", "localhost", "-verify_return_error"])
-        .args(["-CAfile", s(&data.join("tls/server-ca.pem"))])
+        .args(["-servername", "localhost", "-CAfile", s(ca)])
         .stdin(Stdio::null())
         .output()
         .expect("openssl runs");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        text.contains("Verify return code: 0 (ok)"),
-        "s_client: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let verified = text.contains("Verify return code: 0 (ok)");
     let start = text
         .find("-----BEGIN CERTIFICATE-----")
         .expect("a certificate");
     let end = text.find("-----END CERTIFICATE-----").expect("its end") + 25;
     std::fs::write(d.join("presented.pem"), &text[start..end]).expect("write");
-    openssl(d, &words("x509 -in presented.pem -noout -serial"))
+    let serial = openssl(d, &words("x509 -in presented.pem -noout -serial"))
         .ok()
         .stdout
         .trim()
         .trim_start_matches("serial=")
-        .to_ascii_lowercase()
+        .to_ascii_lowercase();
+    (verified, serial, text)
 }
 
 #[test]
@@ -235,4 +239,91 @@ fn a_renewed_root_works_beside_the_old_one_while_devices_move() {
     assert!(!publish("widget-2", "widget-2-2025"), "its root is gone");
     assert!(publish("widget-1", "widget-1-2026"));
     assert!(publish("widget-3", "widget-3-2026"));
+}
+
+/// A server CA rollover in two steps: a new server CA is introduced while the hub still
+/// presents a certificate from the old one (a device that trusts only the old CA connects, and
+/// one given both CAs does too); at the switch the hub presents a certificate from the new CA,
+/// the connected device stays, and from then on only the new CA verifies the hub.
+#[test]
+fn a_new_server_ca_is_introduced_while_devices_still_trust_the_old_one() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = common::start_hub(&data);
+    let hub = |line: &str| certhub_at(d, &data, &words(line));
+    common::enroll_widget(d, &data);
+    let old_ca = d.join("old-ca.pem");
+    std::fs::copy(data.join("tls/server-ca.pem"), &old_ca).expect("copy");
+    let id = "smart-x-widget-0001";
+    let port = hub_process.mqtt_port;
+    let sub = subscribe(d, port, &old_ca, "pki/devices/smart-x-widget-0001", id);
+    wait_until(20, "the widget connects", || {
+        hub(&format!("device show --id {id}"))
+            .ok()
+            .stdout
+            .contains("\"connectionState\": \"Connected\"")
+    });
+    let before = presented(d, &old_ca, port);
+    assert!(before.0, "{}", before.2);
+
+    // Introduced: nothing changes for devices, and the trust bundle has both CAs.
+    let next: serde_json::Value =
+        serde_json::from_str(&hub("hub rotate-server-cert --new-ca").ok().stdout).expect("json");
+    assert!(
+        next["subject"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("CN=certhub server CA 20")),
+        "{next:#}"
+    );
+    let both = d.join("both.pem");
+    std::fs::write(&both, hub("hub server-ca").ok().stdout).expect("write");
+    let bundle = std::fs::read_to_string(&both).expect("read");
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 2, "{bundle}");
+    assert_eq!(
+        presented(d, &old_ca, port).1,
+        before.1,
+        "the same certificate"
+    );
+    assert!(presented(d, &both, port).0);
+    assert!(publishes(d, port, &both, id), "a device given both CAs");
+    let e = hub("hub rotate-server-cert --new-ca").code(2);
+    assert!(e.stderr.contains("already waiting"), "{}", e.stderr);
+    let mut sub2 = subscribe(d, port, &both, "pki/devices/smart-x-widget-0001", id);
+    wait_until(20, "the widget connects again", || {
+        hub(&format!("device show --id {id}"))
+            .ok()
+            .stdout
+            .contains("\"connectionState\": \"Connected\"")
+    });
+
+    // Switched: a certificate from the new CA; the session stays; the old CA no longer verifies.
+    let now: serde_json::Value =
+        serde_json::from_str(&hub("hub rotate-server-cert --switch-ca").ok().stdout).expect("json");
+    assert_eq!(now["issuer"], next["subject"], "{now:#}");
+    let after = presented(d, &both, port);
+    assert!(after.0, "{}", after.2);
+    assert_ne!(after.1, before.1);
+    assert!(
+        !presented(d, &old_ca, port).0,
+        "the old CA no longer verifies the hub"
+    );
+    assert!(
+        sub2.try_wait().expect("state").is_none(),
+        "the session made before stays"
+    );
+    assert!(!publishes(d, port, &old_ca, id));
+    assert!(publishes(d, port, &both, id));
+    let bundle = hub("hub server-ca").ok().stdout;
+    assert_eq!(bundle.matches("BEGIN CERTIFICATE").count(), 1, "{bundle}");
+    let e = hub("hub rotate-server-cert --switch-ca").code(2);
+    assert!(
+        e.stderr.contains("no server CA rollover is under way"),
+        "{}",
+        e.stderr
+    );
+    for mut s in [sub, sub2] {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
 }

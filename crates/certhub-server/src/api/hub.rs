@@ -167,6 +167,141 @@ pub async fn get_server_certificate(
     Ok(Json(server_certificate_view(leaf)?).into_response())
 }
 
+#[utoipa::path(post, path = "/serverCertificate/newCa", summary = "Start a server CA rollover on this node: a new server CA waits beside the current one, which still issues the certificate presented; give clients both (certhub hub server-ca), then switch (certhub's)",
+    description = "Needs every (owner-class) right. Not on a hub whose nodes share a database (their server CA is shared). Answers the new CA.",
+    responses((status = 200, description = "the new CA", body = ServerCertificate), (status = 401, response = ErrorResponse), (status = 409, response = ErrorResponse)))]
+pub async fn new_server_ca(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(OWNER, "introducing a new server CA")?;
+    if state.store().backend() == certhub_store::Backend::Postgres {
+        let e = "this hub keeps its state in a shared database, whose nodes share one server CA: a server CA rollover is not available there yet; rotate each node's server certificate instead";
+        state
+            .audit(
+                &caller,
+                "hub.server-ca.new",
+                "serverCertificate",
+                "Conflict",
+                e,
+            )
+            .await;
+        return Err(ApiError::new(
+            axum::http::StatusCode::CONFLICT,
+            "Conflict",
+            e,
+        ));
+    }
+    let identity = state.server_identity().ok_or_else(no_identity)?;
+    match identity.introduce_ca(time::OffsetDateTime::now_utc()) {
+        Ok(info) => {
+            let detail = format!("{:?}, valid until {}", info.subject, info.not_after);
+            state
+                .audit(
+                    &caller,
+                    "hub.server-ca.new",
+                    "serverCertificate",
+                    "ok",
+                    &detail,
+                )
+                .await;
+            Ok(Json(ServerCertificate {
+                sha256_thumbprint: info.thumbprints.sha256.clone(),
+                subject: info.subject,
+                issuer: info.issuer,
+                serial: info.serial,
+                not_before: info.not_before,
+                not_after: info.not_after,
+                subject_alt_names: info.subject_alt_names,
+            })
+            .into_response())
+        }
+        Err(e) => {
+            let e = e.to_string();
+            state
+                .audit(
+                    &caller,
+                    "hub.server-ca.new",
+                    "serverCertificate",
+                    "Conflict",
+                    &e,
+                )
+                .await;
+            Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "Conflict",
+                format!("not done: {e}"),
+            ))
+        }
+    }
+}
+
+#[utoipa::path(post, path = "/serverCertificate/switchCa", summary = "End a server CA rollover on this node: the new server CA becomes the hub's and issues the certificate presented from the next handshake on (connected devices stay connected); clients that trust only the previous CA can no longer connect (certhub's)",
+    description = "Needs every (owner-class) right.",
+    responses((status = 200, description = "the certificate presented now", body = ServerCertificate), (status = 401, response = ErrorResponse), (status = 409, response = ErrorResponse)))]
+pub async fn switch_server_ca(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    caller.require(OWNER, "switching to the new server CA")?;
+    let identity = state.server_identity().ok_or_else(no_identity)?.clone();
+    let hostnames = state.hostnames().to_vec();
+    let done = tokio::task::spawn_blocking(move || {
+        identity.switch_ca(&hostnames, time::OffsetDateTime::now_utc())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    let done = match done {
+        Ok(None) => {
+            return Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "Conflict",
+                "no server CA rollover is under way: start one with certhub hub rotate-server-cert --new-ca",
+            ));
+        }
+        Ok(Some(info)) => Ok(info),
+        Err(e) => Err(e),
+    };
+    answered(&state, &caller, "hub.server-ca.switch", done).await
+}
+
+/// Audits a rotation's outcome and answers with the certificate presented now.
+async fn answered(
+    state: &AppState,
+    caller: &Caller,
+    operation: &str,
+    done: Result<certhub_pki::CertificateInfo, String>,
+) -> Result<Response, ApiError> {
+    match done {
+        Ok(info) => {
+            let detail = format!(
+                "serial {}, issued by {:?}, valid until {}",
+                info.serial, info.issuer, info.not_after
+            );
+            state
+                .audit(caller, operation, "serverCertificate", "ok", &detail)
+                .await;
+            let chain = state
+                .server_identity()
+                .map(|i| i.cert.chain())
+                .unwrap_or_default();
+            let leaf = chain.first().ok_or_else(no_identity)?;
+            Ok(Json(server_certificate_view(leaf)?).into_response())
+        }
+        Err(e) => {
+            state
+                .audit(caller, operation, "serverCertificate", "ServerError", &e)
+                .await;
+            Err(ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "Conflict",
+                format!("not done: {e}; the current certificate stays"),
+            ))
+        }
+    }
+}
+
 #[utoipa::path(post, path = "/serverCertificate/rotate", summary = "Replace this node's server certificate with a new one from the hub's server CA (a new key): presented from the next handshake on, while connected devices stay connected (certhub's)",
     description = "Needs every (owner-class) right.",
     responses((status = 200, description = "the new certificate", body = ServerCertificate), (status = 401, response = ErrorResponse), (status = 409, response = ErrorResponse)))]
@@ -183,42 +318,7 @@ pub async fn rotate_server_certificate(
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r.map_err(|e| e.to_string()));
-    match rotated {
-        Ok(info) => {
-            let detail = format!("serial {}, valid until {}", info.serial, info.not_after);
-            state
-                .audit(
-                    &caller,
-                    "hub.server-certificate.rotate",
-                    "serverCertificate",
-                    "ok",
-                    &detail,
-                )
-                .await;
-            let chain = state
-                .server_identity()
-                .map(|i| i.cert.chain())
-                .unwrap_or_default();
-            let leaf = chain.first().ok_or_else(no_identity)?;
-            Ok(Json(server_certificate_view(leaf)?).into_response())
-        }
-        Err(e) => {
-            state
-                .audit(
-                    &caller,
-                    "hub.server-certificate.rotate",
-                    "serverCertificate",
-                    "ServerError",
-                    &e,
-                )
-                .await;
-            Err(ApiError::new(
-                axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                "ServerError",
-                format!("the server certificate could not be rotated: {e}; the current one stays"),
-            ))
-        }
-    }
+    answered(&state, &caller, "hub.server-certificate.rotate", rotated).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -160,6 +160,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(hub::audit))
         .routes(routes!(hub::get_server_certificate))
         .routes(routes!(hub::rotate_server_certificate))
+        .routes(routes!(hub::new_server_ca))
+        .routes(routes!(hub::switch_server_ca))
         .routes(routes!(messages::events))
         .routes(routes!(messages::stream))
         .routes(routes!(dps::get_group, dps::put_group, dps::delete_group))
