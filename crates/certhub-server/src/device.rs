@@ -417,6 +417,7 @@ impl DeviceCore {
                 .ca(live.device.id().device.as_str(), module, live.device.ca())
                 .await;
             let certs = live.device.chain();
+            state.note_intermediates(live.device.ca(), certs).await;
             if let Some(leaf) = certs.first() {
                 let chain = certs
                     .iter()

@@ -1,6 +1,7 @@
 //! Certificate expiry, watched: every check (`expiry_check`, a minute by default) counts the
 //! identities whose certificate (the leaf each last authenticated with) is within 7, 30 and
-//! 90 days or expired, for `/metrics`, and announces each identity entering a horizon once,
+//! 90 days or expired, and the intermediates their chains presented, for `/metrics`, and
+//! announces each identity and intermediate entering a horizon once,
 //! over all the nodes sharing the store: an audit record (`certificate.expiring`, actor
 //! `hub`) and, when configured, a webhook POST signed with HMAC-SHA256. Webhook deliveries
 //! run in a task of their own, retried a bounded number of times; a receiver that is down
@@ -92,6 +93,71 @@ async fn check(
         state
             .audit(&Hub, "certificate.expiring", &target, &outcome, &detail)
             .await;
+        if webhook && tx.try_send(body).is_err() {
+            tracing::warn!(
+                target,
+                "the expiry webhook queue is full; this event is not delivered"
+            );
+        }
+    }
+    // The intermediates devices' chains presented.
+    let intermediates = state.store().intermediates().await?;
+    let expired = intermediates
+        .iter()
+        .filter(|r| r.not_after_ms <= now)
+        .count();
+    let within = HORIZONS
+        .iter()
+        .map(|d| {
+            let n = intermediates
+                .iter()
+                .filter(|r| r.not_after_ms > now && r.not_after_ms <= now + d * 86_400_000)
+                .count();
+            (*d, i64::try_from(n).unwrap_or(i64::MAX))
+        })
+        .collect();
+    state
+        .metrics()
+        .set_intermediate_expiry(i64::try_from(expired).unwrap_or(i64::MAX), within);
+    for (r, horizon) in state
+        .store()
+        .announce_intermediate_expiry(now, &HORIZONS)
+        .await?
+    {
+        let target = format!("intermediates/{}", r.sha256);
+        let at = certhub_core::azure_time(r.not_after_ms);
+        let (kind, outcome, message) = match horizon {
+            0 => (
+                "intermediate.expired",
+                "expired".to_string(),
+                format!(
+                    "the intermediate {:?} (issued by {:?}, under CA {:?}) that devices' chains presented expired at {at}",
+                    r.subject, r.issuer, r.ca
+                ),
+            ),
+            d => (
+                "intermediate.expiring",
+                format!("{d}d"),
+                format!(
+                    "the intermediate {:?} (issued by {:?}, under CA {:?}) that devices' chains present expires at {at}, within {d} days",
+                    r.subject, r.issuer, r.ca
+                ),
+            ),
+        };
+        state
+            .audit(&Hub, "certificate.expiring", &target, &outcome, &message)
+            .await;
+        let body = json!({
+            "id": format!("{target}:{}:{horizon}", r.not_after_ms),
+            "type": kind,
+            "sha256Thumbprint": r.sha256,
+            "subject": r.subject,
+            "issuer": r.issuer,
+            "ca": r.ca,
+            "expiresAt": at,
+            "withinDays": horizon,
+            "message": message,
+        });
         if webhook && tx.try_send(body).is_err() {
             tracing::warn!(
                 target,

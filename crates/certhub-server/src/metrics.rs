@@ -15,8 +15,9 @@ pub struct Metrics {
     connects: Mutex<BTreeMap<String, u64>>,
     dropped: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     telemetry: AtomicU64,
-    /// The last expiry count.
+    /// The last expiry count: of identities, and of the intermediates their chains presented.
     expiry: Mutex<Option<ExpiryCount>>,
+    intermediates: Mutex<Option<ExpiryCount>>,
 }
 
 impl Metrics {
@@ -38,6 +39,13 @@ impl Metrics {
     /// The devices' certificates by expiry horizon, as last counted.
     pub fn set_expiry(&self, expired: i64, within: Vec<(i64, i64)>) {
         if let Ok(mut e) = self.expiry.lock() {
+            *e = Some((expired, within));
+        }
+    }
+
+    /// The intermediates devices' chains presented, by expiry horizon, as last counted.
+    pub fn set_intermediate_expiry(&self, expired: i64, within: Vec<(i64, i64)>) {
+        if let Ok(mut e) = self.intermediates.lock() {
             *e = Some((expired, within));
         }
     }
@@ -82,23 +90,46 @@ impl Metrics {
             let _ = writeln!(out, "certhub_telemetry_stream_batches_total {n}");
         }
         if let Ok(e) = self.expiry.lock()
-            && let Some((expired, within)) = &*e
+            && let Some(count) = &*e
         {
-            out.push_str("# HELP certhub_certificates_expiring Identities whose certificate (the leaf each last authenticated with) expires within the horizon and has not yet expired; counted every expiry check.\n");
-            out.push_str("# TYPE certhub_certificates_expiring gauge\n");
-            for (days, n) in within {
-                let _ = writeln!(
-                    out,
-                    "certhub_certificates_expiring{{within_days=\"{days}\"}} {n}"
-                );
-            }
-            out.push_str("# HELP certhub_certificates_expired Identities whose certificate (the leaf each last authenticated with) has expired.\n");
-            out.push_str("# TYPE certhub_certificates_expired gauge\n");
-            let _ = writeln!(out, "certhub_certificates_expired {expired}");
+            expiry_gauges(
+                &mut out,
+                "certificates",
+                "Identities whose certificate (the leaf each last authenticated with)",
+                count,
+            );
+        }
+        if let Ok(e) = self.intermediates.lock()
+            && let Some(count) = &*e
+        {
+            expiry_gauges(
+                &mut out,
+                "intermediates",
+                "Intermediate CA certificates that devices' chains presented",
+                count,
+            );
         }
         out.push_str("# HELP certhub_device_sessions Live device sessions.\n");
         out.push_str("# TYPE certhub_device_sessions gauge\n");
         let _ = writeln!(out, "certhub_device_sessions {sessions}");
         out
     }
+}
+
+/// `certhub_<what>_expiring{within_days}` and `certhub_<what>_expired`, for `who`.
+fn expiry_gauges(out: &mut String, what: &str, who: &str, (expired, within): &ExpiryCount) {
+    let _ = writeln!(
+        out,
+        "# HELP certhub_{what}_expiring {who} expiring within the horizon, not yet expired; counted every expiry check."
+    );
+    let _ = writeln!(out, "# TYPE certhub_{what}_expiring gauge");
+    for (days, n) in within {
+        let _ = writeln!(out, "certhub_{what}_expiring{{within_days=\"{days}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "# HELP certhub_{what}_expired {who} that have expired."
+    );
+    let _ = writeln!(out, "# TYPE certhub_{what}_expired gauge");
+    let _ = writeln!(out, "certhub_{what}_expired {expired}");
 }

@@ -61,6 +61,8 @@ struct Inner {
     files: std::sync::OnceLock<crate::files::FileStore>,
     /// The TLS identity the listeners present (set by `serve`), which the API can rotate.
     identity: std::sync::OnceLock<crate::tls::ServerIdentity>,
+    /// The intermediates (SHA-256) this process has recorded from devices' chains.
+    seen_intermediates: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
     /// Bumped when feedback or a file notification may have been queued for services, to
     /// wake their AMQP receivers.
     service_queues: tokio::sync::watch::Sender<u64>,
@@ -222,6 +224,7 @@ impl AppState {
                 listen_port: std::sync::atomic::AtomicU32::new(0),
                 files: std::sync::OnceLock::new(),
                 identity: std::sync::OnceLock::new(),
+                seen_intermediates: std::sync::Mutex::default(),
                 service_queues: tokio::sync::watch::Sender::new(0),
                 partition_readers: Arc::default(),
                 created_ms,
@@ -266,6 +269,36 @@ impl AppState {
 
     pub(crate) fn server_identity(&self) -> Option<&crate::tls::ServerIdentity> {
         self.inner.identity.get()
+    }
+
+    /// Records the intermediates of a chain that reached the CA `ca` (for their expiry), once
+    /// per process: a lookup per intermediate when known.
+    pub(crate) async fn note_intermediates(&self, ca: &str, chain: &[certhub_pki::ChainCert]) {
+        const MOST: usize = 100_000;
+        let fresh: Vec<&certhub_pki::ChainCert> = match self.inner.seen_intermediates.lock() {
+            Ok(mut seen) => chain
+                .iter()
+                .skip(1)
+                .filter(|c| seen.len() < MOST && seen.insert(c.sha256))
+                .collect(),
+            Err(_) => return,
+        };
+        for c in fresh {
+            let record = certhub_store::IntermediateRecord {
+                sha256: certhub_pki::hex(&c.sha256),
+                subject: c.subject.clone(),
+                issuer: c.issuer.clone(),
+                not_after_ms: c.not_after.saturating_mul(1000),
+                ca: ca.to_string(),
+                first_seen_ms: now_ms(),
+            };
+            if let Err(e) = self.store().add_intermediate(&record).await {
+                tracing::warn!(error = %e, "recording an intermediate failed");
+                if let Ok(mut seen) = self.inner.seen_intermediates.lock() {
+                    seen.remove(&c.sha256);
+                }
+            }
+        }
     }
 
     /// Records the host name clients reach the hub by (`--public-endpoint`'s, else the first

@@ -275,19 +275,8 @@ impl Store {
                     (row.try_get("device_id")?, row.try_get("module_id")?);
                 let e: i64 = row.try_get("e")?;
                 let announced: Option<String> = row.try_get("a")?;
-                let horizon = if e <= now_ms {
-                    0
-                } else {
-                    let mut within: Vec<i64> = horizons
-                        .iter()
-                        .copied()
-                        .filter(|h| e <= now_ms.saturating_add(h.saturating_mul(DAY)))
-                        .collect();
-                    within.sort_unstable();
-                    match within.first() {
-                        Some(h) => *h,
-                        None => continue,
-                    }
+                let Some(horizon) = horizon_of(e, now_ms, horizons) else {
+                    continue;
                 };
                 // Already announced for this expiry at this horizon or a tighter one?
                 let before = announced.as_deref().and_then(|a| {
@@ -335,6 +324,117 @@ impl Store {
         }
         Ok(events)
     }
+}
+
+/// An intermediate CA certificate a device's chain presented.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntermediateRecord {
+    /// SHA-256 of its DER, lower-case hex.
+    pub sha256: String,
+    pub subject: String,
+    pub issuer: String,
+    pub not_after_ms: i64,
+    /// The registered CA the chain reached.
+    pub ca: String,
+    pub first_seen_ms: i64,
+}
+
+impl Store {
+    /// Records an intermediate unless it is known; true when it was new.
+    pub async fn add_intermediate(&self, r: &IntermediateRecord) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO intermediates (sha256, subject, issuer, not_after_ms, ca, first_seen_ms)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (sha256) DO NOTHING",
+        )
+        .bind(r.sha256.clone())
+        .bind(r.subject.clone())
+        .bind(r.issuer.clone())
+        .bind(r.not_after_ms)
+        .bind(r.ca.clone())
+        .bind(r.first_seen_ms)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The intermediates seen, soonest expiry first.
+    pub async fn intermediates(&self) -> Result<Vec<IntermediateRecord>> {
+        Ok(self
+            .intermediates_announced()
+            .await?
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// The intermediates with the horizon last announced for each.
+    async fn intermediates_announced(&self) -> Result<Vec<(IntermediateRecord, Option<String>)>> {
+        let rows = sqlx::query("SELECT * FROM intermediates ORDER BY not_after_ms, sha256")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    IntermediateRecord {
+                        sha256: r.try_get("sha256")?,
+                        subject: r.try_get("subject")?,
+                        issuer: r.try_get("issuer")?,
+                        not_after_ms: r.try_get("not_after_ms")?,
+                        ca: r.try_get("ca")?,
+                        first_seen_ms: r.try_get("first_seen_ms")?,
+                    },
+                    r.try_get("announced")?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Announces intermediates entering a horizon, as [`Store::announce_expiry`] does
+    /// identities: each once per horizon over all nodes. Returns (record, horizon days; 0 for
+    /// expired).
+    pub async fn announce_intermediate_expiry(
+        &self,
+        now_ms: i64,
+        horizons: &[i64],
+    ) -> Result<Vec<(IntermediateRecord, i64)>> {
+        let mut out = Vec::new();
+        for (r, announced) in self.intermediates_announced().await? {
+            let Some(horizon) = horizon_of(r.not_after_ms, now_ms, horizons) else {
+                continue;
+            };
+            let before = announced.as_deref().and_then(|a| a.parse::<i64>().ok());
+            if before.is_some_and(|b| b <= horizon) {
+                continue;
+            }
+            let done = sqlx::query(
+                "UPDATE intermediates SET announced = $1 WHERE sha256 = $2
+                 AND (announced IS NULL OR announced = $3)",
+            )
+            .bind(horizon.to_string())
+            .bind(r.sha256.clone())
+            .bind(announced.unwrap_or_default())
+            .execute(self.pool())
+            .await?;
+            if done.rows_affected() == 1 {
+                out.push((r, horizon));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The tightest of `horizons` (days) that `expires_ms` is within at `now_ms`, 0 when already
+/// expired, none when beyond them all.
+fn horizon_of(expires_ms: i64, now_ms: i64, horizons: &[i64]) -> Option<i64> {
+    const DAY: i64 = 86_400_000;
+    if expires_ms <= now_ms {
+        return Some(0);
+    }
+    horizons
+        .iter()
+        .copied()
+        .filter(|h| expires_ms <= now_ms.saturating_add(h.saturating_mul(DAY)))
+        .min()
 }
 
 /// (device id, module id or "", last activity ms) of a row.

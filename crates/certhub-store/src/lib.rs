@@ -34,7 +34,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use audit::{AuditFilter, AuditRecord};
 pub use blocks::BlockRecord;
-pub use bookkeeping::{Bookkeeping, ExpiryEvent, ExpiryReport};
+pub use bookkeeping::{Bookkeeping, ExpiryEvent, ExpiryReport, IntermediateRecord};
 pub use c2d::{C2dOutcome, C2dRecord, Enqueued, FeedbackRecord};
 pub use cas::CaRecord;
 pub use crl_sources::{CrlSource, OcspRevocation};

@@ -266,7 +266,8 @@ const STEPS: &[&str] = &[
     // each issuer's CRL), with their fetch schedule and last outcome; per CA, whether the hub
     // fetches them (NULL: the default, yes). The leaves OCSP responders answered revoked, and
     // per CA whether the hub asks OCSP responders (NULL: the default, no). Per identity, the
-    // expiry horizon last announced for its certificate (`<expiry ms>:<days>`).
+    // expiry horizon last announced for its certificate (`<expiry ms>:<days>`). The
+    // intermediates devices' chains have presented, for their expiry.
     "CREATE TABLE crl_sources (
         ca TEXT NOT NULL,
         issuer_key TEXT NOT NULL,
@@ -294,7 +295,16 @@ const STEPS: &[&str] = &[
     );
     ALTER TABLE ca_certificates ADD COLUMN ocsp BIGINT;
     ALTER TABLE devices ADD COLUMN x509_announced TEXT;
-    ALTER TABLE modules ADD COLUMN x509_announced TEXT",
+    ALTER TABLE modules ADD COLUMN x509_announced TEXT;
+    CREATE TABLE intermediates (
+        sha256 TEXT PRIMARY KEY,
+        subject TEXT NOT NULL,
+        issuer TEXT NOT NULL,
+        not_after_ms BIGINT NOT NULL,
+        ca TEXT NOT NULL,
+        first_seen_ms BIGINT NOT NULL,
+        announced TEXT
+    )",
 ];
 
 /// Key of the PostgreSQL advisory lock held while the schema is brought up to date.

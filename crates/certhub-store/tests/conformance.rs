@@ -822,6 +822,53 @@ async fn crl_sources(store: &Store) {
     );
     assert!(store.crl_sources().await.expect("list").is_empty());
     store.delete_ca("crl-ca", None).await.expect("delete ca");
+
+    // Intermediates seen in chains: recorded once, announced once per horizon.
+    let day = 86_400_000;
+    let tz = certhub_store::IntermediateRecord {
+        sha256: "d".repeat(64),
+        subject: "CN=Technician-Z".into(),
+        issuer: "CN=Factory-Y".into(),
+        not_after_ms: 100 * day,
+        ca: "crl-ca".into(),
+        first_seen_ms: 1,
+    };
+    assert!(store.add_intermediate(&tz).await.expect("add"));
+    assert!(!store.add_intermediate(&tz).await.expect("again"));
+    let fy = certhub_store::IntermediateRecord {
+        sha256: "e".repeat(64),
+        subject: "CN=Factory-Y".into(),
+        not_after_ms: 10 * day,
+        ..tz.clone()
+    };
+    assert!(store.add_intermediate(&fy).await.expect("add"));
+    let listed: Vec<String> = store
+        .intermediates()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|r| r.subject)
+        .collect();
+    assert_eq!(listed, ["CN=Factory-Y", "CN=Technician-Z"], "soonest first");
+    let announced = |now: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .announce_intermediate_expiry(now, &[7, 30, 90])
+                .await
+                .expect("announce")
+                .into_iter()
+                .map(|(r, h)| format!("{} {h}", r.subject))
+                .collect::<Vec<_>>()
+        }
+    };
+    // At day 0 Factory-Y (day 10) is within 30 days; Technician-Z (day 100) within none.
+    assert_eq!(announced(0).await, ["CN=Factory-Y 30"]);
+    assert!(announced(day).await.is_empty());
+    assert_eq!(
+        announced(11 * day).await,
+        ["CN=Factory-Y 0", "CN=Technician-Z 90"]
+    );
 }
 
 /// Persistent MQTT sessions are saved, replaced, listed, and go with their identity.

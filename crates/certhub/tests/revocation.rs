@@ -734,17 +734,17 @@ fn ca_expiry_counts_widgets_by_horizon() {
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    wait_until(15, "the expiry gauges", || {
-        metrics().contains("certhub_certificates_expiring{within_days=\"30\"} 2")
-    });
-    let text = metrics();
-    for line in [
+    // (Counted every check: the one after the last widget's connection was recorded.)
+    let lines = [
         "certhub_certificates_expiring{within_days=\"7\"} 1",
+        "certhub_certificates_expiring{within_days=\"30\"} 2",
         "certhub_certificates_expiring{within_days=\"90\"} 3",
         "certhub_certificates_expired 0",
-    ] {
-        assert!(text.contains(line), "{line}: {text}");
-    }
+    ];
+    wait_until(15, "the expiry gauges", || {
+        let text = metrics();
+        lines.iter().all(|l| text.contains(l))
+    });
     // Each widget is announced once, at its horizon; the webhook got each event once.
     let delivered = || receiver.got.lock().expect("lock").clone();
     wait_until(30, "three webhook deliveries", || delivered().len() >= 3);
@@ -800,6 +800,44 @@ fn ca_expiry_counts_widgets_by_horizon() {
             "{records:#?}"
         );
     }
+
+    // An intermediate of 25 days (Technician-S, under Factory-Y) presented by a widget: in the
+    // report, the gauges, the audit trail and the webhook, once.
+    pki("pki request --subject CN=Technician-S --out pki/technician-s");
+    pki(
+        "pki sign --issuer pki/factory-y --csr pki/technician-s/request.csr --profile intermediate --days 25 --out pki/technician-s",
+    );
+    pki("pki request --subject CN=widget-s --out pki/devices/widget-s");
+    pki(
+        "pki sign --issuer pki/technician-s --csr pki/devices/widget-s/request.csr --profile device --days 10 --out pki/devices/widget-s",
+    );
+    hub("device create --id widget-s --auth-method x509-ca").ok();
+    assert!(publishes(d, hub_process.mqtt_port, &ca, "widget-s"));
+    wait_until(30, "the intermediate's webhook delivery", || {
+        delivered()
+            .iter()
+            .any(|(_, b)| b.contains("\"intermediate.expiring\""))
+    });
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let got = delivered();
+    let intermediate: Vec<serde_json::Value> = got
+        .iter()
+        .filter_map(|(_, b)| serde_json::from_str::<serde_json::Value>(b).ok())
+        .filter(|v| v["type"] == "intermediate.expiring")
+        .collect();
+    assert_eq!(intermediate.len(), 1, "{got:#?}");
+    assert_eq!(intermediate[0]["subject"], "CN=Technician-S", "{got:#?}");
+    assert_eq!(intermediate[0]["withinDays"], 30, "{got:#?}");
+    let report: serde_json::Value =
+        serde_json::from_str(&hub("ca expiry").ok().stdout).expect("json");
+    let soonest = &report["intermediates"][0];
+    assert!(
+        soonest["subject"] == "CN=Technician-S" && soonest["daysLeft"].as_i64() == Some(24),
+        "{report:#}"
+    );
+    wait_until(15, "the intermediate gauge", || {
+        metrics().contains("certhub_intermediates_expiring{within_days=\"30\"} 1")
+    });
 }
 
 /// A loopback HTTP server for CRL distribution points: `GET /<name>` answers the file

@@ -55,6 +55,21 @@ pub struct CaExpiry {
     days_left: i64,
 }
 
+/// An intermediate CA certificate that devices' chains presented, and its expiry.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IntermediateExpiry {
+    subject: String,
+    issuer: String,
+    /// the registered CA the chains reached
+    ca: String,
+    /// SHA-256 of the certificate, hex
+    sha256_thumbprint: String,
+    expires_at: String,
+    /// whole days left (negative once expired)
+    days_left: i64,
+}
+
 /// The fleet's certificate expiry.
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -68,10 +83,12 @@ pub struct ExpiryView {
     /// the soonest, expired ones first (at most 20)
     soonest: Vec<Expiring>,
     cas: Vec<CaExpiry>,
+    /// the intermediates devices' chains presented, soonest first (at most 100)
+    intermediates: Vec<IntermediateExpiry>,
 }
 
 #[utoipa::path(get, path = "/expiry", operation_id = "certificate_expiry",
-    summary = "When device certificates and registered CAs expire: counts within 7, 30 and 90 days, a histogram by week, the soonest (certhub's)",
+    summary = "When device certificates, the intermediates their chains present and registered CAs expire: counts within 7, 30 and 90 days, a histogram by week, the soonest (certhub's)",
     description = "Needs the RegistryRead right. A device counts by the certificate it last authenticated with.",
     responses((status = 200, description = "success", body = ExpiryView), (status = 401, response = ErrorResponse)))]
 pub async fn expiry(State(state): State<AppState>, caller: Caller) -> Result<Response, ApiError> {
@@ -88,6 +105,21 @@ pub async fn expiry(State(state): State<AppState>, caller: Caller) -> Result<Res
             days_left: (c.not_after_ms - now).div_euclid(86_400_000),
             expires_at: day(c.not_after_ms),
             name: c.name,
+        })
+        .collect();
+    let intermediates = state
+        .store()
+        .intermediates()
+        .await?
+        .into_iter()
+        .take(100)
+        .map(|r| IntermediateExpiry {
+            days_left: (r.not_after_ms - now).div_euclid(86_400_000),
+            expires_at: day(r.not_after_ms),
+            subject: r.subject,
+            issuer: r.issuer,
+            ca: r.ca,
+            sha256_thumbprint: r.sha256,
         })
         .collect();
     Ok(Json(ExpiryView {
@@ -117,6 +149,7 @@ pub async fn expiry(State(state): State<AppState>, caller: Caller) -> Result<Res
             })
             .collect(),
         cas,
+        intermediates,
     })
     .into_response())
 }
