@@ -237,6 +237,12 @@ impl Revocations {
         })
     }
 
+    /// Whether a fail-closed deadline fell in `[since, now)` (unix seconds): the certificates
+    /// its CRL covers became refused on the clock, with no new index.
+    pub fn deadline_passed(&self, since: i64, now: i64) -> bool {
+        self.deadlines.values().any(|d| d.at >= since && d.at < now)
+    }
+
     /// How many certificates are revoked or blocked.
     pub fn len(&self) -> usize {
         self.entries.len() + self.by_thumbprint.len() + self.by_issuer_serial.len()

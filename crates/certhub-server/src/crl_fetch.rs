@@ -105,16 +105,30 @@ pub(crate) fn record(
 
 /// Starts the task: every `refresh` (at most every 5 s) it records the distribution points
 /// met since and fetches those due, then asks OCSP responders again for the live sessions'
-/// leaves whose answers are due.
+/// leaves whose answers are due, and closes the sessions of a fail-closed CRL whose grace has
+/// just run out.
 pub fn spawn(state: AppState, refresh: Duration) -> tokio::task::JoinHandle<()> {
     let tick = refresh.min(Duration::from_secs(5));
     state.ocsp().set_refresh(refresh);
     tokio::spawn(async move {
+        let mut since = now_ms() / 1000;
         loop {
             tokio::time::sleep(tick).await;
             if let Err(e) = round(&state, refresh).await {
                 tracing::warn!(error = %e, "fetching CRLs from their distribution points failed");
             }
+            // A fail-closed CRL whose grace ran out since the last round refuses the
+            // certificates it covers from now on: their live sessions close too.
+            let now = now_ms() / 1000;
+            let trust = state.trust();
+            if trust.verified.revocations().deadline_passed(since, now) {
+                let closed = state.sessions().kick_revoked(&trust.verified);
+                tracing::info!(
+                    closed,
+                    "a fail-closed CRL is past its grace: closed the sessions it covers"
+                );
+            }
+            since = now;
         }
     })
 }

@@ -573,6 +573,55 @@ fn a_stale_crl_fails_closed_after_its_grace_or_open_when_told() {
     assert!(e.stderr.contains("fail-closed only"), "{}", e.stderr);
     let e = hub("ca crl policy --name company-x --stale fail-closed --grace-hours 9000").code(2);
     assert!(e.stderr.contains("0 to 8760"), "{}", e.stderr);
+
+    // On the clock: a newer CRL due in 8 s, no grace; a connected widget is closed once it is
+    // overdue, with no new CRL or policy change to trigger it.
+    openssl(
+        d,
+        &[
+            "ca",
+            "-config",
+            "tz.cnf",
+            "-gencrl",
+            "-crl_lastupdate",
+            &stamp(-60),
+            "-crl_nextupdate",
+            &stamp(8),
+            "-out",
+            "due-soon.crl",
+        ],
+    )
+    .ok();
+    hub("ca crl upload --name company-x --file due-soon.crl --issuer-chain pki/technician-z/chain.pem")
+        .ok();
+    hub("ca crl policy --name company-x --stale fail-closed --grace-hours 0").ok();
+    let mut sub = subscribe(
+        d,
+        hub_process.mqtt_port,
+        &ca,
+        "pki/devices/smart-x-widget-0001",
+        "smart-x-widget-0001",
+    );
+    wait_until(20, "the widget connects", || {
+        hub("device show --id smart-x-widget-0001")
+            .ok()
+            .stdout
+            .contains("\"connectionState\": \"Connected\"")
+    });
+    wait_until(30, "the session closes once the CRL is overdue", || {
+        sub.try_wait().expect("state").is_some()
+    });
+    let records = audit(d, &data);
+    assert!(
+        has(
+            &records,
+            "device.disconnect",
+            "devices/smart-x-widget-0001",
+            "closed",
+            "crl-expired"
+        ),
+        "{records:#?}"
+    );
 }
 
 /// A loopback webhook receiver: records each POST's X-Certhub-Signature and body; answers
