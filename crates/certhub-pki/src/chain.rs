@@ -375,6 +375,11 @@ impl TrustStore {
         self.points.take()
     }
 
+    /// Puts back points [`TrustStore::take_crl_points`] gave that could not be recorded.
+    pub fn requeue_crl_points(&self, points: Vec<CrlPoint>) {
+        self.points.requeue(points);
+    }
+
     /// Notes the distribution points of a verified chain: the leaf's on every verification
     /// (a hash lookup when known), the intermediates' when `path` (their DER, from the leaf's
     /// issuer up) was just verified in full. A link the cache remembers was noted then.

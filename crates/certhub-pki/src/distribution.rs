@@ -103,6 +103,13 @@ impl CrlPoints {
         }
     }
 
+    /// Puts back points taken but not recorded (the hub's store failed): taken again next time.
+    pub(crate) fn requeue(&self, points: Vec<CrlPoint>) {
+        if let Ok(mut fresh) = self.fresh.lock() {
+            fresh.extend(points);
+        }
+    }
+
     pub(crate) fn take(&self) -> Vec<CrlPoint> {
         self.fresh
             .lock()

@@ -342,6 +342,10 @@ fn crl_urls_become_distribution_points_the_trust_store_notes_once() {
     );
     verify_device_chain(&w1, &trust, Some("w1"), at(certhub_testkit::NOW)).expect("trusted");
     let mut points = trust.take_crl_points();
+    // Points the hub could not record are put back, and taken again.
+    trust.requeue_crl_points(points.clone());
+    assert_eq!(trust.take_crl_points(), points);
+    assert!(trust.take_crl_points().is_empty());
     points.sort_by(|a, b| a.url.cmp(&b.url));
     assert_eq!(points.len(), 2, "{points:#?}");
     // Factory-Y's certificate names Company-X's CRL: the anchor issues it.

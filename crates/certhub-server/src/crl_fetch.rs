@@ -136,7 +136,8 @@ pub fn spawn(state: AppState, refresh: Duration) -> tokio::task::JoinHandle<()> 
 async fn round(state: &AppState, refresh: Duration) -> Result<(), StoreError> {
     let trust = state.trust();
     let now = now_ms();
-    for point in trust.verified.take_crl_points() {
+    let mut points = trust.verified.take_crl_points().into_iter();
+    while let Some(point) = points.next() {
         let Some(ca) = trust.verified_names.get(point.anchor_index) else {
             continue;
         };
@@ -153,9 +154,17 @@ async fn round(state: &AppState, refresh: Duration) -> Result<(), StoreError> {
             failures: 0,
             error: String::new(),
         };
-        if state.store().add_crl_source(&source).await? {
-            tracing::info!(ca = %ca, issuer = %point.issuer_subject, url = %point.url,
-                "a new CRL distribution point");
+        match state.store().add_crl_source(&source).await {
+            Ok(true) => tracing::info!(ca = %ca, issuer = %point.issuer_subject, url = %point.url,
+                "a new CRL distribution point"),
+            Ok(false) => {}
+            Err(e) => {
+                // Not lost: taken again next round.
+                trust
+                    .verified
+                    .requeue_crl_points(std::iter::once(point).chain(points).collect());
+                return Err(e);
+            }
         }
     }
     let mut changed = false;
