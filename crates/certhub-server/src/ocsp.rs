@@ -277,7 +277,6 @@ async fn learnt_revoked(
         url: url.to_string(),
         learnt_ms: now_ms(),
     };
-    let known = state.trust().verified.revocations().len();
     if let Err(e) = state.store().put_ocsp_revocation(&record).await {
         tracing::error!(error = %e, "storing an OCSP revocation failed");
         return;
@@ -287,7 +286,6 @@ async fn learnt_revoked(
             ca,
             url,
             closed,
-            before = known,
             "an OCSP responder answered revoked; the leaf is refused from now on"
         ),
         Err(e) => {

@@ -114,8 +114,6 @@ impl rustls::server::ResolvesServerCert for ServerCert {
 pub struct ServerIdentity {
     pub ca_path: PathBuf,
     pub cert_path: PathBuf,
-    pub ca_pem: String,
-    pub chain: Vec<CertificateDer<'static>>,
     key_path: PathBuf,
     /// What the listeners present ([`ServerIdentity::rotate`] replaces it).
     pub cert: Arc<ServerCert>,
@@ -297,12 +295,10 @@ pub fn load_or_create(
     let key = PrivateKeyDer::from_pem_file(&key_path).map_err(|_| TlsError::Key {
         path: key_path.clone(),
     })?;
-    let cert = Arc::new(ServerCert::new(chain.clone(), key)?);
+    let cert = Arc::new(ServerCert::new(chain, key)?);
     Ok(ServerIdentity {
         ca_path,
         cert_path,
-        ca_pem,
-        chain,
         key_path,
         cert,
         created_ca,

@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use common::{
-    Pub, certhub, certhub_at, enroll_company_x, mosquitto_pub, openssl, publishes, python_to_hub,
-    s, start_hub_on, subscribe, tmp, wait_until,
+    Pub, certhub, certhub_at, enroll_company_x, is_connected, mosquitto_pub, openssl, publishes,
+    python_to_hub, s, start_hub_on, subscribe, tmp, wait_until,
 };
 
 const HOST: &str = "127.0.0.112";
@@ -603,10 +603,7 @@ fn a_stale_crl_fails_closed_after_its_grace_or_open_when_told() {
         "smart-x-widget-0001",
     );
     wait_until(20, "the widget connects", || {
-        hub("device show --id smart-x-widget-0001")
-            .ok()
-            .stdout
-            .contains("\"connectionState\": \"Connected\"")
+        is_connected(d, &data, "smart-x-widget-0001")
     });
     wait_until(30, "the session closes once the CRL is overdue", || {
         sub.try_wait().expect("state").is_some()
@@ -1009,10 +1006,7 @@ fn crls_are_fetched_from_distribution_points_and_drop_what_they_revoke() {
 
     let ca = data.join("tls/server-ca.pem");
     let port = hub_process.mqtt_port;
-    let connected = |id: &str| {
-        let show = hub(&format!("device show --id {id}")).ok();
-        show.stdout.contains("\"connectionState\": \"Connected\"")
-    };
+    let connected = |id: &str| is_connected(d, &data, id);
     let mut subs: Vec<std::process::Child> = widgets
         .iter()
         .map(|(id, _)| subscribe(d, port, &ca, &format!("pki/devices/{id}"), id))
@@ -1355,12 +1349,7 @@ fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
 
     // A connected widget revoked at the responder is dropped.
     let mut sub = subscribe(d, port, &ca, "pki/devices/o-later", "o-later");
-    wait_until(20, "o-later connects", || {
-        hub("device show --id o-later")
-            .ok()
-            .stdout
-            .contains("\"connectionState\": \"Connected\"")
-    });
+    wait_until(20, "o-later connects", || is_connected(d, &data, "o-later"));
     write_index(true);
     let start = std::time::Instant::now();
     responder = restart(&mut responder);

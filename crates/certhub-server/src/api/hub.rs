@@ -124,25 +124,26 @@ pub struct ServerCertificate {
     subject_alt_names: Vec<String>,
 }
 
-fn server_certificate_view(
-    der: &certhub_pki::CertificateDer<'_>,
-) -> Result<ServerCertificate, ApiError> {
-    let info = certhub_pki::describe_certificate(der).map_err(|e| {
-        ApiError::new(
-            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            "ServerError",
-            format!("the hub's server certificate does not parse: {e}"),
-        )
-    })?;
-    Ok(ServerCertificate {
+fn server_certificate_view(info: certhub_pki::CertificateInfo) -> ServerCertificate {
+    ServerCertificate {
+        sha256_thumbprint: info.thumbprints.sha256,
         subject: info.subject,
         issuer: info.issuer,
         serial: info.serial,
         not_before: info.not_before,
         not_after: info.not_after,
-        sha256_thumbprint: certhub_pki::Thumbprints::of(der).sha256,
         subject_alt_names: info.subject_alt_names,
-    })
+    }
+}
+
+/// Runs a change of the TLS identity (key generation, file writes) off the async workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::tls::TlsError> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
 }
 
 fn no_identity() -> ApiError {
@@ -164,7 +165,14 @@ pub async fn get_server_certificate(
     let identity = state.server_identity().ok_or_else(no_identity)?;
     let chain = identity.cert.chain();
     let leaf = chain.first().ok_or_else(no_identity)?;
-    Ok(Json(server_certificate_view(leaf)?).into_response())
+    let info = certhub_pki::describe_certificate(leaf).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "ServerError",
+            format!("the hub's server certificate does not parse: {e}"),
+        )
+    })?;
+    Ok(Json(server_certificate_view(info)).into_response())
 }
 
 #[utoipa::path(post, path = "/serverCertificate/newCa", summary = "Start a server CA rollover on this node: a new server CA waits beside the current one, which still issues the certificate presented; give clients both (certhub hub server-ca), then switch (certhub's)",
@@ -177,63 +185,11 @@ pub async fn new_server_ca(
     caller.require(OWNER, "introducing a new server CA")?;
     if state.store().backend() == certhub_store::Backend::Postgres {
         let e = "this hub keeps its state in a shared database, whose nodes share one server CA: a server CA rollover is not available there yet; rotate each node's server certificate instead";
-        state
-            .audit(
-                &caller,
-                "hub.server-ca.new",
-                "serverCertificate",
-                "Conflict",
-                e,
-            )
-            .await;
-        return Err(ApiError::new(
-            axum::http::StatusCode::CONFLICT,
-            "Conflict",
-            e,
-        ));
+        return answered(&state, &caller, "hub.server-ca.new", Err(e.into())).await;
     }
-    let identity = state.server_identity().ok_or_else(no_identity)?;
-    match identity.introduce_ca(time::OffsetDateTime::now_utc()) {
-        Ok(info) => {
-            let detail = format!("{:?}, valid until {}", info.subject, info.not_after);
-            state
-                .audit(
-                    &caller,
-                    "hub.server-ca.new",
-                    "serverCertificate",
-                    "ok",
-                    &detail,
-                )
-                .await;
-            Ok(Json(ServerCertificate {
-                sha256_thumbprint: info.thumbprints.sha256.clone(),
-                subject: info.subject,
-                issuer: info.issuer,
-                serial: info.serial,
-                not_before: info.not_before,
-                not_after: info.not_after,
-                subject_alt_names: info.subject_alt_names,
-            })
-            .into_response())
-        }
-        Err(e) => {
-            let e = e.to_string();
-            state
-                .audit(
-                    &caller,
-                    "hub.server-ca.new",
-                    "serverCertificate",
-                    "Conflict",
-                    &e,
-                )
-                .await;
-            Err(ApiError::new(
-                axum::http::StatusCode::CONFLICT,
-                "Conflict",
-                format!("not done: {e}"),
-            ))
-        }
-    }
+    let identity = state.server_identity().ok_or_else(no_identity)?.clone();
+    let done = blocking(move || identity.introduce_ca(time::OffsetDateTime::now_utc())).await;
+    answered(&state, &caller, "hub.server-ca.new", done).await
 }
 
 #[utoipa::path(post, path = "/serverCertificate/switchCa", summary = "End a server CA rollover on this node: the new server CA becomes the hub's and issues the certificate presented from the next handshake on (connected devices stay connected); clients that trust only the previous CA can no longer connect (certhub's)",
@@ -246,12 +202,8 @@ pub async fn switch_server_ca(
     caller.require(OWNER, "switching to the new server CA")?;
     let identity = state.server_identity().ok_or_else(no_identity)?.clone();
     let hostnames = state.hostnames().to_vec();
-    let done = tokio::task::spawn_blocking(move || {
-        identity.switch_ca(&hostnames, time::OffsetDateTime::now_utc())
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
+    let done =
+        blocking(move || identity.switch_ca(&hostnames, time::OffsetDateTime::now_utc())).await;
     let done = match done {
         Ok(None) => {
             return Err(ApiError::new(
@@ -266,7 +218,8 @@ pub async fn switch_server_ca(
     answered(&state, &caller, "hub.server-ca.switch", done).await
 }
 
-/// Audits a rotation's outcome and answers with the certificate presented now.
+/// Audits a change's outcome and answers with the certificate it made (409 when it was not
+/// made: what was there stays).
 async fn answered(
     state: &AppState,
     caller: &Caller,
@@ -282,21 +235,16 @@ async fn answered(
             state
                 .audit(caller, operation, "serverCertificate", "ok", &detail)
                 .await;
-            let chain = state
-                .server_identity()
-                .map(|i| i.cert.chain())
-                .unwrap_or_default();
-            let leaf = chain.first().ok_or_else(no_identity)?;
-            Ok(Json(server_certificate_view(leaf)?).into_response())
+            Ok(Json(server_certificate_view(info)).into_response())
         }
         Err(e) => {
             state
-                .audit(caller, operation, "serverCertificate", "ServerError", &e)
+                .audit(caller, operation, "serverCertificate", "Conflict", &e)
                 .await;
             Err(ApiError::new(
                 axum::http::StatusCode::CONFLICT,
                 "Conflict",
-                format!("not done: {e}; the current certificate stays"),
+                format!("not done: {e}; what the hub presents stays as it was"),
             ))
         }
     }
@@ -312,12 +260,8 @@ pub async fn rotate_server_certificate(
     caller.require(OWNER, "rotating the server certificate")?;
     let identity = state.server_identity().ok_or_else(no_identity)?.clone();
     let hostnames = state.hostnames().to_vec();
-    let rotated = tokio::task::spawn_blocking(move || {
-        identity.rotate(&hostnames, time::OffsetDateTime::now_utc())
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
+    let rotated =
+        blocking(move || identity.rotate(&hostnames, time::OffsetDateTime::now_utc())).await;
     answered(&state, &caller, "hub.server-certificate.rotate", rotated).await
 }
 

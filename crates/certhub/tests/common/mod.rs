@@ -1056,3 +1056,11 @@ pub fn wait_until(secs: u64, what: &str, mut check: impl FnMut() -> bool) -> std
     }
     start.elapsed()
 }
+
+/// Whether the registry shows `id` connected now (`certhub device show` against `data`).
+pub fn is_connected(d: &Path, data: &Path, id: &str) -> bool {
+    certhub_at(d, data, &["device", "show", "--id", id])
+        .ok()
+        .stdout
+        .contains("\"connectionState\": \"Connected\"")
+}
