@@ -195,7 +195,7 @@ async fn fetch_one(
     let ca = state.store().ca(&source.ca).await?;
     let outcome = match ca {
         None => Err("the CA is no longer registered".to_string()),
-        Some(ca) => fetch_and_check(source, &ca.pem).await,
+        Some(ca) => fetch_and_check(source, &ca.pem, state.crl_cache()).await,
     };
     let now = now_ms();
     let target = format!("certificates/{}", source.ca);
@@ -280,7 +280,12 @@ fn next_fetch(now: i64, next_update_ms: i64, refresh: Duration) -> i64 {
 }
 
 /// GETs the CRL and checks it against the CA `ca_pem` through the source's issuer chain.
-async fn fetch_and_check(source: &CrlSource, ca_pem: &str) -> Result<CrlRecord, String> {
+async fn fetch_and_check(
+    source: &CrlSource,
+    ca_pem: &str,
+    cache: &std::sync::Arc<crate::trust::CrlCache>,
+) -> Result<CrlRecord, String> {
+    let cache = cache.clone();
     let url = source.url.clone();
     let chain_pem = source.issuer_chain.clone();
     let ca_pem = ca_pem.to_string();
@@ -299,7 +304,10 @@ async fn fetch_and_check(source: &CrlSource, ca_pem: &str) -> Result<CrlRecord, 
         };
         let checked = certhub_pki::read_crl_for(&bytes, &ca, &chain)
             .map_err(|e| format!("the CRL at {url} is not taken for CA {ca_name:?}: {e}"))?;
-        Ok(record(&ca_name, &checked, &chain, &url))
+        let record = record(&ca_name, &checked, &chain, &url);
+        // The trust reload that files it takes it from here rather than checking it again.
+        cache.checked(&ca, &record, checked);
+        Ok(record)
     })
     .await
     .map_err(|e| format!("checking the CRL failed: {e}"))?

@@ -285,9 +285,10 @@ impl DeviceCore {
             Err(refusal) => {
                 tracing::info!(reason = refusal.reason, client_id, %peer, "device refused");
                 let detail = format!(
-                    "{}; presented: {}; peer {peer}",
+                    "{}; presented: {}; over {}; peer {peer}",
                     refusal.detail,
-                    presented(chain)
+                    presented(chain),
+                    self.listener
                 );
                 state.metrics().connect(refusal.reason);
                 self.refused(peer, client_id, &credential, refusal.reason, detail)

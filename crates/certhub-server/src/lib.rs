@@ -13,6 +13,7 @@ pub mod api;
 mod bookkeeper;
 pub mod c2d_send;
 mod cluster;
+mod console;
 pub mod crl_fetch;
 pub mod data_dir;
 mod device;
@@ -48,6 +49,7 @@ pub use mqtt::{MqttOptions, serve_mqtt};
 pub fn hub_router(state: AppState, devices: MqttOptions) -> axum::Router {
     router(state.clone())
         .merge(devices_https::device_router(state.clone(), devices))
-        .merge(dps::https::router(state))
+        .merge(dps::https::router(state.clone()))
+        .merge(console::router(state))
 }
 pub use state::{AppState, C2dLimits};

@@ -50,6 +50,22 @@ impl Metrics {
         }
     }
 
+    /// The CONNECT decisions so far, by outcome (`ok` or the refusal reason).
+    pub fn connects(&self) -> BTreeMap<String, u64> {
+        self.connects.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// Device-to-cloud messages taken so far.
+    pub fn telemetry_count(&self) -> u64 {
+        self.telemetry.load(Ordering::Relaxed)
+    }
+
+    /// The devices' certificates by expiry horizon, as last counted: expired, and (days,
+    /// expiring within them).
+    pub fn expiry(&self) -> Option<ExpiryCount> {
+        self.expiry.lock().ok().and_then(|e| e.clone())
+    }
+
     pub fn telemetry(&self) {
         self.telemetry.fetch_add(1, Ordering::Relaxed);
     }

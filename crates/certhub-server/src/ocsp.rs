@@ -98,11 +98,22 @@ pub(crate) async fn check(
     if device.method() != AuthType::CertificateAuthority {
         return Ok(());
     }
-    let ocsp = state.ocsp();
-    let Some(policy) = ocsp.policy(device.ca()) else {
+    let Some(leaf) = device.chain().first() else {
         return Ok(());
     };
-    let Some(leaf) = device.chain().first() else {
+    check_leaf(state, device.ca(), leaf, chain).await
+}
+
+/// Judges `leaf` (verified under the registered CA `ca`, presented in `chain`) by OCSP when
+/// that CA has it on: at CONNECT and at DPS registrations.
+pub(crate) async fn check_leaf(
+    state: &AppState,
+    ca: &str,
+    leaf: &certhub_pki::ChainCert,
+    chain: &[CertificateDer<'_>],
+) -> Result<(), Refusal> {
+    let ocsp = state.ocsp();
+    let Some(policy) = ocsp.policy(ca) else {
         return Ok(());
     };
     let key: Key = (leaf.issuer_key, leaf.serial.clone());
@@ -113,11 +124,11 @@ pub(crate) async fn check(
     {
         return match (&e.query, &e.answer) {
             (None, _) => Ok(()),
-            (Some(q), Some(a)) => judge(state, device.ca(), &key, q, Ok(*a), None, policy).await,
+            (Some(q), Some(a)) => judge(state, ca, &key, q, Ok(*a), None, policy).await,
             (Some(q), None) => {
                 judge(
                     state,
-                    device.ca(),
+                    ca,
                     &key,
                     q,
                     Err("no answer yet".into()),
@@ -130,22 +141,22 @@ pub(crate) async fn check(
     }
     let query = match cached.as_ref().map(|e| e.query.clone()) {
         Some(q) => q,
-        None => match query_for(state, device.ca(), leaf, chain).await {
+        None => match query_for(state, ca, leaf, chain).await {
             Ok(q) => q.map(Arc::new),
             Err(e) => {
-                tracing::warn!(ca = %device.ca(), error = %e, "an OCSP request could not be made");
+                tracing::warn!(ca = %ca, error = %e, "an OCSP request could not be made");
                 None
             }
         },
     };
     let Some(query) = query else {
         // The leaf names no responder: nothing to ask, until the refresh.
-        remember(ocsp, key, device.ca(), None, None, now + ocsp.refresh_s());
+        remember(ocsp, key, ca, None, None, now + ocsp.refresh_s());
         return Ok(());
     };
     let previous = cached.and_then(|e| e.answer);
     let asked = ask(&query, now).await;
-    judge(state, device.ca(), &key, &query, asked, previous, policy).await
+    judge(state, ca, &key, &query, asked, previous, policy).await
 }
 
 fn remember(

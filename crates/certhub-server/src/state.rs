@@ -77,6 +77,10 @@ struct Inner {
     jitr: RwLock<Arc<Vec<(String, String)>>>,
     /// OCSP: the CAs that use it and the answers; reconfigured with the trust snapshot.
     ocsp: crate::ocsp::Ocsp,
+    /// The CRLs already checked against their CAs (a reload files them without parsing).
+    crl_cache: Arc<crate::trust::CrlCache>,
+    /// The console's sign-in sessions on this node.
+    console: crate::console::Sessions,
     /// The store's change counters as this process last acted on them (see
     /// [`AppState::follow_changes`]).
     generations: std::sync::Mutex<std::collections::HashMap<String, i64>>,
@@ -198,7 +202,8 @@ impl AppState {
         let created_ms = store.created_ms(now_ms()).await?;
         let id_scope = store.id_scope(&certhub_core::dps::new_id_scope()).await?;
         let settings = store.settings().await?;
-        let trust = crate::trust::load(&store, None).await?;
+        let crl_cache = Arc::new(crate::trust::CrlCache::default());
+        let trust = crate::trust::load(&store, None, &crl_cache).await?;
         let jitr = store.jitr().await?;
         let telemetry = crate::telemetry::TelemetryLog::start(store.clone()).await?;
         let bookkeeper = crate::bookkeeper::Bookkeeper::start(store.clone());
@@ -231,6 +236,8 @@ impl AppState {
                 dps: crate::dps::DpsState::new(id_scope),
                 jitr: RwLock::new(Arc::new(jitr)),
                 ocsp: crate::ocsp::Ocsp::default(),
+                crl_cache,
+                console: crate::console::Sessions::default(),
                 generations: std::sync::Mutex::default(),
                 cluster: std::sync::OnceLock::new(),
                 stream_telemetry: std::sync::OnceLock::new(),
@@ -909,7 +916,8 @@ impl AppState {
     /// Reads the trust snapshot and the JITR CAs from the store and installs them.
     async fn load_trust(&self) -> Result<(Arc<certhub_core::TrustSnapshot>, usize), StoreError> {
         let before = self.trust();
-        let fresh = Arc::new(crate::trust::load(self.store(), Some(&before)).await?);
+        let fresh =
+            Arc::new(crate::trust::load(self.store(), Some(&before), &self.inner.crl_cache).await?);
         let jitr = Arc::new(self.store().jitr().await?);
         if let Ok(mut guard) = self.inner.jitr.write() {
             *guard = jitr;
@@ -953,6 +961,14 @@ impl AppState {
                 .collect(),
         );
         Ok(())
+    }
+
+    pub(crate) fn console(&self) -> &crate::console::Sessions {
+        &self.inner.console
+    }
+
+    pub(crate) fn crl_cache(&self) -> &Arc<crate::trust::CrlCache> {
+        &self.inner.crl_cache
     }
 
     pub(crate) fn ocsp(&self) -> &crate::ocsp::Ocsp {

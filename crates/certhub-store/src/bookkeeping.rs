@@ -163,6 +163,24 @@ impl Store {
         rows.iter().map(identity_row).collect()
     }
 
+    /// The SHA-256 thumbprints (lower-case hex, leaf first) of the chain a device last
+    /// authenticated with; empty when it never did with a CA-signed chain.
+    pub async fn last_chain(&self, device: &str) -> Result<Vec<String>> {
+        let row = sqlx::query("SELECT last_chain FROM devices WHERE device_id = $1")
+            .bind(device.to_string())
+            .fetch_optional(self.pool())
+            .await?;
+        let chain: Option<String> = match row {
+            Some(r) => r.try_get("last_chain")?,
+            None => None,
+        };
+        Ok(chain
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect())
+    }
+
     pub async fn identities_with_chain_cert(
         &self,
         sha256: &str,

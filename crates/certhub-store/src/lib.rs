@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod audit;
+pub mod backup;
 mod blocks;
 mod bookkeeping;
 mod c2d;
@@ -54,11 +55,19 @@ pub enum StoreError {
     #[error("stored data is damaged: {0}")]
     Corrupt(String),
     #[error(
-        "the database schema is version {found}, newer than this certhub understands ({known}); upgrade certhub"
+        "the database is at schema step {found}, written by {written_by}; this certhub ({}) knows steps up to {known} and cannot open it: run that version or a newer one, or go back to the copy the upgrade took first (the data directory's backups folder: put it in place of certhub.db)",
+        concat!("certhub ", env!("CARGO_PKG_VERSION"))
     )]
-    SchemaTooNew { found: i64, known: i64 },
+    SchemaTooNew {
+        found: i64,
+        known: i64,
+        written_by: String,
+    },
     #[error("a database write did not finish: {0}")]
     WriteLost(String),
+    /// The database could not be reached or opened; the text says where and what to do.
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 impl StoreError {
@@ -113,10 +122,61 @@ pub struct Store {
     /// Told of every identity write (device, module) once it is over: a cluster node tells
     /// the others, which forget what they kept.
     on_identity_write: std::sync::Arc<std::sync::OnceLock<IdentityWritten>>,
+    /// The copy of the database taken before this start brought its schema up to date.
+    upgrade_backup: Option<std::sync::Arc<backup::UpgradeBackup>>,
 }
 
 /// Called with a written identity: its device id, and its module id for a module.
 type OnIdentityWrite = dyn Fn(&str, Option<&str>) + Send + Sync;
+
+/// One connection to PostgreSQL before the pool is made, so that a server that is down, a
+/// database that does not exist or a refused user is said once, at once, with the address
+/// (never the password) and what to do, rather than as a pool timeout.
+async fn postgres_reachable(url: &str) -> Result<()> {
+    use sqlx::ConnectOptions;
+    let options = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| {
+        StoreError::Unreachable(format!(
+            "the PostgreSQL URL does not parse ({e}): write it postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE"
+        ))
+    })?;
+    let at = format!("{}:{}", options.get_host(), options.get_port());
+    let database = options
+        .get_database()
+        .unwrap_or("(the user's name)")
+        .to_string();
+    let user = options.get_username().to_string();
+    let wait = Duration::from_secs(5);
+    let unreachable = |why: String| Err(StoreError::Unreachable(why));
+    match tokio::time::timeout(wait, options.connect()).await {
+        Ok(Ok(conn)) => {
+            let _ = sqlx::Connection::close(conn).await;
+            Ok(())
+        }
+        Err(_) => unreachable(format!(
+            "PostgreSQL at {at} did not answer within {} s: check the address, and that a firewall lets the hub through",
+            wait.as_secs()
+        )),
+        Ok(Err(sqlx::Error::Io(e))) => unreachable(format!(
+            "cannot reach PostgreSQL at {at}: {e}; is the server running and listening there (listen_addresses, port)?"
+        )),
+        Ok(Err(sqlx::Error::Database(e))) => {
+            let code = e.code().map(|c| c.to_string()).unwrap_or_default();
+            match code.as_str() {
+                "3D000" => unreachable(format!(
+                    "PostgreSQL at {at} has no database {database:?}: create it (createdb -h {} -p {} -U {user} {database}, or CREATE DATABASE in psql) or name another in the URL",
+                    options.get_host(),
+                    options.get_port()
+                )),
+                "28P01" | "28000" => unreachable(format!(
+                    "PostgreSQL at {at} refused user {user:?}: {}; check the user and password in the URL and pg_hba.conf",
+                    e.message()
+                )),
+                _ => unreachable(format!("PostgreSQL at {at}: {}", e.message())),
+            }
+        }
+        Ok(Err(e)) => unreachable(format!("PostgreSQL at {at}: {e}")),
+    }
+}
 
 /// What a cluster node does after an identity write: tell the other nodes.
 #[derive(Clone)]
@@ -147,8 +207,18 @@ impl Store {
                 Err(e) => return Err(StoreError::Db(sqlx::Error::Io(e))),
             }
         }
+        // A database an older certhub wrote is copied before its schema changes.
+        let upgrade = backup::before_upgrade(path).await?;
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        Self::open(&url).await
+        let mut store = Self::open(&url).await?;
+        store.upgrade_backup = upgrade.map(std::sync::Arc::new);
+        Ok(store)
+    }
+
+    /// The copy of the database this start took before bringing its schema up to date, if it
+    /// did.
+    pub fn upgrade_backup(&self) -> Option<&backup::UpgradeBackup> {
+        self.upgrade_backup.as_deref()
     }
 
     /// Opens a database by URL (`sqlite://...` or `postgres://...`) and brings its schema up to
@@ -160,6 +230,9 @@ impl Store {
         } else {
             Backend::Postgres
         };
+        if backend == Backend::Postgres {
+            postgres_reachable(url).await?;
+        }
         let options = AnyConnectOptions::from_str(url)?;
         let mut pool = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
         let mut reader = None;
@@ -217,6 +290,7 @@ impl Store {
             backend,
             identities: Default::default(),
             on_identity_write: Default::default(),
+            upgrade_backup: None,
         };
         if backend == Backend::Sqlite {
             let _ = store.identities.set(Default::default());

@@ -305,7 +305,26 @@ const STEPS: &[&str] = &[
         first_seen_ms BIGINT NOT NULL,
         announced TEXT
     )",
+    // 15: which certhub version applied each step, so an older certhub can say which version
+    // it needs.
+    "ALTER TABLE schema_version ADD COLUMN written_by TEXT",
 ];
+
+/// The schema steps this version knows.
+pub(crate) fn known_steps() -> i64 {
+    STEPS.len() as i64
+}
+
+/// The step that added `schema_version.written_by`.
+const WRITTEN_BY_STEP: i64 = 15;
+
+/// Which certhub applied the newest step (fails before step 15).
+pub(crate) const WRITTEN_BY: &str = "SELECT written_by FROM schema_version WHERE version = (SELECT MAX(version) FROM schema_version)";
+
+/// The version that wrote a database, as a refusal names it.
+pub(crate) fn version_named(written_by: Option<String>) -> String {
+    written_by.unwrap_or_else(|| "a newer certhub".into())
+}
 
 /// Key of the PostgreSQL advisory lock held while the schema is brought up to date.
 const MIGRATION_LOCK: i64 = 0x0063_6572_7468_7562; // "certhub" in ASCII
@@ -346,9 +365,13 @@ async fn migrate_on(store: &Store, conn: &mut sqlx::AnyConnection) -> Result<()>
         .try_get("v")?;
     let known = STEPS.len() as i64;
     if current > known {
+        let written_by = sqlx::query_scalar::<_, Option<String>>(WRITTEN_BY)
+            .fetch_one(&mut *conn)
+            .await;
         return Err(StoreError::SchemaTooNew {
             found: current,
             known,
+            written_by: version_named(written_by.ok().flatten()),
         });
     }
     for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
@@ -370,6 +393,12 @@ async fn migrate_on(store: &Store, conn: &mut sqlx::AnyConnection) -> Result<()>
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
+    }
+    if known >= WRITTEN_BY_STEP && current < known {
+        sqlx::query("UPDATE schema_version SET written_by = $1 WHERE written_by IS NULL")
+            .bind(concat!("certhub ", env!("CARGO_PKG_VERSION")))
+            .execute(&mut *conn)
+            .await?;
     }
     Ok(())
 }

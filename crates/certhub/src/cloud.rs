@@ -27,7 +27,7 @@ pub enum C2dCommand {
         /// Print the batch but leave it for the next receiver (abandon its lock).
         #[arg(long)]
         keep: bool,
-        /// Wait up to this many seconds for feedback to arrive [default: 0, answer at once].
+        /// Wait up to this many seconds for feedback to arrive (0: answer at once).
         #[arg(long, default_value_t = 0)]
         wait: u64,
     },
@@ -121,7 +121,7 @@ pub enum MethodCommand {
         /// The method name.
         #[arg(long)]
         name: String,
-        /// The JSON payload [default: null].
+        /// The JSON payload.
         #[arg(long, default_value = "null")]
         payload: String,
         /// Seconds to wait for the answer (5 to 300).

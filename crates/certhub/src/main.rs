@@ -8,6 +8,7 @@ macro_rules! out {
 }
 
 mod audit;
+mod backup;
 mod ca;
 mod client;
 mod cloud;
@@ -73,6 +74,11 @@ enum Command {
     /// The nodes of a hub that runs as a cluster: their status.
     #[command(subcommand)]
     Cluster(cluster::ClusterCommand),
+    /// Back up a hub's data directory into one file, while the hub runs: a consistent copy of
+    /// its database, its server CA and the uploaded files (every key is in it).
+    Backup(backup::BackupArgs),
+    /// Make a new data directory from a backup.
+    Restore(backup::RestoreArgs),
     /// Measure a broker: connect rate, held connections, telemetry, reconnect storm, revocation
     Bench(certhub_bench::BenchArgs),
 }
@@ -107,6 +113,8 @@ fn main() -> ExitCode {
         Command::Files(cmd) => uploads::run(cmd),
         Command::Cluster(cmd) => cluster::run(cmd),
         Command::Dps(cmd) => dps::run(cmd),
+        Command::Backup(args) => backup::backup(args),
+        Command::Restore(args) => backup::restore(args),
         Command::Bench(args) => certhub_bench::run(args).map(|()| Outcome::Ok),
     };
     match result {

@@ -23,7 +23,7 @@ pub struct ServeArgs {
     /// refusals_per_source, refusals_per_client_id, pending_per_source, pending_total,
     /// https_connections_per_source, refusal_audit_window, crl_refresh, expiry_check,
     /// expiry_webhook_url, expiry_webhook_secret, file_store, file_store_options,
-    /// dangerous_file_store_allow_http).
+    /// dangerous_file_store_allow_http, log_format).
     #[arg(long)]
     config: Option<PathBuf>,
     /// Data directory: SQLite database, the hub's TLS files [default: ./certhub-data].
@@ -76,6 +76,13 @@ pub struct ServeArgs {
     /// CERTHUB_EXPIRY_CHECK).
     #[arg(long)]
     expiry_check: Option<String>,
+    /// How log lines are written to standard error: `text` (for people; coloured only on a
+    /// terminal, and never with NO_COLOR set) or `json` (one JSON object a line, for log
+    /// collectors). Which lines: the CERTHUB_LOG filter, e.g. `info` or
+    /// `warn,certhub_server=debug` [default: text] (TOML key log_format, environment
+    /// CERTHUB_LOG_FORMAT).
+    #[arg(long, value_name = "text|json")]
+    log_format: Option<String>,
     /// An http:// URL that each certificate entering an expiry horizon (90, 30, 7 days,
     /// expired) is POSTed to as JSON, signed in X-Certhub-Signature (HMAC-SHA256 with
     /// expiry_webhook_secret, which it needs) (TOML key expiry_webhook_url, environment
@@ -159,6 +166,7 @@ struct FileConfig {
     expiry_check: Option<u64>,
     expiry_webhook_url: Option<String>,
     expiry_webhook_secret: Option<String>,
+    log_format: Option<String>,
     refusals_per_source: Option<u64>,
     refusals_per_client_id: Option<u64>,
     pending_per_source: Option<u64>,
@@ -202,11 +210,35 @@ pub struct Config {
     pub expiry_check: Duration,
     /// Where expiry events go, if anywhere.
     pub expiry_webhook: Option<certhub_server::expiry_watch::Webhook>,
+    /// How log lines are written.
+    pub log_format: LogFormat,
     pub refusals: certhub_server::refusals::RefusalLimits,
     /// 0: from the file limit at start.
     pub pending_per_source: usize,
     pub pending_total: usize,
     pub https_connections_per_source: usize,
+}
+
+/// How the hub writes its log lines.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// For people: coloured on a terminal only.
+    #[default]
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+impl LogFormat {
+    fn parse(value: &str) -> Result<Self, ConfigError> {
+        match value {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(ConfigError(format!(
+                "log_format: {other:?} is not a log format: use text (for people) or json (one JSON object a line)"
+            ))),
+        }
+    }
 }
 
 /// A configuration problem: the key and what is wrong with it.
@@ -518,6 +550,15 @@ impl Config {
                 .or(file.expiry_webhook_url.clone()),
             env("CERTHUB_EXPIRY_WEBHOOK_SECRET").or(file.expiry_webhook_secret.clone()),
         )?;
+        let log_format = match args
+            .log_format
+            .clone()
+            .or_else(|| env("CERTHUB_LOG_FORMAT"))
+            .or(file.log_format.clone())
+        {
+            Some(f) => LogFormat::parse(&f)?,
+            None => LogFormat::Text,
+        };
         let refusals_per_source = number(
             "refusals_per_source",
             &args.refusals_per_source,
@@ -582,6 +623,7 @@ impl Config {
             crl_refresh: Duration::from_secs(crl_refresh),
             expiry_check: Duration::from_secs(expiry_check),
             expiry_webhook,
+            log_format,
             c2d: certhub_server::api::C2dLimits {
                 max_pending: c2d_max_pending as i64,
                 max_deliveries: c2d_max_deliveries as i64,
@@ -756,9 +798,18 @@ pub async fn open_store(
                 format!("{}: cannot create the data directory", data_dir.display())
             })?;
             let path = data_dir.join("certhub.db");
-            certhub_store::Store::open_sqlite(&path)
+            let store = certhub_store::Store::open_sqlite(&path)
                 .await
-                .with_context(|| format!("{}: opening the database", path.display()))
+                .with_context(|| format!("{}: opening the database", path.display()))?;
+            if let Some(b) = store.upgrade_backup() {
+                eprintln!(
+                    "certhub: upgraded the database from schema step {} to {}; the copy taken before is {} (to go back to the older certhub: stop this one, put the copy in place of certhub.db and remove certhub.db-wal and certhub.db-shm)",
+                    b.from,
+                    b.to,
+                    b.path.display()
+                );
+            }
+            Ok(store)
         }
     }
 }
@@ -932,15 +983,32 @@ fn bind_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// Log lines to standard error, filtered by CERTHUB_LOG (default `info`): text for people,
+/// with colour only when standard error is a terminal and NO_COLOR is not set, or JSON lines.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_env("CERTHUB_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,rustls::msgs::handshake=error")
+        })
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter())
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .try_init(),
+    };
+}
+
 async fn serve(config: Config) -> Result<Outcome> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CERTHUB_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,rustls::msgs::handshake=error")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_logging(config.log_format);
 
     // The data directory holds every key: owner-only, and refused if others can write it.
     certhub_server::data_dir::create_owner_only();
@@ -1127,6 +1195,16 @@ async fn serve(config: Config) -> Result<Outcome> {
         "  devices (MQTT)   {}:{}  (listening on {mqtt_bound}; TLS 1.2/1.3, client certificates or SAS)",
         node_name,
         mqtt_bound.port()
+    );
+    // The same in the log, for journald and log collectors (the lines above go to stdout).
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        https = %bound,
+        mqtt = %mqtt_bound,
+        amqp = %amqp_bound,
+        data_dir = %dir,
+        store = if config.database_url.is_some() { "postgres" } else { "sqlite" },
+        "certhub is running"
     );
 
     let shutdown = async {

@@ -1020,6 +1020,80 @@ fn cluster_options_refuse_bad_values() {
     }
 }
 
+/// A PostgreSQL server that is not there, a database that does not exist and a user the
+/// server does not know are each said in one line, at once, with the address and what to do,
+/// and never with the password.
+#[test]
+fn an_unreachable_or_missing_database_is_said_once_with_its_address() {
+    let t = tmp();
+    let d = t.path();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let admin = admin_url();
+    let server = admin
+        .rsplit_once('@')
+        .map_or("127.0.0.1:5432/test", |(_, rest)| rest)
+        .split('/')
+        .next()
+        .unwrap_or("127.0.0.1:5432")
+        .to_string();
+    let cases = [
+        (
+            format!("postgres://postgres:s3cret-pw@127.0.0.1:{closed}/test"),
+            vec![
+                format!("cannot reach PostgreSQL at 127.0.0.1:{closed}"),
+                "is the server running".into(),
+            ],
+        ),
+        (
+            format!("postgres://postgres:s3cret-pw@{server}/certhub_no_such_db"),
+            vec![
+                "has no database \"certhub_no_such_db\"".into(),
+                "createdb".into(),
+            ],
+        ),
+        (
+            format!("postgres://certhub_no_such_user:s3cret-pw@{server}/test"),
+            vec![
+                "refused user \"certhub_no_such_user\"".into(),
+                "pg_hba.conf".into(),
+            ],
+        ),
+    ];
+    for (i, (url, wants)) in cases.iter().enumerate() {
+        let start = Instant::now();
+        let out = Command::new(env!("CARGO_BIN_EXE_certhub"))
+            .args(["serve", "--data-dir", s(&d.join(format!("data{i}")))])
+            .args([
+                "--https-addr",
+                "127.0.0.79:0",
+                "--mqtt-addr",
+                "127.0.0.79:0",
+            ])
+            .args(["--amqp-addr", "127.0.0.79:0", "--store", url])
+            .output()
+            .expect("certhub runs");
+        let took = start.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        for want in wants {
+            assert!(
+                stderr.contains(want.as_str()),
+                "{url} should say {want:?}: {stderr}"
+            );
+        }
+        assert!(
+            !stderr.contains("s3cret-pw"),
+            "the password is never printed: {stderr}"
+        );
+        assert!(took < Duration::from_secs(3), "{url}: said after {took:?}");
+    }
+}
+
 /// The lines of `messages tail` of messages "WIDGET N": (number, widget, N).
 fn tail_lines(tail: &str) -> Vec<(i64, String, usize)> {
     tail.lines()

@@ -223,6 +223,7 @@ fn invalid_configuration_exits_64_before_binding() {
             s(&data),
         ],
         vec!["serve", "--audit-max-records", "0", "--data-dir", s(&data)],
+        vec!["serve", "--log-format", "xml", "--data-dir", s(&data)],
     ] {
         let run = certhub(d, &args).code(64);
         assert!(
@@ -444,5 +445,75 @@ fn a_hub_that_is_not_running_is_named() {
     ] {
         let run = certhub(d, &args);
         assert_error(&run, &[&expected, "is the hub running (`certhub serve`)"]);
+    }
+}
+
+/// The hub's log lines on standard error (a pipe here, not a terminal): `--log-format json`
+/// writes one JSON object a line, with its level and message; the default text has no colour
+/// codes when standard error is not a terminal.
+#[test]
+fn log_lines_are_json_on_request_and_plain_off_a_terminal() {
+    use std::io::BufRead;
+    let t = tmp();
+    let d = t.path();
+    for format in ["json", "text"] {
+        let data = d.join(format);
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_certhub"))
+            .args(["serve", "--data-dir", s(&data), "--log-format", format])
+            .args(["--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"])
+            .args(["--amqp-addr", "127.0.0.1:0"])
+            .env("CERTHUB_LOG", "info")
+            .env_remove("NO_COLOR")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("certhub serve starts");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // The start ends with the info line `certhub is running`.
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            let last = line.contains("certhub is running");
+            lines.push(line);
+            if last {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            lines
+                .last()
+                .is_some_and(|l| l.contains("certhub is running")),
+            "{format}: the hub wrote no start line: {lines:?}"
+        );
+        for line in &lines {
+            assert!(
+                !line.contains('\u{1b}'),
+                "{format}: a colour code off a terminal: {line:?}"
+            );
+            if format == "json" {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                assert!(
+                    v["level"].is_string()
+                        && v["message"].is_string()
+                        && v["timestamp"].is_string(),
+                    "{line}"
+                );
+            } else {
+                assert!(line.contains(" INFO ") || line.contains(" WARN "), "{line}");
+            }
+        }
     }
 }

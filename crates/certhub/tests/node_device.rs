@@ -50,6 +50,11 @@
 //! sequence number; a reader with owner level 2 takes the partition from those with level 1
 //! (tests/interop/node/eventhub.js).
 //!
+//! Revocation over AMQP and HTTPS: two widgets connected with the Amqp transport, Technician-Z's
+//! CRL (`certhub pki crl`) uploaded through the service API revokes one; its session ends
+//! within a second, it is refused over Amqp and Http from then on (`certificate-revoked`,
+//! audited with the transport), the other goes on (tests/interop/node/revocation.js).
+//!
 //! The pinned packages are in tests/interop/node (scripts/test installs them). The SDK always
 //! dials port 443 of the host name (8883 for MQTT, 5671 for AMQP); the Node port map
 //! (tests/interop/node/portmap.js) sends it to the free port this hub listens on.
@@ -58,7 +63,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{HubProcess, certhub_at, enroll_widget, node_dir, node_to_hub, start_hub_on, tmp};
+use common::{
+    HubProcess, certhub, certhub_at, enroll_company_x, node_dir, node_to_hub, start_hub_on, tmp,
+};
 
 const HOST: &str = "127.0.0.5";
 
@@ -91,12 +98,21 @@ struct NodeHub {
 
 impl NodeHub {
     fn start() -> Self {
+        Self::start_with_widgets(1)
+    }
+
+    /// [`NodeHub::start`] with `widgets` widgets (smart-x-widget-0001...) registered.
+    fn start_with_widgets(widgets: usize) -> Self {
         let t = tmp();
         let d = t.path();
         let data = d.join("data");
         let hub = start_hub_on(&data, HOST, &[]);
         let cli = |args: &[&str]| certhub_at(d, &data, args).ok();
-        enroll_widget(d, &data);
+        enroll_company_x(d, &data, widgets);
+        for n in 1..=widgets {
+            let id = format!("smart-x-widget-{n:04}");
+            cli(&["device", "create", "--id", &id, "--auth-method", "x509-ca"]);
+        }
         let sas = cli(&["device", "create", "--id", "widget-sas"]);
         let sas: serde_json::Value = serde_json::from_str(&sas.stdout).expect("json");
         let sas_key = sas["authentication"]["symmetricKey"]["primaryKey"]
@@ -557,4 +573,78 @@ fn node_event_hubs_sdk_reads_device_telemetry() {
             "`{line}` expected:\n{stdout}"
         );
     }
+}
+
+/// A CRL over AMQP and HTTPS with the Node SDK: Technician-Z's CRL (`certhub pki revoke`,
+/// `certhub pki crl`) revokes widget-0001; the service uploads it while both widgets are
+/// connected over Amqp. widget-0001's session ends within a second, it is refused over Amqp
+/// and Http from then on with `certificate-revoked`, and widget-0002 goes on over both. The
+/// script is tests/interop/node/revocation.js.
+#[test]
+fn node_sdk_widgets_are_dropped_and_refused_over_amqp_and_https_when_a_crl_revokes_one() {
+    let hub = NodeHub::start_with_widgets(2);
+    let d = hub.dir();
+    for line in [
+        "pki revoke --issuer pki/technician-z --cert pki/devices/smart-x-widget-0001/cert.pem --reason key-compromise",
+        "pki crl --issuer pki/technician-z",
+    ] {
+        certhub(d, &line.split(' ').collect::<Vec<_>>()).ok();
+    }
+    let stdout = hub.run_with(
+        "revocation.js",
+        &[
+            ("CERTHUB_CRL", &d.join("pki/technician-z/crl.pem")),
+            (
+                "CERTHUB_ISSUER_CHAIN",
+                &d.join("pki/technician-z/chain.pem"),
+            ),
+        ],
+    );
+    for line in [
+        "ok: the revoked widget is dropped within a second of the upload",
+        "ok: a new Amqp connection of the revoked widget is refused",
+        "ok: the revoked widget's Http sendEvent is refused as unauthorized",
+        "ok: the other widget still sends over Amqp",
+        "ok: the other widget still sends over Http",
+    ] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(line)),
+            "`{line}` expected:\n{stdout}"
+        );
+    }
+    // The refusals are named, over both transports; the session's end says why.
+    let connects = hub.connects();
+    let revoked: Vec<&String> = connects
+        .iter()
+        .filter(|(target, outcome, _)| {
+            target == "devices/smart-x-widget-0001" && outcome == "certificate-revoked"
+        })
+        .map(|(_, _, detail)| detail)
+        .collect();
+    for transport in ["amqp", "https"] {
+        assert!(
+            revoked
+                .iter()
+                .any(|detail| detail.contains(&format!("over {transport}"))
+                    && detail.contains("CN=Technician-Z CA")),
+            "a certificate-revoked refusal over {transport} expected: {connects:#?}"
+        );
+    }
+    assert!(
+        connects
+            .iter()
+            .all(|(target, outcome, _)| target != "devices/smart-x-widget-0002" || outcome == "ok"),
+        "widget-0002 is never refused: {connects:#?}"
+    );
+    let closed = audit(d, &hub.data).into_iter().any(|r| {
+        r["operation"] == "device.disconnect"
+            && r["target"] == "devices/smart-x-widget-0001"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("certificate-revoked"))
+    });
+    assert!(
+        closed,
+        "the widget's AMQP session's end names the revocation"
+    );
 }

@@ -198,18 +198,25 @@ fn refusals_on_443_have_the_reasons_of_8883() {
             "{id}: the same reason on 443 as on 8883: {on_443}"
         );
         // The same explanation, naming the same presented chain (taken on 443 from the TLS
-        // connection under the WebSocket); only the peer's port differs. A refusal does not
-        // name its transport.
+        // connection under the WebSocket); only the transport each names and the peer's port
+        // differ.
+        let detail =
+            |record: &serde_json::Value| record["detail"].as_str().unwrap_or_default().to_string();
         let explanation = |record: &serde_json::Value| {
-            let detail = record["detail"].as_str().unwrap_or_default().to_string();
+            let detail = detail(record);
             detail
-                .split_once("; peer ")
+                .split_once("; over ")
                 .map(|(before, _)| before.to_string())
                 .unwrap_or(detail)
         };
         assert!(
             explanation(&on_443).contains("presented: CN="),
             "{id}: the refusal names the presented chain: {on_443}"
+        );
+        assert!(
+            detail(&on_443).contains("; over mqtt-ws; peer ")
+                && detail(&on_8883).contains("; over mqtt; peer "),
+            "{id}: each refusal names its transport: {on_443} {on_8883}"
         );
         assert_eq!(
             explanation(&on_443),

@@ -11,6 +11,7 @@ mod common;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 
 use common::{
     Pub, certhub, certhub_at, enroll_company_x, is_connected, mosquitto_pub, openssl, publishes,
@@ -625,14 +626,14 @@ fn a_stale_crl_fails_closed_after_its_grace_or_open_when_told() {
 /// 503 to the first request (so the hub must retry) and 204 to the rest.
 struct Receiver {
     port: u16,
-    got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+    got: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Receiver {
     fn start() -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
         let kept = got.clone();
         std::thread::spawn(move || {
             for (n, conn) in listener.incoming().enumerate() {
@@ -890,14 +891,14 @@ fn ca_expiry_counts_widgets_by_horizon() {
 /// `www/<name>` (404 when there is none); counts the requests.
 struct CrlServer {
     port: u16,
-    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    hits: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CrlServer {
     fn start(www: PathBuf) -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = hits.clone();
         std::thread::spawn(move || {
             for conn in listener.incoming() {
@@ -1200,6 +1201,85 @@ fn ocsp_responder_signing_as(d: &Path, port: u16, signer: &str) -> (std::process
     (child, format!("http://127.0.0.1:{port}"))
 }
 
+/// A loopback HTTP server answering every request with the bytes in `answer` (an OCSP
+/// response recorded from `openssl ocsp`); returns its URL.
+fn replay_server(answer: Arc<Mutex<Vec<u8>>>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                // The request: headers, then Content-Length bytes of body.
+                let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0u8; length];
+                let _ = std::io::Read::read_exact(&mut reader, &mut body);
+                let bytes = answer.lock().expect("lock").clone();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/ocsp-response\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    bytes.len()
+                );
+                let _ = stream.write_all(&bytes);
+            });
+        }
+    });
+    url
+}
+
+/// A loopback server that accepts connections and never answers; returns its URL.
+fn hanging_server() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.extend(stream.ok());
+        }
+    });
+    url
+}
+
+/// Stops the responder at `url` and starts it again on its port: openssl reads the index only
+/// when it starts.
+fn restart_responder(
+    d: &Path,
+    responder: &mut std::process::Child,
+    url: &str,
+) -> std::process::Child {
+    restart_responder_signing_as(d, responder, url, "pki/technician-z")
+}
+
+fn restart_responder_signing_as(
+    d: &Path,
+    responder: &mut std::process::Child,
+    url: &str,
+    signer: &str,
+) -> std::process::Child {
+    let _ = responder.kill();
+    let _ = responder.wait();
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    ocsp_responder_signing_as(d, port, signer).0
+}
+
 /// An `openssl ca` index line for a certificate: valid, or revoked for key compromise.
 fn index_line(d: &Path, cert: &str, revoked: bool) -> String {
     let serial = openssl(d, &["x509", "-in", cert, "-noout", "-serial"])
@@ -1228,7 +1308,9 @@ fn index_line(d: &Path, cert: &str, revoked: bool) -> String {
 
 /// OCSP with `openssl ocsp` as the responder: a widget it answers good for connects, a
 /// revoked one is refused with `certificate-revoked`, one it does not know is refused with
-/// `revocation-unknown` (fail-closed); a connected widget revoked at the responder is dropped
+/// `revocation-unknown` (fail-closed), and so are a forged good answer, a good answer for
+/// another certificate (replayed) and a responder that never answers (after the 5 s bound); a
+/// connected widget revoked at the responder is dropped
 /// within seconds; with the responder down, a widget whose last good answer is current still
 /// connects and one never answered is refused until the policy is fail-open. mosquitto_pub
 /// and mosquitto_sub are the devices.
@@ -1246,6 +1328,11 @@ fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
     // A forger: answers good for everything, signed by Factory-Y, which Technician-Z never
     // delegated OCSP signing to.
     let (mut forger, forged_url) = ocsp_responder_signing_as(d, 0, "pki/factory-y");
+    // A responder that replays o-good's answer whatever it is asked, and one that accepts
+    // and never answers.
+    let replayed: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let replay_url = replay_server(replayed.clone());
+    let hang_url = hanging_server();
     let ids = [
         "o-good",
         "o-revoked",
@@ -1253,9 +1340,16 @@ fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
         "o-later",
         "o-new",
         "o-forged",
+        "o-replay",
+        "o-hang",
     ];
     for id in ids {
-        let at = if id == "o-forged" { &forged_url } else { &url };
+        let at = match id {
+            "o-forged" => &forged_url,
+            "o-replay" => &replay_url,
+            "o-hang" => &hang_url,
+            _ => &url,
+        };
         pki(&format!(
             "pki request --subject CN={id} --out pki/devices/{id}"
         ));
@@ -1275,18 +1369,26 @@ fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
         std::fs::write(d.join("tz-index.txt"), index).expect("write");
     };
     write_index(false);
-    // openssl reads the index when it starts: start it again on the same port.
-    let restart = |responder: &mut std::process::Child| {
-        let _ = responder.kill();
-        let _ = responder.wait();
-        let port: u16 = url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        ocsp_responder(d, port).0
-    };
+    let restart = |responder: &mut std::process::Child| restart_responder(d, responder, &url);
     responder = restart(&mut responder);
+    let good_answer = d.join("o-good.ocsp");
+    openssl(
+        d,
+        &[
+            "ocsp",
+            "-issuer",
+            "pki/technician-z/cert.pem",
+            "-cert",
+            &cert("o-good"),
+            "-url",
+            &url,
+            "-respout",
+            s(&good_answer),
+            "-noverify",
+        ],
+    )
+    .ok();
+    *replayed.lock().expect("lock") = std::fs::read(&good_answer).expect("the answer");
     let policy = hub("ca crl policy --name company-x --ocsp on").ok().stdout;
     assert!(
         policy.contains("\"ocsp\": true") && policy.contains("\"staleCrl\": \"fail-closed\""),
@@ -1322,16 +1424,7 @@ fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
     // Refused afterwards by the index, without asking again.
     assert!(!pub_as("o-revoked"));
     // A good answer signed by a key Technician-Z never delegated counts for nothing.
-    forger = {
-        let _ = forger.kill();
-        let _ = forger.wait();
-        let port: u16 = forged_url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        ocsp_responder_signing_as(d, port, "pki/factory-y").0
-    };
+    forger = restart_responder_signing_as(d, &mut forger, &forged_url, "pki/factory-y");
     assert!(!pub_as("o-forged"), "a forged good answer: refused");
     let records = audit(d, &data);
     assert!(
@@ -1346,6 +1439,40 @@ fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
     );
     let _ = forger.kill();
     let _ = forger.wait();
+    // A good answer, but for another certificate (o-good's, replayed).
+    assert!(
+        !pub_as("o-replay"),
+        "an answer for another certificate: refused"
+    );
+    // A responder that never answers: the connect waits at most 5 s, then the policy decides.
+    let start = std::time::Instant::now();
+    assert!(
+        !pub_as("o-hang"),
+        "a responder that hangs: refused (fail-closed)"
+    );
+    let waited = start.elapsed();
+    assert!(
+        waited >= std::time::Duration::from_millis(4500)
+            && waited < std::time::Duration::from_secs(15),
+        "the request to a hanging responder is bounded by its 5 s timeout: {waited:?}"
+    );
+    let records = audit(d, &data);
+    assert!(
+        has(
+            &records,
+            "device.connect",
+            "devices/o-replay",
+            "revocation-unknown",
+            "for another certificate"
+        ) && has(
+            &records,
+            "device.connect",
+            "devices/o-hang",
+            "revocation-unknown",
+            &format!("the OCSP responder {hang_url} gave no usable answer")
+        ),
+        "{records:#?}"
+    );
 
     // A connected widget revoked at the responder is dropped.
     let mut sub = subscribe(d, port, &ca, "pki/devices/o-later", "o-later");
@@ -1394,6 +1521,95 @@ fn ocsp_answers_admit_refuse_and_drop_with_openssl_as_the_responder() {
     hub("ca crl policy --name company-x --stale fail-open").ok();
     assert!(pub_as("o-new"), "fail-open: admitted without an answer");
     assert!(!pub_as("o-later"), "a revocation learnt stays");
+}
+
+/// Revocation at device provisioning, with the Python SDK's ProvisioningDeviceClient and an
+/// X.509 enrollment group on company-x: a widget Technician-Z's CRL revokes and one that
+/// `openssl ocsp` answers revoked are refused with `certificate-revoked`; a widget the responder
+/// answers good and one without an OCSP URL are assigned.
+#[test]
+fn dps_registrations_are_refused_when_a_crl_or_ocsp_revokes_the_widget() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let hub_process = start_hub_on(&data, HOST, &[]);
+    let hub = |line: &str| certhub_at(d, &data, &words(line)).ok();
+    let pki = |line: &str| certhub(d, &words(line)).ok();
+    enroll_company_x(d, &data, 2);
+    hub("dps enrollment-group create --id widgets --ca company-x");
+    pki(
+        "pki revoke --issuer pki/technician-z --cert pki/devices/smart-x-widget-0001/cert.pem --reason key-compromise",
+    );
+    pki("pki crl --issuer pki/technician-z");
+    hub(
+        "ca crl upload --name company-x --file pki/technician-z/crl.pem --issuer-chain pki/technician-z/chain.pem",
+    );
+    std::fs::write(d.join("tz-index.txt"), "").expect("write");
+    let (mut responder, url) = ocsp_responder(d, 0);
+    for id in ["d-good", "d-revoked"] {
+        pki(&format!(
+            "pki request --subject CN={id} --out pki/devices/{id}"
+        ));
+        pki(&format!(
+            "pki sign --issuer pki/technician-z --csr pki/devices/{id}/request.csr --profile device --ocsp-url {url} --out pki/devices/{id}"
+        ));
+    }
+    let index = index_line(d, "pki/devices/d-good/cert.pem", false)
+        + &index_line(d, "pki/devices/d-revoked/cert.pem", true);
+    std::fs::write(d.join("tz-index.txt"), index).expect("write");
+    let mut responder = restart_responder(d, &mut responder, &url);
+    hub("ca crl policy --name company-x --ocsp on");
+    let scope = hub("dps id-scope").stdout.trim().to_string();
+
+    drive(
+        &hub_process,
+        d,
+        &data,
+        "provisioning_revocation.py",
+        &[
+            ("CERTHUB_ID_SCOPE", Path::new(&scope)),
+            (
+                "CERTHUB_EXPECT",
+                Path::new(
+                    "smart-x-widget-0001=refused,smart-x-widget-0002=assigned,d-good=assigned,d-revoked=refused",
+                ),
+            ),
+        ],
+        "provisioning revocation: all checks passed",
+        |_, _| None,
+    );
+    let _ = responder.kill();
+    let _ = responder.wait();
+
+    let records = audit(d, &data);
+    assert!(
+        has(
+            &records,
+            "dps.register",
+            "registrations/smart-x-widget-0001",
+            "certificate-revoked",
+            "Technician-Z"
+        ) && has(
+            &records,
+            "dps.register",
+            "registrations/d-revoked",
+            "certificate-revoked",
+            &format!("said the OCSP responder {url}")
+        ),
+        "{records:#?}"
+    );
+    for id in ["smart-x-widget-0002", "d-good"] {
+        assert!(
+            has(
+                &records,
+                "dps.register",
+                &format!("registrations/{id}"),
+                "ok",
+                ""
+            ),
+            "{id} registered: {records:#?}"
+        );
+    }
 }
 
 /// The expiry webhook's configuration is refused with what is wrong before the hub starts.

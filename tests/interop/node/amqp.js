@@ -19,7 +19,7 @@ const { isDeepStrictEqual } = require('util');
 const { Client, Message, ModuleClient } = require('azure-iot-device');
 const { Amqp, AmqpWs } = require('azure-iot-device-amqp');
 
-const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf, outcome, failed } = require('./hubtest.js');
+const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf, outcome, failed, run } = require('./hubtest.js');
 
 // Opens `client`, failing the script with the reason when it does not succeed in time.
 async function open(client, who) {
@@ -318,10 +318,4 @@ async function main() {
   console.log('all node checks passed');
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error('FAILED:', err && err.stack ? err.stack : err);
-    process.exit(1);
-  },
-);
+run(main);

@@ -18,7 +18,7 @@ const { isDeepStrictEqual } = require('util');
 const { Client, Message } = require('azure-iot-device');
 const { Http } = require('azure-iot-device-http');
 
-const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf } = require('./hubtest.js');
+const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf, run } = require('./hubtest.js');
 
 const waiting = async (id) => (await serviceGet(`/devices/${id}`)).cloudToDeviceMessageCount;
 
@@ -249,10 +249,4 @@ async function main() {
   console.log('all node checks passed');
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error('FAILED:', err && err.stack ? err.stack : err);
-    process.exit(1);
-  },
-);
+run(main);

@@ -138,4 +138,15 @@ function failed(o) {
   return o.error ? `: ${o.error.name} ${o.error.message}` : '';
 }
 
-module.exports = { HOST, CA, CS, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf, outcome, failed };
+// Runs a script's async `main`: exit code 0 when it resolves, 1 with the error when it fails.
+function run(main) {
+  main().then(
+    () => process.exit(0),
+    (err) => {
+      console.error('FAILED:', err && err.stack ? err.stack : err);
+      process.exit(1);
+    },
+  );
+}
+
+module.exports = { HOST, CA, CS, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, feedbackOf, outcome, failed, run };

@@ -15,7 +15,7 @@ const { isDeepStrictEqual } = require('util');
 const { Client, Message } = require('azure-iot-device');
 const { MqttWs } = require('azure-iot-device-mqtt');
 
-const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor } = require('./hubtest.js');
+const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, run } = require('./hubtest.js');
 
 // What an SDK call really does: its result, or the error it threw or rejected with.
 async function outcome(call) {
@@ -195,10 +195,4 @@ async function main() {
   console.log('all node checks passed');
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error('FAILED:', err && err.stack ? err.stack : err);
-    process.exit(1);
-  },
-);
+run(main);

@@ -34,7 +34,7 @@ for (const v of ['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy', 'ALL_
   delete process.env[v];
 }
 
-const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor } = require('./hubtest.js');
+const { HOST, CA, D, WIDGET, SAS, check, sleep, service, serviceGet, waitFor, run } = require('./hubtest.js');
 
 // The storage client's requests to the blob endpoint (method, path and query, headers), as
 // node-fetch under @azure/core-http makes them with https.request.
@@ -225,10 +225,4 @@ async function main() {
   console.log('all node checks passed');
 }
 
-main().then(
-  () => process.exit(0),
-  (err) => {
-    console.error('FAILED:', err && err.stack ? err.stack : err);
-    process.exit(1);
-  },
-);
+run(main);

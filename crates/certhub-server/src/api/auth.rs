@@ -16,6 +16,15 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// A caller signed in to the console with a policy's key: the policy's rights, checked by
+    /// the same handlers as a token's.
+    pub(crate) fn console(policy: &str, rights: Rights) -> Self {
+        Self {
+            policy: policy.to_string(),
+            rights,
+        }
+    }
+
     pub fn policy(&self) -> &str {
         &self.policy
     }

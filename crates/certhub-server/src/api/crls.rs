@@ -284,6 +284,7 @@ async fn upload_inner(
         .and_then(|c| c.into_iter().next())
         .ok_or_else(|| invalid(format!("the registered CA {name:?} does not parse")))?;
     // A large CRL takes a while to parse and check: off the async workers.
+    let ca_kept = ca_der.clone();
     let (checked, chain_kept) = tokio::task::spawn_blocking(move || {
         let checked = certhub_pki::read_crl_for(&der_or_pem, &ca_der, &chain);
         (checked, chain)
@@ -300,6 +301,8 @@ async fn upload_inner(
         invalid(format!("the CRL is not taken for CA {name:?}: {e}{hint}"))
     })?;
     let record = crate::crl_fetch::record(name, &checked, &chain_kept, "upload");
+    // The trust reload that files it takes it from here rather than checking it again.
+    state.crl_cache().checked(&ca_kept, &record, checked);
     match crate::crl_fetch::hold(state.store(), &record).await {
         Ok(Held::New) => Ok((record, true)),
         Ok(Held::Already(old)) => Ok((old, false)),

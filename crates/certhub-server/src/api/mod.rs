@@ -6,26 +6,26 @@
 pub(crate) mod auth;
 #[allow(unused_qualifications)]
 mod blocks;
-mod body;
+pub(crate) mod body;
 #[allow(unused_qualifications)]
 mod c2d;
-mod certificates;
+pub(crate) mod certificates;
 mod crls;
 #[allow(unused_qualifications)]
-mod devices;
-mod doc;
+pub(crate) mod devices;
+pub(crate) mod doc;
 #[allow(unused_qualifications)]
 mod dps;
-mod error;
+pub(crate) mod error;
 mod expiry;
 #[allow(unused_qualifications)]
 mod files;
 #[allow(unused_qualifications)]
-mod hub;
+pub(crate) mod hub;
 #[allow(unused_qualifications)]
 mod messages;
 #[allow(unused_qualifications)]
-mod twins;
+pub(crate) mod twins;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;

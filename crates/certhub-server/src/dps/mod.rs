@@ -28,7 +28,7 @@ use certhub_core::{
     AuthType, Authentication, AuthenticationInput, Context, DeviceId, Etag, SymmetricKey,
     TrustSnapshot, X509Thumbprint, azure_time,
 };
-use certhub_pki::{CertificateDer, Thumbprints, TrustStore, UnixTime};
+use certhub_pki::{CertificateDer, ChainCert, Thumbprints, TrustStore, UnixTime};
 use certhub_store::{AuditRecord, EnrollmentKind, RegistrationRecord, WriteOutcome};
 use hubs::Hub;
 use serde_json::{Value, json};
@@ -490,7 +490,17 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
         )));
     }
     // X.509 groups: the chain judged against each group's CA alone; the nearest CA wins.
-    let mut best: Option<(usize, &String, &Value, &String, Arc<GroupCa>)> = None;
+    // The nearest group: its depth, id, document, CA, the CA's trust and the leaf as
+    // verified under it.
+    type Best<'a> = (
+        usize,
+        &'a String,
+        &'a Value,
+        &'a String,
+        Arc<GroupCa>,
+        Option<ChainCert>,
+    );
+    let mut best: Option<Best<'_>> = None;
     let mut nearest_failure: Option<Refusal> = None;
     // Groups whose CA is no longer registered (deleted after the group was made).
     let mut missing: Vec<String> = Vec::new();
@@ -515,7 +525,8 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
                     Ok(v) => {
                         let depth = v.path.len();
                         if best.as_ref().is_none_or(|b| depth < b.0) {
-                            best = Some((depth, gid, doc, ca, group_ca.clone()));
+                            let leaf = v.certs.into_iter().next();
+                            best = Some((depth, gid, doc, ca, group_ca.clone(), leaf));
                         }
                     }
                     Err(r) => {
@@ -554,11 +565,21 @@ async fn judge(state: &AppState, req: &Request<'_>, key: &str) -> Judged {
             GroupCa::Missing => missing.push(format!("{gid} (CA {ca})")),
         }
     }
-    if let Some((_, gid, doc, ca, group_ca)) = best {
+    if let Some((_, gid, doc, ca, group_ca, leaf_cert)) = best {
         if doc["provisioningStatus"] == "disabled" {
             return Err(Ok(refusal(
                 "enrollment-disabled",
                 format!("the enrollment group {gid} (CA {ca}) is disabled"),
+            )));
+        }
+        // OCSP, when the group's CA has it on: as at CONNECT.
+        if let Some(leaf_cert) = &leaf_cert
+            && let Err((reason, detail)) =
+                Box::pin(crate::ocsp::check_leaf(state, ca, leaf_cert, req.chain)).await
+        {
+            return Err(Ok(refusal(
+                reason,
+                format!("enrollment group {gid} (CA {ca}): {detail}"),
             )));
         }
         let leaf = &req.chain[0];
