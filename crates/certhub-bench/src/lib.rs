@@ -132,6 +132,10 @@ struct Common {
     /// A folder of device folders, each `<device-id>/chain.pem` (leaf and intermediates) and
     /// `<device-id>/key.pem`, as `certhub pki demo supply-chain --out X --devices N` writes
     /// under X/devices. The client id is the folder's name; scenarios use them in name order.
+    /// The broker must know them: for certhub, register X/company-x with proof of possession
+    /// and import the ids as CA-authenticated devices (`certhub device import` of one
+    /// `{"deviceId": ID, "authentication": {"type": "certificateAuthority"}}` line per folder;
+    /// the README's "Measuring" section gives the commands).
     #[arg(long)]
     devices: PathBuf,
     /// The broker's host.

@@ -18,6 +18,23 @@ pub struct Metrics {
     /// The last expiry count: of identities, and of the intermediates their chains presented.
     expiry: Mutex<Option<ExpiryCount>>,
     intermediates: Mutex<Option<ExpiryCount>>,
+    /// The counters at the end of each of the last [`HISTORY`] minutes, oldest first.
+    history: Mutex<std::collections::VecDeque<Sample>>,
+}
+
+/// How many minutes of counters the console's charts keep.
+pub const HISTORY: usize = 60;
+
+/// The counters as they stood at one moment (cumulative since the hub started).
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    /// Unix ms when taken.
+    pub at_ms: i64,
+    pub admitted: u64,
+    pub refused: u64,
+    pub telemetry: u64,
+    /// Devices connected at that moment.
+    pub connected: u64,
 }
 
 impl Metrics {
@@ -48,6 +65,37 @@ impl Metrics {
         if let Ok(mut e) = self.intermediates.lock() {
             *e = Some((expired, within));
         }
+    }
+
+    /// The counters now, with `connected` devices connected.
+    pub fn sample(&self, at_ms: i64, connected: u64) -> Sample {
+        let connects = self.connects();
+        let admitted = connects.get("ok").copied().unwrap_or(0);
+        Sample {
+            at_ms,
+            admitted,
+            refused: connects.values().sum::<u64>() - admitted,
+            telemetry: self.telemetry_count(),
+            connected,
+        }
+    }
+
+    /// Keeps `sample` as the end of a minute (the sampler calls this once a minute).
+    pub fn remember(&self, sample: Sample) {
+        if let Ok(mut h) = self.history.lock() {
+            if h.len() == HISTORY + 1 {
+                h.pop_front();
+            }
+            h.push_back(sample);
+        }
+    }
+
+    /// The kept samples, oldest first.
+    pub fn history(&self) -> Vec<Sample> {
+        self.history
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The CONNECT decisions so far, by outcome (`ok` or the refusal reason).

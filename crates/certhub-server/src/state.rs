@@ -248,7 +248,35 @@ impl AppState {
             }),
         };
         state.configure_ocsp().await?;
+        state.start_sampler();
         Ok(state)
+    }
+
+    /// Once a minute, keeps the counters for the console's charts. The task holds the state
+    /// weakly: it ends when the hub's state is dropped.
+    fn start_sampler(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let first = Self {
+            inner: self.inner.clone(),
+        };
+        first.remember_sample();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                Self { inner }.remember_sample();
+            }
+        });
+    }
+
+    fn remember_sample(&self) {
+        let sample = self
+            .metrics()
+            .sample(now_ms(), self.connected_count() as u64);
+        self.metrics().remember(sample);
     }
 
     pub fn store(&self) -> &Store {

@@ -385,25 +385,23 @@ impl Store {
             .collect())
     }
 
+    /// The recorded intermediate of this SHA-256 thumbprint (lower-case hex), if any: a
+    /// primary-key lookup.
+    pub async fn intermediate(&self, sha256: &str) -> Result<Option<IntermediateRecord>> {
+        let row = sqlx::query("SELECT * FROM intermediates WHERE sha256 = $1")
+            .bind(sha256.to_ascii_lowercase())
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(intermediate_row).transpose()
+    }
+
     /// The intermediates with the horizon last announced for each.
     async fn intermediates_announced(&self) -> Result<Vec<(IntermediateRecord, Option<String>)>> {
         let rows = sqlx::query("SELECT * FROM intermediates ORDER BY not_after_ms, sha256")
             .fetch_all(self.pool())
             .await?;
         rows.iter()
-            .map(|r| {
-                Ok((
-                    IntermediateRecord {
-                        sha256: r.try_get("sha256")?,
-                        subject: r.try_get("subject")?,
-                        issuer: r.try_get("issuer")?,
-                        not_after_ms: r.try_get("not_after_ms")?,
-                        ca: r.try_get("ca")?,
-                        first_seen_ms: r.try_get("first_seen_ms")?,
-                    },
-                    r.try_get("announced")?,
-                ))
-            })
+            .map(|r| Ok((intermediate_row(r)?, r.try_get("announced")?)))
             .collect()
     }
 
@@ -473,4 +471,15 @@ pub struct ExpiryEvent {
     pub expires_ms: i64,
     /// The horizon it is within now, in days; 0: expired.
     pub horizon_days: i64,
+}
+
+fn intermediate_row(r: &sqlx::any::AnyRow) -> Result<IntermediateRecord> {
+    Ok(IntermediateRecord {
+        sha256: r.try_get("sha256")?,
+        subject: r.try_get("subject")?,
+        issuer: r.try_get("issuer")?,
+        not_after_ms: r.try_get("not_after_ms")?,
+        ca: r.try_get("ca")?,
+        first_seen_ms: r.try_get("first_seen_ms")?,
+    })
 }

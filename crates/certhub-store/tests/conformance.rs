@@ -850,6 +850,21 @@ async fn crl_sources(store: &Store) {
         .map(|r| r.subject)
         .collect();
     assert_eq!(listed, ["CN=Factory-Y", "CN=Technician-Z"], "soonest first");
+    // One by its thumbprint (whatever the case asked in); an unknown one is None.
+    let found = store
+        .intermediate(&"D".repeat(64))
+        .await
+        .expect("lookup")
+        .expect("known");
+    assert_eq!(found.subject, "CN=Technician-Z");
+    assert_eq!(found.not_after_ms, 100 * day);
+    assert!(
+        store
+            .intermediate(&"f".repeat(64))
+            .await
+            .expect("lookup")
+            .is_none()
+    );
     let announced = |now: i64| {
         let store = store.clone();
         async move {

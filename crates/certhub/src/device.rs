@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
 use crate::Outcome;
@@ -370,11 +369,7 @@ fn import(a: ImportArgs) -> Result<Outcome> {
     let existing = AtomicUsize::new(0);
     let refused = std::sync::Mutex::new(Vec::<String>::new());
     let failure = std::sync::Mutex::new(None::<anyhow::Error>);
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("importing {bar:30} {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = crate::progress::bar("importing", total as u64);
     std::thread::scope(|s| {
         for _ in 0..a.parallel.max(1) {
             s.spawn(|| {

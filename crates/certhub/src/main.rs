@@ -19,6 +19,7 @@ mod files;
 mod hub;
 mod messages;
 mod pki;
+mod progress;
 mod serve;
 mod uploads;
 

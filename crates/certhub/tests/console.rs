@@ -4,8 +4,11 @@
 //! certificate made with the command the page shows), the overview shows a connected widget
 //! and a refusal, the refusals page names the reason and
 //! the fix, disabling the widget from the devices page closes its mosquitto_sub session at
-//! once, a form without the CSRF token is refused, a read-only policy sees no actions, and the
-//! pages fit a narrow window. Set CERTHUB_SCREENSHOTS=DIR to keep screenshots of each page
+//! once, a form without the CSRF token is refused, the refused widget registered from the
+//! console connects with the Azure IoT Python device SDK and the console reads its telemetry,
+//! sends it a C2D message and invokes a direct method it answers, Technician-Z's blast radius
+//! is shown before its block drops exactly the connected widget, a read-only policy sees no
+//! actions, and the pages fit a narrow window. Set CERTHUB_SCREENSHOTS=DIR to keep screenshots of each page
 //! (scripts/console-screenshots writes them into docs/).
 
 mod common;
@@ -15,15 +18,36 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{certhub, certhub_at, openssl, publishes, s, start_hub, subscribe, tmp};
+use common::{certhub, certhub_at, openssl, s, start_hub, subscribe, tmp};
 
-const WIDGET: &str = "smart-x-widget-0001";
+const WIDGET: &str = "console-widget-0001";
+
+/// The README's shell block between `<!-- NAME:begin -->` and `<!-- NAME:end -->`.
+fn readme_block(marker: &str) -> String {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .expect("README.md");
+    let begin = readme
+        .find(&format!("<!-- {marker}:begin -->"))
+        .expect("the begin marker");
+    let end = readme
+        .find(&format!("<!-- {marker}:end -->"))
+        .expect("the end marker");
+    readme[begin..end]
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("```sh"))
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with("```"))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
 
 #[test]
 fn the_console_in_chromium_registers_a_ca_shows_refusals_and_disables_a_connected_widget() {
     let t = tmp();
     let d = t.path();
-    let data = d.join("data");
+    // The README's layout: the hub's data in ./certhub-data, the PKI in ./console-pki.
+    let data = d.join("certhub-data");
     let hub = start_hub(&data);
     certhub(
         d,
@@ -32,13 +56,29 @@ fn the_console_in_chromium_registers_a_ca_shows_refusals_and_disables_a_connecte
             "demo",
             "supply-chain",
             "--out",
-            "pki",
+            "console-pki",
             "--devices",
             "2",
+            "--prefix",
+            "console-widget",
         ],
     )
     .ok();
     let ca = data.join("tls/server-ca.pem");
+    // An enrollment group for the provisioning page to list.
+    certhub_at(
+        d,
+        &data,
+        &[
+            "dps",
+            "enrollment-group",
+            "create",
+            "--id",
+            "console-sensors",
+            "--symmetric-key",
+        ],
+    )
+    .ok();
     let mut sub = None;
 
     // The browser trusts exactly the hub's server key.
@@ -86,14 +126,17 @@ fn the_console_in_chromium_registers_a_ca_shows_refusals_and_disables_a_connecte
             .to_string()
     };
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/interop/console.py");
-    let mut cmd = std::process::Command::new(common::python());
+    let mut cmd = common::python_to_hub(&hub);
     cmd.arg(&script)
+        .env("CERTHUB_HOST", "localhost")
+        .env("CERTHUB_CA", &ca)
         .current_dir(d)
         .env("CERTHUB_CONSOLE", format!("https://{}/console", hub.host))
         .env("CERTHUB_SPKI", spki.trim())
         .env("CERTHUB_CONNECTION_STRING", cs("iothubowner"))
         .env("CERTHUB_READ_ONLY", cs("registryRead"))
-        .env("CERTHUB_DIR", d.join("pki"))
+        .env("CERTHUB_PROVISIONING", cs("provisioningserviceowner"))
+        .env("CERTHUB_DIR", d.join("console-pki"))
         .env("CERTHUB_BIN", env!("CARGO_BIN_EXE_certhub"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -110,27 +153,30 @@ fn the_console_in_chromium_registers_a_ca_shows_refusals_and_disables_a_connecte
         transcript.push_str(&line);
         transcript.push('\n');
         if line == "CA-VERIFIED" {
-            // Company-X's root is verified (through the console): a registered widget connects,
-            // an unregistered one is refused as device-not-found.
-            certhub_at(
-                d,
-                &data,
-                &[
-                    "device",
-                    "create",
-                    "--id",
-                    WIDGET,
-                    "--auth-method",
-                    "x509-ca",
-                ],
-            )
-            .ok();
-            assert!(!publishes(d, hub.mqtt_port, &ca, "smart-x-widget-0002"));
+            // Company-X's root is verified and the widget registered (through the console): the
+            // README's step 6 connects it and its unregistered sibling, which is refused.
+            let step = readme_block("console-devices")
+                .replace("-p 8883", &format!("-p {}", hub.mqtt_port));
+            let out = std::process::Command::new("bash")
+                .args(["-uo", "pipefail", "-c", &step])
+                .current_dir(d)
+                .output()
+                .expect("bash runs");
+            let said = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                said.matches("not authorised").count(),
+                1,
+                "the README's step 6: the registered widget is taken, its sibling refused: {said}"
+            );
             sub = Some(subscribe(
                 d,
                 hub.mqtt_port,
                 &ca,
-                &format!("pki/devices/{WIDGET}"),
+                &format!("console-pki/devices/{WIDGET}"),
                 WIDGET,
             ));
             common::wait_until(20, "the widget connects", || {
@@ -183,6 +229,9 @@ fn the_console_in_chromium_registers_a_ca_shows_refusals_and_disables_a_connecte
     assert!(has("ca.upload", "iothubowner", "ok"), "{log:#}");
     assert!(has("ca.verify", "iothubowner", "ok"), "{log:#}");
     assert!(has("settings.update", "iothubowner", "ok"), "{log:#}");
+    assert!(has("device.create", "iothubowner", "ok"), "{log:#}");
+    assert!(has("ca.block", "iothubowner", "ok"), "{log:#}");
+    assert!(has("ca.unblock", "iothubowner", "ok"), "{log:#}");
     let settings = certhub_at(d, &data, &["hub", "show"]).ok().stdout;
     assert!(
         settings.contains("\"disableDeviceSAS\": true"),

@@ -30,6 +30,11 @@ impl Caller {
     }
 
     /// Refuses with 401 unless the policy has `rights`; `action` says what was attempted.
+    /// Whether the caller's policy grants `rights`.
+    pub(crate) fn has(&self, rights: Rights) -> bool {
+        self.rights.contains(rights)
+    }
+
     pub fn require(&self, rights: Rights, action: &str) -> Result<(), ApiError> {
         if self.rights.contains(rights) {
             Ok(())

@@ -130,6 +130,22 @@ pub struct BlockPath {
     id: String,
 }
 
+impl ImpactQuery {
+    /// The query for one thumbprint (the console's).
+    pub(crate) fn of(thumbprint: &str) -> Self {
+        Self {
+            thumbprint: thumbprint.to_string(),
+        }
+    }
+}
+
+impl BlockPath {
+    /// The path of one block (the console's).
+    pub(crate) fn of(id: &str) -> Self {
+        Self { id: id.to_string() }
+    }
+}
+
 fn view(r: &BlockRecord) -> BlockView {
     BlockView {
         id: r.id.clone(),
@@ -194,7 +210,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// The block a request asks for.
-fn requested(body: BlockBody) -> Result<BlockRecord, ApiError> {
+pub(crate) fn requested(body: BlockBody) -> Result<BlockRecord, ApiError> {
     let note = body.note.unwrap_or_default();
     if note.len() > 512 {
         return Err(invalid("note: at most 512 characters"));

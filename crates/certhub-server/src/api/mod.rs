@@ -5,12 +5,12 @@
 // names (params, bodies) to qualified paths, which the lint reports at the attribute.
 pub(crate) mod auth;
 #[allow(unused_qualifications)]
-mod blocks;
+pub(crate) mod blocks;
 pub(crate) mod body;
 #[allow(unused_qualifications)]
-mod c2d;
+pub(crate) mod c2d;
 pub(crate) mod certificates;
-mod crls;
+pub(crate) mod crls;
 #[allow(unused_qualifications)]
 pub(crate) mod devices;
 pub(crate) mod doc;
@@ -19,7 +19,7 @@ mod dps;
 pub(crate) mod error;
 mod expiry;
 #[allow(unused_qualifications)]
-mod files;
+pub(crate) mod files;
 #[allow(unused_qualifications)]
 pub(crate) mod hub;
 #[allow(unused_qualifications)]

@@ -137,16 +137,22 @@ pub(super) async fn show(
     if let Some(r) = lacks(&who, Rights::REGISTRY_READ, "reading a CA certificate") {
         return r;
     }
-    let ca: Value =
-        match certificates::get(State(state), who.caller.clone(), path(&query.name)).await {
-            Ok(r) => json_of(r).await,
-            Err(e) => return page_error(e.status, &e.message),
-        };
+    let ca: Value = match certificates::get(
+        State(state.clone()),
+        who.caller.clone(),
+        path(&query.name),
+    )
+    .await
+    {
+        Ok(r) => json_of(r).await,
+        Err(e) => return page_error(e.status, &e.message),
+    };
     let p = &ca["properties"];
     let name = query.name.as_str();
     let verified = p["isVerified"] == true;
     let writable = who.may(Rights::REGISTRY_WRITE);
     let code = query.code.as_str();
+    let crls = super::trust::crls_of(&state, &who, name).await;
     let body = html! {
         main {
             h1 { "CA " (name) }
@@ -185,6 +191,7 @@ pub(super) async fn show(
                         form method="post" action="/console/cas/verify" {
                             input type="hidden" name="csrf" value=(who.csrf);
                             input type="hidden" name="name" value=(name);
+                            input type="hidden" name="code" value=(code);
                             label for="verification" { "Verification certificate (PEM)" }
                             textarea id="verification" name="certificate" rows="6" required spellcheck="false"
                                 placeholder="-----BEGIN CERTIFICATE-----" {}
@@ -193,6 +200,7 @@ pub(super) async fn show(
                     }
                 }
             }
+            (crls)
             p { a href="/console/cas" { "All CAs" } }
         }
     };
@@ -206,6 +214,9 @@ pub(super) struct CodeForm {
     name: String,
     #[serde(default)]
     certificate: String,
+    /// The verification code the page showed (a failed verification keeps it).
+    #[serde(default)]
+    code: String,
 }
 
 fn back_to(name: &str, what: &str, value: &str) -> Response {
@@ -257,6 +268,16 @@ pub(super) async fn verify(
     {
         Ok(_) => redirect("/console/ca", &[("name", &form.name)]),
         Err(e) if e.status == StatusCode::UNAUTHORIZED => page_error(e.status, &e.message),
+        // The code stays valid after a failed proof: the page stays at step 2 with it, unless
+        // the code itself is what failed (expired, or replaced by a newer one).
+        Err(e) if !form.code.is_empty() && !e.code.starts_with("VerificationCode") => redirect(
+            "/console/ca",
+            &[
+                ("name", &form.name),
+                ("code", &form.code),
+                ("error", &e.message),
+            ],
+        ),
         Err(e) => back_to(&form.name, "error", &e.message),
     }
 }

@@ -10,13 +10,14 @@ use maud::html;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::pages::{json_of, lacks, redirect};
+use super::pages::{json_body, json_of, lacks, redirect};
 use super::{SignedIn, document, page_error, stale_form};
 use crate::api::body::JsonBody;
-use crate::api::devices::get_device;
+use crate::api::c2d::send as send_c2d;
+use crate::api::devices::{get_device, list_modules};
 use crate::api::doc::DevicePath;
 use crate::api::error::Path;
-use crate::api::twins::{get_device_twin, patch_device_twin};
+use crate::api::twins::{get_device_twin, invoke_device_method, patch_device_twin};
 use crate::state::{AppState, now_ms};
 
 fn path(id: &str) -> Path<DevicePath> {
@@ -34,6 +35,9 @@ pub(super) struct DeviceQuery {
     done: String,
     #[serde(default)]
     error: String,
+    /// A direct method's answer, as the device gave it.
+    #[serde(default)]
+    answer: String,
 }
 
 /// How long until `ms` (unix ms), in days, as a cell's text.
@@ -63,17 +67,26 @@ pub(super) async fn show(
         Ok(r) => json_of(r).await,
         Err(e) => return page_error(e.status, &e.message),
     };
+    let modules = match list_modules(State(state.clone()), who.caller.clone(), path(id)).await {
+        Ok(r) => json_of(r).await.as_array().cloned().unwrap_or_default(),
+        Err(e) => return page_error(e.status, &e.message),
+    };
     // The chain it last presented: the leaf's expiry is the device's; the intermediates are
     // those the hub recorded.
     let chain = state.store().last_chain(id).await.unwrap_or_default();
-    let known = state.store().intermediates().await.unwrap_or_default();
+    let mut known = Vec::with_capacity(chain.len());
+    for sha in &chain {
+        // A lookup per certificate of the chain (the leaf is never among the intermediates).
+        known.push(state.store().intermediate(sha).await.ok().flatten());
+    }
     let leaf_expiry = device["x509ExpiresAt"].as_str().unwrap_or("").to_string();
     let rows: Vec<(String, String, String, String)> = chain
         .iter()
+        .zip(&known)
         .enumerate()
-        .map(|(i, sha)| {
+        .map(|(i, (sha, known))| {
             let upper = sha.to_ascii_uppercase();
-            match known.iter().find(|r| r.sha256.eq_ignore_ascii_case(sha)) {
+            match known {
                 Some(r) => (
                     r.subject.clone(),
                     upper,
@@ -145,6 +158,76 @@ pub(super) async fn show(
                     }
                 }
             }
+            section aria-labelledby="modules-h" {
+                h2 id="modules-h" { "Modules" }
+                @if modules.is_empty() {
+                    p { "None." }
+                } @else {
+                    table id="modules" {
+                        thead { tr {
+                            th scope="col" { "module id" }
+                            th scope="col" { "authentication" }
+                            th scope="col" { "connection" }
+                            th scope="col" { "last activity" }
+                        } }
+                        tbody {
+                            @for m in &modules {
+                                tr {
+                                    td { code { (m["moduleId"].as_str().unwrap_or("")) } }
+                                    td { (m["authentication"]["type"].as_str().unwrap_or("")) }
+                                    td { (m["connectionState"].as_str().unwrap_or("")) }
+                                    td { (m["lastActivityTime"].as_str().unwrap_or("")) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @if who.may(Rights::SERVICE_CONNECT) {
+                section aria-labelledby="telemetry-h" {
+                    h2 id="telemetry-h" { "Telemetry" }
+                    p { a href={ "/console/telemetry?id=" (super::pages::url_encode(id)) } { "The messages " (id) " sent lately, live" } }
+                }
+                section aria-labelledby="c2d-h" {
+                    h2 id="c2d-h" { "Send a cloud-to-device message" }
+                    p { "Queued for the device (kept an hour); delivered when it connects, on any transport." }
+                    form method="post" action="/console/device/c2d" {
+                        input type="hidden" name="csrf" value=(who.csrf);
+                        input type="hidden" name="id" value=(id);
+                        label for="c2d-body" { "Message body (text)" }
+                        textarea id="c2d-body" name="body" rows="2" spellcheck="false" {}
+                        label for="c2d-props" { "Application properties (one key=value a line; optional)" }
+                        textarea id="c2d-props" name="properties" rows="2" spellcheck="false" placeholder="priority=high" {}
+                        label for="c2d-ack" { "Delivery feedback" }
+                        select id="c2d-ack" name="ack" {
+                            option value="none" selected { "none" }
+                            option value="positive" { "positive" }
+                            option value="negative" { "negative" }
+                            option value="full" { "full" }
+                        }
+                        button type="submit" { "Send" }
+                    }
+                }
+                section aria-labelledby="method-h" {
+                    h2 id="method-h" { "Invoke a direct method" }
+                    p { "The device must be connected and subscribed to methods; the page waits for its answer." }
+                    form method="post" action="/console/device/method" {
+                        input type="hidden" name="csrf" value=(who.csrf);
+                        input type="hidden" name="id" value=(id);
+                        label for="method-name" { "Method name" }
+                        input id="method-name" name="name" required autocomplete="off" spellcheck="false";
+                        label for="method-payload" { "Payload (JSON)" }
+                        textarea id="method-payload" name="payload" rows="2" spellcheck="false" placeholder="{\"seconds\": 5}" {}
+                        label for="method-timeout" { "Seconds to wait for the answer (5 to 300)" }
+                        input id="method-timeout" name="timeout" type="number" min="5" max="300" value="30";
+                        button type="submit" { "Invoke" }
+                    }
+                    @if !query.answer.is_empty() {
+                        h3 { "The device answered" }
+                        pre id="method-answer" { (query.answer) }
+                    }
+                }
+            }
             p { a href="/console/devices" { "All devices" } }
         }
     };
@@ -205,6 +288,158 @@ pub(super) async fn patch_twin(
             "error",
             "The twin changed since this page read it (ETag conflict): nothing was applied. Read it again below and apply your change to what it is now.",
         ),
+        Err(e) => back_to(&form.id, "error", &e.message),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct C2dForm {
+    #[serde(default)]
+    csrf: String,
+    id: String,
+    #[serde(default)]
+    body: String,
+    #[serde(default)]
+    properties: String,
+    #[serde(default)]
+    ack: String,
+}
+
+/// Queues a cloud-to-device message through the service API's handler (its rights check,
+/// size and queue limits, audit record).
+pub(super) async fn send_message(
+    State(state): State<AppState>,
+    who: SignedIn,
+    Form(form): Form<C2dForm>,
+) -> Response {
+    if !who.csrf_ok(&form.csrf) {
+        return stale_form();
+    }
+    let mut properties = serde_json::Map::new();
+    for line in form
+        .properties
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        match line.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                properties.insert(k.trim().to_string(), Value::String(v.trim().to_string()));
+            }
+            _ => {
+                return back_to(
+                    &form.id,
+                    "error",
+                    &format!(
+                        "{line:?} is not key=value: write one application property a line, e.g. priority=high."
+                    ),
+                );
+            }
+        }
+    }
+    let ack = if form.ack.is_empty() {
+        "none"
+    } else {
+        form.ack.as_str()
+    };
+    let body = match json_body(json!({"body": form.body, "ack": ack, "properties": properties})) {
+        Ok(b) => b,
+        Err(e) => return back_to(&form.id, "error", &e.message),
+    };
+    match send_c2d(State(state), who.caller.clone(), path(&form.id), body).await {
+        Ok(r) => {
+            let queued = json_of(r).await;
+            let done = format!(
+                "Queued message {} for {} (it expires at {}); the device gets it on its next connection or at once if connected.",
+                queued["messageId"].as_str().unwrap_or(""),
+                form.id,
+                queued["expiryTimeUtc"].as_str().unwrap_or(""),
+            );
+            back_to(&form.id, "done", &done)
+        }
+        Err(e) => back_to(&form.id, "error", &e.message),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct MethodForm {
+    #[serde(default)]
+    csrf: String,
+    id: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    payload: String,
+    #[serde(default)]
+    timeout: String,
+}
+
+/// Invokes a direct method through the service API's handler and shows the device's answer.
+pub(super) async fn invoke_method(
+    State(state): State<AppState>,
+    who: SignedIn,
+    Form(form): Form<MethodForm>,
+) -> Response {
+    if !who.csrf_ok(&form.csrf) {
+        return stale_form();
+    }
+    let payload: Value = if form.payload.trim().is_empty() {
+        Value::Null
+    } else {
+        match serde_json::from_str(&form.payload) {
+            Ok(v) => v,
+            Err(e) => {
+                return back_to(
+                    &form.id,
+                    "error",
+                    &format!(
+                        "The payload is not JSON ({e}); a text payload goes in quotes: \"on\"."
+                    ),
+                );
+            }
+        }
+    };
+    let timeout: u64 = match form.timeout.trim() {
+        "" => 30,
+        t => match t.parse() {
+            Ok(n) => n,
+            Err(_) => {
+                return back_to(
+                    &form.id,
+                    "error",
+                    "The wait must be a number of seconds, 5 to 300.",
+                );
+            }
+        },
+    };
+    let call = match json_body(json!({
+        "methodName": form.name.trim(),
+        "payload": payload,
+        "responseTimeoutInSeconds": timeout,
+    })) {
+        Ok(c) => c,
+        Err(e) => return back_to(&form.id, "error", &e.message),
+    };
+    match invoke_device_method(State(state), who.caller.clone(), path(&form.id), call).await {
+        Ok(r) => {
+            let result = json_of(r).await;
+            let answer = format!(
+                "status {}\n{}",
+                result["status"],
+                serde_json::to_string_pretty(&result["payload"]).unwrap_or_default()
+            );
+            redirect(
+                "/console/device",
+                &[
+                    ("id", &form.id),
+                    (
+                        "done",
+                        &format!("{} answered {}.", form.id, form.name.trim()),
+                    ),
+                    ("answer", &answer),
+                ],
+            )
+        }
         Err(e) => back_to(&form.id, "error", &e.message),
     }
 }

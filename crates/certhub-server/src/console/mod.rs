@@ -31,7 +31,10 @@ use crate::state::{AppState, now_ms};
 mod admin;
 mod cas;
 mod device;
+mod fleet;
 mod pages;
+mod telemetry;
+mod trust;
 
 /// Who acts in an audit record before anyone signed in.
 struct Unknown;
@@ -58,9 +61,18 @@ struct Session {
     expires_ms: i64,
 }
 
-/// The console's sessions on this node.
+/// Failed sign-ins a source address may make in [`FAILURE_WINDOW_MS`] before it must wait.
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW_MS: i64 = 5 * 60 * 1000;
+/// The most source addresses whose failures are remembered (the oldest window goes first).
+const MAX_FAILING_SOURCES: usize = 10_000;
+
+/// The console's sessions on this node, and the failed sign-ins per source address.
 #[derive(Debug, Default)]
-pub struct Sessions(Mutex<HashMap<String, Session>>);
+pub struct Sessions(
+    Mutex<HashMap<String, Session>>,
+    Mutex<HashMap<std::net::IpAddr, (i64, u32)>>,
+);
 
 impl Sessions {
     /// A new session, or None when the system's random generator fails (a session id grants
@@ -94,6 +106,33 @@ impl Sessions {
         Some((id, session))
     }
 
+    /// When `source` used up its failed sign-ins: the seconds until it may try again.
+    fn throttled(&self, source: std::net::IpAddr) -> Option<i64> {
+        let m = self.1.lock().ok()?;
+        let (since, count) = *m.get(&source)?;
+        let left = since + FAILURE_WINDOW_MS - now_ms();
+        (count >= MAX_FAILURES && left > 0).then(|| (left + 999) / 1000)
+    }
+
+    /// Counts a failed sign-in from `source`.
+    fn failed(&self, source: std::net::IpAddr) {
+        let Ok(mut m) = self.1.lock() else { return };
+        let now = now_ms();
+        if m.len() >= MAX_FAILING_SOURCES && !m.contains_key(&source) {
+            m.retain(|_, (since, _)| *since + FAILURE_WINDOW_MS > now);
+            if m.len() >= MAX_FAILING_SOURCES
+                && let Some(oldest) = m.iter().min_by_key(|(_, v)| v.0).map(|(k, _)| *k)
+            {
+                m.remove(&oldest);
+            }
+        }
+        let entry = m.entry(source).or_insert((now, 0));
+        if entry.0 + FAILURE_WINDOW_MS <= now {
+            *entry = (now, 0);
+        }
+        entry.1 += 1;
+    }
+
     fn get(&self, id: &str) -> Option<Session> {
         let m = self.0.lock().ok()?;
         m.get(id).filter(|s| s.expires_ms > now_ms()).cloned()
@@ -116,8 +155,12 @@ pub fn router(state: AppState) -> Router {
         .route("/console/overview", get(pages::overview))
         .route("/console/devices", get(pages::devices))
         .route("/console/devices/status", post(pages::set_status))
+        .route("/console/devices/create", post(pages::create_device))
         .route("/console/device", get(device::show))
         .route("/console/device/twin", post(device::patch_twin))
+        .route("/console/device/c2d", post(device::send_message))
+        .route("/console/device/method", post(device::invoke_method))
+        .route("/console/telemetry", get(telemetry::tail))
         .route("/console/refusals", get(pages::refusals))
         .route(
             "/console/settings",
@@ -129,6 +172,12 @@ pub fn router(state: AppState) -> Router {
         .route("/console/ca", get(cas::show))
         .route("/console/cas/code", post(cas::code))
         .route("/console/cas/verify", post(cas::verify))
+        .route("/console/blocks", get(trust::list))
+        .route("/console/blocks/impact", post(trust::impact))
+        .route("/console/blocks/block", post(trust::block))
+        .route("/console/blocks/unblock", post(trust::unblock))
+        .route("/console/provisioning", get(fleet::provisioning))
+        .route("/console/files", get(fleet::files))
         .route("/console/console.css", get(css))
         .layer(axum::middleware::map_response(secure_headers))
         .with_state(state)
@@ -179,15 +228,18 @@ fn session_id(headers: &HeaderMap) -> Option<String> {
 /// A request of a signed-in operator: the caller the service API's handlers take.
 pub(crate) struct SignedIn {
     caller: Caller,
-    policy: String,
-    rights: Rights,
     csrf: String,
 }
 
 impl SignedIn {
     /// Whether the operator's policy has `rights` (what the page offers).
     fn may(&self, rights: Rights) -> bool {
-        self.rights.contains(rights)
+        self.caller.has(rights)
+    }
+
+    /// The policy signed in.
+    fn policy(&self) -> &str {
+        self.caller.policy()
     }
 
     /// Whether `given` is the session's CSRF token (compared in constant time).
@@ -223,8 +275,6 @@ impl FromRequestParts<AppState> for SignedIn {
         }
         Ok(Self {
             caller: Caller::console(&session.policy, session.rights),
-            policy: session.policy,
-            rights: session.rights,
             csrf: session.csrf,
         })
     }
@@ -232,7 +282,7 @@ impl FromRequestParts<AppState> for SignedIn {
 
 async fn home(State(state): State<AppState>, headers: HeaderMap) -> Response {
     match session_id(&headers).and_then(|id| state.console().get(&id)) {
-        Some(_) => Redirect::to("/console/overview").into_response(),
+        Some(s) => Redirect::to(home_page(s.rights)).into_response(),
         None => sign_in_page(None, StatusCode::OK),
     }
 }
@@ -271,7 +321,21 @@ struct SignInForm {
     key: String,
 }
 
-async fn sign_in(State(state): State<AppState>, Form(form): Form<SignInForm>) -> Response {
+async fn sign_in(
+    State(state): State<AppState>,
+    peer: Option<axum::Extension<crate::devices_https::TlsPeer>>,
+    Form(form): Form<SignInForm>,
+) -> Response {
+    let source = peer.map(|p| p.peer.ip());
+    if let Some(wait) = source.and_then(|ip| state.console().throttled(ip)) {
+        return sign_in_page(
+            Some(&format!(
+                "Too many failed sign-ins from this address ({MAX_FAILURES} in {} minutes): try again in {wait} s.",
+                FAILURE_WINDOW_MS / 60_000
+            )),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
     let (name, key) = if form.connection_string.trim().is_empty() {
         (form.policy.trim().to_string(), form.key.trim().to_string())
     } else {
@@ -315,6 +379,9 @@ async fn sign_in(State(state): State<AppState>, Form(form): Form<SignInForm>) ->
         })
     });
     let Some(policy) = policy.filter(|_| matches) else {
+        if let Some(ip) = source {
+            state.console().failed(ip);
+        }
         state
             .audit(
                 &Unknown,
@@ -356,7 +423,7 @@ async fn sign_in(State(state): State<AppState>, Form(form): Form<SignInForm>) ->
         StatusCode::SEE_OTHER,
         [
             (header::SET_COOKIE, cookie),
-            (header::LOCATION, "/console/overview".to_string()),
+            (header::LOCATION, home_page(policy.rights).to_string()),
         ],
     )
         .into_response()
@@ -413,11 +480,14 @@ fn document(title: &str, who: Option<&SignedIn>, body: Markup) -> Markup {
                             a href="/console/cas" aria-current=[(title == "CAs").then_some("page")] { "CAs" }
                             a href="/console/devices" aria-current=[(title == "Devices").then_some("page")] { "Devices" }
                             a href="/console/refusals" aria-current=[(title == "Refusals").then_some("page")] { "Refusals" }
+                            a href="/console/blocks" aria-current=[(title == "Blocks").then_some("page")] { "Blocks" }
+                            a href="/console/provisioning" aria-current=[(title == "Provisioning").then_some("page")] { "Provisioning" }
+                            a href="/console/files" aria-current=[(title == "Files").then_some("page")] { "Files" }
                             a href="/console/settings" aria-current=[(title == "Settings").then_some("page")] { "Settings" }
                             a href="/console/audit" aria-current=[(title == "Audit").then_some("page")] { "Audit" }
                         }
                         form method="post" action="/console/sign-out" class="who" {
-                            span { "Signed in as " strong { (who.policy) } }
+                            span { "Signed in as " strong { (who.policy()) } }
                             input type="hidden" name="csrf" value=(who.csrf);
                             button type="submit" { "Sign out" }
                         }
@@ -427,6 +497,28 @@ fn document(title: &str, who: Option<&SignedIn>, body: Markup) -> Markup {
             }
         }
     }
+}
+
+/// Where a policy with `rights` starts: the overview, or the provisioning page for the
+/// provisioning service's own policy (which cannot read the registry).
+fn home_page(rights: Rights) -> &'static str {
+    if rights.contains(Rights::REGISTRY_READ) || !rights.contains(Rights::ENROLLMENT_READ) {
+        "/console/overview"
+    } else {
+        "/console/provisioning"
+    }
+}
+
+/// A page that the signed-in operator's policy may not see: why, with the navigation.
+fn page_denied(who: &SignedIn, status: StatusCode, message: &str) -> Response {
+    let body = html! {
+        main class="narrow" {
+            h1 { "Not for this policy" }
+            p class="error" role="alert" { (message) }
+            p { "Sign in with a policy that has the right, or go on to a page this one may see." }
+        }
+    };
+    (status, document("Not done", Some(who), body)).into_response()
 }
 
 /// A page that says what went wrong, with the status it goes with.

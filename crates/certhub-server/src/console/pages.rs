@@ -38,10 +38,84 @@ pub(super) fn lacks(who: &SignedIn, rights: Rights, what: &str) -> Option<Respon
     who.caller
         .require(rights, what)
         .err()
-        .map(|e| page_error(e.status, &e.message))
+        .map(|e| super::page_denied(who, e.status, &e.message))
 }
 
-pub(super) async fn overview(State(state): State<AppState>, who: SignedIn) -> Response {
+/// One bar chart: a bar per minute, the last one the minute so far. A `gauge` (devices
+/// connected) is a level at each minute's end, not a count per minute.
+fn chart(id: &str, title: &str, class: &str, bars: &[(String, u64)], gauge: bool) -> maud::Markup {
+    const W: f64 = 600.0;
+    const H: f64 = 90.0;
+    let max = bars.iter().map(|b| b.1).max().unwrap_or(0).max(1);
+    let slot = W / crate::metrics::HISTORY as f64;
+    let total: u64 = bars.iter().map(|b| b.1).sum();
+    let last = bars.last().map_or(0, |b| b.1);
+    html! {
+        figure class="chart" {
+            figcaption id={ (id) "-h" } {
+                @if gauge {
+                    (title) ": " strong { (last) } " now (peak " (max) " in the last " (bars.len()) " min)"
+                } @else {
+                    (title) ": " strong { (last) } " this minute, " (total) " in the last " (bars.len()) " min (peak " (max) ")"
+                }
+            }
+            svg id=(id) viewBox={ "0 0 " (W) " " (H + 2.0) } preserveAspectRatio="none" role="img" aria-labelledby={ (id) "-h" } {
+                line x1="0" y1=(H + 1.0) x2=(W) y2=(H + 1.0) class="axis" {}
+                @for (i, (label, n)) in bars.iter().enumerate() {
+                    @let h = (*n as f64 / max as f64 * H).max(if *n > 0 { 1.0 } else { 0.0 });
+                    @let x = W - (bars.len() - i) as f64 * slot;
+                    rect x=(format!("{x:.1}")) y=(format!("{:.1}", H - h)) width=(format!("{:.1}", slot * 0.8)) height=(format!("{h:.1}")) class=(class) {
+                        title { (label) ": " (n) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per-minute bars of the kept samples and the minute so far: (label, value) for each of
+/// admitted, refused and telemetry, and the devices connected at each minute's end.
+type Series = (
+    Vec<(String, u64)>,
+    Vec<(String, u64)>,
+    Vec<(String, u64)>,
+    Vec<(String, u64)>,
+);
+
+fn series(state: &AppState) -> Series {
+    let mut samples = state.metrics().history();
+    samples.push(
+        state
+            .metrics()
+            .sample(crate::state::now_ms(), state.connected_count() as u64),
+    );
+    let mut out: Series = Default::default();
+    for pair in samples.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let label = certhub_core::azure_time(b.at_ms);
+        let label = label.get(11..16).unwrap_or(&label).to_string() + " UTC";
+        out.0
+            .push((label.clone(), b.admitted.saturating_sub(a.admitted)));
+        out.1
+            .push((label.clone(), b.refused.saturating_sub(a.refused)));
+        out.2
+            .push((label.clone(), b.telemetry.saturating_sub(a.telemetry)));
+        out.3.push((label, b.connected));
+    }
+    out
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct OverviewQuery {
+    #[serde(default)]
+    paused: bool,
+}
+
+pub(super) async fn overview(
+    State(state): State<AppState>,
+    who: SignedIn,
+    Query(query): Query<OverviewQuery>,
+) -> Response {
     if let Some(r) = lacks(&who, Rights::REGISTRY_READ, "the overview") {
         return r;
     }
@@ -56,6 +130,7 @@ pub(super) async fn overview(State(state): State<AppState>, who: SignedIn) -> Re
     let cas = state.store().cas().await.unwrap_or_default();
     let verified = cas.iter().filter(|c| c.is_verified).count();
     let expiry = state.metrics().expiry();
+    let (admitted_bars, refused_bars, ingest, connected) = series(&state);
     let body = html! {
         main {
             h1 { "Overview" }
@@ -65,6 +140,20 @@ pub(super) async fn overview(State(state): State<AppState>, who: SignedIn) -> Re
                 div class="card" { p class="figure" { (admitted) } p { "connections admitted since the hub started" } }
                 div class="card" { p class="figure" { (state.metrics().telemetry_count()) } p { "device-to-cloud messages taken since the hub started" } }
                 div class="card" { p class="figure" { (verified) " / " (cas.len()) } p { "CA certificates verified / registered" } }
+            }
+            section aria-labelledby="charts-h" class="charts" {
+                h2 id="charts-h" { "The last hour, per minute" }
+                p {
+                    @if query.paused {
+                        "Paused. " a href="/console/overview" { "Follow live" }
+                    } @else {
+                        "The page reloads every 10 s. " a href="/console/overview?paused=true" { "Pause" }
+                    }
+                }
+                (chart("chart-connected", "Devices connected", "connected", &connected, true))
+                (chart("chart-admitted", "Connections admitted", "ok", &admitted_bars, false))
+                (chart("chart-refused", "Connections refused", "bad", &refused_bars, false))
+                (chart("chart-telemetry", "Device-to-cloud messages", "ingest", &ingest, false))
             }
             section aria-labelledby="refused-h" {
                 h2 id="refused-h" { "Refused connections since the hub started, by reason" }
@@ -101,7 +190,13 @@ pub(super) async fn overview(State(state): State<AppState>, who: SignedIn) -> Re
             }
         }
     };
-    document("Overview", Some(&who), body).into_response()
+    let mut response = document("Overview", Some(&who), body).into_response();
+    if !query.paused {
+        response
+            .headers_mut()
+            .insert("Refresh", HeaderValue::from_static("10"));
+    }
+    response
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +205,11 @@ pub(super) struct DevicesQuery {
     q: String,
     #[serde(default)]
     done: String,
+    #[serde(default)]
+    error: String,
+    /// Whether the create form starts open (after a refused create).
+    #[serde(default)]
+    create: bool,
 }
 
 /// How many devices a page lists, and how many it reads looking for matches.
@@ -163,6 +263,30 @@ pub(super) async fn devices(
                 input id="q" name="q" value=(query.q);
                 button type="submit" { "Search" }
             }
+            @if writable {
+                details id="create" open[query.create] {
+                    summary { "Create a device" }
+                    form method="post" action="/console/devices/create" {
+                        input type="hidden" name="csrf" value=(who.csrf);
+                        label for="new-id" { "New device id (with a CA-signed certificate, its CN)" }
+                        input id="new-id" name="id" required autocomplete="off" spellcheck="false";
+                        fieldset {
+                            legend { "How it authenticates" }
+                            label class="check" { input type="radio" name="auth" value="ca" checked; "A certificate signed by a verified CA (CN = device id)" }
+                            label class="check" { input type="radio" name="auth" value="thumbprint"; "A certificate registered by its thumbprint" }
+                            label class="check" { input type="radio" name="auth" value="sas"; "SAS keys, generated by the hub" }
+                        }
+                        label for="new-thumb" { "Primary thumbprint (SHA-1 or SHA-256 hex; for a thumbprint device)" }
+                        input id="new-thumb" name="primary" autocomplete="off" spellcheck="false";
+                        label for="new-thumb2" { "Secondary thumbprint (optional)" }
+                        input id="new-thumb2" name="secondary" autocomplete="off" spellcheck="false";
+                        button type="submit" { "Create" }
+                    }
+                }
+            }
+            @if !query.error.is_empty() {
+                p class="error" role="alert" { (query.error) }
+            }
             @if rows.is_empty() {
                 p { "No device matches." }
             } @else {
@@ -207,7 +331,7 @@ pub(super) async fn devices(
                 }
             }
             @if !writable {
-                p class="note" { "Read-only: the policy " strong { (who.policy) } " lacks RegistryWrite." }
+                p class="note" { "Read-only: the policy " strong { (who.policy()) } " lacks RegistryWrite." }
             }
         }
     };
@@ -284,6 +408,86 @@ pub(super) async fn set_status(
     }
 }
 
+#[derive(Debug, Deserialize)]
+pub(super) struct CreateForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    auth: String,
+    #[serde(default)]
+    primary: String,
+    #[serde(default)]
+    secondary: String,
+}
+
+/// Creates a device through the service API's handler (its id and thumbprint checks, the
+/// audit record), enabled.
+pub(super) async fn create_device(
+    State(state): State<AppState>,
+    who: SignedIn,
+    Form(form): Form<CreateForm>,
+) -> Response {
+    if !who.csrf_ok(&form.csrf) {
+        return super::stale_form();
+    }
+    let id = form.id.trim().to_string();
+    let refused = |why: &str| {
+        redirect(
+            "/console/devices",
+            &[("error", why), ("create", "true"), ("q", &id)],
+        )
+    };
+    if id.is_empty() {
+        return refused("Give the new device an id.");
+    }
+    let authentication = match form.auth.as_str() {
+        "ca" | "" => serde_json::json!({"type": "certificateAuthority"}),
+        "thumbprint" => {
+            let (primary, secondary) = (form.primary.trim(), form.secondary.trim());
+            if primary.is_empty() {
+                return refused(
+                    "A thumbprint device needs its certificate's thumbprint: certhub pki thumbprint cert.pem (or openssl x509 -fingerprint -sha256 -noout -in cert.pem) prints it.",
+                );
+            }
+            serde_json::json!({"type": "selfSigned", "x509Thumbprint": {
+                "primaryThumbprint": primary,
+                "secondaryThumbprint": (!secondary.is_empty()).then_some(secondary),
+            }})
+        }
+        "sas" => serde_json::json!({"type": "sas"}),
+        other => return refused(&format!("{other:?} is not a way to authenticate here.")),
+    };
+    let input = match json_body(serde_json::json!({
+        "deviceId": id,
+        "status": "enabled",
+        "authentication": authentication,
+    })) {
+        Ok(i) => i,
+        Err(e) => return refused(&e.message),
+    };
+    let path = Path(DevicePath { id: id.clone() });
+    match put_device(
+        State(state),
+        who.caller.clone(),
+        path,
+        HeaderMap::new(),
+        input,
+    )
+    .await
+    {
+        Ok(_) => redirect(
+            "/console/device",
+            &[
+                ("id", &id),
+                ("done", &format!("{id} was created, enabled.")),
+            ],
+        ),
+        Err(e) => refused(&e.message),
+    }
+}
+
 /// A redirect (303 after a form) to a console page with its query parameters encoded.
 pub(super) fn redirect(path: &str, params: &[(&str, &str)]) -> Response {
     let query: Vec<String> = params
@@ -294,7 +498,7 @@ pub(super) fn redirect(path: &str, params: &[(&str, &str)]) -> Response {
 }
 
 /// Percent-encodes a query value.
-fn url_encode(s: &str) -> String {
+pub(super) fn url_encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

@@ -12,7 +12,6 @@ use certhub_pki::{
     parse_subject, sign_request,
 };
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use time::OffsetDateTime;
 
 use super::parse_algorithm;
@@ -98,11 +97,7 @@ fn supply_chain(a: SupplyChainArgs) -> Result<Outcome> {
     let ids: Vec<String> = (1..=a.devices)
         .map(|i| format!("{}-{i:0width$}", a.prefix))
         .collect();
-    let bar = ProgressBar::new(u64::from(a.devices));
-    bar.set_style(
-        ProgressStyle::with_template("widgets       {bar:30} {pos}/{len} {per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = crate::progress::bar("widgets", u64::from(a.devices));
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = ids.len().div_ceil(threads);
     let failed = AtomicBool::new(false);
