@@ -80,6 +80,73 @@ impl Api {
         serde_json::from_str(&text).with_context(|| format!("{what}: the answer is not JSON"))
     }
 
+    fn service_url(&self, path: &str) -> String {
+        format!("https://{}{path}?api-version=2021-04-12", self.host)
+    }
+
+    /// Runs a twin query: its first page of at most `max` items, and whether more pages
+    /// follow (a continuation token came back).
+    pub fn query(&self, query: &str, max: u32) -> Result<(Vec<Value>, bool)> {
+        let r = self
+            .agent
+            .post(&self.service_url("/devices/query"))
+            .header("Authorization", &self.token())
+            .header("x-ms-max-item-count", &max.to_string())
+            .send_json(serde_json::json!({ "query": query }));
+        let mut resp = r.context("POST /devices/query")?;
+        let status = resp.status().as_u16();
+        let more = resp.headers().contains_key("x-ms-continuation");
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        if status != 200 {
+            bail!("POST /devices/query: the hub answered {status}: {text}");
+        }
+        let items: Vec<Value> = serde_json::from_str(&text)
+            .context("POST /devices/query: the answer is not a JSON array")?;
+        Ok((items, more))
+    }
+
+    /// Creates devices with a bulk registry request (`POST /devices`, up to 100 entries);
+    /// devices that exist already are left as they are. Fails on any other refusal.
+    pub fn bulk_create(&self, entries: &[Value]) -> Result<()> {
+        let r = self
+            .agent
+            .post(&self.service_url("/devices"))
+            .header("Authorization", &self.token())
+            .send_json(entries);
+        let mut resp = r.context("POST /devices")?;
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        let answer: Value = serde_json::from_str(&text)
+            .with_context(|| format!("POST /devices: the answer is not JSON: {text}"))?;
+        let refused: Vec<&Value> = answer["errors"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter(|e| e["errorCode"] != "DeviceAlreadyExists")
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let Some(first) = refused.first() {
+            bail!(
+                "POST /devices: {} of {} entries refused, the first: {first}",
+                refused.len(),
+                entries.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// Replaces the twin's tags named in `tags` (a twin patch), whatever its version.
+    pub fn patch_tags(&self, id: &str, tags: &Value) -> Result<()> {
+        let seg = percent_encoding::utf8_percent_encode(id, percent_encoding::NON_ALPHANUMERIC);
+        let r = self
+            .agent
+            .patch(&self.service_url(&format!("/twins/{seg}")))
+            .header("Authorization", &self.token())
+            .header("If-Match", "\"*\"")
+            .send_json(serde_json::json!({ "tags": tags }));
+        Self::answer(&format!("PATCH /twins/{id}"), r).map(|_| ())
+    }
+
     /// The device's registry entry.
     pub fn get_device(&self, id: &str) -> Result<Value> {
         let r = self

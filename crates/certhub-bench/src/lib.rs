@@ -13,6 +13,7 @@ mod api;
 mod conn;
 mod devices;
 mod provision;
+mod query;
 mod report;
 mod sample;
 mod scenarios;
@@ -57,6 +58,10 @@ enum Scenario {
     /// --username-template ({host}: the assigned hub). The hub needs an enrollment that admits
     /// the widgets, e.g. `certhub dps enrollment-group create --id widgets --ca company-x`.
     Provision(ProvisionArgs),
+    /// Twin queries against a registry of many devices (Azure's `POST /devices/query`): the
+    /// first page's latency per query shape (deviceId, tag and status filters) and COUNT()s;
+    /// --populate N creates and tags the devices first.
+    Query(query::QueryArgs),
 }
 
 /// TLS protocol version.
@@ -310,6 +315,9 @@ struct ProvisionArgs {
 
 /// Runs one scenario and prints its result.
 pub fn run(args: BenchArgs) -> Result<()> {
+    if let Scenario::Query(a) = &args.scenario {
+        return query::run(a);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -321,6 +329,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Scenario::Storm(a) => a.common.json,
         Scenario::Revoke(a) => a.common.json,
         Scenario::Provision(a) => a.common.json,
+        Scenario::Query(a) => a.json,
     };
     let result = runtime.block_on(scenarios::run(args.scenario));
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

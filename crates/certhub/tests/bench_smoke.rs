@@ -339,3 +339,58 @@ fn provision_registers_widgets_and_connects_them() {
     assert_eq!(count(&v, "dps_retries"), 0, "{v:#}");
     assert_eq!(v["errors"]["dps connack 5"], 2, "{v:#}");
 }
+
+#[test]
+fn query_populates_a_registry_and_times_each_query_shape() {
+    let t = tmp();
+    let d = t.path();
+    let data = d.join("data");
+    let _hub = start_hub_with(
+        &data,
+        &["--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"],
+    );
+    let connection_string = certhub(d, &["hub", "connection-string", "--data-dir", s(&data)])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let ca = data.join("tls/server-ca.pem");
+    let run = certhub(
+        d,
+        &[
+            "bench",
+            "query",
+            "--connection-string",
+            &connection_string,
+            "--ca",
+            s(&ca),
+            "--populate",
+            "250",
+            "--runs",
+            "2",
+            "--json",
+        ],
+    )
+    .ok();
+    let v: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run}"));
+    let items = |shape: &str| {
+        v["queries"]
+            .as_array()
+            .and_then(|q| q.iter().find(|r| r["shape"] == shape))
+            .and_then(|r| r["items"].as_u64())
+            .unwrap_or_else(|| panic!("no {shape} in {v:#}"))
+    };
+    // 250 devices: one has the middle id, plant-1 holds i % 100 == 1 (3 of them), floor 7
+    // holds 25, every 100th is disabled (2), and the counts are whole.
+    assert_eq!(items("deviceId equality"), 1, "{v:#}");
+    assert_eq!(items("tag equality, first page"), 3, "{v:#}");
+    assert_eq!(items("tag range, first page"), 25, "{v:#}");
+    assert_eq!(items("status equality, first page"), 2, "{v:#}");
+    assert_eq!(items("COUNT() of all"), 250, "{v:#}");
+    assert_eq!(items("COUNT() with a tag filter"), 3, "{v:#}");
+    // The registry holds exactly what the bench made.
+    let shown = certhub_at(d, &data, &["device", "show", "--id", "bench-q-000100"])
+        .ok()
+        .stdout;
+    assert!(shown.contains("\"status\": \"disabled\""), "{shown}");
+}

@@ -338,7 +338,7 @@ fn the_readme_provisioning_walkthrough_runs_as_written() {
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success()
-            && printed.contains("assigned localhost smart-x-widget-0001")
+            && printed.contains("assigned localhost dps-widget-0001")
             && printed.contains("telemetryInterval 30"),
         "the README's dps-example failed:\n{printed}\n{}",
         String::from_utf8_lossy(&out.stderr)
@@ -346,10 +346,10 @@ fn the_readme_provisioning_walkthrough_runs_as_written() {
 
     let stdout = run_walkthrough("dps-after", dir.path());
     for want in [
-        "smart-x-widget-0001\tassigned\tlocalhost\tsmart-x-widget-0001",
+        "dps-widget-0001\tassigned\tlocalhost\tdps-widget-0001",
         "\"type\": \"certificateAuthority\"",
         "dps.register",
-        "assigned to localhost as device smart-x-widget-0001 (created) through enrollment group technician-z-widgets",
+        "assigned to localhost as device dps-widget-0001 (created) through enrollment group technician-z-widgets",
     ] {
         assert!(stdout.contains(want), "no {want} in\n{stdout}");
     }
@@ -381,7 +381,7 @@ fn the_readme_leak_story_runs_as_written() {
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let first = lines.next().and_then(Result::ok).unwrap_or_default();
     assert!(
-        first.starts_with("connected: smart-x-widget-0001"),
+        first.starts_with("connected: leak-widget-0001"),
         "fleet.py did not connect: {first:?}"
     );
     let start = std::time::SystemTime::now()
@@ -396,11 +396,7 @@ fn the_readme_leak_story_runs_as_written() {
         "fleet.py failed: {rest:?}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for id in [
-        "smart-x-widget-0001",
-        "smart-x-widget-0002",
-        "smart-x-widget-0003",
-    ] {
+    for id in ["leak-widget-0001", "leak-widget-0002", "leak-widget-0003"] {
         let at: f64 = rest
             .iter()
             .find_map(|l| l.strip_prefix(&format!("{id} closed by the hub at ")))
@@ -420,4 +416,26 @@ fn the_readme_leak_story_runs_as_written() {
     assert!(story.contains("\"devices\": 3"), "{story}");
     assert!(story.contains("\"connected\": 3"), "{story}");
     assert!(story.contains("certificate-blocked"), "{story}");
+}
+
+/// The README's walkthroughs that change a hub, one after another in one folder against one
+/// hub, as a reader following the README from the top would run them: none collides with
+/// another (folders, file names, CA names, device ids). The leak story's own commands need its
+/// Python fleet connected (its last step greps their refusals), so its setup stands for it.
+#[test]
+fn the_readme_walkthroughs_share_one_folder_and_one_hub() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("certhub-data");
+    let _hub = common::start_hub_with(
+        &data,
+        &["--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"],
+    );
+    for marker in [
+        "hub-walkthrough",
+        "dps-walkthrough",
+        "walkthrough",
+        "leak-setup",
+    ] {
+        run_walkthrough(marker, dir.path());
+    }
 }

@@ -1,0 +1,202 @@
+//! `certhub bench query`: twin queries against a registry of many devices, through the service
+//! API (Azure's `POST /devices/query`), as the dashboards, jobs and back ends that run them all
+//! day do. Optionally fills the registry first: N devices `{prefix}-000001`... created in bulk
+//! requests, each then tagged with a twin patch (`site`: one of 100 plants, `floor`: 0-9), and
+//! every 100th disabled. Then each query shape runs R times; the first page (100 items) of each
+//! run is timed, and COUNT()s whole.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::api::Api;
+use crate::report::Summary;
+
+/// What to measure.
+#[derive(Debug, clap::Args)]
+pub struct QueryArgs {
+    /// The hub's service connection string (HostName=...;SharedAccessKeyName=...;
+    /// SharedAccessKey=...): RegistryRead to query, RegistryWrite with --populate.
+    #[arg(long, env = "CERTHUB_CONNECTION_STRING", hide_env_values = true)]
+    connection_string: String,
+    /// The service API's CA (PEM), e.g. certhub-data/tls/server-ca.pem.
+    #[arg(long)]
+    ca: std::path::PathBuf,
+    /// Create this many devices first (ids PREFIX-000001...), tagged and every 100th disabled;
+    /// devices that exist already are kept (their status too) and tagged again.
+    #[arg(long, default_value_t = 0)]
+    populate: u32,
+    /// The ids' prefix (with --populate, and for the deviceId query).
+    #[arg(long, default_value = "bench-q")]
+    prefix: String,
+    /// How many devices the registry holds under PREFIX (names the deviceId query's target)
+    /// [default: --populate].
+    #[arg(long)]
+    registered: Option<u32>,
+    /// Runs of each query shape.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    runs: u32,
+    /// Parallel requests while populating.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    parallel: u32,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// The query shapes measured: a name and the query. `{mid}` is the id of the middle device.
+const SHAPES: &[(&str, &str)] = &[
+    (
+        "deviceId equality",
+        "SELECT * FROM devices WHERE deviceId = '{mid}'",
+    ),
+    (
+        "tag equality, first page",
+        "SELECT deviceId FROM devices WHERE tags.site = 'plant-1'",
+    ),
+    (
+        "tag range, first page",
+        "SELECT deviceId FROM devices WHERE tags.floor >= 7 AND tags.floor < 8",
+    ),
+    (
+        "status equality, first page",
+        "SELECT deviceId FROM devices WHERE status = 'disabled'",
+    ),
+    ("COUNT() of all", "SELECT COUNT() AS n FROM devices"),
+    (
+        "COUNT() with a tag filter",
+        "SELECT COUNT() AS n FROM devices WHERE tags.site = 'plant-1'",
+    ),
+];
+
+fn id(prefix: &str, i: u32) -> String {
+    format!("{prefix}-{i:06}")
+}
+
+pub fn run(a: &QueryArgs) -> Result<()> {
+    let api = Arc::new(Api::new(&a.connection_string, &a.ca)?);
+    let mut populated = None;
+    if a.populate > 0 {
+        populated = Some(populate(&api, a)?);
+    }
+    let registered = a.registered.unwrap_or(a.populate);
+    if registered == 0 {
+        bail!(
+            "name the registry's size: --populate N (creates the devices) or --registered N (they exist)"
+        );
+    }
+    let mid = id(&a.prefix, registered.div_ceil(2));
+    let mut rows = Vec::new();
+    for (name, shape) in SHAPES {
+        let query = shape.replace("{mid}", &mid);
+        let mut us = Vec::with_capacity(a.runs as usize);
+        let mut items = 0;
+        let mut pages = false;
+        for _ in 0..a.runs {
+            let start = Instant::now();
+            let (page, more) = api
+                .query(&query, 100)
+                .with_context(|| format!("the query {query:?}"))?;
+            us.push(u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX));
+            items = page.len();
+            pages = more;
+            if let Some(n) = page.first().and_then(|v| v["n"].as_u64()) {
+                items = usize::try_from(n).unwrap_or(usize::MAX);
+            }
+        }
+        rows.push((name.to_string(), query, Summary::of(us), items, pages));
+    }
+    if a.json {
+        let value = json!({
+            "registered": registered,
+            "populate": populated.map(|(secs, rate)| json!({"seconds": secs, "devicesPerSecond": rate})),
+            "queries": rows.iter().map(|(name, query, s, items, more)| json!({
+                "shape": name, "query": query, "items": items, "morePages": more,
+                "p50": s.p50, "p99": s.p99, "max": s.max, "runs": s.count,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+    } else {
+        if let Some((secs, rate)) = populated {
+            println!(
+                "populated {} devices in {secs:.1} s ({rate:.0} devices/s, created and tagged)",
+                a.populate
+            );
+        }
+        println!(
+            "registry: {registered} devices under {:?}; {} runs per shape; first page of 100 timed",
+            a.prefix, a.runs
+        );
+        println!(
+            "{:<30} {:>9} {:>9} {:>9} {:>8}  query",
+            "shape", "p50 ms", "p99 ms", "max ms", "items"
+        );
+        for (name, query, s, items, more) in &rows {
+            println!(
+                "{name:<30} {:>9.1} {:>9.1} {:>9.1} {:>8}  {query}",
+                s.p50,
+                s.p99,
+                s.max,
+                format!("{items}{}", if *more { "+" } else { "" })
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Creates and tags the devices; returns (seconds, devices per second).
+fn populate(api: &Arc<Api>, a: &QueryArgs) -> Result<(f64, f64)> {
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(1));
+    let done = Arc::new(AtomicU64::new(0));
+    let total = u64::from(a.populate);
+    const BATCH: u64 = 100;
+    let workers: Vec<_> = (0..a.parallel)
+        .map(|_| {
+            let api = api.clone();
+            let next = next.clone();
+            let done = done.clone();
+            let prefix = a.prefix.clone();
+            std::thread::spawn(move || -> Result<()> {
+                loop {
+                    let first = next.fetch_add(BATCH, Ordering::Relaxed);
+                    if first > total {
+                        return Ok(());
+                    }
+                    let last = (first + BATCH - 1).min(total);
+                    let ids: Vec<String> = (first..=last)
+                        .map(|i| id(&prefix, u32::try_from(i).unwrap_or(u32::MAX)))
+                        .collect();
+                    let entries: Vec<Value> = ids
+                        .iter()
+                        .zip(first..)
+                        .map(|(d, i)| {
+                            json!({"id": d, "importMode": "create",
+                                   "status": if i % 100 == 0 { "disabled" } else { "enabled" }})
+                        })
+                        .collect();
+                    api.bulk_create(&entries)?;
+                    for (d, i) in ids.iter().zip(first..) {
+                        api.patch_tags(
+                            d,
+                            &json!({"site": format!("plant-{}", i % 100), "floor": i % 10}),
+                        )?;
+                    }
+                    let n = done.fetch_add(last + 1 - first, Ordering::Relaxed) + last + 1 - first;
+                    if n % 10_000 < BATCH {
+                        eprintln!("populated {n} of {total}");
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join()
+            .map_err(|_| anyhow::anyhow!("a populating thread panicked"))??;
+    }
+    let secs = started.elapsed().as_secs_f64().max(f64::MIN_POSITIVE);
+    Ok((secs, total as f64 / secs))
+}
