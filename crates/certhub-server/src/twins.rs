@@ -62,6 +62,18 @@ pub async fn read(
     }
 }
 
+/// The twin of `device` from a record read beforehand (None: it has none stored yet), as
+/// [`read`] would give it.
+pub fn from_record(
+    device: &DeviceId,
+    record: Option<&TwinRecord>,
+) -> Result<TwinState, StoreError> {
+    match record {
+        Some(r) => decode(device, None, r),
+        None => Ok(TwinState::new(&now_iso())),
+    }
+}
+
 /// Applies `change` to the twin and stores the result. `change` may run more than once (it
 /// sees the latest twin each time) and must not have effects of its own.
 pub async fn update<R>(

@@ -36,6 +36,35 @@ impl Store {
         .transpose()
     }
 
+    /// The device twins (not the modules') of the devices whose ids are above `after` and at
+    /// most `last`, by device id: one range read of the primary key for a page of devices,
+    /// instead of a read per device.
+    pub async fn device_twins_in(
+        &self,
+        after: &str,
+        last: &str,
+    ) -> Result<std::collections::HashMap<String, TwinRecord>> {
+        let rows = sqlx::query(
+            "SELECT device_id, version, state FROM twins \
+             WHERE device_id > $1 AND device_id <= $2 AND module_id = ''",
+        )
+        .bind(after.to_string())
+        .bind(last.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("device_id")?,
+                    TwinRecord {
+                        version: r.try_get("version")?,
+                        state: r.try_get("state")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// Writes a twin if the stored one is still at version `expected` (None: no twin stored
     /// yet). Returns false when another writer came first (the caller reads again) or the
     /// identity no longer exists.

@@ -332,6 +332,17 @@ async fn twins_and_c2d(store: &Store) {
         store.twin("tw1", Some("m1")).await.expect("twin"),
         Some(v1.clone())
     );
+    // A page's device twins in one read: the range (after, last], modules' twins left out.
+    let page = store.device_twins_in("tw0", "tw1").await.expect("range");
+    assert_eq!(page.len(), 1, "{page:?}");
+    assert_eq!(page.get("tw1"), Some(&v2));
+    assert!(
+        store
+            .device_twins_in("tw1", "tw9")
+            .await
+            .expect("range")
+            .is_empty()
+    );
     // No twin for an identity that does not exist.
     assert!(
         !store

@@ -668,6 +668,12 @@ pub async fn query(
         let page = state.store().devices_after(&cursor, SCAN).await?;
         let Some(last) = page.last() else { break };
         let last = last.device_id.to_string();
+        // The page's device twins in one read (devices without one have none stored yet).
+        let stored = if modules {
+            Default::default()
+        } else {
+            state.store().device_twins_in(&cursor, &last).await?
+        };
         for d in &page {
             let mut twins_here = Vec::new();
             if modules {
@@ -676,7 +682,7 @@ pub async fn query(
                     twins_here.push(twins::module_twin_json(&state, &m, &twin));
                 }
             } else {
-                let twin = twins::read(&state, &d.device_id, None).await?;
+                let twin = twins::from_record(&d.device_id, stored.get(d.device_id.as_str()))?;
                 twins_here.push(twins::device_twin_json(&state, d, &twin));
             }
             for t in twins_here.iter().filter(|t| q.matches(t)) {
