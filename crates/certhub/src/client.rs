@@ -341,13 +341,15 @@ impl Client {
         let token = self.token();
         let quoted = if_match.map(|t| format!("\"{t}\""));
         let result = match method {
-            "GET" | "DELETE" => {
-                let mut req = if method == "GET" {
-                    self.agent.get(&url)
-                } else {
-                    self.agent.delete(&url)
-                };
-                req = req.header("Authorization", &token);
+            "GET" => retry_read(|| {
+                let mut req = self.agent.get(&url).header("Authorization", &token);
+                if let Some(m) = &quoted {
+                    req = req.header("If-Match", m);
+                }
+                req.call()
+            }),
+            "DELETE" => {
+                let mut req = self.agent.delete(&url).header("Authorization", &token);
                 if let Some(m) = &quoted {
                     req = req.header("If-Match", m);
                 }
@@ -399,16 +401,17 @@ impl Client {
         continuation: Option<&str>,
         body: &Value,
     ) -> Result<Answer> {
-        let mut req = self
-            .agent
-            .post(self.url(path))
-            .header("Authorization", &self.token());
-        if let Some(c) = continuation {
-            req = req.header("x-ms-continuation", c);
-        }
-        let mut resp = req
-            .send_json(body)
-            .map_err(|e| self.unreachable("POST", path, e))?;
+        let send = || {
+            let mut req = self
+                .agent
+                .post(self.url(path))
+                .header("Authorization", &self.token());
+            if let Some(c) = continuation {
+                req = req.header("x-ms-continuation", c);
+            }
+            req.send_json(body)
+        };
+        let mut resp = retry_read(send).map_err(|e| self.unreachable("POST", path, e))?;
         let status = resp.status().as_u16();
         let continuation = resp
             .headers()
@@ -523,6 +526,19 @@ fn hub_error(status: u16, body: &Value) -> anyhow::Error {
 
 pub fn print_json(v: &Value) {
     out!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+/// Sends a read (a GET, or a query's POST) and, when the connection failed under it before an
+/// answer came (a kept-alive connection the hub closed as the request went out: it closes
+/// connections idle for 10 s), sends it once more on a new connection. Writes are never
+/// retried.
+fn retry_read<T>(
+    send: impl Fn() -> std::result::Result<T, ureq::Error>,
+) -> std::result::Result<T, ureq::Error> {
+    match send() {
+        Err(ureq::Error::Io(_)) => send(),
+        other => other,
+    }
 }
 
 #[cfg(test)]

@@ -421,7 +421,9 @@ fn the_readme_leak_story_runs_as_written() {
 /// The README's walkthroughs that change a hub, one after another in one folder against one
 /// hub, as a reader following the README from the top would run them: none collides with
 /// another (folders, file names, CA names, device ids). The leak story's own commands need its
-/// Python fleet connected (its last step greps their refusals), so its setup stands for it.
+/// Python fleet connected (its last step greps their refusals), so its setup stands for it;
+/// the PKI walkthrough touches no hub and its folders (company-x/, factory-y/, technician-z/,
+/// widget-0001/, widgets/) are no other walkthrough's.
 #[test]
 fn the_readme_walkthroughs_share_one_folder_and_one_hub() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -430,12 +432,7 @@ fn the_readme_walkthroughs_share_one_folder_and_one_hub() {
         &data,
         &["--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0"],
     );
-    for marker in [
-        "hub-walkthrough",
-        "dps-walkthrough",
-        "walkthrough",
-        "leak-setup",
-    ] {
+    for marker in ["hub-walkthrough", "dps-walkthrough", "leak-setup"] {
         run_walkthrough(marker, dir.path());
     }
 }

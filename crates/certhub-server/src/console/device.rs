@@ -35,8 +35,8 @@ pub(super) struct DeviceQuery {
     done: String,
     #[serde(default)]
     error: String,
-    /// A direct method's answer, as the device gave it.
-    #[serde(default)]
+    /// A direct method's answer, as the device gave it (set by [`invoke_method`] only).
+    #[serde(skip)]
     answer: String,
 }
 
@@ -420,7 +420,14 @@ pub(super) async fn invoke_method(
         Ok(c) => c,
         Err(e) => return back_to(&form.id, "error", &e.message),
     };
-    match invoke_device_method(State(state), who.caller.clone(), path(&form.id), call).await {
+    match invoke_device_method(
+        State(state.clone()),
+        who.caller.clone(),
+        path(&form.id),
+        call,
+    )
+    .await
+    {
         Ok(r) => {
             let result = json_of(r).await;
             let answer = format!(
@@ -428,17 +435,15 @@ pub(super) async fn invoke_method(
                 result["status"],
                 serde_json::to_string_pretty(&result["payload"]).unwrap_or_default()
             );
-            redirect(
-                "/console/device",
-                &[
-                    ("id", &form.id),
-                    (
-                        "done",
-                        &format!("{} answered {}.", form.id, form.name.trim()),
-                    ),
-                    ("answer", &answer),
-                ],
-            )
+            // The page itself, not a redirect: a device's answer may be up to 128 KB, more
+            // than a URL should carry.
+            let query = DeviceQuery {
+                done: format!("{} answered {}.", form.id, form.name.trim()),
+                id: form.id,
+                error: String::new(),
+                answer,
+            };
+            show(State(state), who, Query(query)).await
         }
         Err(e) => back_to(&form.id, "error", &e.message),
     }
