@@ -75,9 +75,14 @@ pub(super) async fn show(
     // those the hub recorded.
     let chain = state.store().last_chain(id).await.unwrap_or_default();
     let mut known = Vec::with_capacity(chain.len());
-    for sha in &chain {
-        // A lookup per certificate of the chain (the leaf is never among the intermediates).
-        known.push(state.store().intermediate(sha).await.ok().flatten());
+    for (i, sha) in chain.iter().enumerate() {
+        // A lookup per intermediate; the leaf (first) is never among them.
+        let found = if i == 0 {
+            None
+        } else {
+            state.store().intermediate(sha).await.ok().flatten()
+        };
+        known.push(found);
     }
     let leaf_expiry = device["x509ExpiresAt"].as_str().unwrap_or("").to_string();
     let rows: Vec<(String, String, String, String)> = chain

@@ -2,7 +2,6 @@
 //! blast radius (who it would shut out, who is connected now), and the CRLs held for a CA.
 
 use axum::extract::{Form, Query, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use certhub_core::Rights;
 use maud::{Markup, html};
@@ -287,9 +286,8 @@ pub(super) async fn crls_of(state: &AppState, who: &SignedIn, name: &str) -> Mar
             .as_array()
             .cloned()
             .unwrap_or_default(),
-        Err(e) if e.status == StatusCode::FORBIDDEN || e.status == StatusCode::UNAUTHORIZED => {
-            return html! {};
-        }
+        // The CA's page needs RegistryRead too, so this is a store error or a CA deleted
+        // meanwhile.
         Err(e) => return html! { p class="error" { (e.message) } },
     };
     let text = |v: &Value, k: &str| v[k].as_str().unwrap_or("").to_string();
