@@ -84,9 +84,10 @@ impl Api {
         format!("https://{}{path}?api-version=2021-04-12", self.host)
     }
 
-    /// Runs a twin query: its first page of at most `max` items, and whether more pages
-    /// follow (a continuation token came back).
-    pub fn query(&self, query: &str, max: u32) -> Result<(Vec<Value>, bool)> {
+    /// Runs a twin query: its first page of at most `max` items, whether more pages follow (a
+    /// continuation token came back), and the hub's `x-certhub-query-plan` (indexed or
+    /// scanned).
+    pub fn query(&self, query: &str, max: u32) -> Result<(Vec<Value>, bool, String)> {
         let r = self
             .agent
             .post(&self.service_url("/devices/query"))
@@ -96,13 +97,35 @@ impl Api {
         let mut resp = r.context("POST /devices/query")?;
         let status = resp.status().as_u16();
         let more = resp.headers().contains_key("x-ms-continuation");
+        let plan = resp
+            .headers()
+            .get("x-certhub-query-plan")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_string();
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         if status != 200 {
             bail!("POST /devices/query: the hub answered {status}: {text}");
         }
         let items: Vec<Value> = serde_json::from_str(&text)
             .context("POST /devices/query: the answer is not a JSON array")?;
-        Ok((items, more))
+        Ok((items, more, plan))
+    }
+
+    /// Declares a twin index (`PUT /twinIndexes/{path}`); true when it was new.
+    pub fn add_twin_index(&self, path: &str) -> Result<bool> {
+        let r = self
+            .agent
+            .put(&self.service_url(&format!("/twinIndexes/{path}")))
+            .header("Authorization", &self.token())
+            .send_empty();
+        let mut resp = r.with_context(|| format!("PUT /twinIndexes/{path}"))?;
+        let status = resp.status().as_u16();
+        if status >= 300 {
+            let text = resp.body_mut().read_to_string().unwrap_or_default();
+            bail!("PUT /twinIndexes/{path}: the hub answered {status}: {text}");
+        }
+        Ok(status == 201)
     }
 
     /// Creates devices with a bulk registry request (`POST /devices`, up to 100 entries);

@@ -42,6 +42,12 @@ pub struct QueryArgs {
     /// Parallel requests while populating.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     parallel: u32,
+    /// Declare these twin paths indexed before measuring (the hub builds each index once).
+    #[arg(long = "index", default_values = ["tags.site", "tags.floor"])]
+    indexes: Vec<String>,
+    /// Declare no index: measure the scans.
+    #[arg(long, conflicts_with = "indexes")]
+    no_index: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -65,10 +71,26 @@ const SHAPES: &[(&str, &str)] = &[
         "status equality, first page",
         "SELECT deviceId FROM devices WHERE status = 'disabled'",
     ),
+    (
+        "tag and status, first page",
+        "SELECT * FROM devices WHERE tags.site = 'plant-7' AND status = 'enabled'",
+    ),
+    (
+        "tag IN, first page",
+        "SELECT deviceId FROM devices WHERE tags.site IN ['plant-3', 'plant-4']",
+    ),
     ("COUNT() of all", "SELECT COUNT() AS n FROM devices"),
     (
         "COUNT() with a tag filter",
         "SELECT COUNT() AS n FROM devices WHERE tags.site = 'plant-1'",
+    ),
+    (
+        "COUNT() with a status filter",
+        "SELECT COUNT() AS n FROM devices WHERE status = 'disabled'",
+    ),
+    (
+        "unindexed filter, first page",
+        "SELECT deviceId FROM devices WHERE ENDSWITH(tags.site, '-42')",
     ),
 ];
 
@@ -89,33 +111,46 @@ pub fn run(a: &QueryArgs) -> Result<()> {
         );
     }
     let mid = id(&a.prefix, registered.div_ceil(2));
+    let mut built = Vec::new();
+    if !a.no_index {
+        for path in &a.indexes {
+            let start = Instant::now();
+            let new = api.add_twin_index(path)?;
+            built.push((path.clone(), new, start.elapsed().as_secs_f64()));
+        }
+    }
     let mut rows = Vec::new();
     for (name, shape) in SHAPES {
         let query = shape.replace("{mid}", &mid);
         let mut us = Vec::with_capacity(a.runs as usize);
         let mut items = 0;
         let mut pages = false;
+        let mut plan = String::new();
         for _ in 0..a.runs {
             let start = Instant::now();
-            let (page, more) = api
+            let (page, more, how) = api
                 .query(&query, 100)
                 .with_context(|| format!("the query {query:?}"))?;
             us.push(u32::try_from(start.elapsed().as_micros()).unwrap_or(u32::MAX));
             items = page.len();
             pages = more;
+            plan = how;
             if let Some(n) = page.first().and_then(|v| v["n"].as_u64()) {
                 items = usize::try_from(n).unwrap_or(usize::MAX);
             }
         }
-        rows.push((name.to_string(), query, Summary::of(us), items, pages));
+        rows.push((name.to_string(), query, Summary::of(us), items, pages, plan));
     }
     if a.json {
         let value = json!({
             "registered": registered,
             "populate": populated.map(|(secs, rate)| json!({"seconds": secs, "devicesPerSecond": rate})),
-            "queries": rows.iter().map(|(name, query, s, items, more)| json!({
+            "indexes": built.iter().map(|(path, new, secs)| json!({
+                "path": path, "built": new, "seconds": secs,
+            })).collect::<Vec<_>>(),
+            "queries": rows.iter().map(|(name, query, s, items, more, plan)| json!({
                 "shape": name, "query": query, "items": items, "morePages": more,
-                "p50": s.p50, "p99": s.p99, "max": s.max, "runs": s.count,
+                "plan": plan, "p50": s.p50, "p99": s.p99, "max": s.max, "runs": s.count,
             })).collect::<Vec<_>>(),
         });
         println!("{value}");
@@ -126,17 +161,24 @@ pub fn run(a: &QueryArgs) -> Result<()> {
                 a.populate
             );
         }
+        for (path, new, secs) in &built {
+            if *new {
+                println!("indexed {path} in {secs:.1} s");
+            } else {
+                println!("{path} was indexed already");
+            }
+        }
         println!(
             "registry: {registered} devices under {:?}; {} runs per shape; first page of 100 timed",
             a.prefix, a.runs
         );
         println!(
-            "{:<30} {:>9} {:>9} {:>9} {:>8}  query",
-            "shape", "p50 ms", "p99 ms", "max ms", "items"
+            "{:<30} {:>9} {:>9} {:>9} {:>8} {:>8}  query",
+            "shape", "p50 ms", "p99 ms", "max ms", "items", "plan"
         );
-        for (name, query, s, items, more) in &rows {
+        for (name, query, s, items, more, plan) in &rows {
             println!(
-                "{name:<30} {:>9.1} {:>9.1} {:>9.1} {:>8}  {query}",
+                "{name:<30} {:>9.1} {:>9.1} {:>9.1} {:>8} {plan:>8}  {query}",
                 s.p50,
                 s.p99,
                 s.max,

@@ -27,6 +27,7 @@ mod listener;
 pub mod metrics;
 mod mqtt;
 mod ocsp;
+pub mod query_plan;
 mod random;
 pub mod refusals;
 pub mod sessions;

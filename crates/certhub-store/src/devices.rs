@@ -60,7 +60,7 @@ fn authentication(row: &AnyRow) -> Result<Authentication> {
     })
 }
 
-fn device_from_row(row: &AnyRow) -> Result<Device> {
+pub(crate) fn device_from_row(row: &AnyRow) -> Result<Device> {
     let id: String = row.try_get("device_id")?;
     let status: String = row.try_get("status")?;
     Ok(Device {

@@ -22,8 +22,10 @@ mod hub;
 mod identity_cache;
 mod mqtt_sessions;
 mod schema;
+pub mod scratch;
 mod service_queues;
 mod telemetry;
+mod twin_query;
 mod twins;
 
 use std::path::Path;
@@ -45,6 +47,10 @@ pub use dps::{EnrollmentKind, EnrollmentRecord, LinkedHubRecord, RegistrationRec
 pub use files::{FileNotificationRecord, FinishOutcome, UploadRecord, UploadReport, UploadState};
 pub use service_queues::ServiceQueue;
 pub use telemetry::{PAGE_BYTES, TELEMETRY_ROWS, TelemetryBounds, TelemetryRecord};
+pub use twin_query::{
+    DeviceWithTwin, Field as TwinField, JsonPath, Kind as TwinKind, MAX_TWIN_INDEXES, Op as TwinOp,
+    Pred as TwinPred, Scalar as TwinScalar, TwinIndex,
+};
 pub use twins::TwinRecord;
 
 /// A storage failure. Messages name what failed; the server logs them and answers 500.
@@ -124,6 +130,8 @@ pub struct Store {
     on_identity_write: std::sync::Arc<std::sync::OnceLock<IdentityWritten>>,
     /// The copy of the database taken before this start brought its schema up to date.
     upgrade_backup: Option<std::sync::Arc<backup::UpgradeBackup>>,
+    /// Whether text orders by its UTF-8 bytes (see [`Store::text_orders_bytewise`]).
+    bytewise_text: bool,
 }
 
 /// Called with a written identity: its device id, and its module id for a module.
@@ -284,18 +292,20 @@ impl Store {
             );
         }
         let reader = reader.unwrap_or_else(|| pool.clone());
-        let store = Self {
+        let mut store = Self {
             pool,
             reader,
             backend,
             identities: Default::default(),
             on_identity_write: Default::default(),
             upgrade_backup: None,
+            bytewise_text: true,
         };
         if backend == Backend::Sqlite {
             let _ = store.identities.set(Default::default());
         }
         schema::migrate(&store).await?;
+        store.learn_text_order().await?;
         Ok(store)
     }
 

@@ -308,6 +308,14 @@ const STEPS: &[&str] = &[
     // 15: which certhub version applied each step, so an older certhub can say which version
     // it needs.
     "ALTER TABLE schema_version ADD COLUMN written_by TEXT",
+    // 16: twin queries answered in SQL: the status with the device id (a page of one status
+    // in id order), and the twin paths an operator declared indexed (each has an index of its
+    // own, named after the path).
+    "CREATE INDEX devices_status ON devices (status, device_id);
+    CREATE TABLE twin_indexes (
+        path TEXT PRIMARY KEY,
+        created_ms BIGINT NOT NULL
+    )",
 ];
 
 /// The schema steps this version knows.

@@ -1154,38 +1154,12 @@ async fn sqlite() {
 
 #[tokio::test]
 async fn postgres() {
-    let admin_url = std::env::var("CERTHUB_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    sqlx::any::install_default_drivers();
-    let admin = match sqlx::AnyPool::connect(&admin_url).await {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("PostgreSQL not reachable at {admin_url} ({e}); skipping its run");
-            return;
-        }
+    let Some(scratch) = certhub_store::scratch::postgres("certhub_test")
+        .await
+        .expect("scratch database")
+    else {
+        return;
     };
-    let name = format!("certhub_test_{}_{}", std::process::id(), rand_suffix());
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .expect("create database");
-    let base = admin_url
-        .rsplit_once('/')
-        .map_or(admin_url.as_str(), |(b, _)| b);
-    let store = Store::open(&format!("{base}/{name}")).await.expect("open");
-    suite(&store).await;
-    store.close().await;
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
-        .execute(&admin)
-        .await
-        .expect("drop database");
-}
-
-fn rand_suffix() -> String {
-    Etag::random()
-        .0
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
+    suite(&scratch.store).await;
+    scratch.drop_database().await.expect("drop database");
 }

@@ -66,6 +66,8 @@ pub enum Names {
     Crl,
     /// A block's id.
     Block,
+    /// A twin path to index.
+    TwinPath,
 }
 
 impl Names {
@@ -95,6 +97,9 @@ impl Names {
             ),
             Self::Block => anyhow::anyhow!(
                 "{flag} is empty: give the certificate's SHA-256 thumbprint (`certhub ca blocks` lists the blocks)"
+            ),
+            Self::TwinPath => anyhow::anyhow!(
+                "{flag} is empty: give a twin path such as tags.site (`certhub hub twin-index list` shows the indexed ones)"
             ),
             Self::Crl => anyhow::anyhow!(
                 "{flag} is empty: give the CRL's issuer key (`certhub ca crl list --name CA` shows them)"
@@ -478,12 +483,13 @@ impl Client {
         Ok((n, headers))
     }
 
-    /// One page of `POST /devices/query` (up to 1000 items) and the continuation token.
+    /// One page of `POST /devices/query` (up to 1000 items), the continuation token, and
+    /// whether the hub read every twin for it (`x-certhub-query-plan: scanned`).
     pub fn query(
         &self,
         query: &str,
         continuation: Option<&str>,
-    ) -> Result<(Value, Option<String>)> {
+    ) -> Result<(Value, Option<String>, bool)> {
         let path = ApiPath::fixed("devices/query");
         let url = self.url(&path);
         let mut req = self
@@ -503,12 +509,16 @@ impl Client {
             .get("x-ms-continuation")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let scanned = resp
+            .headers()
+            .get("x-certhub-query-plan")
+            .is_some_and(|v| v == "scanned");
         let text = resp.body_mut().read_to_string().unwrap_or_default();
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
         if status >= 300 {
             return Err(hub_error(status, &body));
         }
-        Ok((body, next))
+        Ok((body, next, scanned))
     }
 }
 

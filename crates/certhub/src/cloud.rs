@@ -235,7 +235,12 @@ pub fn twin(cmd: TwinCommand) -> Result<Outcome> {
             let client = Client::connect(&hub)?;
             let mut continuation: Option<String> = None;
             loop {
-                let (items, next) = client.query(&query, continuation.as_deref())?;
+                let (items, next, scanned) = client.query(&query, continuation.as_deref())?;
+                if scanned && continuation.is_none() {
+                    eprintln!(
+                        "note: the hub read every twin for this query; index the tags or properties it filters on (certhub hub twin-index add tags.NAME) to have it found by index"
+                    );
+                }
                 for item in items.as_array().into_iter().flatten() {
                     out!("{item}");
                 }

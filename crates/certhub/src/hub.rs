@@ -24,6 +24,30 @@ pub enum HubCommand {
     /// keep trusting the same server-ca.pem. --new-ca starts a server CA rollover instead;
     /// --switch-ca ends it.
     RotateServerCert(RotateArgs),
+    /// The twin paths queries answer from an index: `list`, `add PATH`, `remove PATH`.
+    /// deviceId and status are always indexed; index the tags and properties your queries
+    /// filter on (a query answers `x-certhub-query-plan: scanned` when it read every twin).
+    #[command(subcommand)]
+    TwinIndex(TwinIndexCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TwinIndexCommand {
+    /// List the indexed paths.
+    List(ShowArgs),
+    /// Index a path, e.g. `tags.site` or `properties.reported.firmware`. Building it reads
+    /// every twin once (on SQLite, twin writes wait meanwhile).
+    Add(TwinIndexArgs),
+    /// Stop indexing a path.
+    Remove(TwinIndexArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TwinIndexArgs {
+    #[command(flatten)]
+    hub: crate::client::HubArgs,
+    /// tags.NAME, properties.desired.NAME or properties.reported.NAME (nested: more .NAME)
+    path: String,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +135,7 @@ pub struct ConnectionStringArgs {
 
 pub fn run(cmd: HubCommand) -> Result<Outcome> {
     match cmd {
+        HubCommand::TwinIndex(c) => twin_index(c),
         HubCommand::ConnectionString(a) => connection_string(a),
         HubCommand::ServerCa(a) => server_ca(a),
         HubCommand::Show(a) => {
@@ -320,5 +345,39 @@ fn set_local(
         anyhow::Ok(after)
     })?;
     crate::client::print_json(&serde_json::to_value(after)?);
+    Ok(Outcome::Ok)
+}
+
+fn twin_index(cmd: TwinIndexCommand) -> Result<Outcome> {
+    use crate::client::{ApiPath, Client, Names};
+    match cmd {
+        TwinIndexCommand::List(a) => {
+            let client = Client::connect(&a.hub)?;
+            let list = client.expect("GET", &ApiPath::fixed("twinIndexes"), None, None)?;
+            for i in list["value"].as_array().into_iter().flatten() {
+                println!(
+                    "{}\t{}",
+                    i["path"].as_str().unwrap_or_default(),
+                    i["created"].as_str().unwrap_or_default()
+                );
+            }
+        }
+        TwinIndexCommand::Add(a) => {
+            let client = Client::connect(&a.hub)?;
+            let path = ApiPath::fixed("twinIndexes").name(Names::TwinPath, "PATH", &a.path)?;
+            let answer = client.expect_answer("PUT", &path, None, None)?;
+            if answer.status == 201 {
+                println!("indexed {}", a.path);
+            } else {
+                println!("{} was indexed already", a.path);
+            }
+        }
+        TwinIndexCommand::Remove(a) => {
+            let client = Client::connect(&a.hub)?;
+            let path = ApiPath::fixed("twinIndexes").name(Names::TwinPath, "PATH", &a.path)?;
+            client.expect("DELETE", &path, None, None)?;
+            println!("no longer indexed: {}", a.path);
+        }
+    }
     Ok(Outcome::Ok)
 }

@@ -25,6 +25,8 @@ pub(crate) mod hub;
 #[allow(unused_qualifications)]
 mod messages;
 #[allow(unused_qualifications)]
+mod twin_indexes;
+#[allow(unused_qualifications)]
 pub(crate) mod twins;
 
 use axum::Router;
@@ -105,6 +107,8 @@ fn api() -> OpenApiRouter<AppState> {
             devices::delete_device
         ))
         .routes(routes!(twins::query))
+        .routes(routes!(twin_indexes::list))
+        .routes(routes!(twin_indexes::add, twin_indexes::remove))
         .routes(routes!(c2d::send))
         .routes(routes!(c2d::purge))
         .routes(routes!(c2d::receive_feedback))

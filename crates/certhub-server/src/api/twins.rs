@@ -621,6 +621,9 @@ pub struct QueryHeaders {
 /// Devices read from the store per round while scanning.
 const SCAN: i64 = 500;
 
+/// The most devices a page that no index finds reads (see the query's loop).
+const SCAN_WINDOW: i64 = 10_000;
+
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
@@ -661,20 +664,84 @@ pub async fn query(
     let limit = q.top.map_or(max_items, |top| top.min(max_items));
     let mut cursor = header(&headers, "x-ms-continuation").unwrap_or_default();
     let modules = q.collection == certhub_twin::query::Collection::Modules;
+    // The database's part of the WHERE (device twins only): exact, so COUNT() of a WHERE
+    // that went down whole is the database's count; rows are checked again all the same.
+    let pushed = match (&q.filter, modules) {
+        (Some(filter), false) => {
+            crate::query_plan::push_down(filter, state.store().text_orders_bytewise())
+        }
+        _ => None,
+    };
+    let indexed = match &pushed {
+        Some(p) => {
+            let declared: Vec<_> = state
+                .store()
+                .twin_indexes()
+                .await?
+                .into_iter()
+                .map(|i| i.path)
+                .collect();
+            p.pred.indexed(&|path| declared.contains(path))
+        }
+        None => false,
+    };
     let mut items = Vec::new();
     let mut count = 0u64;
     let mut more = false;
+    let counted = match (&pushed, &q.filter) {
+        _ if !q.is_count() || modules => None,
+        (_, None) => Some(state.store().count_devices_where(None).await?),
+        (Some(p), _) if p.exact => Some(state.store().count_devices_where(Some(&p.pred)).await?),
+        _ => None,
+    };
+    // Rows read per round: a page and one more when the database decides the whole WHERE.
+    let batch = match &pushed {
+        Some(p) if p.exact && !q.is_count() => (limit as i64 + 1).min(SCAN),
+        _ => SCAN,
+    };
+    // A page that no index finds reads at most SCAN_WINDOW devices: it may come back short,
+    // even empty, with a continuation token where the next one goes on (as IoT Hub's pages
+    // may), so no request holds the database for the whole registry. COUNT() and TOP read on.
+    let windowed = !indexed && !q.is_count() && q.top.is_none();
+    let mut read = 0i64;
+    let upto = match (&pushed, windowed, counted) {
+        (Some(_), true, None) => state.store().nth_device_after(&cursor, SCAN_WINDOW).await?,
+        _ => None,
+    };
     'scan: loop {
-        let page = state.store().devices_after(&cursor, SCAN).await?;
-        let Some(last) = page.last() else { break };
-        let last = last.device_id.to_string();
-        // The page's device twins in one read (devices without one have none stored yet).
-        let stored = if modules {
-            Default::default()
-        } else {
-            state.store().device_twins_in(&cursor, &last).await?
+        if counted.is_some() {
+            break;
+        }
+        let page: Vec<(certhub_core::Device, Option<certhub_store::TwinRecord>)> = match &pushed {
+            Some(p) => {
+                let upto = upto.as_deref();
+                state
+                    .store()
+                    .devices_where(&p.pred, &cursor, upto, batch)
+                    .await?
+            }
+            None => {
+                let page = state.store().devices_after(&cursor, batch).await?;
+                // The page's device twins in one read (devices without one have none yet).
+                let mut stored = match (page.last(), modules) {
+                    (Some(last), false) => {
+                        let last = last.device_id.as_str();
+                        state.store().device_twins_in(&cursor, last).await?
+                    }
+                    _ => Default::default(),
+                };
+                page.into_iter()
+                    .map(|d| {
+                        let twin = stored.remove(d.device_id.as_str());
+                        (d, twin)
+                    })
+                    .collect()
+            }
         };
-        for d in &page {
+        let rows = page.len() as i64;
+        read += rows;
+        let last = page.last().map(|l| l.0.device_id.to_string());
+        for (d, stored) in &page {
             let mut twins_here = Vec::new();
             if modules {
                 for m in state.store().modules(&d.device_id).await? {
@@ -682,7 +749,7 @@ pub async fn query(
                     twins_here.push(twins::module_twin_json(&state, &m, &twin));
                 }
             } else {
-                let twin = twins::from_record(&d.device_id, stored.get(d.device_id.as_str()))?;
+                let twin = twins::from_record(&d.device_id, stored.as_ref())?;
                 twins_here.push(twins::device_twin_json(&state, d, &twin));
             }
             for t in twins_here.iter().filter(|t| q.matches(t)) {
@@ -695,16 +762,29 @@ pub async fn query(
             cursor = d.device_id.to_string();
             if !q.is_count() && items.len() >= limit {
                 // A page ends after a whole device (its modules stay together).
-                more = q.top.is_none() && (cursor != last || page.len() as i64 == SCAN);
+                more = q.top.is_none()
+                    && (Some(&cursor) != last.as_ref() || rows == batch || upto.is_some());
                 break 'scan;
             }
         }
-        if (page.len() as i64) < SCAN {
-            break;
+        if rows == batch {
+            // The database may hold more at once: on, unless this page's window is read.
+            if windowed && pushed.is_none() && read >= SCAN_WINDOW {
+                more = true;
+                break;
+            }
+            continue;
         }
+        // Fewer than asked: the end of the registry, or of the window the rows came from.
+        if let Some(upto) = &upto {
+            cursor = upto.clone();
+            more = true;
+        }
+        break;
     }
     if q.is_count() {
-        items = vec![serde_json::json!({ q.count_alias().unwrap_or("$1"): count })];
+        let n = counted.unwrap_or(count);
+        items = vec![serde_json::json!({ q.count_alias().unwrap_or("$1"): n })];
     }
     let kind = if matches!(q.projection, certhub_twin::query::Projection::All) {
         "twin"
@@ -715,6 +795,17 @@ pub async fn query(
     r.headers_mut().insert(
         HeaderName::from_static("x-ms-item-type"),
         HeaderValue::from_static(kind),
+    );
+    // Whether an index found the rows, or every twin was read (see docs/queries.md).
+    let plan = match (&q.filter, indexed) {
+        (_, true) => "indexed",
+        // No WHERE: pages of the primary key (COUNT() counts it).
+        (None, _) if !modules => "indexed",
+        _ => "scanned",
+    };
+    r.headers_mut().insert(
+        HeaderName::from_static("x-certhub-query-plan"),
+        HeaderValue::from_static(plan),
     );
     if more && let Ok(v) = HeaderValue::from_str(&cursor) {
         r.headers_mut()
