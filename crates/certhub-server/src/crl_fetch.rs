@@ -16,7 +16,7 @@ use std::time::Duration;
 use certhub_pki::CertificateDer;
 use certhub_store::{CrlRecord, CrlSource, Store, StoreError};
 
-use crate::state::{Actor, AppState, now_ms};
+use crate::state::{AppState, now_ms};
 
 /// How long one fetch may take, connection and body included.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,14 +25,7 @@ const LEASE: Duration = Duration::from_secs(60);
 /// The wait after a failed fetch (or `refresh`, when shorter).
 const RETRY: Duration = Duration::from_secs(60);
 
-/// The audit trail's actor for what the hub does by itself.
-struct Hub;
-
-impl Actor for Hub {
-    fn actor(&self) -> &str {
-        "hub"
-    }
-}
+use crate::state::System as Hub;
 
 /// Why a CRL is not held.
 #[derive(Debug)]

@@ -359,10 +359,15 @@ async fn events(
 
 fn stored_failed(e: &str) -> Response {
     tracing::error!(error = e, "HTTPS telemetry not stored");
+    let why = if e == crate::telemetry::DISK_FULL {
+        e
+    } else {
+        "the message could not be stored; send it again"
+    };
     crate::api::ApiError::new(
         axum::http::StatusCode::SERVICE_UNAVAILABLE,
         "ServiceUnavailable",
-        "the message could not be stored; send it again",
+        why,
     )
     .into_response()
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use certhub_store::ExpiryEvent;
 use serde_json::json;
 
-use crate::state::{Actor, AppState, now_ms};
+use crate::state::{AppState, now_ms};
 
 /// The horizons, in days.
 pub const HORIZONS: [i64; 3] = [7, 30, 90];
@@ -40,13 +40,7 @@ impl std::fmt::Debug for Webhook {
     }
 }
 
-struct Hub;
-
-impl Actor for Hub {
-    fn actor(&self) -> &str {
-        "hub"
-    }
-}
+use crate::state::System as Hub;
 
 /// The `X-Certhub-Signature` value of `body`: `sha256=` and the hex HMAC-SHA256 under `secret`.
 pub fn signature(secret: &str, body: &[u8]) -> String {

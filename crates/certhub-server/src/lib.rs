@@ -54,3 +54,4 @@ pub fn hub_router(state: AppState, devices: MqttOptions) -> axum::Router {
         .merge(console::router(state))
 }
 pub use state::{AppState, C2dLimits};
+pub use telemetry::enforce_size_cap as enforce_telemetry_size_cap;

@@ -119,8 +119,35 @@ impl Metrics {
     }
 
     /// The text exposition format.
-    pub fn render(&self, sessions: usize, stream_batches: Option<u64>) -> String {
+    pub fn render(
+        &self,
+        sessions: usize,
+        stream_batches: Option<u64>,
+        log: &crate::telemetry::LogStats,
+    ) -> String {
         let mut out = String::new();
+        let bytes = log.bytes.load(Ordering::Relaxed);
+        if bytes >= 0 {
+            let _ = writeln!(
+                out,
+                "# HELP certhub_telemetry_log_bytes The telemetry log's size as telemetry_max_bytes counts it.\n# TYPE certhub_telemetry_log_bytes gauge\ncerthub_telemetry_log_bytes {bytes}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP certhub_telemetry_dropped_total Messages the telemetry size cap dropped from the front of the log.\n# TYPE certhub_telemetry_dropped_total counter\ncerthub_telemetry_dropped_total {}",
+            log.dropped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP certhub_telemetry_dropped_bytes_total Bytes the telemetry size cap dropped.\n# TYPE certhub_telemetry_dropped_bytes_total counter\ncerthub_telemetry_dropped_bytes_total {}",
+            log.dropped_bytes.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP certhub_telemetry_refused_total Messages refused because the disk was full.\n# TYPE certhub_telemetry_refused_total counter\ncerthub_telemetry_refused_total{{reason=\"disk-full\"}} {}",
+            log.refused_disk_full.load(Ordering::Relaxed)
+        );
         out.push_str("# HELP certhub_device_connects_total MQTT CONNECT decisions by outcome (ok or the refusal reason).\n");
         out.push_str("# TYPE certhub_device_connects_total counter\n");
         if let Ok(m) = self.connects.lock() {

@@ -1143,6 +1143,15 @@ pub trait Actor {
     fn actor(&self) -> &str;
 }
 
+/// The audit trail's actor for what the hub does by itself.
+pub(crate) struct System;
+
+impl Actor for System {
+    fn actor(&self) -> &str {
+        "hub"
+    }
+}
+
 /// The wall clock in milliseconds; only adapters read it.
 pub(crate) fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000

@@ -5,6 +5,7 @@
 //! per message. In a cluster it is a JetStream stream ([`crate::telemetry_stream`]).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 
 use certhub_store::{Store, TelemetryBounds, TelemetryRecord};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -50,9 +51,28 @@ pub struct Page {
     pub examined: i64,
 }
 
+/// What the log holds and what it turned away, for `/metrics` and the size cap.
+#[derive(Debug, Default)]
+pub struct LogStats {
+    /// The log's size as the cap counts it (`certhub_store::telemetry_bytes`); -1 until the
+    /// start's count is in.
+    pub bytes: AtomicI64,
+    /// Messages (and their bytes) the size cap dropped from the front.
+    pub dropped: AtomicU64,
+    pub dropped_bytes: AtomicU64,
+    /// Messages refused because the disk was full.
+    pub refused_disk_full: AtomicU64,
+    /// Whether the last write found the disk full.
+    pub disk_full: AtomicBool,
+}
+
+/// What a device is told when its message could not be stored because the disk is full.
+pub const DISK_FULL: &str = "the hub's disk is full: the message was not stored; the hub takes messages again once space is freed";
+
 /// A handle to the log: its writer task and its readers.
 #[derive(Debug, Clone)]
 pub struct TelemetryLog {
+    stats: Arc<LogStats>,
     tx: mpsc::Sender<Pending>,
     /// The highest committed sequence number, for readers that follow the log.
     committed: watch::Receiver<i64>,
@@ -69,7 +89,33 @@ impl TelemetryLog {
         let mut seq = store.last_telemetry_seq().await?;
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         let (committed_tx, committed) = watch::channel(seq);
+        let stats = Arc::new(LogStats {
+            bytes: AtomicI64::new(-1),
+            ..LogStats::default()
+        });
+        // The log's size: counted once, in the background (it reads the whole log), then kept
+        // by the writer and the pruners. What is written meanwhile is added as it commits.
+        {
+            let (store, stats) = (store.clone(), stats.clone());
+            tokio::spawn(async move {
+                match store.telemetry_size().await {
+                    Ok(n) => {
+                        let _ =
+                            stats
+                                .bytes
+                                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                                    Some(n + b + 1)
+                                });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the telemetry log's size could not be counted; its size cap waits")
+                    }
+                }
+            });
+        }
+        let writer_stats = stats.clone();
         tokio::spawn(async move {
+            let stats = writer_stats;
             let mut pending: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
             loop {
                 if pending.is_empty() {
@@ -122,28 +168,60 @@ impl TelemetryLog {
                         Err(e) => result = Err(e),
                     }
                 }
+                let size: i64 = records.iter().map(certhub_store::telemetry_bytes).sum();
                 drop(records);
                 if result.is_ok() {
+                    stats.bytes.fetch_add(size, Ordering::AcqRel);
+                    stats.disk_full.store(false, Ordering::Release);
                     let _ = committed_tx.send(seq);
                 }
+                let disk_full = result
+                    .as_ref()
+                    .is_err_and(certhub_store::StoreError::is_disk_full);
                 if let Err(e) = &result {
-                    tracing::error!(error = %e, "telemetry could not be written");
+                    if disk_full {
+                        if !stats.disk_full.swap(true, Ordering::AcqRel) {
+                            tracing::error!(error = %e, "the disk is full: telemetry is refused until space is freed (lower telemetry_max_bytes, or free space)");
+                        }
+                        stats
+                            .refused_disk_full
+                            .fetch_add(waiting.len() as u64, Ordering::Relaxed);
+                    } else {
+                        tracing::error!(error = %e, "telemetry could not be written");
+                    }
                     // Numbers of a failed batch are not reused: the log may have gaps, never
                     // duplicates.
                 }
                 for (n, done) in (first..).zip(waiting) {
                     let _ = done.send(match &result {
                         Ok(()) => Ok(n),
+                        Err(_) if disk_full => Err(DISK_FULL.to_string()),
                         Err(e) => Err(e.to_string()),
                     });
                 }
             }
         });
         Ok(Self {
+            stats,
             tx,
             committed,
             source,
         })
+    }
+
+    /// What the log holds and turned away.
+    pub fn stats(&self) -> &LogStats {
+        &self.stats
+    }
+
+    /// Takes bytes the retention deleted off the log's size.
+    pub fn forget_bytes(&self, bytes: i64) {
+        let _ = self
+            .stats
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                Some(if b < 0 { b } else { (b - bytes).max(0) })
+            });
     }
 
     /// The log of a cluster: the hub's JetStream stream (created, or its limits updated),
@@ -173,6 +251,7 @@ impl TelemetryLog {
         let (committed_tx, committed) = watch::channel(last);
         log.start(client, hub, rx, committed_tx).await?;
         Ok(Self {
+            stats: Default::default(),
             tx,
             committed,
             source: Source::Stream(log),
@@ -293,5 +372,58 @@ impl Future for Committed {
             Ok(answer) => answer,
             Err(_) => Err("the telemetry writer stopped".to_string()),
         })
+    }
+}
+
+/// The size cap: whenever the log holds more than `max_bytes`, the oldest messages go until it
+/// holds 90 % of it, with an audit record (`telemetry.dropped`) and the metrics
+/// `certhub_telemetry_dropped_total` and `certhub_telemetry_dropped_bytes_total`. Checked
+/// every second; a cluster's stream keeps its own limits.
+pub async fn enforce_size_cap(state: crate::AppState, max_bytes: i64) {
+    let log = state.telemetry().clone();
+    let Source::Table(store) = &log.source else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let bytes = log.stats.bytes.load(Ordering::Acquire);
+        if bytes <= max_bytes {
+            continue;
+        }
+        let excess = bytes - max_bytes / 10 * 9;
+        let cut = match store.telemetry_cut(excess).await {
+            Ok(Some(cut)) => cut,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "telemetry size cap: the cut could not be found");
+                continue;
+            }
+        };
+        let (end, freed) = cut;
+        match store.drop_telemetry_before(end).await {
+            Ok(n) => {
+                log.forget_bytes(freed);
+                log.stats.dropped.fetch_add(n, Ordering::Relaxed);
+                log.stats
+                    .dropped_bytes
+                    .fetch_add(u64::try_from(freed).unwrap_or(0), Ordering::Relaxed);
+                let detail = format!(
+                    "the log held {bytes} bytes, over telemetry_max_bytes {max_bytes}: the oldest {n} messages ({freed} bytes, numbered below {end}) were dropped"
+                );
+                tracing::warn!(dropped = n, bytes = freed, "telemetry size cap");
+                state
+                    .audit(
+                        &crate::state::System,
+                        "telemetry.dropped",
+                        "telemetry",
+                        "ok",
+                        &detail,
+                    )
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "telemetry size cap: messages could not be dropped")
+            }
+        }
     }
 }

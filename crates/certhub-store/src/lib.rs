@@ -46,7 +46,9 @@ pub use devices::{DeleteOutcome, DeviceStats, WriteOutcome};
 pub use dps::{EnrollmentKind, EnrollmentRecord, LinkedHubRecord, RegistrationRecord};
 pub use files::{FileNotificationRecord, FinishOutcome, UploadRecord, UploadReport, UploadState};
 pub use service_queues::ServiceQueue;
-pub use telemetry::{PAGE_BYTES, TELEMETRY_ROWS, TelemetryBounds, TelemetryRecord};
+pub use telemetry::{
+    PAGE_BYTES, TELEMETRY_ROWS, TelemetryBounds, TelemetryRecord, telemetry_bytes,
+};
 pub use twin_query::{
     DeviceWithTwin, Field as TwinField, JsonPath, Kind as TwinKind, MAX_TWIN_INDEXES, Op as TwinOp,
     Pred as TwinPred, Scalar as TwinScalar, TwinIndex,
@@ -77,6 +79,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether a write failed because the disk (or the database's quota) is full: SQLite's
+    /// SQLITE_FULL, PostgreSQL's disk_full (53100), or ENOSPC.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Self::Db(sqlx::Error::Database(e)) => {
+                matches!(e.code().as_deref(), Some("13" | "53100"))
+                    || e.message().contains("disk is full")
+            }
+            Self::Db(sqlx::Error::Io(e)) => e.raw_os_error() == Some(28),
+            _ => false,
+        }
+    }
+
     /// Whether a write failed because a row with its key exists (another writer came first).
     pub fn is_duplicate_key(&self) -> bool {
         matches!(self, Self::Db(sqlx::Error::Database(e)) if e.is_unique_violation())

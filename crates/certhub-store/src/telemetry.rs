@@ -238,10 +238,68 @@ impl Store {
     }
 }
 
+/// What one stored message counts for against the log's size cap: its body, its properties,
+/// its device id and 24 bytes for the rest of its row (see [`Store::telemetry_size`]).
+pub fn telemetry_bytes(record: &TelemetryRecord) -> i64 {
+    (record.body.len()
+        + record.properties.len()
+        + record.device_id.len()
+        + record.module_id.as_ref().map_or(0, String::len)
+        + 24) as i64
+}
+
+/// [`telemetry_bytes`] in SQL.
+const ROW_BYTES: &str = "(LENGTH(body) + LENGTH(properties) + LENGTH(device_id) \
+    + COALESCE(LENGTH(module_id), 0) + 24)";
+
 impl Store {
+    /// The log's size as the cap counts it ([`telemetry_bytes`] of every message). Reads the
+    /// whole log: once at start, then the writer keeps count.
+    pub async fn telemetry_size(&self) -> Result<i64> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(COALESCE(SUM({ROW_BYTES}), 0) AS BIGINT) AS b FROM telemetry"
+        )))
+        .fetch_one(self.reader())
+        .await?;
+        Ok(row.try_get("b")?)
+    }
+
+    /// Where to cut the front of the log to free at least `excess` bytes: the first sequence
+    /// number to keep and the bytes before it; None for an empty log.
+    pub async fn telemetry_cut(&self, excess: i64) -> Result<Option<(i64, i64)>> {
+        const CHUNK: i64 = 4096;
+        let (mut after, mut freed) = (i64::MIN, 0i64);
+        loop {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT seq, {ROW_BYTES} AS n FROM telemetry WHERE seq > $1 ORDER BY seq LIMIT $2"
+            )))
+            .bind(after)
+            .bind(CHUNK)
+            .fetch_all(self.reader())
+            .await?;
+            for r in &rows {
+                let seq: i64 = r.try_get("seq")?;
+                let n: i64 = r.try_get("n")?;
+                freed += n;
+                after = seq;
+                if freed >= excess {
+                    return Ok(Some((seq + 1, freed)));
+                }
+            }
+            if (rows.len() as i64) < CHUNK {
+                return Ok((after != i64::MIN).then_some((after + 1, freed)));
+            }
+        }
+    }
+
+    /// Deletes the messages numbered below `end` (the size cap's cut); returns how many.
+    pub async fn drop_telemetry_before(&self, end: i64) -> Result<u64> {
+        self.delete_telemetry_before(end).await
+    }
+
     /// Retention: deletes messages enqueued before `before_ms`, then the oldest beyond the
-    /// newest `keep`. Returns how many were deleted.
-    pub async fn prune_telemetry(&self, before_ms: i64, keep: i64) -> Result<u64> {
+    /// newest `keep`. Returns how many were deleted, and their bytes ([`telemetry_bytes`]).
+    pub async fn prune_telemetry(&self, before_ms: i64, keep: i64) -> Result<(u64, i64)> {
         // The log is in arrival order: the old messages are the run before the first one
         // enqueued at or after `before_ms`, found by walking the key from the front (a filter
         // on the enqueued time alone would scan the whole log, holding up the writer for
@@ -258,7 +316,15 @@ impl Store {
         .await?;
         let young: i64 = row.try_get("young")?;
         let kept: i64 = row.try_get("kept")?;
-        self.delete_telemetry_before(young.max(kept)).await
+        let end = young.max(kept);
+        let bytes: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT CAST(COALESCE(SUM({ROW_BYTES}), 0) AS BIGINT) AS b FROM telemetry WHERE seq < $1"
+        )))
+        .bind(end)
+        .fetch_one(self.reader())
+        .await?
+        .try_get("b")?;
+        Ok((self.delete_telemetry_before(end).await?, bytes))
     }
 
     /// Deletes the messages numbered below `end`, a slice at a time, so that the writer

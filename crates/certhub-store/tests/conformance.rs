@@ -235,10 +235,10 @@ async fn suite(store: &Store) {
     assert!(d1.iter().all(|r| r.device_id == "d1"));
     // Retention: by age (enqueued before 1 101 ms: seq 1..100), then by count (keep 300).
     assert_eq!(
-        store.prune_telemetry(1_101, 1_000).await.expect("prune"),
+        store.prune_telemetry(1_101, 1_000).await.expect("prune").0,
         100
     );
-    assert_eq!(store.prune_telemetry(0, 300).await.expect("prune"), 50);
+    assert_eq!(store.prune_telemetry(0, 300).await.expect("prune").0, 50);
     let left = store.telemetry_after(0, None, 1000).await.expect("left");
     assert_eq!((left.len(), left[0].seq), (300, 151));
     // A page stops once it holds PAGE_BYTES of bodies (with at least one message).

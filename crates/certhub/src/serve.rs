@@ -19,7 +19,8 @@ pub struct ServeArgs {
     /// TOML configuration file (keys: data_dir, hostnames, https_addr, mqtt_addr, amqp_addr,
     /// database_url, nats_url, telemetry_replicas, public_endpoint,
     /// verification_code_ttl, max_device_sessions, telemetry_retention, telemetry_max_messages,
-    /// c2d_max_pending, c2d_max_deliveries, audit_retention, audit_max_records,
+    /// telemetry_max_bytes, c2d_max_pending, c2d_max_deliveries, audit_retention,
+    /// audit_max_records,
     /// refusals_per_source, refusals_per_client_id, pending_per_source, pending_total,
     /// https_connections_per_source, refusal_audit_window, crl_refresh, expiry_check,
     /// expiry_webhook_url, expiry_webhook_secret, file_store, file_store_options,
@@ -53,6 +54,11 @@ pub struct ServeArgs {
     /// Most telemetry messages kept; the oldest go first [default: 10000000].
     #[arg(long)]
     telemetry_max_messages: Option<String>,
+    /// Most bytes the telemetry log holds (bodies, properties and ids); beyond, the oldest
+    /// messages go, with an audit record and the metric certhub_telemetry_dropped_total
+    /// [default: 8589934592, 8 GiB].
+    #[arg(long)]
+    telemetry_max_bytes: Option<String>,
     /// Cloud-to-device messages waiting per device at most [default: 50].
     #[arg(long)]
     c2d_max_pending: Option<String>,
@@ -158,6 +164,7 @@ struct FileConfig {
     max_device_sessions: Option<u64>,
     telemetry_retention: Option<u64>,
     telemetry_max_messages: Option<u64>,
+    telemetry_max_bytes: Option<u64>,
     c2d_max_pending: Option<u64>,
     c2d_max_deliveries: Option<u64>,
     audit_retention: Option<u64>,
@@ -201,6 +208,7 @@ pub struct Config {
     pub max_device_sessions: usize,
     pub telemetry_retention: Duration,
     pub telemetry_max_messages: i64,
+    pub telemetry_max_bytes: i64,
     pub c2d: certhub_server::api::C2dLimits,
     pub audit_retention: Duration,
     pub audit_max_records: i64,
@@ -495,6 +503,14 @@ impl Config {
             10_000_000,
             1..=i64::MAX as u64,
         )?;
+        let telemetry_max_bytes = number(
+            "telemetry_max_bytes",
+            &args.telemetry_max_bytes,
+            "CERTHUB_TELEMETRY_MAX_BYTES",
+            file.telemetry_max_bytes,
+            8 << 30,
+            (1 << 20)..=i64::MAX as u64,
+        )?;
         let c2d_max_pending = number(
             "c2d_max_pending",
             &args.c2d_max_pending,
@@ -630,6 +646,7 @@ impl Config {
             },
             telemetry_retention: Duration::from_secs(telemetry_retention),
             telemetry_max_messages: telemetry_max_messages as i64,
+            telemetry_max_bytes: telemetry_max_bytes as i64,
             max_device_sessions,
             verification_code_ttl: Duration::from_secs(ttl),
             data_dir,
@@ -1224,6 +1241,11 @@ async fn serve(config: Config) -> Result<Outcome> {
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
     };
+    // The telemetry log's size cap, checked every second.
+    let size_cap = tokio::spawn(certhub_server::enforce_telemetry_size_cap(
+        state.clone(),
+        config.telemetry_max_bytes,
+    ));
     // Telemetry retention: by age and by count, checked twice per retention period (at most
     // every minute); expired cloud-to-device messages leave their queues at the same pace.
     let pruning = {
@@ -1241,13 +1263,16 @@ async fn serve(config: Config) -> Result<Outcome> {
                 let before_ms = (cutoff.unix_timestamp_nanos() / 1_000_000) as i64;
                 // A cluster's stream keeps its own limits.
                 let pruned = if telemetry.is_stream() {
-                    Ok(0)
+                    Ok((0, 0))
                 } else {
                     store.prune_telemetry(before_ms, keep).await
                 };
                 match pruned {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(deleted = n, "telemetry retention"),
+                    Ok((0, _)) => {}
+                    Ok((n, bytes)) => {
+                        telemetry.forget_bytes(bytes);
+                        tracing::info!(deleted = n, "telemetry retention");
+                    }
                     Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
                 }
                 let cutoff = time::OffsetDateTime::now_utc() - audit_retention;
@@ -1354,6 +1379,7 @@ async fn serve(config: Config) -> Result<Outcome> {
     };
     tokio::join!(https, mqtt, amqp, signal);
     pruning.abort();
+    size_cap.abort();
     c2d_expiry.abort();
     crl_fetch.abort();
     expiry_watch.abort();

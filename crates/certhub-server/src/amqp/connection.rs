@@ -2038,6 +2038,10 @@ async fn next_commit(
 fn stored_state(committed: Result<i64, String>) -> DeliveryState {
     match committed {
         Ok(_) => DeliveryState::Accepted(Accepted {}),
+        Err(e) if e == crate::telemetry::DISK_FULL => rejected(
+            AmqpError::ResourceLimitExceeded,
+            crate::telemetry::DISK_FULL,
+        ),
         Err(e) => {
             tracing::warn!(error = e, "telemetry not stored");
             rejected(

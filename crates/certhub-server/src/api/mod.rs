@@ -88,9 +88,11 @@ async fn metrics(
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4",
         )],
-        state
-            .metrics()
-            .render(state.sessions().count(), state.telemetry().stream_batches()),
+        state.metrics().render(
+            state.sessions().count(),
+            state.telemetry().stream_batches(),
+            state.telemetry().stats(),
+        ),
     )
 }
 

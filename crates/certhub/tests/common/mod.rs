@@ -374,6 +374,11 @@ impl HubProcess {
             .expect("the hub's host:port")
     }
 
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().is_ok_and(|status| status.is_none())
+    }
+
     /// SIGKILL: the hub gets no chance to clean up.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
