@@ -112,11 +112,18 @@ impl Hub {
 
     /// Every row of a query, page by page (7 at a time); and the plan header of the first.
     async fn all_pages(&self, query: &str) -> (Vec<Value>, String) {
+        let (rows, plans) = self.pages_of(query, 7).await;
+        (rows, plans.into_iter().next().unwrap_or_default())
+    }
+
+    /// Every row of a query, `size` rows a page at most; and each page's plan header.
+    async fn pages_of(&self, query: &str, size: usize) -> (Vec<Value>, Vec<String>) {
         let mut rows = Vec::new();
         let mut continuation: Option<String> = None;
-        let mut plan = String::new();
+        let mut plans = Vec::new();
+        let size_header = size.to_string();
         for _ in 0..100 {
-            let mut headers = vec![("x-ms-max-item-count", "7")];
+            let mut headers = vec![("x-ms-max-item-count", size_header.as_str())];
             if let Some(c) = &continuation {
                 headers.push(("x-ms-continuation", c.as_str()));
             }
@@ -129,18 +136,18 @@ impl Hub {
                 )
                 .await;
             assert_eq!(status, StatusCode::OK, "{query}: {body}");
-            if plan.is_empty() {
-                plan = h["x-certhub-query-plan"]
+            plans.push(
+                h["x-certhub-query-plan"]
                     .to_str()
                     .expect("plan")
-                    .to_string();
-            }
+                    .to_string(),
+            );
             let page = body.as_array().expect("rows").clone();
-            assert!(page.len() <= 7, "{query}: a page of {}", page.len());
+            assert!(page.len() <= size, "{query}: a page of {}", page.len());
             rows.extend(page);
             match h.get("x-ms-continuation") {
                 Some(c) => continuation = Some(c.to_str().expect("token").to_string()),
-                None => return (rows, plan),
+                None => return (rows, plans),
             }
         }
         panic!("{query}: more than 100 pages");
@@ -427,18 +434,19 @@ async fn sql_answers_match_evaluating_every_twin_on_postgres() {
     scratch.drop_database().await.expect("drop database");
 }
 
-/// A page no index finds reads at most 10 000 devices: it comes back short (here empty) with a
-/// continuation token, and the pages together still hold every match.
-#[tokio::test]
-async fn unindexed_pages_read_a_window_of_the_registry_at_a_time() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open_sqlite(&dir.path().join("certhub.db"))
+/// A hub on SQLite in `dir` with `n` devices `{prefix}00000`... and no twins.
+async fn sqlite_hub_with(
+    dir: &std::path::Path,
+    prefix: &str,
+    n: usize,
+) -> (Hub, Vec<certhub_core::Device>) {
+    let store = Store::open_sqlite(&dir.join("certhub.db"))
         .await
         .expect("store");
     let hub = Hub::new(store).await;
-    let devices: Vec<_> = (0..10_050)
+    let devices: Vec<_> = (0..n)
         .map(|i| {
-            let id = DeviceId::new(format!("w{i:05}")).expect("id");
+            let id = DeviceId::new(format!("{prefix}{i:05}")).expect("id");
             serde_json::from_value::<DeviceInput>(json!({}))
                 .expect("input")
                 .into_device(&id, None, 1_000)
@@ -450,6 +458,15 @@ async fn unindexed_pages_read_a_window_of_the_registry_at_a_time() {
         .insert_devices(&devices)
         .await
         .expect("insert");
+    (hub, devices)
+}
+
+/// A page no index finds reads at most 10 000 devices: it comes back short (here empty) with a
+/// continuation token, and the pages together still hold every match.
+#[tokio::test]
+async fn unindexed_pages_read_a_window_of_the_registry_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hub, _) = sqlite_hub_with(dir.path(), "w", 10_050).await;
     let (status, _, body) = hub
         .call(
             "PATCH",
@@ -477,5 +494,56 @@ async fn unindexed_pages_read_a_window_of_the_registry_at_a_time() {
         let (body, h) = hub.one_page(&count).await;
         assert_eq!(body, json!([{"n": 1}]), "{count}");
         assert!(h.get("x-ms-continuation").is_none());
+    }
+}
+
+/// An index whose matches are not in device id order (a range, IN): a page comes from a short
+/// walk of the primary key where matches are dense, from the index where they are sparse; the
+/// pages hold every match once, in device id order, either way.
+#[tokio::test]
+async fn unordered_index_pages_hold_every_match_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hub, devices) = sqlite_hub_with(dir.path(), "u", 5_000).await;
+    let store = hub.state.store();
+    let now = "2026-12-06T00:00:00Z";
+    for (i, d) in devices.iter().enumerate() {
+        let mut twin = TwinState::new(now);
+        // Every 1 000th has n = 1000 + i: sparse; the rest repeat 0..50: dense.
+        let n = if i % 1000 == 999 { 1000 + i } else { i % 50 };
+        twin.patch_tags(&json!({ "n": n })).expect("tags");
+        let record = TwinRecord {
+            version: twin.version(),
+            state: serde_json::to_string(&twin).expect("json"),
+        };
+        assert!(
+            store
+                .write_twin(d.device_id.as_str(), None, None, &record)
+                .await
+                .expect("twin")
+        );
+    }
+    let (status, _, _) = hub.call("PUT", "/twinIndexes/tags.n", &[], None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let n = |i: usize| if i % 1000 == 999 { 1000 + i } else { i % 50 };
+    for (query, holds) in [
+        (
+            "SELECT deviceId FROM devices WHERE tags.n >= 10 AND tags.n < 30",
+            &(|v: usize| (10..30).contains(&v)) as &dyn Fn(usize) -> bool,
+        ),
+        (
+            "SELECT deviceId FROM devices WHERE tags.n IN [3, 7]",
+            &|v| v == 3 || v == 7,
+        ),
+        ("SELECT deviceId FROM devices WHERE tags.n > 1000", &|v| {
+            v > 1000
+        }),
+    ] {
+        let want: Vec<String> = (0..5_000)
+            .filter(|i| holds(n(*i)))
+            .map(|i| format!("u{i:05}"))
+            .collect();
+        let (rows, plans) = hub.pages_of(query, 100).await;
+        assert!(plans.iter().all(|p| p == "indexed"), "{query}: {plans:?}");
+        assert_eq!(ids(&rows), want, "{query}");
     }
 }

@@ -179,9 +179,30 @@ impl Pred {
     /// Whether an index serves it: the device id and status always, a twin path when
     /// `indexed` says so; an `AND` when one of its terms is, an `OR` when all are.
     pub fn indexed(&self, indexed: &dyn Fn(&JsonPath) -> bool) -> bool {
+        self.served(indexed, false)
+    }
+
+    /// Whether an index gives its matches in device id order: an equality (on the device id,
+    /// the status or an indexed path), alone or in an `AND`. A range, `IN` or `OR` makes the
+    /// database sort the matches for a page.
+    pub fn index_ordered(&self, indexed: &dyn Fn(&JsonPath) -> bool) -> bool {
+        self.served(indexed, true)
+    }
+
+    fn served(&self, indexed: &dyn Fn(&JsonPath) -> bool, ordered: bool) -> bool {
+        if ordered {
+            return match self {
+                Self::And(terms) => terms.iter().any(|t| t.served(indexed, true)),
+                Self::Compare(f, Op::Eq, _) => match f {
+                    Field::DeviceId | Field::Status => true,
+                    Field::Json(p) => indexed(p),
+                },
+                _ => false,
+            };
+        }
         match self {
-            Self::And(terms) => terms.iter().any(|t| t.indexed(indexed)),
-            Self::Or(terms) => !terms.is_empty() && terms.iter().all(|t| t.indexed(indexed)),
+            Self::And(terms) => terms.iter().any(|t| t.served(indexed, false)),
+            Self::Or(terms) => !terms.is_empty() && terms.iter().all(|t| t.served(indexed, false)),
             Self::Compare(f, ..) | Self::Prefix(f, _) | Self::Is(f, _) => match f {
                 Field::DeviceId | Field::Status => !matches!(self, Self::Is(..)),
                 Field::Json(p) => indexed(p),
@@ -490,45 +511,56 @@ impl Store {
     }
 
     /// Devices matching `pred` whose ids sort after `after` (and not after `upto`, if given),
-    /// in id order, at most `limit`, each with its stored twin.
+    /// in id order, at most `limit`, each with its stored twin. With `by_key`, SQLite walks
+    /// the primary key in order rather than whatever index the planner prefers (for a page of
+    /// dense matches that an unordered index would make it sort).
     pub async fn devices_where(
         &self,
         pred: &Pred,
         after: &str,
         upto: Option<&str>,
         limit: i64,
+        by_key: bool,
     ) -> Result<Vec<DeviceWithTwin>> {
+        let sqlite = self.backend() == Backend::Sqlite;
         let mut sql = Sql::new(self);
+        let key = if pred.needs_twin() { "t" } else { "d" };
         if pred.needs_twin() {
-            sql.push(
+            // The twins lead (on SQLite, CROSS JOIN fixes the order): their index, or their
+            // key in device id order; led by the devices' status index instead, SQLite would
+            // sort every enabled device for a page.
+            sql.push(&format!(
                 "SELECT d.*, t.version AS twin_version, t.state AS twin_state \
-                 FROM twins t JOIN devices d ON d.device_id = t.device_id \
+                 FROM twins t{} {} devices d ON d.device_id = t.device_id \
                  WHERE t.module_id = '' AND t.device_id > ",
-            );
-            sql.bind(Bind::Text(after.to_string()));
-            if let Some(upto) = upto {
-                sql.push(" AND t.device_id <= ");
-                sql.bind(Bind::Text(upto.to_string()));
-            }
-            sql.push(" AND ");
-            sql.pred(pred);
-            sql.push(" ORDER BY t.device_id LIMIT ");
+                if sqlite && by_key {
+                    " INDEXED BY sqlite_autoindex_twins_1"
+                } else {
+                    ""
+                },
+                if sqlite { "CROSS JOIN" } else { "JOIN" },
+            ));
         } else {
-            sql.push(
+            sql.push(&format!(
                 "SELECT d.*, t.version AS twin_version, t.state AS twin_state \
-                 FROM devices d LEFT JOIN twins t \
+                 FROM devices d{} LEFT JOIN twins t \
                  ON t.device_id = d.device_id AND t.module_id = '' \
                  WHERE d.device_id > ",
-            );
-            sql.bind(Bind::Text(after.to_string()));
-            if let Some(upto) = upto {
-                sql.push(" AND d.device_id <= ");
-                sql.bind(Bind::Text(upto.to_string()));
-            }
-            sql.push(" AND ");
-            sql.pred(pred);
-            sql.push(" ORDER BY d.device_id LIMIT ");
+                if sqlite && by_key {
+                    " INDEXED BY sqlite_autoindex_devices_1"
+                } else {
+                    ""
+                },
+            ));
         }
+        sql.bind(Bind::Text(after.to_string()));
+        if let Some(upto) = upto {
+            sql.push(&format!(" AND {key}.device_id <= "));
+            sql.bind(Bind::Text(upto.to_string()));
+        }
+        sql.push(" AND ");
+        sql.pred(pred);
+        sql.push(&format!(" ORDER BY {key}.device_id LIMIT "));
         sql.bind(Bind::Int(limit));
         let rows = sql.query().fetch_all(self.reader()).await?;
         rows.iter().map(device_with_twin).collect()
@@ -650,8 +682,8 @@ impl Store {
         let inner = {
             let mut inner = Sql::new(self);
             let lead = if pred.needs_twin() {
-                "SELECT d.device_id FROM twins t JOIN devices d ON d.device_id = t.device_id \
-                 WHERE t.module_id = '' AND t.device_id > "
+                "SELECT d.device_id FROM twins t CROSS JOIN devices d \
+                 ON d.device_id = t.device_id WHERE t.module_id = '' AND t.device_id > "
             } else {
                 "SELECT d.device_id FROM devices d LEFT JOIN twins t \
                  ON t.device_id = d.device_id AND t.module_id = '' WHERE d.device_id > "

@@ -624,6 +624,10 @@ const SCAN: i64 = 500;
 /// The most devices a page that no index finds reads (see the query's loop).
 const SCAN_WINDOW: i64 = 10_000;
 
+/// The devices a page of an unordered index's matches first looks for them among, walking the
+/// primary key (see the query).
+const KEY_WALK: i64 = 2_000;
+
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
@@ -672,19 +676,20 @@ pub async fn query(
         }
         _ => None,
     };
-    let indexed = match &pushed {
-        Some(p) => {
-            let declared: Vec<_> = state
-                .store()
-                .twin_indexes()
-                .await?
-                .into_iter()
-                .map(|i| i.path)
-                .collect();
-            p.pred.indexed(&|path| declared.contains(path))
-        }
-        None => false,
+    let declared: Vec<_> = match &pushed {
+        Some(_) => state
+            .store()
+            .twin_indexes()
+            .await?
+            .into_iter()
+            .map(|i| i.path)
+            .collect(),
+        None => Vec::new(),
     };
+    let is_declared = |path: &certhub_store::JsonPath| declared.contains(path);
+    let indexed = pushed
+        .as_ref()
+        .is_some_and(|p| p.pred.indexed(&is_declared));
     let mut items = Vec::new();
     let mut count = 0u64;
     let mut more = false;
@@ -708,8 +713,41 @@ pub async fn query(
         (Some(_), true, None) => state.store().nth_device_after(&cursor, SCAN_WINDOW).await?,
         _ => None,
     };
+    // An index whose matches do not come in device id order (a range, IN, OR) makes the
+    // database sort all of them for a page. Where they are dense, a short walk of the primary
+    // key fills the page sooner: SQLite tries one first (PostgreSQL's planner weighs both).
+    let mut walked = false;
+    if let Some(p) = &pushed
+        && indexed
+        && counted.is_none()
+        && !q.is_count()
+        && state.store().backend() == certhub_store::Backend::Sqlite
+        && !p.pred.index_ordered(&is_declared)
+        && let Some(end) = state.store().nth_device_after(&cursor, KEY_WALK).await?
+    {
+        let rows = state
+            .store()
+            .devices_where(&p.pred, &cursor, Some(&end), limit as i64 + 1, true)
+            .await?;
+        let mut found = Vec::new();
+        let mut at = cursor.clone();
+        for (d, stored) in &rows {
+            let twin = twins::from_record(&d.device_id, stored.as_ref())?;
+            let t = twins::device_twin_json(&state, d, &twin);
+            if q.matches(&t) {
+                found.push(q.project(&t));
+            }
+            at = d.device_id.to_string();
+            if found.len() >= limit {
+                break;
+            }
+        }
+        if found.len() >= limit {
+            (items, cursor, more, walked) = (found, at, q.top.is_none(), true);
+        }
+    }
     'scan: loop {
-        if counted.is_some() {
+        if counted.is_some() || walked {
             break;
         }
         let page: Vec<(certhub_core::Device, Option<certhub_store::TwinRecord>)> = match &pushed {
@@ -717,7 +755,7 @@ pub async fn query(
                 let upto = upto.as_deref();
                 state
                     .store()
-                    .devices_where(&p.pred, &cursor, upto, batch)
+                    .devices_where(&p.pred, &cursor, upto, batch, false)
                     .await?
             }
             None => {
