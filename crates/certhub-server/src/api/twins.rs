@@ -628,6 +628,17 @@ const SCAN_WINDOW: i64 = 10_000;
 /// primary key (see the query).
 const KEY_WALK: i64 = 2_000;
 
+/// Whether `pred` is an OR of conditions whose matches an index gives in device id order (an
+/// `IN` on an indexed path): a page is then the merge of each one's first rows, with no sort of
+/// all the matches.
+fn merges(
+    pred: &certhub_store::TwinPred,
+    indexed: &dyn Fn(&certhub_store::JsonPath) -> bool,
+) -> bool {
+    matches!(pred, certhub_store::TwinPred::Or(terms)
+        if terms.len() > 1 && terms.len() <= 16 && terms.iter().all(|t| t.index_ordered(indexed)))
+}
+
 fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get(name)
@@ -724,6 +735,7 @@ pub async fn query(
         && counted.is_none()
         && !q.is_count()
         && !p.pred.index_ordered(&is_declared)
+        && !merges(&p.pred, &is_declared)
         && let Some(end) = state.store().nth_device_after(&cursor, KEY_WALK).await?
     {
         let rows = state
@@ -752,6 +764,23 @@ pub async fn query(
             break;
         }
         let page: Vec<(certhub_core::Device, Option<certhub_store::TwinRecord>)> = match &pushed {
+            // An OR of equalities an index orders (an IN): each from its index, merged.
+            Some(p) if indexed && merges(&p.pred, &is_declared) => {
+                let certhub_store::TwinPred::Or(terms) = &p.pred else {
+                    unreachable!("merges() holds for an OR only")
+                };
+                let mut merged = std::collections::BTreeMap::new();
+                for term in terms {
+                    for row in state
+                        .store()
+                        .devices_where(term, &cursor, None, batch, false)
+                        .await?
+                    {
+                        merged.entry(row.0.device_id.to_string()).or_insert(row);
+                    }
+                }
+                merged.into_values().take(batch as usize).collect()
+            }
             Some(p) => {
                 let upto = upto.as_deref();
                 state
