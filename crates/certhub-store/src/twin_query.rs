@@ -522,8 +522,24 @@ impl Store {
         limit: i64,
         by_key: bool,
     ) -> Result<Vec<DeviceWithTwin>> {
+        let sql = self.page_sql(pred, after, upto, limit, by_key, "");
+        let rows = sql.query().fetch_all(self.reader()).await?;
+        rows.iter().map(device_with_twin).collect()
+    }
+
+    /// The statement [`Store::devices_where`] runs, after `prefix` (e.g. `EXPLAIN `).
+    fn page_sql(
+        &self,
+        pred: &Pred,
+        after: &str,
+        upto: Option<&str>,
+        limit: i64,
+        by_key: bool,
+        prefix: &str,
+    ) -> Sql<'_> {
         let sqlite = self.backend() == Backend::Sqlite;
         let mut sql = Sql::new(self);
+        sql.push(prefix);
         let key = if pred.needs_twin() { "t" } else { "d" };
         if pred.needs_twin() {
             // The twins lead (on SQLite, CROSS JOIN fixes the order): their index, or their
@@ -562,8 +578,7 @@ impl Store {
         sql.pred(pred);
         sql.push(&format!(" ORDER BY {key}.device_id LIMIT "));
         sql.bind(Bind::Int(limit));
-        let rows = sql.query().fetch_all(self.reader()).await?;
-        rows.iter().map(device_with_twin).collect()
+        sql
     }
 
     /// How many devices match `pred` (all of them for None).
@@ -674,33 +689,11 @@ impl Store {
     /// The plan the database chose for a page of `pred` (SQLite's `EXPLAIN QUERY PLAN`,
     /// PostgreSQL's `EXPLAIN`), one line per step: for tests and for operators asking why.
     pub async fn explain_devices_where(&self, pred: &Pred) -> Result<Vec<String>> {
-        let mut sql = Sql::new(self);
-        sql.push(match self.backend() {
+        let explain = match self.backend() {
             Backend::Sqlite => "EXPLAIN QUERY PLAN ",
             Backend::Postgres => "EXPLAIN ",
-        });
-        let inner = {
-            let mut inner = Sql::new(self);
-            let lead = if pred.needs_twin() {
-                "SELECT d.device_id FROM twins t CROSS JOIN devices d \
-                 ON d.device_id = t.device_id WHERE t.module_id = '' AND t.device_id > "
-            } else {
-                "SELECT d.device_id FROM devices d LEFT JOIN twins t \
-                 ON t.device_id = d.device_id AND t.module_id = '' WHERE d.device_id > "
-            };
-            inner.push(lead);
-            inner.bind(Bind::Text(String::new()));
-            inner.push(" AND ");
-            inner.pred(pred);
-            inner.push(if pred.needs_twin() {
-                " ORDER BY t.device_id LIMIT 100"
-            } else {
-                " ORDER BY d.device_id LIMIT 100"
-            });
-            inner
         };
-        sql.push(&inner.text);
-        sql.binds = inner.binds;
+        let sql = self.page_sql(pred, "", None, 100, false, explain);
         let rows = sql.query().fetch_all(self.reader()).await?;
         rows.iter()
             .map(|r| {

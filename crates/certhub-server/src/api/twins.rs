@@ -864,7 +864,8 @@ pub async fn query(
         HeaderName::from_static("x-ms-item-type"),
         HeaderValue::from_static(kind),
     );
-    // Whether an index found the rows, or every twin was read (see docs/queries.md).
+    // Whether an index found the rows, or every twin was read (docs/operations.md, "Twin
+    // queries at scale").
     let plan = match (&q.filter, indexed) {
         (_, true) => "indexed",
         // No WHERE: pages of the primary key (COUNT() counts it).
