@@ -534,6 +534,7 @@ async fn unordered_index_pages_hold_every_match_once() {
             "SELECT deviceId FROM devices WHERE tags.n IN [3, 7]",
             &|v| v == 3 || v == 7,
         ),
+        ("SELECT deviceId FROM devices WHERE tags.n = 3", &|v| v == 3),
         ("SELECT deviceId FROM devices WHERE tags.n > 1000", &|v| {
             v > 1000
         }),

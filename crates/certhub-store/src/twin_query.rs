@@ -183,8 +183,8 @@ impl Pred {
     }
 
     /// Whether an index gives its matches in device id order: an equality (on the device id,
-    /// the status or an indexed path), alone or in an `AND`. A range, `IN` or `OR` makes the
-    /// database sort the matches for a page.
+    /// the status or an indexed path, to anything but a number), alone or in an `AND`. A range,
+    /// `IN`, `OR` or number makes the database sort the matches for a page.
     pub fn index_ordered(&self, indexed: &dyn Fn(&JsonPath) -> bool) -> bool {
         self.served(indexed, true)
     }
@@ -193,9 +193,10 @@ impl Pred {
         if ordered {
             return match self {
                 Self::And(terms) => terms.iter().any(|t| t.served(indexed, true)),
-                Self::Compare(f, Op::Eq, _) => match f {
+                Self::Compare(f, Op::Eq, value) => match f {
                     Field::DeviceId | Field::Status => true,
-                    Field::Json(p) => indexed(p),
+                    // A number is two index ranges on SQLite (integer and real): sorted.
+                    Field::Json(p) => indexed(p) && !matches!(value, Scalar::Number(_)),
                 },
                 _ => false,
             };
