@@ -328,17 +328,31 @@ impl<'s> Sql<'s> {
         }
     }
 
-    /// The type names a JSON scalar can have here.
+    /// The names the database's JSON type function gives values of `kind`.
+    fn kind_types(&self, kind: Kind) -> &'static [&'static str] {
+        let sqlite = self.store.backend() == Backend::Sqlite;
+        match kind {
+            Kind::Defined => &[],
+            Kind::Null => &["null"],
+            Kind::String if sqlite => &["text"],
+            Kind::String => &["string"],
+            Kind::Number if sqlite => &["integer", "real"],
+            Kind::Number => &["number"],
+            Kind::Bool if sqlite => &["true", "false"],
+            Kind::Bool => &["boolean"],
+            Kind::Object => &["object"],
+        }
+    }
+
+    /// The type names a JSON scalar can have here (SQLite tells true from false by type).
     fn types(&self, value: &Scalar) -> &'static [&'static str] {
         match (self.store.backend(), value) {
-            (Backend::Sqlite, Scalar::Str(_)) => &["text"],
-            (Backend::Sqlite, Scalar::Number(_)) => &["integer", "real"],
+            (_, Scalar::Str(_)) => self.kind_types(Kind::String),
+            (_, Scalar::Number(_)) => self.kind_types(Kind::Number),
             (Backend::Sqlite, Scalar::Bool(true)) => &["true"],
             (Backend::Sqlite, Scalar::Bool(false)) => &["false"],
-            (Backend::Postgres, Scalar::Str(_)) => &["string"],
-            (Backend::Postgres, Scalar::Number(_)) => &["number"],
-            (Backend::Postgres, Scalar::Bool(_)) => &["boolean"],
-            (_, Scalar::Null) => &["null"],
+            (Backend::Postgres, Scalar::Bool(_)) => self.kind_types(Kind::Bool),
+            (_, Scalar::Null) => self.kind_types(Kind::Null),
         }
     }
 
@@ -414,31 +428,12 @@ impl<'s> Sql<'s> {
                 return;
             }
         };
-        let sqlite = self.store.backend() == Backend::Sqlite;
         match kind {
             Kind::Defined => {
                 let t = path.type_sql(self.store.backend(), "t.");
                 self.push(&format!("{t} IS NOT NULL"));
             }
-            Kind::Null => self.type_in(path, &["null"]),
-            Kind::String => self.type_in(path, if sqlite { &["text"] } else { &["string"] }),
-            Kind::Number => self.type_in(
-                path,
-                if sqlite {
-                    &["integer", "real"]
-                } else {
-                    &["number"]
-                },
-            ),
-            Kind::Bool => self.type_in(
-                path,
-                if sqlite {
-                    &["true", "false"]
-                } else {
-                    &["boolean"]
-                },
-            ),
-            Kind::Object => self.type_in(path, &["object"]),
+            _ => self.type_in(path, self.kind_types(kind)),
         }
     }
 }

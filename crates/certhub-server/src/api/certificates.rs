@@ -203,11 +203,24 @@ pub(super) async fn audited<T>(
     detail: &str,
 ) -> Result<T, ApiError> {
     let target = format!("certificates/{name}");
+    audited_at(state, caller, operation, &target, result, detail).await
+}
+
+/// Records `result` of `operation` on `target` in the audit trail (`detail` when it
+/// succeeded, the error's code and message when not) and hands it back.
+pub(super) async fn audited_at<T>(
+    state: &AppState,
+    caller: &Caller,
+    operation: &str,
+    target: &str,
+    result: Result<T, ApiError>,
+    detail: &str,
+) -> Result<T, ApiError> {
     match &result {
-        Ok(_) => state.audit(caller, operation, &target, "ok", detail).await,
+        Ok(_) => state.audit(caller, operation, target, "ok", detail).await,
         Err(e) => {
             state
-                .audit(caller, operation, &target, e.code, &e.message)
+                .audit(caller, operation, target, e.code, &e.message)
                 .await
         }
     }

@@ -12,6 +12,7 @@ use certhub_store::{JsonPath, MAX_TWIN_INDEXES};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::certificates::audited_at;
 use super::doc::ErrorResponse;
 use super::error::Path;
 use super::{ApiError, AppState, Caller, now_ms};
@@ -106,25 +107,17 @@ pub async fn add(
         Ok::<_, ApiError>((created, started.elapsed()))
     }
     .await;
-    match result {
-        Ok((created, took)) => {
-            let detail = format!("built in {} ms", took.as_millis());
-            state
-                .audit(&caller, "twin.index.add", &target, "ok", &detail)
-                .await;
-            Ok(if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            })
-        }
-        Err(e) => {
-            state
-                .audit(&caller, "twin.index.add", &target, e.code, &e.message)
-                .await;
-            Err(e)
-        }
-    }
+    let detail = match &result {
+        Ok((_, took)) => format!("built in {} ms", took.as_millis()),
+        Err(_) => String::new(),
+    };
+    let (created, _) =
+        audited_at(&state, &caller, "twin.index.add", &target, result, &detail).await?;
+    Ok(if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    })
 }
 
 #[utoipa::path(delete, path = "/twinIndexes/{path}", operation_id = "remove_twin_index",
@@ -150,17 +143,6 @@ pub async fn remove(
         }
     }
     .await;
-    match &result {
-        Ok(()) => {
-            state
-                .audit(&caller, "twin.index.remove", &target, "ok", "")
-                .await
-        }
-        Err(e) => {
-            state
-                .audit(&caller, "twin.index.remove", &target, e.code, &e.message)
-                .await
-        }
-    }
-    result.map(|()| StatusCode::NO_CONTENT)
+    audited_at(&state, &caller, "twin.index.remove", &target, result, "").await?;
+    Ok(StatusCode::NO_CONTENT)
 }
