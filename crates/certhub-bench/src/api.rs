@@ -112,6 +112,36 @@ impl Api {
         Ok((items, more, plan))
     }
 
+    /// One device's telemetry after message `from` (`GET /messages/events`): the page (at
+    /// most `top` messages) and where the next page starts (`x-ms-continuation`).
+    pub fn device_events(&self, device: &str, from: i64, top: u32) -> Result<(Vec<Value>, i64)> {
+        let seg = percent_encoding::utf8_percent_encode(device, percent_encoding::NON_ALPHANUMERIC);
+        let url = format!(
+            "https://{}/messages/events?device={seg}&from={from}&top={top}",
+            self.host
+        );
+        let r = self
+            .agent
+            .get(&url)
+            .header("Authorization", &self.token())
+            .call();
+        let mut resp = r.context("GET /messages/events")?;
+        let status = resp.status().as_u16();
+        let next = resp
+            .headers()
+            .get("x-ms-continuation")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(from);
+        let text = resp.body_mut().read_to_string().unwrap_or_default();
+        if status != 200 {
+            bail!("GET /messages/events: the hub answered {status}: {text}");
+        }
+        let items: Vec<Value> = serde_json::from_str(&text)
+            .context("GET /messages/events: the answer is not a JSON array")?;
+        Ok((items, next))
+    }
+
     /// Declares a twin index (`PUT /twinIndexes/{path}`); true when it was new.
     pub fn add_twin_index(&self, path: &str) -> Result<bool> {
         let r = self

@@ -14,6 +14,7 @@ mod conn;
 mod devices;
 mod provision;
 mod query;
+mod reads;
 mod report;
 mod sample;
 mod scenarios;
@@ -62,6 +63,10 @@ enum Scenario {
     /// first page's latency per query shape (deviceId, tag and status filters) and COUNT()s;
     /// --populate N creates and tags the devices first.
     Query(query::QueryArgs),
+    /// One device's telemetry read back through the service API (`GET /messages/events?device=`):
+    /// each named device's first page, R times, timed; run it against a log that `bench
+    /// telemetry` filled.
+    Reads(reads::ReadsArgs),
 }
 
 /// TLS protocol version.
@@ -318,6 +323,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     if let Scenario::Query(a) = &args.scenario {
         return query::run(a);
     }
+    if let Scenario::Reads(a) = &args.scenario {
+        return reads::run(a);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -330,6 +338,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Scenario::Revoke(a) => a.common.json,
         Scenario::Provision(a) => a.common.json,
         Scenario::Query(a) => a.json,
+        Scenario::Reads(a) => a.json,
     };
     let result = runtime.block_on(scenarios::run(args.scenario));
     runtime.shutdown_timeout(std::time::Duration::from_secs(2));

@@ -52,6 +52,7 @@ pub async fn run(s: Scenario) -> Result<Report> {
         Scenario::Provision(a) => crate::provision::run(a).await,
         // Synchronous, with a report of its own: `crate::run` runs it before the runtime.
         Scenario::Query(_) => bail!("the query scenario does not make a connection report"),
+        Scenario::Reads(_) => bail!("the reads scenario does not make a connection report"),
     }
 }
 

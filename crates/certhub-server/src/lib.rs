@@ -55,3 +55,4 @@ pub fn hub_router(state: AppState, devices: MqttOptions) -> axum::Router {
 }
 pub use state::{AppState, C2dLimits};
 pub use telemetry::enforce_size_cap as enforce_telemetry_size_cap;
+pub use telemetry::{Page as TelemetryPage, TelemetryLog};

@@ -69,10 +69,171 @@ pub struct LogStats {
 /// What a device is told when its message could not be stored because the disk is full.
 pub const DISK_FULL: &str = "the hub's disk is full: the message was not stored; the hub takes messages again once space is freed";
 
+/// Each device's newest message, so that a read of one device walks back its own messages
+/// (each points to the device's previous one, `prev_seq`) instead of scanning the log. The
+/// writer links each message it writes from this map and updates it once the message is
+/// committed; every [`SAVE_HEADS`] the changes are saved (`telemetry_heads`), and a start
+/// loads them and adds what the log gained after the last save. See schema step 17.
+#[derive(Debug)]
+struct Chains {
+    map: std::sync::Mutex<ChainMap>,
+    /// Chains are complete for messages numbered above this; `i64::MAX`: chains are off (a
+    /// second writer shares the table, so this one's map misses messages).
+    known_from: AtomicI64,
+}
+
+#[derive(Debug, Default)]
+struct ChainMap {
+    /// Device hash (`certhub_store::device_hash`) to its newest committed message.
+    heads: std::collections::HashMap<i64, i64>,
+    /// Heads changed since the last save.
+    dirty: std::collections::HashMap<i64, i64>,
+    /// The map holds every message committed up to here.
+    upto: i64,
+}
+
+/// How often the writer's map of each device's newest message is saved; a start reads what
+/// the log gained since the last save.
+const SAVE_HEADS: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Most messages a read of one device walks back along its chain; a device with more than
+/// that many since where the read starts is read by scanning from there (its messages are
+/// then dense enough for a scan to find a page soon).
+const HOPS: i64 = 4096;
+
+impl Chains {
+    /// The map as saved, plus each device's newest message above the saved point.
+    async fn load(store: &Store, last: i64) -> Result<Self, certhub_store::StoreError> {
+        let state = store.telemetry_chain_state().await?;
+        let mut map = ChainMap {
+            upto: last,
+            ..ChainMap::default()
+        };
+        if state.known_from != i64::MAX {
+            map.heads = store.telemetry_heads().await?.into_iter().collect();
+            for (device, seq) in store.telemetry_newest_after(state.heads_upto).await? {
+                let hash = certhub_store::device_hash(&device);
+                let head = map.heads.entry(hash).or_insert(seq);
+                *head = (*head).max(seq);
+                map.dirty.insert(hash, *head);
+            }
+        }
+        Ok(Self {
+            map: std::sync::Mutex::new(map),
+            known_from: AtomicI64::new(state.known_from),
+        })
+    }
+
+    fn on(&self) -> bool {
+        self.known_from.load(Ordering::Acquire) != i64::MAX
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ChainMap> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Each record's device hash and the number of its device's previous message (within the
+    /// batch, or committed before).
+    fn link(&self, records: &[TelemetryRecord]) -> (Vec<i64>, Vec<Option<i64>>) {
+        if !self.on() {
+            return (Vec::new(), Vec::new());
+        }
+        let hashes: Vec<i64> = records
+            .iter()
+            .map(|r| certhub_store::device_hash(&r.device_id))
+            .collect();
+        let mut batch = std::collections::HashMap::with_capacity(records.len());
+        let map = self.lock();
+        let prev = hashes
+            .iter()
+            .zip(records)
+            .map(|(h, r)| {
+                batch
+                    .insert(*h, r.seq)
+                    .or_else(|| map.heads.get(h).copied())
+            })
+            .collect();
+        (hashes, prev)
+    }
+
+    /// The batch is committed: its messages are their devices' newest.
+    fn committed(&self, hashes: &[i64], records: &[TelemetryRecord], upto: i64) {
+        let mut map = self.lock();
+        for (h, r) in hashes.iter().zip(records) {
+            map.heads.insert(*h, r.seq);
+            map.dirty.insert(*h, r.seq);
+        }
+        map.upto = upto;
+    }
+
+    fn head(&self, device: &str) -> Option<i64> {
+        self.lock()
+            .heads
+            .get(&certhub_store::device_hash(device))
+            .copied()
+    }
+
+    /// Saves the heads changed since the last save, every [`SAVE_HEADS`], while chains are on
+    /// and the writer runs (`committed` open). Also hears when another hub turned chains off.
+    async fn save_now_and_then(self: Arc<Self>, store: Store, committed: watch::Receiver<i64>) {
+        let mut saved = i64::MIN;
+        while self.on() {
+            tokio::time::sleep(SAVE_HEADS).await;
+            if committed.has_changed().is_err() {
+                // The writer stopped; the next start reads what this one did not save.
+                return;
+            }
+            match store.telemetry_chain_state().await {
+                Ok(state) if state.known_from == i64::MAX => {
+                    self.known_from.store(i64::MAX, Ordering::Release);
+                    return;
+                }
+                _ => {}
+            }
+            let (dirty, upto) = {
+                let mut map = self.lock();
+                (std::mem::take(&mut map.dirty), map.upto)
+            };
+            if dirty.is_empty() && upto == saved {
+                continue;
+            }
+            let heads: Vec<(i64, i64)> = dirty.iter().map(|(h, s)| (*h, *s)).collect();
+            match store.save_telemetry_heads(&heads, upto).await {
+                Ok(()) => saved = upto,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the telemetry log's device heads could not be saved; trying again");
+                    // Back for the next try, unless a newer head came in meanwhile.
+                    let mut map = self.lock();
+                    for (h, s) in dirty {
+                        map.dirty.entry(h).or_insert(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Another writer numbers messages in the same table: this map misses its messages, so
+    /// chains are off from here on, for every hub on this database.
+    async fn off(&self, store: &Store) {
+        if self.known_from.swap(i64::MAX, Ordering::AcqRel) != i64::MAX {
+            tracing::warn!(
+                "another hub writes this database's telemetry log: reads of one device scan the log from now on"
+            );
+            if let Err(e) = store.set_telemetry_known_from(i64::MAX).await {
+                tracing::warn!(error = %e, "could not record that per-device chains are off");
+            }
+        }
+    }
+}
+
 /// A handle to the log: its writer task and its readers.
 #[derive(Debug, Clone)]
 pub struct TelemetryLog {
     stats: Arc<LogStats>,
+    /// Per-device chains (the table only).
+    chains: Option<Arc<Chains>>,
     tx: mpsc::Sender<Pending>,
     /// The highest committed sequence number, for readers that follow the log.
     committed: watch::Receiver<i64>,
@@ -87,8 +248,14 @@ impl TelemetryLog {
     pub async fn start(store: Store) -> Result<Self, certhub_store::StoreError> {
         let source = Source::Table(store.clone());
         let mut seq = store.last_telemetry_seq().await?;
+        let chains = Arc::new(Chains::load(&store, seq).await?);
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
         let (committed_tx, committed) = watch::channel(seq);
+        tokio::spawn(
+            chains
+                .clone()
+                .save_now_and_then(store.clone(), committed.clone()),
+        );
         let stats = Arc::new(LogStats {
             bytes: AtomicI64::new(-1),
             ..LogStats::default()
@@ -114,8 +281,10 @@ impl TelemetryLog {
             });
         }
         let writer_stats = stats.clone();
+        let writer_chains = chains.clone();
         tokio::spawn(async move {
             let stats = writer_stats;
+            let chains = writer_chains;
             let mut pending: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
             loop {
                 if pending.is_empty() {
@@ -144,7 +313,8 @@ impl TelemetryLog {
                     records.push(record);
                     waiting.push(p.done);
                 }
-                let mut result = store.append_telemetry(&records).await;
+                let (hashes, prev) = chains.link(&records);
+                let mut result = store.append_telemetry_linked(&records, &prev).await;
                 // Nodes of a cluster on one PostgreSQL number messages from the same log:
                 // when another node took these numbers, number the batch after the highest
                 // stored one and write it again (a few times at most), rather than lose it.
@@ -155,6 +325,7 @@ impl TelemetryLog {
                         .is_err_and(certhub_store::StoreError::is_duplicate_key)
                 {
                     tries += 1;
+                    chains.off(&store).await;
                     match store.last_telemetry_seq().await {
                         Ok(last) => {
                             seq = last;
@@ -169,8 +340,10 @@ impl TelemetryLog {
                     }
                 }
                 let size: i64 = records.iter().map(certhub_store::telemetry_bytes).sum();
-                drop(records);
                 if result.is_ok() {
+                    if chains.on() {
+                        chains.committed(&hashes, &records, seq);
+                    }
                     stats.bytes.fetch_add(size, Ordering::AcqRel);
                     stats.disk_full.store(false, Ordering::Release);
                     let _ = committed_tx.send(seq);
@@ -203,6 +376,7 @@ impl TelemetryLog {
         });
         Ok(Self {
             stats,
+            chains: Some(chains),
             tx,
             committed,
             source,
@@ -252,6 +426,7 @@ impl TelemetryLog {
         log.start(client, hub, rx, committed_tx).await?;
         Ok(Self {
             stats: Default::default(),
+            chains: None,
             tx,
             committed,
             source: Source::Stream(log),
@@ -282,11 +457,17 @@ impl TelemetryLog {
         device: Option<&str>,
         limit: i64,
     ) -> Result<Page, ReadError> {
-        // Everything up to here is committed and visible to the read below.
+        // Everything up to here is committed and visible to the read below (and the chains'
+        // heads, updated before the number is published, cover it).
         let upto = *self.committed.borrow();
         match &self.source {
             Source::Table(store) => {
-                let records = store.telemetry_after(after, device, limit).await?;
+                let records = match (device, &self.chains) {
+                    (Some(device), Some(chains)) if chains.on() => {
+                        self.by_chain(store, chains, after, device, limit).await?
+                    }
+                    _ => store.telemetry_after(after, device, limit).await?,
+                };
                 let bytes: i64 = records.iter().map(|r| r.body.len() as i64).sum();
                 let last = records.last().map_or(after, |r| r.seq);
                 // A page cut short by its count or its bytes ends at its last message; else
@@ -304,6 +485,78 @@ impl TelemetryLog {
                     .await
             }
         }
+    }
+
+    /// The newest `n` messages of one device (and its modules), oldest first, found by walking
+    /// back its chain; None where there are no chains (a cluster's stream, chains off) or the
+    /// walk reached messages stored before them (a log older than schema step 17) with fewer
+    /// than `n`: the caller then looks through the log instead.
+    pub async fn latest(
+        &self,
+        device: &str,
+        n: usize,
+    ) -> Result<Option<Vec<TelemetryRecord>>, ReadError> {
+        let (Source::Table(store), Some(chains)) = (&self.source, &self.chains) else {
+            return Ok(None);
+        };
+        let known_from = chains.known_from.load(Ordering::Acquire);
+        if known_from == i64::MAX {
+            return Ok(None);
+        }
+        let Some(head) = chains.head(device) else {
+            return Ok((known_from == 0).then(Vec::new));
+        };
+        let hops = i64::try_from(n)
+            .unwrap_or(i64::MAX)
+            .saturating_mul(2)
+            .max(64);
+        let walk = store
+            .telemetry_chain(head, device, known_from, hops)
+            .await?;
+        if walk.mine.len() < n && walk.ended && known_from > 0 {
+            return Ok(None);
+        }
+        let newest = &walk.mine[walk.mine.len().saturating_sub(n)..];
+        Ok(Some(store.telemetry_at(newest, Some(device)).await?))
+    }
+
+    /// One device's messages above `after` from its chain: a scan of what came before the
+    /// chains (a log older than schema step 17), then the oldest of the messages found by
+    /// walking back from the device's newest; a device with more than [`HOPS`] messages since
+    /// `after` is scanned for instead.
+    async fn by_chain(
+        &self,
+        store: &Store,
+        chains: &Chains,
+        after: i64,
+        device: &str,
+        limit: i64,
+    ) -> Result<Vec<TelemetryRecord>, ReadError> {
+        let known_from = chains.known_from.load(Ordering::Acquire);
+        let mut records = Vec::new();
+        if after < known_from {
+            records = store
+                .telemetry_between(after, known_from, Some(device), limit)
+                .await?;
+            let bytes: i64 = records.iter().map(|r| r.body.len() as i64).sum();
+            if records.len() as i64 >= limit || bytes >= certhub_store::PAGE_BYTES {
+                return Ok(records);
+            }
+        }
+        let from = after.max(known_from);
+        let Some(head) = chains.head(device) else {
+            return Ok(records);
+        };
+        let want = limit - records.len() as i64;
+        let walk = store.telemetry_chain(head, device, from, HOPS).await?;
+        let more = if walk.ended {
+            let take = walk.mine.len().min(usize::try_from(want).unwrap_or(0));
+            store.telemetry_at(&walk.mine[..take], Some(device)).await?
+        } else {
+            store.telemetry_after(from, Some(device), want).await?
+        };
+        records.extend(more);
+        Ok(records)
     }
 
     /// The number just before the first message enqueued at (`inclusive`) or after `ms`.

@@ -424,14 +424,7 @@ async fn sql_answers_match_evaluating_every_twin_on_sqlite() {
 
 #[tokio::test]
 async fn sql_answers_match_evaluating_every_twin_on_postgres() {
-    let Some(scratch) = certhub_store::scratch::postgres("certhub_queries")
-        .await
-        .expect("scratch database")
-    else {
-        return;
-    };
-    run(scratch.store.clone()).await;
-    scratch.drop_database().await.expect("drop database");
+    certhub_store::scratch::on_postgres("certhub_queries", run).await;
 }
 
 /// A hub on SQLite in `dir` with `n` devices `{prefix}00000`... and no twins.

@@ -47,7 +47,8 @@ pub use dps::{EnrollmentKind, EnrollmentRecord, LinkedHubRecord, RegistrationRec
 pub use files::{FileNotificationRecord, FinishOutcome, UploadRecord, UploadReport, UploadState};
 pub use service_queues::ServiceQueue;
 pub use telemetry::{
-    PAGE_BYTES, TELEMETRY_ROWS, TelemetryBounds, TelemetryRecord, telemetry_bytes,
+    ChainState, ChainWalk, PAGE_BYTES, TELEMETRY_ROWS, TelemetryBounds, TelemetryRecord,
+    device_hash, telemetry_bytes,
 };
 pub use twin_query::{
     DeviceWithTwin, Field as TwinField, JsonPath, Kind as TwinKind, MAX_TWIN_INDEXES, Op as TwinOp,

@@ -316,6 +316,23 @@ const STEPS: &[&str] = &[
         path TEXT PRIMARY KEY,
         created_ms BIGINT NOT NULL
     )",
+    // 17: per-device telemetry reads without an index by device: each message points to the
+    // same device's previous one (`prev_seq`, NULL for none), so a read for one device walks
+    // its own messages back from the newest. The writer keeps each device's newest message in
+    // memory and saves that map now and then (`telemetry_heads`, under a 64-bit hash of the
+    // device id, complete up to `telemetry_chain.heads_upto`); chains are complete above
+    // `known_from` (messages stored before this step have none, and are scanned).
+    "ALTER TABLE telemetry ADD COLUMN prev_seq BIGINT;
+    CREATE TABLE telemetry_heads (
+        device_hash BIGINT PRIMARY KEY,
+        seq BIGINT NOT NULL
+    );
+    CREATE TABLE telemetry_chain (
+        known_from BIGINT NOT NULL,
+        heads_upto BIGINT NOT NULL
+    );
+    INSERT INTO telemetry_chain (known_from, heads_upto)
+        SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(seq), 0) FROM telemetry",
 ];
 
 /// The schema steps this version knows.

@@ -54,3 +54,17 @@ impl Scratch {
         Ok(())
     }
 }
+
+/// Runs `run` on a scratch PostgreSQL database and drops it after; says so on stderr and does
+/// nothing when PostgreSQL is not reachable.
+pub async fn on_postgres<F, Fut>(prefix: &str, run: F)
+where
+    F: FnOnce(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let Some(scratch) = postgres(prefix).await.expect("scratch database") else {
+        return;
+    };
+    run(scratch.store.clone()).await;
+    scratch.drop_database().await.expect("drop database");
+}

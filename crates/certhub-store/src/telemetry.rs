@@ -18,10 +18,44 @@ pub struct TelemetryRecord {
 }
 
 /// Columns per row of the multi-row insert.
-const FIELDS: usize = 6;
-/// Rows one telemetry insert takes at most (6 x 512 parameters, under the limits of SQLite and
+const FIELDS: usize = 7;
+/// Rows one telemetry insert takes at most (7 x 512 parameters, under the limits of SQLite and
 /// PostgreSQL).
 pub const TELEMETRY_ROWS: usize = 512;
+
+/// The key a device's newest message is kept under in `telemetry_heads` (and in the writer's
+/// memory): FNV-1a of its id, 64 bits. Two devices that share a hash share a chain; a read
+/// keeps only its own device's messages, so that costs time, never a wrong answer.
+pub fn device_hash(device_id: &str) -> i64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+/// A walk back along one device's chain ([`Store::telemetry_chain`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChainWalk {
+    /// The device's messages found, oldest first.
+    pub mine: Vec<i64>,
+    /// Whether the walk reached the end: a message with no earlier one, one at or below the
+    /// walk's `after`, or one retention deleted. When false it stopped at its limit of hops.
+    pub ended: bool,
+    /// The oldest message the walk reached.
+    pub oldest: Option<i64>,
+}
+
+/// Where the per-device chains stand ([`Store::telemetry_chain_state`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainState {
+    /// Chains are complete for messages numbered above this; below it a device's messages
+    /// are found by scanning (`i64::MAX`: chains are off).
+    pub known_from: i64,
+    /// `telemetry_heads` holds every device's newest message numbered at most this.
+    pub heads_upto: i64,
+}
 
 impl Store {
     /// The highest sequence number stored (0 when empty).
@@ -36,31 +70,50 @@ impl Store {
     /// none. A power-of-two count up to [`TELEMETRY_ROWS`] is one statement, committed on its
     /// own (one round trip to the database's thread); the telemetry writer sends such batches.
     pub async fn append_telemetry(&self, records: &[TelemetryRecord]) -> Result<()> {
+        self.append_telemetry_linked(records, &[]).await
+    }
+
+    /// [`Store::append_telemetry`], each message with the number of its device's previous one
+    /// (`prev[i]` for `records[i]`; missing or None: none known).
+    pub async fn append_telemetry_linked(
+        &self,
+        records: &[TelemetryRecord],
+        prev: &[Option<i64>],
+    ) -> Result<()> {
         if records.len().is_power_of_two() && records.len() <= TELEMETRY_ROWS {
-            return self.insert_telemetry(records, self.pool()).await;
+            return self.insert_telemetry(records, prev, self.pool()).await;
         }
         let mut tx = self.pool().begin().await?;
+        let mut at = 0;
         for chunk in crate::pow2_chunks(records, TELEMETRY_ROWS) {
-            self.insert_telemetry(chunk, &mut *tx).await?;
+            let links = prev.get(at..).unwrap_or_default();
+            self.insert_telemetry(chunk, links, &mut *tx).await?;
+            at += chunk.len();
         }
         tx.commit().await?;
         Ok(())
     }
 
-    async fn insert_telemetry<'e, E>(&self, chunk: &[TelemetryRecord], on: E) -> Result<()>
+    async fn insert_telemetry<'e, E>(
+        &self,
+        chunk: &[TelemetryRecord],
+        prev: &[Option<i64>],
+        on: E,
+    ) -> Result<()>
     where
         E: sqlx::Executor<'e, Database = sqlx::Any>,
     {
         let rows = chunk.len();
         let mut q = sqlx::query(sqlx::AssertSqlSafe(self.insert_telemetry_sql(rows)));
-        for r in chunk {
+        for (i, r) in chunk.iter().enumerate() {
             q = q
                 .bind(r.seq)
                 .bind(r.device_id.as_str())
                 .bind(r.module_id.as_deref())
                 .bind(r.enqueued_ms)
                 .bind(r.properties.as_str())
-                .bind(r.body.as_slice());
+                .bind(r.body.as_slice())
+                .bind(prev.get(i).copied().flatten());
         }
         let written = q.execute(on).await?.rows_affected();
         if written != rows as u64 {
@@ -83,7 +136,7 @@ impl Store {
             crate::Backend::Postgres => "INSERT",
         });
         sql.push_str(
-            " INTO telemetry (seq, device_id, module_id, enqueued_ms, properties, body) VALUES ",
+            " INTO telemetry (seq, device_id, module_id, enqueued_ms, properties, body, prev_seq) VALUES ",
         );
         self.push_values(&mut sql, rows, FIELDS);
         sql
@@ -104,27 +157,91 @@ impl Store {
         device: Option<&str>,
         limit: i64,
     ) -> Result<Vec<TelemetryRecord>> {
+        self.telemetry_page(Rows::After { after, upto: None }, device, limit)
+            .await
+    }
+
+    /// [`Store::telemetry_after`] that stops at `upto` (the last number it looks at).
+    pub async fn telemetry_between(
+        &self,
+        after: i64,
+        upto: i64,
+        device: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<TelemetryRecord>> {
+        self.telemetry_page(
+            Rows::After {
+                after,
+                upto: Some(upto),
+            },
+            device,
+            limit,
+        )
+        .await
+    }
+
+    /// The messages numbered `seqs` (of `device`, when given), oldest first, with the page's
+    /// byte limit of [`Store::telemetry_after`].
+    pub async fn telemetry_at(
+        &self,
+        seqs: &[i64],
+        device: Option<&str>,
+    ) -> Result<Vec<TelemetryRecord>> {
+        if seqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.telemetry_page(Rows::At(seqs), device, seqs.len() as i64)
+            .await
+    }
+
+    async fn telemetry_page(
+        &self,
+        rows: Rows<'_>,
+        device: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<TelemetryRecord>> {
         let (aggregate, row, hex) = match self.backend {
             crate::Backend::Sqlite => ("json_group_array", "json_array", "hex(body)"),
             crate::Backend::Postgres => ("json_agg", "json_build_array", "encode(body, 'hex')"),
         };
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            self.placeholder(n)
+        };
+        let which = match rows {
+            Rows::After { upto: None, .. } => format!("seq > {}", next()),
+            Rows::After { upto: Some(_), .. } => format!("seq > {} AND seq <= {}", next(), next()),
+            // Numbers the log gave: integers, written out.
+            Rows::At(seqs) => format!(
+                "seq IN ({})",
+                seqs.iter()
+                    .map(i64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        };
         let by_device = if device.is_some() {
-            format!(" AND device_id = {}", self.placeholder(2))
+            format!(" AND device_id = {}", next())
         } else {
             String::new()
         };
-        let (limit_at, bytes_at) = if device.is_some() { (3, 4) } else { (2, 3) };
         let sql = format!(
             "SELECT CAST({aggregate}({row}(seq, device_id, module_id, enqueued_ms, properties, {hex})) AS TEXT) AS page \
              FROM (SELECT *, SUM(length(body)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto \
                    FROM (SELECT seq, device_id, module_id, enqueued_ms, properties, body FROM telemetry \
-                         WHERE seq > {after_at}{by_device} ORDER BY seq LIMIT {limit}) AS page_rows) AS sized \
+                         WHERE {which}{by_device} ORDER BY seq LIMIT {limit}) AS page_rows) AS sized \
              WHERE upto - length(body) < {bytes}",
-            after_at = self.placeholder(1),
-            limit = self.placeholder(limit_at),
-            bytes = self.placeholder(bytes_at),
+            limit = next(),
+            bytes = next(),
         );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(after);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Rows::After { after, upto } = rows {
+            q = q.bind(after);
+            if let Some(upto) = upto {
+                q = q.bind(upto);
+            }
+        }
         if let Some(d) = device {
             q = q.bind(d.to_string());
         }
@@ -160,6 +277,175 @@ impl Store {
         // The aggregate's order is the database's; the log's is by number.
         records.sort_unstable_by_key(|r| r.seq);
         Ok(records)
+    }
+}
+
+/// Which messages a page of the log is read from.
+#[derive(Debug, Clone, Copy)]
+enum Rows<'a> {
+    /// Numbered above `after` (and at most `upto`).
+    After { after: i64, upto: Option<i64> },
+    /// These numbers.
+    At(&'a [i64]),
+}
+
+impl Store {
+    /// Walks one device's chain back from `head` (its newest message, or a later one of
+    /// another device sharing its hash): at most `hops` messages, down to the first one
+    /// numbered at or below `after`. One statement, one row: a recursive walk of primary-key
+    /// lookups.
+    pub async fn telemetry_chain(
+        &self,
+        head: i64,
+        device: &str,
+        after: i64,
+        hops: i64,
+    ) -> Result<ChainWalk> {
+        let (aggregate, row) = match self.backend {
+            crate::Backend::Sqlite => ("json_group_array", "json_array"),
+            crate::Backend::Postgres => ("json_agg", "json_build_array"),
+        };
+        let p = |n| self.placeholder(n);
+        let sql = format!(
+            "WITH RECURSIVE chain(seq, prev, mine, n) AS ( \
+                 SELECT seq, prev_seq, CASE WHEN device_id = {p1} THEN 1 ELSE 0 END, 1 \
+                 FROM telemetry WHERE seq = {p2} AND seq > {p3} \
+                 UNION ALL \
+                 SELECT t.seq, t.prev_seq, CASE WHEN t.device_id = {p4} THEN 1 ELSE 0 END, c.n + 1 \
+                 FROM chain c JOIN telemetry t ON t.seq = c.prev \
+                 WHERE c.prev > {p5} AND c.n < {p6}) \
+             SELECT CAST({aggregate}({row}(seq, prev, mine, n)) AS TEXT) AS walk FROM chain",
+            p1 = p(1),
+            p2 = p(2),
+            p3 = p(3),
+            p4 = p(4),
+            p5 = p(5),
+            p6 = p(6),
+        );
+        let walk: Option<String> = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(device.to_string())
+            .bind(head)
+            .bind(after)
+            .bind(device.to_string())
+            .bind(after)
+            .bind(hops)
+            .fetch_one(self.reader())
+            .await?
+            .try_get("walk")?;
+        let Some(walk) = walk else {
+            return Ok(ChainWalk {
+                ended: true,
+                ..ChainWalk::default()
+            });
+        };
+        let links: Vec<(i64, Option<i64>, i64, i64)> = serde_json::from_str(&walk)
+            .map_err(|e| crate::StoreError::Corrupt(format!("a telemetry chain: {e}")))?;
+        // The last step of the walk is the oldest message it reached.
+        let Some(&(oldest, prev, _, n)) = links.iter().max_by_key(|l| l.3) else {
+            return Ok(ChainWalk {
+                ended: true,
+                ..ChainWalk::default()
+            });
+        };
+        let mut mine: Vec<i64> = links.iter().filter(|l| l.2 == 1).map(|l| l.0).collect();
+        mine.sort_unstable();
+        Ok(ChainWalk {
+            mine,
+            ended: n < hops || prev.is_none_or(|p| p <= after),
+            oldest: Some(oldest),
+        })
+    }
+
+    /// Where the chains stand.
+    pub async fn telemetry_chain_state(&self) -> Result<ChainState> {
+        let row = sqlx::query("SELECT known_from, heads_upto FROM telemetry_chain")
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(match row {
+            Some(r) => ChainState {
+                known_from: r.try_get("known_from")?,
+                heads_upto: r.try_get("heads_upto")?,
+            },
+            None => ChainState {
+                known_from: i64::MAX,
+                heads_upto: 0,
+            },
+        })
+    }
+
+    /// Every device's newest message as last saved: (device hash, number).
+    pub async fn telemetry_heads(&self) -> Result<Vec<(i64, i64)>> {
+        let rows = sqlx::query("SELECT device_hash, seq FROM telemetry_heads")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("device_hash")?, r.try_get("seq")?)))
+            .collect()
+    }
+
+    /// Each device's newest message numbered above `after` (what the log gained since the
+    /// heads were last saved): (device id, number).
+    pub async fn telemetry_newest_after(&self, after: i64) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT device_id, MAX(seq) AS seq FROM telemetry WHERE seq > $1 GROUP BY device_id",
+        )
+        .bind(after)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("device_id")?, r.try_get("seq")?)))
+            .collect()
+    }
+
+    /// Saves devices' newest messages, and that the saved map is complete up to `upto`.
+    pub async fn save_telemetry_heads(&self, heads: &[(i64, i64)], upto: i64) -> Result<()> {
+        const ROWS: usize = 1000;
+        let mut tx = self.pool().begin().await?;
+        for chunk in heads.chunks(ROWS) {
+            let mut sql = String::from("INSERT INTO telemetry_heads (device_hash, seq) VALUES ");
+            self.push_values(&mut sql, chunk.len(), 2);
+            sql.push_str(" ON CONFLICT (device_hash) DO UPDATE SET seq = excluded.seq");
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (hash, seq) in chunk {
+                q = q.bind(*hash).bind(*seq);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        sqlx::query("UPDATE telemetry_chain SET heads_upto = $1")
+            .bind(upto)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Sets where the chains stand (a migration's state, for tests and repairs).
+    pub async fn set_telemetry_chain_state(&self, known_from: i64, heads_upto: i64) -> Result<()> {
+        sqlx::query("UPDATE telemetry_chain SET known_from = $1, heads_upto = $2")
+            .bind(known_from)
+            .bind(heads_upto)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// How many stored messages point to an earlier message of their device.
+    pub async fn telemetry_links(&self) -> Result<i64> {
+        Ok(
+            sqlx::query("SELECT COUNT(*) AS n FROM telemetry WHERE prev_seq IS NOT NULL")
+                .fetch_one(self.reader())
+                .await?
+                .try_get("n")?,
+        )
+    }
+
+    /// Chains are complete only above `known_from` from now on (`i64::MAX`: off).
+    pub async fn set_telemetry_known_from(&self, known_from: i64) -> Result<()> {
+        sqlx::query("UPDATE telemetry_chain SET known_from = $1")
+            .bind(known_from)
+            .execute(self.pool())
+            .await?;
+        Ok(())
     }
 }
 

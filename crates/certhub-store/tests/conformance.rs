@@ -1154,12 +1154,8 @@ async fn sqlite() {
 
 #[tokio::test]
 async fn postgres() {
-    let Some(scratch) = certhub_store::scratch::postgres("certhub_test")
-        .await
-        .expect("scratch database")
-    else {
-        return;
-    };
-    suite(&scratch.store).await;
-    scratch.drop_database().await.expect("drop database");
+    certhub_store::scratch::on_postgres("certhub_test", |store| async move {
+        suite(&store).await;
+    })
+    .await;
 }

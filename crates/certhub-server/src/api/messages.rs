@@ -149,7 +149,7 @@ pub async fn stream(
 }
 
 #[utoipa::path(get, path = "/messages/events", summary = "Telemetry, oldest first, after a sequence number",
-    description = "Needs the ServiceConnect right. With `device`, the log is scanned from `from` (there is no index by device); the `x-ms-continuation` header gives the sequence number the next page starts after, past the other devices' messages this read examined.",
+    description = "Needs the ServiceConnect right. With `device`, one node's hub walks back that device's own messages (each points to the device's previous one) and a cluster's scans its stream from `from`; the `x-ms-continuation` header gives the sequence number the next page starts after, past the other devices' messages a scan examined.",
     params(EventsParams),
     responses((status = 200, description = "success", body = Vec<TelemetryEvent>,
         headers(("x-ms-continuation" = i64, description = "the `from` of the next page"))), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse)))]

@@ -1,9 +1,11 @@
 //! The console's telemetry tail: the latest messages one device (and its modules) sent, newest
 //! first, reloading itself every few seconds while left open.
 //!
-//! The log has no index by device (issue 18), so the tail looks only at the newest
-//! [`WINDOW`] messages of the whole log: bounded work per reload whatever the log's size, at
-//! the price of showing nothing for a device that has been quiet while many others talked.
+//! On one node the tail walks back the device's own chain of messages (see
+//! `TelemetryLog::latest`), however long ago it last spoke. Where there are no chains (a
+//! cluster's stream, a log older than them) it looks only at the newest [`WINDOW`] messages of
+//! the whole log: bounded work per reload whatever the log's size, at the price of showing
+//! nothing for a device that has been quiet while many others talked.
 
 use std::collections::VecDeque;
 
@@ -52,6 +54,15 @@ pub(super) async fn tail(
     let upto = *log.follow().borrow();
     let mut after = (upto - WINDOW).max(0);
     let mut latest: VecDeque<certhub_store::TelemetryRecord> = VecDeque::new();
+    let chained = match log.latest(id, SHOWN).await {
+        Ok(Some(newest)) => {
+            latest.extend(newest);
+            after = upto;
+            true
+        }
+        Ok(None) => false,
+        Err(e) => return page_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    };
     while after < upto {
         let page = match log.after(after, Some(id), 500).await {
             Ok(p) => p,
@@ -74,8 +85,8 @@ pub(super) async fn tail(
         main {
             h1 { "Telemetry of " code { (id) } }
             p {
-                "The latest " (SHOWN) " messages the device and its modules sent, newest first, among the newest "
-                (WINDOW) " in the hub's log. "
+                "The latest " (SHOWN) " messages the device and its modules sent, newest first"
+                @if chained { ". " } @else { ", among the newest " (WINDOW) " in the hub's log. " }
                 @if query.paused {
                     "Paused. " a href={ "/console/telemetry?id=" (encoded) } { "Follow live" }
                 } @else {
@@ -83,7 +94,7 @@ pub(super) async fn tail(
                 }
             }
             @if latest.is_empty() {
-                p id="no-telemetry" { "No message from " (id) " among them." }
+                p id="no-telemetry" { "No message from " (id) @if chained { " in the hub's log." } @else { " among them." } }
             } @else {
                 table id="telemetry" {
                     thead { tr {
