@@ -252,6 +252,10 @@ struct TelemetryArgs {
     /// Connection attempts in progress at most while connecting the clients.
     #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
     parallel: u32,
+    /// Publish at most this many messages a second in all (`150000` or `150000/s`), shared
+    /// evenly by the clients [default: as fast as the window allows]; MQTT QoS 1 only.
+    #[arg(long, value_parser = rate)]
+    rate: Option<f64>,
 }
 
 #[derive(Debug, Args)]

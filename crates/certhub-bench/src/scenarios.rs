@@ -653,20 +653,40 @@ impl Published {
     }
 }
 
+/// Sends at most `per_second` messages a second from `start` on: how many may have gone by
+/// `now`, and when the next may go.
+#[derive(Debug, Clone, Copy)]
+struct Pace {
+    start: Instant,
+    per_second: f64,
+}
+
+impl Pace {
+    fn allowed(&self, now: Instant) -> u64 {
+        ((now - self.start).as_secs_f64() * self.per_second) as u64 + 1
+    }
+
+    fn due(&self, sent: u64) -> Instant {
+        self.start + Duration::from_secs_f64(sent as f64 / self.per_second)
+    }
+}
+
 async fn publish_qos1(
     mut conn: Conn,
     template: Publish,
     window: usize,
     deadline: Instant,
     drain: Duration,
+    pace: Option<Pace>,
 ) -> Published {
     let mut r = Published::default();
     let mut inflight: HashMap<u16, Instant> = HashMap::with_capacity(window);
     let mut next_id: u16 = 0;
     let drain_deadline = deadline + drain;
     loop {
-        if Instant::now() < deadline && inflight.len() < window {
-            while inflight.len() < window {
+        let may_send = |sent: u64| pace.is_none_or(|p| sent < p.allowed(Instant::now()));
+        if Instant::now() < deadline && inflight.len() < window && may_send(r.sent) {
+            while inflight.len() < window && may_send(r.sent) {
                 next_id = next_id.wrapping_add(1).max(1);
                 if inflight.contains_key(&next_id) {
                     continue;
@@ -683,11 +703,15 @@ async fn publish_qos1(
                 return r.fail("closed", format!("PUBLISH failed: {e}"));
             }
         }
-        if inflight.is_empty() {
+        let now = Instant::now();
+        if inflight.is_empty() && now >= deadline {
             break;
         }
-        let wait_until = if Instant::now() < deadline {
-            deadline
+        let wait_until = if now < deadline {
+            match pace {
+                Some(p) if inflight.len() < window => p.due(r.sent).clamp(now, deadline),
+                _ => deadline,
+            }
         } else {
             drain_deadline
         };
@@ -946,6 +970,9 @@ enum Link {
 
 async fn telemetry(a: TelemetryArgs) -> Result<Report> {
     let amqp = a.common.transport == crate::Transport::Amqp;
+    if a.rate.is_some() && (amqp || a.qos == 0) {
+        bail!("--rate paces MQTT QoS 1 publishes only: leave it out with --qos 0 or AMQP");
+    }
     let env = Env::new(a.common).await?;
     let c = a.clients as usize;
     let mut report = env.report("telemetry");
@@ -956,6 +983,9 @@ async fn telemetry(a: TelemetryArgs) -> Result<Report> {
         ("payload", json!(a.payload)),
         ("qos", json!(a.qos)),
     ];
+    if let Some(rate) = a.rate {
+        report.parameters.push(("rate", json!(rate)));
+    }
     env.files_for(c, &mut report.notes);
     let devices = env.devices(Some(c))?;
     let setup = Arc::new(Errors::default());
@@ -999,6 +1029,10 @@ async fn telemetry(a: TelemetryArgs) -> Result<Report> {
     let mut meter = Meter::start(&env.common.server_pid);
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(a.duration);
+    let pace = a.rate.map(|total| Pace {
+        start,
+        per_second: total / conns.len().max(1) as f64,
+    });
     let mut tasks = Vec::with_capacity(conns.len());
     for (d, conn) in conns {
         let template = Publish {
@@ -1018,7 +1052,9 @@ async fn telemetry(a: TelemetryArgs) -> Result<Report> {
                 Link::Mqtt(conn) if qos == QoS::AtMostOnce => {
                     publish_qos0(conn, template, window, deadline, drain).await
                 }
-                Link::Mqtt(conn) => publish_qos1(conn, template, window, deadline, drain).await,
+                Link::Mqtt(conn) => {
+                    publish_qos1(conn, template, window, deadline, drain, pace).await
+                }
             }
         }));
     }

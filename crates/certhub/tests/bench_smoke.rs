@@ -190,6 +190,46 @@ fn every_scenario_runs_against_the_hub() {
     assert!(count(&v, "acked") > 0, "{v:#}");
     no_errors(&v);
 
+    // Paced: 40 messages a second for 1 s, shared by 2 clients (one more each at the start).
+    let v = bench(
+        d,
+        "telemetry",
+        &target,
+        &["--clients", "2", "--duration", "1", "--rate", "40"],
+    );
+    let sent = count(&v, "sent");
+    assert!(
+        (30..=44).contains(&sent),
+        "{sent} sent at 40/s for 1 s: {v:#}"
+    );
+    assert_eq!(count(&v, "acked"), sent, "{v:#}");
+    no_errors(&v);
+
+    // One device's messages read back; a device that sent none has an empty page.
+    let run = certhub(
+        d,
+        &[
+            "bench",
+            "reads",
+            "--connection-string",
+            &connection_string,
+            "--ca",
+            s(&ca),
+            "--device",
+            "smart-x-widget-0001",
+            "--device",
+            "nobody",
+            "--runs",
+            "2",
+            "--json",
+        ],
+    )
+    .ok();
+    let v: Value = serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run}"));
+    assert_eq!(v["devices"][0]["messages"], 100, "{v:#}");
+    assert_eq!(v["devices"][1]["messages"], 0, "{v:#}");
+    assert!(v["devices"][1]["continuation"].as_i64() > Some(0), "{v:#}");
+
     let v = bench(d, "storm", &target, &["--connections", "19"]);
     assert_eq!(count(&v, "connected_before"), 19, "{v:#}");
     assert_eq!(count(&v, "reconnected"), 19, "{v:#}");
