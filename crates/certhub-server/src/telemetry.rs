@@ -101,6 +101,13 @@ const SAVE_HEADS: std::time::Duration = std::time::Duration::from_secs(2);
 /// then dense enough for a scan to find a page soon).
 const HOPS: i64 = 4096;
 
+/// The hops of a read's first, short walk (see [`TelemetryLog::after`]).
+const FIRST_HOPS: i64 = 64;
+
+/// A device with at least one message in this many of the log's, at its newest end, is read
+/// by a scan rather than a walk.
+const DENSE: i64 = 200;
+
 impl Chains {
     /// The map as saved, plus each device's newest message above the saved point.
     async fn load(store: &Store, last: i64) -> Result<Self, certhub_store::StoreError> {
@@ -523,7 +530,7 @@ impl TelemetryLog {
     /// One device's messages above `after` from its chain: a scan of what came before the
     /// chains (a log older than schema step 17), then the oldest of the messages found by
     /// walking back from the device's newest; a device with more than [`HOPS`] messages since
-    /// `after` is scanned for instead.
+    /// `after`, or whose newest [`FIRST_HOPS`] are dense in the log, is scanned for instead.
     async fn by_chain(
         &self,
         store: &Store,
@@ -548,7 +555,22 @@ impl TelemetryLog {
             return Ok(records);
         };
         let want = limit - records.len() as i64;
-        let walk = store.telemetry_chain(head, device, from, HOPS).await?;
+        // A short walk first: a device whose newest messages are dense in the log (one in
+        // [`DENSE`] or more) is read faster by a scan, which fills a page soon; any other walks
+        // on.
+        let mut walk = store
+            .telemetry_chain(head, device, from, FIRST_HOPS)
+            .await?;
+        if !walk.ended {
+            let oldest = walk.oldest.unwrap_or(head);
+            if head - oldest > FIRST_HOPS * DENSE {
+                let rest = store.telemetry_chain(oldest, device, from, HOPS).await?;
+                walk.mine.extend(rest.mine);
+                walk.mine.sort_unstable();
+                walk.mine.dedup();
+                walk.ended = rest.ended;
+            }
+        }
         let more = if walk.ended {
             let take = walk.mine.len().min(usize::try_from(want).unwrap_or(0));
             store.telemetry_at(&walk.mine[..take], Some(device)).await?

@@ -32,6 +32,9 @@ fn sender(i: usize, round: usize) -> (String, Option<String>) {
     match i {
         _ if i.is_multiple_of(2) => ("chatty".into(), None),
         _ if i % 50 == 1 => ("sparse".into(), None),
+        // One in 250: a first walk of 64 messages spans more than 64 x 200 of the log, so
+        // the read walks on.
+        _ if i % 250 == 9 => ("rare".into(), None),
         3 if round == 0 => ("quiet".into(), None),
         5_003 if round == 1 => ("quiet".into(), None),
         7 if round == 3 => ("late".into(), None),
@@ -76,7 +79,7 @@ async fn check(log: &TelemetryLog, written: &Written, chained: bool, what: &str)
     let last = written.last();
     let starts = [0, 1, last / 3, last / 2, last - 40, last];
     for device in [
-        "chatty", "sparse", "quiet", "late", "modular", "other-3", "other-39", "nobody",
+        "chatty", "sparse", "rare", "quiet", "late", "modular", "other-3", "other-39", "nobody",
     ] {
         // The newest 25 (the console's tail), where the chains give them.
         let all = written.of(device, 0);
@@ -159,10 +162,11 @@ async fn run(store: Store) {
         .expect("as a migration leaves it");
 
     let log = TelemetryLog::start(store.clone()).await.expect("log");
-    // More than the walk's limit of 4 096 hops for the chatty device.
-    write(&log, &mut written, 10_000, 1).await;
+    // More than the walk's limit of 4 096 hops for the chatty device, and more than a first
+    // walk's 64 for the rare one.
+    write(&log, &mut written, 20_000, 1).await;
     assert!(
-        store.telemetry_links().await.expect("links") > 9_000,
+        store.telemetry_links().await.expect("links") > 19_000,
         "the writer links messages"
     );
     check(
