@@ -409,6 +409,14 @@ pub(crate) const MAX_ROWS: usize = 128;
 /// Splits `items` into chunks of power-of-two lengths (the largest that fits, at most `max`, a
 /// power of two): statements of a few fixed shapes, which stay prepared in the connection's
 /// statement cache.
+/// FNV-1a, 64 bits: a hash that stays the same across versions, for names and keys the
+/// database keeps (twin index names, the telemetry log's device heads).
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 pub(crate) fn pow2_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         if items.is_empty() {

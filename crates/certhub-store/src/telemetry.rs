@@ -27,12 +27,7 @@ pub const TELEMETRY_ROWS: usize = 512;
 /// memory): FNV-1a of its id, 64 bits. Two devices that share a hash share a chain; a read
 /// keeps only its own device's messages, so that costs time, never a wrong answer.
 pub fn device_hash(device_id: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in device_id.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as i64
+    crate::fnv1a(device_id.as_bytes()) as i64
 }
 
 /// A walk back along one device's chain ([`Store::telemetry_chain`]).

@@ -457,13 +457,7 @@ pub const MAX_TWIN_INDEXES: usize = 32;
 /// The database index of a path: a name that no path's punctuation can make collide (FNV-1a of
 /// the dotted path; stable across versions, as databases keep it).
 fn index_name(path: &JsonPath) -> String {
-    let hash = path
-        .0
-        .join(".")
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = crate::fnv1a(path.0.join(".").as_bytes());
     format!("twin_ix_{hash:016x}")
 }
 
