@@ -35,6 +35,7 @@ mod state;
 mod telemetry;
 pub mod telemetry_stream;
 pub mod tls;
+mod tls_stream;
 mod trust;
 mod twins;
 mod ws_stream;

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use certhub_pki::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::LazyConfigAcceptor;
 
 use crate::device::DeviceCore;
 use crate::gate::{Gate, GateLimits, Pending, owed};
 use crate::refusals::RefusalLimits;
 use crate::state::AppState;
+use crate::tls_stream::TlsStream;
 
 /// A connection must send its ClientHello this soon after TCP accepts it (it is the first
 /// thing a TLS client sends), and finish its handshake within `HANDSHAKE_TIMEOUT` of the
@@ -49,7 +49,7 @@ impl Default for MqttOptions {
 
 /// What runs on a device connection once its TLS handshake is done (MQTT or AMQP).
 pub(crate) type Start = fn(
-    tokio_rustls::server::TlsStream<TcpStream>,
+    TlsStream<TcpStream>,
     session::Connection,
     Arc<DeviceCore>,
 ) -> futures_util::future::BoxFuture<'static, ()>;
@@ -148,29 +148,34 @@ async fn handshake(
 ) {
     let accepted = tokio::time::Instant::now();
     let state = listener.core.state();
-    let lazy = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp);
-    let Some(Ok(start)) = owed(
-        &mut pending,
-        accepted + CLIENT_HELLO_TIMEOUT,
-        lazy,
-        state,
-        listener.core.listener(),
-    )
-    .await
-    else {
-        tracing::debug!(%peer, "no valid ClientHello in time");
+    let Ok(mut tls) = TlsStream::new(tcp, listener.tls.clone()) else {
         return;
     };
-    let tls = match owed(
+    match owed(
         &mut pending,
-        accepted + HANDSHAKE_TIMEOUT,
-        start.into_stream(listener.tls.clone()),
+        accepted + CLIENT_HELLO_TIMEOUT,
+        tls.client_hello(),
         state,
         listener.core.listener(),
     )
     .await
     {
-        Some(Ok(tls)) => tls,
+        Some(Ok(())) => {}
+        _ => {
+            tracing::debug!(%peer, "no valid ClientHello in time");
+            return;
+        }
+    }
+    match owed(
+        &mut pending,
+        accepted + HANDSHAKE_TIMEOUT,
+        tls.handshake(),
+        state,
+        listener.core.listener(),
+    )
+    .await
+    {
+        Some(Ok(())) => {}
         Some(Err(e)) => {
             tracing::debug!(%peer, error = %e, "device TLS handshake failed");
             return;
@@ -179,14 +184,13 @@ async fn handshake(
             tracing::debug!(%peer, "device TLS handshake timed out or was evicted");
             return;
         }
-    };
+    }
     let chain: Vec<CertificateDer<'static>> = tls
-        .get_ref()
-        .1
+        .connection()
         .peer_certificates()
         .map(|c| c.to_vec())
         .unwrap_or_default();
-    let tls13 = tls.get_ref().1.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
+    let tls13 = tls.connection().protocol_version() == Some(rustls::ProtocolVersion::TLSv1_3);
     let conn = session::Connection {
         peer,
         chain,
