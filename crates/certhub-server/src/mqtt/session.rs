@@ -46,18 +46,34 @@ pub(crate) struct Connection {
 pub(crate) type Conn<S> = Framed<S, Codec>;
 
 /// A device's connection from its first byte of MQTT to its end.
-pub(crate) async fn run<S>(io: S, conn: Connection, core: Arc<DeviceCore>)
+///
+/// Not an `async fn`: an async fn's future keeps its arguments for its whole life, and the
+/// stream (TLS state included, about 1.3 KB) would be held twice, once moved into the codec and
+/// once as a dead argument. The codec and its stream go on the heap here, before the future
+/// exists, and the future holds a pointer.
+pub(crate) fn run<S>(
+    io: S,
+    conn: Connection,
+    core: Arc<DeviceCore>,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     // Small buffers for CONNECT (the read buffer grows for a large packet; the session drops
     // both once admitted): Framed's default 8 KiB read and write buffers were a third of an
-    // idle session's heap. On the heap once: the futures that own it hold a pointer.
-    let mut framed = Box::new(Framed::with_capacity(
+    // idle session's heap.
+    let framed = Box::new(Framed::with_capacity(
         io,
         Codec::new(MAX_PACKET),
         IDLE_BUFFER,
     ));
+    run_framed(framed, conn, core)
+}
+
+async fn run_framed<S>(mut framed: Box<Conn<S>>, conn: Connection, core: Arc<DeviceCore>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let mut machine = Machine::new(Limits::default(), now_ms());
     // The connection phase runs in its own allocation, freed when it ends.
     let Some((live, first)) = Box::pin(admit(&mut framed, &mut machine, conn, &core)).await else {
