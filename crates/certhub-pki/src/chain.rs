@@ -720,9 +720,10 @@ pub fn verify_device_chain(
             "no client certificate was presented",
         ));
     };
-    let verified = verify_chain(leaf, intermediates, trust, now, Usage::ClientAuth)?;
+    // Parsed once, for the chain and the CN (this runs on every device connection).
+    let cert = parse_presented(leaf, "the leaf")?;
+    let verified = verify_parsed(leaf, &cert, intermediates, trust, now, Usage::ClientAuth)?;
     if let Some(expected) = device_id {
-        let cert = parse_presented(leaf, "the leaf")?;
         match common_name(cert.subject()) {
             Some(cn) if cn == expected => {}
             Some(cn) => {
@@ -762,14 +763,26 @@ pub fn verify_chain(
     now: UnixTime,
     usage: Usage,
 ) -> Result<VerifiedChain, Rejection> {
-    let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
     let leaf_cert = parse_presented(leaf, "the leaf")?;
+    verify_parsed(leaf, &leaf_cert, intermediates, trust, now, usage)
+}
+
+/// [`verify_chain`] with the leaf already parsed (`leaf_cert` is `leaf`).
+fn verify_parsed(
+    leaf: &CertificateDer<'_>,
+    leaf_cert: &X509Certificate<'_>,
+    intermediates: &[CertificateDer<'_>],
+    trust: &TrustStore,
+    now: UnixTime,
+    usage: Usage,
+) -> Result<VerifiedChain, Rejection> {
+    let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
     let parsed: Vec<X509Certificate<'_>> = intermediates
         .iter()
         .enumerate()
         .map(|(i, c)| parse_presented(c, &format!("intermediate {}", i + 1)))
         .collect::<Result<_, _>>()?;
-    check_leaf(&leaf_cert, now_secs)?;
+    check_leaf(leaf_cert, now_secs)?;
     for c in &parsed {
         check_encoding(c)?;
     }
@@ -792,13 +805,13 @@ pub fn verify_chain(
         return match trust.revoked(&verified.certs, now_secs) {
             Some(refused) => Err(refused),
             None => {
-                trust.note_crl_points(&verified, &leaf_cert, intermediates, None);
+                trust.note_crl_points(&verified, leaf_cert, intermediates, None);
                 Ok(verified)
             }
         };
     }
     let ee = EndEntityCert::try_from(leaf)
-        .map_err(|e| unusable(&e, Presented::new(leaf, &leaf_cert, &[], &[]).leaf()))?;
+        .map_err(|e| unusable(&e, Presented::new(leaf, leaf_cert, &[], &[]).leaf()))?;
     let eku = key_usage(usage);
     let algs = webpki::ALL_VERIFICATION_ALGS;
     // The path webpki built, as (anchor index, subjects from the leaf, DER of the
@@ -879,7 +892,7 @@ pub fn verify_chain(
             }
         }
         Err(e) => {
-            let presented = Presented::new(leaf, &leaf_cert, intermediates, &parsed);
+            let presented = Presented::new(leaf, leaf_cert, intermediates, &parsed);
             let rerun = Rerun {
                 ee: &ee,
                 trust,
@@ -904,7 +917,7 @@ pub fn verify_chain(
         x509_parser::parse_x509_certificate(&ders[0]).map_or([0; 32], |(_, c)| key_id_of(&c))
     });
     let mut certs = Vec::with_capacity(above.len() + 1);
-    certs.push(ChainCert::of(&leaf_cert, leaf, leaf_issuer_key));
+    certs.push(ChainCert::of(leaf_cert, leaf, leaf_issuer_key));
     certs.extend(above);
     if let Some(refused) = trust.revoked(&certs, now_secs) {
         return Err(refused);
@@ -916,7 +929,7 @@ pub fn verify_chain(
         path,
         certs,
     };
-    trust.note_crl_points(&verified, &leaf_cert, intermediates, Some(&ders));
+    trust.note_crl_points(&verified, leaf_cert, intermediates, Some(&ders));
     Ok(verified)
 }
 

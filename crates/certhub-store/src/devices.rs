@@ -168,6 +168,35 @@ impl Store {
         Ok(found)
     }
 
+    /// Reads the registry into the identities kept in memory (see `identity_cache`), a page
+    /// at a time in device id order, until it is read or the memory holds its most (250 000);
+    /// nothing when identities are not kept (PostgreSQL outside a cluster). After a start, the
+    /// first connection of each device then costs no database read: a hub restart is when a
+    /// whole fleet reconnects at once. A page that raced a registry write is not kept (its
+    /// devices are read when they connect). Returns how many were kept.
+    pub async fn warm_identities(&self) -> Result<usize> {
+        const PAGE: i64 = 2_000;
+        let Some(cache) = self.identities.get() else {
+            return Ok(0);
+        };
+        let mut after = String::new();
+        let mut kept = 0;
+        loop {
+            let ticket = cache.ticket();
+            let page = self.devices_after(&after, PAGE).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.device_id.as_str().to_string();
+            let (n, full) = cache.keep_devices(ticket, &page);
+            kept += n;
+            if full || page.len() < PAGE as usize {
+                break;
+            }
+        }
+        Ok(kept)
+    }
+
     /// A module for the CONNECT decision, as [`Store::device_for_connect`].
     pub async fn module_for_connect(
         &self,

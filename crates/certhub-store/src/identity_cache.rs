@@ -77,6 +77,33 @@ impl IdentityCache {
             .insert(d.device_id.as_str().to_string(), d.clone());
     }
 
+    /// Where a read of many identities starts (see [`IdentityCache::keep_devices`]).
+    pub(crate) fn ticket(&self) -> Ticket {
+        Ticket(self.lock().generation)
+    }
+
+    /// Keeps devices read from the database in one go (a warm-up at start), unless a write
+    /// ended since `ticket`; nothing is dropped to make room. Returns how many were kept and
+    /// whether the cache is full.
+    pub(crate) fn keep_devices(&self, ticket: Ticket, devices: &[Device]) -> (usize, bool) {
+        let mut inner = self.lock();
+        if inner.generation != ticket.0 {
+            return (0, inner.devices.len() >= MAX_ENTRIES);
+        }
+        let room = MAX_ENTRIES.saturating_sub(inner.devices.len());
+        let mut kept = 0;
+        for d in devices.iter().take(room) {
+            if inner
+                .devices
+                .insert(d.device_id.as_str().to_string(), d.clone())
+                .is_none()
+            {
+                kept += 1;
+            }
+        }
+        (kept, inner.devices.len() >= MAX_ENTRIES)
+    }
+
     /// Keeps a module read from the database, unless a write ended since `ticket`.
     pub(crate) fn keep_module(&self, ticket: Ticket, m: &Module) {
         let mut inner = self.lock();
@@ -178,6 +205,23 @@ mod tests {
             last_activity_ms: 0,
             x509_expires_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_warm_up_page_that_raced_a_write_keeps_nothing() {
+        let cache = IdentityCache::default();
+        let page = [
+            device("widget-1", certhub_core::Status::Enabled),
+            device("widget-2", certhub_core::Status::Enabled),
+        ];
+        let ticket = cache.ticket();
+        cache.forget("widget-2", None);
+        assert_eq!(cache.keep_devices(ticket, &page), (0, false));
+        assert_eq!(cache.len(), (0, 0));
+        let ticket = cache.ticket();
+        assert_eq!(cache.keep_devices(ticket, &page), (2, false));
+        let id = DeviceId::new("widget-2").expect("id");
+        assert!(cache.device(&id).is_ok());
     }
 
     #[test]

@@ -1150,12 +1150,40 @@ async fn sqlite() {
     // Reopening finds everything, and the schema is not applied twice.
     let store = Store::open_sqlite(&path).await.expect("reopen");
     assert_eq!(store.device_stats().await.expect("stats").total, 1_236);
+    // The registry read into memory at start (in pages of 2 000: one partial page here), and
+    // a write after it is still what the connect path sees.
+    assert_eq!(store.warm_identities().await.expect("warm"), 1_236);
+    let kept = store
+        .device_for_connect(&id("d1"))
+        .await
+        .expect("read")
+        .expect("exists");
+    let enabled = serde_json::from_value::<DeviceInput>(serde_json::json!({"status": "enabled"}))
+        .expect("input")
+        .into_device(&id("d1"), Some(&kept), 3_000)
+        .expect("update");
+    assert_eq!(
+        store
+            .replace_device(&enabled, &kept.etag)
+            .await
+            .expect("replace"),
+        WriteOutcome::Written
+    );
+    let seen = store
+        .device_for_connect(&id("d1"))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(seen.status, Status::Enabled);
+    assert_ne!(seen.status, kept.status, "the write was seen");
 }
 
 #[tokio::test]
 async fn postgres() {
     certhub_store::scratch::on_postgres("certhub_test", |store| async move {
         suite(&store).await;
+        // Outside a cluster, PostgreSQL keeps no identities in memory: nothing to warm.
+        assert_eq!(store.warm_identities().await.expect("warm"), 0);
     })
     .await;
 }

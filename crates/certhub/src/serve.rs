@@ -1113,6 +1113,24 @@ async fn serve(config: Config) -> Result<Outcome> {
         .await
         .map_err(|e| anyhow::anyhow!("the file store cannot be used: {e}"))?;
     state.set_file_store(files);
+    // The registry into memory, beside the listeners (a device that connects first is read
+    // from the database as before): after a restart the whole fleet reconnects at once, and
+    // each first connection then costs no database read.
+    let warm_store = store.clone();
+    tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        match warm_store.warm_identities().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                identities = n,
+                ms = started.elapsed().as_millis() as u64,
+                "registry read into memory for the connect path"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the registry into memory failed; devices are read as they connect")
+            }
+        }
+    });
     // The listeners last, once the node can serve: a connection accepted now is answered (a
     // socket bound earlier would take connections into its backlog while the node still
     // waits for NATS, and a load balancer's TCP check would count the node as up).
