@@ -271,6 +271,43 @@ struct LinkCache {
     by_issuer: RwLock<HashMap<Vec<u8>, Link>>,
     /// Leaves remembered, over all links.
     leaves: std::sync::atomic::AtomicUsize,
+    /// Device chains that verified, by [`presented_digest`]: see [`Seen`].
+    seen: RwLock<HashMap<[u8; 32], Arc<Seen>>>,
+}
+
+/// Most device chains a store remembers as parsed (about 250 bytes each: 64 MB at most).
+const MAX_SEEN: usize = 1 << 18;
+
+/// What the certificates of a device chain that verified said of themselves, kept by the
+/// SHA-256 of all of them as presented ([`presented_digest`]): the same bytes again are not
+/// parsed again. The checks that are properties of the bytes (encodings, the leaf's CA flag,
+/// key usage, key and signature algorithms) passed when it was kept; what depends on the time
+/// (the leaf's dates, the link's and the anchor's), on revocation and on the trust (the link
+/// itself, which a trust change drops with this memory) is checked on every use.
+#[derive(Debug)]
+struct Seen {
+    usage: Usage,
+    subject: String,
+    issuer: String,
+    serial: Vec<u8>,
+    not_before: i64,
+    not_after: i64,
+    /// The leaf's CN.
+    cn: Option<String>,
+    /// The leaf's CRL distribution points.
+    crl_urls: Vec<String>,
+}
+
+/// SHA-256 over a presented chain: each certificate's length, then its bytes.
+fn presented_digest(leaf: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for c in std::iter::once(leaf).chain(intermediates) {
+        ctx.update(&(c.len() as u64).to_be_bytes());
+        ctx.update(c.as_ref());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
 }
 
 #[derive(Debug)]
@@ -386,7 +423,7 @@ impl TrustStore {
     fn note_crl_points(
         &self,
         verified: &VerifiedChain,
-        leaf: &X509Certificate<'_>,
+        leaf_urls: Vec<&str>,
         intermediates: &[CertificateDer<'_>],
         path: Option<&[Vec<u8>]>,
     ) {
@@ -401,7 +438,7 @@ impl TrustStore {
                 }
             }
         };
-        want(0, crate::distribution::crl_urls(leaf));
+        want(0, leaf_urls);
         for (j, der) in path.unwrap_or_default().iter().enumerate() {
             if let Ok((_, c)) = x509_parser::parse_x509_certificate(der) {
                 want(j + 1, crate::distribution::crl_urls(&c));
@@ -535,6 +572,11 @@ impl TrustStore {
         })
     }
 
+    /// How many device chains this store remembers as parsed and verified (see [`Seen`]).
+    pub fn remembered_chains(&self) -> usize {
+        self.links.seen.read().map_or(0, |s| s.len())
+    }
+
     /// Subjects of the anchors, in insertion order.
     pub fn subjects(&self) -> impl Iterator<Item = &str> {
         self.meta.iter().map(|a| a.subject.as_str())
@@ -543,6 +585,57 @@ impl TrustStore {
     fn anchor_valid_at(&self, i: usize, now: i64) -> bool {
         let a = &self.meta[i];
         a.not_before <= now && now <= a.not_after
+    }
+
+    /// A device chain verified before, byte for byte (`digest`, [`presented_digest`]), checked
+    /// again for what is not a property of its bytes: the leaf's dates, its link (and that
+    /// link's dates and anchor), revocation. `None` when it is not remembered or any of that
+    /// does not hold: the full path then decides, and names the reason. Otherwise the chain,
+    /// or its revocation, with the leaf's CN and subject.
+    #[allow(clippy::type_complexity)]
+    fn seen_before(
+        &self,
+        digest: &[u8; 32],
+        leaf: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Option<Result<(VerifiedChain, Option<String>, String), Rejection>> {
+        let seen = self.links.seen.read().ok()?.get(digest).cloned()?;
+        let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if seen.usage != Usage::ClientAuth
+            || now_secs < seen.not_before
+            || now_secs > seen.not_after
+        {
+            return None;
+        }
+        let verified = self.via_link(
+            leaf,
+            &seen.subject,
+            (seen.issuer.clone(), &seen.serial, seen.not_after),
+            intermediates,
+            now,
+            now_secs,
+            Usage::ClientAuth,
+        )?;
+        if let Some(refused) = self.revoked(&verified.certs, now_secs) {
+            return Some(Err(refused));
+        }
+        self.note_crl_points(
+            &verified,
+            seen.crl_urls.iter().map(String::as_str).collect(),
+            intermediates,
+            None,
+        );
+        Some(Ok((verified, seen.cn.clone(), seen.subject.clone())))
+    }
+
+    /// Remembers a device chain that verified (see [`Seen`]), unless the store holds its most.
+    fn keep_seen(&self, digest: [u8; 32], seen: Seen) {
+        if let Ok(mut memo) = self.links.seen.write()
+            && memo.len() < MAX_SEEN
+        {
+            memo.insert(digest, Arc::new(seen));
+        }
     }
 
     /// The chain through a remembered link, if one applies and the leaf checks out against it.
@@ -720,11 +813,34 @@ pub fn verify_device_chain(
             "no client certificate was presented",
         ));
     };
-    // Parsed once, for the chain and the CN (this runs on every device connection).
-    let cert = parse_presented(leaf, "the leaf")?;
-    let verified = verify_parsed(leaf, &cert, intermediates, trust, now, Usage::ClientAuth)?;
+    // This runs on every device connection: the same chain again is not parsed again.
+    let digest = presented_digest(leaf, intermediates);
+    let (verified, cn, subject) = match trust.seen_before(&digest, leaf, intermediates, now) {
+        Some(found) => found?,
+        None => {
+            let cert = parse_presented(leaf, "the leaf")?;
+            let verified =
+                verify_parsed(leaf, &cert, intermediates, trust, now, Usage::ClientAuth)?;
+            let seen = Seen {
+                usage: Usage::ClientAuth,
+                subject: cert.subject().to_string(),
+                issuer: cert.issuer().to_string(),
+                serial: cert.raw_serial().to_vec(),
+                not_before: cert.validity().not_before.timestamp(),
+                not_after: cert.validity().not_after.timestamp(),
+                cn: common_name(cert.subject()),
+                crl_urls: crate::distribution::crl_urls(&cert)
+                    .into_iter()
+                    .map(str::to_string)
+                    .collect(),
+            };
+            let (cn, subject) = (seen.cn.clone(), seen.subject.clone());
+            trust.keep_seen(digest, seen);
+            (verified, cn, subject)
+        }
+    };
     if let Some(expected) = device_id {
-        match common_name(cert.subject()) {
+        match cn {
             Some(cn) if cn == expected => {}
             Some(cn) => {
                 return Err(Rejection::new(
@@ -736,8 +852,7 @@ pub fn verify_device_chain(
                 return Err(Rejection::new(
                     Reason::CnMismatch,
                     format!(
-                        "the leaf {:?} has no CN; it must be the device id {expected:?}",
-                        cert.subject().to_string()
+                        "the leaf {subject:?} has no CN; it must be the device id {expected:?}"
                     ),
                 ));
             }
@@ -805,7 +920,12 @@ fn verify_parsed(
         return match trust.revoked(&verified.certs, now_secs) {
             Some(refused) => Err(refused),
             None => {
-                trust.note_crl_points(&verified, leaf_cert, intermediates, None);
+                trust.note_crl_points(
+                    &verified,
+                    crate::distribution::crl_urls(leaf_cert),
+                    intermediates,
+                    None,
+                );
                 Ok(verified)
             }
         };
@@ -929,7 +1049,12 @@ fn verify_parsed(
         path,
         certs,
     };
-    trust.note_crl_points(&verified, leaf_cert, intermediates, Some(&ders));
+    trust.note_crl_points(
+        &verified,
+        crate::distribution::crl_urls(leaf_cert),
+        intermediates,
+        Some(&ders),
+    );
     Ok(verified)
 }
 

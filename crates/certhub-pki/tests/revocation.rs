@@ -226,3 +226,47 @@ fn a_block_by_thumbprint_or_issuer_and_serial_refuses_by_name() {
     assert!(e.detail.contains("the leaf \"CN=w3\""), "{}", e.detail);
     verify_device_chain(&w1.chain, &store, Some("w1"), now()).expect("not blocked");
 }
+
+/// A chain verified before is not parsed again, but everything that is not a property of its
+/// bytes is checked again: its CN against the id, its dates, revocation. Each refusal is the one
+/// a store that never saw the chain gives.
+#[test]
+fn a_chain_seen_before_is_checked_again_for_its_cn_dates_and_revocation() {
+    use certhub_pki::Block;
+    let p = pki();
+    let w1 = p.technician.device("w1");
+    let fresh = || TrustStore::new([p.root.cert.clone()]).expect("store");
+    let store = fresh();
+    verify_device_chain(&w1.chain, &store, Some("w1"), now()).expect("first");
+    assert_eq!(store.remembered_chains(), 1);
+    verify_device_chain(&w1.chain, &store, Some("w1"), now()).expect("again");
+    assert_eq!(store.remembered_chains(), 1);
+
+    let again = verify_device_chain(&w1.chain, &store, Some("w2"), now()).expect_err("cn");
+    let first = verify_device_chain(&w1.chain, &fresh(), Some("w2"), now()).expect_err("cn");
+    assert_eq!(again.reason, Reason::CnMismatch);
+    assert_eq!((again.reason, again.detail), (first.reason, first.detail));
+
+    let later = certhub_testkit::at(NOW + 100 * 365 * 86_400);
+    let again = verify_device_chain(&w1.chain, &store, Some("w1"), later).expect_err("expired");
+    let first = verify_device_chain(&w1.chain, &fresh(), Some("w1"), later).expect_err("expired");
+    assert_eq!((again.reason, again.detail), (first.reason, first.detail));
+
+    let mut index = Revocations::default();
+    index.add_block(
+        Block::IssuerSerial {
+            issuer: "CN=Technician-Z CA".into(),
+            serial: serial(&w1.cert),
+        },
+        NOW - 10,
+        "block 3",
+    );
+    let e = verify_device_chain(
+        &w1.chain,
+        &store.with_revocations(Arc::new(index)),
+        Some("w1"),
+        now(),
+    )
+    .expect_err("blocked");
+    assert_eq!(e.reason, Reason::CertificateBlocked);
+}
