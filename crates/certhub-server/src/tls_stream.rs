@@ -101,6 +101,15 @@ fn append(
     }
 }
 
+/// Appends a handshake record (or alert) rustls hands out to `out`.
+fn encode<Data>(data: &mut rustls::unbuffered::EncodeTlsData<'_, Data>, out: &mut Vec<u8>) {
+    let _ = append(out, |out| match data.encode(out) {
+        Ok(n) => Ok(n),
+        Err(EncodeError::InsufficientSize(e)) => Err(Some(e)),
+        Err(_) => Err(None),
+    });
+}
+
 impl<IO> TlsStream<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -190,11 +199,7 @@ where
                     }
                 }
                 ConnectionState::EncodeTlsData(mut data) => {
-                    let _ = append(&mut self.outgoing, |out| match data.encode(out) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(e)) => Err(Some(e)),
-                        Err(_) => Err(None),
-                    });
+                    encode(&mut data, &mut self.outgoing);
                 }
                 // Kept in `outgoing`, in order, until the socket takes it.
                 ConnectionState::TransmitTlsData(sent) => sent.done(),
@@ -255,11 +260,7 @@ where
                     }
                 }
                 Ok(ConnectionState::EncodeTlsData(mut data)) => {
-                    let _ = append(&mut self.outgoing, |out| match data.encode(out) {
-                        Ok(n) => Ok(n),
-                        Err(EncodeError::InsufficientSize(e)) => Err(Some(e)),
-                        Err(_) => Err(None),
-                    });
+                    encode(&mut data, &mut self.outgoing);
                 }
                 _ => return,
             }

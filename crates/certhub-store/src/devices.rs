@@ -175,7 +175,7 @@ impl Store {
     /// whole fleet reconnects at once. A page that raced a registry write is not kept (its
     /// devices are read when they connect). Returns how many were kept.
     pub async fn warm_identities(&self) -> Result<usize> {
-        const PAGE: i64 = 2_000;
+        const PAGE: i64 = 500;
         let Some(cache) = self.identities.get() else {
             return Ok(0);
         };

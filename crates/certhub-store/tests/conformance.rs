@@ -1150,7 +1150,7 @@ async fn sqlite() {
     // Reopening finds everything, and the schema is not applied twice.
     let store = Store::open_sqlite(&path).await.expect("reopen");
     assert_eq!(store.device_stats().await.expect("stats").total, 1_236);
-    // The registry read into memory at start (in pages of 2 000: one partial page here), and
+    // The registry read into memory at start (in pages of 500), and
     // a write after it is still what the connect path sees.
     assert_eq!(store.warm_identities().await.expect("warm"), 1_236);
     let kept = store
