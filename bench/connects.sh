@@ -19,6 +19,10 @@
 # each time, CONNECT, CONNACK, DISCONNECT. Figures are per second of hub CPU (the generator
 # shares the two cores).
 #
+# With POSTGRES=postgres://user@host:port each hub keeps its state in a database of its own
+# there (certhub_connects_N, dropped and made anew; psql must reach the server) instead of
+# SQLite.
+#
 # The hub listens on 127.0.0.6 (ports 28443, 28883), sources are 127.0.1.1-40: a hub of your
 # own on the defaults is left alone. Results: $WORK/results/LABEL-*.json, LABEL the binary's
 # position and file name.
@@ -88,6 +92,12 @@ for BIN in "$@"; do
     label="$n-$(basename "$BIN")"
     D="$WORK/hub-$label"
     rm -rf "$D" "$D.log"
+    if [ -n "${POSTGRES:-}" ]; then
+        db="certhub_connects_$n"
+        psql "$POSTGRES/postgres" -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" \
+            >/dev/null 2>"$WORK/psql.err" || { cat "$WORK/psql.err" >&2; exit 1; }
+        export CERTHUB_DATABASE_URL="$POSTGRES/$db"
+    fi
     start "$BIN" "$D"
     "$BIN" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified \
         --data-dir "$D" >/dev/null
