@@ -278,15 +278,14 @@ struct LinkCache {
 /// Most device chains a store remembers as parsed (about 250 bytes each: 64 MB at most).
 const MAX_SEEN: usize = 1 << 18;
 
-/// What the certificates of a device chain that verified said of themselves, kept by the
-/// SHA-256 of all of them as presented ([`presented_digest`]): the same bytes again are not
-/// parsed again. The checks that are properties of the bytes (encodings, the leaf's CA flag,
+/// What the certificates of a device chain that verified (for client authentication: only
+/// [`verify_device_chain`] keeps and reads these) said of themselves, kept by the SHA-256 of all
+/// of them as presented ([`presented_digest`]): the same bytes again are not parsed again. The checks that are properties of the bytes (encodings, the leaf's CA flag,
 /// key usage, key and signature algorithms) passed when it was kept; what depends on the time
 /// (the leaf's dates, the link's and the anchor's), on revocation and on the trust (the link
 /// itself, which a trust change drops with this memory) is checked on every use.
 #[derive(Debug)]
 struct Seen {
-    usage: Usage,
     subject: String,
     issuer: String,
     serial: Vec<u8>,
@@ -297,6 +296,9 @@ struct Seen {
     /// The leaf's CRL distribution points.
     crl_urls: Vec<String>,
 }
+
+/// A remembered device chain that still holds: the chain, the leaf's CN and subject.
+type SeenChain = (VerifiedChain, Option<String>, String);
 
 /// SHA-256 over a presented chain: each certificate's length, then its bytes.
 fn presented_digest(leaf: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
@@ -592,20 +594,16 @@ impl TrustStore {
     /// link's dates and anchor), revocation. `None` when it is not remembered or any of that
     /// does not hold: the full path then decides, and names the reason. Otherwise the chain,
     /// or its revocation, with the leaf's CN and subject.
-    #[allow(clippy::type_complexity)]
     fn seen_before(
         &self,
         digest: &[u8; 32],
         leaf: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Option<Result<(VerifiedChain, Option<String>, String), Rejection>> {
+    ) -> Option<Result<SeenChain, Rejection>> {
         let seen = self.links.seen.read().ok()?.get(digest).cloned()?;
         let now_secs = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
-        if seen.usage != Usage::ClientAuth
-            || now_secs < seen.not_before
-            || now_secs > seen.not_after
-        {
+        if now_secs < seen.not_before || now_secs > seen.not_after {
             return None;
         }
         let verified = self.via_link(
@@ -822,7 +820,6 @@ pub fn verify_device_chain(
             let verified =
                 verify_parsed(leaf, &cert, intermediates, trust, now, Usage::ClientAuth)?;
             let seen = Seen {
-                usage: Usage::ClientAuth,
                 subject: cert.subject().to_string(),
                 issuer: cert.issuer().to_string(),
                 serial: cert.raw_serial().to_vec(),

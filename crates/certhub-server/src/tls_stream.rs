@@ -110,6 +110,15 @@ fn encode<Data>(data: &mut rustls::unbuffered::EncodeTlsData<'_, Data>, out: &mu
     });
 }
 
+/// An encryption's result as [`append`] takes it.
+fn sized(r: Result<usize, EncryptError>) -> Result<usize, Option<InsufficientSizeError>> {
+    match r {
+        Ok(n) => Ok(n),
+        Err(EncryptError::InsufficientSize(e)) => Err(Some(e)),
+        Err(_) => Err(None),
+    }
+}
+
 impl<IO> TlsStream<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
@@ -213,19 +222,11 @@ where
                     let done = match then {
                         Then::Nothing => false,
                         Then::Encrypt(data) => {
-                            append(&mut self.outgoing, |out| match traffic.encrypt(data, out) {
-                                Ok(n) => Ok(n),
-                                Err(EncryptError::InsufficientSize(e)) => Err(Some(e)),
-                                Err(_) => Err(None),
-                            })
-                            .is_ok()
+                            append(&mut self.outgoing, |out| sized(traffic.encrypt(data, out)))
+                                .is_ok()
                         }
                         Then::CloseNotify => append(&mut self.outgoing, |out| {
-                            match traffic.queue_close_notify(out) {
-                                Ok(n) => Ok(n),
-                                Err(EncryptError::InsufficientSize(e)) => Err(Some(e)),
-                                Err(_) => Err(None),
-                            }
+                            sized(traffic.queue_close_notify(out))
                         })
                         .is_ok(),
                     };
