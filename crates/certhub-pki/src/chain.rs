@@ -275,7 +275,7 @@ struct LinkCache {
     seen: RwLock<HashMap<[u8; 32], Arc<Seen>>>,
 }
 
-/// Most device chains a store remembers as parsed (about 250 bytes each: 64 MB at most).
+/// Most device chains a store remembers as parsed (about 250 bytes each, an estimate: 64 MB at most).
 const MAX_SEEN: usize = 1 << 18;
 
 /// What the certificates of a device chain that verified (for client authentication: only
