@@ -145,6 +145,16 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
+            "# HELP certhub_telemetry_segments_started_total Segments of the telemetry log the writer started.\n# TYPE certhub_telemetry_segments_started_total counter\ncerthub_telemetry_segments_started_total {}",
+            log.segments_started.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP certhub_telemetry_segments_dropped_total Segments of the telemetry log the size cap dropped whole.\n# TYPE certhub_telemetry_segments_dropped_total counter\ncerthub_telemetry_segments_dropped_total {}",
+            log.segments_dropped.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
             "# HELP certhub_telemetry_refused_total Messages refused because the disk was full.\n# TYPE certhub_telemetry_refused_total counter\ncerthub_telemetry_refused_total{{reason=\"disk-full\"}} {}",
             log.refused_disk_full.load(Ordering::Relaxed)
         );

@@ -64,6 +64,22 @@ pub struct LogStats {
     pub refused_disk_full: AtomicU64,
     /// Whether the last write found the disk full.
     pub disk_full: AtomicBool,
+    /// Bytes the writer puts into a segment of the log before it starts the next (0 until
+    /// the size cap sets it: [`DEFAULT_SEGMENT_BYTES`]).
+    pub segment_bytes: AtomicI64,
+    /// Segments the writer started, and the size cap dropped whole.
+    pub segments_started: AtomicU64,
+    pub segments_dropped: AtomicU64,
+}
+
+/// A segment's size when no size cap sets one.
+pub const DEFAULT_SEGMENT_BYTES: i64 = 64 << 20;
+
+/// A segment's size under a size cap of `max_bytes`: a sixteenth of it, so that the disk holds
+/// at most about a sixteenth more than the cap and a cut drops a sixteenth at a time, within
+/// 64 KiB and 256 MiB.
+pub fn segment_bytes_for(max_bytes: i64) -> i64 {
+    (max_bytes / 16).clamp(64 << 10, 256 << 20)
 }
 
 /// What a device is told when its message could not be stored because the disk is full.
@@ -254,6 +270,7 @@ impl TelemetryLog {
     /// Starts the writer; sequence numbers continue after the highest stored one.
     pub async fn start(store: Store) -> Result<Self, certhub_store::StoreError> {
         let source = Source::Table(store.clone());
+        store.own_telemetry_segments();
         let mut seq = store.last_telemetry_seq().await?;
         let chains = Arc::new(Chains::load(&store, seq).await?);
         let (tx, mut rx) = mpsc::channel::<Pending>(4096);
@@ -293,6 +310,10 @@ impl TelemetryLog {
             let stats = writer_stats;
             let chains = writer_chains;
             let mut pending: Vec<Pending> = Vec::with_capacity(MAX_BATCH);
+            // Messages and bytes written into the newest segment since this writer started or
+            // began it, and whether it began it (then that is all the segment holds).
+            let mut in_segment = (0i64, 0i64);
+            let mut whole_segment = false;
             loop {
                 if pending.is_empty() {
                     if rx.recv_many(&mut pending, MAX_BATCH).await == 0 {
@@ -354,6 +375,29 @@ impl TelemetryLog {
                     stats.bytes.fetch_add(size, Ordering::AcqRel);
                     stats.disk_full.store(false, Ordering::Release);
                     let _ = committed_tx.send(seq);
+                    in_segment.0 += records.len() as i64;
+                    in_segment.1 += size;
+                    let limit = match stats.segment_bytes.load(Ordering::Relaxed) {
+                        0 => DEFAULT_SEGMENT_BYTES,
+                        n => n,
+                    };
+                    if in_segment.1 >= limit {
+                        // The next segment starts above every number stored (on a cluster's
+                        // shared log another node may have gone further).
+                        let counted = whole_segment.then_some(in_segment);
+                        match store.roll_telemetry_segment(counted).await {
+                            Ok(Some(next)) => {
+                                seq = seq.max(next - 1);
+                                stats.segments_started.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "telemetry: a new segment of the log could not be started; the writer goes on in the current one")
+                            }
+                        }
+                        in_segment = (0, 0);
+                        whole_segment = true;
+                    }
                 }
                 let disk_full = result
                     .as_ref()
@@ -654,51 +698,102 @@ impl Future for Committed {
 /// holds 90 % of it, with an audit record (`telemetry.dropped`) and the metrics
 /// `certhub_telemetry_dropped_total` and `certhub_telemetry_dropped_bytes_total`. Checked
 /// every second; a cluster's stream keeps its own limits.
+///
+/// The log is in segments of a sixteenth of the cap ([`segment_bytes_for`]): the oldest are
+/// dropped whole. Rows are deleted from the front only where a segment is too large to drop
+/// whole (a log kept from before segments, or one grown across restarts).
 pub async fn enforce_size_cap(state: crate::AppState, max_bytes: i64) {
     let log = state.telemetry().clone();
     let Source::Table(store) = &log.source else {
         return;
     };
+    log.stats
+        .segment_bytes
+        .store(segment_bytes_for(max_bytes), Ordering::Relaxed);
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         let bytes = log.stats.bytes.load(Ordering::Acquire);
         if bytes <= max_bytes {
             continue;
         }
-        let excess = bytes - max_bytes / 10 * 9;
-        let cut = match store.telemetry_cut(excess).await {
-            Ok(Some(cut)) => cut,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!(error = %e, "telemetry size cap: the cut could not be found");
-                continue;
+        let target = max_bytes / 10 * 9;
+        let (mut n, mut freed, mut end) = (0u64, 0i64, None);
+        let mut failed = None;
+        match store.telemetry_segments(false).await {
+            Ok(list) => {
+                let mut left = bytes;
+                for (segment, next) in list.iter().zip(list.iter().skip(1)) {
+                    let Some((messages, size)) = segment.counted else {
+                        break;
+                    };
+                    // Half the cap stays: a segment larger than that is cut row by row below.
+                    if left <= target || left - size < max_bytes / 2 {
+                        break;
+                    }
+                    match store.drop_telemetry_segment(segment.id).await {
+                        Ok(_) => {
+                            log.stats.segments_dropped.fetch_add(1, Ordering::Relaxed);
+                            n += messages as u64;
+                            freed += size;
+                            left -= size;
+                            end = Some(next.first_seq);
+                        }
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                if failed.is_none() && left > target {
+                    match cut_rows(store, left - target).await {
+                        Ok(Some((rows, row_bytes, cut_end))) => {
+                            n += rows;
+                            freed += row_bytes;
+                            end = Some(cut_end);
+                        }
+                        Ok(None) => {}
+                        Err(e) => failed = Some(e.to_string()),
+                    }
+                }
             }
-        };
-        let (end, freed) = cut;
-        match store.drop_telemetry_before(end).await {
-            Ok(n) => {
-                log.forget_bytes(freed);
-                log.stats.dropped.fetch_add(n, Ordering::Relaxed);
-                log.stats
-                    .dropped_bytes
-                    .fetch_add(u64::try_from(freed).unwrap_or(0), Ordering::Relaxed);
-                let detail = format!(
-                    "the log held {bytes} bytes, over telemetry_max_bytes {max_bytes}: the oldest {n} messages ({freed} bytes, numbered below {end}) were dropped"
-                );
-                tracing::warn!(dropped = n, bytes = freed, "telemetry size cap");
-                state
-                    .audit(
-                        &crate::state::System,
-                        "telemetry.dropped",
-                        "telemetry",
-                        "ok",
-                        &detail,
-                    )
-                    .await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "telemetry size cap: messages could not be dropped")
-            }
+            Err(e) => failed = Some(e.to_string()),
         }
+        if let Some(e) = failed {
+            tracing::warn!(error = %e, "telemetry size cap: messages could not be dropped");
+        }
+        let Some(end) = end else {
+            continue;
+        };
+        log.forget_bytes(freed);
+        log.stats.dropped.fetch_add(n, Ordering::Relaxed);
+        log.stats
+            .dropped_bytes
+            .fetch_add(u64::try_from(freed).unwrap_or(0), Ordering::Relaxed);
+        let detail = format!(
+            "the log held {bytes} bytes, over telemetry_max_bytes {max_bytes}: the oldest {n} messages ({freed} bytes, numbered below {end}) were dropped"
+        );
+        tracing::warn!(dropped = n, bytes = freed, "telemetry size cap");
+        state
+            .audit(
+                &crate::state::System,
+                "telemetry.dropped",
+                "telemetry",
+                "ok",
+                &detail,
+            )
+            .await;
     }
+}
+
+/// Deletes rows from the front of the log to free `excess` bytes: (messages, bytes, the first
+/// number kept).
+async fn cut_rows(
+    store: &Store,
+    excess: i64,
+) -> Result<Option<(u64, i64, i64)>, certhub_store::StoreError> {
+    let Some((end, freed)) = store.telemetry_cut(excess).await? else {
+        return Ok(None);
+    };
+    let n = store.drop_telemetry_before(end).await?;
+    Ok(Some((n, freed, end)))
 }

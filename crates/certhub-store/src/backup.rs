@@ -95,11 +95,25 @@ pub async fn check_sqlite(path: &Path) -> Result<SqliteFacts> {
             written_by: crate::schema::version_named(written_by.ok().flatten()),
         });
     }
-    let count = |table: &'static str| {
+    let count = |table: &str| {
         sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {table}")))
     };
     let devices = count("devices").fetch_one(&mut conn).await.unwrap_or(0);
-    let messages = count("telemetry").fetch_one(&mut conn).await.unwrap_or(0);
+    // The log is in segments from schema step 18, one table before.
+    let messages = match sqlx::query_scalar::<_, i64>("SELECT id FROM telemetry_segments")
+        .fetch_all(&mut conn)
+        .await
+    {
+        Ok(ids) => {
+            let mut n = 0;
+            for id in ids {
+                let table = crate::telemetry_segments::table(id);
+                n += count(&table).fetch_one(&mut conn).await.unwrap_or(0);
+            }
+            n
+        }
+        Err(_) => count("telemetry").fetch_one(&mut conn).await.unwrap_or(0),
+    };
     conn.close().await?;
     Ok(SqliteFacts {
         schema,

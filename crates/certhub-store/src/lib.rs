@@ -25,6 +25,7 @@ mod schema;
 pub mod scratch;
 mod service_queues;
 mod telemetry;
+mod telemetry_segments;
 mod twin_query;
 mod twins;
 
@@ -50,6 +51,7 @@ pub use telemetry::{
     ChainState, ChainWalk, PAGE_BYTES, TELEMETRY_ROWS, TelemetryBounds, TelemetryRecord,
     device_hash, telemetry_bytes,
 };
+pub use telemetry_segments::Segment as TelemetrySegment;
 pub use twin_query::{
     DeviceWithTwin, Field as TwinField, JsonPath, Kind as TwinKind, MAX_TWIN_INDEXES, Op as TwinOp,
     Pred as TwinPred, Scalar as TwinScalar, TwinIndex,
@@ -74,6 +76,9 @@ pub enum StoreError {
     },
     #[error("a database write did not finish: {0}")]
     WriteLost(String),
+    /// Telemetry numbers another writer of the same log (a cluster node) has gone past.
+    #[error("these telemetry sequence numbers belong to a segment another writer has closed")]
+    NumbersTaken,
     /// The database could not be reached or opened; the text says where and what to do.
     #[error("{0}")]
     Unreachable(String),
@@ -95,7 +100,8 @@ impl StoreError {
 
     /// Whether a write failed because a row with its key exists (another writer came first).
     pub fn is_duplicate_key(&self) -> bool {
-        matches!(self, Self::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
+        matches!(self, Self::NumbersTaken)
+            || matches!(self, Self::Db(sqlx::Error::Database(e)) if e.is_unique_violation())
     }
 
     /// Whether the database could not be reached (down, restarting, refusing connections),
@@ -148,6 +154,8 @@ pub struct Store {
     upgrade_backup: Option<std::sync::Arc<backup::UpgradeBackup>>,
     /// Whether text orders by its UTF-8 bytes (see [`Store::text_orders_bytewise`]).
     bytewise_text: bool,
+    /// The telemetry log's segments, as this process last read them.
+    segments: std::sync::Arc<telemetry_segments::SegmentCache>,
 }
 
 /// Called with a written identity: its device id, and its module id for a module.
@@ -316,6 +324,7 @@ impl Store {
             on_identity_write: Default::default(),
             upgrade_backup: None,
             bytewise_text: true,
+            segments: Default::default(),
         };
         if backend == Backend::Sqlite {
             let _ = store.identities.set(Default::default());

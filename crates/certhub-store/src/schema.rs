@@ -333,6 +333,17 @@ const STEPS: &[&str] = &[
     );
     INSERT INTO telemetry_chain (known_from, heads_upto)
         SELECT COALESCE(MAX(seq), 0), COALESCE(MAX(seq), 0) FROM telemetry",
+    // 18: the telemetry log in segments, each a table of its own (`telemetry_seg_N`, from
+    // `first_seq` up to the next segment's), so that the size cap drops the oldest whole; the
+    // log so far becomes segment 0. `messages` and `bytes` are counted once a segment is sealed.
+    "CREATE TABLE telemetry_segments (
+        id BIGINT PRIMARY KEY,
+        first_seq BIGINT NOT NULL,
+        messages BIGINT,
+        bytes BIGINT
+    );
+    INSERT INTO telemetry_segments (id, first_seq) VALUES (0, 0);
+    ALTER TABLE telemetry RENAME TO telemetry_seg_0",
 ];
 
 /// The schema steps this version knows.

@@ -2,6 +2,7 @@
 
 use sqlx::Row;
 
+use crate::telemetry_segments::{self as segments, Segment};
 use crate::{Result, Store};
 
 /// One stored message.
@@ -53,12 +54,22 @@ pub struct ChainState {
 }
 
 impl Store {
-    /// The highest sequence number stored (0 when empty).
+    /// The highest sequence number stored, or taken by a message since dropped (0 for a log
+    /// that never held one): numbering goes on above it.
     pub async fn last_telemetry_seq(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS s FROM telemetry")
+        self.with_segments(|list| async move {
+            let newest = list.last().expect("segments");
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT MAX(seq) AS s FROM {}",
+                segments::table(newest.id)
+            )))
             .fetch_one(self.pool())
             .await?;
-        Ok(row.try_get("s")?)
+            let last: Option<i64> = row.try_get("s")?;
+            // A new segment starts just above the last number of the one before it.
+            Ok(last.unwrap_or(newest.first_seq - 1).max(0))
+        })
+        .await
     }
 
     /// Appends messages in one transaction: all of them are durable when this returns, or
@@ -69,20 +80,49 @@ impl Store {
     }
 
     /// [`Store::append_telemetry`], each message with the number of its device's previous one
-    /// (`prev[i]` for `records[i]`; missing or None: none known).
+    /// (`prev[i]` for `records[i]`; missing or None: none known). The messages go into the
+    /// newest segment.
     pub async fn append_telemetry_linked(
         &self,
         records: &[TelemetryRecord],
         prev: &[Option<i64>],
     ) -> Result<()> {
+        let list = self.segments().await?;
+        let newest = *list.last().expect("segments");
+        match self.append_into(newest.id, records, prev).await {
+            // Another node started a newer segment (PostgreSQL without NATS), or this copy of
+            // the list is out of date: write into the newest there is, when the numbers
+            // belong there; otherwise the writer numbers the batch again, as for numbers
+            // another node took.
+            Err(e) if segments::is_past_segment_end(&e) || segments::is_missing_table(&e) => {
+                let list = self.reload_segments().await?;
+                let newest = *list.last().expect("segments");
+                if records.first().is_some_and(|r| r.seq < newest.first_seq) {
+                    return Err(crate::StoreError::NumbersTaken);
+                }
+                self.append_into(newest.id, records, prev).await
+            }
+            other => other,
+        }
+    }
+
+    async fn append_into(
+        &self,
+        segment: i64,
+        records: &[TelemetryRecord],
+        prev: &[Option<i64>],
+    ) -> Result<()> {
         if records.len().is_power_of_two() && records.len() <= TELEMETRY_ROWS {
-            return self.insert_telemetry(records, prev, self.pool()).await;
+            return self
+                .insert_telemetry(segment, records, prev, self.pool())
+                .await;
         }
         let mut tx = self.pool().begin().await?;
         let mut at = 0;
         for chunk in crate::pow2_chunks(records, TELEMETRY_ROWS) {
             let links = prev.get(at..).unwrap_or_default();
-            self.insert_telemetry(chunk, links, &mut *tx).await?;
+            self.insert_telemetry(segment, chunk, links, &mut *tx)
+                .await?;
             at += chunk.len();
         }
         tx.commit().await?;
@@ -91,6 +131,7 @@ impl Store {
 
     async fn insert_telemetry<'e, E>(
         &self,
+        segment: i64,
         chunk: &[TelemetryRecord],
         prev: &[Option<i64>],
         on: E,
@@ -99,7 +140,9 @@ impl Store {
         E: sqlx::Executor<'e, Database = sqlx::Any>,
     {
         let rows = chunk.len();
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(self.insert_telemetry_sql(rows)));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(
+            self.insert_telemetry_sql(segment, rows),
+        ));
         for (i, r) in chunk.iter().enumerate() {
             q = q
                 .bind(r.seq)
@@ -122,7 +165,7 @@ impl Store {
     }
 
     /// `INSERT ... VALUES (...), (...)` for `rows` rows.
-    fn insert_telemetry_sql(&self, rows: usize) -> String {
+    fn insert_telemetry_sql(&self, segment: i64, rows: usize) -> String {
         // On SQLite, OR IGNORE means no row of the statement can abort it, so SQLite keeps no
         // statement journal (a copy of every page the statement changes, spilled to a
         // temporary file for large inserts); the caller checks that every row was written.
@@ -130,8 +173,10 @@ impl Store {
             crate::Backend::Sqlite => "INSERT OR IGNORE",
             crate::Backend::Postgres => "INSERT",
         });
+        sql.push_str(" INTO ");
+        sql.push_str(&segments::table(segment));
         sql.push_str(
-            " INTO telemetry (seq, device_id, module_id, enqueued_ms, properties, body, prev_seq) VALUES ",
+            " (seq, device_id, module_id, enqueued_ms, properties, body, prev_seq) VALUES ",
         );
         self.push_values(&mut sql, rows, FIELDS);
         sql
@@ -195,6 +240,91 @@ impl Store {
         device: Option<&str>,
         limit: i64,
     ) -> Result<Vec<TelemetryRecord>> {
+        self.with_segments(|list| self.page_in(list, rows, device, limit))
+            .await
+    }
+
+    /// A page read segment by segment, oldest first, until it holds `limit` messages or
+    /// [`PAGE_BYTES`] of bodies.
+    async fn page_in(
+        &self,
+        mut list: std::sync::Arc<Vec<Segment>>,
+        rows: Rows<'_>,
+        device: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<TelemetryRecord>> {
+        let (low, high) = match rows {
+            Rows::After { after, upto } => (after.saturating_add(1), upto.unwrap_or(i64::MAX)),
+            Rows::At(seqs) => (
+                seqs.iter().copied().min().unwrap_or(0),
+                seqs.iter().copied().max().unwrap_or(0),
+            ),
+        };
+        let mut records: Vec<TelemetryRecord> = Vec::new();
+        let mut bytes = 0i64;
+        let mut i = segments::segment_of(&list, low);
+        loop {
+            if let Some(segment) = list.get(i) {
+                if segment.first_seq > high {
+                    break;
+                }
+                if segments::segment_end(&list, i) >= low {
+                    // Reads after a number go on from the last message found: a segment read
+                    // again (see below) gives only what it gained.
+                    let part = match rows {
+                        Rows::After { after, upto } => Rows::After {
+                            after: records.last().map_or(after, |r| r.seq.max(after)),
+                            upto,
+                        },
+                        at => at,
+                    };
+                    let want = limit - records.len() as i64;
+                    let found = self
+                        .segment_page(segment.id, part, device, want, PAGE_BYTES - bytes)
+                        .await?;
+                    bytes += found.iter().map(|r| r.body.len() as i64).sum::<i64>();
+                    records.extend(found);
+                    if records.len() as i64 >= limit || bytes >= PAGE_BYTES {
+                        break;
+                    }
+                }
+                i += 1;
+                continue;
+            }
+            // The end of the list: when the writer has started a segment since it was read, the
+            // newest segment read took messages after it was read and the new one holds the
+            // rest. Read both.
+            if matches!(rows, Rows::At(_)) {
+                break;
+            }
+            let fresh = if self.segments_owned() {
+                self.segments().await?
+            } else {
+                self.reload_segments().await?
+            };
+            let seen = list.last().map_or(i64::MIN, |s| s.id);
+            if fresh.last().map(|s| s.id) == Some(seen) {
+                break;
+            }
+            let Some(at) = fresh.iter().position(|s| s.id >= seen) else {
+                break;
+            };
+            i = at;
+            list = fresh;
+        }
+        Ok(records)
+    }
+
+    /// One segment's part of a page: at most `limit` messages, and no more once `budget`
+    /// bytes of bodies are in (at least one message).
+    async fn segment_page(
+        &self,
+        segment: i64,
+        rows: Rows<'_>,
+        device: Option<&str>,
+        limit: i64,
+        budget: i64,
+    ) -> Result<Vec<TelemetryRecord>> {
         let (aggregate, row, hex) = match self.backend {
             crate::Backend::Sqlite => ("json_group_array", "json_array", "hex(body)"),
             crate::Backend::Postgres => ("json_agg", "json_build_array", "encode(body, 'hex')"),
@@ -224,9 +354,10 @@ impl Store {
         let sql = format!(
             "SELECT CAST({aggregate}({row}(seq, device_id, module_id, enqueued_ms, properties, {hex})) AS TEXT) AS page \
              FROM (SELECT *, SUM(length(body)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING) AS upto \
-                   FROM (SELECT seq, device_id, module_id, enqueued_ms, properties, body FROM telemetry \
+                   FROM (SELECT seq, device_id, module_id, enqueued_ms, properties, body FROM {table} \
                          WHERE {which}{by_device} ORDER BY seq LIMIT {limit}) AS page_rows) AS sized \
              WHERE upto - length(body) < {bytes}",
+            table = segments::table(segment),
             limit = next(),
             bytes = next(),
         );
@@ -242,7 +373,7 @@ impl Store {
         }
         let row = q
             .bind(limit)
-            .bind(PAGE_BYTES)
+            .bind(budget.max(1))
             .fetch_one(self.reader())
             .await?;
         let page: Option<String> = row.try_get("page")?;
@@ -287,8 +418,8 @@ enum Rows<'a> {
 impl Store {
     /// Walks one device's chain back from `head` (its newest message, or a later one of
     /// another device sharing its hash): at most `hops` messages, down to the first one
-    /// numbered at or below `after`. One statement, one row: a recursive walk of primary-key
-    /// lookups.
+    /// numbered at or below `after`. One statement per segment the chain crosses: a recursive
+    /// walk of primary-key lookups.
     pub async fn telemetry_chain(
         &self,
         head: i64,
@@ -296,6 +427,66 @@ impl Store {
         after: i64,
         hops: i64,
     ) -> Result<ChainWalk> {
+        self.with_segments(|list| self.chain_in(list, head, device, after, hops))
+            .await
+    }
+
+    async fn chain_in(
+        &self,
+        list: std::sync::Arc<Vec<Segment>>,
+        head: i64,
+        device: &str,
+        after: i64,
+        hops: i64,
+    ) -> Result<ChainWalk> {
+        let mut walk = ChainWalk::default();
+        let (mut from, mut left) = (head, hops);
+        loop {
+            let i = segments::segment_of(&list, from);
+            // A number below the oldest segment was dropped with its segment.
+            if from <= after || list.get(i).is_none_or(|s| s.first_seq > from) {
+                walk.ended = true;
+                break;
+            }
+            let (links, last) = self
+                .segment_chain(list[i].id, from, device, after, left)
+                .await?;
+            walk.mine.extend(links);
+            let Some((oldest, prev, n)) = last else {
+                // `from` is not there (retention deleted it): the walk ends.
+                walk.ended = true;
+                break;
+            };
+            walk.oldest = Some(oldest);
+            left -= n;
+            match prev {
+                Some(p) if p > after && p < list[i].first_seq && left > 0 => from = p,
+                Some(p) if p > after && left == 0 => break,
+                Some(p) if p > after && p >= list[i].first_seq => {
+                    // The step below was not in its segment: deleted.
+                    walk.ended = true;
+                    break;
+                }
+                _ => {
+                    walk.ended = true;
+                    break;
+                }
+            }
+        }
+        walk.mine.sort_unstable();
+        Ok(walk)
+    }
+
+    /// The walk within one segment: the device's messages found, and the oldest step (its
+    /// number, the number it points to, the steps taken).
+    async fn segment_chain(
+        &self,
+        segment: i64,
+        head: i64,
+        device: &str,
+        after: i64,
+        hops: i64,
+    ) -> Result<(Vec<i64>, Option<(i64, Option<i64>, i64)>)> {
         let (aggregate, row) = match self.backend {
             crate::Backend::Sqlite => ("json_group_array", "json_array"),
             crate::Backend::Postgres => ("json_agg", "json_build_array"),
@@ -304,12 +495,13 @@ impl Store {
         let sql = format!(
             "WITH RECURSIVE chain(seq, prev, mine, n) AS ( \
                  SELECT seq, prev_seq, CASE WHEN device_id = {p1} THEN 1 ELSE 0 END, 1 \
-                 FROM telemetry WHERE seq = {p2} AND seq > {p3} \
+                 FROM {table} WHERE seq = {p2} AND seq > {p3} \
                  UNION ALL \
                  SELECT t.seq, t.prev_seq, CASE WHEN t.device_id = {p4} THEN 1 ELSE 0 END, c.n + 1 \
-                 FROM chain c JOIN telemetry t ON t.seq = c.prev \
+                 FROM chain c JOIN {table} t ON t.seq = c.prev \
                  WHERE c.prev > {p5} AND c.n < {p6}) \
              SELECT CAST({aggregate}({row}(seq, prev, mine, n)) AS TEXT) AS walk FROM chain",
+            table = segments::table(segment),
             p1 = p(1),
             p2 = p(2),
             p3 = p(3),
@@ -328,27 +520,14 @@ impl Store {
             .await?
             .try_get("walk")?;
         let Some(walk) = walk else {
-            return Ok(ChainWalk {
-                ended: true,
-                ..ChainWalk::default()
-            });
+            return Ok((Vec::new(), None));
         };
         let links: Vec<(i64, Option<i64>, i64, i64)> = serde_json::from_str(&walk)
             .map_err(|e| crate::StoreError::Corrupt(format!("a telemetry chain: {e}")))?;
         // The last step of the walk is the oldest message it reached.
-        let Some(&(oldest, prev, _, n)) = links.iter().max_by_key(|l| l.3) else {
-            return Ok(ChainWalk {
-                ended: true,
-                ..ChainWalk::default()
-            });
-        };
-        let mut mine: Vec<i64> = links.iter().filter(|l| l.2 == 1).map(|l| l.0).collect();
-        mine.sort_unstable();
-        Ok(ChainWalk {
-            mine,
-            ended: n < hops || prev.is_none_or(|p| p <= after),
-            oldest: Some(oldest),
-        })
+        let last = links.iter().max_by_key(|l| l.3).map(|l| (l.0, l.1, l.3));
+        let mine = links.iter().filter(|l| l.2 == 1).map(|l| l.0).collect();
+        Ok((mine, last))
     }
 
     /// Where the chains stand.
@@ -381,15 +560,28 @@ impl Store {
     /// Each device's newest message numbered above `after` (what the log gained since the
     /// heads were last saved): (device id, number).
     pub async fn telemetry_newest_after(&self, after: i64) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
-            "SELECT device_id, MAX(seq) AS seq FROM telemetry WHERE seq > $1 GROUP BY device_id",
-        )
-        .bind(after)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("device_id")?, r.try_get("seq")?)))
-            .collect()
+        self.with_segments(|list| async move {
+            let mut newest = std::collections::HashMap::<String, i64>::new();
+            for (i, segment) in list.iter().enumerate() {
+                if segments::segment_end(&list, i) <= after {
+                    continue;
+                }
+                let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT device_id, MAX(seq) AS seq FROM {} WHERE seq > $1 GROUP BY device_id",
+                    segments::table(segment.id)
+                )))
+                .bind(after)
+                .fetch_all(self.pool())
+                .await?;
+                for r in &rows {
+                    let (device, seq): (String, i64) = (r.try_get("device_id")?, r.try_get("seq")?);
+                    let kept = newest.entry(device).or_insert(seq);
+                    *kept = (*kept).max(seq);
+                }
+            }
+            Ok(newest.into_iter().collect())
+        })
+        .await
     }
 
     /// Saves devices' newest messages, and that the saved map is complete up to `upto`.
@@ -426,12 +618,21 @@ impl Store {
 
     /// How many stored messages point to an earlier message of their device.
     pub async fn telemetry_links(&self) -> Result<i64> {
-        Ok(
-            sqlx::query("SELECT COUNT(*) AS n FROM telemetry WHERE prev_seq IS NOT NULL")
+        self.with_segments(|list| async move {
+            let mut links = 0;
+            for segment in list.iter() {
+                let n: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) AS n FROM {} WHERE prev_seq IS NOT NULL",
+                    segments::table(segment.id)
+                )))
                 .fetch_one(self.reader())
                 .await?
-                .try_get("n")?,
-        )
+                .try_get("n")?;
+                links += n;
+            }
+            Ok(links)
+        })
+        .await
     }
 
     /// Chains are complete only above `known_from` from now on (`i64::MAX`: off).
@@ -478,25 +679,37 @@ pub struct TelemetryBounds {
 impl Store {
     /// The oldest and newest messages kept.
     pub async fn telemetry_bounds(&self) -> Result<TelemetryBounds> {
-        let row = sqlx::query("SELECT MIN(seq) AS lo, MAX(seq) AS hi FROM telemetry")
-            .fetch_one(self.reader())
-            .await?;
-        let first_seq: Option<i64> = row.try_get("lo")?;
-        let hi: Option<i64> = row.try_get("hi")?;
-        let last = match hi {
-            Some(seq) => {
-                let row = sqlx::query("SELECT enqueued_ms FROM telemetry WHERE seq = $1")
-                    .bind(seq)
-                    .fetch_optional(self.reader())
-                    .await?;
-                match row {
-                    Some(r) => Some((seq, r.try_get("enqueued_ms")?)),
-                    None => None,
+        self.with_segments(|list| async move {
+            let mut first_seq = None;
+            for segment in list.iter() {
+                let lo: Option<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT MIN(seq) AS lo FROM {}",
+                    segments::table(segment.id)
+                )))
+                .fetch_one(self.reader())
+                .await?
+                .try_get("lo")?;
+                if lo.is_some() {
+                    first_seq = lo;
+                    break;
                 }
             }
-            None => None,
-        };
-        Ok(TelemetryBounds { first_seq, last })
+            let mut last = None;
+            for segment in list.iter().rev() {
+                let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT seq, enqueued_ms FROM {} ORDER BY seq DESC LIMIT 1",
+                    segments::table(segment.id)
+                )))
+                .fetch_optional(self.reader())
+                .await?;
+                if let Some(r) = row {
+                    last = Some((r.try_get("seq")?, r.try_get("enqueued_ms")?));
+                    break;
+                }
+            }
+            Ok(TelemetryBounds { first_seq, last })
+        })
+        .await
     }
 
     /// The sequence number just before the first message enqueued after `ms` (at or after it
@@ -504,13 +717,37 @@ impl Store {
     /// numbered in the order the writer commits them, so their enqueued times rise with their
     /// numbers (within the writer's batching).
     pub async fn telemetry_seq_before_time(&self, ms: i64, inclusive: bool) -> Result<i64> {
-        let sql = if inclusive {
-            "SELECT MIN(seq) AS s FROM telemetry WHERE enqueued_ms >= $1"
-        } else {
-            "SELECT MIN(seq) AS s FROM telemetry WHERE enqueued_ms > $1"
-        };
-        let row = sqlx::query(sql).bind(ms).fetch_one(self.reader()).await?;
-        let first: Option<i64> = row.try_get("s")?;
+        let first = self
+            .with_segments(|list| async move {
+                let op = if inclusive { ">=" } else { ">" };
+                for segment in list.iter() {
+                    let table = segments::table(segment.id);
+                    // A segment whose newest message is older is passed over without a scan.
+                    let newest: Option<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT enqueued_ms FROM {table} ORDER BY seq DESC LIMIT 1"
+                    )))
+                    .fetch_optional(self.reader())
+                    .await?
+                    .map(|r| r.try_get("enqueued_ms"))
+                    .transpose()?;
+                    let late = newest.is_some_and(|t| if inclusive { t >= ms } else { t > ms });
+                    if !late {
+                        continue;
+                    }
+                    let first: Option<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT MIN(seq) AS s FROM {table} WHERE enqueued_ms {op} $1"
+                    )))
+                    .bind(ms)
+                    .fetch_one(self.reader())
+                    .await?
+                    .try_get("s")?;
+                    if first.is_some() {
+                        return Ok(first);
+                    }
+                }
+                Ok(None)
+            })
+            .await?;
         match first {
             Some(s) => Ok(s - 1),
             // Nothing that late: the reader starts after the newest message.
@@ -530,47 +767,57 @@ pub fn telemetry_bytes(record: &TelemetryRecord) -> i64 {
 }
 
 /// [`telemetry_bytes`] in SQL.
-const ROW_BYTES: &str = "(LENGTH(body) + LENGTH(properties) + LENGTH(device_id) \
+pub(crate) const ROW_BYTES: &str = "(LENGTH(body) + LENGTH(properties) + LENGTH(device_id) \
     + COALESCE(LENGTH(module_id), 0) + 24)";
 
 impl Store {
     /// The log's size as the cap counts it ([`telemetry_bytes`] of every message). Reads the
-    /// whole log: once at start, then the writer keeps count.
+    /// newest segment whole and the sealed ones once (their counts are kept): once at start,
+    /// then the writer keeps count.
     pub async fn telemetry_size(&self) -> Result<i64> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT CAST(COALESCE(SUM({ROW_BYTES}), 0) AS BIGINT) AS b FROM telemetry"
-        )))
-        .fetch_one(self.reader())
-        .await?;
-        Ok(row.try_get("b")?)
+        Ok(self
+            .telemetry_segments(true)
+            .await?
+            .iter()
+            .filter_map(|s| s.counted)
+            .map(|(_, bytes)| bytes)
+            .sum())
     }
 
     /// Where to cut the front of the log to free at least `excess` bytes: the first sequence
-    /// number to keep and the bytes before it; None for an empty log.
+    /// number to keep and the bytes before it; None for an empty log. Walks the messages from
+    /// the front (for a segment larger than the cut: see [`Store::drop_telemetry_before`]).
     pub async fn telemetry_cut(&self, excess: i64) -> Result<Option<(i64, i64)>> {
         const CHUNK: i64 = 4096;
-        let (mut after, mut freed) = (i64::MIN, 0i64);
-        loop {
-            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT seq, {ROW_BYTES} AS n FROM telemetry WHERE seq > $1 ORDER BY seq LIMIT $2"
-            )))
-            .bind(after)
-            .bind(CHUNK)
-            .fetch_all(self.reader())
-            .await?;
-            for r in &rows {
-                let seq: i64 = r.try_get("seq")?;
-                let n: i64 = r.try_get("n")?;
-                freed += n;
-                after = seq;
-                if freed >= excess {
-                    return Ok(Some((seq + 1, freed)));
+        self.with_segments(|list| async move {
+            let (mut after, mut freed) = (i64::MIN, 0i64);
+            for segment in list.iter() {
+                loop {
+                    let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT seq, {ROW_BYTES} AS n FROM {} WHERE seq > $1 ORDER BY seq LIMIT $2",
+                        segments::table(segment.id)
+                    )))
+                    .bind(after)
+                    .bind(CHUNK)
+                    .fetch_all(self.reader())
+                    .await?;
+                    for r in &rows {
+                        let seq: i64 = r.try_get("seq")?;
+                        let n: i64 = r.try_get("n")?;
+                        freed += n;
+                        after = seq;
+                        if freed >= excess {
+                            return Ok(Some((seq + 1, freed)));
+                        }
+                    }
+                    if (rows.len() as i64) < CHUNK {
+                        break;
+                    }
                 }
             }
-            if (rows.len() as i64) < CHUNK {
-                return Ok((after != i64::MIN).then_some((after + 1, freed)));
-            }
-        }
+            Ok((after != i64::MIN).then_some((after + 1, freed)))
+        })
+        .await
     }
 
     /// Deletes the messages numbered below `end` (the size cap's cut); returns how many.
@@ -582,50 +829,82 @@ impl Store {
     /// newest `keep`. Returns how many were deleted, and their bytes ([`telemetry_bytes`]).
     pub async fn prune_telemetry(&self, before_ms: i64, keep: i64) -> Result<(u64, i64)> {
         // The log is in arrival order: the old messages are the run before the first one
-        // enqueued at or after `before_ms`, found by walking the key from the front (a filter
-        // on the enqueued time alone would scan the whole log, holding up the writer for
-        // seconds on a large one).
-        let row = sqlx::query(
-            "SELECT COALESCE(
-                (SELECT seq FROM telemetry WHERE enqueued_ms >= $1 ORDER BY seq LIMIT 1),
-                (SELECT COALESCE(MAX(seq), 0) + 1 FROM telemetry)) AS young,
-             (SELECT COALESCE(MAX(seq), 0) FROM telemetry) - $2 + 1 AS kept",
-        )
-        .bind(before_ms)
-        .bind(keep)
-        .fetch_one(self.pool())
-        .await?;
-        let young: i64 = row.try_get("young")?;
-        let kept: i64 = row.try_get("kept")?;
+        // enqueued at or after `before_ms` (a filter on the enqueued time alone would scan
+        // the whole log, holding up the writer for seconds on a large one).
+        let young = self.telemetry_seq_before_time(before_ms, true).await? + 1;
+        let kept = self.last_telemetry_seq().await? - keep + 1;
         let end = young.max(kept);
-        let bytes: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT CAST(COALESCE(SUM({ROW_BYTES}), 0) AS BIGINT) AS b FROM telemetry WHERE seq < $1"
-        )))
-        .bind(end)
-        .fetch_one(self.reader())
-        .await?
-        .try_get("b")?;
+        let bytes = self.telemetry_bytes_before(end).await?;
         Ok((self.delete_telemetry_before(end).await?, bytes))
     }
 
-    /// Deletes the messages numbered below `end`, a slice at a time, so that the writer
+    /// The bytes ([`telemetry_bytes`]) of the messages numbered below `end`.
+    async fn telemetry_bytes_before(&self, end: i64) -> Result<i64> {
+        let list = self.telemetry_segments(false).await?;
+        let mut bytes = 0;
+        for (i, segment) in list.iter().enumerate() {
+            if segment.first_seq >= end {
+                break;
+            }
+            match segment.counted {
+                Some((_, b)) if segments::segment_end(&list, i) < end => bytes += b,
+                _ => {
+                    let b: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "SELECT CAST(COALESCE(SUM({ROW_BYTES}), 0) AS BIGINT) AS b FROM {} WHERE seq < $1",
+                        segments::table(segment.id)
+                    )))
+                    .bind(end)
+                    .fetch_one(self.reader())
+                    .await?
+                    .try_get("b")?;
+                    bytes += b;
+                }
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Deletes the messages numbered below `end`: segments that end below it are dropped
+    /// whole; in the one it falls in, rows are deleted a slice at a time, so that the writer
     /// waits for no more than one slice.
     async fn delete_telemetry_before(&self, end: i64) -> Result<u64> {
         const SLICE: i64 = 20_000;
+        let list = self.telemetry_segments(false).await?;
         let mut deleted = 0;
-        loop {
-            let first: Option<i64> = sqlx::query("SELECT MIN(seq) AS first FROM telemetry")
+        for (i, segment) in list.iter().enumerate() {
+            if segment.first_seq >= end {
+                break;
+            }
+            let newest = i + 1 == list.len();
+            if let Some((messages, _)) = segment.counted
+                && !newest
+                && segments::segment_end(&list, i) < end
+            {
+                if self.drop_telemetry_segment(segment.id).await? {
+                    deleted += messages as u64;
+                }
+                continue;
+            }
+            let table = segments::table(segment.id);
+            loop {
+                let first: Option<i64> = sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "SELECT MIN(seq) AS first FROM {table}"
+                )))
                 .fetch_one(self.pool())
                 .await?
                 .try_get("first")?;
-            let Some(first) = first.filter(|f| *f < end) else {
-                return Ok(deleted);
-            };
-            deleted += sqlx::query("DELETE FROM telemetry WHERE seq < $1")
+                let Some(first) = first.filter(|f| *f < end) else {
+                    break;
+                };
+                deleted += sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "DELETE FROM {table} WHERE seq < $1"
+                )))
                 .bind(end.min(first.saturating_add(SLICE)))
                 .execute(self.pool())
                 .await?
                 .rows_affected();
+            }
         }
+        Ok(deleted)
     }
 }

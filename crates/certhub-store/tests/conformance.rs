@@ -1140,12 +1140,199 @@ async fn provisioning(store: &Store) {
     assert_eq!(store.id_scope("0ne00000002").await.expect("scope"), scope);
 }
 
+/// The telemetry log in segments: reads and chains across them, whole segments dropped, and
+/// a reader in another process that learns of a new segment. `reader` reads the log `writer`
+/// writes (a store of its own on SQLite, as another process would have).
+async fn telemetry_segments(writer: &Store, reader: &Store) {
+    use certhub_store::TelemetryRecord;
+    writer.own_telemetry_segments();
+    let last = writer.last_telemetry_seq().await.expect("seq");
+    let first = writer.telemetry_bounds().await.expect("bounds").first_seq;
+    let _ = reader
+        .telemetry_bounds()
+        .await
+        .expect("the reader reads the list");
+    // A new segment starts above everything stored; an empty newest is not rolled again.
+    assert_eq!(
+        writer.roll_telemetry_segment(None).await.expect("roll"),
+        Some(last + 1)
+    );
+    assert_eq!(
+        writer.roll_telemetry_segment(None).await.expect("roll"),
+        None
+    );
+    assert_eq!(writer.last_telemetry_seq().await.expect("seq"), last);
+    // 200 messages in two segments; every third is s1's, each pointing to s1's previous one.
+    let make = |seq: i64| TelemetryRecord {
+        seq,
+        device_id: if seq % 3 == 0 {
+            "s1".into()
+        } else {
+            "s2".into()
+        },
+        module_id: None,
+        enqueued_ms: 10_000 + seq,
+        properties: "{}".into(),
+        body: seq.to_be_bytes().to_vec(),
+    };
+    let mut heads = std::collections::HashMap::<String, i64>::new();
+    let mut link = |records: &[TelemetryRecord]| -> Vec<Option<i64>> {
+        records
+            .iter()
+            .map(|r| heads.insert(r.device_id.clone(), r.seq))
+            .collect()
+    };
+    let one: Vec<_> = (last + 1..=last + 100).map(make).collect();
+    let prev = link(&one);
+    writer
+        .append_telemetry_linked(&one, &prev)
+        .await
+        .expect("append");
+    // The reader has the list from before the next roll.
+    assert_eq!(
+        reader.telemetry_after(last, None, 1).await.expect("read")[0].seq,
+        last + 1
+    );
+    let bytes_one: i64 = one.iter().map(certhub_store::telemetry_bytes).sum();
+    assert_eq!(
+        writer
+            .roll_telemetry_segment(Some((100, bytes_one)))
+            .await
+            .expect("roll"),
+        Some(last + 101)
+    );
+    let two: Vec<_> = (last + 101..=last + 200).map(make).collect();
+    let prev = link(&two);
+    writer
+        .append_telemetry_linked(&two, &prev)
+        .await
+        .expect("append");
+    assert_eq!(writer.last_telemetry_seq().await.expect("seq"), last + 200);
+    // A page runs on across segments, on the writer and on the other reader.
+    for store in [writer, reader] {
+        for from in [last - 1, last + 95] {
+            let page = store.telemetry_after(from, None, 10).await.expect("page");
+            let seqs: Vec<i64> = page.iter().map(|r| r.seq).collect();
+            assert_eq!(seqs, (from + 1..=from + 10).collect::<Vec<_>>());
+        }
+        let page = store
+            .telemetry_after(last + 50, None, 1000)
+            .await
+            .expect("page");
+        assert_eq!(page.len(), 150, "to the newest segment's end");
+        let s1 = store
+            .telemetry_after(last, Some("s1"), 1000)
+            .await
+            .expect("s1");
+        let expected: Vec<i64> = (last + 1..=last + 200).filter(|s| s % 3 == 0).collect();
+        assert_eq!(s1.iter().map(|r| r.seq).collect::<Vec<_>>(), expected);
+        // The chain walks back across the segment boundary.
+        let head = *expected.last().expect("s1 sent");
+        let walk = store
+            .telemetry_chain(head, "s1", last, 1000)
+            .await
+            .expect("walk");
+        assert_eq!(walk.mine, expected);
+        assert!(walk.ended);
+        assert_eq!(walk.oldest, expected.first().copied());
+        let short = store
+            .telemetry_chain(head, "s1", last, 40)
+            .await
+            .expect("walk");
+        assert_eq!(short.mine, expected[expected.len() - 40..].to_vec());
+        assert!(!short.ended, "stopped at its limit");
+        let at = store
+            .telemetry_at(&[last + 3, last + 150], None)
+            .await
+            .expect("at");
+        assert_eq!(
+            at.iter().map(|r| r.seq).collect::<Vec<_>>(),
+            [last + 3, last + 150]
+        );
+    }
+    let newest = writer
+        .telemetry_newest_after(last + 90)
+        .await
+        .expect("newest");
+    assert_eq!(newest.len(), 2);
+    assert!(newest.contains(&("s1".to_string(), last + 198)));
+    // Sealed segments are counted (by the writer's figures on SQLite, by reading elsewhere).
+    let list = writer.telemetry_segments(false).await.expect("segments");
+    assert_eq!(list.len(), 3, "{list:?}");
+    assert_eq!(list[1].counted, Some((100, bytes_one)));
+    assert_eq!(list[2].counted, None, "the newest is not counted");
+    let (old_messages, old_bytes) = list[0].counted.expect("sealed: counted");
+    assert!(first.is_some_and(|f| f <= last) && old_messages > 0);
+    // Retention by count drops a segment whole when it all goes.
+    assert_eq!(
+        writer.prune_telemetry(0, 200).await.expect("prune"),
+        (old_messages as u64, old_bytes)
+    );
+    // The newest cannot be dropped; the others go whole, and reads go on without them.
+    assert!(writer.drop_telemetry_segment(list[2].id).await.is_err());
+    assert!(
+        writer
+            .drop_telemetry_segment(list[1].id)
+            .await
+            .expect("drop")
+    );
+    assert!(
+        !writer
+            .drop_telemetry_segment(list[1].id)
+            .await
+            .expect("drop"),
+        "already gone"
+    );
+    let bounds = reader.telemetry_bounds().await.expect("bounds");
+    assert_eq!(bounds.first_seq, Some(last + 101));
+    assert_eq!(bounds.last.map(|l| l.0), Some(last + 200));
+    let in_two: Vec<i64> = (last + 101..=last + 200).filter(|s| s % 3 == 0).collect();
+    let walk = reader
+        .telemetry_chain(*in_two.last().expect("s1"), "s1", 0, 1000)
+        .await
+        .expect("walk");
+    assert_eq!(walk.mine, in_two);
+    assert!(walk.ended, "the chain ends where its segment was dropped");
+    assert_eq!(walk.oldest, in_two.first().copied());
+    let size = writer.telemetry_size().await.expect("size");
+    let all: i64 = two.iter().map(certhub_store::telemetry_bytes).sum();
+    assert_eq!(size, all);
+    assert_eq!(
+        writer
+            .telemetry_seq_before_time(10_000 + last + 120, true)
+            .await
+            .expect("time"),
+        last + 119
+    );
+    // Retention keeps the newest 50: the newest segment loses its first 50 rows.
+    let bytes_gone: i64 = two[..50].iter().map(certhub_store::telemetry_bytes).sum();
+    assert_eq!(
+        writer.prune_telemetry(0, 50).await.expect("prune"),
+        (50, bytes_gone)
+    );
+    assert_eq!(
+        writer.telemetry_segments(false).await.expect("list").len(),
+        1
+    );
+    let left = reader.telemetry_after(0, None, 1000).await.expect("left");
+    assert_eq!((left.len(), left[0].seq), (50, last + 151));
+    let walk = reader
+        .telemetry_chain(*in_two.last().expect("s1"), "s1", 0, 1000)
+        .await
+        .expect("walk");
+    assert!(walk.ended, "the chain ends where its rows were deleted");
+    assert_eq!(walk.mine.first(), in_two.iter().find(|s| **s > last + 150));
+}
+
 #[tokio::test]
 async fn sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("certhub.db");
     let store = Store::open_sqlite(&path).await.expect("open");
     suite(&store).await;
+    let other = Store::open_sqlite(&path).await.expect("a second process");
+    telemetry_segments(&store, &other).await;
+    other.close().await;
     store.close().await;
     // Reopening finds everything, and the schema is not applied twice.
     let store = Store::open_sqlite(&path).await.expect("reopen");
@@ -1182,6 +1369,7 @@ async fn sqlite() {
 async fn postgres() {
     certhub_store::scratch::on_postgres("certhub_test", |store| async move {
         suite(&store).await;
+        telemetry_segments(&store, &store).await;
         // Outside a cluster, PostgreSQL keeps no identities in memory: nothing to warm.
         assert_eq!(store.warm_identities().await.expect("warm"), 0);
     })

@@ -130,6 +130,9 @@ fn a_size_cap_bounds_the_log_and_a_full_disk_refuses_messages_without_a_crash() 
     wait_until(10, "the log is back within its cap", || {
         metric(&hub.host, &ca, "certhub_telemetry_log_bytes") <= cap
     });
+    // The log is in segments of a sixteenth of the cap, and the cap dropped the oldest whole.
+    assert!(metric(&hub.host, &ca, "certhub_telemetry_segments_started_total") >= 16);
+    assert!(metric(&hub.host, &ca, "certhub_telemetry_segments_dropped_total") > 0);
     let audit = common::certhub_at(d, &data, &["audit", "list", "--top", "50"]).ok();
     assert!(
         audit.stdout.contains("telemetry.dropped")
