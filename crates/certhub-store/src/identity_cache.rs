@@ -1,6 +1,7 @@
 //! The identities a connecting device is checked against, kept in memory on SQLite, where the
 //! hub that opened the data directory is the database's only writer (`certhub serve` locks the
-//! directory), and on a cluster node, whose peers tell it of their writes (NATS notices,
+//! directory), and on PostgreSQL, which announces every identity change (see
+//! `identity_notify.rs`; a cluster node's peers also tell it of their writes, NATS notices,
 //! `Store::cache_identities_with` / `forget_identity`). A connection then costs no database
 //! read once its device has been seen.
 //!
@@ -34,6 +35,9 @@ struct Inner {
     /// By device id, then module id.
     modules: HashMap<String, HashMap<String, Module>>,
     module_count: usize,
+    /// While writes elsewhere may go unheard (PostgreSQL's notifications lost with their
+    /// connection), nothing is served from memory or kept.
+    suspended: bool,
 }
 
 /// Where a cache miss started: a read stores its result only if this is still current.
@@ -43,6 +47,9 @@ pub(crate) struct Ticket(u64);
 impl IdentityCache {
     pub(crate) fn device(&self, id: &DeviceId) -> Result<Device, Ticket> {
         let inner = self.lock();
+        if inner.suspended {
+            return Err(Ticket(inner.generation));
+        }
         match inner.devices.get(id.as_str()) {
             Some(d) => Ok(d.clone()),
             None => Err(Ticket(inner.generation)),
@@ -51,6 +58,9 @@ impl IdentityCache {
 
     pub(crate) fn module(&self, device: &DeviceId, module: &ModuleId) -> Result<Module, Ticket> {
         let inner = self.lock();
+        if inner.suspended {
+            return Err(Ticket(inner.generation));
+        }
         match inner
             .modules
             .get(device.as_str())
@@ -64,7 +74,7 @@ impl IdentityCache {
     /// Keeps a device read from the database, unless a write ended since `ticket`.
     pub(crate) fn keep_device(&self, ticket: Ticket, d: &Device) {
         let mut inner = self.lock();
-        if inner.generation != ticket.0 {
+        if inner.generation != ticket.0 || inner.suspended {
             return;
         }
         if inner.devices.len() >= MAX_ENTRIES
@@ -87,7 +97,7 @@ impl IdentityCache {
     /// whether the cache is full.
     pub(crate) fn keep_devices(&self, ticket: Ticket, devices: &[Device]) -> (usize, bool) {
         let mut inner = self.lock();
-        if inner.generation != ticket.0 {
+        if inner.generation != ticket.0 || inner.suspended {
             return (0, inner.devices.len() >= MAX_ENTRIES);
         }
         let room = MAX_ENTRIES.saturating_sub(inner.devices.len());
@@ -107,7 +117,7 @@ impl IdentityCache {
     /// Keeps a module read from the database, unless a write ended since `ticket`.
     pub(crate) fn keep_module(&self, ticket: Ticket, m: &Module) {
         let mut inner = self.lock();
-        if inner.generation != ticket.0 {
+        if inner.generation != ticket.0 || inner.suspended {
             return;
         }
         if inner.module_count >= MAX_ENTRIES {
@@ -158,6 +168,20 @@ impl IdentityCache {
         inner.devices.clear();
         inner.modules.clear();
         inner.module_count = 0;
+    }
+
+    /// Serves and keeps nothing until [`IdentityCache::resume`] (writes elsewhere may go
+    /// unheard meanwhile).
+    pub(crate) fn suspend(&self) {
+        let mut inner = self.lock();
+        inner.generation += 1;
+        inner.suspended = true;
+    }
+
+    /// Writes elsewhere are heard again: what was kept before goes, and memory is used again.
+    pub(crate) fn resume(&self) {
+        self.clear();
+        self.lock().suspended = false;
     }
 
     /// Writes that add identities need no dropping, only the generation bump (a read that
@@ -263,5 +287,31 @@ mod tests {
         assert_eq!(cache.len(), (1, 1));
         cache.forget("widget-1", None);
         assert_eq!(cache.len(), (0, 0));
+    }
+
+    #[test]
+    fn a_suspended_cache_serves_and_keeps_nothing_and_resumes_empty() {
+        let cache = IdentityCache::default();
+        let id = DeviceId::new("widget-1").expect("id");
+        let ticket = cache.ticket();
+        cache.keep_device(ticket, &device("widget-1", certhub_core::Status::Enabled));
+        assert!(cache.device(&id).is_ok());
+        cache.suspend();
+        let Err(ticket) = cache.device(&id) else {
+            panic!("served while suspended")
+        };
+        cache.keep_device(ticket, &device("widget-1", certhub_core::Status::Disabled));
+        let ticket = cache.ticket();
+        assert_eq!(
+            cache.keep_devices(ticket, &[device("widget-2", certhub_core::Status::Enabled)]),
+            (0, false)
+        );
+        cache.resume();
+        assert_eq!(cache.len(), (0, 0), "what was kept before is gone");
+        let Err(ticket) = cache.device(&id) else {
+            panic!("empty after resuming")
+        };
+        cache.keep_device(ticket, &device("widget-1", certhub_core::Status::Disabled));
+        assert!(cache.device(&id).is_ok(), "kept again");
     }
 }

@@ -20,6 +20,7 @@ mod dps;
 mod files;
 mod hub;
 mod identity_cache;
+mod identity_notify;
 mod mqtt_sessions;
 mod schema;
 pub mod scratch;
@@ -156,6 +157,8 @@ pub struct Store {
     bytewise_text: bool,
     /// The telemetry log's segments, as this process last read them.
     segments: std::sync::Arc<telemetry_segments::SegmentCache>,
+    /// PostgreSQL's URL (for the connection that hears identity changes).
+    url: Option<std::sync::Arc<str>>,
 }
 
 /// Called with a written identity: its device id, and its module id for a module.
@@ -325,6 +328,7 @@ impl Store {
             upgrade_backup: None,
             bytewise_text: true,
             segments: Default::default(),
+            url: (backend == Backend::Postgres).then(|| url.into()),
         };
         if backend == Backend::Sqlite {
             let _ = store.identities.set(Default::default());
@@ -336,8 +340,9 @@ impl Store {
 
     /// Keeps identities in memory on PostgreSQL too (a cluster node): `written` runs after
     /// every identity write of this process, to tell the other nodes, which call
-    /// [`Store::forget_identity`]. Every process writing the database must do the same, or
-    /// its writes are not forgotten elsewhere.
+    /// [`Store::forget_identity`]. Writes of other processes (the CLI on the database) are
+    /// heard only through [`Store::keep_identities_listening`], which `certhub serve` calls on
+    /// every PostgreSQL hub.
     pub fn cache_identities_with(
         &self,
         written: impl Fn(&str, Option<&str>) + Send + Sync + 'static,

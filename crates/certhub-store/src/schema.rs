@@ -344,7 +344,35 @@ const STEPS: &[&str] = &[
     );
     INSERT INTO telemetry_segments (id, first_seq) VALUES (0, 0);
     ALTER TABLE telemetry RENAME TO telemetry_seg_0",
+    // 19 (PostgreSQL only): every change of an identity that a connection is checked against
+    // is announced on the channel `certhub_identity` (the device id, or device and module
+    // ids on two lines), whichever process or statement made it, so that a hub can keep
+    // identities in memory and forget each one written (`Store::keep_identities_listening`).
+    // The counters the hub writes (last activity, C2D count, certificate bookkeeping) are not
+    // announced.
+    "--postgres only
+    CREATE FUNCTION certhub_identity_written() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_TABLE_NAME = 'modules' THEN
+            PERFORM pg_notify('certhub_identity', OLD.device_id || chr(10) || OLD.module_id);
+        ELSE
+            PERFORM pg_notify('certhub_identity', OLD.device_id);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER devices_identity_written
+        AFTER UPDATE OF device_id, generation_id, etag, status, auth_type, primary_key,
+            secondary_key, primary_thumbprint, secondary_thumbprint OR DELETE ON devices
+        FOR EACH ROW EXECUTE FUNCTION certhub_identity_written();
+    CREATE TRIGGER modules_identity_written
+        AFTER UPDATE OF device_id, module_id, generation_id, etag, managed_by, auth_type,
+            primary_key, secondary_key, primary_thumbprint, secondary_thumbprint OR DELETE
+            ON modules
+        FOR EACH ROW EXECUTE FUNCTION certhub_identity_written();",
 ];
+
+/// The first line of a step that runs on PostgreSQL only, whole (SQLite records it as done).
+const POSTGRES_ONLY: &str = "--postgres only\n";
 
 /// The schema steps this version knows.
 pub(crate) fn known_steps() -> i64 {
@@ -392,6 +420,7 @@ pub(crate) async fn migrate(store: &Store) -> Result<()> {
 }
 
 async fn migrate_on(store: &Store, conn: &mut sqlx::AnyConnection) -> Result<()> {
+    let postgres = store.backend() == crate::Backend::Postgres;
     sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)")
         .execute(&mut *conn)
         .await?;
@@ -412,6 +441,18 @@ async fn migrate_on(store: &Store, conn: &mut sqlx::AnyConnection) -> Result<()>
     }
     for (i, step) in STEPS.iter().enumerate().skip(current as usize) {
         let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        // A PostgreSQL-only step runs whole (its function bodies hold semicolons).
+        let step = match step.strip_prefix(POSTGRES_ONLY) {
+            Some(body) => {
+                if postgres {
+                    sqlx::raw_sql(sqlx::AssertSqlSafe(body.to_string()))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                ""
+            }
+            None => *step,
+        };
         for statement in step.split(';').map(str::trim).filter(|s| !s.is_empty()) {
             let (blob, seq_key) = match store.backend() {
                 crate::Backend::Sqlite => ("BLOB", "INTEGER PRIMARY KEY"),

@@ -8,6 +8,8 @@ use crate::{Result, Store};
 #[derive(Debug)]
 pub struct Scratch {
     pub store: Store,
+    /// The database's URL, for another store on it (as another process would open).
+    pub url: String,
     admin: sqlx::AnyPool,
     name: String,
 }
@@ -37,8 +39,14 @@ pub async fn postgres(prefix: &str) -> Result<Option<Scratch>> {
     let base = admin_url
         .rsplit_once('/')
         .map_or(admin_url.as_str(), |(b, _)| b);
-    let store = Store::open(&format!("{base}/{name}")).await?;
-    Ok(Some(Scratch { store, admin, name }))
+    let url = format!("{base}/{name}");
+    let store = Store::open(&url).await?;
+    Ok(Some(Scratch {
+        store,
+        url,
+        admin,
+        name,
+    }))
 }
 
 impl Scratch {

@@ -1370,8 +1370,78 @@ async fn postgres() {
     certhub_store::scratch::on_postgres("certhub_test", |store| async move {
         suite(&store).await;
         telemetry_segments(&store, &store).await;
-        // Outside a cluster, PostgreSQL keeps no identities in memory: nothing to warm.
+        // A store that does not listen for identity changes keeps none in memory: nothing to
+        // warm (`certhub serve` listens; see the next test).
         assert_eq!(store.warm_identities().await.expect("warm"), 0);
     })
     .await;
+}
+
+/// On PostgreSQL a hub keeps identities in memory and forgets each one the database announces
+/// as changed, whichever process changed it (schema step 19's trigger).
+#[tokio::test]
+async fn postgres_identity_changes_made_elsewhere_are_heard() {
+    let Some(scratch) = certhub_store::scratch::postgres("certhub_heard")
+        .await
+        .expect("scratch database")
+    else {
+        return;
+    };
+    let hub = scratch.store.clone();
+    let elsewhere = Store::open(&scratch.url).await.expect("another process");
+    hub.keep_identities_listening().await.expect("listen");
+    let d = device("heard-1", serde_json::json!({}));
+    assert_eq!(
+        elsewhere.create_device(&d).await.expect("create"),
+        WriteOutcome::Written
+    );
+    assert_eq!(
+        hub.warm_identities().await.expect("warm"),
+        1,
+        "kept in memory"
+    );
+    let seen = hub
+        .device_for_connect(&id("heard-1"))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(seen.status, Status::Enabled);
+    // Disabled by another process: the hub hears it and reads the row again.
+    let disabled = serde_json::from_value::<DeviceInput>(serde_json::json!({"status": "disabled"}))
+        .expect("input")
+        .into_device(&id("heard-1"), Some(&seen), 2_000)
+        .expect("update");
+    assert_eq!(
+        elsewhere
+            .replace_device(&disabled, &seen.etag)
+            .await
+            .expect("replace"),
+        WriteOutcome::Written
+    );
+    let heard = |want: Option<Status>| {
+        let hub = hub.clone();
+        async move {
+            for _ in 0..200 {
+                let now = hub
+                    .device_for_connect(&id("heard-1"))
+                    .await
+                    .expect("read")
+                    .map(|d| d.status);
+                if now == want {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("the hub still sees the device as it was, not {want:?}");
+        }
+    };
+    heard(Some(Status::Disabled)).await;
+    // Deleted by another process: heard too.
+    elsewhere
+        .delete_device(&id("heard-1"), None)
+        .await
+        .expect("delete");
+    heard(None).await;
+    elsewhere.close().await;
+    scratch.drop_database().await.expect("drop database");
 }

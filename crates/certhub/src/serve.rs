@@ -1113,6 +1113,11 @@ async fn serve(config: Config) -> Result<Outcome> {
         .await
         .map_err(|e| anyhow::anyhow!("the file store cannot be used: {e}"))?;
     state.set_file_store(files);
+    // On PostgreSQL, identities are kept in memory too: the database announces every change
+    // of one (whichever process made it), and this hub forgets what it is told.
+    if let Err(e) = store.keep_identities_listening().await {
+        tracing::warn!(error = %e, "cannot listen for identity changes on PostgreSQL: each connection reads its device from the database");
+    }
     // The registry into memory, beside the listeners (a device that connects first is read
     // from the database as before): after a restart the whole fleet reconnects at once, and
     // each first connection then costs no database read.
