@@ -385,18 +385,20 @@ impl TelemetryLog {
                         // The next segment starts above every number stored (on a cluster's
                         // shared log another node may have gone further).
                         let counted = whole_segment.then_some(in_segment);
-                        match store.roll_telemetry_segment(counted).await {
+                        // Counts are kept for a segment only when this writer wrote all of it.
+                        whole_segment = match store.roll_telemetry_segment(counted).await {
                             Ok(Some(next)) => {
                                 seq = seq.max(next - 1);
                                 stats.segments_started.fetch_add(1, Ordering::Relaxed);
+                                true
                             }
-                            Ok(None) => {}
+                            Ok(None) => false,
                             Err(e) => {
-                                tracing::warn!(error = %e, "telemetry: a new segment of the log could not be started; the writer goes on in the current one")
+                                tracing::warn!(error = %e, "telemetry: a new segment of the log could not be started; the writer goes on in the current one");
+                                false
                             }
-                        }
+                        };
                         in_segment = (0, 0);
-                        whole_segment = true;
                     }
                 }
                 let disk_full = result

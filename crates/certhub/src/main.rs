@@ -141,3 +141,16 @@ pub fn out_line(args: std::fmt::Arguments<'_>) {
         std::process::exit(2);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_id_that_begins_with_a_hyphen_is_taken_as_the_id() {
+        let cli = Cli::try_parse_from(["certhub", "files", "get", "-MuyScuwQWBWUhlV7DGkteJa"])
+            .expect("parsed");
+        let text = format!("{cli:?}");
+        assert!(text.contains("\"-MuyScuwQWBWUhlV7DGkteJa\""), "{text}");
+    }
+}

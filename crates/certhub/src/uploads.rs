@@ -43,6 +43,8 @@ pub struct GetArgs {
     #[command(flatten)]
     hub: HubArgs,
     /// A correlation id (as `certhub files list` shows it) or a blob name `deviceId/name`.
+    /// Correlation ids are random base64url and may begin with `-`: taken as they are.
+    #[arg(allow_hyphen_values = true)]
     upload: String,
     /// Write the file here (default: standard output).
     #[arg(long, short)]
