@@ -353,6 +353,19 @@ impl Store {
         let _ = self.identities.set(Default::default());
     }
 
+    /// Whether PostgreSQL's autovacuum is off (false on SQLite). Without it the planner keeps
+    /// no statistics and no visibility map: queries over the registry and twins slow down as
+    /// they grow, and plans cached while the tables were small stay.
+    pub async fn autovacuum_off(&self) -> Result<bool> {
+        if self.backend != Backend::Postgres {
+            return Ok(false);
+        }
+        let on: String = sqlx::query_scalar("SELECT current_setting('autovacuum')")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(on != "on")
+    }
+
     /// Another node wrote this identity: what is kept of it goes.
     pub fn forget_identity(&self, device: &str, module: Option<&str>) {
         if let Some(cache) = self.identities.get() {

@@ -1113,6 +1113,11 @@ async fn serve(config: Config) -> Result<Outcome> {
         .await
         .map_err(|e| anyhow::anyhow!("the file store cannot be used: {e}"))?;
     state.set_file_store(files);
+    if store.autovacuum_off().await.unwrap_or(false) {
+        tracing::warn!(
+            "autovacuum is off on this PostgreSQL: its statistics and visibility map are never brought up to date, so twin queries and registry reads slow down as the registry grows; turn it on (autovacuum = on in postgresql.conf) or run VACUUM ANALYZE after large imports"
+        );
+    }
     // On PostgreSQL, identities are kept in memory too: the database announces every change
     // of one (whichever process made it), and this hub forgets what it is told.
     if let Err(e) = store.keep_identities_listening().await {
