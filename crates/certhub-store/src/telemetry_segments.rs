@@ -41,7 +41,12 @@ pub(crate) fn table(id: i64) -> String {
 /// What this process knows of the segments.
 #[derive(Debug, Default)]
 pub(crate) struct SegmentCache {
-    list: RwLock<Option<Arc<Vec<Segment>>>>,
+    /// The list, and the ticket of the read it came from.
+    list: RwLock<(u64, Option<Arc<Vec<Segment>>>)>,
+    /// Reads of the list are numbered as they start: a read that started later saw the
+    /// database at least as late, so only a later read replaces the list (two reads racing
+    /// a roll cannot leave the older list behind).
+    tickets: std::sync::atomic::AtomicU64,
     /// Set by the process that writes the log on SQLite (one process per data directory):
     /// every change to the list goes through it, so its copy is always current. Elsewhere
     /// (another process, a PostgreSQL node) the list is read for every read of the log.
@@ -53,7 +58,12 @@ impl Store {
     pub(crate) async fn segments(&self) -> Result<Arc<Vec<Segment>>> {
         let cache = &self.segments;
         if cache.owned.load(std::sync::atomic::Ordering::Acquire)
-            && let Some(list) = cache.list.read().expect("segment list").clone()
+            && let Some(list) = cache
+                .list
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .1
+                .clone()
         {
             return Ok(list);
         }
@@ -62,6 +72,11 @@ impl Store {
 
     /// Reads the segment list again.
     pub(crate) async fn reload_segments(&self) -> Result<Arc<Vec<Segment>>> {
+        let ticket = self
+            .segments
+            .tickets
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
         let rows = sqlx::query(
             "SELECT id, first_seq, messages, bytes FROM telemetry_segments ORDER BY id",
         )
@@ -85,7 +100,14 @@ impl Store {
             ));
         }
         let list = Arc::new(list);
-        *self.segments.list.write().expect("segment list") = Some(list.clone());
+        let mut kept = self
+            .segments
+            .list
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if ticket > kept.0 {
+            *kept = (ticket, Some(list.clone()));
+        }
         Ok(list)
     }
 
