@@ -460,13 +460,11 @@ impl Store {
             walk.oldest = Some(oldest);
             left -= n;
             match prev {
+                // The chain goes on in an older segment.
                 Some(p) if p > after && p < list[i].first_seq && left > 0 => from = p,
+                // Stopped at its limit of hops.
                 Some(p) if p > after && left == 0 => break,
-                Some(p) if p > after && p >= list[i].first_seq => {
-                    // The step below was not in its segment: deleted.
-                    walk.ended = true;
-                    break;
-                }
+                // At or below `after`, none, or the step below was deleted from its segment.
                 _ => {
                     walk.ended = true;
                     break;

@@ -288,8 +288,7 @@ impl Store {
     }
 }
 
-/// Whether an error says a table does not exist (a segment dropped under a read), or that a
-/// segment's end check refused a row (another node started a newer segment).
+/// Whether an error says a table does not exist (a segment dropped under a read).
 pub(crate) fn is_missing_table(e: &crate::StoreError) -> bool {
     match e {
         crate::StoreError::Db(sqlx::Error::Database(d)) => {
