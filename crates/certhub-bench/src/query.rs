@@ -48,6 +48,9 @@ pub struct QueryArgs {
     /// Declare no index: measure the scans.
     #[arg(long, conflicts_with = "indexes")]
     no_index: bool,
+    /// Only the shapes whose name contains one of these words (e.g. `--only connected`).
+    #[arg(long)]
+    only: Vec<String>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub(crate) json: bool,
@@ -92,6 +95,20 @@ const SHAPES: &[(&str, &str)] = &[
         "unindexed filter, first page",
         "SELECT deviceId FROM devices WHERE ENDSWITH(tags.site, '-42')",
     ),
+    // Answered from the devices connected at the time (none, unless something holds
+    // connections meanwhile, e.g. `certhub bench hold`; bench/connected-query.sh does).
+    (
+        "connected, first page",
+        "SELECT deviceId FROM devices WHERE connectionState = 'Connected'",
+    ),
+    (
+        "connected and enabled, first page",
+        "SELECT deviceId FROM devices WHERE connectionState = 'Connected' AND status = 'enabled'",
+    ),
+    (
+        "COUNT() of connected",
+        "SELECT COUNT() AS n FROM devices WHERE connectionState = 'Connected'",
+    ),
 ];
 
 fn id(prefix: &str, i: u32) -> String {
@@ -120,7 +137,10 @@ pub fn run(a: &QueryArgs) -> Result<()> {
         }
     }
     let mut rows = Vec::new();
-    for (name, shape) in SHAPES {
+    let chosen = SHAPES
+        .iter()
+        .filter(|(name, _)| a.only.is_empty() || a.only.iter().any(|w| name.contains(w.as_str())));
+    for (name, shape) in chosen {
         let query = shape.replace("{mid}", &mid);
         let mut us = Vec::with_capacity(a.runs as usize);
         let mut items = 0;

@@ -161,6 +161,40 @@ fn push(e: &Expr, bytewise: bool) -> (Option<TwinPred>, bool) {
     }
 }
 
+/// Whether `filter` holds only for connected devices: `connectionState = 'Connected'` (or
+/// `IN ['Connected']`) is the filter or a term of its `AND`. The hub knows which devices are
+/// connected, so such a query reads their twins and no others. `Some(true)`: that condition is
+/// the whole filter (a `COUNT()` is the number of connected devices).
+pub fn connected_only(filter: &Expr) -> Option<bool> {
+    fn is_connected(e: &Expr) -> bool {
+        let connection_state = |p: &PropertyPath| p.0.len() == 1 && p.0[0] == "connectionState";
+        let connected = |v: &serde_json::Value| v.as_str() == Some("Connected");
+        match e {
+            Expr::Compare {
+                left: Operand::Path(p),
+                op: CompareOp::Eq,
+                right: Operand::Literal(v),
+            }
+            | Expr::Compare {
+                left: Operand::Literal(v),
+                op: CompareOp::Eq,
+                right: Operand::Path(p),
+            } => connection_state(p) && connected(v),
+            Expr::In {
+                operand: Operand::Path(p),
+                values,
+                negated: false,
+            } => connection_state(p) && !values.is_empty() && values.iter().all(connected),
+            Expr::And(terms) => terms.iter().any(is_connected),
+            _ => false,
+        }
+    }
+    match filter {
+        Expr::And(terms) => terms.iter().any(is_connected).then_some(false),
+        e => is_connected(e).then_some(true),
+    }
+}
+
 /// `5 < x` is `x > 5`.
 fn flip(op: CompareOp) -> CompareOp {
     match op {
@@ -188,6 +222,30 @@ mod tests {
         let p = pushed("SELECT * FROM devices WHERE tags.site = 'a' AND connectionState = 'x'")
             .expect("pushed");
         assert!(!p.exact, "connectionState stays in Rust");
+        let connected = |q: &str| {
+            let q = certhub_twin::query::parse(q).expect("parse");
+            connected_only(q.filter.as_ref().expect("where"))
+        };
+        let from = "SELECT * FROM devices WHERE ";
+        for (filter, want) in [
+            ("connectionState = 'Connected'", Some(true)),
+            ("'Connected' = connectionState", Some(true)),
+            ("connectionState IN ['Connected']", Some(true)),
+            ("tags.a = 1 AND connectionState = 'Connected'", Some(false)),
+            (
+                "tags.a = 1 AND (tags.b = 2 AND connectionState = 'Connected')",
+                Some(false),
+            ),
+            ("connectionState = 'Disconnected'", None),
+            ("connectionState = 'connected'", None),
+            ("connectionState != 'Connected'", None),
+            ("connectionState IN ['Connected', 'Disconnected']", None),
+            ("tags.a = 1 OR connectionState = 'Connected'", None),
+            ("NOT connectionState = 'Connected'", None),
+            ("properties.reported.connectionState = 'Connected'", None),
+        ] {
+            assert_eq!(connected(&format!("{from}{filter}")), want, "{filter}");
+        }
         assert!(pushed("SELECT * FROM devices WHERE tags.a = 1 OR NOT tags.b = 2").is_none());
         assert!(pushed("SELECT * FROM devices WHERE tags.a != 1").is_none());
         let p = pushed("SELECT * FROM devices WHERE 5 < properties.reported.t").expect("pushed");

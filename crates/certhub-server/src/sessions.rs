@@ -665,4 +665,82 @@ impl Sessions {
             .map(|l| l.contains_key(cn))
             .unwrap_or(false)
     }
+
+    /// The first `n` connected devices (not modules), here or on another node, whose ids sort
+    /// after `after`, in id order: what `connectionState = 'Connected'` in a twin query reads.
+    /// Each map is walked once under its lock, keeping the `n` smallest ids.
+    pub fn connected_devices_after(&self, after: &str, n: usize) -> Vec<String> {
+        let mut first = std::collections::BTreeSet::<String>::new();
+        let mut offer = |id: &str| {
+            if n == 0 || id.contains('/') || id <= after {
+                return;
+            }
+            if first.len() == n {
+                match first.last() {
+                    Some(last) if id < last.as_str() => {}
+                    _ => return,
+                }
+            }
+            if first.insert(id.to_string()) && first.len() > n {
+                first.pop_last();
+            }
+        };
+        if let Ok(live) = self.live.lock() {
+            live.keys().for_each(|id| offer(id));
+        }
+        if let Ok(remote) = self.remote.lock() {
+            remote.keys().for_each(|id| offer(id));
+        }
+        first.into_iter().collect()
+    }
+
+    /// How many devices (not modules) are connected, here or on another node.
+    pub fn connected_device_count(&self) -> usize {
+        let remote: Vec<String> = self
+            .remote
+            .lock()
+            .map(|r| r.keys().filter(|id| !id.contains('/')).cloned().collect())
+            .unwrap_or_default();
+        self.live
+            .lock()
+            .map(|l| {
+                let here = l.keys().filter(|id| !id.contains('/')).count();
+                here + remote.iter().filter(|id| !l.contains_key(*id)).count()
+            })
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connected_devices_come_in_id_order_a_batch_at_a_time() {
+        let s = Sessions::default();
+        // Registered out of order, with a module and a device connected on another node too.
+        let ids = ["d07", "d03", "d11", "d01", "d05", "d09"];
+        let _tickets: Vec<Ticket> = ids
+            .iter()
+            .map(|id| s.register(id, "ca", Vec::new().into(), None))
+            .chain([s.register("d02/m", "ca", Vec::new().into(), None)])
+            .collect();
+        s.remote_connected("d04", "node-b", 1);
+        s.remote_connected("d05", "node-b", 2); // here too: counted once
+        assert_eq!(s.connected_device_count(), 7);
+        let mut all = Vec::new();
+        let mut after = String::new();
+        loop {
+            let batch = s.connected_devices_after(&after, 3);
+            assert!(batch.len() <= 3);
+            all.extend(batch.iter().cloned());
+            match batch.last() {
+                Some(last) if batch.len() == 3 => after = last.clone(),
+                _ => break,
+            }
+        }
+        assert_eq!(all, ["d01", "d03", "d04", "d05", "d07", "d09", "d11"]);
+        assert!(s.connected_devices_after("d11", 3).is_empty());
+        assert!(s.connected_devices_after("", 0).is_empty());
+    }
 }

@@ -246,6 +246,11 @@ const QUERIES: &[&str] = &[
     "SELECT * FROM devices WHERE tags.site != 'plant-1'",
     "SELECT * FROM devices WHERE ENDSWITH(tags.site, '-1') AND tags.floor IN [1, 5, 7.5]",
     "SELECT * FROM devices WHERE connectionState = 'Disconnected' AND tags.site = 'plant-2'",
+    "SELECT * FROM devices WHERE connectionState = 'Connected'",
+    "SELECT * FROM devices WHERE connectionState = 'Connected' AND tags.site = 'plant-1'",
+    "SELECT * FROM devices WHERE tags.floor > 4 AND connectionState IN ['Connected']",
+    "SELECT * FROM devices WHERE status = 'disabled' AND 'Connected' = connectionState",
+    "SELECT * FROM devices WHERE connectionState = 'Connected' OR tags.site = 'plant-1'",
     "SELECT * FROM devices WHERE (tags.site = 'plant-3' OR tags.floor = 0) AND status = 'enabled'",
     "SELECT * FROM devices WHERE tags.site = 'plant-3' OR NOT tags.floor = 0",
 ];
@@ -274,7 +279,7 @@ async fn check(hub: &Hub, indexed_paths: &[&str]) {
     let all = all.as_array().expect("all").clone();
     assert_eq!(all.len(), DEVICES);
     // A twin's JSON as the query sees it, for the expected answers: lastActivityTime and
-    // connectionState do not move here (no device connects).
+    // connectionState do not move here (the sessions stay as `run` made them).
     for query in QUERIES {
         let want = ids(&expected(query, &all));
         let (rows, plan) = hub.all_pages(query).await;
@@ -287,6 +292,8 @@ async fn check(hub: &Hub, indexed_paths: &[&str]) {
         let indexes_it = query.contains("deviceId =")
             || query.contains("deviceId IN")
             || query.contains("WHERE status")
+            || query.contains("connectionState = 'Connected'")
+            || query.contains("connectionState IN ['Connected']")
             || indexed_paths.iter().any(|p| {
                 query.contains(&format!("WHERE {p} =")) || query.contains(&format!("WHERE {p} IN"))
             });
@@ -310,6 +317,16 @@ async fn check(hub: &Hub, indexed_paths: &[&str]) {
 async fn run(store: Store) {
     let hub = Hub::new(store).await;
     populate(&hub).await;
+    // A third of the devices connected here, one on another node of a cluster, and a module
+    // (whose device is not connected by it).
+    let sessions = hub.state.sessions();
+    let tickets: Vec<_> = (0..DEVICES)
+        .filter(|i| i % 3 == 1)
+        .map(|i| sessions.register(&format!("q{i:03}"), "ca", Vec::new().into(), None))
+        .chain([sessions.register("q002/m1", "ca", Vec::new().into(), None)])
+        .collect();
+    sessions.remote_connected("q005", "node-b", 1);
+    assert_eq!(sessions.connected_device_count(), DEVICES / 3 + 1);
     check(&hub, &[]).await;
 
     // Declared indexes: the same answers, now found by index.
@@ -411,6 +428,7 @@ async fn run(store: Store) {
         .all_pages("SELECT * FROM devices WHERE tags.site = 'plant-99'")
         .await;
     assert_eq!(plan, "scanned");
+    drop(tickets);
 }
 
 #[tokio::test]

@@ -571,6 +571,35 @@ impl Store {
         sql
     }
 
+    /// The devices of `ids` that exist, in id order, each with its stored twin (for a query
+    /// that knows its candidates, as `connectionState = 'Connected'` does).
+    pub async fn devices_with_twins(&self, ids: &[String]) -> Result<Vec<DeviceWithTwin>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut sql = Sql::new(self);
+        sql.push(
+            "SELECT d.*, t.version AS twin_version, t.state AS twin_state \
+             FROM devices d LEFT JOIN twins t \
+             ON t.device_id = d.device_id AND t.module_id = '' \
+             WHERE d.device_id IN (",
+        );
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                sql.push(", ");
+            }
+            sql.bind(Bind::Text(id.clone()));
+        }
+        sql.push(") ORDER BY d.device_id");
+        // Planned for each run, as `existing_device_ids` is (a list of ids).
+        let rows = sql
+            .query()
+            .persistent(false)
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(device_with_twin).collect()
+    }
+
     /// How many devices match `pred` (all of them for None).
     pub async fn count_devices_where(&self, pred: Option<&Pred>) -> Result<u64> {
         let mut sql = Sql::new(self);

@@ -628,6 +628,10 @@ const SCAN_WINDOW: i64 = 10_000;
 /// primary key (see the query).
 const KEY_WALK: i64 = 2_000;
 
+/// The most connected devices that a query requiring `connectionState = 'Connected'` reads in
+/// preference to an index that could find its rows too.
+const CONNECTED_FIRST: usize = 100_000;
+
 /// Whether `pred` is an OR of conditions whose matches an index gives in device id order (an
 /// `IN` on an indexed path): a page is then the merge of each one's first rows, with no sort of
 /// all the matches.
@@ -702,12 +706,22 @@ pub async fn query(
     let indexed = pushed
         .as_ref()
         .is_some_and(|p| p.pred.indexed(&is_declared));
+    // `connectionState = 'Connected'`: the hub knows which devices are connected, so it reads
+    // their twins and no others (Some(true): that is the whole WHERE). Where an index could
+    // find the rows too, the connected devices go first unless there are very many of them
+    // (an index on, say, the status finds nearly every device).
+    let connected = match (&q.filter, modules) {
+        (Some(f), false) => crate::query_plan::connected_only(f)
+            .filter(|_| !indexed || state.sessions().connected_device_count() <= CONNECTED_FIRST),
+        _ => None,
+    };
     let mut items = Vec::new();
     let mut count = 0u64;
     let mut more = false;
     let counted = match (&pushed, &q.filter) {
         _ if !q.is_count() || modules => None,
         (_, None) => Some(state.store().count_devices_where(None).await?),
+        _ if connected == Some(true) => Some(state.sessions().connected_device_count() as u64),
         (Some(p), _) if p.exact => Some(state.store().count_devices_where(Some(&p.pred)).await?),
         _ => None,
     };
@@ -719,7 +733,7 @@ pub async fn query(
     // A page that no index finds reads at most SCAN_WINDOW devices: it may come back short,
     // even empty, with a continuation token where the next one goes on (as IoT Hub's pages
     // may), so no request holds the database for the whole registry. COUNT() and TOP read on.
-    let windowed = !indexed && !q.is_count() && q.top.is_none();
+    let windowed = !indexed && connected.is_none() && !q.is_count() && q.top.is_none();
     let mut read = 0i64;
     let upto = match (&pushed, windowed, counted) {
         (Some(_), true, None) => state.store().nth_device_after(&cursor, SCAN_WINDOW).await?,
@@ -732,6 +746,7 @@ pub async fn query(
     let mut walked = false;
     if let Some(p) = &pushed
         && indexed
+        && connected.is_none()
         && counted.is_none()
         && !q.is_count()
         && !p.pred.index_ordered(&is_declared)
@@ -759,8 +774,40 @@ pub async fn query(
             (items, cursor, more, walked) = (found, at, q.top.is_none(), true);
         }
     }
+    if connected.is_some() && counted.is_none() {
+        'connected: loop {
+            let ids = state
+                .sessions()
+                .connected_devices_after(&cursor, SCAN as usize);
+            let Some(end) = ids.last().cloned() else {
+                break;
+            };
+            let rows = state.store().devices_with_twins(&ids).await?;
+            for (i, (d, stored)) in rows.iter().enumerate() {
+                let twin = twins::from_record(&d.device_id, stored.as_ref())?;
+                let t = twins::device_twin_json(&state, d, &twin);
+                if q.matches(&t) {
+                    if q.is_count() {
+                        count += 1;
+                    } else {
+                        items.push(q.project(&t));
+                    }
+                }
+                cursor = d.device_id.to_string();
+                if !q.is_count() && items.len() >= limit {
+                    more = q.top.is_none() && (i + 1 < rows.len() || ids.len() == SCAN as usize);
+                    break 'connected;
+                }
+            }
+            // Past the batch's devices that the registry no longer holds, too.
+            cursor = end;
+            if ids.len() < SCAN as usize {
+                break;
+            }
+        }
+    }
     'scan: loop {
-        if counted.is_some() || walked {
+        if counted.is_some() || walked || connected.is_some() {
             break;
         }
         let page: Vec<(certhub_core::Device, Option<certhub_store::TwinRecord>)> = match &pushed {
@@ -867,6 +914,8 @@ pub async fn query(
     // Whether an index found the rows, or every twin was read (docs/operations.md, "Twin
     // queries at scale").
     let plan = match (&q.filter, indexed) {
+        // An index, or the connected devices known in memory.
+        _ if connected.is_some() => "indexed",
         (_, true) => "indexed",
         // No WHERE: pages of the primary key (COUNT() counts it).
         (None, _) if !modules => "indexed",
