@@ -23,11 +23,12 @@
 # there (certhub_connects_N, dropped and made anew; psql must reach the server) instead of
 # SQLite.
 #
-# The hub listens on 127.0.0.6 (ports 28443, 28883), sources are 127.0.1.1-40: a hub of your
-# own on the defaults is left alone. Results: $WORK/results/LABEL-*.json, LABEL the binary's
+# The hub listens on 127.0.0.6 with every port free (bench/lib/hub.sh), sources are
+# 127.0.1.1-40: a hub of your own on the defaults is left alone. Results: $WORK/results/LABEL-*.json, LABEL the binary's
 # position and file name.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib/hub.sh
 [ $# -ge 1 ] || { sed -n 2,3p "$0" >&2; exit 2; }
 WORK="${WORK:-/tmp/certhub-connects}"
 H=127.0.0.6
@@ -43,18 +44,14 @@ ls "$WORK/pki/devices" | sed 's/.*/{"deviceId":"&","authentication":{"type":"cer
 
 HUB=""
 start() { # BIN DIR
-    CERTHUB_LOG=warn "$1" serve --data-dir "$2" --hostname $H --https-addr $H:28443 \
-        --mqtt-addr $H:28883 --amqp-addr $H:0 --max-device-sessions 100000 >"$2.log" 2>&1 &
-    HUB=$!
-    for _ in $(seq 200); do
-        grep -q "devices (MQTT)" "$2.log" 2>/dev/null && return
-        sleep 0.1
-    done
-    echo "connects.sh: the hub did not start:" >&2
-    cat "$2.log" >&2
-    exit 1
+    C=$1
+    start_hub $H "$2" "$2.log" --max-device-sessions 100000
+    HUB=$HUB_PID
+    # What every bench run here is given (the port is new at each start).
+    common=(--devices "$WORK/pki/devices" --host $H --port "$MQTT_PORT"
+        --ca "$2/tls/server-ca.pem" --source-addrs "$SOURCES" --json)
 }
-stop() { kill "$HUB" 2>/dev/null || true; wait "$HUB" 2>/dev/null || true; }
+stop() { [ -z "$HUB" ] || { kill "$HUB" 2>/dev/null || true; wait "$HUB" 2>/dev/null || true; }; }
 rss() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 settle() { # PID: at least 5 s, then until the RSS stops falling (20 s at most)
     sleep 5
@@ -103,8 +100,6 @@ for BIN in "$@"; do
         --data-dir "$D" >/dev/null
     "$BIN" device import "$WORK/devices.jsonl" --data-dir "$D" >/dev/null 2>&1
     stop
-    common=(--devices "$WORK/pki/devices" --host $H --port 28883 --ca "$D/tls/server-ca.pem"
-        --source-addrs "$SOURCES" --json)
     start "$BIN" "$D"
     # The RSS before is read once the start's work has settled: the registry read into memory,
     # and the allocator's return of what that read used for a while (3 s or more), so that the

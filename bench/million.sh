@@ -15,12 +15,14 @@
 #     pages of /proc/net/sockstat, less before) per connection;
 #   the probes' RSS per connection (the load generator's, for the record);
 #   the hubs' CPU over the next 30 s of idling, per connection per second (µs).
-# Results: $WORK/million.tsv. The hubs listen on port 30883 (30443 for the API): a hub of your
-# own on the defaults is left alone.
+# Results: $WORK/million.tsv. Each hub's listeners take free ports (bench/lib/hub.sh): a hub
+# of your own on the defaults is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib/hub.sh
 [ $# -eq 1 ] || { sed -n 2,3p "$0" >&2; exit 2; }
 BIN=$1
+C=$BIN
 WORK="${WORK:-/tmp/certhub-million}"
 HUBS="${HUBS:-5}"
 PER="${PER:-19000}"
@@ -35,6 +37,8 @@ ls "$WORK/pki/devices" | head -n "$PER" |
 
 PIDS=()
 PROBES=()
+MQTT=()
+HTTPS=()
 cleanup() {
     for p in "${PROBES[@]}" "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
@@ -52,21 +56,17 @@ kernel_kib() { # Slab + TCP buffer pages
 }
 sessions() { # HUB-INDEX
     local d="$WORK/hub-$1"
-    curl -sf --max-time 2 --cacert "$d/tls/server-ca.pem" "https://$(addr "$1"):30443/metrics" |
+    curl -sf --max-time 2 --cacert "$d/tls/server-ca.pem" "https://$(addr "$1"):${HTTPS[$1]}/metrics" |
         awk '$1 == "certhub_device_sessions" {print $2}' | head -1
 }
 
 for i in $(seq "$HUBS"); do
     d="$WORK/hub-$i"
     rm -rf "$d" "$d.log"
-    CERTHUB_LOG=warn "$BIN" serve --data-dir "$d" --hostname "$(addr "$i")" \
-        --https-addr "$(addr "$i"):30443" --mqtt-addr "$(addr "$i"):30883" \
-        --amqp-addr "$(addr "$i"):0" --max-device-sessions 100000 >"$d.log" 2>&1 &
-    PIDS+=($!)
-    for _ in $(seq 200); do
-        grep -q "devices (MQTT)" "$d.log" 2>/dev/null && break
-        sleep 0.1
-    done
+    start_hub "$(addr "$i")" "$d" "$d.log" --max-device-sessions 100000
+    PIDS+=("$HUB_PID")
+    MQTT[$i]=$MQTT_PORT
+    HTTPS[$i]=$HTTPS_PORT
     "$BIN" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified \
         --data-dir "$d" >/dev/null
     "$BIN" device import "$WORK/devices.jsonl" --data-dir "$d" >/dev/null 2>&1
@@ -79,7 +79,7 @@ printf "held\thub_rss_mib\thub_kib_per_conn\tkernel_kib_per_conn\tprobe_kib_per_
     tee "$WORK/million.tsv"
 for i in $(seq "$HUBS"); do
     d="$WORK/hub-$i"
-    "$BIN" bench hold --devices "$WORK/pki/devices" --host "$(addr "$i")" --port 30883 \
+    "$BIN" bench hold --devices "$WORK/pki/devices" --host "$(addr "$i")" --port "${MQTT[$i]}" \
         --ca "$d/tls/server-ca.pem" --source-addrs "127.$((3 + i)).0.1-127.$((3 + i)).0.40" \
         --connections "$PER" --hold 100000 --keep-alive 60 --parallel 256 --json \
         >"$WORK/probe-$i.json" 2>"$WORK/probe-$i.err" &

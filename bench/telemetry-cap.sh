@@ -16,11 +16,12 @@
 # their largest and at the end; how the file grew over the run's last half (a bounded disk
 # stops growing); the log as the cap counts it at its largest; what the cap dropped.
 #
-# Defaults: CAP=536870912 (512 MiB), RATE=150000, DURATION=300 (seconds). The hub listens on 127.0.0.7
-# (ports 29443, 29883), sources are 127.0.2.1-40: a hub of your own on the defaults is left
-# alone.
+# Defaults: CAP=536870912 (512 MiB), RATE=150000, DURATION=300 (seconds). The hub listens on
+# 127.0.0.7 with every port free (bench/lib/hub.sh), sources are 127.0.2.1-40: a hub of your
+# own on the defaults is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/lib/hub.sh
 [ $# -ge 1 ] || { sed -n 2,3p "$0" >&2; exit 2; }
 WORK="${WORK:-/tmp/certhub-telemetry-cap}"
 CAP="${CAP:-536870912}"
@@ -39,23 +40,16 @@ ls "$WORK/pki/devices" | sed 's/.*/{"deviceId":"&","authentication":{"type":"cer
 HUB=""
 SAMPLER=""
 start() { # BIN DIR [ARGS...]
-    local bin=$1 dir=$2
+    C=$1
+    local dir=$2
     shift 2
-    CERTHUB_LOG=warn "$bin" serve --data-dir "$dir" --hostname $H --https-addr $H:29443 \
-        --mqtt-addr $H:29883 --amqp-addr $H:0 "$@" >"$dir.log" 2>&1 &
-    HUB=$!
-    for _ in $(seq 200); do
-        grep -q "devices (MQTT)" "$dir.log" 2>/dev/null && return
-        sleep 0.1
-    done
-    echo "telemetry-cap.sh: the hub did not start:" >&2
-    cat "$dir.log" >&2
-    exit 1
+    start_hub $H "$dir" "$dir.log" "$@"
+    HUB=$HUB_PID
 }
 stop() {
     [ -z "$SAMPLER" ] || kill "$SAMPLER" 2>/dev/null || true
-    kill "$HUB" 2>/dev/null || true
-    wait "$HUB" 2>/dev/null || true
+    [ -z "$HUB" ] || kill "$HUB" 2>/dev/null || true
+    [ -z "$HUB" ] || wait "$HUB" 2>/dev/null || true
 }
 trap stop EXIT
 
@@ -67,7 +61,7 @@ sample() { # DIR CSV: one line a second until killed
         local db wal m
         db=$(stat -c %s "$dir/certhub.db" 2>/dev/null || echo 0)
         wal=$(stat -c %s "$dir/certhub.db-wal" 2>/dev/null || echo 0)
-        m=$(curl -sf --max-time 1 --cacert "$dir/tls/server-ca.pem" "https://$H:29443/metrics" || true)
+        m=$(curl -sf --max-time 1 --cacert "$dir/tls/server-ca.pem" "https://$H:$HTTPS_PORT/metrics" || true)
         get() { echo "$m" | awk -v n="$1" '$1 == n {print $2}' | head -1; }
         echo "$t,$db,$wal,$(get certhub_telemetry_log_bytes),$(get certhub_telemetry_dropped_total),$(get certhub_telemetry_segments_started_total),$(get certhub_telemetry_segments_dropped_total)" >>"$csv"
     done
@@ -85,7 +79,7 @@ for BIN in "$@"; do
     "$BIN" device import "$WORK/devices.jsonl" --data-dir "$D" >/dev/null 2>&1
     sample "$D" "$WORK/results/$label-disk.csv" &
     SAMPLER=$!
-    "$BIN" bench telemetry --devices "$WORK/pki/devices" --host $H --port 29883 \
+    "$BIN" bench telemetry --devices "$WORK/pki/devices" --host $H --port "$MQTT_PORT" \
         --ca "$D/tls/server-ca.pem" --source-addrs "$SOURCES" --server-pid "$HUB" --json \
         --clients 50 --window 16 --payload 256 --rate "$RATE" --duration "$DURATION" \
         >"$WORK/results/$label-telemetry.json"
