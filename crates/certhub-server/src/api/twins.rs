@@ -775,10 +775,10 @@ pub async fn query(
         }
     }
     if connected.is_some() && counted.is_none() {
+        // Each batch walks every session once: a COUNT() that reads them all takes larger ones.
+        let batch = if q.is_count() { 5_000 } else { SCAN as usize };
         'connected: loop {
-            let ids = state
-                .sessions()
-                .connected_devices_after(&cursor, SCAN as usize);
+            let ids = state.sessions().connected_devices_after(&cursor, batch);
             let Some(end) = ids.last().cloned() else {
                 break;
             };
@@ -795,13 +795,13 @@ pub async fn query(
                 }
                 cursor = d.device_id.to_string();
                 if !q.is_count() && items.len() >= limit {
-                    more = q.top.is_none() && (i + 1 < rows.len() || ids.len() == SCAN as usize);
+                    more = q.top.is_none() && (i + 1 < rows.len() || ids.len() == batch);
                     break 'connected;
                 }
             }
             // Past the batch's devices that the registry no longer holds, too.
             cursor = end;
-            if ids.len() < SCAN as usize {
+            if ids.len() < batch {
                 break;
             }
         }
