@@ -4,7 +4,7 @@
 # Twin queries on `connectionState = 'Connected'` at a large registry while devices are
 # connected, for one or more release binaries in turn on the same data (name two builds to
 # compare them):
-#   once   REG devices (1 000 000) made by `certhub bench query --populate` with the first BIN
+#   once   REG devices (1 000 000) made by `certhub bench query --populate`
 #          (created, tagged, every 100th disabled), and HOLD (10 000) of Company-X's device
 #          chains of `certhub pki demo supply-chain` registered beside them, in $WORK/data;
 #          kept for later runs (delete $WORK to start again);
@@ -13,6 +13,7 @@
 #          --runs RUNS` (20) times the first page of the connected devices, the connected and
 #          enabled ones, and COUNT() of the connected.
 #
+# The load (`certhub bench ...`) comes from the last BIN (or $BENCH), whichever hub runs.
 # The hub listens on 127.0.0.8 with every port free (bench/lib/hub.sh), the held connections
 # come from 127.0.2.1-10: a hub of your own on the defaults is left alone. Results:
 # $WORK/results/LABEL.txt, LABEL the binary's position and file name.
@@ -26,6 +27,7 @@ HOLD="${HOLD:-10000}"
 RUNS="${RUNS:-20}"
 H=127.0.0.8
 D="$WORK/data"
+B="${BENCH:-${*: -1}}"
 ulimit -n "$(ulimit -Hn)"
 mkdir -p "$WORK/results"
 
@@ -43,7 +45,7 @@ trap stop EXIT
 cs() { "$C" hub connection-string --data-dir "$D"; }
 
 if [ ! -f "$WORK/populated-$REG-$HOLD" ]; then
-    C=$1
+    C=$B
     rm -rf "$D" "$WORK/pki"
     echo "making $HOLD device chains and $REG tagged devices in $WORK (once)" >&2
     "$C" pki demo supply-chain --out "$WORK/pki" --devices "$HOLD" >/dev/null
@@ -54,7 +56,7 @@ if [ ! -f "$WORK/populated-$REG-$HOLD" ]; then
         sed 's/.*/{"deviceId":"&","authentication":{"type":"certificateAuthority"}}/' \
             >"$WORK/devices.jsonl"
     "$C" device import "$WORK/devices.jsonl" --data-dir "$D" >/dev/null
-    "$C" bench query --ca "$D/tls/server-ca.pem" --connection-string "$(cs)" \
+    "$B" bench query --ca "$D/tls/server-ca.pem" --connection-string "$(cs)" \
         --populate "$REG" --runs 1 --only deviceId | tee "$WORK/results/populate.txt"
     stop
     touch "$WORK/populated-$REG-$HOLD"
@@ -66,7 +68,7 @@ for BIN in "$@"; do
     label="$n-$(basename "$BIN")"
     C=$BIN
     start_hub $H "$D" "$WORK/$label.log" --max-device-sessions 100000
-    "$C" bench hold --devices "$WORK/pki/devices" --host $H --port "$MQTT_PORT" \
+    "$B" bench hold --devices "$WORK/pki/devices" --host $H --port "$MQTT_PORT" \
         --ca "$D/tls/server-ca.pem" --source-addrs 127.0.2.1-127.0.2.10 \
         --connections "$HOLD" --hold 100000 --json >"$WORK/$label-hold.json" 2>&1 &
     HOLDER=$!
@@ -79,7 +81,7 @@ for BIN in "$@"; do
     done
     [ "${held:-0}" -ge "$HOLD" ] || { echo "only ${held:-0} of $HOLD connected" >&2; exit 1; }
     echo "== $label: $held devices connected" | tee "$WORK/results/$label.txt"
-    "$C" bench query --ca "$D/tls/server-ca.pem" --connection-string "$(cs)" \
+    "$B" bench query --ca "$D/tls/server-ca.pem" --connection-string "$(cs)" \
         --registered "$REG" --only connected --runs "$RUNS" | tee -a "$WORK/results/$label.txt"
     stop
 done

@@ -331,10 +331,14 @@ impl DeviceCore {
         Box::pin(state.announce_session(&cn, ticket.conn)).await;
         state.announce_end_later(&cn, ticket.conn, &ticket.mailbox);
         state.metrics().connect("ok");
-        if state.store().backend() == certhub_store::Backend::Postgres && !state.in_cluster() {
-            // Other processes share this database and this one does not hear them: the
-            // device's last session may have been on one of them (on SQLite this process is
-            // the only writer, and a cluster node's copy is kept current by the others'
+        if state.store().backend() == certhub_store::Backend::Postgres
+            && !state.in_cluster()
+            && state.store().mqtt_session_unsure(&cn)
+        {
+            // Other processes share this database: the device's last session may have been
+            // on one of them. The database announces each session written, so it is read
+            // only when one was, or while this hub does not hear them (on SQLite this process
+            // is the only writer, and a cluster node's copy is kept current by the others'
             // notices, so their memory is exact).
             match Box::pin(state.store().mqtt_session(&cn)).await {
                 Ok(saved) => {

@@ -475,16 +475,22 @@ impl AppState {
         Ok(())
     }
 
-    /// Replaces what this node keeps of persistent MQTT sessions with what the store holds.
-    async fn reload_persistent_sessions(&self) {
+    /// Replaces what this node keeps of persistent MQTT sessions with what the store holds;
+    /// false if the store could not be read.
+    pub async fn reload_persistent_sessions(&self) -> bool {
         match self.store().mqtt_sessions().await {
-            Ok(saved) => self
-                .sessions()
-                .replace_persistent(parse_saved_sessions(saved)),
-            Err(e) => tracing::warn!(
-                error = %e,
-                "persistent sessions not re-read after the cluster bus came back; devices that reconnect through this node may find their subscriptions missing"
-            ),
+            Ok(saved) => {
+                self.sessions()
+                    .replace_persistent(parse_saved_sessions(saved));
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "persistent sessions not read again; devices that reconnect through this node may find their subscriptions missing"
+                );
+                false
+            }
         }
     }
 
@@ -695,7 +701,7 @@ impl AppState {
 
     /// Whether this node hears the others: then what it keeps in memory of persistent MQTT
     /// sessions is kept current by their notices, and a connect reads no database.
-    pub(crate) fn in_cluster(&self) -> bool {
+    pub fn in_cluster(&self) -> bool {
         self.inner.cluster.get().is_some()
     }
 

@@ -3,18 +3,81 @@
 //! hub that listens forgets each identity announced. A hub then keeps identities in memory for
 //! connections as on SQLite, with or without NATS.
 //!
+//! The same connection hears the writes of persistent MQTT sessions (`certhub_mqtt_session`,
+//! schema step 20): a hub without NATS then reads a device's saved session at its connection
+//! only when another process may have written it ([`Store::mqtt_session_unsure`]).
+//!
 //! A lost listening connection may have lost announcements with it: from the moment the loss
 //! is seen until the hub listens again, nothing is served from memory; once it listens again,
-//! everything kept before is dropped.
+//! everything kept before is dropped (identities), or read again (sessions).
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sqlx::postgres::PgListener;
+use tokio::sync::watch;
 
 use crate::{Result, Store, StoreError};
 
-/// The channel the trigger announces on.
+/// The channel the identity trigger announces on.
 const CHANNEL: &str = "certhub_identity";
+
+/// The channel the persistent-session trigger announces on.
+const SESSION_CHANNEL: &str = "certhub_mqtt_session";
+
+/// What a hub knows of persistent MQTT sessions written by others (PostgreSQL).
+#[derive(Debug)]
+pub(crate) struct SessionsHeard {
+    heard: Mutex<Heard>,
+    /// Bumped each time the hub starts listening: its copy of every session must be read again.
+    listening: watch::Sender<u64>,
+}
+
+#[derive(Debug, Default)]
+struct Heard {
+    /// The hub's copy was read again since it last began listening.
+    trusted: bool,
+    generation: u64,
+    /// Sessions announced as written since then.
+    unsure: HashSet<String>,
+}
+
+impl Default for SessionsHeard {
+    fn default() -> Self {
+        Self {
+            heard: Mutex::default(),
+            listening: watch::Sender::new(0),
+        }
+    }
+}
+
+impl SessionsHeard {
+    fn listening_again(&self) {
+        let generation = match self.heard.lock() {
+            Ok(mut h) => {
+                h.trusted = false;
+                h.unsure.clear();
+                h.generation += 1;
+                h.generation
+            }
+            Err(_) => return,
+        };
+        self.listening.send_replace(generation);
+    }
+
+    fn lost(&self) {
+        if let Ok(mut h) = self.heard.lock() {
+            h.trusted = false;
+        }
+    }
+
+    fn written(&self, client_id: &str) {
+        if let Ok(mut h) = self.heard.lock() {
+            h.unsure.insert(client_id.to_string());
+        }
+    }
+}
 
 impl Store {
     /// Keeps identities in memory for connections (PostgreSQL), forgetting each one the
@@ -26,11 +89,14 @@ impl Store {
         };
         let mut listener = listen(&url).await?;
         let cache = self.identities.get_or_init(Default::default).clone();
+        let sessions = self.sessions_heard.clone();
         // Anything kept before this point may predate writes nobody announced to this hub.
         cache.resume();
+        sessions.listening_again();
         tokio::spawn(async move {
             loop {
                 match listener.try_recv().await {
+                    Ok(Some(n)) if n.channel() == SESSION_CHANNEL => sessions.written(n.payload()),
                     Ok(Some(n)) => {
                         let mut ids = n.payload().splitn(2, '\n');
                         let device = ids.next().unwrap_or_default();
@@ -38,6 +104,7 @@ impl Store {
                     }
                     Ok(None) | Err(_) => {
                         cache.suspend();
+                        sessions.lost();
                         tracing::warn!(
                             "the database connection that hears identity changes was lost: devices are read from the database until it is back"
                         );
@@ -48,12 +115,40 @@ impl Store {
                             }
                         };
                         cache.resume();
+                        sessions.listening_again();
                         tracing::info!("identity changes are heard again");
                     }
                 }
             }
         });
         Ok(())
+    }
+
+    /// Whether the hub must read `client_id`'s persistent MQTT session from the database at
+    /// its connection (PostgreSQL without NATS, where other processes may write it): yes until
+    /// the hub listens for session writes and has read its copy of all of them again
+    /// ([`Store::mqtt_sessions_read_again`]), and then once after each announced write.
+    pub fn mqtt_session_unsure(&self, client_id: &str) -> bool {
+        match self.sessions_heard.heard.lock() {
+            Ok(mut h) => !h.trusted || h.unsure.remove(client_id),
+            Err(_) => true,
+        }
+    }
+
+    /// Changes each time the hub begins listening (again): read every persistent session
+    /// again, then call [`Store::mqtt_sessions_read_again`] with the value seen.
+    pub fn mqtt_session_listening(&self) -> watch::Receiver<u64> {
+        self.sessions_heard.listening.subscribe()
+    }
+
+    /// The hub's copy of the persistent sessions was read again after the listening numbered
+    /// `generation` began: what is not announced since is as the database holds it.
+    pub fn mqtt_sessions_read_again(&self, generation: u64) {
+        if let Ok(mut h) = self.sessions_heard.heard.lock()
+            && h.generation == generation
+        {
+            h.trusted = true;
+        }
     }
 }
 
@@ -62,6 +157,9 @@ impl Store {
 async fn listen(url: &str) -> Result<PgListener> {
     let mut listener = PgListener::connect(url).await.map_err(StoreError::Db)?;
     listener.eager_reconnect(false);
-    listener.listen(CHANNEL).await.map_err(StoreError::Db)?;
+    listener
+        .listen_all([CHANNEL, SESSION_CHANNEL])
+        .await
+        .map_err(StoreError::Db)?;
     Ok(listener)
 }

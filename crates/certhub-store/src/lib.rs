@@ -154,6 +154,8 @@ pub struct Store {
     /// Told of every identity write (device, module) once it is over: a cluster node tells
     /// the others, which forget what they kept.
     on_identity_write: std::sync::Arc<std::sync::OnceLock<IdentityWritten>>,
+    /// Persistent MQTT sessions written by other processes (PostgreSQL; `identity_notify`).
+    sessions_heard: std::sync::Arc<identity_notify::SessionsHeard>,
     /// The copy of the database taken before this start brought its schema up to date.
     upgrade_backup: Option<std::sync::Arc<backup::UpgradeBackup>>,
     /// Whether text orders by its UTF-8 bytes (see [`Store::text_orders_bytewise`]).
@@ -343,6 +345,7 @@ impl Store {
             backend,
             identities: Default::default(),
             on_identity_write: Default::default(),
+            sessions_heard: Default::default(),
             upgrade_backup: None,
             bytewise_text: true,
             segments: Default::default(),

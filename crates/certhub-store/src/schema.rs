@@ -369,6 +369,25 @@ const STEPS: &[&str] = &[
             primary_key, secondary_key, primary_thumbprint, secondary_thumbprint OR DELETE
             ON modules
         FOR EACH ROW EXECUTE FUNCTION certhub_identity_written();",
+    // 20 (PostgreSQL only): every write of a persistent MQTT session is announced on the
+    // channel `certhub_mqtt_session` (the client id: the device id, or device/module), so that
+    // a hub without NATS keeps sessions in memory and reads one from the database only when
+    // another process may have written it (`Store::keep_identities_listening`).
+    "--postgres only
+    CREATE FUNCTION certhub_mqtt_session_written() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        r mqtt_sessions;
+    BEGIN
+        IF TG_OP = 'DELETE' THEN r := OLD; ELSE r := NEW; END IF;
+        IF r.module_id = '' THEN
+            PERFORM pg_notify('certhub_mqtt_session', r.device_id);
+        ELSE
+            PERFORM pg_notify('certhub_mqtt_session', r.device_id || '/' || r.module_id);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER mqtt_sessions_written AFTER INSERT OR UPDATE OR DELETE ON mqtt_sessions
+        FOR EACH ROW EXECUTE FUNCTION certhub_mqtt_session_written();",
 ];
 
 /// The first line of a step that runs on PostgreSQL only, whole (SQLite records it as done).

@@ -1377,6 +1377,77 @@ async fn postgres() {
     .await;
 }
 
+/// On PostgreSQL a hub hears the persistent MQTT sessions written by any process (schema step
+/// 20's trigger): once it listens and has read its copy again, a connection reads its saved
+/// session only after an announced write of it, once.
+#[tokio::test]
+async fn postgres_session_writes_made_elsewhere_are_heard() {
+    let Some(scratch) = certhub_store::scratch::postgres("certhub_sessions_heard")
+        .await
+        .expect("scratch database")
+    else {
+        return;
+    };
+    let hub = scratch.store.clone();
+    let elsewhere = Store::open(&scratch.url).await.expect("another process");
+    assert!(
+        hub.mqtt_session_unsure("d1"),
+        "not listening: read at every connection"
+    );
+    hub.keep_identities_listening().await.expect("listen");
+    let mut listening = hub.mqtt_session_listening();
+    let generation = *listening.borrow_and_update();
+    assert!(generation > 0, "listening began");
+    assert!(
+        hub.mqtt_session_unsure("d1"),
+        "the copy is not read again yet"
+    );
+    hub.mqtt_sessions_read_again(generation + 1);
+    assert!(
+        hub.mqtt_session_unsure("d1"),
+        "read again for another listening"
+    );
+    hub.mqtt_sessions_read_again(generation);
+    assert!(!hub.mqtt_session_unsure("d1"), "the copy is the database's");
+    let heard = |client_id: &'static str| {
+        let hub = hub.clone();
+        async move {
+            for _ in 0..200 {
+                if hub.mqtt_session_unsure(client_id) {
+                    // Once: the connection that reads it has the database's copy.
+                    assert!(
+                        !hub.mqtt_session_unsure(client_id),
+                        "{client_id} read twice"
+                    );
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            panic!("the write of {client_id}'s session was not heard");
+        }
+    };
+    elsewhere
+        .save_mqtt_session("d1", "{\"a\":1}", 1)
+        .await
+        .expect("save");
+    heard("d1").await;
+    elsewhere
+        .save_mqtt_session("d1/m1", "{}", 2)
+        .await
+        .expect("save module's");
+    heard("d1/m1").await;
+    elsewhere
+        .save_mqtt_session("d1", "{\"a\":0}", 3)
+        .await
+        .expect("save again");
+    heard("d1").await;
+    elsewhere.delete_mqtt_session("d1").await.expect("delete");
+    heard("d1").await;
+    assert!(!hub.mqtt_session_unsure("d2"), "never written");
+    elsewhere.close().await;
+    scratch.drop_database().await.expect("drop database");
+}
+
 /// On PostgreSQL a hub keeps identities in memory and forgets each one the database announces
 /// as changed, whichever process changed it (schema step 19's trigger).
 #[tokio::test]

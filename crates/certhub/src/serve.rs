@@ -1123,6 +1123,35 @@ async fn serve(config: Config) -> Result<Outcome> {
     if let Err(e) = store.keep_identities_listening().await {
         tracing::warn!(error = %e, "cannot listen for identity changes on PostgreSQL: each connection reads its device from the database");
     }
+    // Persistent MQTT sessions likewise (PostgreSQL without NATS): each time the hub begins to
+    // hear their writes, it reads them all again; from then on a connection reads its saved
+    // session only when one was announced as written.
+    if store.backend() == certhub_store::Backend::Postgres && !state.in_cluster() {
+        let mut listening = store.mqtt_session_listening();
+        let state = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let generation = *listening.borrow_and_update();
+                // Until the copy is read, every connection reads its own session: try again
+                // each second (unless the hub began listening anew meanwhile).
+                if generation > 0 {
+                    loop {
+                        if state.reload_persistent_sessions().await {
+                            state.store().mqtt_sessions_read_again(generation);
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        if listening.has_changed().unwrap_or(true) {
+                            break;
+                        }
+                    }
+                }
+                if listening.changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
     // The registry into memory, beside the listeners (a device that connects first is read
     // from the database as before): after a restart the whole fleet reconnects at once, and
     // each first connection then costs no database read.
