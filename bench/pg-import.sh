@@ -9,6 +9,7 @@
 # table afterwards (sequential scans, and the rows they read): a bulk create whose existence
 # check reads the table whole shows there.
 #
+# The load (`certhub bench query`) comes from the last BIN (or $BENCH), whichever hub runs.
 # Defaults: N=200000. The hub listens on 127.0.0.9 with every port free (bench/lib/hub.sh).
 # Results: $WORK/results/LABEL.txt.
 set -euo pipefail
@@ -18,6 +19,7 @@ source bench/lib/hub.sh
 WORK="${WORK:-/tmp/certhub-pg-import}"
 N="${N:-200000}"
 H=127.0.0.9
+B="${BENCH:-${*: -1}}"
 mkdir -p "$WORK/results"
 HUB_PID=""
 stop() { [ -z "$HUB_PID" ] || { kill "$HUB_PID" 2>/dev/null || true; wait "$HUB_PID" 2>/dev/null || true; }; HUB_PID=""; }
@@ -35,7 +37,7 @@ for BIN in "$@"; do
     C=$BIN
     export CERTHUB_DATABASE_URL="$POSTGRES/$db"
     start_hub $H "$D" "$D.log"
-    "$C" bench query --ca "$D/tls/server-ca.pem" \
+    "$B" bench query --ca "$D/tls/server-ca.pem" \
         --connection-string "$("$C" hub connection-string --data-dir "$D")" \
         --populate "$N" --runs 1 --only deviceId >"$WORK/results/$label.txt"
     stop

@@ -318,11 +318,7 @@ impl Store {
                 "SELECT device_id FROM devices WHERE device_id IN ({})",
                 placeholders.join(",")
             );
-            // Not kept prepared: PostgreSQL would settle on one plan for it after five runs,
-            // and a plan made while the table was small (a sequential scan) stays until the
-            // table is analyzed, which never happens with autovacuum off (seen: 4 to 5 s a
-            // statement at a million devices). Unprepared, each run is planned for its values.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for id in chunk {
                 q = q.bind(id.clone());
             }

@@ -591,7 +591,8 @@ impl Store {
             sql.bind(Bind::Text(id.clone()));
         }
         sql.push(") ORDER BY d.device_id");
-        // Planned for each run, as `existing_device_ids` is (a list of ids).
+        // Not kept prepared: each length of the list would be a statement of its own in the
+        // connection's cache.
         let rows = sql
             .query()
             .persistent(false)
