@@ -20,12 +20,14 @@ start_hub() {
     CERTHUB_LOG=warn "$C" serve --data-dir "$data" --hostname "$addr" --https-addr "$addr:0" \
         --mqtt-addr "$addr:0" --amqp-addr "$addr:0" "$@" >"$log" 2>&1 &
     HUB_PID=$!
+    # The banner may be seen half written: wait for the MQTT line's port, which comes last.
+    MQTT_PORT=""
     for _ in $(seq 300); do
-        grep -q "devices (MQTT)" "$log" 2>/dev/null && break
+        MQTT_PORT=$(sed -n 's/.*devices (MQTT) *[^ ]*:\([0-9]*\) .*/\1/p' "$log" 2>/dev/null)
+        [ -n "$MQTT_PORT" ] && break
         sleep 0.1
     done
-    grep -q "devices (MQTT)" "$log" || { echo "the hub did not start:" >&2; cat "$log" >&2; exit 1; }
-    MQTT_PORT=$(sed -n 's/.*devices (MQTT) *[^ ]*:\([0-9]*\) .*/\1/p' "$log")
+    [ -n "$MQTT_PORT" ] || { echo "the hub did not start:" >&2; cat "$log" >&2; exit 1; }
     AMQP_PORT=$(sed -n 's/.*devices (AMQP) *[^ ]*:\([0-9]*\) .*/\1/p' "$log")
     HTTPS_PORT=$(sed 's/.*HostName=[^;:]*:\([0-9]*\);.*/\1/' <<<"$("$C" hub connection-string --data-dir "$data")")
 }
