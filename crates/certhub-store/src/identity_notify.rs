@@ -106,7 +106,7 @@ impl Store {
                         cache.suspend();
                         sessions.lost();
                         tracing::warn!(
-                            "the database connection that hears identity changes was lost: devices are read from the database until it is back"
+                            "the database connection that hears identity and session changes was lost: devices and their saved sessions are read from the database until it is back"
                         );
                         listener = loop {
                             match listen(&url).await {
@@ -116,7 +116,7 @@ impl Store {
                         };
                         cache.resume();
                         sessions.listening_again();
-                        tracing::info!("identity changes are heard again");
+                        tracing::info!("identity and session changes are heard again");
                     }
                 }
             }
