@@ -352,6 +352,7 @@ impl DeviceCore {
                     state.sessions().refresh(&cn, subs);
                 }
                 Err(e) => {
+                    state.store().mqtt_session_not_read(&cn);
                     tracing::warn!(client_id = cn, error = %e, "persistent session not read from the store; using this node's copy");
                 }
             }

@@ -77,6 +77,29 @@ impl SessionsHeard {
             h.unsure.insert(client_id.to_string());
         }
     }
+
+    /// Whether `client_id`'s session must be read from the database; a yes for an announced
+    /// write is given once (the caller reads it, or says it could not).
+    fn take_unsure(&self, client_id: &str) -> bool {
+        match self.heard.lock() {
+            Ok(mut h) => !h.trusted || h.unsure.remove(client_id),
+            Err(_) => true,
+        }
+    }
+
+    fn read_again(&self, generation: u64) {
+        if let Ok(mut h) = self.heard.lock()
+            && h.generation == generation
+        {
+            h.trusted = true;
+        }
+    }
+
+    /// The read that [`SessionsHeard::take_unsure`] asked for failed: the next connection
+    /// must read it.
+    fn not_read(&self, client_id: &str) {
+        self.written(client_id);
+    }
 }
 
 impl Store {
@@ -128,11 +151,16 @@ impl Store {
     /// its connection (PostgreSQL without NATS, where other processes may write it): yes until
     /// the hub listens for session writes and has read its copy of all of them again
     /// ([`Store::mqtt_sessions_read_again`]), and then once after each announced write.
+    /// A yes for an announced write is given once: if the read then fails, say so with
+    /// [`Store::mqtt_session_not_read`].
     pub fn mqtt_session_unsure(&self, client_id: &str) -> bool {
-        match self.sessions_heard.heard.lock() {
-            Ok(mut h) => !h.trusted || h.unsure.remove(client_id),
-            Err(_) => true,
-        }
+        self.sessions_heard.take_unsure(client_id)
+    }
+
+    /// The read that [`Store::mqtt_session_unsure`] asked for did not succeed: the device's
+    /// next connection reads it again.
+    pub fn mqtt_session_not_read(&self, client_id: &str) {
+        self.sessions_heard.not_read(client_id);
     }
 
     /// Changes each time the hub begins listening (again): read every persistent session
@@ -144,11 +172,7 @@ impl Store {
     /// The hub's copy of the persistent sessions was read again after the listening numbered
     /// `generation` began: what is not announced since is as the database holds it.
     pub fn mqtt_sessions_read_again(&self, generation: u64) {
-        if let Ok(mut h) = self.sessions_heard.heard.lock()
-            && h.generation == generation
-        {
-            h.trusted = true;
-        }
+        self.sessions_heard.read_again(generation);
     }
 }
 
@@ -162,4 +186,47 @@ async fn listen(url: &str) -> Result<PgListener> {
         .await
         .map_err(StoreError::Db)?;
     Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announced_write_is_read_once_unless_the_read_fails() {
+        let heard = SessionsHeard::default();
+        assert!(
+            heard.take_unsure("d1"),
+            "not listening yet: every read is unsure"
+        );
+        heard.listening_again();
+        let generation = *heard.listening.borrow();
+        assert!(
+            heard.take_unsure("d1"),
+            "listening, but the copy is not read again yet"
+        );
+        heard.read_again(generation - 1);
+        assert!(
+            heard.take_unsure("d1"),
+            "a read of an earlier listening does not count"
+        );
+        heard.read_again(generation);
+        assert!(!heard.take_unsure("d1"), "the copy is the database's");
+        heard.written("d1");
+        assert!(heard.take_unsure("d1"), "written elsewhere: read it");
+        assert!(!heard.take_unsure("d1"), "read once");
+        heard.written("d1");
+        assert!(heard.take_unsure("d1"));
+        heard.not_read("d1");
+        assert!(
+            heard.take_unsure("d1"),
+            "the read failed: the next connection reads it"
+        );
+        assert!(!heard.take_unsure("d2"));
+        heard.lost();
+        assert!(
+            heard.take_unsure("d2"),
+            "not hearing writes: every read is unsure"
+        );
+    }
 }
