@@ -13,6 +13,10 @@
 #          --runs RUNS` (20) times each shape in turn: the first page of the connected devices,
 #          of the connected and enabled ones, and COUNT() of the connected.
 #
+# With POSTGRES=postgres://user@host:port the data is kept in the database
+# certhub_connected_query there (made once, with $WORK/data-postgres for the rest; psql must
+# reach the server) instead of SQLite.
+#
 # The load (`certhub bench ...`) comes from the last BIN (or $BENCH), whichever hub runs.
 # The hub listens on 127.0.0.8 with every port free (bench/lib/hub.sh), the held connections
 # come from 127.0.2.1-10: a hub of your own on the defaults is left alone. Results:
@@ -44,11 +48,23 @@ stop() {
 trap stop EXIT
 cs() { "$C" hub connection-string --data-dir "$D"; }
 
-if [ ! -f "$WORK/populated-$REG-$HOLD" ]; then
+MARK="$WORK/populated-$REG-$HOLD"
+if [ -n "${POSTGRES:-}" ]; then
+    MARK="$MARK-postgres"
+    D="$WORK/data-postgres"
+    export CERTHUB_DATABASE_URL="$POSTGRES/certhub_connected_query"
+fi
+if [ ! -f "$MARK" ]; then
     C=$B
-    rm -rf "$D" "$WORK/pki"
+    rm -rf "$D"
+    if [ -n "${POSTGRES:-}" ]; then
+        psql "$POSTGRES/postgres" -q -c "DROP DATABASE IF EXISTS certhub_connected_query" \
+            -c "CREATE DATABASE certhub_connected_query" >/dev/null 2>"$WORK/psql.err" ||
+            { cat "$WORK/psql.err" >&2; exit 1; }
+    fi
     echo "making $HOLD device chains and $REG tagged devices in $WORK (once)" >&2
-    "$C" pki demo supply-chain --out "$WORK/pki" --devices "$HOLD" >/dev/null
+    [ -d "$WORK/pki/devices" ] && [ "$(ls "$WORK/pki/devices" | wc -l)" = "$HOLD" ] ||
+        { rm -rf "$WORK/pki"; "$C" pki demo supply-chain --out "$WORK/pki" --devices "$HOLD" >/dev/null; }
     start_hub $H "$D" "$WORK/populate.log" --max-device-sessions 100000
     "$C" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified \
         --data-dir "$D" >/dev/null
@@ -59,7 +75,7 @@ if [ ! -f "$WORK/populated-$REG-$HOLD" ]; then
     "$B" bench query --ca "$D/tls/server-ca.pem" --connection-string "$(cs)" \
         --populate "$REG" --runs 1 --only deviceId | tee "$WORK/results/populate.txt"
     stop
-    touch "$WORK/populated-$REG-$HOLD"
+    touch "$MARK"
 fi
 
 n=0

@@ -694,6 +694,14 @@ impl Sessions {
         first.into_iter().collect()
     }
 
+    /// At least as many as [`Sessions::connected_device_count`], without walking the sessions:
+    /// every session here and every one heard of elsewhere, modules and the sessions known on
+    /// both counted too.
+    pub fn connected_at_most(&self) -> usize {
+        let here = self.live.lock().map(|l| l.len()).unwrap_or(0);
+        here + self.remote.lock().map(|r| r.len()).unwrap_or(0)
+    }
+
     /// How many devices (not modules) are connected, here or on another node.
     pub fn connected_device_count(&self) -> usize {
         let remote: Vec<String> = self
@@ -728,6 +736,11 @@ mod tests {
         s.remote_connected("d04", "node-b", 1);
         s.remote_connected("d05", "node-b", 2); // here too: counted once
         assert_eq!(s.connected_device_count(), 7);
+        assert_eq!(
+            s.connected_at_most(),
+            9,
+            "the module and d05 twice, unwalked"
+        );
         let mut all = Vec::new();
         let mut after = String::new();
         loop {

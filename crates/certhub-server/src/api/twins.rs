@@ -709,10 +709,11 @@ pub async fn query(
     // `connectionState = 'Connected'`: the hub knows which devices are connected, so it reads
     // their twins and no others (Some(true): that is the whole WHERE). Where an index could
     // find the rows too, the connected devices go first unless there are very many of them
-    // (an index on, say, the status finds nearly every device).
+    // (an index on, say, the status finds nearly every device). That bound is checked on a
+    // count that needs no walk of the sessions (modules counted too: above it, the index).
     let connected = match (&q.filter, modules) {
         (Some(f), false) => crate::query_plan::connected_only(f)
-            .filter(|_| !indexed || state.sessions().connected_device_count() <= CONNECTED_FIRST),
+            .filter(|_| !indexed || state.sessions().connected_at_most() <= CONNECTED_FIRST),
         _ => None,
     };
     let mut items = Vec::new();
