@@ -8,7 +8,7 @@
 #
 # For each BIN: a fresh data directory, Company-X's 19 000 device chains of
 # `certhub pki demo supply-chain` (made once, in $WORK/pki) registered, the hub restarted, then
-#   hold   `certhub bench hold --connections 19000 --hold $HOLD`, 5 s after the start: hub
+#   hold   `certhub bench hold --connections 19000 --hold $HOLD` after the start settles: hub
 #          memory per idle session ((RSS at the hold's end - RSS before) / 19 000); the hub is
 #          restarted after it. HOLD defaults to 3 s (as in stop 28's figures); the wait
 #          before the hold is at least SETTLE seconds (5), then until the RSS stops falling;
