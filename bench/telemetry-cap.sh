@@ -16,6 +16,11 @@
 # their largest and at the end; how the file grew over the run's last half (a bounded disk
 # stops growing); the log as the cap counts it at its largest; what the cap dropped.
 #
+# With POSTGRES=postgres://user@host:port each hub keeps its state in a fresh database of its
+# own there (certhub_tcap_N, dropped and made anew; psql must reach the server, and this user
+# must read the server's pg_wal folder): the database's size (`pg_database_size`) stands for
+# certhub.db and the server's pg_wal folder for the WAL.
+#
 # Defaults: CAP=536870912 (512 MiB), RATE=150000, DURATION=300 (seconds). The hub listens on
 # 127.0.0.7 with every port free (bench/lib/hub.sh), sources are 127.0.2.1-40: a hub of your
 # own on the defaults is left alone.
@@ -59,8 +64,13 @@ sample() { # DIR CSV: one line a second until killed
     while sleep 1; do
         t=$((t + 1))
         local db wal m
-        db=$(stat -c %s "$dir/certhub.db" 2>/dev/null || echo 0)
-        wal=$(stat -c %s "$dir/certhub.db-wal" 2>/dev/null || echo 0)
+        if [ -n "${POSTGRES:-}" ]; then
+            db=$(psql "$CERTHUB_DATABASE_URL" -At -c "SELECT pg_database_size(current_database())" 2>/dev/null || echo 0)
+            wal=$(du -sb "$PG_WAL" 2>/dev/null | cut -f1 || echo 0)
+        else
+            db=$(stat -c %s "$dir/certhub.db" 2>/dev/null || echo 0)
+            wal=$(stat -c %s "$dir/certhub.db-wal" 2>/dev/null || echo 0)
+        fi
         m=$(curl -sf --max-time 1 --cacert "$dir/tls/server-ca.pem" "https://$H:$HTTPS_PORT/metrics" || true)
         get() { echo "$m" | awk -v n="$1" '$1 == n {print $2}' | head -1; }
         echo "$t,$db,$wal,$(get certhub_telemetry_log_bytes),$(get certhub_telemetry_dropped_total),$(get certhub_telemetry_segments_started_total),$(get certhub_telemetry_segments_dropped_total)" >>"$csv"
@@ -73,6 +83,13 @@ for BIN in "$@"; do
     label="$n-$(basename "$BIN")"
     D="$WORK/hub-$label"
     rm -rf "$D" "$D.log"
+    if [ -n "${POSTGRES:-}" ]; then
+        db="certhub_tcap_$n"
+        psql "$POSTGRES/postgres" -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" \
+            >/dev/null 2>"$WORK/psql.err" || { cat "$WORK/psql.err" >&2; exit 1; }
+        export CERTHUB_DATABASE_URL="$POSTGRES/$db"
+        PG_WAL="$(psql "$POSTGRES/postgres" -At -c "SHOW data_directory")/pg_wal"
+    fi
     start "$BIN" "$D" --telemetry-max-bytes "$CAP" --telemetry-max-messages 1000000000
     "$BIN" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified \
         --data-dir "$D" >/dev/null
@@ -87,7 +104,8 @@ for BIN in "$@"; do
     kill "$SAMPLER" 2>/dev/null || true
     wait "$SAMPLER" 2>/dev/null || true
     SAMPLER=""
-    python3 - "$WORK/results/$label-telemetry.json" "$WORK/results/$label-disk.csv" "$label" "$CAP" <<'PY'
+    python3 - "$WORK/results/$label-telemetry.json" "$WORK/results/$label-disk.csv" "$label" "$CAP" \
+        "$([ -n "${POSTGRES:-}" ] && echo "database" || echo "certhub.db")" <<'PY'
 import csv, json, sys
 r = json.load(open(sys.argv[1]))
 rows = [row for row in csv.DictReader(open(sys.argv[2]))]
@@ -105,7 +123,7 @@ print(f"{sys.argv[3]}: {r['counts']['acked']} acked, {r['rates']['messages_per_s
 print(f"  cap {mb(int(sys.argv[4]))}: log (as the cap counts) max {mb(max(log))}, end {mb(log[-1])}; "
       f"dropped {rows[-1]['dropped']} messages; segments started {rows[-1]['segments_started']}, "
       f"dropped {rows[-1]['segments_dropped']}")
-print(f"  certhub.db max {mb(max(db))}, end {mb(db[-1])}; WAL max {mb(max(wal))}, end {mb(wal[-1])}; "
+print(f"  {sys.argv[5]} max {mb(max(db))}, end {mb(db[-1])}; WAL max {mb(max(wal))}, end {mb(wal[-1])}; "
       f"db+WAL max {mb(max(both))}; db growth over the last half ({len(db) - half} s): "
       f"{mb(db[-1] - db[half])}")
 PY
