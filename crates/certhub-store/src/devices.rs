@@ -321,9 +321,9 @@ impl Store {
             // Not kept prepared: PostgreSQL settles on one plan for a prepared statement whose
             // plans for the values given cost more on average than its generic plan, and
             // that plan, made while the table was small (a sequential scan), stays until the
-            // table is analyzed, which never happens with autovacuum off (seen: 5.7 s a
-            // statement from about 600 000 devices on; docs/performance.md). Unprepared, each
-            // run is planned for its values.
+            // table is analyzed, which never happens with autovacuum off (seen: a second a
+            // statement a minute into a populate, 6 s by 780 000 devices; docs/performance.md).
+            // Unprepared, each run is planned for its values.
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for id in chunk {
                 q = q.bind(id.clone());
