@@ -91,7 +91,8 @@ for BIN in "$@"; do
     held=0
     for _ in $(seq 600); do
         held=$(curl -sf --max-time 2 --cacert "$D/tls/server-ca.pem" \
-            "https://$H:$HTTPS_PORT/metrics" | awk '$1 == "certhub_device_sessions" {print $2}')
+            "https://$H:$HTTPS_PORT/metrics" | awk '$1 == "certhub_device_sessions" {print $2}') ||
+            held=0 # a slow answer (the hub busy with the connections) is asked again, not fatal
         [ "${held:-0}" -ge "$HOLD" ] && break
         sleep 1
     done
