@@ -58,9 +58,7 @@ if [ ! -f "$MARK" ]; then
     C=$B
     rm -rf "$D"
     if [ -n "${POSTGRES:-}" ]; then
-        psql "$POSTGRES/postgres" -q -c "DROP DATABASE IF EXISTS certhub_connected_query" \
-            -c "CREATE DATABASE certhub_connected_query" >/dev/null 2>"$WORK/psql.err" ||
-            { cat "$WORK/psql.err" >&2; exit 1; }
+        fresh_database certhub_connected_query
     fi
     echo "making $HOLD device chains and $REG tagged devices in $WORK (once)" >&2
     [ -d "$WORK/pki/devices" ] && [ "$(ls "$WORK/pki/devices" | wc -l)" = "$HOLD" ] ||

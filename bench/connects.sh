@@ -92,10 +92,7 @@ for BIN in "$@"; do
     D="$WORK/hub-$label"
     rm -rf "$D" "$D.log"
     if [ -n "${POSTGRES:-}" ]; then
-        db="certhub_connects_$n"
-        psql "$POSTGRES/postgres" -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" \
-            >/dev/null 2>"$WORK/psql.err" || { cat "$WORK/psql.err" >&2; exit 1; }
-        export CERTHUB_DATABASE_URL="$POSTGRES/$db"
+        fresh_database "certhub_connects_$n"
     fi
     start "$BIN" "$D"
     "$BIN" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified \

@@ -30,12 +30,10 @@ for BIN in "$@"; do
     n=$((n + 1))
     label="$n-$(basename "$BIN")"
     db="certhub_import_$n"
-    psql "$POSTGRES/postgres" -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" \
-        >/dev/null 2>"$WORK/psql.err" || { cat "$WORK/psql.err" >&2; exit 1; }
+    fresh_database "$db"
     D="$WORK/hub-$label"
     rm -rf "$D"
     C=$BIN
-    export CERTHUB_DATABASE_URL="$POSTGRES/$db"
     start_hub $H "$D" "$D.log"
     "$B" bench query --ca "$D/tls/server-ca.pem" \
         --connection-string "$("$C" hub connection-string --data-dir "$D")" \

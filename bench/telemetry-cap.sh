@@ -84,10 +84,7 @@ for BIN in "$@"; do
     D="$WORK/hub-$label"
     rm -rf "$D" "$D.log"
     if [ -n "${POSTGRES:-}" ]; then
-        db="certhub_tcap_$n"
-        psql "$POSTGRES/postgres" -q -c "DROP DATABASE IF EXISTS $db" -c "CREATE DATABASE $db" \
-            >/dev/null 2>"$WORK/psql.err" || { cat "$WORK/psql.err" >&2; exit 1; }
-        export CERTHUB_DATABASE_URL="$POSTGRES/$db"
+        fresh_database "certhub_tcap_$n"
         PG_WAL="$(psql "$POSTGRES/postgres" -At -c "SHOW data_directory")/pg_wal"
     fi
     start "$BIN" "$D" --telemetry-max-bytes "$CAP" --telemetry-max-messages 1000000000

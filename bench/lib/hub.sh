@@ -4,6 +4,8 @@
 #   certhub_bin                    # sets C: $CERTHUB_BIN, or this checkout's release build
 #   start_hub ADDR DATA LOG [ARGS...]  # sets HUB_PID, MQTT_PORT, AMQP_PORT, HTTPS_PORT; ARGS go
 #                                      # to `certhub serve` (e.g. --store URL --nats URLS)
+#   fresh_database NAME            # drops and makes database NAME on $POSTGRES (psql must reach
+#                                  # it) and exports its URL as CERTHUB_DATABASE_URL
 
 certhub_bin() {
     C="${CERTHUB_BIN:-}"
@@ -30,4 +32,10 @@ start_hub() {
     [ -n "$MQTT_PORT" ] || { echo "the hub did not start:" >&2; cat "$log" >&2; exit 1; }
     AMQP_PORT=$(sed -n 's/.*devices (AMQP) *[^ ]*:\([0-9]*\) .*/\1/p' "$log")
     HTTPS_PORT=$(sed 's/.*HostName=[^;:]*:\([0-9]*\);.*/\1/' <<<"$("$C" hub connection-string --data-dir "$data")")
+}
+
+fresh_database() {
+    psql "$POSTGRES/postgres" -q -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" \
+        >/dev/null 2>"$WORK/psql.err" || { cat "$WORK/psql.err" >&2; exit 1; }
+    export CERTHUB_DATABASE_URL="$POSTGRES/$1"
 }
