@@ -33,6 +33,14 @@ pub struct HubSettings {
     #[serde(default = "FileUploadDefaults::max_bytes")]
     #[schema(minimum = 1, maximum = 1_099_511_627_776_i64)]
     pub file_upload_max_bytes: i64,
+    /// The hub indexes a tag or property path on its own once queries filtering on it have
+    /// read every twin a few times on a large registry (certhub's; see `/twinIndexes`).
+    #[serde(default = "default_true")]
+    pub twin_auto_index: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The file-upload settings of a hub that never changed them.
@@ -82,6 +90,7 @@ impl Default for HubSettings {
             file_upload_sas_ttl_seconds: FileUploadDefaults::sas_ttl_seconds(),
             file_upload_max_concurrent: FileUploadDefaults::max_concurrent(),
             file_upload_max_bytes: FileUploadDefaults::max_bytes(),
+            twin_auto_index: true,
         }
     }
 }
@@ -118,6 +127,8 @@ pub struct SettingsPatch {
     #[serde(default)]
     #[schema(minimum = 1, maximum = 1_099_511_627_776_i64)]
     pub file_upload_max_bytes: Option<i64>,
+    #[serde(default)]
+    pub twin_auto_index: Option<bool>,
 }
 
 impl SettingsPatch {
@@ -160,6 +171,9 @@ impl SettingsPatch {
         }
         if let Some(v) = self.enable_file_upload_notifications {
             s.enable_file_upload_notifications = v;
+        }
+        if let Some(v) = self.twin_auto_index {
+            s.twin_auto_index = v;
         }
         let ranged = [
             (

@@ -10,6 +10,7 @@
 
 pub mod amqp;
 pub mod api;
+pub mod auto_index;
 mod bookkeeper;
 pub mod c2d_send;
 mod cluster;

@@ -63,6 +63,8 @@ struct Inner {
     identity: std::sync::OnceLock<crate::tls::ServerIdentity>,
     /// The intermediates (SHA-256) this process has recorded from devices' chains.
     seen_intermediates: std::sync::Mutex<std::collections::HashSet<[u8; 32]>>,
+    /// The twin paths queried without an index, toward indexing them on the hub's own.
+    auto_index: crate::auto_index::AutoIndex,
     /// Bumped when feedback or a file notification may have been queued for services, to
     /// wake their AMQP receivers.
     service_queues: tokio::sync::watch::Sender<u64>,
@@ -230,6 +232,7 @@ impl AppState {
                 files: std::sync::OnceLock::new(),
                 identity: std::sync::OnceLock::new(),
                 seen_intermediates: std::sync::Mutex::default(),
+                auto_index: crate::auto_index::AutoIndex::default(),
                 service_queues: tokio::sync::watch::Sender::new(0),
                 partition_readers: Arc::default(),
                 created_ms,
@@ -1061,6 +1064,10 @@ impl AppState {
     /// Where device connections leave their audit records and activity, written in batches.
     pub(crate) fn bookkeeper(&self) -> &crate::bookkeeper::Bookkeeper {
         &self.inner.bookkeeper
+    }
+
+    pub(crate) fn auto_index(&self) -> &crate::auto_index::AutoIndex {
+        &self.inner.auto_index
     }
 
     /// Waits until the bookkeeping handed over so far (connection audit records, last

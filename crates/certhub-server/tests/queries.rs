@@ -559,3 +559,129 @@ async fn unordered_index_pages_hold_every_match_once() {
         assert_eq!(ids(&rows), want, "{query}");
     }
 }
+
+/// The origin the hub lists for an indexed path, if it is indexed.
+async fn index_origin(hub: &Hub, path: &str) -> Option<String> {
+    let (status, _, list) = hub.call("GET", "/twinIndexes", &[], None).await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    list["value"]
+        .as_array()
+        .expect("value")
+        .iter()
+        .find(|i| i["path"] == path)
+        .map(|i| i["origin"].as_str().expect("origin").to_string())
+}
+
+/// Waits up to 10 s for the hub to index `path` on its own (it builds in a task of its own).
+async fn indexed_by_the_hub(hub: &Hub, path: &str) -> bool {
+    for _ in 0..200 {
+        if index_origin(hub, path).await.as_deref() == Some("auto") {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Asks `times` first pages of a query on `path` that no index serves.
+async fn scan(hub: &Hub, path: &str, times: u32) {
+    let query = format!("SELECT deviceId FROM devices WHERE {path} = 'nowhere'");
+    for _ in 0..times {
+        let (_, h) = hub.one_page(&query).await;
+        assert_eq!(h["x-certhub-query-plan"], "scanned", "{query}");
+    }
+}
+
+/// A path that queries keep filtering on while every twin is read is indexed by the hub on its
+/// own, on a registry of 10 000 devices or more: after the fifth such query within ten
+/// minutes, audited; not after fewer, not on a small registry, not once an operator removed
+/// its index, not while the setting is off; an operator's declaration makes it theirs.
+#[tokio::test]
+async fn a_path_queried_without_an_index_is_indexed_by_the_hub_on_its_own() {
+    use certhub_server::auto_index::{AFTER_SCANS, MIN_DEVICES};
+    let quiet = std::time::Duration::from_millis(500);
+
+    // A small registry: scans are cheap, nothing is indexed.
+    let small_dir = tempfile::tempdir().expect("tempdir");
+    let (small, _) = sqlite_hub_with(small_dir.path(), "s", 100).await;
+    scan(&small, "tags.site", 2 * AFTER_SCANS).await;
+    tokio::time::sleep(quiet).await;
+    assert_eq!(index_origin(&small, "tags.site").await, None);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (hub, _) = sqlite_hub_with(dir.path(), "a", MIN_DEVICES as usize).await;
+    scan(&hub, "tags.site", AFTER_SCANS - 1).await;
+    tokio::time::sleep(quiet).await;
+    assert_eq!(
+        index_origin(&hub, "tags.site").await,
+        None,
+        "too few queries yet"
+    );
+    scan(&hub, "tags.site", 1).await;
+    assert!(indexed_by_the_hub(&hub, "tags.site").await);
+    let (_, h) = hub
+        .one_page("SELECT deviceId FROM devices WHERE tags.site = 'nowhere'")
+        .await;
+    assert_eq!(h["x-certhub-query-plan"], "indexed");
+    let (status, _, audit) = hub
+        .call("GET", "/audit?operation=twin.index.auto", &[], None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let record = &audit.as_array().expect("records")[0];
+    assert_eq!(record["target"], "twinIndexes/tags.site", "{audit}");
+    assert_eq!(record["outcome"], "ok", "{audit}");
+    assert_eq!(record["actor"], "hub", "{audit}");
+    assert!(
+        record["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("certhub hub twin-index remove tags.site"),
+        "{audit}"
+    );
+
+    // An operator removes it: the hub leaves the path alone however often it is queried.
+    let (status, _, _) = hub
+        .call("DELETE", "/twinIndexes/tags.site", &[], None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    scan(&hub, "tags.site", 2 * AFTER_SCANS).await;
+    tokio::time::sleep(quiet).await;
+    assert_eq!(index_origin(&hub, "tags.site").await, None, "declined");
+    // Declared by the operator, it is theirs.
+    let (status, _, _) = hub.call("PUT", "/twinIndexes/tags.site", &[], None).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(
+        index_origin(&hub, "tags.site").await.as_deref(),
+        Some("declared")
+    );
+
+    // Off: nothing; on again: the next due path is indexed.
+    let (status, _, body) = hub
+        .call(
+            "PATCH",
+            "/settings",
+            &[],
+            Some(json!({"twinAutoIndex": false})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["twinAutoIndex"], false);
+    scan(&hub, "properties.reported.firmware", AFTER_SCANS).await;
+    tokio::time::sleep(quiet).await;
+    assert_eq!(
+        index_origin(&hub, "properties.reported.firmware").await,
+        None,
+        "turned off"
+    );
+    let (status, _, _) = hub
+        .call(
+            "PATCH",
+            "/settings",
+            &[],
+            Some(json!({"twinAutoIndex": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    scan(&hub, "properties.reported.firmware", AFTER_SCANS).await;
+    assert!(indexed_by_the_hub(&hub, "properties.reported.firmware").await);
+}

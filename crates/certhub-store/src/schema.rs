@@ -388,6 +388,14 @@ const STEPS: &[&str] = &[
     END $$;
     CREATE TRIGGER mqtt_sessions_written AFTER INSERT OR UPDATE OR DELETE ON mqtt_sessions
         FOR EACH ROW EXECUTE FUNCTION certhub_mqtt_session_written();",
+    // 21: twin indexes the hub built on its own, after queries filtering on the path read
+    // every twin (`origin` 'auto'; an operator's are 'declared'), and the paths an operator
+    // removed an index of, which the hub then never indexes on its own.
+    "ALTER TABLE twin_indexes ADD COLUMN origin TEXT NOT NULL DEFAULT 'declared';
+    CREATE TABLE twin_index_declined (
+        path TEXT PRIMARY KEY,
+        at_ms BIGINT NOT NULL
+    )",
 ];
 
 /// The first line of a step that runs on PostgreSQL only, whole (SQLite records it as done).

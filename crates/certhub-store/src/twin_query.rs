@@ -176,6 +176,31 @@ impl Pred {
         }
     }
 
+    /// The twin paths it reads, each once, in the order they first appear.
+    pub fn json_paths(&self) -> Vec<&JsonPath> {
+        let mut out: Vec<&JsonPath> = Vec::new();
+        self.collect_paths(&mut out);
+        out
+    }
+
+    fn collect_paths<'a>(&'a self, out: &mut Vec<&'a JsonPath>) {
+        match self {
+            Self::And(terms) | Self::Or(terms) => {
+                for t in terms {
+                    t.collect_paths(out);
+                }
+            }
+            Self::Compare(Field::Json(p), ..)
+            | Self::Prefix(Field::Json(p), _)
+            | Self::Is(Field::Json(p), _) => {
+                if !out.contains(&p) {
+                    out.push(p);
+                }
+            }
+            Self::Compare(..) | Self::Prefix(..) | Self::Is(..) => {}
+        }
+    }
+
     /// Whether an index serves it: the device id and status always, a twin path when
     /// `indexed` says so; an `AND` when one of its terms is, an `OR` when all are.
     pub fn indexed(&self, indexed: &dyn Fn(&JsonPath) -> bool) -> bool {
@@ -449,6 +474,9 @@ pub struct TwinIndex {
     /// The database index's name.
     pub name: String,
     pub created_ms: i64,
+    /// Built by the hub on its own (queries on the path kept reading every twin), not
+    /// declared by an operator.
+    pub auto: bool,
 }
 
 /// At most this many declared twin indexes: each one costs every twin write.
@@ -636,7 +664,7 @@ impl Store {
 
     /// The declared twin indexes.
     pub async fn twin_indexes(&self) -> Result<Vec<TwinIndex>> {
-        let rows = sqlx::query("SELECT path, created_ms FROM twin_indexes ORDER BY path")
+        let rows = sqlx::query("SELECT path, created_ms, origin FROM twin_indexes ORDER BY path")
             .fetch_all(self.reader())
             .await?;
         rows.iter()
@@ -648,6 +676,7 @@ impl Store {
                     name: index_name(&path),
                     path,
                     created_ms: r.try_get("created_ms")?,
+                    auto: r.try_get::<String, _>("origin")? == "auto",
                 })
             })
             .collect()
@@ -655,19 +684,44 @@ impl Store {
 
     /// Declares an index on a twin path and builds it (which reads every twin once). Returns
     /// false when it was declared already (it is built again if a crash came between the
-    /// index and its record). The caller keeps to [`MAX_TWIN_INDEXES`].
-    pub async fn add_twin_index(&self, path: &JsonPath, now_ms: i64) -> Result<bool> {
+    /// index and its record). The caller keeps to [`MAX_TWIN_INDEXES`]. `auto`: the hub
+    /// builds it on its own; an operator's declaration (`auto` false) makes one the hub built
+    /// the operator's, and lets the hub index the path on its own again after a removal.
+    pub async fn add_twin_index(&self, path: &JsonPath, now_ms: i64, auto: bool) -> Result<bool> {
         self.build_twin_index(path).await?;
-        sqlx::query(
-            "INSERT INTO twin_indexes (path, created_ms) VALUES ($1, $2) \
+        let dotted = path.0.join(".");
+        let created = sqlx::query(
+            "INSERT INTO twin_indexes (path, created_ms, origin) VALUES ($1, $2, $3) \
              ON CONFLICT (path) DO NOTHING",
         )
-        .bind(path.0.join("."))
+        .bind(dotted.as_str())
         .bind(now_ms)
+        .bind(if auto { "auto" } else { "declared" })
         .execute(self.pool())
-        .await
-        .map(|done| done.rows_affected() == 1)
-        .map_err(Into::into)
+        .await?
+        .rows_affected()
+            == 1;
+        if !auto {
+            sqlx::query("UPDATE twin_indexes SET origin = 'declared' WHERE path = $1")
+                .bind(dotted.as_str())
+                .execute(self.pool())
+                .await?;
+            sqlx::query("DELETE FROM twin_index_declined WHERE path = $1")
+                .bind(dotted.as_str())
+                .execute(self.pool())
+                .await?;
+        }
+        Ok(created)
+    }
+
+    /// Whether an operator removed an index of this path (and did not declare it since): the
+    /// hub does not index it on its own.
+    pub async fn twin_index_declined(&self, path: &JsonPath) -> Result<bool> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM twin_index_declined WHERE path = $1")
+            .bind(path.0.join("."))
+            .fetch_one(self.reader())
+            .await?;
+        Ok(row.try_get::<i64, _>("n")? > 0)
     }
 
     async fn build_twin_index(&self, path: &JsonPath) -> Result<()> {
@@ -699,19 +753,33 @@ impl Store {
         Ok(())
     }
 
-    /// Drops a declared twin index; false if there was none.
-    pub async fn remove_twin_index(&self, path: &JsonPath) -> Result<bool> {
+    /// Drops a declared twin index; false if there was none. A path whose index an operator
+    /// removed is one the hub does not index on its own afterwards (until it is declared
+    /// again).
+    pub async fn remove_twin_index(&self, path: &JsonPath, now_ms: i64) -> Result<bool> {
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP INDEX IF EXISTS {}",
             index_name(path)
         )))
         .execute(self.pool())
         .await?;
+        let dotted = path.0.join(".");
         let done = sqlx::query("DELETE FROM twin_indexes WHERE path = $1")
-            .bind(path.0.join("."))
+            .bind(dotted.as_str())
             .execute(self.pool())
             .await?;
-        Ok(done.rows_affected() > 0)
+        let removed = done.rows_affected() > 0;
+        if removed {
+            sqlx::query(
+                "INSERT INTO twin_index_declined (path, at_ms) VALUES ($1, $2) \
+                 ON CONFLICT (path) DO UPDATE SET at_ms = excluded.at_ms",
+            )
+            .bind(dotted.as_str())
+            .bind(now_ms)
+            .execute(self.pool())
+            .await?;
+        }
+        Ok(removed)
     }
 
     /// The plan the database chose for a page of `pred` (SQLite's `EXPLAIN QUERY PLAN`,

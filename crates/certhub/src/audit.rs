@@ -52,6 +52,9 @@ pub struct ConnectionsArgs {
 pub struct ListArgs {
     #[command(flatten)]
     hub: HubArgs,
+    /// Only this operation, e.g. `device.create`, `twin.index.auto` (exact).
+    #[arg(long)]
+    operation: Option<String>,
     #[arg(long, default_value_t = 100)]
     top: u32,
     /// Print JSON instead of one line per record.
@@ -63,12 +66,11 @@ pub fn run(cmd: AuditCommand) -> Result<Outcome> {
     match cmd {
         AuditCommand::List(a) => {
             let client = Client::connect(&a.hub)?;
-            let v = client.expect(
-                "GET",
-                &ApiPath::fixed("audit").query("top", a.top),
-                None,
-                None,
-            )?;
+            let mut path = ApiPath::fixed("audit").query("top", a.top);
+            if let Some(op) = &a.operation {
+                path = path.query("operation", op);
+            }
+            let v = client.expect("GET", &path, None, None)?;
             print_records(&v, a.json);
         }
         AuditCommand::Connections(a) => {

@@ -238,7 +238,10 @@ pub fn twin(cmd: TwinCommand) -> Result<Outcome> {
                 let (items, next, scanned) = client.query(&query, continuation.as_deref())?;
                 if scanned && continuation.is_none() {
                     eprintln!(
-                        "note: the hub read every twin for this query; index the tags or properties it filters on (certhub hub twin-index add tags.NAME) to have it found by index"
+                        "note: the hub read every twin for this query; index the tags or properties it filters on (certhub hub twin-index add tags.NAME) to have it found by index (on a registry of {} devices or more, the hub indexes a path on its own after {} such queries within {} minutes)",
+                        certhub_server::auto_index::MIN_DEVICES,
+                        certhub_server::auto_index::AFTER_SCANS,
+                        certhub_server::auto_index::WINDOW_MS / 60_000
                     );
                 }
                 for item in items.as_array().into_iter().flatten() {

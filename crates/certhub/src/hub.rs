@@ -105,6 +105,10 @@ pub struct SetArgs {
     /// The largest file a device may upload, in bytes.
     #[arg(long)]
     file_upload_max_bytes: Option<i64>,
+    /// Let the hub index a tag or property path on its own after queries filtering on it
+    /// read every twin of a large registry a few times (on by default).
+    #[arg(long)]
+    twin_auto_index: Option<bool>,
     /// On the hub's machine: write the settings into its data directory directly instead of
     /// through the API (the way back after `--disable-local-auth true`). A running hub picks
     /// them up within a second. Audited as "local".
@@ -193,6 +197,9 @@ pub fn run(cmd: HubCommand) -> Result<Outcome> {
             if let Some(v) = a.file_upload_notifications {
                 patch.insert("enableFileUploadNotifications".into(), v.into());
             }
+            if let Some(v) = a.twin_auto_index {
+                patch.insert("twinAutoIndex".into(), v.into());
+            }
             for (name, value) in [
                 ("fileUploadSasTtlSeconds", a.file_upload_sas_ttl_seconds),
                 ("fileUploadMaxConcurrent", a.file_upload_max_concurrent),
@@ -204,7 +211,7 @@ pub fn run(cmd: HubCommand) -> Result<Outcome> {
             }
             if patch.is_empty() {
                 bail!(
-                    "nothing to set: give at least one of --x509-only, --disable-device-sas, --disable-module-sas, --disable-local-auth, --min-tls-version, --file-upload-notifications, --file-upload-sas-ttl-seconds, --file-upload-max-concurrent, --file-upload-max-bytes"
+                    "nothing to set: give at least one of --x509-only, --disable-device-sas, --disable-module-sas, --disable-local-auth, --min-tls-version, --file-upload-notifications, --file-upload-sas-ttl-seconds, --file-upload-max-concurrent, --file-upload-max-bytes, --twin-auto-index"
                 );
             }
             if a.x509_only {
@@ -356,9 +363,10 @@ fn twin_index(cmd: TwinIndexCommand) -> Result<Outcome> {
             let list = client.expect("GET", &ApiPath::fixed("twinIndexes"), None, None)?;
             for i in list["value"].as_array().into_iter().flatten() {
                 println!(
-                    "{}\t{}",
+                    "{}\t{}\t{}",
                     i["path"].as_str().unwrap_or_default(),
-                    i["created"].as_str().unwrap_or_default()
+                    i["created"].as_str().unwrap_or_default(),
+                    i["origin"].as_str().unwrap_or_default()
                 );
             }
         }
@@ -376,7 +384,10 @@ fn twin_index(cmd: TwinIndexCommand) -> Result<Outcome> {
             let client = Client::connect(&a.hub)?;
             let path = ApiPath::fixed("twinIndexes").name(Names::TwinPath, "PATH", &a.path)?;
             client.expect("DELETE", &path, None, None)?;
-            println!("no longer indexed: {}", a.path);
+            println!(
+                "no longer indexed: {} (nor will the hub index it on its own, until it is added again)",
+                a.path
+            );
         }
     }
     Ok(Outcome::Ok)

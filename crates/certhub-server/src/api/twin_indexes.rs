@@ -1,7 +1,8 @@
 //! `/twinIndexes`: the twin paths the query answers from an index (certhub's; IoT Hub indexes
 //! on its own and says nothing). `deviceId` and `status` are always indexed; a tag or a
 //! desired or reported property is once an operator declares it. A query whose rows an index
-//! found answers `x-certhub-query-plan: indexed`, one that read every twin `scanned`.
+//! found answers `x-certhub-query-plan: indexed`, one that read every twin `scanned`. The hub
+//! also indexes a path on its own once scanning queries keep filtering on it (`auto_index`).
 
 use axum::Json;
 use axum::extract::State;
@@ -26,6 +27,9 @@ pub struct TwinIndexView {
     path: String,
     /// when it was declared (`always` for deviceId and status)
     created: String,
+    /// `always` (deviceId and status), `declared` (by an operator) or `auto` (built by the
+    /// hub on its own after queries on the path read every twin; see twinAutoIndex)
+    origin: &'static str,
 }
 
 /// The indexed twin paths.
@@ -67,6 +71,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Respo
     let always = ["deviceId", "status"].map(|p| TwinIndexView {
         path: p.to_string(),
         created: "always".to_string(),
+        origin: "always",
     });
     let declared = state.store().twin_indexes().await?;
     let value = always
@@ -74,6 +79,7 @@ pub async fn list(State(state): State<AppState>, caller: Caller) -> Result<Respo
         .chain(declared.iter().map(|i| TwinIndexView {
             path: query_path(&i.path),
             created: certhub_core::azure_time(i.created_ms),
+            origin: if i.auto { "auto" } else { "declared" },
         }))
         .collect();
     Ok(Json(TwinIndexList { value }).into_response())
@@ -103,7 +109,7 @@ pub async fn add(
             ));
         }
         let started = std::time::Instant::now();
-        let created = state.store().add_twin_index(&parsed, now_ms()).await?;
+        let created = state.store().add_twin_index(&parsed, now_ms(), false).await?;
         Ok::<_, ApiError>((created, started.elapsed()))
     }
     .await;
@@ -121,7 +127,7 @@ pub async fn add(
 }
 
 #[utoipa::path(delete, path = "/twinIndexes/{path}", operation_id = "remove_twin_index",
-    summary = "Stop indexing a twin path (certhub's): queries on it read every twin again",
+    summary = "Stop indexing a twin path (certhub's): queries on it read every twin again, and the hub does not index it on its own until it is declared again",
     description = "Needs the RegistryWrite right.", params(TwinIndexPath),
     responses((status = 204, description = "removed"), (status = 400, response = ErrorResponse), (status = 401, response = ErrorResponse), (status = 404, response = ErrorResponse)))]
 pub async fn remove(
@@ -133,7 +139,7 @@ pub async fn remove(
     let target = format!("twinIndexes/{path}");
     let result = async {
         let parsed = parse(&path)?;
-        if state.store().remove_twin_index(&parsed).await? {
+        if state.store().remove_twin_index(&parsed, now_ms()).await? {
             Ok(())
         } else {
             Err(ApiError::not_found(

@@ -716,6 +716,15 @@ pub async fn query(
             .filter(|_| !indexed || state.sessions().connected_at_most() <= CONNECTED_FIRST),
         _ => None,
     };
+    // A query no index serves reads every twin: its first page counts toward the hub
+    // indexing the paths it filters on (`auto_index`).
+    if let Some(p) = &pushed
+        && !indexed
+        && connected.is_none()
+        && cursor.is_empty()
+    {
+        crate::auto_index::scanned(&state, &p.pred, &is_declared);
+    }
     let mut items = Vec::new();
     let mut count = 0u64;
     let mut more = false;
