@@ -200,6 +200,26 @@ impl Api {
         Self::answer(&format!("PATCH /twins/{id}"), r).map(|_| ())
     }
 
+    /// The hub's settings (`GET /settings`).
+    pub fn settings(&self) -> Result<Value> {
+        let r = self
+            .agent
+            .get(&self.service_url("/settings"))
+            .header("Authorization", &self.token())
+            .call();
+        Self::answer("GET /settings", r)
+    }
+
+    /// Changes hub settings (`PATCH /settings`); the settings after.
+    pub fn patch_settings(&self, patch: &Value) -> Result<Value> {
+        let r = self
+            .agent
+            .patch(&self.service_url("/settings"))
+            .header("Authorization", &self.token())
+            .send_json(patch);
+        Self::answer("PATCH /settings", r)
+    }
+
     /// The device's registry entry.
     pub fn get_device(&self, id: &str) -> Result<Value> {
         let r = self

@@ -45,9 +45,16 @@ pub struct QueryArgs {
     /// Declare these twin paths indexed before measuring (the hub builds each index once).
     #[arg(long = "index", default_values = ["tags.site", "tags.floor"])]
     indexes: Vec<String>,
-    /// Declare no index: measure the scans.
+    /// Declare no index: measure the scans (the hub's own indexing, twinAutoIndex, is turned
+    /// off while measuring, and back on afterwards if it was on).
     #[arg(long, conflicts_with = "indexes")]
     no_index: bool,
+    /// First measure the hub indexing this path on its own: query `WHERE PATH = 'bench-auto'`
+    /// until the answer says `indexed` (the path must not be indexed, nor removed by an
+    /// operator before; on a registry of at least 10 000 devices). Reports the queries and
+    /// the time it took, and the query's time before and after.
+    #[arg(long, value_name = "PATH", conflicts_with = "no_index")]
+    auto_index: Option<String>,
     /// Only the shapes whose name contains one of these words (e.g. `--only connected`).
     #[arg(long)]
     only: Vec<String>,
@@ -128,6 +135,142 @@ pub fn run(a: &QueryArgs) -> Result<()> {
         );
     }
     let mid = id(&a.prefix, registered.div_ceil(2));
+    let auto = match &a.auto_index {
+        Some(path) => Some(auto_index(&api, path, a.runs)?),
+        None => None,
+    };
+    // Measuring scans: the hub must not index the paths on its own meanwhile.
+    let restore = if a.no_index {
+        let on = api.settings()?["twinAutoIndex"].as_bool() != Some(false);
+        if on {
+            api.patch_settings(&json!({"twinAutoIndex": false}))?;
+        }
+        on
+    } else {
+        false
+    };
+    let measured = measure(&api, a, &mid);
+    if restore {
+        api.patch_settings(&json!({"twinAutoIndex": true}))?;
+    }
+    let (built, rows) = measured?;
+    if a.json {
+        let value = json!({
+            "registered": registered,
+            "populate": populated.map(|(secs, rate)| json!({"seconds": secs, "devicesPerSecond": rate})),
+            "autoIndex": auto.as_ref().map(AutoIndexed::to_json),
+            "indexes": built.iter().map(|(path, new, secs)| json!({
+                "path": path, "built": new, "seconds": secs,
+            })).collect::<Vec<_>>(),
+            "queries": rows.iter().map(|(name, query, s, items, more, plan)| json!({
+                "shape": name, "query": query, "items": items, "morePages": more,
+                "plan": plan, "p50": s.p50, "p99": s.p99, "max": s.max, "runs": s.count,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+        return Ok(());
+    }
+    if let Some((secs, rate)) = populated {
+        println!(
+            "populated {} devices in {secs:.1} s ({rate:.0} devices/s, created and tagged)",
+            a.populate
+        );
+    }
+    if let Some(auto) = &auto {
+        auto.print();
+    }
+    print_table(a, registered, &built, &rows);
+    Ok(())
+}
+
+/// A measured query shape: name, query, times, items, whether more pages follow, plan.
+type Row = (String, String, Summary, usize, bool, String);
+/// An index declared before measuring: path, whether it was new, seconds to build.
+type Built = (String, bool, f64);
+
+/// What `--auto-index` saw.
+struct AutoIndexed {
+    path: String,
+    /// Queries answered `scanned` before the first `indexed`.
+    scanned: Vec<u32>,
+    /// From the first query to the first `indexed` answer, seconds.
+    seconds: f64,
+    /// The same query afterwards, `runs` times.
+    indexed: Summary,
+}
+
+impl AutoIndexed {
+    fn to_json(&self) -> Value {
+        json!({
+            "path": self.path,
+            "scannedQueries": self.scanned.len(),
+            "secondsUntilIndexed": self.seconds,
+            "scannedMs": self.scanned.iter().map(|us| f64::from(*us) / 1000.0).collect::<Vec<_>>(),
+            "indexedP50": self.indexed.p50, "indexedP99": self.indexed.p99,
+        })
+    }
+
+    fn print(&self) {
+        let scanned: Vec<String> = self
+            .scanned
+            .iter()
+            .map(|us| format!("{:.1}", f64::from(*us) / 1000.0))
+            .collect();
+        println!(
+            "indexed by the hub on its own: {} after {} scanning queries ({} ms) and {:.2} s; then p50 {:.1} ms, p99 {:.1} ms",
+            self.path,
+            self.scanned.len(),
+            scanned.join(", "),
+            self.seconds,
+            self.indexed.p50,
+            self.indexed.p99
+        );
+    }
+}
+
+/// Queries `WHERE path = 'bench-auto'` until the hub indexed the path on its own (after
+/// the fifth, the build runs beside the queries: they go on 20 times a second).
+fn auto_index(api: &Api, path: &str, runs: u32) -> Result<AutoIndexed> {
+    let query = format!("SELECT deviceId FROM devices WHERE {path} = 'bench-auto'");
+    let start = Instant::now();
+    let mut scanned = Vec::new();
+    loop {
+        let t = Instant::now();
+        let (_, _, plan) = api
+            .query(&query, 100)
+            .with_context(|| format!("the query {query:?}"))?;
+        let us = u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX);
+        if plan == "indexed" {
+            break;
+        }
+        scanned.push(us);
+        if start.elapsed() > std::time::Duration::from_secs(600) {
+            bail!(
+                "{path}: the hub had not indexed it after {} queries in 10 minutes: is twinAutoIndex off, the registry under 10 000 devices, or the path removed by an operator before (certhub hub twin-index add then remove)?",
+                scanned.len()
+            );
+        }
+        if scanned.len() >= 5 {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mut us = Vec::with_capacity(runs as usize);
+    for _ in 0..runs {
+        let t = Instant::now();
+        api.query(&query, 100)?;
+        us.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+    }
+    Ok(AutoIndexed {
+        path: path.to_string(),
+        scanned,
+        seconds,
+        indexed: Summary::of(us),
+    })
+}
+
+/// Declares the indexes (unless --no-index), then times each chosen shape.
+fn measure(api: &Api, a: &QueryArgs, mid: &str) -> Result<(Vec<Built>, Vec<Row>)> {
     let mut built = Vec::new();
     if !a.no_index {
         for path in &a.indexes {
@@ -141,7 +284,7 @@ pub fn run(a: &QueryArgs) -> Result<()> {
         .iter()
         .filter(|(name, _)| a.only.is_empty() || a.only.iter().any(|w| name.contains(w.as_str())));
     for (name, shape) in chosen {
-        let query = shape.replace("{mid}", &mid);
+        let query = shape.replace("{mid}", mid);
         let mut us = Vec::with_capacity(a.runs as usize);
         let mut items = 0;
         let mut pages = false;
@@ -161,52 +304,34 @@ pub fn run(a: &QueryArgs) -> Result<()> {
         }
         rows.push((name.to_string(), query, Summary::of(us), items, pages, plan));
     }
-    if a.json {
-        let value = json!({
-            "registered": registered,
-            "populate": populated.map(|(secs, rate)| json!({"seconds": secs, "devicesPerSecond": rate})),
-            "indexes": built.iter().map(|(path, new, secs)| json!({
-                "path": path, "built": new, "seconds": secs,
-            })).collect::<Vec<_>>(),
-            "queries": rows.iter().map(|(name, query, s, items, more, plan)| json!({
-                "shape": name, "query": query, "items": items, "morePages": more,
-                "plan": plan, "p50": s.p50, "p99": s.p99, "max": s.max, "runs": s.count,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{value}");
-    } else {
-        if let Some((secs, rate)) = populated {
-            println!(
-                "populated {} devices in {secs:.1} s ({rate:.0} devices/s, created and tagged)",
-                a.populate
-            );
-        }
-        for (path, new, secs) in &built {
-            if *new {
-                println!("indexed {path} in {secs:.1} s");
-            } else {
-                println!("{path} was indexed already");
-            }
-        }
-        println!(
-            "registry: {registered} devices under {:?}; {} runs per shape; first page of 100 timed",
-            a.prefix, a.runs
-        );
-        println!(
-            "{:<30} {:>9} {:>9} {:>9} {:>8} {:>8}  query",
-            "shape", "p50 ms", "p99 ms", "max ms", "items", "plan"
-        );
-        for (name, query, s, items, more, plan) in &rows {
-            println!(
-                "{name:<30} {:>9.1} {:>9.1} {:>9.1} {:>8} {plan:>8}  {query}",
-                s.p50,
-                s.p99,
-                s.max,
-                format!("{items}{}", if *more { "+" } else { "" })
-            );
+    Ok((built, rows))
+}
+
+fn print_table(a: &QueryArgs, registered: u32, built: &[Built], rows: &[Row]) {
+    for (path, new, secs) in built {
+        if *new {
+            println!("indexed {path} in {secs:.1} s");
+        } else {
+            println!("{path} was indexed already");
         }
     }
-    Ok(())
+    println!(
+        "registry: {registered} devices under {:?}; {} runs per shape; first page of 100 timed",
+        a.prefix, a.runs
+    );
+    println!(
+        "{:<30} {:>9} {:>9} {:>9} {:>8} {:>8}  query",
+        "shape", "p50 ms", "p99 ms", "max ms", "items", "plan"
+    );
+    for (name, query, s, items, more, plan) in rows {
+        println!(
+            "{name:<30} {:>9.1} {:>9.1} {:>9.1} {:>8} {plan:>8}  {query}",
+            s.p50,
+            s.p99,
+            s.max,
+            format!("{items}{}", if *more { "+" } else { "" })
+        );
+    }
 }
 
 /// Creates and tags the devices; returns (seconds, devices per second).
