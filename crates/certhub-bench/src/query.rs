@@ -52,7 +52,7 @@ pub struct QueryArgs {
     /// First measure the hub indexing this path on its own: query `WHERE PATH = 'bench-auto'`
     /// until the answer says `indexed` (the path must not be indexed, nor removed by an
     /// operator before; on a registry of at least 10 000 devices). Reports the queries and
-    /// the time it took, and the query's time before and after.
+    /// the time it took, and the query's time before and after. No index is declared.
     #[arg(long, value_name = "PATH", conflicts_with = "no_index")]
     auto_index: Option<String>,
     /// Only the shapes whose name contains one of these words (e.g. `--only connected`).
@@ -269,10 +269,10 @@ fn auto_index(api: &Api, path: &str, runs: u32) -> Result<AutoIndexed> {
     })
 }
 
-/// Declares the indexes (unless --no-index), then times each chosen shape.
+/// Declares the indexes (unless --no-index or --auto-index), then times each chosen shape.
 fn measure(api: &Api, a: &QueryArgs, mid: &str) -> Result<(Vec<Built>, Vec<Row>)> {
     let mut built = Vec::new();
-    if !a.no_index {
+    if !a.no_index && a.auto_index.is_none() {
         for path in &a.indexes {
             let start = Instant::now();
             let new = api.add_twin_index(path)?;
