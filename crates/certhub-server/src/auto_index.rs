@@ -178,8 +178,8 @@ async fn build(
         return Ok(None);
     }
     Ok(Some(format!(
-        "{AFTER_SCANS} queries filtering on {shown} read every twin ({devices} devices registered) \
-         within {} min; built in {} ms. `certhub hub twin-index remove {shown}` drops it and keeps \
+        "{AFTER_SCANS} queries filtering on {shown} within {} min found no index and read the \
+         twins one by one ({devices} devices registered); built in {} ms. `certhub hub twin-index remove {shown}` drops it and keeps \
          the hub from indexing {shown} again; `certhub hub set --twin-auto-index false` stops the \
          hub indexing on its own",
         WINDOW_MS / 60_000,

@@ -67,9 +67,12 @@ impl Store {
         Ok(())
     }
 
+    /// The hub settings. Read beside the writes (on SQLite, not behind the one writer): every
+    /// connection and API request may read them, and a long write (a twin index built, a large
+    /// import) must not hold them up.
     pub async fn settings(&self) -> Result<HubSettings> {
         let row = sqlx::query("SELECT value FROM settings WHERE name = 'hub'")
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         match row {
             None => Ok(HubSettings::default()),

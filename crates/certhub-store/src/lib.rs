@@ -481,6 +481,26 @@ pub(crate) fn pow2_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item 
 mod tests {
     use super::MAX_ROWS;
 
+    /// On SQLite the writer is one connection: the settings, which every device connection
+    /// may read, are read beside it, not behind a long write.
+    #[tokio::test]
+    async fn settings_are_read_while_the_writer_is_busy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = super::Store::open_sqlite(&dir.path().join("certhub.db"))
+            .await
+            .expect("store");
+        let mut s = store.settings().await.expect("settings");
+        s.disable_device_sas = true;
+        store.put_settings(&s).await.expect("put");
+        let held = store.pool().acquire().await.expect("the writer");
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), store.settings())
+            .await
+            .expect("the settings are read without waiting for the writer")
+            .expect("settings");
+        assert!(read.disable_device_sas);
+        drop(held);
+    }
+
     #[test]
     fn chunks_are_powers_of_two_and_cover_everything() {
         let items: Vec<usize> = (0..300).collect();
