@@ -81,7 +81,12 @@ for BIN in "$@"; do
         --connection-string "$("$C" hub connection-string --data-dir "$R")" \
         --registered "$REG" --auto-index tags.site --only "tag equality" --runs "$RUNS" |
         tee -a "$WORK/results/$label.txt"
-    "$C" audit list --data-dir "$R" --operation twin.index.auto --top 1 |
-        tee -a "$WORK/results/$label.txt"
+    # The audit record is written just after the index is in use: ask until it is there.
+    for _ in $(seq 20); do
+        audit=$("$C" audit list --data-dir "$R" --operation twin.index.auto --top 1)
+        [ -n "$audit" ] && break
+        sleep 0.5
+    done
+    echo "$audit" | tee -a "$WORK/results/$label.txt"
     stop
 done
