@@ -1382,14 +1382,9 @@ async fn postgres() {
 /// session only after an announced write of it, once.
 #[tokio::test]
 async fn postgres_session_writes_made_elsewhere_are_heard() {
-    let Some(scratch) = certhub_store::scratch::postgres("certhub_sessions_heard")
-        .await
-        .expect("scratch database")
-    else {
+    let Some((scratch, hub, elsewhere)) = hub_and_elsewhere("certhub_sessions_heard").await else {
         return;
     };
-    let hub = scratch.store.clone();
-    let elsewhere = Store::open(&scratch.url).await.expect("another process");
     assert!(
         hub.mqtt_session_unsure("d1"),
         "not listening: read at every connection"
@@ -1448,18 +1443,27 @@ async fn postgres_session_writes_made_elsewhere_are_heard() {
     scratch.drop_database().await.expect("drop database");
 }
 
+/// A scratch PostgreSQL database (None when none is reachable, as off CI) opened twice: the
+/// hub under test (not listening yet) and another process writing beside it. The caller
+/// closes the other and drops the database at the end.
+async fn hub_and_elsewhere(
+    prefix: &str,
+) -> Option<(certhub_store::scratch::Scratch, Store, Store)> {
+    let scratch = certhub_store::scratch::postgres(prefix)
+        .await
+        .expect("scratch database")?;
+    let hub = scratch.store.clone();
+    let elsewhere = Store::open(&scratch.url).await.expect("another process");
+    Some((scratch, hub, elsewhere))
+}
+
 /// On PostgreSQL a hub keeps identities in memory and forgets each one the database announces
 /// as changed, whichever process changed it (schema step 19's trigger).
 #[tokio::test]
 async fn postgres_identity_changes_made_elsewhere_are_heard() {
-    let Some(scratch) = certhub_store::scratch::postgres("certhub_heard")
-        .await
-        .expect("scratch database")
-    else {
+    let Some((scratch, hub, elsewhere)) = hub_and_elsewhere("certhub_heard").await else {
         return;
     };
-    let hub = scratch.store.clone();
-    let elsewhere = Store::open(&scratch.url).await.expect("another process");
     hub.keep_identities_listening().await.expect("listen");
     let d = device("heard-1", serde_json::json!({}));
     assert_eq!(
