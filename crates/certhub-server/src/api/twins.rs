@@ -716,8 +716,8 @@ pub async fn query(
             .filter(|_| !indexed || state.sessions().connected_at_most() <= CONNECTED_FIRST),
         _ => None,
     };
-    // A query no index serves reads every twin: its first page counts toward the hub
-    // indexing the paths it filters on (`auto_index`).
+    // A query no index serves reads the twins one by one (a window of them a page): its first
+    // page counts toward the hub indexing the paths it filters on (`auto_index`).
     if let Some(p) = &pushed
         && !indexed
         && connected.is_none()
