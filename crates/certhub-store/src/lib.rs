@@ -306,27 +306,10 @@ impl Store {
             // (three per statement with the one on release). One used within the last few
             // seconds that the server has since dropped fails its statement as "unavailable"
             // (the API's 503) and is closed.
-            // Without autovacuum nothing analyzes the tables, and nothing re-plans a prepared
-            // statement whose generic plan PostgreSQL made while they were small (a sequential
-            // scan, kept for the connection's life: seen with the bulk import's existence check
-            // toward a million devices, seconds a statement). Then every statement is planned
-            // for its parameters and the tables' sizes as they are (`force_custom_plan`, since
-            // PostgreSQL 12), which costs its planning each time instead.
             pool = pool
                 .max_connections(8)
                 .acquire_timeout(Duration::from_secs(5))
                 .test_before_acquire(false)
-                .after_connect(|conn, _| {
-                    Box::pin(async move {
-                        conn.execute(
-                            "SELECT set_config('plan_cache_mode', 'force_custom_plan', false) \
-                             WHERE current_setting('autovacuum') = 'off' \
-                             AND current_setting('server_version_num')::int >= 120000",
-                        )
-                        .await?;
-                        Ok(())
-                    })
-                })
                 .before_acquire(|conn, meta| {
                     Box::pin(async move {
                         if meta.idle_for >= PING_AFTER_IDLE {
@@ -497,29 +480,6 @@ pub(crate) fn pow2_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item 
 #[cfg(test)]
 mod tests {
     use super::MAX_ROWS;
-
-    /// On PostgreSQL without autovacuum, every statement is planned afresh (no generic plan
-    /// made while the tables were small is kept); with it, PostgreSQL's default.
-    #[tokio::test]
-    async fn postgres_without_autovacuum_plans_each_statement_afresh() {
-        let Some(scratch) = crate::scratch::postgres("certhub_plan_cache")
-            .await
-            .expect("scratch database")
-        else {
-            return;
-        };
-        let store = scratch.store.clone();
-        let off = store.autovacuum_off().await.expect("autovacuum");
-        for _ in 0..3 {
-            // Each of the pool's connections that answers.
-            let mode: String = sqlx::query_scalar("SELECT current_setting('plan_cache_mode')")
-                .fetch_one(store.pool())
-                .await
-                .expect("plan_cache_mode");
-            assert_eq!(mode, if off { "force_custom_plan" } else { "auto" });
-        }
-        scratch.drop_database().await.expect("drop database");
-    }
 
     /// On SQLite the writer is one connection: the settings, which every device connection
     /// may read, are read beside it, not behind a long write.
