@@ -254,10 +254,13 @@ impl Store {
     /// (the others already existed and are left as they were).
     pub async fn insert_devices(&self, devices: &[Device]) -> Result<u64> {
         let (store, devices) = (self.clone(), devices.to_vec());
-        self.identity_write(Touched::Added, async move {
-            store.insert_devices_now(&devices).await
-        })
-        .await
+        let inserted = self
+            .identity_write(Touched::Added, async move {
+                store.insert_devices_now(&devices).await
+            })
+            .await?;
+        self.grew(inserted);
+        Ok(inserted)
     }
 
     async fn insert_devices_now(&self, devices: &[Device]) -> Result<u64> {

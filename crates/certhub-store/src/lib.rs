@@ -7,6 +7,7 @@
 //! a statement, or a transaction, is either committed or not there.
 #![forbid(unsafe_code)]
 
+mod analyze;
 mod audit;
 pub mod backup;
 mod blocks;
@@ -164,6 +165,8 @@ pub struct Store {
     segments: std::sync::Arc<telemetry_segments::SegmentCache>,
     /// PostgreSQL's URL (for the connection that hears identity changes).
     url: Option<std::sync::Arc<str>>,
+    /// Devices created, toward analyzing the tables where autovacuum is off (`analyze`).
+    growth: std::sync::Arc<analyze::Growth>,
 }
 
 /// Called with a written identity: its device id, and its module id for a module.
@@ -350,12 +353,14 @@ impl Store {
             bytewise_text: true,
             segments: Default::default(),
             url: (backend == Backend::Postgres).then(|| url.into()),
+            growth: Default::default(),
         };
         if backend == Backend::Sqlite {
             let _ = store.identities.set(Default::default());
         }
         schema::migrate(&store).await?;
         store.learn_text_order().await?;
+        store.watch_growth().await?;
         Ok(store)
     }
 
