@@ -69,10 +69,10 @@ impl AutoIndex {
             }
             c.scans += 1;
             if due.is_none() && c.scans >= AFTER_SCANS {
-                due = Some((path.clone(), c.since_ms));
+                due = Some(path.clone());
             }
         }
-        let (path, _) = due?;
+        let path = due?;
         if self.building.swap(true, Ordering::SeqCst) {
             return None;
         }
