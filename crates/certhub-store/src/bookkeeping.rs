@@ -33,7 +33,9 @@ impl Bookkeeping {
 impl Store {
     /// Writes a batch in one transaction, a few multi-row statements per kind of entry (each
     /// statement is a round trip to the database's thread). Entries for identities that no
-    /// longer exist change nothing. An identity should appear once per kind in a batch.
+    /// longer exist change nothing. An identity should appear once per kind in a batch. A CA or
+    /// chain equal to the one stored is not written again: a device reconnecting with the
+    /// same certificates (most connections) rewrites no row for them.
     pub async fn write_bookkeeping(&self, b: &Bookkeeping) -> Result<()> {
         let mut tx = self.pool().begin().await?;
         for chunk in crate::pow2_chunks(&b.audit, crate::MAX_ROWS) {
@@ -88,7 +90,8 @@ impl Store {
         for chunk in crate::pow2_chunks(&device_cas, crate::MAX_ROWS) {
             let mut sql = String::from("UPDATE devices SET last_ca = v.column2 FROM (VALUES ");
             self.push_values(&mut sql, chunk.len(), 2);
-            sql.push_str(") AS v WHERE devices.device_id = v.column1");
+            sql.push_str(") AS v WHERE devices.device_id = v.column1 AND ");
+            sql.push_str(&self.differs("devices.last_ca", "v.column2"));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (device, _, ca) in chunk {
                 q = q.bind(device.as_str()).bind(ca.as_str());
@@ -99,8 +102,9 @@ impl Store {
             let mut sql = String::from("UPDATE modules SET last_ca = v.column3 FROM (VALUES ");
             self.push_values(&mut sql, chunk.len(), 3);
             sql.push_str(
-                ") AS v WHERE modules.device_id = v.column1 AND modules.module_id = v.column2",
+                ") AS v WHERE modules.device_id = v.column1 AND modules.module_id = v.column2 AND ",
             );
+            sql.push_str(&self.differs("modules.last_ca", "v.column3"));
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (device, module, ca) in chunk {
                 q = q
@@ -117,7 +121,11 @@ impl Store {
                 "UPDATE devices SET last_chain = v.column2, x509_expires_ms = v.column3 FROM (VALUES ",
             );
             self.push_values(&mut sql, chunk.len(), 3);
-            sql.push_str(") AS v WHERE devices.device_id = v.column1");
+            sql.push_str(") AS v WHERE devices.device_id = v.column1 AND (");
+            sql.push_str(&self.differs("devices.last_chain", "v.column2"));
+            sql.push_str(" OR ");
+            sql.push_str(&self.differs("devices.x509_expires_ms", "v.column3"));
+            sql.push(')');
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (device, _, chain, expires) in chunk {
                 q = q.bind(device.as_str()).bind(chain.as_str()).bind(*expires);
@@ -130,8 +138,12 @@ impl Store {
             );
             self.push_values(&mut sql, chunk.len(), 4);
             sql.push_str(
-                ") AS v WHERE modules.device_id = v.column1 AND modules.module_id = v.column2",
+                ") AS v WHERE modules.device_id = v.column1 AND modules.module_id = v.column2 AND (",
             );
+            sql.push_str(&self.differs("modules.last_chain", "v.column3"));
+            sql.push_str(" OR ");
+            sql.push_str(&self.differs("modules.x509_expires_ms", "v.column4"));
+            sql.push(')');
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (device, module, chain, expires) in chunk {
                 q = q

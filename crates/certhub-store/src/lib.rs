@@ -410,6 +410,15 @@ impl Store {
         self.backend
     }
 
+    /// `a` differs from `b`, a NULL from any value included: SQLite's `IS NOT`, PostgreSQL's
+    /// `IS DISTINCT FROM`.
+    pub(crate) fn differs(&self, a: &str, b: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("{a} IS NOT {b}"),
+            Backend::Postgres => format!("{a} IS DISTINCT FROM {b}"),
+        }
+    }
+
     /// The `n`th (1-based) bind placeholder for statements built at run time. PostgreSQL
     /// needs `$n`; SQLite takes `$n` too, but then looks each one up by name, which made a
     /// 7 000-parameter bulk insert spend most of its time in `sqlite3_bind_parameter_name`:

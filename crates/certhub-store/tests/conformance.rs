@@ -701,6 +701,40 @@ async fn bookkeeping(store: &Store) {
     assert!(announced(7_600).await.is_empty(), "announced already");
     assert_eq!(announced(9_000).await, ["bk1/m1 0"]);
     assert!(announced(9_000).await.is_empty());
+    // A CA or chain equal to the stored one is not written again; a change of either part is.
+    let again = Bookkeeping {
+        cas: vec![
+            ("bk1".into(), String::new(), "bk-ca2".into()),
+            ("bk1".into(), "m1".into(), "bk-ca".into()),
+        ],
+        chains: vec![
+            ("bk1".into(), String::new(), "aa11 bb22".into(), 70_000),
+            ("bk1".into(), "m1".into(), "aa11 dd44".into(), 8_000),
+        ],
+        ..Bookkeeping::default()
+    };
+    store.write_bookkeeping(&again).await.expect("again");
+    store
+        .write_bookkeeping(&again)
+        .await
+        .expect("the same again");
+    assert_eq!(
+        store.devices_of_ca("bk-ca").await.expect("count"),
+        before + 1
+    );
+    assert_eq!(store.devices_of_ca("bk-ca2").await.expect("count"), 1);
+    assert_eq!(with("dd44").await, ["bk1/m1"]);
+    assert!(with("cc33").await.is_empty());
+    assert_eq!(with("bb22").await, ["bk1/"]);
+    let expiry = store.certificate_expiry(9_000, &[7]).await.expect("expiry");
+    assert_eq!(
+        expiry.soonest,
+        [
+            ("bk1".to_string(), "m1".to_string(), 8_000),
+            ("bk1".to_string(), String::new(), 70_000)
+        ],
+        "{expiry:?}"
+    );
     let log = store.audit(3).await.expect("audit");
     let details: Vec<&str> = log.iter().map(|r| r.detail.as_str()).collect();
     assert_eq!(details, ["batched-2", "batched-1", "batched-0"]);
