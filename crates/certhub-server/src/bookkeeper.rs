@@ -4,9 +4,10 @@
 //! reads) call [`Bookkeeper::flush`] first.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use certhub_store::{AuditRecord, Bookkeeping, Store};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 #[derive(Debug)]
 enum Entry {
@@ -21,6 +22,40 @@ enum Entry {
 #[derive(Debug, Clone)]
 pub struct Bookkeeper {
     tx: mpsc::Sender<Entry>,
+    /// Ends a batch's gathering early: a reader waits for it.
+    flush_asked: Arc<Notify>,
+}
+
+/// A batch as it gathers.
+#[derive(Default)]
+struct Gathering {
+    taken: usize,
+    audit: Vec<AuditRecord>,
+    /// The latest value per identity: (device, module) -> value.
+    activity: HashMap<(String, String), i64>,
+    cas: HashMap<(String, String), String>,
+    chains: HashMap<(String, String), (String, i64)>,
+    waiting: Vec<oneshot::Sender<()>>,
+}
+
+impl Gathering {
+    fn take(&mut self, entry: Entry) {
+        self.taken += 1;
+        match entry {
+            Entry::Audit(r) => self.audit.push(r),
+            Entry::Activity(d, m, at) => {
+                let t = self.activity.entry((d, m)).or_insert(at);
+                *t = (*t).max(at);
+            }
+            Entry::Ca(d, m, ca) => {
+                self.cas.insert((d, m), ca);
+            }
+            Entry::Chain(d, m, chain, expires) => {
+                self.chains.insert((d, m), (chain, expires));
+            }
+            Entry::Flush(done) => self.waiting.push(done),
+        }
+    }
 }
 
 /// Most entries one transaction takes.
@@ -35,47 +70,40 @@ const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 impl Bookkeeper {
     pub fn start(store: Store) -> Self {
         let (tx, mut rx) = mpsc::channel::<Entry>(16 * 1024);
+        let flush_asked = Arc::new(Notify::new());
+        let asked = flush_asked.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let mut audit = Vec::new();
-                // The latest value per identity: (device, module) -> value.
-                let mut activity: HashMap<(String, String), i64> = HashMap::new();
-                let mut cas: HashMap<(String, String), String> = HashMap::new();
-                let mut chains: HashMap<(String, String), (String, i64)> = HashMap::new();
-                let mut waiting = Vec::new();
-                let mut next = Some(first);
-                let mut taken = 0;
+                let mut gathering = Gathering::default();
+                gathering.take(first);
                 let until = tokio::time::Instant::now() + GATHER;
+                let mut gathered = false;
                 loop {
-                    while let Some(entry) = next.take() {
-                        taken += 1;
-                        match entry {
-                            Entry::Audit(r) => audit.push(r),
-                            Entry::Activity(d, m, at) => {
-                                let t = activity.entry((d, m)).or_insert(at);
-                                *t = (*t).max(at);
-                            }
-                            Entry::Ca(d, m, ca) => {
-                                cas.insert((d, m), ca);
-                            }
-                            Entry::Chain(d, m, chain, expires) => {
-                                chains.insert((d, m), (chain, expires));
-                            }
-                            Entry::Flush(done) => waiting.push(done),
-                        }
-                        if taken < MAX_BATCH {
-                            next = rx.try_recv().ok();
-                        }
+                    while gathering.taken < MAX_BATCH {
+                        let Ok(entry) = rx.try_recv() else { break };
+                        gathering.take(entry);
                     }
-                    // A reader waiting for the writes, or a full batch: write now.
-                    if taken >= MAX_BATCH || !waiting.is_empty() {
+                    // A full batch, the gathering time over, or a reader waiting: write now.
+                    if gathered || gathering.taken >= MAX_BATCH || !gathering.waiting.is_empty() {
                         break;
                     }
-                    match tokio::time::timeout_at(until, rx.recv()).await {
-                        Ok(Some(entry)) => next = Some(entry),
-                        Ok(None) | Err(_) => break,
+                    // Asleep while the batch gathers, not woken by each entry (a wake, a poll
+                    // and a timer per entry before): the entries of the next few milliseconds
+                    // are taken together when it ends, or when a reader asks for a flush.
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {}
+                        () = flush_asked.notified() => {}
                     }
+                    gathered = true;
                 }
+                let Gathering {
+                    audit,
+                    activity,
+                    cas,
+                    chains,
+                    waiting,
+                    ..
+                } = gathering;
                 let batch = Bookkeeping {
                     audit,
                     activity: activity.into_iter().map(|((d, m), t)| (d, m, t)).collect(),
@@ -95,7 +123,10 @@ impl Bookkeeper {
                 }
             }
         });
-        Self { tx }
+        Self {
+            tx,
+            flush_asked: asked,
+        }
     }
 
     async fn send(&self, entry: Entry) {
@@ -136,6 +167,7 @@ impl Bookkeeper {
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         self.send(Entry::Flush(done)).await;
+        self.flush_asked.notify_one();
         let _ = wait.await;
     }
 }
