@@ -12,6 +12,10 @@
 #          memory per idle session ((RSS at the hold's end - RSS before) / 19 000); the hub is
 #          restarted after it. HOLD defaults to 3 s (as in stop 28's figures); the wait
 #          before the hold is at least SETTLE seconds (5), then until the RSS stops falling;
+#          "all in" is (RSS at the hold's end - RSS of the same build's hub with nothing
+#          registered) / 19 000: the session and the identity kept in memory, and not moved
+#          by when the allocator gives back what the start's registry read used (on
+#          PostgreSQL anywhere from 1 to 10 s after the start: docs/performance.md, stop 33);
 #   first  `certhub bench connect-rate --duration 4`: every connection a device's first since
 #          the start (the bench takes devices in order, and 4 s stays below 19 000);
 #   cover  6 s more, untimed for the report, so that every device has connected once;
@@ -68,15 +72,19 @@ settle() { # PID: at least 5 s, then until the RSS stops falling (20 s at most)
 }
 trap stop EXIT
 
-report() { # FILE LABEL NAME
+report() { # FILE LABEL NAME [EMPTY_RSS_KIB]
     python3 - "$@" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 s = r["server"]
 if sys.argv[3] == "hold":
-    print(f"{sys.argv[2]:>24} hold   {r['counts']['established']} held, "
+    held = r['counts']['established']
+    empty = int(sys.argv[4])
+    print(f"{sys.argv[2]:>24} hold   {held} held, "
           f"{s['rss_per_connection_kib']:.2f} KiB per idle session "
-          f"({s['rss_before_kib']} -> {s['rss_after_kib']} KiB)")
+          f"({s['rss_before_kib']} -> {s['rss_after_kib']} KiB); all in "
+          f"{(s['rss_after_kib'] - empty) / max(held, 1):.2f} KiB per connected device "
+          f"(from {empty} KiB with no device registered)")
 else:
     print(f"{sys.argv[2]:>24} {sys.argv[3]:<6} {r['counts']['connects']} connects, "
           f"{r['rates']['connects_per_s']:.0f}/s, {s['ops_per_cpu_s']:.0f} per server-CPU-s "
@@ -95,6 +103,9 @@ for BIN in "$@"; do
         fresh_database "certhub_connects_$n"
     fi
     start "$BIN" "$D"
+    # The hub with nothing registered: what "all in" counts from.
+    settle "$HUB"
+    empty=$(rss "$HUB")
     "$BIN" ca upload --name company-x --file "$WORK/pki/company-x/cert.pem" --verified \
         --data-dir "$D" >/dev/null
     "$BIN" device import "$WORK/devices.jsonl" --data-dir "$D" >/dev/null 2>&1
@@ -106,7 +117,7 @@ for BIN in "$@"; do
     settle "$HUB"
     "$BIN" bench hold "${common[@]}" --server-pid "$HUB" --connections 19000 --hold "$HOLD" \
         >"$WORK/results/$label-hold.json"
-    report "$WORK/results/$label-hold.json" "$label" hold
+    report "$WORK/results/$label-hold.json" "$label" hold "$empty"
     stop
     start "$BIN" "$D"
     sleep 1

@@ -179,6 +179,11 @@ impl Store {
         let Some(cache) = self.identities.get() else {
             return Ok(0);
         };
+        let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM devices")
+            .fetch_one(self.reader())
+            .await?
+            .try_get("n")?;
+        cache.reserve_devices(usize::try_from(count).unwrap_or(0));
         let mut after = String::new();
         let mut kept = 0;
         loop {

@@ -92,6 +92,15 @@ impl IdentityCache {
         Ticket(self.lock().generation)
     }
 
+    /// Makes room for `n` devices at once (at most the cap): the warm-up at start then fills one
+    /// table instead of growing it by doubling, each growth leaving the old table to the
+    /// allocator, which returns it to the system only some seconds later.
+    pub(crate) fn reserve_devices(&self, n: usize) {
+        let mut inner = self.lock();
+        let want = n.min(MAX_ENTRIES).saturating_sub(inner.devices.len());
+        inner.devices.reserve(want);
+    }
+
     /// Keeps devices read from the database in one go (a warm-up at start), unless a write
     /// ended since `ticket`; nothing is dropped to make room. Returns how many were kept and
     /// whether the cache is full.
@@ -246,6 +255,27 @@ mod tests {
         assert_eq!(cache.keep_devices(ticket, &page), (2, false));
         let id = DeviceId::new("widget-2").expect("id");
         assert!(cache.device(&id).is_ok());
+    }
+
+    #[test]
+    fn a_warm_up_with_room_made_first_fills_one_table() {
+        let cache = IdentityCache::default();
+        cache.reserve_devices(3_000);
+        let capacity = || cache.lock().devices.capacity();
+        let reserved = capacity();
+        assert!(reserved >= 3_000, "{reserved}");
+        let page: Vec<Device> = (0..3_000)
+            .map(|i| device(&format!("w{i}"), certhub_core::Status::Enabled))
+            .collect();
+        for chunk in page.chunks(500) {
+            let ticket = cache.ticket();
+            assert_eq!(cache.keep_devices(ticket, chunk).0, 500);
+        }
+        assert_eq!(capacity(), reserved, "the table grew while it was filled");
+        // Never past the cap.
+        let cache = IdentityCache::default();
+        cache.reserve_devices(usize::MAX);
+        assert!(cache.lock().devices.capacity() < 2 * MAX_ENTRIES);
     }
 
     #[test]
