@@ -495,14 +495,20 @@ pub(crate) fn pow2_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item 
 mod tests {
     use super::MAX_ROWS;
 
-    /// On SQLite the writer is one connection: the settings, which every device connection
-    /// may read, are read beside it, not behind a long write.
-    #[tokio::test]
-    async fn settings_are_read_while_the_writer_is_busy() {
+    /// A SQLite store in a folder of its own (kept while the folder lives).
+    async fn sqlite_store() -> (tempfile::TempDir, super::Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = super::Store::open_sqlite(&dir.path().join("certhub.db"))
             .await
             .expect("store");
+        (dir, store)
+    }
+
+    /// On SQLite the writer is one connection: the settings, which every device connection
+    /// may read, are read beside it, not behind a long write.
+    #[tokio::test]
+    async fn settings_are_read_while_the_writer_is_busy() {
+        let (_dir, store) = sqlite_store().await;
         let mut s = store.settings().await.expect("settings");
         s.disable_device_sas = true;
         store.put_settings(&s).await.expect("put");
@@ -512,6 +518,40 @@ mod tests {
             .expect("the settings are read without waiting for the writer")
             .expect("settings");
         assert!(read.disable_device_sas);
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn twins_are_read_while_the_writer_is_busy() {
+        let (_dir, store) = sqlite_store().await;
+        let id = certhub_core::DeviceId::new("tw1").expect("id");
+        let device = serde_json::from_value::<certhub_core::DeviceInput>(serde_json::json!({}))
+            .expect("input")
+            .into_device(&id, None, 1_000)
+            .expect("device");
+        store.create_device(&device).await.expect("create");
+        let twin = super::TwinRecord {
+            version: 2,
+            state: "{}".into(),
+        };
+        assert!(
+            store
+                .write_twin("tw1", None, None, &twin)
+                .await
+                .expect("write")
+        );
+        let held = store.pool().acquire().await.expect("the writer");
+        let five = std::time::Duration::from_secs(5);
+        let read = tokio::time::timeout(five, store.twin("tw1", None))
+            .await
+            .expect("the twin is read without waiting for the writer")
+            .expect("twin");
+        assert_eq!(read.map(|t| t.version), Some(2));
+        let page = tokio::time::timeout(five, store.device_twins_in("", "tw9"))
+            .await
+            .expect("a page of twins is read without waiting for the writer")
+            .expect("twins");
+        assert_eq!(page.len(), 1);
         drop(held);
     }
 

@@ -19,13 +19,15 @@ fn module_key(module: Option<&str>) -> String {
 }
 
 impl Store {
-    /// The twin of a device (`module` None) or module, if one was ever written.
+    /// The twin of a device (`module` None) or module, if one was ever written. Read on the
+    /// reader pool: a device's twin GET does not wait behind the writer (a twin write checks
+    /// the version it read, so a read a moment old is safe).
     pub async fn twin(&self, device: &str, module: Option<&str>) -> Result<Option<TwinRecord>> {
         let row =
             sqlx::query("SELECT version, state FROM twins WHERE device_id = $1 AND module_id = $2")
                 .bind(device.to_string())
                 .bind(module_key(module))
-                .fetch_optional(self.pool())
+                .fetch_optional(self.reader())
                 .await?;
         row.map(|r| {
             Ok(TwinRecord {
@@ -50,7 +52,7 @@ impl Store {
         )
         .bind(after.to_string())
         .bind(last.to_string())
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|r| {
