@@ -122,13 +122,7 @@ mod tests {
         };
         let devices = |from: usize, n: usize| {
             (from..from + n)
-                .map(|i| {
-                    let id = certhub_core::DeviceId::new(format!("g{i:05}")).expect("id");
-                    serde_json::from_value::<certhub_core::DeviceInput>(serde_json::json!({}))
-                        .expect("input")
-                        .into_device(&id, None, 1_000)
-                        .expect("device")
-                })
+                .map(|i| crate::tests::new_device(&format!("g{i:05}")))
                 .collect::<Vec<_>>()
         };
         store

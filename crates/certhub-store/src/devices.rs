@@ -179,10 +179,14 @@ impl Store {
         let Some(cache) = self.identities.get() else {
             return Ok(0);
         };
-        let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM devices")
-            .fetch_one(self.reader())
-            .await?
-            .try_get("n")?;
+        // Counted no further than the cache keeps: a larger registry is not read to the end.
+        let count: i64 = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT COUNT(*) AS n FROM (SELECT 1 FROM devices LIMIT {}) AS d",
+            crate::identity_cache::MAX_ENTRIES
+        )))
+        .fetch_one(self.reader())
+        .await?
+        .try_get("n")?;
         cache.reserve_devices(usize::try_from(count).unwrap_or(0));
         let mut after = String::new();
         let mut kept = 0;

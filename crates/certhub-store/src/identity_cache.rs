@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use certhub_core::{Device, DeviceId, Module, ModuleId};
 
 /// Identities kept at most; past it, an arbitrary one is dropped for each new one.
-const MAX_ENTRIES: usize = 250_000;
+pub(crate) const MAX_ENTRIES: usize = 250_000;
 
 #[derive(Debug, Default)]
 pub(crate) struct IdentityCache {

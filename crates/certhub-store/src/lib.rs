@@ -495,6 +495,15 @@ pub(crate) fn pow2_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item 
 mod tests {
     use super::MAX_ROWS;
 
+    /// A device as `PUT /devices/{id}` with an empty body makes it (SAS, enabled).
+    pub(crate) fn new_device(id: &str) -> certhub_core::Device {
+        let id = certhub_core::DeviceId::new(id).expect("id");
+        serde_json::from_value::<certhub_core::DeviceInput>(serde_json::json!({}))
+            .expect("input")
+            .into_device(&id, None, 1_000)
+            .expect("device")
+    }
+
     /// A SQLite store in a folder of its own (kept while the folder lives).
     async fn sqlite_store() -> (tempfile::TempDir, super::Store) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -524,12 +533,10 @@ mod tests {
     #[tokio::test]
     async fn twins_are_read_while_the_writer_is_busy() {
         let (_dir, store) = sqlite_store().await;
-        let id = certhub_core::DeviceId::new("tw1").expect("id");
-        let device = serde_json::from_value::<certhub_core::DeviceInput>(serde_json::json!({}))
-            .expect("input")
-            .into_device(&id, None, 1_000)
-            .expect("device");
-        store.create_device(&device).await.expect("create");
+        store
+            .create_device(&new_device("tw1"))
+            .await
+            .expect("create");
         let twin = super::TwinRecord {
             version: 2,
             state: "{}".into(),
