@@ -41,12 +41,7 @@ H=127.0.0.6
 SOURCES=127.0.1.1-127.0.1.40
 ulimit -n "$(ulimit -Hn)"
 mkdir -p "$WORK/results"
-if [ ! -d "$WORK/pki/devices" ]; then
-    echo "making 19 000 device chains in $WORK/pki" >&2
-    "$1" pki demo supply-chain --out "$WORK/pki" --devices 19000 >/dev/null
-fi
-ls "$WORK/pki/devices" | sed 's/.*/{"deviceId":"&","authentication":{"type":"certificateAuthority"}}/' \
-    >"$WORK/devices.jsonl"
+company_x_devices "$1"
 
 HUB=""
 start() { # BIN DIR

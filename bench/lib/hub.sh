@@ -6,6 +6,9 @@
 #                                      # to `certhub serve` (e.g. --store URL --nats URLS)
 #   fresh_database NAME            # drops and makes database NAME on $POSTGRES (psql must reach
 #                                  # it) and exports its URL as CERTHUB_DATABASE_URL
+#   company_x_devices BIN          # Company-X's 19 000 device chains of `pki demo supply-chain`
+#                                  # in $WORK/pki (made by BIN once), and $WORK/devices.jsonl to
+#                                  # import them
 
 certhub_bin() {
     C="${CERTHUB_BIN:-}"
@@ -38,4 +41,13 @@ fresh_database() {
     psql "$POSTGRES/postgres" -q -c "DROP DATABASE IF EXISTS $1" -c "CREATE DATABASE $1" \
         >/dev/null 2>"$WORK/psql.err" || { cat "$WORK/psql.err" >&2; exit 1; }
     export CERTHUB_DATABASE_URL="$POSTGRES/$1"
+}
+
+company_x_devices() {
+    if [ ! -d "$WORK/pki/devices" ]; then
+        echo "making 19 000 device chains in $WORK/pki" >&2
+        "$1" pki demo supply-chain --out "$WORK/pki" --devices 19000 >/dev/null
+    fi
+    ls "$WORK/pki/devices" | sed 's/.*/{"deviceId":"&","authentication":{"type":"certificateAuthority"}}/' \
+        >"$WORK/devices.jsonl"
 }

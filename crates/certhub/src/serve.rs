@@ -1434,7 +1434,23 @@ async fn serve(config: Config) -> Result<Outcome> {
         let _ = stop_tx.send(true);
         drain(&draining).await;
     };
-    tokio::join!(https, mqtt, amqp, signal);
+    // The accept loops run as tasks on the runtime's workers. Run inside `block_on`, they ran
+    // on the main thread: each readable listener woke that thread from a worker, and each
+    // accepted connection went back to a worker through the runtime's shared queue, with a
+    // wake-up across threads both ways (docs/performance.md, stop 34).
+    let (https, mqtt, amqp, ()) = tokio::join!(
+        tokio::spawn(https),
+        tokio::spawn(mqtt),
+        tokio::spawn(amqp),
+        signal
+    );
+    for listener in [https, mqtt, amqp] {
+        if let Err(e) = listener
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
     pruning.abort();
     size_cap.abort();
     c2d_expiry.abort();
