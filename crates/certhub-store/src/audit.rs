@@ -118,7 +118,7 @@ impl Store {
         .bind(format!("{}/", filter.target))
         .bind(filter.outcome.clone())
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|row| {

@@ -40,7 +40,7 @@ fn from_row(row: &AnyRow) -> Result<BlockRecord> {
 impl Store {
     pub async fn blocks(&self) -> Result<Vec<BlockRecord>> {
         let rows = sqlx::query("SELECT * FROM certificate_blocks ORDER BY created_ms, id")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(from_row).collect()
     }

@@ -170,7 +170,7 @@ impl Store {
              ORDER BY device_id, module_id",
         )
         .bind(ca.to_string())
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter().map(identity_row).collect()
     }
@@ -180,7 +180,7 @@ impl Store {
     pub async fn last_chain(&self, device: &str) -> Result<Vec<String>> {
         let row = sqlx::query("SELECT last_chain FROM devices WHERE device_id = $1")
             .bind(device.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         let chain: Option<String> = match row {
             Some(r) => r.try_get("last_chain")?,
@@ -205,7 +205,7 @@ impl Store {
              ORDER BY device_id, module_id",
         )
         .bind(pattern)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter().map(identity_row).collect()
     }
@@ -244,7 +244,7 @@ impl Store {
                 COALESCE(SUM(CASE WHEN e <= $1 THEN 1 ELSE 0 END), 0) AS expired FROM x"
         )))
         .bind(now_ms)
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         report.total = row.try_get("total")?;
         report.expired = row.try_get("expired")?;
@@ -254,7 +254,7 @@ impl Store {
             )))
             .bind(now_ms)
             .bind(now_ms.saturating_add(days.saturating_mul(DAY)))
-            .fetch_one(self.pool())
+            .fetch_one(self.reader())
             .await?;
             report.within.push((*days, row.try_get("n")?));
         }
@@ -264,7 +264,7 @@ impl Store {
         )))
         .bind(now_ms)
         .bind(7 * DAY)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         for r in &rows {
             report.weeks.push((r.try_get("week")?, r.try_get("n")?));
@@ -272,7 +272,7 @@ impl Store {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "{EXPIRIES} SELECT device_id, module_id, e FROM x ORDER BY e, device_id, module_id LIMIT 20"
         )))
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         for r in &rows {
             report.soonest.push((
@@ -298,7 +298,7 @@ impl Store {
                  FROM {table} WHERE x509_expires_ms > 0 AND x509_expires_ms <= $1"
             )))
             .bind(now_ms.saturating_add(widest.saturating_mul(DAY)))
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
             for row in rows {
                 let (device_id, module_id): (String, String) =
@@ -402,7 +402,7 @@ impl Store {
     pub async fn intermediate(&self, sha256: &str) -> Result<Option<IntermediateRecord>> {
         let row = sqlx::query("SELECT * FROM intermediates WHERE sha256 = $1")
             .bind(sha256.to_ascii_lowercase())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         row.as_ref().map(intermediate_row).transpose()
     }
@@ -410,7 +410,7 @@ impl Store {
     /// The intermediates with the horizon last announced for each.
     async fn intermediates_announced(&self) -> Result<Vec<(IntermediateRecord, Option<String>)>> {
         let rows = sqlx::query("SELECT * FROM intermediates ORDER BY not_after_ms, sha256")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter()
             .map(|r| Ok((intermediate_row(r)?, r.try_get("announced")?)))

@@ -49,7 +49,7 @@ impl Store {
     pub async fn ca(&self, name: &str) -> Result<Option<CaRecord>> {
         let row = sqlx::query("SELECT * FROM ca_certificates WHERE name = $1")
             .bind(name.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         row.as_ref().map(from_row).transpose()
     }
@@ -58,14 +58,14 @@ impl Store {
     pub async fn ca_by_sha256(&self, sha256: &str) -> Result<Option<CaRecord>> {
         let row = sqlx::query("SELECT * FROM ca_certificates WHERE sha256 = $1")
             .bind(sha256.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         row.as_ref().map(from_row).transpose()
     }
 
     pub async fn cas(&self) -> Result<Vec<CaRecord>> {
         let rows = sqlx::query("SELECT * FROM ca_certificates ORDER BY name")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -161,7 +161,7 @@ impl Store {
     /// The CAs with just-in-time registration on: (name, device id pattern).
     pub async fn jitr(&self) -> Result<Vec<(String, String)>> {
         let rows = sqlx::query("SELECT name, pattern FROM ca_jitr ORDER BY name")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("name")?, r.try_get("pattern")?)))

@@ -80,7 +80,7 @@ impl Store {
     /// Every distribution point, by CA, issuer and URL.
     pub async fn crl_sources(&self) -> Result<Vec<CrlSource>> {
         let rows = sqlx::query("SELECT * FROM crl_sources ORDER BY ca, issuer, url")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -89,7 +89,7 @@ impl Store {
     pub async fn crl_sources_of(&self, ca: &str) -> Result<Vec<CrlSource>> {
         let rows = sqlx::query("SELECT * FROM crl_sources WHERE ca = $1 ORDER BY issuer, url")
             .bind(ca.to_string())
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -102,7 +102,7 @@ impl Store {
              ORDER BY s.next_fetch_ms",
         )
         .bind(now_ms)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter().map(from_row).collect()
     }
@@ -183,7 +183,7 @@ impl Store {
     pub async fn crl_fetch_settings(&self) -> Result<Vec<(String, bool)>> {
         let rows =
             sqlx::query("SELECT name, crl_fetch FROM ca_certificates WHERE crl_fetch IS NOT NULL")
-                .fetch_all(self.pool())
+                .fetch_all(self.reader())
                 .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("name")?, r.try_get::<i64, _>("crl_fetch")? != 0)))
@@ -222,7 +222,7 @@ impl Store {
     /// Every leaf OCSP responders answered revoked.
     pub async fn ocsp_revocations(&self) -> Result<Vec<OcspRevocation>> {
         let rows = sqlx::query("SELECT * FROM ocsp_revocations ORDER BY ca, issuer_key, serial")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter()
             .map(|r| {
@@ -251,7 +251,7 @@ impl Store {
     /// The CAs whose devices' leaves the hub checks with their OCSP responders.
     pub async fn ocsp_cas(&self) -> Result<Vec<String>> {
         let rows = sqlx::query("SELECT name FROM ca_certificates WHERE ocsp = 1 ORDER BY name")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(|r| Ok(r.try_get("name")?)).collect()
     }

@@ -52,7 +52,7 @@ impl Store {
     /// Every stored CRL, by CA and issuer.
     pub async fn crls(&self) -> Result<Vec<CrlRecord>> {
         let rows = sqlx::query("SELECT * FROM crls ORDER BY ca, issuer, issuer_key")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -61,7 +61,7 @@ impl Store {
     pub async fn crls_of(&self, ca: &str) -> Result<Vec<CrlRecord>> {
         let rows = sqlx::query("SELECT * FROM crls WHERE ca = $1 ORDER BY issuer, issuer_key")
             .bind(ca.to_string())
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(from_row).collect()
     }
@@ -110,7 +110,7 @@ impl Store {
         let rows = sqlx::query(
             "SELECT name, crl_policy FROM ca_certificates WHERE crl_policy IS NOT NULL",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("name")?, r.try_get("crl_policy")?)))

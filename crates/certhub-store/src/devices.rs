@@ -246,7 +246,7 @@ impl Store {
             sqlx::query("SELECT * FROM devices WHERE device_id > $1 ORDER BY device_id LIMIT $2")
                 .bind(after.to_string())
                 .bind(limit)
-                .fetch_all(self.pool())
+                .fetch_all(self.reader())
                 .await?;
         rows.iter().map(device_from_row).collect()
     }
@@ -457,7 +457,7 @@ impl Store {
                   + (SELECT COUNT(*) FROM modules WHERE last_ca = $1) AS n",
         )
         .bind(name.to_string())
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         Ok(row.try_get("n")?)
     }
@@ -468,7 +468,7 @@ impl Store {
                     COALESCE(SUM(CASE WHEN status = 'enabled' THEN 1 ELSE 0 END), 0) AS enabled
              FROM devices",
         )
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         let total: i64 = row.try_get("total")?;
         let enabled: i64 = row.try_get("enabled")?;
@@ -491,7 +491,7 @@ impl Store {
     pub async fn modules(&self, device: &DeviceId) -> Result<Vec<Module>> {
         let rows = sqlx::query("SELECT * FROM modules WHERE device_id = $1 ORDER BY module_id")
             .bind(device.as_str().to_string())
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(module_from_row).collect()
     }

@@ -317,7 +317,7 @@ impl Store {
         .bind(group.to_string())
         .bind(after.to_string())
         .bind(limit)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter().map(registration).collect()
     }
@@ -328,7 +328,7 @@ impl Store {
             sqlx::query("SELECT * FROM dps_registrations WHERE id > $1 ORDER BY id LIMIT $2")
                 .bind(after.to_string())
                 .bind(limit)
-                .fetch_all(self.pool())
+                .fetch_all(self.reader())
                 .await?;
         rows.iter().map(registration).collect()
     }
@@ -339,7 +339,7 @@ impl Store {
             "SELECT assigned_hub, COUNT(*) AS n FROM dps_registrations
              WHERE assigned_hub <> '' GROUP BY assigned_hub",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("assigned_hub")?, r.try_get("n")?)))
@@ -348,7 +348,7 @@ impl Store {
 
     pub async fn linked_hubs(&self) -> Result<Vec<LinkedHubRecord>> {
         let rows = sqlx::query("SELECT * FROM dps_linked_hubs ORDER BY name")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter()
             .map(|r| {

@@ -167,7 +167,7 @@ impl Store {
     pub async fn upload(&self, correlation_id: &str) -> Result<Option<UploadRecord>> {
         let row = sqlx::query("SELECT * FROM file_uploads WHERE correlation_id = $1")
             .bind(correlation_id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         row.as_ref().map(upload).transpose()
     }
@@ -178,7 +178,7 @@ impl Store {
             "SELECT blob_name FROM file_uploads WHERE state = 'pending' AND expires_ms > $1",
         )
         .bind(now_ms)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|r| Ok(r.try_get::<String, _>("blob_name")?))
@@ -196,14 +196,14 @@ impl Store {
                     )
                     .bind(d.to_string())
                     .bind(limit)
-                    .fetch_all(self.pool())
+                    .fetch_all(self.reader())
                     .await?
                 }
                 None => sqlx::query(
                     "SELECT * FROM file_uploads ORDER BY created_ms DESC, correlation_id LIMIT $1",
                 )
                 .bind(limit)
-                .fetch_all(self.pool())
+                .fetch_all(self.reader())
                 .await?,
             };
         rows.iter().map(upload).collect()
@@ -311,7 +311,7 @@ impl Store {
     pub async fn file_notifications(&self, limit: i64) -> Result<Vec<FileNotificationRecord>> {
         let rows = sqlx::query("SELECT * FROM file_notifications ORDER BY created_ms, id LIMIT $1")
             .bind(limit)
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter().map(notification).collect()
     }

@@ -164,7 +164,7 @@ impl Store {
     /// Where the hub last said its service API is reachable.
     pub async fn endpoint(&self) -> Result<Option<String>> {
         let row = sqlx::query("SELECT value FROM settings WHERE name = 'endpoint'")
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         row.map(|r| r.try_get("value").map_err(StoreError::from))
             .transpose()

@@ -143,9 +143,11 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
-    /// For the reads on a device's connection path. On SQLite, a few read-only connections
-    /// beside the single writer (WAL lets readers run while it writes), so a connecting device
-    /// never queues behind writes; on PostgreSQL, the same pool.
+    /// For reads that must not queue behind writes: a device's connection path, twins, and
+    /// what the service API and the console list and count (CAs, devices, audit, CRLs,
+    /// expiries). On SQLite, a few read-only connections beside the single writer (WAL lets
+    /// readers run while it writes, and they see every committed write); on PostgreSQL, the
+    /// same pool. Reads that decide a write (a C2D message taken, a lock) stay on the writer.
     reader: AnyPool,
     backend: Backend,
     /// The identities the connect path reads (see `identity_cache`): on SQLite from the start;
@@ -513,6 +515,13 @@ mod tests {
         (dir, store)
     }
 
+    /// [`sqlite_store`] with one device, `id`, registered.
+    async fn sqlite_store_with(id: &str) -> (tempfile::TempDir, super::Store) {
+        let (dir, store) = sqlite_store().await;
+        store.create_device(&new_device(id)).await.expect("create");
+        (dir, store)
+    }
+
     /// On SQLite the writer is one connection: the settings, which every device connection
     /// may read, are read beside it, not behind a long write.
     #[tokio::test]
@@ -532,11 +541,7 @@ mod tests {
 
     #[tokio::test]
     async fn twins_are_read_while_the_writer_is_busy() {
-        let (_dir, store) = sqlite_store().await;
-        store
-            .create_device(&new_device("tw1"))
-            .await
-            .expect("create");
+        let (_dir, store) = sqlite_store_with("tw1").await;
         let twin = super::TwinRecord {
             version: 2,
             state: "{}".into(),
@@ -559,6 +564,29 @@ mod tests {
             .expect("a page of twins is read without waiting for the writer")
             .expect("twins");
         assert_eq!(page.len(), 1);
+        drop(held);
+    }
+
+    /// What the service API and the console list and count is read beside a busy writer too.
+    #[tokio::test]
+    async fn registry_lists_are_read_while_the_writer_is_busy() {
+        let (_dir, store) = sqlite_store_with("rl1").await;
+        let held = store.pool().acquire().await.expect("the writer");
+        let five = std::time::Duration::from_secs(5);
+        let devices = tokio::time::timeout(five, store.devices_after("", 10))
+            .await
+            .expect("devices are listed without waiting for the writer")
+            .expect("devices");
+        assert_eq!(devices.len(), 1);
+        let stats = tokio::time::timeout(five, store.device_stats())
+            .await
+            .expect("devices are counted without waiting for the writer")
+            .expect("stats");
+        assert_eq!(stats.total, 1);
+        tokio::time::timeout(five, store.cas())
+            .await
+            .expect("CAs are listed without waiting for the writer")
+            .expect("cas");
         drop(held);
     }
 
