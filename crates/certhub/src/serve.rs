@@ -1438,19 +1438,20 @@ async fn serve(config: Config) -> Result<Outcome> {
     // on the main thread: each readable listener woke that thread from a worker, and each
     // accepted connection went back to a worker through the runtime's shared queue, with a
     // wake-up across threads both ways (docs/performance.md, stop 34).
-    let (https, mqtt, amqp, ()) = tokio::join!(
-        tokio::spawn(https),
-        tokio::spawn(mqtt),
-        tokio::spawn(amqp),
-        signal
-    );
-    for listener in [https, mqtt, amqp] {
-        if let Err(e) = listener
+    // A listener that panics still ends the hub at once, as it did on the main thread.
+    let listener = |task: tokio::task::JoinHandle<()>| async move {
+        if let Err(e) = task.await
             && e.is_panic()
         {
             std::panic::resume_unwind(e.into_panic());
         }
-    }
+    };
+    tokio::join!(
+        listener(tokio::spawn(https)),
+        listener(tokio::spawn(mqtt)),
+        listener(tokio::spawn(amqp)),
+        signal
+    );
     pruning.abort();
     size_cap.abort();
     c2d_expiry.abort();
